@@ -1,0 +1,84 @@
+//! The `Gateway` custom resource: the only path from untrusted input to
+//! privileged sessions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::RateLimit;
+
+/// Marks a session as a gateway and says where it may forward requests.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "wopr.dev",
+    version = "v1alpha1",
+    kind = "Gateway",
+    namespaced,
+    status = "GatewayStatus",
+    shortname = "wgate",
+    category = "wopr",
+    derive = "PartialEq",
+    doc = "A gateway session and the rules for forwarding untrusted input to privileged sessions.",
+    printcolumn(name = "Session", type_ = "string", json_path = ".spec.session"),
+    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The Session (same namespace) that acts as the gateway.
+    #[schemars(length(min = 1))]
+    pub session: String,
+    /// What the gateway may forward. A forward must match at least one rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_rules: Vec<ForwardRule>,
+    /// How long a forward waits for human approval before it expires.
+    #[serde(default = "default_approval_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')")
+        .message("approvalTimeout must be a positive duration such as 5m"))]
+    pub approval_timeout: Duration,
+}
+
+fn default_approval_timeout() -> Duration {
+    std::time::Duration::from_secs(300).into()
+}
+
+/// One forwarding rule.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardRule {
+    /// Sessions this rule may forward to (`*` for any).
+    #[schemars(length(min = 1))]
+    pub allow_forward_to: Vec<String>,
+    /// Actions this rule allows (`query`, `summarize`, ...; `*` for any).
+    /// Every action when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_actions: Vec<String>,
+    /// Queue each forward as an ApprovalRequest for a human to decide.
+    #[serde(default)]
+    pub require_approval: bool,
+    /// Forwards allowed per minute under this rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Observed state of a Gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// ApprovalRequests of this gateway waiting for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u32>,
+    /// Conditions (Ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,133 @@
+//! The `Grant` custom resource: scoped capabilities for a peer or a session.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Capability, TrustLevel};
+
+/// Capabilities given to a peer (for the sessions in `sessions`) or to a
+/// session. Never `owner`, never `*`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "wopr.dev",
+    version = "v1alpha1",
+    kind = "Grant",
+    namespaced,
+    status = "GrantStatus",
+    shortname = "wgrant",
+    category = "wopr",
+    derive = "PartialEq",
+    doc = "Scoped capabilities for a peer or a session.",
+    printcolumn(name = "Peer", type_ = "string", json_path = ".spec.subject.peer.name"),
+    printcolumn(
+        name = "Session",
+        type_ = "string",
+        json_path = ".spec.subject.session"
+    ),
+    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profile"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.profile) || self.profile != 'owner'")
+        .message("a Grant can never confer the owner profile"),
+    validation = Rule::new("!has(self.capabilities) || !self.capabilities.exists(c, c == '*')")
+        .message("a Grant can never confer the wildcard capability '*'"),
+    validation = Rule::new("has(self.profile) != (has(self.capabilities) && size(self.capabilities) > 0)")
+        .message("set exactly one of profile or capabilities"),
+    validation = Rule::new("has(self.subject.peer) || ((!has(self.sessions) || size(self.sessions) == 0) && (!has(self.previousKeys) || size(self.previousKeys) == 0))")
+        .message("sessions and previousKeys apply to peer grants only; a session grant applies to its subject session"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantSpec {
+    /// Who receives the capabilities: a peer or a session.
+    pub subject: GrantSubject,
+    /// A capability profile: trusted, semi-trusted or untrusted (never owner).
+    /// For a peer it is also the trust level the peer is treated as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<TrustLevel>,
+    /// Explicit capabilities (never `*`), instead of a profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<Capability>,
+    /// For a peer: the sessions the grant is in force for; every session of
+    /// the namespace when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<String>,
+    /// When the grant stops counting (RFC 3339). Never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// Keys the peer used before its current one. Each counts until its
+    /// `rotatedAt` plus the SecurityPolicy's `p2p.keyRotationGracePeriod`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousKey>,
+}
+
+/// The receiver of a grant: exactly one of `peer` or `session`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.peer) != has(self.session)")
+    .message("subject needs exactly one of peer or session"))]
+#[serde(rename_all = "camelCase")]
+pub struct GrantSubject {
+    /// A remote peer, identified by its public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerRef>,
+    /// A Session of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub session: Option<String>,
+}
+
+/// A remote peer.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerRef {
+    /// The peer's current public key.
+    #[schemars(length(min = 1, max = 512))]
+    pub public_key: String,
+    /// A human-readable name for the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A key the peer used before rotating to its current one.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKey {
+    /// The old public key.
+    #[schemars(length(min = 1, max = 512))]
+    pub public_key: String,
+    /// When the peer rotated away from it (RFC 3339).
+    pub rotated_at: Time,
+}
+
+/// Observed state of a Grant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantStatus {
+    /// Active or Expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<GrantState>,
+    /// When the grant last allowed something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
+    /// Conditions (Ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Whether a grant counts.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantState {
+    /// In force.
+    Active,
+    /// Past `expiresAt`; never counts.
+    Expired,
+}

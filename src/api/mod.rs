@@ -1,0 +1,49 @@
+//! The custom resources of `wopr.dev/v1alpha1`, their CRDs, and a parser
+//! for manifests that reports which field was wrong.
+
+// `#[kube(printcolumn(type_ = ..), printcolumn(type_ = ..))]` repeats keys
+// inside one attribute, which this lint mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+mod approval_request;
+mod common;
+mod gateway;
+mod grant;
+mod manifest;
+mod security_policy;
+mod session;
+
+pub use approval_request::*;
+pub use common::*;
+pub use gateway::*;
+pub use grant::*;
+pub use manifest::{ManifestError, WoprObject, parse_manifests};
+pub use security_policy::*;
+pub use session::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group of every custom resource.
+pub const GROUP: &str = "wopr.dev";
+
+/// Every CRD, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        SecurityPolicy::crd(),
+        Session::crd(),
+        Grant::crd(),
+        Gateway::crd(),
+        ApprovalRequest::crd(),
+    ]
+}
+
+/// The file name a CRD is committed under in `crds/` (`sessions.wopr.dev.yaml`).
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}
+
+/// One CRD as a YAML document (with its leading `---`).
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
+    Ok(format!("---\n{}", serde_saphyr::to_string(crd)?))
+}

@@ -1,0 +1,230 @@
+//! The `SecurityPolicy` custom resource: the policy of a namespace. The one
+//! named `default` governs its namespace; without it the built-in profiles apply.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Capability, Enforcement, NetworkMode, RateLimit, ToolRules, TrustLevel};
+
+/// The name of the SecurityPolicy that governs its namespace.
+pub const DEFAULT_POLICY_NAME: &str = "default";
+
+/// The security policy of a namespace: enforcement mode, defaults, trust
+/// level profiles and peer-to-peer settings.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "wopr.dev",
+    version = "v1alpha1",
+    kind = "SecurityPolicy",
+    namespaced,
+    status = "SecurityPolicyStatus",
+    shortname = "wpolicy",
+    category = "wopr",
+    derive = "PartialEq",
+    doc = "The security policy of a namespace; the one named `default` governs it.",
+    printcolumn(
+        name = "Enforcement",
+        type_ = "string",
+        json_path = ".spec.enforcement"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityPolicySpec {
+    /// enforce (block violations, the default) or warn (allow, audit as would_deny).
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    /// Settings for every trust level, below the per-level ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<PolicyDefaults>,
+    /// Per trust level: capabilities, sandbox and tools. A level left out
+    /// keeps its built-in profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_levels: Option<TrustLevelProfiles>,
+    /// Peer-to-peer settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<P2pPolicy>,
+    /// Audit settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditPolicy>,
+}
+
+/// Settings for every trust level.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDefaults {
+    /// Sandbox defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxPolicy>,
+    /// Tool rules; a trust level's own rules take precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolRules>,
+}
+
+/// The profile of each trust level.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+pub struct TrustLevelProfiles {
+    /// The owner profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<TrustLevelProfile>,
+    /// The trusted profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted: Option<TrustLevelProfile>,
+    /// The semi-trusted profile.
+    #[serde(
+        rename = "semi-trusted",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub semi_trusted: Option<TrustLevelProfile>,
+    /// The untrusted profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted: Option<TrustLevelProfile>,
+}
+
+impl TrustLevelProfiles {
+    /// The profile configured for `level`, if any.
+    pub fn get(&self, level: TrustLevel) -> Option<&TrustLevelProfile> {
+        match level {
+            TrustLevel::Owner => self.owner.as_ref(),
+            TrustLevel::Trusted => self.trusted.as_ref(),
+            TrustLevel::SemiTrusted => self.semi_trusted.as_ref(),
+            TrustLevel::Untrusted => self.untrusted.as_ref(),
+        }
+    }
+}
+
+/// What one trust level gets. Fields left out keep the built-in value.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustLevelProfile {
+    /// The capabilities of this level (replaces the built-in list). `*` is
+    /// honoured for owner only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<Capability>>,
+    /// Sandbox settings of this level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxPolicy>,
+    /// Tool rules of this level; an `allow` overrides a `deny` of this level
+    /// and of `defaults`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolRules>,
+}
+
+/// Sandbox settings in a policy.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxPolicy {
+    /// Whether sessions must run sandboxed. Untrusted sessions always are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The widest network mode sessions may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
+    /// Default resource requests and limits for the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Peer-to-peer settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct P2pPolicy {
+    /// Trust level of a peer without a grant (used only with autoAccept).
+    #[serde(default = "default_discovery_trust")]
+    pub discovery_trust: TrustLevel,
+    /// Accept peers that have no Grant, at discoveryTrust. Dangerous; off by default.
+    #[serde(default)]
+    pub auto_accept: bool,
+    /// How long a peer's previous key keeps working after it rotates.
+    #[serde(default = "default_key_rotation_grace_period")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s')")
+        .message("keyRotationGracePeriod must not be negative"))]
+    pub key_rotation_grace_period: Duration,
+    /// Largest injected payload in bytes.
+    #[serde(default = "default_payload_size_limit")]
+    #[schemars(range(min = 1))]
+    pub payload_size_limit: u64,
+    /// Rate limits for injections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<P2pRateLimits>,
+}
+
+impl Default for P2pPolicy {
+    fn default() -> Self {
+        P2pPolicy {
+            discovery_trust: default_discovery_trust(),
+            auto_accept: false,
+            key_rotation_grace_period: default_key_rotation_grace_period(),
+            payload_size_limit: default_payload_size_limit(),
+            rate_limits: None,
+        }
+    }
+}
+
+fn default_discovery_trust() -> TrustLevel {
+    TrustLevel::Untrusted
+}
+
+fn default_key_rotation_grace_period() -> Duration {
+    std::time::Duration::from_secs(24 * 3600).into()
+}
+
+fn default_payload_size_limit() -> u64 {
+    1024 * 1024
+}
+
+/// Injection rate limits.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct P2pRateLimits {
+    /// Per target session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_session: Option<RateLimit>,
+    /// Per source peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_peer: Option<RateLimit>,
+}
+
+/// Audit settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPolicy {
+    /// How long the control plane keeps audit events.
+    #[serde(default = "default_audit_retention")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')")
+        .message("retention must be a positive duration such as 720h"))]
+    pub retention: Duration,
+    /// Also record denials as Kubernetes Events on the Session (rate limited).
+    #[serde(default = "default_true")]
+    pub denial_events: bool,
+}
+
+fn default_audit_retention() -> Duration {
+    std::time::Duration::from_secs(30 * 24 * 3600).into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Observed state of a SecurityPolicy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityPolicyStatus {
+    /// Conditions (Ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,29 @@
+//! The pure policy engine: no Kubernetes client, no clock of its own.
+//!
+//! - [`resolve`]: a Session with its namespace's policy, grants and gateways
+//!   → its [`EffectiveContext`].
+//! - [`resolve_peer`]: a remote peer's [`PeerStanding`] in a session.
+//! - [`decide`]: a [`Request`] under an effective context → a [`Decision`].
+//! - [`TokenBucket`]: rate limiting with an injected clock.
+
+mod capabilities;
+mod decide;
+mod peers;
+mod profiles;
+mod rate_limit;
+mod resolve;
+mod tools;
+
+pub use capabilities::CapabilitySet;
+pub use decide::{
+    Decision, Outcome, Reason, Request, SOURCE_TYPE_PEER, SOURCE_TYPE_SESSION, Source, admits,
+    callable_tools, decide,
+};
+pub use peers::{PeerStanding, resolve_peer};
+pub use profiles::builtin_policy;
+pub use rate_limit::TokenBucket;
+pub use resolve::{
+    DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError,
+    grant_is_active, resolve,
+};
+pub use tools::{Requirement, TOOLS, Tool, ToolId, ToolSet};

@@ -1,0 +1,272 @@
+//! `resolve`: a Session, its namespace's SecurityPolicy, Grants and Gateways
+//! → the session's effective security context. Pure: the clock is a parameter.
+
+use std::io;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::core::Duration;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::capabilities::CapabilitySet;
+use super::profiles::{LevelSettings, level_settings};
+use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
+use crate::api::{
+    AccessPattern, Enforcement, ForwardRule, Gateway, Grant, NetworkMode, SecurityPolicy,
+    SecurityPolicySpec, Session, ToolRules, TrustLevel,
+};
+
+/// The security context a session runs under: what the sidecar enforces and
+/// what the controller builds the sandbox from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveContext {
+    /// The session's namespace.
+    pub namespace: String,
+    /// The session's name.
+    pub session: String,
+    /// The session's trust level.
+    pub trust_level: TrustLevel,
+    /// The level's capabilities plus those of the session's active grants.
+    /// Contains `*` only for owner.
+    pub capabilities: CapabilitySet,
+    /// The tools the tool rules permit (each still needs its capability).
+    pub tools: ToolSet,
+    /// Sandbox settings.
+    pub sandbox: EffectiveSandbox,
+    /// The network mode.
+    pub network: NetworkMode,
+    /// enforce or warn.
+    pub enforcement: Enforcement,
+    /// Who may inject into the session.
+    pub access: Vec<AccessPattern>,
+    /// The active grants whose subject is this session, by name, sorted.
+    pub grants: Vec<String>,
+    /// The Gateways this session serves, sorted by name; empty when it is not a gateway.
+    pub gateways: Vec<GatewayRules>,
+    /// Hash of everything above: changes exactly when the context does.
+    pub policy_hash: String,
+}
+
+/// Sandbox settings of an effective context.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveSandbox {
+    /// Whether the agent runs sandboxed.
+    pub enabled: bool,
+    /// Resources from the session, else its policy; the controller's defaults when `None`.
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The forwarding rules of one Gateway served by the session.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRules {
+    /// The Gateway's name.
+    pub gateway: String,
+    /// Its forward rules.
+    pub forward_rules: Vec<ForwardRule>,
+    /// How long forwards wait for approval.
+    pub approval_timeout: Duration,
+}
+
+/// Why a session's effective context cannot be resolved. The session is
+/// invalid until it is changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    /// The session turns its sandbox off where its level requires one.
+    #[error(
+        "spec.sandbox.enabled: false is not allowed: trust level {level} must run sandboxed under the namespace's SecurityPolicy"
+    )]
+    SandboxRequired {
+        /// The session's trust level.
+        level: TrustLevel,
+    },
+    /// The session asks for more network than its level allows.
+    #[error(
+        "spec.sandbox.network: {requested} is wider than trust level {level} allows ({allowed}); use {allowed} or less"
+    )]
+    NetworkTooWide {
+        /// The session's trust level.
+        level: TrustLevel,
+        /// What the session asked for.
+        requested: NetworkMode,
+        /// What the level allows.
+        allowed: NetworkMode,
+    },
+}
+
+/// The default access list: sources at `trusted` or higher.
+pub const DEFAULT_ACCESS: AccessPattern = AccessPattern::Trust(TrustLevel::Trusted);
+
+/// Resolves the effective security context of `session`.
+///
+/// `policy` is the namespace's `default` SecurityPolicy (built-in profiles
+/// when `None`); `grants` and `gateways` may hold objects of any namespace
+/// and for any subject: only the active Grants whose subject is this session
+/// and the Gateways naming it count. `now` decides which grants have expired.
+pub fn resolve(
+    session: &Session,
+    policy: Option<&SecurityPolicy>,
+    grants: &[Grant],
+    gateways: &[Gateway],
+    now: Timestamp,
+) -> Result<EffectiveContext, ResolveError> {
+    let policy = policy.map(|policy| &policy.spec);
+    let namespace = session.namespace().unwrap_or_default();
+    let name = session.name_any();
+    let spec = &session.spec;
+    let level = spec.trust_level;
+    let settings = level_settings(policy, level);
+    let requested = spec.sandbox.as_ref();
+
+    let sandbox_required = settings.sandbox || level == TrustLevel::Untrusted;
+    let sandbox_requested = requested.and_then(|sandbox| sandbox.enabled);
+    if sandbox_required && sandbox_requested == Some(false) {
+        return Err(ResolveError::SandboxRequired { level });
+    }
+    let network = match requested.and_then(|sandbox| sandbox.network) {
+        Some(wanted) if wanted > settings.network => {
+            return Err(ResolveError::NetworkTooWide {
+                level,
+                requested: wanted,
+                allowed: settings.network,
+            });
+        }
+        Some(wanted) => wanted,
+        None => settings.network,
+    };
+
+    let in_namespace = |object_namespace: Option<String>| {
+        object_namespace.is_none_or(|object_namespace| object_namespace == namespace)
+    };
+    let mut capabilities = level_capabilities(level, &settings);
+    let mut grant_names = Vec::new();
+    for grant in grants {
+        if grant.spec.subject.session.as_deref() == Some(name.as_str())
+            && in_namespace(grant.namespace())
+            && grant_is_active(grant, now)
+        {
+            capabilities = capabilities.union(grant_capabilities(policy, grant));
+            grant_names.push(grant.name_any());
+        }
+    }
+    grant_names.sort_unstable();
+    if level != TrustLevel::Owner {
+        capabilities = capabilities.without_wildcard();
+    }
+
+    let mut gateway_rules: Vec<GatewayRules> = gateways
+        .iter()
+        .filter(|gateway| gateway.spec.session == name && in_namespace(gateway.namespace()))
+        .map(|gateway| GatewayRules {
+            gateway: gateway.name_any(),
+            forward_rules: gateway.spec.forward_rules.clone(),
+            approval_timeout: gateway.spec.approval_timeout,
+        })
+        .collect();
+    gateway_rules.sort_unstable_by(|a, b| a.gateway.cmp(&b.gateway));
+
+    let tools = permitted_tools(&settings, spec.tools.as_ref());
+    let access = if spec.access.is_empty() {
+        vec![DEFAULT_ACCESS]
+    } else {
+        spec.access.clone()
+    };
+
+    let mut context = EffectiveContext {
+        namespace,
+        session: name,
+        trust_level: level,
+        capabilities,
+        tools,
+        sandbox: EffectiveSandbox {
+            enabled: sandbox_required || sandbox_requested == Some(true),
+            resources: requested
+                .and_then(|sandbox| sandbox.resources.as_ref())
+                .or(settings.resources)
+                .cloned(),
+        },
+        network,
+        enforcement: policy.map(|policy| policy.enforcement).unwrap_or_default(),
+        access,
+        grants: grant_names,
+        gateways: gateway_rules,
+        policy_hash: String::new(),
+    };
+    context.policy_hash = hash_context(&context);
+    Ok(context)
+}
+
+/// Whether `grant` counts at `now`: it has not reached its `expiresAt`.
+pub fn grant_is_active(grant: &Grant, now: Timestamp) -> bool {
+    grant
+        .spec
+        .expires_at
+        .as_ref()
+        .is_none_or(|expires_at| now < expires_at.0)
+}
+
+/// The capabilities a grant confers: its profile's or its explicit list,
+/// never `*` and never the owner profile (whatever got past admission).
+pub fn grant_capabilities(policy: Option<&SecurityPolicySpec>, grant: &Grant) -> CapabilitySet {
+    let from_profile = match grant.spec.profile {
+        Some(TrustLevel::Owner) | None => CapabilitySet::EMPTY,
+        Some(level) => level_capabilities(level, &level_settings(policy, level)),
+    };
+    from_profile
+        .union(grant.spec.capabilities.iter().collect())
+        .without_wildcard()
+}
+
+/// The capabilities of a trust level; `*` kept for owner only.
+pub(crate) fn level_capabilities(level: TrustLevel, settings: &LevelSettings<'_>) -> CapabilitySet {
+    let set: CapabilitySet = settings.capabilities.iter().collect();
+    if level == TrustLevel::Owner {
+        set
+    } else {
+        set.without_wildcard()
+    }
+}
+
+/// The tools permitted by the level's policy layers and the session's own rules.
+fn permitted_tools(settings: &LevelSettings<'_>, session_rules: Option<&ToolRules>) -> ToolSet {
+    ToolId::all()
+        .filter(|id| {
+            let tool = id.tool();
+            let policy_permits = settings
+                .tool_layers
+                .iter()
+                .find_map(|layer| policy_layer_verdict(layer, tool))
+                .unwrap_or(true);
+            policy_permits && session_rules.is_none_or(|rules| session_keeps(rules, tool))
+        })
+        .collect()
+}
+
+/// A stable hash of a context (its `policy_hash` field left out): the first
+/// 16 hex digits of the SHA-256 of its JSON form.
+fn hash_context(context: &EffectiveContext) -> String {
+    let mut hasher = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut hasher, context).expect("an effective context serializes");
+    let digest = hasher.0.finalize();
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+struct HashWriter(Sha256);
+
+impl io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
