@@ -31,6 +31,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_crds(output_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    if let Some(dir) = &output_dir {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     for crd in api::crds() {
         let yaml = api::crd_yaml(&crd).context("serializing a CRD")?;
         match &output_dir {

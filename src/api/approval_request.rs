@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Capability, SourceRef};
 
-/// The largest payload an ApprovalRequest carries, in bytes.
+/// The largest payload an ApprovalRequest carries, in bytes (64 KiB).
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// A forward or an elevation that waits for a person to approve or deny it.
@@ -62,10 +62,11 @@ pub struct ApprovalRequestSpec {
     pub action: Option<String>,
     /// The message to deliver when approved (at most 64 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 65536))]
+    #[schemars(length(max = MAX_PAYLOAD_BYTES))]
     pub payload: Option<String>,
     /// For an elevation: the capabilities asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub requested_capabilities: Vec<Capability>,
     /// Why the source asks.
     #[serde(default, skip_serializing_if = "Option::is_none")]

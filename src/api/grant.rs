@@ -55,10 +55,12 @@ pub struct GrantSpec {
     pub profile: Option<TrustLevel>,
     /// Explicit capabilities (never `*`), instead of a profile.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub capabilities: Vec<Capability>,
     /// For a peer: the sessions the grant is in force for; every session of
     /// the namespace when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub sessions: Vec<String>,
     /// When the grant stops counting (RFC 3339). Never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +68,7 @@ pub struct GrantSpec {
     /// Keys the peer used before its current one. Each counts until its
     /// `rotatedAt` plus the SecurityPolicy's `p2p.keyRotationGracePeriod`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub previous_keys: Vec<PreviousKey>,
 }
 

@@ -49,6 +49,7 @@ pub struct SessionSpec {
     pub provider: Option<Provider>,
     /// Who may inject into this session. Defaults to `trust:trusted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub access: Vec<AccessPattern>,
     /// Tool rules for this session. They can only narrow what the
     /// SecurityPolicy permits: `allow` restricts to these tools, `deny` removes tools.
@@ -122,6 +123,7 @@ pub struct SandboxSpec {
     pub network: Option<NetworkMode>,
     /// Egress allow-list for `network: restricted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub egress: Vec<EgressRule>,
     /// RuntimeClass for the pod (for example gVisor or Kata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +167,7 @@ pub struct WorkspaceVolume {
 pub struct EgressRule {
     /// Destination network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`).
     #[x_kube(validation = Rule::new("isCIDR(self)").message("cidr must be a CIDR such as 10.0.0.0/8"))]
+    #[schemars(length(max = 64))]
     pub cidr: String,
     /// Destination ports; every port when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
