@@ -1,0 +1,116 @@
+//! Builders for test objects, shared by the integration tests.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use wopr_operator::api::{
+    Capability, Gateway, GatewaySpec, Grant, GrantSpec, GrantSubject, PeerRef, PreviousKey,
+    SandboxSpec, Session, SessionSpec, TrustLevel,
+};
+
+pub const NAMESPACE: &str = "team-a";
+
+/// A fixed "now" for tests.
+pub fn now() -> Timestamp {
+    "2026-11-24T12:00:00Z".parse().unwrap()
+}
+
+pub fn at(offset_seconds: i64) -> Time {
+    Time(now() + SignedDuration::from_secs(offset_seconds))
+}
+
+pub fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(NAMESPACE.into()),
+        ..Default::default()
+    }
+}
+
+pub fn session(name: &str, trust_level: TrustLevel) -> Session {
+    Session {
+        metadata: meta(name),
+        spec: SessionSpec {
+            trust_level,
+            prompt: None,
+            provider: None,
+            access: Vec::new(),
+            tools: None,
+            sandbox: None,
+        },
+        status: None,
+    }
+}
+
+pub fn sandboxed(mut session: Session) -> Session {
+    session.spec.sandbox = Some(SandboxSpec {
+        enabled: Some(true),
+        ..Default::default()
+    });
+    session
+}
+
+fn grant(name: &str, subject: GrantSubject) -> Grant {
+    Grant {
+        metadata: meta(name),
+        spec: GrantSpec {
+            subject,
+            profile: None,
+            capabilities: Vec::new(),
+            sessions: Vec::new(),
+            expires_at: None,
+            previous_keys: Vec::new(),
+        },
+        status: None,
+    }
+}
+
+/// A grant of `capabilities` to the session `session`.
+pub fn session_grant(name: &str, session: &str, capabilities: &[Capability]) -> Grant {
+    let mut grant = grant(
+        name,
+        GrantSubject {
+            peer: None,
+            session: Some(session.into()),
+        },
+    );
+    grant.spec.capabilities = capabilities.to_vec();
+    grant
+}
+
+/// A grant of `profile` to the peer with `public_key`.
+pub fn peer_grant(name: &str, public_key: &str, profile: TrustLevel) -> Grant {
+    let mut grant = grant(
+        name,
+        GrantSubject {
+            peer: Some(PeerRef {
+                public_key: public_key.into(),
+                name: None,
+            }),
+            session: None,
+        },
+    );
+    grant.spec.profile = Some(profile);
+    grant
+}
+
+pub fn rotated_from(mut grant: Grant, old_key: &str, rotated_at: Time) -> Grant {
+    grant.spec.previous_keys.push(PreviousKey {
+        public_key: old_key.into(),
+        rotated_at,
+    });
+    grant
+}
+
+pub fn gateway(name: &str, session: &str) -> Gateway {
+    Gateway {
+        metadata: meta(name),
+        spec: GatewaySpec {
+            session: session.into(),
+            forward_rules: Vec::new(),
+            approval_timeout: std::time::Duration::from_secs(300).into(),
+        },
+        status: None,
+    }
+}

@@ -1,0 +1,539 @@
+//! The reference behaviour of the WOPR model (SPEC §1), table-driven, plus
+//! resolver edge cases: expiry, scope, key rotation, invalid sessions, hashing.
+
+mod common;
+
+use common::*;
+use wopr_operator::api::{
+    AccessPattern, Capability, Enforcement, NetworkMode, SecurityPolicy, SecurityPolicySpec,
+    ToolRules, TrustLevel,
+};
+use wopr_operator::policy::{
+    self, Outcome, Reason, Request, ResolveError, Source, TOOLS, callable_tools, decide, resolve,
+    resolve_peer,
+};
+
+const SECURITY_TOOLS: [&str; 3] = ["security_whoami", "security_check", "security_request"];
+const GATEWAY_TOOLS: [&str; 3] = ["gateway_forward", "gateway_respond", "gateway_queue"];
+
+fn outcome(session: &wopr_operator::api::Session, tool: &str) -> Outcome {
+    let context = resolve(session, None, &[], &[], now()).unwrap();
+    decide(&context, Request::Tool(tool)).outcome
+}
+
+#[test]
+fn reference_tool_decisions() {
+    use Outcome::{Allowed, Denied};
+    use TrustLevel::*;
+    let semi_sandboxed = sandboxed(session("research", SemiTrusted));
+    let table = [
+        (&semi_sandboxed, "memory_read", Allowed),
+        (&semi_sandboxed, "security_whoami", Allowed),
+        (&semi_sandboxed, "sessions_send", Denied),
+        (&semi_sandboxed, "http_fetch", Denied),
+        (&semi_sandboxed, "config_set", Denied),
+        (&semi_sandboxed, "exec_command", Denied),
+    ];
+    for (session, tool, expected) in table {
+        assert_eq!(outcome(session, tool), expected, "{tool}");
+    }
+}
+
+#[test]
+fn untrusted_gets_only_the_security_tools() {
+    let context = resolve(
+        &session("api", TrustLevel::Untrusted),
+        None,
+        &[],
+        &[],
+        now(),
+    )
+    .unwrap();
+    let callable: Vec<&str> = callable_tools(&context)
+        .iter()
+        .map(|id| id.tool().name)
+        .collect();
+    assert_eq!(callable, SECURITY_TOOLS);
+    for tool in TOOLS.iter().filter(|t| !SECURITY_TOOLS.contains(&t.name)) {
+        assert_eq!(
+            decide(&context, Request::Tool(tool.name)).outcome,
+            Outcome::Denied,
+            "{}",
+            tool.name
+        );
+    }
+}
+
+#[test]
+fn owner_gets_everything() {
+    let owner = session("admin", TrustLevel::Owner);
+    let context = resolve(&owner, None, &[], &[], now()).unwrap();
+    assert!(context.capabilities.has_wildcard());
+    for tool in TOOLS.iter().filter(|t| !GATEWAY_TOOLS.contains(&t.name)) {
+        assert_eq!(
+            outcome(&owner, tool.name),
+            Outcome::Allowed,
+            "{}",
+            tool.name
+        );
+    }
+    // Gateway tools act on a gateway's queue: an owner session that serves a
+    // Gateway has every tool.
+    let serving = resolve(&owner, None, &[], &[gateway("gw", "admin")], now()).unwrap();
+    assert_eq!(callable_tools(&serving).iter().count(), TOOLS.len());
+    assert_eq!(
+        decide(&context, Request::Tool("gateway_forward")).reason,
+        Reason::NotAGateway
+    );
+}
+
+#[test]
+fn builtin_profiles_match_the_spec_table() {
+    use Capability::*;
+    let expected: [(TrustLevel, &[Capability], bool, NetworkMode); 4] = [
+        (TrustLevel::Owner, &[All], false, NetworkMode::Full),
+        (
+            TrustLevel::Trusted,
+            &[Inject, InjectTools, SessionSpawn, A2aCall],
+            false,
+            NetworkMode::Full,
+        ),
+        (
+            TrustLevel::SemiTrusted,
+            &[Inject, InjectTools],
+            true,
+            NetworkMode::Restricted,
+        ),
+        (TrustLevel::Untrusted, &[Inject], true, NetworkMode::None),
+    ];
+    for (level, capabilities, sandbox, network) in expected {
+        let context = resolve(&session("s", level), None, &[], &[], now()).unwrap();
+        assert_eq!(
+            context.capabilities.iter().collect::<Vec<_>>(),
+            capabilities,
+            "{level}"
+        );
+        assert_eq!(context.sandbox.enabled, sandbox, "{level}");
+        assert_eq!(context.network, network, "{level}");
+        assert_eq!(context.enforcement, Enforcement::Enforce);
+        assert_eq!(context.access, [AccessPattern::Trust(TrustLevel::Trusted)]);
+    }
+}
+
+#[test]
+fn capability_checks_and_spawning() {
+    let trusted = resolve(&session("t", TrustLevel::Trusted), None, &[], &[], now()).unwrap();
+    assert_eq!(
+        decide(&trusted, Request::Capability(Capability::A2aCall)).outcome,
+        Outcome::Allowed
+    );
+    let denied = decide(&trusted, Request::Capability(Capability::InjectNetwork));
+    assert_eq!(denied.outcome, Outcome::Denied);
+    assert_eq!(
+        denied.reason.to_string(),
+        "capability inject.network not granted"
+    );
+
+    assert_eq!(
+        decide(&trusted, Request::Spawn(TrustLevel::SemiTrusted)).outcome,
+        Outcome::Allowed
+    );
+    assert_eq!(
+        decide(&trusted, Request::Spawn(TrustLevel::Trusted)).outcome,
+        Outcome::Allowed
+    );
+    let above = decide(&trusted, Request::Spawn(TrustLevel::Owner));
+    assert_eq!(above.outcome, Outcome::Denied);
+    assert!(above.reason.to_string().contains("must not exceed"));
+    let semi = resolve(
+        &session("s", TrustLevel::SemiTrusted),
+        None,
+        &[],
+        &[],
+        now(),
+    )
+    .unwrap();
+    assert_eq!(
+        decide(&semi, Request::Spawn(TrustLevel::Untrusted)).reason,
+        Reason::MissingCapability(Capability::SessionSpawn)
+    );
+}
+
+#[test]
+fn unknown_and_forbidden_tools_give_the_same_message() {
+    let context = resolve(&session("u", TrustLevel::Untrusted), None, &[], &[], now()).unwrap();
+    let unknown = decide(&context, Request::Tool("launch_missiles"));
+    let forbidden = decide(&context, Request::Tool("memory_read"));
+    assert_eq!(unknown.outcome, Outcome::Denied);
+    assert_eq!(forbidden.outcome, Outcome::Denied);
+    assert_eq!(unknown.reason.to_string(), forbidden.reason.to_string());
+}
+
+#[test]
+fn session_grants_add_capabilities_until_they_expire() {
+    let semi = session("research", TrustLevel::SemiTrusted);
+    let mut grant = session_grant("net", "research", &[Capability::InjectNetwork]);
+    grant.spec.expires_at = Some(at(60));
+    let active = resolve(&semi, None, std::slice::from_ref(&grant), &[], now()).unwrap();
+    assert_eq!(
+        decide(&active, Request::Tool("http_fetch")).outcome,
+        Outcome::Allowed
+    );
+    assert_eq!(active.grants, ["net"]);
+
+    let later = now() + k8s_openapi::jiff::SignedDuration::from_secs(60);
+    let expired = resolve(&semi, None, std::slice::from_ref(&grant), &[], later).unwrap();
+    assert_eq!(
+        decide(&expired, Request::Tool("http_fetch")).outcome,
+        Outcome::Denied
+    );
+    assert!(expired.grants.is_empty());
+    assert_ne!(active.policy_hash, expired.policy_hash);
+}
+
+#[test]
+fn grants_for_other_sessions_or_namespaces_never_count() {
+    let semi = session("research", TrustLevel::SemiTrusted);
+    let other_session = session_grant("a", "code", &[Capability::InjectNetwork]);
+    let mut other_namespace = session_grant("b", "research", &[Capability::InjectNetwork]);
+    other_namespace.metadata.namespace = Some("team-b".into());
+    let context = resolve(&semi, None, &[other_session, other_namespace], &[], now()).unwrap();
+    assert!(!context.capabilities.has(Capability::InjectNetwork));
+}
+
+#[test]
+fn grants_never_confer_owner_or_the_wildcard_even_past_admission() {
+    let semi = session("research", TrustLevel::SemiTrusted);
+    let mut owner_profile = session_grant("a", "research", &[]);
+    owner_profile.spec.profile = Some(TrustLevel::Owner);
+    let wildcard = session_grant("b", "research", &[Capability::All]);
+    let context = resolve(&semi, None, &[owner_profile, wildcard], &[], now()).unwrap();
+    assert_eq!(
+        context.capabilities.iter().collect::<Vec<_>>(),
+        [Capability::Inject, Capability::InjectTools]
+    );
+}
+
+#[test]
+fn a_policy_cannot_give_non_owners_the_wildcard() {
+    let policy: SecurityPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "wopr.dev/v1alpha1", "kind": "SecurityPolicy",
+        "metadata": {"name": "default", "namespace": NAMESPACE},
+        "spec": {"trustLevels": {"trusted": {"capabilities": ["*", "inject"]}}}
+    }))
+    .unwrap();
+    let context = resolve(
+        &session("t", TrustLevel::Trusted),
+        Some(&policy),
+        &[],
+        &[],
+        now(),
+    )
+    .unwrap();
+    assert_eq!(
+        context.capabilities.iter().collect::<Vec<_>>(),
+        [Capability::Inject]
+    );
+}
+
+#[test]
+fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
+    let policy = SecurityPolicy {
+        metadata: meta("default"),
+        spec: serde_json::from_value(serde_json::json!({
+            "enforcement": "enforce",
+            "defaults": {"tools": {"deny": ["*"]}},
+            "trustLevels": {"trusted": {"tools": {"allow": ["memory_*", "security_*"]}}}
+        }))
+        .unwrap(),
+        status: None,
+    };
+    let mut trusted = session("t", TrustLevel::Trusted);
+    let context = resolve(&trusted, Some(&policy), &[], &[], now()).unwrap();
+    let names = |context: &policy::EffectiveContext| -> Vec<&str> {
+        callable_tools(context)
+            .iter()
+            .map(|id| id.tool().name)
+            .collect()
+    };
+    assert_eq!(
+        names(&context),
+        [
+            "security_whoami",
+            "security_check",
+            "security_request",
+            "memory_read",
+            "memory_write"
+        ]
+    );
+    // A session's own allow list cannot bring back what the policy denies.
+    trusted.spec.tools = Some(ToolRules {
+        allow: vec!["*".into()],
+        deny: vec!["memory_write".into()],
+    });
+    let narrowed = resolve(&trusted, Some(&policy), &[], &[], now()).unwrap();
+    assert_eq!(
+        names(&narrowed),
+        [
+            "security_whoami",
+            "security_check",
+            "security_request",
+            "memory_read"
+        ]
+    );
+}
+
+#[test]
+fn sessions_cannot_loosen_their_sandbox() {
+    let mut semi = session("s", TrustLevel::SemiTrusted);
+    semi.spec.sandbox = Some(wopr_operator::api::SandboxSpec {
+        enabled: Some(false),
+        ..Default::default()
+    });
+    let error = resolve(&semi, None, &[], &[], now()).unwrap_err();
+    assert_eq!(
+        error,
+        ResolveError::SandboxRequired {
+            level: TrustLevel::SemiTrusted
+        }
+    );
+    assert!(error.to_string().starts_with("spec.sandbox.enabled"));
+
+    semi.spec.sandbox = Some(wopr_operator::api::SandboxSpec {
+        network: Some(NetworkMode::Full),
+        ..Default::default()
+    });
+    let error = resolve(&semi, None, &[], &[], now()).unwrap_err();
+    assert!(matches!(
+        error,
+        ResolveError::NetworkTooWide {
+            allowed: NetworkMode::Restricted,
+            ..
+        }
+    ));
+    assert!(error.to_string().starts_with("spec.sandbox.network"));
+
+    // Narrowing is fine, and a trusted session may turn a sandbox on.
+    semi.spec.sandbox = Some(wopr_operator::api::SandboxSpec {
+        network: Some(NetworkMode::None),
+        ..Default::default()
+    });
+    assert_eq!(
+        resolve(&semi, None, &[], &[], now()).unwrap().network,
+        NetworkMode::None
+    );
+    let trusted = sandboxed(session("t", TrustLevel::Trusted));
+    assert!(
+        resolve(&trusted, None, &[], &[], now())
+            .unwrap()
+            .sandbox
+            .enabled
+    );
+}
+
+#[test]
+fn untrusted_is_sandboxed_whatever_the_policy_says() {
+    let policy = SecurityPolicy {
+        metadata: meta("default"),
+        spec: serde_json::from_value(serde_json::json!({
+            "defaults": {"sandbox": {"enabled": false}},
+            "trustLevels": {"untrusted": {"sandbox": {"enabled": false}}}
+        }))
+        .unwrap(),
+        status: None,
+    };
+    let context = resolve(
+        &session("u", TrustLevel::Untrusted),
+        Some(&policy),
+        &[],
+        &[],
+        now(),
+    )
+    .unwrap();
+    assert!(context.sandbox.enabled);
+}
+
+#[test]
+fn injections_follow_the_access_list() {
+    let mut target = session("code", TrustLevel::Trusted);
+    let default_access = resolve(&target, None, &[], &[], now()).unwrap();
+    let owner = resolve(&session("admin", TrustLevel::Owner), None, &[], &[], now()).unwrap();
+    let semi = resolve(
+        &session("helper", TrustLevel::SemiTrusted),
+        None,
+        &[],
+        &[],
+        now(),
+    )
+    .unwrap();
+    let inject = |target, source: &Source<'_>| decide(target, Request::Inject(source)).outcome;
+    assert_eq!(
+        inject(&default_access, &Source::session(&owner)),
+        Outcome::Allowed
+    );
+    assert_eq!(
+        inject(&default_access, &Source::session(&semi)),
+        Outcome::Denied
+    );
+
+    target.spec.access = vec!["session:helper".parse().unwrap()];
+    let by_name = resolve(&target, None, &[], &[], now()).unwrap();
+    assert_eq!(inject(&by_name, &Source::session(&semi)), Outcome::Allowed);
+    assert_eq!(inject(&by_name, &Source::session(&owner)), Outcome::Denied);
+
+    target.spec.access = vec!["type:api".parse().unwrap(), "peer:KEY".parse().unwrap()];
+    let typed = resolve(&target, None, &[], &[], now()).unwrap();
+    let untrusted_inject: policy::CapabilitySet = [Capability::Inject].into_iter().collect();
+    let api = Source {
+        source_type: "api",
+        identity: "client-1",
+        trust_level: TrustLevel::Untrusted,
+        capabilities: untrusted_inject,
+    };
+    assert_eq!(inject(&typed, &api), Outcome::Allowed);
+    let no_inject = Source {
+        capabilities: policy::CapabilitySet::EMPTY,
+        ..api
+    };
+    let decision = decide(&typed, Request::Inject(&no_inject));
+    assert_eq!(decision.reason, Reason::SourceCannotInject);
+}
+
+#[test]
+fn peers_need_an_active_grant_in_scope() {
+    let mut grant = peer_grant("alice", "KEY-ALICE", TrustLevel::SemiTrusted);
+    grant.spec.sessions = vec!["p2p-gateway".into()];
+    let grants = [grant];
+    let standing =
+        resolve_peer("KEY-ALICE", "p2p-gateway", NAMESPACE, None, &grants, now()).unwrap();
+    assert_eq!(standing.trust_level, TrustLevel::SemiTrusted);
+    assert!(standing.capabilities.has(Capability::InjectTools));
+    assert_eq!(standing.grants, ["alice"]);
+    assert_eq!(
+        resolve_peer("KEY-ALICE", "research", NAMESPACE, None, &grants, now()),
+        None
+    );
+    assert_eq!(
+        resolve_peer(
+            "KEY-MALLORY",
+            "p2p-gateway",
+            NAMESPACE,
+            None,
+            &grants,
+            now()
+        ),
+        None
+    );
+    assert_eq!(
+        resolve_peer("KEY-ALICE", "p2p-gateway", "team-b", None, &grants, now()),
+        None
+    );
+
+    let mut gateway = session("p2p-gateway", TrustLevel::SemiTrusted);
+    gateway.spec.access = vec!["peer:KEY-ALICE".parse().unwrap()];
+    let context = resolve(&gateway, None, &[], &[], now()).unwrap();
+    assert_eq!(
+        decide(&context, Request::Inject(&Source::peer(&standing))).outcome,
+        Outcome::Allowed
+    );
+}
+
+#[test]
+fn rotated_keys_count_only_within_the_grace_period() {
+    // Built-in grace period: 24h.
+    let rotated_at = at(-23 * 3600);
+    let grant = rotated_from(
+        peer_grant("bob", "KEY-NEW", TrustLevel::Trusted),
+        "KEY-OLD",
+        rotated_at,
+    );
+    let grants = [grant];
+    let standing = resolve_peer("KEY-OLD", "any", NAMESPACE, None, &grants, now()).unwrap();
+    assert_eq!(
+        standing.public_key, "KEY-NEW",
+        "the old key stands for the current one"
+    );
+    let past_grace = now() + k8s_openapi::jiff::SignedDuration::from_secs(3600);
+    assert_eq!(
+        resolve_peer("KEY-OLD", "any", NAMESPACE, None, &grants, past_grace),
+        None
+    );
+    assert!(resolve_peer("KEY-NEW", "any", NAMESPACE, None, &grants, past_grace).is_some());
+}
+
+#[test]
+fn auto_accept_gives_unknown_peers_the_discovery_trust_only() {
+    let policy = SecurityPolicy {
+        metadata: meta("default"),
+        spec: serde_json::from_value(serde_json::json!({
+            "p2p": {"autoAccept": true, "discoveryTrust": "owner"}
+        }))
+        .unwrap(),
+        status: None,
+    };
+    let standing = resolve_peer("KEY-X", "s", NAMESPACE, Some(&policy), &[], now()).unwrap();
+    assert_eq!(
+        standing.trust_level,
+        TrustLevel::Trusted,
+        "discovery never reaches owner"
+    );
+    assert!(!standing.capabilities.has_wildcard());
+    let default_policy = SecurityPolicy {
+        spec: SecurityPolicySpec::default(),
+        ..policy
+    };
+    assert_eq!(
+        resolve_peer("KEY-X", "s", NAMESPACE, Some(&default_policy), &[], now()),
+        None
+    );
+}
+
+#[test]
+fn policy_hash_is_stable_and_tracks_every_change() {
+    let semi = session("research", TrustLevel::SemiTrusted);
+    let a = session_grant("a", "research", &[Capability::A2aCall]);
+    let b = session_grant("b", "research", &[Capability::InjectNetwork]);
+    let forward = resolve(&semi, None, &[a.clone(), b.clone()], &[], now()).unwrap();
+    let backward = resolve(&semi, None, &[b, a.clone()], &[], now()).unwrap();
+    assert_eq!(forward, backward);
+    assert_eq!(forward.policy_hash.len(), 16);
+    let fewer = resolve(&semi, None, &[a], &[], now()).unwrap();
+    assert_ne!(forward.policy_hash, fewer.policy_hash);
+    let mut open_access = semi.clone();
+    open_access.spec.access = vec!["*".parse().unwrap()];
+    assert_ne!(
+        resolve(&open_access, None, &[], &[], now())
+            .unwrap()
+            .policy_hash,
+        resolve(&semi, None, &[], &[], now()).unwrap().policy_hash
+    );
+}
+
+#[test]
+fn warn_mode_lets_violations_through_as_would_deny() {
+    let policy = SecurityPolicy {
+        metadata: meta("default"),
+        spec: SecurityPolicySpec {
+            enforcement: Enforcement::Warn,
+            ..Default::default()
+        },
+        status: None,
+    };
+    let context = resolve(
+        &session("u", TrustLevel::Untrusted),
+        Some(&policy),
+        &[],
+        &[],
+        now(),
+    )
+    .unwrap();
+    let decision = decide(&context, Request::Tool("exec_command"));
+    assert_eq!(decision.outcome, Outcome::WouldDeny);
+    assert!(decision.proceeds());
+    assert_eq!(decision.reason, Reason::ToolNotPermitted);
+    assert_eq!(
+        decide(&context, Request::Tool("no_such_tool")).outcome,
+        Outcome::Denied,
+        "warn mode cannot run a tool that does not exist"
+    );
+}
