@@ -1,0 +1,298 @@
+//! Every file in examples/ goes through the real deserializer and the
+//! resolver, and the reference deployment behaves as documented.
+
+mod common;
+
+use std::{fs, path::Path};
+
+use common::now;
+use wopr_operator::api::{
+    Capability, Gateway, Grant, NetworkMode, SecurityPolicy, Session, TrustLevel, WoprObject,
+    parse_manifests,
+};
+use wopr_operator::policy::{
+    EffectiveContext, Outcome, Request, Source, callable_tools, decide, resolve, resolve_peer,
+};
+
+const NAMESPACE: &str = "wopr-examples";
+const ALICE: &str = "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU=";
+const ALICE_OLD: &str = "MCowBQYDK2VwAyEAzN1D5Gx8cmRwqPZP0iDvXQ8dC2a0tX7Lk1uD4tH0y3M=";
+
+#[derive(Default)]
+struct Examples {
+    policies: Vec<SecurityPolicy>,
+    sessions: Vec<Session>,
+    grants: Vec<Grant>,
+    gateways: Vec<Gateway>,
+}
+
+/// Every object of every examples/*.yaml file, placed in one namespace as
+/// `kubectl apply -n` would.
+fn load_examples() -> Examples {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut examples = Examples::default();
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for path in files {
+        let text = fs::read_to_string(&path).unwrap();
+        let objects =
+            parse_manifests(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        assert!(!objects.is_empty(), "{} holds no object", path.display());
+        for object in objects {
+            match object {
+                WoprObject::SecurityPolicy(mut p) => {
+                    p.metadata.namespace = Some(NAMESPACE.into());
+                    examples.policies.push(*p);
+                }
+                WoprObject::Session(mut s) => {
+                    s.metadata.namespace = Some(NAMESPACE.into());
+                    examples.sessions.push(*s);
+                }
+                WoprObject::Grant(mut g) => {
+                    g.metadata.namespace = Some(NAMESPACE.into());
+                    examples.grants.push(g);
+                }
+                WoprObject::Gateway(mut g) => {
+                    g.metadata.namespace = Some(NAMESPACE.into());
+                    examples.gateways.push(g);
+                }
+                WoprObject::ApprovalRequest(_) => {}
+            }
+        }
+    }
+    examples
+}
+
+impl Examples {
+    fn policy(&self) -> &SecurityPolicy {
+        assert_eq!(self.policies.len(), 1);
+        let policy = &self.policies[0];
+        assert_eq!(policy.metadata.name.as_deref(), Some("default"));
+        policy
+    }
+
+    fn context(&self, name: &str) -> EffectiveContext {
+        let session = self
+            .sessions
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no example session {name}"));
+        resolve(
+            session,
+            Some(self.policy()),
+            &self.grants,
+            &self.gateways,
+            now(),
+        )
+        .unwrap_or_else(|err| panic!("{name}: {err}"))
+    }
+}
+
+fn callable(context: &EffectiveContext) -> Vec<&'static str> {
+    callable_tools(context)
+        .iter()
+        .map(|id| id.tool().name)
+        .collect()
+}
+
+#[test]
+fn every_example_session_resolves() {
+    let examples = load_examples();
+    let names: Vec<_> = examples
+        .sessions
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "p2p-gateway",
+            "code-executor",
+            "research-agent",
+            "api-handler"
+        ]
+    );
+    assert_eq!(examples.grants.len(), 3);
+    assert_eq!(examples.gateways.len(), 1);
+    for name in &names {
+        examples.context(name);
+    }
+}
+
+#[test]
+fn every_example_passes_its_crd_cel_rules() {
+    use kube::core::cel::Validator;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let crds = wopr_operator::api::crds();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = fs::read_to_string(&path).unwrap();
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for document in documents.iter().filter(|d| !d.is_null()) {
+            let crd = crds
+                .iter()
+                .find(|crd| crd.spec.names.kind == document["kind"])
+                .unwrap_or_else(|| panic!("{}: unknown kind", path.display()));
+            let schema = serde_json::to_value(
+                crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema
+                    .as_ref()
+                    .unwrap(),
+            )
+            .unwrap();
+            if let Err(errors) = Validator::new().validate(&schema, document, None) {
+                panic!(
+                    "{}: {} fails {errors:?}",
+                    path.display(),
+                    document["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_example_policy_spells_out_the_builtin_profiles() {
+    let examples = load_examples();
+    for session in &examples.sessions {
+        let with_example = resolve(
+            session,
+            Some(examples.policy()),
+            &examples.grants,
+            &examples.gateways,
+            now(),
+        );
+        let with_builtin = resolve(session, None, &examples.grants, &examples.gateways, now());
+        assert_eq!(with_example, with_builtin, "{:?}", session.metadata.name);
+    }
+}
+
+#[test]
+fn the_gateway_forwards_and_nothing_more() {
+    let context = load_examples().context("p2p-gateway");
+    assert_eq!(context.gateways.len(), 1);
+    assert_eq!(context.gateways[0].forward_rules.len(), 2);
+    assert_eq!(context.network, NetworkMode::None);
+    assert!(context.capabilities.has(Capability::CrossInject));
+    let tools = callable(&context);
+    for tool in [
+        "sessions_send",
+        "gateway_forward",
+        "gateway_respond",
+        "gateway_queue",
+        "memory_read",
+    ] {
+        assert!(tools.contains(&tool), "{tool} missing from {tools:?}");
+    }
+    for tool in ["http_fetch", "exec_command", "sessions_spawn", "config_set"] {
+        assert!(!tools.contains(&tool), "{tool} in {tools:?}");
+    }
+}
+
+#[test]
+fn the_code_executor_executes_without_network() {
+    let context = load_examples().context("code-executor");
+    assert!(context.sandbox.enabled);
+    assert_eq!(context.network, NetworkMode::None);
+    assert_eq!(
+        callable(&context),
+        [
+            "security_whoami",
+            "security_check",
+            "security_request",
+            "exec_command",
+            "memory_read",
+            "memory_write",
+            "config_get"
+        ]
+    );
+}
+
+#[test]
+fn the_research_agent_is_sandboxed_with_restricted_network() {
+    let context = load_examples().context("research-agent");
+    assert!(
+        context.sandbox.enabled,
+        "semi-trusted runs sandboxed by default"
+    );
+    assert_eq!(context.network, NetworkMode::Restricted);
+    assert_eq!(
+        decide(&context, Request::Tool("memory_read")).outcome,
+        Outcome::Allowed
+    );
+    assert_eq!(
+        decide(&context, Request::Tool("http_fetch")).outcome,
+        Outcome::Denied
+    );
+}
+
+#[test]
+fn the_api_handler_only_has_security_tools() {
+    let context = load_examples().context("api-handler");
+    assert_eq!(context.trust_level, TrustLevel::Untrusted);
+    assert_eq!(
+        callable(&context),
+        ["security_whoami", "security_check", "security_request"]
+    );
+}
+
+#[test]
+fn alice_reaches_the_gateway_only() {
+    let examples = load_examples();
+    let policy = Some(examples.policy());
+    let standing = resolve_peer(
+        ALICE,
+        "p2p-gateway",
+        NAMESPACE,
+        policy,
+        &examples.grants,
+        now(),
+    )
+    .unwrap();
+    let gateway = examples.context("p2p-gateway");
+    assert_eq!(
+        decide(&gateway, Request::Inject(&Source::peer(&standing))).outcome,
+        Outcome::Allowed
+    );
+    // Her previous key was rotated on 2026-11-20: with a 24h grace it no longer counts.
+    assert_eq!(
+        resolve_peer(
+            ALICE_OLD,
+            "p2p-gateway",
+            NAMESPACE,
+            policy,
+            &examples.grants,
+            now()
+        ),
+        None
+    );
+    assert_eq!(
+        resolve_peer(
+            ALICE,
+            "research-agent",
+            NAMESPACE,
+            policy,
+            &examples.grants,
+            now()
+        ),
+        None
+    );
+    // The research agent admits only trusted sources and the gateway session.
+    let research = examples.context("research-agent");
+    assert_eq!(
+        decide(&research, Request::Inject(&Source::peer(&standing))).outcome,
+        Outcome::Denied
+    );
+    assert_eq!(
+        decide(&research, Request::Inject(&Source::session(&gateway))).outcome,
+        Outcome::Allowed
+    );
+}
