@@ -5,6 +5,26 @@
 //! - [`resolve_peer`]: a remote peer's [`PeerStanding`] in a session.
 //! - [`decide`]: a [`Request`] under an effective context → a [`Decision`].
 //! - [`TokenBucket`]: rate limiting with an injected clock.
+//!
+//! ```
+//! use wopr_operator::api::{Session, SessionSpec, TrustLevel};
+//! use wopr_operator::policy::{Outcome, Request, decide, resolve};
+//!
+//! let session = Session::new("research", SessionSpec {
+//!     trust_level: TrustLevel::SemiTrusted,
+//!     prompt: None,
+//!     provider: None,
+//!     access: vec![],
+//!     tools: None,
+//!     sandbox: None,
+//! });
+//! let now = "2026-11-24T12:00:00Z".parse().unwrap();
+//! // No SecurityPolicy, grants or gateways: the built-in profiles apply.
+//! let context = resolve(&session, None, &[], &[], now).unwrap();
+//! assert!(context.sandbox.enabled);
+//! assert_eq!(decide(&context, Request::Tool("memory_read")).outcome, Outcome::Allowed);
+//! assert_eq!(decide(&context, Request::Tool("http_fetch")).outcome, Outcome::Denied);
+//! ```
 
 mod capabilities;
 mod decide;
