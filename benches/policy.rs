@@ -7,41 +7,15 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use wopr_operator::api::{
-    Capability, Grant, GrantSpec, GrantSubject, Session, SessionSpec, TrustLevel,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::SignedDuration;
+use wopr_operator::api::{Capability, Grant, GrantSpec, GrantSubject, TrustLevel};
 use wopr_operator::policy::{CapabilitySet, Request, Source, decide, resolve};
 
-const NAMESPACE: &str = "bench";
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-fn now() -> Timestamp {
-    "2026-11-24T12:00:00Z".parse().unwrap()
-}
-
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some(NAMESPACE.into()),
-        ..Default::default()
-    }
-}
-
-fn session(trust_level: TrustLevel) -> Session {
-    Session {
-        metadata: meta("subject"),
-        spec: SessionSpec {
-            trust_level,
-            prompt: None,
-            provider: None,
-            access: Vec::new(),
-            tools: None,
-            sandbox: None,
-        },
-        status: None,
-    }
-}
+use common::{meta, now, session};
 
 /// `count` grants of a namespace with many sessions: one in ten names the
 /// benchmarked session, and a quarter of all grants have expired.
@@ -74,7 +48,14 @@ fn grants(count: usize, subject_every: usize) -> Vec<Grant> {
 }
 
 fn bench_decide(c: &mut Criterion) {
-    let context = resolve(&session(TrustLevel::SemiTrusted), None, &[], &[], now()).unwrap();
+    let context = resolve(
+        &session("subject", TrustLevel::SemiTrusted),
+        None,
+        &[],
+        &[],
+        now(),
+    )
+    .unwrap();
     let mut group = c.benchmark_group("decide");
     group.bench_function("tool_allowed", |b| {
         b.iter(|| decide(black_box(&context), black_box(Request::Tool("memory_read"))))
@@ -116,7 +97,7 @@ fn bench_decide(c: &mut Criterion) {
 }
 
 fn bench_resolve(c: &mut Criterion) {
-    let subject = session(TrustLevel::SemiTrusted);
+    let subject = session("subject", TrustLevel::SemiTrusted);
     let mut group = c.benchmark_group("resolve");
     for count in [10, 100, 1000] {
         let mixed = grants(count, 10);

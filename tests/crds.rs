@@ -1,6 +1,8 @@
 //! The committed CRDs match the code, and every CEL rule accepts a valid
 //! object and rejects an invalid one (evaluated offline with kube's `cel`).
 
+mod common;
+
 use std::{collections::BTreeSet, fs, path::Path};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -114,18 +116,7 @@ fn field_docs_become_schema_descriptions() {
     assert!(sandbox["properties"]["egress"]["description"].is_string());
 }
 
-fn schema(crd: &CustomResourceDefinition) -> Value {
-    serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap()
-}
+use common::crd_schema as schema;
 
 /// Runs the CRD's CEL rules on `object` (with `old` for transition rules)
 /// and returns the messages of the rules that failed.

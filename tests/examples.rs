@@ -138,16 +138,7 @@ fn every_example_passes_its_crd_cel_rules() {
                 .iter()
                 .find(|crd| crd.spec.names.kind == document["kind"])
                 .unwrap_or_else(|| panic!("{}: unknown kind", path.display()));
-            let schema = serde_json::to_value(
-                crd.spec.versions[0]
-                    .schema
-                    .as_ref()
-                    .unwrap()
-                    .open_api_v3_schema
-                    .as_ref()
-                    .unwrap(),
-            )
-            .unwrap();
+            let schema = common::crd_schema(crd);
             if let Err(errors) = Validator::new().validate(&schema, document, None) {
                 panic!(
                     "{}: {} fails {errors:?}",

@@ -5,19 +5,24 @@ mod common;
 
 use common::*;
 use wopr_operator::api::{
-    AccessPattern, Capability, Enforcement, NetworkMode, SecurityPolicy, SecurityPolicySpec,
-    ToolRules, TrustLevel,
+    AccessPattern, Capability, Enforcement, NetworkMode, SecurityPolicy, Session, ToolRules,
+    TrustLevel,
 };
 use wopr_operator::policy::{
     self, Outcome, Reason, Request, ResolveError, Source, TOOLS, callable_tools, decide, resolve,
     resolve_peer,
 };
 
+/// The context of `session` under `policy`, with no grants or gateways.
+fn context_of(session: &Session, policy: Option<&SecurityPolicy>) -> policy::EffectiveContext {
+    resolve(session, policy, &[], &[], now()).unwrap()
+}
+
 const SECURITY_TOOLS: [&str; 3] = ["security_whoami", "security_check", "security_request"];
 const GATEWAY_TOOLS: [&str; 3] = ["gateway_forward", "gateway_respond", "gateway_queue"];
 
 fn outcome(session: &wopr_operator::api::Session, tool: &str) -> Outcome {
-    let context = resolve(session, None, &[], &[], now()).unwrap();
+    let context = context_of(session, None);
     decide(&context, Request::Tool(tool)).outcome
 }
 
@@ -41,14 +46,7 @@ fn reference_tool_decisions() {
 
 #[test]
 fn untrusted_gets_only_the_security_tools() {
-    let context = resolve(
-        &session("api", TrustLevel::Untrusted),
-        None,
-        &[],
-        &[],
-        now(),
-    )
-    .unwrap();
+    let context = context_of(&session("api", TrustLevel::Untrusted), None);
     let callable: Vec<&str> = callable_tools(&context)
         .iter()
         .map(|id| id.tool().name)
@@ -67,7 +65,7 @@ fn untrusted_gets_only_the_security_tools() {
 #[test]
 fn owner_gets_everything() {
     let owner = session("admin", TrustLevel::Owner);
-    let context = resolve(&owner, None, &[], &[], now()).unwrap();
+    let context = context_of(&owner, None);
     assert!(context.capabilities.has_wildcard());
     for tool in TOOLS.iter().filter(|t| !GATEWAY_TOOLS.contains(&t.name)) {
         assert_eq!(
@@ -107,7 +105,7 @@ fn builtin_profiles_match_the_spec_table() {
         (TrustLevel::Untrusted, &[Inject], true, NetworkMode::None),
     ];
     for (level, capabilities, sandbox, network) in expected {
-        let context = resolve(&session("s", level), None, &[], &[], now()).unwrap();
+        let context = context_of(&session("s", level), None);
         assert_eq!(
             context.capabilities.iter().collect::<Vec<_>>(),
             capabilities,
@@ -122,7 +120,7 @@ fn builtin_profiles_match_the_spec_table() {
 
 #[test]
 fn capability_checks_and_spawning() {
-    let trusted = resolve(&session("t", TrustLevel::Trusted), None, &[], &[], now()).unwrap();
+    let trusted = context_of(&session("t", TrustLevel::Trusted), None);
     assert_eq!(
         decide(&trusted, Request::Capability(Capability::A2aCall)).outcome,
         Outcome::Allowed
@@ -145,14 +143,7 @@ fn capability_checks_and_spawning() {
     let above = decide(&trusted, Request::Spawn(TrustLevel::Owner));
     assert_eq!(above.outcome, Outcome::Denied);
     assert!(above.reason.to_string().contains("must not exceed"));
-    let semi = resolve(
-        &session("s", TrustLevel::SemiTrusted),
-        None,
-        &[],
-        &[],
-        now(),
-    )
-    .unwrap();
+    let semi = context_of(&session("s", TrustLevel::SemiTrusted), None);
     assert_eq!(
         decide(&semi, Request::Spawn(TrustLevel::Untrusted)).reason,
         Reason::MissingCapability(Capability::SessionSpawn)
@@ -161,7 +152,7 @@ fn capability_checks_and_spawning() {
 
 #[test]
 fn unknown_and_forbidden_tools_give_the_same_message() {
-    let context = resolve(&session("u", TrustLevel::Untrusted), None, &[], &[], now()).unwrap();
+    let context = context_of(&session("u", TrustLevel::Untrusted), None);
     let unknown = decide(&context, Request::Tool("launch_missiles"));
     let forbidden = decide(&context, Request::Tool("memory_read"));
     assert_eq!(unknown.outcome, Outcome::Denied);
@@ -216,20 +207,10 @@ fn grants_never_confer_owner_or_the_wildcard_even_past_admission() {
 
 #[test]
 fn a_policy_cannot_give_non_owners_the_wildcard() {
-    let policy: SecurityPolicy = serde_json::from_value(serde_json::json!({
-        "apiVersion": "wopr.dev/v1alpha1", "kind": "SecurityPolicy",
-        "metadata": {"name": "default", "namespace": NAMESPACE},
-        "spec": {"trustLevels": {"trusted": {"capabilities": ["*", "inject"]}}}
-    }))
-    .unwrap();
-    let context = resolve(
-        &session("t", TrustLevel::Trusted),
-        Some(&policy),
-        &[],
-        &[],
-        now(),
-    )
-    .unwrap();
+    let policy = security_policy(serde_json::json!({
+        "trustLevels": {"trusted": {"capabilities": ["*", "inject"]}}
+    }));
+    let context = context_of(&session("t", TrustLevel::Trusted), Some(&policy));
     assert_eq!(
         context.capabilities.iter().collect::<Vec<_>>(),
         [Capability::Inject]
@@ -238,18 +219,13 @@ fn a_policy_cannot_give_non_owners_the_wildcard() {
 
 #[test]
 fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
-    let policy = SecurityPolicy {
-        metadata: meta("default"),
-        spec: serde_json::from_value(serde_json::json!({
-            "enforcement": "enforce",
-            "defaults": {"tools": {"deny": ["*"]}},
-            "trustLevels": {"trusted": {"tools": {"allow": ["memory_*", "security_*"]}}}
-        }))
-        .unwrap(),
-        status: None,
-    };
+    let policy = security_policy(serde_json::json!({
+        "enforcement": "enforce",
+        "defaults": {"tools": {"deny": ["*"]}},
+        "trustLevels": {"trusted": {"tools": {"allow": ["memory_*", "security_*"]}}}
+    }));
     let mut trusted = session("t", TrustLevel::Trusted);
-    let context = resolve(&trusted, Some(&policy), &[], &[], now()).unwrap();
+    let context = context_of(&trusted, Some(&policy));
     let names = |context: &policy::EffectiveContext| -> Vec<&str> {
         callable_tools(context)
             .iter()
@@ -271,7 +247,7 @@ fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
         allow: vec!["*".into()],
         deny: vec!["memory_write".into()],
     });
-    let narrowed = resolve(&trusted, Some(&policy), &[], &[], now()).unwrap();
+    let narrowed = context_of(&trusted, Some(&policy));
     assert_eq!(
         names(&narrowed),
         [
@@ -318,54 +294,27 @@ fn sessions_cannot_loosen_their_sandbox() {
         network: Some(NetworkMode::None),
         ..Default::default()
     });
-    assert_eq!(
-        resolve(&semi, None, &[], &[], now()).unwrap().network,
-        NetworkMode::None
-    );
+    assert_eq!(context_of(&semi, None).network, NetworkMode::None);
     let trusted = sandboxed(session("t", TrustLevel::Trusted));
-    assert!(
-        resolve(&trusted, None, &[], &[], now())
-            .unwrap()
-            .sandbox
-            .enabled
-    );
+    assert!(context_of(&trusted, None).sandbox.enabled);
 }
 
 #[test]
 fn untrusted_is_sandboxed_whatever_the_policy_says() {
-    let policy = SecurityPolicy {
-        metadata: meta("default"),
-        spec: serde_json::from_value(serde_json::json!({
-            "defaults": {"sandbox": {"enabled": false}},
-            "trustLevels": {"untrusted": {"sandbox": {"enabled": false}}}
-        }))
-        .unwrap(),
-        status: None,
-    };
-    let context = resolve(
-        &session("u", TrustLevel::Untrusted),
-        Some(&policy),
-        &[],
-        &[],
-        now(),
-    )
-    .unwrap();
+    let policy = security_policy(serde_json::json!({
+        "defaults": {"sandbox": {"enabled": false}},
+        "trustLevels": {"untrusted": {"sandbox": {"enabled": false}}}
+    }));
+    let context = context_of(&session("u", TrustLevel::Untrusted), Some(&policy));
     assert!(context.sandbox.enabled);
 }
 
 #[test]
 fn injections_follow_the_access_list() {
     let mut target = session("code", TrustLevel::Trusted);
-    let default_access = resolve(&target, None, &[], &[], now()).unwrap();
-    let owner = resolve(&session("admin", TrustLevel::Owner), None, &[], &[], now()).unwrap();
-    let semi = resolve(
-        &session("helper", TrustLevel::SemiTrusted),
-        None,
-        &[],
-        &[],
-        now(),
-    )
-    .unwrap();
+    let default_access = context_of(&target, None);
+    let owner = context_of(&session("admin", TrustLevel::Owner), None);
+    let semi = context_of(&session("helper", TrustLevel::SemiTrusted), None);
     let inject = |target, source: &Source<'_>| decide(target, Request::Inject(source)).outcome;
     assert_eq!(
         inject(&default_access, &Source::session(&owner)),
@@ -377,12 +326,12 @@ fn injections_follow_the_access_list() {
     );
 
     target.spec.access = vec!["session:helper".parse().unwrap()];
-    let by_name = resolve(&target, None, &[], &[], now()).unwrap();
+    let by_name = context_of(&target, None);
     assert_eq!(inject(&by_name, &Source::session(&semi)), Outcome::Allowed);
     assert_eq!(inject(&by_name, &Source::session(&owner)), Outcome::Denied);
 
     target.spec.access = vec!["type:api".parse().unwrap(), "peer:KEY".parse().unwrap()];
-    let typed = resolve(&target, None, &[], &[], now()).unwrap();
+    let typed = context_of(&target, None);
     let untrusted_inject: policy::CapabilitySet = [Capability::Inject].into_iter().collect();
     let api = Source {
         source_type: "api",
@@ -431,7 +380,7 @@ fn peers_need_an_active_grant_in_scope() {
 
     let mut gateway = session("p2p-gateway", TrustLevel::SemiTrusted);
     gateway.spec.access = vec!["peer:KEY-ALICE".parse().unwrap()];
-    let context = resolve(&gateway, None, &[], &[], now()).unwrap();
+    let context = context_of(&gateway, None);
     assert_eq!(
         decide(&context, Request::Inject(&Source::peer(&standing))).outcome,
         Outcome::Allowed
@@ -463,14 +412,9 @@ fn rotated_keys_count_only_within_the_grace_period() {
 
 #[test]
 fn auto_accept_gives_unknown_peers_the_discovery_trust_only() {
-    let policy = SecurityPolicy {
-        metadata: meta("default"),
-        spec: serde_json::from_value(serde_json::json!({
-            "p2p": {"autoAccept": true, "discoveryTrust": "owner"}
-        }))
-        .unwrap(),
-        status: None,
-    };
+    let policy = security_policy(serde_json::json!({
+        "p2p": {"autoAccept": true, "discoveryTrust": "owner"}
+    }));
     let standing = resolve_peer("KEY-X", "s", NAMESPACE, Some(&policy), &[], now()).unwrap();
     assert_eq!(
         standing.trust_level,
@@ -478,10 +422,7 @@ fn auto_accept_gives_unknown_peers_the_discovery_trust_only() {
         "discovery never reaches owner"
     );
     assert!(!standing.capabilities.has_wildcard());
-    let default_policy = SecurityPolicy {
-        spec: SecurityPolicySpec::default(),
-        ..policy
-    };
+    let default_policy = security_policy(serde_json::json!({}));
     assert_eq!(
         resolve_peer("KEY-X", "s", NAMESPACE, Some(&default_policy), &[], now()),
         None
@@ -502,31 +443,15 @@ fn policy_hash_is_stable_and_tracks_every_change() {
     let mut open_access = semi.clone();
     open_access.spec.access = vec!["*".parse().unwrap()];
     assert_ne!(
-        resolve(&open_access, None, &[], &[], now())
-            .unwrap()
-            .policy_hash,
-        resolve(&semi, None, &[], &[], now()).unwrap().policy_hash
+        context_of(&open_access, None).policy_hash,
+        context_of(&semi, None).policy_hash
     );
 }
 
 #[test]
 fn warn_mode_lets_violations_through_as_would_deny() {
-    let policy = SecurityPolicy {
-        metadata: meta("default"),
-        spec: SecurityPolicySpec {
-            enforcement: Enforcement::Warn,
-            ..Default::default()
-        },
-        status: None,
-    };
-    let context = resolve(
-        &session("u", TrustLevel::Untrusted),
-        Some(&policy),
-        &[],
-        &[],
-        now(),
-    )
-    .unwrap();
+    let policy = security_policy(serde_json::json!({"enforcement": "warn"}));
+    let context = context_of(&session("u", TrustLevel::Untrusted), Some(&policy));
     let decision = decide(&context, Request::Tool("exec_command"));
     assert_eq!(decision.outcome, Outcome::WouldDeny);
     assert!(decision.proceeds());

@@ -1,12 +1,13 @@
 //! Builders for test objects, shared by the integration tests.
 #![allow(dead_code)] // each test crate uses a different subset
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use wopr_operator::api::{
     Capability, Gateway, GatewaySpec, Grant, GrantSpec, GrantSubject, PeerRef, PreviousKey,
-    SandboxSpec, Session, SessionSpec, TrustLevel,
+    SandboxSpec, SecurityPolicy, Session, SessionSpec, TrustLevel,
 };
 
 pub const NAMESPACE: &str = "team-a";
@@ -113,4 +114,25 @@ pub fn gateway(name: &str, session: &str) -> Gateway {
         },
         status: None,
     }
+}
+
+/// The namespace's `default` SecurityPolicy with this spec (JSON, as written in YAML).
+pub fn security_policy(spec: serde_json::Value) -> SecurityPolicy {
+    SecurityPolicy {
+        metadata: meta("default"),
+        spec: serde_json::from_value(spec).expect("a valid SecurityPolicy spec"),
+        status: None,
+    }
+}
+
+/// The OpenAPI schema of a CRD's only version, as JSON.
+pub fn crd_schema(crd: &CustomResourceDefinition) -> serde_json::Value {
+    let schema = crd.spec.versions[0].schema.as_ref().expect("a schema");
+    serde_json::to_value(
+        schema
+            .open_api_v3_schema
+            .as_ref()
+            .expect("an openAPIV3Schema"),
+    )
+    .unwrap()
 }
