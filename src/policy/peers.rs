@@ -54,7 +54,11 @@ pub fn resolve_peer(
         };
         let in_scope = grant.spec.sessions.is_empty()
             || grant.spec.sessions.iter().any(|scoped| scoped == session);
-        let in_namespace = grant.namespace().is_none_or(|ns| ns == namespace);
+        let in_namespace = grant
+            .metadata
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| ns == namespace);
         if !(in_scope
             && in_namespace
             && grant_is_active(grant, now)

@@ -139,14 +139,13 @@ pub fn resolve(
         None => settings.network,
     };
 
-    let in_namespace = |object_namespace: Option<String>| {
-        object_namespace.is_none_or(|object_namespace| object_namespace == namespace)
-    };
+    let in_namespace =
+        |object_namespace: Option<&str>| object_namespace.is_none_or(|ns| ns == namespace);
     let mut capabilities = level_capabilities(level, &settings);
     let mut grant_names = Vec::new();
     for grant in grants {
         if grant.spec.subject.session.as_deref() == Some(name.as_str())
-            && in_namespace(grant.namespace())
+            && in_namespace(grant.metadata.namespace.as_deref())
             && grant_is_active(grant, now)
         {
             capabilities = capabilities.union(grant_capabilities(policy, grant));
@@ -154,13 +153,12 @@ pub fn resolve(
         }
     }
     grant_names.sort_unstable();
-    if level != TrustLevel::Owner {
-        capabilities = capabilities.without_wildcard();
-    }
 
     let mut gateway_rules: Vec<GatewayRules> = gateways
         .iter()
-        .filter(|gateway| gateway.spec.session == name && in_namespace(gateway.namespace()))
+        .filter(|gateway| {
+            gateway.spec.session == name && in_namespace(gateway.metadata.namespace.as_deref())
+        })
         .map(|gateway| GatewayRules {
             gateway: gateway.name_any(),
             forward_rules: gateway.spec.forward_rules.clone(),
