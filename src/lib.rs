@@ -7,4 +7,5 @@
 //!   security context and deciding tool calls, capability checks and injections.
 
 pub mod api;
+pub mod controller;
 pub mod policy;

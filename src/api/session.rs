@@ -1,7 +1,7 @@
 //! The `Session` custom resource: one AI agent, its trust level and its sandbox.
 
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, CSIVolumeSource, ConfigMapVolumeSource, EnvVar, NFSVolumeSource,
+    AppArmorProfile, CSIVolumeSource, ConfigMapVolumeSource, EnvVar,
     PersistentVolumeClaimVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -137,11 +137,11 @@ pub struct SandboxSpec {
 }
 
 /// The volume mounted read-only at /workspace: exactly one source. Only
-/// sources that cannot reach the node (no hostPath) are offered.
+/// sources that Pod Security "restricted" admits are offered (no hostPath, no nfs).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(validation = Rule::new(
-    "[has(self.persistentVolumeClaim), has(self.configMap), has(self.secret), has(self.nfs), has(self.csi)].filter(x, x).size() == 1"
-).message("workspace needs exactly one of persistentVolumeClaim, configMap, secret, nfs or csi"))]
+    "[has(self.persistentVolumeClaim), has(self.configMap), has(self.secret), has(self.csi)].filter(x, x).size() == 1"
+).message("workspace needs exactly one of persistentVolumeClaim, configMap, secret or csi"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceVolume {
     /// A PersistentVolumeClaim of the session's namespace.
@@ -153,9 +153,6 @@ pub struct WorkspaceVolume {
     /// A Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretVolumeSource>,
-    /// An NFS export.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nfs: Option<NFSVolumeSource>,
     /// A CSI volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csi: Option<CSIVolumeSource>,

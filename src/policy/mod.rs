@@ -28,6 +28,7 @@
 
 mod capabilities;
 mod decide;
+mod hash;
 mod peers;
 mod profiles;
 mod rate_limit;
@@ -39,6 +40,7 @@ pub use decide::{
     Decision, Outcome, Reason, Request, SOURCE_TYPE_PEER, SOURCE_TYPE_SESSION, Source, admits,
     callable_tools, decide,
 };
+pub use hash::stable_hash;
 pub use peers::{PeerStanding, resolve_peer};
 pub use profiles::builtin_policy;
 pub use rate_limit::TokenBucket;

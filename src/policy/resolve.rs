@@ -1,16 +1,14 @@
 //! `resolve`: a Session, its namespace's SecurityPolicy, Grants and Gateways
 //! → the session's effective security context. Pure: the clock is a parameter.
 
-use std::io;
-
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::Duration;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::capabilities::CapabilitySet;
+use super::hash::stable_hash;
 use super::profiles::{LevelSettings, level_settings};
 use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
 use crate::api::{
@@ -194,7 +192,7 @@ pub fn resolve(
         gateways: gateway_rules,
         policy_hash: String::new(),
     };
-    context.policy_hash = hash_context(&context);
+    context.policy_hash = stable_hash(&context);
     Ok(context)
 }
 
@@ -242,29 +240,4 @@ fn permitted_tools(settings: &LevelSettings<'_>, session_rules: Option<&ToolRule
             policy_permits && session_rules.is_none_or(|rules| session_keeps(rules, tool))
         })
         .collect()
-}
-
-/// A stable hash of a context (its `policy_hash` field left out): the first
-/// 16 hex digits of the SHA-256 of its JSON form.
-fn hash_context(context: &EffectiveContext) -> String {
-    let mut hasher = HashWriter(Sha256::new());
-    serde_json::to_writer(&mut hasher, context).expect("an effective context serializes");
-    let digest = hasher.0.finalize();
-    digest[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-struct HashWriter(Sha256);
-
-impl io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }

@@ -10,6 +10,8 @@ use wopr_operator::api::{
     SandboxSpec, SecurityPolicy, Session, SessionSpec, TrustLevel,
 };
 
+pub mod pod_security;
+
 pub const NAMESPACE: &str = "team-a";
 
 /// A fixed "now" for tests.
@@ -25,6 +27,7 @@ pub fn meta(name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: Some(NAMESPACE.into()),
+        uid: Some(format!("uid-{name}")),
         ..Default::default()
     }
 }

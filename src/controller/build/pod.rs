@@ -1,0 +1,319 @@
+//! The session pod: the agent container and the `a2a` sidecar (a native
+//! sidecar: an init container that keeps running), hardened as SPEC §3 says.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostAlias,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
+
+use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, child_meta};
+use crate::api::{Session, WorkspaceVolume};
+use crate::controller::config::SandboxConfig;
+use crate::policy::{EffectiveContext, stable_hash};
+
+/// Name of the agent container.
+pub const AGENT_CONTAINER: &str = "agent";
+/// Name of the sidecar container.
+pub const SIDECAR_CONTAINER: &str = "a2a";
+/// Directory of the sidecar's unix socket, shared by both containers.
+pub const SOCKET_DIR: &str = "/run/wopr";
+/// The sidecar's gRPC unix socket.
+pub const SOCKET_PATH: &str = "/run/wopr/a2a.sock";
+/// Port of the sidecar's MCP endpoint on the pod's loopback.
+pub const MCP_PORT: u16 = 7780;
+/// Where the projected service-account token is mounted in the sidecar.
+pub const TOKEN_DIR: &str = "/var/run/secrets/wopr.dev/serviceaccount";
+/// Audience of the projected token, checked by the control plane.
+pub const TOKEN_AUDIENCE: &str = "wopr.dev";
+/// Lifetime of the projected token (the kubelet rotates it).
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
+/// User and group every container runs as.
+pub const SANDBOX_UID: i64 = 65532;
+
+const TOKEN_VOLUME: &str = "wopr-token";
+const SOCKET_VOLUME: &str = "a2a-socket";
+const WORKSPACE_VOLUME: &str = "workspace";
+/// tmpfs mounts giving a read-only root somewhere to write.
+const TMPFS_MOUNTS: [(&str, &str); 3] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("run", "/run")];
+
+/// The pod of `session` under its effective `context`, with its
+/// pod-template hash annotation.
+pub fn build_pod(session: &Session, context: &EffectiveContext, config: &SandboxConfig) -> Pod {
+    let name = session.name_any();
+    let sandbox = session.spec.sandbox.clone().unwrap_or_default();
+    let sandboxed = context.sandbox.enabled;
+
+    let mut volumes: Vec<Volume> = TMPFS_MOUNTS
+        .iter()
+        .map(|(volume, _)| memory_volume(volume))
+        .collect();
+    volumes.push(memory_volume(SOCKET_VOLUME));
+    volumes.push(token_volume());
+    let mut agent_mounts: Vec<VolumeMount> = TMPFS_MOUNTS
+        .iter()
+        .map(|(volume, path)| mount(volume, path, false))
+        .collect();
+    agent_mounts.push(mount(SOCKET_VOLUME, SOCKET_DIR, false));
+    if let Some(workspace) = &sandbox.workspace {
+        volumes.push(workspace_volume(workspace));
+        agent_mounts.push(mount(WORKSPACE_VOLUME, "/workspace", true));
+    }
+
+    let agent_security = SecurityContext {
+        read_only_root_filesystem: Some(sandboxed),
+        seccomp_profile: Some(
+            sandbox
+                .seccomp_profile
+                .clone()
+                .unwrap_or_else(runtime_default_seccomp),
+        ),
+        app_armor_profile: sandbox.app_armor_profile.clone(),
+        ..hardened_security_context()
+    };
+    let mut agent_env = vec![
+        env("WOPR_SESSION", &name),
+        env("WOPR_MCP_URL", &format!("http://127.0.0.1:{MCP_PORT}/mcp")),
+        env("WOPR_A2A_SOCKET", SOCKET_PATH),
+    ];
+    agent_env.extend(sandbox.env.iter().cloned());
+    let agent = Container {
+        name: AGENT_CONTAINER.to_owned(),
+        image: Some(
+            sandbox
+                .image
+                .clone()
+                .unwrap_or_else(|| config.default_agent_image.clone()),
+        ),
+        command: non_empty(sandbox.command.clone()),
+        args: non_empty(sandbox.args.clone()),
+        env: Some(agent_env),
+        resources: agent_resources(context.sandbox.resources.as_ref(), sandboxed, config),
+        security_context: Some(agent_security),
+        volume_mounts: Some(agent_mounts),
+        ..Container::default()
+    };
+
+    let mut metadata = child_meta(session);
+    let mut pod = Pod {
+        metadata: metadata.clone(),
+        spec: Some(PodSpec {
+            service_account_name: metadata.name.clone(),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            host_network: Some(false),
+            host_pid: Some(false),
+            host_ipc: Some(false),
+            restart_policy: Some("Always".to_owned()),
+            runtime_class_name: sandbox.runtime_class_name.clone(),
+            host_aliases: config.control_plane.resolved_ip.map(|ip| {
+                vec![HostAlias {
+                    ip: ip.to_string(),
+                    hostnames: Some(vec![config.control_plane.host.clone()]),
+                }]
+            }),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(SANDBOX_UID),
+                run_as_group: Some(SANDBOX_UID),
+                fs_group: Some(SANDBOX_UID),
+                seccomp_profile: Some(runtime_default_seccomp()),
+                ..PodSecurityContext::default()
+            }),
+            init_containers: Some(vec![sidecar(&name, config)]),
+            containers: vec![agent],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+        status: None,
+    };
+    let hash = stable_hash(&pod);
+    metadata.annotations = Some(BTreeMap::from([(
+        POD_TEMPLATE_HASH_ANNOTATION.to_owned(),
+        hash,
+    )]));
+    pod.metadata = metadata;
+    pod
+}
+
+/// The `a2a` sidecar: a native sidecar (restartPolicy Always) so it starts
+/// before the agent and runs as long as the pod. It alone mounts the token.
+fn sidecar(session: &str, config: &SandboxConfig) -> Container {
+    Container {
+        name: SIDECAR_CONTAINER.to_owned(),
+        image: Some(config.sidecar_image.clone()),
+        args: Some(vec![
+            "sidecar".to_owned(),
+            "--session".to_owned(),
+            session.to_owned(),
+        ]),
+        restart_policy: Some("Always".to_owned()),
+        env: Some(vec![
+            env("WOPR_CONTROL_PLANE_ADDRESS", &config.control_plane.address),
+            env("WOPR_SOCKET_PATH", SOCKET_PATH),
+            env("WOPR_MCP_ADDRESS", &format!("127.0.0.1:{MCP_PORT}")),
+            env("WOPR_TOKEN_PATH", &format!("{TOKEN_DIR}/token")),
+            EnvVar {
+                name: "POD_NAMESPACE".to_owned(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.namespace".to_owned(),
+                        api_version: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                value: None,
+            },
+        ]),
+        resources: Some(limits_equal_requests(
+            Quantity("64Mi".into()),
+            Quantity("100m".into()),
+        )),
+        security_context: Some(SecurityContext {
+            read_only_root_filesystem: Some(true),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..hardened_security_context()
+        }),
+        volume_mounts: Some(vec![
+            mount(SOCKET_VOLUME, SOCKET_DIR, false),
+            mount(TOKEN_VOLUME, TOKEN_DIR, true),
+        ]),
+        ..Container::default()
+    }
+}
+
+/// What every container gets: non-root, no privilege escalation, no capabilities.
+fn hardened_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    }
+}
+
+/// The agent's resources: the session's or policy's when set (memory
+/// request raised to the limit when sandboxed: no swap), else for a sandbox
+/// the defaults as limits and requests.
+fn agent_resources(
+    configured: Option<&ResourceRequirements>,
+    sandboxed: bool,
+    config: &SandboxConfig,
+) -> Option<ResourceRequirements> {
+    match configured {
+        None if sandboxed => Some(limits_equal_requests(
+            config.default_memory.clone(),
+            config.default_cpu.clone(),
+        )),
+        None => None,
+        Some(resources) if !sandboxed => Some(resources.clone()),
+        Some(resources) => {
+            let mut resources = resources.clone();
+            let limits = resources.limits.get_or_insert_with(BTreeMap::new);
+            limits
+                .entry("memory".to_owned())
+                .or_insert_with(|| config.default_memory.clone());
+            limits
+                .entry("cpu".to_owned())
+                .or_insert_with(|| config.default_cpu.clone());
+            let memory = limits["memory"].clone();
+            let cpu = limits["cpu"].clone();
+            let requests = resources.requests.get_or_insert_with(BTreeMap::new);
+            requests.insert("memory".to_owned(), memory);
+            requests.entry("cpu".to_owned()).or_insert(cpu);
+            Some(resources)
+        }
+    }
+}
+
+fn limits_equal_requests(memory: Quantity, cpu: Quantity) -> ResourceRequirements {
+    let values = BTreeMap::from([("memory".to_owned(), memory), ("cpu".to_owned(), cpu)]);
+    ResourceRequirements {
+        limits: Some(values.clone()),
+        requests: Some(values),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn memory_volume(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity("64Mi".to_owned())),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o440),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.to_owned()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: "token".to_owned(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn workspace_volume(workspace: &WorkspaceVolume) -> Volume {
+    Volume {
+        name: WORKSPACE_VOLUME.to_owned(),
+        persistent_volume_claim: workspace.persistent_volume_claim.clone().map(|mut claim| {
+            claim.read_only = Some(true);
+            claim
+        }),
+        config_map: workspace.config_map.clone(),
+        secret: workspace.secret.clone(),
+        csi: workspace.csi.clone().map(|mut csi| {
+            csi.read_only = Some(true);
+            csi
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    }
+}
+
+fn non_empty(values: Vec<String>) -> Option<Vec<String>> {
+    (!values.is_empty()).then_some(values)
+}

@@ -1,0 +1,178 @@
+//! The controller's flags (each also an environment variable) and the
+//! settings the pure builders take from them.
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::{ArgAction, Args};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// The image the controller runs from, and the default sidecar image.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/wopr-network/wopr-operator:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// Flags of `wopr-operator controller`.
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Image of the `a2a` sidecar container in every session pod.
+    #[arg(long, env = "WOPR_SIDECAR_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub sidecar_image: String,
+    /// Agent image for Sessions that set no `sandbox.image`.
+    #[arg(
+        long,
+        env = "WOPR_AGENT_IMAGE",
+        default_value = "ghcr.io/wopr-network/wopr-agent:latest"
+    )]
+    pub default_agent_image: String,
+    /// Address sidecars dial to reach the control plane (`host:port`, an
+    /// optional `http://`/`https://` scheme). An IP address also works for a
+    /// controller running outside the cluster.
+    #[arg(
+        long,
+        env = "WOPR_CONTROL_PLANE_ADDRESS",
+        default_value = "https://wopr-operator.wopr-system.svc:9443"
+    )]
+    pub control_plane_address: String,
+    /// Namespace the controller runs in (its control-plane pods are there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "wopr-system")]
+    pub operator_namespace: String,
+    /// Watch only this namespace; every namespace when unset.
+    #[arg(long, env = "WOPR_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "WOPR_ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub admin_address: SocketAddr,
+    /// Elect a leader with a Lease; only the leader writes.
+    #[arg(long, env = "WOPR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease used for leader election (in the operator namespace).
+    #[arg(long, env = "WOPR_LEASE_NAME", default_value = "wopr-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Memory limit (and request) of sandboxed agents that set none.
+    #[arg(long, env = "WOPR_DEFAULT_MEMORY", default_value = "512Mi")]
+    pub default_memory: String,
+    /// CPU limit (and request) of sandboxed agents that set none.
+    #[arg(long, env = "WOPR_DEFAULT_CPU", default_value = "500m")]
+    pub default_cpu: String,
+}
+
+/// Where the control plane listens, as sidecars and NetworkPolicies need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// The address as given (passed to sidecars).
+    pub address: String,
+    /// The host part: a DNS name or an IP address.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The namespace of the control-plane pods.
+    pub namespace: String,
+    /// The IP the host name resolves to, written into each pod's
+    /// `/etc/hosts` so sandboxes without DNS still reach the control plane.
+    pub resolved_ip: Option<IpAddr>,
+}
+
+/// A malformed flag value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The control-plane address is not `host:port`.
+    #[error(
+        "--control-plane-address {0:?}: expected host:port, optionally with http:// or https://"
+    )]
+    ControlPlaneAddress(String),
+}
+
+impl ControlPlane {
+    /// Parses `address` (`[scheme://]host:port`, IPv6 hosts in brackets).
+    pub fn parse(address: &str, namespace: &str) -> Result<ControlPlane, ConfigError> {
+        let invalid = || ConfigError::ControlPlaneAddress(address.to_owned());
+        let without_scheme = address
+            .strip_prefix("https://")
+            .or_else(|| address.strip_prefix("http://"))
+            .unwrap_or(address)
+            .trim_end_matches('/');
+        let (host, port) = without_scheme.rsplit_once(':').ok_or_else(invalid)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| invalid())?;
+        if host.is_empty() || port == 0 || host.contains('/') {
+            return Err(invalid());
+        }
+        Ok(ControlPlane {
+            address: address.to_owned(),
+            host: host.to_owned(),
+            port,
+            namespace: namespace.to_owned(),
+            resolved_ip: host.parse().ok(),
+        })
+    }
+
+    /// The host as an IP address, when it is one (a controller outside the cluster).
+    pub fn host_ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+/// What the pure builders need to know besides the Session and its policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxConfig {
+    /// Image of the `a2a` sidecar.
+    pub sidecar_image: String,
+    /// Agent image for Sessions that set none.
+    pub default_agent_image: String,
+    /// The control plane sidecars talk to.
+    pub control_plane: ControlPlane,
+    /// Default memory limit and request of sandboxed agents.
+    pub default_memory: Quantity,
+    /// Default CPU limit and request of sandboxed agents.
+    pub default_cpu: Quantity,
+}
+
+impl SandboxConfig {
+    /// The settings from the flags (without resolving the control-plane host).
+    pub fn from_args(args: &ControllerArgs) -> Result<SandboxConfig, ConfigError> {
+        Ok(SandboxConfig {
+            sidecar_image: args.sidecar_image.clone(),
+            default_agent_image: args.default_agent_image.clone(),
+            control_plane: ControlPlane::parse(
+                &args.control_plane_address,
+                &args.operator_namespace,
+            )?,
+            default_memory: Quantity(args.default_memory.clone()),
+            default_cpu: Quantity(args.default_cpu.clone()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_control_plane_addresses() {
+        let parsed =
+            ControlPlane::parse("https://wopr-operator.wopr-system.svc:9443", "wopr-system")
+                .unwrap();
+        assert_eq!(parsed.host, "wopr-operator.wopr-system.svc");
+        assert_eq!(parsed.port, 9443);
+        assert_eq!(parsed.host_ip(), None);
+        let ip = ControlPlane::parse("10.1.2.3:9443", "x").unwrap();
+        assert_eq!(ip.host_ip(), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(ip.resolved_ip, ip.host_ip());
+        let v6 = ControlPlane::parse("http://[fd00::1]:9443/", "x").unwrap();
+        assert_eq!(v6.host_ip(), Some("fd00::1".parse().unwrap()));
+        for bad in [
+            "wopr-operator",
+            "host:port",
+            ":9443",
+            "host:0",
+            "https://a/b:1",
+            "host:70000",
+        ] {
+            assert!(ControlPlane::parse(bad, "x").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The controller: reconciles Sessions into hardened sandbox pods.
+
+pub mod build;
+pub mod config;

@@ -1,0 +1,621 @@
+//! Pure builder tests: each trust level, workspace, runtimeClassName,
+//! egress allow-list, custom seccomp/AppArmor, and the Pod Security
+//! "restricted" profile checked rule by rule (with broken pods to show the
+//! check fails).
+
+mod common;
+
+use common::pod_security::restricted_violations;
+use common::*;
+use k8s_openapi::api::core::v1::{Container, Pod, SecurityContext};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use wopr_operator::api::{Capability, Session, TrustLevel, WoprObject, parse_manifests};
+use wopr_operator::controller::build::*;
+use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
+use wopr_operator::policy::{EffectiveContext, resolve};
+
+fn config() -> SandboxConfig {
+    SandboxConfig {
+        sidecar_image: "ghcr.io/wopr-network/wopr-operator:test".into(),
+        default_agent_image: "ghcr.io/wopr-network/wopr-agent:test".into(),
+        control_plane: ControlPlane::parse(
+            "https://wopr-operator.wopr-system.svc:9443",
+            "wopr-system",
+        )
+        .unwrap(),
+        default_memory: Quantity("512Mi".into()),
+        default_cpu: Quantity("500m".into()),
+    }
+}
+
+/// A Session from YAML (its spec only), in the test namespace.
+fn session_yaml(name: &str, spec: &str) -> Session {
+    let spec = spec.replace('\n', "\n  ");
+    let yaml = format!(
+        "apiVersion: wopr.dev/v1alpha1\nkind: Session\nmetadata: {{name: {name}}}\nspec:\n  {spec}"
+    );
+    let Ok(mut objects) = parse_manifests(&yaml) else {
+        panic!("bad fixture {yaml}")
+    };
+    let Some(WoprObject::Session(session)) = objects.pop() else {
+        panic!("not a session")
+    };
+    let mut session = *session;
+    session.metadata = meta(name);
+    session
+}
+
+fn context(session: &Session) -> EffectiveContext {
+    resolve(session, None, &[], &[], now()).unwrap()
+}
+
+fn pod_of(session: &Session) -> Pod {
+    build_pod(session, &context(session), &config())
+}
+
+fn agent(pod: &Pod) -> &Container {
+    &pod.spec.as_ref().unwrap().containers[0]
+}
+
+fn sidecar(pod: &Pod) -> &Container {
+    &pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+}
+
+fn security(container: &Container) -> &SecurityContext {
+    container.security_context.as_ref().unwrap()
+}
+
+fn egress_rules(policy: &NetworkPolicy) -> usize {
+    policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .egress
+        .as_ref()
+        .map_or(0, Vec::len)
+}
+
+fn policy_types(policy: &NetworkPolicy) -> Vec<String> {
+    policy.spec.as_ref().unwrap().policy_types.clone().unwrap()
+}
+
+#[test]
+fn every_trust_level_passes_pod_security_restricted() {
+    for level in TrustLevel::ALL {
+        let session = session(&format!("s-{}", level.as_str()), level);
+        let pod = pod_of(&session);
+        assert_eq!(restricted_violations(&pod), Vec::<String>::new(), "{level}");
+        let sandboxed = sandboxed(session.clone());
+        assert_eq!(
+            restricted_violations(&pod_of(&sandboxed)),
+            Vec::<String>::new(),
+            "{level}"
+        );
+    }
+}
+
+#[test]
+fn sandboxed_agent_container_follows_every_sandbox_rule() {
+    let session = session("research", TrustLevel::SemiTrusted);
+    let pod = pod_of(&session);
+    let spec = pod.spec.as_ref().unwrap();
+    let agent = agent(&pod);
+    let security = security(agent);
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.privileged, Some(false));
+    assert_eq!(
+        security.capabilities.as_ref().unwrap().drop,
+        Some(vec!["ALL".into()])
+    );
+    assert_eq!(
+        security.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    assert_eq!(security.app_armor_profile, None);
+    // tmpfs at /tmp, /var/tmp, /run.
+    let mounts = agent.volume_mounts.as_ref().unwrap();
+    for path in ["/tmp", "/var/tmp", "/run"] {
+        let mount = mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("{path}"));
+        let volume = spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.empty_dir.as_ref().unwrap().medium.as_deref(),
+            Some("Memory"),
+            "{path}"
+        );
+    }
+    // Limits by default, memory request = limit.
+    let resources = agent.resources.as_ref().unwrap();
+    let limits = resources.limits.as_ref().unwrap();
+    let requests = resources.requests.as_ref().unwrap();
+    assert_eq!(limits["memory"], Quantity("512Mi".into()));
+    assert_eq!(limits["cpu"], Quantity("500m".into()));
+    assert_eq!(requests["memory"], limits["memory"]);
+    // No service-account token for the agent, no service links.
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.enable_service_links, Some(false));
+    assert_eq!(spec.service_account_name.as_deref(), Some("wopr-research"));
+    assert!(!mounts.iter().any(|m| m.mount_path.contains("secrets")));
+    // The agent knows where the sidecar is.
+    let env = agent.env.as_ref().unwrap();
+    assert!(env.iter().any(
+        |e| e.name == "WOPR_MCP_URL" && e.value.as_deref() == Some("http://127.0.0.1:7780/mcp")
+    ));
+    assert!(
+        env.iter()
+            .any(|e| e.name == "WOPR_A2A_SOCKET" && e.value.as_deref() == Some(SOCKET_PATH))
+    );
+}
+
+#[test]
+fn the_sidecar_alone_gets_the_projected_token() {
+    let pod = pod_of(&session("research", TrustLevel::SemiTrusted));
+    let sidecar = sidecar(&pod);
+    assert_eq!(sidecar.name, SIDECAR_CONTAINER);
+    assert_eq!(
+        sidecar.restart_policy.as_deref(),
+        Some("Always"),
+        "a native sidecar"
+    );
+    assert_eq!(
+        sidecar.args.as_ref().unwrap(),
+        &["sidecar", "--session", "research"]
+    );
+    let token_mount = sidecar
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == TOKEN_DIR)
+        .unwrap();
+    assert_eq!(token_mount.read_only, Some(true));
+    let volume = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == token_mount.name)
+        .unwrap();
+    let projection = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(projection.audience.as_deref(), Some("wopr.dev"));
+    assert_eq!(projection.expiration_seconds, Some(600));
+    assert!(
+        !agent(&pod)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == token_mount.name)
+    );
+    // Both containers share the socket directory.
+    for container in [agent(&pod), sidecar] {
+        assert!(
+            container
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == SOCKET_DIR)
+        );
+    }
+    assert!(
+        sidecar
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "WOPR_CONTROL_PLANE_ADDRESS"
+                && e.value.as_deref() == Some("https://wopr-operator.wopr-system.svc:9443"))
+    );
+}
+
+#[test]
+fn unsandboxed_sessions_have_a_writable_root_and_no_default_limits() {
+    for level in [TrustLevel::Owner, TrustLevel::Trusted] {
+        let pod = pod_of(&session("s", level));
+        assert_eq!(
+            security(agent(&pod)).read_only_root_filesystem,
+            Some(false),
+            "{level}"
+        );
+        assert_eq!(agent(&pod).resources, None, "{level}");
+    }
+}
+
+#[test]
+fn workspace_runtime_class_seccomp_and_apparmor() {
+    let session = session_yaml(
+        "code",
+        "trustLevel: trusted
+sandbox:
+  enabled: true
+  image: example.com/agent:1
+  command: [agent]
+  args: [--serve]
+  env: [{name: MODE, value: strict}]
+  runtimeClassName: gvisor
+  seccompProfile: {type: Localhost, localhostProfile: profiles/wopr-sandbox.json}
+  appArmorProfile: {type: Localhost, localhostProfile: wopr-sandbox}
+  workspace: {persistentVolumeClaim: {claimName: code-ws}}
+  resources: {limits: {memory: 1Gi}, requests: {memory: 256Mi, cpu: 100m}}",
+    );
+    let pod = pod_of(&session);
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+    let agent = agent(&pod);
+    assert_eq!(agent.image.as_deref(), Some("example.com/agent:1"));
+    assert_eq!(agent.command.as_ref().unwrap(), &["agent"]);
+    assert_eq!(agent.args.as_ref().unwrap(), &["--serve"]);
+    assert!(agent.env.as_ref().unwrap().iter().any(|e| e.name == "MODE"));
+    let security = security(agent);
+    let seccomp = security.seccomp_profile.as_ref().unwrap();
+    assert_eq!(
+        (seccomp.type_.as_str(), seccomp.localhost_profile.as_deref()),
+        ("Localhost", Some("profiles/wopr-sandbox.json"))
+    );
+    let apparmor = security.app_armor_profile.as_ref().unwrap();
+    assert_eq!(
+        (
+            apparmor.type_.as_str(),
+            apparmor.localhost_profile.as_deref()
+        ),
+        ("Localhost", Some("wopr-sandbox"))
+    );
+    // The workspace is read-only twice over: the volume and the mount.
+    let mount = agent
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/workspace")
+        .unwrap();
+    assert_eq!(mount.read_only, Some(true));
+    let volume = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let claim = volume.persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("code-ws", Some(true))
+    );
+    // Memory request raised to the limit (no swap); CPU limit defaulted.
+    let resources = agent.resources.as_ref().unwrap();
+    assert_eq!(
+        resources.requests.as_ref().unwrap()["memory"],
+        Quantity("1Gi".into())
+    );
+    assert_eq!(
+        resources.requests.as_ref().unwrap()["cpu"],
+        Quantity("100m".into())
+    );
+    assert_eq!(
+        resources.limits.as_ref().unwrap()["cpu"],
+        Quantity("500m".into())
+    );
+}
+
+#[test]
+fn network_policies_by_mode() {
+    // untrusted: none → control plane only.
+    let none = build_network_policy(
+        &session("u", TrustLevel::Untrusted),
+        &context(&session("u", TrustLevel::Untrusted)),
+        &config().control_plane,
+    );
+    assert_eq!(policy_types(&none), ["Ingress", "Egress"]);
+    assert_eq!(
+        none.spec.as_ref().unwrap().ingress,
+        Some(vec![]),
+        "all ingress denied"
+    );
+    assert_eq!(egress_rules(&none), 1);
+    let rule = &none.spec.as_ref().unwrap().egress.as_ref().unwrap()[0];
+    let peer = &rule.to.as_ref().unwrap()[0];
+    assert_eq!(
+        peer.namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
+        "wopr-system"
+    );
+    assert_eq!(
+        peer.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app.kubernetes.io/name"],
+        "wopr-operator"
+    );
+    assert_eq!(
+        rule.ports.as_ref().unwrap()[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9443))
+    );
+
+    // semi-trusted with an allow-list: control plane, DNS, then each entry.
+    let restricted = session_yaml(
+        "research",
+        "trustLevel: semi-trusted
+sandbox:
+  network: restricted
+  egress:
+  - {cidr: 0.0.0.0/0, ports: [{port: 443}, {port: 53, protocol: UDP}]}
+  - {cidr: 10.0.0.0/8}",
+    );
+    let policy = build_network_policy(&restricted, &context(&restricted), &config().control_plane);
+    assert_eq!(egress_rules(&policy), 4);
+    let rules = policy.spec.as_ref().unwrap().egress.clone().unwrap();
+    assert_eq!(
+        rules[2].to.as_ref().unwrap()[0]
+            .ip_block
+            .as_ref()
+            .unwrap()
+            .cidr,
+        "0.0.0.0/0"
+    );
+    let ports = rules[2].ports.as_ref().unwrap();
+    assert_eq!(
+        (ports[0].protocol.as_deref(), ports[1].protocol.as_deref()),
+        (Some("TCP"), Some("UDP"))
+    );
+    assert_eq!(rules[3].ports, None, "no ports: every port");
+    assert_eq!(
+        policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()[SESSION_LABEL],
+        "research"
+    );
+
+    // trusted: full → ingress denied, egress unrestricted.
+    let full_session = session("t", TrustLevel::Trusted);
+    let full = build_network_policy(
+        &full_session,
+        &context(&full_session),
+        &config().control_plane,
+    );
+    assert_eq!(policy_types(&full), ["Ingress"]);
+    assert_eq!(egress_rules(&full), 0);
+}
+
+#[test]
+fn a_control_plane_outside_the_cluster_is_reached_by_ip() {
+    let mut config = config();
+    config.control_plane = ControlPlane::parse("192.0.2.10:9443", "wopr-system").unwrap();
+    let session = session("u", TrustLevel::Untrusted);
+    let policy = build_network_policy(&session, &context(&session), &config.control_plane);
+    let peers = policy.spec.unwrap().egress.unwrap()[0].to.clone().unwrap();
+    assert_eq!(peers[1].ip_block.as_ref().unwrap().cidr, "192.0.2.10/32");
+    let pod = build_pod(&session, &context(&session), &config);
+    let aliases = pod.spec.unwrap().host_aliases.unwrap();
+    assert_eq!(aliases[0].ip, "192.0.2.10");
+}
+
+#[test]
+fn children_are_owned_and_labelled() {
+    let session = session("research", TrustLevel::SemiTrusted);
+    let account = build_service_account(&session);
+    assert_eq!(account.automount_service_account_token, Some(false));
+    let pod = pod_of(&session);
+    let policy = build_network_policy(&session, &context(&session), &config().control_plane);
+    for metadata in [&account.metadata, &pod.metadata, &policy.metadata] {
+        assert_eq!(metadata.name.as_deref(), Some("wopr-research"));
+        assert_eq!(metadata.namespace.as_deref(), Some(NAMESPACE));
+        let owner = &metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Session", "research", "uid-research")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let labels = metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "wopr-operator");
+        assert_eq!(labels["app.kubernetes.io/instance"], "research");
+        assert_eq!(labels[SESSION_LABEL], "research");
+        assert_eq!(labels[TRUST_LEVEL_LABEL], "semi-trusted");
+    }
+}
+
+#[test]
+fn the_pod_template_hash_tracks_the_pod_but_not_grants() {
+    let session = session("research", TrustLevel::SemiTrusted);
+    let hash = |pod: &Pod| {
+        pod.metadata.annotations.as_ref().unwrap()[POD_TEMPLATE_HASH_ANNOTATION].clone()
+    };
+    let base = pod_of(&session);
+    assert_eq!(hash(&base), hash(&pod_of(&session)), "stable");
+    let grant = session_grant("net", "research", &[Capability::InjectNetwork]);
+    let with_grant = resolve(&session, None, &[grant], &[], now()).unwrap();
+    assert_ne!(with_grant.policy_hash, context(&session).policy_hash);
+    assert_eq!(
+        hash(&build_pod(&session, &with_grant, &config())),
+        hash(&base),
+        "grants do not touch the pod"
+    );
+    let mut new_image = session.clone();
+    new_image.spec.sandbox = Some(wopr_operator::api::SandboxSpec {
+        image: Some("example.com/other:2".into()),
+        ..Default::default()
+    });
+    assert_ne!(hash(&pod_of(&new_image)), hash(&base));
+}
+
+#[test]
+fn the_restricted_check_catches_each_broken_rule() {
+    let pod = pod_of(&session("research", TrustLevel::SemiTrusted));
+    assert!(restricted_violations(&pod).is_empty());
+    type Breaker = fn(&mut Pod);
+    let breakers: Vec<(&str, Breaker)> = vec![
+        ("hostNetwork", |p| {
+            p.spec.as_mut().unwrap().host_network = Some(true)
+        }),
+        ("hostPID", |p| {
+            p.spec.as_mut().unwrap().host_pid = Some(true)
+        }),
+        ("hostIPC", |p| {
+            p.spec.as_mut().unwrap().host_ipc = Some(true)
+        }),
+        ("privileged", |p| agent_security(p).privileged = Some(true)),
+        ("adds SYS_ADMIN", |p| {
+            agent_security(p).capabilities.as_mut().unwrap().add = Some(vec!["SYS_ADMIN".into()])
+        }),
+        ("adds CHOWN (restricted)", |p| {
+            agent_security(p).capabilities.as_mut().unwrap().add = Some(vec!["CHOWN".into()])
+        }),
+        ("does not drop ALL", |p| {
+            agent_security(p).capabilities = None
+        }),
+        ("allowPrivilegeEscalation", |p| {
+            agent_security(p).allow_privilege_escalation = None
+        }),
+        ("runAsNonRoot false", |p| {
+            agent_security(p).run_as_non_root = Some(false)
+        }),
+        ("runAsNonRoot not set", |p| {
+            p.spec
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap()
+                .run_as_non_root = None;
+            agent_security(p).run_as_non_root = None;
+        }),
+        ("runAsUser 0", |p| agent_security(p).run_as_user = Some(0)),
+        ("seccompProfile Unconfined", |p| {
+            agent_security(p).seccomp_profile.as_mut().unwrap().type_ = "Unconfined".into()
+        }),
+        ("no seccompProfile", |p| {
+            p.spec
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap()
+                .seccomp_profile = None;
+            agent_security(p).seccomp_profile = None;
+        }),
+        ("appArmorProfile Unconfined", |p| {
+            agent_security(p).app_armor_profile =
+                Some(k8s_openapi::api::core::v1::AppArmorProfile {
+                    type_: "Unconfined".into(),
+                    localhost_profile: None,
+                })
+        }),
+        ("procMount", |p| {
+            agent_security(p).proc_mount = Some("Unmasked".into())
+        }),
+        ("seLinuxOptions", |p| {
+            agent_security(p).se_linux_options = Some(k8s_openapi::api::core::v1::SELinuxOptions {
+                user: Some("root".into()),
+                ..Default::default()
+            })
+        }),
+        ("hostPort", |p| {
+            p.spec.as_mut().unwrap().containers[0].ports =
+                Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                    container_port: 80,
+                    host_port: Some(80),
+                    ..Default::default()
+                }])
+        }),
+        ("hostPath", |p| {
+            p.spec.as_mut().unwrap().volumes.as_mut().unwrap().push(
+                k8s_openapi::api::core::v1::Volume {
+                    name: "host".into(),
+                    host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
+                        path: "/".into(),
+                        type_: None,
+                    }),
+                    ..Default::default()
+                },
+            )
+        }),
+        ("unsafe sysctl", |p| {
+            p.spec
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap()
+                .sysctls = Some(vec![k8s_openapi::api::core::v1::Sysctl {
+                name: "kernel.msgmax".into(),
+                value: "1".into(),
+            }])
+        }),
+        ("sidecar allowPrivilegeEscalation", |p| {
+            p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0]
+                .security_context
+                .as_mut()
+                .unwrap()
+                .allow_privilege_escalation = Some(true)
+        }),
+    ];
+    for (name, breaker) in breakers {
+        let mut broken = pod.clone();
+        breaker(&mut broken);
+        assert!(
+            !restricted_violations(&broken).is_empty(),
+            "the check missed: {name}"
+        );
+    }
+}
+
+fn agent_security(pod: &mut Pod) -> &mut SecurityContext {
+    pod.spec.as_mut().unwrap().containers[0]
+        .security_context
+        .as_mut()
+        .unwrap()
+}
+
+#[test]
+fn every_example_session_builds_a_restricted_pod() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/sessions.yaml"
+    ))
+    .unwrap();
+    for object in parse_manifests(&text).unwrap() {
+        let WoprObject::Session(mut session) = object else {
+            continue;
+        };
+        session.metadata.namespace = Some(NAMESPACE.into());
+        session.metadata.uid = Some("uid".into());
+        let pod = pod_of(&session);
+        assert_eq!(
+            restricted_violations(&pod),
+            Vec::<String>::new(),
+            "{:?}",
+            session.metadata.name
+        );
+    }
+}
