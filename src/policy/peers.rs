@@ -31,12 +31,12 @@ pub struct PeerStanding {
 /// A grant counts when it is active, in `namespace`, names the peer, and its
 /// `sessions` scope is empty or contains `session`. A previous key counts
 /// only until its `rotatedAt` plus `p2p.keyRotationGracePeriod`.
-pub fn resolve_peer(
+pub fn resolve_peer<'a>(
     public_key: &str,
     session: &str,
     namespace: &str,
     policy: Option<&SecurityPolicy>,
-    grants: &[Grant],
+    grants: impl IntoIterator<Item = &'a Grant>,
     now: Timestamp,
 ) -> Option<PeerStanding> {
     let policy = policy.map(|policy| &policy.spec);

@@ -105,11 +105,11 @@ pub const DEFAULT_ACCESS: AccessPattern = AccessPattern::Trust(TrustLevel::Trust
 /// when `None`); `grants` and `gateways` may hold objects of any namespace
 /// and for any subject: only the active Grants whose subject is this session
 /// and the Gateways naming it count. `now` decides which grants have expired.
-pub fn resolve(
+pub fn resolve<'a>(
     session: &Session,
     policy: Option<&SecurityPolicy>,
-    grants: &[Grant],
-    gateways: &[Gateway],
+    grants: impl IntoIterator<Item = &'a Grant>,
+    gateways: impl IntoIterator<Item = &'a Gateway>,
     now: Timestamp,
 ) -> Result<EffectiveContext, ResolveError> {
     let policy = policy.map(|policy| &policy.spec);
@@ -153,7 +153,7 @@ pub fn resolve(
     grant_names.sort_unstable();
 
     let mut gateway_rules: Vec<GatewayRules> = gateways
-        .iter()
+        .into_iter()
         .filter(|gateway| {
             gateway.spec.session == name && in_namespace(gateway.metadata.namespace.as_deref())
         })

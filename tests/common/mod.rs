@@ -10,6 +10,7 @@ use wopr_operator::api::{
     SandboxSpec, SecurityPolicy, Session, SessionSpec, TrustLevel,
 };
 
+pub mod fake_api;
 pub mod pod_security;
 
 pub const NAMESPACE: &str = "team-a";

@@ -1,0 +1,333 @@
+//! The Session reconcile: fetch (caches) → resolve (pure) → build (pure) →
+//! apply what changed → status. Writes nothing when nothing changed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, Preconditions};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::apply::{apply_if_changed, apply_params};
+use super::build::{
+    POD_TEMPLATE_HASH_ANNOTATION, build_network_policy, build_pod, build_service_account,
+    child_name,
+};
+use super::context::Context;
+use super::error::Error;
+use super::status::{Observation, PodState, session_status};
+use crate::api::{Grant, Session, SessionStatus};
+use crate::policy::{EffectiveContext, grant_is_active, resolve};
+
+/// How long to wait before looking again at a pod being replaced.
+const REPLACE_POLL: Duration = Duration::from_secs(2);
+/// The longest a Session goes without a reconcile (a resync: reads only).
+const RESYNC: Duration = Duration::from_secs(3600);
+/// Retry delay after a failed reconcile.
+const RETRY: Duration = Duration::from_secs(15);
+
+/// Reconciles one Session. Non-leaders do nothing.
+pub async fn reconcile(
+    object: Arc<DeserializeGuard<Session>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if !ctx.leadership.is_leader() {
+        return Ok(Action::await_change());
+    }
+    ctx.metrics.reconciles.inc();
+    let started = Instant::now();
+    let result = reconcile_session(&object, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// After a failed reconcile: count it, report it as a Warning event on the
+/// Session, and retry later.
+pub fn error_policy(
+    object: Arc<DeserializeGuard<Session>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(session = %object.name_any(), %error, "reconcile failed");
+    ctx.metrics.error(error.reason());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".into(),
+        note: Some(error.to_string()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = object.object_ref(&());
+    tokio::spawn(async move {
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, "could not publish an event");
+        }
+    });
+    Action::requeue(RETRY)
+}
+
+async fn reconcile_session(
+    object: &DeserializeGuard<Session>,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let name = object.name_any();
+    let namespace = object.namespace().ok_or_else(|| Error::NoNamespace {
+        kind: "Session",
+        name: name.clone(),
+    })?;
+    let now = (ctx.clock)();
+    let session = match &object.0 {
+        Ok(session) => session,
+        Err(invalid) => {
+            let message = format!("the Session cannot be read: {}", invalid.error);
+            return stop_invalid(ctx, object, "InvalidObject", message, now).await;
+        }
+    };
+    if session.meta().deletion_timestamp.is_some() {
+        write_status(
+            ctx,
+            object,
+            session.status.as_ref(),
+            &Observation::Terminating,
+            now,
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+
+    let policy = match ctx.stores.governing_policy(&namespace) {
+        Ok(policy) => policy,
+        Err(message) => return stop_invalid(ctx, object, "InvalidPolicy", message, now).await,
+    };
+    let grants = ctx.stores.grants_in(&namespace);
+    let gateways = ctx.stores.gateways_in(&namespace);
+    let valid_grants = || grants.iter().filter_map(|grant| grant.0.as_ref().ok());
+    let resolved = resolve(
+        session,
+        policy.as_ref().and_then(|policy| policy.0.as_ref().ok()),
+        valid_grants(),
+        gateways
+            .iter()
+            .filter_map(|gateway| gateway.0.as_ref().ok()),
+        now,
+    );
+    let context = match resolved {
+        Ok(context) => context,
+        Err(error) => {
+            return stop_invalid(ctx, object, "InvalidSpec", error.to_string(), now).await;
+        }
+    };
+
+    let client = &ctx.client;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let account = build_service_account(session);
+    let live = accounts.get_opt(&child_name(&name)).await?;
+    apply_if_changed(&accounts, live.as_ref(), &account).await?;
+
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+    let network_policy = build_network_policy(session, &context, &ctx.config.control_plane);
+    let live = policies.get_opt(&child_name(&name)).await?;
+    apply_if_changed(&policies, live.as_ref(), &network_policy).await?;
+
+    let pod = build_pod(session, &context, &ctx.config);
+    let pod_state = ensure_pod(ctx, session, &namespace, &pod).await?;
+    let observation = Observation::Resolved {
+        context: &context,
+        pod: pod_state.clone(),
+        pod_name: pod.name_any(),
+    };
+    write_status(ctx, object, session.status.as_ref(), &observation, now).await?;
+
+    Ok(match pod_state {
+        PodState::Replacing => Action::requeue(REPLACE_POLL),
+        _ => Action::requeue(until_next_expiry(&context, valid_grants(), now)),
+    })
+}
+
+/// Creates the pod, or replaces it when its template hash changed or it
+/// failed; reports its state.
+async fn ensure_pod(
+    ctx: &Context,
+    session: &Session,
+    namespace: &str,
+    desired: &Pod,
+) -> Result<PodState, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = desired.name_any();
+    let Some(live) = pods.get_opt(&name).await? else {
+        pods.patch(&name, &apply_params(), &Patch::Apply(desired))
+            .await?;
+        return Ok(PodState::Starting);
+    };
+    if live.metadata.deletion_timestamp.is_some() {
+        return Ok(PodState::Replacing);
+    }
+    let phase = live
+        .status
+        .as_ref()
+        .and_then(|status| status.phase.as_deref());
+    let failed = matches!(phase, Some("Failed" | "Succeeded"));
+    let hash = |pod: &Pod| pod.annotations().get(POD_TEMPLATE_HASH_ANNOTATION).cloned();
+    if !failed && hash(&live) == hash(desired) {
+        return Ok(if pod_is_ready(&live) {
+            PodState::Ready
+        } else {
+            PodState::Starting
+        });
+    }
+
+    delete_pod(&pods, &live).await?;
+    let (event, state) = if failed {
+        let why = live
+            .status
+            .as_ref()
+            .and_then(|status| status.reason.clone().or_else(|| status.message.clone()))
+            .unwrap_or_else(|| format!("phase {}", phase.unwrap_or_default()));
+        let event = warning(
+            "SandboxFailed",
+            format!("pod {name} failed ({why}); recreating it"),
+        );
+        (event, PodState::Failed(why))
+    } else {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "SandboxReplaced".into(),
+            note: Some(format!("pod {name} is replaced: its sandbox changed")),
+            action: "ReplacePod".into(),
+            secondary: None,
+        };
+        (event, PodState::Replacing)
+    };
+    publish(ctx, &event, session).await;
+    Ok(state)
+}
+
+fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Deletes `pod`, only if it is still the same object (uid precondition).
+async fn delete_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Fails closed: an invalid Session has no sandbox. Deletes its pod, says
+/// why in its status and in a Warning event, and waits for a change.
+async fn stop_invalid(
+    ctx: &Context,
+    object: &DeserializeGuard<Session>,
+    reason: &'static str,
+    message: String,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let namespace = object.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(pod) = pods.get_opt(&child_name(&object.name_any())).await? {
+        delete_pod(&pods, &pod).await?;
+    }
+    let previous = object
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|session| session.status.as_ref());
+    let observation = Observation::Invalid {
+        reason,
+        message: message.clone(),
+    };
+    if write_status(ctx, object, previous, &observation, now).await? {
+        tracing::info!(session = %object.name_any(), reason, %message, "session is invalid");
+        let reference = object.object_ref(&());
+        if let Err(error) = ctx
+            .recorder
+            .publish(&warning(reason, message), &reference)
+            .await
+        {
+            tracing::warn!(%error, "could not publish an event");
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Writes the status `observation` calls for, unless the Session already
+/// has it. Returns whether it wrote.
+async fn write_status(
+    ctx: &Context,
+    object: &DeserializeGuard<Session>,
+    previous: Option<&SessionStatus>,
+    observation: &Observation<'_>,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let desired = session_status(previous, object.meta().generation, observation, &Time(now));
+    if previous == Some(&desired) {
+        return Ok(false);
+    }
+    let api: Api<DeserializeGuard<Session>> =
+        Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": Session::api_version(&()),
+        "kind": Session::kind(&()),
+        "status": desired,
+    });
+    api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await?;
+    Ok(true)
+}
+
+fn warning(reason: &str, note: String) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
+async fn publish(ctx: &Context, event: &Event, session: &Session) {
+    if let Err(error) = ctx.recorder.publish(event, &session.object_ref(&())).await {
+        tracing::warn!(%error, "could not publish an event");
+    }
+}
+
+/// Time until the next of the session's grants expires (its context changes
+/// then), at most [`RESYNC`].
+fn until_next_expiry<'a>(
+    context: &EffectiveContext,
+    grants: impl Iterator<Item = &'a Grant>,
+    now: Timestamp,
+) -> Duration {
+    grants
+        .filter(|grant| grant.spec.subject.session.as_deref() == Some(context.session.as_str()))
+        .filter(|grant| grant_is_active(grant, now))
+        .filter_map(|grant| grant.spec.expires_at.as_ref())
+        .filter_map(|expires_at| Duration::try_from(expires_at.0.duration_since(now)).ok())
+        .map(|until| until + Duration::from_secs(1))
+        .fold(RESYNC, Duration::min)
+}

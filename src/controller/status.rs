@@ -1,0 +1,292 @@
+//! Pure status computation: what a Session's status should say, given what
+//! reconcile observed. Transition times stay put while a condition's status
+//! does not change, so an unchanged world yields an identical status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{EffectiveSummary, SessionPhase, SessionStatus};
+use crate::policy::{EffectiveContext, callable_tools};
+
+/// Condition: the effective policy could be resolved.
+pub const POLICY_RESOLVED: &str = "PolicyResolved";
+/// Condition: the sandbox pod is running and ready.
+pub const SANDBOX_READY: &str = "SandboxReady";
+/// Condition: both of the above.
+pub const READY: &str = "Ready";
+
+/// The sandbox pod as reconcile left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Created or waiting for its containers.
+    Starting,
+    /// The old pod is being deleted to make way for a changed one.
+    Replacing,
+    /// Running with every container ready.
+    Ready,
+    /// Failed; it is deleted and recreated.
+    Failed(String),
+}
+
+/// What reconcile found out about a Session.
+#[derive(Clone, Debug)]
+pub enum Observation<'a> {
+    /// The Session cannot run: its policy cannot be resolved.
+    Invalid {
+        /// A CamelCase reason (`InvalidSpec`, `InvalidObject`, `InvalidPolicy`).
+        reason: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The policy resolved and the sandbox is in `pod`.
+    Resolved {
+        /// The effective context.
+        context: &'a EffectiveContext,
+        /// The sandbox pod's state.
+        pod: PodState,
+        /// The pod's name.
+        pod_name: String,
+    },
+    /// The Session is being deleted.
+    Terminating,
+}
+
+/// The status a Session should have after `observation`.
+pub fn session_status(
+    previous: Option<&SessionStatus>,
+    generation: Option<i64>,
+    observation: &Observation<'_>,
+    now: &Time,
+) -> SessionStatus {
+    let previous_conditions = previous
+        .map(|status| status.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = |type_: &str, status: bool, reason: &str, message: String| {
+        let status = if status { "True" } else { "False" };
+        let last_transition_time = previous_conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+
+    match observation {
+        Observation::Terminating => SessionStatus {
+            phase: Some(SessionPhase::Terminating),
+            observed_generation: generation,
+            ..previous.cloned().unwrap_or_default()
+        },
+        Observation::Invalid { reason, message } => SessionStatus {
+            phase: Some(SessionPhase::Failed),
+            conditions: vec![
+                condition(POLICY_RESOLVED, false, reason, message.clone()),
+                condition(
+                    SANDBOX_READY,
+                    false,
+                    "NoSandbox",
+                    "an invalid Session has no sandbox".into(),
+                ),
+                condition(READY, false, reason, message.clone()),
+            ],
+            effective: None,
+            pod_name: None,
+            policy_hash: None,
+            observed_generation: generation,
+        },
+        Observation::Resolved {
+            context,
+            pod,
+            pod_name,
+        } => {
+            let (sandbox_ready, sandbox_reason, sandbox_message) = match pod {
+                PodState::Ready => (true, "PodReady", format!("pod {pod_name} is ready")),
+                PodState::Starting => (false, "PodStarting", format!("pod {pod_name} is starting")),
+                PodState::Replacing => (
+                    false,
+                    "PodReplacing",
+                    format!("pod {pod_name} is being replaced to apply a changed sandbox"),
+                ),
+                PodState::Failed(why) => {
+                    (false, "PodFailed", format!("pod {pod_name} failed: {why}"))
+                }
+            };
+            let phase = match pod {
+                PodState::Ready => SessionPhase::Ready,
+                PodState::Failed(_) => SessionPhase::Failed,
+                PodState::Starting | PodState::Replacing => SessionPhase::Pending,
+            };
+            let (ready_reason, ready_message) = if sandbox_ready {
+                (
+                    "Ready",
+                    "the sandbox runs under its resolved policy".to_owned(),
+                )
+            } else {
+                (sandbox_reason, sandbox_message.clone())
+            };
+            SessionStatus {
+                phase: Some(phase),
+                conditions: vec![
+                    condition(
+                        POLICY_RESOLVED,
+                        true,
+                        "Resolved",
+                        format!(
+                            "trust level {}, policy hash {}",
+                            context.trust_level, context.policy_hash
+                        ),
+                    ),
+                    condition(
+                        SANDBOX_READY,
+                        sandbox_ready,
+                        sandbox_reason,
+                        sandbox_message,
+                    ),
+                    condition(READY, sandbox_ready, ready_reason, ready_message),
+                ],
+                effective: Some(summary(context)),
+                pod_name: Some(pod_name.clone()),
+                policy_hash: Some(context.policy_hash.clone()),
+                observed_generation: generation,
+            }
+        }
+    }
+}
+
+/// The status summary of an effective context.
+pub fn summary(context: &EffectiveContext) -> EffectiveSummary {
+    EffectiveSummary {
+        trust_level: context.trust_level,
+        capabilities: context.capabilities.iter().collect(),
+        tools: callable_tools(context)
+            .iter()
+            .map(|id| id.tool().name.to_owned())
+            .collect(),
+        sandbox: context.sandbox.enabled,
+        network: context.network,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::api::{Session, SessionSpec, TrustLevel};
+    use crate::policy::resolve;
+
+    fn context() -> EffectiveContext {
+        let mut session = Session::new(
+            "s",
+            SessionSpec {
+                trust_level: TrustLevel::SemiTrusted,
+                prompt: None,
+                provider: None,
+                access: vec![],
+                tools: None,
+                sandbox: None,
+            },
+        );
+        session.metadata.namespace = Some("ns".into());
+        resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap()
+    }
+
+    fn time(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn resolved<'a>(context: &'a EffectiveContext, pod: PodState) -> Observation<'a> {
+        Observation::Resolved {
+            context,
+            pod,
+            pod_name: "wopr-s".into(),
+        }
+    }
+
+    #[test]
+    fn unchanged_observations_give_identical_status() {
+        let context = context();
+        let first = session_status(
+            None,
+            Some(1),
+            &resolved(&context, PodState::Starting),
+            &time(10),
+        );
+        let second = session_status(
+            Some(&first),
+            Some(1),
+            &resolved(&context, PodState::Starting),
+            &time(20),
+        );
+        assert_eq!(first, second);
+        assert_eq!(first.phase, Some(SessionPhase::Pending));
+    }
+
+    #[test]
+    fn transition_times_move_only_on_a_status_change() {
+        let context = context();
+        let starting = session_status(
+            None,
+            Some(1),
+            &resolved(&context, PodState::Starting),
+            &time(10),
+        );
+        let ready = session_status(
+            Some(&starting),
+            Some(1),
+            &resolved(&context, PodState::Ready),
+            &time(20),
+        );
+        let by_type = |status: &SessionStatus, type_: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            by_type(&ready, POLICY_RESOLVED).last_transition_time,
+            time(10)
+        );
+        assert_eq!(
+            by_type(&ready, SANDBOX_READY).last_transition_time,
+            time(20)
+        );
+        assert_eq!(by_type(&ready, READY).status, "True");
+        assert_eq!(ready.phase, Some(SessionPhase::Ready));
+        assert_eq!(
+            ready.effective.as_ref().unwrap().tools,
+            [
+                "security_whoami",
+                "security_check",
+                "security_request",
+                "memory_read",
+                "memory_write",
+                "config_get"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_sessions_fail_with_the_reason() {
+        let invalid = Observation::Invalid {
+            reason: "InvalidSpec",
+            message: "spec.sandbox.enabled: no".into(),
+        };
+        let status = session_status(None, Some(3), &invalid, &time(1));
+        assert_eq!(status.phase, Some(SessionPhase::Failed));
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert_eq!(ready.observed_generation, Some(3));
+        assert_eq!(status.effective, None);
+    }
+}
