@@ -3,15 +3,28 @@
 use std::{fs, path::PathBuf};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
 use wopr_operator::api;
+use wopr_operator::controller::config::ControllerArgs;
 
 /// Kubernetes operator for the WOPR agent-security model.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, env = "WOPR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -22,11 +35,29 @@ enum Command {
         #[arg(long, env = "WOPR_CRD_OUTPUT_DIR")]
         output_dir: Option<PathBuf>,
     },
+    /// Run the controller: reconcile Sessions into hardened sandbox pods.
+    Controller(Box<ControllerArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
         Command::Crd { output_dir } => print_crds(output_dir),
+        Command::Controller(args) => Ok(wopr_operator::controller::run::run(*args).await?),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -4,10 +4,11 @@
 use std::fmt::Debug;
 
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::core::{DeserializeGuard, NamespaceResourceScope};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::build::FIELD_MANAGER;
 use super::error::Error;
@@ -27,6 +28,33 @@ where
         return Ok(false);
     }
     api.patch(&desired.name_any(), &apply_params(), &Patch::Apply(desired))
+        .await?;
+    Ok(true)
+}
+
+/// Applies `desired` as the status of `object` unless `previous` equals it.
+/// Works for objects that could not be read (their status is then rewritten).
+/// Returns whether it wrote.
+pub async fn patch_status_if_changed<K, S>(
+    client: &Client,
+    object: &DeserializeGuard<K>,
+    previous: Option<&S>,
+    desired: &S,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+    S: Serialize + PartialEq,
+{
+    if previous == Some(desired) {
+        return Ok(false);
+    }
+    let api: Api<DeserializeGuard<K>> =
+        Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": desired});
+    api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&patch))
         .await?;
     Ok(true)
 }

@@ -13,9 +13,8 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
-use super::apply::{apply_if_changed, apply_params};
+use super::apply::{apply_if_changed, apply_params, patch_status_if_changed};
 use super::build::{
     POD_TEMPLATE_HASH_ANNOTATION, build_network_policy, build_pod, build_service_account,
     child_name,
@@ -285,19 +284,7 @@ async fn write_status(
     now: Timestamp,
 ) -> Result<bool, Error> {
     let desired = session_status(previous, object.meta().generation, observation, &Time(now));
-    if previous == Some(&desired) {
-        return Ok(false);
-    }
-    let api: Api<DeserializeGuard<Session>> =
-        Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": Session::api_version(&()),
-        "kind": Session::kind(&()),
-        "status": desired,
-    });
-    api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&patch))
-        .await?;
-    Ok(true)
+    patch_status_if_changed(&ctx.client, object, previous, &desired).await
 }
 
 fn warning(reason: &str, note: String) -> Event {

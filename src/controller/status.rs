@@ -60,20 +60,16 @@ pub fn session_status(
     let previous_conditions = previous
         .map(|status| status.conditions.as_slice())
         .unwrap_or_default();
-    let condition = |type_: &str, status: bool, reason: &str, message: String| {
-        let status = if status { "True" } else { "False" };
-        let last_transition_time = previous_conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        condition(
+            previous_conditions,
+            type_,
+            ok,
+            reason,
             message,
-            observed_generation: generation,
-            last_transition_time,
-        }
+            generation,
+            now,
+        )
     };
 
     match observation {
@@ -155,6 +151,32 @@ pub fn session_status(
                 observed_generation: generation,
             }
         }
+    }
+}
+
+/// A condition whose `lastTransitionTime` is the previous one's when its
+/// status did not change, `now` otherwise.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
     }
 }
 

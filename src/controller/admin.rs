@@ -1,0 +1,111 @@
+//! The admin HTTP server: `/metrics` (Prometheus text format), `/healthz`
+//! (the process is up) and `/readyz` (every cache has synced).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::Store;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use super::metrics::{Metrics, PhaseLabels};
+use crate::api::{Session, SessionPhase};
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    /// Every metric.
+    pub registry: Registry,
+    /// The controller's metrics (the sessions gauge is refreshed per scrape).
+    pub metrics: Metrics,
+    /// The Session cache.
+    pub sessions: Store<DeserializeGuard<Session>>,
+    /// Set once every cache has synced.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The admin routes.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the admin routes on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    refresh_session_phases(&state);
+    let mut body = String::new();
+    match encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "could not encode metrics".to_owned(),
+        ),
+    }
+}
+
+/// Sets the sessions gauge from the cache: one series per phase.
+fn refresh_session_phases(state: &AdminState) {
+    let phases = [
+        Some(SessionPhase::Pending),
+        Some(SessionPhase::Ready),
+        Some(SessionPhase::Failed),
+        Some(SessionPhase::Terminating),
+        None,
+    ];
+    let sessions = state.sessions.state();
+    for phase in phases {
+        let count = sessions
+            .iter()
+            .filter(|session| {
+                session
+                    .0
+                    .as_ref()
+                    .ok()
+                    .and_then(|s| s.status.as_ref())
+                    .and_then(|s| s.phase)
+                    == phase
+            })
+            .count();
+        let label = phase.map_or("Unknown".to_owned(), |phase| format!("{phase:?}"));
+        state
+            .metrics
+            .sessions
+            .get_or_create(&PhaseLabels { phase: label })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+}

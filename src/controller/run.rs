@@ -1,0 +1,360 @@
+//! Starting the controller: check the CRDs, elect a leader, fill the caches,
+//! run the reconcilers and the admin server, stop cleanly on SIGTERM.
+
+use std::fmt::Debug;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{FutureExt, StreamExt, stream};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::{DeserializeGuard, NamespaceResourceScope};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+
+use super::admin::{self, AdminState};
+use super::config::{ConfigError, ControlPlane, ControllerArgs, SandboxConfig};
+use super::context::{Context, Leadership, Stores};
+use super::leader;
+use super::metrics::Metrics;
+use super::policy_status::{self, StatusContext};
+use super::reconcile::{error_policy, reconcile};
+use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
+use crate::api::{self, DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
+
+/// Why the controller could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No usable Kubernetes configuration or API server.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    /// The wopr.dev CRDs are not installed.
+    #[error(
+        "the wopr.dev CRDs are not installed (missing: {missing}); install them with `kubectl apply -f crds/` or the Helm chart, then start the controller again"
+    )]
+    CrdsMissing {
+        /// The missing resources.
+        missing: String,
+    },
+    /// A flag has a bad value.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Leader election could not start.
+    #[error("leader election: {0}")]
+    Leader(#[from] kube_lease_manager::LeaseManagerError),
+    /// The admin server failed.
+    #[error("admin server: {0}")]
+    Admin(#[source] std::io::Error),
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C.
+pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    ensure_crds_installed(&client).await?;
+    let mut config = SandboxConfig::from_args(&args)?;
+    config.control_plane.resolved_ip = resolve_host(&config.control_plane).await;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("wopr-operator-{}", std::process::id()));
+    let (leadership, gained) = if args.leader_election {
+        let (leadership, gained) = leader::elect(
+            client.clone(),
+            &args.operator_namespace,
+            &args.lease_name,
+            &identity,
+        )
+        .await?;
+        (leadership, gained.boxed())
+    } else {
+        (Leadership::always(), stream::empty().boxed())
+    };
+    let listener = tokio::net::TcpListener::bind(args.admin_address)
+        .await
+        .map_err(RunError::Admin)?;
+    tracing::info!(address = %args.admin_address, %identity, "controller starting");
+
+    let shutdown = shutdown_signal().shared();
+    let namespace = args.watch_namespace.as_deref();
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+
+    // Caches of what a Session's policy depends on, each a trigger too.
+    let (policy_store, policy_writer) = reflector::store();
+    let policies = watcher(
+        scoped::<DeserializeGuard<SecurityPolicy>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(policy_writer)
+    .touched_objects();
+    let (grant_store, grant_writer) = reflector::store();
+    let grants = watcher(
+        scoped::<DeserializeGuard<Grant>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(grant_writer)
+    .touched_objects();
+    let (gateway_store, gateway_writer) = reflector::store();
+    let gateways = watcher(
+        scoped::<DeserializeGuard<Gateway>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(gateway_writer)
+    .touched_objects();
+    let (session_store, session_writer) = reflector::store();
+    let sessions = watcher(
+        scoped::<DeserializeGuard<Session>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(session_writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+
+    let stores = Stores {
+        policies: policy_store,
+        grants: grant_store,
+        gateways: gateway_store,
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(mark_ready_when_synced(
+        stores.clone(),
+        session_store.clone(),
+        ready.clone(),
+    ));
+
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wopr-operator");
+    let grant_subjects = SubjectIndex::default();
+    let gateway_subjects = SubjectIndex::default();
+    let sessions_of_policy = session_store.clone();
+    let (gained_sessions, gained_policies, gained_gateways) = fan_out(gained);
+    let sessions_controller = Controller::for_stream(sessions, session_store.clone())
+        .owns(scoped::<Pod>(&client, namespace), owned.clone())
+        .owns(scoped::<NetworkPolicy>(&client, namespace), owned.clone())
+        .owns(scoped::<ServiceAccount>(&client, namespace), owned)
+        .watches_stream(policies, move |policy| {
+            policy_sessions(&sessions_of_policy, &policy)
+        })
+        .watches_stream(grants, move |grant| grant_sessions(&grant_subjects, &grant))
+        .watches_stream(gateways, move |gateway| {
+            gateway_sessions(&gateway_subjects, &gateway)
+        })
+        .reconcile_all_on(gained_sessions)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Context {
+                client: client.clone(),
+                config,
+                stores,
+                recorder: Recorder::new(
+                    client.clone(),
+                    Reporter {
+                        controller: "wopr-operator".into(),
+                        instance: Some(identity.clone()),
+                    },
+                ),
+                metrics: metrics.clone(),
+                leadership: leadership.clone(),
+                clock: Timestamp::now,
+            }),
+        )
+        .for_each(|_| async {});
+
+    let status_context = Arc::new(StatusContext {
+        client: client.clone(),
+        sessions: session_store.clone(),
+        leadership,
+        clock: Timestamp::now,
+    });
+    let policy_status_controller = Controller::new(
+        scoped::<DeserializeGuard<SecurityPolicy>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .watches(
+        scoped::<DeserializeGuard<Session>>(&client, namespace),
+        watcher::Config::default(),
+        |session| {
+            session
+                .namespace()
+                .map(|ns| ObjectRef::new(DEFAULT_POLICY_NAME).within(&ns))
+        },
+    )
+    .reconcile_all_on(gained_policies)
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        policy_status::reconcile_policy,
+        policy_status::retry,
+        status_context.clone(),
+    )
+    .for_each(|_| async {});
+    let gateway_controller = Controller::new(
+        scoped::<DeserializeGuard<Gateway>>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let gateways_by_session = gateway_controller.store();
+    let gateway_status_controller = gateway_controller
+        .watches(
+            scoped::<DeserializeGuard<Session>>(&client, namespace),
+            watcher::Config::default(),
+            move |session| {
+                let (name, namespace) = (session.name_any(), session.namespace());
+                gateways_by_session
+                    .state_filter(|gateway| {
+                        gateway.meta().namespace == namespace
+                            && gateway.0.as_ref().is_ok_and(|g| g.spec.session == name)
+                    })
+                    .iter()
+                    .map(|gateway| ObjectRef::from_obj(gateway.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_all_on(gained_gateways)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            policy_status::reconcile_gateway,
+            policy_status::retry,
+            status_context,
+        )
+        .for_each(|_| async {});
+
+    let admin_state = Arc::new(AdminState {
+        registry,
+        metrics,
+        sessions: session_store,
+        ready,
+    });
+    let admin_server = admin::serve(listener, admin_state, shutdown.clone());
+    let (admin_result, _, _, _) = tokio::join!(
+        admin_server,
+        sessions_controller,
+        policy_status_controller,
+        gateway_status_controller
+    );
+    tracing::info!("controller stopped");
+    admin_result.map_err(RunError::Admin)
+}
+
+/// An Api for every namespace, or for the watched one.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Fails with a clear message when any wopr.dev resource is not served.
+pub async fn ensure_crds_installed(client: &Client) -> Result<(), RunError> {
+    let served: Vec<String> = match client.list_api_group_resources("wopr.dev/v1alpha1").await {
+        Ok(list) => list
+            .resources
+            .into_iter()
+            .map(|resource| resource.name)
+            .collect(),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
+        Err(error) => return Err(RunError::Client(error)),
+    };
+    let missing: Vec<String> = api::crds()
+        .into_iter()
+        .map(|crd| crd.spec.names.plural)
+        .filter(|plural| !served.contains(plural))
+        .map(|plural| format!("{plural}.{}", api::GROUP))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::CrdsMissing {
+            missing: missing.join(", "),
+        })
+    }
+}
+
+/// The IP of the control-plane host, for `/etc/hosts` in sandboxes that
+/// have no DNS. `None` when it does not resolve here.
+async fn resolve_host(control_plane: &ControlPlane) -> Option<IpAddr> {
+    if let Some(ip) = control_plane.host_ip() {
+        return Some(ip);
+    }
+    match tokio::net::lookup_host((control_plane.host.as_str(), control_plane.port)).await {
+        Ok(mut addresses) => addresses.next().map(|address| address.ip()),
+        Err(error) => {
+            tracing::warn!(host = %control_plane.host, %error, "control-plane host does not resolve; sandboxes without DNS will not reach it");
+            None
+        }
+    }
+}
+
+/// Sets `ready` once every cache has its first full list.
+async fn mark_ready_when_synced(
+    stores: Stores,
+    sessions: reflector::Store<DeserializeGuard<Session>>,
+    ready: Arc<AtomicBool>,
+) {
+    let synced = futures::future::join4(
+        stores.policies.wait_until_ready(),
+        stores.grants.wait_until_ready(),
+        stores.gateways.wait_until_ready(),
+        sessions.wait_until_ready(),
+    )
+    .await;
+    if matches!(synced, (Ok(()), Ok(()), Ok(()), Ok(()))) {
+        ready.store(true, Ordering::Release);
+        tracing::info!("caches synced");
+    }
+}
+
+/// Three copies of a trigger stream, one per controller.
+fn fan_out(
+    trigger: stream::BoxStream<'static, ()>,
+) -> (
+    impl futures::Stream<Item = ()> + Send + use<>,
+    impl futures::Stream<Item = ()> + Send + use<>,
+    impl futures::Stream<Item = ()> + Send + use<>,
+) {
+    let (first, first_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (second, second_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (third, third_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(trigger.for_each(move |()| {
+        let _ = (first.send(()), second.send(()), third.send(()));
+        async {}
+    }));
+    let receive = |receiver: tokio::sync::mpsc::UnboundedReceiver<()>| {
+        stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|()| ((), receiver))
+        })
+    };
+    (receive(first_rx), receive(second_rx), receive(third_rx))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        #[cfg(unix)]
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}
