@@ -1,0 +1,250 @@
+//! The controller's runtime pieces: the CRD check, the admin endpoints, the
+//! status of SecurityPolicies and Gateways, and which Sessions a change
+//! triggers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::fake_api::FakeApi;
+use common::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tower::ServiceExt;
+use wopr_operator::api::{
+    Gateway, SecurityPolicy, Session, SessionPhase, SessionStatus, TrustLevel,
+};
+use wopr_operator::controller::admin::{AdminState, router};
+use wopr_operator::controller::metrics::Metrics;
+use wopr_operator::controller::policy_status::{gateway_status, policy_status};
+use wopr_operator::controller::run::{RunError, ensure_crds_installed};
+use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
+
+#[tokio::test]
+async fn the_controller_refuses_to_start_without_its_crds() {
+    let (client, api) = FakeApi::start();
+    let error = ensure_crds_installed(&client).await.unwrap_err();
+    assert!(matches!(error, RunError::CrdsMissing { .. }));
+    let message = error.to_string();
+    assert!(message.contains("sessions.wopr.dev"), "{message}");
+    assert!(message.contains("kubectl apply -f crds/"), "{message}");
+
+    let served = |names: &[&str]| {
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "wopr.dev/v1alpha1",
+               "resources": names.iter().map(|name| json!({"name": name, "singularName": "", "namespaced": true, "kind": "X", "verbs": []})).collect::<Vec<_>>()})
+    };
+    api.insert(
+        "/apis/wopr.dev/v1alpha1",
+        served(&["sessions", "grants", "gateways", "approvalrequests"]),
+    );
+    let message = ensure_crds_installed(&client)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("missing: securitypolicies.wopr.dev)"),
+        "{message}"
+    );
+
+    api.insert(
+        "/apis/wopr.dev/v1alpha1",
+        served(&[
+            "securitypolicies",
+            "sessions",
+            "sessions/status",
+            "grants",
+            "gateways",
+            "approvalrequests",
+        ]),
+    );
+    ensure_crds_installed(&client).await.unwrap();
+}
+
+fn session_in_phase(name: &str, phase: Option<SessionPhase>) -> DeserializeGuard<Session> {
+    let mut session = session(name, TrustLevel::Trusted);
+    session.status = phase.map(|phase| SessionStatus {
+        phase: Some(phase),
+        ..Default::default()
+    });
+    DeserializeGuard(Ok(session))
+}
+
+async fn get(app: axum::Router, path: &str) -> (StatusCode, String) {
+    let response = app
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    metrics.reconciles.inc();
+    metrics.error("ApiError");
+    let (sessions, mut writer) = reflector::store();
+    for (name, phase) in [
+        ("a", Some(SessionPhase::Ready)),
+        ("b", Some(SessionPhase::Ready)),
+        ("c", None),
+    ] {
+        writer.apply_watcher_event(&watcher::Event::Apply(session_in_phase(name, phase)));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = router(Arc::new(AdminState {
+        registry,
+        metrics,
+        sessions,
+        ready: ready.clone(),
+    }));
+
+    assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        get(app.clone(), "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    ready.store(true, Ordering::Release);
+    assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
+
+    let (status, body) = get(app, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "wopr_reconciles_total 1",
+        "wopr_reconcile_errors_total{reason=\"ApiError\"} 1",
+        "wopr_sessions{phase=\"Ready\"} 2",
+        "wopr_sessions{phase=\"Unknown\"} 1",
+        "wopr_sessions{phase=\"Failed\"} 0",
+        "wopr_reconcile_duration_seconds_count 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+}
+
+fn guard<K: serde::de::DeserializeOwned + kube::Resource>(
+    value: serde_json::Value,
+) -> DeserializeGuard<K> {
+    serde_json::from_value(value).unwrap()
+}
+
+fn policy_object(name: &str, spec: serde_json::Value) -> DeserializeGuard<SecurityPolicy> {
+    guard(
+        json!({"apiVersion": "wopr.dev/v1alpha1", "kind": "SecurityPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE, "generation": 2}, "spec": spec}),
+    )
+}
+
+#[test]
+fn security_policy_status_says_whether_it_governs() {
+    let now = Time(now());
+    let default = policy_status(
+        &policy_object("default", json!({})),
+        &["a".into(), "b".into()],
+        &now,
+    );
+    let ready = &default.conditions[0];
+    assert_eq!(
+        (
+            ready.type_.as_str(),
+            ready.status.as_str(),
+            ready.reason.as_str()
+        ),
+        ("Ready", "True", "InForce")
+    );
+    assert_eq!(ready.message, "governs 2 session(s): a, b");
+    assert_eq!(default.observed_generation, Some(2));
+
+    let other = policy_status(&policy_object("strict", json!({})), &[], &now);
+    assert_eq!(other.conditions[0].reason, "NotInForce");
+    let broken = policy_status(
+        &policy_object("default", json!({"enforcement": "off"})),
+        &[],
+        &now,
+    );
+    assert_eq!(
+        (
+            broken.conditions[0].status.as_str(),
+            broken.conditions[0].reason.as_str()
+        ),
+        ("False", "InvalidObject")
+    );
+    assert!(broken.conditions[0].message.contains("off"));
+
+    let many: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let listed = policy_status(&policy_object("default", json!({})), &many, &now);
+    assert!(
+        listed.conditions[0].message.ends_with("and 2 more"),
+        "{}",
+        listed.conditions[0].message
+    );
+}
+
+#[test]
+fn gateway_status_says_whether_its_session_exists() {
+    let now = Time(now());
+    let gateway: DeserializeGuard<Gateway> = DeserializeGuard(Ok(gateway("p2p", "p2p-gateway")));
+    let serving = gateway_status(&gateway, true, &now);
+    assert_eq!(
+        (
+            serving.conditions[0].status.as_str(),
+            serving.conditions[0].reason.as_str()
+        ),
+        ("True", "Serving")
+    );
+    let orphan = gateway_status(&gateway, false, &now);
+    assert_eq!(orphan.conditions[0].reason, "SessionNotFound");
+    assert!(orphan.conditions[0].message.contains("p2p-gateway"));
+}
+
+#[test]
+fn grant_changes_trigger_their_sessions_only() {
+    let index = SubjectIndex::default();
+    let names =
+        |refs: Vec<kube::runtime::reflector::ObjectRef<DeserializeGuard<Session>>>| -> Vec<String> {
+            refs.into_iter().map(|r| r.name).collect()
+        };
+    let to_research = DeserializeGuard(Ok(session_grant("g", "research", &[])));
+    assert_eq!(names(grant_sessions(&index, &to_research)), ["research"]);
+    let to_code = DeserializeGuard(Ok(session_grant("g", "code", &[])));
+    assert_eq!(
+        names(grant_sessions(&index, &to_code)),
+        ["research", "code"]
+    );
+    let peer = DeserializeGuard(Ok(peer_grant("alice", "KEY", TrustLevel::Trusted)));
+    assert!(
+        grant_sessions(&index, &peer).is_empty(),
+        "peer grants change no session context"
+    );
+}
+
+#[test]
+fn a_default_policy_change_triggers_every_session_of_its_namespace() {
+    let (sessions, mut writer) = reflector::store();
+    for (name, namespace) in [("a", NAMESPACE), ("b", NAMESPACE), ("c", "elsewhere")] {
+        let mut session = session(name, TrustLevel::Trusted);
+        session.metadata.namespace = Some(namespace.into());
+        writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(session))));
+    }
+    let mut triggered: Vec<String> =
+        policy_sessions(&sessions, &policy_object("default", json!({})))
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+    triggered.sort();
+    assert_eq!(triggered, ["a", "b"]);
+    assert!(policy_sessions(&sessions, &policy_object("strict", json!({}))).is_empty());
+}
