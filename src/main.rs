@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use wopr_operator::api;
 use wopr_operator::controller::config::ControllerArgs;
+use wopr_operator::controller::run::{run, shutdown_signal};
 
 /// Kubernetes operator for the WOPR agent-security model.
 #[derive(Parser)]
@@ -45,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Crd { output_dir } => print_crds(output_dir),
-        Command::Controller(args) => Ok(wopr_operator::controller::run::run(*args).await?),
+        Command::Controller(args) => Ok(run(*args, shutdown_signal()).await?),
     }
 }
 

@@ -417,8 +417,28 @@ fn a_control_plane_outside_the_cluster_is_reached_by_ip() {
     let peers = policy.spec.unwrap().egress.unwrap()[0].to.clone().unwrap();
     assert_eq!(peers[1].ip_block.as_ref().unwrap().cidr, "192.0.2.10/32");
     let pod = build_pod(&session, &context(&session), &config);
-    let aliases = pod.spec.unwrap().host_aliases.unwrap();
-    assert_eq!(aliases[0].ip, "192.0.2.10");
+    assert_eq!(
+        pod.spec.unwrap().host_aliases,
+        None,
+        "an IP needs no /etc/hosts entry"
+    );
+}
+
+#[test]
+fn a_resolved_control_plane_name_goes_into_etc_hosts() {
+    let mut config = config();
+    config.control_plane.resolved_ip = Some("10.96.0.42".parse().unwrap());
+    let session = session("u", TrustLevel::Untrusted);
+    let aliases = build_pod(&session, &context(&session), &config)
+        .spec
+        .unwrap()
+        .host_aliases
+        .unwrap();
+    assert_eq!(aliases[0].ip, "10.96.0.42");
+    assert_eq!(
+        aliases[0].hostnames.as_deref(),
+        Some(&["wopr-operator.wopr-system.svc".to_string()][..])
+    );
 }
 
 #[test]

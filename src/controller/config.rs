@@ -71,8 +71,9 @@ pub struct ControlPlane {
     pub port: u16,
     /// The namespace of the control-plane pods.
     pub namespace: String,
-    /// The IP the host name resolves to, written into each pod's
+    /// The IP the host *name* resolves to, written into each pod's
     /// `/etc/hosts` so sandboxes without DNS still reach the control plane.
+    /// `None` when the host is an IP address or did not resolve.
     pub resolved_ip: Option<IpAddr>,
 }
 
@@ -106,7 +107,7 @@ impl ControlPlane {
             host: host.to_owned(),
             port,
             namespace: namespace.to_owned(),
-            resolved_ip: host.parse().ok(),
+            resolved_ip: None,
         })
     }
 
@@ -161,7 +162,7 @@ mod tests {
         assert_eq!(parsed.host_ip(), None);
         let ip = ControlPlane::parse("10.1.2.3:9443", "x").unwrap();
         assert_eq!(ip.host_ip(), Some("10.1.2.3".parse().unwrap()));
-        assert_eq!(ip.resolved_ip, ip.host_ip());
+        assert_eq!(ip.resolved_ip, None, "only names are resolved");
         let v6 = ControlPlane::parse("http://[fd00::1]:9443/", "x").unwrap();
         assert_eq!(v6.host_ip(), Some("fd00::1".parse().unwrap()));
         for bad in [

@@ -2,6 +2,7 @@
 //! run the reconcilers and the admin server, stop cleanly on SIGTERM.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +54,11 @@ pub enum RunError {
     Admin(#[source] std::io::Error),
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
+/// Runs the controller until `shutdown` completes (in the binary: SIGTERM or Ctrl-C).
+pub async fn run(
+    args: ControllerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
     ensure_crds_installed(&client).await?;
     let mut config = SandboxConfig::from_args(&args)?;
@@ -80,7 +84,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         .map_err(RunError::Admin)?;
     tracing::info!(address = %args.admin_address, %identity, "controller starting");
 
-    let shutdown = shutdown_signal().shared();
+    let shutdown = shutdown.shared();
     let namespace = args.watch_namespace.as_deref();
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
@@ -283,11 +287,12 @@ pub async fn ensure_crds_installed(client: &Client) -> Result<(), RunError> {
     }
 }
 
-/// The IP of the control-plane host, for `/etc/hosts` in sandboxes that
-/// have no DNS. `None` when it does not resolve here.
+/// The IP the control-plane host name resolves to, for `/etc/hosts` in
+/// sandboxes that have no DNS. `None` for an IP address or a name that does
+/// not resolve here.
 async fn resolve_host(control_plane: &ControlPlane) -> Option<IpAddr> {
-    if let Some(ip) = control_plane.host_ip() {
-        return Some(ip);
+    if control_plane.host_ip().is_some() {
+        return None;
     }
     match tokio::net::lookup_host((control_plane.host.as_str(), control_plane.port)).await {
         Ok(mut addresses) => addresses.next().map(|address| address.ip()),
@@ -341,7 +346,7 @@ fn fan_out(
 }
 
 /// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let terminate = async {
         #[cfg(unix)]
         if let Ok(mut signal) =

@@ -1,0 +1,251 @@
+//! End to end against a real cluster (`KUBECONFIG`): installs the CRDs, runs
+//! the controller in-process for a temporary namespace that enforces Pod
+//! Security "restricted", applies examples/, and checks that every Session's
+//! pod is admitted, its NetworkPolicy and ServiceAccount exist, its status
+//! is written, and deleting a Session removes its children.
+//!
+//! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_controller -- --ignored --nocapture`
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+use wopr_operator::api::{self, Session, WoprObject, parse_manifests};
+use wopr_operator::controller::config::ControllerArgs;
+use wopr_operator::controller::run::run;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const MANAGER: &str = "wopr-e2e";
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        tokio::time::timeout(
+            TIMEOUT,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name} not established in time"))
+        .unwrap();
+    }
+}
+
+async fn create_namespace(client: &Client) -> String {
+    let name = format!("wopr-e2e-{}", std::process::id());
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        }}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("creating the test namespace");
+    name
+}
+
+async fn apply<K>(client: &Client, namespace: &str, object: &K)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {}: {e}", object.name_any()));
+}
+
+/// Applies every object of examples/ and returns the Session names.
+async fn apply_examples(client: &Client, namespace: &str) -> Vec<String> {
+    let mut sessions = Vec::new();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for path in files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    {
+        for object in parse_manifests(&std::fs::read_to_string(&path).unwrap()).unwrap() {
+            match object {
+                WoprObject::SecurityPolicy(p) => apply(client, namespace, p.as_ref()).await,
+                WoprObject::Session(s) => {
+                    sessions.push(s.name_any());
+                    apply(client, namespace, s.as_ref()).await
+                }
+                WoprObject::Grant(g) => apply(client, namespace, &g).await,
+                WoprObject::Gateway(g) => apply(client, namespace, &g).await,
+                WoprObject::ApprovalRequest(a) => apply(client, namespace, &a).await,
+            }
+        }
+    }
+    sessions
+}
+
+/// Polls `check` until it returns `Some`, or fails after [`TIMEOUT`] with `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn controller_args(namespace: &str) -> ControllerArgs {
+    ControllerArgs {
+        sidecar_image: "ghcr.io/wopr-network/wopr-operator:e2e".into(),
+        default_agent_image: "registry.k8s.io/pause:3.10".into(),
+        control_plane_address: "127.0.0.1:9443".into(),
+        operator_namespace: "wopr-system".into(),
+        watch_namespace: Some(namespace.into()),
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        leader_election: false,
+        lease_name: "wopr-operator-e2e".into(),
+        identity: Some("e2e".into()),
+        default_memory: "512Mi".into(),
+        default_cpu: "500m".into(),
+    }
+}
+
+async fn scenario(client: &Client, namespace: &str) {
+    let sessions = apply_examples(client, namespace).await;
+    assert_eq!(sessions.len(), 4);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let session_api: Api<Session> = Api::namespaced(client.clone(), namespace);
+
+    for name in &sessions {
+        let child = format!("wopr-{name}");
+        // The pod exists only if the API server admitted it under "restricted".
+        let pod = eventually(&format!("pod {child}"), || async {
+            pods.get_opt(&child).await.unwrap()
+        })
+        .await;
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.service_account_name.as_deref(), Some(child.as_str()));
+
+        let policy = policies
+            .get(&child)
+            .await
+            .expect("the NetworkPolicy exists");
+        let policy_spec = policy.spec.unwrap();
+        assert!(
+            policy_spec
+                .policy_types
+                .unwrap()
+                .contains(&"Ingress".to_string())
+        );
+        let selector: BTreeMap<String, String> =
+            policy_spec.pod_selector.unwrap().match_labels.unwrap();
+        assert_eq!(selector["wopr.dev/session"], *name);
+        let account = accounts
+            .get(&child)
+            .await
+            .expect("the ServiceAccount exists");
+        assert_eq!(account.automount_service_account_token, Some(false));
+
+        let status = eventually(&format!("status of {name}"), || async {
+            session_api
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .filter(|status| status.policy_hash.is_some())
+        })
+        .await;
+        assert_eq!(status.pod_name.as_deref(), Some(child.as_str()));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "PolicyResolved" && c.status == "True")
+        );
+    }
+
+    // Deleting a Session removes everything it owns (garbage collection).
+    let gone = "api-handler";
+    session_api
+        .delete(gone, &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let child = format!("wopr-{gone}");
+    eventually("children of the deleted session to go", || async {
+        let left = (
+            pods.get_opt(&child).await.unwrap(),
+            policies.get_opt(&child).await.unwrap(),
+            accounts.get_opt(&child).await.unwrap(),
+        );
+        matches!(left, (None, None, None)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: set KUBECONFIG"]
+async fn sessions_become_restricted_sandbox_pods() {
+    let client = Client::try_default()
+        .await
+        .expect("a cluster from KUBECONFIG");
+    install_crds(&client).await;
+    let namespace = create_namespace(&client).await;
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let controller = tokio::spawn(run(controller_args(&namespace), async {
+        let _ = stopped.await;
+    }));
+    let outcome = AssertUnwindSafe(scenario(&client, &namespace))
+        .catch_unwind()
+        .await;
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .expect("deleting the test namespace");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
