@@ -3,140 +3,17 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_api::{FakeApi, Recorded};
+use common::fake_api::Recorded;
+use common::harness::*;
 use common::*;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use wopr_operator::api::{Capability, Gateway, Grant, SecurityPolicy, Session, TrustLevel};
-use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
-use wopr_operator::controller::context::{Context, Leadership, Stores};
-use wopr_operator::controller::metrics::Metrics;
-use wopr_operator::controller::reconcile::reconcile;
-
-fn fixed_now() -> Timestamp {
-    now()
-}
-
-fn session_path(name: &str) -> String {
-    format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/sessions/{name}")
-}
-fn account_path(name: &str) -> String {
-    format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/wopr-{name}")
-}
-fn network_policy_path(name: &str) -> String {
-    format!("/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/networkpolicies/wopr-{name}")
-}
-fn pod_path(name: &str) -> String {
-    format!("/api/v1/namespaces/{NAMESPACE}/pods/wopr-{name}")
-}
-fn events_path() -> String {
-    format!("/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events")
-}
-
-struct Harness {
-    api: FakeApi,
-    ctx: Arc<Context>,
-    policies: Writer<DeserializeGuard<SecurityPolicy>>,
-    grants: Writer<DeserializeGuard<Grant>>,
-    _gateways: Writer<DeserializeGuard<Gateway>>,
-}
-
-impl Harness {
-    fn new(leadership: Leadership) -> Harness {
-        let (client, api) = FakeApi::start();
-        let (policy_store, policies) = reflector::store();
-        let (grant_store, grants) = reflector::store();
-        let (gateway_store, gateways) = reflector::store();
-        let ctx = Context {
-            client: client.clone(),
-            config: SandboxConfig {
-                sidecar_image: "wopr-operator:test".into(),
-                default_agent_image: "agent:test".into(),
-                control_plane: ControlPlane::parse(
-                    "wopr-operator.wopr-system.svc:9443",
-                    "wopr-system",
-                )
-                .unwrap(),
-                default_memory: Quantity("512Mi".into()),
-                default_cpu: Quantity("500m".into()),
-            },
-            stores: Stores {
-                policies: policy_store,
-                grants: grant_store,
-                gateways: gateway_store,
-            },
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: "wopr-operator".into(),
-                    instance: None,
-                },
-            ),
-            metrics: Metrics::new(&mut Registry::default()),
-            leadership,
-            clock: fixed_now,
-        };
-        Harness {
-            api,
-            ctx: Arc::new(ctx),
-            policies,
-            grants,
-            _gateways: gateways,
-        }
-    }
-
-    fn leader() -> Harness {
-        Harness::new(Leadership::always())
-    }
-
-    /// Creates a Session in the fake API server.
-    fn create(&self, session: &Session) {
-        self.api.insert(
-            &session_path(&session.metadata.name.clone().unwrap()),
-            serde_json::to_value(session).unwrap(),
-        );
-    }
-
-    /// Changes a Session's spec as `kubectl apply` would (bumping its generation).
-    fn edit(&self, name: &str, change: impl FnOnce(&mut Value)) {
-        self.api.modify(&session_path(name), |session| {
-            change(&mut session["spec"]);
-            let generation = session["metadata"]["generation"].as_i64().unwrap_or(1);
-            session["metadata"]["generation"] = json!(generation + 1);
-        });
-    }
-
-    /// Reconciles the Session as the API server has it now.
-    async fn reconcile(&self, name: &str) -> Action {
-        let stored = self
-            .api
-            .get(&session_path(name))
-            .expect("the session exists");
-        let object: DeserializeGuard<Session> = serde_json::from_value(stored).unwrap();
-        reconcile(Arc::new(object), self.ctx.clone())
-            .await
-            .expect("reconcile succeeds")
-    }
-
-    fn add_grant(&mut self, grant: Grant) {
-        self.grants
-            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(grant))));
-    }
-
-    fn status(&self, name: &str) -> Value {
-        self.api.get(&session_path(name)).unwrap()["status"].clone()
-    }
-}
+use wopr_operator::api::{Capability, SecurityPolicy, Session, TrustLevel};
+use wopr_operator::controller::context::Leadership;
 
 fn writes(requests: &[Recorded]) -> Vec<String> {
     requests

@@ -11,6 +11,7 @@ use wopr_operator::api::{
 };
 
 pub mod fake_api;
+pub mod harness;
 pub mod pod_security;
 
 pub const NAMESPACE: &str = "team-a";
