@@ -521,13 +521,7 @@ fn the_restricted_check_catches_each_broken_rule() {
             agent_security(p).run_as_non_root = Some(false)
         }),
         ("runAsNonRoot not set", |p| {
-            p.spec
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap()
-                .run_as_non_root = None;
+            pod_security(p).run_as_non_root = None;
             agent_security(p).run_as_non_root = None;
         }),
         ("runAsUser 0", |p| agent_security(p).run_as_user = Some(0)),
@@ -535,13 +529,7 @@ fn the_restricted_check_catches_each_broken_rule() {
             agent_security(p).seccomp_profile.as_mut().unwrap().type_ = "Unconfined".into()
         }),
         ("no seccompProfile", |p| {
-            p.spec
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap()
-                .seccomp_profile = None;
+            pod_security(p).seccomp_profile = None;
             agent_security(p).seccomp_profile = None;
         }),
         ("appArmorProfile Unconfined", |p| {
@@ -581,13 +569,7 @@ fn the_restricted_check_catches_each_broken_rule() {
             )
         }),
         ("unsafe sysctl", |p| {
-            p.spec
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap()
-                .sysctls = Some(vec![k8s_openapi::api::core::v1::Sysctl {
+            pod_security(p).sysctls = Some(vec![k8s_openapi::api::core::v1::Sysctl {
                 name: "kernel.msgmax".into(),
                 value: "1".into(),
             }])
@@ -608,6 +590,15 @@ fn the_restricted_check_catches_each_broken_rule() {
             "the check missed: {name}"
         );
     }
+}
+
+fn pod_security(pod: &mut Pod) -> &mut k8s_openapi::api::core::v1::PodSecurityContext {
+    pod.spec
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
 }
 
 fn agent_security(pod: &mut Pod) -> &mut SecurityContext {

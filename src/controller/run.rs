@@ -90,30 +90,9 @@ pub async fn run(
     let metrics = Metrics::new(&mut registry);
 
     // Caches of what a Session's policy depends on, each a trigger too.
-    let (policy_store, policy_writer) = reflector::store();
-    let policies = watcher(
-        scoped::<DeserializeGuard<SecurityPolicy>>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(policy_writer)
-    .touched_objects();
-    let (grant_store, grant_writer) = reflector::store();
-    let grants = watcher(
-        scoped::<DeserializeGuard<Grant>>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(grant_writer)
-    .touched_objects();
-    let (gateway_store, gateway_writer) = reflector::store();
-    let gateways = watcher(
-        scoped::<DeserializeGuard<Gateway>>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(gateway_writer)
-    .touched_objects();
+    let (policy_store, policies) = cache::<DeserializeGuard<SecurityPolicy>>(&client, namespace);
+    let (grant_store, grants) = cache::<DeserializeGuard<Grant>>(&client, namespace);
+    let (gateway_store, gateways) = cache::<DeserializeGuard<Gateway>>(&client, namespace);
     let (session_store, session_writer) = reflector::store();
     let sessions = watcher(
         scoped::<DeserializeGuard<Session>>(&client, namespace),
@@ -259,6 +238,32 @@ where
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     }
+}
+
+/// A cache of every `K` in scope, and the stream of its changes (deletions
+/// included) to trigger reconciles with.
+fn cache<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + use<K>,
+)
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changes = watcher(scoped::<K>(client, namespace), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, changes)
 }
 
 /// Fails with a clear message when any wopr.dev resource is not served.
