@@ -7,5 +7,8 @@
 //!   security context and deciding tool calls, capability checks and injections.
 
 pub mod api;
+pub mod audit;
 pub mod controller;
+pub mod controlplane;
 pub mod policy;
+pub mod proto;
