@@ -134,7 +134,7 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
                         allow_forward_to: rule.allow_forward_to.clone(),
                         allow_actions: rule.allow_actions.clone(),
                         require_approval: rule.require_approval,
-                        rate_limit: (rule.rate_limit_per_minute > 0).then(|| RateLimit {
+                        rate_limit: (rule.rate_limit_per_minute > 0).then_some(RateLimit {
                             per_minute: rule.rate_limit_per_minute,
                         }),
                     })
