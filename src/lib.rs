@@ -12,3 +12,4 @@ pub mod controller;
 pub mod controlplane;
 pub mod policy;
 pub mod proto;
+pub mod sidecar;

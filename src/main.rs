@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 use wopr_operator::api;
 use wopr_operator::controller::config::ControllerArgs;
 use wopr_operator::controller::run::{run, shutdown_signal};
+use wopr_operator::sidecar::run::SidecarArgs;
 
 /// Kubernetes operator for the WOPR agent-security model.
 #[derive(Parser)]
@@ -36,8 +37,11 @@ enum Command {
         #[arg(long, env = "WOPR_CRD_OUTPUT_DIR")]
         output_dir: Option<PathBuf>,
     },
-    /// Run the controller: reconcile Sessions into hardened sandbox pods.
+    /// Run the controller: reconcile Sessions into hardened sandbox pods,
+    /// and serve the control-plane API.
     Controller(Box<ControllerArgs>),
+    /// Run a session's sidecar: serve the agent the tools its policy allows.
+    Sidecar(Box<SidecarArgs>),
 }
 
 #[tokio::main]
@@ -47,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd { output_dir } => print_crds(output_dir),
         Command::Controller(args) => Ok(run(*args, shutdown_signal()).await?),
+        Command::Sidecar(args) => {
+            Ok(wopr_operator::sidecar::run::run(*args, shutdown_signal()).await?)
+        }
     }
 }
 

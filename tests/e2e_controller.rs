@@ -136,6 +136,7 @@ fn controller_args(namespace: &str) -> ControllerArgs {
         sidecar_image: "ghcr.io/wopr-network/wopr-operator:e2e".into(),
         default_agent_image: "registry.k8s.io/pause:3.10".into(),
         control_plane_address: "127.0.0.1:9443".into(),
+        control_plane_listen: "127.0.0.1:0".parse().unwrap(),
         operator_namespace: "wopr-system".into(),
         watch_namespace: Some(namespace.into()),
         admin_address: "127.0.0.1:0".parse().unwrap(),

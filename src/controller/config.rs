@@ -31,9 +31,16 @@ pub struct ControllerArgs {
     #[arg(
         long,
         env = "WOPR_CONTROL_PLANE_ADDRESS",
-        default_value = "https://wopr-operator.wopr-system.svc:9443"
+        default_value = "http://wopr-operator.wopr-system.svc:9443"
     )]
     pub control_plane_address: String,
+    /// Where this replica serves the control-plane gRPC API.
+    #[arg(
+        long,
+        env = "WOPR_CONTROL_PLANE_LISTEN",
+        default_value = "0.0.0.0:9443"
+    )]
+    pub control_plane_listen: SocketAddr,
     /// Namespace the controller runs in (its control-plane pods are there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "wopr-system")]
     pub operator_namespace: String,

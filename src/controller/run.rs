@@ -28,6 +28,7 @@ use super::policy_status::{self, StatusContext};
 use super::reconcile::{error_policy, reconcile};
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
 use crate::api::{self, DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
+use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 
 /// Why the controller could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,12 @@ pub enum RunError {
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(#[source] std::io::Error),
+    /// The control-plane port could not be opened.
+    #[error("control-plane API: {0}")]
+    ControlPlane(#[source] std::io::Error),
+    /// The control-plane server failed.
+    #[error("control-plane API: {0}")]
+    ControlPlaneServer(#[from] tonic::transport::Error),
 }
 
 /// Runs the controller until `shutdown` completes (in the binary: SIGTERM or Ctrl-C).
@@ -82,6 +89,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(args.admin_address)
         .await
         .map_err(RunError::Admin)?;
+    let control_plane_listener = tokio::net::TcpListener::bind(args.control_plane_listen)
+        .await
+        .map_err(RunError::ControlPlane)?;
     tracing::info!(address = %args.admin_address, %identity, "controller starting");
 
     let shutdown = shutdown.shared();
@@ -108,6 +118,24 @@ pub async fn run(
         grants: grant_store,
         gateways: gateway_store,
     };
+    // The control plane serves sidecars from the same caches, on every replica.
+    let index = Arc::new(ContextIndex::new(
+        session_store.clone(),
+        stores.clone(),
+        Timestamp::now,
+    ));
+    let policies = policies.inspect(refresh_on_change(index.clone()));
+    let grants = grants.inspect(refresh_on_change(index.clone()));
+    let gateways = gateways.inspect(refresh_on_change(index.clone()));
+    let sessions = sessions.inspect(refresh_on_change(index.clone()));
+    tokio::spawn(refresh_every_second(index.clone()));
+    let control_plane = controlplane::serve(
+        control_plane_listener,
+        index,
+        Arc::new(TokenReviewer::new(client.clone())),
+        shutdown.clone(),
+    );
+
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(mark_ready_when_synced(
         stores.clone(),
@@ -218,14 +246,36 @@ pub async fn run(
         ready,
     });
     let admin_server = admin::serve(listener, admin_state, shutdown.clone());
-    let (admin_result, _, _, _) = tokio::join!(
+    let (admin_result, control_plane_result, _, _, _) = tokio::join!(
         admin_server,
+        control_plane,
         sessions_controller,
         policy_status_controller,
         gateway_status_controller
     );
     tracing::info!("controller stopped");
-    admin_result.map_err(RunError::Admin)
+    admin_result.map_err(RunError::Admin)?;
+    Ok(control_plane_result?)
+}
+
+/// Refreshes the served policies of an object's namespace when it changes.
+fn refresh_on_change<K: Resource>(
+    index: Arc<ContextIndex>,
+) -> impl FnMut(&Result<K, watcher::Error>) {
+    move |change| {
+        if let Ok(object) = change {
+            index.refresh(object.meta().namespace.as_deref().unwrap_or_default());
+        }
+    }
+}
+
+/// Recomputes every served policy each second (grant expiry, missed events).
+async fn refresh_every_second(index: Arc<ContextIndex>) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        index.refresh_all();
+    }
 }
 
 /// An Api for every namespace, or for the watched one.

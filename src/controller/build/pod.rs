@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostAlias,
-    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, ProjectedVolumeSource,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction, HostAlias,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ProjectedVolumeSource,
     ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
     VolumeMount, VolumeProjection,
 };
@@ -27,6 +27,8 @@ pub const SOCKET_DIR: &str = "/run/wopr";
 pub const SOCKET_PATH: &str = "/run/wopr/a2a.sock";
 /// Port of the sidecar's MCP endpoint on the pod's loopback.
 pub const MCP_PORT: u16 = 7780;
+/// Port of the sidecar's gRPC health service, for the kubelet's probes.
+pub const HEALTH_PORT: u16 = 7781;
 /// Where the projected service-account token is mounted in the sidecar.
 pub const TOKEN_DIR: &str = "/var/run/secrets/wopr.dev/serviceaccount";
 /// Audience of the projected token, checked by the control plane.
@@ -39,6 +41,8 @@ pub const SANDBOX_UID: i64 = 65532;
 const TOKEN_VOLUME: &str = "wopr-token";
 const SOCKET_VOLUME: &str = "a2a-socket";
 const WORKSPACE_VOLUME: &str = "workspace";
+/// Where the workspace is mounted (read-only) in both containers.
+pub const WORKSPACE_DIR: &str = "/workspace";
 /// tmpfs mounts giving a read-only root somewhere to write.
 const TMPFS_MOUNTS: [(&str, &str); 3] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("run", "/run")];
 
@@ -60,9 +64,14 @@ pub fn build_pod(session: &Session, context: &EffectiveContext, config: &Sandbox
         .map(|(volume, path)| mount(volume, path, false))
         .collect();
     agent_mounts.push(mount(SOCKET_VOLUME, SOCKET_DIR, false));
+    let mut sidecar_mounts = vec![
+        mount(SOCKET_VOLUME, SOCKET_DIR, false),
+        mount(TOKEN_VOLUME, TOKEN_DIR, true),
+    ];
     if let Some(workspace) = &sandbox.workspace {
         volumes.push(workspace_volume(workspace));
-        agent_mounts.push(mount(WORKSPACE_VOLUME, "/workspace", true));
+        agent_mounts.push(mount(WORKSPACE_VOLUME, WORKSPACE_DIR, true));
+        sidecar_mounts.push(mount(WORKSPACE_VOLUME, WORKSPACE_DIR, true));
     }
 
     let agent_security = SecurityContext {
@@ -125,7 +134,7 @@ pub fn build_pod(session: &Session, context: &EffectiveContext, config: &Sandbox
                 seccomp_profile: Some(runtime_default_seccomp()),
                 ..PodSecurityContext::default()
             }),
-            init_containers: Some(vec![sidecar(&name, config)]),
+            init_containers: Some(vec![sidecar(&name, config, sidecar_mounts)]),
             containers: vec![agent],
             volumes: Some(volumes),
             ..PodSpec::default()
@@ -142,8 +151,18 @@ pub fn build_pod(session: &Session, context: &EffectiveContext, config: &Sandbox
 }
 
 /// The `a2a` sidecar: a native sidecar (restartPolicy Always) so it starts
-/// before the agent and runs as long as the pod. It alone mounts the token.
-fn sidecar(session: &str, config: &SandboxConfig) -> Container {
+/// before the agent and runs as long as the pod, probed over gRPC health.
+/// It alone mounts the token.
+fn sidecar(session: &str, config: &SandboxConfig, volume_mounts: Vec<VolumeMount>) -> Container {
+    let probe = |period_seconds: i32, failure_threshold: i32| Probe {
+        grpc: Some(GRPCAction {
+            port: i32::from(HEALTH_PORT),
+            service: None,
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    };
     Container {
         name: SIDECAR_CONTAINER.to_owned(),
         image: Some(config.sidecar_image.clone()),
@@ -157,7 +176,9 @@ fn sidecar(session: &str, config: &SandboxConfig) -> Container {
             env("WOPR_CONTROL_PLANE_ADDRESS", &config.control_plane.address),
             env("WOPR_SOCKET_PATH", SOCKET_PATH),
             env("WOPR_MCP_ADDRESS", &format!("127.0.0.1:{MCP_PORT}")),
+            env("WOPR_HEALTH_ADDRESS", &format!("0.0.0.0:{HEALTH_PORT}")),
             env("WOPR_TOKEN_PATH", &format!("{TOKEN_DIR}/token")),
+            env("WOPR_WORKSPACE", WORKSPACE_DIR),
             EnvVar {
                 name: "POD_NAMESPACE".to_owned(),
                 value_from: Some(EnvVarSource {
@@ -179,10 +200,10 @@ fn sidecar(session: &str, config: &SandboxConfig) -> Container {
             seccomp_profile: Some(runtime_default_seccomp()),
             ..hardened_security_context()
         }),
-        volume_mounts: Some(vec![
-            mount(SOCKET_VOLUME, SOCKET_DIR, false),
-            mount(TOKEN_VOLUME, TOKEN_DIR, true),
-        ]),
+        volume_mounts: Some(volume_mounts),
+        startup_probe: Some(probe(1, 30)),
+        readiness_probe: Some(probe(5, 1)),
+        liveness_probe: Some(probe(10, 3)),
         ..Container::default()
     }
 }

@@ -1,0 +1,308 @@
+//! The tool engine behind both transports (gRPC and MCP): decide with the
+//! policy engine, rate-limit, audit every decision, run the tool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::catalog::{CATALOG, CatalogEntry, entry};
+use super::policy_state::{PolicyState, Served};
+use super::workspace::{Workspace, WorkspaceError};
+use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
+use crate::audit::{AuditEvent, AuditSink, EventType};
+use crate::controller::status::summary;
+use crate::policy::{Outcome, Request, TokenBucket, decide};
+
+/// The source type of the agent calling its own sidecar.
+pub const SOURCE_TYPE_AGENT: &str = "agent";
+
+/// Why a call did not run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ToolError {
+    /// Denied, unknown, or not implemented: one message for all, so a caller
+    /// cannot learn whether a tool exists.
+    #[error("tool not available: {0}")]
+    NotAvailable(String),
+    /// Over a rate limit.
+    #[error("rate limit exceeded: retry in {} ms", .0.as_millis())]
+    RateLimited(Duration),
+    /// The arguments do not fit the tool's schema.
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    /// The tool ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Rate limits for the session and for each tool.
+pub struct Limits {
+    session: TokenBucket,
+    per_tool_limit: RateLimit,
+    per_tool: HashMap<&'static str, TokenBucket>,
+}
+
+impl Limits {
+    /// `session` calls per minute in all, `per_tool` per minute for each tool.
+    pub fn new(session: RateLimit, per_tool: RateLimit) -> Limits {
+        Limits {
+            session: TokenBucket::new(&session, Instant::now()),
+            per_tool_limit: per_tool,
+            per_tool: HashMap::new(),
+        }
+    }
+
+    fn acquire(&mut self, tool: &'static str, now: Instant) -> Result<(), Duration> {
+        let limit = &self.per_tool_limit;
+        let bucket = self
+            .per_tool
+            .entry(tool)
+            .or_insert_with(|| TokenBucket::new(limit, now));
+        bucket.try_acquire(now)?;
+        self.session.try_acquire(now)
+    }
+}
+
+/// Serves the tools of one session.
+pub struct ToolEngine {
+    namespace: String,
+    session: String,
+    policy: Arc<PolicyState>,
+    audit: Arc<dyn AuditSink>,
+    workspace: Workspace,
+    limits: Mutex<Limits>,
+}
+
+impl ToolEngine {
+    /// An engine for `namespace/session`.
+    pub fn new(
+        namespace: &str,
+        session: &str,
+        policy: Arc<PolicyState>,
+        audit: Arc<dyn AuditSink>,
+        workspace: Workspace,
+        limits: Limits,
+    ) -> ToolEngine {
+        ToolEngine {
+            namespace: namespace.to_owned(),
+            session: session.to_owned(),
+            policy,
+            audit,
+            workspace,
+            limits: Mutex::new(limits),
+        }
+    }
+
+    /// The tools the agent may call now. Without a policy: only `security_whoami`.
+    pub fn list(&self) -> Vec<&'static CatalogEntry> {
+        let served = self.policy.current();
+        CATALOG
+            .iter()
+            .filter(|tool| match &served {
+                None => tool.name == "security_whoami",
+                Some(served) => {
+                    decide(&served.context, Request::Tool(tool.name)).outcome != Outcome::Denied
+                }
+            })
+            .collect()
+    }
+
+    /// Records that a request broke the protocol (bad JSON-RPC, oversized
+    /// body, ...), so every refusal leaves an audit line.
+    pub fn audit_bad_request(&self, reason: String) {
+        let served = self.policy.current();
+        let mut event = self.event(
+            served.as_deref(),
+            EventType::Policy,
+            Outcome::Denied,
+            reason,
+        );
+        event.policy_hash = served.map(|s| s.context.policy_hash.clone());
+        self.audit.record(&event);
+    }
+
+    /// Calls `name` with `arguments`; every outcome is audited.
+    pub fn call(&self, name: &str, arguments: &Value) -> Result<Value, ToolError> {
+        let served = self.policy.current();
+        let not_available = || ToolError::NotAvailable(name.to_owned());
+        let Some(served) = served else {
+            if name == "security_whoami" {
+                self.record(
+                    None,
+                    name,
+                    None,
+                    Outcome::Allowed,
+                    "no policy yet: whoami only".into(),
+                );
+                return Ok(
+                    json!({"session": self.session, "namespace": self.namespace, "policy": null}),
+                );
+            }
+            self.record(
+                None,
+                name,
+                None,
+                Outcome::Denied,
+                "no policy from the control plane (fail closed)".into(),
+            );
+            return Err(not_available());
+        };
+        let decision = decide(&served.context, Request::Tool(name));
+        if decision.outcome == Outcome::Denied {
+            self.record(
+                Some(&served),
+                name,
+                decision.capability,
+                Outcome::Denied,
+                decision.reason.to_string(),
+            );
+            return Err(not_available());
+        }
+        let Some(tool) = entry(name) else {
+            self.record(
+                Some(&served),
+                name,
+                decision.capability,
+                Outcome::Denied,
+                "not implemented by this sidecar".into(),
+            );
+            return Err(not_available());
+        };
+        let limited = self
+            .limits
+            .lock()
+            .expect("the limits lock is never poisoned")
+            .acquire(tool.name, Instant::now());
+        if let Err(retry_after) = limited {
+            let mut event = self.event(
+                Some(&served),
+                EventType::RateLimited,
+                Outcome::Denied,
+                "rate limit exceeded".into(),
+            );
+            event.tool = Some(name.to_owned());
+            self.audit.record(&event);
+            return Err(ToolError::RateLimited(retry_after));
+        }
+        let result = self.run(tool.name, arguments, &served);
+        let reason = match &result {
+            Ok(_) => decision.reason.to_string(),
+            Err(error) => format!("{}; the tool failed: {error}", decision.reason),
+        };
+        self.record(
+            Some(&served),
+            name,
+            decision.capability,
+            decision.outcome,
+            reason,
+        );
+        result
+    }
+
+    fn run(&self, tool: &str, arguments: &Value, served: &Served) -> Result<Value, ToolError> {
+        let context = &served.context;
+        match tool {
+            "security_whoami" => Ok(json!({
+                "session": context.session,
+                "namespace": context.namespace,
+                "trustLevel": context.trust_level,
+                "capabilities": context.capabilities,
+                "sandbox": {"enabled": context.sandbox.enabled},
+                "network": context.network,
+                "enforcement": context.enforcement,
+                "provider": served.provider.as_ref().map(|p| json!({"name": p.name, "model": p.model})),
+                "policyHash": context.policy_hash,
+            })),
+            "security_check" => {
+                let capability: Capability = string_argument(arguments, "capability")?
+                    .parse()
+                    .map_err(ToolError::InvalidArguments)?;
+                let decision = decide(context, Request::Capability(capability));
+                Ok(
+                    json!({"allowed": decision.outcome == Outcome::Allowed, "reason": decision.reason.to_string()}),
+                )
+            }
+            "memory_read" => {
+                let path = string_argument(arguments, "path")?;
+                let content = self.workspace.read(path).map_err(workspace_error)?;
+                Ok(json!({"path": path, "content": content}))
+            }
+            "memory_write" => {
+                let path = string_argument(arguments, "path")?;
+                let content = string_argument(arguments, "content")?;
+                self.workspace
+                    .write(path, content)
+                    .map_err(workspace_error)?;
+                Ok(json!({"path": path, "written": content.len()}))
+            }
+            "config_get" => Ok(json!({
+                "session": context.session,
+                "namespace": context.namespace,
+                "effective": summary(context),
+                "enforcement": context.enforcement,
+                "access": context.access,
+                "grants": context.grants,
+                "gateways": context.gateways,
+                "policyHash": context.policy_hash,
+            })),
+            other => unreachable!("{other} is in the catalog but has no implementation"),
+        }
+    }
+
+    fn event(
+        &self,
+        served: Option<&Served>,
+        event_type: EventType,
+        decision: Outcome,
+        reason: String,
+    ) -> AuditEvent {
+        let trust_level = served.map_or(TrustLevel::Untrusted, |s| s.context.trust_level);
+        let enforcement = served.map_or(Enforcement::Enforce, |s| s.context.enforcement);
+        let source = SourceRef {
+            source_type: SOURCE_TYPE_AGENT.to_owned(),
+            identity: self.session.clone(),
+            trust_level,
+        };
+        AuditEvent::new(
+            Timestamp::now(),
+            event_type,
+            &self.namespace,
+            &self.session,
+            source,
+            decision,
+            enforcement,
+            reason,
+        )
+    }
+
+    fn record(
+        &self,
+        served: Option<&Served>,
+        tool: &str,
+        capability: Option<Capability>,
+        decision: Outcome,
+        reason: String,
+    ) {
+        let mut event = self.event(served, EventType::ToolCall, decision, reason);
+        event.tool = Some(tool.to_owned());
+        event.capability = capability;
+        event.policy_hash = served.map(|s| s.context.policy_hash.clone());
+        self.audit.record(&event);
+    }
+}
+
+fn string_argument<'a>(arguments: &'a Value, name: &str) -> Result<&'a str, ToolError> {
+    arguments
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolError::InvalidArguments(format!("{name:?} must be a string")))
+}
+
+fn workspace_error(error: WorkspaceError) -> ToolError {
+    match error {
+        WorkspaceError::Escapes(_) => ToolError::InvalidArguments(error.to_string()),
+        other => ToolError::Failed(other.to_string()),
+    }
+}

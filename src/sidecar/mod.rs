@@ -1,0 +1,11 @@
+//! The per-session sidecar: serves the agent only the A2A tools its policy
+//! allows, over gRPC on a unix socket and MCP on the pod's loopback.
+
+pub mod catalog;
+pub mod client;
+pub mod engine;
+pub mod grpc;
+pub mod mcp;
+pub mod policy_state;
+pub mod run;
+pub mod workspace;

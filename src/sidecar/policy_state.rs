@@ -1,0 +1,78 @@
+//! The policy the sidecar enforces, as last received from the control
+//! plane. Fails closed: no policy until the first arrives, and none once the
+//! sidecar has been disconnected for longer than the staleness bound.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::policy::EffectiveContext;
+use crate::proto::v1alpha1 as pb;
+
+/// A policy received from the control plane.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Served {
+    /// The effective context.
+    pub context: EffectiveContext,
+    /// The session's model provider (for `security_whoami`).
+    pub provider: Option<pb::Provider>,
+}
+
+/// The sidecar's view of its policy.
+pub struct PolicyState {
+    current: RwLock<Option<Arc<Served>>>,
+    connected: AtomicBool,
+    confirmed_at: Mutex<Instant>,
+    max_stale: Duration,
+}
+
+impl PolicyState {
+    /// No policy yet; a policy stays usable for `max_stale` after the
+    /// connection to the control plane is lost.
+    pub fn new(max_stale: Duration) -> PolicyState {
+        PolicyState {
+            current: RwLock::new(None),
+            connected: AtomicBool::new(false),
+            confirmed_at: Mutex::new(Instant::now()),
+            max_stale,
+        }
+    }
+
+    /// Records an update from the control plane (`None`: no policy can be served).
+    pub fn update(&self, served: Option<Served>) {
+        *self
+            .current
+            .write()
+            .expect("the policy lock is never poisoned") = served.map(Arc::new);
+        self.confirm();
+    }
+
+    /// Records whether the watch stream is up. Losing it starts the staleness clock.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        self.confirm();
+    }
+
+    fn confirm(&self) {
+        *self
+            .confirmed_at
+            .lock()
+            .expect("the policy lock is never poisoned") = Instant::now();
+    }
+
+    /// The policy in force, or `None` (deny) when there is none or it is stale.
+    pub fn current(&self) -> Option<Arc<Served>> {
+        let connected = self.connected.load(Ordering::Acquire);
+        let confirmed_at = *self
+            .confirmed_at
+            .lock()
+            .expect("the policy lock is never poisoned");
+        if !connected && confirmed_at.elapsed() > self.max_stale {
+            return None;
+        }
+        self.current
+            .read()
+            .expect("the policy lock is never poisoned")
+            .clone()
+    }
+}

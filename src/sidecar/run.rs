@@ -1,0 +1,162 @@
+//! Starting the sidecar: watch the policy, serve the tools over gRPC on a
+//! unix socket and MCP on loopback, and gRPC health on a TCP port for the
+//! kubelet's native gRPC probes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::FutureExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use super::client::{WatchTarget, watch_forever};
+use super::engine::{Limits, ToolEngine};
+use super::grpc::ToolsService;
+use super::mcp;
+use super::policy_state::PolicyState;
+use super::workspace::Workspace;
+use crate::api::RateLimit;
+use crate::audit::StdoutSink;
+use crate::proto::v1alpha1::tools_server::ToolsServer;
+
+/// Flags of `wopr-operator sidecar`.
+#[derive(Args, Debug, Clone)]
+pub struct SidecarArgs {
+    /// The Session this sidecar serves.
+    #[arg(long, env = "WOPR_SESSION")]
+    pub session: String,
+    /// The Session's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// The control plane (`http://host:port` or `host:port`).
+    #[arg(long, env = "WOPR_CONTROL_PLANE_ADDRESS")]
+    pub control_plane_address: String,
+    /// The projected service-account token.
+    #[arg(
+        long,
+        env = "WOPR_TOKEN_PATH",
+        default_value = "/var/run/secrets/wopr.dev/serviceaccount/token"
+    )]
+    pub token_path: PathBuf,
+    /// The unix socket of the gRPC Tools service.
+    #[arg(long, env = "WOPR_SOCKET_PATH", default_value = "/run/wopr/a2a.sock")]
+    pub socket_path: PathBuf,
+    /// The MCP endpoint's address (keep it on loopback).
+    #[arg(long, env = "WOPR_MCP_ADDRESS", default_value = "127.0.0.1:7780")]
+    pub mcp_address: SocketAddr,
+    /// The gRPC health endpoint for the kubelet's probes.
+    #[arg(long, env = "WOPR_HEALTH_ADDRESS", default_value = "0.0.0.0:7781")]
+    pub health_address: SocketAddr,
+    /// The session's workspace (memory tools stay inside it).
+    #[arg(long, env = "WOPR_WORKSPACE", default_value = "/workspace")]
+    pub workspace: PathBuf,
+    /// Seconds a policy stays in force after the control plane becomes unreachable.
+    #[arg(long, env = "WOPR_MAX_POLICY_AGE_SECONDS", default_value_t = 30)]
+    pub max_policy_age_seconds: u64,
+    /// Largest request body (MCP) or message (gRPC), in bytes.
+    #[arg(long, env = "WOPR_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Tool calls per minute for the whole session.
+    #[arg(long, env = "WOPR_SESSION_CALLS_PER_MINUTE", default_value_t = 600)]
+    pub session_calls_per_minute: u32,
+    /// Calls per minute of each tool.
+    #[arg(long, env = "WOPR_TOOL_CALLS_PER_MINUTE", default_value_t = 300)]
+    pub tool_calls_per_minute: u32,
+}
+
+/// Why the sidecar stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        /// Which endpoint.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The MCP server failed.
+    #[error("MCP server: {0}")]
+    Mcp(#[source] std::io::Error),
+}
+
+fn listen_error(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> SidecarError {
+    move |source| SidecarError::Listen {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// Runs the sidecar until `shutdown` completes.
+pub async fn run(
+    args: SidecarArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SidecarError> {
+    let state = Arc::new(PolicyState::new(Duration::from_secs(
+        args.max_policy_age_seconds,
+    )));
+    let engine = Arc::new(ToolEngine::new(
+        &args.namespace,
+        &args.session,
+        state.clone(),
+        Arc::new(StdoutSink),
+        Workspace::new(&args.workspace),
+        Limits::new(
+            RateLimit {
+                per_minute: args.session_calls_per_minute,
+            },
+            RateLimit {
+                per_minute: args.tool_calls_per_minute,
+            },
+        ),
+    ));
+    let _ = std::fs::remove_file(&args.socket_path);
+    let socket =
+        UnixListener::bind(&args.socket_path).map_err(listen_error(args.socket_path.display()))?;
+    let mcp_listener = TcpListener::bind(args.mcp_address)
+        .await
+        .map_err(listen_error(args.mcp_address))?;
+    let health_listener = TcpListener::bind(args.health_address)
+        .await
+        .map_err(listen_error(args.health_address))?;
+    tracing::info!(session = %args.session, socket = %args.socket_path.display(), mcp = %args.mcp_address, "sidecar serving");
+
+    let watcher = tokio::spawn(watch_forever(
+        WatchTarget {
+            address: args.control_plane_address.clone(),
+            namespace: args.namespace.clone(),
+            session: args.session.clone(),
+            token_path: args.token_path.clone(),
+        },
+        state,
+    ));
+    let shutdown = shutdown.shared();
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ToolsServer<ToolsService>>()
+        .await;
+    let tools = ToolsServer::new(ToolsService::new(engine.clone()))
+        .max_decoding_message_size(args.max_request_bytes);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health.clone())
+        .add_service(tools)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(socket), shutdown.clone());
+    let health_server = tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(health_listener), shutdown.clone());
+    let mcp_server = axum::serve(mcp_listener, mcp::router(engine, args.max_request_bytes))
+        .with_graceful_shutdown(shutdown);
+    let (grpc, health, mcp) = tokio::join!(grpc, health_server, mcp_server);
+    watcher.abort();
+    let _ = std::fs::remove_file(&args.socket_path);
+    grpc?;
+    health?;
+    mcp.map_err(SidecarError::Mcp)
+}
