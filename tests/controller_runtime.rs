@@ -248,3 +248,47 @@ fn a_default_policy_change_triggers_every_session_of_its_namespace() {
     assert_eq!(triggered, ["a", "b"]);
     assert!(policy_sessions(&sessions, &policy_object("strict", json!({}))).is_empty());
 }
+
+#[tokio::test]
+async fn token_review_identifies_a_sessions_service_account_and_pod() {
+    use wopr_operator::controlplane::auth::{AuthError, Authenticator, Identity, TokenReviewer};
+    let (client, api) = FakeApi::start();
+    let path = "/apis/authentication.k8s.io/v1/tokenreviews";
+    let reviewed = |authenticated: bool, audiences: &[&str]| {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
+               "status": {"authenticated": authenticated, "audiences": audiences,
+                          "user": {"username": "system:serviceaccount:team-a:wopr-research",
+                                   "extra": {"authentication.kubernetes.io/pod-name": ["wopr-research"]}}}})
+    };
+    api.insert(path, reviewed(true, &["wopr.dev"]));
+    let reviewer = TokenReviewer::new(client);
+    let identity = reviewer.authenticate("the-token").await.unwrap();
+    assert_eq!(
+        identity,
+        Identity {
+            namespace: "team-a".into(),
+            service_account: "wopr-research".into(),
+            pod_name: Some("wopr-research".into())
+        }
+    );
+    let request = api
+        .take_requests()
+        .into_iter()
+        .find(|r| r.method == http::Method::POST)
+        .unwrap();
+    let spec = &request.body.unwrap()["spec"];
+    assert_eq!(spec["token"], "the-token");
+    assert_eq!(spec["audiences"], json!(["wopr.dev"]));
+
+    api.insert(path, reviewed(false, &["wopr.dev"]));
+    assert!(matches!(
+        reviewer.authenticate("t").await,
+        Err(AuthError::Refused(_))
+    ));
+    api.insert(path, reviewed(true, &["https://kubernetes.default.svc"]));
+    let wrong_audience = reviewer.authenticate("t").await.unwrap_err();
+    assert!(
+        wrong_audience.to_string().contains("audience"),
+        "{wrong_audience}"
+    );
+}

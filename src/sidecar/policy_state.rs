@@ -76,3 +76,61 @@ impl PolicyState {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::api::{Session, SessionSpec, TrustLevel};
+    use crate::policy::resolve;
+
+    fn served() -> Served {
+        let mut session = Session::new(
+            "s",
+            SessionSpec {
+                trust_level: TrustLevel::Trusted,
+                prompt: None,
+                provider: None,
+                access: vec![],
+                tools: None,
+                sandbox: None,
+            },
+        );
+        session.metadata.namespace = Some("ns".into());
+        Served {
+            context: resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap(),
+            provider: None,
+        }
+    }
+
+    #[test]
+    fn no_policy_until_one_arrives_and_none_when_withdrawn() {
+        let state = PolicyState::new(Duration::from_secs(60));
+        assert!(state.current().is_none());
+        state.set_connected(true);
+        state.update(Some(served()));
+        assert!(state.current().is_some());
+        state.update(None);
+        assert!(state.current().is_none());
+    }
+
+    #[test]
+    fn a_policy_goes_stale_while_disconnected() {
+        let state = PolicyState::new(Duration::from_millis(20));
+        state.set_connected(true);
+        state.update(Some(served()));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            state.current().is_some(),
+            "connected: the policy stays current"
+        );
+        state.set_connected(false);
+        assert!(state.current().is_some(), "within the bound");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            state.current().is_none(),
+            "disconnected past the bound: fail closed"
+        );
+    }
+}

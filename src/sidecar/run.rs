@@ -137,25 +137,56 @@ pub async fn run(
         },
         state,
     ));
+    let served = serve(
+        engine,
+        Listeners {
+            socket,
+            mcp: mcp_listener,
+            health: health_listener,
+        },
+        args.max_request_bytes,
+        shutdown,
+    )
+    .await;
+    watcher.abort();
+    let _ = std::fs::remove_file(&args.socket_path);
+    served
+}
+
+/// Where the sidecar serves.
+pub struct Listeners {
+    /// The unix socket of the gRPC Tools service (and health).
+    pub socket: UnixListener,
+    /// The MCP endpoint.
+    pub mcp: TcpListener,
+    /// gRPC health for the kubelet's probes.
+    pub health: TcpListener,
+}
+
+/// Serves `engine` on `listeners` until `shutdown` completes.
+pub async fn serve(
+    engine: Arc<ToolEngine>,
+    listeners: Listeners,
+    max_request_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SidecarError> {
     let shutdown = shutdown.shared();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ToolsServer<ToolsService>>()
         .await;
     let tools = ToolsServer::new(ToolsService::new(engine.clone()))
-        .max_decoding_message_size(args.max_request_bytes);
+        .max_decoding_message_size(max_request_bytes);
     let grpc = tonic::transport::Server::builder()
         .add_service(health.clone())
         .add_service(tools)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(socket), shutdown.clone());
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.socket), shutdown.clone());
     let health_server = tonic::transport::Server::builder()
         .add_service(health)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(health_listener), shutdown.clone());
-    let mcp_server = axum::serve(mcp_listener, mcp::router(engine, args.max_request_bytes))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), shutdown.clone());
+    let mcp_server = axum::serve(listeners.mcp, mcp::router(engine, max_request_bytes))
         .with_graceful_shutdown(shutdown);
     let (grpc, health, mcp) = tokio::join!(grpc, health_server, mcp_server);
-    watcher.abort();
-    let _ = std::fs::remove_file(&args.socket_path);
     grpc?;
     health?;
     mcp.map_err(SidecarError::Mcp)

@@ -136,7 +136,12 @@ impl FakeApi {
                 Some(object) => respond(StatusCode::OK, &object),
                 None => not_found(&key),
             },
-            Method::POST => respond(StatusCode::CREATED, &body.unwrap_or_default()),
+            // A POST answers with the object stored at its path (a canned
+            // response, such as a TokenReview), or echoes its body.
+            Method::POST => match state.objects.get(&key) {
+                Some(canned) => respond(StatusCode::CREATED, canned),
+                None => respond(StatusCode::CREATED, &body.unwrap_or_default()),
+            },
             other => panic!("the fake API does not serve {other} {path}"),
         }
     }

@@ -13,6 +13,7 @@ use wopr_operator::api::{
 pub mod fake_api;
 pub mod harness;
 pub mod pod_security;
+pub mod sidecar;
 
 pub const NAMESPACE: &str = "team-a";
 

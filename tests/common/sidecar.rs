@@ -1,0 +1,231 @@
+//! An in-process control plane fed from fixtures, and real sidecars wired
+//! to it, for the sidecar tests and benchmarks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tower::service_fn;
+use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session};
+use wopr_operator::audit::MemorySink;
+use wopr_operator::controller::context::Stores;
+use wopr_operator::controlplane::auth::{Identity, StaticTokens};
+use wopr_operator::controlplane::index::ContextIndex;
+use wopr_operator::controlplane::serve;
+use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
+use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
+use wopr_operator::sidecar::engine::{Limits, ToolEngine};
+use wopr_operator::sidecar::policy_state::PolicyState;
+use wopr_operator::sidecar::run::{Listeners, serve as serve_sidecar};
+use wopr_operator::sidecar::workspace::Workspace;
+
+use super::{NAMESPACE, now};
+
+/// The token of the session `name`'s service account, as the fake authenticator knows it.
+pub fn token_for(session: &str) -> String {
+    format!("token-{session}")
+}
+
+/// A control plane on 127.0.0.1 whose caches the test fills.
+pub struct ControlPlane {
+    pub index: Arc<ContextIndex>,
+    pub address: SocketAddr,
+    sessions: Writer<DeserializeGuard<Session>>,
+    policies: Writer<DeserializeGuard<SecurityPolicy>>,
+    grants: Writer<DeserializeGuard<Grant>>,
+    _gateways: Writer<DeserializeGuard<Gateway>>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane that accepts the tokens of `sessions` (their
+    /// own service accounts and pods).
+    pub async fn start(sessions: &[&str]) -> ControlPlane {
+        let (session_store, session_writer) = reflector::store();
+        let (policy_store, policies) = reflector::store();
+        let (grant_store, grants) = reflector::store();
+        let (gateway_store, gateways) = reflector::store();
+        let stores = Stores {
+            policies: policy_store,
+            grants: grant_store,
+            gateways: gateway_store,
+        };
+        let index = Arc::new(ContextIndex::new(session_store, stores, now));
+        let tokens: HashMap<String, Identity> = sessions
+            .iter()
+            .map(|session| {
+                let account = format!("wopr-{session}");
+                (
+                    token_for(session),
+                    Identity {
+                        namespace: NAMESPACE.into(),
+                        service_account: account.clone(),
+                        pod_name: Some(account),
+                    },
+                )
+            })
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            index.clone(),
+            Arc::new(StaticTokens(tokens)),
+            std::future::pending(),
+        ));
+        ControlPlane {
+            index,
+            address,
+            sessions: session_writer,
+            policies,
+            grants,
+            _gateways: gateways,
+        }
+    }
+
+    pub fn put_session(&mut self, session: Session) {
+        self.sessions
+            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(session))));
+        self.index.refresh(NAMESPACE);
+    }
+
+    pub fn put_policy(&mut self, policy: SecurityPolicy) {
+        self.policies
+            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(policy))));
+        self.index.refresh(NAMESPACE);
+    }
+
+    pub fn put_grant(&mut self, grant: Grant) {
+        self.grants
+            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(grant))));
+        self.index.refresh(NAMESPACE);
+    }
+
+    pub fn delete_grant(&mut self, grant: Grant) {
+        self.grants
+            .apply_watcher_event(&watcher::Event::Delete(DeserializeGuard(Ok(grant))));
+        self.index.refresh(NAMESPACE);
+    }
+}
+
+/// A real sidecar serving one session, watching `control_plane`.
+pub struct Sidecar {
+    pub state: Arc<PolicyState>,
+    pub audit: Arc<MemorySink>,
+    pub engine: Arc<ToolEngine>,
+    pub socket: PathBuf,
+    pub mcp: SocketAddr,
+    pub workspace: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts a sidecar for `session`, presenting `token`, with generous rate limits.
+    pub async fn start(control_plane: &str, session: &str, token: &str) -> Sidecar {
+        Sidecar::start_with_limits(control_plane, session, token, 100_000, 100_000).await
+    }
+
+    /// Starts a sidecar with these rate limits (calls per minute).
+    pub async fn start_with_limits(
+        control_plane: &str,
+        session: &str,
+        token: &str,
+        per_session: u32,
+        per_tool: u32,
+    ) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, token).unwrap();
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir(&workspace).unwrap();
+        let state = Arc::new(PolicyState::new(Duration::from_secs(30)));
+        let audit = Arc::new(MemorySink::default());
+        let engine = Arc::new(ToolEngine::new(
+            NAMESPACE,
+            session,
+            state.clone(),
+            audit.clone(),
+            Workspace::new(&workspace),
+            Limits::new(
+                RateLimit {
+                    per_minute: per_session,
+                },
+                RateLimit {
+                    per_minute: per_tool,
+                },
+            ),
+        ));
+        tokio::spawn(watch_forever(
+            WatchTarget {
+                address: control_plane.to_owned(),
+                namespace: NAMESPACE.into(),
+                session: session.into(),
+                token_path,
+            },
+            state.clone(),
+        ));
+        let socket = dir.path().join("a2a.sock");
+        let listeners = Listeners {
+            socket: UnixListener::bind(&socket).unwrap(),
+            mcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            health: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let mcp = listeners.mcp.local_addr().unwrap();
+        tokio::spawn(serve_sidecar(
+            engine.clone(),
+            listeners,
+            1024 * 1024,
+            std::future::pending(),
+        ));
+        Sidecar {
+            state,
+            audit,
+            engine,
+            socket,
+            mcp,
+            workspace,
+            _dir: dir,
+        }
+    }
+
+    /// A gRPC client on the sidecar's unix socket, as the agent would use.
+    pub async fn tools(&self) -> ToolsClient<Channel> {
+        let path = self.socket.clone();
+        let channel =
+            Endpoint::try_from("http://[::]:0")
+                .unwrap()
+                .connect_with_connector(service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+                .unwrap();
+        ToolsClient::new(channel)
+    }
+
+    /// Waits until the sidecar's policy satisfies `ready` (at most 5 s).
+    pub async fn wait_for_policy(
+        &self,
+        ready: impl Fn(Option<&wopr_operator::sidecar::policy_state::Served>) -> bool,
+    ) {
+        for _ in 0..500 {
+            if ready(self.state.current().as_deref()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "the sidecar's policy never became ready: {:?}",
+            self.state.current()
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! In-process: a control plane fed from fixtures, real sidecars, real tonic
+//! clients on the unix socket, and the MCP endpoint with bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sidecar::{ControlPlane, Sidecar, token_for};
+use common::*;
+use serde_json::{Value, json};
+use tonic::Code;
+use wopr_operator::api::{Capability, TrustLevel};
+use wopr_operator::audit::EventType;
+use wopr_operator::policy::Outcome;
+use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
+use wopr_operator::proto::v1alpha1::{CallToolRequest, ListToolsRequest, WatchRequest};
+
+async fn tool_names(sidecar: &Sidecar) -> Vec<String> {
+    let listed = sidecar
+        .tools()
+        .await
+        .list_tools(ListToolsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    listed.tools.into_iter().map(|tool| tool.name).collect()
+}
+
+async fn call(sidecar: &Sidecar, name: &str, arguments: Value) -> Result<Value, tonic::Status> {
+    let request = CallToolRequest {
+        name: name.into(),
+        arguments_json: arguments.to_string(),
+    };
+    let response = sidecar.tools().await.call_tool(request).await?;
+    Ok(serde_json::from_str(&response.into_inner().result_json).unwrap())
+}
+
+fn has_policy(served: Option<&wopr_operator::sidecar::policy_state::Served>) -> bool {
+    served.is_some()
+}
+
+#[tokio::test]
+async fn the_tool_list_matches_the_policy_of_each_trust_level() {
+    let names = ["u", "s", "t", "o"];
+    let mut control_plane = ControlPlane::start(&names).await;
+    let expected: [(&str, TrustLevel, &[&str]); 4] = [
+        (
+            "u",
+            TrustLevel::Untrusted,
+            &["security_whoami", "security_check"],
+        ),
+        (
+            "s",
+            TrustLevel::SemiTrusted,
+            &[
+                "security_whoami",
+                "security_check",
+                "memory_read",
+                "memory_write",
+                "config_get",
+            ],
+        ),
+        (
+            "t",
+            TrustLevel::Trusted,
+            &[
+                "security_whoami",
+                "security_check",
+                "memory_read",
+                "memory_write",
+                "config_get",
+            ],
+        ),
+        (
+            "o",
+            TrustLevel::Owner,
+            &[
+                "security_whoami",
+                "security_check",
+                "memory_read",
+                "memory_write",
+                "config_get",
+            ],
+        ),
+    ];
+    for (name, level, tools) in expected {
+        control_plane.put_session(session(name, level));
+        let sidecar =
+            Sidecar::start(&control_plane.address.to_string(), name, &token_for(name)).await;
+        sidecar.wait_for_policy(has_policy).await;
+        assert_eq!(tool_names(&sidecar).await, tools, "{level}");
+        let whoami = call(&sidecar, "security_whoami", json!({})).await.unwrap();
+        assert_eq!(whoami["trustLevel"], json!(level));
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_grant_denies_the_next_call() {
+    let mut control_plane = ControlPlane::start(&["research"]).await;
+    // semi-trusted holds only `inject` here, so memory tools need the grant.
+    control_plane.put_policy(security_policy(
+        json!({"trustLevels": {"semi-trusted": {"capabilities": ["inject"]}}}),
+    ));
+    control_plane.put_session(session("research", TrustLevel::SemiTrusted));
+    let grant = session_grant("memory", "research", &[Capability::InjectTools]);
+    control_plane.put_grant(grant.clone());
+
+    let sidecar = Sidecar::start(
+        &control_plane.address.to_string(),
+        "research",
+        &token_for("research"),
+    )
+    .await;
+    sidecar
+        .wait_for_policy(|p| p.is_some_and(|p| p.context.capabilities.has(Capability::InjectTools)))
+        .await;
+    std::fs::write(sidecar.workspace.join("notes.md"), "remember").unwrap();
+    let read = call(&sidecar, "memory_read", json!({"path": "notes.md"}))
+        .await
+        .unwrap();
+    assert_eq!(read["content"], "remember");
+
+    control_plane.delete_grant(grant);
+    sidecar
+        .wait_for_policy(|p| {
+            p.is_some_and(|p| !p.context.capabilities.has(Capability::InjectTools))
+        })
+        .await;
+    let denied = call(&sidecar, "memory_read", json!({"path": "notes.md"}))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(
+        !tool_names(&sidecar)
+            .await
+            .contains(&"memory_read".to_string())
+    );
+    let audit = sidecar.audit.take();
+    let last = audit
+        .iter()
+        .rev()
+        .find(|e| e.tool.as_deref() == Some("memory_read"))
+        .unwrap();
+    assert_eq!(last.decision, Outcome::Denied);
+}
+
+#[tokio::test]
+async fn a_sidecar_without_policy_denies_all_but_whoami() {
+    // Nothing listens on port 1: the policy never arrives.
+    let sidecar = Sidecar::start("127.0.0.1:1", "lonely", "token").await;
+    assert_eq!(tool_names(&sidecar).await, ["security_whoami"]);
+    let denied = call(&sidecar, "memory_read", json!({"path": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(denied.message(), "tool not available: memory_read");
+    let whoami = call(&sidecar, "security_whoami", json!({})).await.unwrap();
+    assert_eq!(whoami["policy"], Value::Null);
+    let audit = sidecar.audit.take();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.decision == Outcome::Denied && e.reason.contains("fail closed"))
+    );
+}
+
+#[tokio::test]
+async fn denied_and_unknown_tools_look_the_same() {
+    let mut control_plane = ControlPlane::start(&["u"]).await;
+    control_plane.put_session(session("u", TrustLevel::Untrusted));
+    let sidecar = Sidecar::start(&control_plane.address.to_string(), "u", &token_for("u")).await;
+    sidecar.wait_for_policy(has_policy).await;
+    let denied = call(&sidecar, "memory_read", json!({"path": "x"}))
+        .await
+        .unwrap_err();
+    let unknown = call(&sidecar, "memory_raed", json!({"path": "x"}))
+        .await
+        .unwrap_err();
+    let unimplemented = call(&sidecar, "sessions_send", json!({}))
+        .await
+        .unwrap_err();
+    for status in [&denied, &unknown, &unimplemented] {
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(status.message().starts_with("tool not available: "));
+    }
+}
+
+#[tokio::test]
+async fn wrong_missing_or_foreign_tokens_are_refused() {
+    let mut control_plane = ControlPlane::start(&["a", "b"]).await;
+    control_plane.put_session(session("a", TrustLevel::Trusted));
+    control_plane.put_session(session("b", TrustLevel::Trusted));
+    let mut client = PolicyClient::connect(format!("http://{}", control_plane.address))
+        .await
+        .unwrap();
+    let watch = |token: Option<&str>| {
+        let mut request = tonic::Request::new(WatchRequest {
+            namespace: NAMESPACE.into(),
+            session: "a".into(),
+        });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    };
+    assert_eq!(
+        client.watch(watch(None)).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        client
+            .watch(watch(Some("forged")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let foreign = client
+        .watch(watch(Some(&token_for("b"))))
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::PermissionDenied);
+    assert!(foreign.message().contains("may not watch session"));
+    let mut own = client
+        .watch(watch(Some(&token_for("a"))))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = own.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.update,
+        Some(wopr_operator::proto::v1alpha1::policy_update::Update::Context(_))
+    ));
+
+    // A sidecar with a foreign token never gets a policy.
+    let sidecar = Sidecar::start(&control_plane.address.to_string(), "a", &token_for("b")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sidecar.state.current().is_none());
+}
+
+#[tokio::test]
+async fn warn_mode_allows_and_audits_would_deny() {
+    let mut control_plane = ControlPlane::start(&["u"]).await;
+    control_plane.put_policy(security_policy(json!({"enforcement": "warn"})));
+    control_plane.put_session(session("u", TrustLevel::Untrusted));
+    let sidecar = Sidecar::start(&control_plane.address.to_string(), "u", &token_for("u")).await;
+    sidecar.wait_for_policy(has_policy).await;
+    assert!(
+        tool_names(&sidecar)
+            .await
+            .contains(&"config_get".to_string())
+    );
+    let config = call(&sidecar, "config_get", json!({})).await.unwrap();
+    assert_eq!(config["effective"]["trustLevel"], "untrusted");
+    let event = sidecar
+        .audit
+        .take()
+        .into_iter()
+        .find(|e| e.tool.as_deref() == Some("config_get"))
+        .unwrap();
+    assert_eq!(event.decision, Outcome::WouldDeny);
+    assert_eq!(event.enforcement, wopr_operator::api::Enforcement::Warn);
+}
+
+#[tokio::test]
+async fn rate_limits_refuse_and_audit() {
+    let mut control_plane = ControlPlane::start(&["t"]).await;
+    control_plane.put_session(session("t", TrustLevel::Trusted));
+    let sidecar = Sidecar::start_with_limits(
+        &control_plane.address.to_string(),
+        "t",
+        &token_for("t"),
+        100,
+        2,
+    )
+    .await;
+    sidecar.wait_for_policy(has_policy).await;
+    for _ in 0..2 {
+        call(&sidecar, "security_check", json!({"capability": "inject"}))
+            .await
+            .unwrap();
+    }
+    let limited = call(&sidecar, "security_check", json!({"capability": "inject"}))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert!(
+        sidecar
+            .audit
+            .take()
+            .iter()
+            .any(|e| e.event_type == EventType::RateLimited)
+    );
+    // Other tools have their own budget.
+    call(&sidecar, "security_whoami", json!({})).await.unwrap();
+}
+
+#[tokio::test]
+async fn security_check_answers_per_capability() {
+    let mut control_plane = ControlPlane::start(&["s"]).await;
+    control_plane.put_session(session("s", TrustLevel::SemiTrusted));
+    let sidecar = Sidecar::start(&control_plane.address.to_string(), "s", &token_for("s")).await;
+    sidecar.wait_for_policy(has_policy).await;
+    assert_eq!(
+        call(
+            &sidecar,
+            "security_check",
+            json!({"capability": "inject.tools"})
+        )
+        .await
+        .unwrap()["allowed"],
+        true
+    );
+    let network = call(
+        &sidecar,
+        "security_check",
+        json!({"capability": "inject.network"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(network["allowed"], false);
+    assert_eq!(network["reason"], "capability inject.network not granted");
+    let bad = call(
+        &sidecar,
+        "security_check",
+        json!({"capability": "teleport"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+mod mcp {
+    use super::*;
+
+    async fn post(sidecar: &Sidecar, body: impl Into<String>) -> (u16, Value) {
+        let response = raw_post(sidecar, body.into(), None).await;
+        (
+            response.0,
+            serde_json::from_str(&response.1).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A minimal HTTP/1.1 POST to the sidecar's MCP endpoint.
+    async fn raw_post(sidecar: &Sidecar, body: String, origin: Option<&str>) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(sidecar.mcp).await.unwrap();
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{origin}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let _ = stream.write_all(body.as_bytes()).await;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response).await;
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    async fn ready_sidecar() -> (ControlPlane, Sidecar) {
+        let mut control_plane = ControlPlane::start(&["s"]).await;
+        control_plane.put_session(session("s", TrustLevel::SemiTrusted));
+        let sidecar =
+            Sidecar::start(&control_plane.address.to_string(), "s", &token_for("s")).await;
+        sidecar.wait_for_policy(has_policy).await;
+        (control_plane, sidecar)
+    }
+
+    fn request(method: &str, params: Value) -> String {
+        json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).to_string()
+    }
+
+    #[tokio::test]
+    async fn speaks_mcp() {
+        let (_cp, sidecar) = ready_sidecar().await;
+        let (status, init) = post(&sidecar, request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}))).await;
+        assert_eq!(status, 200);
+        assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+        assert_eq!(init["id"], 7);
+        let (status, _) = raw_post(
+            &sidecar,
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
+            None,
+        )
+        .await;
+        assert_eq!(status, 202);
+        let (_, listed) = post(&sidecar, request("tools/list", json!({}))).await;
+        let tools: Vec<&str> = listed["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            tools,
+            [
+                "security_whoami",
+                "security_check",
+                "memory_read",
+                "memory_write",
+                "config_get"
+            ]
+        );
+        assert_eq!(
+            listed["result"]["tools"][2]["inputSchema"]["required"],
+            json!(["path"])
+        );
+        let (_, called) = post(
+            &sidecar,
+            request(
+                "tools/call",
+                json!({"name": "security_whoami", "arguments": {}}),
+            ),
+        )
+        .await;
+        assert_eq!(called["result"]["isError"], false);
+        assert_eq!(
+            called["result"]["structuredContent"]["trustLevel"],
+            "semi-trusted"
+        );
+        let (_, denied) = post(
+            &sidecar,
+            request(
+                "tools/call",
+                json!({"name": "exec_command", "arguments": {"command": "id"}}),
+            ),
+        )
+        .await;
+        assert_eq!(denied["error"]["code"], -32602);
+        assert_eq!(
+            denied["error"]["message"],
+            "tool not available: exec_command"
+        );
+        let (_, pong) = post(&sidecar, request("ping", json!({}))).await;
+        assert_eq!(pong["result"], json!({}));
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_the_right_error_and_an_audit_line() {
+        let (_cp, sidecar) = ready_sidecar().await;
+        sidecar.audit.take();
+        let huge_arguments = json!({"path": "a", "content": "x".repeat(2 * 1024 * 1024)});
+        let cases: Vec<(&str, String, u16, i64)> = vec![
+            (
+                "malformed JSON",
+                "{\"jsonrpc\": \"2.0\", \"id\": 1, ".into(),
+                400,
+                -32700,
+            ),
+            (
+                "wrong version",
+                json!({"jsonrpc": "1.0", "id": 1, "method": "ping"}).to_string(),
+                400,
+                -32600,
+            ),
+            (
+                "batch",
+                json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]).to_string(),
+                400,
+                -32600,
+            ),
+            (
+                "unknown method",
+                request("tools/destroy", json!({})),
+                200,
+                -32601,
+            ),
+            (
+                "no tool name",
+                request("tools/call", json!({"arguments": {}})),
+                200,
+                -32602,
+            ),
+            (
+                "path traversal",
+                request(
+                    "tools/call",
+                    json!({"name": "memory_read", "arguments": {"path": "../../etc/passwd"}}),
+                ),
+                200,
+                -32602,
+            ),
+            (
+                "absolute path",
+                request(
+                    "tools/call",
+                    json!({"name": "memory_read", "arguments": {"path": "/etc/passwd"}}),
+                ),
+                200,
+                -32602,
+            ),
+            (
+                "huge arguments",
+                request(
+                    "tools/call",
+                    json!({"name": "memory_write", "arguments": huge_arguments}),
+                ),
+                413,
+                -32600,
+            ),
+        ];
+        for (name, body, status, code) in cases {
+            let (got_status, reply) = post(&sidecar, body).await;
+            assert_eq!(got_status, status, "{name}: {reply}");
+            assert_eq!(reply["error"]["code"], code, "{name}: {reply}");
+            assert!(!sidecar.audit.take().is_empty(), "{name}: no audit line");
+            // The sidecar keeps serving.
+            let (_, pong) = post(&sidecar, request("ping", json!({}))).await;
+            assert_eq!(pong["result"], json!({}), "after {name}");
+        }
+        let (status, _) = raw_post(
+            &sidecar,
+            request("ping", json!({})),
+            Some("https://evil.example"),
+        )
+        .await;
+        assert_eq!(status, 403, "foreign origins are refused");
+        let (status, _) = raw_post(
+            &sidecar,
+            request("ping", json!({})),
+            Some("http://localhost:3000"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+}
