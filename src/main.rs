@@ -57,7 +57,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
+/// Logs to stderr (stdout carries the sidecar's audit lines); `RUST_LOG`
+/// filters (default `info`).
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session};
-use wopr_operator::audit::MemorySink;
+use wopr_operator::audit::{AuditSink, MemorySink};
 use wopr_operator::controller::context::Stores;
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::index::ContextIndex;
@@ -140,27 +140,41 @@ impl Sidecar {
         per_session: u32,
         per_tool: u32,
     ) -> Sidecar {
+        let audit = Arc::new(MemorySink::default());
+        let limits = Limits::new(
+            RateLimit {
+                per_minute: per_session,
+            },
+            RateLimit {
+                per_minute: per_tool,
+            },
+        );
+        Sidecar::start_with(control_plane, session, token, limits, audit.clone(), audit).await
+    }
+
+    /// Starts a sidecar with `limits`, auditing to `sink`; `audit` is what
+    /// the test reads (the same sink, or an empty one).
+    pub async fn start_with(
+        control_plane: &str,
+        session: &str,
+        token: &str,
+        limits: Limits,
+        sink: Arc<dyn AuditSink>,
+        audit: Arc<MemorySink>,
+    ) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("token");
         std::fs::write(&token_path, token).unwrap();
         let workspace = dir.path().join("workspace");
         std::fs::create_dir(&workspace).unwrap();
         let state = Arc::new(PolicyState::new(Duration::from_secs(30)));
-        let audit = Arc::new(MemorySink::default());
         let engine = Arc::new(ToolEngine::new(
             NAMESPACE,
             session,
             state.clone(),
-            audit.clone(),
+            sink,
             Workspace::new(&workspace),
-            Limits::new(
-                RateLimit {
-                    per_minute: per_session,
-                },
-                RateLimit {
-                    per_minute: per_tool,
-                },
-            ),
+            limits,
         ));
         tokio::spawn(watch_forever(
             WatchTarget {
