@@ -13,75 +13,15 @@ use std::time::Duration;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::DeleteParams;
 use kube::{Api, Client, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
-use wopr_operator::api::{self, Session, WoprObject, parse_manifests};
-use wopr_operator::controller::config::ControllerArgs;
+use wopr_operator::api::{Session, WoprObject, parse_manifests};
 use wopr_operator::controller::run::run;
 
-const TIMEOUT: Duration = Duration::from_secs(90);
-const MANAGER: &str = "wopr-e2e";
+mod common;
 
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
-        tokio::time::timeout(
-            TIMEOUT,
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{name} not established in time"))
-        .unwrap();
-    }
-}
-
-async fn create_namespace(client: &Client) -> String {
-    let name = format!("wopr-e2e-{}", std::process::id());
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest",
-        }}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("creating the test namespace");
-    name
-}
-
-async fn apply<K>(client: &Client, namespace: &str, object: &K)
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        &object.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("applying {}: {e}", object.name_any()));
-}
+use common::e2e::*;
 
 /// Applies every object of examples/ and returns the Session names.
 async fn apply_examples(client: &Client, namespace: &str) -> Vec<String> {
@@ -110,42 +50,6 @@ async fn apply_examples(client: &Client, namespace: &str) -> Vec<String> {
         }
     }
     sessions
-}
-
-/// Polls `check` until it returns `Some`, or fails after [`TIMEOUT`] with `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn controller_args(namespace: &str) -> ControllerArgs {
-    ControllerArgs {
-        sidecar_image: "ghcr.io/wopr-network/wopr-operator:e2e".into(),
-        default_agent_image: "registry.k8s.io/pause:3.10".into(),
-        control_plane_address: "127.0.0.1:9443".into(),
-        control_plane_listen: "127.0.0.1:0".parse().unwrap(),
-        operator_namespace: "wopr-system".into(),
-        watch_namespace: Some(namespace.into()),
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-        leader_election: false,
-        lease_name: "wopr-operator-e2e".into(),
-        identity: Some("e2e".into()),
-        default_memory: "512Mi".into(),
-        default_cpu: "500m".into(),
-    }
 }
 
 async fn scenario(client: &Client, namespace: &str) {
@@ -233,7 +137,7 @@ async fn sessions_become_restricted_sandbox_pods() {
     let namespace = create_namespace(&client).await;
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(run(controller_args(&namespace), async {
+    let controller = tokio::spawn(run(controller_args(&namespace, "127.0.0.1:0"), async {
         let _ = stopped.await;
     }));
     let outcome = AssertUnwindSafe(scenario(&client, &namespace))

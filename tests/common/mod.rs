@@ -10,6 +10,7 @@ use wopr_operator::api::{
     SandboxSpec, SecurityPolicy, Session, SessionSpec, TrustLevel,
 };
 
+pub mod e2e;
 pub mod fake_api;
 pub mod harness;
 pub mod pod_security;

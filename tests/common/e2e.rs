@@ -1,0 +1,110 @@
+//! Helpers for the end-to-end tests against a real cluster (`KUBECONFIG`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wopr_operator::api;
+use wopr_operator::controller::config::ControllerArgs;
+
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+pub const MANAGER: &str = "wopr-e2e";
+
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        tokio::time::timeout(
+            TIMEOUT,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name} not established in time"))
+        .unwrap();
+    }
+}
+
+pub async fn create_namespace(client: &Client) -> String {
+    let name = format!("wopr-e2e-{}", std::process::id());
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        }}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("creating the test namespace");
+    name
+}
+
+pub async fn apply<K>(client: &Client, namespace: &str, object: &K)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {}: {e}", object.name_any()));
+}
+
+/// Polls `check` until it returns `Some`, or fails after [`TIMEOUT`] with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Controller flags for a test: one namespace, no leader election, loopback ports.
+pub fn controller_args(namespace: &str, control_plane_listen: &str) -> ControllerArgs {
+    ControllerArgs {
+        sidecar_image: "ghcr.io/wopr-network/wopr-operator:e2e".into(),
+        default_agent_image: "registry.k8s.io/pause:3.10".into(),
+        control_plane_address: "127.0.0.1:9443".into(),
+        control_plane_listen: control_plane_listen.parse().unwrap(),
+        operator_namespace: "wopr-system".into(),
+        watch_namespace: Some(namespace.into()),
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+        leader_election: false,
+        lease_name: "wopr-operator-e2e".into(),
+        identity: Some("e2e".into()),
+        default_memory: "512Mi".into(),
+        default_cpu: "500m".into(),
+    }
+}

@@ -1,0 +1,136 @@
+//! End to end against a real cluster (`KUBECONFIG`): with the controller
+//! running in-process, a sidecar presenting a real projected token (from the
+//! TokenRequest API, audience wopr.dev) for its session's service account
+//! authenticates and receives its policy; a token of another session's
+//! account is refused.
+//!
+//! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_sidecar -- --ignored --nocapture`
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::oneshot;
+use wopr_operator::api::{Session, SessionSpec, TrustLevel};
+use wopr_operator::controller::run::run;
+use wopr_operator::sidecar::client::{WatchError, WatchTarget, watch_once};
+use wopr_operator::sidecar::policy_state::PolicyState;
+
+mod common;
+
+use common::e2e::*;
+
+async fn token_of(client: &Client, namespace: &str, account: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["wopr.dev".into()],
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {account}: {e}"));
+    issued.status.expect("an issued token").token
+}
+
+async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
+    for name in ["e2e-agent", "e2e-other"] {
+        let session = Session::new(
+            name,
+            SessionSpec {
+                trust_level: TrustLevel::Trusted,
+                prompt: None,
+                provider: None,
+                access: vec![],
+                tools: None,
+                sandbox: None,
+            },
+        );
+        apply(client, namespace, &session).await;
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    for account in ["wopr-e2e-agent", "wopr-e2e-other"] {
+        eventually(&format!("service account {account}"), || async {
+            accounts.get_opt(account).await.unwrap()
+        })
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = |token: &str| {
+        let token_path = dir.path().join(format!("token-{}", token.len()));
+        std::fs::write(&token_path, token).unwrap();
+        WatchTarget {
+            address: control_plane.into(),
+            namespace: namespace.into(),
+            session: "e2e-agent".into(),
+            token_path,
+        }
+    };
+
+    // Its own token: the policy arrives.
+    let own = target(&token_of(client, namespace, "wopr-e2e-agent").await);
+    let state = Arc::new(PolicyState::new(Duration::from_secs(30)));
+    let watcher = tokio::spawn({
+        let state = state.clone();
+        async move { watch_once(&own, &state).await }
+    });
+    let policy = eventually("the sidecar's policy", || async { state.current() }).await;
+    assert_eq!(policy.context.session, "e2e-agent");
+    assert_eq!(policy.context.trust_level, TrustLevel::Trusted);
+    watcher.abort();
+
+    // Another session's token: refused.
+    let foreign = target(&token_of(client, namespace, "wopr-e2e-other").await);
+    let refused = watch_once(&foreign, &PolicyState::new(Duration::from_secs(30)))
+        .await
+        .unwrap_err();
+    match refused {
+        WatchError::Status(status) => {
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}")
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other}"),
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: set KUBECONFIG"]
+async fn a_sidecar_with_a_real_token_gets_its_policy_and_only_its_own() {
+    let client = Client::try_default()
+        .await
+        .expect("a cluster from KUBECONFIG");
+    install_crds(&client).await;
+    let namespace = create_namespace(&client).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let controller = tokio::spawn(run(controller_args(&namespace, &listen), async {
+        let _ = stopped.await;
+    }));
+    let outcome = AssertUnwindSafe(scenario(&client, &namespace, &listen))
+        .catch_unwind()
+        .await;
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .expect("deleting the test namespace");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
