@@ -230,5 +230,29 @@ fn measure_revocation(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_unix_socket, bench_mcp, measure_revocation);
+/// The floor under any request/response over a unix socket between two
+/// threads on this machine: one byte there and back, blocking I/O.
+fn bench_socket_floor(c: &mut Criterion) {
+    use std::io::{Read, Write};
+    let (mut near, mut far) = std::os::unix::net::UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while far.read_exact(&mut byte).is_ok() && far.write_all(&byte).is_ok() {}
+    });
+    let mut byte = [0u8; 1];
+    c.bench_function("unix_socket_ping_pong_floor", |b| {
+        b.iter(|| {
+            near.write_all(&[1]).unwrap();
+            near.read_exact(&mut byte).unwrap();
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_socket_floor,
+    bench_unix_socket,
+    bench_mcp,
+    measure_revocation
+);
 criterion_main!(benches);
