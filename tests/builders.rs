@@ -204,6 +204,17 @@ fn the_sidecar_alone_gets_the_projected_token() {
             .iter()
             .any(|m| m.name == token_mount.name)
     );
+    // Native gRPC probes on the sidecar's health port.
+    for probe in [
+        &sidecar.startup_probe,
+        &sidecar.readiness_probe,
+        &sidecar.liveness_probe,
+    ] {
+        assert_eq!(
+            probe.as_ref().unwrap().grpc.as_ref().unwrap().port,
+            i32::from(HEALTH_PORT)
+        );
+    }
     // Both containers share the socket directory.
     for container in [agent(&pod), sidecar] {
         assert!(
@@ -279,6 +290,15 @@ sandbox:
         ),
         ("Localhost", Some("wopr-sandbox"))
     );
+    // The sidecar sees the workspace read-only too (for memory_read).
+    let sidecar_mount = sidecar(&pod)
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == WORKSPACE_DIR)
+        .unwrap();
+    assert_eq!(sidecar_mount.read_only, Some(true));
     // The workspace is read-only twice over: the volume and the mount.
     let mount = agent
         .volume_mounts
