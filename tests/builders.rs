@@ -62,6 +62,25 @@ fn sidecar(pod: &Pod) -> &Container {
     &pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
 }
 
+fn mount_at<'a>(
+    container: &'a Container,
+    path: &str,
+) -> &'a k8s_openapi::api::core::v1::VolumeMount {
+    let mounts = container.volume_mounts.as_ref().unwrap();
+    mounts
+        .iter()
+        .find(|m| m.mount_path == path)
+        .unwrap_or_else(|| panic!("nothing mounted at {path}"))
+}
+
+fn volume_named<'a>(pod: &'a Pod, name: &str) -> &'a k8s_openapi::api::core::v1::Volume {
+    let volumes = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    volumes
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
 fn security(container: &Container) -> &SecurityContext {
     container.security_context.as_ref().unwrap()
 }
@@ -118,17 +137,7 @@ fn sandboxed_agent_container_follows_every_sandbox_rule() {
     // tmpfs at /tmp, /var/tmp, /run.
     let mounts = agent.volume_mounts.as_ref().unwrap();
     for path in ["/tmp", "/var/tmp", "/run"] {
-        let mount = mounts
-            .iter()
-            .find(|m| m.mount_path == path)
-            .unwrap_or_else(|| panic!("{path}"));
-        let volume = spec
-            .volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|v| v.name == mount.name)
-            .unwrap();
+        let volume = volume_named(&pod, &mount_at(agent, path).name);
         assert_eq!(
             volume.empty_dir.as_ref().unwrap().medium.as_deref(),
             Some("Memory"),
@@ -172,24 +181,9 @@ fn the_sidecar_alone_gets_the_projected_token() {
         sidecar.args.as_ref().unwrap(),
         &["sidecar", "--session", "research"]
     );
-    let token_mount = sidecar
-        .volume_mounts
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|m| m.mount_path == TOKEN_DIR)
-        .unwrap();
+    let token_mount = mount_at(sidecar, TOKEN_DIR);
     assert_eq!(token_mount.read_only, Some(true));
-    let volume = pod
-        .spec
-        .as_ref()
-        .unwrap()
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == token_mount.name)
-        .unwrap();
+    let volume = volume_named(&pod, &token_mount.name);
     let projection = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
         .service_account_token
         .as_ref()
@@ -291,30 +285,12 @@ sandbox:
         ("Localhost", Some("wopr-sandbox"))
     );
     // The sidecar sees the workspace read-only too (for memory_read).
-    let sidecar_mount = sidecar(&pod)
-        .volume_mounts
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|m| m.mount_path == WORKSPACE_DIR)
-        .unwrap();
+    let sidecar_mount = mount_at(sidecar(&pod), WORKSPACE_DIR);
     assert_eq!(sidecar_mount.read_only, Some(true));
     // The workspace is read-only twice over: the volume and the mount.
-    let mount = agent
-        .volume_mounts
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|m| m.mount_path == "/workspace")
-        .unwrap();
+    let mount = mount_at(agent, "/workspace");
     assert_eq!(mount.read_only, Some(true));
-    let volume = spec
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == mount.name)
-        .unwrap();
+    let volume = volume_named(&pod, &mount.name);
     let claim = volume.persistent_volume_claim.as_ref().unwrap();
     assert_eq!(
         (claim.claim_name.as_str(), claim.read_only),

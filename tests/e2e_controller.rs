@@ -7,17 +7,12 @@
 //! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_controller -- --ignored --nocapture`
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
-use std::time::Duration;
 
-use futures::FutureExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::DeleteParams;
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::oneshot;
 use wopr_operator::api::{Session, WoprObject, parse_manifests};
-use wopr_operator::controller::run::run;
 
 mod common;
 
@@ -130,27 +125,8 @@ async fn scenario(client: &Client, namespace: &str) {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: set KUBECONFIG"]
 async fn sessions_become_restricted_sandbox_pods() {
-    let client = Client::try_default()
-        .await
-        .expect("a cluster from KUBECONFIG");
-    install_crds(&client).await;
-    let namespace = create_namespace(&client).await;
-
-    let (stop, stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(run(controller_args(&namespace, "127.0.0.1:0"), async {
-        let _ = stopped.await;
-    }));
-    let outcome = AssertUnwindSafe(scenario(&client, &namespace))
-        .catch_unwind()
-        .await;
-
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
-    Api::<Namespace>::all(client.clone())
-        .delete(&namespace, &DeleteParams::default())
-        .await
-        .expect("deleting the test namespace");
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    with_controller("127.0.0.1:0", |client, namespace| async move {
+        scenario(&client, &namespace).await
+    })
+    .await;
 }

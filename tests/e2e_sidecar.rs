@@ -6,18 +6,14 @@
 //!
 //! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_sidecar -- --ignored --nocapture`
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::PostParams;
 use kube::{Api, Client};
-use tokio::sync::oneshot;
 use wopr_operator::api::{Session, SessionSpec, TrustLevel};
-use wopr_operator::controller::run::run;
 use wopr_operator::sidecar::client::{WatchError, WatchTarget, watch_once};
 use wopr_operator::sidecar::policy_state::PolicyState;
 
@@ -44,17 +40,7 @@ async fn token_of(client: &Client, namespace: &str, account: &str) -> String {
 
 async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     for name in ["e2e-agent", "e2e-other"] {
-        let session = Session::new(
-            name,
-            SessionSpec {
-                trust_level: TrustLevel::Trusted,
-                prompt: None,
-                provider: None,
-                access: vec![],
-                tools: None,
-                sandbox: None,
-            },
-        );
+        let session = Session::new(name, SessionSpec::for_trust_level(TrustLevel::Trusted));
         apply(client, namespace, &session).await;
     }
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
@@ -104,33 +90,15 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: set KUBECONFIG"]
 async fn a_sidecar_with_a_real_token_gets_its_policy_and_only_its_own() {
-    let client = Client::try_default()
-        .await
-        .expect("a cluster from KUBECONFIG");
-    install_crds(&client).await;
-    let namespace = create_namespace(&client).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-
-    let (stop, stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(run(controller_args(&namespace, &listen), async {
-        let _ = stopped.await;
-    }));
-    let outcome = AssertUnwindSafe(scenario(&client, &namespace, &listen))
-        .catch_unwind()
-        .await;
-
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
-    Api::<Namespace>::all(client.clone())
-        .delete(&namespace, &DeleteParams::default())
-        .await
-        .expect("deleting the test namespace");
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    let address = listen.clone();
+    with_controller(&listen, |client, namespace| async move {
+        scenario(&client, &namespace, &address).await
+    })
+    .await;
 }

@@ -60,6 +60,20 @@ pub struct SessionSpec {
     pub sandbox: Option<SandboxSpec>,
 }
 
+impl SessionSpec {
+    /// A Session spec with only a trust level: everything else defaulted.
+    pub fn for_trust_level(trust_level: TrustLevel) -> SessionSpec {
+        SessionSpec {
+            trust_level,
+            prompt: None,
+            provider: None,
+            access: Vec::new(),
+            tools: None,
+            sandbox: None,
+        }
+    }
+}
+
 /// A model provider.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -203,17 +203,7 @@ mod tests {
     use crate::policy::resolve;
 
     fn context() -> EffectiveContext {
-        let mut session = Session::new(
-            "s",
-            SessionSpec {
-                trust_level: TrustLevel::SemiTrusted,
-                prompt: None,
-                provider: None,
-                access: vec![],
-                tools: None,
-                sandbox: None,
-            },
-        );
+        let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
         session.metadata.namespace = Some("ns".into());
         resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap()
     }

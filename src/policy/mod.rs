@@ -10,14 +10,7 @@
 //! use wopr_operator::api::{Session, SessionSpec, TrustLevel};
 //! use wopr_operator::policy::{Outcome, Request, decide, resolve};
 //!
-//! let session = Session::new("research", SessionSpec {
-//!     trust_level: TrustLevel::SemiTrusted,
-//!     prompt: None,
-//!     provider: None,
-//!     access: vec![],
-//!     tools: None,
-//!     sandbox: None,
-//! });
+//! let session = Session::new("research", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
 //! let now = "2026-11-24T12:00:00Z".parse().unwrap();
 //! // No SecurityPolicy, grants or gateways: the built-in profiles apply.
 //! let context = resolve(&session, None, &[], &[], now).unwrap();

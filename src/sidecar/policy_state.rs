@@ -86,17 +86,7 @@ mod tests {
     use crate::policy::resolve;
 
     fn served() -> Served {
-        let mut session = Session::new(
-            "s",
-            SessionSpec {
-                trust_level: TrustLevel::Trusted,
-                prompt: None,
-                provider: None,
-                access: vec![],
-                tools: None,
-                sandbox: None,
-            },
-        );
+        let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::Trusted));
         session.metadata.namespace = Some("ns".into());
         Served {
             context: resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap(),

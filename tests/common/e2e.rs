@@ -1,7 +1,13 @@
 //! Helpers for the end-to-end tests against a real cluster (`KUBECONFIG`).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures::FutureExt;
+use kube::api::DeleteParams;
+use tokio::sync::oneshot;
+use wopr_operator::controller::run::run;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -106,5 +112,40 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         identity: Some("e2e".into()),
         default_memory: "512Mi".into(),
         default_cpu: "500m".into(),
+    }
+}
+
+/// Installs the CRDs, creates a temporary namespace enforcing Pod Security
+/// "restricted", runs the controller in-process for it (control plane on
+/// `control_plane_listen`), runs `scenario`, then stops the controller and
+/// deletes the namespace, whether the scenario passed or not.
+pub async fn with_controller<F, Fut>(control_plane_listen: &str, scenario: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let client = Client::try_default()
+        .await
+        .expect("a cluster from KUBECONFIG");
+    install_crds(&client).await;
+    let namespace = create_namespace(&client).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let controller = tokio::spawn(run(
+        controller_args(&namespace, control_plane_listen),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let outcome = AssertUnwindSafe(scenario(client.clone(), namespace.clone()))
+        .catch_unwind()
+        .await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    Api::<Namespace>::all(client)
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .expect("deleting the test namespace");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }

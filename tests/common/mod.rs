@@ -39,14 +39,7 @@ pub fn meta(name: &str) -> ObjectMeta {
 pub fn session(name: &str, trust_level: TrustLevel) -> Session {
     Session {
         metadata: meta(name),
-        spec: SessionSpec {
-            trust_level,
-            prompt: None,
-            provider: None,
-            access: Vec::new(),
-            tools: None,
-            sandbox: None,
-        },
+        spec: SessionSpec::for_trust_level(trust_level),
         status: None,
     }
 }
