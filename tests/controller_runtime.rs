@@ -27,7 +27,8 @@ use wopr_operator::controller::policy_status::{gateway_status, policy_status};
 use wopr_operator::controller::run::{RunError, ensure_crds_installed};
 use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
 
-#[tokio::test]
+// Time is paused: the CRD check's 15 s of waiting pass instantly.
+#[tokio::test(start_paused = true)]
 async fn the_controller_refuses_to_start_without_its_crds() {
     let (client, api) = FakeApi::start();
     let error = ensure_crds_installed(&client).await.unwrap_err();
@@ -291,4 +292,19 @@ async fn token_review_identifies_a_sessions_service_account_and_pod() {
         wrong_audience.to_string().contains("audience"),
         "{wrong_audience}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_controller_waits_briefly_for_crds_that_were_just_installed() {
+    let (client, api) = FakeApi::start();
+    let resources: Vec<_> = ["securitypolicies", "sessions", "grants", "gateways", "approvalrequests"]
+        .iter()
+        .map(|name| json!({"name": name, "singularName": "", "namespaced": true, "kind": "X", "verbs": []}))
+        .collect();
+    let served = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "wopr.dev/v1alpha1", "resources": resources});
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        api.insert("/apis/wopr.dev/v1alpha1", served);
+    });
+    ensure_crds_installed(&client).await.unwrap();
 }

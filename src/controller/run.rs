@@ -316,8 +316,29 @@ where
     (store, changes)
 }
 
-/// Fails with a clear message when any wopr.dev resource is not served.
+/// How long to wait for freshly installed CRDs to be served before giving up.
+const CRD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Fails with a clear message when any wopr.dev resource is not served,
+/// after waiting up to [`CRD_WAIT`] for CRDs that were just installed.
 pub async fn ensure_crds_installed(client: &Client) -> Result<(), RunError> {
+    let deadline = tokio::time::Instant::now() + CRD_WAIT;
+    loop {
+        match missing_crds(client).await? {
+            None => return Ok(()),
+            Some(missing) if tokio::time::Instant::now() >= deadline => {
+                return Err(RunError::CrdsMissing { missing });
+            }
+            Some(missing) => {
+                tracing::info!(%missing, "waiting for the wopr.dev CRDs to be served");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The wopr.dev resources the API server does not serve, if any.
+async fn missing_crds(client: &Client) -> Result<Option<String>, RunError> {
     let served: Vec<String> = match client.list_api_group_resources("wopr.dev/v1alpha1").await {
         Ok(list) => list
             .resources
@@ -333,13 +354,7 @@ pub async fn ensure_crds_installed(client: &Client) -> Result<(), RunError> {
         .filter(|plural| !served.contains(plural))
         .map(|plural| format!("{plural}.{}", api::GROUP))
         .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(RunError::CrdsMissing {
-            missing: missing.join(", "),
-        })
-    }
+    Ok((!missing.is_empty()).then(|| missing.join(", ")))
 }
 
 /// The IP the control-plane host name resolves to, for `/etc/hosts` in
