@@ -5,6 +5,11 @@
 //! - [`api`]: the custom resources of `wopr.dev/v1alpha1` and their CRDs.
 //! - [`policy`]: the pure policy engine: resolving a session's effective
 //!   security context and deciding tool calls, capability checks and injections.
+//! - [`controller`]: reconciles Sessions into hardened sandbox pods.
+//! - [`controlplane`]: the gRPC API streaming each sidecar its policy.
+//! - [`sidecar`]: the per-session tool server (gRPC on a unix socket, MCP).
+//! - [`audit`]: audit events, one per decision.
+//! - [`proto`]: the generated `wopr.v1alpha1` protobuf types.
 
 pub mod api;
 pub mod audit;

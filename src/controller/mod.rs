@@ -1,4 +1,12 @@
 //! The controller: reconciles Sessions into hardened sandbox pods.
+//!
+//! The pipeline of one reconcile ([`reconcile`]): read the caches
+//! ([`context`]) → resolve the policy (pure, [`crate::policy`]) → build the
+//! children (pure, [`build`]) → apply what changed ([`apply`]) → status
+//! (pure, [`status`]). [`run`] wires the watches and [`triggers`], leader
+//! election ([`leader`]), the admin server ([`admin`], [`metrics`]), the
+//! status of SecurityPolicies and Gateways ([`policy_status`]) and the
+//! control plane.
 
 pub mod admin;
 pub mod apply;
