@@ -320,7 +320,7 @@ where
 const CRD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Fails with a clear message when any wopr.dev resource is not served,
-/// after waiting up to [`CRD_WAIT`] for CRDs that were just installed.
+/// after waiting up to 15 s for CRDs that were just installed.
 pub async fn ensure_crds_installed(client: &Client) -> Result<(), RunError> {
     let deadline = tokio::time::Instant::now() + CRD_WAIT;
     loop {
