@@ -171,6 +171,11 @@ fn session_grants_add_capabilities_until_they_expire() {
         Outcome::Allowed
     );
     assert_eq!(active.grants, ["net"]);
+    assert_eq!(
+        active.valid_until,
+        Some(at(60).0),
+        "current until the grant expires"
+    );
 
     let later = now() + k8s_openapi::jiff::SignedDuration::from_secs(60);
     let expired = resolve(&semi, None, std::slice::from_ref(&grant), &[], later).unwrap();
@@ -179,6 +184,7 @@ fn session_grants_add_capabilities_until_they_expire() {
         Outcome::Denied
     );
     assert!(expired.grants.is_empty());
+    assert_eq!(expired.valid_until, None);
     assert_ne!(active.policy_hash, expired.policy_hash);
 }
 

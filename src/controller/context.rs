@@ -8,11 +8,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 
 use super::config::SandboxConfig;
 use super::metrics::Metrics;
-use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy};
+use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
+use crate::policy::{EffectiveContext, ResolveError, resolve};
 
 /// Shared state of the Session reconciler.
 pub struct Context {
@@ -68,17 +69,53 @@ impl Stores {
         }
     }
 
+    /// The effective context of `session` under the cached policy, grants
+    /// and gateways of its namespace (unreadable grants and gateways count
+    /// for nothing).
+    pub fn resolve(
+        &self,
+        session: &Session,
+        now: Timestamp,
+    ) -> Result<EffectiveContext, Unresolvable> {
+        let namespace = session.namespace().unwrap_or_default();
+        let policy = self
+            .governing_policy(&namespace)
+            .map_err(Unresolvable::Policy)?;
+        let grants = self.grants_in(&namespace);
+        let gateways = self.gateways_in(&namespace);
+        Ok(resolve(
+            session,
+            policy.as_ref().and_then(|policy| policy.0.as_ref().ok()),
+            grants.iter().filter_map(|grant| grant.0.as_ref().ok()),
+            gateways
+                .iter()
+                .filter_map(|gateway| gateway.0.as_ref().ok()),
+            now,
+        )?)
+    }
+
     /// The Grants of `namespace` (unreadable ones included, they confer nothing).
-    pub fn grants_in(&self, namespace: &str) -> Vec<Arc<DeserializeGuard<Grant>>> {
+    fn grants_in(&self, namespace: &str) -> Vec<Arc<DeserializeGuard<Grant>>> {
         self.grants
             .state_filter(|grant| grant.meta().namespace.as_deref() == Some(namespace))
     }
 
     /// The Gateways of `namespace` (unreadable ones included, they count for nothing).
-    pub fn gateways_in(&self, namespace: &str) -> Vec<Arc<DeserializeGuard<Gateway>>> {
+    fn gateways_in(&self, namespace: &str) -> Vec<Arc<DeserializeGuard<Gateway>>> {
         self.gateways
             .state_filter(|gateway| gateway.meta().namespace.as_deref() == Some(namespace))
     }
+}
+
+/// Why a Session's effective context cannot be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum Unresolvable {
+    /// The namespace's `default` SecurityPolicy cannot be read.
+    #[error("{0}")]
+    Policy(String),
+    /// The Session asks for more than its policy allows.
+    #[error(transparent)]
+    Spec(#[from] ResolveError),
 }
 
 /// Whether this replica holds the leader Lease. Only the leader writes.

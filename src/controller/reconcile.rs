@@ -19,11 +19,11 @@ use super::build::{
     POD_TEMPLATE_HASH_ANNOTATION, build_network_policy, build_pod, build_service_account,
     child_name,
 };
-use super::context::Context;
+use super::context::{Context, Unresolvable};
 use super::error::Error;
 use super::status::{Observation, PodState, session_status};
-use crate::api::{Grant, Session, SessionStatus};
-use crate::policy::{EffectiveContext, grant_is_active, resolve};
+use crate::api::{Session, SessionStatus};
+use crate::policy::EffectiveContext;
 
 /// How long to wait before looking again at a pod being replaced.
 const REPLACE_POLL: Duration = Duration::from_secs(2);
@@ -103,25 +103,12 @@ async fn reconcile_session(
         return Ok(Action::await_change());
     }
 
-    let policy = match ctx.stores.governing_policy(&namespace) {
-        Ok(policy) => policy,
-        Err(message) => return stop_invalid(ctx, object, "InvalidPolicy", message, now).await,
-    };
-    let grants = ctx.stores.grants_in(&namespace);
-    let gateways = ctx.stores.gateways_in(&namespace);
-    let valid_grants = || grants.iter().filter_map(|grant| grant.0.as_ref().ok());
-    let resolved = resolve(
-        session,
-        policy.as_ref().and_then(|policy| policy.0.as_ref().ok()),
-        valid_grants(),
-        gateways
-            .iter()
-            .filter_map(|gateway| gateway.0.as_ref().ok()),
-        now,
-    );
-    let context = match resolved {
+    let context = match ctx.stores.resolve(session, now) {
         Ok(context) => context,
-        Err(error) => {
+        Err(Unresolvable::Policy(message)) => {
+            return stop_invalid(ctx, object, "InvalidPolicy", message, now).await;
+        }
+        Err(Unresolvable::Spec(error)) => {
             return stop_invalid(ctx, object, "InvalidSpec", error.to_string(), now).await;
         }
     };
@@ -148,7 +135,7 @@ async fn reconcile_session(
 
     Ok(match pod_state {
         PodState::Replacing => Action::requeue(REPLACE_POLL),
-        _ => Action::requeue(until_next_expiry(&context, valid_grants(), now)),
+        _ => Action::requeue(until_next_expiry(&context, now)),
     })
 }
 
@@ -303,18 +290,11 @@ async fn publish(ctx: &Context, event: &Event, session: &Session) {
     }
 }
 
-/// Time until the next of the session's grants expires (its context changes
-/// then), at most [`RESYNC`].
-fn until_next_expiry<'a>(
-    context: &EffectiveContext,
-    grants: impl Iterator<Item = &'a Grant>,
-    now: Timestamp,
-) -> Duration {
-    grants
-        .filter(|grant| grant.spec.subject.session.as_deref() == Some(context.session.as_str()))
-        .filter(|grant| grant_is_active(grant, now))
-        .filter_map(|grant| grant.spec.expires_at.as_ref())
-        .filter_map(|expires_at| Duration::try_from(expires_at.0.duration_since(now)).ok())
-        .map(|until| until + Duration::from_secs(1))
-        .fold(RESYNC, Duration::min)
+/// Time until the session's context changes because a grant expires, at
+/// most [`RESYNC`].
+fn until_next_expiry(context: &EffectiveContext, now: Timestamp) -> Duration {
+    context
+        .valid_until
+        .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
+        .map_or(RESYNC, |until| (until + Duration::from_secs(1)).min(RESYNC))
 }

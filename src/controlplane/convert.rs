@@ -122,6 +122,7 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
             .map(|a| parse::<AccessPattern>("access pattern", a))
             .collect::<Result<_, _>>()?,
         grants: message.grants.clone(),
+        valid_until: None,
         gateways: message
             .gateways
             .iter()

@@ -13,7 +13,6 @@ use tokio::sync::watch;
 use super::convert::encode;
 use crate::api::Session;
 use crate::controller::context::Stores;
-use crate::policy::resolve;
 use crate::proto::v1alpha1 as pb;
 
 /// What a sidecar is told about its session's policy.
@@ -122,21 +121,7 @@ impl ContextIndex {
                 ));
             }
         };
-        let policy = match self.stores.governing_policy(namespace) {
-            Ok(policy) => policy,
-            Err(message) => return Snapshot::Unavailable(message),
-        };
-        let grants = self.stores.grants_in(namespace);
-        let gateways = self.stores.gateways_in(namespace);
-        let resolved = resolve(
-            session_object,
-            policy.as_ref().and_then(|policy| policy.0.as_ref().ok()),
-            grants.iter().filter_map(|grant| grant.0.as_ref().ok()),
-            gateways
-                .iter()
-                .filter_map(|gateway| gateway.0.as_ref().ok()),
-            (self.clock)(),
-        );
+        let resolved = self.stores.resolve(session_object, (self.clock)());
         match resolved {
             Ok(context) => {
                 let provider = session_object

@@ -46,6 +46,11 @@ pub struct EffectiveContext {
     pub gateways: Vec<GatewayRules>,
     /// Hash of everything above: changes exactly when the context does.
     pub policy_hash: String,
+    /// When the first of the session's active grants expires, that is when
+    /// this context stops being current; `None` when no grant expires.
+    /// Derived from `grants`, so left out of the hash and the JSON form.
+    #[serde(skip)]
+    pub valid_until: Option<Timestamp>,
 }
 
 /// Sandbox settings of an effective context.
@@ -141,6 +146,7 @@ pub fn resolve<'a>(
         |object_namespace: Option<&str>| object_namespace.is_none_or(|ns| ns == namespace);
     let mut capabilities = level_capabilities(level, &settings);
     let mut grant_names = Vec::new();
+    let mut valid_until: Option<Timestamp> = None;
     for grant in grants {
         if grant.spec.subject.session.as_deref() == Some(name.as_str())
             && in_namespace(grant.metadata.namespace.as_deref())
@@ -148,6 +154,10 @@ pub fn resolve<'a>(
         {
             capabilities = capabilities.union(grant_capabilities(policy, grant));
             grant_names.push(grant.name_any());
+            if let Some(expires_at) = &grant.spec.expires_at {
+                valid_until =
+                    Some(valid_until.map_or(expires_at.0, |until| until.min(expires_at.0)));
+            }
         }
     }
     grant_names.sort_unstable();
@@ -189,6 +199,7 @@ pub fn resolve<'a>(
         enforcement: policy.map(|policy| policy.enforcement).unwrap_or_default(),
         access,
         grants: grant_names,
+        valid_until,
         gateways: gateway_rules,
         policy_hash: String::new(),
     };
