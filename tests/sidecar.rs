@@ -286,12 +286,15 @@ async fn rate_limits_refuse_and_audit() {
         .await
         .unwrap_err();
     assert_eq!(limited.code(), Code::ResourceExhausted);
+    let limited_event = sidecar
+        .audit
+        .take()
+        .into_iter()
+        .find(|e| e.event_type == EventType::RateLimited)
+        .expect("a rate_limited audit event");
     assert!(
-        sidecar
-            .audit
-            .take()
-            .iter()
-            .any(|e| e.event_type == EventType::RateLimited)
+        limited_event.policy_hash.is_some(),
+        "it names the policy in force"
     );
     // Other tools have their own budget.
     call(&sidecar, "security_whoami", json!({})).await.unwrap();

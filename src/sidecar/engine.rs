@@ -113,13 +113,12 @@ impl ToolEngine {
     /// body, ...), so every refusal leaves an audit line.
     pub fn audit_bad_request(&self, reason: String) {
         let served = self.policy.current();
-        let mut event = self.event(
+        let event = self.event(
             served.as_deref(),
             EventType::Policy,
             Outcome::Denied,
             reason,
         );
-        event.policy_hash = served.map(|s| s.context.policy_hash.clone());
         self.audit.record(&event);
     }
 
@@ -265,7 +264,7 @@ impl ToolEngine {
             identity: self.session.clone(),
             trust_level,
         };
-        AuditEvent::new(
+        let mut event = AuditEvent::new(
             Timestamp::now(),
             event_type,
             &self.namespace,
@@ -274,7 +273,9 @@ impl ToolEngine {
             decision,
             enforcement,
             reason,
-        )
+        );
+        event.policy_hash = served.map(|s| s.context.policy_hash.clone());
+        event
     }
 
     fn record(
@@ -288,7 +289,6 @@ impl ToolEngine {
         let mut event = self.event(served, EventType::ToolCall, decision, reason);
         event.tool = Some(tool.to_owned());
         event.capability = capability;
-        event.policy_hash = served.map(|s| s.context.policy_hash.clone());
         self.audit.record(&event);
     }
 }
