@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
 use super::apply::patch_status_if_changed;
@@ -173,9 +173,10 @@ pub async fn reconcile_gateway(
     if !ctx.leadership.is_leader() {
         return Ok(Action::await_change());
     }
-    let session = gateway.0.as_ref().ok().map(|g| g.spec.session.clone());
-    let exists = session.is_some_and(|session| {
-        sessions_in(&ctx.sessions, gateway.namespace().as_deref()).contains(&session)
+    let namespace = gateway.namespace().unwrap_or_default();
+    let exists = gateway.0.as_ref().is_ok_and(|g| {
+        let session = ObjectRef::new(&g.spec.session).within(&namespace);
+        ctx.sessions.get(&session).is_some()
     });
     let desired = gateway_status(&gateway, exists, &Time((ctx.clock)()));
     let previous = gateway.0.as_ref().ok().and_then(|g| g.status.as_ref());
