@@ -8,18 +8,16 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio::runtime::Runtime;
 use wopr_operator::api::{Capability, TrustLevel};
 use wopr_operator::controller::build::{build_network_policy, build_pod, build_service_account};
-use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
 use wopr_operator::policy::resolve;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::harness::Harness;
-use common::{now, session, session_grant};
+use common::{now, sandbox_config, session, session_grant};
 
 const SESSIONS: usize = 1000;
 
@@ -80,14 +78,7 @@ fn bench_reconcile(c: &mut Criterion) {
 }
 
 fn bench_build_and_resolve(c: &mut Criterion) {
-    let config = SandboxConfig {
-        sidecar_image: "wopr-operator:bench".into(),
-        default_agent_image: "agent:bench".into(),
-        control_plane: ControlPlane::parse("wopr-operator.wopr-system.svc:9443", "wopr-system")
-            .unwrap(),
-        default_memory: Quantity("512Mi".into()),
-        default_cpu: Quantity("500m".into()),
-    };
+    let config = sandbox_config();
     let session = session("research", TrustLevel::SemiTrusted);
     let grants: Vec<_> = (0..10)
         .map(|i| {

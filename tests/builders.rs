@@ -12,22 +12,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use wopr_operator::api::{Capability, Session, TrustLevel, WoprObject, parse_manifests};
 use wopr_operator::controller::build::*;
-use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
+use wopr_operator::controller::config::ControlPlane;
 use wopr_operator::policy::{EffectiveContext, resolve};
-
-fn config() -> SandboxConfig {
-    SandboxConfig {
-        sidecar_image: "ghcr.io/wopr-network/wopr-operator:test".into(),
-        default_agent_image: "ghcr.io/wopr-network/wopr-agent:test".into(),
-        control_plane: ControlPlane::parse(
-            "https://wopr-operator.wopr-system.svc:9443",
-            "wopr-system",
-        )
-        .unwrap(),
-        default_memory: Quantity("512Mi".into()),
-        default_cpu: Quantity("500m".into()),
-    }
-}
 
 /// A Session from YAML (its spec only), in the test namespace.
 fn session_yaml(name: &str, spec: &str) -> Session {
@@ -51,7 +37,7 @@ fn context(session: &Session) -> EffectiveContext {
 }
 
 fn pod_of(session: &Session) -> Pod {
-    build_pod(session, &context(session), &config())
+    build_pod(session, &context(session), &sandbox_config())
 }
 
 fn agent(pod: &Pod) -> &Container {
@@ -227,7 +213,7 @@ fn the_sidecar_alone_gets_the_projected_token() {
             .unwrap()
             .iter()
             .any(|e| e.name == "WOPR_CONTROL_PLANE_ADDRESS"
-                && e.value.as_deref() == Some("https://wopr-operator.wopr-system.svc:9443"))
+                && e.value.as_deref() == Some("http://wopr-operator.wopr-system.svc:9443"))
     );
 }
 
@@ -318,7 +304,7 @@ fn network_policies_by_mode() {
     let none = build_network_policy(
         &session("u", TrustLevel::Untrusted),
         &context(&session("u", TrustLevel::Untrusted)),
-        &config().control_plane,
+        &sandbox_config().control_plane,
     );
     assert_eq!(policy_types(&none), ["Ingress", "Egress"]);
     assert_eq!(
@@ -362,7 +348,11 @@ sandbox:
   - {cidr: 0.0.0.0/0, ports: [{port: 443}, {port: 53, protocol: UDP}]}
   - {cidr: 10.0.0.0/8}",
     );
-    let policy = build_network_policy(&restricted, &context(&restricted), &config().control_plane);
+    let policy = build_network_policy(
+        &restricted,
+        &context(&restricted),
+        &sandbox_config().control_plane,
+    );
     assert_eq!(egress_rules(&policy), 4);
     let rules = policy.spec.as_ref().unwrap().egress.clone().unwrap();
     assert_eq!(
@@ -398,7 +388,7 @@ sandbox:
     let full = build_network_policy(
         &full_session,
         &context(&full_session),
-        &config().control_plane,
+        &sandbox_config().control_plane,
     );
     assert_eq!(policy_types(&full), ["Ingress"]);
     assert_eq!(egress_rules(&full), 0);
@@ -406,7 +396,7 @@ sandbox:
 
 #[test]
 fn a_control_plane_outside_the_cluster_is_reached_by_ip() {
-    let mut config = config();
+    let mut config = sandbox_config();
     config.control_plane = ControlPlane::parse("192.0.2.10:9443", "wopr-system").unwrap();
     let session = session("u", TrustLevel::Untrusted);
     let policy = build_network_policy(&session, &context(&session), &config.control_plane);
@@ -422,7 +412,7 @@ fn a_control_plane_outside_the_cluster_is_reached_by_ip() {
 
 #[test]
 fn a_resolved_control_plane_name_goes_into_etc_hosts() {
-    let mut config = config();
+    let mut config = sandbox_config();
     config.control_plane.resolved_ip = Some("10.96.0.42".parse().unwrap());
     let session = session("u", TrustLevel::Untrusted);
     let aliases = build_pod(&session, &context(&session), &config)
@@ -443,7 +433,11 @@ fn children_are_owned_and_labelled() {
     let account = build_service_account(&session);
     assert_eq!(account.automount_service_account_token, Some(false));
     let pod = pod_of(&session);
-    let policy = build_network_policy(&session, &context(&session), &config().control_plane);
+    let policy = build_network_policy(
+        &session,
+        &context(&session),
+        &sandbox_config().control_plane,
+    );
     for metadata in [&account.metadata, &pod.metadata, &policy.metadata] {
         assert_eq!(metadata.name.as_deref(), Some("wopr-research"));
         assert_eq!(metadata.namespace.as_deref(), Some(NAMESPACE));
@@ -473,7 +467,7 @@ fn the_pod_template_hash_tracks_the_pod_but_not_grants() {
     let with_grant = resolve(&session, None, &[grant], &[], now()).unwrap();
     assert_ne!(with_grant.policy_hash, context(&session).policy_hash);
     assert_eq!(
-        hash(&build_pod(&session, &with_grant, &config())),
+        hash(&build_pod(&session, &with_grant, &sandbox_config())),
         hash(&base),
         "grants do not touch the pod"
     );

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -13,13 +12,12 @@ use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use wopr_operator::api::{Gateway, Grant, SecurityPolicy, Session};
-use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
 use wopr_operator::controller::context::{Context, Leadership, Stores};
 use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::reconcile::reconcile;
 
 use super::fake_api::FakeApi;
-use super::{NAMESPACE, now};
+use super::{NAMESPACE, now, sandbox_config};
 
 fn fixed_now() -> Timestamp {
     now()
@@ -57,17 +55,7 @@ impl Harness {
         let (gateway_store, gateways) = reflector::store();
         let ctx = Context {
             client: client.clone(),
-            config: SandboxConfig {
-                sidecar_image: "wopr-operator:test".into(),
-                default_agent_image: "agent:test".into(),
-                control_plane: ControlPlane::parse(
-                    "wopr-operator.wopr-system.svc:9443",
-                    "wopr-system",
-                )
-                .unwrap(),
-                default_memory: Quantity("512Mi".into()),
-                default_cpu: Quantity("500m".into()),
-            },
+            config: sandbox_config(),
             stores: Stores {
                 policies: policy_store,
                 grants: grant_store,

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -9,6 +10,7 @@ use wopr_operator::api::{
     Capability, Gateway, GatewaySpec, Grant, GrantSpec, GrantSubject, PeerRef, PreviousKey,
     SandboxSpec, SecurityPolicy, Session, SessionSpec, TrustLevel,
 };
+use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
 
 pub mod e2e;
 pub mod fake_api;
@@ -17,6 +19,21 @@ pub mod pod_security;
 pub mod sidecar;
 
 pub const NAMESPACE: &str = "team-a";
+
+/// Builder settings for tests: test images, the in-cluster control plane.
+pub fn sandbox_config() -> SandboxConfig {
+    SandboxConfig {
+        sidecar_image: "ghcr.io/wopr-network/wopr-operator:test".into(),
+        default_agent_image: "ghcr.io/wopr-network/wopr-agent:test".into(),
+        control_plane: ControlPlane::parse(
+            "http://wopr-operator.wopr-system.svc:9443",
+            "wopr-system",
+        )
+        .unwrap(),
+        default_memory: Quantity("512Mi".into()),
+        default_cpu: Quantity("500m".into()),
+    }
+}
 
 /// A fixed "now" for tests.
 pub fn now() -> Timestamp {
