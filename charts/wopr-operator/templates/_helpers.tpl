@@ -1,0 +1,77 @@
+{{/*
+The name of every object: fullnameOverride, else the release name when it
+contains "wopr-operator", else <release>-wopr-operator.
+*/}}
+{{- define "wopr-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Selector labels. `app.kubernetes.io/name: wopr-operator` is fixed: the
+NetworkPolicy of every session pod selects the control plane by it.
+*/}}
+{{- define "wopr-operator.selectorLabels" -}}
+app.kubernetes.io/name: wopr-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "wopr-operator.labels" -}}
+{{ include "wopr-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: wopr
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* repository[:tag][@digest] of an image block, defaults from .Values.image. */}}
+{{- define "wopr-operator.imageRef" -}}
+{{- $root := index . 0 -}}
+{{- $image := index . 1 -}}
+{{- $repository := $image.repository | default $root.Values.image.repository -}}
+{{- $digest := $image.digest | default $root.Values.image.digest -}}
+{{- if $digest -}}
+{{- printf "%s@%s" $repository $digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository ($image.tag | default $root.Values.image.tag | default $root.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The address sidecars dial: the Service of this release. */}}
+{{- define "wopr-operator.controlPlaneAddress" -}}
+{{- printf "http://%s.%s.svc:%d" (include "wopr-operator.fullname" .) .Release.Namespace (int .Values.controlPlane.port) -}}
+{{- end -}}
+
+{{/*
+What the controller does in the namespaces it watches. tests/rbac.rs checks
+these rules are exactly what the code needs.
+*/}}
+{{- define "wopr-operator.namespacedRules" -}}
+- apiGroups: [wopr.dev]
+  resources: [securitypolicies, sessions, grants, gateways, approvalrequests]
+  verbs: [get, list, watch]
+- apiGroups: [wopr.dev]
+  resources: [securitypolicies/status, sessions/status, gateways/status]
+  verbs: [patch]
+# Owner references with blockOwnerDeletion on the children of a Session.
+- apiGroups: [wopr.dev]
+  resources: [sessions/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, watch, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
