@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Checks the chart and manifests/ (run hack/install-tools.sh first):
+#   helm lint; the chart's CRDs equal crds/; manifests/ equals a fresh render;
+#   every rendered object (default, all options on, one watched namespace) and
+#   every example validates against the Kubernetes 1.33 / CRD schemas;
+#   each file of tests/chart/bad-values/ fails `helm template` with the
+#   message its `# expect:` line names; the kustomization builds; the sandbox
+#   profiles load and work (hack/check-profiles.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.tools/bin:$PATH"
+chart=charts/wopr-operator
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+all_options=(--set profileInstaller.enabled=true --set serviceMonitor.enabled=true)
+
+echo "== helm lint"
+helm lint --strict "$chart"
+helm lint --strict "$chart" "${all_options[@]}" --set watchNamespace=team-a
+
+echo "== chart CRDs and manifests/ up to date"
+if ! diff -ru crds "$chart/crds"; then
+  echo "drift: $chart/crds differs from crds/. Run hack/render-manifests.sh and commit." >&2
+  exit 1
+fi
+cp -r manifests "$work/committed"
+bash hack/render-manifests.sh >/dev/null
+if ! diff -ru "$work/committed" manifests; then
+  rm -rf manifests && cp -r "$work/committed" manifests
+  echo "drift: manifests/ is not what the chart renders. Run hack/render-manifests.sh and commit." >&2
+  exit 1
+fi
+echo "up to date."
+
+echo "== rendered objects and examples against the schemas"
+helm template wopr-operator "$chart" -n wopr-system "${all_options[@]}" > "$work/all-options.yaml"
+helm template wopr-operator "$chart" -n wopr-system --set watchNamespace=team-a > "$work/one-namespace.yaml"
+python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml
+
+echo "== bad values fail with the schema's message"
+failed=0
+for values in tests/chart/bad-values/*.yaml; do
+  expected=$(sed -n 's/^# expect: //p' "$values")
+  if output=$(helm template x "$chart" -f "$values" 2>&1 >/dev/null); then
+    echo "FAIL $values: helm template accepted it" >&2; failed=1
+  elif [[ "$output" != *"$expected"* ]]; then
+    echo "FAIL $values: expected \"$expected\", got: $output" >&2; failed=1
+  else
+    echo "ok   $values: $expected"
+  fi
+done
+[ "$failed" -eq 0 ]
+
+echo "== kustomization"
+kubectl kustomize manifests/ > /dev/null && echo "manifests/kustomization.yaml builds."
+
+echo "== sandbox profiles"
+/usr/bin/python3 hack/check-profiles.py
