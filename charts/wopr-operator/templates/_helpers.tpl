@@ -53,8 +53,8 @@ these rules are exactly what the code needs.
 */}}
 {{- define "wopr-operator.namespacedRules" -}}
 - apiGroups: [wopr.dev]
-  resources: [securitypolicies, sessions, grants, gateways, approvalrequests]
-  verbs: [get, list, watch]
+  resources: [securitypolicies, sessions, grants, gateways]
+  verbs: [list, watch]
 - apiGroups: [wopr.dev]
   resources: [securitypolicies/status, sessions/status, gateways/status]
   verbs: [patch]
