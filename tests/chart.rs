@@ -1,0 +1,253 @@
+//! The chart, as rendered into `manifests/install.yaml`, fits the code: the
+//! controller accepts the flags it is given, its pod passes Pod Security
+//! "restricted", the Service and ports line up, and the NetworkPolicies of
+//! session pods and of the controller let sidecars reach the control plane.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use clap::Parser;
+use common::pod_security::restricted_violations;
+use common::{now, session};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+use wopr_operator::api::TrustLevel;
+use wopr_operator::controller::build::{
+    CONTROL_PLANE_POD_LABELS, build_network_policy, child_labels,
+};
+use wopr_operator::controller::config::{ControllerArgs, SandboxConfig};
+use wopr_operator::policy::resolve;
+
+const NAMESPACE: &str = "wopr-system";
+
+fn install_yaml() -> Vec<Value> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/install.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/install.yaml");
+    serde_saphyr::from_multiple(&text).expect("install.yaml parses")
+}
+
+fn object<T: serde::de::DeserializeOwned>(objects: &[Value], kind: &str) -> T {
+    let found: Vec<_> = objects.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind}");
+    serde_json::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
+}
+
+fn controller() -> (Deployment, Service, NetworkPolicy) {
+    let objects = install_yaml();
+    (
+        object(&objects, "Deployment"),
+        object(&objects, "Service"),
+        object(&objects, "NetworkPolicy"),
+    )
+}
+
+fn container_args(deployment: &Deployment) -> Vec<String> {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    spec.containers[0].args.clone().unwrap()
+}
+
+/// The controller's flags, as the binary's `controller` subcommand parses them.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    args: ControllerArgs,
+}
+
+/// The chart's flags parsed by the real parser (the global `--log-format`
+/// aside), with the namespace the pod's `POD_NAMESPACE` will hold.
+fn parsed_args(deployment: &Deployment) -> ControllerArgs {
+    let args = container_args(deployment);
+    assert_eq!(args[0], "controller");
+    let flags = args[1..]
+        .iter()
+        .filter(|a| !a.starts_with("--log-format="))
+        .cloned();
+    let argv = [
+        "controller".to_owned(),
+        format!("--operator-namespace={NAMESPACE}"),
+    ]
+    .into_iter()
+    .chain(flags);
+    Flags::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("the chart's flags: {e}"))
+        .args
+}
+
+#[test]
+fn the_binary_accepts_every_flag_the_chart_passes() {
+    let (deployment, _, _) = controller();
+    let output = Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
+        .args(container_args(&deployment))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let args = parsed_args(&deployment);
+    SandboxConfig::from_args(&args).expect("flags the builders accept");
+    assert!(args.leader_election);
+}
+
+#[test]
+fn the_controller_pod_passes_pod_security_restricted() {
+    let (deployment, _, _) = controller();
+    let template = deployment.spec.unwrap().template;
+    let pod = Pod {
+        metadata: template.metadata.unwrap_or_default(),
+        spec: template.spec,
+        ..Pod::default()
+    };
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    let container = &pod.spec.as_ref().unwrap().containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let resources = container.resources.as_ref().unwrap();
+    assert!(resources.limits.as_ref().unwrap().contains_key("memory"));
+    for probe in [&container.liveness_probe, &container.readiness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.port, IntOrString::String("admin".into()));
+    }
+}
+
+/// The labels of the controller's pods.
+fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    let template = &deployment.spec.as_ref().unwrap().template;
+    template.metadata.as_ref().unwrap().labels.clone().unwrap()
+}
+
+/// Container port number of `name`.
+fn container_port(deployment: &Deployment, name: &str) -> i32 {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    spec.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no container port {name}"))
+        .container_port
+}
+
+#[test]
+fn sidecars_dial_the_service_that_selects_the_controller() {
+    let (deployment, service, _) = controller();
+    let args = parsed_args(&deployment);
+    let control_plane = SandboxConfig::from_args(&args).unwrap().control_plane;
+    let service_name = service.metadata.name.clone().unwrap();
+    assert_eq!(
+        control_plane.host,
+        format!("{service_name}.{NAMESPACE}.svc")
+    );
+    let spec = service.spec.unwrap();
+    let grpc = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .unwrap();
+    assert_eq!(i32::from(control_plane.port), grpc.port);
+    assert_eq!(grpc.target_port, Some(IntOrString::String("grpc".into())));
+    assert_eq!(control_plane.port, args.control_plane_listen.port());
+    assert_eq!(
+        i32::from(args.control_plane_listen.port()),
+        container_port(&deployment, "grpc")
+    );
+    assert_eq!(
+        i32::from(args.admin_address.port()),
+        container_port(&deployment, "admin")
+    );
+
+    let pod_labels = pod_labels(&deployment);
+    for (key, value) in spec.selector.unwrap() {
+        assert_eq!(
+            pod_labels.get(&key),
+            Some(&value),
+            "the Service selects {key}"
+        );
+    }
+}
+
+fn matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key).map(String::as_str) == value.as_str())
+}
+
+#[test]
+fn a_session_without_network_still_reaches_the_control_plane() {
+    let (deployment, _, _) = controller();
+    let control_plane = SandboxConfig::from_args(&parsed_args(&deployment))
+        .unwrap()
+        .control_plane;
+    let untrusted = session("probe", TrustLevel::Untrusted);
+    let context = resolve(&untrusted, None, &[], &[], now()).unwrap();
+    let policy =
+        serde_json::to_value(build_network_policy(&untrusted, &context, &control_plane)).unwrap();
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 1, "network: none has the control plane only");
+
+    let pod_labels = pod_labels(&deployment);
+    let namespace_labels = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        NAMESPACE.to_owned(),
+    )]);
+    let peer = &egress[0]["to"][0];
+    assert!(matches(&peer["namespaceSelector"], &namespace_labels));
+    assert!(matches(&peer["podSelector"], &pod_labels));
+    for (key, value) in CONTROL_PLANE_POD_LABELS {
+        assert_eq!(pod_labels.get(key).map(String::as_str), Some(value));
+    }
+    // NetworkPolicy ports are the pod's ports (after the Service's DNAT).
+    assert_eq!(
+        egress[0]["ports"][0]["port"],
+        container_port(&deployment, "grpc")
+    );
+}
+
+#[test]
+fn the_controllers_network_policy_admits_session_pods_to_grpc() {
+    let (deployment, _, network_policy) = controller();
+    let policy = serde_json::to_value(network_policy).unwrap();
+    let pod_labels = pod_labels(&deployment);
+    assert!(matches(&policy["spec"]["podSelector"], &pod_labels));
+    let session_pod = child_labels("probe", TrustLevel::Untrusted);
+    let admitting: Vec<_> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            rule["from"].as_array().unwrap().iter().any(|peer| {
+                peer.get("podSelector")
+                    .is_some_and(|s| matches(s, &session_pod))
+            })
+        })
+        .collect();
+    assert_eq!(admitting.len(), 1);
+    assert_eq!(
+        admitting[0]["ports"],
+        json!([{"port": "grpc", "protocol": "TCP"}])
+    );
+}
