@@ -111,6 +111,22 @@ fn bench_unix_socket(c: &mut Criterion) {
             })
         })
     });
+    // The same call from a client that writes each request in one write
+    // (HEADERS and DATA together), as grpc-go and grpcio do; tonic's client
+    // writes HEADERS and DATA separately, waking the sidecar twice.
+    let mut h2_client = runtime.block_on(single_write_client(&sidecar.socket));
+    let request_body = grpc_frame(&check_request());
+    group.bench_function("round_trip_single_write_client", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    call_once(&mut h2_client, request_body.clone()).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
     group.throughput(Throughput::Elements(
         (CONCURRENT_CLIENTS * CALLS_PER_CLIENT) as u64,
     ));
@@ -139,6 +155,48 @@ fn bench_unix_socket(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// An HTTP/2 client on the sidecar's socket, driven by hand.
+async fn single_write_client(socket: &std::path::Path) -> h2::client::SendRequest<Bytes> {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// A gRPC message frame: no compression, length, the encoded message.
+fn grpc_frame(message: &CallToolRequest) -> Bytes {
+    use prost::Message;
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    Bytes::from(frame)
+}
+
+/// One unary `Tools/CallTool`: HEADERS and DATA queued before the connection
+/// writes, so they leave in one write; then the response and its trailers.
+async fn call_once(client: &mut h2::client::SendRequest<Bytes>, body: Bytes) {
+    let mut ready = client.clone().ready().await.unwrap();
+    let request = http::Request::post("http://localhost/wopr.v1alpha1.Tools/CallTool")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = ready.send_request(request, false).unwrap();
+    send.send_data(body, true).unwrap();
+    let mut response = response.await.unwrap().into_body();
+    while let Some(chunk) = response.data().await {
+        let chunk = chunk.unwrap();
+        response
+            .flow_control()
+            .release_capacity(chunk.len())
+            .unwrap();
+    }
+    let trailers = response.trailers().await.unwrap().expect("gRPC trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    *client = ready;
 }
 
 fn bench_mcp(c: &mut Criterion) {
@@ -248,9 +306,48 @@ fn bench_socket_floor(c: &mut Criterion) {
     });
 }
 
+/// The same ping-pong between two single-threaded tokio runtimes (epoll,
+/// non-blocking sockets): the floor under any tokio server and client.
+fn bench_tokio_socket_floor(c: &mut Criterion) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (near, far) = std::os::unix::net::UnixStream::pair().unwrap();
+    near.set_nonblocking(true).unwrap();
+    far.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut far = tokio::net::UnixStream::from_std(far).unwrap();
+            let mut byte = [0u8; 1];
+            while far.read_exact(&mut byte).await.is_ok() && far.write_all(&byte).await.is_ok() {}
+        });
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut near = runtime.block_on(async { tokio::net::UnixStream::from_std(near).unwrap() });
+    let mut byte = [0u8; 1];
+    c.bench_function("unix_socket_ping_pong_floor_tokio", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    near.write_all(&[1]).await.unwrap();
+                    near.read_exact(&mut byte).await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
 criterion_group!(
     benches,
     bench_socket_floor,
+    bench_tokio_socket_floor,
     bench_unix_socket,
     bench_mcp,
     measure_revocation
