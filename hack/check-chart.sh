@@ -37,6 +37,21 @@ helm template wopr-operator "$chart" -n wopr-system "${all_options[@]}" > "$work
 helm template wopr-operator "$chart" -n wopr-system --set watchNamespace=team-a > "$work/one-namespace.yaml"
 python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml
 
+echo "== watchNamespace moves the namespaced rules into a Role there"
+python3 - manifests/install.yaml "$work/one-namespace.yaml" <<'PY'
+import sys, yaml
+def roles(path):
+    return {(d["kind"], d["metadata"].get("namespace")): d["rules"]
+            for d in yaml.safe_load_all(open(path)) if d and d["kind"] in ("ClusterRole", "Role")}
+default, scoped = roles(sys.argv[1]), roles(sys.argv[2])
+token_reviews = [r for r in default[("ClusterRole", None)] if r["resources"] == ["tokenreviews"]]
+namespaced = [r for r in default[("ClusterRole", None)] if r["resources"] != ["tokenreviews"]]
+assert scoped[("ClusterRole", None)] == token_reviews, scoped[("ClusterRole", None)]
+assert scoped[("Role", "team-a")] == namespaced, scoped[("Role", "team-a")]
+assert scoped[("Role", "wopr-system")] == default[("Role", "wopr-system")]
+print("ok   with watchNamespace=team-a the ClusterRole keeps only TokenReviews")
+PY
+
 echo "== bad values fail with the schema's message"
 failed=0
 for values in tests/chart/bad-values/*.yaml; do
