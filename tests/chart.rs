@@ -10,9 +10,9 @@ use std::process::Command;
 
 use clap::Parser;
 use common::pod_security::restricted_violations;
-use common::{now, session};
+use common::{INSTALL_NAMESPACE, install_yaml, now, session};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
@@ -22,14 +22,6 @@ use wopr_operator::controller::build::{
 };
 use wopr_operator::controller::config::{ControllerArgs, SandboxConfig};
 use wopr_operator::policy::resolve;
-
-const NAMESPACE: &str = "wopr-system";
-
-fn install_yaml() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/install.yaml");
-    let text = std::fs::read_to_string(path).expect("manifests/install.yaml");
-    serde_saphyr::from_multiple(&text).expect("install.yaml parses")
-}
 
 fn object<T: serde::de::DeserializeOwned>(objects: &[Value], kind: &str) -> T {
     let found: Vec<_> = objects.iter().filter(|o| o["kind"] == kind).collect();
@@ -46,16 +38,14 @@ fn controller() -> (Deployment, Service, NetworkPolicy) {
     )
 }
 
+/// The controller container of the Deployment's pod template.
+fn controller_container(deployment: &Deployment) -> &Container {
+    let template = &deployment.spec.as_ref().unwrap().template;
+    &template.spec.as_ref().unwrap().containers[0]
+}
+
 fn container_args(deployment: &Deployment) -> Vec<String> {
-    let spec = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
-    spec.containers[0].args.clone().unwrap()
+    controller_container(deployment).args.clone().unwrap()
 }
 
 /// The controller's flags, as the binary's `controller` subcommand parses them.
@@ -66,7 +56,7 @@ struct Flags {
 }
 
 /// The chart's flags parsed by the real parser (the global `--log-format`
-/// aside), with the namespace the pod's `POD_NAMESPACE` will hold.
+/// aside), with the namespace the pod's `POD_INSTALL_NAMESPACE` will hold.
 fn parsed_args(deployment: &Deployment) -> ControllerArgs {
     let args = container_args(deployment);
     assert_eq!(args[0], "controller");
@@ -76,7 +66,7 @@ fn parsed_args(deployment: &Deployment) -> ControllerArgs {
         .cloned();
     let argv = [
         "controller".to_owned(),
-        format!("--operator-namespace={NAMESPACE}"),
+        format!("--operator-namespace={INSTALL_NAMESPACE}"),
     ]
     .into_iter()
     .chain(flags);
@@ -132,15 +122,7 @@ fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
 
 /// Container port number of `name`.
 fn container_port(deployment: &Deployment, name: &str) -> i32 {
-    let spec = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
-    spec.containers[0]
+    controller_container(deployment)
         .ports
         .iter()
         .flatten()
@@ -157,7 +139,7 @@ fn sidecars_dial_the_service_that_selects_the_controller() {
     let service_name = service.metadata.name.clone().unwrap();
     assert_eq!(
         control_plane.host,
-        format!("{service_name}.{NAMESPACE}.svc")
+        format!("{service_name}.{INSTALL_NAMESPACE}.svc")
     );
     let spec = service.spec.unwrap();
     let grpc = spec
@@ -212,7 +194,7 @@ fn a_session_without_network_still_reaches_the_control_plane() {
     let pod_labels = pod_labels(&deployment);
     let namespace_labels = BTreeMap::from([(
         "kubernetes.io/metadata.name".to_owned(),
-        NAMESPACE.to_owned(),
+        INSTALL_NAMESPACE.to_owned(),
     )]);
     let peer = &egress[0]["to"][0];
     assert!(matches(&peer["namespaceSelector"], &namespace_labels));

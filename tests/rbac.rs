@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use wopr_operator::api::TrustLevel;
 use wopr_operator::controlplane::auth::{Authenticator, TokenReviewer};
 
-const RELEASE_NAMESPACE: &str = "wopr-system";
 const SERVICE_ACCOUNT: &str = "wopr-operator";
 
 /// Where a grant applies.
@@ -120,12 +119,6 @@ fn needed() -> BTreeSet<Permission> {
     permissions
 }
 
-fn install_yaml() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/install.yaml");
-    let text = std::fs::read_to_string(path).expect("manifests/install.yaml");
-    serde_saphyr::from_multiple(&text).expect("install.yaml parses")
-}
-
 fn strings(value: &Value) -> Vec<String> {
     value
         .as_array()
@@ -150,7 +143,7 @@ fn granted(objects: &[Value]) -> BTreeSet<Permission> {
             Scope::Cluster
         } else {
             assert_eq!(
-                role["metadata"]["namespace"], RELEASE_NAMESPACE,
+                role["metadata"]["namespace"], INSTALL_NAMESPACE,
                 "a Role outside the release namespace"
             );
             Scope::ReleaseNamespace
@@ -189,7 +182,7 @@ fn assert_bound_to_the_controller_only(objects: &[Value], role: &Value) {
     );
     assert_eq!(
         bindings[0]["subjects"],
-        json!([{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": RELEASE_NAMESPACE}])
+        json!([{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": INSTALL_NAMESPACE}])
     );
 }
 
@@ -226,7 +219,7 @@ fn the_controller_runs_as_the_bound_service_account() {
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
         SERVICE_ACCOUNT
     );
-    assert_eq!(deployment["metadata"]["namespace"], RELEASE_NAMESPACE);
+    assert_eq!(deployment["metadata"]["namespace"], INSTALL_NAMESPACE);
 }
 
 /// The RBAC permission one recorded request needs, None for discovery.

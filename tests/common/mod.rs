@@ -153,3 +153,13 @@ pub fn crd_schema(crd: &CustomResourceDefinition) -> serde_json::Value {
     )
     .unwrap()
 }
+
+/// The namespace `manifests/install.yaml` installs into.
+pub const INSTALL_NAMESPACE: &str = "wopr-system";
+
+/// Every object of `manifests/install.yaml` (the chart rendered with default values).
+pub fn install_yaml() -> Vec<serde_json::Value> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/install.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/install.yaml");
+    serde_saphyr::from_multiple(&text).expect("install.yaml parses")
+}
