@@ -67,15 +67,20 @@ async fn started(session_name: &str) -> (ControlPlane, Sidecar) {
     (control_plane, sidecar)
 }
 
+/// A single-threaded runtime, as the `sidecar` binary and an agent's client run.
+fn single_threaded_runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A control plane and a sidecar on their own thread and single-threaded
 /// runtime, as the `sidecar` binary runs (the agent is another process).
 fn sidecar_on_its_own_thread(session_name: &'static str) -> Arc<Sidecar> {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = single_threaded_runtime();
         runtime.block_on(async {
             let (_control_plane, sidecar) = started(session_name).await;
             sender.send(Arc::new(sidecar)).unwrap();
@@ -87,10 +92,7 @@ fn sidecar_on_its_own_thread(session_name: &'static str) -> Arc<Sidecar> {
 
 fn bench_unix_socket(c: &mut Criterion) {
     let sidecar = sidecar_on_its_own_thread("bench");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = single_threaded_runtime();
     let mut client = runtime.block_on(sidecar.tools());
     let mut group = c.benchmark_group("security_check_unix_socket");
     // The engine alone (decide, rate limits, audit, the tool): what the
@@ -201,10 +203,7 @@ async fn call_once(client: &mut h2::client::SendRequest<Bytes>, body: Bytes) {
 
 fn bench_mcp(c: &mut Criterion) {
     let sidecar = sidecar_on_its_own_thread("bench-mcp");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = single_threaded_runtime();
     let mut sender = runtime.block_on(async {
         let stream = tokio::net::TcpStream::connect(sidecar.mcp).await.unwrap();
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -314,20 +313,14 @@ fn bench_tokio_socket_floor(c: &mut Criterion) {
     near.set_nonblocking(true).unwrap();
     far.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = single_threaded_runtime();
         runtime.block_on(async {
             let mut far = tokio::net::UnixStream::from_std(far).unwrap();
             let mut byte = [0u8; 1];
             while far.read_exact(&mut byte).await.is_ok() && far.write_all(&byte).await.is_ok() {}
         });
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = single_threaded_runtime();
     let mut near = runtime.block_on(async { tokio::net::UnixStream::from_std(near).unwrap() });
     let mut byte = [0u8; 1];
     c.bench_function("unix_socket_ping_pong_floor_tokio", |b| {
