@@ -17,10 +17,13 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio::runtime::Runtime;
 
+use tonic::transport::Channel;
 use wopr_operator::api::{Capability, RateLimit, TrustLevel};
 use wopr_operator::audit::{AuditEvent, AuditSink};
 use wopr_operator::proto::v1alpha1::CallToolRequest;
+use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::engine::Limits;
+use wopr_operator::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,7 +51,7 @@ impl AuditSink for SerializingSink {
     }
 }
 
-async fn started(session_name: &str) -> (ControlPlane, Sidecar) {
+async fn started(session_name: &str, busy_poll_window: Duration) -> (ControlPlane, Sidecar) {
     let mut control_plane = ControlPlane::start(&[session_name]).await;
     control_plane.put_session(session(session_name, TrustLevel::SemiTrusted));
     let unlimited = RateLimit {
@@ -61,13 +64,14 @@ async fn started(session_name: &str) -> (ControlPlane, Sidecar) {
         Limits::new(unlimited.clone(), unlimited),
         Arc::new(SerializingSink),
         Arc::default(),
+        busy_poll_window,
     )
     .await;
     sidecar.wait_for_policy(|policy| policy.is_some()).await;
     (control_plane, sidecar)
 }
 
-/// A single-threaded runtime, as the `sidecar` binary and an agent's client run.
+/// A single-threaded runtime, as an agent's client may run.
 fn single_threaded_runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,14 +79,30 @@ fn single_threaded_runtime() -> Runtime {
         .unwrap()
 }
 
-/// A control plane and a sidecar on their own thread and single-threaded
-/// runtime, as the `sidecar` binary runs (the agent is another process).
-fn sidecar_on_its_own_thread(session_name: &'static str) -> Arc<Sidecar> {
+/// Installs the binary's logger (once): with none installed, every span of
+/// h2 would be forwarded to the `log` crate, a cost the binary does not pay.
+fn install_the_binarys_logger() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| wopr_operator::logging::init(wopr_operator::logging::LogFormat::Plain));
+}
+
+/// The `sidecar` binary's default busy-polling window.
+fn default_busy_poll() -> Duration {
+    Duration::from_micros(DEFAULT_BUSY_POLL_MICROS)
+}
+
+/// A control plane and a sidecar on their own thread and on the `sidecar`
+/// binary's runtime (the agent is another process).
+fn sidecar_on_its_own_thread(
+    session_name: &'static str,
+    busy_poll_window: Duration,
+) -> Arc<Sidecar> {
+    install_the_binarys_logger();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = single_threaded_runtime();
+        let runtime = wopr_operator::sidecar::run::runtime().unwrap();
         runtime.block_on(async {
-            let (_control_plane, sidecar) = started(session_name).await;
+            let (_control_plane, sidecar) = started(session_name, busy_poll_window).await;
             sender.send(Arc::new(sidecar)).unwrap();
             std::future::pending::<()>().await;
         });
@@ -91,7 +111,7 @@ fn sidecar_on_its_own_thread(session_name: &'static str) -> Arc<Sidecar> {
 }
 
 fn bench_unix_socket(c: &mut Criterion) {
-    let sidecar = sidecar_on_its_own_thread("bench");
+    let sidecar = sidecar_on_its_own_thread("bench", default_busy_poll());
     let runtime = single_threaded_runtime();
     let mut client = runtime.block_on(sidecar.tools());
     let mut group = c.benchmark_group("security_check_unix_socket");
@@ -103,14 +123,14 @@ fn bench_unix_socket(c: &mut Criterion) {
     });
     // Sequential calls inside the runtime: the per-call latency an agent sees.
     group.bench_function("round_trip", |b| {
+        b.iter_custom(|iterations| runtime.block_on(sequential_calls(&mut client, iterations)))
+    });
+    // The same with busy-polling off: every request wakes the sidecar.
+    let sleeping_sidecar = sidecar_on_its_own_thread("bench-no-busy-poll", Duration::ZERO);
+    let mut sleeping_client = runtime.block_on(sleeping_sidecar.tools());
+    group.bench_function("round_trip_busy_poll_off", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    client.call_tool(check_request()).await.unwrap();
-                }
-                start.elapsed()
-            })
+            runtime.block_on(sequential_calls(&mut sleeping_client, iterations))
         })
     });
     // The same call from a client that writes each request in one write
@@ -159,6 +179,15 @@ fn bench_unix_socket(c: &mut Criterion) {
     group.finish();
 }
 
+/// `iterations` `security_check` calls one after the other; their total time.
+async fn sequential_calls(client: &mut ToolsClient<Channel>, iterations: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        client.call_tool(check_request()).await.unwrap();
+    }
+    start.elapsed()
+}
+
 /// An HTTP/2 client on the sidecar's socket, driven by hand.
 async fn single_write_client(socket: &std::path::Path) -> h2::client::SendRequest<Bytes> {
     let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
@@ -202,7 +231,7 @@ async fn call_once(client: &mut h2::client::SendRequest<Bytes>, body: Bytes) {
 }
 
 fn bench_mcp(c: &mut Criterion) {
-    let sidecar = sidecar_on_its_own_thread("bench-mcp");
+    let sidecar = sidecar_on_its_own_thread("bench-mcp", default_busy_poll());
     let runtime = single_threaded_runtime();
     let mut sender = runtime.block_on(async {
         let stream = tokio::net::TcpStream::connect(sidecar.mcp).await.unwrap();
@@ -239,6 +268,7 @@ fn bench_mcp(c: &mut Criterion) {
 
 /// Grant → allowed; revoke → time until the first denied call. Prints p50/p99.
 fn measure_revocation(c: &mut Criterion) {
+    install_the_binarys_logger();
     let runtime = Runtime::new().unwrap();
     let samples = runtime.block_on(async {
         let mut control_plane = ControlPlane::start(&["revoked"]).await;
@@ -305,6 +335,47 @@ fn bench_socket_floor(c: &mut Criterion) {
     });
 }
 
+/// The same ping-pong with both threads spinning on non-blocking reads:
+/// what is left when neither side sleeps (and so is never woken).
+fn bench_spinning_socket_floor(c: &mut Criterion) {
+    let (mut near, mut far) = std::os::unix::net::UnixStream::pair().unwrap();
+    near.set_nonblocking(true).unwrap();
+    far.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while spin_read(&mut far, &mut byte).is_ok() && spin_write(&mut far, &byte).is_ok() {}
+    });
+    let mut byte = [0u8; 1];
+    c.bench_function("unix_socket_ping_pong_floor_spinning", |b| {
+        b.iter(|| {
+            spin_write(&mut near, &[1]).unwrap();
+            spin_read(&mut near, &mut byte).unwrap();
+        })
+    });
+}
+
+/// Reads one byte from a non-blocking socket, spinning until it arrives.
+fn spin_read(
+    socket: &mut std::os::unix::net::UnixStream,
+    byte: &mut [u8; 1],
+) -> std::io::Result<()> {
+    use std::io::Read;
+    loop {
+        match socket.read(byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Writes one byte to a non-blocking socket (its buffer is never full here).
+fn spin_write(socket: &mut std::os::unix::net::UnixStream, byte: &[u8; 1]) -> std::io::Result<()> {
+    use std::io::Write;
+    socket.write_all(byte)
+}
+
 /// The same ping-pong between two single-threaded tokio runtimes (epoll,
 /// non-blocking sockets): the floor under any tokio server and client.
 fn bench_tokio_socket_floor(c: &mut Criterion) {
@@ -340,6 +411,7 @@ fn bench_tokio_socket_floor(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_socket_floor,
+    bench_spinning_socket_floor,
     bench_tokio_socket_floor,
     bench_unix_socket,
     bench_mcp,

@@ -10,11 +10,13 @@
 //! - [`sidecar`]: the per-session tool server (gRPC on a unix socket, MCP).
 //! - [`audit`]: audit events, one per decision.
 //! - [`proto`]: the generated `wopr.v1alpha1` protobuf types.
+//! - [`logging`]: the binary's log lines.
 
 pub mod api;
 pub mod audit;
 pub mod controller;
 pub mod controlplane;
+pub mod logging;
 pub mod policy;
 pub mod proto;
 pub mod sidecar;

@@ -3,11 +3,12 @@
 use std::{fs, path::PathBuf};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use clap::{Parser, Subcommand};
 use wopr_operator::api;
 use wopr_operator::controller::config::ControllerArgs;
 use wopr_operator::controller::run::{run, shutdown_signal};
+use wopr_operator::logging::{self, LogFormat};
+use wopr_operator::sidecar;
 use wopr_operator::sidecar::run::SidecarArgs;
 
 /// Kubernetes operator for the WOPR agent-security model.
@@ -19,14 +20,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -44,29 +37,19 @@ enum Command {
     Sidecar(Box<SidecarArgs>),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    logging::init(cli.log_format);
     match cli.command {
         Command::Crd { output_dir } => print_crds(output_dir),
-        Command::Controller(args) => Ok(run(*args, shutdown_signal()).await?),
-        Command::Sidecar(args) => {
-            Ok(wopr_operator::sidecar::run::run(*args, shutdown_signal()).await?)
+        Command::Controller(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            Ok(runtime.block_on(run(*args, shutdown_signal()))?)
         }
-    }
-}
-
-/// Logs to stderr (stdout carries the sidecar's audit lines); `RUST_LOG`
-/// filters (default `info`).
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        Command::Sidecar(args) => {
+            let runtime = sidecar::run::runtime().context("starting the runtime")?;
+            Ok(runtime.block_on(sidecar::run::run(*args, shutdown_signal()))?)
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use futures::FutureExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
+use super::busy_poll::BusyPoll;
 use super::client::{WatchTarget, watch_forever};
 use super::engine::{Limits, ToolEngine};
 use super::grpc::ToolsService;
@@ -22,6 +23,9 @@ use super::workspace::Workspace;
 use crate::api::RateLimit;
 use crate::audit::StdoutSink;
 use crate::proto::v1alpha1::tools_server::ToolsServer;
+
+/// The default busy-polling window after each request, in microseconds.
+pub const DEFAULT_BUSY_POLL_MICROS: u64 = 200;
 
 /// Flags of `wopr-operator sidecar`.
 #[derive(Args, Debug, Clone)]
@@ -60,12 +64,25 @@ pub struct SidecarArgs {
     /// Largest request body (MCP) or message (gRPC), in bytes.
     #[arg(long, env = "WOPR_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
+    /// Microseconds the sidecar keeps polling its sockets after each request
+    /// instead of sleeping, so the next call of a burst is served without a
+    /// wake-up; costs at most that much CPU per request. 0 turns it off.
+    #[arg(long, env = "WOPR_BUSY_POLL_MICROS", default_value_t = DEFAULT_BUSY_POLL_MICROS)]
+    pub busy_poll_micros: u64,
     /// Tool calls per minute for the whole session.
     #[arg(long, env = "WOPR_SESSION_CALLS_PER_MINUTE", default_value_t = 600)]
     pub session_calls_per_minute: u32,
     /// Calls per minute of each tool.
     #[arg(long, env = "WOPR_TOOL_CALLS_PER_MINUTE", default_value_t = 300)]
     pub tool_calls_per_minute: u32,
+}
+
+/// The sidecar's runtime: one thread. Its CPU limit is a tenth of a core,
+/// and on one thread a request never waits for a wake-up across CPUs.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// Why the sidecar stopped.
@@ -144,7 +161,10 @@ pub async fn run(
             mcp: mcp_listener,
             health: health_listener,
         },
-        args.max_request_bytes,
+        ServeOptions {
+            max_request_bytes: args.max_request_bytes,
+            busy_poll: BusyPoll::new(Duration::from_micros(args.busy_poll_micros)),
+        },
         shutdown,
     )
     .await;
@@ -163,14 +183,28 @@ pub struct Listeners {
     pub health: TcpListener,
 }
 
+/// How the sidecar serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest MCP request body or gRPC message, in bytes.
+    pub max_request_bytes: usize,
+    /// Busy-polling after each request (a zero window turns it off).
+    pub busy_poll: Arc<BusyPoll>,
+}
+
 /// Serves `engine` on `listeners` until `shutdown` completes.
 pub async fn serve(
     engine: Arc<ToolEngine>,
     listeners: Listeners,
-    max_request_bytes: usize,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SidecarError> {
+    let ServeOptions {
+        max_request_bytes,
+        busy_poll,
+    } = options;
     let shutdown = shutdown.shared();
+    let spinner = tokio::spawn(busy_poll.clone().spin());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ToolsServer<ToolsService>>()
@@ -178,15 +212,17 @@ pub async fn serve(
     let tools = ToolsServer::new(ToolsService::new(engine.clone()))
         .max_decoding_message_size(max_request_bytes);
     let grpc = tonic::transport::Server::builder()
+        .layer(busy_poll.layer())
         .add_service(health.clone())
         .add_service(tools)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.socket), shutdown.clone());
     let health_server = tonic::transport::Server::builder()
         .add_service(health)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), shutdown.clone());
-    let mcp_server = axum::serve(listeners.mcp, mcp::router(engine, max_request_bytes))
-        .with_graceful_shutdown(shutdown);
+    let mcp_router = mcp::router(engine, max_request_bytes).layer(busy_poll.layer());
+    let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(shutdown);
     let (grpc, health, mcp) = tokio::join!(grpc, health_server, mcp_server);
+    spinner.abort();
     grpc?;
     health?;
     mcp.map_err(SidecarError::Mcp)

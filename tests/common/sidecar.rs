@@ -21,10 +21,13 @@ use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::serve;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
+use wopr_operator::sidecar::busy_poll::BusyPoll;
 use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
 use wopr_operator::sidecar::engine::{Limits, ToolEngine};
 use wopr_operator::sidecar::policy_state::PolicyState;
-use wopr_operator::sidecar::run::{Listeners, serve as serve_sidecar};
+use wopr_operator::sidecar::run::{
+    DEFAULT_BUSY_POLL_MICROS, Listeners, ServeOptions, serve as serve_sidecar,
+};
 use wopr_operator::sidecar::workspace::Workspace;
 
 use super::{NAMESPACE, now};
@@ -123,6 +126,7 @@ pub struct Sidecar {
     pub socket: PathBuf,
     pub mcp: SocketAddr,
     pub workspace: PathBuf,
+    pub busy_poll: Arc<BusyPoll>,
     _dir: tempfile::TempDir,
 }
 
@@ -130,6 +134,30 @@ impl Sidecar {
     /// Starts a sidecar for `session`, presenting `token`, with generous rate limits.
     pub async fn start(control_plane: &str, session: &str, token: &str) -> Sidecar {
         Sidecar::start_with_limits(control_plane, session, token, 100_000, 100_000).await
+    }
+
+    /// Starts a sidecar with generous rate limits that busy-polls for `window`.
+    pub async fn start_with_busy_poll(
+        control_plane: &str,
+        session: &str,
+        token: &str,
+        window: Duration,
+    ) -> Sidecar {
+        let audit = Arc::new(MemorySink::default());
+        let generous = RateLimit {
+            per_minute: 100_000,
+        };
+        let limits = Limits::new(generous.clone(), generous);
+        Sidecar::start_with(
+            control_plane,
+            session,
+            token,
+            limits,
+            audit.clone(),
+            audit,
+            window,
+        )
+        .await
     }
 
     /// Starts a sidecar with these rate limits (calls per minute).
@@ -149,7 +177,16 @@ impl Sidecar {
                 per_minute: per_tool,
             },
         );
-        Sidecar::start_with(control_plane, session, token, limits, audit.clone(), audit).await
+        Sidecar::start_with(
+            control_plane,
+            session,
+            token,
+            limits,
+            audit.clone(),
+            audit,
+            Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
+        )
+        .await
     }
 
     /// Starts a sidecar with `limits`, auditing to `sink`; `audit` is what
@@ -161,6 +198,7 @@ impl Sidecar {
         limits: Limits,
         sink: Arc<dyn AuditSink>,
         audit: Arc<MemorySink>,
+        busy_poll_window: Duration,
     ) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("token");
@@ -192,10 +230,14 @@ impl Sidecar {
             health: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let mcp = listeners.mcp.local_addr().unwrap();
+        let busy_poll = BusyPoll::new(busy_poll_window);
         tokio::spawn(serve_sidecar(
             engine.clone(),
             listeners,
-            1024 * 1024,
+            ServeOptions {
+                max_request_bytes: 1024 * 1024,
+                busy_poll: busy_poll.clone(),
+            },
             std::future::pending(),
         ));
         Sidecar {
@@ -205,6 +247,7 @@ impl Sidecar {
             socket,
             mcp,
             workspace,
+            busy_poll,
             _dir: dir,
         }
     }
