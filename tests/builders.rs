@@ -218,6 +218,33 @@ fn the_sidecar_alone_gets_the_projected_token() {
 }
 
 #[test]
+fn the_sidecar_binary_reads_every_setting_the_pod_gives_it() {
+    let pod = pod_of(&session("s", TrustLevel::SemiTrusted));
+    let sidecar = sidecar(&pod);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
+        .env_clear()
+        .args(sidecar.args.as_ref().unwrap())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{help}");
+    let env = sidecar.env.as_ref().unwrap();
+    for variable in env {
+        assert!(
+            help.contains(&format!("[env: {}=", variable.name)),
+            "`wopr-operator sidecar` does not read {}",
+            variable.name
+        );
+    }
+    let busy_poll = env
+        .iter()
+        .find(|e| e.name == "WOPR_BUSY_POLL_MICROS")
+        .unwrap();
+    assert_eq!(busy_poll.value.as_deref(), Some("150"), "from the config");
+}
+
+#[test]
 fn unsandboxed_sessions_have_a_writable_root_and_no_default_limits() {
     for level in [TrustLevel::Owner, TrustLevel::Trusted] {
         let pod = pod_of(&session("s", level));

@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use clap::{ArgAction, Args};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use crate::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
+
 /// The image the controller runs from, and the default sidecar image.
 pub const DEFAULT_IMAGE: &str = concat!(
     "ghcr.io/wopr-network/wopr-operator:",
@@ -65,6 +67,10 @@ pub struct ControllerArgs {
     /// CPU limit (and request) of sandboxed agents that set none.
     #[arg(long, env = "WOPR_DEFAULT_CPU", default_value = "500m")]
     pub default_cpu: String,
+    /// Microseconds each sidecar keeps polling its sockets after a request
+    /// (`wopr-operator sidecar --busy-poll-micros`); 0 turns it off.
+    #[arg(long, env = "WOPR_SIDECAR_BUSY_POLL_MICROS", default_value_t = DEFAULT_BUSY_POLL_MICROS)]
+    pub sidecar_busy_poll_micros: u64,
 }
 
 /// Where the control plane listens, as sidecars and NetworkPolicies need it.
@@ -137,6 +143,8 @@ pub struct SandboxConfig {
     pub default_memory: Quantity,
     /// Default CPU limit and request of sandboxed agents.
     pub default_cpu: Quantity,
+    /// The sidecars' busy-polling window after each request, in microseconds.
+    pub sidecar_busy_poll_micros: u64,
 }
 
 impl SandboxConfig {
@@ -151,6 +159,7 @@ impl SandboxConfig {
             )?,
             default_memory: Quantity(args.default_memory.clone()),
             default_cpu: Quantity(args.default_cpu.clone()),
+            sidecar_busy_poll_micros: args.sidecar_busy_poll_micros,
         })
     }
 }

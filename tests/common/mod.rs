@@ -32,6 +32,7 @@ pub fn sandbox_config() -> SandboxConfig {
         .unwrap(),
         default_memory: Quantity("512Mi".into()),
         default_cpu: Quantity("500m".into()),
+        sidecar_busy_poll_micros: 150,
     }
 }
 

@@ -179,6 +179,10 @@ fn sidecar(session: &str, config: &SandboxConfig, volume_mounts: Vec<VolumeMount
             env("WOPR_HEALTH_ADDRESS", &format!("0.0.0.0:{HEALTH_PORT}")),
             env("WOPR_TOKEN_PATH", &format!("{TOKEN_DIR}/token")),
             env("WOPR_WORKSPACE", WORKSPACE_DIR),
+            env(
+                "WOPR_BUSY_POLL_MICROS",
+                &config.sidecar_busy_poll_micros.to_string(),
+            ),
             EnvVar {
                 name: "POD_NAMESPACE".to_owned(),
                 value_from: Some(EnvVarSource {
