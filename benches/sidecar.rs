@@ -18,17 +18,16 @@ use std::sync::Arc;
 use tokio::runtime::Runtime;
 
 use tonic::transport::Channel;
-use wopr_operator::api::{Capability, RateLimit, TrustLevel};
+use wopr_operator::api::{Capability, TrustLevel};
 use wopr_operator::audit::{AuditEvent, AuditSink};
 use wopr_operator::proto::v1alpha1::CallToolRequest;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
-use wopr_operator::sidecar::engine::Limits;
 use wopr_operator::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::sidecar::{ControlPlane, Sidecar, token_for};
+use common::sidecar::{ControlPlane, Sidecar, calls_per_minute, token_for};
 use common::{security_policy, session, session_grant};
 
 const CONCURRENT_CLIENTS: usize = 16;
@@ -54,14 +53,11 @@ impl AuditSink for SerializingSink {
 async fn started(session_name: &str, busy_poll_window: Duration) -> (ControlPlane, Sidecar) {
     let mut control_plane = ControlPlane::start(&[session_name]).await;
     control_plane.put_session(session(session_name, TrustLevel::SemiTrusted));
-    let unlimited = RateLimit {
-        per_minute: u32::MAX,
-    };
     let sidecar = Sidecar::start_with(
         &control_plane.address.to_string(),
         session_name,
         &token_for(session_name),
-        Limits::new(unlimited.clone(), unlimited),
+        calls_per_minute(u32::MAX, u32::MAX),
         Arc::new(SerializingSink),
         Arc::default(),
         busy_poll_window,
@@ -338,17 +334,20 @@ fn bench_socket_floor(c: &mut Criterion) {
 /// The same ping-pong with both threads spinning on non-blocking reads:
 /// what is left when neither side sleeps (and so is never woken).
 fn bench_spinning_socket_floor(c: &mut Criterion) {
+    use std::io::Write;
+    // The socket buffers never fill here, so the non-blocking writes never
+    // return `WouldBlock`.
     let (mut near, mut far) = std::os::unix::net::UnixStream::pair().unwrap();
     near.set_nonblocking(true).unwrap();
     far.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
         let mut byte = [0u8; 1];
-        while spin_read(&mut far, &mut byte).is_ok() && spin_write(&mut far, &byte).is_ok() {}
+        while spin_read(&mut far, &mut byte).is_ok() && far.write_all(&byte).is_ok() {}
     });
     let mut byte = [0u8; 1];
     c.bench_function("unix_socket_ping_pong_floor_spinning", |b| {
         b.iter(|| {
-            spin_write(&mut near, &[1]).unwrap();
+            near.write_all(&[1]).unwrap();
             spin_read(&mut near, &mut byte).unwrap();
         })
     });
@@ -368,12 +367,6 @@ fn spin_read(
             Err(error) => return Err(error),
         }
     }
-}
-
-/// Writes one byte to a non-blocking socket (its buffer is never full here).
-fn spin_write(socket: &mut std::os::unix::net::UnixStream, byte: &[u8; 1]) -> std::io::Result<()> {
-    use std::io::Write;
-    socket.write_all(byte)
 }
 
 /// The same ping-pong between two single-threaded tokio runtimes (epoll,

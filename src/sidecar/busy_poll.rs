@@ -9,8 +9,8 @@
 //! (`docs/performance.md` measures it). While the window is open, a spinner
 //! task yields to the runtime in a loop; each yield makes the runtime check
 //! its sockets without blocking, so a request that arrives is served at
-//! once. The window starts again at every request and closes
-//! [`BusyPoll::window`] after the last one; then the thread sleeps as usual.
+//! once. The window starts again at every request and closes one window
+//! after the last one; then the thread sleeps as usual.
 //!
 //! The cost is CPU: at most one window of spinning per request, and never
 //! more than the sidecar's CPU limit. A window of zero turns it off.
@@ -45,11 +45,6 @@ impl BusyPoll {
             last_request: AtomicU64::new(NO_REQUEST),
             request: Notify::new(),
         })
-    }
-
-    /// How long the thread keeps polling after a request.
-    pub fn window(&self) -> Duration {
-        self.window
     }
 
     /// Opens (or extends) the window: a request has just arrived.

@@ -118,6 +118,18 @@ impl ControlPlane {
     }
 }
 
+/// Rate limits for the whole session and for each tool.
+pub fn calls_per_minute(per_session: u32, per_tool: u32) -> Limits {
+    Limits::new(
+        RateLimit {
+            per_minute: per_session,
+        },
+        RateLimit {
+            per_minute: per_tool,
+        },
+    )
+}
+
 /// A real sidecar serving one session, watching `control_plane`.
 pub struct Sidecar {
     pub state: Arc<PolicyState>,
@@ -143,21 +155,8 @@ impl Sidecar {
         token: &str,
         window: Duration,
     ) -> Sidecar {
-        let audit = Arc::new(MemorySink::default());
-        let generous = RateLimit {
-            per_minute: 100_000,
-        };
-        let limits = Limits::new(generous.clone(), generous);
-        Sidecar::start_with(
-            control_plane,
-            session,
-            token,
-            limits,
-            audit.clone(),
-            audit,
-            window,
-        )
-        .await
+        let limits = calls_per_minute(100_000, 100_000);
+        Sidecar::start_auditing_in_memory(control_plane, session, token, limits, window).await
     }
 
     /// Starts a sidecar with these rate limits (calls per minute).
@@ -168,15 +167,20 @@ impl Sidecar {
         per_session: u32,
         per_tool: u32,
     ) -> Sidecar {
+        let limits = calls_per_minute(per_session, per_tool);
+        let window = Duration::from_micros(DEFAULT_BUSY_POLL_MICROS);
+        Sidecar::start_auditing_in_memory(control_plane, session, token, limits, window).await
+    }
+
+    /// Starts a sidecar whose audit events the test reads from `audit`.
+    async fn start_auditing_in_memory(
+        control_plane: &str,
+        session: &str,
+        token: &str,
+        limits: Limits,
+        busy_poll_window: Duration,
+    ) -> Sidecar {
         let audit = Arc::new(MemorySink::default());
-        let limits = Limits::new(
-            RateLimit {
-                per_minute: per_session,
-            },
-            RateLimit {
-                per_minute: per_tool,
-            },
-        );
         Sidecar::start_with(
             control_plane,
             session,
@@ -184,7 +188,7 @@ impl Sidecar {
             limits,
             audit.clone(),
             audit,
-            Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
+            busy_poll_window,
         )
         .await
     }
