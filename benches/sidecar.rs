@@ -27,7 +27,7 @@ use wopr_operator::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::sidecar::{ControlPlane, Sidecar, calls_per_minute, token_for};
+use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, calls_per_minute, token_for};
 use common::{security_policy, session, session_grant};
 
 const CONCURRENT_CLIENTS: usize = 16;
@@ -57,10 +57,13 @@ async fn started(session_name: &str, busy_poll_window: Duration) -> (ControlPlan
         &control_plane.address.to_string(),
         session_name,
         &token_for(session_name),
-        calls_per_minute(u32::MAX, u32::MAX),
-        Arc::new(SerializingSink),
-        Arc::default(),
-        busy_poll_window,
+        SidecarOptions {
+            limits: calls_per_minute(u32::MAX, u32::MAX),
+            sink: Arc::new(SerializingSink),
+            audit: Arc::default(),
+            busy_poll_window,
+            max_policy_age: Duration::from_secs(30),
+        },
     )
     .await;
     sidecar.wait_for_policy(|policy| policy.is_some()).await;

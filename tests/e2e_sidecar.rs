@@ -69,7 +69,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         let state = state.clone();
         async move { watch_once(&own, &state).await }
     });
-    let policy = eventually("the sidecar's policy", || async { state.current() }).await;
+    let policy = eventually("the sidecar's policy", || async { state.current().ok() }).await;
     assert_eq!(policy.context.session, "e2e-agent");
     assert_eq!(policy.context.trust_level, TrustLevel::Trusted);
     watcher.abort();

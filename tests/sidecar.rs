@@ -197,6 +197,7 @@ async fn wrong_missing_or_foreign_tokens_are_refused() {
         let mut request = tonic::Request::new(WatchRequest {
             namespace: NAMESPACE.into(),
             session: "a".into(),
+            heartbeat_seconds: 0,
         });
         if let Some(token) = token {
             request
@@ -237,7 +238,7 @@ async fn wrong_missing_or_foreign_tokens_are_refused() {
     // A sidecar with a foreign token never gets a policy.
     let sidecar = Sidecar::start(&control_plane.address.to_string(), "a", &token_for("b")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(sidecar.state.current().is_none());
+    assert!(sidecar.state.current().is_err());
 }
 
 #[tokio::test]
@@ -642,4 +643,119 @@ async fn the_control_plane_serves_health_and_reflection() {
         services.contains(&"grpc.health.v1.Health".to_string()),
         "{services:?}"
     );
+}
+
+/// A raw Policy watch of session `a` with its own token.
+async fn watch_a(
+    control_plane: &ControlPlane,
+    heartbeat_seconds: u32,
+) -> tonic::Streaming<wopr_operator::proto::v1alpha1::PolicyUpdate> {
+    let mut client = PolicyClient::connect(format!("http://{}", control_plane.address))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(WatchRequest {
+        namespace: NAMESPACE.into(),
+        session: "a".into(),
+        heartbeat_seconds,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token_for("a")).parse().unwrap(),
+    );
+    client.watch(request).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn heartbeats_follow_the_policy_only_when_asked_for() {
+    use wopr_operator::proto::v1alpha1::policy_update::Update;
+    let mut control_plane = ControlPlane::start(&["a"]).await;
+    control_plane.put_session(session("a", TrustLevel::Trusted));
+
+    let mut with = watch_a(&control_plane, 1).await;
+    let first = with.message().await.unwrap().unwrap().update;
+    assert!(matches!(first, Some(Update::Context(_))), "{first:?}");
+    let second = with.message().await.unwrap().unwrap().update;
+    assert!(matches!(second, Some(Update::Heartbeat(_))), "{second:?}");
+
+    let mut without = watch_a(&control_plane, 0).await;
+    assert!(matches!(
+        without.message().await.unwrap().unwrap().update,
+        Some(Update::Context(_))
+    ));
+    let nothing = tokio::time::timeout(Duration::from_millis(1500), without.message()).await;
+    assert!(nothing.is_err(), "no heartbeat unless asked: {nothing:?}");
+}
+
+#[tokio::test]
+async fn draining_ends_every_policy_stream_and_the_server_returns() {
+    let mut control_plane = ControlPlane::start(&["a"]).await;
+    control_plane.put_session(session("a", TrustLevel::Trusted));
+    let mut first = watch_a(&control_plane, 0).await;
+    let mut second = watch_a(&control_plane, 1).await;
+    first.message().await.unwrap().unwrap();
+    second.message().await.unwrap().unwrap();
+
+    control_plane.shutdown.take().unwrap().send(()).unwrap();
+    for stream in [&mut first, &mut second] {
+        let ended = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_heartbeat)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the stream ends promptly");
+        assert!(matches!(ended, Ok(None)), "a clean end: {ended:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(2), &mut control_plane.server)
+        .await
+        .expect("the server drains")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_policy_denies_everything_but_whoami_and_says_why() {
+    let mut control_plane = ControlPlane::start(&["s"]).await;
+    control_plane.put_session(session("s", TrustLevel::SemiTrusted));
+    let sidecar = Sidecar::start_with_max_policy_age(
+        &control_plane.address.to_string(),
+        "s",
+        &token_for("s"),
+        Duration::from_secs(1),
+    )
+    .await;
+    sidecar.wait_for_policy(has_policy).await;
+    call(&sidecar, "config_get", json!({})).await.unwrap();
+
+    // The control plane goes away for good; the sidecar keeps retrying.
+    control_plane.server.abort();
+    drop(control_plane);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    assert_eq!(tool_names(&sidecar).await, ["security_whoami"]);
+    for tool in ["config_get", "memory_write", "security_check"] {
+        let denied = call(
+            &sidecar,
+            tool,
+            json!({"path": "x", "content": "y", "capability": "inject"}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{tool}");
+    }
+    let whoami = call(&sidecar, "security_whoami", json!({})).await.unwrap();
+    assert!(whoami["policy"].is_null());
+    let reason = whoami["reason"].as_str().unwrap();
+    assert!(reason.contains("longer than the 1s bound"), "{reason}");
+    let events = sidecar.audit.take();
+    let denial = events
+        .iter()
+        .rev()
+        .find(|event| event.tool.as_deref() == Some("config_get"))
+        .unwrap();
+    assert_eq!(denial.decision, Outcome::Denied);
+    assert!(denial.reason.contains("fail closed"), "{}", denial.reason);
 }

@@ -9,6 +9,8 @@ pub mod service;
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -19,14 +21,20 @@ use service::PolicyService;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1alpha1::policy_server::PolicyServer;
 
+/// Completes when the replica starts shutting down: open streams end then.
+pub type Shutdown = Shared<BoxFuture<'static, ()>>;
+
 /// Serves the Policy service, gRPC health and server reflection on
-/// `listener` until `shutdown` completes.
+/// `listener` until `shutdown` completes; then ends every open policy
+/// stream (their sidecars reconnect to another replica) and returns once
+/// the connections have closed.
 pub async fn serve<A: Authenticator>(
     listener: TcpListener,
     index: Arc<ContextIndex>,
     authenticator: Arc<A>,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let shutdown: Shutdown = shutdown.boxed().shared();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PolicyServer<PolicyService<A>>>()
@@ -39,7 +47,11 @@ pub async fn serve<A: Authenticator>(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(PolicyServer::new(PolicyService::new(index, authenticator)))
+        .add_service(PolicyServer::new(PolicyService::new(
+            index,
+            authenticator,
+            shutdown.clone(),
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -1,30 +1,40 @@
-//! The Policy gRPC service: authenticated, authorized policy streams.
+//! The Policy gRPC service: authenticated, authorized policy streams, with
+//! heartbeats when the sidecar asks for them, ended when the replica drains.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::WatchStream;
+use futures::{Stream, StreamExt, stream};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::{IntervalStream, WatchStream};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use super::Shutdown;
 use super::auth::{Authenticator, authorize};
 use super::index::ContextIndex;
 use crate::proto::v1alpha1::policy_server::Policy;
-use crate::proto::v1alpha1::{PolicyUpdate, WatchRequest};
+use crate::proto::v1alpha1::{Heartbeat, PolicyUpdate, WatchRequest, policy_update::Update};
+
+/// The longest heartbeat period a sidecar may ask for, in seconds.
+pub const MAX_HEARTBEAT_SECONDS: u32 = 60;
 
 /// Serves each authenticated sidecar the policy of its own session.
 pub struct PolicyService<A> {
     index: Arc<ContextIndex>,
     authenticator: Arc<A>,
+    shutdown: Shutdown,
 }
 
 impl<A> PolicyService<A> {
-    /// A service over `index`, checking callers with `authenticator`.
-    pub fn new(index: Arc<ContextIndex>, authenticator: Arc<A>) -> PolicyService<A> {
+    /// A service over `index`, checking callers with `authenticator`; every
+    /// open stream ends when `shutdown` completes, so the server can drain.
+    pub fn new(index: Arc<ContextIndex>, authenticator: Arc<A>, shutdown: Shutdown) -> Self {
         PolicyService {
             index,
             authenticator,
+            shutdown,
         }
     }
 }
@@ -43,6 +53,22 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
         })
 }
 
+/// The heartbeat period a watcher asked for (`None`: no heartbeats).
+pub fn heartbeat_period(requested_seconds: u32) -> Option<Duration> {
+    (requested_seconds > 0)
+        .then(|| Duration::from_secs(u64::from(requested_seconds.min(MAX_HEARTBEAT_SECONDS))))
+}
+
+/// A heartbeat every `period`, the first one a period from now (after the
+/// snapshot every stream starts with).
+fn heartbeats(period: Duration) -> impl Stream<Item = PolicyUpdate> {
+    let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    IntervalStream::new(interval).map(|_| PolicyUpdate {
+        update: Some(Update::Heartbeat(Heartbeat {})),
+    })
+}
+
 #[tonic::async_trait]
 impl<A: Authenticator> Policy for PolicyService<A> {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<PolicyUpdate, Status>> + Send>>;
@@ -57,11 +83,20 @@ impl<A: Authenticator> Policy for PolicyService<A> {
             .authenticate(token)
             .await
             .map_err(|error| Status::unauthenticated(error.to_string()))?;
-        let WatchRequest { namespace, session } = request.into_inner();
+        let WatchRequest {
+            namespace,
+            session,
+            heartbeat_seconds,
+        } = request.into_inner();
         authorize(&identity, &namespace, &session).map_err(Status::permission_denied)?;
         tracing::info!(%namespace, %session, "sidecar watching its policy");
-        let updates = WatchStream::new(self.index.subscribe(&namespace, &session))
-            .map(|snapshot| Ok(snapshot.to_update()));
+        let snapshots = WatchStream::new(self.index.subscribe(&namespace, &session))
+            .map(|snapshot| snapshot.to_update());
+        let updates = match heartbeat_period(heartbeat_seconds) {
+            Some(period) => stream::select(snapshots, heartbeats(period)).boxed(),
+            None => snapshots.boxed(),
+        };
+        let updates = updates.take_until(self.shutdown.clone()).map(Ok);
         Ok(Response::new(Box::pin(updates)))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tonic::transport::Endpoint;
 
-use super::policy_state::{PolicyState, Served};
+use super::policy_state::{NoPolicy, PolicyState, Served};
 use crate::controlplane::convert::decode;
 use crate::proto::v1alpha1::policy_client::PolicyClient;
 use crate::proto::v1alpha1::{WatchRequest, policy_update::Update};
@@ -65,9 +65,20 @@ pub fn endpoint_uri(address: &str) -> Result<String, WatchError> {
     })
 }
 
-/// Watches until the process ends, keeping `state` current.
+/// The heartbeat period to ask for: a third of the staleness bound (at
+/// least a second), so two heartbeats may be lost before the policy goes stale.
+pub fn heartbeat_seconds(max_stale: Duration) -> u32 {
+    u32::try_from((max_stale / 3).as_secs())
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// Watches until the process ends, keeping `state` current. A failed
+/// attempt changes nothing in `state`: the policy goes stale on its own
+/// once the control plane has been silent past the bound.
 pub async fn watch_forever(target: WatchTarget, state: Arc<PolicyState>) {
     let mut backoff = FIRST_BACKOFF;
+    let mut reported_stale = false;
     loop {
         match watch_once(&target, &state).await {
             Ok(()) => {
@@ -76,7 +87,14 @@ pub async fn watch_forever(target: WatchTarget, state: Arc<PolicyState>) {
             }
             Err(error) => tracing::warn!(%error, retry_in = ?backoff, "policy watch failed"),
         }
-        state.set_connected(false);
+        match state.current() {
+            Err(stale @ NoPolicy::Stale { .. }) if !reported_stale => {
+                tracing::error!(reason = %stale, "denying every tool but security_whoami until the control plane is back");
+                reported_stale = true;
+            }
+            Ok(_) => reported_stale = false,
+            Err(_) => {}
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -100,6 +118,7 @@ pub async fn watch_once(target: &WatchTarget, state: &PolicyState) -> Result<(),
     let mut request = tonic::Request::new(WatchRequest {
         namespace: target.namespace.clone(),
         session: target.session.clone(),
+        heartbeat_seconds: heartbeat_seconds(state.max_stale()),
     });
     let bearer = format!("Bearer {}", token.trim()).parse().map_err(|_| {
         WatchError::Status(tonic::Status::unauthenticated(
@@ -111,29 +130,111 @@ pub async fn watch_once(target: &WatchTarget, state: &PolicyState) -> Result<(),
         .watch(request)
         .await?
         .into_inner();
-    state.set_connected(true);
+    // A heartbeat vouches only for a policy received on the same stream.
+    let mut policy_seen = false;
     while let Some(update) = updates.message().await? {
-        let served = match update.update {
-            Some(Update::Context(context)) => match decode(&context) {
-                Ok(decoded) => Some(Served {
+        let policy = match update.update {
+            Some(Update::Heartbeat(_)) if policy_seen => {
+                state.heartbeat();
+                continue;
+            }
+            Some(Update::Heartbeat(_)) => {
+                return Err(WatchError::Status(tonic::Status::internal(
+                    "the control plane sent a heartbeat before any policy",
+                )));
+            }
+            Some(Update::Context(context)) => decode(&context)
+                .map(|decoded| Served {
                     context: decoded,
                     provider: context.provider,
-                }),
-                Err(error) => {
+                })
+                .map_err(|error| {
                     tracing::error!(%error, "unreadable policy: denying everything");
-                    None
-                }
-            },
+                    error.to_string()
+                }),
             Some(Update::Unavailable(reason)) => {
                 tracing::warn!(%reason, "no policy for this session: denying everything");
-                None
+                Err(reason)
             }
-            None => None,
+            None => {
+                tracing::error!("unknown update from the control plane: denying everything");
+                Err("the control plane sent an update this sidecar cannot read".to_owned())
+            }
         };
-        if let Some(served) = &served {
+        if let Ok(served) = &policy {
             tracing::info!(policy_hash = %served.context.policy_hash, "policy received");
         }
-        state.update(served);
+        policy_seen = true;
+        state.update(policy);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::api::{Session, SessionSpec, TrustLevel};
+    use crate::policy::resolve;
+
+    fn served() -> Served {
+        let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
+        session.metadata.namespace = Some("ns".into());
+        Served {
+            context: resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap(),
+            provider: None,
+        }
+    }
+
+    /// The control plane's address accepts connections and drops them at
+    /// once, so every reconnect attempt gets as far as it can and fails.
+    #[tokio::test(start_paused = true)]
+    async fn failing_reconnects_do_not_keep_a_policy_in_force() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counted = attempts.clone();
+        tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(connection);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, "token").unwrap();
+        let bound = Duration::from_secs(30);
+        let state = Arc::new(PolicyState::new(bound));
+        state.update(Ok(served()));
+        let watcher = tokio::spawn(watch_forever(
+            WatchTarget {
+                address,
+                namespace: "ns".into(),
+                session: "s".into(),
+                token_path,
+            },
+            state.clone(),
+        ));
+        for _ in 0..35 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let made = attempts.load(Ordering::SeqCst);
+        assert!(made >= 4, "the sidecar kept retrying ({made} attempts)");
+        assert!(
+            matches!(state.current(), Err(NoPolicy::Stale { .. })),
+            "35 s of failed reconnects, bound 30 s: {:?}",
+            state.current().map(|_| "still in force")
+        );
+        watcher.abort();
+    }
+
+    #[test]
+    fn heartbeats_are_asked_for_a_third_of_the_bound() {
+        assert_eq!(heartbeat_seconds(Duration::from_secs(30)), 10);
+        assert_eq!(heartbeat_seconds(Duration::from_secs(2)), 1);
+        assert_eq!(heartbeat_seconds(Duration::ZERO), 1);
+    }
 }

@@ -101,8 +101,8 @@ impl ToolEngine {
         CATALOG
             .iter()
             .filter(|tool| match &served {
-                None => tool.name == "security_whoami",
-                Some(served) => {
+                Err(_) => tool.name == "security_whoami",
+                Ok(served) => {
                     decide(&served.context, Request::Tool(tool.name)).outcome != Outcome::Denied
                 }
             })
@@ -112,7 +112,7 @@ impl ToolEngine {
     /// Records that a request broke the protocol (bad JSON-RPC, oversized
     /// body, ...), so every refusal leaves an audit line.
     pub fn audit_bad_request(&self, reason: String) {
-        let served = self.policy.current();
+        let served = self.policy.current().ok();
         let event = self.event(
             served.as_deref(),
             EventType::Policy,
@@ -124,29 +124,29 @@ impl ToolEngine {
 
     /// Calls `name` with `arguments`; every outcome is audited.
     pub fn call(&self, name: &str, arguments: &Value) -> Result<Value, ToolError> {
-        let served = self.policy.current();
         let not_available = || ToolError::NotAvailable(name.to_owned());
-        let Some(served) = served else {
-            if name == "security_whoami" {
+        let served = match self.policy.current() {
+            Ok(served) => served,
+            Err(no_policy) if name == "security_whoami" => {
+                let reason = no_policy.to_string();
                 self.record(
                     None,
                     name,
                     None,
                     Outcome::Allowed,
-                    "no policy yet: whoami only".into(),
+                    format!("whoami only: {reason}"),
                 );
-                return Ok(
-                    json!({"session": self.session, "namespace": self.namespace, "policy": null}),
-                );
+                return Ok(json!({
+                    "session": self.session,
+                    "namespace": self.namespace,
+                    "policy": null,
+                    "reason": reason,
+                }));
             }
-            self.record(
-                None,
-                name,
-                None,
-                Outcome::Denied,
-                "no policy from the control plane (fail closed)".into(),
-            );
-            return Err(not_available());
+            Err(no_policy) => {
+                self.record(None, name, None, Outcome::Denied, no_policy.to_string());
+                return Err(not_available());
+            }
         };
         let decision = decide(&served.context, Request::Tool(name));
         if decision.outcome == Outcome::Denied {

@@ -1,10 +1,19 @@
 //! The policy the sidecar enforces, as last received from the control
-//! plane. Fails closed: no policy until the first arrives, and none once the
-//! sidecar has been disconnected for longer than the staleness bound.
+//! plane. Fails closed: no policy until the first arrives, none while the
+//! control plane withdraws it, and none once the control plane has been
+//! silent for longer than the staleness bound.
+//!
+//! Staleness counts from the last message the control plane sent (a policy
+//! or a heartbeat), never from a connection attempt: only the control plane
+//! speaking proves the policy is still the one in force. Failed reconnects,
+//! however many, do not extend it, and reconnecting does not revive a stale
+//! policy: the next message does. Time is tokio's clock, so tests pause and
+//! advance it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::policy::EffectiveContext;
 use crate::proto::v1alpha1 as pb;
@@ -18,62 +27,93 @@ pub struct Served {
     pub provider: Option<pb::Provider>,
 }
 
+/// Why no policy is in force; every call but `security_whoami` is denied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoPolicy {
+    /// Nothing has arrived since the sidecar started.
+    #[error("no policy from the control plane yet (fail closed)")]
+    NotYet,
+    /// The control plane said it has no policy for this session, or sent
+    /// one this sidecar cannot read.
+    #[error("no policy for this session: {0} (fail closed)")]
+    Withdrawn(String),
+    /// The control plane has been silent for longer than the bound.
+    #[error(
+        "the control plane has not been heard from for {}s, longer than the {}s bound (fail closed)",
+        .silent_for.as_secs(), .bound.as_secs()
+    )]
+    Stale {
+        /// Time since the last message.
+        silent_for: Duration,
+        /// The staleness bound.
+        bound: Duration,
+    },
+}
+
+struct Inner {
+    policy: Result<Arc<Served>, NoPolicy>,
+    /// When the control plane last sent anything.
+    heard_at: Option<Instant>,
+}
+
 /// The sidecar's view of its policy.
 pub struct PolicyState {
-    current: RwLock<Option<Arc<Served>>>,
-    connected: AtomicBool,
-    confirmed_at: Mutex<Instant>,
+    inner: RwLock<Inner>,
     max_stale: Duration,
 }
 
 impl PolicyState {
-    /// No policy yet; a policy stays usable for `max_stale` after the
-    /// connection to the control plane is lost.
+    /// No policy yet; a policy stays in force for `max_stale` after the
+    /// control plane's last message.
     pub fn new(max_stale: Duration) -> PolicyState {
         PolicyState {
-            current: RwLock::new(None),
-            connected: AtomicBool::new(false),
-            confirmed_at: Mutex::new(Instant::now()),
+            inner: RwLock::new(Inner {
+                policy: Err(NoPolicy::NotYet),
+                heard_at: None,
+            }),
             max_stale,
         }
     }
 
-    /// Records an update from the control plane (`None`: no policy can be served).
-    pub fn update(&self, served: Option<Served>) {
-        *self
-            .current
+    /// The staleness bound.
+    pub fn max_stale(&self) -> Duration {
+        self.max_stale
+    }
+
+    /// Records a policy from the control plane, or its reason for serving none.
+    pub fn update(&self, update: Result<Served, String>) {
+        let mut inner = self
+            .inner
             .write()
-            .expect("the policy lock is never poisoned") = served.map(Arc::new);
-        self.confirm();
-    }
-
-    /// Records whether the watch stream is up. Losing it starts the staleness clock.
-    pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Release);
-        self.confirm();
-    }
-
-    fn confirm(&self) {
-        *self
-            .confirmed_at
-            .lock()
-            .expect("the policy lock is never poisoned") = Instant::now();
-    }
-
-    /// The policy in force, or `None` (deny) when there is none or it is stale.
-    pub fn current(&self) -> Option<Arc<Served>> {
-        let connected = self.connected.load(Ordering::Acquire);
-        let confirmed_at = *self
-            .confirmed_at
-            .lock()
             .expect("the policy lock is never poisoned");
-        if !connected && confirmed_at.elapsed() > self.max_stale {
-            return None;
-        }
-        self.current
-            .read()
+        inner.policy = update.map(Arc::new).map_err(NoPolicy::Withdrawn);
+        inner.heard_at = Some(Instant::now());
+    }
+
+    /// Records a heartbeat: the control plane is there and the policy unchanged.
+    pub fn heartbeat(&self) {
+        self.inner
+            .write()
             .expect("the policy lock is never poisoned")
-            .clone()
+            .heard_at = Some(Instant::now());
+    }
+
+    /// The policy in force, or why there is none (deny).
+    pub fn current(&self) -> Result<Arc<Served>, NoPolicy> {
+        let inner = self
+            .inner
+            .read()
+            .expect("the policy lock is never poisoned");
+        if let Some(heard_at) = inner.heard_at {
+            let silent_for = heard_at.elapsed();
+            if silent_for > self.max_stale {
+                return Err(NoPolicy::Stale {
+                    silent_for,
+                    bound: self.max_stale,
+                });
+            }
+        }
+        inner.policy.clone()
     }
 }
 
@@ -94,33 +134,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn no_policy_until_one_arrives_and_none_when_withdrawn() {
-        let state = PolicyState::new(Duration::from_secs(60));
-        assert!(state.current().is_none());
-        state.set_connected(true);
-        state.update(Some(served()));
-        assert!(state.current().is_some());
-        state.update(None);
-        assert!(state.current().is_none());
+    const BOUND: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn no_policy_until_one_arrives_and_none_when_withdrawn() {
+        let state = PolicyState::new(BOUND);
+        assert_eq!(state.current().unwrap_err(), NoPolicy::NotYet);
+        state.update(Ok(served()));
+        assert!(state.current().is_ok());
+        state.update(Err("Session ns/s does not exist".into()));
+        assert_eq!(
+            state.current().unwrap_err(),
+            NoPolicy::Withdrawn("Session ns/s does not exist".into())
+        );
     }
 
-    #[test]
-    fn a_policy_goes_stale_while_disconnected() {
-        let state = PolicyState::new(Duration::from_millis(20));
-        state.set_connected(true);
-        state.update(Some(served()));
-        std::thread::sleep(Duration::from_millis(40));
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_goes_stale_when_the_control_plane_is_silent_past_the_bound() {
+        let state = PolicyState::new(BOUND);
+        state.update(Ok(served()));
+        tokio::time::advance(BOUND).await;
+        assert!(state.current().is_ok(), "at the bound it still holds");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let stale = state.current().unwrap_err();
         assert!(
-            state.current().is_some(),
-            "connected: the policy stays current"
+            matches!(stale, NoPolicy::Stale { silent_for, .. } if silent_for == BOUND + Duration::from_secs(1))
         );
-        state.set_connected(false);
-        assert!(state.current().is_some(), "within the bound");
-        std::thread::sleep(Duration::from_millis(40));
+        assert!(stale.to_string().contains("31s, longer than the 30s bound"));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(state.current().is_err(), "and stays stale");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_keep_a_policy_in_force() {
+        let state = PolicyState::new(BOUND);
+        state.update(Ok(served()));
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(20)).await;
+            state.heartbeat();
+        }
         assert!(
-            state.current().is_none(),
-            "disconnected past the bound: fail closed"
+            state.current().is_ok(),
+            "200 s later, heard from every 20 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_new_message_revives_a_stale_policy() {
+        let state = PolicyState::new(BOUND);
+        state.update(Ok(served()));
+        tokio::time::advance(BOUND * 2).await;
+        assert!(state.current().is_err());
+        state.heartbeat();
+        assert!(
+            state.current().is_ok(),
+            "the control plane is back, same policy"
         );
     }
 }

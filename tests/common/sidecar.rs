@@ -41,6 +41,10 @@ pub fn token_for(session: &str) -> String {
 pub struct ControlPlane {
     pub index: Arc<ContextIndex>,
     pub address: SocketAddr,
+    /// Starts its shutdown (dropping it does too).
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server, until it has drained.
+    pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     sessions: Writer<DeserializeGuard<Session>>,
     policies: Writer<DeserializeGuard<SecurityPolicy>>,
     grants: Writer<DeserializeGuard<Grant>>,
@@ -77,15 +81,20 @@ impl ControlPlane {
             .collect();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(serve(
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
             listener,
             index.clone(),
             Arc::new(StaticTokens(tokens)),
-            std::future::pending(),
+            async move {
+                let _ = stopped.await;
+            },
         ));
         ControlPlane {
             index,
             address,
+            shutdown: Some(shutdown),
+            server,
             sessions: session_writer,
             policies,
             grants,
@@ -130,6 +139,20 @@ pub fn calls_per_minute(per_session: u32, per_tool: u32) -> Limits {
     )
 }
 
+/// How a test sidecar is set up.
+pub struct SidecarOptions {
+    /// Its rate limits.
+    pub limits: Limits,
+    /// Where it audits.
+    pub sink: Arc<dyn AuditSink>,
+    /// What the test reads (the same sink, or an empty one).
+    pub audit: Arc<MemorySink>,
+    /// Its busy-polling window.
+    pub busy_poll_window: Duration,
+    /// How long its policy outlives the control plane's silence.
+    pub max_policy_age: Duration,
+}
+
 /// A real sidecar serving one session, watching `control_plane`.
 pub struct Sidecar {
     pub state: Arc<PolicyState>,
@@ -159,6 +182,29 @@ impl Sidecar {
         Sidecar::start_auditing_in_memory(control_plane, session, token, limits, window).await
     }
 
+    /// Starts a sidecar whose policy goes stale after `max_policy_age` of silence.
+    pub async fn start_with_max_policy_age(
+        control_plane: &str,
+        session: &str,
+        token: &str,
+        max_policy_age: Duration,
+    ) -> Sidecar {
+        let audit = Arc::new(MemorySink::default());
+        Sidecar::start_with(
+            control_plane,
+            session,
+            token,
+            SidecarOptions {
+                limits: calls_per_minute(100_000, 100_000),
+                sink: audit.clone(),
+                audit,
+                busy_poll_window: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
+                max_policy_age,
+            },
+        )
+        .await
+    }
+
     /// Starts a sidecar with these rate limits (calls per minute).
     pub async fn start_with_limits(
         control_plane: &str,
@@ -185,31 +231,37 @@ impl Sidecar {
             control_plane,
             session,
             token,
-            limits,
-            audit.clone(),
-            audit,
-            busy_poll_window,
+            SidecarOptions {
+                limits,
+                sink: audit.clone(),
+                audit,
+                busy_poll_window,
+                max_policy_age: Duration::from_secs(30),
+            },
         )
         .await
     }
 
-    /// Starts a sidecar with `limits`, auditing to `sink`; `audit` is what
-    /// the test reads (the same sink, or an empty one).
+    /// Starts a sidecar for `session` presenting `token`, set up by `options`.
     pub async fn start_with(
         control_plane: &str,
         session: &str,
         token: &str,
-        limits: Limits,
-        sink: Arc<dyn AuditSink>,
-        audit: Arc<MemorySink>,
-        busy_poll_window: Duration,
+        options: SidecarOptions,
     ) -> Sidecar {
+        let SidecarOptions {
+            limits,
+            sink,
+            audit,
+            busy_poll_window,
+            max_policy_age,
+        } = options;
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("token");
         std::fs::write(&token_path, token).unwrap();
         let workspace = dir.path().join("workspace");
         std::fs::create_dir(&workspace).unwrap();
-        let state = Arc::new(PolicyState::new(Duration::from_secs(30)));
+        let state = Arc::new(PolicyState::new(max_policy_age));
         let engine = Arc::new(ToolEngine::new(
             NAMESPACE,
             session,
@@ -279,7 +331,7 @@ impl Sidecar {
         ready: impl Fn(Option<&wopr_operator::sidecar::policy_state::Served>) -> bool,
     ) {
         for _ in 0..500 {
-            if ready(self.state.current().as_deref()) {
+            if ready(self.state.current().ok().as_deref()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
