@@ -1,5 +1,7 @@
 //! The binary's logs: to stderr (stdout carries the sidecar's audit lines),
-//! filtered by `RUST_LOG` (default `info`).
+//! filtered by `RUST_LOG` (default `info`), coloured only on a terminal.
+
+use std::io::IsTerminal;
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
@@ -13,12 +15,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// The filter without `RUST_LOG`. kube's client logs every failed request
+/// at ERROR, and each failure reaches the user through its caller anyway
+/// (a start-up error, a watch retry, a reconcile error), so it is off.
+const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off";
+
 /// Installs the global logger. Call once, before anything logs.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -1,5 +1,7 @@
 //! The `wopr-operator` binary.
 
+use std::process::ExitCode;
+use std::time::Duration;
 use std::{fs, path::PathBuf};
 
 use anyhow::Context;
@@ -37,18 +39,38 @@ enum Command {
     Sidecar(Box<SidecarArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
+/// How long the runtime waits for blocking work (a DNS lookup, say) once
+/// the command is done.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Errors end the process with one line on stderr, what went wrong and
+/// what to do, and exit code 1.
+fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    match cli.command {
+    match run_command(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Crd { output_dir } => print_crds(output_dir),
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            Ok(runtime.block_on(run(*args, shutdown_signal()))?)
+            let result = runtime.block_on(run(*args, shutdown_signal()));
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            Ok(result?)
         }
         Command::Sidecar(args) => {
             let runtime = sidecar::run::runtime().context("starting the runtime")?;
-            Ok(runtime.block_on(sidecar::run::run(*args, shutdown_signal()))?)
+            let result = runtime.block_on(sidecar::run::run(*args, shutdown_signal()));
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            Ok(result?)
         }
     }
 }

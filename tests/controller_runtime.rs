@@ -24,15 +24,16 @@ use wopr_operator::api::{
 use wopr_operator::controller::admin::{AdminState, router};
 use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::policy_status::{gateway_status, policy_status};
-use wopr_operator::controller::run::{RunError, ensure_crds_installed};
+use wopr_operator::controller::preflight::{ApiServer, PreflightError};
 use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
 
 // Time is paused: the CRD check's 15 s of waiting pass instantly.
 #[tokio::test(start_paused = true)]
 async fn the_controller_refuses_to_start_without_its_crds() {
     let (client, api) = FakeApi::start();
-    let error = ensure_crds_installed(&client).await.unwrap_err();
-    assert!(matches!(error, RunError::CrdsMissing { .. }));
+    let api_server = api_server(client);
+    let error = api_server.ensure_crds_installed().await.unwrap_err();
+    assert!(matches!(error, PreflightError::CrdsMissing { .. }));
     let message = error.to_string();
     assert!(message.contains("sessions.wopr.dev"), "{message}");
     assert!(message.contains("kubectl apply -f crds/"), "{message}");
@@ -45,7 +46,8 @@ async fn the_controller_refuses_to_start_without_its_crds() {
         "/apis/wopr.dev/v1alpha1",
         served(&["sessions", "grants", "gateways", "approvalrequests"]),
     );
-    let message = ensure_crds_installed(&client)
+    let message = api_server
+        .ensure_crds_installed()
         .await
         .unwrap_err()
         .to_string();
@@ -65,7 +67,14 @@ async fn the_controller_refuses_to_start_without_its_crds() {
             "approvalrequests",
         ]),
     );
-    ensure_crds_installed(&client).await.unwrap();
+    api_server.ensure_crds_installed().await.unwrap();
+}
+
+fn api_server(client: kube::Client) -> ApiServer {
+    ApiServer {
+        client,
+        url: "https://fake".into(),
+    }
 }
 
 fn session_in_phase(name: &str, phase: Option<SessionPhase>) -> DeserializeGuard<Session> {
@@ -306,5 +315,5 @@ async fn the_controller_waits_briefly_for_crds_that_were_just_installed() {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         api.insert("/apis/wopr.dev/v1alpha1", served);
     });
-    ensure_crds_installed(&client).await.unwrap();
+    api_server(client).ensure_crds_installed().await.unwrap();
 }

@@ -13,6 +13,7 @@ use common::harness::*;
 use common::*;
 use serde_json::{Value, json};
 use wopr_operator::api::TrustLevel;
+use wopr_operator::controller::preflight::{self, REQUIRED_RIGHTS};
 use wopr_operator::controlplane::auth::{Authenticator, TokenReviewer};
 
 const SERVICE_ACCOUNT: &str = "wopr-operator";
@@ -30,86 +31,21 @@ enum Scope {
 /// One verb on one resource, where it applies.
 type Permission = (Scope, String, String, String);
 
-/// What the code calls, and where it calls it.
-const NEEDED: &[(Scope, &str, &[&str], &[&str])] = &[
-    // controller/run.rs: reflectors and controllers watch the four kinds a
-    // Session's effective policy depends on (ApprovalRequests: not yet).
-    (
-        Scope::Cluster,
-        "wopr.dev",
-        &["securitypolicies", "sessions", "grants", "gateways"],
-        &["list", "watch"],
-    ),
-    // controller/apply.rs: status by server-side apply.
-    (
-        Scope::Cluster,
-        "wopr.dev",
-        &[
-            "sessions/status",
-            "securitypolicies/status",
-            "gateways/status",
-        ],
-        &["patch"],
-    ),
-    // Children carry owner references with blockOwnerDeletion, which the
-    // OwnerReferencesPermissionEnforcement admission plugin allows only to
-    // whoever may update the owner's finalizers.
-    (
-        Scope::Cluster,
-        "wopr.dev",
-        &["sessions/finalizers"],
-        &["update"],
-    ),
-    // controller/reconcile.rs: read, apply, watch (owns) and replace pods.
-    (
-        Scope::Cluster,
-        "",
-        &["pods"],
-        &["get", "list", "watch", "patch", "delete"],
-    ),
-    (
-        Scope::Cluster,
-        "",
-        &["serviceaccounts"],
-        &["get", "list", "watch", "patch"],
-    ),
-    (
-        Scope::Cluster,
-        "networking.k8s.io",
-        &["networkpolicies"],
-        &["get", "list", "watch", "patch"],
-    ),
-    // kube's Recorder creates events and patches their series.
-    (
-        Scope::Cluster,
-        "events.k8s.io",
-        &["events"],
-        &["create", "patch"],
-    ),
-    // controlplane/auth.rs: TokenReview of every sidecar's token.
-    (
-        Scope::Cluster,
-        "authentication.k8s.io",
-        &["tokenreviews"],
-        &["create"],
-    ),
-    // controller/leader.rs through kube-lease-manager: get, create, patch.
-    (
-        Scope::ReleaseNamespace,
-        "coordination.k8s.io",
-        &["leases"],
-        &["get", "create", "patch"],
-    ),
-];
-
+/// What the code calls ([`REQUIRED_RIGHTS`]), where the chart rendered
+/// with default values must grant it: the watched namespaces are all of
+/// them, so those rights come from the ClusterRole.
 fn needed() -> BTreeSet<Permission> {
     let mut permissions = BTreeSet::new();
-    for (scope, group, resources, verbs) in NEEDED {
-        for resource in *resources {
-            for verb in *verbs {
+    for rights in REQUIRED_RIGHTS {
+        let scope = match rights.scope {
+            preflight::Scope::Watched | preflight::Scope::Cluster => Scope::Cluster,
+            preflight::Scope::OperatorNamespace => Scope::ReleaseNamespace,
+        };
+        for resource in rights.resources {
+            for verb in rights.verbs {
                 permissions.insert((
-                    *scope,
-                    group.to_string(),
+                    scope,
+                    rights.group.to_string(),
                     resource.to_string(),
                     verb.to_string(),
                 ));

@@ -26,6 +26,8 @@ use kube::CustomResourceExt;
 
 /// The API group of every custom resource.
 pub const GROUP: &str = "wopr.dev";
+/// The API version of every custom resource.
+pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

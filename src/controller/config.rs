@@ -71,6 +71,11 @@ pub struct ControllerArgs {
     /// (`wopr-operator sidecar --busy-poll-micros`); 0 turns it off.
     #[arg(long, env = "WOPR_SIDECAR_BUSY_POLL_MICROS", default_value_t = DEFAULT_BUSY_POLL_MICROS)]
     pub sidecar_busy_poll_micros: u64,
+    /// Seconds to drain after SIGTERM: the Lease is released and every
+    /// policy stream ended at once, then in-flight reconciles and
+    /// connections get up to this long before the process exits anyway.
+    #[arg(long, env = "WOPR_SHUTDOWN_DRAIN_SECONDS", default_value_t = 5)]
+    pub shutdown_drain_seconds: u64,
 }
 
 /// Where the control plane listens, as sidecars and NetworkPolicies need it.

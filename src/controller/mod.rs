@@ -17,6 +17,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod policy_status;
+pub mod preflight;
 pub mod reconcile;
 pub mod run;
 pub mod status;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
@@ -16,6 +17,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use kube_lease_manager::LeaseManagerError;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 
@@ -25,31 +27,24 @@ use super::context::{Context, Leadership, Stores};
 use super::leader;
 use super::metrics::Metrics;
 use super::policy_status::{self, StatusContext};
+use super::preflight::{ApiServer, PreflightError};
 use super::reconcile::{error_policy, reconcile};
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
-use crate::api::{self, DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
+use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 
 /// Why the controller could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// No usable Kubernetes configuration or API server.
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Client(#[source] kube::Error),
-    /// The wopr.dev CRDs are not installed.
-    #[error(
-        "the wopr.dev CRDs are not installed (missing: {missing}); install them with `kubectl apply -f crds/` or the Helm chart, then start the controller again"
-    )]
-    CrdsMissing {
-        /// The missing resources.
-        missing: String,
-    },
+    /// The cluster is not ready for the controller (see [`PreflightError`]).
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
     /// A flag has a bad value.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Leader election could not start.
     #[error("leader election: {0}")]
-    Leader(#[from] kube_lease_manager::LeaseManagerError),
+    Leader(String),
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(#[source] std::io::Error),
@@ -66,25 +61,43 @@ pub async fn run(
     args: ControllerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let client = Client::try_default().await.map_err(RunError::Client)?;
-    ensure_crds_installed(&client).await?;
+    let api_server = ApiServer::infer().await?;
+    let client = api_server.client.clone();
+    api_server.ensure_crds_installed().await?;
+    api_server
+        .ensure_rights(
+            args.watch_namespace.as_deref(),
+            args.leader_election
+                .then_some(args.operator_namespace.as_str()),
+        )
+        .await?;
     let mut config = SandboxConfig::from_args(&args)?;
     config.control_plane.resolved_ip = resolve_host(&config.control_plane).await;
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("wopr-operator-{}", std::process::id()));
-    let (leadership, gained) = if args.leader_election {
-        let (leadership, gained) = leader::elect(
+    let shutdown = shutdown.shared();
+    let (leadership, gained, lease_released) = if args.leader_election {
+        let election = leader::elect(
             client.clone(),
             &args.operator_namespace,
             &args.lease_name,
             &identity,
+            shutdown.clone(),
         )
-        .await?;
-        (leadership, gained.boxed())
+        .await
+        .map_err(|error| match error {
+            LeaseManagerError::KubeError(error) => RunError::Preflight(api_server.explain(&error)),
+            other => RunError::Leader(other.to_string()),
+        })?;
+        (
+            election.leadership,
+            election.gained.boxed(),
+            Some(election.released),
+        )
     } else {
-        (Leadership::always(), stream::empty().boxed())
+        (Leadership::always(), stream::empty().boxed(), None)
     };
     let listener = tokio::net::TcpListener::bind(args.admin_address)
         .await
@@ -94,7 +107,6 @@ pub async fn run(
         .map_err(RunError::ControlPlane)?;
     tracing::info!(address = %args.admin_address, %identity, "controller starting");
 
-    let shutdown = shutdown.shared();
     let namespace = args.watch_namespace.as_deref();
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
@@ -246,16 +258,37 @@ pub async fn run(
         ready,
     });
     let admin_server = admin::serve(listener, admin_state, shutdown.clone());
-    let (admin_result, control_plane_result, _, _, _) = tokio::join!(
-        admin_server,
-        control_plane,
-        sessions_controller,
-        policy_status_controller,
-        gateway_status_controller
-    );
-    tracing::info!("controller stopped");
-    admin_result.map_err(RunError::Admin)?;
-    Ok(control_plane_result?)
+    let lease_released = async {
+        if let Some(released) = lease_released {
+            let _ = released.await;
+        }
+    };
+    let everything = async {
+        tokio::join!(
+            admin_server,
+            control_plane,
+            sessions_controller,
+            policy_status_controller,
+            gateway_status_controller,
+            lease_released,
+        )
+    };
+    let drain = Duration::from_secs(args.shutdown_drain_seconds);
+    let drain_over = async {
+        shutdown.clone().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        (admin_result, control_plane_result, _, _, _, ()) = everything => {
+            tracing::info!("controller stopped");
+            admin_result.map_err(RunError::Admin)?;
+            Ok(control_plane_result?)
+        }
+        () = drain_over => {
+            tracing::warn!(drain = ?drain, "stopping with work left: the drain time is over");
+            Ok(())
+        }
+    }
 }
 
 /// Refreshes the served policies of an object's namespace when it changes.
@@ -314,47 +347,6 @@ where
         .reflect(writer)
         .touched_objects();
     (store, changes)
-}
-
-/// How long to wait for freshly installed CRDs to be served before giving up.
-const CRD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Fails with a clear message when any wopr.dev resource is not served,
-/// after waiting up to 15 s for CRDs that were just installed.
-pub async fn ensure_crds_installed(client: &Client) -> Result<(), RunError> {
-    let deadline = tokio::time::Instant::now() + CRD_WAIT;
-    loop {
-        match missing_crds(client).await? {
-            None => return Ok(()),
-            Some(missing) if tokio::time::Instant::now() >= deadline => {
-                return Err(RunError::CrdsMissing { missing });
-            }
-            Some(missing) => {
-                tracing::info!(%missing, "waiting for the wopr.dev CRDs to be served");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-/// The wopr.dev resources the API server does not serve, if any.
-async fn missing_crds(client: &Client) -> Result<Option<String>, RunError> {
-    let served: Vec<String> = match client.list_api_group_resources("wopr.dev/v1alpha1").await {
-        Ok(list) => list
-            .resources
-            .into_iter()
-            .map(|resource| resource.name)
-            .collect(),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
-        Err(error) => return Err(RunError::Client(error)),
-    };
-    let missing: Vec<String> = api::crds()
-        .into_iter()
-        .map(|crd| crd.spec.names.plural)
-        .filter(|plural| !served.contains(plural))
-        .map(|plural| format!("{plural}.{}", api::GROUP))
-        .collect();
-    Ok((!missing.is_empty()).then(|| missing.join(", ")))
 }
 
 /// The IP the control-plane host name resolves to, for `/etc/hosts` in

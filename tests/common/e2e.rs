@@ -114,6 +114,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         default_memory: "512Mi".into(),
         default_cpu: "500m".into(),
         sidecar_busy_poll_micros: DEFAULT_BUSY_POLL_MICROS,
+        shutdown_drain_seconds: 5,
     }
 }
 

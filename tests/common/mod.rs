@@ -16,6 +16,7 @@ pub mod e2e;
 pub mod fake_api;
 pub mod harness;
 pub mod pod_security;
+pub mod process;
 pub mod sidecar;
 
 pub const NAMESPACE: &str = "team-a";

@@ -1,0 +1,165 @@
+//! The real `wopr-operator` binary as a child process, for tests of what
+//! only whole processes show: signals, crashes, reconnects, start-up errors.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The binary cargo built for these tests.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_wopr-operator");
+
+/// A running `wopr-operator`; killed when dropped.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The lines of `stream`, as they come, and the task reading them.
+fn collect(
+    name: String,
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let reader = tokio::spawn(async move {
+        let mut reader = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if std::env::var_os("WOPR_TEST_ECHO").is_some() {
+                eprintln!("[{name}] {line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (lines, reader)
+}
+
+impl Process {
+    /// Starts `wopr-operator ARGS` with `env` added to the environment.
+    pub fn start(name: &str, args: &[String], env: &[(&str, String)]) -> Process {
+        let mut command = Command::new(BINARY);
+        command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the wopr-operator binary starts");
+        let (stdout, stdout_reader) =
+            collect(format!("{name} stdout"), child.stdout.take().unwrap());
+        let (stderr, stderr_reader) = collect(name.to_owned(), child.stderr.take().unwrap());
+        Process {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+            readers: vec![stdout_reader, stderr_reader],
+        }
+    }
+
+    /// Every line it wrote to stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Every line it wrote to stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// How many stderr lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.stderr()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits until a stdout line satisfies `wanted` (at most 5 s); returns it.
+    pub async fn wait_for_stdout(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self.stdout().into_iter().rev().find(|line| wanted(line)) {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no such stdout line; stdout:\n{}",
+                self.name,
+                self.stdout().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `count` stderr lines contain `needle` (at most `timeout`).
+    pub async fn wait_for(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.count(needle) < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no {count} lines with {needle:?} within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` (SIGTERM, SIGKILL, ...).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("still running");
+        let pid = i32::try_from(pid).unwrap();
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+    }
+
+    /// Its exit status, if it exits within `timeout`; by then every line
+    /// it wrote has been read.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()?
+            .unwrap();
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        Some(status)
+    }
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One MCP (JSON-RPC over HTTP) request to `address`, as an agent sends it:
+/// the response body.
+pub async fn mcp(address: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("{error}: {response}"))
+}

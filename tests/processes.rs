@@ -1,0 +1,390 @@
+//! The real `wopr-operator` processes, as a cluster runs them: a controller
+//! and sidecars, each its own process, against a fake API server over HTTP.
+//! What only whole processes show: a control plane that dies and stays
+//! dead, SIGTERM with watchers connected, start-up errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::fake_api::FakeApi;
+use common::harness::session_path;
+use common::process::{Process, free_port, mcp};
+use common::{NAMESPACE, session};
+use http::StatusCode;
+use serde_json::{Value, json};
+use wopr_operator::api::TrustLevel;
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/wopr-system/leases/wopr-operator";
+
+/// A fake cluster on loopback: the API server, a kubeconfig for it, and
+/// a directory for the sidecars' tokens, sockets and workspaces.
+struct Cluster {
+    api: FakeApi,
+    address: std::net::SocketAddr,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A cluster with the CRDs installed, every RBAC right granted, and
+    /// these Sessions, whose sidecars' tokens it accepts.
+    async fn start(sessions: &[(&str, TrustLevel)]) -> Cluster {
+        let api = FakeApi::default();
+        api.install_crds();
+        api.respond_to(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            |review| json!({"spec": review["spec"], "status": {"allowed": true}}),
+        );
+        let mut tokens = HashMap::new();
+        for (name, trust_level) in sessions {
+            api.insert(
+                &session_path(name),
+                serde_json::to_value(session(name, *trust_level)).unwrap(),
+            );
+            tokens.insert(
+                format!("token-{name}"),
+                (
+                    format!("system:serviceaccount:{NAMESPACE}:wopr-{name}"),
+                    Some(format!("wopr-{name}")),
+                ),
+            );
+        }
+        api.review_tokens(tokens);
+        let address = api.serve_http().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = FakeApi::kubeconfig(dir.path(), address);
+        Cluster {
+            api,
+            address,
+            kubeconfig,
+            dir,
+        }
+    }
+
+    /// `wopr-operator controller` serving the control plane on `port`, with `extra` flags.
+    fn controller(&self, port: u16, extra: &[&str]) -> Process {
+        let mut args: Vec<String> = [
+            "controller",
+            "--log-format=plain",
+            "--admin-address=127.0.0.1:0",
+            "--operator-namespace=wopr-system",
+            "--identity=replica-1",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("--control-plane-listen=127.0.0.1:{port}"));
+        args.push(format!("--control-plane-address=http://127.0.0.1:{port}"));
+        args.extend(extra.iter().map(|flag| flag.to_string()));
+        Process::start(
+            "controller",
+            &args,
+            &[("KUBECONFIG", self.kubeconfig.display().to_string())],
+        )
+    }
+
+    /// `wopr-operator sidecar` for `session`, watching the control plane
+    /// on `port`, failing closed after `max_policy_age` seconds of silence.
+    /// Returns it and its MCP address.
+    fn sidecar(&self, session: &str, port: u16, max_policy_age: u64) -> (Process, String) {
+        let path = |name: &str| self.dir.path().join(format!("{session}-{name}"));
+        std::fs::write(path("token"), format!("token-{session}")).unwrap();
+        std::fs::create_dir_all(path("workspace")).unwrap();
+        let mcp_address = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "sidecar".to_owned(),
+            "--log-format=plain".to_owned(),
+            format!("--session={session}"),
+            format!("--namespace={NAMESPACE}"),
+            format!("--control-plane-address=127.0.0.1:{port}"),
+            format!("--token-path={}", path("token").display()),
+            format!("--socket-path={}", path("a2a.sock").display()),
+            format!("--mcp-address={mcp_address}"),
+            format!("--health-address=127.0.0.1:{}", free_port()),
+            format!("--workspace={}", path("workspace").display()),
+            format!("--max-policy-age-seconds={max_policy_age}"),
+        ];
+        (
+            Process::start(&format!("sidecar {session}"), &args, &[]),
+            mcp_address,
+        )
+    }
+}
+
+async fn tool_names(mcp_address: &str) -> Vec<String> {
+    let listed = mcp(mcp_address, "tools/list", json!({})).await;
+    listed["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A tool call's result, or the JSON-RPC error message.
+async fn call(mcp_address: &str, tool: &str, arguments: Value) -> Result<Value, String> {
+    let answer = mcp(
+        mcp_address,
+        "tools/call",
+        json!({"name": tool, "arguments": arguments}),
+    )
+    .await;
+    match answer.get("error") {
+        Some(error) => Err(error["message"].as_str().unwrap().to_owned()),
+        None => Ok(answer["result"].clone()),
+    }
+}
+
+fn memory_write() -> Value {
+    json!({"path": "notes.txt", "content": "hello"})
+}
+
+/// The audit event a sidecar printed for a denied call of `tool`.
+async fn denial(sidecar: &Process, tool: &str) -> Value {
+    let line = sidecar
+        .wait_for_stdout(|line| {
+            serde_json::from_str::<Value>(line)
+                .is_ok_and(|event| event["tool"] == tool && event["decision"] == "denied")
+        })
+        .await;
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn a_sidecar_fails_closed_while_the_control_plane_stays_down() {
+    let cluster = Cluster::start(&[("agent", TrustLevel::SemiTrusted)]).await;
+    let port = free_port();
+    let mut controller = cluster.controller(port, &["--leader-election=false"]);
+    let (sidecar, agent) = cluster.sidecar("agent", port, 2);
+    sidecar
+        .wait_for("policy received", 1, Duration::from_secs(30))
+        .await;
+    assert!(
+        tool_names(&agent)
+            .await
+            .contains(&"memory_write".to_owned())
+    );
+    call(&agent, "memory_write", memory_write()).await.unwrap();
+    call(&agent, "config_get", json!({})).await.unwrap();
+
+    // The control plane dies and stays dead; the sidecar keeps retrying.
+    controller.signal(libc::SIGKILL);
+    controller
+        .exited_within(Duration::from_secs(5))
+        .await
+        .expect("SIGKILL ends it");
+    sidecar
+        .wait_for("policy watch failed", 4, Duration::from_secs(30))
+        .await;
+    sidecar
+        .wait_for(
+            "denying every tool but security_whoami",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    let attempts = sidecar.count("policy watch failed");
+
+    assert_eq!(tool_names(&agent).await, ["security_whoami"]);
+    for (tool, arguments) in [("memory_write", memory_write()), ("config_get", json!({}))] {
+        let refused = call(&agent, tool, arguments).await.unwrap_err();
+        assert_eq!(refused, format!("tool not available: {tool}"));
+        let denial = denial(&sidecar, tool).await;
+        let reason = denial["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("longer than the 2s bound (fail closed)"),
+            "{reason}"
+        );
+    }
+    let whoami = call(&agent, "security_whoami", json!({})).await.unwrap();
+    assert!(whoami["structuredContent"]["policy"].is_null(), "{whoami}");
+
+    // More failed reconnects change nothing.
+    sidecar
+        .wait_for("policy watch failed", attempts + 1, Duration::from_secs(30))
+        .await;
+    call(&agent, "config_get", json!({})).await.unwrap_err();
+
+    // A control plane comes back: the next policy it sends restores the tools.
+    let _controller = cluster.controller(port, &["--leader-election=false"]);
+    sidecar
+        .wait_for("policy received", 2, Duration::from_secs(30))
+        .await;
+    call(&agent, "config_get", json!({})).await.unwrap();
+    call(&agent, "memory_write", memory_write()).await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_releases_the_lease_ends_the_watches_and_exits_promptly() {
+    let cluster = Cluster::start(&[
+        ("first", TrustLevel::Trusted),
+        ("second", TrustLevel::SemiTrusted),
+    ])
+    .await;
+    let port = free_port();
+    let mut controller = cluster.controller(port, &["--leader-election=true"]);
+    let (first, _) = cluster.sidecar("first", port, 30);
+    let (second, _) = cluster.sidecar("second", port, 30);
+    for sidecar in [&first, &second] {
+        sidecar
+            .wait_for("policy received", 1, Duration::from_secs(30))
+            .await;
+    }
+    controller
+        .wait_for("leadership changed leader=true", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        cluster.api.get(LEASE).unwrap()["spec"]["holderIdentity"],
+        "replica-1"
+    );
+
+    let signalled = Instant::now();
+    controller.signal(libc::SIGTERM);
+    let status = controller
+        .exited_within(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "still running 5 s after SIGTERM:\n{}",
+                controller.stderr().join("\n")
+            )
+        });
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(3), "exited after {took:?}");
+
+    let lease = cluster.api.get(LEASE).unwrap();
+    assert!(
+        lease["spec"].get("holderIdentity").is_none(),
+        "the Lease is released at once: {lease}"
+    );
+    assert_eq!(controller.count("released the lease"), 1);
+    for sidecar in [&first, &second] {
+        sidecar
+            .wait_for(
+                "policy stream ended; reconnecting",
+                1,
+                Duration::from_secs(5),
+            )
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_shutdown_ends_at_the_drain_time() {
+    let cluster = Cluster::start(&[("agent", TrustLevel::Trusted)]).await;
+    let port = free_port();
+    let mut controller = cluster.controller(
+        port,
+        &["--leader-election=true", "--shutdown-drain-seconds=2"],
+    );
+    controller
+        .wait_for("leadership changed leader=true", 1, Duration::from_secs(30))
+        .await;
+    // From now on the API server never answers about the Lease: releasing it hangs.
+    cluster.api.stall(LEASE);
+
+    let signalled = Instant::now();
+    controller.signal(libc::SIGTERM);
+    controller
+        .exited_within(Duration::from_secs(6))
+        .await
+        .expect("the drain time bounds the shutdown");
+    let took = signalled.elapsed();
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(4)).contains(&took),
+        "exited after {took:?}"
+    );
+    assert_eq!(controller.count("the drain time is over"), 1);
+}
+
+/// Runs a controller that cannot start; returns its stderr.
+async fn failed_start(cluster: &Cluster, extra: &[&str]) -> Vec<String> {
+    let mut controller = cluster.controller(free_port(), extra);
+    let status = controller
+        .exited_within(Duration::from_secs(20))
+        .await
+        .expect("it gives up");
+    assert_eq!(status.code(), Some(1));
+    controller.stderr()
+}
+
+/// The last stderr line: the error, alone on its line.
+fn error_line(stderr: &[String]) -> &str {
+    let last = stderr.last().expect("an error line");
+    assert!(last.starts_with("error: "), "{stderr:?}");
+    last
+}
+
+#[tokio::test]
+async fn start_up_errors_are_one_line_that_names_the_fix() {
+    // No namespace for the Lease.
+    let cluster = Cluster::start(&[]).await;
+    cluster.api.refuse_missing_namespace("wopr-system");
+    let stderr = failed_start(&cluster, &["--leader-election=true"]).await;
+    let line = error_line(&stderr);
+    for fix in [
+        "wopr-system, which does not exist",
+        "kubectl create namespace wopr-system",
+        "--operator-namespace",
+        "--leader-election=false",
+    ] {
+        assert!(line.contains(fix), "{line}");
+    }
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("Status {") || l.contains("Some(")),
+        "no debug dump: {stderr:?}"
+    );
+
+    // A missing RBAC right.
+    let cluster = Cluster::start(&[]).await;
+    cluster.api.respond_to(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        |review| {
+            let attributes = &review["spec"]["resourceAttributes"];
+            let allowed = !(attributes["resource"] == "sessions" && attributes["verb"] == "watch");
+            json!({"spec": review["spec"], "status": {"allowed": allowed}})
+        },
+    );
+    let line = failed_start(&cluster, &["--leader-election=false"]).await;
+    let line = error_line(&line);
+    assert!(line.contains("may not watch sessions.wopr.dev;"), "{line}");
+    assert!(line.contains("manifests/install.yaml"), "{line}");
+
+    // An API server that does not answer.
+    let cluster = Cluster::start(&[]).await;
+    let closed = free_port();
+    std::fs::write(
+        &cluster.kubeconfig,
+        std::fs::read_to_string(&cluster.kubeconfig)
+            .unwrap()
+            .replace(&cluster.address.to_string(), &format!("127.0.0.1:{closed}")),
+    )
+    .unwrap();
+    let stderr = failed_start(&cluster, &["--leader-election=false"]).await;
+    let line = error_line(&stderr);
+    assert!(
+        line.contains(&format!(
+            "cannot reach the Kubernetes API server at http://127.0.0.1:{closed}/"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("KUBECONFIG"), "{line}");
+    assert_eq!(stderr.len(), 1, "nothing but the error: {stderr:?}");
+
+    // A forbidden answer in the middle of start-up (the Lease).
+    let cluster = Cluster::start(&[]).await;
+    cluster.api.refuse(
+        "/apis/coordination.k8s.io/",
+        StatusCode::FORBIDDEN,
+        "leases.coordination.k8s.io \"wopr-operator\" is forbidden: User \"system:serviceaccount:wopr-system:wopr-operator\" cannot get resource \"leases\"",
+    );
+    let stderr = failed_start(&cluster, &["--leader-election=true"]).await;
+    let line = error_line(&stderr);
+    assert!(line.contains("cannot get resource \"leases\""), "{line}");
+    assert!(line.contains("charts/wopr-operator"), "{line}");
+}
