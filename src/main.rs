@@ -11,6 +11,7 @@ use wopr_operator::controller::config::ControllerArgs;
 use wopr_operator::controller::run::{run, shutdown_signal};
 use wopr_operator::logging::{self, LogFormat};
 use wopr_operator::sidecar;
+use wopr_operator::sidecar::ready::ReadyArgs;
 use wopr_operator::sidecar::run::SidecarArgs;
 
 /// Kubernetes operator for the WOPR agent-security model.
@@ -37,6 +38,9 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Run a session's sidecar: serve the agent the tools its policy allows.
     Sidecar(Box<SidecarArgs>),
+    /// Wait until the sidecar in this pod lets the agent start (the sidecar
+    /// container's postStart hook).
+    SidecarReady(ReadyArgs),
 }
 
 /// How long the runtime waits for blocking work (a DNS lookup, say) once
@@ -71,6 +75,10 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             let result = runtime.block_on(sidecar::run::run(*args, shutdown_signal()));
             runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             Ok(result?)
+        }
+        Command::SidecarReady(args) => {
+            let runtime = sidecar::run::runtime().context("starting the runtime")?;
+            Ok(runtime.block_on(sidecar::ready::wait(&args))?)
         }
     }
 }

@@ -36,10 +36,6 @@ fn context(session: &Session) -> EffectiveContext {
     resolve(session, None, &[], &[], now()).unwrap()
 }
 
-fn pod_of(session: &Session) -> Pod {
-    build_pod(session, &context(session), &sandbox_config())
-}
-
 fn agent(pod: &Pod) -> &Container {
     &pod.spec.as_ref().unwrap().containers[0]
 }
@@ -184,17 +180,35 @@ fn the_sidecar_alone_gets_the_projected_token() {
             .iter()
             .any(|m| m.name == token_mount.name)
     );
-    // Native gRPC probes on the sidecar's health port.
-    for probe in [
-        &sidecar.startup_probe,
-        &sidecar.readiness_probe,
-        &sidecar.liveness_probe,
-    ] {
-        assert_eq!(
-            probe.as_ref().unwrap().grpc.as_ref().unwrap().port,
-            i32::from(HEALTH_PORT)
-        );
-    }
+    // The agent starts when the sidecar lets it (postStart hook), not at
+    // a probe tick: no startup or readiness probe to wait for.
+    assert_eq!(sidecar.startup_probe, None);
+    assert_eq!(sidecar.readiness_probe, None);
+    let hook = sidecar
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .post_start
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        hook.exec.as_ref().unwrap().command.as_ref().unwrap(),
+        &[
+            SIDECAR_BINARY,
+            "sidecar-ready",
+            &format!("--health-address=127.0.0.1:{HEALTH_PORT}")
+        ]
+    );
+    // Liveness: a native gRPC probe of the Tools service.
+    let liveness = sidecar
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .grpc
+        .as_ref()
+        .unwrap();
+    assert_eq!(liveness.port, i32::from(HEALTH_PORT));
+    assert_eq!(liveness.service.as_deref(), Some("wopr.v1alpha1.Tools"));
     // Both containers share the socket directory.
     for container in [agent(&pod), sidecar] {
         assert!(

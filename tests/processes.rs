@@ -89,11 +89,24 @@ impl Cluster {
     /// on `port`, failing closed after `max_policy_age` seconds of silence.
     /// Returns it and its MCP address.
     fn sidecar(&self, session: &str, port: u16, max_policy_age: u64) -> (Process, String) {
+        let health_address = format!("127.0.0.1:{}", free_port());
+        self.sidecar_with(session, port, max_policy_age, &health_address, &[])
+    }
+
+    /// A sidecar serving gRPC health on `health_address`, with `extra` flags.
+    fn sidecar_with(
+        &self,
+        session: &str,
+        port: u16,
+        max_policy_age: u64,
+        health_address: &str,
+        extra: &[String],
+    ) -> (Process, String) {
         let path = |name: &str| self.dir.path().join(format!("{session}-{name}"));
         std::fs::write(path("token"), format!("token-{session}")).unwrap();
         std::fs::create_dir_all(path("workspace")).unwrap();
         let mcp_address = format!("127.0.0.1:{}", free_port());
-        let args = [
+        let mut args = vec![
             "sidecar".to_owned(),
             "--log-format=plain".to_owned(),
             format!("--session={session}"),
@@ -102,14 +115,13 @@ impl Cluster {
             format!("--token-path={}", path("token").display()),
             format!("--socket-path={}", path("a2a.sock").display()),
             format!("--mcp-address={mcp_address}"),
-            format!("--health-address=127.0.0.1:{}", free_port()),
+            format!("--health-address={health_address}"),
             format!("--workspace={}", path("workspace").display()),
             format!("--max-policy-age-seconds={max_policy_age}"),
         ];
-        (
-            Process::start(&format!("sidecar {session}"), &args, &[]),
-            mcp_address,
-        )
+        args.extend(extra.iter().cloned());
+        let sidecar = Process::start(&format!("sidecar {session}"), &args, &[]);
+        (sidecar, mcp_address)
     }
 }
 
@@ -387,4 +399,66 @@ async fn start_up_errors_are_one_line_that_names_the_fix() {
     let line = error_line(&stderr);
     assert!(line.contains("cannot get resource \"leases\""), "{line}");
     assert!(line.contains("charts/wopr-operator"), "{line}");
+}
+
+/// The sidecar container's postStart hook, as the pod builder writes it,
+/// pointed at `health_address` and the binary under test.
+fn post_start_hook(health_address: &str, extra: &[&str]) -> Process {
+    let pod = common::pod_of(&session("agent", TrustLevel::SemiTrusted));
+    let sidecar = &pod.spec.unwrap().init_containers.unwrap()[0];
+    let command = sidecar
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .post_start
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap()
+        .command
+        .clone()
+        .unwrap();
+    assert_eq!(command[0], wopr_operator::controller::build::SIDECAR_BINARY);
+    let mut args: Vec<String> = command[1..]
+        .iter()
+        .map(|arg| match arg.strip_prefix("--health-address=") {
+            Some(_) => format!("--health-address={health_address}"),
+            None => arg.clone(),
+        })
+        .collect();
+    args.extend(extra.iter().map(|flag| flag.to_string()));
+    Process::start("postStart hook", &args, &[])
+}
+
+#[tokio::test]
+async fn the_post_start_hook_returns_as_soon_as_the_sidecar_serves() {
+    let cluster = Cluster::start(&[("agent", TrustLevel::SemiTrusted)]).await;
+    let health_address = format!("127.0.0.1:{}", free_port());
+    // Started before the sidecar: it waits for it.
+    let mut hook = post_start_hook(&health_address, &[]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        hook.exited_within(Duration::ZERO).await.is_none(),
+        "no sidecar yet"
+    );
+    let _sidecar = cluster.sidecar_with("agent", free_port(), 30, &health_address, &[]);
+    let status = hook
+        .exited_within(Duration::from_secs(10))
+        .await
+        .expect("the hook returns once the sidecar serves");
+    assert!(status.success(), "{:?}", hook.stderr());
+
+    // Nothing ever serves: the hook gives up with a message for the event.
+    let mut hook = post_start_hook(
+        &format!("127.0.0.1:{}", free_port()),
+        &["--timeout-seconds=1"],
+    );
+    let status = hook.exited_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    let line = hook.stderr().join("\n");
+    assert!(
+        line.contains("did not let the agent start within 1s"),
+        "{line}"
+    );
 }

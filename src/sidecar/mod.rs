@@ -8,5 +8,6 @@ pub mod engine;
 pub mod grpc;
 pub mod mcp;
 pub mod policy_state;
+pub mod ready;
 pub mod run;
 pub mod workspace;

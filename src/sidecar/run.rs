@@ -12,6 +12,8 @@ use clap::Args;
 use futures::FutureExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use super::busy_poll::BusyPoll;
 use super::client::{WatchTarget, watch_forever};
@@ -164,6 +166,7 @@ pub async fn run(
         ServeOptions {
             max_request_bytes: args.max_request_bytes,
             busy_poll: BusyPoll::new(Duration::from_micros(args.busy_poll_micros)),
+            health: HealthReporter::new(),
         },
         shutdown,
     )
@@ -190,6 +193,9 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// Busy-polling after each request (a zero window turns it off).
     pub busy_poll: Arc<BusyPoll>,
+    /// The gRPC health statuses: the Tools service's (liveness) and the
+    /// overall one, SERVING once the agent may start (`sidecar-ready`).
+    pub health: HealthReporter,
 }
 
 /// Serves `engine` on `listeners` until `shutdown` completes.
@@ -202,13 +208,14 @@ pub async fn serve(
     let ServeOptions {
         max_request_bytes,
         busy_poll,
+        health: health_reporter,
     } = options;
     let shutdown = shutdown.shared();
     let spinner = tokio::spawn(busy_poll.clone().spin());
-    let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ToolsServer<ToolsService>>()
         .await;
+    let health = HealthServer::new(HealthService::from_health_reporter(health_reporter));
     let tools = ToolsServer::new(ToolsService::new(engine.clone()))
         .max_decoding_message_size(max_request_bytes);
     let grpc = tonic::transport::Server::builder()

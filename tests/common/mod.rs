@@ -1,6 +1,7 @@
 //! Builders for test objects, shared by the integration tests.
 #![allow(dead_code)] // each test crate uses a different subset
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -35,6 +36,12 @@ pub fn sandbox_config() -> SandboxConfig {
         default_cpu: Quantity("500m".into()),
         sidecar_busy_poll_micros: 150,
     }
+}
+
+/// The pod of `session` under the built-in profiles, with [`sandbox_config`].
+pub fn pod_of(session: &Session) -> Pod {
+    let context = wopr_operator::policy::resolve(session, None, &[], &[], now()).unwrap();
+    wopr_operator::controller::build::build_pod(session, &context, &sandbox_config())
 }
 
 /// A fixed "now" for tests.

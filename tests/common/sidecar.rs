@@ -293,6 +293,7 @@ impl Sidecar {
             ServeOptions {
                 max_request_bytes: 1024 * 1024,
                 busy_poll: busy_poll.clone(),
+                health: tonic_health::server::HealthReporter::new(),
             },
             std::future::pending(),
         ));

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, GRPCAction, HostAlias,
-    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, GRPCAction,
+    HostAlias, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
+    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -16,6 +16,7 @@ use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, child_meta};
 use crate::api::{Session, WorkspaceVolume};
 use crate::controller::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
+use crate::proto::v1alpha1::tools_server;
 
 /// Name of the agent container.
 pub const AGENT_CONTAINER: &str = "agent";
@@ -35,6 +36,8 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/wopr.dev/serviceaccount";
 pub const TOKEN_AUDIENCE: &str = "wopr.dev";
 /// Lifetime of the projected token (the kubelet rotates it).
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
+/// The operator binary in the sidecar image (its entrypoint).
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/wopr-operator";
 /// User and group every container runs as.
 pub const SANDBOX_UID: i64 = 65532;
 
@@ -150,19 +153,16 @@ pub fn build_pod(session: &Session, context: &EffectiveContext, config: &Sandbox
     pod
 }
 
-/// The `a2a` sidecar: a native sidecar (restartPolicy Always) so it starts
-/// before the agent and runs as long as the pod, probed over gRPC health.
-/// It alone mounts the token.
+/// The `a2a` sidecar: a native sidecar (restartPolicy Always) that runs as
+/// long as the pod and alone mounts the token.
+///
+/// Ordering without probe ticks: the sidecar has no startup probe, so the
+/// kubelet counts it started, and starts the agent, the moment its postStart
+/// hook returns (KEP-753), and the hook (`wopr-operator sidecar-ready`)
+/// returns the moment the sidecar lets the agent start. No readiness probe
+/// either: the pod is Ready as soon as the agent runs, instead of at the
+/// next readiness tick. Liveness is a native gRPC probe of the Tools service.
 fn sidecar(session: &str, config: &SandboxConfig, volume_mounts: Vec<VolumeMount>) -> Container {
-    let probe = |period_seconds: i32, failure_threshold: i32| Probe {
-        grpc: Some(GRPCAction {
-            port: i32::from(HEALTH_PORT),
-            service: None,
-        }),
-        period_seconds: Some(period_seconds),
-        failure_threshold: Some(failure_threshold),
-        ..Probe::default()
-    };
     Container {
         name: SIDECAR_CONTAINER.to_owned(),
         image: Some(config.sidecar_image.clone()),
@@ -205,9 +205,28 @@ fn sidecar(session: &str, config: &SandboxConfig, volume_mounts: Vec<VolumeMount
             ..hardened_security_context()
         }),
         volume_mounts: Some(volume_mounts),
-        startup_probe: Some(probe(1, 30)),
-        readiness_probe: Some(probe(5, 1)),
-        liveness_probe: Some(probe(10, 3)),
+        lifecycle: Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        SIDECAR_BINARY.to_owned(),
+                        "sidecar-ready".to_owned(),
+                        format!("--health-address=127.0.0.1:{HEALTH_PORT}"),
+                    ]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        liveness_probe: Some(Probe {
+            grpc: Some(GRPCAction {
+                port: i32::from(HEALTH_PORT),
+                service: Some(tools_server::SERVICE_NAME.to_owned()),
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
         ..Container::default()
     }
 }
