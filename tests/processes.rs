@@ -64,7 +64,8 @@ impl Cluster {
         }
     }
 
-    /// `wopr-operator controller` serving the control plane on `port`, with `extra` flags.
+    /// `wopr-operator controller` serving the control plane on `port` (0:
+    /// any free port, see [`control_plane_port`]), with `extra` flags.
     fn controller(&self, port: u16, extra: &[&str]) -> Process {
         let mut args: Vec<String> = [
             "controller",
@@ -76,7 +77,8 @@ impl Cluster {
         .map(String::from)
         .to_vec();
         args.push(format!("--control-plane-listen=127.0.0.1:{port}"));
-        args.push(format!("--control-plane-address=http://127.0.0.1:{port}"));
+        // Only written into the pods it builds, which nothing runs here.
+        args.push("--control-plane-address=http://127.0.0.1:9443".to_owned());
         args.extend(extra.iter().map(|flag| flag.to_string()));
         Process::start(
             "controller",
@@ -88,25 +90,24 @@ impl Cluster {
     /// `wopr-operator sidecar` for `session`, watching the control plane
     /// on `port`, failing closed after `max_policy_age` seconds of silence.
     /// Returns it and its MCP address.
-    fn sidecar(&self, session: &str, port: u16, max_policy_age: u64) -> (Process, String) {
-        let health_address = format!("127.0.0.1:{}", free_port());
-        self.sidecar_with(session, port, max_policy_age, &health_address, &[])
+    async fn sidecar(&self, session: &str, port: u16, max_policy_age: u64) -> (Process, String) {
+        let sidecar = self.sidecar_with(session, port, max_policy_age, "127.0.0.1:0");
+        let mcp_address = sidecar.logged("sidecar serving", "mcp").await;
+        (sidecar, mcp_address)
     }
 
-    /// A sidecar serving gRPC health on `health_address`, with `extra` flags.
+    /// A sidecar serving gRPC health on `health_address`.
     fn sidecar_with(
         &self,
         session: &str,
         port: u16,
         max_policy_age: u64,
         health_address: &str,
-        extra: &[String],
-    ) -> (Process, String) {
+    ) -> Process {
         let path = |name: &str| self.dir.path().join(format!("{session}-{name}"));
         std::fs::write(path("token"), format!("token-{session}")).unwrap();
         std::fs::create_dir_all(path("workspace")).unwrap();
-        let mcp_address = format!("127.0.0.1:{}", free_port());
-        let mut args = vec![
+        let args = [
             "sidecar".to_owned(),
             "--log-format=plain".to_owned(),
             format!("--session={session}"),
@@ -114,15 +115,21 @@ impl Cluster {
             format!("--control-plane-address=127.0.0.1:{port}"),
             format!("--token-path={}", path("token").display()),
             format!("--socket-path={}", path("a2a.sock").display()),
-            format!("--mcp-address={mcp_address}"),
+            "--mcp-address=127.0.0.1:0".to_owned(),
             format!("--health-address={health_address}"),
             format!("--workspace={}", path("workspace").display()),
             format!("--max-policy-age-seconds={max_policy_age}"),
         ];
-        args.extend(extra.iter().cloned());
-        let sidecar = Process::start(&format!("sidecar {session}"), &args, &[]);
-        (sidecar, mcp_address)
+        Process::start(&format!("sidecar {session}"), &args, &[])
     }
+}
+
+/// The port a controller's control plane listens on.
+async fn control_plane_port(controller: &Process) -> u16 {
+    let address = controller
+        .logged("controller starting", "control_plane")
+        .await;
+    address.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
 async fn tool_names(mcp_address: &str) -> Vec<String> {
@@ -167,9 +174,9 @@ async fn denial(sidecar: &Process, tool: &str) -> Value {
 #[tokio::test]
 async fn a_sidecar_fails_closed_while_the_control_plane_stays_down() {
     let cluster = Cluster::start(&[("agent", TrustLevel::SemiTrusted)]).await;
-    let port = free_port();
-    let mut controller = cluster.controller(port, &["--leader-election=false"]);
-    let (sidecar, agent) = cluster.sidecar("agent", port, 2);
+    let mut controller = cluster.controller(0, &["--leader-election=false"]);
+    let port = control_plane_port(&controller).await;
+    let (sidecar, agent) = cluster.sidecar("agent", port, 2).await;
     sidecar
         .wait_for("policy received", 1, Duration::from_secs(30))
         .await;
@@ -235,10 +242,10 @@ async fn sigterm_releases_the_lease_ends_the_watches_and_exits_promptly() {
         ("second", TrustLevel::SemiTrusted),
     ])
     .await;
-    let port = free_port();
-    let mut controller = cluster.controller(port, &["--leader-election=true"]);
-    let (first, _) = cluster.sidecar("first", port, 30);
-    let (second, _) = cluster.sidecar("second", port, 30);
+    let mut controller = cluster.controller(0, &["--leader-election=true"]);
+    let port = control_plane_port(&controller).await;
+    let (first, _) = cluster.sidecar("first", port, 30).await;
+    let (second, _) = cluster.sidecar("second", port, 30).await;
     for sidecar in [&first, &second] {
         sidecar
             .wait_for("policy received", 1, Duration::from_secs(30))
@@ -287,11 +294,8 @@ async fn sigterm_releases_the_lease_ends_the_watches_and_exits_promptly() {
 #[tokio::test]
 async fn a_stuck_shutdown_ends_at_the_drain_time() {
     let cluster = Cluster::start(&[("agent", TrustLevel::Trusted)]).await;
-    let port = free_port();
-    let mut controller = cluster.controller(
-        port,
-        &["--leader-election=true", "--shutdown-drain-seconds=2"],
-    );
+    let mut controller =
+        cluster.controller(0, &["--leader-election=true", "--shutdown-drain-seconds=2"]);
     controller
         .wait_for("leadership changed leader=true", 1, Duration::from_secs(30))
         .await;
@@ -314,7 +318,7 @@ async fn a_stuck_shutdown_ends_at_the_drain_time() {
 
 /// Runs a controller that cannot start; returns its stderr.
 async fn failed_start(cluster: &Cluster, extra: &[&str]) -> Vec<String> {
-    let mut controller = cluster.controller(free_port(), extra);
+    let mut controller = cluster.controller(0, extra);
     let status = controller
         .exited_within(Duration::from_secs(20))
         .await
@@ -442,7 +446,7 @@ async fn the_post_start_hook_returns_as_soon_as_the_sidecar_serves() {
         hook.exited_within(Duration::ZERO).await.is_none(),
         "no sidecar yet"
     );
-    let _sidecar = cluster.sidecar_with("agent", free_port(), 30, &health_address, &[]);
+    let _sidecar = cluster.sidecar_with("agent", free_port(), 30, &health_address);
     let status = hook
         .exited_within(Duration::from_secs(10))
         .await

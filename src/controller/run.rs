@@ -105,7 +105,12 @@ pub async fn run(
     let control_plane_listener = tokio::net::TcpListener::bind(args.control_plane_listen)
         .await
         .map_err(RunError::ControlPlane)?;
-    tracing::info!(address = %args.admin_address, %identity, "controller starting");
+    tracing::info!(
+        admin = %local_address(&listener),
+        control_plane = %local_address(&control_plane_listener),
+        %identity,
+        "controller starting"
+    );
 
     let namespace = args.watch_namespace.as_deref();
     let mut registry = Registry::default();
@@ -289,6 +294,13 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Where `listener` listens (the port the OS chose for port 0).
+fn local_address(listener: &tokio::net::TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|error| error.to_string(), |address| address.to_string())
 }
 
 /// Refreshes the served policies of an object's namespace when it changes.

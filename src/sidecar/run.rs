@@ -145,7 +145,18 @@ pub async fn run(
     let health_listener = TcpListener::bind(args.health_address)
         .await
         .map_err(listen_error(args.health_address))?;
-    tracing::info!(session = %args.session, socket = %args.socket_path.display(), mcp = %args.mcp_address, "sidecar serving");
+    let bound = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map_or_else(|error| error.to_string(), |address| address.to_string())
+    };
+    tracing::info!(
+        session = %args.session,
+        socket = %args.socket_path.display(),
+        mcp = %bound(&mcp_listener),
+        health = %bound(&health_listener),
+        "sidecar serving"
+    );
 
     let watcher = tokio::spawn(watch_forever(
         WatchTarget {

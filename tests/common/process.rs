@@ -115,6 +115,22 @@ impl Process {
         }
     }
 
+    /// The value of `key=` on the first stderr line containing `needle`
+    /// (waiting up to 30 s for it), such as the address a listener bound.
+    pub async fn logged(&self, needle: &str, key: &str) -> String {
+        self.wait_for(needle, 1, Duration::from_secs(30)).await;
+        let line = self
+            .stderr()
+            .into_iter()
+            .find(|line| line.contains(needle))
+            .unwrap();
+        let prefix = format!("{key}=");
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+            .to_owned()
+    }
+
     /// Sends `signal` (SIGTERM, SIGKILL, ...).
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("still running");
