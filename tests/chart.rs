@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
-use wopr_operator::api::TrustLevel;
+use wopr_operator::api::{TrustLevel, UpdatePolicy, UpdateType};
 use wopr_operator::controller::build::{
     CONTROL_PLANE_POD_LABELS, build_network_policy, child_labels,
 };
@@ -91,6 +91,26 @@ fn the_binary_accepts_every_flag_the_chart_passes() {
     let args = parsed_args(&deployment);
     SandboxConfig::from_args(&args).expect("flags the builders accept");
     assert!(args.leader_election);
+    assert_eq!(
+        args.default_update_policy(),
+        UpdatePolicy {
+            type_: UpdateType::Rolling,
+            max_unavailable: Some(1)
+        }
+    );
+    assert_eq!(args.shutdown_drain_seconds, 5);
+    let pod_spec = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert!(
+        pod_spec.termination_grace_period_seconds.unwrap() > 5,
+        "the controller drains before the kubelet kills it"
+    );
 }
 
 #[test]

@@ -448,6 +448,22 @@ fn durations_must_be_positive() {
     );
 }
 
+#[test]
+fn max_unavailable_is_only_for_rolling_updates() {
+    let crd = SecurityPolicy::crd();
+    let policy = |update: Value| object("SecurityPolicy", json!({"updatePolicy": update}));
+    assert_accepted(
+        &crd,
+        policy(json!({"type": "Rolling", "maxUnavailable": 3})),
+    );
+    assert_accepted(&crd, policy(json!({"type": "OnRestart"})));
+    assert_rejected(
+        &crd,
+        policy(json!({"type": "OnRestart", "maxUnavailable": 3})),
+        "maxUnavailable is only for type Rolling",
+    );
+}
+
 /// Every rule with the schema node it sits on, walking the whole tree.
 fn rules_with_nodes<'a>(
     node: &'a kube::core::cel::CompiledSchema,

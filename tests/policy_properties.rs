@@ -142,6 +142,7 @@ fn policy_strategy() -> impl Strategy<Value = Option<SecurityPolicy>> {
                             }),
                             p2p: None,
                             audit: None,
+                            update_policy: None,
                         },
                         status: None,
                     }

@@ -55,6 +55,70 @@ pub struct SecurityPolicySpec {
     /// Audit settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditPolicy>,
+    /// How the namespace's session pods take operator-level changes (a new
+    /// sidecar image, controller flags); the controller's
+    /// `--update-policy` when absent. Changes of a Session's own sandbox
+    /// (its spec, this policy) always replace its pod at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_policy: Option<UpdatePolicy>,
+}
+
+/// How session pods take operator-level changes. Pods are immutable, so a
+/// change means a new pod, and the agent in the old one loses its work.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.type == 'Rolling' || !has(self.maxUnavailable)")
+    .message("maxUnavailable is only for type Rolling"))]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePolicy {
+    /// Immediate, Rolling or OnRestart.
+    #[serde(rename = "type")]
+    pub type_: UpdateType,
+    /// Rolling: how many of the namespace's session pods may be replaced
+    /// at a time (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_unavailable: Option<u32>,
+}
+
+impl UpdatePolicy {
+    /// Rolling, one pod at a time: the default.
+    pub const DEFAULT: UpdatePolicy = UpdatePolicy {
+        type_: UpdateType::Rolling,
+        max_unavailable: None,
+    };
+
+    /// Rolling's budget: `maxUnavailable`, at least 1.
+    pub fn max_unavailable(&self) -> u32 {
+        self.max_unavailable.unwrap_or(1).max(1)
+    }
+}
+
+/// When a session pod takes an operator-level change.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateType {
+    /// Replace every outdated pod at once.
+    Immediate,
+    /// Replace outdated pods a few at a time per namespace (`maxUnavailable`),
+    /// each once the one before is Ready.
+    Rolling,
+    /// Never replace a running pod for it; the change takes effect when the
+    /// pod is next recreated (deleted, evicted, failed, or its Session changed).
+    OnRestart,
+}
+
+impl std::str::FromStr for UpdateType {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<UpdateType, String> {
+        match value {
+            "Immediate" => Ok(UpdateType::Immediate),
+            "Rolling" => Ok(UpdateType::Rolling),
+            "OnRestart" => Ok(UpdateType::OnRestart),
+            other => Err(format!(
+                "{other:?} is not an update policy: use Immediate, Rolling or OnRestart"
+            )),
+        }
+    }
 }
 
 /// Settings for every trust level.

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use clap::{ArgAction, Args};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use crate::api::{UpdatePolicy, UpdateType};
 use crate::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
 
 /// The image the controller runs from, and the default sidecar image.
@@ -76,6 +77,26 @@ pub struct ControllerArgs {
     /// connections get up to this long before the process exits anyway.
     #[arg(long, env = "WOPR_SHUTDOWN_DRAIN_SECONDS", default_value_t = 5)]
     pub shutdown_drain_seconds: u64,
+    /// How session pods take operator-level changes (sidecar image, these
+    /// flags) in namespaces whose SecurityPolicy sets no `updatePolicy`:
+    /// Immediate, Rolling or OnRestart.
+    #[arg(long, env = "WOPR_UPDATE_POLICY", default_value = "Rolling")]
+    pub update_policy: UpdateType,
+    /// With `--update-policy Rolling`: how many session pods of a namespace
+    /// are replaced at a time.
+    #[arg(long, env = "WOPR_UPDATE_MAX_UNAVAILABLE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub update_max_unavailable: u32,
+}
+
+impl ControllerArgs {
+    /// The update policy of namespaces whose SecurityPolicy sets none.
+    pub fn default_update_policy(&self) -> UpdatePolicy {
+        UpdatePolicy {
+            type_: self.update_policy,
+            max_unavailable: (self.update_policy == UpdateType::Rolling)
+                .then_some(self.update_max_unavailable),
+        }
+    }
 }
 
 /// Where the control plane listens, as sidecars and NetworkPolicies need it.
@@ -153,6 +174,25 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
+    /// Fixed settings that no flag moves: a pod built with them changes
+    /// only when its Session or policy does (the session hash).
+    pub fn reference() -> SandboxConfig {
+        SandboxConfig {
+            sidecar_image: "reference".to_owned(),
+            default_agent_image: "reference".to_owned(),
+            control_plane: ControlPlane {
+                address: "reference:1".to_owned(),
+                host: "reference".to_owned(),
+                port: 1,
+                namespace: "reference".to_owned(),
+                resolved_ip: None,
+            },
+            default_memory: Quantity("0".to_owned()),
+            default_cpu: Quantity("0".to_owned()),
+            sidecar_busy_poll_micros: 0,
+        }
+    }
+
     /// The settings from the flags (without resolving the control-plane host).
     pub fn from_args(args: &ControllerArgs) -> Result<SandboxConfig, ConfigError> {
         Ok(SandboxConfig {

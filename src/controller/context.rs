@@ -12,7 +12,8 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::config::SandboxConfig;
 use super::metrics::Metrics;
-use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
+use super::rollout::Rollouts;
+use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session, UpdatePolicy};
 use crate::policy::{EffectiveContext, ResolveError, resolve};
 
 /// Shared state of the Session reconciler.
@@ -31,6 +32,10 @@ pub struct Context {
     pub leadership: Leadership,
     /// The current time (a parameter so tests control it).
     pub clock: fn() -> Timestamp,
+    /// The update policy of namespaces whose SecurityPolicy sets none.
+    pub default_update_policy: UpdatePolicy,
+    /// Pod replacements of operator-level changes in flight.
+    pub rollouts: Rollouts,
 }
 
 /// Caches of SecurityPolicies, Grants and Gateways, fed by watches.
@@ -92,6 +97,16 @@ impl Stores {
                 .filter_map(|gateway| gateway.0.as_ref().ok()),
             now,
         )?)
+    }
+
+    /// How the session pods of `namespace` take operator-level changes:
+    /// its SecurityPolicy's `updatePolicy`, else `default`.
+    pub fn update_policy(&self, namespace: &str, default: UpdatePolicy) -> UpdatePolicy {
+        self.governing_policy(namespace)
+            .ok()
+            .flatten()
+            .and_then(|policy| policy.0.as_ref().ok()?.spec.update_policy)
+            .unwrap_or(default)
     }
 
     /// The Grants of `namespace` (unreadable ones included, they confer nothing).

@@ -15,18 +15,18 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::apply::{apply_if_changed, apply_params, patch_status_if_changed};
-use super::build::{
-    POD_TEMPLATE_HASH_ANNOTATION, build_network_policy, build_pod, build_service_account,
-    child_name,
-};
+use super::build::{build_network_policy, build_pod, build_service_account, child_name};
 use super::context::{Context, Unresolvable};
 use super::error::Error;
-use super::status::{Observation, PodState, session_status};
+use super::rollout::{self, PodPlan, Replacement};
+use super::status::{Observation, PodOutcome, PodState, session_status};
 use crate::api::{Session, SessionStatus};
 use crate::policy::EffectiveContext;
 
 /// How long to wait before looking again at a pod being replaced.
 const REPLACE_POLL: Duration = Duration::from_secs(2);
+/// How long a pod waiting for a rollout slot waits before asking again.
+const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 /// The longest a Session goes without a reconcile (a resync: reads only).
 const RESYNC: Duration = Duration::from_secs(3600);
 /// Retry delay after a failed reconcile.
@@ -92,6 +92,7 @@ async fn reconcile_session(
         }
     };
     if session.meta().deletion_timestamp.is_some() {
+        ctx.rollouts.release(&namespace, &name);
         write_status(
             ctx,
             object,
@@ -125,87 +126,100 @@ async fn reconcile_session(
     apply_if_changed(&policies, live.as_ref(), &network_policy).await?;
 
     let pod = build_pod(session, &context, &ctx.config);
-    let pod_state = ensure_pod(ctx, session, &namespace, &pod).await?;
+    let PodOutcome { state, pending } = ensure_pod(ctx, session, &namespace, &pod).await?;
+    let waiting_for_rollout = pending
+        .as_ref()
+        .is_some_and(|pending| pending.reason == rollout::WAITING_FOR_ROLLOUT);
     let observation = Observation::Resolved {
         context: &context,
-        pod: pod_state.clone(),
+        pod: state.clone(),
         pod_name: pod.name_any(),
+        pending_update: pending,
     };
     write_status(ctx, object, session.status.as_ref(), &observation, now).await?;
 
-    Ok(match pod_state {
+    Ok(match state {
         PodState::Replacing => Action::requeue(REPLACE_POLL),
+        _ if waiting_for_rollout => Action::requeue(ROLLOUT_POLL),
         _ => Action::requeue(until_next_expiry(&context, now)),
     })
 }
 
-/// Creates the pod, or replaces it when its template hash changed or it
-/// failed; reports its state.
+/// Creates the pod, replaces it when it failed or its sandbox changed, and
+/// applies operator-level changes as the namespace's update policy says
+/// ([`rollout`]); reports how the pod stands.
 async fn ensure_pod(
     ctx: &Context,
     session: &Session,
     namespace: &str,
     desired: &Pod,
-) -> Result<PodState, Error> {
+) -> Result<PodOutcome, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let name = desired.name_any();
-    let Some(live) = pods.get_opt(&name).await? else {
-        pods.patch(&name, &apply_params(), &Patch::Apply(desired))
-            .await?;
-        return Ok(PodState::Starting);
+    let session_name = session.name_any();
+    let live = pods.get_opt(&name).await?;
+    let policy = ctx
+        .stores
+        .update_policy(namespace, ctx.default_update_policy);
+    let take_slot = || {
+        ctx.rollouts.try_take(
+            namespace,
+            &session_name,
+            policy.max_unavailable(),
+            Instant::now(),
+        )
     };
-    if live.metadata.deletion_timestamp.is_some() {
-        return Ok(PodState::Replacing);
-    }
-    let phase = live
-        .status
-        .as_ref()
-        .and_then(|status| status.phase.as_deref());
-    let failed = matches!(phase, Some("Failed" | "Succeeded"));
-    let hash = |pod: &Pod| pod.annotations().get(POD_TEMPLATE_HASH_ANNOTATION).cloned();
-    if !failed && hash(&live) == hash(desired) {
-        return Ok(if pod_is_ready(&live) {
-            PodState::Ready
-        } else {
-            PodState::Starting
-        });
-    }
-
+    let outcome = |state, pending| PodOutcome { state, pending };
+    let replacement = match rollout::plan(live.as_ref(), desired, &policy, take_slot) {
+        PodPlan::Create => {
+            pods.patch(&name, &apply_params(), &Patch::Apply(desired))
+                .await?;
+            return Ok(outcome(PodState::Starting, None));
+        }
+        PodPlan::AwaitDeletion => return Ok(outcome(PodState::Replacing, None)),
+        PodPlan::Keep { ready, pending } => {
+            if ready && pending.is_none() {
+                ctx.rollouts.release(namespace, &session_name);
+            }
+            let state = if ready {
+                PodState::Ready
+            } else {
+                PodState::Starting
+            };
+            return Ok(outcome(state, pending));
+        }
+        PodPlan::Replace(replacement) => replacement,
+    };
+    let live = live.expect("only a live pod is replaced");
     delete_pod(&pods, &live).await?;
-    let (event, state) = if failed {
-        let why = live
-            .status
-            .as_ref()
-            .and_then(|status| status.reason.clone().or_else(|| status.message.clone()))
-            .unwrap_or_else(|| format!("phase {}", phase.unwrap_or_default()));
-        let event = warning(
-            "SandboxFailed",
-            format!("pod {name} failed ({why}); recreating it"),
-        );
-        (event, PodState::Failed(why))
-    } else {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "SandboxReplaced".into(),
-            note: Some(format!("pod {name} is replaced: its sandbox changed")),
-            action: "ReplacePod".into(),
-            secondary: None,
-        };
-        (event, PodState::Replacing)
+    let (event, state) = match replacement {
+        Replacement::Failed(why) => {
+            let event = warning(
+                "SandboxFailed",
+                format!("pod {name} failed ({why}); recreating it"),
+            );
+            (event, PodState::Failed(why))
+        }
+        Replacement::SandboxChanged => (
+            normal(
+                "SandboxReplaced",
+                format!("pod {name} is replaced: its sandbox changed"),
+            ),
+            PodState::Replacing,
+        ),
+        Replacement::OperatorChanged(changed) => (
+            normal(
+                "SandboxUpdated",
+                format!(
+                    "pod {name} is replaced to apply the operator's new settings ({changed}), updatePolicy {:?}",
+                    policy.type_
+                ),
+            ),
+            PodState::Replacing,
+        ),
     };
     publish(ctx, &event, session).await;
-    Ok(state)
-}
-
-fn pod_is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|status| status.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+    Ok(outcome(state, None))
 }
 
 /// Deletes `pod`, only if it is still the same object (uid precondition).
@@ -238,6 +252,7 @@ async fn stop_invalid(
     if let Some(pod) = pods.get_opt(&child_name(&object.name_any())).await? {
         delete_pod(&pods, &pod).await?;
     }
+    ctx.rollouts.release(&namespace, &object.name_any());
     let previous = object
         .0
         .as_ref()
@@ -280,6 +295,16 @@ fn warning(reason: &str, note: String) -> Event {
         reason: reason.into(),
         note: Some(note),
         action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
+fn normal(reason: &str, note: String) -> Event {
+    Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: "ReplacePod".into(),
         secondary: None,
     }
 }

@@ -29,6 +29,7 @@ use super::metrics::Metrics;
 use super::policy_status::{self, StatusContext};
 use super::preflight::{ApiServer, PreflightError};
 use super::reconcile::{error_policy, reconcile};
+use super::rollout::Rollouts;
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
 use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
@@ -195,6 +196,8 @@ pub async fn run(
                 metrics: metrics.clone(),
                 leadership: leadership.clone(),
                 clock: Timestamp::now,
+                default_update_policy: args.default_update_policy(),
+                rollouts: Rollouts::default(),
             }),
         )
         .for_each(|_| async {});

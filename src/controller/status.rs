@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::rollout::PendingUpdate;
 use crate::api::{EffectiveSummary, SessionPhase, SessionStatus};
 use crate::policy::{EffectiveContext, callable_tools};
 
@@ -13,6 +14,9 @@ pub const POLICY_RESOLVED: &str = "PolicyResolved";
 pub const SANDBOX_READY: &str = "SandboxReady";
 /// Condition: both of the above.
 pub const READY: &str = "Ready";
+/// Condition: the pod runs what the controller builds now (no
+/// operator-level change pending).
+pub const UP_TO_DATE: &str = "UpToDate";
 
 /// The sandbox pod as reconcile left it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +29,15 @@ pub enum PodState {
     Ready,
     /// Failed; it is deleted and recreated.
     Failed(String),
+}
+
+/// How reconcile left the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodOutcome {
+    /// Its state.
+    pub state: PodState,
+    /// An operator-level change it has not taken yet.
+    pub pending: Option<PendingUpdate>,
 }
 
 /// What reconcile found out about a Session.
@@ -45,6 +58,8 @@ pub enum Observation<'a> {
         pod: PodState,
         /// The pod's name.
         pod_name: String,
+        /// An operator-level change the pod has not taken yet.
+        pending_update: Option<PendingUpdate>,
     },
     /// The Session is being deleted.
     Terminating,
@@ -99,6 +114,7 @@ pub fn session_status(
             context,
             pod,
             pod_name,
+            pending_update,
         } => {
             let (sandbox_ready, sandbox_reason, sandbox_message) = match pod {
                 PodState::Ready => (true, "PodReady", format!("pod {pod_name} is ready")),
@@ -106,7 +122,7 @@ pub fn session_status(
                 PodState::Replacing => (
                     false,
                     "PodReplacing",
-                    format!("pod {pod_name} is being replaced to apply a changed sandbox"),
+                    format!("pod {pod_name} is being replaced"),
                 ),
                 PodState::Failed(why) => {
                     (false, "PodFailed", format!("pod {pod_name} failed: {why}"))
@@ -144,6 +160,7 @@ pub fn session_status(
                         sandbox_message,
                     ),
                     condition(READY, sandbox_ready, ready_reason, ready_message),
+                    up_to_date(pod, pending_update.as_ref(), pod_name, condition),
                 ],
                 effective: Some(summary(context)),
                 pod_name: Some(pod_name.clone()),
@@ -151,6 +168,31 @@ pub fn session_status(
                 observed_generation: generation,
             }
         }
+    }
+}
+
+/// The UpToDate condition: False while an operator-level change waits or
+/// the pod is being replaced.
+fn up_to_date(
+    pod: &PodState,
+    pending: Option<&PendingUpdate>,
+    pod_name: &str,
+    condition: impl Fn(&str, bool, &str, String) -> Condition,
+) -> Condition {
+    match (pending, pod) {
+        (Some(pending), _) => condition(UP_TO_DATE, false, pending.reason, pending.message.clone()),
+        (None, PodState::Replacing) => condition(
+            UP_TO_DATE,
+            false,
+            "Replacing",
+            format!("pod {pod_name} is being replaced"),
+        ),
+        (None, _) => condition(
+            UP_TO_DATE,
+            true,
+            "UpToDate",
+            format!("pod {pod_name} runs the current sandbox and operator settings"),
+        ),
     }
 }
 
@@ -217,6 +259,7 @@ mod tests {
             context,
             pod,
             pod_name: "wopr-s".into(),
+            pending_update: None,
         }
     }
 

@@ -115,14 +115,38 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         default_cpu: "500m".into(),
         sidecar_busy_poll_micros: DEFAULT_BUSY_POLL_MICROS,
         shutdown_drain_seconds: 5,
+        update_policy: wopr_operator::api::UpdateType::Rolling,
+        update_max_unavailable: 1,
+    }
+}
+
+/// A controller running in-process until [`Controller::stop`].
+pub struct Controller {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), wopr_operator::controller::run::RunError>>,
+}
+
+impl Controller {
+    /// Starts the controller with `args`.
+    pub fn start(args: ControllerArgs) -> Controller {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(args, async {
+            let _ = stopped.await;
+        }));
+        Controller { stop, task }
+    }
+
+    /// Stops it as SIGTERM would, and waits (up to 10 s) for it to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
 }
 
 /// Installs the CRDs, creates a temporary namespace enforcing Pod Security
-/// "restricted", runs the controller in-process for it (control plane on
-/// `control_plane_listen`), runs `scenario`, then stops the controller and
-/// deletes the namespace, whether the scenario passed or not.
-pub async fn with_controller<F, Fut>(control_plane_listen: &str, scenario: F)
+/// "restricted", runs `scenario` in it, then deletes the namespace, whether
+/// the scenario passed or not.
+pub async fn with_namespace<F, Fut>(scenario: F)
 where
     F: FnOnce(Client, String) -> Fut,
     Fut: Future<Output = ()>,
@@ -132,18 +156,9 @@ where
         .expect("a cluster from KUBECONFIG");
     install_crds(&client).await;
     let namespace = create_namespace(&client).await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(run(
-        controller_args(&namespace, control_plane_listen),
-        async {
-            let _ = stopped.await;
-        },
-    ));
     let outcome = AssertUnwindSafe(scenario(client.clone(), namespace.clone()))
         .catch_unwind()
         .await;
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
     Api::<Namespace>::all(client)
         .delete(&namespace, &DeleteParams::default())
         .await
@@ -151,4 +166,24 @@ where
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// [`with_namespace`], with the controller running in-process for that
+/// namespace (control plane on `control_plane_listen`) during `scenario`.
+pub async fn with_controller<F, Fut>(control_plane_listen: &str, scenario: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    with_namespace(|client, namespace| async move {
+        let controller = Controller::start(controller_args(&namespace, control_plane_listen));
+        let outcome = AssertUnwindSafe(scenario(client, namespace))
+            .catch_unwind()
+            .await;
+        controller.stop().await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    })
+    .await;
 }

@@ -11,10 +11,12 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use wopr_operator::api::{Gateway, Grant, SecurityPolicy, Session};
+use wopr_operator::api::{Gateway, Grant, SecurityPolicy, Session, UpdatePolicy};
+use wopr_operator::controller::config::SandboxConfig;
 use wopr_operator::controller::context::{Context, Leadership, Stores};
 use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::reconcile::reconcile;
+use wopr_operator::controller::rollout::Rollouts;
 
 use super::fake_api::FakeApi;
 use super::{NAMESPACE, now, sandbox_config};
@@ -71,6 +73,8 @@ impl Harness {
             metrics: Metrics::new(&mut Registry::default()),
             leadership,
             clock: fixed_now,
+            default_update_policy: UpdatePolicy::DEFAULT,
+            rollouts: Rollouts::default(),
         };
         Harness {
             api,
@@ -83,6 +87,23 @@ impl Harness {
 
     pub fn leader() -> Harness {
         Harness::new(Leadership::always())
+    }
+
+    /// A controller restarted with other settings and default update
+    /// policy: same API server, caches and rollouts in flight.
+    pub fn reconfigure(&mut self, config: SandboxConfig, default_update_policy: UpdatePolicy) {
+        let ctx = &self.ctx;
+        self.ctx = Arc::new(Context {
+            client: ctx.client.clone(),
+            config,
+            stores: ctx.stores.clone(),
+            recorder: ctx.recorder.clone(),
+            metrics: ctx.metrics.clone(),
+            leadership: ctx.leadership.clone(),
+            clock: ctx.clock,
+            default_update_policy,
+            rollouts: ctx.rollouts.clone(),
+        });
     }
 
     /// Creates a Session in the fake API server.

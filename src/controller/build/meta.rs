@@ -17,6 +17,11 @@ pub const TRUST_LEVEL_LABEL: &str = "wopr.dev/trust-level";
 /// Annotation with the hash of the pod as built; a different hash means the
 /// pod must be replaced (pods are immutable).
 pub const POD_TEMPLATE_HASH_ANNOTATION: &str = "wopr.dev/pod-template-hash";
+/// Annotation with the hash of the pod as built with fixed reference
+/// settings: it changes with the Session and its policy only, so a pod
+/// whose template hash changed but not this one has an operator-level
+/// change (`controller::rollout`).
+pub const SESSION_HASH_ANNOTATION: &str = "wopr.dev/session-hash";
 /// Labels selecting the control-plane pods (set by the chart).
 pub const CONTROL_PLANE_POD_LABELS: [(&str, &str); 1] =
     [("app.kubernetes.io/name", "wopr-operator")];

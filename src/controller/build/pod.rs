@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
-use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, child_meta};
+use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, child_meta};
 use crate::api::{Session, WorkspaceVolume};
 use crate::controller::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
@@ -50,8 +50,19 @@ pub const WORKSPACE_DIR: &str = "/workspace";
 const TMPFS_MOUNTS: [(&str, &str); 3] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("run", "/run")];
 
 /// The pod of `session` under its effective `context`, with its
-/// pod-template hash annotation.
+/// pod-template hash and session hash annotations.
 pub fn build_pod(session: &Session, context: &EffectiveContext, config: &SandboxConfig) -> Pod {
+    let mut pod = pod_template(session, context, config);
+    let session_hash = stable_hash(&pod_template(session, context, &SandboxConfig::reference()));
+    pod.metadata.annotations = Some(BTreeMap::from([
+        (POD_TEMPLATE_HASH_ANNOTATION.to_owned(), stable_hash(&pod)),
+        (SESSION_HASH_ANNOTATION.to_owned(), session_hash),
+    ]));
+    pod
+}
+
+/// The pod without its hash annotations.
+fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxConfig) -> Pod {
     let name = session.name_any();
     let sandbox = session.spec.sandbox.clone().unwrap_or_default();
     let sandboxed = context.sandbox.enabled;
@@ -111,8 +122,8 @@ pub fn build_pod(session: &Session, context: &EffectiveContext, config: &Sandbox
         ..Container::default()
     };
 
-    let mut metadata = child_meta(session);
-    let mut pod = Pod {
+    let metadata = child_meta(session);
+    Pod {
         metadata: metadata.clone(),
         spec: Some(PodSpec {
             service_account_name: metadata.name.clone(),
@@ -143,14 +154,7 @@ pub fn build_pod(session: &Session, context: &EffectiveContext, config: &Sandbox
             ..PodSpec::default()
         }),
         status: None,
-    };
-    let hash = stable_hash(&pod);
-    metadata.annotations = Some(BTreeMap::from([(
-        POD_TEMPLATE_HASH_ANNOTATION.to_owned(),
-        hash,
-    )]));
-    pod.metadata = metadata;
-    pod
+    }
 }
 
 /// The `a2a` sidecar: a native sidecar (restartPolicy Always) that runs as
