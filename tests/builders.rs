@@ -7,7 +7,9 @@ mod common;
 
 use common::pod_security::restricted_violations;
 use common::*;
-use k8s_openapi::api::core::v1::{Container, Pod, SecurityContext};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, SecurityContext};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use wopr_operator::api::{Capability, Session, TrustLevel, WoprObject, parse_manifests};
@@ -660,4 +662,68 @@ fn every_example_session_builds_a_restricted_pod() {
             session.metadata.name
         );
     }
+}
+
+#[test]
+fn the_sidecar_is_told_what_to_verify() {
+    let env_of = |session: &Session| -> BTreeMap<String, EnvVar> {
+        let pod = build_pod(session, &context(session), &sandbox_config());
+        sidecar(&pod)
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|var| (var.name.clone(), var))
+            .collect()
+    };
+    let value = |env: &BTreeMap<String, EnvVar>, name: &str| env[name].value.clone().unwrap();
+    let restricted = session_yaml(
+        "research",
+        "trustLevel: semi-trusted
+sandbox:
+  network: restricted
+  requireVerifiedIsolation: true
+  egress:
+  - {cidr: 0.0.0.0/0, ports: [{port: 443}, {port: 53, protocol: UDP}]}
+  - {cidr: 10.0.0.0/8}",
+    );
+    let env = env_of(&restricted);
+    assert_eq!(value(&env, "WOPR_NETWORK_MODE"), "restricted");
+    assert_eq!(
+        value(&env, "WOPR_EGRESS_ALLOWED"),
+        "0.0.0.0/0#443,10.0.0.0/8",
+        "TCP only: the probes are TCP"
+    );
+    assert_eq!(
+        value(&env, "WOPR_ISOLATION_PROBES"),
+        "apiserver=10.96.0.1:443"
+    );
+    assert_eq!(value(&env, "WOPR_REQUIRE_VERIFIED_ISOLATION"), "true");
+    let node = env["WOPR_NODE_IP"].value_from.as_ref().unwrap();
+    assert_eq!(node.field_ref.as_ref().unwrap().field_path, "status.hostIP");
+
+    let none = env_of(&session("quiet", TrustLevel::Untrusted));
+    assert_eq!(value(&none, "WOPR_NETWORK_MODE"), "none");
+    assert_eq!(value(&none, "WOPR_EGRESS_ALLOWED"), "");
+    assert_eq!(value(&none, "WOPR_REQUIRE_VERIFIED_ISOLATION"), "false");
+}
+
+#[test]
+fn a_policy_can_require_verified_isolation_for_a_level() {
+    let session = session("s", TrustLevel::Untrusted);
+    let policy = security_policy(serde_json::json!({
+        "trustLevels": {"untrusted": {"sandbox": {"requireVerifiedIsolation": true}}}
+    }));
+    let context = resolve(&session, Some(&policy), &[], &[], now()).unwrap();
+    assert!(context.sandbox.require_verified_isolation);
+    let mut opting_out = session.clone();
+    opting_out.spec.sandbox = Some(wopr_operator::api::SandboxSpec {
+        require_verified_isolation: Some(false),
+        ..Default::default()
+    });
+    let context = resolve(&opting_out, Some(&policy), &[], &[], now()).unwrap();
+    assert!(
+        context.sandbox.require_verified_isolation,
+        "a Session cannot turn it off"
+    );
 }

@@ -355,3 +355,56 @@ async fn only_the_leader_writes() {
     assert_eq!(harness.reconcile("research").await, Action::await_change());
     assert!(harness.api.take_requests().is_empty());
 }
+
+#[tokio::test]
+async fn the_sidecars_sandbox_checks_become_session_conditions_and_failures_warn() {
+    let harness = Harness::leader();
+    harness.create(&semi_trusted("research"));
+    harness.reconcile("research").await;
+    let status = harness.status("research");
+    for type_ in ["NetworkIsolated", "PidsLimited"] {
+        let before = condition(&status, type_);
+        assert_eq!(
+            (before["status"].as_str(), before["reason"].as_str()),
+            (Some("Unknown"), Some("NotReported"))
+        );
+    }
+
+    // The control plane records the sidecar's report on the pod.
+    harness.api.modify(&pod_path("research"), |pod| {
+        pod["status"] = json!({"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "wopr.dev/NetworkIsolated", "status": "False", "reason": "Reachable",
+             "message": "reachable from the sandbox: apiserver 10.96.0.1:443"},
+            {"type": "wopr.dev/PidsLimited", "status": "True", "reason": "Limited", "message": "pids.max = 1024"},
+        ]});
+    });
+    harness.api.take_requests();
+    harness.reconcile("research").await;
+    let requests = harness.api.take_requests();
+    let events: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.path == events_path())
+        .collect();
+    assert_eq!(events.len(), 1, "one warning: {:?}", writes(&requests));
+    let event = events[0].body.as_ref().unwrap();
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "NetworkNotIsolated");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("apiserver 10.96.0.1:443")
+    );
+    let status = harness.status("research");
+    let network = condition(&status, "NetworkIsolated");
+    assert_eq!(
+        (network["status"].as_str(), network["reason"].as_str()),
+        (Some("False"), Some("Reachable"))
+    );
+    assert_eq!(condition(&status, "PidsLimited")["status"], "True");
+
+    // Still failing: no second warning, no write.
+    harness.reconcile("research").await;
+    assert_eq!(writes(&harness.api.take_requests()), Vec::<String>::new());
+}

@@ -60,17 +60,21 @@ fn session_strategy() -> impl Strategy<Value = Session> {
         prop::option::of(any::<bool>()),
         prop::option::of(network()),
         prop::option::of(tool_rules()),
+        prop::option::of(any::<bool>()),
     )
-        .prop_map(|(level, enabled, network, tools)| {
-            let mut session = session(SESSION, level);
-            session.spec.sandbox = Some(SandboxSpec {
-                enabled,
-                network,
-                ..Default::default()
-            });
-            session.spec.tools = tools;
-            session
-        })
+        .prop_map(
+            |(level, enabled, network, tools, require_verified_isolation)| {
+                let mut session = session(SESSION, level);
+                session.spec.sandbox = Some(SandboxSpec {
+                    enabled,
+                    network,
+                    require_verified_isolation,
+                    ..Default::default()
+                });
+                session.spec.tools = tools;
+                session
+            },
+        )
 }
 
 /// Grants as they might exist, including ones admission would reject.
@@ -97,16 +101,20 @@ fn profile_strategy() -> impl Strategy<Value = Option<TrustLevelProfile>> {
             prop::option::of(any::<bool>()),
             prop::option::of(network()),
             prop::option::of(tool_rules()),
+            prop::option::of(any::<bool>()),
         )
             .prop_map(
-                |(capabilities, enabled, network, tools)| TrustLevelProfile {
-                    capabilities,
-                    sandbox: Some(SandboxPolicy {
-                        enabled,
-                        network,
-                        resources: None,
-                    }),
-                    tools,
+                |(capabilities, enabled, network, tools, require_verified_isolation)| {
+                    TrustLevelProfile {
+                        capabilities,
+                        sandbox: Some(SandboxPolicy {
+                            enabled,
+                            network,
+                            resources: None,
+                            require_verified_isolation,
+                        }),
+                        tools,
+                    }
                 },
             ),
     )
@@ -243,6 +251,25 @@ proptest! {
         let counting: Vec<Grant> = grants.iter().filter(|g| is_active_for_subject(g)).cloned().collect();
         let only_counting = resolve(&session, policy.as_ref(), &counting, &[], now()).unwrap();
         prop_assert_eq!(context, only_counting);
+    }
+
+    #[test]
+    fn a_session_can_ask_for_verified_isolation_but_never_drop_it(
+        session in session_strategy(),
+        policy in policy_strategy(),
+    ) {
+        let Ok(context) = resolve(&session, policy.as_ref(), &[], &[], now()) else {
+            return Ok(());
+        };
+        let level = wopr_operator::policy::level_settings(
+            policy.as_ref().map(|p| &p.spec),
+            session.spec.trust_level,
+        );
+        let asked = session.spec.sandbox.as_ref().and_then(|s| s.require_verified_isolation);
+        prop_assert_eq!(
+            context.sandbox.require_verified_isolation,
+            level.require_verified_isolation || asked == Some(true)
+        );
     }
 
     #[test]

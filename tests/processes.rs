@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::fake_api::FakeApi;
-use common::harness::session_path;
+use common::harness::{pod_path, session_path};
 use common::process::{Process, free_port, mcp};
 use common::{NAMESPACE, session};
 use http::StatusCode;
@@ -96,6 +96,17 @@ impl Cluster {
         (sidecar, mcp_address)
     }
 
+    /// A sidecar serving gRPC health on `health_address`, with `extra` flags.
+    fn sidecar_with_flags(
+        &self,
+        session: &str,
+        port: u16,
+        health_address: &str,
+        extra: &[String],
+    ) -> Process {
+        self.sidecar_process(session, port, 30, health_address, extra)
+    }
+
     /// A sidecar serving gRPC health on `health_address`.
     fn sidecar_with(
         &self,
@@ -104,10 +115,21 @@ impl Cluster {
         max_policy_age: u64,
         health_address: &str,
     ) -> Process {
+        self.sidecar_process(session, port, max_policy_age, health_address, &[])
+    }
+
+    fn sidecar_process(
+        &self,
+        session: &str,
+        port: u16,
+        max_policy_age: u64,
+        health_address: &str,
+        extra: &[String],
+    ) -> Process {
         let path = |name: &str| self.dir.path().join(format!("{session}-{name}"));
         std::fs::write(path("token"), format!("token-{session}")).unwrap();
         std::fs::create_dir_all(path("workspace")).unwrap();
-        let args = [
+        let mut args = vec![
             "sidecar".to_owned(),
             "--log-format=plain".to_owned(),
             format!("--session={session}"),
@@ -120,6 +142,7 @@ impl Cluster {
             format!("--workspace={}", path("workspace").display()),
             format!("--max-policy-age-seconds={max_policy_age}"),
         ];
+        args.extend(extra.iter().cloned());
         Process::start(&format!("sidecar {session}"), &args, &[])
     }
 }
@@ -465,4 +488,96 @@ async fn the_post_start_hook_returns_as_soon_as_the_sidecar_serves() {
         line.contains("did not let the agent start within 1s"),
         "{line}"
     );
+}
+
+/// The condition `type_` of the Session `name` in the fake API, as (status, reason).
+fn session_condition(cluster: &Cluster, name: &str, type_: &str) -> Option<(String, String)> {
+    let session = cluster.api.get(&session_path(name))?;
+    let condition = session["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .clone();
+    Some((
+        condition["status"].as_str()?.to_owned(),
+        condition["reason"].as_str()?.to_owned(),
+    ))
+}
+
+async fn wait_for_condition(cluster: &Cluster, name: &str, type_: &str, wanted: (&str, &str)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = session_condition(cluster, name, type_);
+        if now.as_ref().map(|(s, r)| (s.as_str(), r.as_str())) == Some(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} {type_}: {now:?}, not {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unverified_sandbox_keeps_the_agent_from_starting_until_it_holds() {
+    let cluster = Cluster::start(&[("guarded", TrustLevel::Untrusted)]).await;
+    let controller = cluster.controller(0, &["--leader-election=false"]);
+    let port = control_plane_port(&controller).await;
+    // The "API server" answers from inside the sandbox: the NetworkPolicy
+    // is not enforced.
+    let api_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cgroup = tempfile::tempdir().unwrap();
+    std::fs::write(cgroup.path().join("membership"), "0::/\n").unwrap();
+    std::fs::write(cgroup.path().join("pids.max"), "1024\n").unwrap();
+    let health_address = format!("127.0.0.1:{}", free_port());
+    let sidecar = cluster.sidecar_with_flags(
+        "guarded",
+        port,
+        &health_address,
+        &[
+            "--network-mode=none".to_owned(),
+            format!(
+                "--isolation-probes=apiserver={}",
+                api_server.local_addr().unwrap()
+            ),
+            "--isolation-probe-timeout-millis=300".to_owned(),
+            "--require-verified-isolation=true".to_owned(),
+            format!("--cgroup-mount={}", cgroup.path().display()),
+            format!(
+                "--cgroup-membership={}",
+                cgroup.path().join("membership").display()
+            ),
+        ],
+    );
+    sidecar
+        .wait_for("sandbox check", 2, Duration::from_secs(30))
+        .await;
+
+    let mut hook = post_start_hook(&health_address, &["--timeout-seconds=3"]);
+    let status = hook.exited_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(status.code(), Some(1), "the agent must not start");
+    assert!(
+        hook.stderr().join("\n").contains("NOT_SERVING"),
+        "{:?}",
+        hook.stderr()
+    );
+    wait_for_condition(
+        &cluster,
+        "guarded",
+        "NetworkIsolated",
+        ("False", "Reachable"),
+    )
+    .await;
+    wait_for_condition(&cluster, "guarded", "PidsLimited", ("True", "Limited")).await;
+    let pod = cluster.api.get(&pod_path("guarded")).unwrap();
+    let recorded = pod["status"]["conditions"].to_string();
+    assert!(recorded.contains("wopr.dev/NetworkIsolated"), "{recorded}");
+
+    // The network plugin starts enforcing: the next check passes.
+    drop(api_server);
+    wait_for_condition(&cluster, "guarded", "NetworkIsolated", ("True", "Blocked")).await;
+    let mut hook = post_start_hook(&health_address, &["--timeout-seconds=10"]);
+    let status = hook.exited_within(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "{:?}", hook.stderr());
 }

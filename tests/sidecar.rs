@@ -759,3 +759,182 @@ async fn a_stale_policy_denies_everything_but_whoami_and_says_why() {
     assert_eq!(denial.decision, Outcome::Denied);
     assert!(denial.reason.contains("fail closed"), "{}", denial.reason);
 }
+
+mod sandbox_checks {
+    use std::sync::Arc;
+
+    use tonic_health::ServingStatus;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::server::{HealthReporter, HealthService};
+    use wopr_operator::api::NetworkMode;
+    use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
+    use wopr_operator::proto::v1alpha1::{IsolationCheck, IsolationReport};
+    use wopr_operator::sidecar::client::{WatchTarget, report_isolation};
+    use wopr_operator::sidecar::isolation::network::ProbeTarget;
+    use wopr_operator::sidecar::isolation::pids::CgroupFiles;
+    use wopr_operator::sidecar::isolation::{IsolationConfig, verify_forever};
+
+    use super::*;
+
+    /// A cgroup view whose own pids.max is `limit`.
+    fn cgroup(dir: &std::path::Path, limit: &str) -> CgroupFiles {
+        std::fs::write(dir.join("membership"), "0::/\n").unwrap();
+        std::fs::write(dir.join("pids.max"), limit).unwrap();
+        CgroupFiles {
+            proc_self_cgroup: dir.join("membership"),
+            mount: dir.to_path_buf(),
+        }
+    }
+
+    async fn overall(health: &HealthReporter) -> Wire {
+        let service = HealthService::from_health_reporter(health.clone());
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        service.check(request).await.unwrap().into_inner().status()
+    }
+
+    fn statuses(conditions: &[k8s_openapi::api::core::v1::PodCondition]) -> Vec<(String, String)> {
+        conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn checks_are_reported_and_hold_the_agent_back_until_they_pass() {
+        let mut control_plane = ControlPlane::start(&["s"]).await;
+        control_plane.put_session(session("s", TrustLevel::SemiTrusted));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), token_for("s")).unwrap();
+        let target = WatchTarget {
+            address: control_plane.address.to_string(),
+            namespace: NAMESPACE.into(),
+            session: "s".into(),
+            token_path: dir.path().join("token"),
+        };
+        // The API server is reachable from the "sandbox": isolation fails.
+        let api_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = IsolationConfig {
+            network: Some(NetworkMode::None),
+            egress_allowed: Vec::new(),
+            probes: vec![ProbeTarget {
+                name: "apiserver".into(),
+                address: api_server.local_addr().unwrap(),
+            }],
+            probe_timeout: Duration::from_millis(200),
+            cgroup: cgroup(dir.path(), "1024"),
+            required: true,
+        };
+        let health = HealthReporter::new();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let verifier = tokio::spawn(verify_forever(config, health.clone(), move |checks| {
+            let target = target.clone();
+            async move {
+                report_isolation(&target, checks)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }));
+
+        let reports = control_plane.reports.clone();
+        let first = wait_for_report(&reports, 1).await;
+        assert_eq!((first.0.as_str(), first.1.as_str()), (NAMESPACE, "s"));
+        assert_eq!(
+            statuses(&first.2),
+            [
+                ("wopr.dev/NetworkIsolated".to_owned(), "False".to_owned()),
+                ("wopr.dev/PidsLimited".to_owned(), "True".to_owned())
+            ]
+        );
+        let message = first.2[0].message.clone().unwrap();
+        assert!(
+            message.starts_with("reachable from the sandbox: apiserver"),
+            "{message}"
+        );
+        assert_eq!(overall(&health).await, Wire::NotServing);
+
+        // The network plugin catches up: the next check passes.
+        drop(api_server);
+        let second = wait_for_report(&reports, 2).await;
+        assert_eq!(second.2[0].status, "True");
+        assert_eq!(overall(&health).await, Wire::Serving);
+        verifier.abort();
+    }
+
+    async fn wait_for_report(
+        reports: &Arc<common::sidecar::MemoryRecorder>,
+        count: usize,
+    ) -> (
+        String,
+        String,
+        Vec<k8s_openapi::api::core::v1::PodCondition>,
+    ) {
+        for _ in 0..500 {
+            if let Some(report) = reports.0.lock().unwrap().get(count - 1) {
+                return report.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no report {count}");
+    }
+
+    #[tokio::test]
+    async fn reports_are_authenticated_authorized_and_validated() {
+        let mut control_plane = ControlPlane::start(&["a", "b"]).await;
+        control_plane.put_session(session("a", TrustLevel::Trusted));
+        let mut client = PolicyClient::connect(format!("http://{}", control_plane.address))
+            .await
+            .unwrap();
+        let report = |token: Option<&str>, status: &str| {
+            let mut request = tonic::Request::new(IsolationReport {
+                namespace: NAMESPACE.into(),
+                session: "a".into(),
+                checks: vec![IsolationCheck {
+                    r#type: "PidsLimited".into(),
+                    status: status.into(),
+                    reason: "Limited".into(),
+                    message: "pids.max = 10".into(),
+                }],
+            });
+            if let Some(token) = token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            request
+        };
+        let code = |result: Result<_, tonic::Status>| result.map(|_| ()).unwrap_err().code();
+        assert_eq!(
+            code(client.report_isolation(report(None, "True")).await),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(
+                client
+                    .report_isolation(report(Some(&token_for("b")), "True"))
+                    .await
+            ),
+            Code::PermissionDenied,
+            "a sidecar reports for its own session only"
+        );
+        assert_eq!(
+            code(
+                client
+                    .report_isolation(report(Some(&token_for("a")), "Yes"))
+                    .await
+            ),
+            Code::InvalidArgument
+        );
+        assert!(control_plane.reports.0.lock().unwrap().is_empty());
+        client
+            .report_isolation(report(Some(&token_for("a")), "True"))
+            .await
+            .unwrap();
+        assert_eq!(control_plane.reports.0.lock().unwrap().len(), 1);
+    }
+}

@@ -169,6 +169,21 @@ impl fmt::Display for NetworkMode {
     }
 }
 
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<NetworkMode, String> {
+        match value {
+            "none" => Ok(NetworkMode::None),
+            "restricted" => Ok(NetworkMode::Restricted),
+            "full" => Ok(NetworkMode::Full),
+            other => Err(format!(
+                "{other:?} is not a network mode: use none, restricted or full"
+            )),
+        }
+    }
+}
+
 /// Whether violations are blocked or only audited.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]

@@ -196,6 +196,11 @@ pub struct SandboxPolicy {
     /// Default resource requests and limits for the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Keep each session's agent from starting until its sidecar has
+    /// verified the sandbox from inside the pod (network isolation, a pids
+    /// limit). A Session can ask for it too, but not turn it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_verified_isolation: Option<bool>,
 }
 
 /// Peer-to-peer settings.

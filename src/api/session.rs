@@ -148,6 +148,13 @@ pub struct SandboxSpec {
     /// AppArmor profile for the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_armor_profile: Option<AppArmorProfile>,
+    /// Keep the agent from starting until the sidecar has verified what the
+    /// sandbox promises from inside the pod: no route to the API server or
+    /// the kubelet for `network: none` and `restricted`, no pids limit
+    /// found missing (the NetworkIsolated and PidsLimited conditions). On
+    /// when the SecurityPolicy says so, whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_verified_isolation: Option<bool>,
 }
 
 /// The volume mounted read-only at /workspace: exactly one source. Only
@@ -218,7 +225,7 @@ pub struct SessionStatus {
     /// Pending, Ready, Failed or Terminating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<SessionPhase>,
-    /// Ready, SandboxReady and PolicyResolved.
+    /// Ready, SandboxReady, PolicyResolved, UpToDate, NetworkIsolated and PidsLimited.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -235,6 +242,16 @@ pub struct SessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+/// Session condition: the sidecar found the sandbox's network isolation
+/// holding (`network: none` or `restricted`), from inside the pod.
+pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
+/// Session condition: the sidecar found a pids limit over the pod.
+pub const PIDS_LIMITED: &str = "PidsLimited";
+/// The pod conditions the control plane records the sidecar's checks as
+/// (`wopr.dev/NetworkIsolated`, ...): any replica may write them; the
+/// leader copies them into the Session's status.
+pub const POD_CONDITION_PREFIX: &str = "wopr.dev/";
 
 /// Lifecycle phase of a Session.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]

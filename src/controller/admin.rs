@@ -15,8 +15,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::metrics::{Metrics, PhaseLabels};
-use crate::api::{Session, SessionPhase};
+use super::metrics::{CheckLabels, Metrics, PhaseLabels};
+use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, Session, SessionPhase};
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -60,6 +60,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     refresh_session_phases(&state);
+    refresh_sandbox_checks(&state);
     let mut body = String::new();
     match encode(&mut body, &state.registry) {
         Ok(()) => (
@@ -107,5 +108,32 @@ fn refresh_session_phases(state: &AdminState) {
             .sessions
             .get_or_create(&PhaseLabels { phase: label })
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+}
+
+/// Sets the sandbox-check gauge from the cache: one series per check and status.
+fn refresh_sandbox_checks(state: &AdminState) {
+    let sessions = state.sessions.state();
+    for check in [NETWORK_ISOLATED, PIDS_LIMITED] {
+        for status in ["True", "False", "Unknown"] {
+            let count = sessions
+                .iter()
+                .filter_map(|session| session.0.as_ref().ok()?.status.as_ref())
+                .filter(|session| {
+                    session
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == check && c.status == status)
+                })
+                .count();
+            state
+                .metrics
+                .sandbox_checks
+                .get_or_create(&CheckLabels {
+                    check: check.to_owned(),
+                    status: status.to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 }

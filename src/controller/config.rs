@@ -86,6 +86,12 @@ pub struct ControllerArgs {
     /// are replaced at a time.
     #[arg(long, env = "WOPR_UPDATE_MAX_UNAVAILABLE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub update_max_unavailable: u32,
+    /// An address no isolated sandbox may reach, `name=ip:port` (repeat the
+    /// flag for more): sidecars probe it, besides the API server and their
+    /// node's kubelet, to verify their network isolation. A cloud metadata
+    /// endpoint (`metadata=169.254.169.254:80`) is a good one.
+    #[arg(long, env = "WOPR_SANDBOX_ISOLATION_PROBES", value_delimiter = ',')]
+    pub isolation_probe: Vec<String>,
 }
 
 impl ControllerArgs {
@@ -124,6 +130,21 @@ pub enum ConfigError {
         "--control-plane-address {0:?}: expected host:port, optionally with http:// or https://"
     )]
     ControlPlaneAddress(String),
+    /// An isolation probe is not `name=ip:port`.
+    #[error("--isolation-probe {0:?}: expected name=ip:port, such as metadata=169.254.169.254:80")]
+    IsolationProbe(String),
+}
+
+/// Parses `name=ip:port`.
+fn parse_probe(probe: &str) -> Result<(String, SocketAddr), ConfigError> {
+    let invalid = || ConfigError::IsolationProbe(probe.to_owned());
+    let (name, address) = probe.split_once('=').ok_or_else(invalid)?;
+    let valid_name =
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !valid_name {
+        return Err(invalid());
+    }
+    Ok((name.to_owned(), address.parse().map_err(|_| invalid())?))
 }
 
 impl ControlPlane {
@@ -171,6 +192,10 @@ pub struct SandboxConfig {
     pub default_cpu: Quantity,
     /// The sidecars' busy-polling window after each request, in microseconds.
     pub sidecar_busy_poll_micros: u64,
+    /// Addresses no isolated sandbox may reach (the API server's, those of
+    /// `--isolation-probe`), each with a name; sidecars probe them, and the
+    /// node's kubelet, to verify their network isolation.
+    pub isolation_probes: Vec<(String, SocketAddr)>,
 }
 
 impl SandboxConfig {
@@ -190,7 +215,17 @@ impl SandboxConfig {
             default_memory: Quantity("0".to_owned()),
             default_cpu: Quantity("0".to_owned()),
             sidecar_busy_poll_micros: 0,
+            isolation_probes: Vec::new(),
         }
+    }
+
+    /// The probes as the sidecar reads them: `name=ip:port`, comma-separated.
+    pub fn isolation_probes(&self) -> String {
+        self.isolation_probes
+            .iter()
+            .map(|(name, address)| format!("{name}={address}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The settings from the flags (without resolving the control-plane host).
@@ -205,6 +240,11 @@ impl SandboxConfig {
             default_memory: Quantity(args.default_memory.clone()),
             default_cpu: Quantity(args.default_cpu.clone()),
             sidecar_busy_poll_micros: args.sidecar_busy_poll_micros,
+            isolation_probes: args
+                .isolation_probe
+                .iter()
+                .map(|probe| parse_probe(probe))
+                .collect::<Result<_, _>>()?,
         })
     }
 }

@@ -21,6 +21,15 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// Labels of the sandbox-check gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// The condition: `NetworkIsolated` or `PidsLimited`.
+    pub check: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+}
+
 /// The controller's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -32,6 +41,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Sessions by phase, refreshed at every scrape.
     pub sessions: Family<PhaseLabels, Gauge>,
+    /// Sessions by the status of each sandbox check, refreshed at every scrape.
+    pub sandbox_checks: Family<CheckLabels, Gauge>,
 }
 
 impl Metrics {
@@ -42,6 +53,7 @@ impl Metrics {
             errors: Family::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             sessions: Family::default(),
+            sandbox_checks: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("wopr");
         registry.register(
@@ -60,6 +72,11 @@ impl Metrics {
             metrics.duration.clone(),
         );
         registry.register("sessions", "Sessions by phase", metrics.sessions.clone());
+        registry.register(
+            "session_sandbox_checks",
+            "Sessions by the status of each check their sidecar made of the sandbox (NetworkIsolated, PidsLimited)",
+            metrics.sandbox_checks.clone(),
+        );
         metrics
     }
 

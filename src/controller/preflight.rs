@@ -81,6 +81,14 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         resources: &["pods"],
         verbs: &["get", "list", "watch", "patch", "delete"],
     },
+    // controlplane/isolation.rs: each sidecar's sandbox checks, recorded as
+    // conditions of its pod.
+    Rights {
+        scope: Scope::Watched,
+        group: "",
+        resources: &["pods/status"],
+        verbs: &["patch"],
+    },
     Rights {
         scope: Scope::Watched,
         group: "",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -19,8 +19,8 @@ use super::build::{build_network_policy, build_pod, build_service_account, child
 use super::context::{Context, Unresolvable};
 use super::error::Error;
 use super::rollout::{self, PodPlan, Replacement};
-use super::status::{Observation, PodOutcome, PodState, session_status};
-use crate::api::{Session, SessionStatus};
+use super::status::{Observation, PodOutcome, PodState, failed_checks, session_status};
+use crate::api::{POD_CONDITION_PREFIX, Session, SessionStatus};
 use crate::policy::EffectiveContext;
 
 /// How long to wait before looking again at a pod being replaced.
@@ -126,7 +126,11 @@ async fn reconcile_session(
     apply_if_changed(&policies, live.as_ref(), &network_policy).await?;
 
     let pod = build_pod(session, &context, &ctx.config);
-    let PodOutcome { state, pending } = ensure_pod(ctx, session, &namespace, &pod).await?;
+    let PodOutcome {
+        state,
+        pending,
+        checks,
+    } = ensure_pod(ctx, session, &namespace, &pod).await?;
     let waiting_for_rollout = pending
         .as_ref()
         .is_some_and(|pending| pending.reason == rollout::WAITING_FOR_ROLLOUT);
@@ -135,8 +139,18 @@ async fn reconcile_session(
         pod: state.clone(),
         pod_name: pod.name_any(),
         pending_update: pending,
+        checks: &checks,
     };
-    write_status(ctx, object, session.status.as_ref(), &observation, now).await?;
+    let desired = session_status(
+        session.status.as_ref(),
+        object.meta().generation,
+        &observation,
+        &Time(now),
+    );
+    for (reason, message) in failed_checks(session.status.as_ref(), &desired) {
+        publish(ctx, &warning(reason, message), session).await;
+    }
+    patch_status_if_changed(&ctx.client, object, session.status.as_ref(), &desired).await?;
 
     Ok(match state {
         PodState::Replacing => Action::requeue(REPLACE_POLL),
@@ -169,14 +183,13 @@ async fn ensure_pod(
             Instant::now(),
         )
     };
-    let outcome = |state, pending| PodOutcome { state, pending };
     let replacement = match rollout::plan(live.as_ref(), desired, &policy, take_slot) {
         PodPlan::Create => {
             pods.patch(&name, &apply_params(), &Patch::Apply(desired))
                 .await?;
-            return Ok(outcome(PodState::Starting, None));
+            return Ok(PodOutcome::new(PodState::Starting));
         }
-        PodPlan::AwaitDeletion => return Ok(outcome(PodState::Replacing, None)),
+        PodPlan::AwaitDeletion => return Ok(PodOutcome::new(PodState::Replacing)),
         PodPlan::Keep { ready, pending } => {
             if ready && pending.is_none() {
                 ctx.rollouts.release(namespace, &session_name);
@@ -186,7 +199,11 @@ async fn ensure_pod(
             } else {
                 PodState::Starting
             };
-            return Ok(outcome(state, pending));
+            return Ok(PodOutcome {
+                state,
+                pending,
+                checks: live.as_ref().map(sandbox_checks).unwrap_or_default(),
+            });
         }
         PodPlan::Replace(replacement) => replacement,
     };
@@ -219,7 +236,17 @@ async fn ensure_pod(
         ),
     };
     publish(ctx, &event, session).await;
-    Ok(outcome(state, None))
+    Ok(PodOutcome::new(state))
+}
+
+/// The sandbox checks the sidecar of `pod` reported, as pod conditions.
+fn sandbox_checks(pod: &Pod) -> Vec<PodCondition> {
+    pod.status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .filter(|condition| condition.type_.starts_with(POD_CONDITION_PREFIX))
+        .cloned()
+        .collect()
 }
 
 /// Deletes `pod`, only if it is still the same object (uid precondition).

@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -32,6 +32,7 @@ use super::reconcile::{error_policy, reconcile};
 use super::rollout::Rollouts;
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
 use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
+use crate::controlplane::isolation::PodStatusConditions;
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 
 /// Why the controller could not start or stopped.
@@ -74,6 +75,11 @@ pub async fn run(
         .await?;
     let mut config = SandboxConfig::from_args(&args)?;
     config.control_plane.resolved_ip = resolve_host(&config.control_plane).await;
+    if let Some(api_server) = api_server_address(&api_server.url).await {
+        config
+            .isolation_probes
+            .insert(0, ("apiserver".to_owned(), api_server));
+    }
     let identity = args
         .identity
         .clone()
@@ -151,6 +157,7 @@ pub async fn run(
         control_plane_listener,
         index,
         Arc::new(TokenReviewer::new(client.clone())),
+        Arc::new(PodStatusConditions::new(client.clone())),
         shutdown.clone(),
     );
 
@@ -378,6 +385,27 @@ async fn resolve_host(control_plane: &ControlPlane) -> Option<IpAddr> {
             None
         }
     }
+}
+
+/// The API server's address as sidecars would reach it, to probe from
+/// isolated sandboxes; `None` when it is on this machine's loopback (a
+/// controller running outside the cluster) or does not resolve.
+async fn api_server_address(url: &str) -> Option<SocketAddr> {
+    let uri: axum::http::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    let address = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+    if address.ip().is_loopback() {
+        tracing::info!(%address, "the API server is on loopback here; sandboxes do not probe it");
+        return None;
+    }
+    Some(address)
 }
 
 /// Sets `ready` once every cache has its first full list.

@@ -2,10 +2,14 @@
 //! reconcile observed. Transition times stay put while a condition's status
 //! does not change, so an unchanged world yields an identical status.
 
+use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::rollout::PendingUpdate;
-use crate::api::{EffectiveSummary, SessionPhase, SessionStatus};
+use crate::api::{
+    EffectiveSummary, NETWORK_ISOLATED, PIDS_LIMITED, POD_CONDITION_PREFIX, SessionPhase,
+    SessionStatus,
+};
 use crate::policy::{EffectiveContext, callable_tools};
 
 /// Condition: the effective policy could be resolved.
@@ -32,12 +36,25 @@ pub enum PodState {
 }
 
 /// How reconcile left the pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PodOutcome {
     /// Its state.
     pub state: PodState,
     /// An operator-level change it has not taken yet.
     pub pending: Option<PendingUpdate>,
+    /// The sandbox checks its sidecar reported (`wopr.dev/` pod conditions).
+    pub checks: Vec<PodCondition>,
+}
+
+impl PodOutcome {
+    /// A pod in `state` with no pending update and nothing reported yet.
+    pub fn new(state: PodState) -> PodOutcome {
+        PodOutcome {
+            state,
+            pending: None,
+            checks: Vec::new(),
+        }
+    }
 }
 
 /// What reconcile found out about a Session.
@@ -60,6 +77,8 @@ pub enum Observation<'a> {
         pod_name: String,
         /// An operator-level change the pod has not taken yet.
         pending_update: Option<PendingUpdate>,
+        /// The sandbox checks its sidecar reported.
+        checks: &'a [PodCondition],
     },
     /// The Session is being deleted.
     Terminating,
@@ -115,6 +134,7 @@ pub fn session_status(
             pod,
             pod_name,
             pending_update,
+            checks,
         } => {
             let (sandbox_ready, sandbox_reason, sandbox_message) = match pod {
                 PodState::Ready => (true, "PodReady", format!("pod {pod_name} is ready")),
@@ -161,6 +181,22 @@ pub fn session_status(
                     ),
                     condition(READY, sandbox_ready, ready_reason, ready_message),
                     up_to_date(pod, pending_update.as_ref(), pod_name, condition),
+                    sandbox_check(
+                        NETWORK_ISOLATED,
+                        checks,
+                        pod_name,
+                        previous_conditions,
+                        generation,
+                        now,
+                    ),
+                    sandbox_check(
+                        PIDS_LIMITED,
+                        checks,
+                        pod_name,
+                        previous_conditions,
+                        generation,
+                        now,
+                    ),
                 ],
                 effective: Some(summary(context)),
                 pod_name: Some(pod_name.clone()),
@@ -196,6 +232,64 @@ fn up_to_date(
     }
 }
 
+/// The Session condition `type_` (NetworkIsolated, PidsLimited) from the
+/// pod condition its sidecar reported; Unknown until it reports.
+fn sandbox_check(
+    type_: &str,
+    checks: &[PodCondition],
+    pod_name: &str,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let reported = checks
+        .iter()
+        .find(|check| check.type_.strip_prefix(POD_CONDITION_PREFIX) == Some(type_));
+    let (status, reason, message) = match reported {
+        Some(check) => (
+            check.status.as_str(),
+            check.reason.as_deref().unwrap_or("Reported"),
+            check.message.clone().unwrap_or_default(),
+        ),
+        None => (
+            "Unknown",
+            "NotReported",
+            format!("the sidecar of pod {pod_name} has not reported this check yet"),
+        ),
+    };
+    condition_with_status(previous, type_, status, reason, message, generation, now)
+}
+
+/// Warning events for sandbox checks that have just failed: a promise
+/// found broken (not a `network: full` sandbox, which promises nothing).
+pub fn failed_checks(
+    previous: Option<&SessionStatus>,
+    desired: &SessionStatus,
+) -> Vec<(&'static str, String)> {
+    let was_false = |type_: &str| {
+        previous.is_some_and(|status| {
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "False")
+        })
+    };
+    [
+        (NETWORK_ISOLATED, "NetworkNotIsolated"),
+        (PIDS_LIMITED, "PidsNotLimited"),
+    ]
+    .into_iter()
+    .filter_map(|(type_, event_reason)| {
+        let now = desired.conditions.iter().find(|c| c.type_ == type_)?;
+        (now.status == "False" && now.reason != NETWORK_NOT_REQUESTED && !was_false(type_))
+            .then(|| (event_reason, now.message.clone()))
+    })
+    .collect()
+}
+
+/// The reason of a NetworkIsolated=False that is no failure: `network: full`.
+pub const NETWORK_NOT_REQUESTED: &str = "NotRequested";
+
 /// A condition whose `lastTransitionTime` is the previous one's when its
 /// status did not change, `now` otherwise.
 pub fn condition(
@@ -208,6 +302,19 @@ pub fn condition(
     now: &Time,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
+    condition_with_status(previous, type_, status, reason, message, generation, now)
+}
+
+/// [`condition`] with any status (`True`, `False`, `Unknown`).
+fn condition_with_status(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -260,6 +367,7 @@ mod tests {
             pod,
             pod_name: "wopr-s".into(),
             pending_update: None,
+            checks: &[],
         }
     }
 

@@ -75,17 +75,7 @@ fn parse<T: std::str::FromStr>(field: &'static str, value: &str) -> Result<T, De
 /// The effective context a wire message describes. Tools this version does
 /// not know are left out (they stay denied).
 pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeError> {
-    let network = match message.network.as_str() {
-        "none" => NetworkMode::None,
-        "restricted" => NetworkMode::Restricted,
-        "full" => NetworkMode::Full,
-        other => {
-            return Err(DecodeError {
-                field: "network",
-                value: other.to_owned(),
-            });
-        }
-    };
+    let network = parse::<NetworkMode>("network", &message.network)?;
     let enforcement = match message.enforcement.as_str() {
         "enforce" => Enforcement::Enforce,
         "warn" => Enforcement::Warn,
@@ -110,9 +100,11 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
             .iter()
             .filter_map(|name| ToolId::lookup(name))
             .collect(),
+        // Pod-level settings: the sidecar learns them from its pod, not the wire.
         sandbox: EffectiveSandbox {
             enabled: message.sandbox,
             resources: None,
+            require_verified_isolation: false,
         },
         network,
         enforcement,

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod convert;
 pub mod index;
+pub mod isolation;
 pub mod service;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use auth::Authenticator;
 use index::ContextIndex;
+use isolation::IsolationRecorder;
 use service::PolicyService;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -28,16 +30,17 @@ pub type Shutdown = Shared<BoxFuture<'static, ()>>;
 /// `listener` until `shutdown` completes; then ends every open policy
 /// stream (their sidecars reconnect to another replica) and returns once
 /// the connections have closed.
-pub async fn serve<A: Authenticator>(
+pub async fn serve<A: Authenticator, R: IsolationRecorder>(
     listener: TcpListener,
     index: Arc<ContextIndex>,
     authenticator: Arc<A>,
+    recorder: Arc<R>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let shutdown: Shutdown = shutdown.boxed().shared();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<PolicyServer<PolicyService<A>>>()
+        .set_serving::<PolicyServer<PolicyService<A, R>>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -50,6 +53,7 @@ pub async fn serve<A: Authenticator>(
         .add_service(PolicyServer::new(PolicyService::new(
             index,
             authenticator,
+            recorder,
             shutdown.clone(),
         )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

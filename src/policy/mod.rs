@@ -35,7 +35,7 @@ pub use decide::{
 };
 pub use hash::stable_hash;
 pub use peers::{PeerStanding, resolve_peer};
-pub use profiles::builtin_policy;
+pub use profiles::{LevelSettings, builtin_policy, level_settings};
 pub use rate_limit::TokenBucket;
 pub use resolve::{
     DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError,

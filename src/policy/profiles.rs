@@ -85,6 +85,7 @@ fn profile(
             enabled: Some(sandbox),
             network: Some(network),
             resources: None,
+            require_verified_isolation: None,
         }),
         tools: Some(tools),
     }
@@ -102,6 +103,8 @@ pub struct LevelSettings<'a> {
     pub network: NetworkMode,
     /// Default resources for the level's sandboxes.
     pub resources: Option<&'a ResourceRequirements>,
+    /// Whether the level's agents wait for verified isolation.
+    pub require_verified_isolation: bool,
     /// The level's tool rules, then the defaults' tool rules (most specific first).
     pub tool_layers: [&'a ToolRules; 2],
 }
@@ -128,6 +131,8 @@ pub fn level_settings(policy: Option<&SecurityPolicySpec>, level: TrustLevel) ->
         sandbox: first_set(&sandboxes, |s| s.enabled).unwrap_or(true),
         network: first_set(&sandboxes, |s| s.network).unwrap_or(NetworkMode::None),
         resources: first_set(&sandboxes, |s| s.resources.as_ref()),
+        require_verified_isolation: first_set(&sandboxes, |s| s.require_verified_isolation)
+            .unwrap_or(false),
         tool_layers: [
             policy_level
                 .and_then(|p| p.tools.as_ref())

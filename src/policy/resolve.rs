@@ -61,6 +61,9 @@ pub struct EffectiveSandbox {
     pub enabled: bool,
     /// Resources from the session, else its policy; the controller's defaults when `None`.
     pub resources: Option<ResourceRequirements>,
+    /// The agent waits until the sidecar has verified the sandbox's
+    /// isolation: the policy's or the session's wish (either turns it on).
+    pub require_verified_isolation: bool,
 }
 
 /// The forwarding rules of one Gateway served by the session.
@@ -194,6 +197,8 @@ pub fn resolve<'a>(
                 .and_then(|sandbox| sandbox.resources.as_ref())
                 .or(settings.resources)
                 .cloned(),
+            require_verified_isolation: settings.require_verified_isolation
+                || requested.and_then(|sandbox| sandbox.require_verified_isolation) == Some(true),
         },
         network,
         enforcement: policy.map(|policy| policy.enforcement).unwrap_or_default(),

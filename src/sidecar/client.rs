@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use super::policy_state::{NoPolicy, PolicyState, Served};
 use crate::controlplane::convert::decode;
 use crate::proto::v1alpha1::policy_client::PolicyClient;
-use crate::proto::v1alpha1::{WatchRequest, policy_update::Update};
+use crate::proto::v1alpha1::{
+    IsolationCheck, IsolationReport, WatchRequest, policy_update::Update,
+};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -102,34 +104,16 @@ pub async fn watch_forever(target: WatchTarget, state: Arc<PolicyState>) {
 
 /// One connection: returns when the stream ends.
 pub async fn watch_once(target: &WatchTarget, state: &PolicyState) -> Result<(), WatchError> {
-    let token =
-        std::fs::read_to_string(&target.token_path).map_err(|source| WatchError::Token {
-            path: target.token_path.display().to_string(),
-            source,
-        })?;
-    let uri = endpoint_uri(&target.address)?;
-    let channel = Endpoint::from_shared(uri.clone())
-        .map_err(|_| WatchError::Address(uri))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    let mut request = tonic::Request::new(WatchRequest {
-        namespace: target.namespace.clone(),
-        session: target.session.clone(),
-        heartbeat_seconds: heartbeat_seconds(state.max_stale()),
-    });
-    let bearer = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-        WatchError::Status(tonic::Status::unauthenticated(
-            "the token is not a valid header value",
-        ))
-    })?;
-    request.metadata_mut().insert("authorization", bearer);
-    let mut updates = PolicyClient::new(channel)
-        .watch(request)
-        .await?
-        .into_inner();
+    let (mut client, request) = connect(
+        target,
+        WatchRequest {
+            namespace: target.namespace.clone(),
+            session: target.session.clone(),
+            heartbeat_seconds: heartbeat_seconds(state.max_stale()),
+        },
+    )
+    .await?;
+    let mut updates = client.watch(request).await?.into_inner();
     // A heartbeat vouches only for a policy received on the same stream.
     let mut policy_seen = false;
     while let Some(update) = updates.message().await? {
@@ -168,6 +152,53 @@ pub async fn watch_once(target: &WatchTarget, state: &PolicyState) -> Result<(),
         state.update(policy);
     }
     Ok(())
+}
+
+/// Reports the sandbox checks of the session to the control plane.
+pub async fn report_isolation(
+    target: &WatchTarget,
+    checks: Vec<IsolationCheck>,
+) -> Result<(), WatchError> {
+    let (mut client, request) = connect(
+        target,
+        IsolationReport {
+            namespace: target.namespace.clone(),
+            session: target.session.clone(),
+            checks,
+        },
+    )
+    .await?;
+    client.report_isolation(request).await?;
+    Ok(())
+}
+
+/// A client of the control plane and `message` as a request carrying the
+/// projected token (read anew each time: the kubelet rotates it).
+async fn connect<T>(
+    target: &WatchTarget,
+    message: T,
+) -> Result<(PolicyClient<Channel>, tonic::Request<T>), WatchError> {
+    let token =
+        std::fs::read_to_string(&target.token_path).map_err(|source| WatchError::Token {
+            path: target.token_path.display().to_string(),
+            source,
+        })?;
+    let uri = endpoint_uri(&target.address)?;
+    let channel = Endpoint::from_shared(uri.clone())
+        .map_err(|_| WatchError::Address(uri))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let bearer = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+        WatchError::Status(tonic::Status::unauthenticated(
+            "the token is not a valid header value",
+        ))
+    })?;
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", bearer);
+    Ok((PolicyClient::new(channel), request))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod client;
 pub mod engine;
 pub mod grpc;
+pub mod isolation;
 pub mod mcp;
 pub mod policy_state;
 pub mod ready;

@@ -3,26 +3,30 @@
 //! kubelet's native gRPC probes.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{ArgAction, Args};
 use futures::FutureExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use super::busy_poll::BusyPoll;
-use super::client::{WatchTarget, watch_forever};
+use super::client::{WatchTarget, report_isolation, watch_forever};
 use super::engine::{Limits, ToolEngine};
 use super::grpc::ToolsService;
+use super::isolation::network::{EgressAllow, ProbeTarget};
+use super::isolation::pids::CgroupFiles;
+use super::isolation::{IsolationConfig, verify_forever};
 use super::mcp;
 use super::policy_state::PolicyState;
 use super::workspace::Workspace;
-use crate::api::RateLimit;
+use crate::api::{NetworkMode, RateLimit};
 use crate::audit::StdoutSink;
 use crate::proto::v1alpha1::tools_server::ToolsServer;
 
@@ -77,6 +81,70 @@ pub struct SidecarArgs {
     /// Calls per minute of each tool.
     #[arg(long, env = "WOPR_TOOL_CALLS_PER_MINUTE", default_value_t = 300)]
     pub tool_calls_per_minute: u32,
+    /// The sandbox's network mode (none, restricted, full), to verify from
+    /// inside the pod.
+    #[arg(long, env = "WOPR_NETWORK_MODE")]
+    pub network_mode: Option<NetworkMode>,
+    /// What the sandbox's egress allow-list admits: `cidr` or `cidr#port`
+    /// entries, comma-separated (TCP).
+    #[arg(long, env = "WOPR_EGRESS_ALLOWED", default_value = "")]
+    pub egress_allowed: String,
+    /// Addresses the sandbox must not reach, probed to verify its network
+    /// isolation: `name=ip:port` entries, comma-separated.
+    #[arg(long, env = "WOPR_ISOLATION_PROBES", default_value = "")]
+    pub isolation_probes: String,
+    /// The node's IP: its kubelet is probed too.
+    #[arg(long, env = "WOPR_NODE_IP")]
+    pub node_ip: Option<IpAddr>,
+    /// The kubelet's port on the node.
+    #[arg(long, env = "WOPR_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Milliseconds a probe waits for an answer.
+    #[arg(
+        long,
+        env = "WOPR_ISOLATION_PROBE_TIMEOUT_MILLIS",
+        default_value_t = 1000
+    )]
+    pub isolation_probe_timeout_millis: u64,
+    /// Keep the agent from starting (overall gRPC health NOT_SERVING) until
+    /// the isolation checks hold and the control plane has their report.
+    #[arg(long, env = "WOPR_REQUIRE_VERIFIED_ISOLATION", default_value_t = false, action = ArgAction::Set)]
+    pub require_verified_isolation: bool,
+    /// The cgroup filesystem whose pids limits are checked.
+    #[arg(long, env = "WOPR_CGROUP_MOUNT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_mount: PathBuf,
+    /// This process's cgroup membership.
+    #[arg(
+        long,
+        env = "WOPR_CGROUP_MEMBERSHIP",
+        default_value = "/proc/self/cgroup"
+    )]
+    pub cgroup_membership: PathBuf,
+}
+
+impl SidecarArgs {
+    /// The isolation checks these flags ask for.
+    pub fn isolation(&self) -> Result<IsolationConfig, SidecarError> {
+        Ok(IsolationConfig {
+            network: self.network_mode,
+            egress_allowed: EgressAllow::parse_list(&self.egress_allowed)
+                .map_err(|error| SidecarError::Flag("--egress-allowed", error))?,
+            probes: ProbeTarget::parse_list(&self.isolation_probes)
+                .map_err(|error| SidecarError::Flag("--isolation-probes", error))?
+                .into_iter()
+                .chain(self.node_ip.map(|ip| ProbeTarget {
+                    name: "kubelet".to_owned(),
+                    address: SocketAddr::new(ip, self.kubelet_port),
+                }))
+                .collect(),
+            probe_timeout: Duration::from_millis(self.isolation_probe_timeout_millis),
+            cgroup: CgroupFiles {
+                proc_self_cgroup: self.cgroup_membership.clone(),
+                mount: self.cgroup_mount.clone(),
+            },
+            required: self.require_verified_isolation,
+        })
+    }
 }
 
 /// The sidecar's runtime: one thread. Its CPU limit is a tenth of a core,
@@ -90,6 +158,9 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Why the sidecar stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
+    /// A flag has a bad value.
+    #[error("{0}: {1}")]
+    Flag(&'static str, String),
     /// A listener could not be opened.
     #[error("cannot listen on {what}: {source}")]
     Listen {
@@ -118,6 +189,7 @@ pub async fn run(
     args: SidecarArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SidecarError> {
+    let isolation = args.isolation()?;
     let state = Arc::new(PolicyState::new(Duration::from_secs(
         args.max_policy_age_seconds,
     )));
@@ -158,15 +230,29 @@ pub async fn run(
         "sidecar serving"
     );
 
-    let watcher = tokio::spawn(watch_forever(
-        WatchTarget {
-            address: args.control_plane_address.clone(),
-            namespace: args.namespace.clone(),
-            session: args.session.clone(),
-            token_path: args.token_path.clone(),
-        },
-        state,
-    ));
+    let target = WatchTarget {
+        address: args.control_plane_address.clone(),
+        namespace: args.namespace.clone(),
+        session: args.session.clone(),
+        token_path: args.token_path.clone(),
+    };
+    let health = HealthReporter::new();
+    if isolation.required {
+        // Before anything serves health: the agent waits for the checks.
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
+    let report_target = target.clone();
+    let verifier = tokio::spawn(verify_forever(isolation, health.clone(), move |checks| {
+        let target = report_target.clone();
+        async move {
+            report_isolation(&target, checks)
+                .await
+                .map_err(|error| error.to_string())
+        }
+    }));
+    let watcher = tokio::spawn(watch_forever(target, state));
     let served = serve(
         engine,
         Listeners {
@@ -177,12 +263,13 @@ pub async fn run(
         ServeOptions {
             max_request_bytes: args.max_request_bytes,
             busy_poll: BusyPoll::new(Duration::from_micros(args.busy_poll_micros)),
-            health: HealthReporter::new(),
+            health,
         },
         shutdown,
     )
     .await;
     watcher.abort();
+    verifier.abort();
     let _ = std::fs::remove_file(&args.socket_path);
     served
 }

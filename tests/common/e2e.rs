@@ -117,6 +117,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         shutdown_drain_seconds: 5,
         update_policy: wopr_operator::api::UpdateType::Rolling,
         update_max_unavailable: 1,
+        isolation_probe: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::PodCondition;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
@@ -19,6 +20,7 @@ use wopr_operator::audit::{AuditSink, MemorySink};
 use wopr_operator::controller::context::Stores;
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::index::ContextIndex;
+use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::serve;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::busy_poll::BusyPoll;
@@ -37,9 +39,30 @@ pub fn token_for(session: &str) -> String {
     format!("token-{session}")
 }
 
+/// Keeps the sandbox checks sidecars report, for tests to read.
+#[derive(Default)]
+pub struct MemoryRecorder(pub std::sync::Mutex<Vec<(String, String, Vec<PodCondition>)>>);
+
+impl IsolationRecorder for MemoryRecorder {
+    async fn record(
+        &self,
+        namespace: &str,
+        session: &str,
+        conditions: Vec<PodCondition>,
+    ) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((namespace.to_owned(), session.to_owned(), conditions));
+        Ok(())
+    }
+}
+
 /// A control plane on 127.0.0.1 whose caches the test fills.
 pub struct ControlPlane {
     pub index: Arc<ContextIndex>,
+    /// The sandbox checks sidecars reported.
+    pub reports: Arc<MemoryRecorder>,
     pub address: SocketAddr,
     /// Starts its shutdown (dropping it does too).
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -82,16 +105,19 @@ impl ControlPlane {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let reports = Arc::new(MemoryRecorder::default());
         let server = tokio::spawn(serve(
             listener,
             index.clone(),
             Arc::new(StaticTokens(tokens)),
+            reports.clone(),
             async move {
                 let _ = stopped.await;
             },
         ));
         ControlPlane {
             index,
+            reports,
             address,
             shutdown: Some(shutdown),
             server,

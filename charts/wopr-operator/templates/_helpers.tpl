@@ -65,6 +65,10 @@ these rules are exactly what the code needs.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch, delete]
+# The control plane records each sidecar's sandbox checks as pod conditions.
+- apiGroups: [""]
+  resources: [pods/status]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, list, watch, patch]

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, child_meta};
-use crate::api::{Session, WorkspaceVolume};
+use crate::api::{NetworkMode, PortProtocol, SandboxSpec, Session, WorkspaceVolume};
 use crate::controller::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
 use crate::proto::v1alpha1::tools_server;
@@ -148,7 +148,13 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
                 seccomp_profile: Some(runtime_default_seccomp()),
                 ..PodSecurityContext::default()
             }),
-            init_containers: Some(vec![sidecar(&name, config, sidecar_mounts)]),
+            init_containers: Some(vec![sidecar(
+                &name,
+                context,
+                &sandbox,
+                config,
+                sidecar_mounts,
+            )]),
             containers: vec![agent],
             volumes: Some(volumes),
             ..PodSpec::default()
@@ -166,7 +172,17 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
 /// returns the moment the sidecar lets the agent start. No readiness probe
 /// either: the pod is Ready as soon as the agent runs, instead of at the
 /// next readiness tick. Liveness is a native gRPC probe of the Tools service.
-fn sidecar(session: &str, config: &SandboxConfig, volume_mounts: Vec<VolumeMount>) -> Container {
+///
+/// It is also told what the sandbox promises (network mode, egress
+/// allow-list, whether the agent waits for verified isolation) and what to
+/// probe, to verify the promise from inside the pod.
+fn sidecar(
+    session: &str,
+    context: &EffectiveContext,
+    sandbox: &SandboxSpec,
+    config: &SandboxConfig,
+    volume_mounts: Vec<VolumeMount>,
+) -> Container {
     Container {
         name: SIDECAR_CONTAINER.to_owned(),
         image: Some(config.sidecar_image.clone()),
@@ -187,17 +203,15 @@ fn sidecar(session: &str, config: &SandboxConfig, volume_mounts: Vec<VolumeMount
                 "WOPR_BUSY_POLL_MICROS",
                 &config.sidecar_busy_poll_micros.to_string(),
             ),
-            EnvVar {
-                name: "POD_NAMESPACE".to_owned(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.namespace".to_owned(),
-                        api_version: None,
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                value: None,
-            },
+            env("WOPR_NETWORK_MODE", &context.network.to_string()),
+            env("WOPR_EGRESS_ALLOWED", &egress_allowed(context, sandbox)),
+            env("WOPR_ISOLATION_PROBES", &config.isolation_probes()),
+            env(
+                "WOPR_REQUIRE_VERIFIED_ISOLATION",
+                &context.sandbox.require_verified_isolation.to_string(),
+            ),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("WOPR_NODE_IP", "status.hostIP"),
         ]),
         resources: Some(limits_equal_requests(
             Quantity("64Mi".into()),
@@ -351,6 +365,41 @@ fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
         mount_path: path.to_owned(),
         read_only: read_only.then_some(true),
         ..VolumeMount::default()
+    }
+}
+
+/// What the egress allow-list of a `restricted` sandbox admits for TCP,
+/// as the sidecar reads it (`cidr` or `cidr#port`, comma-separated).
+fn egress_allowed(context: &EffectiveContext, sandbox: &SandboxSpec) -> String {
+    if context.network != NetworkMode::Restricted {
+        return String::new();
+    }
+    let mut entries = Vec::new();
+    for rule in &sandbox.egress {
+        if rule.ports.is_empty() {
+            entries.push(rule.cidr.clone());
+        }
+        for port in &rule.ports {
+            if matches!(port.protocol, None | Some(PortProtocol::Tcp)) {
+                entries.push(format!("{}#{}", rule.cidr, port.port));
+            }
+        }
+    }
+    entries.join(",")
+}
+
+/// A variable the kubelet fills from the pod (`fieldPath`).
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
     }
 }
 
