@@ -98,10 +98,13 @@ where
     }
 }
 
-/// Controller flags for a test: one namespace, no leader election, loopback ports.
+/// Controller flags for a test: one namespace, no leader election, loopback
+/// ports; the sidecar image from `WOPR_E2E_SIDECAR_IMAGE` (an image built
+/// from this tree that the nodes can pull), else `…/wopr-operator:e2e`.
 pub fn controller_args(namespace: &str, control_plane_listen: &str) -> ControllerArgs {
     ControllerArgs {
-        sidecar_image: "ghcr.io/wopr-network/wopr-operator:e2e".into(),
+        sidecar_image: std::env::var("WOPR_E2E_SIDECAR_IMAGE")
+            .unwrap_or_else(|_| "ghcr.io/wopr-network/wopr-operator:e2e".into()),
         default_agent_image: "registry.k8s.io/pause:3.10".into(),
         control_plane_address: "127.0.0.1:9443".into(),
         control_plane_listen: control_plane_listen.parse().unwrap(),
