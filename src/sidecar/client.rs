@@ -205,20 +205,8 @@ async fn connect<T>(
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use k8s_openapi::jiff::Timestamp;
-
     use super::*;
-    use crate::api::{Session, SessionSpec, TrustLevel};
-    use crate::policy::resolve;
-
-    fn served() -> Served {
-        let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
-        session.metadata.namespace = Some("ns".into());
-        Served {
-            context: resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap(),
-            provider: None,
-        }
-    }
+    use crate::sidecar::policy_state::served;
 
     /// The control plane's address accepts connections and drops them at
     /// once, so every reconnect attempt gets as far as it can and fails.

@@ -117,22 +117,28 @@ impl PolicyState {
     }
 }
 
+/// A policy as a semi-trusted session `ns/s` gets it, for unit tests.
+#[cfg(test)]
+pub(crate) fn served() -> Served {
+    use crate::api::{Session, SessionSpec, TrustLevel};
+    let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
+    session.metadata.namespace = Some("ns".into());
+    Served {
+        context: crate::policy::resolve(
+            &session,
+            None,
+            &[],
+            &[],
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        )
+        .unwrap(),
+        provider: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::jiff::Timestamp;
-
     use super::*;
-    use crate::api::{Session, SessionSpec, TrustLevel};
-    use crate::policy::resolve;
-
-    fn served() -> Served {
-        let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::Trusted));
-        session.metadata.namespace = Some("ns".into());
-        Served {
-            context: resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap(),
-            provider: None,
-        }
-    }
 
     const BOUND: Duration = Duration::from_secs(30);
 

@@ -179,6 +179,21 @@ pub struct SidecarOptions {
     pub max_policy_age: Duration,
 }
 
+impl SidecarOptions {
+    /// Generous rate limits, the default busy-polling window and staleness
+    /// bound, auditing into memory for the test to read.
+    pub fn in_memory() -> SidecarOptions {
+        let audit = Arc::new(MemorySink::default());
+        SidecarOptions {
+            limits: calls_per_minute(100_000, 100_000),
+            sink: audit.clone(),
+            audit,
+            busy_poll_window: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
+            max_policy_age: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A real sidecar serving one session, watching `control_plane`.
 pub struct Sidecar {
     pub state: Arc<PolicyState>,
@@ -194,7 +209,7 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar for `session`, presenting `token`, with generous rate limits.
     pub async fn start(control_plane: &str, session: &str, token: &str) -> Sidecar {
-        Sidecar::start_with_limits(control_plane, session, token, 100_000, 100_000).await
+        Sidecar::start_with(control_plane, session, token, SidecarOptions::in_memory()).await
     }
 
     /// Starts a sidecar with generous rate limits that busy-polls for `window`.
@@ -204,8 +219,11 @@ impl Sidecar {
         token: &str,
         window: Duration,
     ) -> Sidecar {
-        let limits = calls_per_minute(100_000, 100_000);
-        Sidecar::start_auditing_in_memory(control_plane, session, token, limits, window).await
+        let options = SidecarOptions {
+            busy_poll_window: window,
+            ..SidecarOptions::in_memory()
+        };
+        Sidecar::start_with(control_plane, session, token, options).await
     }
 
     /// Starts a sidecar whose policy goes stale after `max_policy_age` of silence.
@@ -215,20 +233,11 @@ impl Sidecar {
         token: &str,
         max_policy_age: Duration,
     ) -> Sidecar {
-        let audit = Arc::new(MemorySink::default());
-        Sidecar::start_with(
-            control_plane,
-            session,
-            token,
-            SidecarOptions {
-                limits: calls_per_minute(100_000, 100_000),
-                sink: audit.clone(),
-                audit,
-                busy_poll_window: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
-                max_policy_age,
-            },
-        )
-        .await
+        let options = SidecarOptions {
+            max_policy_age,
+            ..SidecarOptions::in_memory()
+        };
+        Sidecar::start_with(control_plane, session, token, options).await
     }
 
     /// Starts a sidecar with these rate limits (calls per minute).
@@ -239,33 +248,11 @@ impl Sidecar {
         per_session: u32,
         per_tool: u32,
     ) -> Sidecar {
-        let limits = calls_per_minute(per_session, per_tool);
-        let window = Duration::from_micros(DEFAULT_BUSY_POLL_MICROS);
-        Sidecar::start_auditing_in_memory(control_plane, session, token, limits, window).await
-    }
-
-    /// Starts a sidecar whose audit events the test reads from `audit`.
-    async fn start_auditing_in_memory(
-        control_plane: &str,
-        session: &str,
-        token: &str,
-        limits: Limits,
-        busy_poll_window: Duration,
-    ) -> Sidecar {
-        let audit = Arc::new(MemorySink::default());
-        Sidecar::start_with(
-            control_plane,
-            session,
-            token,
-            SidecarOptions {
-                limits,
-                sink: audit.clone(),
-                audit,
-                busy_poll_window,
-                max_policy_age: Duration::from_secs(30),
-            },
-        )
-        .await
+        let options = SidecarOptions {
+            limits: calls_per_minute(per_session, per_tool),
+            ..SidecarOptions::in_memory()
+        };
+        Sidecar::start_with(control_plane, session, token, options).await
     }
 
     /// Starts a sidecar for `session` presenting `token`, set up by `options`.

@@ -247,19 +247,24 @@ mod tests {
         assert!(EgressAllow::parse_list("10.0.0.0/33").is_err());
     }
 
-    #[test]
-    fn one_connection_fails_the_check_and_names_the_address() {
+    /// The verdict when the API server and the kubelet answer so.
+    fn classify_probes(apiserver: Outcome, kubelet: Outcome) -> Check {
         let probed = [
             target("apiserver", "10.96.0.1:443"),
             target("kubelet", "10.0.0.5:10250"),
         ];
-        let check = classify(
+        classify(
             &probed.iter().collect::<Vec<_>>(),
-            &[
-                Outcome::TimedOut(Duration::from_secs(1)),
-                Outcome::Connected,
-            ],
+            &[apiserver, kubelet],
             "",
+        )
+    }
+
+    #[test]
+    fn one_connection_fails_the_check_and_names_the_address() {
+        let check = classify_probes(
+            Outcome::TimedOut(Duration::from_secs(1)),
+            Outcome::Connected,
         );
         assert_eq!((check.status, check.reason), (Status::False, "Reachable"));
         assert!(
@@ -273,17 +278,9 @@ mod tests {
 
     #[test]
     fn every_probe_blocked_is_the_evidence() {
-        let probed = [
-            target("apiserver", "10.96.0.1:443"),
-            target("kubelet", "10.0.0.5:10250"),
-        ];
-        let check = classify(
-            &probed.iter().collect::<Vec<_>>(),
-            &[
-                Outcome::TimedOut(Duration::from_secs(1)),
-                Outcome::Rejected("connection refused".into()),
-            ],
-            "",
+        let check = classify_probes(
+            Outcome::TimedOut(Duration::from_secs(1)),
+            Outcome::Rejected("connection refused".into()),
         );
         assert_eq!((check.status, check.reason), (Status::True, "Blocked"));
         assert_eq!(
