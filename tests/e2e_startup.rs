@@ -14,6 +14,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client};
 use wopr_operator::api::{Session, SessionPhase, TrustLevel};
+use wopr_operator::controller::rollout::pod_is_ready;
 
 mod common;
 
@@ -37,15 +38,7 @@ fn session_ready() -> impl Condition<Session> {
 }
 
 fn pod_ready() -> impl Condition<Pod> {
-    |pod: Option<&Pod>| {
-        pod.and_then(|p| p.status.as_ref())
-            .and_then(|status| status.conditions.as_ref())
-            .is_some_and(|conditions| {
-                conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-    }
+    |pod: Option<&Pod>| pod.is_some_and(pod_is_ready)
 }
 
 /// A bare pod: the Session pod's agent container alone, as hardened.

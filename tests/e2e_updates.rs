@@ -15,6 +15,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use wopr_operator::api::{Session, TrustLevel, UpdateType};
 use wopr_operator::controller::config::ControllerArgs;
+use wopr_operator::controller::rollout::pod_is_ready;
 
 mod common;
 
@@ -71,12 +72,7 @@ async fn uids(pods: &Api<Pod>) -> BTreeMap<String, String> {
 }
 
 fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.metadata.deletion_timestamp.is_none() && pod_is_ready(pod)
 }
 
 /// Watches the Session pods until `stop`: the most Sessions that were
