@@ -581,3 +581,23 @@ async fn an_unverified_sandbox_keeps_the_agent_from_starting_until_it_holds() {
     let status = hook.exited_within(Duration::from_secs(15)).await.unwrap();
     assert!(status.success(), "{:?}", hook.stderr());
 }
+
+#[tokio::test]
+async fn a_watch_that_fails_after_start_up_is_logged() {
+    let cluster = Cluster::start(&[]).await;
+    cluster.api.refuse(
+        "/api/v1/pods",
+        StatusCode::FORBIDDEN,
+        "pods is forbidden: User \"system:serviceaccount:wopr-system:wopr-operator\" cannot list resource \"pods\"",
+    );
+    let controller = cluster.controller(0, &["--leader-election=false"]);
+    controller
+        .wait_for("watching the cluster failed", 1, Duration::from_secs(30))
+        .await;
+    let line = controller
+        .stderr()
+        .into_iter()
+        .find(|line| line.contains("watching the cluster failed"))
+        .unwrap();
+    assert!(line.contains("cannot list resource"), "{line}");
+}

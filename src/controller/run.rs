@@ -207,7 +207,7 @@ pub async fn run(
                 rollouts: Rollouts::default(),
             }),
         )
-        .for_each(|_| async {});
+        .for_each(log_watch_errors);
 
     let status_context = Arc::new(StatusContext {
         client: client.clone(),
@@ -235,7 +235,7 @@ pub async fn run(
         policy_status::retry,
         status_context.clone(),
     )
-    .for_each(|_| async {});
+    .for_each(log_watch_errors);
     let gateway_controller = Controller::new(
         scoped::<DeserializeGuard<Gateway>>(&client, namespace),
         watcher::Config::default(),
@@ -264,7 +264,7 @@ pub async fn run(
             policy_status::retry,
             status_context,
         )
-        .for_each(|_| async {});
+        .for_each(log_watch_errors);
 
     let admin_state = Arc::new(AdminState {
         registry,
@@ -303,6 +303,17 @@ pub async fn run(
             tracing::warn!(drain = ?drain, "stopping with work left: the drain time is over");
             Ok(())
         }
+    }
+}
+
+/// Logs the watch failures a controller's stream reports (a lost API
+/// server, a right taken away); failed reconciles are reported by their
+/// error policy instead.
+async fn log_watch_errors<T, R, Q: std::fmt::Display>(
+    result: Result<T, kube::runtime::controller::Error<R, Q>>,
+) {
+    if let Err(kube::runtime::controller::Error::QueueError(error)) = result {
+        tracing::warn!(%error, "watching the cluster failed; retrying with backoff");
     }
 }
 
