@@ -75,10 +75,10 @@ pub async fn run(
         .await?;
     let mut config = SandboxConfig::from_args(&args)?;
     config.control_plane.resolved_ip = resolve_host(&config.control_plane).await;
-    if let Some(api_server) = api_server_address(&api_server.url).await {
+    if let Some(address) = api_server_address(&api_server.url).await {
         config
             .isolation_probes
-            .insert(0, ("apiserver".to_owned(), api_server));
+            .insert(0, ("apiserver".to_owned(), address));
     }
     let identity = args
         .identity
