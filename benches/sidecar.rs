@@ -22,7 +22,6 @@ use wopr_operator::api::{Capability, TrustLevel};
 use wopr_operator::audit::{AuditEvent, AuditSink};
 use wopr_operator::proto::v1alpha1::CallToolRequest;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
-use wopr_operator::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -50,7 +49,7 @@ impl AuditSink for SerializingSink {
     }
 }
 
-async fn started(session_name: &str, busy_poll_window: Duration) -> (ControlPlane, Sidecar) {
+async fn started(session_name: &str) -> (ControlPlane, Sidecar) {
     let mut control_plane = ControlPlane::start(&[session_name]).await;
     control_plane.put_session(session(session_name, TrustLevel::SemiTrusted));
     let sidecar = Sidecar::start_with(
@@ -61,7 +60,6 @@ async fn started(session_name: &str, busy_poll_window: Duration) -> (ControlPlan
             limits: calls_per_minute(u32::MAX, u32::MAX),
             sink: Arc::new(SerializingSink),
             audit: Arc::default(),
-            busy_poll_window,
             max_policy_age: Duration::from_secs(30),
         },
     )
@@ -85,23 +83,15 @@ fn install_the_binarys_logger() {
     ONCE.call_once(|| wopr_operator::logging::init(wopr_operator::logging::LogFormat::Plain));
 }
 
-/// The `sidecar` binary's default busy-polling window.
-fn default_busy_poll() -> Duration {
-    Duration::from_micros(DEFAULT_BUSY_POLL_MICROS)
-}
-
 /// A control plane and a sidecar on their own thread and on the `sidecar`
 /// binary's runtime (the agent is another process).
-fn sidecar_on_its_own_thread(
-    session_name: &'static str,
-    busy_poll_window: Duration,
-) -> Arc<Sidecar> {
+fn sidecar_on_its_own_thread(session_name: &'static str) -> Arc<Sidecar> {
     install_the_binarys_logger();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = wopr_operator::sidecar::run::runtime().unwrap();
         runtime.block_on(async {
-            let (_control_plane, sidecar) = started(session_name, busy_poll_window).await;
+            let (_control_plane, sidecar) = started(session_name).await;
             sender.send(Arc::new(sidecar)).unwrap();
             std::future::pending::<()>().await;
         });
@@ -110,7 +100,7 @@ fn sidecar_on_its_own_thread(
 }
 
 fn bench_unix_socket(c: &mut Criterion) {
-    let sidecar = sidecar_on_its_own_thread("bench", default_busy_poll());
+    let sidecar = sidecar_on_its_own_thread("bench");
     let runtime = single_threaded_runtime();
     let mut client = runtime.block_on(sidecar.tools());
     let mut group = c.benchmark_group("security_check_unix_socket");
@@ -123,14 +113,6 @@ fn bench_unix_socket(c: &mut Criterion) {
     // Sequential calls inside the runtime: the per-call latency an agent sees.
     group.bench_function("round_trip", |b| {
         b.iter_custom(|iterations| runtime.block_on(sequential_calls(&mut client, iterations)))
-    });
-    // The same with busy-polling off: every request wakes the sidecar.
-    let sleeping_sidecar = sidecar_on_its_own_thread("bench-no-busy-poll", Duration::ZERO);
-    let mut sleeping_client = runtime.block_on(sleeping_sidecar.tools());
-    group.bench_function("round_trip_busy_poll_off", |b| {
-        b.iter_custom(|iterations| {
-            runtime.block_on(sequential_calls(&mut sleeping_client, iterations))
-        })
     });
     // The same call from a client that writes each request in one write
     // (HEADERS and DATA together), as grpc-go and grpcio do; tonic's client
@@ -230,7 +212,7 @@ async fn call_once(client: &mut h2::client::SendRequest<Bytes>, body: Bytes) {
 }
 
 fn bench_mcp(c: &mut Criterion) {
-    let sidecar = sidecar_on_its_own_thread("bench-mcp", default_busy_poll());
+    let sidecar = sidecar_on_its_own_thread("bench-mcp");
     let runtime = single_threaded_runtime();
     let mut sender = runtime.block_on(async {
         let stream = tokio::net::TcpStream::connect(sidecar.mcp).await.unwrap();
@@ -334,44 +316,6 @@ fn bench_socket_floor(c: &mut Criterion) {
     });
 }
 
-/// The same ping-pong with both threads spinning on non-blocking reads:
-/// what is left when neither side sleeps (and so is never woken).
-fn bench_spinning_socket_floor(c: &mut Criterion) {
-    use std::io::Write;
-    // The socket buffers never fill here, so the non-blocking writes never
-    // return `WouldBlock`.
-    let (mut near, mut far) = std::os::unix::net::UnixStream::pair().unwrap();
-    near.set_nonblocking(true).unwrap();
-    far.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        while spin_read(&mut far, &mut byte).is_ok() && far.write_all(&byte).is_ok() {}
-    });
-    let mut byte = [0u8; 1];
-    c.bench_function("unix_socket_ping_pong_floor_spinning", |b| {
-        b.iter(|| {
-            near.write_all(&[1]).unwrap();
-            spin_read(&mut near, &mut byte).unwrap();
-        })
-    });
-}
-
-/// Reads one byte from a non-blocking socket, spinning until it arrives.
-fn spin_read(
-    socket: &mut std::os::unix::net::UnixStream,
-    byte: &mut [u8; 1],
-) -> std::io::Result<()> {
-    use std::io::Read;
-    loop {
-        match socket.read(byte) {
-            Ok(1) => return Ok(()),
-            Ok(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(error) => return Err(error),
-        }
-    }
-}
-
 /// The same ping-pong between two single-threaded tokio runtimes (epoll,
 /// non-blocking sockets): the floor under any tokio server and client.
 fn bench_tokio_socket_floor(c: &mut Criterion) {
@@ -407,7 +351,6 @@ fn bench_tokio_socket_floor(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_socket_floor,
-    bench_spinning_socket_floor,
     bench_tokio_socket_floor,
     bench_unix_socket,
     bench_mcp,

@@ -194,7 +194,7 @@ async fn the_namespaces_policy_overrides_the_controller_default() {
         ));
     harness.reconfigure(
         SandboxConfig {
-            sidecar_busy_poll_micros: 0,
+            isolation_probes: Vec::new(),
             ..harness.ctx.config.clone()
         },
         policy(UpdateType::Immediate, None),
@@ -203,7 +203,7 @@ async fn the_namespaces_policy_overrides_the_controller_default() {
     mark_ready(&harness, "a");
     harness.reconfigure(
         SandboxConfig {
-            sidecar_busy_poll_micros: 7,
+            isolation_probes: vec![("metadata".into(), "169.254.169.254:80".parse().unwrap())],
             ..harness.ctx.config.clone()
         },
         policy(UpdateType::Immediate, None),
@@ -218,7 +218,7 @@ async fn the_namespaces_policy_overrides_the_controller_default() {
         .unwrap()
         .to_owned();
     assert!(
-        message.contains("sidecar WOPR_BUSY_POLL_MICROS"),
+        message.contains("sidecar WOPR_ISOLATION_PROBES"),
         "{message}"
     );
 }

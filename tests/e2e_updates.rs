@@ -23,11 +23,13 @@ use common::e2e::*;
 
 const SESSIONS: [&str; 3] = ["update-a", "update-b", "update-c"];
 
-fn args(namespace: &str, policy: UpdateType, busy_poll_micros: u64) -> ControllerArgs {
+/// Controller flags; `generation` varies an operator-level setting (an
+/// extra isolation probe) so that each restart changes every session pod.
+fn args(namespace: &str, policy: UpdateType, generation: u8) -> ControllerArgs {
     ControllerArgs {
         update_policy: policy,
         update_max_unavailable: 1,
-        sidecar_busy_poll_micros: busy_poll_micros,
+        isolation_probe: vec![format!("e2e=192.0.2.{generation}:80")],
         ..controller_args(namespace, "127.0.0.1:0")
     }
 }
@@ -113,7 +115,7 @@ async fn operator_changes_follow_the_update_policy() {
     with_namespace(|client, namespace| async move {
         let sessions: Api<Session> = Api::namespaced(client.clone(), &namespace);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        let controller = Controller::start(args(&namespace, UpdateType::Rolling, 200));
+        let controller = Controller::start(args(&namespace, UpdateType::Rolling, 1));
         for name in SESSIONS {
             let mut session = common::session(name, TrustLevel::SemiTrusted);
             session.metadata.namespace = Some(namespace.clone());
@@ -127,7 +129,7 @@ async fn operator_changes_follow_the_update_policy() {
         controller.stop().await;
 
         // OnRestart: nothing is replaced; every Session says an update waits.
-        let controller = Controller::start(args(&namespace, UpdateType::OnRestart, 150));
+        let controller = Controller::start(args(&namespace, UpdateType::OnRestart, 2));
         for name in SESSIONS {
             eventually(&format!("{name} pending"), || async {
                 let (status, reason) = condition(&sessions, name, "UpToDate").await?;
@@ -153,7 +155,7 @@ async fn operator_changes_follow_the_update_policy() {
         let (stop_watching, stopped) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(most_sessions_without_a_ready_pod(pods.clone(), stopped));
         let before = uids(&pods).await;
-        let controller = Controller::start(args(&namespace, UpdateType::Rolling, 100));
+        let controller = Controller::start(args(&namespace, UpdateType::Rolling, 3));
         let after = all_current(&client, &namespace).await;
         stop_watching.send(()).unwrap();
         let most = watch.await.unwrap();

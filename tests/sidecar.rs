@@ -388,54 +388,6 @@ mod mcp {
     }
 
     #[tokio::test]
-    async fn grpc_and_mcp_requests_open_the_busy_poll_window() {
-        let mut control_plane = ControlPlane::start(&["s"]).await;
-        control_plane.put_session(session("s", TrustLevel::SemiTrusted));
-        let address = control_plane.address.to_string();
-        let window = Duration::from_secs(60);
-        let over_grpc = Sidecar::start_with_busy_poll(&address, "s", &token_for("s"), window).await;
-        let over_mcp = Sidecar::start_with_busy_poll(&address, "s", &token_for("s"), window).await;
-        for sidecar in [&over_grpc, &over_mcp] {
-            sidecar.wait_for_policy(has_policy).await;
-            assert!(
-                !sidecar.busy_poll.window_open(),
-                "the policy watch is no request"
-            );
-        }
-        call(
-            &over_grpc,
-            "security_check",
-            json!({"capability": "inject"}),
-        )
-        .await
-        .unwrap();
-        assert!(over_grpc.busy_poll.window_open());
-        let (status, _) = post(&over_mcp, request("ping", json!({}))).await;
-        assert_eq!(status, 200);
-        assert!(over_mcp.busy_poll.window_open());
-    }
-
-    #[tokio::test]
-    async fn a_sidecar_without_busy_polling_serves_as_usual() {
-        let mut control_plane = ControlPlane::start(&["s"]).await;
-        control_plane.put_session(session("s", TrustLevel::SemiTrusted));
-        let address = control_plane.address.to_string();
-        let sidecar =
-            Sidecar::start_with_busy_poll(&address, "s", &token_for("s"), Duration::ZERO).await;
-        sidecar.wait_for_policy(has_policy).await;
-        let checked = call(
-            &sidecar,
-            "security_check",
-            json!({"capability": "inject.tools"}),
-        )
-        .await;
-        assert_eq!(checked.unwrap()["allowed"], json!(true));
-        let (status, _) = post(&sidecar, request("ping", json!({}))).await;
-        assert_eq!(status, 200);
-        assert!(!sidecar.busy_poll.window_open());
-    }
-
-    #[tokio::test]
     async fn speaks_mcp() {
         let (_cp, sidecar) = ready_sidecar().await;
         let (status, init) = post(&sidecar, request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}))).await;

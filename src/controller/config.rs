@@ -7,7 +7,6 @@ use clap::{ArgAction, Args};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::{UpdatePolicy, UpdateType};
-use crate::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
 
 /// The image the controller runs from, and the default sidecar image.
 pub const DEFAULT_IMAGE: &str = concat!(
@@ -68,10 +67,6 @@ pub struct ControllerArgs {
     /// CPU limit (and request) of sandboxed agents that set none.
     #[arg(long, env = "WOPR_DEFAULT_CPU", default_value = "500m")]
     pub default_cpu: String,
-    /// Microseconds each sidecar keeps polling its sockets after a request
-    /// (`wopr-operator sidecar --busy-poll-micros`); 0 turns it off.
-    #[arg(long, env = "WOPR_SIDECAR_BUSY_POLL_MICROS", default_value_t = DEFAULT_BUSY_POLL_MICROS)]
-    pub sidecar_busy_poll_micros: u64,
     /// Seconds to drain after SIGTERM: the Lease is released and every
     /// policy stream ended at once, then in-flight reconciles and
     /// connections get up to this long before the process exits anyway.
@@ -190,8 +185,6 @@ pub struct SandboxConfig {
     pub default_memory: Quantity,
     /// Default CPU limit and request of sandboxed agents.
     pub default_cpu: Quantity,
-    /// The sidecars' busy-polling window after each request, in microseconds.
-    pub sidecar_busy_poll_micros: u64,
     /// Addresses no isolated sandbox may reach (the API server's, those of
     /// `--isolation-probe`), each with a name; sidecars probe them, and the
     /// node's kubelet, to verify their network isolation.
@@ -214,7 +207,6 @@ impl SandboxConfig {
             },
             default_memory: Quantity("0".to_owned()),
             default_cpu: Quantity("0".to_owned()),
-            sidecar_busy_poll_micros: 0,
             isolation_probes: Vec::new(),
         }
     }
@@ -239,7 +231,6 @@ impl SandboxConfig {
             )?,
             default_memory: Quantity(args.default_memory.clone()),
             default_cpu: Quantity(args.default_cpu.clone()),
-            sidecar_busy_poll_micros: args.sidecar_busy_poll_micros,
             isolation_probes: args
                 .isolation_probe
                 .iter()

@@ -16,7 +16,6 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use super::busy_poll::BusyPoll;
 use super::client::{WatchTarget, report_isolation, watch_forever};
 use super::engine::{Limits, ToolEngine};
 use super::grpc::ToolsService;
@@ -29,9 +28,6 @@ use super::workspace::Workspace;
 use crate::api::{NetworkMode, RateLimit};
 use crate::audit::StdoutSink;
 use crate::proto::v1alpha1::tools_server::ToolsServer;
-
-/// The default busy-polling window after each request, in microseconds.
-pub const DEFAULT_BUSY_POLL_MICROS: u64 = 200;
 
 /// Flags of `wopr-operator sidecar`.
 #[derive(Args, Debug, Clone)]
@@ -70,11 +66,6 @@ pub struct SidecarArgs {
     /// Largest request body (MCP) or message (gRPC), in bytes.
     #[arg(long, env = "WOPR_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
-    /// Microseconds the sidecar keeps polling its sockets after each request
-    /// instead of sleeping, so the next call of a burst is served without a
-    /// wake-up; costs at most that much CPU per request. 0 turns it off.
-    #[arg(long, env = "WOPR_BUSY_POLL_MICROS", default_value_t = DEFAULT_BUSY_POLL_MICROS)]
-    pub busy_poll_micros: u64,
     /// Tool calls per minute for the whole session.
     #[arg(long, env = "WOPR_SESSION_CALLS_PER_MINUTE", default_value_t = 600)]
     pub session_calls_per_minute: u32,
@@ -262,7 +253,6 @@ pub async fn run(
         },
         ServeOptions {
             max_request_bytes: args.max_request_bytes,
-            busy_poll: BusyPoll::new(Duration::from_micros(args.busy_poll_micros)),
             health,
         },
         shutdown,
@@ -289,8 +279,6 @@ pub struct Listeners {
 pub struct ServeOptions {
     /// Largest MCP request body or gRPC message, in bytes.
     pub max_request_bytes: usize,
-    /// Busy-polling after each request (a zero window turns it off).
-    pub busy_poll: Arc<BusyPoll>,
     /// The gRPC health statuses: the Tools service's (liveness) and the
     /// overall one, SERVING once the agent may start (`sidecar-ready`).
     pub health: HealthReporter,
@@ -305,11 +293,9 @@ pub async fn serve(
 ) -> Result<(), SidecarError> {
     let ServeOptions {
         max_request_bytes,
-        busy_poll,
         health: health_reporter,
     } = options;
     let shutdown = shutdown.shared();
-    let spinner = tokio::spawn(busy_poll.clone().spin());
     health_reporter
         .set_serving::<ToolsServer<ToolsService>>()
         .await;
@@ -317,17 +303,15 @@ pub async fn serve(
     let tools = ToolsServer::new(ToolsService::new(engine.clone()))
         .max_decoding_message_size(max_request_bytes);
     let grpc = tonic::transport::Server::builder()
-        .layer(busy_poll.layer())
         .add_service(health.clone())
         .add_service(tools)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.socket), shutdown.clone());
     let health_server = tonic::transport::Server::builder()
         .add_service(health)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), shutdown.clone());
-    let mcp_router = mcp::router(engine, max_request_bytes).layer(busy_poll.layer());
+    let mcp_router = mcp::router(engine, max_request_bytes);
     let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(shutdown);
     let (grpc, health, mcp) = tokio::join!(grpc, health_server, mcp_server);
-    spinner.abort();
     grpc?;
     health?;
     mcp.map_err(SidecarError::Mcp)

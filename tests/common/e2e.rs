@@ -18,7 +18,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wopr_operator::api;
 use wopr_operator::controller::config::ControllerArgs;
-use wopr_operator::sidecar::run::DEFAULT_BUSY_POLL_MICROS;
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 pub const MANAGER: &str = "wopr-e2e";
@@ -116,7 +115,6 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         identity: Some("e2e".into()),
         default_memory: "512Mi".into(),
         default_cpu: "500m".into(),
-        sidecar_busy_poll_micros: DEFAULT_BUSY_POLL_MICROS,
         shutdown_drain_seconds: 5,
         update_policy: wopr_operator::api::UpdateType::Rolling,
         update_max_unavailable: 1,

@@ -34,7 +34,6 @@ pub fn sandbox_config() -> SandboxConfig {
         .unwrap(),
         default_memory: Quantity("512Mi".into()),
         default_cpu: Quantity("500m".into()),
-        sidecar_busy_poll_micros: 150,
         isolation_probes: vec![("apiserver".into(), "10.96.0.1:443".parse().unwrap())],
     }
 }

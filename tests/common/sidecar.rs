@@ -23,13 +23,10 @@ use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::serve;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
-use wopr_operator::sidecar::busy_poll::BusyPoll;
 use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
 use wopr_operator::sidecar::engine::{Limits, ToolEngine};
 use wopr_operator::sidecar::policy_state::PolicyState;
-use wopr_operator::sidecar::run::{
-    DEFAULT_BUSY_POLL_MICROS, Listeners, ServeOptions, serve as serve_sidecar,
-};
+use wopr_operator::sidecar::run::{Listeners, ServeOptions, serve as serve_sidecar};
 use wopr_operator::sidecar::workspace::Workspace;
 
 use super::{NAMESPACE, now};
@@ -173,22 +170,19 @@ pub struct SidecarOptions {
     pub sink: Arc<dyn AuditSink>,
     /// What the test reads (the same sink, or an empty one).
     pub audit: Arc<MemorySink>,
-    /// Its busy-polling window.
-    pub busy_poll_window: Duration,
     /// How long its policy outlives the control plane's silence.
     pub max_policy_age: Duration,
 }
 
 impl SidecarOptions {
-    /// Generous rate limits, the default busy-polling window and staleness
-    /// bound, auditing into memory for the test to read.
+    /// Generous rate limits and the default staleness bound, auditing into
+    /// memory for the test to read.
     pub fn in_memory() -> SidecarOptions {
         let audit = Arc::new(MemorySink::default());
         SidecarOptions {
             limits: calls_per_minute(100_000, 100_000),
             sink: audit.clone(),
             audit,
-            busy_poll_window: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
             max_policy_age: Duration::from_secs(30),
         }
     }
@@ -202,7 +196,6 @@ pub struct Sidecar {
     pub socket: PathBuf,
     pub mcp: SocketAddr,
     pub workspace: PathBuf,
-    pub busy_poll: Arc<BusyPoll>,
     _dir: tempfile::TempDir,
 }
 
@@ -210,20 +203,6 @@ impl Sidecar {
     /// Starts a sidecar for `session`, presenting `token`, with generous rate limits.
     pub async fn start(control_plane: &str, session: &str, token: &str) -> Sidecar {
         Sidecar::start_with(control_plane, session, token, SidecarOptions::in_memory()).await
-    }
-
-    /// Starts a sidecar with generous rate limits that busy-polls for `window`.
-    pub async fn start_with_busy_poll(
-        control_plane: &str,
-        session: &str,
-        token: &str,
-        window: Duration,
-    ) -> Sidecar {
-        let options = SidecarOptions {
-            busy_poll_window: window,
-            ..SidecarOptions::in_memory()
-        };
-        Sidecar::start_with(control_plane, session, token, options).await
     }
 
     /// Starts a sidecar whose policy goes stale after `max_policy_age` of silence.
@@ -266,7 +245,6 @@ impl Sidecar {
             limits,
             sink,
             audit,
-            busy_poll_window,
             max_policy_age,
         } = options;
         let dir = tempfile::tempdir().unwrap();
@@ -299,13 +277,11 @@ impl Sidecar {
             health: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let mcp = listeners.mcp.local_addr().unwrap();
-        let busy_poll = BusyPoll::new(busy_poll_window);
         tokio::spawn(serve_sidecar(
             engine.clone(),
             listeners,
             ServeOptions {
                 max_request_bytes: 1024 * 1024,
-                busy_poll: busy_poll.clone(),
                 health: tonic_health::server::HealthReporter::new(),
             },
             std::future::pending(),
@@ -317,7 +293,6 @@ impl Sidecar {
             socket,
             mcp,
             workspace,
-            busy_poll,
             _dir: dir,
         }
     }

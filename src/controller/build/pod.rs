@@ -199,10 +199,6 @@ fn sidecar(
             env("WOPR_HEALTH_ADDRESS", &format!("0.0.0.0:{HEALTH_PORT}")),
             env("WOPR_TOKEN_PATH", &format!("{TOKEN_DIR}/token")),
             env("WOPR_WORKSPACE", WORKSPACE_DIR),
-            env(
-                "WOPR_BUSY_POLL_MICROS",
-                &config.sidecar_busy_poll_micros.to_string(),
-            ),
             env("WOPR_NETWORK_MODE", &context.network.to_string()),
             env("WOPR_EGRESS_ALLOWED", &egress_allowed(context, sandbox)),
             env("WOPR_ISOLATION_PROBES", &config.isolation_probes()),
