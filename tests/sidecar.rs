@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::sidecar::{ControlPlane, Sidecar, token_for};
+use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, calls_per_minute, token_for};
 use common::*;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -269,14 +269,12 @@ async fn warn_mode_allows_and_audits_would_deny() {
 async fn rate_limits_refuse_and_audit() {
     let mut control_plane = ControlPlane::start(&["t"]).await;
     control_plane.put_session(session("t", TrustLevel::Trusted));
-    let sidecar = Sidecar::start_with_limits(
-        &control_plane.address.to_string(),
-        "t",
-        &token_for("t"),
-        100,
-        2,
-    )
-    .await;
+    let options = SidecarOptions {
+        limits: calls_per_minute(100, 2),
+        ..SidecarOptions::in_memory()
+    };
+    let address = control_plane.address.to_string();
+    let sidecar = Sidecar::start_with(&address, "t", &token_for("t"), options).await;
     sidecar.wait_for_policy(has_policy).await;
     for _ in 0..2 {
         call(&sidecar, "security_check", json!({"capability": "inject"}))
@@ -672,13 +670,12 @@ async fn draining_ends_every_policy_stream_and_the_server_returns() {
 async fn a_stale_policy_denies_everything_but_whoami_and_says_why() {
     let mut control_plane = ControlPlane::start(&["s"]).await;
     control_plane.put_session(session("s", TrustLevel::SemiTrusted));
-    let sidecar = Sidecar::start_with_max_policy_age(
-        &control_plane.address.to_string(),
-        "s",
-        &token_for("s"),
-        Duration::from_secs(1),
-    )
-    .await;
+    let options = SidecarOptions {
+        max_policy_age: Duration::from_secs(1),
+        ..SidecarOptions::in_memory()
+    };
+    let address = control_plane.address.to_string();
+    let sidecar = Sidecar::start_with(&address, "s", &token_for("s"), options).await;
     sidecar.wait_for_policy(has_policy).await;
     call(&sidecar, "config_get", json!({})).await.unwrap();
 

@@ -1,7 +1,10 @@
 //! Audit events (SPEC "Audit"): one per decision, written as a JSON line.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -104,16 +107,98 @@ pub trait AuditSink: Send + Sync {
     fn record(&self, event: &AuditEvent);
 }
 
-/// Writes each event as one JSON line to stdout.
-pub struct StdoutSink;
+/// Writes each event as one JSON line, from a thread of its own.
+///
+/// `record` serializes the event and hands the line to a bounded queue, so
+/// a slow log pipe never stalls the caller (the sidecar's one runtime
+/// thread, which also serves the policy watch). When the queue is full the
+/// event is counted instead of queued, and as soon as the writer catches
+/// up it writes the count as a line of its own,
+/// `{"type":"audit_overflow","dropped":N,"time":...}`, and says so on
+/// stderr: a log pipe that does not keep up can lose events, never
+/// silently. (Durable shipping to the control plane is the audit store's.)
+pub struct QueuedLineSink {
+    queue: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
 
-impl AuditSink for StdoutSink {
+enum Message {
+    Line(Vec<u8>),
+    /// Everything before is written: answer on the channel.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// How many events wait for the writer at most.
+pub const AUDIT_QUEUE_CAPACITY: usize = 16_384;
+
+impl QueuedLineSink {
+    /// Events to stdout.
+    pub fn stdout() -> QueuedLineSink {
+        QueuedLineSink::new(std::io::stdout(), AUDIT_QUEUE_CAPACITY)
+    }
+
+    /// Events to `out`, with at most `capacity` waiting.
+    pub fn new(out: impl Write + Send + 'static, capacity: usize) -> QueuedLineSink {
+        let (queue, lines) = sync_channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = dropped.clone();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_lines(out, &lines, &counted))
+            .expect("a thread for the audit writer");
+        QueuedLineSink { queue, dropped }
+    }
+
+    /// Waits (up to `timeout`) until every event recorded so far is written:
+    /// call it before the process exits.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let (done, written) = std::sync::mpsc::channel();
+        let mut flush = Message::Flush(done);
+        loop {
+            match self.queue.try_send(flush) {
+                Ok(()) => break,
+                Err(TrySendError::Full(message)) if std::time::Instant::now() < deadline => {
+                    flush = message;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        written
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_ok()
+    }
+}
+
+impl AuditSink for QueuedLineSink {
     fn record(&self, event: &AuditEvent) {
         let mut line = serde_json::to_vec(event).expect("audit events serialize");
         line.push(b'\n');
-        let mut stdout = std::io::stdout().lock();
-        if let Err(error) = stdout.write_all(&line).and_then(|()| stdout.flush()) {
-            eprintln!("audit: cannot write to stdout: {error}");
+        if self.queue.try_send(Message::Line(line)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The writer thread: each line, then any overflow count, until the sink goes.
+fn write_lines(mut out: impl Write, lines: &Receiver<Message>, dropped: &AtomicU64) {
+    for message in lines {
+        match message {
+            Message::Line(line) => {
+                if let Err(error) = out.write_all(&line).and_then(|()| out.flush()) {
+                    eprintln!("audit: cannot write an event: {error}");
+                }
+            }
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            eprintln!("audit: {lost} events were dropped: the audit output did not keep up");
+            let overflow = serde_json::json!({"type": "audit_overflow", "dropped": lost, "time": Timestamp::now()});
+            let _ = writeln!(out, "{overflow}").and_then(|()| out.flush());
         }
     }
 }
@@ -135,5 +220,113 @@ impl AuditSink for MemorySink {
             .lock()
             .expect("the audit lock is never poisoned")
             .push(event.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Condvar;
+
+    use super::*;
+    use crate::api::TrustLevel;
+
+    /// Output that blocks every write until the gate opens.
+    #[derive(Clone, Default)]
+    struct Gated {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Gated {
+        fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+
+        fn lines(&self) -> Vec<serde_json::Value> {
+            String::from_utf8(self.written.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect()
+        }
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let (open, changed) = &*self.open;
+            let _open = changed
+                .wait_while(open.lock().unwrap(), |open| !*open)
+                .unwrap();
+            self.written.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn event(reason: &str) -> AuditEvent {
+        let source = SourceRef {
+            source_type: "agent".into(),
+            identity: "s".into(),
+            trust_level: TrustLevel::Untrusted,
+        };
+        AuditEvent::new(
+            Timestamp::UNIX_EPOCH,
+            EventType::ToolCall,
+            "ns",
+            "s",
+            source,
+            Outcome::Denied,
+            Enforcement::Enforce,
+            reason.into(),
+        )
+    }
+
+    #[test]
+    fn a_stuck_output_never_blocks_the_caller_and_losses_are_written_down() {
+        let output = Gated::default();
+        let sink = QueuedLineSink::new(output.clone(), 2);
+        let started = std::time::Instant::now();
+        for n in 0..10 {
+            sink.record(&event(&format!("event {n}")));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "record never waits for the output"
+        );
+        output.open();
+        assert!(sink.flush(Duration::from_secs(5)));
+        let lines = output.lines();
+        let written: Vec<&str> = lines.iter().filter_map(|l| l["reason"].as_str()).collect();
+        let dropped: u64 = lines
+            .iter()
+            .filter(|l| l["type"] == "audit_overflow")
+            .map(|l| l["dropped"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            written.len() as u64 + dropped,
+            10,
+            "every event written or counted: {lines:?}"
+        );
+        assert!(
+            dropped >= 7,
+            "the queue holds 2 (and the writer 1): {lines:?}"
+        );
+        assert_eq!(written[0], "event 0", "written in order");
+    }
+
+    #[test]
+    fn everything_recorded_is_written_by_a_flush() {
+        let output = Gated::default();
+        output.open();
+        let sink = QueuedLineSink::new(output.clone(), 64);
+        for n in 0..50 {
+            sink.record(&event(&format!("event {n}")));
+        }
+        assert!(sink.flush(Duration::from_secs(5)));
+        assert_eq!(output.lines().len(), 50);
     }
 }

@@ -12,6 +12,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::config::SandboxConfig;
 use super::metrics::Metrics;
+use super::retry::Backoff;
 use super::rollout::Rollouts;
 use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session, UpdatePolicy};
 use crate::policy::{EffectiveContext, ResolveError, resolve};
@@ -36,6 +37,8 @@ pub struct Context {
     pub default_update_policy: UpdatePolicy,
     /// Pod replacements of operator-level changes in flight.
     pub rollouts: Rollouts,
+    /// Failures in a row per Session, for the retry delay.
+    pub backoff: Backoff,
 }
 
 /// Caches of SecurityPolicies, Grants and Gateways, fed by watches.

@@ -1,6 +1,7 @@
 //! Errors of the controller, each with a stable reason for metrics and events.
 
-/// Why a reconcile failed. Transient: the reconcile is retried with backoff.
+/// Why a reconcile failed. Transient: the reconcile is retried with a
+/// per-object exponential backoff (`controller::retry`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API call failed.

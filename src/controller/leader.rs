@@ -5,11 +5,12 @@
 
 use std::future::Future;
 
-use futures::{Stream, stream};
+use futures::Stream;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::context::Leadership;
 
@@ -82,12 +83,9 @@ pub async fn elect(
             Err(error) => tracing::warn!(%error, "the lease manager failed"),
         }
     });
-    let gained_stream = stream::unfold(gained_stream, |mut receiver| async move {
-        receiver.recv().await.map(|()| ((), receiver))
-    });
     Ok(Election {
         leadership,
-        gained: Box::new(Box::pin(gained_stream)),
+        gained: Box::new(UnboundedReceiverStream::new(gained_stream)),
         released,
     })
 }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod policy_status;
 pub mod preflight;
 pub mod reconcile;
+pub mod retry;
 pub mod rollout;
 pub mod run;
 pub mod status;

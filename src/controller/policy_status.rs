@@ -2,7 +2,6 @@
 //! force, and which Sessions it governs or serves.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -14,6 +13,7 @@ use kube::{Client, Resource, ResourceExt};
 use super::apply::patch_status_if_changed;
 use super::context::Leadership;
 use super::error::Error;
+use super::retry::Backoff;
 use super::status::{READY, condition};
 use crate::api::{
     DEFAULT_POLICY_NAME, Gateway, GatewayStatus, SecurityPolicy, SecurityPolicyStatus, Session,
@@ -32,6 +32,8 @@ pub struct StatusContext {
     pub leadership: Leadership,
     /// The current time.
     pub clock: fn() -> Timestamp,
+    /// Failures in a row per object, for the retry delay.
+    pub backoff: Backoff,
 }
 
 /// The status a SecurityPolicy should have, given the Sessions of its namespace.
@@ -162,6 +164,7 @@ pub async fn reconcile_policy(
     let desired = policy_status(&policy, &sessions, &Time((ctx.clock)()));
     let previous = policy.0.as_ref().ok().and_then(|p| p.status.as_ref());
     patch_status_if_changed(&ctx.client, policy.as_ref(), previous, &desired).await?;
+    ctx.backoff.succeeded(policy.as_ref());
     Ok(Action::await_change())
 }
 
@@ -181,11 +184,16 @@ pub async fn reconcile_gateway(
     let desired = gateway_status(&gateway, exists, &Time((ctx.clock)()));
     let previous = gateway.0.as_ref().ok().and_then(|g| g.status.as_ref());
     patch_status_if_changed(&ctx.client, gateway.as_ref(), previous, &desired).await?;
+    ctx.backoff.succeeded(gateway.as_ref());
     Ok(Action::await_change())
 }
 
-/// Retries a failed status reconcile later.
-pub fn retry<K>(_: Arc<K>, error: &Error, _: Arc<StatusContext>) -> Action {
-    tracing::warn!(%error, "status reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+/// Retries a failed status reconcile after the object's backoff.
+pub fn retry<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<StatusContext>,
+) -> Action {
+    tracing::warn!(object = %object.name_any(), %error, "status reconcile failed");
+    Action::requeue(ctx.backoff.failed(object.as_ref()))
 }

@@ -29,8 +29,6 @@ const REPLACE_POLL: Duration = Duration::from_secs(2);
 const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 /// The longest a Session goes without a reconcile (a resync: reads only).
 const RESYNC: Duration = Duration::from_secs(3600);
-/// Retry delay after a failed reconcile.
-const RETRY: Duration = Duration::from_secs(15);
 
 /// Reconciles one Session. Non-leaders do nothing.
 pub async fn reconcile(
@@ -46,11 +44,14 @@ pub async fn reconcile(
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.backoff.succeeded(object.as_ref());
+    }
     result
 }
 
 /// After a failed reconcile: count it, report it as a Warning event on the
-/// Session, and retry later.
+/// Session, and retry after this Session's backoff ([`retry`](super::retry)).
 pub fn error_policy(
     object: Arc<DeserializeGuard<Session>>,
     error: &Error,
@@ -66,12 +67,13 @@ pub fn error_policy(
         secondary: None,
     };
     let reference = object.object_ref(&());
+    let retry_in = ctx.backoff.failed(object.as_ref());
     tokio::spawn(async move {
         if let Err(error) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(%error, "could not publish an event");
         }
     });
-    Action::requeue(RETRY)
+    Action::requeue(retry_in)
 }
 
 async fn reconcile_session(

@@ -20,8 +20,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerError;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::admin::{self, AdminState};
+use super::build::FIELD_MANAGER;
 use super::config::{ConfigError, ControlPlane, ControllerArgs, SandboxConfig};
 use super::context::{Context, Leadership, Stores};
 use super::leader;
@@ -29,6 +31,7 @@ use super::metrics::Metrics;
 use super::policy_status::{self, StatusContext};
 use super::preflight::{ApiServer, PreflightError};
 use super::reconcile::{error_policy, reconcile};
+use super::retry::Backoff;
 use super::rollout::Rollouts;
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
 use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
@@ -196,7 +199,7 @@ pub async fn run(
                 recorder: Recorder::new(
                     client.clone(),
                     Reporter {
-                        controller: "wopr-operator".into(),
+                        controller: FIELD_MANAGER.into(),
                         instance: Some(identity.clone()),
                     },
                 ),
@@ -205,6 +208,7 @@ pub async fn run(
                 clock: Timestamp::now,
                 default_update_policy: args.default_update_policy(),
                 rollouts: Rollouts::default(),
+                backoff: Backoff::default(),
             }),
         )
         .for_each(log_watch_errors);
@@ -214,6 +218,7 @@ pub async fn run(
         sessions: session_store.clone(),
         leadership,
         clock: Timestamp::now,
+        backoff: Backoff::default(),
     });
     let policy_status_controller = Controller::new(
         scoped::<DeserializeGuard<SecurityPolicy>>(&client, namespace),
@@ -442,9 +447,9 @@ async fn mark_ready_when_synced(
 fn fan_out(
     trigger: stream::BoxStream<'static, ()>,
 ) -> (
-    impl futures::Stream<Item = ()> + Send + use<>,
-    impl futures::Stream<Item = ()> + Send + use<>,
-    impl futures::Stream<Item = ()> + Send + use<>,
+    UnboundedReceiverStream<()>,
+    UnboundedReceiverStream<()>,
+    UnboundedReceiverStream<()>,
 ) {
     let (first, first_rx) = tokio::sync::mpsc::unbounded_channel();
     let (second, second_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -453,12 +458,11 @@ fn fan_out(
         let _ = (first.send(()), second.send(()), third.send(()));
         async {}
     }));
-    let receive = |receiver: tokio::sync::mpsc::UnboundedReceiver<()>| {
-        stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|()| ((), receiver))
-        })
-    };
-    (receive(first_rx), receive(second_rx), receive(third_rx))
+    (
+        UnboundedReceiverStream::new(first_rx),
+        UnboundedReceiverStream::new(second_rx),
+        UnboundedReceiverStream::new(third_rx),
+    )
 }
 
 /// Completes on SIGTERM or Ctrl-C.

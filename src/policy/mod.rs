@@ -36,7 +36,7 @@ pub use decide::{
 pub use hash::stable_hash;
 pub use peers::{PeerStanding, resolve_peer};
 pub use profiles::{LevelSettings, builtin_policy, level_settings};
-pub use rate_limit::TokenBucket;
+pub use rate_limit::{TokenBucket, try_acquire_all};
 pub use resolve::{
     DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError,
     grant_is_active, resolve,

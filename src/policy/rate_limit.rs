@@ -32,26 +32,71 @@ impl TokenBucket {
     /// returns how long until a token is available. A `now` earlier than the
     /// last call refills nothing (a clock going backwards grants no tokens).
     pub fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
+        try_acquire_all(&mut [self], now)
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last_refill);
         self.last_refill = self.last_refill.max(now);
         self.tokens =
             (self.tokens + elapsed.as_secs_f64() * self.refill_per_second).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Ok(());
-        }
-        if self.refill_per_second <= 0.0 {
-            return Err(Duration::MAX);
-        }
-        Err(Duration::from_secs_f64(
-            (1.0 - self.tokens) / self.refill_per_second,
-        ))
     }
+
+    /// How long until a token is available; zero when one is.
+    fn wait(&self) -> Duration {
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else if self.refill_per_second <= 0.0 {
+            Duration::MAX
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.refill_per_second)
+        }
+    }
+}
+
+/// Takes one token from each of `buckets` at `now`, or none at all: a
+/// refusal by one bucket spends nothing from the others. On refusal,
+/// returns how long until every bucket has a token.
+pub fn try_acquire_all(buckets: &mut [&mut TokenBucket], now: Instant) -> Result<(), Duration> {
+    for bucket in buckets.iter_mut() {
+        bucket.refill(now);
+    }
+    let wait = buckets
+        .iter()
+        .map(|bucket| bucket.wait())
+        .max()
+        .unwrap_or_default();
+    if !wait.is_zero() {
+        return Err(wait);
+    }
+    for bucket in buckets.iter_mut() {
+        bucket.tokens -= 1.0;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_by_one_bucket_spends_nothing_from_the_others() {
+        let start = Instant::now();
+        let mut tool = TokenBucket::new(&per_minute(10), start);
+        let mut session = TokenBucket::new(&per_minute(1), start);
+        try_acquire_all(&mut [&mut tool, &mut session], start).unwrap();
+        for _ in 0..5 {
+            let wait = try_acquire_all(&mut [&mut tool, &mut session], start).unwrap_err();
+            assert_eq!(wait, Duration::from_secs(60), "the session bucket's wait");
+        }
+        for _ in 0..9 {
+            tool.try_acquire(start).unwrap();
+        }
+        assert!(
+            tool.try_acquire(start).is_err(),
+            "9 left after one shared call"
+        );
+    }
 
     fn per_minute(per_minute: u32) -> RateLimit {
         RateLimit { per_minute }

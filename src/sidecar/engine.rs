@@ -14,7 +14,7 @@ use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, AuditSink, EventType};
 use crate::controller::status::summary;
-use crate::policy::{Outcome, Request, TokenBucket, decide};
+use crate::policy::{Outcome, Request, TokenBucket, decide, try_acquire_all};
 
 /// The source type of the agent calling its own sidecar.
 pub const SOURCE_TYPE_AGENT: &str = "agent";
@@ -37,9 +37,11 @@ pub enum ToolError {
     Failed(String),
 }
 
-/// Rate limits for the session and for each tool.
+/// Rate limits for the session and for each tool. Buckets start full at
+/// their first use.
 pub struct Limits {
-    session: TokenBucket,
+    session_limit: RateLimit,
+    session: Option<TokenBucket>,
     per_tool_limit: RateLimit,
     per_tool: HashMap<&'static str, TokenBucket>,
 }
@@ -48,20 +50,25 @@ impl Limits {
     /// `session` calls per minute in all, `per_tool` per minute for each tool.
     pub fn new(session: RateLimit, per_tool: RateLimit) -> Limits {
         Limits {
-            session: TokenBucket::new(&session, Instant::now()),
+            session_limit: session,
+            session: None,
             per_tool_limit: per_tool,
             per_tool: HashMap::new(),
         }
     }
 
+    /// Takes a token of `tool` and one of the session, or neither: a call
+    /// the session's limit refuses costs the tool nothing.
     fn acquire(&mut self, tool: &'static str, now: Instant) -> Result<(), Duration> {
-        let limit = &self.per_tool_limit;
-        let bucket = self
+        let (session_limit, per_tool_limit) = (&self.session_limit, &self.per_tool_limit);
+        let session = self
+            .session
+            .get_or_insert_with(|| TokenBucket::new(session_limit, now));
+        let per_tool = self
             .per_tool
             .entry(tool)
-            .or_insert_with(|| TokenBucket::new(limit, now));
-        bucket.try_acquire(now)?;
-        self.session.try_acquire(now)
+            .or_insert_with(|| TokenBucket::new(per_tool_limit, now));
+        try_acquire_all(&mut [per_tool, session], now)
     }
 }
 
@@ -73,6 +80,10 @@ pub struct ToolEngine {
     audit: Arc<dyn AuditSink>,
     workspace: Workspace,
     limits: Mutex<Limits>,
+    /// The wall clock of audit events (a parameter so tests fix it). Rate
+    /// limits and the policy's staleness run on tokio's clock, which tests
+    /// pause and advance.
+    clock: fn() -> Timestamp,
 }
 
 impl ToolEngine {
@@ -84,6 +95,7 @@ impl ToolEngine {
         audit: Arc<dyn AuditSink>,
         workspace: Workspace,
         limits: Limits,
+        clock: fn() -> Timestamp,
     ) -> ToolEngine {
         ToolEngine {
             namespace: namespace.to_owned(),
@@ -92,6 +104,7 @@ impl ToolEngine {
             audit,
             workspace,
             limits: Mutex::new(limits),
+            clock,
         }
     }
 
@@ -173,7 +186,7 @@ impl ToolEngine {
             .limits
             .lock()
             .expect("the limits lock is never poisoned")
-            .acquire(tool.name, Instant::now());
+            .acquire(tool.name, tokio::time::Instant::now().into_std());
         if let Err(retry_after) = limited {
             let mut event = self.event(
                 Some(&served),
@@ -265,7 +278,7 @@ impl ToolEngine {
             trust_level,
         };
         let mut event = AuditEvent::new(
-            Timestamp::now(),
+            (self.clock)(),
             event_type,
             &self.namespace,
             &self.session,
@@ -304,5 +317,64 @@ fn workspace_error(error: WorkspaceError) -> ToolError {
     match error {
         WorkspaceError::Escapes(_) => ToolError::InvalidArguments(error.to_string()),
         other => ToolError::Failed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::MemorySink;
+    use crate::sidecar::policy_state::served;
+
+    /// An engine with a policy, these limits, and a fixed wall clock.
+    fn engine(session_per_minute: u32, tool_per_minute: u32) -> (ToolEngine, tempfile::TempDir) {
+        let policy = Arc::new(PolicyState::new(Duration::from_secs(3600)));
+        policy.update(Ok(served()));
+        let workspace = tempfile::tempdir().unwrap();
+        let limits = Limits::new(
+            RateLimit {
+                per_minute: session_per_minute,
+            },
+            RateLimit {
+                per_minute: tool_per_minute,
+            },
+        );
+        let engine = ToolEngine::new(
+            "ns",
+            "s",
+            policy,
+            Arc::new(MemorySink::default()),
+            Workspace::new(workspace.path()),
+            limits,
+            || Timestamp::UNIX_EPOCH,
+        );
+        (engine, workspace)
+    }
+
+    /// The session allows 4 calls a minute, each tool 2: calls the session
+    /// refuses must not spend the tool's tokens.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_over_its_limit_keeps_its_per_tool_tokens() {
+        let (engine, _workspace) = engine(4, 2);
+        let check = json!({"capability": "inject"});
+        for tool in [
+            "security_check",
+            "security_whoami",
+            "config_get",
+            "memory_read",
+        ] {
+            let _ = engine.call(tool, &json!({"path": "x", "capability": "inject"}));
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                engine.call("security_check", &check),
+                Err(ToolError::RateLimited(Duration::from_secs(15))),
+                "the session's limit refuses"
+            );
+        }
+        // The session gets a token back after 15 s; security_check still
+        // has the one token the refused calls did not spend.
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(engine.call("security_check", &check).is_ok());
     }
 }

@@ -25,8 +25,10 @@ use super::isolation::{IsolationConfig, verify_forever};
 use super::mcp;
 use super::policy_state::PolicyState;
 use super::workspace::Workspace;
+use k8s_openapi::jiff::Timestamp;
+
 use crate::api::{NetworkMode, RateLimit};
-use crate::audit::StdoutSink;
+use crate::audit::QueuedLineSink;
 use crate::proto::v1alpha1::tools_server::ToolsServer;
 
 /// Flags of `wopr-operator sidecar`.
@@ -181,6 +183,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SidecarError> {
     let isolation = args.isolation()?;
+    let audit = Arc::new(QueuedLineSink::stdout());
     let state = Arc::new(PolicyState::new(Duration::from_secs(
         args.max_policy_age_seconds,
     )));
@@ -188,7 +191,7 @@ pub async fn run(
         &args.namespace,
         &args.session,
         state.clone(),
-        Arc::new(StdoutSink),
+        audit.clone(),
         Workspace::new(&args.workspace),
         Limits::new(
             RateLimit {
@@ -198,6 +201,7 @@ pub async fn run(
                 per_minute: args.tool_calls_per_minute,
             },
         ),
+        Timestamp::now,
     ));
     let _ = std::fs::remove_file(&args.socket_path);
     let socket =
@@ -261,6 +265,9 @@ pub async fn run(
     watcher.abort();
     verifier.abort();
     let _ = std::fs::remove_file(&args.socket_path);
+    if !audit.flush(Duration::from_secs(2)) {
+        tracing::warn!("audit events still queued at exit could not be written");
+    }
     served
 }
 

@@ -16,6 +16,7 @@ use wopr_operator::controller::config::SandboxConfig;
 use wopr_operator::controller::context::{Context, Leadership, Stores};
 use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::reconcile::reconcile;
+use wopr_operator::controller::retry::Backoff;
 use wopr_operator::controller::rollout::Rollouts;
 
 use super::fake_api::FakeApi;
@@ -75,6 +76,7 @@ impl Harness {
             clock: fixed_now,
             default_update_policy: UpdatePolicy::DEFAULT,
             rollouts: Rollouts::default(),
+            backoff: Backoff::default(),
         };
         Harness {
             api,
@@ -103,6 +105,7 @@ impl Harness {
             clock: ctx.clock,
             default_update_policy,
             rollouts: ctx.rollouts.clone(),
+            backoff: ctx.backoff.clone(),
         });
     }
 

@@ -205,35 +205,6 @@ impl Sidecar {
         Sidecar::start_with(control_plane, session, token, SidecarOptions::in_memory()).await
     }
 
-    /// Starts a sidecar whose policy goes stale after `max_policy_age` of silence.
-    pub async fn start_with_max_policy_age(
-        control_plane: &str,
-        session: &str,
-        token: &str,
-        max_policy_age: Duration,
-    ) -> Sidecar {
-        let options = SidecarOptions {
-            max_policy_age,
-            ..SidecarOptions::in_memory()
-        };
-        Sidecar::start_with(control_plane, session, token, options).await
-    }
-
-    /// Starts a sidecar with these rate limits (calls per minute).
-    pub async fn start_with_limits(
-        control_plane: &str,
-        session: &str,
-        token: &str,
-        per_session: u32,
-        per_tool: u32,
-    ) -> Sidecar {
-        let options = SidecarOptions {
-            limits: calls_per_minute(per_session, per_tool),
-            ..SidecarOptions::in_memory()
-        };
-        Sidecar::start_with(control_plane, session, token, options).await
-    }
-
     /// Starts a sidecar for `session` presenting `token`, set up by `options`.
     pub async fn start_with(
         control_plane: &str,
@@ -260,6 +231,7 @@ impl Sidecar {
             sink,
             Workspace::new(&workspace),
             limits,
+            now,
         ));
         tokio::spawn(watch_forever(
             WatchTarget {
