@@ -14,9 +14,12 @@
 
 pub mod api;
 pub mod audit;
+pub mod cluster;
+pub mod contract;
 pub mod controller;
 pub mod controlplane;
 pub mod logging;
 pub mod policy;
 pub mod proto;
 pub mod sidecar;
+pub mod wire;

@@ -21,10 +21,10 @@ use tower::ServiceExt;
 use wopr_operator::api::{
     Gateway, SecurityPolicy, Session, SessionPhase, SessionStatus, TrustLevel,
 };
+use wopr_operator::cluster::preflight::{ApiServer, PreflightError};
 use wopr_operator::controller::admin::{AdminState, router};
 use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::policy_status::{gateway_status, policy_status};
-use wopr_operator::controller::preflight::{ApiServer, PreflightError};
 use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
 
 // Time is paused: the CRD check's 15 s of waiting pass instantly.

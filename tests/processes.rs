@@ -446,7 +446,7 @@ fn post_start_hook(health_address: &str, extra: &[&str]) -> Process {
         .command
         .clone()
         .unwrap();
-    assert_eq!(command[0], wopr_operator::controller::build::SIDECAR_BINARY);
+    assert_eq!(command[0], wopr_operator::contract::SIDECAR_BINARY);
     let mut args: Vec<String> = command[1..]
         .iter()
         .map(|arg| match arg.strip_prefix("--health-address=") {

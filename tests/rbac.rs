@@ -13,7 +13,7 @@ use common::harness::*;
 use common::*;
 use serde_json::{Value, json};
 use wopr_operator::api::TrustLevel;
-use wopr_operator::controller::preflight::{self, REQUIRED_RIGHTS};
+use wopr_operator::cluster::preflight::{self, REQUIRED_RIGHTS};
 use wopr_operator::controlplane::auth::{Authenticator, TokenReviewer};
 
 const SERVICE_ACCOUNT: &str = "wopr-operator";

@@ -161,26 +161,16 @@ pub enum NetworkMode {
 
 impl fmt::Display for NetworkMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NetworkMode::None => "none",
-            NetworkMode::Restricted => "restricted",
-            NetworkMode::Full => "full",
-        })
+        f.write_str(&super::name_of(self))
     }
 }
 
-impl std::str::FromStr for NetworkMode {
+impl FromStr for NetworkMode {
     type Err = String;
 
     fn from_str(value: &str) -> Result<NetworkMode, String> {
-        match value {
-            "none" => Ok(NetworkMode::None),
-            "restricted" => Ok(NetworkMode::Restricted),
-            "full" => Ok(NetworkMode::Full),
-            other => Err(format!(
-                "{other:?} is not a network mode: use none, restricted or full"
-            )),
-        }
+        super::from_name(value)
+            .ok_or_else(|| format!("{value:?} is not a network mode: use none, restricted or full"))
     }
 }
 

@@ -10,6 +10,7 @@ mod common;
 mod gateway;
 mod grant;
 mod manifest;
+mod names;
 mod security_policy;
 mod session;
 
@@ -18,6 +19,7 @@ pub use common::*;
 pub use gateway::*;
 pub use grant::*;
 pub use manifest::{ManifestError, WoprObject, parse_manifests};
+pub use names::{from_name, name_of};
 pub use security_policy::*;
 pub use session::*;
 

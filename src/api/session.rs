@@ -248,10 +248,6 @@ pub struct SessionStatus {
 pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
 /// Session condition: the sidecar found a pids limit over the pod.
 pub const PIDS_LIMITED: &str = "PidsLimited";
-/// The pod conditions the control plane records the sidecar's checks as
-/// (`wopr.dev/NetworkIsolated`, ...): any replica may write them; the
-/// leader copies them into the Session's status.
-pub const POD_CONDITION_PREFIX: &str = "wopr.dev/";
 
 /// Lifecycle phase of a Session.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]

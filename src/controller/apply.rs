@@ -3,20 +3,15 @@
 
 use std::fmt::Debug;
 
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::core::{DeserializeGuard, NamespaceResourceScope};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::build::FIELD_MANAGER;
 use super::error::Error;
-
-/// Parameters of every server-side apply: one field manager, forced.
-pub fn apply_params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force()
-}
+use crate::cluster::apply_params;
 
 /// Applies `desired` unless `live` already contains every field of it.
 /// Returns whether it wrote.

@@ -17,7 +17,6 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod policy_status;
-pub mod preflight;
 pub mod reconcile;
 pub mod retry;
 pub mod rollout;

@@ -14,13 +14,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use super::apply::{apply_if_changed, apply_params, patch_status_if_changed};
-use super::build::{build_network_policy, build_pod, build_service_account, child_name};
+use super::apply::{apply_if_changed, patch_status_if_changed};
+use super::build::{build_network_policy, build_pod, build_service_account};
 use super::context::{Context, Unresolvable};
 use super::error::Error;
 use super::rollout::{self, PodPlan, Replacement};
 use super::status::{Observation, PodOutcome, PodState, failed_checks, session_status};
-use crate::api::{POD_CONDITION_PREFIX, Session, SessionStatus};
+use crate::api::{Session, SessionStatus};
+use crate::cluster::apply_params;
+use crate::contract::{POD_CONDITION_PREFIX, child_name};
 use crate::policy::EffectiveContext;
 
 /// How long to wait before looking again at a pod being replaced.

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
 
-use super::build::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, SIDECAR_CONTAINER};
+use super::build::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION};
 use crate::api::{UpdatePolicy, UpdateType};
+use crate::contract::SIDECAR_CONTAINER;
 
 /// A rollout slot held this long without the new pod becoming Ready is
 /// given back, so a pod that never starts cannot stall a namespace.

@@ -23,18 +23,18 @@ use serde::de::DeserializeOwned;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::admin::{self, AdminState};
-use super::build::FIELD_MANAGER;
 use super::config::{ConfigError, ControlPlane, ControllerArgs, SandboxConfig};
 use super::context::{Context, Leadership, Stores};
 use super::leader;
 use super::metrics::Metrics;
 use super::policy_status::{self, StatusContext};
-use super::preflight::{ApiServer, PreflightError};
 use super::reconcile::{error_policy, reconcile};
 use super::retry::Backoff;
 use super::rollout::Rollouts;
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
 use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session};
+use crate::cluster::FIELD_MANAGER;
+use crate::cluster::preflight::{ApiServer, PreflightError};
 use crate::controlplane::isolation::PodStatusConditions;
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 

@@ -6,11 +6,9 @@ use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::rollout::PendingUpdate;
-use crate::api::{
-    EffectiveSummary, NETWORK_ISOLATED, PIDS_LIMITED, POD_CONDITION_PREFIX, SessionPhase,
-    SessionStatus,
-};
-use crate::policy::{EffectiveContext, callable_tools};
+use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, SessionPhase, SessionStatus};
+use crate::contract::POD_CONDITION_PREFIX;
+use crate::policy::EffectiveContext;
 
 /// Condition: the effective policy could be resolved.
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
@@ -198,7 +196,7 @@ pub fn session_status(
                         now,
                     ),
                 ],
-                effective: Some(summary(context)),
+                effective: Some(context.summary()),
                 pod_name: Some(pod_name.clone()),
                 policy_hash: Some(context.policy_hash.clone()),
                 observed_generation: generation,
@@ -326,20 +324,6 @@ fn condition_with_status(
         message,
         observed_generation: generation,
         last_transition_time,
-    }
-}
-
-/// The status summary of an effective context.
-pub fn summary(context: &EffectiveContext) -> EffectiveSummary {
-    EffectiveSummary {
-        trust_level: context.trust_level,
-        capabilities: context.capabilities.iter().collect(),
-        tools: callable_tools(context)
-            .iter()
-            .map(|id| id.tool().name.to_owned())
-            .collect(),
-        sandbox: context.sandbox.enabled,
-        network: context.network,
     }
 }
 

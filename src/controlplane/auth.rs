@@ -9,7 +9,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-use crate::controller::build::{TOKEN_AUDIENCE, child_name};
+use crate::contract::{TOKEN_AUDIENCE, child_name};
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
-use super::convert::encode;
 use crate::api::Session;
 use crate::controller::context::Stores;
 use crate::proto::v1alpha1 as pb;
+use crate::wire::encode;
 
 /// What a sidecar is told about its session's policy.
 #[derive(Clone, Debug, PartialEq)]

@@ -17,8 +17,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, POD_CONDITION_PREFIX};
-use crate::controller::build::{FIELD_MANAGER, child_name};
+use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED};
+use crate::cluster::{FIELD_MANAGER, describe};
+use crate::contract::{POD_CONDITION_PREFIX, child_name};
 use crate::proto::v1alpha1 as pb;
 
 /// The longest message a check may carry, in bytes.
@@ -126,7 +127,7 @@ impl IsolationRecorder for PodStatusConditions {
         )
         .await
         .map(|_| ())
-        .map_err(|error| crate::controller::error::describe(&error))
+        .map_err(|error| describe(&error))
     }
 }
 

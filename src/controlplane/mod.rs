@@ -2,7 +2,6 @@
 //! streams each sidecar the effective policy of its session.
 
 pub mod auth;
-pub mod convert;
 pub mod index;
 pub mod isolation;
 pub mod service;

@@ -12,8 +12,8 @@ use super::hash::stable_hash;
 use super::profiles::{LevelSettings, level_settings};
 use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
 use crate::api::{
-    AccessPattern, Enforcement, ForwardRule, Gateway, Grant, NetworkMode, SecurityPolicy,
-    SecurityPolicySpec, Session, ToolRules, TrustLevel,
+    AccessPattern, EffectiveSummary, Enforcement, ForwardRule, Gateway, Grant, NetworkMode,
+    SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel,
 };
 
 /// The security context a session runs under: what the sidecar enforces and
@@ -51,6 +51,23 @@ pub struct EffectiveContext {
     /// Derived from `grants`, so left out of the hash and the JSON form.
     #[serde(skip)]
     pub valid_until: Option<Timestamp>,
+}
+
+impl EffectiveContext {
+    /// What a Session's status shows of it: level, capabilities, the tools
+    /// the agent can call, sandbox and network.
+    pub fn summary(&self) -> EffectiveSummary {
+        EffectiveSummary {
+            trust_level: self.trust_level,
+            capabilities: self.capabilities.iter().collect(),
+            tools: super::callable_tools(self)
+                .iter()
+                .map(|id| id.tool().name.to_owned())
+                .collect(),
+            sandbox: self.sandbox.enabled,
+            network: self.network,
+        }
+    }
 }
 
 /// Sandbox settings of an effective context.

@@ -9,11 +9,11 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use super::policy_state::{NoPolicy, PolicyState, Served};
-use crate::controlplane::convert::decode;
 use crate::proto::v1alpha1::policy_client::PolicyClient;
 use crate::proto::v1alpha1::{
     IsolationCheck, IsolationReport, WatchRequest, policy_update::Update,
 };
+use crate::wire::decode;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

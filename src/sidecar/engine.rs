@@ -13,7 +13,6 @@ use super::policy_state::{PolicyState, Served};
 use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, AuditSink, EventType};
-use crate::controller::status::summary;
 use crate::policy::{Outcome, Request, TokenBucket, decide, try_acquire_all};
 
 /// The source type of the agent calling its own sidecar.
@@ -252,7 +251,7 @@ impl ToolEngine {
             "config_get" => Ok(json!({
                 "session": context.session,
                 "namespace": context.namespace,
-                "effective": summary(context),
+                "effective": context.summary(),
                 "enforcement": context.enforcement,
                 "access": context.access,
                 "grants": context.grants,

@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Args;
+
+use crate::contract;
 use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -33,7 +35,7 @@ pub struct ReadyArgs {
     #[arg(
         long,
         env = "WOPR_READY_HEALTH_ADDRESS",
-        default_value = "127.0.0.1:7781"
+        default_value = contract::LOOPBACK_HEALTH_ADDRESS
     )]
     pub health_address: SocketAddr,
     /// Give up after this many seconds.

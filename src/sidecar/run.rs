@@ -29,6 +29,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{NetworkMode, RateLimit};
 use crate::audit::QueuedLineSink;
+use crate::contract::{self, env};
 use crate::proto::v1alpha1::tools_server::ToolsServer;
 
 /// Flags of `wopr-operator sidecar`.
@@ -38,29 +39,29 @@ pub struct SidecarArgs {
     #[arg(long, env = "WOPR_SESSION")]
     pub session: String,
     /// The Session's namespace.
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = env::NAMESPACE)]
     pub namespace: String,
     /// The control plane (`http://host:port` or `host:port`).
-    #[arg(long, env = "WOPR_CONTROL_PLANE_ADDRESS")]
+    #[arg(long, env = env::CONTROL_PLANE_ADDRESS)]
     pub control_plane_address: String,
     /// The projected service-account token.
     #[arg(
         long,
-        env = "WOPR_TOKEN_PATH",
-        default_value = "/var/run/secrets/wopr.dev/serviceaccount/token"
+        env = env::TOKEN_PATH,
+        default_value = contract::TOKEN_PATH
     )]
     pub token_path: PathBuf,
     /// The unix socket of the gRPC Tools service.
-    #[arg(long, env = "WOPR_SOCKET_PATH", default_value = "/run/wopr/a2a.sock")]
+    #[arg(long, env = env::SOCKET_PATH, default_value = contract::SOCKET_PATH)]
     pub socket_path: PathBuf,
     /// The MCP endpoint's address (keep it on loopback).
-    #[arg(long, env = "WOPR_MCP_ADDRESS", default_value = "127.0.0.1:7780")]
+    #[arg(long, env = env::MCP_ADDRESS, default_value = contract::MCP_ADDRESS)]
     pub mcp_address: SocketAddr,
     /// The gRPC health endpoint for the kubelet's probes.
-    #[arg(long, env = "WOPR_HEALTH_ADDRESS", default_value = "0.0.0.0:7781")]
+    #[arg(long, env = env::HEALTH_ADDRESS, default_value = contract::HEALTH_ADDRESS)]
     pub health_address: SocketAddr,
     /// The session's workspace (memory tools stay inside it).
-    #[arg(long, env = "WOPR_WORKSPACE", default_value = "/workspace")]
+    #[arg(long, env = env::WORKSPACE, default_value = contract::WORKSPACE_DIR)]
     pub workspace: PathBuf,
     /// Seconds a policy stays in force after the control plane becomes unreachable.
     #[arg(long, env = "WOPR_MAX_POLICY_AGE_SECONDS", default_value_t = 30)]
@@ -76,21 +77,21 @@ pub struct SidecarArgs {
     pub tool_calls_per_minute: u32,
     /// The sandbox's network mode (none, restricted, full), to verify from
     /// inside the pod.
-    #[arg(long, env = "WOPR_NETWORK_MODE")]
+    #[arg(long, env = env::NETWORK_MODE)]
     pub network_mode: Option<NetworkMode>,
     /// What the sandbox's egress allow-list admits: `cidr` or `cidr#port`
     /// entries, comma-separated (TCP).
-    #[arg(long, env = "WOPR_EGRESS_ALLOWED", default_value = "")]
+    #[arg(long, env = env::EGRESS_ALLOWED, default_value = "")]
     pub egress_allowed: String,
     /// Addresses the sandbox must not reach, probed to verify its network
     /// isolation: `name=ip:port` entries, comma-separated.
-    #[arg(long, env = "WOPR_ISOLATION_PROBES", default_value = "")]
+    #[arg(long, env = env::ISOLATION_PROBES, default_value = "")]
     pub isolation_probes: String,
     /// The node's IP: its kubelet is probed too.
-    #[arg(long, env = "WOPR_NODE_IP")]
+    #[arg(long, env = env::NODE_IP)]
     pub node_ip: Option<IpAddr>,
     /// The kubelet's port on the node.
-    #[arg(long, env = "WOPR_KUBELET_PORT", default_value_t = 10250)]
+    #[arg(long, env = "WOPR_KUBELET_PORT", default_value_t = contract::KUBELET_PORT)]
     pub kubelet_port: u16,
     /// Milliseconds a probe waits for an answer.
     #[arg(
@@ -101,7 +102,7 @@ pub struct SidecarArgs {
     pub isolation_probe_timeout_millis: u64,
     /// Keep the agent from starting (overall gRPC health NOT_SERVING) until
     /// the isolation checks hold and the control plane has their report.
-    #[arg(long, env = "WOPR_REQUIRE_VERIFIED_ISOLATION", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, env = env::REQUIRE_VERIFIED_ISOLATION, default_value_t = false, action = ArgAction::Set)]
     pub require_verified_isolation: bool,
     /// The cgroup filesystem whose pids limits are checked.
     #[arg(long, env = "WOPR_CGROUP_MOUNT", default_value = "/sys/fs/cgroup")]

@@ -7,9 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{Session, TrustLevel};
+use crate::contract::child_name;
 
-/// The field manager of every server-side apply the controller makes.
-pub const FIELD_MANAGER: &str = "wopr-operator";
 /// Label naming the Session a child belongs to.
 pub const SESSION_LABEL: &str = "wopr.dev/session";
 /// Label carrying the Session's trust level.
@@ -26,11 +25,6 @@ pub const SESSION_HASH_ANNOTATION: &str = "wopr.dev/session-hash";
 pub const CONTROL_PLANE_POD_LABELS: [(&str, &str); 1] =
     [("app.kubernetes.io/name", "wopr-operator")];
 
-/// The name of every child of the Session `session`: `wopr-<session>`.
-pub fn child_name(session: &str) -> String {
-    format!("wopr-{session}")
-}
-
 /// The labels of every child of `session`.
 pub fn child_labels(session: &str, trust_level: TrustLevel) -> BTreeMap<String, String> {
     [
@@ -38,7 +32,10 @@ pub fn child_labels(session: &str, trust_level: TrustLevel) -> BTreeMap<String, 
         ("app.kubernetes.io/instance", session),
         ("app.kubernetes.io/component", "sandbox"),
         ("app.kubernetes.io/part-of", "wopr"),
-        ("app.kubernetes.io/managed-by", FIELD_MANAGER),
+        (
+            "app.kubernetes.io/managed-by",
+            crate::cluster::FIELD_MANAGER,
+        ),
         (SESSION_LABEL, session),
         (TRUST_LEVEL_LABEL, trust_level.as_str()),
     ]

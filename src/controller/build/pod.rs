@@ -14,38 +14,21 @@ use kube::ResourceExt;
 
 use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, child_meta};
 use crate::api::{NetworkMode, PortProtocol, SandboxSpec, Session, WorkspaceVolume};
+use crate::contract::{
+    AGENT_CONTAINER, HEALTH_ADDRESS, HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS,
+    SIDECAR_BINARY, SIDECAR_CONTAINER, SOCKET_DIR, SOCKET_PATH, TOKEN_AUDIENCE, TOKEN_DIR,
+    TOKEN_EXPIRATION_SECONDS, TOKEN_PATH, WORKSPACE_DIR, env,
+};
 use crate::controller::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
 use crate::proto::v1alpha1::tools_server;
 
-/// Name of the agent container.
-pub const AGENT_CONTAINER: &str = "agent";
-/// Name of the sidecar container.
-pub const SIDECAR_CONTAINER: &str = "a2a";
-/// Directory of the sidecar's unix socket, shared by both containers.
-pub const SOCKET_DIR: &str = "/run/wopr";
-/// The sidecar's gRPC unix socket.
-pub const SOCKET_PATH: &str = "/run/wopr/a2a.sock";
-/// Port of the sidecar's MCP endpoint on the pod's loopback.
-pub const MCP_PORT: u16 = 7780;
-/// Port of the sidecar's gRPC health service, for the kubelet's probes.
-pub const HEALTH_PORT: u16 = 7781;
-/// Where the projected service-account token is mounted in the sidecar.
-pub const TOKEN_DIR: &str = "/var/run/secrets/wopr.dev/serviceaccount";
-/// Audience of the projected token, checked by the control plane.
-pub const TOKEN_AUDIENCE: &str = "wopr.dev";
-/// Lifetime of the projected token (the kubelet rotates it).
-pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
-/// The operator binary in the sidecar image (its entrypoint).
-pub const SIDECAR_BINARY: &str = "/usr/local/bin/wopr-operator";
 /// User and group every container runs as.
 pub const SANDBOX_UID: i64 = 65532;
 
 const TOKEN_VOLUME: &str = "wopr-token";
 const SOCKET_VOLUME: &str = "a2a-socket";
 const WORKSPACE_VOLUME: &str = "workspace";
-/// Where the workspace is mounted (read-only) in both containers.
-pub const WORKSPACE_DIR: &str = "/workspace";
 /// tmpfs mounts giving a read-only root somewhere to write.
 const TMPFS_MOUNTS: [(&str, &str); 3] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("run", "/run")];
 
@@ -100,9 +83,9 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         ..hardened_security_context()
     };
     let mut agent_env = vec![
-        env("WOPR_SESSION", &name),
-        env("WOPR_MCP_URL", &format!("http://127.0.0.1:{MCP_PORT}/mcp")),
-        env("WOPR_A2A_SOCKET", SOCKET_PATH),
+        var(env::AGENT_SESSION, &name),
+        var(env::AGENT_MCP_URL, &format!("http://{MCP_ADDRESS}/mcp")),
+        var(env::AGENT_A2A_SOCKET, SOCKET_PATH),
     ];
     agent_env.extend(sandbox.env.iter().cloned());
     let agent = Container {
@@ -193,21 +176,21 @@ fn sidecar(
         ]),
         restart_policy: Some("Always".to_owned()),
         env: Some(vec![
-            env("WOPR_CONTROL_PLANE_ADDRESS", &config.control_plane.address),
-            env("WOPR_SOCKET_PATH", SOCKET_PATH),
-            env("WOPR_MCP_ADDRESS", &format!("127.0.0.1:{MCP_PORT}")),
-            env("WOPR_HEALTH_ADDRESS", &format!("0.0.0.0:{HEALTH_PORT}")),
-            env("WOPR_TOKEN_PATH", &format!("{TOKEN_DIR}/token")),
-            env("WOPR_WORKSPACE", WORKSPACE_DIR),
-            env("WOPR_NETWORK_MODE", &context.network.to_string()),
-            env("WOPR_EGRESS_ALLOWED", &egress_allowed(context, sandbox)),
-            env("WOPR_ISOLATION_PROBES", &config.isolation_probes()),
-            env(
-                "WOPR_REQUIRE_VERIFIED_ISOLATION",
+            var(env::CONTROL_PLANE_ADDRESS, &config.control_plane.address),
+            var(env::SOCKET_PATH, SOCKET_PATH),
+            var(env::MCP_ADDRESS, MCP_ADDRESS),
+            var(env::HEALTH_ADDRESS, HEALTH_ADDRESS),
+            var(env::TOKEN_PATH, TOKEN_PATH),
+            var(env::WORKSPACE, WORKSPACE_DIR),
+            var(env::NETWORK_MODE, &context.network.to_string()),
+            var(env::EGRESS_ALLOWED, &egress_allowed(context, sandbox)),
+            var(env::ISOLATION_PROBES, &config.isolation_probes()),
+            var(
+                env::REQUIRE_VERIFIED_ISOLATION,
                 &context.sandbox.require_verified_isolation.to_string(),
             ),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("WOPR_NODE_IP", "status.hostIP"),
+            field_env(env::NAMESPACE, "metadata.namespace"),
+            field_env(env::NODE_IP, "status.hostIP"),
         ]),
         resources: Some(limits_equal_requests(
             Quantity("64Mi".into()),
@@ -225,7 +208,7 @@ fn sidecar(
                     command: Some(vec![
                         SIDECAR_BINARY.to_owned(),
                         "sidecar-ready".to_owned(),
-                        format!("--health-address=127.0.0.1:{HEALTH_PORT}"),
+                        format!("--health-address={LOOPBACK_HEALTH_ADDRESS}"),
                     ]),
                 }),
                 ..LifecycleHandler::default()
@@ -399,7 +382,7 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
+fn var(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: Some(value.to_owned()),

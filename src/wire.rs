@@ -1,9 +1,11 @@
-//! Effective contexts to and from their wire form. Decoding fails on any
-//! value this version does not know, so a sidecar never guesses a policy.
+//! Effective contexts to and from their wire form, at one edge for both
+//! ends (the control plane encodes, the sidecar decodes). Enum values travel
+//! as their serde names. Decoding fails on any value this version does not
+//! know, so a sidecar never guesses a policy.
 
-use crate::api::{
-    AccessPattern, Capability, Enforcement, ForwardRule, NetworkMode, RateLimit, TrustLevel,
-};
+use serde::de::DeserializeOwned;
+
+use crate::api::{AccessPattern, Capability, ForwardRule, RateLimit, from_name, name_of};
 use crate::policy::{EffectiveContext, EffectiveSandbox, GatewayRules, ToolId};
 use crate::proto::v1alpha1 as pb;
 
@@ -22,24 +24,16 @@ pub fn encode(context: &EffectiveContext, provider: Option<pb::Provider>) -> pb:
     pb::SecurityContext {
         namespace: context.namespace.clone(),
         session: context.session.clone(),
-        trust_level: context.trust_level.as_str().to_owned(),
-        capabilities: context
-            .capabilities
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect(),
+        trust_level: name_of(&context.trust_level),
+        capabilities: context.capabilities.iter().map(|c| name_of(&c)).collect(),
         tools: context
             .tools
             .iter()
             .map(|id| id.tool().name.to_owned())
             .collect(),
         sandbox: context.sandbox.enabled,
-        network: context.network.to_string(),
-        enforcement: match context.enforcement {
-            Enforcement::Enforce => "enforce",
-            Enforcement::Warn => "warn",
-        }
-        .to_owned(),
+        network: name_of(&context.network),
+        enforcement: name_of(&context.enforcement),
         access: context.access.iter().map(ToString::to_string).collect(),
         grants: context.grants.clone(),
         gateways: context.gateways.iter().map(encode_gateway).collect(),
@@ -65,8 +59,9 @@ fn encode_gateway(gateway: &GatewayRules) -> pb::GatewayRules {
     }
 }
 
-fn parse<T: std::str::FromStr>(field: &'static str, value: &str) -> Result<T, DecodeError> {
-    value.parse().map_err(|_| DecodeError {
+/// The enum value named `value`.
+fn named<T: DeserializeOwned>(field: &'static str, value: &str) -> Result<T, DecodeError> {
+    from_name(value).ok_or_else(|| DecodeError {
         field,
         value: value.to_owned(),
     })
@@ -75,25 +70,14 @@ fn parse<T: std::str::FromStr>(field: &'static str, value: &str) -> Result<T, De
 /// The effective context a wire message describes. Tools this version does
 /// not know are left out (they stay denied).
 pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeError> {
-    let network = parse::<NetworkMode>("network", &message.network)?;
-    let enforcement = match message.enforcement.as_str() {
-        "enforce" => Enforcement::Enforce,
-        "warn" => Enforcement::Warn,
-        other => {
-            return Err(DecodeError {
-                field: "enforcement",
-                value: other.to_owned(),
-            });
-        }
-    };
     Ok(EffectiveContext {
         namespace: message.namespace.clone(),
         session: message.session.clone(),
-        trust_level: parse::<TrustLevel>("trust level", &message.trust_level)?,
+        trust_level: named("trust level", &message.trust_level)?,
         capabilities: message
             .capabilities
             .iter()
-            .map(|c| parse::<Capability>("capability", c))
+            .map(|c| named::<Capability>("capability", c))
             .collect::<Result<_, _>>()?,
         tools: message
             .tools
@@ -106,12 +90,17 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
             resources: None,
             require_verified_isolation: false,
         },
-        network,
-        enforcement,
+        network: named("network", &message.network)?,
+        enforcement: named("enforcement", &message.enforcement)?,
         access: message
             .access
             .iter()
-            .map(|a| parse::<AccessPattern>("access pattern", a))
+            .map(|a| {
+                a.parse::<AccessPattern>().map_err(|_| DecodeError {
+                    field: "access pattern",
+                    value: a.clone(),
+                })
+            })
             .collect::<Result<_, _>>()?,
         grants: message.grants.clone(),
         valid_until: None,
@@ -138,4 +127,57 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
             .collect(),
         policy_hash: message.policy_hash.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::api::{Session, SessionSpec, TrustLevel};
+    use crate::policy::resolve;
+
+    fn context(level: TrustLevel) -> EffectiveContext {
+        let mut session = Session::new("s", SessionSpec::for_trust_level(level));
+        session.metadata.namespace = Some("ns".into());
+        resolve(&session, None, &[], &[], Timestamp::UNIX_EPOCH).unwrap()
+    }
+
+    #[test]
+    fn what_travels_comes_back_the_same() {
+        for level in TrustLevel::ALL {
+            let context = context(level);
+            let wire = encode(&context, None);
+            assert_eq!(wire.trust_level, level.as_str());
+            let decoded = decode(&wire).unwrap();
+            assert_eq!(decoded.capabilities, context.capabilities);
+            assert_eq!(decoded.tools, context.tools);
+            assert_eq!(decoded.network, context.network);
+            assert_eq!(decoded.enforcement, context.enforcement);
+            assert_eq!(decoded.access, context.access);
+            assert_eq!(decoded.policy_hash, context.policy_hash);
+        }
+    }
+
+    #[test]
+    fn unknown_values_are_refused_not_guessed() {
+        let good = encode(&context(TrustLevel::Trusted), None);
+        for (field, mutate) in [
+            (
+                "trust level",
+                (|w: &mut pb::SecurityContext| w.trust_level = "admin".into())
+                    as fn(&mut pb::SecurityContext),
+            ),
+            ("capability", |w| {
+                w.capabilities.push("inject.everything".into())
+            }),
+            ("network", |w| w.network = "wide".into()),
+            ("enforcement", |w| w.enforcement = "audit".into()),
+            ("access pattern", |w| w.access.push("friends".into())),
+        ] {
+            let mut wire = good.clone();
+            mutate(&mut wire);
+            assert_eq!(decode(&wire).unwrap_err().field, field);
+        }
+    }
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::PostParams;
 use kube::{Api, Client, Config};
 
-use super::error::describe;
+use super::describe;
 use crate::api;
 
 /// Where a right is needed.

@@ -1,0 +1,56 @@
+//! Talking to the Kubernetes API the same way from every role: one field
+//! manager for every server-side apply, errors shown in one line, and the
+//! start-up checks of what the operator needs from the cluster
+//! ([`preflight`]).
+
+pub mod preflight;
+
+use kube::api::PatchParams;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "wopr-operator";
+
+/// Parameters of every server-side apply: one field manager, forced.
+pub fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// One line about a Kubernetes client error: the API server's status code,
+/// reason and message, or for a transport error its root cause ("Connection
+/// refused", a TLS failure). kube's own Display of an API error appends a
+/// debug dump of the whole Status.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", status.reason)
+            };
+            format!("{}{reason}: {}", status.code, status.message)
+        }
+        other => {
+            let mut root: &dyn std::error::Error = other;
+            while let Some(cause) = root.source() {
+                root = cause;
+            }
+            root.to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    #[test]
+    fn api_errors_are_one_line() {
+        let status = Status::failure("namespaces \"wopr-system\" not found", "NotFound")
+            .with_code(404)
+            .boxed();
+        let line = describe(&kube::Error::Api(status));
+        assert_eq!(line, "404 NotFound: namespaces \"wopr-system\" not found");
+    }
+}

@@ -1,0 +1,102 @@
+//! The contract between a session pod, as the controller builds it, and the
+//! programs in it: names, paths, ports, and the environment variables each
+//! container reads. The pod builder writes them from these constants and
+//! the sidecar's flags read them from the same constants, so the two cannot
+//! drift; the control plane finds a session's pod and token here too.
+
+/// Name of the agent container.
+pub const AGENT_CONTAINER: &str = "agent";
+/// Name of the sidecar container.
+pub const SIDECAR_CONTAINER: &str = "a2a";
+/// The operator binary in the sidecar image (its entrypoint).
+pub const SIDECAR_BINARY: &str = "/usr/local/bin/wopr-operator";
+
+/// Directory of the sidecar's unix socket, shared by both containers.
+pub const SOCKET_DIR: &str = "/run/wopr";
+/// The sidecar's gRPC unix socket.
+pub const SOCKET_PATH: &str = "/run/wopr/a2a.sock";
+/// Port of the sidecar's MCP endpoint on the pod's loopback.
+pub const MCP_PORT: u16 = 7780;
+/// The sidecar's MCP address: loopback, [`MCP_PORT`].
+pub const MCP_ADDRESS: &str = "127.0.0.1:7780";
+/// Port of the sidecar's gRPC health service, for the kubelet's probes.
+pub const HEALTH_PORT: u16 = 7781;
+/// Where the sidecar serves gRPC health: every interface (the kubelet
+/// probes the pod's IP), [`HEALTH_PORT`].
+pub const HEALTH_ADDRESS: &str = "0.0.0.0:7781";
+/// The same health service seen from inside the pod, where the sidecar's
+/// postStart hook (`wopr-operator sidecar-ready`) checks it.
+pub const LOOPBACK_HEALTH_ADDRESS: &str = "127.0.0.1:7781";
+/// Where the workspace is mounted (read-only) in both containers.
+pub const WORKSPACE_DIR: &str = "/workspace";
+
+/// Where the projected service-account token is mounted in the sidecar.
+pub const TOKEN_DIR: &str = "/var/run/secrets/wopr.dev/serviceaccount";
+/// The token file in [`TOKEN_DIR`].
+pub const TOKEN_PATH: &str = "/var/run/secrets/wopr.dev/serviceaccount/token";
+/// Audience of the projected token, checked by the control plane.
+pub const TOKEN_AUDIENCE: &str = "wopr.dev";
+/// Lifetime of the projected token (the kubelet rotates it).
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
+
+/// The kubelet's port on every node, probed by isolated sandboxes.
+pub const KUBELET_PORT: u16 = 10250;
+
+/// The pod conditions the control plane records a sidecar's sandbox checks
+/// as (`wopr.dev/NetworkIsolated`, ...).
+pub const POD_CONDITION_PREFIX: &str = "wopr.dev/";
+
+/// The name of every child of the Session `session` (pod, ServiceAccount,
+/// NetworkPolicy): `wopr-<session>`.
+pub fn child_name(session: &str) -> String {
+    format!("wopr-{session}")
+}
+
+/// Environment variables of the session pod's containers.
+pub mod env {
+    /// Sidecar: the control plane's address.
+    pub const CONTROL_PLANE_ADDRESS: &str = "WOPR_CONTROL_PLANE_ADDRESS";
+    /// Sidecar: the session's namespace (from the downward API).
+    pub const NAMESPACE: &str = "POD_NAMESPACE";
+    /// Sidecar: the gRPC socket.
+    pub const SOCKET_PATH: &str = "WOPR_SOCKET_PATH";
+    /// Sidecar: the MCP address.
+    pub const MCP_ADDRESS: &str = "WOPR_MCP_ADDRESS";
+    /// Sidecar: the gRPC health address.
+    pub const HEALTH_ADDRESS: &str = "WOPR_HEALTH_ADDRESS";
+    /// Sidecar: the projected token.
+    pub const TOKEN_PATH: &str = "WOPR_TOKEN_PATH";
+    /// Sidecar: the workspace.
+    pub const WORKSPACE: &str = "WOPR_WORKSPACE";
+    /// Sidecar: the sandbox's network mode.
+    pub const NETWORK_MODE: &str = "WOPR_NETWORK_MODE";
+    /// Sidecar: what the egress allow-list admits (TCP).
+    pub const EGRESS_ALLOWED: &str = "WOPR_EGRESS_ALLOWED";
+    /// Sidecar: addresses to prove unreachable.
+    pub const ISOLATION_PROBES: &str = "WOPR_ISOLATION_PROBES";
+    /// Sidecar: whether the agent waits for verified isolation.
+    pub const REQUIRE_VERIFIED_ISOLATION: &str = "WOPR_REQUIRE_VERIFIED_ISOLATION";
+    /// Sidecar: the node's IP (from the downward API), for the kubelet probe.
+    pub const NODE_IP: &str = "WOPR_NODE_IP";
+
+    /// Agent: the session's name.
+    pub const AGENT_SESSION: &str = "WOPR_SESSION";
+    /// Agent: the sidecar's MCP URL.
+    pub const AGENT_MCP_URL: &str = "WOPR_MCP_URL";
+    /// Agent: the sidecar's gRPC socket.
+    pub const AGENT_A2A_SOCKET: &str = "WOPR_A2A_SOCKET";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_paths_agree_with_their_parts() {
+        assert_eq!(MCP_ADDRESS, format!("127.0.0.1:{MCP_PORT}"));
+        assert_eq!(HEALTH_ADDRESS, format!("0.0.0.0:{HEALTH_PORT}"));
+        assert_eq!(LOOPBACK_HEALTH_ADDRESS, format!("127.0.0.1:{HEALTH_PORT}"));
+        assert_eq!(TOKEN_PATH, format!("{TOKEN_DIR}/token"));
+        assert!(SOCKET_PATH.starts_with(SOCKET_DIR));
+    }
+}
