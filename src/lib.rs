@@ -14,12 +14,16 @@
 
 pub mod api;
 pub mod audit;
+pub mod cache;
+pub mod clock;
 pub mod cluster;
 pub mod contract;
 pub mod controller;
 pub mod controlplane;
 pub mod logging;
+pub mod operator;
 pub mod policy;
 pub mod proto;
+pub mod shutdown;
 pub mod sidecar;
 pub mod wire;

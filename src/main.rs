@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wopr_operator::api;
 use wopr_operator::controller::config::ControllerArgs;
-use wopr_operator::controller::run::{run, shutdown_signal};
 use wopr_operator::logging::{self, LogFormat};
+use wopr_operator::operator;
 use wopr_operator::sidecar;
 use wopr_operator::sidecar::ready::ReadyArgs;
 use wopr_operator::sidecar::run::SidecarArgs;
@@ -66,7 +66,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Crd { output_dir } => print_crds(output_dir),
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let result = runtime.block_on(run(*args, shutdown_signal()));
+            let result = runtime.block_on(operator::run(*args, shutdown_signal()));
             runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             Ok(result?)
         }
@@ -98,4 +98,23 @@ fn print_crds(output_dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        #[cfg(unix)]
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
 }

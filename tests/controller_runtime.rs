@@ -24,7 +24,7 @@ use wopr_operator::api::{
 use wopr_operator::cluster::preflight::{ApiServer, PreflightError};
 use wopr_operator::controller::admin::{AdminState, router};
 use wopr_operator::controller::metrics::Metrics;
-use wopr_operator::controller::policy_status::{gateway_status, policy_status};
+use wopr_operator::controller::object_status::{gateway_status, policy_status};
 use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
 
 // Time is paused: the CRD check's 15 s of waiting pass instantly.

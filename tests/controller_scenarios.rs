@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use wopr_operator::api::{Capability, SecurityPolicy, Session, TrustLevel};
-use wopr_operator::controller::context::Leadership;
+use wopr_operator::controller::leader::Leadership;
 
 fn writes(requests: &[Recorded]) -> Vec<String> {
     requests

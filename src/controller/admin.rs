@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use super::metrics::{CheckLabels, Metrics, PhaseLabels};
 use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, Session, SessionPhase};
+use crate::cache::Caches;
 
 /// What the admin endpoints read.
 pub struct AdminState {
@@ -37,6 +38,21 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Sets `ready` once every cache has its first full list.
+pub async fn mark_ready_when_synced(caches: Caches, ready: Arc<AtomicBool>) {
+    let synced = futures::future::join4(
+        caches.stores.policies.wait_until_ready(),
+        caches.stores.grants.wait_until_ready(),
+        caches.stores.gateways.wait_until_ready(),
+        caches.sessions.wait_until_ready(),
+    )
+    .await;
+    if matches!(synced, (Ok(()), Ok(()), Ok(()), Ok(()))) {
+        ready.store(true, Ordering::Release);
+        tracing::info!("caches synced");
+    }
 }
 
 /// Serves the admin routes on `listener` until `shutdown` completes.

@@ -220,6 +220,23 @@ impl SandboxConfig {
             .join(",")
     }
 
+    /// The settings from the flags, with the addresses resolved: the
+    /// control-plane host's IP (for sandboxes without DNS) and the API
+    /// server reached at `api_server_url` (a probe target).
+    pub async fn resolve(
+        args: &ControllerArgs,
+        api_server_url: &str,
+    ) -> Result<SandboxConfig, ConfigError> {
+        let mut config = SandboxConfig::from_args(args)?;
+        config.control_plane.resolved_ip = resolve_host(&config.control_plane).await;
+        if let Some(address) = api_server_address(api_server_url).await {
+            config
+                .isolation_probes
+                .insert(0, ("apiserver".to_owned(), address));
+        }
+        Ok(config)
+    }
+
     /// The settings from the flags (without resolving the control-plane host).
     pub fn from_args(args: &ControllerArgs) -> Result<SandboxConfig, ConfigError> {
         Ok(SandboxConfig {
@@ -238,6 +255,43 @@ impl SandboxConfig {
                 .collect::<Result<_, _>>()?,
         })
     }
+}
+
+/// The IP the control-plane host name resolves to, for `/etc/hosts` in
+/// sandboxes that have no DNS. `None` for an IP address or a name that does
+/// not resolve here.
+async fn resolve_host(control_plane: &ControlPlane) -> Option<IpAddr> {
+    if control_plane.host_ip().is_some() {
+        return None;
+    }
+    match tokio::net::lookup_host((control_plane.host.as_str(), control_plane.port)).await {
+        Ok(mut addresses) => addresses.next().map(|address| address.ip()),
+        Err(error) => {
+            tracing::warn!(host = %control_plane.host, %error, "control-plane host does not resolve; sandboxes without DNS will not reach it");
+            None
+        }
+    }
+}
+
+/// The API server's address as sidecars would reach it, to probe from
+/// isolated sandboxes; `None` when it is on this machine's loopback (a
+/// controller running outside the cluster) or does not resolve.
+async fn api_server_address(url: &str) -> Option<SocketAddr> {
+    let uri: axum::http::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    let address = tokio::net::lookup_host((host, port)).await.ok()?.next()?;
+    if address.ip().is_loopback() {
+        tracing::info!(%address, "the API server is on loopback here; sandboxes do not probe it");
+        return None;
+    }
+    Some(address)
 }
 
 #[cfg(test)]

@@ -4,40 +4,71 @@
 //! replica takes over without waiting for it to expire.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-
-use super::context::Leadership;
+use tokio_stream::wrappers::WatchStream;
 
 /// Seconds a Lease is valid after its last renewal.
 const LEASE_DURATION_SECONDS: u64 = 15;
 /// Seconds before expiry at which the holder renews.
 const LEASE_GRACE_SECONDS: u64 = 5;
 
-/// This replica's part in the election.
-pub struct Election {
+/// Whether this replica holds the leader Lease. Only the leader writes.
+#[derive(Clone)]
+pub struct Leadership(Arc<watch::Sender<bool>>);
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Leadership(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Leadership {
+    /// A flag that says "leader" from the start (leader election off).
+    pub fn always() -> Leadership {
+        let leadership = Leadership::default();
+        leadership.set(true);
+        leadership
+    }
+
     /// Whether this replica may write now.
-    pub leadership: Leadership,
-    /// Yields each time this replica becomes the leader.
-    pub gained: Box<dyn Stream<Item = ()> + Send + Unpin>,
-    /// Completes once the Lease is released after `shutdown`.
-    pub released: JoinHandle<()>,
+    pub fn is_leader(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Records a change of leadership.
+    pub fn set(&self, leader: bool) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != leader;
+            *current = leader;
+            changed
+        });
+    }
+
+    /// Yields each time this replica becomes the leader (one stream per
+    /// consumer: each controller reconciles everything then).
+    pub fn gained(&self) -> impl Stream<Item = ()> + Send + use<> {
+        WatchStream::from_changes(self.0.subscribe())
+            .filter(|leader| std::future::ready(*leader))
+            .map(|_| ())
+    }
 }
 
 /// Competes for the Lease `name` in `namespace` as `identity` until
-/// `shutdown` completes; then stops writing and releases the Lease.
+/// `shutdown` completes; then stops writing and releases the Lease. Returns
+/// the leadership and the task that ends once the Lease is released.
 pub async fn elect(
     client: Client,
     namespace: &str,
     name: &str,
     identity: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Election, kube_lease_manager::LeaseManagerError> {
+) -> Result<(Leadership, JoinHandle<()>), kube_lease_manager::LeaseManagerError> {
     let manager = LeaseManagerBuilder::new(client, name)
         .with_namespace(namespace)
         .with_identity(identity)
@@ -47,7 +78,6 @@ pub async fn elect(
         .await?;
     let (mut changes, manager_task) = manager.watch().await;
     let leadership = Leadership::default();
-    let (gained, gained_stream) = mpsc::unbounded_channel();
     let flag = leadership.clone();
     let released = tokio::spawn(async move {
         tokio::pin!(shutdown);
@@ -63,9 +93,6 @@ pub async fn elect(
                         tracing::info!(leader, "leadership changed");
                     }
                     flag.set(leader);
-                    if leader {
-                        let _ = gained.send(());
-                    }
                 }
                 () = &mut shutdown => break,
             }
@@ -83,9 +110,24 @@ pub async fn elect(
             Err(error) => tracing::warn!(%error, "the lease manager failed"),
         }
     });
-    Ok(Election {
-        leadership,
-        gained: Box::new(UnboundedReceiverStream::new(gained_stream)),
-        released,
-    })
+    Ok((leadership, released))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_consumer_hears_of_every_gained_leadership() {
+        let leadership = Leadership::default();
+        let mut first = Box::pin(leadership.gained());
+        let mut second = Box::pin(leadership.gained());
+        leadership.set(true);
+        assert_eq!(first.next().await, Some(()));
+        assert_eq!(second.next().await, Some(()));
+        leadership.set(false);
+        leadership.set(true);
+        assert_eq!(first.next().await, Some(()));
+        assert!(leadership.is_leader());
+    }
 }

@@ -16,7 +16,7 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod metrics;
-pub mod policy_status;
+pub mod object_status;
 pub mod reconcile;
 pub mod retry;
 pub mod rollout;

@@ -16,11 +16,12 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::apply::{apply_if_changed, patch_status_if_changed};
 use super::build::{build_network_policy, build_pod, build_service_account};
-use super::context::{Context, Unresolvable};
+use super::context::Context;
 use super::error::Error;
 use super::rollout::{self, PodPlan, Replacement};
 use super::status::{Observation, PodOutcome, PodState, failed_checks, session_status};
 use crate::api::{Session, SessionStatus};
+use crate::cache::Unresolvable;
 use crate::cluster::apply_params;
 use crate::contract::{POD_CONDITION_PREFIX, child_name};
 use crate::policy::EffectiveContext;

@@ -1,79 +1,76 @@
 //! The policies the control plane serves: each watched session's effective
-//! context, recomputed from the controller's caches when they change (and
-//! every second, so grant expiry reaches sidecars promptly).
+//! context, recomputed from the shared caches when something in its
+//! namespace changes (deletions included) and when the first of the served
+//! contexts expires (a grant's `expiresAt`): event-driven, no polling.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
+use super::discover::{DiscoverPolicy, Snapshot};
 use crate::api::Session;
-use crate::controller::context::Stores;
+use crate::cache::{NamespaceChange, Stores};
+use crate::clock::Clock;
 use crate::proto::v1alpha1 as pb;
 use crate::wire::encode;
 
-/// What a sidecar is told about its session's policy.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Snapshot {
-    /// The policy in force.
-    Context(Box<pb::SecurityContext>),
-    /// No policy can be served (missing or invalid session): deny everything.
-    Unavailable(String),
-}
-
-impl Snapshot {
-    /// The wire form.
-    pub fn to_update(&self) -> pb::PolicyUpdate {
-        let update = match self {
-            Snapshot::Context(context) => pb::policy_update::Update::Context((**context).clone()),
-            Snapshot::Unavailable(reason) => pb::policy_update::Update::Unavailable(reason.clone()),
-        };
-        pb::PolicyUpdate {
-            update: Some(update),
-        }
-    }
+/// One watched session.
+struct Watched {
+    sender: watch::Sender<Snapshot>,
+    /// When its context stops being current (a grant expires).
+    valid_until: Option<Timestamp>,
 }
 
 /// Watched sessions and their current snapshots.
 pub struct ContextIndex {
     sessions: Store<DeserializeGuard<Session>>,
     stores: Stores,
-    clock: fn() -> Timestamp,
-    watchers: Mutex<HashMap<(String, String), watch::Sender<Snapshot>>>,
+    clock: Clock,
+    watchers: Mutex<HashMap<(String, String), Watched>>,
+    /// Woken when the earliest expiry may have moved.
+    expiry_moved: Notify,
 }
 
 impl ContextIndex {
-    /// An index over the controller's caches.
-    pub fn new(
-        sessions: Store<DeserializeGuard<Session>>,
-        stores: Stores,
-        clock: fn() -> Timestamp,
-    ) -> ContextIndex {
+    /// An index over the shared caches.
+    pub fn new(sessions: Store<DeserializeGuard<Session>>, stores: Stores, clock: Clock) -> Self {
         ContextIndex {
             sessions,
             stores,
             clock,
             watchers: Mutex::default(),
+            expiry_moved: Notify::new(),
         }
     }
 
-    /// Watches the policy of `namespace/session`: the receiver holds the
-    /// current snapshot and sees every change.
-    pub fn subscribe(&self, namespace: &str, session: &str) -> watch::Receiver<Snapshot> {
-        let key = (namespace.to_owned(), session.to_owned());
-        let mut watchers = self
-            .watchers
-            .lock()
-            .expect("the index lock is never poisoned");
-        if let Some(sender) = watchers.get(&key) {
-            return sender.subscribe();
+    /// Keeps the served policies current until `changes` ends: refreshes a
+    /// namespace when something in it changes (everything after a re-list),
+    /// and everything when the earliest served context expires.
+    pub async fn follow(&self, changes: impl Stream<Item = NamespaceChange>) {
+        let mut changes = std::pin::pin!(changes);
+        loop {
+            let next_expiry = self.next_expiry();
+            let expired = async {
+                match next_expiry {
+                    Some(at) => self.clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                change = changes.next() => match change {
+                    Some(Some(namespace)) => self.refresh(&namespace),
+                    Some(None) => self.refresh_all(),
+                    None => return,
+                },
+                () = expired => self.refresh_all(),
+                () = self.expiry_moved.notified() => {}
+            }
         }
-        let (sender, receiver) = watch::channel(self.snapshot(namespace, session));
-        watchers.insert(key, sender);
-        receiver
     }
 
     /// Recomputes the watched sessions of `namespace`, notifying watchers of changes.
@@ -87,15 +84,17 @@ impl ContextIndex {
     }
 
     fn refresh_where(&self, selected: impl Fn(&str) -> bool) {
+        let now = self.clock.now();
         let mut watchers = self
             .watchers
             .lock()
             .expect("the index lock is never poisoned");
-        watchers.retain(|_, sender| sender.receiver_count() > 0);
-        for ((namespace, session), sender) in watchers.iter() {
+        watchers.retain(|_, watched| watched.sender.receiver_count() > 0);
+        for ((namespace, session), watched) in watchers.iter_mut() {
             if selected(namespace) {
-                let snapshot = self.snapshot(namespace, session);
-                sender.send_if_modified(|current| {
+                let (snapshot, valid_until) = self.snapshot(namespace, session, now);
+                watched.valid_until = valid_until;
+                watched.sender.send_if_modified(|current| {
                     let changed = *current != snapshot;
                     if changed {
                         *current = snapshot;
@@ -104,25 +103,44 @@ impl ContextIndex {
                 });
             }
         }
+        self.expiry_moved.notify_one();
     }
 
-    /// The snapshot of `namespace/session` now.
-    fn snapshot(&self, namespace: &str, session: &str) -> Snapshot {
+    /// The earliest time a served context stops being current.
+    fn next_expiry(&self) -> Option<Timestamp> {
+        self.watchers
+            .lock()
+            .expect("the index lock is never poisoned")
+            .values()
+            .filter_map(|watched| watched.valid_until)
+            .min()
+    }
+
+    /// The snapshot of `namespace/session` at `now`, and when it expires.
+    fn snapshot(
+        &self,
+        namespace: &str,
+        session: &str,
+        now: Timestamp,
+    ) -> (Snapshot, Option<Timestamp>) {
         let key = ObjectRef::new(session).within(namespace);
         let Some(object) = self.sessions.get(&key) else {
-            return Snapshot::Unavailable(format!("Session {namespace}/{session} does not exist"));
+            return (
+                Snapshot::Gone(format!("Session {namespace}/{session} does not exist")),
+                None,
+            );
         };
         let session_object = match &object.0 {
             Ok(session) => session,
             Err(invalid) => {
-                return Snapshot::Unavailable(format!(
+                let reason = format!(
                     "Session {namespace}/{session} cannot be read: {}",
                     invalid.error
-                ));
+                );
+                return (Snapshot::Unavailable(reason), None);
             }
         };
-        let resolved = self.stores.resolve(session_object, (self.clock)());
-        match resolved {
+        match self.stores.resolve(session_object, now) {
             Ok(context) => {
                 let provider = session_object
                     .spec
@@ -132,9 +150,180 @@ impl ContextIndex {
                         name: provider.name.clone(),
                         model: provider.model.clone().unwrap_or_default(),
                     });
-                Snapshot::Context(Box::new(encode(&context, provider)))
+                let valid_until = context.valid_until;
+                (
+                    Snapshot::Context(Box::new(encode(&context, provider))),
+                    valid_until,
+                )
             }
-            Err(error) => Snapshot::Unavailable(error.to_string()),
+            Err(error) => (Snapshot::Unavailable(error.to_string()), None),
         }
+    }
+}
+
+impl DiscoverPolicy for ContextIndex {
+    fn watch(&self, namespace: &str, session: &str) -> Option<watch::Receiver<Snapshot>> {
+        let key = (namespace.to_owned(), session.to_owned());
+        let mut watchers = self
+            .watchers
+            .lock()
+            .expect("the index lock is never poisoned");
+        if let Some(watched) = watchers.get(&key) {
+            return Some(watched.sender.subscribe());
+        }
+        let (snapshot, valid_until) = self.snapshot(namespace, session, self.clock.now());
+        if matches!(snapshot, Snapshot::Gone(_)) {
+            return None;
+        }
+        let (sender, receiver) = watch::channel(snapshot);
+        watchers.insert(
+            key,
+            Watched {
+                sender,
+                valid_until,
+            },
+        );
+        drop(watchers);
+        self.expiry_moved.notify_one();
+        Some(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::SignedDuration;
+    use kube::runtime::reflector::{self, store::Writer};
+    use kube::runtime::watcher;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    use super::*;
+    use crate::api::{Capability, Grant, GrantSpec, GrantSubject, SessionSpec, TrustLevel};
+
+    fn start() -> Timestamp {
+        "2026-11-29T12:00:00Z".parse().unwrap()
+    }
+
+    struct Fixture {
+        index: std::sync::Arc<ContextIndex>,
+        sessions: Writer<DeserializeGuard<Session>>,
+        grants: Writer<DeserializeGuard<Grant>>,
+        changes: mpsc::UnboundedSender<NamespaceChange>,
+    }
+
+    /// An index over stores the test fills, following `changes`.
+    fn fixture() -> Fixture {
+        let (session_store, sessions) = reflector::store();
+        let (policies, _) = reflector::store();
+        let (grant_store, grants) = reflector::store();
+        let (gateways, _) = reflector::store();
+        let stores = Stores {
+            policies,
+            grants: grant_store,
+            gateways,
+        };
+        let index = std::sync::Arc::new(ContextIndex::new(
+            session_store,
+            stores,
+            Clock::starting_at(start()),
+        ));
+        let (changes, receiver) = mpsc::unbounded_channel();
+        let following = index.clone();
+        tokio::spawn(async move {
+            following
+                .follow(UnboundedReceiverStream::new(receiver))
+                .await
+        });
+        Fixture {
+            index,
+            sessions,
+            grants,
+            changes,
+        }
+    }
+
+    fn session(name: &str) -> DeserializeGuard<Session> {
+        let mut session = Session::new(name, SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
+        session.metadata.namespace = Some("ns".into());
+        DeserializeGuard(Ok(session))
+    }
+
+    fn capabilities(snapshot: &Snapshot) -> Vec<String> {
+        match snapshot {
+            Snapshot::Context(context) => context.capabilities.clone(),
+            other => panic!("no context: {other:?}"),
+        }
+    }
+
+    /// Lets the index's task run.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_is_denied_from_the_moment_it_expires() {
+        let mut fixture = fixture();
+        fixture
+            .sessions
+            .apply_watcher_event(&watcher::Event::Apply(session("s")));
+        let mut grant = Grant::new(
+            "fetch",
+            GrantSpec {
+                subject: GrantSubject {
+                    peer: None,
+                    session: Some("s".into()),
+                },
+                profile: None,
+                capabilities: vec![Capability::InjectNetwork],
+                sessions: Vec::new(),
+                expires_at: Some(Time(start() + SignedDuration::from_secs(60))),
+                previous_keys: Vec::new(),
+            },
+        );
+        grant.metadata.namespace = Some("ns".into());
+        fixture
+            .grants
+            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(grant))));
+        let mut policy = fixture.index.watch("ns", "s").unwrap();
+        assert!(capabilities(&policy.borrow_and_update()).contains(&"inject.network".into()));
+
+        tokio::time::advance(Duration::from_secs(59)).await;
+        settle().await;
+        assert!(
+            !policy.has_changed().unwrap(),
+            "still valid a second before"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert!(
+            policy.has_changed().unwrap(),
+            "refreshed at the expiry, without polling"
+        );
+        assert!(!capabilities(&policy.borrow_and_update()).contains(&"inject.network".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_session_is_gone_and_an_unknown_one_is_not_found() {
+        let mut fixture = fixture();
+        assert!(
+            fixture.index.watch("ns", "s").is_none(),
+            "unknown: not found"
+        );
+        fixture
+            .sessions
+            .apply_watcher_event(&watcher::Event::Apply(session("s")));
+        let mut policy = fixture.index.watch("ns", "s").unwrap();
+        policy.borrow_and_update();
+        fixture
+            .sessions
+            .apply_watcher_event(&watcher::Event::Delete(session("s")));
+        fixture.changes.send(Some("ns".into())).unwrap();
+        settle().await;
+        assert!(matches!(*policy.borrow_and_update(), Snapshot::Gone(_)));
     }
 }

@@ -13,40 +13,40 @@ use tokio_stream::wrappers::{IntervalStream, WatchStream};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use super::Shutdown;
 use super::auth::{Authenticator, authorize};
-use super::index::ContextIndex;
+use super::discover::{DiscoverPolicy, Snapshot};
 use super::isolation::{IsolationRecorder, pod_conditions};
 use crate::proto::v1alpha1::policy_server::Policy;
 use crate::proto::v1alpha1::{
     Heartbeat, IsolationReport, IsolationReportAck, PolicyUpdate, WatchRequest,
     policy_update::Update,
 };
+use crate::shutdown::Shutdown;
 
 /// The longest heartbeat period a sidecar may ask for, in seconds.
 pub const MAX_HEARTBEAT_SECONDS: u32 = 60;
 
 /// Serves each authenticated sidecar the policy of its own session, and
 /// takes its reports on its sandbox.
-pub struct PolicyService<A, R> {
-    index: Arc<ContextIndex>,
+pub struct PolicyService<D, A, R> {
+    discover: Arc<D>,
     authenticator: Arc<A>,
     recorder: Arc<R>,
     shutdown: Shutdown,
 }
 
-impl<A: Authenticator, R> PolicyService<A, R> {
-    /// A service over `index`, checking callers with `authenticator` and
-    /// recording sandbox checks with `recorder`; every open stream ends when
-    /// `shutdown` completes, so the server can drain.
+impl<D, A: Authenticator, R> PolicyService<D, A, R> {
+    /// A service serving what `discover` finds, checking callers with
+    /// `authenticator` and recording sandbox checks with `recorder`; every
+    /// open stream ends when `shutdown` completes, so the server can drain.
     pub fn new(
-        index: Arc<ContextIndex>,
+        discover: Arc<D>,
         authenticator: Arc<A>,
         recorder: Arc<R>,
         shutdown: Shutdown,
     ) -> Self {
         PolicyService {
-            index,
+            discover,
             authenticator,
             recorder,
             shutdown,
@@ -90,6 +90,18 @@ pub fn heartbeat_period(requested_seconds: u32) -> Option<Duration> {
         .then(|| Duration::from_secs(u64::from(requested_seconds.min(MAX_HEARTBEAT_SECONDS))))
 }
 
+/// The wire form of a snapshot; a Session that is gone is NOT_FOUND.
+fn update(snapshot: Snapshot) -> Result<PolicyUpdate, Status> {
+    let update = match snapshot {
+        Snapshot::Context(context) => Update::Context(*context),
+        Snapshot::Unavailable(reason) => Update::Unavailable(reason),
+        Snapshot::Gone(reason) => return Err(Status::not_found(reason)),
+    };
+    Ok(PolicyUpdate {
+        update: Some(update),
+    })
+}
+
 /// A heartbeat every `period`, the first one a period from now (after the
 /// snapshot every stream starts with).
 fn heartbeats(period: Duration) -> impl Stream<Item = PolicyUpdate> {
@@ -101,7 +113,7 @@ fn heartbeats(period: Duration) -> impl Stream<Item = PolicyUpdate> {
 }
 
 #[tonic::async_trait]
-impl<A: Authenticator, R: IsolationRecorder> Policy for PolicyService<A, R> {
+impl<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder> Policy for PolicyService<D, A, R> {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<PolicyUpdate, Status>> + Send>>;
 
     async fn watch(
@@ -116,13 +128,27 @@ impl<A: Authenticator, R: IsolationRecorder> Policy for PolicyService<A, R> {
         } = request;
         self.authorize(&metadata, &namespace, &session).await?;
         tracing::info!(%namespace, %session, "sidecar watching its policy");
-        let snapshots = WatchStream::new(self.index.subscribe(&namespace, &session))
-            .map(|snapshot| snapshot.to_update());
+        let not_found =
+            || Status::not_found(format!("Session {namespace}/{session} does not exist"));
+        let snapshots = self
+            .discover
+            .watch(&namespace, &session)
+            .ok_or_else(not_found)?;
+        let updates = WatchStream::new(snapshots).map(update);
         let updates = match heartbeat_period(heartbeat_seconds) {
-            Some(period) => stream::select(snapshots, heartbeats(period)).boxed(),
-            None => snapshots.boxed(),
+            Some(period) => stream::select(updates, heartbeats(period).map(Ok)).boxed(),
+            None => updates.boxed(),
         };
-        let updates = updates.take_until(self.shutdown.clone()).map(Ok);
+        // A Session that goes away ends its stream with NOT_FOUND.
+        let updates = updates
+            .scan(false, |ended, update| {
+                let item = (!*ended).then(|| {
+                    *ended = update.is_err();
+                    update
+                });
+                futures::future::ready(item)
+            })
+            .take_until(self.shutdown.clone());
         Ok(Response::new(Box::pin(updates)))
     }
 

@@ -87,6 +87,11 @@ pub async fn watch_forever(target: WatchTarget, state: Arc<PolicyState>) {
                 tracing::warn!("policy stream ended; reconnecting");
                 backoff = FIRST_BACKOFF;
             }
+            Err(WatchError::Status(status)) if status.code() == tonic::Code::NotFound => {
+                // The Session is gone (or unknown to this replica): deny now.
+                tracing::warn!(message = status.message(), retry_in = ?backoff, "no such session: denying everything");
+                state.update(Err(status.message().to_owned()));
+            }
             Err(error) => tracing::warn!(%error, retry_in = ?backoff, "policy watch failed"),
         }
         match state.current() {

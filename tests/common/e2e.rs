@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use kube::api::DeleteParams;
 use tokio::sync::oneshot;
-use wopr_operator::controller::run::run;
+use wopr_operator::operator::{RunError, run};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -125,7 +125,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
 /// A controller running in-process until [`Controller::stop`].
 pub struct Controller {
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), wopr_operator::controller::run::RunError>>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
 }
 
 impl Controller {

@@ -17,7 +17,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session};
 use wopr_operator::audit::{AuditSink, MemorySink};
-use wopr_operator::controller::context::Stores;
+use wopr_operator::cache::Stores;
+use wopr_operator::clock::Clock;
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
@@ -84,7 +85,11 @@ impl ControlPlane {
             grants: grant_store,
             gateways: gateway_store,
         };
-        let index = Arc::new(ContextIndex::new(session_store, stores, now));
+        let index = Arc::new(ContextIndex::new(
+            session_store,
+            stores,
+            Clock::starting_at(now()),
+        ));
         let tokens: HashMap<String, Identity> = sessions
             .iter()
             .map(|session| {
@@ -108,9 +113,9 @@ impl ControlPlane {
             index.clone(),
             Arc::new(StaticTokens(tokens)),
             reports.clone(),
-            async move {
+            wopr_operator::shutdown::on(async move {
                 let _ = stopped.await;
-            },
+            }),
         ));
         ControlPlane {
             index,

@@ -1,0 +1,186 @@
+//! `wopr-operator controller`: one process running the shared caches, the
+//! controller role and the control plane, the admin server, and leader
+//! election; the composition root, the only place that knows every role.
+//!
+//! Start-up checks the cluster first (one-line errors with the fix). On
+//! shutdown the Lease is released and every policy stream ended at once;
+//! in-flight work gets `--shutdown-drain-seconds` before the process stops
+//! anyway.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use kube_lease_manager::LeaseManagerError;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::cache;
+use crate::clock::Clock;
+use crate::cluster::preflight::{ApiServer, PreflightError};
+use crate::controller::admin::{self, AdminState};
+use crate::controller::config::{ConfigError, ControllerArgs, SandboxConfig};
+use crate::controller::leader::{self, Leadership};
+use crate::controller::metrics::Metrics;
+use crate::controller::run::{self as controller, Setup, Triggers};
+use crate::controlplane::isolation::PodStatusConditions;
+use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
+use crate::shutdown::{self, Shutdown};
+
+/// Why the operator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The cluster is not ready for the operator (see [`PreflightError`]).
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    /// A flag has a bad value.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Leader election could not start.
+    #[error("leader election: {0}")]
+    Leader(String),
+    /// The admin server failed.
+    #[error("admin server: {0}")]
+    Admin(#[source] std::io::Error),
+    /// The control-plane port could not be opened.
+    #[error("control-plane API: {0}")]
+    ControlPlane(#[source] std::io::Error),
+    /// The control-plane server failed.
+    #[error("control-plane API: {0}")]
+    ControlPlaneServer(#[from] tonic::transport::Error),
+}
+
+/// Runs the operator until `shutdown` completes (in the binary: SIGTERM or Ctrl-C).
+pub async fn run(
+    args: ControllerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let api_server = ApiServer::infer().await?;
+    let client = api_server.client.clone();
+    api_server.ensure_crds_installed().await?;
+    let lease_namespace = args
+        .leader_election
+        .then_some(args.operator_namespace.as_str());
+    api_server
+        .ensure_rights(args.watch_namespace.as_deref(), lease_namespace)
+        .await?;
+    let config = SandboxConfig::resolve(&args, &api_server.url).await?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("wopr-operator-{}", std::process::id()));
+    let shutdown = shutdown::on(shutdown);
+    let (leadership, lease_released) = if args.leader_election {
+        let (leadership, released) = leader::elect(
+            client.clone(),
+            &args.operator_namespace,
+            &args.lease_name,
+            &identity,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|error| match error {
+            LeaseManagerError::KubeError(error) => RunError::Preflight(api_server.explain(&error)),
+            other => RunError::Leader(other.to_string()),
+        })?;
+        (leadership, Some(released))
+    } else {
+        (Leadership::always(), None)
+    };
+    let admin_listener = TcpListener::bind(args.admin_address)
+        .await
+        .map_err(RunError::Admin)?;
+    let control_plane_listener = TcpListener::bind(args.control_plane_listen)
+        .await
+        .map_err(RunError::ControlPlane)?;
+    tracing::info!(
+        admin = %local_address(&admin_listener),
+        control_plane = %local_address(&control_plane_listener),
+        %identity,
+        "controller starting"
+    );
+
+    let namespace = args.watch_namespace.clone();
+    let (caches, feeds) = cache::start(&client, namespace.as_deref());
+    // The control plane serves sidecars from the shared caches, on every replica.
+    let index = Arc::new(ContextIndex::new(
+        caches.sessions.clone(),
+        caches.stores.clone(),
+        Clock::System,
+    ));
+    let following = index.clone();
+    tokio::spawn(async move { following.follow(feeds.namespaces).await });
+    let control_plane = controlplane::serve(
+        control_plane_listener,
+        index,
+        Arc::new(TokenReviewer::new(client.clone())),
+        Arc::new(PodStatusConditions::new(client.clone())),
+        shutdown.clone(),
+    );
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(admin::mark_ready_when_synced(caches.clone(), ready.clone()));
+    let admin_server = admin::serve(
+        admin_listener,
+        Arc::new(AdminState {
+            registry,
+            metrics: metrics.clone(),
+            sessions: caches.sessions.clone(),
+            ready,
+        }),
+        shutdown.clone(),
+    );
+    let controller = controller::run(
+        Setup {
+            client,
+            config,
+            caches,
+            triggers: Triggers {
+                policies: feeds.policies,
+                grants: feeds.grants,
+                gateways: feeds.gateways,
+                sessions: feeds.sessions,
+            },
+            leadership,
+            identity,
+            metrics,
+            default_update_policy: args.default_update_policy(),
+            namespace,
+        },
+        shutdown.clone(),
+    );
+    let lease_released = async {
+        if let Some(released) = lease_released {
+            let _ = released.await;
+        }
+    };
+    let everything =
+        async { tokio::join!(admin_server, control_plane, controller, lease_released) };
+    let drain = Duration::from_secs(args.shutdown_drain_seconds);
+    tokio::select! {
+        (admin, control_plane, (), ()) = everything => {
+            tracing::info!("controller stopped");
+            admin.map_err(RunError::Admin)?;
+            Ok(control_plane?)
+        }
+        () = drained(shutdown, drain) => {
+            tracing::warn!(drain = ?drain, "stopping with work left: the drain time is over");
+            Ok(())
+        }
+    }
+}
+
+/// Completes `drain` after `shutdown`.
+async fn drained(shutdown: Shutdown, drain: Duration) {
+    shutdown.await;
+    tokio::time::sleep(drain).await;
+}
+
+/// Where `listener` listens (the port the OS chose for port 0).
+fn local_address(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|error| error.to_string(), |address| address.to_string())
+}
