@@ -26,7 +26,7 @@ mod peers;
 mod profiles;
 mod rate_limit;
 mod resolve;
-mod tools;
+pub mod tools;
 
 pub use capabilities::CapabilitySet;
 pub use decide::{
@@ -41,4 +41,4 @@ pub use resolve::{
     DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError,
     grant_is_active, resolve,
 };
-pub use tools::{Requirement, TOOLS, Tool, ToolId, ToolSet};
+pub use tools::{Requirement, TOOLS, Tool, ToolCall, ToolId, ToolSet};

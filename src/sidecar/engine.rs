@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::catalog::{CATALOG, CatalogEntry, entry};
 use super::policy_state::{PolicyState, Served};
 use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, AuditSink, EventType};
-use crate::policy::{Outcome, Request, TokenBucket, decide, try_acquire_all};
+use crate::policy::tools::arguments::{
+    CapabilityQuery, NoArguments, Unimplemented, WorkspacePath, WorkspaceWrite,
+};
+use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
 
 /// The source type of the agent calling its own sidecar.
 pub const SOURCE_TYPE_AGENT: &str = "agent";
@@ -107,15 +109,17 @@ impl ToolEngine {
         }
     }
 
-    /// The tools the agent may call now. Without a policy: only `security_whoami`.
-    pub fn list(&self) -> Vec<&'static CatalogEntry> {
+    /// The tools the agent may call now: those this version runs that the
+    /// policy allows. Without a policy: only `security_whoami`.
+    pub fn list(&self) -> Vec<ToolId> {
         let served = self.policy.current();
-        CATALOG
-            .iter()
-            .filter(|tool| match &served {
-                Err(_) => tool.name == "security_whoami",
+        ToolId::all()
+            .filter(|id| id.implemented())
+            .filter(|id| match &served {
+                Err(_) => *id == ToolId::SecurityWhoami,
                 Ok(served) => {
-                    decide(&served.context, Request::Tool(tool.name)).outcome != Outcome::Denied
+                    decide(&served.context, Request::Tool(id.tool().name)).outcome
+                        != Outcome::Denied
                 }
             })
             .collect()
@@ -171,7 +175,7 @@ impl ToolEngine {
             );
             return Err(not_available());
         }
-        let Some(tool) = entry(name) else {
+        let Some(id) = ToolId::lookup(name).filter(|id| id.implemented()) else {
             self.record(
                 Some(&served),
                 name,
@@ -181,11 +185,25 @@ impl ToolEngine {
             );
             return Err(not_available());
         };
+        let call = match ToolCall::parse(id, arguments.clone()) {
+            Ok(call) => call,
+            Err(error) => {
+                let reason = format!("{}; invalid arguments: {error}", decision.reason);
+                self.record(
+                    Some(&served),
+                    name,
+                    decision.capability,
+                    decision.outcome,
+                    reason,
+                );
+                return Err(ToolError::InvalidArguments(error));
+            }
+        };
         let limited = self
             .limits
             .lock()
             .expect("the limits lock is never poisoned")
-            .acquire(tool.name, tokio::time::Instant::now().into_std());
+            .acquire(id.tool().name, tokio::time::Instant::now().into_std());
         if let Err(retry_after) = limited {
             let mut event = self.event(
                 Some(&served),
@@ -197,7 +215,7 @@ impl ToolEngine {
             self.audit.record(&event);
             return Err(ToolError::RateLimited(retry_after));
         }
-        let result = self.run(tool.name, arguments, &served);
+        let result = self.run(call, &served);
         let reason = match &result {
             Ok(_) => decision.reason.to_string(),
             Err(error) => format!("{}; the tool failed: {error}", decision.reason),
@@ -212,10 +230,11 @@ impl ToolEngine {
         result
     }
 
-    fn run(&self, tool: &str, arguments: &Value, served: &Served) -> Result<Value, ToolError> {
+    /// Runs a parsed call: one arm per tool of the registry.
+    fn run(&self, call: ToolCall, served: &Served) -> Result<Value, ToolError> {
         let context = &served.context;
-        match tool {
-            "security_whoami" => Ok(json!({
+        match call {
+            ToolCall::SecurityWhoami(NoArguments {}) => Ok(json!({
                 "session": context.session,
                 "namespace": context.namespace,
                 "trustLevel": context.trust_level,
@@ -226,29 +245,24 @@ impl ToolEngine {
                 "provider": served.provider.as_ref().map(|p| json!({"name": p.name, "model": p.model})),
                 "policyHash": context.policy_hash,
             })),
-            "security_check" => {
-                let capability: Capability = string_argument(arguments, "capability")?
-                    .parse()
-                    .map_err(ToolError::InvalidArguments)?;
+            ToolCall::SecurityCheck(CapabilityQuery { capability }) => {
                 let decision = decide(context, Request::Capability(capability));
-                Ok(
-                    json!({"allowed": decision.outcome == Outcome::Allowed, "reason": decision.reason.to_string()}),
-                )
+                Ok(json!({
+                    "allowed": decision.outcome == Outcome::Allowed,
+                    "reason": decision.reason.to_string(),
+                }))
             }
-            "memory_read" => {
-                let path = string_argument(arguments, "path")?;
-                let content = self.workspace.read(path).map_err(workspace_error)?;
+            ToolCall::MemoryRead(WorkspacePath { path }) => {
+                let content = self.workspace.read(&path).map_err(workspace_error)?;
                 Ok(json!({"path": path, "content": content}))
             }
-            "memory_write" => {
-                let path = string_argument(arguments, "path")?;
-                let content = string_argument(arguments, "content")?;
+            ToolCall::MemoryWrite(WorkspaceWrite { path, content }) => {
                 self.workspace
-                    .write(path, content)
+                    .write(&path, &content)
                     .map_err(workspace_error)?;
                 Ok(json!({"path": path, "written": content.len()}))
             }
-            "config_get" => Ok(json!({
+            ToolCall::ConfigGet(NoArguments {}) => Ok(json!({
                 "session": context.session,
                 "namespace": context.namespace,
                 "effective": context.summary(),
@@ -258,7 +272,20 @@ impl ToolEngine {
                 "gateways": context.gateways,
                 "policyHash": context.policy_hash,
             })),
-            other => unreachable!("{other} is in the catalog but has no implementation"),
+            // Not run by this version: never listed, refused like unknown tools.
+            ToolCall::SecurityRequest(Unimplemented {})
+            | ToolCall::SessionsList(Unimplemented {})
+            | ToolCall::SessionsHistory(Unimplemented {})
+            | ToolCall::SessionsSend(Unimplemented {})
+            | ToolCall::SessionsSpawn(Unimplemented {})
+            | ToolCall::HttpFetch(Unimplemented {})
+            | ToolCall::ExecCommand(Unimplemented {})
+            | ToolCall::ConfigSet(Unimplemented {})
+            | ToolCall::GatewayForward(Unimplemented {})
+            | ToolCall::GatewayRespond(Unimplemented {})
+            | ToolCall::GatewayQueue(Unimplemented {}) => Err(ToolError::NotAvailable(
+                "not implemented by this sidecar".into(),
+            )),
         }
     }
 
@@ -305,13 +332,6 @@ impl ToolEngine {
     }
 }
 
-fn string_argument<'a>(arguments: &'a Value, name: &str) -> Result<&'a str, ToolError> {
-    arguments
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ToolError::InvalidArguments(format!("{name:?} must be a string")))
-}
-
 fn workspace_error(error: WorkspaceError) -> ToolError {
     match error {
         WorkspaceError::Escapes(_) => ToolError::InvalidArguments(error.to_string()),
@@ -356,13 +376,13 @@ mod tests {
     async fn a_session_over_its_limit_keeps_its_per_tool_tokens() {
         let (engine, _workspace) = engine(4, 2);
         let check = json!({"capability": "inject"});
-        for tool in [
-            "security_check",
-            "security_whoami",
-            "config_get",
-            "memory_read",
+        for (tool, arguments) in [
+            ("security_check", check.clone()),
+            ("security_whoami", json!({})),
+            ("config_get", json!({})),
+            ("memory_read", json!({"path": "x"})),
         ] {
-            let _ = engine.call(tool, &json!({"path": "x", "capability": "inject"}));
+            let _ = engine.call(tool, &arguments);
         }
         for _ in 0..3 {
             assert_eq!(

@@ -44,9 +44,9 @@ impl Tools for ToolsService {
             .list()
             .into_iter()
             .map(|tool| ToolInfo {
-                name: tool.name.to_owned(),
-                description: tool.description.to_owned(),
-                input_schema_json: (tool.input_schema)().to_string(),
+                name: tool.tool().name.to_owned(),
+                description: tool.tool().description.to_owned(),
+                input_schema_json: tool.input_schema().to_string(),
             })
             .collect();
         Ok(Response::new(ListToolsResponse { tools }))

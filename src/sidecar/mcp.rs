@@ -176,7 +176,7 @@ fn list_tools(engine: &ToolEngine) -> Value {
     let tools: Vec<Value> = engine
         .list()
         .into_iter()
-        .map(|tool| json!({"name": tool.name, "description": tool.description, "inputSchema": (tool.input_schema)()}))
+        .map(|id| json!({"name": id.tool().name, "description": id.tool().description, "inputSchema": id.input_schema()}))
         .collect();
     json!({"tools": tools})
 }

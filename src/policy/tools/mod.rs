@@ -1,12 +1,21 @@
-//! The A2A tools, what each needs (SPEC §1), and tool rule matching.
+//! The A2A tools: the one registry of what each tool is called, what it
+//! needs (SPEC §1), what it does, and the type of its arguments, whose
+//! JSON Schema agents are shown and whose deserialization validates a call.
+//! The policy engine, the sidecar's tool list and its dispatch all derive
+//! from [`declare_tools!`]'s one list: adding a tool is one line here (and
+//! its handler, which the sidecar's exhaustive match then asks for).
 //!
-//! A tool with no entry here is unknown and always denied (fail closed).
+//! A tool with no entry is unknown and always denied (fail closed).
+
+pub mod arguments;
 
 use std::fmt;
 
 use serde::{Serialize, Serializer};
+use serde_json::Value;
 
 use crate::api::{Capability, ToolRules};
+use arguments::*;
 
 /// What a tool needs before it may be called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,59 +35,110 @@ pub struct Tool {
     pub name: &'static str,
     /// What calling it needs.
     pub requires: Requirement,
-}
-
-const fn tool(name: &'static str, requires: Requirement) -> Tool {
-    Tool { name, requires }
+    /// What it does, as agents are told.
+    pub description: &'static str,
 }
 
 const fn needs(capability: Capability) -> Requirement {
     Requirement::Capability(capability)
 }
 
-/// Every known tool and what it needs.
-pub const TOOLS: [Tool; 16] = [
-    tool("security_whoami", Requirement::Nothing),
-    tool("security_check", Requirement::Nothing),
-    tool("security_request", Requirement::Nothing),
-    tool("sessions_list", needs(Capability::A2aCall)),
-    tool("sessions_history", needs(Capability::A2aCall)),
-    tool("sessions_send", needs(Capability::CrossInject)),
-    tool("sessions_spawn", needs(Capability::SessionSpawn)),
-    tool("http_fetch", needs(Capability::InjectNetwork)),
-    tool("exec_command", needs(Capability::InjectExec)),
-    tool("memory_read", needs(Capability::InjectTools)),
-    tool("memory_write", needs(Capability::InjectTools)),
-    tool("config_get", needs(Capability::InjectTools)),
-    tool("config_set", needs(Capability::ConfigWrite)),
-    tool("gateway_forward", Requirement::Gateway),
-    tool("gateway_respond", Requirement::Gateway),
-    tool("gateway_queue", Requirement::Gateway),
-];
+/// Declares every tool once: its id, name, requirement, argument type and
+/// description. Generates [`ToolId`], [`TOOLS`] and [`ToolCall`].
+macro_rules! declare_tools {
+    ($( $id:ident = $name:literal, $requires:expr, $arguments:ty, $description:literal; )*) => {
+        /// A known tool.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum ToolId { $( #[doc = $description] $id ),* }
 
-/// The index of a known tool in [`TOOLS`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ToolId(u8);
+        /// Every known tool, in the order of [`ToolId`].
+        pub const TOOLS: [Tool; [$($name),*].len()] = [
+            $( Tool { name: $name, requires: $requires, description: $description } ),*
+        ];
+
+        impl ToolId {
+            const ALL: [ToolId; [$($name),*].len()] = [$( ToolId::$id ),*];
+
+            /// JSON Schema of the tool's arguments object.
+            pub fn input_schema(self) -> Value {
+                match self { $( ToolId::$id => schema_of::<$arguments>() ),* }
+            }
+
+            /// Whether this version runs the tool (its arguments are known).
+            pub fn implemented(self) -> bool {
+                match self { $( ToolId::$id => <$arguments as Arguments>::IMPLEMENTED ),* }
+            }
+        }
+
+        /// A call of a known tool with its arguments, parsed and validated.
+        #[derive(Debug, PartialEq)]
+        pub enum ToolCall { $( #[doc = $description] $id($arguments) ),* }
+
+        impl ToolCall {
+            /// Parses `arguments` for the tool `id`; the error says what is wrong.
+            pub fn parse(id: ToolId, arguments: Value) -> Result<ToolCall, String> {
+                match id {
+                    $( ToolId::$id => serde_json::from_value(arguments)
+                        .map(ToolCall::$id)
+                        .map_err(|error| error.to_string()), )*
+                }
+            }
+        }
+    };
+}
+
+declare_tools! {
+    SecurityWhoami = "security_whoami", Requirement::Nothing, NoArguments,
+        "Your trust level, capabilities, sandbox, network, enforcement mode and provider.";
+    SecurityCheck = "security_check", Requirement::Nothing, CapabilityQuery,
+        "Whether you hold a capability, and why.";
+    SecurityRequest = "security_request", Requirement::Nothing, Unimplemented,
+        "Ask a person for more capabilities for a while.";
+    SessionsList = "sessions_list", needs(Capability::A2aCall), Unimplemented,
+        "The sessions you may reach.";
+    SessionsHistory = "sessions_history", needs(Capability::A2aCall), Unimplemented,
+        "The message history of a session you may reach.";
+    SessionsSend = "sessions_send", needs(Capability::CrossInject), Unimplemented,
+        "Send a message to another session.";
+    SessionsSpawn = "sessions_spawn", needs(Capability::SessionSpawn), Unimplemented,
+        "Start a child session at your trust level or lower.";
+    HttpFetch = "http_fetch", needs(Capability::InjectNetwork), Unimplemented,
+        "Fetch a URL through the egress proxy.";
+    ExecCommand = "exec_command", needs(Capability::InjectExec), Unimplemented,
+        "Run an allowed command.";
+    MemoryRead = "memory_read", needs(Capability::InjectTools), WorkspacePath,
+        "Read a UTF-8 file of your workspace.";
+    MemoryWrite = "memory_write", needs(Capability::InjectTools), WorkspaceWrite,
+        "Write a UTF-8 file of your workspace (where it is writable).";
+    ConfigGet = "config_get", needs(Capability::InjectTools), NoArguments,
+        "Your session's effective security configuration.";
+    ConfigSet = "config_set", needs(Capability::ConfigWrite), Unimplemented,
+        "Change your session's configuration.";
+    GatewayForward = "gateway_forward", Requirement::Gateway, Unimplemented,
+        "Forward a message to a session your gateway rules allow.";
+    GatewayRespond = "gateway_respond", Requirement::Gateway, Unimplemented,
+        "Answer the source of a forwarded request.";
+    GatewayQueue = "gateway_queue", Requirement::Gateway, Unimplemented,
+        "Your gateway's requests waiting for approval.";
+}
 
 impl ToolId {
     /// The known tool called `name`, or `None` for an unknown tool.
     #[inline]
     pub fn lookup(name: &str) -> Option<ToolId> {
-        TOOLS
-            .iter()
-            .position(|tool| tool.name == name)
-            .map(|index| ToolId(index as u8))
+        ToolId::ALL.into_iter().find(|id| id.tool().name == name)
     }
 
     /// Every known tool.
     pub fn all() -> impl Iterator<Item = ToolId> {
-        (0..TOOLS.len() as u8).map(ToolId)
+        ToolId::ALL.into_iter()
     }
 
     /// The tool this id names.
     #[inline]
     pub fn tool(self) -> &'static Tool {
-        &TOOLS[self.0 as usize]
+        &TOOLS[self as usize]
     }
 }
 
@@ -90,12 +150,12 @@ impl ToolSet {
     /// Whether `id` is in the set.
     #[inline]
     pub fn contains(self, id: ToolId) -> bool {
-        self.0 & (1 << id.0) != 0
+        self.0 & (1 << id as u8) != 0
     }
 
     /// Adds a tool.
     pub fn insert(&mut self, id: ToolId) {
-        self.0 |= 1 << id.0;
+        self.0 |= 1 << id as u8;
     }
 
     /// The tools of the set, in the order of [`TOOLS`].

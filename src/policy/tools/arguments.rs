@@ -1,0 +1,142 @@
+//! The arguments of each tool, as types: the JSON Schema agents are shown
+//! and the validation of a call come from the same declaration.
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::Capability;
+
+/// The arguments of a tool.
+pub trait Arguments: for<'de> Deserialize<'de> + JsonSchema {
+    /// Whether this version runs a tool with these arguments.
+    const IMPLEMENTED: bool = true;
+}
+
+/// The JSON Schema of an arguments type: self-contained (no `$ref`s), as
+/// MCP clients expect an `inputSchema`.
+pub fn schema_of<A: Arguments>() -> Value {
+    let generator = SchemaSettings::draft2020_12()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator();
+    let schema: Schema = generator.into_root_schema_for::<A>();
+    let mut schema = schema.to_value();
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+        object.remove("title");
+    }
+    schema
+}
+
+/// No arguments (an empty object).
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NoArguments {}
+
+impl Arguments for NoArguments {}
+
+/// A capability to check.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityQuery {
+    /// A capability such as `inject.network`.
+    pub capability: Capability,
+}
+
+impl Arguments for CapabilityQuery {}
+
+/// A file of the workspace.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspacePath {
+    /// A path relative to the workspace.
+    pub path: String,
+}
+
+impl Arguments for WorkspacePath {}
+
+/// A file of the workspace and what to write into it.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceWrite {
+    /// A path relative to the workspace.
+    pub path: String,
+    /// UTF-8 text, at most 1 MiB.
+    pub content: String,
+}
+
+impl Arguments for WorkspaceWrite {}
+
+/// The arguments of a tool this version does not run yet: it is never
+/// listed, and calling it is refused like an unknown tool.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+pub struct Unimplemented {}
+
+impl Arguments for Unimplemented {
+    const IMPLEMENTED: bool = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::{ToolCall, ToolId};
+
+    #[test]
+    fn schemas_are_self_contained_objects() {
+        let schema = ToolId::SecurityCheck.input_schema();
+        assert_eq!(schema["type"], "object");
+        assert_eq!(schema["required"], json!(["capability"]));
+        assert_eq!(schema["additionalProperties"], false);
+        let capabilities = schema["properties"]["capability"]["oneOf"]
+            .as_array()
+            .unwrap();
+        assert!(
+            capabilities.iter().any(|c| c["const"] == "inject.network"),
+            "{schema}"
+        );
+        assert!(!schema.to_string().contains("$ref"), "{schema}");
+        assert_eq!(
+            ToolId::MemoryWrite.input_schema()["required"],
+            json!(["path", "content"])
+        );
+    }
+
+    #[test]
+    fn calls_are_validated_by_their_types() {
+        assert_eq!(
+            ToolCall::parse(ToolId::MemoryRead, json!({"path": "notes"})),
+            Ok(ToolCall::MemoryRead(WorkspacePath {
+                path: "notes".into()
+            }))
+        );
+        for (id, bad) in [
+            (ToolId::MemoryRead, json!({})),
+            (ToolId::MemoryRead, json!({"path": 7})),
+            (ToolId::SecurityCheck, json!({"capability": "root"})),
+            (ToolId::SecurityWhoami, json!({"extra": true})),
+        ] {
+            assert!(ToolCall::parse(id, bad.clone()).is_err(), "{id:?} {bad}");
+        }
+    }
+
+    #[test]
+    fn only_tools_with_arguments_are_implemented() {
+        let implemented: Vec<&str> = ToolId::all()
+            .filter(|id| id.implemented())
+            .map(|id| id.tool().name)
+            .collect();
+        assert_eq!(
+            implemented,
+            [
+                "security_whoami",
+                "security_check",
+                "memory_read",
+                "memory_write",
+                "config_get"
+            ]
+        );
+    }
+}
