@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::fake_api::FakeApi;
 use common::harness::{pod_path, session_path};
-use common::process::{Process, free_port, mcp};
+use common::mcp;
+use common::process::{Process, free_port};
 use common::{NAMESPACE, session};
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -156,7 +157,7 @@ async fn control_plane_port(controller: &Process) -> u16 {
 }
 
 async fn tool_names(mcp_address: &str) -> Vec<String> {
-    let listed = mcp(mcp_address, "tools/list", json!({})).await;
+    let listed = mcp::call(mcp_address, "tools/list", json!({})).await;
     listed["result"]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("{listed}"))
@@ -167,7 +168,7 @@ async fn tool_names(mcp_address: &str) -> Vec<String> {
 
 /// A tool call's result, or the JSON-RPC error message.
 async fn call(mcp_address: &str, tool: &str, arguments: Value) -> Result<Value, String> {
-    let answer = mcp(
+    let answer = mcp::call(
         mcp_address,
         "tools/call",
         json!({"name": tool, "arguments": arguments}),

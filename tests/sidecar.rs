@@ -336,40 +336,23 @@ async fn security_check_answers_per_capability() {
 
 mod mcp {
     use super::*;
+    use common::mcp::{open_single_exchange, raw_post, request, single_exchange};
+    use tokio::io::AsyncReadExt;
 
+    /// A request of the single-exchange revision: no session needed.
     async fn post(sidecar: &Sidecar, body: impl Into<String>) -> (u16, Value) {
-        let response = raw_post(sidecar, body.into(), None).await;
-        (
-            response.0,
-            serde_json::from_str(&response.1).unwrap_or(Value::Null),
-        )
+        let answer = single_exchange(&sidecar.mcp.to_string(), body.into(), &[]).await;
+        (answer.status, answer.message)
     }
 
-    /// A minimal HTTP/1.1 POST to the sidecar's MCP endpoint.
-    async fn raw_post(sidecar: &Sidecar, body: String, origin: Option<&str>) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(sidecar.mcp).await.unwrap();
-        let origin = origin
-            .map(|o| format!("Origin: {o}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{origin}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
+    /// A liveness check of the single-exchange revision (it has no `ping`).
+    async fn assert_serving(sidecar: &Sidecar, after: &str) {
+        let (status, listed) = post(sidecar, request("tools/list", json!({}))).await;
+        assert_eq!(status, 200, "after {after}: {listed}");
+        assert!(
+            listed["result"]["tools"].is_array(),
+            "after {after}: {listed}"
         );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let _ = stream.write_all(body.as_bytes()).await;
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response).await;
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
     }
 
     async fn ready_sidecar() -> (ControlPlane, Sidecar) {
@@ -381,33 +364,51 @@ mod mcp {
         (control_plane, sidecar)
     }
 
-    fn request(method: &str, params: Value) -> String {
-        json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).to_string()
+    fn tool_names(listed: &Value) -> Vec<&str> {
+        listed["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{listed}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect()
     }
 
     #[tokio::test]
-    async fn speaks_mcp() {
+    async fn speaks_mcp_with_a_session() {
         let (_cp, sidecar) = ready_sidecar().await;
-        let (status, init) = post(&sidecar, request("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}))).await;
-        assert_eq!(status, 200);
-        assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
-        assert_eq!(init["id"], 7);
-        let (status, _) = raw_post(
-            &sidecar,
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
-            None,
+        let initialize = request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        );
+        let init = raw_post(&sidecar.mcp.to_string(), initialize, &[]).await;
+        assert_eq!(init.status, 200);
+        assert_eq!(init.message["result"]["protocolVersion"], "2025-06-18");
+        assert_eq!(
+            init.message["result"]["capabilities"]["tools"]["listChanged"],
+            true
+        );
+        assert_eq!(init.message["id"], 7);
+        let session = init.header("mcp-session-id").expect("a session").to_owned();
+        let in_session = [
+            ("Mcp-Session-Id", session.as_str()),
+            ("MCP-Protocol-Version", "2025-06-18"),
+        ];
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let accepted = raw_post(
+            &sidecar.mcp.to_string(),
+            initialized.to_string(),
+            &in_session,
         )
         .await;
-        assert_eq!(status, 202);
-        let (_, listed) = post(&sidecar, request("tools/list", json!({}))).await;
-        let tools: Vec<&str> = listed["result"]["tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap())
-            .collect();
+        assert_eq!(accepted.status, 202);
+        let listed = raw_post(
+            &sidecar.mcp.to_string(),
+            request("tools/list", json!({})),
+            &in_session,
+        )
+        .await;
         assert_eq!(
-            tools,
+            tool_names(&listed.message),
             [
                 "security_whoami",
                 "security_check",
@@ -417,9 +418,40 @@ mod mcp {
             ]
         );
         assert_eq!(
-            listed["result"]["tools"][2]["inputSchema"]["required"],
+            listed.message["result"]["tools"][2]["inputSchema"]["required"],
             json!(["path"])
         );
+        sidecar.audit.take();
+        let unknown = raw_post(
+            &sidecar.mcp.to_string(),
+            request("tools/destroy", json!({})),
+            &in_session,
+        )
+        .await;
+        assert_eq!(
+            unknown.status, 200,
+            "revisions with sessions answer errors in band"
+        );
+        assert_eq!(unknown.message["error"]["code"], -32601);
+        assert_eq!(sidecar.audit.take().len(), 1, "audited once");
+        let without_session = raw_post(
+            &sidecar.mcp.to_string(),
+            request("tools/list", json!({})),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            without_session.status, 400,
+            "a revision with sessions needs one"
+        );
+    }
+
+    #[tokio::test]
+    async fn speaks_mcp_in_single_exchanges() {
+        let (_cp, sidecar) = ready_sidecar().await;
+        let (status, listed) = post(&sidecar, request("tools/list", json!({}))).await;
+        assert_eq!(status, 200);
+        assert_eq!(tool_names(&listed).len(), 5);
         let (_, called) = post(
             &sidecar,
             request(
@@ -428,7 +460,7 @@ mod mcp {
             ),
         )
         .await;
-        assert_eq!(called["result"]["isError"], false);
+        assert_eq!(called["result"]["isError"], false, "{called}");
         assert_eq!(
             called["result"]["structuredContent"]["trustLevel"],
             "semi-trusted"
@@ -446,8 +478,7 @@ mod mcp {
             denied["error"]["message"],
             "tool not available: exec_command"
         );
-        let (_, pong) = post(&sidecar, request("ping", json!({}))).await;
-        assert_eq!(pong["result"], json!({}));
+        assert_serving(&sidecar, "a denied call").await;
     }
 
     #[tokio::test]
@@ -477,7 +508,7 @@ mod mcp {
             (
                 "unknown method",
                 request("tools/destroy", json!({})),
-                200,
+                404,
                 -32601,
             ),
             (
@@ -518,25 +549,65 @@ mod mcp {
             let (got_status, reply) = post(&sidecar, body).await;
             assert_eq!(got_status, status, "{name}: {reply}");
             assert_eq!(reply["error"]["code"], code, "{name}: {reply}");
-            assert!(!sidecar.audit.take().is_empty(), "{name}: no audit line");
+            let audited = sidecar.audit.take();
+            assert_eq!(audited.len(), 1, "{name}: one audit line each: {audited:?}");
             // The sidecar keeps serving.
-            let (_, pong) = post(&sidecar, request("ping", json!({}))).await;
-            assert_eq!(pong["result"], json!({}), "after {name}");
+            assert_serving(&sidecar, name).await;
         }
-        let (status, _) = raw_post(
-            &sidecar,
-            request("ping", json!({})),
-            Some("https://evil.example"),
+        let list = request("tools/list", json!({}));
+        let foreign = single_exchange(
+            &sidecar.mcp.to_string(),
+            list.clone(),
+            &[("Origin", "https://evil.example")],
         )
         .await;
-        assert_eq!(status, 403, "foreign origins are refused");
-        let (status, _) = raw_post(
-            &sidecar,
-            request("ping", json!({})),
-            Some("http://localhost:3000"),
+        assert_eq!(foreign.status, 403, "foreign origins are refused");
+        assert!(!sidecar.audit.take().is_empty(), "and audited");
+        let local = single_exchange(
+            &sidecar.mcp.to_string(),
+            list,
+            &[("Origin", "http://localhost:3000")],
         )
         .await;
-        assert_eq!(status, 200);
+        assert_eq!(local.status, 200);
+        let rebound = single_exchange(
+            &sidecar.mcp.to_string(),
+            request("tools/list", json!({})),
+            &[("Host", "evil.example")],
+        )
+        .await;
+        assert_eq!(
+            rebound.status, 403,
+            "foreign hosts (DNS rebinding) are refused"
+        );
+        assert_eq!(sidecar.audit.take().len(), 1, "and audited");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_ends_open_streams_and_the_server_returns() {
+        let (_cp, mut sidecar) = ready_sidecar().await;
+        let listen = request(
+            "subscriptions/listen",
+            json!({"notifications": {"toolsListChanged": true}}),
+        );
+        let mut stream = open_single_exchange(&sidecar.mcp.to_string(), listen).await;
+        let mut head = [0; 512];
+        let read = stream.read(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head[..read]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/event-stream"), "a stream: {head}");
+
+        sidecar.shutdown.take().unwrap().send(()).unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest))
+            .await
+            .expect("the stream ends promptly")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), &mut sidecar.server)
+            .await
+            .expect("the servers return")
+            .unwrap()
+            .unwrap();
     }
 }
 

@@ -109,6 +109,11 @@ impl ToolEngine {
         }
     }
 
+    /// The policy this engine enforces.
+    pub fn policy(&self) -> &Arc<PolicyState> {
+        &self.policy
+    }
+
     /// The tools the agent may call now: those this version runs that the
     /// policy allows. Without a policy: only `security_whoami`.
     pub fn list(&self) -> Vec<ToolId> {

@@ -1,215 +1,359 @@
-//! MCP (JSON-RPC 2.0 over streamable HTTP) on the pod's loopback, so agents
-//! such as claude-code use the tools without adapters. Stateless: every
-//! request is a POST answered with one JSON response.
+//! MCP on the pod's loopback, on the official Rust SDK (`rmcp`): streamable
+//! HTTP at `/mcp`, every protocol revision the SDK speaks (sessions for the
+//! ones that have them, single exchanges for 2026-07-28), loopback Host and
+//! Origin only, and the tools of the same [`ToolEngine`] as the gRPC socket.
+//!
+//! The tool list follows the policy: clients are told
+//! `notifications/tools/list_changed` whenever it changes (a grant added,
+//! revoked or expired, a policy edited, the policy gone stale), on their
+//! session's stream (up to 2025-11-25) or their `subscriptions/listen`
+//! stream (2026-07-28).
+//!
+//! Every refusal leaves an audit line: the engine audits tool calls; the
+//! JSON-RPC framing this server checks before the SDK sees a request
+//! (malformed JSON, batches, a wrong version, an oversized body) and any
+//! HTTP refusal of the SDK (a foreign Origin, an unknown session) are
+//! audited here.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use rmcp::handler::server::ServerHandler;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest,
+    CustomResult, ErrorCode, ErrorData, Implementation, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::engine::{ToolEngine, ToolError};
+use crate::policy::ToolId;
 
-/// MCP revisions this server speaks, newest first.
-pub const PROTOCOL_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+/// JSON-RPC error code of a call over a rate limit.
+const RATE_LIMITED: ErrorCode = ErrorCode(-32000);
 
-/// JSON-RPC error codes.
-mod code {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    pub const INVALID_PARAMS: i64 = -32602;
-    pub const RATE_LIMITED: i64 = -32000;
+/// The tools an agent may call now, as the MCP server announces them.
+pub type ToolList = watch::Receiver<Vec<ToolId>>;
+
+/// The MCP endpoint at `/mcp`, refusing bodies over `max_body_bytes`.
+/// `tool_list` changes whenever the tools the engine lists do; cancelling
+/// `streams_end` ends every open stream, so a graceful shutdown does not
+/// wait on clients that listen for changes.
+pub fn router(
+    engine: Arc<ToolEngine>,
+    tool_list: ToolList,
+    max_body_bytes: usize,
+    streams_end: CancellationToken,
+) -> Router {
+    let server = McpServer {
+        engine: engine.clone(),
+        tool_list,
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_json_response(true)
+        .with_max_request_body_bytes(max_body_bytes)
+        .with_cancellation_token(streams_end)
+        .with_allowed_origins([
+            "http://localhost:*",
+            "http://127.0.0.1:*",
+            "http://[::1]:*",
+            "https://localhost:*",
+            "https://127.0.0.1:*",
+            "https://[::1]:*",
+        ]);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let front_door = FrontDoor {
+        engine,
+        max_body_bytes,
+    };
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(
+            Arc::new(front_door),
+            check_and_audit,
+        ))
 }
 
-struct McpState {
+/// Keeps `tool_list` equal to what `engine` lists, recomputing it whenever
+/// a policy arrives or the one in force goes stale. Runs until the process ends.
+pub async fn follow_tool_list(engine: Arc<ToolEngine>, tool_list: watch::Sender<Vec<ToolId>>) {
+    let mut received = engine.policy().changes();
+    loop {
+        tool_list.send_if_modified(|listed| {
+            let now = engine.list();
+            let changed = *listed != now;
+            *listed = now;
+            changed
+        });
+        let stale_at = engine.policy().stale_at();
+        tokio::select! {
+            changed = received.changed() => if changed.is_err() { return },
+            () = async {
+                match stale_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+/// One MCP server per client session (cheap: everything is shared).
+#[derive(Clone)]
+struct McpServer {
+    engine: Arc<ToolEngine>,
+    tool_list: ToolList,
+}
+
+impl McpServer {
+    fn tools(&self) -> Vec<Tool> {
+        self.engine
+            .list()
+            .into_iter()
+            .map(|id| {
+                let schema = match id.input_schema() {
+                    Value::Object(schema) => schema,
+                    _ => serde_json::Map::new(),
+                };
+                Tool::new(id.tool().name, id.tool().description, Arc::new(schema))
+            })
+            .collect()
+    }
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("wopr-sidecar", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Only the tools your security policy allows are listed; call security_whoami to see your policy.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        // The engine audits every call, refused or not.
+        Audited::mark(&context);
+        match self.engine.call(&request.name, &arguments) {
+            Ok(result) => Ok(CallToolResult::structured(result).into()),
+            Err(failure @ ToolError::Failed(_)) => {
+                Ok(CallToolResult::error(vec![ContentBlock::text(failure.to_string())]).into())
+            }
+            Err(failure @ ToolError::RateLimited(_)) => {
+                Err(ErrorData::new(RATE_LIMITED, failure.to_string(), None))
+            }
+            Err(failure) => Err(ErrorData::invalid_params(failure.to_string(), None)),
+        }
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        let method = request.method;
+        Audited::mark(&context);
+        self.engine
+            .audit_bad_request(format!("MCP: unknown method {method:?}"));
+        Err(ErrorData::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!("method not found: {method}"),
+            None,
+        ))
+    }
+
+    /// A client of a revision with sessions: tell it of every change of
+    /// the tool list on its session's stream, until it goes.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut changes = self.tool_list.clone();
+        changes.mark_unchanged();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    /// A 2026-07-28 client's `subscriptions/listen`: tell it of every change
+    /// of the tool list until it ends the subscription.
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.tool_list.clone();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Set on a request whose answer a handler has audited already, so the
+/// front door does not audit the same refusal twice.
+#[derive(Clone, Default)]
+struct Audited(Arc<AtomicBool>);
+
+impl Audited {
+    /// Marks the HTTP request behind `context` (the SDK hands its handlers
+    /// the request's parts) as audited.
+    fn mark(context: &RequestContext<RoleServer>) {
+        let marker = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Audited>());
+        if let Some(Audited(audited)) = marker {
+            audited.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the front door needs.
+struct FrontDoor {
     engine: Arc<ToolEngine>,
     max_body_bytes: usize,
 }
 
-/// The MCP endpoint at `/mcp`, refusing bodies over `max_body_bytes`.
-pub fn router(engine: Arc<ToolEngine>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route(
-            "/mcp",
-            post(handle).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+/// Checks the JSON-RPC framing of a POST before the SDK sees it, answering
+/// with the precise JSON-RPC error, and audits every refusal, this layer's
+/// or the SDK's (any 4xx answer no handler audited).
+async fn check_and_audit(
+    State(door): State<Arc<FrontDoor>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let audited = Audited::default();
+    parts.extensions.insert(audited.clone());
+    let request = if parts.method == axum::http::Method::POST {
+        let bytes = match to_bytes(body, door.max_body_bytes).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                let message = format!("request body larger than {} bytes", door.max_body_bytes);
+                return refuse(&door.engine, StatusCode::PAYLOAD_TOO_LARGE, -32600, message);
+            }
+        };
+        if let Err(refusal) = check_framing(&bytes) {
+            return refuse(&door.engine, refusal.status, refusal.code, refusal.message);
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        Request::from_parts(parts, body)
+    };
+    let response = next.run(request).await;
+    if !response.status().is_client_error() || audited.is_set() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let reason = String::from_utf8_lossy(&bytes);
+    door.engine.audit_bad_request(format!(
+        "MCP: refused with HTTP {}: {}",
+        parts.status.as_u16(),
+        reason.chars().take(200).collect::<String>()
+    ));
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Why a body is refused before the SDK sees it.
+struct Refusal {
+    status: StatusCode,
+    code: i64,
+    message: String,
+}
+
+/// Whether a body is one well-formed JSON-RPC 2.0 message (and a
+/// `tools/call` names its tool): a malformed one is HTTP 400, a call
+/// without a tool name a JSON-RPC error with HTTP 200.
+fn check_framing(bytes: &Bytes) -> Result<(), Refusal> {
+    let refusal = |status, code, message: String| Refusal {
+        status,
+        code,
+        message,
+    };
+    let message: Value = serde_json::from_slice(bytes).map_err(|error| {
+        refusal(
+            StatusCode::BAD_REQUEST,
+            -32700,
+            format!("parse error: {error}"),
         )
-        .layer(DefaultBodyLimit::disable())
-        .with_state(Arc::new(McpState {
-            engine,
-            max_body_bytes,
-        }))
+    })?;
+    let Some(object) = message.as_object() else {
+        let reason = "invalid request: expected one JSON-RPC object (batches are not supported)";
+        return Err(refusal(StatusCode::BAD_REQUEST, -32600, reason.into()));
+    };
+    if object.get("jsonrpc") != Some(&json!("2.0")) {
+        let reason = "invalid request: \"jsonrpc\" must be \"2.0\"";
+        return Err(refusal(StatusCode::BAD_REQUEST, -32600, reason.into()));
+    }
+    let names_its_tool = object
+        .get("params")
+        .and_then(|params| params.get("name"))
+        .is_some_and(Value::is_string);
+    if object.get("method") == Some(&json!("tools/call")) && !names_its_tool {
+        let reason = "params.name must be a string";
+        return Err(refusal(StatusCode::OK, -32602, reason.into()));
+    }
+    Ok(())
 }
 
-fn error(id: Value, code: i64, message: impl Into<String>) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message.into()}})
-}
-
-fn reply(status: StatusCode, body: Value) -> Response {
+/// A JSON-RPC error answered with `status`, audited.
+fn refuse(engine: &ToolEngine, status: StatusCode, code: i64, message: String) -> Response {
+    engine.audit_bad_request(format!("MCP: {message}"));
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
         .into_response()
-}
-
-async fn handle(State(state): State<Arc<McpState>>, headers: HeaderMap, body: Body) -> Response {
-    let engine = &state.engine;
-    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    if let Some(origin) = origin.filter(|origin| !is_local_origin(origin)) {
-        engine.audit_bad_request(format!("MCP request from origin {origin:?} refused"));
-        return reply(
-            StatusCode::FORBIDDEN,
-            error(Value::Null, code::INVALID_REQUEST, "origin not allowed"),
-        );
-    }
-    let Ok(bytes) = to_bytes(body, state.max_body_bytes).await else {
-        let message = format!("request body larger than {} bytes", state.max_body_bytes);
-        engine.audit_bad_request(format!("MCP: {message}"));
-        return reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            error(Value::Null, code::INVALID_REQUEST, message),
-        );
-    };
-    let message: Value = match serde_json::from_slice(&bytes) {
-        Ok(message) => message,
-        Err(parse_error) => {
-            engine.audit_bad_request(format!("MCP: malformed JSON: {parse_error}"));
-            return reply(
-                StatusCode::BAD_REQUEST,
-                error(
-                    Value::Null,
-                    code::PARSE_ERROR,
-                    format!("parse error: {parse_error}"),
-                ),
-            );
-        }
-    };
-    match dispatch(engine, &message) {
-        Dispatched::Accepted => StatusCode::ACCEPTED.into_response(),
-        Dispatched::Reply(body) => reply(StatusCode::OK, body),
-        Dispatched::BadRequest(body) => reply(StatusCode::BAD_REQUEST, body),
-    }
-}
-
-/// Whether a browser `Origin` is this machine (guards against DNS rebinding).
-fn is_local_origin(origin: &str) -> bool {
-    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    let authority = authority.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "::1")
-}
-
-enum Dispatched {
-    /// A notification: 202, no body.
-    Accepted,
-    /// A JSON-RPC response (result or error).
-    Reply(Value),
-    /// Not a valid JSON-RPC request.
-    BadRequest(Value),
-}
-
-fn dispatch(engine: &ToolEngine, message: &Value) -> Dispatched {
-    let invalid = |reason: &str| {
-        engine.audit_bad_request(format!("MCP: invalid request: {reason}"));
-        let id = message.get("id").cloned().unwrap_or(Value::Null);
-        Dispatched::BadRequest(error(
-            id,
-            code::INVALID_REQUEST,
-            format!("invalid request: {reason}"),
-        ))
-    };
-    let Some(object) = message.as_object() else {
-        return invalid("expected one JSON-RPC object (batches are not supported)");
-    };
-    if object.get("jsonrpc") != Some(&json!("2.0")) {
-        return invalid("\"jsonrpc\" must be \"2.0\"");
-    }
-    let Some(method) = object.get("method").and_then(Value::as_str) else {
-        return invalid("\"method\" must be a string");
-    };
-    let Some(id) = object.get("id").cloned() else {
-        return Dispatched::Accepted;
-    };
-    if !(id.is_string() || id.is_number()) {
-        return invalid("\"id\" must be a string or a number");
-    }
-    let params = object.get("params").cloned().unwrap_or_else(|| json!({}));
-    let result = match method {
-        "initialize" => Ok(initialize(&params)),
-        "ping" => Ok(json!({})),
-        "tools/list" => Ok(list_tools(engine)),
-        "tools/call" => call_tool(engine, &params),
-        other => {
-            engine.audit_bad_request(format!("MCP: unknown method {other:?}"));
-            Err((code::METHOD_NOT_FOUND, format!("method not found: {other}")))
-        }
-    };
-    Dispatched::Reply(match result {
-        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        Err((code, message)) => error(id, code, message),
-    })
-}
-
-fn initialize(params: &Value) -> Value {
-    let requested = params.get("protocolVersion").and_then(Value::as_str);
-    let version = requested
-        .filter(|requested| PROTOCOL_VERSIONS.contains(requested))
-        .unwrap_or(PROTOCOL_VERSIONS[0]);
-    json!({
-        "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": false}},
-        "serverInfo": {"name": "wopr-sidecar", "version": env!("CARGO_PKG_VERSION")},
-        "instructions": "Only the tools your security policy allows are listed; call security_whoami to see your policy."
-    })
-}
-
-fn list_tools(engine: &ToolEngine) -> Value {
-    let tools: Vec<Value> = engine
-        .list()
-        .into_iter()
-        .map(|id| json!({"name": id.tool().name, "description": id.tool().description, "inputSchema": id.input_schema()}))
-        .collect();
-    json!({"tools": tools})
-}
-
-fn call_tool(engine: &ToolEngine, params: &Value) -> Result<Value, (i64, String)> {
-    let Some(name) = params.get("name").and_then(Value::as_str) else {
-        engine.audit_bad_request("MCP: tools/call without a tool name".into());
-        return Err((code::INVALID_PARAMS, "params.name must be a string".into()));
-    };
-    let arguments = params
-        .get("arguments")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    if !arguments.is_object() {
-        engine.audit_bad_request(format!(
-            "MCP: tools/call {name}: arguments is not an object"
-        ));
-        return Err((
-            code::INVALID_PARAMS,
-            "params.arguments must be an object".into(),
-        ));
-    }
-    match engine.call(name, &arguments) {
-        Ok(result) => Ok(json!({
-            "content": [{"type": "text", "text": result.to_string()}],
-            "structuredContent": result,
-            "isError": false
-        })),
-        Err(failure @ ToolError::Failed(_)) => Ok(json!({
-            "content": [{"type": "text", "text": failure.to_string()}],
-            "isError": true
-        })),
-        Err(failure @ ToolError::RateLimited(_)) => Err((code::RATE_LIMITED, failure.to_string())),
-        Err(failure) => Err((code::INVALID_PARAMS, failure.to_string())),
-    }
 }

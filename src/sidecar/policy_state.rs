@@ -13,6 +13,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::policy::EffectiveContext;
@@ -60,6 +61,9 @@ struct Inner {
 pub struct PolicyState {
     inner: RwLock<Inner>,
     max_stale: Duration,
+    /// Counts the messages received (policies, withdrawals, heartbeats),
+    /// so watchers learn of each: any may change what is in force.
+    received: watch::Sender<u64>,
 }
 
 impl PolicyState {
@@ -72,7 +76,24 @@ impl PolicyState {
                 heard_at: None,
             }),
             max_stale,
+            received: watch::Sender::new(0),
         }
+    }
+
+    /// Changes each time a message from the control plane arrives.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.received.subscribe()
+    }
+
+    /// When the policy in force goes stale if nothing arrives meanwhile;
+    /// `None` when there is none in force.
+    pub fn stale_at(&self) -> Option<Instant> {
+        let inner = self
+            .inner
+            .read()
+            .expect("the policy lock is never poisoned");
+        let stale_at = inner.heard_at? + self.max_stale;
+        (inner.policy.is_ok() && stale_at > Instant::now()).then_some(stale_at)
     }
 
     /// The staleness bound.
@@ -88,6 +109,8 @@ impl PolicyState {
             .expect("the policy lock is never poisoned");
         inner.policy = update.map(Arc::new).map_err(NoPolicy::Withdrawn);
         inner.heard_at = Some(Instant::now());
+        drop(inner);
+        self.received.send_modify(|count| *count += 1);
     }
 
     /// Records a heartbeat: the control plane is there and the policy unchanged.
@@ -96,6 +119,7 @@ impl PolicyState {
             .write()
             .expect("the policy lock is never poisoned")
             .heard_at = Some(Instant::now());
+        self.received.send_modify(|count| *count += 1);
     }
 
     /// The policy in force, or why there is none (deny).
@@ -196,5 +220,25 @@ mod tests {
             state.current().is_ok(),
             "the control plane is back, same policy"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchers_hear_of_every_message_and_when_the_policy_goes_stale() {
+        let state = PolicyState::new(BOUND);
+        let mut changes = state.changes();
+        assert_eq!(state.stale_at(), None, "nothing in force");
+        state.update(Ok(served()));
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert_eq!(state.stale_at(), Some(Instant::now() + BOUND));
+        tokio::time::advance(BOUND / 2).await;
+        state.heartbeat();
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(state.stale_at(), Some(Instant::now() + BOUND));
+        tokio::time::advance(BOUND * 2).await;
+        assert_eq!(state.stale_at(), None, "stale already");
+        state.update(Err("gone".into()));
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(state.stale_at(), None, "nothing in force");
     }
 }

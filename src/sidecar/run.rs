@@ -11,7 +11,9 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 use futures::FutureExt;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -317,9 +319,16 @@ pub async fn serve(
     let health_server = tonic::transport::Server::builder()
         .add_service(health)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), shutdown.clone());
-    let mcp_router = mcp::router(engine, max_request_bytes);
-    let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(shutdown);
+    let (tool_list, listed) = watch::channel(engine.list());
+    let follower = tokio::spawn(mcp::follow_tool_list(engine.clone(), tool_list));
+    let streams_end = CancellationToken::new();
+    let mcp_router = mcp::router(engine, listed, max_request_bytes, streams_end.clone());
+    let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(async move {
+        shutdown.await;
+        streams_end.cancel();
+    });
     let (grpc, health, mcp) = tokio::join!(grpc, health_server, mcp_server);
+    follower.abort();
     grpc?;
     health?;
     mcp.map_err(SidecarError::Mcp)

@@ -16,6 +16,7 @@ use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
 pub mod e2e;
 pub mod fake_api;
 pub mod harness;
+pub mod mcp;
 pub mod pod_security;
 pub mod process;
 pub mod sidecar;

@@ -27,7 +27,7 @@ use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
 use wopr_operator::sidecar::engine::{Limits, ToolEngine};
 use wopr_operator::sidecar::policy_state::PolicyState;
-use wopr_operator::sidecar::run::{Listeners, ServeOptions, serve as serve_sidecar};
+use wopr_operator::sidecar::run::{Listeners, ServeOptions, SidecarError, serve as serve_sidecar};
 use wopr_operator::sidecar::workspace::Workspace;
 
 use super::{NAMESPACE, now};
@@ -201,6 +201,10 @@ pub struct Sidecar {
     pub socket: PathBuf,
     pub mcp: SocketAddr,
     pub workspace: PathBuf,
+    /// Starts its shutdown.
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Its servers, until they return.
+    pub server: tokio::task::JoinHandle<Result<(), SidecarError>>,
     _dir: tempfile::TempDir,
 }
 
@@ -254,14 +258,17 @@ impl Sidecar {
             health: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let mcp = listeners.mcp.local_addr().unwrap();
-        tokio::spawn(serve_sidecar(
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_sidecar(
             engine.clone(),
             listeners,
             ServeOptions {
                 max_request_bytes: 1024 * 1024,
                 health: tonic_health::server::HealthReporter::new(),
             },
-            std::future::pending(),
+            async move {
+                let _ = stopped.await;
+            },
         ));
         Sidecar {
             state,
@@ -270,6 +277,8 @@ impl Sidecar {
             socket,
             mcp,
             workspace,
+            shutdown: Some(shutdown),
+            server,
             _dir: dir,
         }
     }
