@@ -17,8 +17,11 @@ pub enum LogFormat {
 
 /// The filter without `RUST_LOG`. kube's client logs every failed request
 /// at ERROR, and each failure reaches the user through its caller anyway
-/// (a start-up error, a watch retry, a reconcile error), so it is off.
-const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off";
+/// (a start-up error, a watch retry, a reconcile error), so it is off. The
+/// MCP SDK logs five INFO lines for every request it serves and a WARN for
+/// every refused call: tool calls are the audit log's to record (an agent
+/// probing for tools must not flood the logs), so errors only.
+const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off,rmcp=error";
 
 /// Installs the global logger. Call once, before anything logs.
 pub fn init(format: LogFormat) {

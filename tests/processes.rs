@@ -257,6 +257,13 @@ async fn a_sidecar_fails_closed_while_the_control_plane_stays_down() {
         .await;
     call(&agent, "config_get", json!({})).await.unwrap();
     call(&agent, "memory_write", memory_write()).await.unwrap();
+    // Tool calls are the audit log's to record, not the logs'.
+    let per_request: Vec<String> = sidecar
+        .stderr()
+        .into_iter()
+        .filter(|line| line.contains("rmcp"))
+        .collect();
+    assert!(per_request.is_empty(), "{per_request:?}");
 }
 
 #[tokio::test]
