@@ -512,6 +512,30 @@ mod mcp {
                 -32601,
             ),
             (
+                "not an object",
+                json!("tools/list").to_string(),
+                400,
+                -32600,
+            ),
+            (
+                "a version that is not a string",
+                json!({"jsonrpc": 2, "id": 1, "method": "tools/list"}).to_string(),
+                400,
+                -32600,
+            ),
+            (
+                "tool call params that are not an object",
+                request("tools/call", json!(["security_whoami"])),
+                200,
+                -32602,
+            ),
+            (
+                "a tool name that is not a string",
+                request("tools/call", json!({"name": 7})),
+                200,
+                -32602,
+            ),
+            (
                 "no tool name",
                 request("tools/call", json!({"arguments": {}})),
                 200,

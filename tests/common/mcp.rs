@@ -125,7 +125,7 @@ pub async fn open_single_exchange(address: &str, body: String) -> TcpStream {
 /// well-formed one: the version and capabilities in `_meta`, the
 /// `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers. Anything
 /// else is left as it is.
-fn stamp<'a>(body: String, headers: &[(&'a str, &str)]) -> (String, Vec<(&'a str, String)>) {
+pub fn stamp<'a>(body: String, headers: &[(&'a str, &str)]) -> (String, Vec<(&'a str, String)>) {
     let mut headers: Vec<(&str, String)> = headers
         .iter()
         .map(|(name, value)| (*name, (*value).to_owned()))
