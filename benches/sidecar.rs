@@ -1,12 +1,22 @@
-//! Benchmarks of the sidecar: `security_check` over the unix socket
-//! (latency and throughput with concurrent clients), MCP `tools/call` over
-//! loopback HTTP, and grant revocation → first denied call through the
-//! policy watch stream (p50/p99 printed).
+//! Benchmarks of the sidecar. The 2 cores here are shared and noisy, so the
+//! targets are ratios to a floor measured in the same run, and CPU time
+//! rather than wall time where CPU is what a 100m limit rations.
 //!
-//! Run: `cargo bench --bench sidecar`. Targets: security_check ≤ 50 µs
-//! median and ≥ 30,000 calls/s; MCP tools/call ≤ 150 µs median; revocation
-//! ≤ 100 ms p99.
+//! Run: `cargo bench --bench sidecar`. It prints one report, measured in
+//! interleaved rounds (floor, gRPC, MCP, floor, ...) so that every ratio
+//! compares numbers taken seconds apart:
+//! - the floor: a 1-byte ping-pong between two threads over a unix socket;
+//! - `security_check` round trip over the unix socket (tonic client) and its
+//!   ratio to the floor. Target: ≤ 2.0×;
+//! - MCP `tools/call` over loopback HTTP/1.1 and its ratio to the floor;
+//! - the sidecar's CPU time (user + sys of its runtime thread and its audit
+//!   writer) per call. Target: ≤ 25 µs per `security_check`, that is
+//!   ≥ 40,000 calls per CPU-second.
+//!
+//! Then criterion rows: the tool engine alone, throughput with 16
+//! concurrent clients; and grant revocation → first denied call (p50/p99).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -14,14 +24,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use std::sync::Arc;
 use tokio::runtime::Runtime;
-
-use tonic::transport::Channel;
 use wopr_operator::api::{Capability, TrustLevel};
-use wopr_operator::audit::{AuditEvent, AuditSink};
+use wopr_operator::audit::{AUDIT_QUEUE_CAPACITY, QueuedLineSink};
 use wopr_operator::proto::v1alpha1::CallToolRequest;
-use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -29,43 +35,32 @@ mod common;
 use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, calls_per_minute, token_for};
 use common::{security_policy, session, session_grant};
 
+/// Interleaved rounds in the report, and calls per round of each kind.
+const ROUNDS: usize = 15;
+const CALLS_PER_ROUND: u32 = 2_000;
+/// The report's targets.
+const ROUND_TRIP_OVER_FLOOR: f64 = 2.0;
+const CPU_PER_CHECK: Duration = Duration::from_micros(25);
+
 const CONCURRENT_CLIENTS: usize = 16;
 const CALLS_PER_CLIENT: usize = 250;
+
+/// Where the report runs the agent (this thread), and the sidecar and the
+/// floor's far end: on different CPUs, as two containers usually are (and
+/// then on one). Left to the scheduler, the pair sometimes shares a CPU and
+/// sometimes not, and the floor moves between ~9 and ~45 µs from run to run.
+const AGENT_CPU: usize = 0;
+const SIDECAR_CPU: usize = 1;
+
+/// The sidecar's threads, by name: its runtime and its audit writer.
+const SIDECAR_THREAD: &str = "sidecar";
+const AUDIT_THREAD: &str = "audit-writer";
 
 fn check_request() -> CallToolRequest {
     CallToolRequest {
         name: "security_check".into(),
         arguments_json: json!({"capability": "inject.tools"}).to_string(),
     }
-}
-
-/// Serializes each event as the stdout sink does, without the write: the
-/// audit cost stays in the measurement, the terminal stays readable.
-struct SerializingSink;
-
-impl AuditSink for SerializingSink {
-    fn record(&self, event: &AuditEvent) {
-        std::hint::black_box(serde_json::to_vec(event).unwrap());
-    }
-}
-
-async fn started(session_name: &str) -> (ControlPlane, Sidecar) {
-    let mut control_plane = ControlPlane::start(&[session_name]).await;
-    control_plane.put_session(session(session_name, TrustLevel::SemiTrusted));
-    let sidecar = Sidecar::start_with(
-        &control_plane.address.to_string(),
-        session_name,
-        &token_for(session_name),
-        SidecarOptions {
-            limits: calls_per_minute(u32::MAX, u32::MAX),
-            sink: Arc::new(SerializingSink),
-            audit: Arc::default(),
-            max_policy_age: Duration::from_secs(30),
-        },
-    )
-    .await;
-    sidecar.wait_for_policy(|policy| policy.is_some()).await;
-    (control_plane, sidecar)
 }
 
 /// A single-threaded runtime, as an agent's client may run.
@@ -83,52 +78,350 @@ fn install_the_binarys_logger() {
     ONCE.call_once(|| wopr_operator::logging::init(wopr_operator::logging::LogFormat::Plain));
 }
 
-/// A control plane and a sidecar on their own thread and on the `sidecar`
-/// binary's runtime (the agent is another process).
-fn sidecar_on_its_own_thread(session_name: &'static str) -> Arc<Sidecar> {
-    install_the_binarys_logger();
+/// The sidecar under test, set up once for the whole run: a control plane
+/// on a thread of its own; the sidecar on another (named [`SIDECAR_THREAD`]),
+/// on the `sidecar` binary's runtime, auditing as the binary does (a queue
+/// and a writer thread) into /dev/null. The agent is a third thread.
+fn sidecar_under_test() -> Arc<Sidecar> {
+    static SIDECAR: std::sync::OnceLock<Arc<Sidecar>> = std::sync::OnceLock::new();
+    SIDECAR
+        .get_or_init(|| {
+            install_the_binarys_logger();
+            let control_plane = control_plane_on_its_own_thread("bench");
+            let (sender, receiver) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name(SIDECAR_THREAD.into())
+                .spawn(move || {
+                    let runtime = wopr_operator::sidecar::run::runtime().unwrap();
+                    runtime.block_on(async {
+                        let null = std::fs::File::create("/dev/null").unwrap();
+                        let sink = Arc::new(QueuedLineSink::new(null, AUDIT_QUEUE_CAPACITY));
+                        let options = SidecarOptions {
+                            limits: calls_per_minute(u32::MAX, u32::MAX),
+                            sink,
+                            audit: Arc::default(),
+                            max_policy_age: Duration::from_secs(30),
+                        };
+                        let sidecar = Sidecar::start_with(
+                            &control_plane,
+                            "bench",
+                            &token_for("bench"),
+                            options,
+                        )
+                        .await;
+                        sidecar.wait_for_policy(|policy| policy.is_some()).await;
+                        sender.send(Arc::new(sidecar)).unwrap();
+                        std::future::pending::<()>().await;
+                    });
+                })
+                .unwrap();
+            receiver.recv().unwrap()
+        })
+        .clone()
+}
+
+/// A control plane serving a semi-trusted `session`, on a thread of its
+/// own; its address.
+fn control_plane_on_its_own_thread(session_name: &'static str) -> String {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = wopr_operator::sidecar::run::runtime().unwrap();
-        runtime.block_on(async {
-            let (_control_plane, sidecar) = started(session_name).await;
-            sender.send(Arc::new(sidecar)).unwrap();
+        single_threaded_runtime().block_on(async {
+            let mut control_plane = ControlPlane::start(&[session_name]).await;
+            control_plane.put_session(session(session_name, TrustLevel::SemiTrusted));
+            sender.send(control_plane.address.to_string()).unwrap();
             std::future::pending::<()>().await;
         });
     });
     receiver.recv().unwrap()
 }
 
-fn bench_unix_socket(c: &mut Criterion) {
-    let sidecar = sidecar_on_its_own_thread("bench");
+/// Pins the calling thread to `cpu`, or lets it run anywhere (`None`).
+fn pin_this_thread_to(cpu: Option<usize>) {
+    pin(0, cpu);
+}
+
+/// Pins this process's threads named `name` to `cpu`.
+fn pin_threads_named(name: &str, cpu: usize) {
+    for tid in threads_named(name) {
+        pin(tid, Some(cpu));
+    }
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cpu`, or lets it run
+/// anywhere (`None`).
+fn pin(tid: libc::pid_t, cpu: Option<usize>) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only
+    // write it and set a thread's affinity.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        match cpu {
+            Some(cpu) => libc::CPU_SET(cpu, &mut set),
+            // Every CPU there may be: the kernel keeps those that exist.
+            None => (0..libc::CPU_SETSIZE as usize).for_each(|cpu| libc::CPU_SET(cpu, &mut set)),
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) == 0
+    };
+    assert!(
+        pinned,
+        "cannot run thread {tid} on CPU {cpu:?}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The ids of this process's threads named `name`.
+fn threads_named(name: &str) -> Vec<libc::pid_t> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|task| task.unwrap())
+        .filter(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            comm.trim_end() == name
+        })
+        .map(|task| task.file_name().to_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// CPU time (user + sys) so far of this process's threads named `name`,
+/// read from each thread's CPU clock. The clock id of thread `tid` is the
+/// one glibc's `pthread_getcpuclockid` builds (the kernel's
+/// `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`); it is built here from the
+/// id in /proc because the audit writer's `pthread_t` is not at hand.
+fn cpu_time_of(name: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    for tid in threads_named(name) {
+        let clock = ((!tid) << 3) | 6;
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `time` is a valid timespec to write to; a thread that
+        // ended meanwhile makes the call fail, and it then counts nothing.
+        if unsafe { libc::clock_gettime(clock, &mut time) } == 0 {
+            total += Duration::new(time.tv_sec as u64, time.tv_nsec as u32);
+        }
+    }
+    total
+}
+
+/// The sidecar's CPU time so far: its runtime thread and its audit writer.
+fn sidecar_cpu_time() -> Duration {
+    cpu_time_of(SIDECAR_THREAD) + cpu_time_of(AUDIT_THREAD)
+}
+
+/// The 1-byte ping-pong over a unix socket between this thread and another,
+/// blocking I/O: what any request/response between two processes costs here.
+struct Floor {
+    near: std::os::unix::net::UnixStream,
+}
+
+impl Floor {
+    /// Its far end on `cpu`.
+    fn start(cpu: usize) -> Floor {
+        use std::io::{Read, Write};
+        let (near, mut far) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            pin_this_thread_to(Some(cpu));
+            let mut byte = [0u8; 1];
+            while far.read_exact(&mut byte).is_ok() && far.write_all(&byte).is_ok() {}
+        });
+        Floor { near }
+    }
+
+    /// The mean time of one ping-pong over `calls`.
+    fn measure(&mut self, calls: u32) -> Duration {
+        use std::io::{Read, Write};
+        let mut byte = [0u8; 1];
+        let start = Instant::now();
+        for _ in 0..calls {
+            self.near.write_all(&[1]).unwrap();
+            self.near.read_exact(&mut byte).unwrap();
+        }
+        start.elapsed() / calls
+    }
+}
+
+/// An agent's MCP client: HTTP/1.1 keep-alive on loopback, requests of the
+/// single-exchange revision (2026-07-28: no session, every request alone).
+struct McpClient {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    body: Bytes,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl McpClient {
+    async fn connect(address: std::net::SocketAddr) -> McpClient {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let call = common::mcp::request(
+            "tools/call",
+            json!({"name": "security_check", "arguments": {"capability": "inject.tools"}}),
+        );
+        let (body, headers) = common::mcp::stamp(call, &[]);
+        McpClient {
+            sender,
+            body: Bytes::from(body),
+            headers,
+        }
+    }
+
+    async fn call(&mut self) {
+        self.sender.ready().await.unwrap();
+        let mut request = hyper::Request::post("/mcp")
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (name, value) in &self.headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(self.body.clone())).unwrap();
+        let response = self.sender.send_request(request).await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        debug_assert!(!body.windows(7).any(|w| w == b"\"error\""));
+    }
+}
+
+/// Wall time and sidecar CPU time per call of `calls`, which makes that many.
+async fn per_call(count: u32, calls: impl Future<Output = ()>) -> (Duration, Duration) {
+    let cpu = sidecar_cpu_time();
+    let start = Instant::now();
+    calls.await;
+    let wall = start.elapsed() / count;
+    (wall, (sidecar_cpu_time() - cpu) / count)
+}
+
+/// What one round measured.
+struct Round {
+    floor: Duration,
+    grpc: Duration,
+    grpc_cpu: Duration,
+    mcp: Duration,
+    mcp_cpu: Duration,
+}
+
+fn median_of<T: PartialOrd + Copy>(values: impl Iterator<Item = T>) -> T {
+    let mut values: Vec<T> = values.collect();
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+/// The report, for the sidecar on another CPU than the agent (the usual
+/// case, which the targets are for) and on the same one.
+fn report_ratios_and_cpu(_: &mut Criterion) {
+    let sidecar = sidecar_under_test();
+    pin_this_thread_to(Some(AGENT_CPU));
     let runtime = single_threaded_runtime();
-    let mut client = runtime.block_on(sidecar.tools());
-    let mut group = c.benchmark_group("security_check_unix_socket");
+    let (mut grpc, mut mcp) =
+        runtime.block_on(async { (sidecar.tools().await, McpClient::connect(sidecar.mcp).await) });
+    for (placement, sidecar_cpu) in [
+        ("on another CPU than the agent", SIDECAR_CPU),
+        ("on the agent's CPU", AGENT_CPU),
+    ] {
+        pin_threads_named(SIDECAR_THREAD, sidecar_cpu);
+        pin_threads_named(AUDIT_THREAD, sidecar_cpu);
+        let mut floor = Floor::start(sidecar_cpu);
+        // Warm up: connections, allocator, caches.
+        runtime.block_on(async {
+            for _ in 0..200 {
+                grpc.call_tool(check_request()).await.unwrap();
+                mcp.call().await;
+            }
+        });
+        let rounds: Vec<Round> = (0..ROUNDS)
+            .map(|_| {
+                let floor = floor.measure(CALLS_PER_ROUND);
+                let (grpc, grpc_cpu) = runtime.block_on(per_call(CALLS_PER_ROUND, async {
+                    for _ in 0..CALLS_PER_ROUND {
+                        grpc.call_tool(check_request()).await.unwrap();
+                    }
+                }));
+                let (mcp, mcp_cpu) = runtime.block_on(per_call(CALLS_PER_ROUND, async {
+                    for _ in 0..CALLS_PER_ROUND {
+                        mcp.call().await;
+                    }
+                }));
+                Round {
+                    floor,
+                    grpc,
+                    grpc_cpu,
+                    mcp,
+                    mcp_cpu,
+                }
+            })
+            .collect();
+        print_report(placement, &rounds, sidecar_cpu != AGENT_CPU);
+    }
+    pin_this_thread_to(None);
+}
+
+/// Ratios of the round trips to the floor when busy polling was added
+/// (2026-11-24, `docs/performance.md`, agent and sidecar on different
+/// CPUs): no row may be slower.
+const BEFORE_BUSY_POLLING_GRPC: f64 = 2.59;
+const BEFORE_BUSY_POLLING_MCP: f64 = 2.29;
+
+/// Prints the medians of `rounds`, and their verdicts; `as_before` compares
+/// with the ratios of 2026-11-24, measured with the same placement.
+fn print_report(placement: &str, rounds: &[Round], as_before: bool) {
+    let median = |f: &dyn Fn(&Round) -> Duration| median_of(rounds.iter().map(f));
+    let ratio = |f: &dyn Fn(&Round) -> Duration| {
+        median_of(
+            rounds
+                .iter()
+                .map(|r| f(r).as_secs_f64() / r.floor.as_secs_f64()),
+        )
+    };
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let (grpc_ratio, mcp_ratio) = (ratio(&|r| r.grpc), ratio(&|r| r.mcp));
+    let (grpc_cpu, mcp_cpu) = (median(&|r| r.grpc_cpu), median(&|r| r.mcp_cpu));
+    println!(
+        "\nsidecar {placement}: medians of {ROUNDS} interleaved rounds of {CALLS_PER_ROUND} calls"
+    );
+    println!(
+        "  unix socket ping-pong floor            {:>9.1?}",
+        median(&|r| r.floor)
+    );
+    let before = |ratio: f64, then: f64| {
+        if as_before {
+            format!("; before busy polling {then}x: {}", verdict(ratio <= then))
+        } else {
+            String::new()
+        }
+    };
+    println!(
+        "  security_check round trip (tonic)      {:>9.1?}  {grpc_ratio:.2}x floor  target <= {ROUND_TRIP_OVER_FLOOR}x: {}{}",
+        median(&|r| r.grpc),
+        verdict(grpc_ratio <= ROUND_TRIP_OVER_FLOOR),
+        before(grpc_ratio, BEFORE_BUSY_POLLING_GRPC),
+    );
+    println!(
+        "  MCP tools/call (HTTP/1.1, loopback)    {:>9.1?}  {mcp_ratio:.2}x floor{}",
+        median(&|r| r.mcp),
+        before(mcp_ratio, BEFORE_BUSY_POLLING_MCP),
+    );
+    println!(
+        "  sidecar CPU per security_check         {grpc_cpu:>9.1?}  {:.0} calls per CPU-second  target <= {CPU_PER_CHECK:?}: {}",
+        1.0 / grpc_cpu.as_secs_f64(),
+        verdict(grpc_cpu <= CPU_PER_CHECK),
+    );
+    println!(
+        "  sidecar CPU per MCP tools/call         {mcp_cpu:>9.1?}  {:.0} calls per CPU-second",
+        1.0 / mcp_cpu.as_secs_f64()
+    );
+}
+
+fn bench_engine_and_throughput(c: &mut Criterion) {
+    let sidecar = sidecar_under_test();
+    let runtime = single_threaded_runtime();
+    let mut group = c.benchmark_group("security_check");
     // The engine alone (decide, rate limits, audit, the tool): what the
     // sidecar adds over the transport.
     let arguments = json!({"capability": "inject.tools"});
     group.bench_function("engine_only", |b| {
         b.iter(|| sidecar.engine.call("security_check", &arguments).unwrap())
-    });
-    // Sequential calls inside the runtime: the per-call latency an agent sees.
-    group.bench_function("round_trip", |b| {
-        b.iter_custom(|iterations| runtime.block_on(sequential_calls(&mut client, iterations)))
-    });
-    // The same call from a client that writes each request in one write
-    // (HEADERS and DATA together), as grpc-go and grpcio do; tonic's client
-    // writes HEADERS and DATA separately, waking the sidecar twice.
-    let mut h2_client = runtime.block_on(single_write_client(&sidecar.socket));
-    let request_body = grpc_frame(&check_request());
-    group.bench_function("round_trip_single_write_client", |b| {
-        b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    call_once(&mut h2_client, request_body.clone()).await;
-                }
-                start.elapsed()
-            })
-        })
     });
     group.throughput(Throughput::Elements(
         (CONCURRENT_CLIENTS * CALLS_PER_CLIENT) as u64,
@@ -158,93 +451,6 @@ fn bench_unix_socket(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-/// `iterations` `security_check` calls one after the other; their total time.
-async fn sequential_calls(client: &mut ToolsClient<Channel>, iterations: u64) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iterations {
-        client.call_tool(check_request()).await.unwrap();
-    }
-    start.elapsed()
-}
-
-/// An HTTP/2 client on the sidecar's socket, driven by hand.
-async fn single_write_client(socket: &std::path::Path) -> h2::client::SendRequest<Bytes> {
-    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (client, connection) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-/// A gRPC message frame: no compression, length, the encoded message.
-fn grpc_frame(message: &CallToolRequest) -> Bytes {
-    use prost::Message;
-    let encoded = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&encoded);
-    Bytes::from(frame)
-}
-
-/// One unary `Tools/CallTool`: HEADERS and DATA queued before the connection
-/// writes, so they leave in one write; then the response and its trailers.
-async fn call_once(client: &mut h2::client::SendRequest<Bytes>, body: Bytes) {
-    let mut ready = client.clone().ready().await.unwrap();
-    let request = http::Request::post("http://localhost/wopr.v1alpha1.Tools/CallTool")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut send) = ready.send_request(request, false).unwrap();
-    send.send_data(body, true).unwrap();
-    let mut response = response.await.unwrap().into_body();
-    while let Some(chunk) = response.data().await {
-        let chunk = chunk.unwrap();
-        response
-            .flow_control()
-            .release_capacity(chunk.len())
-            .unwrap();
-    }
-    let trailers = response.trailers().await.unwrap().expect("gRPC trailers");
-    assert_eq!(trailers["grpc-status"], "0");
-    *client = ready;
-}
-
-fn bench_mcp(c: &mut Criterion) {
-    let sidecar = sidecar_on_its_own_thread("bench-mcp");
-    let runtime = single_threaded_runtime();
-    let mut sender = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(sidecar.mcp).await.unwrap();
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        sender
-    });
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                      "params": {"name": "security_check", "arguments": {"capability": "inject.tools"}}})
-    .to_string();
-    c.bench_function("mcp_tools_call_loopback", |b| {
-        b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    sender.ready().await.unwrap();
-                    let request = hyper::Request::post("/mcp")
-                        .header("host", "127.0.0.1")
-                        .header("content-type", "application/json")
-                        .header("accept", "application/json, text/event-stream")
-                        .body(Full::new(Bytes::from(body.clone())))
-                        .unwrap();
-                    let response = sender.send_request(request).await.unwrap();
-                    assert!(response.status().is_success());
-                    response.into_body().collect().await.unwrap();
-                }
-                start.elapsed()
-            })
-        })
-    });
 }
 
 /// Grant → allowed; revoke → time until the first denied call. Prints p50/p99.
@@ -298,62 +504,10 @@ fn measure_revocation(c: &mut Criterion) {
     });
 }
 
-/// The floor under any request/response over a unix socket between two
-/// threads on this machine: one byte there and back, blocking I/O.
-fn bench_socket_floor(c: &mut Criterion) {
-    use std::io::{Read, Write};
-    let (mut near, mut far) = std::os::unix::net::UnixStream::pair().unwrap();
-    std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        while far.read_exact(&mut byte).is_ok() && far.write_all(&byte).is_ok() {}
-    });
-    let mut byte = [0u8; 1];
-    c.bench_function("unix_socket_ping_pong_floor", |b| {
-        b.iter(|| {
-            near.write_all(&[1]).unwrap();
-            near.read_exact(&mut byte).unwrap();
-        })
-    });
-}
-
-/// The same ping-pong between two single-threaded tokio runtimes (epoll,
-/// non-blocking sockets): the floor under any tokio server and client.
-fn bench_tokio_socket_floor(c: &mut Criterion) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (near, far) = std::os::unix::net::UnixStream::pair().unwrap();
-    near.set_nonblocking(true).unwrap();
-    far.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let runtime = single_threaded_runtime();
-        runtime.block_on(async {
-            let mut far = tokio::net::UnixStream::from_std(far).unwrap();
-            let mut byte = [0u8; 1];
-            while far.read_exact(&mut byte).await.is_ok() && far.write_all(&byte).await.is_ok() {}
-        });
-    });
-    let runtime = single_threaded_runtime();
-    let mut near = runtime.block_on(async { tokio::net::UnixStream::from_std(near).unwrap() });
-    let mut byte = [0u8; 1];
-    c.bench_function("unix_socket_ping_pong_floor_tokio", |b| {
-        b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    near.write_all(&[1]).await.unwrap();
-                    near.read_exact(&mut byte).await.unwrap();
-                }
-                start.elapsed()
-            })
-        })
-    });
-}
-
 criterion_group!(
     benches,
-    bench_socket_floor,
-    bench_tokio_socket_floor,
-    bench_unix_socket,
-    bench_mcp,
+    report_ratios_and_cpu,
+    bench_engine_and_throughput,
     measure_revocation
 );
 criterion_main!(benches);
