@@ -190,39 +190,31 @@ impl ToolEngine {
             );
             return Err(not_available());
         };
-        let call = match ToolCall::parse(id, arguments.clone()) {
-            Ok(call) => call,
-            Err(error) => {
-                let reason = format!("{}; invalid arguments: {error}", decision.reason);
-                self.record(
-                    Some(&served),
-                    name,
-                    decision.capability,
-                    decision.outcome,
-                    reason,
-                );
-                return Err(ToolError::InvalidArguments(error));
+        let result = match ToolCall::parse(id, arguments.clone()) {
+            Err(error) => Err(ToolError::InvalidArguments(error)),
+            Ok(call) => {
+                let limited = self
+                    .limits
+                    .lock()
+                    .expect("the limits lock is never poisoned")
+                    .acquire(id.tool().name, tokio::time::Instant::now().into_std());
+                if let Err(retry_after) = limited {
+                    let mut event = self.event(
+                        Some(&served),
+                        EventType::RateLimited,
+                        Outcome::Denied,
+                        "rate limit exceeded".into(),
+                    );
+                    event.tool = Some(name.to_owned());
+                    self.audit.record(&event);
+                    return Err(ToolError::RateLimited(retry_after));
+                }
+                self.run(call, &served)
             }
         };
-        let limited = self
-            .limits
-            .lock()
-            .expect("the limits lock is never poisoned")
-            .acquire(id.tool().name, tokio::time::Instant::now().into_std());
-        if let Err(retry_after) = limited {
-            let mut event = self.event(
-                Some(&served),
-                EventType::RateLimited,
-                Outcome::Denied,
-                "rate limit exceeded".into(),
-            );
-            event.tool = Some(name.to_owned());
-            self.audit.record(&event);
-            return Err(ToolError::RateLimited(retry_after));
-        }
-        let result = self.run(call, &served);
         let reason = match &result {
             Ok(_) => decision.reason.to_string(),
+            Err(error @ ToolError::InvalidArguments(_)) => format!("{}; {error}", decision.reason),
             Err(error) => format!("{}; the tool failed: {error}", decision.reason),
         };
         self.record(
