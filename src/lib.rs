@@ -2,15 +2,24 @@
 //! capabilities, grants, gateways, hardened sandboxes) as Kubernetes
 //! custom resources.
 //!
-//! - [`api`]: the custom resources of `wopr.dev/v1alpha1` and their CRDs.
+//! The modules depend only downward (`tests/layers.rs` checks it):
+//!
+//! - [`api`], [`proto`]: the custom resources of `wopr.dev/v1alpha1` and
+//!   their CRDs; the generated `wopr.v1alpha1` protobuf types.
 //! - [`policy`]: the pure policy engine: resolving a session's effective
-//!   security context and deciding tool calls, capability checks and injections.
-//! - [`controller`]: reconciles Sessions into hardened sandbox pods.
-//! - [`controlplane`]: the gRPC API streaming each sidecar its policy.
-//! - [`sidecar`]: the per-session tool server (gRPC on a unix socket, MCP).
-//! - [`audit`]: audit events, one per decision.
-//! - [`proto`]: the generated `wopr.v1alpha1` protobuf types.
-//! - [`logging`]: the binary's log lines.
+//!   security context, deciding tool calls, capability checks and
+//!   injections, and the one tool registry.
+//! - The shared edges: [`cache`] (the watched objects and the resolve-a-
+//!   Session step), [`cluster`] (the field manager, preflight, one-line API
+//!   errors), [`contract`] (what the pod builder and the sidecar's flags
+//!   agree on), [`wire`] (proto ↔ policy types), [`audit`], [`clock`],
+//!   [`shutdown`], [`logging`].
+//! - The roles, which never import each other: [`controller`] (Sessions
+//!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
+//!   each sidecar its policy), [`sidecar`] (the per-session tool server:
+//!   gRPC on a unix socket, MCP).
+//! - [`operator`]: composes the controller and the control plane into one
+//!   process.
 
 pub mod api;
 pub mod audit;
