@@ -19,6 +19,10 @@ pub const SOCKET_PATH: &str = "/run/wopr/a2a.sock";
 pub const MCP_PORT: u16 = 7780;
 /// The sidecar's MCP address: loopback, [`MCP_PORT`].
 pub const MCP_ADDRESS: &str = "127.0.0.1:7780";
+/// The path of the sidecar's MCP endpoint.
+pub const MCP_PATH: &str = "/mcp";
+/// The URL the agent reaches its sidecar's MCP endpoint at.
+pub const MCP_URL: &str = "http://127.0.0.1:7780/mcp";
 /// Port of the sidecar's gRPC health service, for the kubelet's probes.
 pub const HEALTH_PORT: u16 = 7781;
 /// Where the sidecar serves gRPC health: every interface (the kubelet
@@ -94,6 +98,7 @@ mod tests {
     #[test]
     fn addresses_and_paths_agree_with_their_parts() {
         assert_eq!(MCP_ADDRESS, format!("127.0.0.1:{MCP_PORT}"));
+        assert_eq!(MCP_URL, format!("http://{MCP_ADDRESS}{MCP_PATH}"));
         assert_eq!(HEALTH_ADDRESS, format!("0.0.0.0:{HEALTH_PORT}"));
         assert_eq!(LOOPBACK_HEALTH_ADDRESS, format!("127.0.0.1:{HEALTH_PORT}"));
         assert_eq!(TOKEN_PATH, format!("{TOKEN_DIR}/token"));

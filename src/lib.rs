@@ -17,7 +17,8 @@
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
 //!   each sidecar its policy), [`sidecar`] (the per-session tool server:
-//!   gRPC on a unix socket, MCP).
+//!   gRPC on a unix socket, MCP), and [`demo_agent`] (a small agent that
+//!   shows its sidecar's policy at work).
 //! - [`operator`]: composes the controller and the control plane into one
 //!   process.
 
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod contract;
 pub mod controller;
 pub mod controlplane;
+pub mod demo_agent;
 pub mod logging;
 pub mod operator;
 pub mod policy;

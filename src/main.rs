@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wopr_operator::api;
 use wopr_operator::controller::config::ControllerArgs;
+use wopr_operator::demo_agent::{self, DemoAgentArgs};
 use wopr_operator::logging::{self, LogFormat};
 use wopr_operator::operator;
 use wopr_operator::sidecar;
@@ -41,6 +42,9 @@ enum Command {
     /// Wait until the sidecar in this pod lets the agent start (the sidecar
     /// container's postStart hook).
     SidecarReady(ReadyArgs),
+    /// Run the demo agent: use this pod's sidecar over MCP as an agent
+    /// would and print what it allows and refuses.
+    DemoAgent(DemoAgentArgs),
 }
 
 /// How long the runtime waits for blocking work (a DNS lookup, say) once
@@ -79,6 +83,15 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::SidecarReady(args) => {
             let runtime = sidecar::run::runtime().context("starting the runtime")?;
             Ok(runtime.block_on(sidecar::ready::wait(&args))?)
+        }
+        Command::DemoAgent(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let result = runtime.block_on(demo_agent::run(args, shutdown_signal()));
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            Ok(result?)
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The crate's layers depend only downward: `api` → `policy` → the shared
 //! edges (`cache`, `cluster`, `contract`, `wire`, ...) → the roles
-//! (`controller`, `controlplane`, `sidecar`) → `operator` and `main`. A role
+//! (`controller`, `controlplane`, `sidecar`, `demo_agent`) → `operator` and `main`. A role
 //! never imports another role. Read from the sources, so a new `use` that
 //! breaks the rule fails here, with the file and line.
 
@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("controller", 3),
     ("controlplane", 3),
     ("sidecar", 3),
+    ("demo_agent", 3),
     ("operator", 4),
 ];
 

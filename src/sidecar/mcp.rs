@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{ToolEngine, ToolError};
+use crate::contract;
 use crate::policy::ToolId;
 
 /// JSON-RPC error code of a call over a rate limit.
@@ -46,7 +47,7 @@ const RATE_LIMITED: ErrorCode = ErrorCode(-32000);
 /// The tools an agent may call now, as the MCP server announces them.
 pub type ToolList = watch::Receiver<Vec<ToolId>>;
 
-/// The MCP endpoint at `/mcp`, refusing bodies over `max_body_bytes`.
+/// The MCP endpoint at [`contract::MCP_PATH`], refusing bodies over `max_body_bytes`.
 /// `tool_list` changes whenever the tools the engine lists do; cancelling
 /// `streams_end` ends every open stream, so a graceful shutdown does not
 /// wait on clients that listen for changes.
@@ -82,7 +83,7 @@ pub fn router(
         max_body_bytes,
     };
     Router::new()
-        .route_service("/mcp", service)
+        .route_service(contract::MCP_PATH, service)
         .layer(middleware::from_fn_with_state(
             Arc::new(front_door),
             check_and_audit,

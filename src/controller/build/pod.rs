@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, child_meta};
 use crate::api::{NetworkMode, PortProtocol, SandboxSpec, Session, WorkspaceVolume};
 use crate::contract::{
-    AGENT_CONTAINER, HEALTH_ADDRESS, HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS,
+    AGENT_CONTAINER, HEALTH_ADDRESS, HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS, MCP_URL,
     SIDECAR_BINARY, SIDECAR_CONTAINER, SOCKET_DIR, SOCKET_PATH, TOKEN_AUDIENCE, TOKEN_DIR,
     TOKEN_EXPIRATION_SECONDS, TOKEN_PATH, WORKSPACE_DIR, env,
 };
@@ -84,7 +84,7 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
     };
     let mut agent_env = vec![
         var(env::AGENT_SESSION, &name),
-        var(env::AGENT_MCP_URL, &format!("http://{MCP_ADDRESS}/mcp")),
+        var(env::AGENT_MCP_URL, MCP_URL),
         var(env::AGENT_A2A_SOCKET, SOCKET_PATH),
     ];
     agent_env.extend(sandbox.env.iter().cloned());

@@ -1,0 +1,140 @@
+//! The demo agent (`wopr-operator demo-agent`, the real binary) against a
+//! real sidecar over MCP: what it prints for an untrusted session and for
+//! a session with a grant, and again when the grant is revoked.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::sidecar::{ControlPlane, Sidecar, token_for};
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+use wopr_operator::api::{Capability, TrustLevel};
+
+/// The demo agent against the sidecar at `mcp`, and its stdout.
+fn demo_agent(mcp: std::net::SocketAddr) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
+        .args(["demo-agent", "--connect-timeout-seconds", "10"])
+        .env("WOPR_MCP_URL", format!("http://{mcp}/mcp"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary runs");
+    let lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    (agent, lines)
+}
+
+/// Reads lines until one contains `last`; all of them, joined.
+async fn read_until(lines: &mut Lines<BufReader<ChildStdout>>, last: &str) -> String {
+    let mut read = String::new();
+    let reading = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            read.push_str(&line);
+            read.push('\n');
+            if line.contains(last) {
+                return;
+            }
+        }
+        panic!("the demo agent ended");
+    };
+    if tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .is_err()
+    {
+        panic!("no {last:?} within 30 s in\n{read}");
+    }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_demo_agent_is_refused_what_it_may_not_use() {
+    let mut control_plane = ControlPlane::start(&["visitor"]).await;
+    control_plane.put_policy(security_policy(json!({})));
+    control_plane.put_session(session("visitor", TrustLevel::Untrusted));
+    let sidecar = Sidecar::start(
+        &control_plane.address.to_string(),
+        "visitor",
+        &token_for("visitor"),
+    )
+    .await;
+    sidecar.wait_for_policy(|policy| policy.is_some()).await;
+
+    let (_agent, mut lines) = demo_agent(sidecar.mcp);
+    let said = read_until(&mut lines, "call config_get").await;
+    for expected in [
+        "demo-agent: connected to http://",
+        "demo-agent: I am team-a/visitor: trust level untrusted",
+        "demo-agent: my tools: security_whoami, security_check",
+        "demo-agent: call security_check inject.tools: ALLOWED: {\"allowed\":false",
+        "demo-agent: call config_get: DENIED: tool not available: config_get",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in\n{said}");
+    }
+    assert!(!said.contains("config_get,"), "not listed:\n{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demo_agent_with_a_grant_is_allowed_until_it_is_revoked() {
+    let mut control_plane = ControlPlane::start(&["builder"]).await;
+    control_plane.put_policy(security_policy(
+        json!({"trustLevels": {"semi-trusted": {"capabilities": ["inject"]}}}),
+    ));
+    control_plane.put_session(session("builder", TrustLevel::SemiTrusted));
+    let grant = session_grant("tools", "builder", &[Capability::InjectTools]);
+    control_plane.put_grant(grant.clone());
+    let sidecar = Sidecar::start(
+        &control_plane.address.to_string(),
+        "builder",
+        &token_for("builder"),
+    )
+    .await;
+    sidecar
+        .wait_for_policy(|p| p.is_some_and(|p| p.context.capabilities.has(Capability::InjectTools)))
+        .await;
+
+    let (_agent, mut lines) = demo_agent(sidecar.mcp);
+    let said = read_until(&mut lines, "call config_get").await;
+    for expected in [
+        "trust level semi-trusted, capabilities inject, inject.tools,",
+        "config_get",
+        "demo-agent: call security_check inject.tools: ALLOWED: {\"allowed\":true",
+        "demo-agent: call config_get: ALLOWED: {",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in\n{said}");
+    }
+
+    control_plane.delete_grant(grant);
+    let said = read_until(&mut lines, "call config_get").await;
+    for expected in [
+        "demo-agent: the sidecar says my tools changed; again:",
+        "demo-agent: call security_check inject.tools: ALLOWED: {\"allowed\":false",
+        "demo-agent: call config_get: DENIED: tool not available: config_get",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in\n{said}");
+    }
+}
+
+#[tokio::test]
+async fn a_demo_agent_without_a_sidecar_says_so_and_fails() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
+        .args(["demo-agent", "--connect-timeout-seconds", "1"])
+        .env("WOPR_MCP_URL", format!("http://{closed}/mcp"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot reach the sidecar's MCP endpoint at http://{closed}/mcp within 1 s"
+        )),
+        "{stderr}"
+    );
+}
