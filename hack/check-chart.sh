@@ -35,7 +35,7 @@ echo "up to date."
 echo "== rendered objects and examples against the schemas"
 helm template wopr-operator "$chart" -n wopr-system "${all_options[@]}" > "$work/all-options.yaml"
 helm template wopr-operator "$chart" -n wopr-system --set watchNamespace=team-a > "$work/one-namespace.yaml"
-python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml
+python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml examples/quickstart/*.yaml
 
 echo "== watchNamespace moves the namespaced rules into a Role there"
 python3 - manifests/install.yaml "$work/one-namespace.yaml" <<'PY'

@@ -248,6 +248,33 @@ fn unsandboxed_sessions_have_a_writable_root_and_no_default_limits() {
 }
 
 #[test]
+fn a_session_that_names_no_agent_runs_the_default_agent_with_its_arguments() {
+    let default = agent(&pod_of(&session_yaml("demo", "trustLevel: untrusted"))).clone();
+    assert_eq!(
+        default.image.as_deref(),
+        Some("ghcr.io/wopr-network/wopr-operator:test")
+    );
+    assert_eq!(default.command, None);
+    assert_eq!(
+        default.args.as_deref(),
+        Some(&["demo-agent".to_owned()][..])
+    );
+    // An image of its own runs as that image says; so does a command or
+    // arguments of its own in the default image.
+    for (spec, args) in [
+        ("sandbox: {image: example.com/agent:1}", None),
+        ("sandbox: {command: [sleep, infinity]}", None),
+        (
+            "sandbox: {args: [--serve]}",
+            Some(vec!["--serve".to_owned()]),
+        ),
+    ] {
+        let session = session_yaml("own", &format!("trustLevel: trusted\n{spec}"));
+        assert_eq!(agent(&pod_of(&session)).args, args, "{spec}");
+    }
+}
+
+#[test]
 fn workspace_runtime_class_seccomp_and_apparmor() {
     let session = session_yaml(
         "code",

@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::{fs, path::Path};
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use common::now;
 use wopr_operator::api::{
@@ -26,11 +27,12 @@ struct Examples {
     gateways: Vec<Gateway>,
 }
 
-/// Every object of every examples/*.yaml file, placed in one namespace as
-/// `kubectl apply -n` would.
-fn load_examples() -> Examples {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut examples = Examples::default();
+/// The example directories: the reference deployment and the quickstart's.
+const EXAMPLE_DIRS: [&str; 2] = ["examples", "examples/quickstart"];
+
+/// The YAML files of `dir`, sorted.
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut files: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -38,7 +40,18 @@ fn load_examples() -> Examples {
         .collect();
     files.sort();
     assert!(!files.is_empty());
-    for path in files {
+    files
+}
+
+/// The reference deployment: every object of every examples/*.yaml file,
+/// placed in one namespace as `kubectl apply -n` would.
+fn load_examples() -> Examples {
+    load("examples")
+}
+
+fn load(dir: &str) -> Examples {
+    let mut examples = Examples::default();
+    for path in yaml_files(dir) {
         let text = fs::read_to_string(&path).unwrap();
         let objects =
             parse_manifests(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
@@ -69,11 +82,12 @@ fn load_examples() -> Examples {
 }
 
 impl Examples {
-    fn policy(&self) -> &SecurityPolicy {
-        assert_eq!(self.policies.len(), 1);
-        let policy = &self.policies[0];
+    /// The namespace's SecurityPolicy, if the examples have one.
+    fn policy(&self) -> Option<&SecurityPolicy> {
+        assert!(self.policies.len() <= 1);
+        let policy = self.policies.first()?;
         assert_eq!(policy.metadata.name.as_deref(), Some("default"));
-        policy
+        Some(policy)
     }
 
     fn context(&self, name: &str) -> EffectiveContext {
@@ -82,14 +96,8 @@ impl Examples {
             .iter()
             .find(|s| s.metadata.name.as_deref() == Some(name))
             .unwrap_or_else(|| panic!("no example session {name}"));
-        resolve(
-            session,
-            Some(self.policy()),
-            &self.grants,
-            &self.gateways,
-            now(),
-        )
-        .unwrap_or_else(|err| panic!("{name}: {err}"))
+        resolve(session, self.policy(), &self.grants, &self.gateways, now())
+            .unwrap_or_else(|err| panic!("{name}: {err}"))
     }
 }
 
@@ -127,10 +135,8 @@ fn every_example_session_resolves() {
 #[test]
 fn every_example_passes_its_crd_cel_rules() {
     use kube::core::cel::Validator;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let crds = wopr_operator::api::crds();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in EXAMPLE_DIRS.into_iter().flat_map(yaml_files) {
         let text = fs::read_to_string(&path).unwrap();
         let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
         for document in documents.iter().filter(|d| !d.is_null()) {
@@ -156,7 +162,11 @@ fn the_example_policy_spells_out_the_builtin_profiles() {
     for session in &examples.sessions {
         let with_example = resolve(
             session,
-            Some(examples.policy()),
+            Some(
+                examples
+                    .policy()
+                    .expect("the reference deployment has a policy"),
+            ),
             &examples.grants,
             &examples.gateways,
             now(),
@@ -238,7 +248,8 @@ fn the_api_handler_only_has_security_tools() {
 #[test]
 fn alice_reaches_the_gateway_only() {
     let examples = load_examples();
-    let policy = Some(examples.policy());
+    let policy = examples.policy();
+    assert!(policy.is_some());
     let standing = resolve_peer(
         ALICE,
         "p2p-gateway",
@@ -285,5 +296,54 @@ fn alice_reaches_the_gateway_only() {
     assert_eq!(
         decide(&research, Request::Inject(&Source::session(&gateway))).outcome,
         Outcome::Allowed
+    );
+}
+
+#[test]
+fn the_quickstart_shows_each_trust_level_a_different_sidecar() {
+    let quickstart = load("examples/quickstart");
+    assert!(quickstart.policy().is_none(), "the built-in profiles apply");
+    let names: Vec<_> = quickstart
+        .sessions
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "demo-owner",
+            "demo-trusted",
+            "demo-semi-trusted",
+            "demo-untrusted"
+        ]
+    );
+    for session in &quickstart.sessions {
+        let sandbox = session.spec.sandbox.clone().unwrap_or_default();
+        assert_eq!(sandbox.image, None, "the default agent: the demo agent");
+        assert!(sandbox.command.is_empty());
+        assert!(
+            sandbox.args.is_empty() || sandbox.args[0] == "demo-agent",
+            "{:?}",
+            sandbox.args
+        );
+    }
+    // What the demo agents print: config_get allowed but for the untrusted
+    // one; the trusted one holds session.spawn and the semi-trusted does not.
+    let calls_config_get = |name: &str| callable(&quickstart.context(name)).contains(&"config_get");
+    assert!(calls_config_get("demo-owner"));
+    assert!(calls_config_get("demo-trusted"));
+    assert!(calls_config_get("demo-semi-trusted"));
+    assert!(!calls_config_get("demo-untrusted"));
+    let spawns = |name: &str| {
+        quickstart
+            .context(name)
+            .capabilities
+            .has(Capability::SessionSpawn)
+    };
+    assert!(spawns("demo-trusted"));
+    assert!(!spawns("demo-semi-trusted"));
+    assert_eq!(
+        quickstart.context("demo-untrusted").trust_level,
+        TrustLevel::Untrusted
     );
 }

@@ -20,13 +20,19 @@ pub struct ControllerArgs {
     /// Image of the `a2a` sidecar container in every session pod.
     #[arg(long, env = "WOPR_SIDECAR_IMAGE", default_value = DEFAULT_IMAGE)]
     pub sidecar_image: String,
-    /// Agent image for Sessions that set no `sandbox.image`.
+    /// Agent image for Sessions that set no `sandbox.image`: by default
+    /// this operator's image, which runs the demo agent.
+    #[arg(long, env = "WOPR_AGENT_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub default_agent_image: String,
+    /// Arguments of the default agent image's entrypoint, for Sessions that
+    /// set no `sandbox.image`, `command` or `args` (comma-separated).
     #[arg(
         long,
-        env = "WOPR_AGENT_IMAGE",
-        default_value = "ghcr.io/wopr-network/wopr-agent:latest"
+        env = "WOPR_AGENT_ARGS",
+        value_delimiter = ',',
+        default_value = "demo-agent"
     )]
-    pub default_agent_image: String,
+    pub default_agent_args: Vec<String>,
     /// Address sidecars dial to reach the control plane (`host:port`, an
     /// optional `http://`/`https://` scheme). An IP address also works for a
     /// controller running outside the cluster.
@@ -179,6 +185,9 @@ pub struct SandboxConfig {
     pub sidecar_image: String,
     /// Agent image for Sessions that set none.
     pub default_agent_image: String,
+    /// Its entrypoint's arguments, for Sessions that set no image, command
+    /// or arguments.
+    pub default_agent_args: Vec<String>,
     /// The control plane sidecars talk to.
     pub control_plane: ControlPlane,
     /// Default memory limit and request of sandboxed agents.
@@ -198,6 +207,7 @@ impl SandboxConfig {
         SandboxConfig {
             sidecar_image: "reference".to_owned(),
             default_agent_image: "reference".to_owned(),
+            default_agent_args: Vec::new(),
             control_plane: ControlPlane {
                 address: "reference:1".to_owned(),
                 host: "reference".to_owned(),
@@ -242,6 +252,12 @@ impl SandboxConfig {
         Ok(SandboxConfig {
             sidecar_image: args.sidecar_image.clone(),
             default_agent_image: args.default_agent_image.clone(),
+            default_agent_args: args
+                .default_agent_args
+                .iter()
+                .filter(|arg| !arg.is_empty())
+                .cloned()
+                .collect(),
             control_plane: ControlPlane::parse(
                 &args.control_plane_address,
                 &args.operator_namespace,

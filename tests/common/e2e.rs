@@ -105,6 +105,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         sidecar_image: std::env::var("WOPR_E2E_SIDECAR_IMAGE")
             .unwrap_or_else(|_| "ghcr.io/wopr-network/wopr-operator:e2e".into()),
         default_agent_image: "registry.k8s.io/pause:3.10".into(),
+        default_agent_args: Vec::new(),
         control_plane_address: "127.0.0.1:9443".into(),
         control_plane_listen: control_plane_listen.parse().unwrap(),
         operator_namespace: "wopr-system".into(),

@@ -27,7 +27,8 @@ pub const NAMESPACE: &str = "team-a";
 pub fn sandbox_config() -> SandboxConfig {
     SandboxConfig {
         sidecar_image: "ghcr.io/wopr-network/wopr-operator:test".into(),
-        default_agent_image: "ghcr.io/wopr-network/wopr-agent:test".into(),
+        default_agent_image: "ghcr.io/wopr-network/wopr-operator:test".into(),
+        default_agent_args: vec!["demo-agent".into()],
         control_plane: ControlPlane::parse(
             "http://wopr-operator.wopr-system.svc:9443",
             "wopr-system",

@@ -88,6 +88,10 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         var(env::AGENT_A2A_SOCKET, SOCKET_PATH),
     ];
     agent_env.extend(sandbox.env.iter().cloned());
+    // A Session that names no image, command or arguments runs the default
+    // agent as configured (the demo agent, unless the operator says otherwise).
+    let default_agent =
+        sandbox.image.is_none() && sandbox.command.is_empty() && sandbox.args.is_empty();
     let agent = Container {
         name: AGENT_CONTAINER.to_owned(),
         image: Some(
@@ -97,7 +101,11 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
                 .unwrap_or_else(|| config.default_agent_image.clone()),
         ),
         command: non_empty(sandbox.command.clone()),
-        args: non_empty(sandbox.args.clone()),
+        args: non_empty(if default_agent {
+            config.default_agent_args.clone()
+        } else {
+            sandbox.args.clone()
+        }),
         env: Some(agent_env),
         resources: agent_resources(context.sandbox.resources.as_ref(), sandboxed, config),
         security_context: Some(agent_security),
