@@ -8,7 +8,8 @@
 //! It asks who it is (`security_whoami`), lists its tools, calls
 //! `security_check` (every session may), then calls each tool of
 //! `--try-tools`; and again whenever the sidecar says the tool list changed
-//! (a grant added, revoked or expired), until it is told to stop.
+//! (a grant added, revoked or expired), until it is told to stop (or, with
+//! `--once`, not again).
 
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct DemoAgentArgs {
     /// Seconds to keep trying to reach the sidecar at start.
     #[arg(long, default_value_t = 60)]
     pub connect_timeout_seconds: u64,
+    /// Go through the steps once and exit (`kubectl exec` into an agent
+    /// container), instead of staying to follow tool-list changes.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// Why the demo agent stopped.
@@ -86,10 +91,13 @@ pub async fn run(
             .map(|info| info.protocol_version.to_string())
             .unwrap_or_else(|| "unknown revision".to_owned())
     ));
-    forward_list_changes(&client, changed);
     for line in tour(&client, &args).await {
         say(&line);
     }
+    if args.once {
+        return Ok(());
+    }
+    forward_list_changes(&client, changed);
     loop {
         tokio::select! {
             Some(()) = changes.recv() => {

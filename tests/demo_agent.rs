@@ -117,6 +117,40 @@ async fn a_demo_agent_with_a_grant_is_allowed_until_it_is_revoked() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn once_the_demo_agent_goes_through_its_steps_and_exits() {
+    let mut control_plane = ControlPlane::start(&["visitor"]).await;
+    control_plane.put_policy(security_policy(json!({})));
+    control_plane.put_session(session("visitor", TrustLevel::Untrusted));
+    let sidecar = Sidecar::start(
+        &control_plane.address.to_string(),
+        "visitor",
+        &token_for("visitor"),
+    )
+    .await;
+    sidecar.wait_for_policy(|policy| policy.is_some()).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
+        .args([
+            "demo-agent",
+            "--once",
+            "--try-tools",
+            "config_get,memory_write",
+        ])
+        .env("WOPR_MCP_URL", format!("http://{}/mcp", sidecar.mcp))
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("--once exits")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert!(
+        stdout
+            .ends_with("demo-agent: call memory_write: DENIED: tool not available: memory_write\n")
+    );
+}
+
 #[tokio::test]
 async fn a_demo_agent_without_a_sidecar_says_so_and_fails() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
