@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
 # The wopr-operator image: every binary of the crate (controller, sidecar,
-# CRD printer in `wopr-operator`; the kubectl plugin when it lands) on
-# distroless, running as an unprivileged user, with no shell.
+# demo agent, CRD printer in `wopr-operator`; the kubectl plugin when it
+# lands) on distroless, running as an unprivileged user, with no shell.
 #
 #   docker build -t ghcr.io/wopr-network/wopr-operator:dev .
+#
+# Without a daemon, hack/build-image.sh packs the same binary into an OCI
+# archive.
 
 FROM docker.io/library/rust:1.95-slim-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*
