@@ -49,8 +49,9 @@ async fn read_until(lines: &mut Lines<BufReader<ChildStdout>>, last: &str) -> St
     read
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_untrusted_demo_agent_is_refused_what_it_may_not_use() {
+/// The sidecar of the untrusted session `visitor`, with its policy, and
+/// the control plane that serves it.
+async fn untrusted_sidecar() -> (ControlPlane, Sidecar) {
     let mut control_plane = ControlPlane::start(&["visitor"]).await;
     control_plane.put_policy(security_policy(json!({})));
     control_plane.put_session(session("visitor", TrustLevel::Untrusted));
@@ -61,6 +62,12 @@ async fn an_untrusted_demo_agent_is_refused_what_it_may_not_use() {
     )
     .await;
     sidecar.wait_for_policy(|policy| policy.is_some()).await;
+    (control_plane, sidecar)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_demo_agent_is_refused_what_it_may_not_use() {
+    let (_control_plane, sidecar) = untrusted_sidecar().await;
 
     let (_agent, mut lines) = demo_agent(sidecar.mcp);
     let said = read_until(&mut lines, "call config_get").await;
@@ -119,16 +126,7 @@ async fn a_demo_agent_with_a_grant_is_allowed_until_it_is_revoked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_the_demo_agent_goes_through_its_steps_and_exits() {
-    let mut control_plane = ControlPlane::start(&["visitor"]).await;
-    control_plane.put_policy(security_policy(json!({})));
-    control_plane.put_session(session("visitor", TrustLevel::Untrusted));
-    let sidecar = Sidecar::start(
-        &control_plane.address.to_string(),
-        "visitor",
-        &token_for("visitor"),
-    )
-    .await;
-    sidecar.wait_for_policy(|policy| policy.is_some()).await;
+    let (_control_plane, sidecar) = untrusted_sidecar().await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
         .args([
             "demo-agent",

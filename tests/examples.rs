@@ -82,6 +82,13 @@ fn load(dir: &str) -> Examples {
 }
 
 impl Examples {
+    fn session_names(&self) -> Vec<String> {
+        self.sessions
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect()
+    }
+
     /// The namespace's SecurityPolicy, if the examples have one.
     fn policy(&self) -> Option<&SecurityPolicy> {
         assert!(self.policies.len() <= 1);
@@ -111,11 +118,7 @@ fn callable(context: &EffectiveContext) -> Vec<&'static str> {
 #[test]
 fn every_example_session_resolves() {
     let examples = load_examples();
-    let names: Vec<_> = examples
-        .sessions
-        .iter()
-        .map(|s| s.metadata.name.clone().unwrap())
-        .collect();
+    let names = examples.session_names();
     assert_eq!(
         names,
         [
@@ -303,13 +306,8 @@ fn alice_reaches_the_gateway_only() {
 fn the_quickstart_shows_each_trust_level_a_different_sidecar() {
     let quickstart = load("examples/quickstart");
     assert!(quickstart.policy().is_none(), "the built-in profiles apply");
-    let names: Vec<_> = quickstart
-        .sessions
-        .iter()
-        .map(|s| s.metadata.name.clone().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        quickstart.session_names(),
         [
             "demo-owner",
             "demo-trusted",
