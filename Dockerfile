@@ -13,6 +13,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 && rm -
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
+COPY migrations migrations
 COPY src src
 COPY benches benches
 COPY hack/build-release.sh hack/

@@ -1,5 +1,6 @@
 //! Compiles proto/ with protox (no protoc binary needed) and writes the file
-//! descriptor set used for gRPC server reflection.
+//! descriptor set used for gRPC server reflection; rebuilds when a migration
+//! changes (`sqlx::migrate!` embeds migrations/ at compile time).
 
 use std::path::PathBuf;
 
@@ -16,5 +17,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

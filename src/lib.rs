@@ -12,7 +12,8 @@
 //! - The shared edges: [`cache`] (the watched objects and the resolve-a-
 //!   Session step), [`cluster`] (the field manager, preflight, one-line API
 //!   errors), [`contract`] (what the pod builder and the sidecar's flags
-//!   agree on), [`wire`] (proto ↔ policy types), [`audit`], [`clock`],
+//!   agree on), [`wire`] (proto ↔ policy types), [`store`] (the
+//!   operator's database: the audit trail), [`audit`], [`clock`],
 //!   [`shutdown`], [`logging`].
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
@@ -37,4 +38,5 @@ pub mod policy;
 pub mod proto;
 pub mod shutdown;
 pub mod sidecar;
+pub mod store;
 pub mod wire;

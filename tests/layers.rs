@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("contract", 2),
     ("logging", 2),
     ("shutdown", 2),
+    ("store", 2),
     ("wire", 2),
     ("controller", 3),
     ("controlplane", 3),

@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod pod_security;
 pub mod process;
 pub mod sidecar;
+pub mod store;
 
 pub const NAMESPACE: &str = "team-a";
 

@@ -1,0 +1,175 @@
+//! The operator's database: SQLite embedded by default (a file on a
+//! volume, WAL mode), PostgreSQL for clusters that run more than one
+//! controller replica. One schema and one set of versioned migrations
+//! (`migrations/`, portable SQL) serve both, through sqlx's `Any` driver:
+//! the queries are written once, and what differs between the two is
+//! confined to [`Backend`]. The audit trail lives here; later the broker's
+//! queues will too.
+
+mod audit;
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+pub use audit::{
+    AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, QueryError, Verification,
+};
+
+/// Which database a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH` (`sqlite::memory:` in tests).
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+}
+
+impl Backend {
+    fn of(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl(redact(url)))
+        }
+    }
+}
+
+/// What went wrong with the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported store URL {0}: use sqlite:///PATH (embedded) or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot open the store at {url}: {error}")]
+    Open { url: String, error: sqlx::Error },
+    #[error("cannot migrate the store's schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    InvalidQuery(#[from] QueryError),
+    #[error("the store holds an event it cannot read (id {id}): {error}")]
+    Corrupt { id: String, error: String },
+}
+
+/// The operator's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Per SQLite connection: wait up to 10 s for the write lock instead of
+/// failing; fsync at checkpoints, not at every commit (in WAL mode a
+/// committed transaction survives a crash of the process; a power loss may
+/// lose the last ones, which the sidecars still hold and ship again).
+const SQLITE_CONNECTION_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON";
+
+impl Store {
+    /// Opens the database at `url` (creating a SQLite file if missing) and
+    /// brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(url)?;
+        let open_error = |error| StoreError::Open {
+            url: redact(url),
+            error,
+        };
+        let options = AnyConnectOptions::from_str(&with_sqlite_defaults(url, backend))
+            .map_err(open_error)?
+            .disable_statement_logging();
+        let mut pool = AnyPoolOptions::new().max_connections(match backend {
+            // One writer at a time anyway; a few readers beside it.
+            Backend::Sqlite => 4,
+            Backend::Postgres => 8,
+        });
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute(SQLITE_CONNECTION_PRAGMAS).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await.map_err(open_error)?;
+        if backend == Backend::Sqlite {
+            // Persistent in the file: readers never block the writer.
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        sqlx::migrate!().run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection (waiting for the ones in use).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A SQLite URL creates its file when missing (`mode=rwc`), unless it says
+/// otherwise.
+fn with_sqlite_defaults(url: &str, backend: Backend) -> String {
+    if backend != Backend::Sqlite || url.contains("mode=") || url.contains(":memory:") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}mode=rwc")
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_backend_and_never_show_a_password() {
+        assert_eq!(
+            Backend::of("sqlite:///var/lib/wopr/wopr.db").unwrap(),
+            Backend::Sqlite
+        );
+        assert_eq!(
+            Backend::of("postgres://u:p@db/wopr").unwrap(),
+            Backend::Postgres
+        );
+        let error = Backend::of("mysql://u:secret@db/wopr")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("mysql://u:***@db/wopr"), "{error}");
+        assert!(!error.contains("secret"));
+        assert_eq!(redact("postgres://db/wopr"), "postgres://db/wopr");
+    }
+
+    #[test]
+    fn a_sqlite_file_is_created_when_missing() {
+        assert_eq!(
+            with_sqlite_defaults("sqlite:///data/wopr.db", Backend::Sqlite),
+            "sqlite:///data/wopr.db?mode=rwc"
+        );
+        assert_eq!(
+            with_sqlite_defaults("sqlite:///data/wopr.db?mode=ro", Backend::Sqlite),
+            "sqlite:///data/wopr.db?mode=ro"
+        );
+    }
+}
