@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/wopr/v1alpha1/policy.proto",
         "proto/wopr/v1alpha1/tools.proto",
+        "proto/wopr/v1alpha1/audit.proto",
     ];
     let descriptors = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

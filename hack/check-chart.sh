@@ -12,7 +12,7 @@ export PATH="$PWD/.tools/bin:$PATH"
 chart=charts/wopr-operator
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-all_options=(--set profileInstaller.enabled=true --set serviceMonitor.enabled=true --set 'sandbox.isolationProbes={metadata=169.254.169.254:80}')
+all_options=(--set replicaCount=3 --set audit.postgres.existingSecret=wopr-store --set profileInstaller.enabled=true --set serviceMonitor.enabled=true --set 'sandbox.isolationProbes={metadata=169.254.169.254:80}')
 
 echo "== helm lint"
 helm lint --strict "$chart"

@@ -237,6 +237,14 @@ ensure_namespace "$namespace" \
   pod-security.kubernetes.io/warn=restricted \
   pod-security.kubernetes.io/audit=restricted
 
+# The audit trail wants a PersistentVolumeClaim; a cluster with no default
+# StorageClass would leave it Pending, and the controller with it.
+default_class=$(kubectl get storageclass -o jsonpath='{.items[?(@.metadata.annotations.storageclass\.kubernetes\.io/is-default-class=="true")].metadata.name}' 2>/dev/null || true)
+if [ -z "$default_class" ]; then
+  echo "    no default StorageClass: the audit trail goes to an emptyDir (lost with the controller's pod)"
+  helm_sets+=(--set audit.persistence.enabled=false)
+fi
+
 step "installing the chart as $release in $operator_namespace" "helm status $release -n $operator_namespace; kubectl describe deployment -n $operator_namespace"
 helm upgrade --install "$release" charts/wopr-operator \
   --namespace "$operator_namespace" \

@@ -31,6 +31,8 @@ pub const HEALTH_ADDRESS: &str = "0.0.0.0:7781";
 /// The same health service seen from inside the pod, where the sidecar's
 /// postStart hook (`wopr-operator sidecar-ready`) checks it.
 pub const LOOPBACK_HEALTH_ADDRESS: &str = "127.0.0.1:7781";
+/// The sidecar's audit spool: an emptyDir of its own.
+pub const SPOOL_DIR: &str = "/var/lib/wopr/spool";
 /// Where the workspace is mounted (read-only) in both containers.
 pub const WORKSPACE_DIR: &str = "/workspace";
 
@@ -72,6 +74,8 @@ pub mod env {
     pub const TOKEN_PATH: &str = "WOPR_TOKEN_PATH";
     /// Sidecar: the workspace.
     pub const WORKSPACE: &str = "WOPR_WORKSPACE";
+    /// Sidecar: the audit spool.
+    pub const SPOOL_DIR: &str = "WOPR_SPOOL_DIR";
     /// Sidecar: the sandbox's network mode.
     pub const NETWORK_MODE: &str = "WOPR_NETWORK_MODE";
     /// Sidecar: what the egress allow-list admits (TCP).

@@ -26,6 +26,7 @@ use crate::controller::run::{self as controller, Setup, Triggers};
 use crate::controlplane::isolation::PodStatusConditions;
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 use crate::shutdown::{self, Shutdown};
+use crate::store::{Retention, Store, StoreError};
 
 /// Why the operator could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,9 @@ pub enum RunError {
     /// The control-plane server failed.
     #[error("control-plane API: {0}")]
     ControlPlaneServer(#[from] tonic::transport::Error),
+    /// The store could not be opened.
+    #[error("{0} (set --store to a writable sqlite:///PATH or a reachable postgres:// URL)")]
+    Store(#[from] StoreError),
 }
 
 /// Runs the operator until `shutdown` completes (in the binary: SIGTERM or Ctrl-C).
@@ -65,6 +69,7 @@ pub async fn run(
         .ensure_rights(args.watch_namespace.as_deref(), lease_namespace)
         .await?;
     let config = SandboxConfig::resolve(&args, &api_server.url).await?;
+    let store = Store::open(&args.store).await?;
     let identity = args
         .identity
         .clone()
@@ -87,6 +92,16 @@ pub async fn run(
     } else {
         (Leadership::always(), None)
     };
+    let retention = Retention {
+        max_age: Duration::from_secs(args.audit_retention_hours * 3600),
+        max_per_namespace: args.audit_max_events_per_namespace,
+    };
+    let pruning = leadership.clone();
+    let retention = tokio::spawn(
+        store
+            .clone()
+            .prune_forever(retention, move || pruning.is_leader()),
+    );
     let admin_listener = TcpListener::bind(args.admin_address)
         .await
         .map_err(RunError::Admin)?;
@@ -115,6 +130,7 @@ pub async fn run(
         index,
         Arc::new(TokenReviewer::new(client.clone())),
         Arc::new(PodStatusConditions::new(client.clone())),
+        store.clone(),
         shutdown.clone(),
     );
 
@@ -159,6 +175,7 @@ pub async fn run(
     let everything =
         async { tokio::join!(admin_server, control_plane, controller, lease_released) };
     let drain = Duration::from_secs(args.shutdown_drain_seconds);
+    let _stop_retention = AbortOnDrop(retention);
     tokio::select! {
         (admin, control_plane, (), ()) = everything => {
             tracing::info!("controller stopped");
@@ -169,6 +186,15 @@ pub async fn run(
             tracing::warn!(drain = ?drain, "stopping with work left: the drain time is over");
             Ok(())
         }
+    }
+}
+
+/// Aborts a background task when the operator returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -253,3 +253,44 @@ fn the_controllers_network_policy_admits_session_pods_to_grpc() {
         json!([{"port": "grpc", "protocol": "TCP"}])
     );
 }
+
+#[test]
+fn the_default_install_keeps_the_audit_store_on_a_claim_with_one_writer() {
+    let objects = install_yaml();
+    let deployment: Deployment = object(&objects, "Deployment");
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let strategy = spec.strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
+    let store = parsed_args(&deployment).store;
+    let path = store.strip_prefix("sqlite://").expect("SQLite by default");
+    let container = controller_container(&deployment);
+    let mount = container
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| path.starts_with(&format!("{}/", m.mount_path)))
+        .expect("the store's directory is a volume");
+    let pod = spec.template.spec.as_ref().unwrap();
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let claim = volume.persistent_volume_claim.as_ref().unwrap();
+    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim =
+        object(&objects, "PersistentVolumeClaim");
+    assert_eq!(
+        pvc.metadata.name.as_deref(),
+        Some(claim.claim_name.as_str())
+    );
+    assert_eq!(
+        pvc.metadata.annotations.unwrap()["helm.sh/resource-policy"],
+        "keep"
+    );
+    // The controller (65532) can write it.
+    assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(65532));
+}

@@ -47,6 +47,7 @@ impl DiscoverPolicy for FakeDiscovery {
 
 /// A control plane serving `discovery`; every session's own token works.
 async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::Channel> {
+    let store = common::store::sqlite().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let tokens: HashMap<String, Identity> = ["a", "b"]
@@ -61,13 +62,17 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
             (format!("token-{session}"), identity)
         })
         .collect();
-    tokio::spawn(wopr_operator::controlplane::serve(
-        listener,
-        discovery,
-        Arc::new(StaticTokens(tokens)),
-        Arc::new(MemoryRecorder::default()),
-        wopr_operator::shutdown::on(std::future::pending()),
-    ));
+    tokio::spawn(async move {
+        wopr_operator::controlplane::serve(
+            listener,
+            discovery,
+            Arc::new(StaticTokens(tokens)),
+            Arc::new(MemoryRecorder::default()),
+            store.store.clone(),
+            wopr_operator::shutdown::on(std::future::pending()),
+        )
+        .await
+    });
     PolicyClient::connect(format!("http://{address}"))
         .await
         .unwrap()

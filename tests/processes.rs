@@ -78,6 +78,10 @@ impl Cluster {
         .map(String::from)
         .to_vec();
         args.push(format!("--control-plane-listen=127.0.0.1:{port}"));
+        args.push(format!(
+            "--store=sqlite://{}/wopr.db",
+            self.dir.path().display()
+        ));
         // Only written into the pods it builds, which nothing runs here.
         args.push("--control-plane-address=http://127.0.0.1:9443".to_owned());
         args.extend(extra.iter().map(|flag| flag.to_string()));
@@ -141,6 +145,7 @@ impl Cluster {
             "--mcp-address=127.0.0.1:0".to_owned(),
             format!("--health-address={health_address}"),
             format!("--workspace={}", path("workspace").display()),
+            format!("--spool-dir={}", path("spool").display()),
             format!("--max-policy-age-seconds={max_policy_age}"),
         ];
         args.extend(extra.iter().cloned());

@@ -17,6 +17,7 @@ echo "kubectl $*" >> "$STATE/calls"
 [ "$1" = --context ] && shift 2
 case "$1 $2" in
   "config current-context") echo fake-cluster ;;
+  "get storageclass") [ -z "$NO_STORAGE_CLASS" ] && echo standard ;;
   "cluster-info "*|"cluster-info") ;;
   "get namespace")
     [ -f "$STATE/ns/$3" ] || exit 1

@@ -223,7 +223,7 @@ async fn wrong_missing_or_foreign_tokens_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(foreign.code(), Code::PermissionDenied);
-    assert!(foreign.message().contains("may not watch session"));
+    assert!(foreign.message().contains("may not act for session"));
     let mut own = client
         .watch(watch(Some(&token_for("a"))))
         .await

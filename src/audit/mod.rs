@@ -172,13 +172,19 @@ impl QueuedLineSink {
     }
 }
 
-impl AuditSink for QueuedLineSink {
-    fn record(&self, event: &AuditEvent) {
-        let mut line = serde_json::to_vec(event).expect("audit events serialize");
+impl QueuedLineSink {
+    /// Queues an event already serialized (without its newline).
+    pub fn record_line(&self, mut line: Vec<u8>) {
         line.push(b'\n');
         if self.queue.try_send(Message::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl AuditSink for QueuedLineSink {
+    fn record(&self, event: &AuditEvent) {
+        self.record_line(serde_json::to_vec(event).expect("audit events serialize"));
     }
 }
 

@@ -78,6 +78,26 @@ pub struct ControllerArgs {
     /// connections get up to this long before the process exits anyway.
     #[arg(long, env = "WOPR_SHUTDOWN_DRAIN_SECONDS", default_value_t = 5)]
     pub shutdown_drain_seconds: u64,
+    /// The operator's database, where the audit trail is stored:
+    /// `sqlite:///PATH` (embedded, on a volume; one replica) or
+    /// `postgres://USER:PASSWORD@HOST/DB` (any number of replicas).
+    #[arg(
+        long,
+        env = "WOPR_STORE_URL",
+        default_value = "sqlite:///var/lib/wopr/wopr.db",
+        hide_env_values = true
+    )]
+    pub store: String,
+    /// Audit events older than this many hours are deleted.
+    #[arg(long, env = "WOPR_AUDIT_RETENTION_HOURS", default_value_t = 720)]
+    pub audit_retention_hours: u64,
+    /// At most this many audit events are kept per namespace (the oldest go first).
+    #[arg(
+        long,
+        env = "WOPR_AUDIT_MAX_EVENTS_PER_NAMESPACE",
+        default_value_t = 1_000_000
+    )]
+    pub audit_max_events_per_namespace: u64,
     /// How session pods take operator-level changes (sidecar image, these
     /// flags) in namespaces whose SecurityPolicy sets no `updatePolicy`:
     /// Immediate, Rolling or OnRestart.

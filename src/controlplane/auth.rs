@@ -131,7 +131,8 @@ impl Authenticator for StaticTokens {
     }
 }
 
-/// Whether `identity` may watch `namespace/session`: it must be the
+/// Whether `identity` may act for `namespace/session` (watch its policy,
+/// ship and read its audit events): it must be the
 /// session's own service account (and pod, when the token names one).
 pub fn authorize(identity: &Identity, namespace: &str, session: &str) -> Result<(), String> {
     let own = child_name(session);
@@ -140,7 +141,7 @@ pub fn authorize(identity: &Identity, namespace: &str, session: &str) -> Result<
         Ok(())
     } else {
         Err(format!(
-            "service account {}/{} may not watch session {namespace}/{session}",
+            "service account {}/{} may not act for session {namespace}/{session}",
             identity.namespace, identity.service_account
         ))
     }

@@ -1,7 +1,8 @@
 //! The control plane (served by every operator replica): a gRPC API that
-//! streams each sidecar the effective policy of its session and takes its
-//! reports on its sandbox.
+//! streams each sidecar the effective policy of its session, takes its
+//! reports on its sandbox, and stores and serves the audit trail.
 
+pub mod audit;
 pub mod auth;
 pub mod discover;
 pub mod index;
@@ -13,16 +14,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use audit::AuditService;
 use auth::Authenticator;
 use discover::DiscoverPolicy;
 use isolation::IsolationRecorder;
 use service::PolicyService;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::v1alpha1::audit_server::AuditServer;
 use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
+use crate::store::Store;
 
-/// Serves the Policy service, gRPC health and server reflection on
+/// Serves the Policy and Audit services, gRPC health and server reflection on
 /// `listener` until `shutdown` completes; then ends every open policy
 /// stream (their sidecars reconnect to another replica) and returns once
 /// the connections have closed.
@@ -31,6 +35,7 @@ pub async fn serve<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder>(
     discover: Arc<D>,
     authenticator: Arc<A>,
     recorder: Arc<R>,
+    store: Store,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -47,10 +52,11 @@ pub async fn serve<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder>(
         .add_service(reflection)
         .add_service(PolicyServer::new(PolicyService::new(
             discover,
-            authenticator,
+            authenticator.clone(),
             recorder,
             shutdown.clone(),
         )))
+        .add_service(AuditServer::new(AuditService::new(store, authenticator)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -71,7 +71,7 @@ impl<D, A: Authenticator, R> PolicyService<D, A, R> {
 }
 
 /// The bearer token of a request.
-fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
+pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     metadata
         .get("authorization")
         .and_then(|value| value.to_str().ok())

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::policy_state::{NoPolicy, PolicyState, Served};
@@ -178,11 +179,22 @@ pub async fn report_isolation(
 }
 
 /// A client of the control plane and `message` as a request carrying the
-/// projected token (read anew each time: the kubelet rotates it).
+/// projected token.
 async fn connect<T>(
     target: &WatchTarget,
     message: T,
 ) -> Result<(PolicyClient<Channel>, tonic::Request<T>), WatchError> {
+    let (channel, bearer) = connect_channel(target).await?;
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", bearer);
+    Ok((PolicyClient::new(channel), request))
+}
+
+/// A channel to the control plane, and the `authorization` value to send
+/// on it: the projected token, read anew each time (the kubelet rotates it).
+pub async fn connect_channel(
+    target: &WatchTarget,
+) -> Result<(Channel, MetadataValue<Ascii>), WatchError> {
     let token =
         std::fs::read_to_string(&target.token_path).map_err(|source| WatchError::Token {
             path: target.token_path.display().to_string(),
@@ -201,9 +213,7 @@ async fn connect<T>(
             "the token is not a valid header value",
         ))
     })?;
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", bearer);
-    Ok((PolicyClient::new(channel), request))
+    Ok((channel, bearer))
 }
 
 #[cfg(test)]

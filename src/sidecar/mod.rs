@@ -1,5 +1,6 @@
 //! The per-session sidecar: serves the agent only the A2A tools its policy
-//! allows, over gRPC on a unix socket and MCP on the pod's loopback.
+//! allows, over gRPC on a unix socket and MCP on the pod's loopback, and
+//! ships an audit event of every decision to the control plane.
 
 pub mod client;
 pub mod engine;
@@ -9,4 +10,6 @@ pub mod mcp;
 pub mod policy_state;
 pub mod ready;
 pub mod run;
+pub mod shipper;
+pub mod spool;
 pub mod workspace;

@@ -26,6 +26,8 @@ use super::isolation::pids::CgroupFiles;
 use super::isolation::{IsolationConfig, verify_forever};
 use super::mcp;
 use super::policy_state::PolicyState;
+use super::shipper::ship_forever;
+use super::spool::{Spool, SpooledSink};
 use super::workspace::Workspace;
 use k8s_openapi::jiff::Timestamp;
 
@@ -62,6 +64,9 @@ pub struct SidecarArgs {
     /// The gRPC health endpoint for the kubelet's probes.
     #[arg(long, env = env::HEALTH_ADDRESS, default_value = contract::HEALTH_ADDRESS)]
     pub health_address: SocketAddr,
+    /// The audit spool: events wait here until the control plane has them.
+    #[arg(long, env = env::SPOOL_DIR, default_value = contract::SPOOL_DIR)]
+    pub spool_dir: PathBuf,
     /// The session's workspace (memory tools stay inside it).
     #[arg(long, env = env::WORKSPACE, default_value = contract::WORKSPACE_DIR)]
     pub workspace: PathBuf,
@@ -151,6 +156,9 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// How long the sidecar keeps shipping its spool after the drain.
+const SHIPPING_DRAIN: Duration = Duration::from_secs(5);
+
 /// Why the sidecar stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -171,6 +179,16 @@ pub enum SidecarError {
     /// The MCP server failed.
     #[error("MCP server: {0}")]
     Mcp(#[source] std::io::Error),
+    /// The audit spool cannot be written.
+    #[error(
+        "cannot open the audit spool {dir}: {source} (it needs a writable directory: the pod mounts an emptyDir there)"
+    )]
+    Spool {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 fn listen_error(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> SidecarError {
@@ -186,7 +204,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SidecarError> {
     let isolation = args.isolation()?;
-    let audit = Arc::new(QueuedLineSink::stdout());
+    let spool = Arc::new(
+        Spool::open(&args.spool_dir).map_err(|source| SidecarError::Spool {
+            dir: args.spool_dir.display().to_string(),
+            source,
+        })?,
+    );
+    let audit = Arc::new(SpooledSink::new(spool.clone(), QueuedLineSink::stdout()));
     let state = Arc::new(PolicyState::new(Duration::from_secs(
         args.max_policy_age_seconds,
     )));
@@ -250,7 +274,16 @@ pub async fn run(
                 .map_err(|error| error.to_string())
         }
     }));
-    let watcher = tokio::spawn(watch_forever(target, state));
+    let watcher = tokio::spawn(watch_forever(target.clone(), state));
+    let (stop_shipping, shipping_stopped) = tokio::sync::oneshot::channel::<()>();
+    let shipper = tokio::spawn(ship_forever(
+        spool,
+        target,
+        async move {
+            let _ = shipping_stopped.await;
+        },
+        SHIPPING_DRAIN,
+    ));
     let served = serve(
         engine,
         Listeners {
@@ -267,6 +300,10 @@ pub async fn run(
     .await;
     watcher.abort();
     verifier.abort();
+    // The last events, answered before the drain, go to the control plane
+    // before the pod (and its spool) does.
+    let _ = stop_shipping.send(());
+    let _ = shipper.await;
     let _ = std::fs::remove_file(&args.socket_path);
     if !audit.flush(Duration::from_secs(2)) {
         tracing::warn!("audit events still queued at exit could not be written");

@@ -25,9 +25,6 @@ use crate::policy::Outcome;
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The most events one query returns.
 pub const MAX_PAGE: u32 = 1_000;
-/// Rows per multi-row INSERT (14 parameters each; well under SQLite's
-/// 32,766 and PostgreSQL's 65,535 parameters per statement).
-const INSERT_CHUNK: usize = 200;
 /// Rows the verifier reads per statement.
 const VERIFY_CHUNK: i64 = 5_000;
 
@@ -218,7 +215,8 @@ impl Store {
         }
         let mut transaction = self.pool.begin().await?;
         for (namespace, events) in by_namespace {
-            let (new, duplicates) = append(&mut transaction, namespace, &events).await?;
+            let chunk = self.backend.insert_chunk();
+            let (new, duplicates) = append(&mut transaction, namespace, &events, chunk).await?;
             inserted.new += new;
             inserted.duplicates += duplicates;
         }
@@ -488,10 +486,11 @@ async fn append(
     transaction: &mut Transaction<'_, Any>,
     namespace: &str,
     events: &[&AuditEvent],
+    chunk_rows: usize,
 ) -> Result<(usize, usize), StoreError> {
     let mut chain = lock_chain(transaction, namespace).await?;
     let mut stored = HashSet::new();
-    for chunk in events.chunks(INSERT_CHUNK) {
+    for chunk in events.chunks(chunk_rows) {
         let mut sql = Sql::default();
         sql.push("SELECT id FROM audit_events WHERE id IN (");
         for (n, event) in chunk.iter().enumerate() {
@@ -506,7 +505,7 @@ async fn append(
         }
     }
     let new: Vec<&&AuditEvent> = events.iter().filter(|e| !stored.contains(&e.id)).collect();
-    for chunk in new.chunks(INSERT_CHUNK) {
+    for chunk in new.chunks(chunk_rows) {
         let mut sql = Sql::default();
         sql.push(
             "INSERT INTO audit_events (namespace, seq, id, time_us, session, event_type, decision, denied, capability, tool, source_identity, event, prev_hash, hash) VALUES ",

@@ -117,6 +117,13 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         default_memory: "512Mi".into(),
         default_cpu: "500m".into(),
         shutdown_drain_seconds: 5,
+        // A file of this test's namespace: kept across controller restarts.
+        store: format!(
+            "sqlite://{}/wopr-{namespace}.db",
+            std::env::temp_dir().display()
+        ),
+        audit_retention_hours: 720,
+        audit_max_events_per_namespace: 1_000_000,
         update_policy: wopr_operator::api::UpdateType::Rolling,
         update_max_unavailable: 1,
         isolation_probe: Vec::new(),

@@ -29,6 +29,7 @@ use wopr_operator::sidecar::engine::{Limits, ToolEngine};
 use wopr_operator::sidecar::policy_state::PolicyState;
 use wopr_operator::sidecar::run::{Listeners, ServeOptions, SidecarError, serve as serve_sidecar};
 use wopr_operator::sidecar::workspace::Workspace;
+use wopr_operator::store::Store;
 
 use super::{NAMESPACE, now};
 
@@ -66,6 +67,9 @@ pub struct ControlPlane {
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server, until it has drained.
     pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Where it stores the audit trail (SQLite in `_store_dir`).
+    pub store: Store,
+    _store_dir: tempfile::TempDir,
     sessions: Writer<DeserializeGuard<Session>>,
     policies: Writer<DeserializeGuard<SecurityPolicy>>,
     grants: Writer<DeserializeGuard<Grant>>,
@@ -108,11 +112,16 @@ impl ControlPlane {
         let address = listener.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let reports = Arc::new(MemoryRecorder::default());
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/wopr.db", store_dir.path().display()))
+            .await
+            .unwrap();
         let server = tokio::spawn(serve(
             listener,
             index.clone(),
             Arc::new(StaticTokens(tokens)),
             reports.clone(),
+            store.clone(),
             wopr_operator::shutdown::on(async move {
                 let _ = stopped.await;
             }),
@@ -123,6 +132,8 @@ impl ControlPlane {
             address,
             shutdown: Some(shutdown),
             server,
+            store,
+            _store_dir: store_dir,
             sessions: session_writer,
             policies,
             grants,

@@ -16,8 +16,8 @@ use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, child_m
 use crate::api::{NetworkMode, PortProtocol, SandboxSpec, Session, WorkspaceVolume};
 use crate::contract::{
     AGENT_CONTAINER, HEALTH_ADDRESS, HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS, MCP_URL,
-    SIDECAR_BINARY, SIDECAR_CONTAINER, SOCKET_DIR, SOCKET_PATH, TOKEN_AUDIENCE, TOKEN_DIR,
-    TOKEN_EXPIRATION_SECONDS, TOKEN_PATH, WORKSPACE_DIR, env,
+    SIDECAR_BINARY, SIDECAR_CONTAINER, SOCKET_DIR, SOCKET_PATH, SPOOL_DIR, TOKEN_AUDIENCE,
+    TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_PATH, WORKSPACE_DIR, env,
 };
 use crate::controller::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
@@ -29,6 +29,7 @@ pub const SANDBOX_UID: i64 = 65532;
 const TOKEN_VOLUME: &str = "wopr-token";
 const SOCKET_VOLUME: &str = "a2a-socket";
 const WORKSPACE_VOLUME: &str = "workspace";
+const SPOOL_VOLUME: &str = "audit-spool";
 /// tmpfs mounts giving a read-only root somewhere to write.
 const TMPFS_MOUNTS: [(&str, &str); 3] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("run", "/run")];
 
@@ -56,6 +57,7 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         .collect();
     volumes.push(memory_volume(SOCKET_VOLUME));
     volumes.push(token_volume());
+    volumes.push(spool_volume());
     let mut agent_mounts: Vec<VolumeMount> = TMPFS_MOUNTS
         .iter()
         .map(|(volume, path)| mount(volume, path, false))
@@ -64,6 +66,7 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
     let mut sidecar_mounts = vec![
         mount(SOCKET_VOLUME, SOCKET_DIR, false),
         mount(TOKEN_VOLUME, TOKEN_DIR, true),
+        mount(SPOOL_VOLUME, SPOOL_DIR, false),
     ];
     if let Some(workspace) = &sandbox.workspace {
         volumes.push(workspace_volume(workspace));
@@ -190,6 +193,7 @@ fn sidecar(
             var(env::HEALTH_ADDRESS, HEALTH_ADDRESS),
             var(env::TOKEN_PATH, TOKEN_PATH),
             var(env::WORKSPACE, WORKSPACE_DIR),
+            var(env::SPOOL_DIR, SPOOL_DIR),
             var(env::NETWORK_MODE, &context.network.to_string()),
             var(env::EGRESS_ALLOWED, &egress_allowed(context, sandbox)),
             var(env::ISOLATION_PROBES, &config.isolation_probes()),
@@ -306,6 +310,20 @@ fn memory_volume(name: &str) -> Volume {
         empty_dir: Some(EmptyDirVolumeSource {
             medium: Some("Memory".to_owned()),
             size_limit: Some(Quantity("64Mi".to_owned())),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The sidecar's audit spool: on disk, not in memory (it must not count
+/// against the sidecar's memory limit), and kept across restarts of the
+/// sidecar container, which is what it is for.
+fn spool_volume() -> Volume {
+    Volume {
+        name: SPOOL_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity("256Mi".to_owned())),
         }),
         ..Volume::default()
     }

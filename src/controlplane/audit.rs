@@ -1,0 +1,275 @@
+//! The Audit gRPC service: sidecars ship their events, each stored exactly
+//! once; the trail is queried and verified. A caller is a session's sidecar
+//! (its projected token): it ships and queries only its own session's
+//! events, and verifies only its own namespace's chain.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{Authenticator, Identity, authorize};
+use super::service::bearer;
+use crate::api::{Enforcement, SourceRef, TrustLevel, from_name};
+use crate::audit::{AuditEvent, EventType};
+use crate::policy::Outcome;
+use crate::proto::v1alpha1::audit_server::Audit;
+use crate::proto::v1alpha1::{
+    AuditQueryRequest, AuditQueryResponse, IngestAck, IngestRequest, VerifyRequest, VerifyResponse,
+};
+use crate::store::{AuditQuery, Cursor, DecisionFilter, Store, StoreError, Verification};
+
+/// The largest event a sidecar may ship, as JSON.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+/// The most events one batch may hold.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+/// Stores what sidecars ship; answers queries of the trail.
+pub struct AuditService<A> {
+    store: Store,
+    authenticator: Arc<A>,
+}
+
+impl<A: Authenticator> AuditService<A> {
+    pub fn new(store: Store, authenticator: Arc<A>) -> Self {
+        AuditService {
+            store,
+            authenticator,
+        }
+    }
+
+    async fn identity<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let token = bearer(request.metadata())?;
+        self.authenticator
+            .authenticate(token)
+            .await
+            .map_err(|error| Status::unauthenticated(error.to_string()))
+    }
+
+    /// Records a refused request in the trail (best effort: the caller is
+    /// refused either way), and logs it.
+    async fn refuse(&self, identity: &Identity, session: &str, status: Status) -> Status {
+        tracing::warn!(namespace = %identity.namespace, service_account = %identity.service_account, reason = %status.message(), "audit request refused");
+        let event = AuditEvent::new(
+            Timestamp::now(),
+            EventType::Policy,
+            &identity.namespace,
+            session,
+            SourceRef {
+                source_type: "sidecar".into(),
+                identity: identity.service_account.clone(),
+                trust_level: TrustLevel::Untrusted,
+            },
+            Outcome::Denied,
+            Enforcement::Enforce,
+            format!("audit request refused: {}", status.message()),
+        );
+        if let Err(error) = self.store.insert_events(&[event]).await {
+            tracing::error!(%error, "cannot store the refusal");
+        }
+        status
+    }
+}
+
+/// The one mapping of store errors to gRPC statuses: a query the store
+/// refuses is the caller's to fix; anything else is worth retrying.
+fn status_of(error: StoreError) -> Status {
+    match error {
+        StoreError::InvalidQuery(error) => Status::invalid_argument(error.to_string()),
+        error => Status::unavailable(format!("the audit store is unavailable: {error}")),
+    }
+}
+
+/// The events of one shipped batch, checked: each parses, fits, and is of
+/// `namespace/session`.
+fn parse_batch(
+    namespace: &str,
+    session: &str,
+    lines: &[String],
+) -> Result<Vec<AuditEvent>, Status> {
+    if lines.len() > MAX_BATCH_EVENTS {
+        return Err(Status::invalid_argument(format!(
+            "a batch holds at most {MAX_BATCH_EVENTS} events, this one {}: ship smaller batches",
+            lines.len()
+        )));
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(n, line)| {
+            if line.len() > MAX_EVENT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "event {n} of the batch is {} bytes, over the limit of {MAX_EVENT_BYTES}",
+                    line.len()
+                )));
+            }
+            let event: AuditEvent = serde_json::from_str(line).map_err(|error| {
+                Status::invalid_argument(format!(
+                    "event {n} of the batch is not an audit event: {error}"
+                ))
+            })?;
+            if ulid::Ulid::from_string(&event.id).is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "event {n} of the batch has id {:?}, not a ULID",
+                    event.id
+                )));
+            }
+            if event.namespace != namespace || event.session != session {
+                return Err(Status::permission_denied(format!(
+                    "event {} claims session {}/{}; this sidecar ships only {namespace}/{session}",
+                    event.id, event.namespace, event.session
+                )));
+            }
+            Ok(event)
+        })
+        .collect()
+}
+
+/// An optional filter of a wire query: empty for none, else what `parse`
+/// makes of it.
+fn filter<T>(
+    what: &str,
+    text: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse(text)
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument(format!("{what} {text:?} is not valid")))
+}
+
+/// A wire query as the store's.
+fn query_of(request: &AuditQueryRequest) -> Result<AuditQuery, Status> {
+    let text = |text: &str| filter("", text, |text| Some(text.to_owned())).unwrap_or_default();
+    let time = |what: &str, text: &str| filter(what, text, |text| text.parse::<Timestamp>().ok());
+    Ok(AuditQuery {
+        namespace: text(&request.namespace),
+        session: text(&request.session),
+        decision: filter("decision", &request.decision, |name| match name {
+            "allowed" => Some(DecisionFilter::Allowed),
+            "denied" => Some(DecisionFilter::Denied),
+            "would_deny" => Some(DecisionFilter::WouldDeny),
+            _ => None,
+        })?,
+        event_type: filter("type", &request.r#type, from_name::<EventType>)?,
+        capability: filter("capability", &request.capability, from_name)?,
+        tool: text(&request.tool),
+        source_identity: text(&request.source_identity),
+        since: time("since (RFC 3339)", &request.since)?,
+        until: time("until (RFC 3339)", &request.until)?,
+        limit: request.limit,
+        after: filter("cursor", &request.cursor, |cursor| {
+            Cursor::decode(cursor).ok()
+        })?,
+    })
+}
+
+#[tonic::async_trait]
+impl<A: Authenticator> Audit for AuditService<A> {
+    async fn ingest(
+        &self,
+        request: Request<Streaming<IngestRequest>>,
+    ) -> Result<Response<IngestAck>, Status> {
+        let identity = self.identity(&request).await?;
+        let mut stream = request.into_inner();
+        let mut events = Vec::new();
+        let mut claimed: Option<(String, String)> = None;
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            let session = (message.namespace.clone(), message.session.clone());
+            if let Err(reason) = authorize(&identity, &message.namespace, &message.session) {
+                let status = Status::permission_denied(reason);
+                return Err(self.refuse(&identity, &message.session, status).await);
+            }
+            if claimed.get_or_insert_with(|| session.clone()) != &session {
+                let status = Status::invalid_argument("one batch holds one session's events");
+                return Err(self.refuse(&identity, &message.session, status).await);
+            }
+            match parse_batch(&message.namespace, &message.session, &message.events) {
+                Ok(parsed) if events.len() + parsed.len() <= MAX_BATCH_EVENTS => {
+                    events.extend(parsed)
+                }
+                Ok(_) => {
+                    let status = Status::invalid_argument(format!(
+                        "a batch holds at most {MAX_BATCH_EVENTS} events: ship smaller batches"
+                    ));
+                    return Err(self.refuse(&identity, &message.session, status).await);
+                }
+                Err(status) => return Err(self.refuse(&identity, &message.session, status).await),
+            }
+        }
+        let inserted = self.store.insert_events(&events).await.map_err(status_of)?;
+        Ok(Response::new(IngestAck {
+            stored: inserted.new as u32,
+            duplicates: inserted.duplicates as u32,
+        }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<AuditQueryRequest>,
+    ) -> Result<Response<AuditQueryResponse>, Status> {
+        let identity = self.identity(&request).await?;
+        let request = request.into_inner();
+        if let Err(reason) = authorize(&identity, &request.namespace, &request.session) {
+            let status = Status::permission_denied(format!(
+                "{reason}: a sidecar queries only its own session's events"
+            ));
+            return Err(self.refuse(&identity, &request.session, status).await);
+        }
+        let query = match query_of(&request) {
+            Ok(query) => query,
+            Err(status) => return Err(self.refuse(&identity, &request.session, status).await),
+        };
+        let page = match self.store.query_events(&query).await {
+            Ok(page) => page,
+            Err(error @ StoreError::InvalidQuery(_)) => {
+                return Err(self
+                    .refuse(&identity, &request.session, status_of(error))
+                    .await);
+            }
+            Err(error) => return Err(status_of(error)),
+        };
+        Ok(Response::new(AuditQueryResponse {
+            events: page
+                .events
+                .iter()
+                .map(|event| serde_json::to_string(event).expect("an event always serializes"))
+                .collect(),
+            next_cursor: page.next.map(|cursor| cursor.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        let identity = self.identity(&request).await?;
+        let namespace = request.into_inner().namespace;
+        if identity.namespace != namespace {
+            let status = Status::permission_denied(format!(
+                "service account {}/{} may not verify namespace {namespace}",
+                identity.namespace, identity.service_account
+            ));
+            return Err(self.refuse(&identity, "", status).await);
+        }
+        let response = match self.store.verify(&namespace).await.map_err(status_of)? {
+            Verification::Intact { events } => VerifyResponse {
+                intact: true,
+                events,
+                ..VerifyResponse::default()
+            },
+            Verification::Broken { seq, id, problem } => VerifyResponse {
+                intact: false,
+                broken_seq: seq,
+                broken_id: id.unwrap_or_default(),
+                problem,
+                ..VerifyResponse::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,136 @@
+//! Ships the audit spool to the control plane: at least once, in order,
+//! each sealed segment as one `Audit.Ingest` stream; a segment is removed
+//! only once the control plane has committed it and answered. The control
+//! plane stores each event once (by id), so a segment shipped twice (its
+//! answer lost) costs nothing but the trip.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream;
+use tonic::Code;
+
+use super::client::{WatchError, WatchTarget, connect_channel};
+use super::spool::Spool;
+use crate::proto::v1alpha1::IngestRequest;
+use crate::proto::v1alpha1::audit_client::AuditClient;
+
+/// How often the active segment is sealed and shipped: an event reaches
+/// the store this long after its call at most, when the control plane is up.
+pub const SHIP_EVERY: Duration = Duration::from_millis(200);
+/// Events per message of an Ingest stream.
+const EVENTS_PER_MESSAGE: usize = 500;
+/// Backoff between failed attempts: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_LAST: Duration = Duration::from_secs(10);
+
+/// Why a round of shipping stopped (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("the spool: {0}")]
+    Spool(#[from] std::io::Error),
+    #[error(transparent)]
+    ControlPlane(#[from] WatchError),
+}
+
+/// Whether the control plane refused a batch for good: shipping it again
+/// cannot succeed. Anything else (unavailable, a broken connection, an
+/// expired token) is retried.
+fn refused_for_good(code: Code) -> bool {
+    matches!(code, Code::InvalidArgument | Code::PermissionDenied)
+}
+
+/// Ships every sealed segment, oldest first; returns how many events the
+/// control plane took.
+pub async fn ship_sealed(spool: &Spool, target: &WatchTarget) -> Result<usize, ShipError> {
+    let segments = spool.sealed()?;
+    if segments.is_empty() {
+        return Ok(0);
+    }
+    let (channel, bearer) = connect_channel(target).await?;
+    let mut client = AuditClient::new(channel);
+    let mut shipped = 0;
+    for segment in segments {
+        let events = Spool::read(&segment)?;
+        if events.is_empty() {
+            Spool::remove(&segment)?;
+            continue;
+        }
+        let messages: Vec<IngestRequest> = events
+            .chunks(EVENTS_PER_MESSAGE)
+            .map(|chunk| IngestRequest {
+                namespace: target.namespace.clone(),
+                session: target.session.clone(),
+                events: chunk.to_vec(),
+            })
+            .collect();
+        let mut request = tonic::Request::new(stream::iter(messages));
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        match client.ingest(request).await {
+            Ok(_) => {
+                Spool::remove(&segment)?;
+                shipped += events.len();
+            }
+            Err(status) if refused_for_good(status.code()) => reject(spool, &segment, &status)?,
+            Err(status) => return Err(WatchError::Status(status).into()),
+        }
+    }
+    Ok(shipped)
+}
+
+fn reject(spool: &Spool, segment: &Path, status: &tonic::Status) -> std::io::Result<()> {
+    let kept = spool.reject(segment)?;
+    tracing::error!(segment = %kept.display(), code = ?status.code(), reason = %status.message(), "the control plane refused a batch of audit events; kept in the spool's rejected/ directory");
+    Ok(())
+}
+
+/// Seals and ships every [`SHIP_EVERY`] until `shutdown` completes, with
+/// backoff while the control plane is away; then ships what is left, for
+/// up to `drain`.
+pub async fn ship_forever(
+    spool: Arc<Spool>,
+    target: WatchTarget,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    tokio::pin!(shutdown);
+    let mut wait = SHIP_EVERY;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => break,
+        }
+        wait = match seal_and_ship(&spool, &target).await {
+            Ok(_) => SHIP_EVERY,
+            Err(error) => {
+                let next = (wait * 2).clamp(RETRY_FIRST, RETRY_LAST);
+                tracing::warn!(%error, retry_in = ?next, "cannot ship audit events; they stay in the spool");
+                next
+            }
+        };
+    }
+    match tokio::time::timeout(drain, seal_and_ship(&spool, &target)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "audit events left in the spool at exit: {}", describe_depth(&spool))
+        }
+        Err(_) => tracing::error!(
+            "audit events left in the spool at exit (shipping took over {drain:?}): {}",
+            describe_depth(&spool)
+        ),
+    }
+}
+
+async fn seal_and_ship(spool: &Spool, target: &WatchTarget) -> Result<usize, ShipError> {
+    spool.seal()?;
+    ship_sealed(spool, target).await
+}
+
+fn describe_depth(spool: &Spool) -> String {
+    spool
+        .depth()
+        .map_or_else(|error| error.to_string(), |depth| depth.to_string())
+}

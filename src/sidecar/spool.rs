@@ -1,0 +1,285 @@
+//! The sidecar's audit spool: every event is appended to a file in the
+//! sidecar's own emptyDir before the call it records is answered, and stays
+//! there until the control plane has stored it. The spool outlives the
+//! sidecar process (a crash, an OOM kill, a restart of the container), so
+//! what was answered is shipped after the restart.
+//!
+//! Events go to numbered segment files (`000000000001.jsonl`, ...), one
+//! JSON line each, written with one `write` per line. The active segment is
+//! sealed when it is full or when the shipper asks; sealed segments are
+//! shipped in order and removed once acknowledged. A segment the control
+//! plane refuses for good is moved to `rejected/`, never deleted.
+//!
+//! Durability: a line is written before the call is answered, without
+//! fsync. A write reaches the kernel's page cache, which survives the death
+//! of the process; only a crash of the node loses it, and that takes the
+//! pod's emptyDir with it anyway. An fsync per call would cost a disk
+//! flush on every tool call for no event it could save.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::audit::{AuditEvent, AuditSink, QueuedLineSink};
+
+/// A full segment holds this many events...
+const SEGMENT_EVENTS: usize = 500;
+/// ...or this many bytes.
+const SEGMENT_BYTES: usize = 1024 * 1024;
+/// Where refused segments are kept.
+const REJECTED: &str = "rejected";
+
+/// The spool in one directory.
+pub struct Spool {
+    dir: PathBuf,
+    active: Mutex<Active>,
+}
+
+/// The segment being written.
+struct Active {
+    number: u64,
+    file: File,
+    events: usize,
+    bytes: usize,
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:012}.jsonl"))
+}
+
+/// The segments in `dir`, by number.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let number = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".jsonl"))
+            .and_then(|number| number.parse::<u64>().ok());
+        if let Some(number) = number {
+            found.push((number, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+impl Active {
+    fn open(dir: &Path, number: u64) -> io::Result<Active> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(segment_path(dir, number))?;
+        Ok(Active {
+            number,
+            file,
+            events: 0,
+            bytes: 0,
+        })
+    }
+}
+
+impl Spool {
+    /// The spool in `dir` (created if missing). Segments left by an earlier
+    /// process are kept, to be shipped; new events go to a new segment.
+    pub fn open(dir: &Path) -> io::Result<Spool> {
+        std::fs::create_dir_all(dir)?;
+        let next = segments(dir)?.last().map_or(1, |(number, _)| number + 1);
+        Ok(Spool {
+            dir: dir.to_owned(),
+            active: Mutex::new(Active::open(dir, next)?),
+        })
+    }
+
+    /// Appends one event (a JSON line without its newline), in one write.
+    pub fn append(&self, line: &str) -> io::Result<()> {
+        let mut record = Vec::with_capacity(line.len() + 1);
+        record.extend_from_slice(line.as_bytes());
+        record.push(b'\n');
+        let mut active = self
+            .active
+            .lock()
+            .expect("the spool lock is never poisoned");
+        active.file.write_all(&record)?;
+        active.events += 1;
+        active.bytes += record.len();
+        if active.events >= SEGMENT_EVENTS || active.bytes >= SEGMENT_BYTES {
+            let next = active.number + 1;
+            *active = Active::open(&self.dir, next)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment if it holds any event, so it can be
+    /// shipped; new events go to the next one.
+    pub fn seal(&self) -> io::Result<()> {
+        let mut active = self
+            .active
+            .lock()
+            .expect("the spool lock is never poisoned");
+        if active.events > 0 {
+            let next = active.number + 1;
+            *active = Active::open(&self.dir, next)?;
+        }
+        Ok(())
+    }
+
+    /// The sealed segments, oldest first.
+    pub fn sealed(&self) -> io::Result<Vec<PathBuf>> {
+        let active = self
+            .active
+            .lock()
+            .expect("the spool lock is never poisoned")
+            .number;
+        Ok(segments(&self.dir)?
+            .into_iter()
+            .filter(|(number, _)| *number < active)
+            .map(|(_, path)| path)
+            .collect())
+    }
+
+    /// The events of a sealed segment. A last line without its newline (a
+    /// write cut short by the process's death, whose call was never
+    /// answered) is left out.
+    pub fn read(segment: &Path) -> io::Result<Vec<String>> {
+        let text = std::fs::read_to_string(segment)?;
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..end],
+            None => "",
+        };
+        Ok(complete
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Removes a segment the control plane has stored.
+    pub fn remove(segment: &Path) -> io::Result<()> {
+        std::fs::remove_file(segment)
+    }
+
+    /// Keeps a segment the control plane refused for good, out of the way.
+    pub fn reject(&self, segment: &Path) -> io::Result<PathBuf> {
+        let rejected = self.dir.join(REJECTED);
+        std::fs::create_dir_all(&rejected)?;
+        let target = rejected.join(segment.file_name().unwrap_or_default());
+        std::fs::rename(segment, &target)?;
+        Ok(target)
+    }
+
+    /// Events waiting in the spool (sealed and active), for the metric.
+    pub fn depth(&self) -> io::Result<usize> {
+        let mut depth = self
+            .active
+            .lock()
+            .expect("the spool lock is never poisoned")
+            .events;
+        for segment in self.sealed()? {
+            depth += Spool::read(&segment)?.len();
+        }
+        Ok(depth)
+    }
+}
+
+/// The sidecar's audit sink: each event to the spool (synchronously: the
+/// call it records is answered after), then to stdout through the queue.
+pub struct SpooledSink {
+    spool: Arc<Spool>,
+    lines: QueuedLineSink,
+    /// Events the spool could not take (a full disk): on stdout only.
+    unspooled: AtomicU64,
+}
+
+impl SpooledSink {
+    pub fn new(spool: Arc<Spool>, lines: QueuedLineSink) -> SpooledSink {
+        SpooledSink {
+            spool,
+            lines,
+            unspooled: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits up to `timeout` for the stdout lines to be written.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        self.lines.flush(timeout)
+    }
+}
+
+impl AuditSink for SpooledSink {
+    fn record(&self, event: &AuditEvent) {
+        let line = serde_json::to_string(event).expect("audit events serialize");
+        if let Err(error) = self.spool.append(&line) {
+            let count = self.unspooled.fetch_add(1, Ordering::Relaxed) + 1;
+            eprintln!(
+                "audit spool: cannot append event {} ({error}); on stdout only ({count} so far)",
+                event.id
+            );
+        }
+        self.lines.record_line(line.into_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_kept_in_order_across_segments_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for n in 0..(SEGMENT_EVENTS + 3) {
+            spool.append(&format!("{{\"n\":{n}}}")).unwrap();
+        }
+        // One full segment sealed by itself; three events in the active one.
+        assert_eq!(spool.sealed().unwrap().len(), 1);
+        assert_eq!(spool.depth().unwrap(), SEGMENT_EVENTS + 3);
+        drop(spool);
+        // A new process: the unshipped segments are still there, in order.
+        let spool = Spool::open(dir.path()).unwrap();
+        let lines: Vec<String> = spool
+            .sealed()
+            .unwrap()
+            .iter()
+            .flat_map(|segment| Spool::read(segment).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..(SEGMENT_EVENTS + 3))
+            .map(|n| format!("{{\"n\":{n}}}"))
+            .collect();
+        assert_eq!(lines, expected);
+        spool.append("{\"n\":\"new\"}").unwrap();
+        spool.seal().unwrap();
+        let sealed = spool.sealed().unwrap();
+        assert_eq!(sealed.len(), 3);
+        assert_eq!(Spool::read(&sealed[2]).unwrap(), ["{\"n\":\"new\"}"]);
+        for segment in &sealed {
+            Spool::remove(segment).unwrap();
+        }
+        assert_eq!(spool.depth().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_line_cut_short_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = dir.path().join("000000000001.jsonl");
+        std::fs::write(&segment, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        assert_eq!(Spool::read(&segment).unwrap(), ["{\"a\":1}", "{\"b\":2}"]);
+    }
+
+    #[test]
+    fn sealing_an_empty_segment_does_nothing_and_refused_segments_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.seal().unwrap();
+        assert!(spool.sealed().unwrap().is_empty());
+        spool.append("{}").unwrap();
+        spool.seal().unwrap();
+        let segment = spool.sealed().unwrap().remove(0);
+        let kept = spool.reject(&segment).unwrap();
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), "{}\n");
+        assert!(spool.sealed().unwrap().is_empty());
+    }
+}

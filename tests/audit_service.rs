@@ -1,0 +1,281 @@
+//! The control plane's Audit service with a real tonic client and a real
+//! store: a sidecar ships batches (each event stored once), queries its own
+//! session, verifies its namespace; every bad request gets a precise error,
+//! loses nothing already stored, and leaves an audit event of its refusal.
+
+mod common;
+
+use common::NAMESPACE;
+use common::sidecar::{ControlPlane, token_for};
+use common::store::event;
+use tonic::Code;
+use tonic::transport::Channel;
+use wopr_operator::audit::AuditEvent;
+use wopr_operator::policy::Outcome;
+use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
+use wopr_operator::proto::v1alpha1::{AuditQueryRequest, IngestRequest, VerifyRequest};
+use wopr_operator::store::{AuditQuery, Verification};
+
+async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
+    AuditClient::connect(format!("http://{}", control_plane.address))
+        .await
+        .unwrap()
+}
+
+/// `message` with `session`'s bearer token.
+fn as_sidecar<T>(session: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let bearer = format!("Bearer {}", token_for(session)).parse().unwrap();
+    request.metadata_mut().insert("authorization", bearer);
+    request
+}
+
+fn lines(events: &[AuditEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect()
+}
+
+/// Ships `batches` (one message each) as `session`'s sidecar.
+async fn ship(
+    client: &mut AuditClient<Channel>,
+    session: &str,
+    batches: Vec<IngestRequest>,
+) -> Result<(u32, u32), tonic::Status> {
+    let request = as_sidecar(session, futures::stream::iter(batches));
+    let ack = client.ingest(request).await?.into_inner();
+    Ok((ack.stored, ack.duplicates))
+}
+
+fn batch(session: &str, events: &[AuditEvent]) -> IngestRequest {
+    IngestRequest {
+        namespace: NAMESPACE.into(),
+        session: session.into(),
+        events: lines(events),
+    }
+}
+
+async fn stored(control_plane: &ControlPlane) -> Vec<AuditEvent> {
+    control_plane
+        .store
+        .query_events(&AuditQuery {
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .events
+}
+
+#[tokio::test]
+async fn a_batch_shipped_twice_is_stored_once_and_queried_newest_first() {
+    let control_plane = ControlPlane::start(&["research"]).await;
+    let mut client = client(&control_plane).await;
+    let events: Vec<AuditEvent> = (0..5)
+        .map(|n| event(NAMESPACE, "research", Outcome::Allowed, n))
+        .collect();
+    // One batch in two messages.
+    let messages = vec![
+        batch("research", &events[..2]),
+        batch("research", &events[2..]),
+    ];
+    assert_eq!(
+        ship(&mut client, "research", messages).await.unwrap(),
+        (5, 0)
+    );
+    // The ack was lost; the sidecar ships the batch again.
+    let again = vec![batch("research", &events)];
+    assert_eq!(ship(&mut client, "research", again).await.unwrap(), (0, 5));
+
+    let page = client
+        .query(as_sidecar(
+            "research",
+            AuditQueryRequest {
+                namespace: NAMESPACE.into(),
+                session: "research".into(),
+                limit: 3,
+                ..AuditQueryRequest::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let newest: Vec<AuditEvent> = events.iter().rev().take(3).cloned().collect();
+    assert_eq!(page.events, lines(&newest));
+    assert!(!page.next_cursor.is_empty());
+    let rest = client
+        .query(as_sidecar(
+            "research",
+            AuditQueryRequest {
+                namespace: NAMESPACE.into(),
+                session: "research".into(),
+                cursor: page.next_cursor,
+                ..AuditQueryRequest::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.events.len(), 2);
+    assert!(rest.next_cursor.is_empty());
+
+    let verified = client
+        .verify(as_sidecar(
+            "research",
+            VerifyRequest {
+                namespace: NAMESPACE.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.intact);
+    assert_eq!(verified.events, 5);
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
+    let control_plane = ControlPlane::start(&["research", "other"]).await;
+    let mut client = client(&control_plane).await;
+    let kept: Vec<AuditEvent> = (0..3)
+        .map(|n| event(NAMESPACE, "research", Outcome::Allowed, n))
+        .collect();
+    ship(&mut client, "research", vec![batch("research", &kept)])
+        .await
+        .unwrap();
+
+    let mut oversized = event(NAMESPACE, "research", Outcome::Allowed, 10);
+    oversized.reason = "x".repeat(20_000);
+    let claims_other = event(NAMESPACE, "other", Outcome::Denied, 11);
+    let good = event(NAMESPACE, "research", Outcome::Allowed, 12);
+    let mut not_a_ulid = event(NAMESPACE, "research", Outcome::Allowed, 13);
+    not_a_ulid.id = "event-1".into();
+    let malformed = IngestRequest {
+        namespace: NAMESPACE.into(),
+        session: "research".into(),
+        events: vec![
+            lines(std::slice::from_ref(&good))[0].clone(),
+            "{\"id\":".into(),
+        ],
+    };
+    let claim = format!("event {} claims session {NAMESPACE}/other", claims_other.id);
+    let cases: Vec<(&str, Vec<IngestRequest>, Code, &str)> = vec![
+        (
+            "research",
+            vec![batch("research", &[good.clone(), oversized])],
+            Code::InvalidArgument,
+            "event 1 of the batch is 20",
+        ),
+        (
+            "research",
+            vec![malformed],
+            Code::InvalidArgument,
+            "event 1 of the batch is not an audit event",
+        ),
+        (
+            "research",
+            vec![batch("research", &[good.clone(), claims_other.clone()])],
+            Code::PermissionDenied,
+            &claim,
+        ),
+        (
+            "research",
+            vec![batch("other", std::slice::from_ref(&claims_other))],
+            Code::PermissionDenied,
+            "may not act for session",
+        ),
+        (
+            "research",
+            vec![batch("research", &[not_a_ulid])],
+            Code::InvalidArgument,
+            "not a ULID",
+        ),
+        (
+            "nobody",
+            vec![batch("research", std::slice::from_ref(&good))],
+            Code::Unauthenticated,
+            "unknown token",
+        ),
+    ];
+    for (caller, messages, code, message) in cases {
+        let refused = ship(&mut client, caller, messages).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+        assert!(
+            refused.message().contains(message),
+            "{message:?} in {refused:?}"
+        );
+    }
+
+    let query = |session: &str, since: &str, until: &str| AuditQueryRequest {
+        namespace: NAMESPACE.into(),
+        session: session.into(),
+        since: since.into(),
+        until: until.into(),
+        ..AuditQueryRequest::default()
+    };
+    let backwards = client
+        .query(as_sidecar(
+            "research",
+            query("research", "2026-11-25T00:00:00Z", "2026-11-24T00:00:00Z"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(backwards.code(), Code::InvalidArgument);
+    assert!(
+        backwards.message().contains("invalid time range"),
+        "{backwards:?}"
+    );
+    let not_a_time = client
+        .query(as_sidecar(
+            "research",
+            query("research", "last tuesday", ""),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(not_a_time.code(), Code::InvalidArgument);
+    assert!(
+        not_a_time
+            .message()
+            .contains("since (RFC 3339) \"last tuesday\""),
+        "{not_a_time:?}"
+    );
+    let someone_else = client
+        .query(as_sidecar("research", query("other", "", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(someone_else.code(), Code::PermissionDenied);
+    let other_namespace = client
+        .verify(as_sidecar(
+            "research",
+            VerifyRequest {
+                namespace: "team-b".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(other_namespace.code(), Code::PermissionDenied);
+
+    // Nothing refused was stored, nothing stored was lost, and each refusal
+    // of an authenticated caller is an event of the trail.
+    let all = stored(&control_plane).await;
+    let shipped: Vec<&AuditEvent> = all
+        .iter()
+        .filter(|e| e.reason.starts_with("event at"))
+        .collect();
+    assert_eq!(
+        shipped.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        kept.iter().rev().map(|e| e.id.clone()).collect::<Vec<_>>()
+    );
+    let refusals = all
+        .iter()
+        .filter(|e| e.reason.starts_with("audit request refused") && e.decision == Outcome::Denied)
+        .count();
+    assert_eq!(refusals, 9, "{all:#?}");
+    assert_eq!(
+        control_plane.store.verify(NAMESPACE).await.unwrap(),
+        Verification::Intact {
+            events: all.len() as u64
+        }
+    );
+}
