@@ -15,8 +15,12 @@
 //!   writer) per call. Target: ≤ 25 µs per `security_check`, that is
 //!   ≥ 40,000 calls per CPU-second.
 //!
-//! Then criterion rows: the tool engine alone, throughput with 16
-//! concurrent clients; and grant revocation → first denied call (p50/p99).
+//! The sidecar records audit events as the binary does: to its spool, then
+//! to stdout (here /dev/null). Then criterion rows: the tool engine alone,
+//! throughput with 16 concurrent clients, what recording one event costs
+//! with and without the spool (the spool's added latency per call; target:
+//! ≤ 10% of the `security_check` round trip); and grant revocation → first
+//! denied call (p50/p99).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +32,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::runtime::Runtime;
 use wopr_operator::api::{Capability, TrustLevel};
-use wopr_operator::audit::{AUDIT_QUEUE_CAPACITY, QueuedLineSink};
+use wopr_operator::audit::{AUDIT_QUEUE_CAPACITY, AuditSink, QueuedLineSink};
+use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::CallToolRequest;
+use wopr_operator::sidecar::spool::{Spool, SpooledSink};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -96,8 +102,9 @@ fn sidecar_under_test() -> Arc<Sidecar> {
                 .spawn(move || {
                     let runtime = wopr_operator::sidecar::run::runtime().unwrap();
                     runtime.block_on(async {
-                        let null = std::fs::File::create("/dev/null").unwrap();
-                        let sink = Arc::new(QueuedLineSink::new(null, AUDIT_QUEUE_CAPACITY));
+                        // As in the binary: each event to the spool, then to
+                        // stdout (here /dev/null) through the queue.
+                        let sink = Arc::new(spooled_sink(&spool_dir("sidecar-spool")));
                         let options = SidecarOptions {
                             limits: calls_per_minute(u32::MAX, u32::MAX),
                             sink,
@@ -120,6 +127,42 @@ fn sidecar_under_test() -> Arc<Sidecar> {
             receiver.recv().unwrap()
         })
         .clone()
+}
+
+/// A fresh directory for a spool, named `name`.
+fn spool_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wopr-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The binary's audit sink: the spool in `dir`, then the stdout queue (to
+/// /dev/null).
+fn spooled_sink(dir: &std::path::Path) -> SpooledSink {
+    SpooledSink::new(Arc::new(Spool::open(dir).unwrap()), null_queue())
+}
+
+fn null_queue() -> QueuedLineSink {
+    QueuedLineSink::new(
+        std::fs::File::create("/dev/null").unwrap(),
+        AUDIT_QUEUE_CAPACITY,
+    )
+}
+
+/// What recording one event costs the calling thread: the stdout queue
+/// alone, and the spool's append before it (the spool's added latency per
+/// tool call; nothing ships it here, so the spool grows as it would while
+/// the control plane is away).
+fn bench_audit_record(c: &mut Criterion) {
+    let mut group = c.benchmark_group("audit_record");
+    let event = common::store::event("team-a", "bench", Outcome::Allowed, 0);
+    let queue = null_queue();
+    group.bench_function("queue_only", |b| b.iter(|| queue.record(&event)));
+    let dir = spool_dir("record-spool");
+    let spooled = spooled_sink(&dir);
+    group.bench_function("spool_and_queue", |b| b.iter(|| spooled.record(&event)));
+    group.finish();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A control plane serving a semi-trusted `session`, on a thread of its
@@ -532,6 +575,7 @@ criterion_group!(
     benches,
     report_ratios_and_cpu,
     bench_engine_and_throughput,
+    bench_audit_record,
     measure_revocation
 );
 criterion_main!(benches);

@@ -7,14 +7,14 @@ mod common;
 
 use common::NAMESPACE;
 use common::sidecar::{ControlPlane, token_for};
-use common::store::event;
+use common::store::{all_events, event};
 use tonic::Code;
 use tonic::transport::Channel;
 use wopr_operator::audit::AuditEvent;
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
 use wopr_operator::proto::v1alpha1::{AuditQueryRequest, IngestRequest, VerifyRequest};
-use wopr_operator::store::{AuditQuery, Verification};
+use wopr_operator::store::Verification;
 
 async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
     AuditClient::connect(format!("http://{}", control_plane.address))
@@ -54,18 +54,6 @@ fn batch(session: &str, events: &[AuditEvent]) -> IngestRequest {
         session: session.into(),
         events: lines(events),
     }
-}
-
-async fn stored(control_plane: &ControlPlane) -> Vec<AuditEvent> {
-    control_plane
-        .store
-        .query_events(&AuditQuery {
-            limit: 1000,
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap()
-        .events
 }
 
 #[tokio::test]
@@ -258,7 +246,7 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
 
     // Nothing refused was stored, nothing stored was lost, and each refusal
     // of an authenticated caller is an event of the trail.
-    let all = stored(&control_plane).await;
+    let all = all_events(&control_plane.store).await;
     let shipped: Vec<&AuditEvent> = all
         .iter()
         .filter(|e| e.reason.starts_with("event at"))

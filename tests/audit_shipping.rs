@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use common::NAMESPACE;
 use common::sidecar::{ControlPlane, token_for};
-use common::store::event;
+use common::store::{all_events, event};
 use wopr_operator::audit::AuditEvent;
 use wopr_operator::policy::Outcome;
 use wopr_operator::sidecar::client::WatchTarget;
 use wopr_operator::sidecar::shipper::{ship_forever, ship_sealed};
 use wopr_operator::sidecar::spool::Spool;
-use wopr_operator::store::{AuditQuery, Verification};
+use wopr_operator::store::Verification;
 
 struct Setup {
     spool: Arc<Spool>,
@@ -57,15 +57,8 @@ fn events(session: &str, from: i64, count: i64) -> Vec<AuditEvent> {
 }
 
 async fn stored_ids(control_plane: &ControlPlane) -> Vec<String> {
-    let mut ids: Vec<String> = control_plane
-        .store
-        .query_events(&AuditQuery {
-            limit: 1000,
-            ..AuditQuery::default()
-        })
+    let mut ids: Vec<String> = all_events(&control_plane.store)
         .await
-        .unwrap()
-        .events
         .into_iter()
         .map(|e| e.id)
         .collect();
@@ -141,12 +134,7 @@ async fn a_refused_segment_is_kept_aside_and_the_rest_still_ships() {
     assert_eq!(ship_sealed(&setup.spool, &setup.target).await.unwrap(), 5);
     let mut ids = stored_ids(&control_plane).await;
     // The refusal itself is an event of the trail.
-    let all = control_plane
-        .store
-        .query_events(&AuditQuery::default())
-        .await
-        .unwrap()
-        .events;
+    let all = all_events(&control_plane.store).await;
     let refusal = all
         .iter()
         .find(|e| e.reason.starts_with("audit request refused"))

@@ -8,7 +8,7 @@ use sqlx::{AnyPool, Executor};
 use wopr_operator::api::{Enforcement, SourceRef, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::policy::Outcome;
-use wopr_operator::store::Store;
+use wopr_operator::store::{AuditQuery, Store};
 
 /// A store and its URL (for a second connection that tampers with it).
 pub struct TestStore {
@@ -90,4 +90,13 @@ pub fn event(namespace: &str, session: &str, decision: Outcome, seconds: i64) ->
         Enforcement::Enforce,
         format!("event at {seconds} s"),
     )
+}
+
+/// Every event of `store` (up to a page of 1,000), newest first.
+pub async fn all_events(store: &Store) -> Vec<AuditEvent> {
+    let everything = AuditQuery {
+        limit: 1000,
+        ..AuditQuery::default()
+    };
+    store.query_events(&everything).await.unwrap().events
 }
