@@ -23,6 +23,7 @@ use common::e2e::{MANAGER, TIMEOUT, create_namespace, eventually};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::discovery::{self, Scope};
@@ -41,7 +42,7 @@ fn helm() -> String {
 }
 
 /// `helm template` of the chart for `namespace`, CRDs included.
-fn render(release: &str, namespace: &str) -> Vec<DynamicObject> {
+fn render(release: &str, namespace: &str, sets: &[&str]) -> Vec<DynamicObject> {
     let mut command = Command::new(helm());
     command
         .args([
@@ -51,6 +52,7 @@ fn render(release: &str, namespace: &str) -> Vec<DynamicObject> {
             "--include-crds",
         ])
         .args(["--namespace", namespace])
+        .args(sets.iter().flat_map(|set| ["--set", set]))
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if let Ok(image) = std::env::var("WOPR_E2E_IMAGE") {
         let (repository, tag) = image.rsplit_once(':').expect("WOPR_E2E_IMAGE is repo:tag");
@@ -182,7 +184,34 @@ async fn the_chart_installs_and_uninstalls_cleanly() {
         .expect("a cluster from KUBECONFIG");
     let namespace = create_namespace(&client).await;
     let release = format!("wopr-operator-e2e-{}", std::process::id());
-    let objects = render(&release, &namespace);
+    // The audit store's claim needs a default StorageClass; without one it
+    // would stay Pending, and the Deployment with it.
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let has_default = classes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|class| {
+            class
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|annotations| {
+                    annotations
+                        .get("storageclass.kubernetes.io/is-default-class")
+                        .map(String::as_str)
+                        == Some("true")
+                })
+        });
+    let sets: &[&str] = if has_default {
+        &[]
+    } else {
+        println!("no default StorageClass: installing with audit.persistence.enabled=false");
+        &["audit.persistence.enabled=false"]
+    };
+    let objects = render(&release, &namespace, sets);
     let kinds: Vec<_> = objects.iter().map(|o| gvk(o).kind).collect();
     for kind in [
         "CustomResourceDefinition",

@@ -9,9 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::PostParams;
 use kube::{Api, Client};
 use wopr_operator::api::{Session, SessionSpec, TrustLevel};
 use wopr_operator::sidecar::client::{WatchError, WatchTarget, watch_once};
@@ -20,23 +18,6 @@ use wopr_operator::sidecar::policy_state::PolicyState;
 mod common;
 
 use common::e2e::*;
-
-async fn token_of(client: &Client, namespace: &str, account: &str) -> String {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec!["wopr.dev".into()],
-            expiration_seconds: Some(600),
-            bound_object_ref: None,
-        },
-        ..TokenRequest::default()
-    };
-    let issued = accounts
-        .create_token_request(account, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {account}: {e}"));
-    issued.status.expect("an issued token").token
-}
 
 async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     for name in ["e2e-agent", "e2e-other"] {

@@ -68,8 +68,10 @@ impl Fake {
         self.dir.path()
     }
 
-    /// Runs the quickstart with `args` and the stand-ins first on the PATH.
-    fn quickstart(&self, args: &[&str], fail_wait: bool) -> Output {
+    /// Runs the quickstart with `args`, the stand-ins first on the PATH, and
+    /// `env` (`FAIL_WAIT`: the wait for Sessions fails; `NO_STORAGE_CLASS`:
+    /// the cluster has no default StorageClass).
+    fn quickstart(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let path = format!(
             "{}:{}",
             self.state().join("bin").display(),
@@ -80,7 +82,9 @@ impl Fake {
             .args(args)
             .env("PATH", path)
             .env("STATE", self.state())
-            .env("FAIL_WAIT", if fail_wait { "1" } else { "" })
+            .env("FAIL_WAIT", "")
+            .env("NO_STORAGE_CLASS", "")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -164,7 +168,7 @@ fn the_quickstart_installs_the_archive_s_image_and_the_demo_then_removes_only_wh
         "watchNamespace=wopr-demo",
     ];
 
-    let said = assert_ok(&fake.quickstart(&up, false));
+    let said = assert_ok(&fake.quickstart(&up, &[]));
     assert!(
         said.contains("image: registry.example/wopr-operator:qs"),
         "{said}"
@@ -191,7 +195,7 @@ fn the_quickstart_installs_the_archive_s_image_and_the_demo_then_removes_only_wh
     assert_eq!(fake.namespaces(), ["wopr-demo", "wopr-system"]);
 
     // Again: nothing is created twice; the release is upgraded in place.
-    assert_ok(&fake.quickstart(&up, false));
+    assert_ok(&fake.quickstart(&up, &[]));
     let calls = fake.take_calls();
     assert!(
         !calls.iter().any(|call| call.contains("create namespace")),
@@ -204,7 +208,7 @@ fn the_quickstart_installs_the_archive_s_image_and_the_demo_then_removes_only_wh
 
     // A namespace it did not create stays on --down.
     std::fs::write(fake.state().join("ns/wopr-system"), "").unwrap();
-    let said = assert_ok(&fake.quickstart(&["--use-current-context", "--down"], false));
+    let said = assert_ok(&fake.quickstart(&["--use-current-context", "--down"], &[]));
     assert!(said.contains("namespace wopr-system: not created by the quickstart"));
     assert_eq!(fake.namespaces(), ["wopr-system"]);
     assert!(!fake.state().join("releases/wopr-operator").exists());
@@ -222,7 +226,7 @@ fn a_failed_step_is_named_with_its_fix() {
             "--load-command",
             "true",
         ],
-        true,
+        &[("FAIL_WAIT", "1")],
     );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -243,7 +247,7 @@ fn an_archive_that_is_not_there_is_named() {
             "--image-archive",
             "/nonexistent.tar",
         ],
-        false,
+        &[],
     );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -254,5 +258,26 @@ fn an_archive_that_is_not_there_is_named() {
     assert!(
         stderr.contains("step \"reading the image archive /nonexistent.tar\" failed"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn without_a_default_storage_class_the_audit_trail_goes_to_an_empty_dir() {
+    let fake = Fake::new();
+    let image = archive(fake.state(), "registry.example/wopr-operator:qs");
+    let up = [
+        "--use-current-context",
+        "--image-archive",
+        &image,
+        "--load-command",
+        "true",
+    ];
+    let said = assert_ok(&fake.quickstart(&up, &[("NO_STORAGE_CLASS", "1")]));
+    assert!(said.contains("no default StorageClass"), "{said}");
+    let calls = fake.take_calls();
+    let install = &calls[position(&calls, "helm --kube-context fake-cluster upgrade")];
+    assert!(
+        install.contains("--set audit.persistence.enabled=false"),
+        "{install}"
     );
 }

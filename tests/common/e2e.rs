@@ -197,3 +197,24 @@ where
     })
     .await;
 }
+
+/// A token for `account` from the TokenRequest API, audience wopr.dev: what
+/// the kubelet projects into a session pod.
+pub async fn token_of(client: &Client, namespace: &str, account: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["wopr.dev".into()],
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {account}: {e}"));
+    issued.status.expect("an issued token").token
+}
