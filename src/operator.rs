@@ -23,6 +23,7 @@ use crate::controller::config::{ConfigError, ControllerArgs, SandboxConfig};
 use crate::controller::leader::{self, Leadership};
 use crate::controller::metrics::Metrics;
 use crate::controller::run::{self as controller, Setup, Triggers};
+use crate::controlplane::denials::KubeSessionEvents;
 use crate::controlplane::isolation::PodStatusConditions;
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 use crate::shutdown::{self, Shutdown};
@@ -130,7 +131,10 @@ pub async fn run(
         index,
         Arc::new(TokenReviewer::new(client.clone())),
         Arc::new(PodStatusConditions::new(client.clone())),
-        store.clone(),
+        (
+            store.clone(),
+            Arc::new(KubeSessionEvents::new(client.clone(), identity.clone())),
+        ),
         shutdown.clone(),
     );
 

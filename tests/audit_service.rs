@@ -267,3 +267,44 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_denials_is_a_handful_of_session_events() {
+    let control_plane = ControlPlane::start(&["research"]).await;
+    let mut client = client(&control_plane).await;
+    for round in 0..4 {
+        let flood: Vec<AuditEvent> = (0..500)
+            .map(|n| {
+                let mut denied = event(NAMESPACE, "research", Outcome::Denied, round * 500 + n);
+                denied.tool = Some("exec_command".into());
+                denied
+            })
+            .collect();
+        ship(&mut client, "research", vec![batch("research", &flood)])
+            .await
+            .unwrap();
+    }
+    // Published in the background: wait for it, then for any straggler.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while control_plane.events.0.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no Event published");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let published = control_plane.events.0.lock().unwrap().clone();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].reason, "ToolDenied");
+    assert_eq!(
+        (
+            published[0].namespace.as_str(),
+            published[0].session.as_str()
+        ),
+        (NAMESPACE, "research")
+    );
+    assert!(published[0].note.starts_with("denied tool exec_command"));
+    assert_eq!(
+        all_events(&control_plane.store).await.len(),
+        1000,
+        "every denial is stored"
+    );
+}

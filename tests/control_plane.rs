@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::NAMESPACE;
-use common::sidecar::MemoryRecorder;
+use common::sidecar::{MemoryEvents, MemoryRecorder};
 use tokio::sync::watch;
 use tonic::Code;
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
@@ -68,7 +68,7 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
             discovery,
             Arc::new(StaticTokens(tokens)),
             Arc::new(MemoryRecorder::default()),
-            store.store.clone(),
+            (store.store.clone(), Arc::new(MemoryEvents::default())),
             wopr_operator::shutdown::on(std::future::pending()),
         )
         .await

@@ -10,6 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Authenticator, Identity, authorize};
+use super::denials::{Denials, SessionEvents};
 use super::service::bearer;
 use crate::api::{Enforcement, SourceRef, TrustLevel, from_name};
 use crate::audit::{AuditEvent, EventType};
@@ -25,17 +26,35 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024;
 /// The most events one batch may hold.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 
-/// Stores what sidecars ship; answers queries of the trail.
-pub struct AuditService<A> {
+/// Stores what sidecars ship; answers queries of the trail; turns denials
+/// into Events on their Sessions.
+pub struct AuditService<A, E> {
     store: Store,
     authenticator: Arc<A>,
+    events: Arc<E>,
+    denials: Denials,
 }
 
-impl<A: Authenticator> AuditService<A> {
-    pub fn new(store: Store, authenticator: Arc<A>) -> Self {
+impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
+    pub fn new(store: Store, authenticator: Arc<A>, events: Arc<E>) -> Self {
         AuditService {
             store,
             authenticator,
+            events,
+            denials: Denials::default(),
+        }
+    }
+
+    /// Publishes the Events the stored `events` call for, in the background
+    /// (the sidecar's answer does not wait for the API server).
+    fn publish_denials(&self, events: &[AuditEvent]) {
+        for due in self.denials.observe(events, std::time::Instant::now()) {
+            let publisher = self.events.clone();
+            tokio::spawn(async move {
+                if let Err(error) = publisher.warn(due).await {
+                    tracing::warn!(%error, "could not publish a denial Event");
+                }
+            });
         }
     }
 
@@ -168,7 +187,7 @@ fn query_of(request: &AuditQueryRequest) -> Result<AuditQuery, Status> {
 }
 
 #[tonic::async_trait]
-impl<A: Authenticator> Audit for AuditService<A> {
+impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
     async fn ingest(
         &self,
         request: Request<Streaming<IngestRequest>>,
@@ -202,6 +221,7 @@ impl<A: Authenticator> Audit for AuditService<A> {
             }
         }
         let inserted = self.store.insert_events(&events).await.map_err(status_of)?;
+        self.publish_denials(&events);
         Ok(Response::new(IngestAck {
             stored: inserted.new as u32,
             duplicates: inserted.duplicates as u32,

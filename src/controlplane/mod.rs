@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod denials;
 pub mod discover;
 pub mod index;
 pub mod isolation;
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use audit::AuditService;
 use auth::Authenticator;
+use denials::SessionEvents;
 use discover::DiscoverPolicy;
 use isolation::IsolationRecorder;
 use service::PolicyService;
@@ -30,14 +32,21 @@ use crate::store::Store;
 /// `listener` until `shutdown` completes; then ends every open policy
 /// stream (their sidecars reconnect to another replica) and returns once
 /// the connections have closed.
-pub async fn serve<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder>(
+pub async fn serve<D, A, R, E>(
     listener: TcpListener,
     discover: Arc<D>,
     authenticator: Arc<A>,
     recorder: Arc<R>,
-    store: Store,
+    audit: (Store, Arc<E>),
     shutdown: Shutdown,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    D: DiscoverPolicy,
+    A: Authenticator,
+    R: IsolationRecorder,
+    E: SessionEvents,
+{
+    let (store, session_events) = audit;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PolicyServer<PolicyService<D, A, R>>>()
@@ -56,7 +65,11 @@ pub async fn serve<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder>(
             recorder,
             shutdown.clone(),
         )))
-        .add_service(AuditServer::new(AuditService::new(store, authenticator)))
+        .add_service(AuditServer::new(AuditService::new(
+            store,
+            authenticator,
+            session_events,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

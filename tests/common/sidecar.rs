@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -20,6 +20,7 @@ use wopr_operator::audit::{AuditSink, MemorySink};
 use wopr_operator::cache::Stores;
 use wopr_operator::clock::Clock;
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
+use wopr_operator::controlplane::denials::{SessionEvent, SessionEvents};
 use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::serve;
@@ -57,6 +58,17 @@ impl IsolationRecorder for MemoryRecorder {
     }
 }
 
+/// Session Events, kept for the test to read.
+#[derive(Default)]
+pub struct MemoryEvents(pub Mutex<Vec<SessionEvent>>);
+
+impl SessionEvents for MemoryEvents {
+    async fn warn(&self, event: SessionEvent) -> Result<(), String> {
+        self.0.lock().unwrap().push(event);
+        Ok(())
+    }
+}
+
 /// A control plane on 127.0.0.1 whose caches the test fills.
 pub struct ControlPlane {
     pub index: Arc<ContextIndex>,
@@ -69,6 +81,8 @@ pub struct ControlPlane {
     pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     /// Where it stores the audit trail (SQLite in `_store_dir`).
     pub store: Store,
+    /// The Events it published on Sessions.
+    pub events: Arc<MemoryEvents>,
     _store_dir: tempfile::TempDir,
     sessions: Writer<DeserializeGuard<Session>>,
     policies: Writer<DeserializeGuard<SecurityPolicy>>,
@@ -116,12 +130,13 @@ impl ControlPlane {
         let store = Store::open(&format!("sqlite://{}/wopr.db", store_dir.path().display()))
             .await
             .unwrap();
+        let events = Arc::new(MemoryEvents::default());
         let server = tokio::spawn(serve(
             listener,
             index.clone(),
             Arc::new(StaticTokens(tokens)),
             reports.clone(),
-            store.clone(),
+            (store.clone(), events.clone()),
             wopr_operator::shutdown::on(async move {
                 let _ = stopped.await;
             }),
@@ -133,6 +148,7 @@ impl ControlPlane {
             shutdown: Some(shutdown),
             server,
             store,
+            events,
             _store_dir: store_dir,
             sessions: session_writer,
             policies,
