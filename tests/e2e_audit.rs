@@ -9,9 +9,7 @@
 //!
 //! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_audit -- --ignored --nocapture`
 
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::{Api, Client};
-use wopr_operator::api::{Session, SessionSpec, TrustLevel};
+use kube::Client;
 use wopr_operator::proto::v1alpha1::AuditQueryRequest;
 use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
 use wopr_operator::sidecar::client::WatchTarget;
@@ -25,17 +23,7 @@ use common::store::event;
 use wopr_operator::policy::Outcome;
 
 async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
-    for name in ["e2e-agent", "e2e-other"] {
-        let session = Session::new(name, SessionSpec::for_trust_level(TrustLevel::Trusted));
-        apply(client, namespace, &session).await;
-    }
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    for account in ["wopr-e2e-agent", "wopr-e2e-other"] {
-        eventually(&format!("service account {account}"), || async {
-            accounts.get_opt(account).await.unwrap()
-        })
-        .await;
-    }
+    trusted_sessions_with_accounts(client, namespace, &["e2e-agent", "e2e-other"]).await;
     let dir = tempfile::tempdir().unwrap();
     let own_token = token_of(client, namespace, "wopr-e2e-agent").await;
     let target = |name: &str, token: &str| {
@@ -107,15 +95,8 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: set KUBECONFIG"]
 async fn a_sidecar_ships_with_its_real_token_and_reads_its_events_back() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let address = listen.clone();
-    with_controller(&listen, |client, namespace| async move {
-        scenario(&client, &namespace, &address).await
+    with_controller_on_a_free_port(|client, namespace, control_plane| async move {
+        scenario(&client, &namespace, &control_plane).await
     })
     .await;
 }

@@ -9,9 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::{Api, Client};
-use wopr_operator::api::{Session, SessionSpec, TrustLevel};
+use kube::Client;
+use wopr_operator::api::TrustLevel;
 use wopr_operator::sidecar::client::{WatchError, WatchTarget, watch_once};
 use wopr_operator::sidecar::policy_state::PolicyState;
 
@@ -20,17 +19,7 @@ mod common;
 use common::e2e::*;
 
 async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
-    for name in ["e2e-agent", "e2e-other"] {
-        let session = Session::new(name, SessionSpec::for_trust_level(TrustLevel::Trusted));
-        apply(client, namespace, &session).await;
-    }
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    for account in ["wopr-e2e-agent", "wopr-e2e-other"] {
-        eventually(&format!("service account {account}"), || async {
-            accounts.get_opt(account).await.unwrap()
-        })
-        .await;
-    }
+    trusted_sessions_with_accounts(client, namespace, &["e2e-agent", "e2e-other"]).await;
     let dir = tempfile::tempdir().unwrap();
     let target = |token: &str| {
         let token_path = dir.path().join(format!("token-{}", token.len()));
@@ -71,15 +60,8 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: set KUBECONFIG"]
 async fn a_sidecar_with_a_real_token_gets_its_policy_and_only_its_own() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let address = listen.clone();
-    with_controller(&listen, |client, namespace| async move {
-        scenario(&client, &namespace, &address).await
+    with_controller_on_a_free_port(|client, namespace, control_plane| async move {
+        scenario(&client, &namespace, &control_plane).await
     })
     .await;
 }

@@ -218,3 +218,42 @@ pub async fn token_of(client: &Client, namespace: &str, account: &str) -> String
         .unwrap_or_else(|e| panic!("TokenRequest for {account}: {e}"));
     issued.status.expect("an issued token").token
 }
+
+/// Trusted Sessions named `names`, once the controller has made their
+/// service accounts (`wopr-NAME`).
+pub async fn trusted_sessions_with_accounts(client: &Client, namespace: &str, names: &[&str]) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use wopr_operator::api::{Session, SessionSpec, TrustLevel};
+    for name in names {
+        let session = Session::new(name, SessionSpec::for_trust_level(TrustLevel::Trusted));
+        apply(client, namespace, &session).await;
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    for name in names {
+        let account = format!("wopr-{name}");
+        eventually(&format!("service account {account}"), || async {
+            accounts.get_opt(&account).await.unwrap()
+        })
+        .await;
+    }
+}
+
+/// [`with_controller`] with its control plane on a free loopback port,
+/// whose address `test` gets.
+pub async fn with_controller_on_a_free_port<F, Fut>(test: F)
+where
+    F: FnOnce(Client, String, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let address = listen.clone();
+    with_controller(&listen, |client, namespace| {
+        test(client, namespace, address)
+    })
+    .await;
+}
