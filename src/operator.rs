@@ -23,6 +23,7 @@ use crate::controller::config::{ConfigError, ControllerArgs, SandboxConfig};
 use crate::controller::leader::{self, Leadership};
 use crate::controller::metrics::Metrics;
 use crate::controller::run::{self as controller, Setup, Triggers};
+use crate::controlplane::audit::{AuditMetrics, AuditSetup};
 use crate::controlplane::denials::KubeSessionEvents;
 use crate::controlplane::isolation::PodStatusConditions;
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
@@ -126,20 +127,23 @@ pub async fn run(
     ));
     let following = index.clone();
     tokio::spawn(async move { following.follow(feeds.namespaces).await });
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let audit_metrics = AuditMetrics::default();
+    audit_metrics.register(&mut registry);
     let control_plane = controlplane::serve(
         control_plane_listener,
         index,
         Arc::new(TokenReviewer::new(client.clone())),
         Arc::new(PodStatusConditions::new(client.clone())),
-        (
-            store.clone(),
-            Arc::new(KubeSessionEvents::new(client.clone(), identity.clone())),
-        ),
+        AuditSetup {
+            store: store.clone(),
+            events: Arc::new(KubeSessionEvents::new(client.clone(), identity.clone())),
+            metrics: audit_metrics,
+        },
         shutdown.clone(),
     );
 
-    let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(admin::mark_ready_when_synced(caches.clone(), ready.clone()));
     let admin_server = admin::serve(

@@ -75,6 +75,8 @@ async fn a_batch_shipped_twice_is_stored_once_and_queried_newest_first() {
     // The ack was lost; the sidecar ships the batch again.
     let again = vec![batch("research", &events)];
     assert_eq!(ship(&mut client, "research", again).await.unwrap(), (0, 5));
+    let metrics = &control_plane.audit_metrics;
+    assert_eq!((metrics.stored.get(), metrics.duplicates.get()), (5, 5));
 
     let page = client
         .query(as_sidecar(
@@ -260,6 +262,8 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
         .filter(|e| e.reason.starts_with("audit request refused") && e.decision == Outcome::Denied)
         .count();
     assert_eq!(refusals, 9, "{all:#?}");
+    assert_eq!(control_plane.audit_metrics.refused.get(), 9);
+    assert_eq!(control_plane.audit_metrics.store_errors.get(), 0);
     assert_eq!(
         control_plane.store.verify(NAMESPACE).await.unwrap(),
         Verification::Intact {

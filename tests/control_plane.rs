@@ -11,6 +11,7 @@ use common::NAMESPACE;
 use common::sidecar::{MemoryEvents, MemoryRecorder};
 use tokio::sync::watch;
 use tonic::Code;
+use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::discover::{DiscoverPolicy, Snapshot};
 use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
@@ -68,7 +69,11 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
             discovery,
             Arc::new(StaticTokens(tokens)),
             Arc::new(MemoryRecorder::default()),
-            (store.store.clone(), Arc::new(MemoryEvents::default())),
+            AuditSetup {
+                store: store.store.clone(),
+                events: Arc::new(MemoryEvents::default()),
+                metrics: AuditMetrics::default(),
+            },
             wopr_operator::shutdown::on(std::future::pending()),
         )
         .await

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Authenticator, Identity, authorize};
@@ -26,23 +28,77 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024;
 /// The most events one batch may hold.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 
+/// The Audit service's metrics, on `/metrics` as `wopr_audit_*`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditMetrics {
+    /// Events stored.
+    pub stored: Counter,
+    /// Events shipped again and skipped (their first ack was lost).
+    pub duplicates: Counter,
+    /// Requests refused (bad input, another session, no right).
+    pub refused: Counter,
+    /// Requests the store failed (retried by the sidecars).
+    pub store_errors: Counter,
+}
+
+impl AuditMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("wopr_audit");
+        registry.register("events_stored", "Audit events stored", self.stored.clone());
+        registry.register(
+            "events_duplicate",
+            "Audit events shipped again and skipped",
+            self.duplicates.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Audit requests refused",
+            self.refused.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Audit requests the store failed",
+            self.store_errors.clone(),
+        );
+    }
+}
+
+/// What the Audit service works with.
+pub struct AuditSetup<E> {
+    pub store: Store,
+    /// Where denials are published as Events.
+    pub events: Arc<E>,
+    pub metrics: AuditMetrics,
+}
+
 /// Stores what sidecars ship; answers queries of the trail; turns denials
 /// into Events on their Sessions.
 pub struct AuditService<A, E> {
     store: Store,
     authenticator: Arc<A>,
     events: Arc<E>,
+    metrics: AuditMetrics,
     denials: Denials,
 }
 
 impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
-    pub fn new(store: Store, authenticator: Arc<A>, events: Arc<E>) -> Self {
+    pub fn new(setup: AuditSetup<E>, authenticator: Arc<A>) -> Self {
         AuditService {
-            store,
+            store: setup.store,
             authenticator,
-            events,
+            events: setup.events,
+            metrics: setup.metrics,
             denials: Denials::default(),
         }
+    }
+
+    /// The one mapping of store errors to gRPC statuses (counted).
+    fn status_of(&self, error: StoreError) -> Status {
+        if !matches!(error, StoreError::InvalidQuery(_)) {
+            self.metrics.store_errors.inc();
+        }
+        status_of(error)
     }
 
     /// Publishes the Events the stored `events` call for, in the background
@@ -69,6 +125,7 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
     /// Records a refused request in the trail (best effort: the caller is
     /// refused either way), and logs it.
     async fn refuse(&self, identity: &Identity, session: &str, status: Status) -> Status {
+        self.metrics.refused.inc();
         tracing::warn!(namespace = %identity.namespace, service_account = %identity.service_account, reason = %status.message(), "audit request refused");
         let event = AuditEvent::new(
             Timestamp::now(),
@@ -220,7 +277,13 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
                 Err(status) => return Err(self.refuse(&identity, &message.session, status).await),
             }
         }
-        let inserted = self.store.insert_events(&events).await.map_err(status_of)?;
+        let inserted = self
+            .store
+            .insert_events(&events)
+            .await
+            .map_err(|error| self.status_of(error))?;
+        self.metrics.stored.inc_by(inserted.new as u64);
+        self.metrics.duplicates.inc_by(inserted.duplicates as u64);
         self.publish_denials(&events);
         Ok(Response::new(IngestAck {
             stored: inserted.new as u32,
@@ -276,7 +339,8 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
             ));
             return Err(self.refuse(&identity, "", status).await);
         }
-        let response = match self.store.verify(&namespace).await.map_err(status_of)? {
+        let verified = self.store.verify(&namespace).await;
+        let response = match verified.map_err(|error| self.status_of(error))? {
             Verification::Intact { events } => VerifyResponse {
                 intact: true,
                 events,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use audit::AuditService;
+use audit::{AuditService, AuditSetup};
 use auth::Authenticator;
 use denials::SessionEvents;
 use discover::DiscoverPolicy;
@@ -26,7 +26,6 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1alpha1::audit_server::AuditServer;
 use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
 
 /// Serves the Policy and Audit services, gRPC health and server reflection on
 /// `listener` until `shutdown` completes; then ends every open policy
@@ -37,7 +36,7 @@ pub async fn serve<D, A, R, E>(
     discover: Arc<D>,
     authenticator: Arc<A>,
     recorder: Arc<R>,
-    audit: (Store, Arc<E>),
+    audit: AuditSetup<E>,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -46,7 +45,6 @@ where
     R: IsolationRecorder,
     E: SessionEvents,
 {
-    let (store, session_events) = audit;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PolicyServer<PolicyService<D, A, R>>>()
@@ -65,11 +63,7 @@ where
             recorder,
             shutdown.clone(),
         )))
-        .add_service(AuditServer::new(AuditService::new(
-            store,
-            authenticator,
-            session_events,
-        )))
+        .add_service(AuditServer::new(AuditService::new(audit, authenticator)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

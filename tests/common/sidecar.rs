@@ -19,6 +19,7 @@ use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session};
 use wopr_operator::audit::{AuditSink, MemorySink};
 use wopr_operator::cache::Stores;
 use wopr_operator::clock::Clock;
+use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::denials::{SessionEvent, SessionEvents};
 use wopr_operator::controlplane::index::ContextIndex;
@@ -83,6 +84,8 @@ pub struct ControlPlane {
     pub store: Store,
     /// The Events it published on Sessions.
     pub events: Arc<MemoryEvents>,
+    /// Its Audit service's metrics.
+    pub audit_metrics: AuditMetrics,
     _store_dir: tempfile::TempDir,
     sessions: Writer<DeserializeGuard<Session>>,
     policies: Writer<DeserializeGuard<SecurityPolicy>>,
@@ -131,12 +134,17 @@ impl ControlPlane {
             .await
             .unwrap();
         let events = Arc::new(MemoryEvents::default());
+        let audit_metrics = AuditMetrics::default();
         let server = tokio::spawn(serve(
             listener,
             index.clone(),
             Arc::new(StaticTokens(tokens)),
             reports.clone(),
-            (store.clone(), events.clone()),
+            AuditSetup {
+                store: store.clone(),
+                events: events.clone(),
+                metrics: audit_metrics.clone(),
+            },
             wopr_operator::shutdown::on(async move {
                 let _ = stopped.await;
             }),
@@ -149,6 +157,7 @@ impl ControlPlane {
             server,
             store,
             events,
+            audit_metrics,
             _store_dir: store_dir,
             sessions: session_writer,
             policies,
