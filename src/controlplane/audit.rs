@@ -93,12 +93,17 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
         }
     }
 
-    /// The one mapping of store errors to gRPC statuses (counted).
+    /// The one mapping of store errors to gRPC statuses: a query the store
+    /// refuses is the caller's to fix; anything else is worth retrying (and
+    /// counted).
     fn status_of(&self, error: StoreError) -> Status {
-        if !matches!(error, StoreError::InvalidQuery(_)) {
-            self.metrics.store_errors.inc();
+        match error {
+            StoreError::InvalidQuery(error) => Status::invalid_argument(error.to_string()),
+            error => {
+                self.metrics.store_errors.inc();
+                Status::unavailable(format!("the audit store is unavailable: {error}"))
+            }
         }
-        status_of(error)
     }
 
     /// Publishes the Events the stored `events` call for, in the background
@@ -148,28 +153,13 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
     }
 }
 
-/// The one mapping of store errors to gRPC statuses: a query the store
-/// refuses is the caller's to fix; anything else is worth retrying.
-fn status_of(error: StoreError) -> Status {
-    match error {
-        StoreError::InvalidQuery(error) => Status::invalid_argument(error.to_string()),
-        error => Status::unavailable(format!("the audit store is unavailable: {error}")),
-    }
-}
-
-/// The events of one shipped batch, checked: each parses, fits, and is of
-/// `namespace/session`.
+/// The events of one message of a shipped batch, checked: each parses,
+/// fits, and is of `namespace/session`.
 fn parse_batch(
     namespace: &str,
     session: &str,
     lines: &[String],
 ) -> Result<Vec<AuditEvent>, Status> {
-    if lines.len() > MAX_BATCH_EVENTS {
-        return Err(Status::invalid_argument(format!(
-            "a batch holds at most {MAX_BATCH_EVENTS} events, this one {}: ship smaller batches",
-            lines.len()
-        )));
-    }
     lines
         .iter()
         .enumerate()
@@ -219,7 +209,7 @@ fn filter<T>(
 
 /// A wire query as the store's.
 fn query_of(request: &AuditQueryRequest) -> Result<AuditQuery, Status> {
-    let text = |text: &str| filter("", text, |text| Some(text.to_owned())).unwrap_or_default();
+    let text = |text: &str| (!text.is_empty()).then(|| text.to_owned());
     let time = |what: &str, text: &str| filter(what, text, |text| text.parse::<Timestamp>().ok());
     Ok(AuditQuery {
         namespace: text(&request.namespace),
@@ -264,16 +254,15 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
                 let status = Status::invalid_argument("one batch holds one session's events");
                 return Err(self.refuse(&identity, &message.session, status).await);
             }
+            let count = events.len() + message.events.len();
+            if count > MAX_BATCH_EVENTS {
+                let status = Status::invalid_argument(format!(
+                    "a batch holds at most {MAX_BATCH_EVENTS} events, this one {count} or more: ship smaller batches"
+                ));
+                return Err(self.refuse(&identity, &message.session, status).await);
+            }
             match parse_batch(&message.namespace, &message.session, &message.events) {
-                Ok(parsed) if events.len() + parsed.len() <= MAX_BATCH_EVENTS => {
-                    events.extend(parsed)
-                }
-                Ok(_) => {
-                    let status = Status::invalid_argument(format!(
-                        "a batch holds at most {MAX_BATCH_EVENTS} events: ship smaller batches"
-                    ));
-                    return Err(self.refuse(&identity, &message.session, status).await);
-                }
+                Ok(parsed) => events.extend(parsed),
                 Err(status) => return Err(self.refuse(&identity, &message.session, status).await),
             }
         }
@@ -310,11 +299,10 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
         let page = match self.store.query_events(&query).await {
             Ok(page) => page,
             Err(error @ StoreError::InvalidQuery(_)) => {
-                return Err(self
-                    .refuse(&identity, &request.session, status_of(error))
-                    .await);
+                let status = self.status_of(error);
+                return Err(self.refuse(&identity, &request.session, status).await);
             }
-            Err(error) => return Err(status_of(error)),
+            Err(error) => return Err(self.status_of(error)),
         };
         Ok(Response::new(AuditQueryResponse {
             events: page
