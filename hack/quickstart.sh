@@ -164,7 +164,6 @@ else
 fi
 
 work=$(mktemp -d)
-built_with_engine=false
 if [ -n "$image_archive" ]; then
   step "reading the image archive $image_archive" "pass an archive from hack/build-image.sh --output PATH"
   [ -f "$image_archive" ] || { echo "quickstart: no file $image_archive" >&2; false; }
@@ -188,7 +187,7 @@ else
   if [ -n "$engine" ]; then
     step "building $image with $engine (the Dockerfile; the first build takes minutes)" "$engine build -t $image ."
     "$engine" build -t "$image" .
-    built_with_engine=true
+    "$engine" save -o "$work/image.tar" "$image"
   else
     step "building $image without a container engine (hack/build-image.sh)" "bash hack/build-image.sh --output $work/image.tar"
     bash hack/build-image.sh --name "$image" --output "$work/image.tar"
@@ -199,16 +198,10 @@ echo "    image: $image"
 
 if [ -n "$load_command" ]; then
   step "loading the image with: $load_command" "check that \"$load_command ARCHIVE\" makes an image archive available to every node"
-  if $built_with_engine; then
-    "$engine" save -o "$image_archive" "$image"
-  fi
   bash -c "$load_command \"\$1\"" load-command "$image_archive"
 elif [[ "$context" == kind-* ]]; then
   kind_cluster=${context#kind-}
   step "loading the image into the kind cluster $kind_cluster" "kind load image-archive ARCHIVE --name $kind_cluster"
-  if $built_with_engine; then
-    "$engine" save -o "$image_archive" "$image"
-  fi
   kind load image-archive "$image_archive" --name "$kind_cluster"
 else
   step "leaving the image to the nodes" "the nodes must be able to pull $image; or pass --load-command"

@@ -50,7 +50,7 @@ on_both_backends!(
 type Matches = Box<dyn Fn(&AuditEvent) -> bool>;
 
 fn time(seconds: i64) -> Timestamp {
-    "2026-11-24T12:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_secs(seconds)
+    common::now() + SignedDuration::from_secs(seconds)
 }
 
 fn ids(events: &[AuditEvent]) -> Vec<String> {

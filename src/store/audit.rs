@@ -311,7 +311,8 @@ impl Store {
         };
         let head_seq: i64 = chain.try_get(0)?;
         let head_hash: String = chain.try_get(1)?;
-        let mut expected_seq: i64 = chain.try_get::<i64, _>(2)? + 1;
+        let pruned_seq: i64 = chain.try_get(2)?;
+        let mut expected_seq = pruned_seq + 1;
         let mut prev_hash: String = chain.try_get(3)?;
         let broken = |seq, id: Option<String>, problem: &str| Verification::Broken {
             seq,
@@ -380,9 +381,8 @@ impl Store {
                 &format!("events {} to {head_seq} are missing (deleted)", last + 1),
             ));
         }
-        let pruned: i64 = chain.try_get(2)?;
         Ok(Verification::Intact {
-            events: (head_seq - pruned) as u64,
+            events: (head_seq - pruned_seq) as u64,
         })
     }
 

@@ -3,7 +3,7 @@
 //! starts one). Without that variable the PostgreSQL tests fail: they never
 //! skip silently.
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::SignedDuration;
 use sqlx::{AnyPool, Executor};
 use wopr_operator::api::{Enforcement, SourceRef, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
@@ -75,9 +75,8 @@ pub async fn postgres() -> TestStore {
 
 /// An event at `seconds` after 2026-11-24T12:00:00Z.
 pub fn event(namespace: &str, session: &str, decision: Outcome, seconds: i64) -> AuditEvent {
-    let time: Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
     AuditEvent::new(
-        time + SignedDuration::from_secs(seconds),
+        super::now() + SignedDuration::from_secs(seconds),
         EventType::ToolCall,
         namespace,
         session,
