@@ -33,6 +33,12 @@ pub const HEALTH_ADDRESS: &str = "0.0.0.0:7781";
 pub const LOOPBACK_HEALTH_ADDRESS: &str = "127.0.0.1:7781";
 /// The sidecar's audit spool: an emptyDir of its own.
 pub const SPOOL_DIR: &str = "/var/lib/wopr/spool";
+/// The gRPC metadata key (on every CallTool answer, success or error) and
+/// the MCP `_meta` key (on every `tools/call` answer) that carry the id of
+/// the audit event recording the call.
+pub const AUDIT_ID_METADATA: &str = "wopr-audit-id";
+/// See [`AUDIT_ID_METADATA`].
+pub const AUDIT_ID_MCP_META: &str = "wopr.dev/auditId";
 /// Where the workspace is mounted (read-only) in both containers.
 pub const WORKSPACE_DIR: &str = "/workspace";
 

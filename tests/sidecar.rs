@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 use wopr_operator::api::{Capability, TrustLevel};
 use wopr_operator::audit::EventType;
+use wopr_operator::contract::AUDIT_ID_METADATA;
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
 use wopr_operator::proto::v1alpha1::{CallToolRequest, ListToolsRequest, WatchRequest};
@@ -265,6 +266,38 @@ async fn warn_mode_allows_and_audits_would_deny() {
     assert_eq!(event.enforcement, wopr_operator::api::Enforcement::Warn);
 }
 
+/// Every CallTool answer, allowed or refused, names the audit event that
+/// recorded it in its metadata.
+#[tokio::test]
+async fn every_grpc_answer_names_its_audit_event() {
+    let mut control_plane = ControlPlane::start(&["s"]).await;
+    control_plane.put_session(session("s", TrustLevel::SemiTrusted));
+    let sidecar = Sidecar::start(&control_plane.address.to_string(), "s", &token_for("s")).await;
+    sidecar.wait_for_policy(has_policy).await;
+    sidecar.audit.take();
+    let audit_id = |metadata: &tonic::metadata::MetadataMap| {
+        metadata
+            .get(AUDIT_ID_METADATA)
+            .expect("an audit id")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    for tool in ["security_whoami", "exec_command", "no_such_tool"] {
+        let request = CallToolRequest {
+            name: tool.into(),
+            arguments_json: "{}".into(),
+        };
+        let named = match sidecar.tools().await.call_tool(request).await {
+            Ok(answer) => audit_id(answer.metadata()),
+            Err(refused) => audit_id(refused.metadata()),
+        };
+        let recorded = sidecar.audit.take();
+        assert_eq!(recorded.len(), 1, "{tool}");
+        assert_eq!(named, recorded[0].id, "{tool}");
+    }
+}
+
 #[tokio::test]
 async fn rate_limits_refuse_and_audit() {
     let mut control_plane = ControlPlane::start(&["t"]).await;
@@ -479,6 +512,27 @@ mod mcp {
             "tool not available: exec_command"
         );
         assert_serving(&sidecar, "a denied call").await;
+    }
+
+    /// Every `tools/call` answer, allowed or refused, names the audit event
+    /// that recorded it.
+    #[tokio::test]
+    async fn every_answer_names_its_audit_event() {
+        let (_cp, sidecar) = ready_sidecar().await;
+        sidecar.audit.take();
+        for (tool, where_the_meta_is) in [
+            ("security_whoami", "/result/_meta"),
+            ("exec_command", "/error/data"),
+        ] {
+            let call = json!({"name": tool, "arguments": {}});
+            let (_, answer) = post(&sidecar, request("tools/call", call)).await;
+            let named = answer
+                .pointer(&format!("{where_the_meta_is}/wopr.dev~1auditId"))
+                .unwrap_or_else(|| panic!("{tool}: no audit id in {answer}"));
+            let recorded = sidecar.audit.take();
+            assert_eq!(recorded.len(), 1, "{tool}");
+            assert_eq!(named, &json!(recorded[0].id), "{tool}");
+        }
     }
 
     #[tokio::test]

@@ -38,6 +38,14 @@ pub enum ToolError {
     Failed(String),
 }
 
+/// What a call answers: its result, and the id of the audit event that
+/// recorded it (returned to the agent, so it can name the record).
+#[derive(Debug, PartialEq)]
+pub struct Answer {
+    pub result: Result<Value, ToolError>,
+    pub audit_id: String,
+}
+
 /// Rate limits for the session and for each tool. Buckets start full at
 /// their first use.
 pub struct Limits {
@@ -143,52 +151,62 @@ impl ToolEngine {
         self.audit.record(&event);
     }
 
-    /// Calls `name` with `arguments`; every outcome is audited.
-    pub fn call(&self, name: &str, arguments: &Value) -> Result<Value, ToolError> {
-        let not_available = || ToolError::NotAvailable(name.to_owned());
+    /// Calls `name` with `arguments`; every outcome is audited, and the
+    /// answer names the audit event that recorded it.
+    pub fn call(&self, name: &str, arguments: &Value) -> Answer {
+        let (result, mut event) = self.decide_and_run(name, arguments);
+        event.tool = Some(name.to_owned());
+        self.audit.record(&event);
+        Answer {
+            result,
+            audit_id: event.id,
+        }
+    }
+
+    /// The result of a call and the (not yet recorded) event that records it.
+    fn decide_and_run(
+        &self,
+        name: &str,
+        arguments: &Value,
+    ) -> (Result<Value, ToolError>, AuditEvent) {
+        let not_available = || Err(ToolError::NotAvailable(name.to_owned()));
         let served = match self.policy.current() {
             Ok(served) => served,
             Err(no_policy) if name == "security_whoami" => {
                 let reason = no_policy.to_string();
-                self.record(
+                let event = self.tool_event(
                     None,
-                    name,
                     None,
                     Outcome::Allowed,
                     format!("whoami only: {reason}"),
                 );
-                return Ok(json!({
+                let result = json!({
                     "session": self.session,
                     "namespace": self.namespace,
                     "policy": null,
                     "reason": reason,
-                }));
+                });
+                return (Ok(result), event);
             }
             Err(no_policy) => {
-                self.record(None, name, None, Outcome::Denied, no_policy.to_string());
-                return Err(not_available());
+                return (
+                    not_available(),
+                    self.tool_event(None, None, Outcome::Denied, no_policy.to_string()),
+                );
             }
         };
         let decision = decide(&served.context, Request::Tool(name));
+        let refused = |reason: String| {
+            self.tool_event(Some(&served), decision.capability, Outcome::Denied, reason)
+        };
         if decision.outcome == Outcome::Denied {
-            self.record(
-                Some(&served),
-                name,
-                decision.capability,
-                Outcome::Denied,
-                decision.reason.to_string(),
-            );
-            return Err(not_available());
+            return (not_available(), refused(decision.reason.to_string()));
         }
         let Some(id) = ToolId::lookup(name).filter(|id| id.implemented()) else {
-            self.record(
-                Some(&served),
-                name,
-                decision.capability,
-                Outcome::Denied,
-                "not implemented by this sidecar".into(),
+            return (
+                not_available(),
+                refused("not implemented by this sidecar".into()),
             );
-            return Err(not_available());
         };
         let result = match ToolCall::parse(id, arguments.clone()) {
             Err(error) => Err(ToolError::InvalidArguments(error)),
@@ -199,15 +217,13 @@ impl ToolEngine {
                     .expect("the limits lock is never poisoned")
                     .acquire(id.tool().name, tokio::time::Instant::now().into_std());
                 if let Err(retry_after) = limited {
-                    let mut event = self.event(
+                    let event = self.event(
                         Some(&served),
                         EventType::RateLimited,
                         Outcome::Denied,
                         "rate limit exceeded".into(),
                     );
-                    event.tool = Some(name.to_owned());
-                    self.audit.record(&event);
-                    return Err(ToolError::RateLimited(retry_after));
+                    return (Err(ToolError::RateLimited(retry_after)), event);
                 }
                 self.run(call, &served)
             }
@@ -217,14 +233,8 @@ impl ToolEngine {
             Err(error @ ToolError::InvalidArguments(_)) => format!("{}; {error}", decision.reason),
             Err(error) => format!("{}; the tool failed: {error}", decision.reason),
         };
-        self.record(
-            Some(&served),
-            name,
-            decision.capability,
-            decision.outcome,
-            reason,
-        );
-        result
+        let event = self.tool_event(Some(&served), decision.capability, decision.outcome, reason);
+        (result, event)
     }
 
     /// Runs a parsed call: one arm per tool of the registry.
@@ -314,18 +324,17 @@ impl ToolEngine {
         event
     }
 
-    fn record(
+    /// The event of a tool call (its tool is set by [`ToolEngine::call`]).
+    fn tool_event(
         &self,
         served: Option<&Served>,
-        tool: &str,
         capability: Option<Capability>,
         decision: Outcome,
         reason: String,
-    ) {
+    ) -> AuditEvent {
         let mut event = self.event(served, EventType::ToolCall, decision, reason);
-        event.tool = Some(tool.to_owned());
         event.capability = capability;
-        self.audit.record(&event);
+        event
     }
 }
 
@@ -379,11 +388,11 @@ mod tests {
             ("config_get", json!({})),
             ("memory_read", json!({"path": "x"})),
         ] {
-            let _ = engine.call(tool, &arguments);
+            let _ = engine.call(tool, &arguments).result;
         }
         for _ in 0..3 {
             assert_eq!(
-                engine.call("security_check", &check),
+                engine.call("security_check", &check).result,
                 Err(ToolError::RateLimited(Duration::from_secs(15))),
                 "the session's limit refuses"
             );
@@ -391,6 +400,6 @@ mod tests {
         // The session gets a token back after 15 s; security_check still
         // has the one token the refused calls did not spend.
         tokio::time::advance(Duration::from_secs(15)).await;
-        assert!(engine.call("security_check", &check).is_ok());
+        assert!(engine.call("security_check", &check).result.is_ok());
     }
 }

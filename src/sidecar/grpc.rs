@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::engine::{ToolEngine, ToolError};
+use crate::contract::AUDIT_ID_METADATA;
 use crate::proto::v1alpha1::tools_server::Tools;
 use crate::proto::v1alpha1::{
     CallToolRequest, CallToolResponse, ListToolsRequest, ListToolsResponse, ToolInfo,
@@ -69,12 +71,22 @@ impl Tools for ToolsService {
                 Status::invalid_argument(format!("arguments_json is not JSON: {error}"))
             })?
         };
-        let result = self
-            .engine
-            .call(&name, &arguments)
-            .map_err(|error| status_of(&error))?;
-        Ok(Response::new(CallToolResponse {
-            result_json: result.to_string(),
-        }))
+        let answer = self.engine.call(&name, &arguments);
+        let audit_id =
+            MetadataValue::try_from(answer.audit_id.as_str()).expect("a ULID is valid metadata");
+        match answer.result {
+            Ok(result) => {
+                let mut response = Response::new(CallToolResponse {
+                    result_json: result.to_string(),
+                });
+                response.metadata_mut().insert(AUDIT_ID_METADATA, audit_id);
+                Ok(response)
+            }
+            Err(error) => {
+                let mut status = status_of(&error);
+                status.metadata_mut().insert(AUDIT_ID_METADATA, audit_id);
+                Err(status)
+            }
+        }
     }
 }

@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest,
-    CustomResult, ErrorCode, ErrorData, Implementation, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+    CustomResult, ErrorCode, ErrorData, Implementation, ListToolsResult, MetaObject,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -167,16 +167,26 @@ impl ServerHandler for McpServer {
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         // The engine audits every call, refused or not.
         Audited::mark(&context);
-        match self.engine.call(&request.name, &arguments) {
-            Ok(result) => Ok(CallToolResult::structured(result).into()),
+        let answer = self.engine.call(&request.name, &arguments);
+        let meta = json!({ contract::AUDIT_ID_MCP_META: answer.audit_id });
+        let mut result = match answer.result {
+            Ok(result) => CallToolResult::structured(result),
             Err(failure @ ToolError::Failed(_)) => {
-                Ok(CallToolResult::error(vec![ContentBlock::text(failure.to_string())]).into())
+                CallToolResult::error(vec![ContentBlock::text(failure.to_string())])
             }
             Err(failure @ ToolError::RateLimited(_)) => {
-                Err(ErrorData::new(RATE_LIMITED, failure.to_string(), None))
+                return Err(ErrorData::new(
+                    RATE_LIMITED,
+                    failure.to_string(),
+                    Some(meta),
+                ));
             }
-            Err(failure) => Err(ErrorData::invalid_params(failure.to_string(), None)),
+            Err(failure) => return Err(ErrorData::invalid_params(failure.to_string(), Some(meta))),
+        };
+        if let Value::Object(meta) = meta {
+            result.meta = Some(MetaObject(meta));
         }
+        Ok(result.into())
     }
 
     async fn on_custom_request(
