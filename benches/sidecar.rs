@@ -489,7 +489,13 @@ fn bench_engine_and_throughput(c: &mut Criterion) {
     // sidecar adds over the transport.
     let arguments = json!({"capability": "inject.tools"});
     group.bench_function("engine_only", |b| {
-        b.iter(|| sidecar.engine.call("security_check", &arguments).result.unwrap())
+        b.iter(|| {
+            sidecar
+                .engine
+                .call("security_check", &arguments)
+                .result
+                .unwrap()
+        })
     });
     group.throughput(Throughput::Elements(
         (CONCURRENT_CLIENTS * CALLS_PER_CLIENT) as u64,

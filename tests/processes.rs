@@ -5,161 +5,18 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::fake_api::FakeApi;
+use common::cluster::{Cluster, control_plane_port};
 use common::harness::{pod_path, session_path};
 use common::mcp;
 use common::process::{Process, free_port};
-use common::{NAMESPACE, session};
+use common::session;
 use http::StatusCode;
 use serde_json::{Value, json};
 use wopr_operator::api::TrustLevel;
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/wopr-system/leases/wopr-operator";
-
-/// A fake cluster on loopback: the API server, a kubeconfig for it, and
-/// a directory for the sidecars' tokens, sockets and workspaces.
-struct Cluster {
-    api: FakeApi,
-    address: std::net::SocketAddr,
-    kubeconfig: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// A cluster with the CRDs installed, every RBAC right granted, and
-    /// these Sessions, whose sidecars' tokens it accepts.
-    async fn start(sessions: &[(&str, TrustLevel)]) -> Cluster {
-        let api = FakeApi::default();
-        api.install_crds();
-        api.respond_to(
-            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-            |review| json!({"spec": review["spec"], "status": {"allowed": true}}),
-        );
-        let mut tokens = HashMap::new();
-        for (name, trust_level) in sessions {
-            api.insert(
-                &session_path(name),
-                serde_json::to_value(session(name, *trust_level)).unwrap(),
-            );
-            tokens.insert(
-                format!("token-{name}"),
-                (
-                    format!("system:serviceaccount:{NAMESPACE}:wopr-{name}"),
-                    Some(format!("wopr-{name}")),
-                ),
-            );
-        }
-        api.review_tokens(tokens);
-        let address = api.serve_http().await;
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = FakeApi::kubeconfig(dir.path(), address);
-        Cluster {
-            api,
-            address,
-            kubeconfig,
-            dir,
-        }
-    }
-
-    /// `wopr-operator controller` serving the control plane on `port` (0:
-    /// any free port, see [`control_plane_port`]), with `extra` flags.
-    fn controller(&self, port: u16, extra: &[&str]) -> Process {
-        let mut args: Vec<String> = [
-            "controller",
-            "--log-format=plain",
-            "--admin-address=127.0.0.1:0",
-            "--operator-namespace=wopr-system",
-            "--identity=replica-1",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.push(format!("--control-plane-listen=127.0.0.1:{port}"));
-        args.push(format!(
-            "--store=sqlite://{}/wopr.db",
-            self.dir.path().display()
-        ));
-        // Only written into the pods it builds, which nothing runs here.
-        args.push("--control-plane-address=http://127.0.0.1:9443".to_owned());
-        args.extend(extra.iter().map(|flag| flag.to_string()));
-        Process::start(
-            "controller",
-            &args,
-            &[("KUBECONFIG", self.kubeconfig.display().to_string())],
-        )
-    }
-
-    /// `wopr-operator sidecar` for `session`, watching the control plane
-    /// on `port`, failing closed after `max_policy_age` seconds of silence.
-    /// Returns it and its MCP address.
-    async fn sidecar(&self, session: &str, port: u16, max_policy_age: u64) -> (Process, String) {
-        let sidecar = self.sidecar_with(session, port, max_policy_age, "127.0.0.1:0");
-        let mcp_address = sidecar.logged("sidecar serving", "mcp").await;
-        (sidecar, mcp_address)
-    }
-
-    /// A sidecar serving gRPC health on `health_address`, with `extra` flags.
-    fn sidecar_with_flags(
-        &self,
-        session: &str,
-        port: u16,
-        health_address: &str,
-        extra: &[String],
-    ) -> Process {
-        self.sidecar_process(session, port, 30, health_address, extra)
-    }
-
-    /// A sidecar serving gRPC health on `health_address`.
-    fn sidecar_with(
-        &self,
-        session: &str,
-        port: u16,
-        max_policy_age: u64,
-        health_address: &str,
-    ) -> Process {
-        self.sidecar_process(session, port, max_policy_age, health_address, &[])
-    }
-
-    fn sidecar_process(
-        &self,
-        session: &str,
-        port: u16,
-        max_policy_age: u64,
-        health_address: &str,
-        extra: &[String],
-    ) -> Process {
-        let path = |name: &str| self.dir.path().join(format!("{session}-{name}"));
-        std::fs::write(path("token"), format!("token-{session}")).unwrap();
-        std::fs::create_dir_all(path("workspace")).unwrap();
-        let mut args = vec![
-            "sidecar".to_owned(),
-            "--log-format=plain".to_owned(),
-            format!("--session={session}"),
-            format!("--namespace={NAMESPACE}"),
-            format!("--control-plane-address=127.0.0.1:{port}"),
-            format!("--token-path={}", path("token").display()),
-            format!("--socket-path={}", path("a2a.sock").display()),
-            "--mcp-address=127.0.0.1:0".to_owned(),
-            format!("--health-address={health_address}"),
-            format!("--workspace={}", path("workspace").display()),
-            format!("--spool-dir={}", path("spool").display()),
-            format!("--max-policy-age-seconds={max_policy_age}"),
-        ];
-        args.extend(extra.iter().cloned());
-        Process::start(&format!("sidecar {session}"), &args, &[])
-    }
-}
-
-/// The port a controller's control plane listens on.
-async fn control_plane_port(controller: &Process) -> u16 {
-    let address = controller
-        .logged("controller starting", "control_plane")
-        .await;
-    address.rsplit_once(':').unwrap().1.parse().unwrap()
-}
 
 async fn tool_names(mcp_address: &str) -> Vec<String> {
     let listed = mcp::call(mcp_address, "tools/list", json!({})).await;

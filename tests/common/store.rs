@@ -99,3 +99,20 @@ pub async fn all_events(store: &Store) -> Vec<AuditEvent> {
     };
     store.query_events(&everything).await.unwrap().events
 }
+
+/// Every event of `store`, newest first, page by page.
+pub async fn every_event(store: &Store) -> Vec<AuditEvent> {
+    let mut query = AuditQuery {
+        limit: 1000,
+        ..AuditQuery::default()
+    };
+    let mut events = Vec::new();
+    loop {
+        let page = store.query_events(&query).await.unwrap();
+        events.extend(page.events);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return events,
+        }
+    }
+}
