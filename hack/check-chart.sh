@@ -42,14 +42,16 @@ python3 - manifests/install.yaml "$work/one-namespace.yaml" <<'PY'
 import sys, yaml
 def roles(path):
     return {(d["kind"], d["metadata"].get("namespace")): d["rules"]
-            for d in yaml.safe_load_all(open(path)) if d and d["kind"] in ("ClusterRole", "Role")}
+            for d in yaml.safe_load_all(open(path))
+            if d and d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"].startswith("wopr-operator")}
 default, scoped = roles(sys.argv[1]), roles(sys.argv[2])
-token_reviews = [r for r in default[("ClusterRole", None)] if r["resources"] == ["tokenreviews"]]
-namespaced = [r for r in default[("ClusterRole", None)] if r["resources"] != ["tokenreviews"]]
-assert scoped[("ClusterRole", None)] == token_reviews, scoped[("ClusterRole", None)]
+reviews = ["tokenreviews", "subjectaccessreviews"]
+cluster = [r for r in default[("ClusterRole", None)] if r["resources"][0] in reviews]
+namespaced = [r for r in default[("ClusterRole", None)] if r["resources"][0] not in reviews]
+assert scoped[("ClusterRole", None)] == cluster, scoped[("ClusterRole", None)]
 assert scoped[("Role", "team-a")] == namespaced, scoped[("Role", "team-a")]
 assert scoped[("Role", "wopr-system")] == default[("Role", "wopr-system")]
-print("ok   with watchNamespace=team-a the ClusterRole keeps only TokenReviews")
+print("ok   with watchNamespace=team-a the ClusterRole keeps only Token and SubjectAccessReviews")
 PY
 
 echo "== bad values fail with the schema's message"

@@ -6,7 +6,7 @@
 mod common;
 
 use common::NAMESPACE;
-use common::sidecar::{ControlPlane, token_for};
+use common::sidecar::{AUDITOR, ControlPlane, OUTSIDER, READER, token_for};
 use common::store::{all_events, event};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -24,8 +24,13 @@ async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
 
 /// `message` with `session`'s bearer token.
 fn as_sidecar<T>(session: &str, message: T) -> tonic::Request<T> {
+    with_token(&token_for(session), message)
+}
+
+/// `message` with the bearer token `token`.
+fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    let bearer = format!("Bearer {}", token_for(session)).parse().unwrap();
+    let bearer = format!("Bearer {token}").parse().unwrap();
     request.metadata_mut().insert("authorization", bearer);
     request
 }
@@ -269,6 +274,120 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
         Verification::Intact {
             events: all.len() as u64
         }
+    );
+}
+
+/// People (and workloads other than sidecars) read what their RBAC allows:
+/// `list auditevents.wopr.dev` in the namespace, or in every namespace for
+/// a query of all; a sidecar reads only its own session, whatever it asks.
+#[tokio::test]
+async fn people_read_what_rbac_allows_and_sidecars_only_their_own_session() {
+    let control_plane = ControlPlane::start(&["research", "other"]).await;
+    let mut client = client(&control_plane).await;
+    for session in ["research", "other"] {
+        let events = [event(NAMESPACE, session, Outcome::Denied, 1)];
+        ship(&mut client, session, vec![batch(session, &events)])
+            .await
+            .unwrap();
+    }
+    let query = |namespace: &str, session: &str| AuditQueryRequest {
+        namespace: namespace.into(),
+        session: session.into(),
+        ..AuditQueryRequest::default()
+    };
+    let sessions_read =
+        |answer: tonic::Response<wopr_operator::proto::v1alpha1::AuditQueryResponse>| {
+            let mut sessions: Vec<String> = answer
+                .into_inner()
+                .events
+                .iter()
+                .map(|line| serde_json::from_str::<AuditEvent>(line).unwrap().session)
+                .collect();
+            sessions.sort();
+            sessions
+        };
+
+    let namespace_read = client.query(with_token(READER, query(NAMESPACE, ""))).await;
+    assert_eq!(
+        sessions_read(namespace_read.unwrap()),
+        ["other", "research"]
+    );
+    let everything = client.query(with_token(AUDITOR, query("", ""))).await;
+    assert_eq!(sessions_read(everything.unwrap()), ["other", "research"]);
+    let verified = client
+        .verify(with_token(
+            READER,
+            VerifyRequest {
+                namespace: NAMESPACE.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.intact);
+
+    let refused: Vec<(&str, tonic::Status)> = vec![
+        (
+            "alice may not list auditevents.wopr.dev in every namespace: bind the ClusterRole wopr-audit-reader",
+            client
+                .query(with_token(READER, query("", "")))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "mallory may not list auditevents.wopr.dev in namespace team-a: bind the ClusterRole wopr-audit-reader",
+            client
+                .query(with_token(OUTSIDER, query(NAMESPACE, "research")))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "mallory may not list auditevents.wopr.dev in namespace team-a",
+            client
+                .verify(with_token(
+                    OUTSIDER,
+                    VerifyRequest {
+                        namespace: NAMESPACE.into(),
+                    },
+                ))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "a sidecar queries only its own session's events",
+            client
+                .query(as_sidecar("research", query(NAMESPACE, "")))
+                .await
+                .unwrap_err(),
+        ),
+    ];
+    for (message, status) in &refused {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains(message),
+            "{message:?} in {status:?}"
+        );
+    }
+    let unknown = client
+        .query(with_token("forged", query(NAMESPACE, "")))
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), Code::Unauthenticated);
+
+    // Each refusal is in the trail, naming who asked.
+    let refusals: Vec<String> = all_events(&control_plane.store)
+        .await
+        .into_iter()
+        .filter(|e| e.reason.starts_with("audit request refused"))
+        .map(|e| format!("{} {}", e.source.source_type, e.source.identity))
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            "sidecar wopr-research",
+            "user mallory",
+            "user mallory",
+            "user alice"
+        ]
     );
 }
 

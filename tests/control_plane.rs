@@ -67,7 +67,10 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
         wopr_operator::controlplane::serve(
             listener,
             discovery,
-            Arc::new(StaticTokens(tokens)),
+            Arc::new(StaticTokens {
+                sidecars: tokens,
+                ..StaticTokens::default()
+            }),
             Arc::new(MemoryRecorder::default()),
             AuditSetup {
                 store: store.store.clone(),

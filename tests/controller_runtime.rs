@@ -303,6 +303,69 @@ async fn token_review_identifies_a_sessions_service_account_and_pod() {
     );
 }
 
+/// A reader's credential is reviewed for the API server's own audience,
+/// then a SubjectAccessReview asks, as that user with its groups, uid and
+/// extras, for `list auditevents.wopr.dev` in the namespace.
+#[tokio::test]
+async fn reading_the_audit_trail_takes_a_subject_access_review() {
+    use wopr_operator::controlplane::auth::{AuthError, Authenticator, TokenReviewer};
+    let (client, api) = FakeApi::start();
+    api.insert(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
+               "status": {"authenticated": true, "audiences": ["https://kubernetes.default.svc"],
+                          "user": {"username": "alice@example.com", "uid": "u-1",
+                                   "groups": ["team-a-admins", "system:authenticated"],
+                                   "extra": {"scopes": ["audit"]}}}}),
+    );
+    let allowed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answer = allowed.clone();
+    api.respond_to(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        move |review| {
+            let allowed = answer.load(std::sync::atomic::Ordering::SeqCst);
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                   "spec": review["spec"],
+                   "status": {"allowed": allowed, "reason": if allowed { "" } else { "no RBAC policy matched" }}})
+        },
+    );
+    let reviewer = TokenReviewer::new(client);
+    let reader = reviewer.may_read_audit("alice-token", Some("team-a")).await;
+    assert_eq!(reader.unwrap(), "alice@example.com");
+    let requests: Vec<_> = api
+        .take_requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST)
+        .collect();
+    let token_review = requests[0].body.as_ref().unwrap();
+    assert_eq!(token_review["spec"]["token"], "alice-token");
+    assert!(
+        token_review["spec"].get("audiences").is_none(),
+        "the API server's own audience: {token_review}"
+    );
+    let access_review = &requests[1].body.as_ref().unwrap()["spec"];
+    assert_eq!(
+        *access_review,
+        json!({"user": "alice@example.com", "uid": "u-1",
+               "groups": ["team-a-admins", "system:authenticated"],
+               "extra": {"scopes": ["audit"]},
+               "resourceAttributes": {"group": "wopr.dev", "resource": "auditevents",
+                                      "verb": "list", "namespace": "team-a"}})
+    );
+
+    allowed.store(false, std::sync::atomic::Ordering::SeqCst);
+    match reviewer.may_read_audit("alice-token", None).await {
+        Err(AuthError::Forbidden { username, reason }) => {
+            assert_eq!(username, "alice@example.com");
+            assert_eq!(
+                reason,
+                "alice@example.com may not list auditevents.wopr.dev in every namespace (no RBAC policy matched): bind the ClusterRole wopr-audit-reader (or edit/admin) there"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_controller_waits_briefly_for_crds_that_were_just_installed() {
     let (client, api) = FakeApi::start();

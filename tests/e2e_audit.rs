@@ -2,10 +2,10 @@
 //! running in-process (its store a SQLite file), a sidecar's spool shipped
 //! with a real projected token (TokenRequest, audience wopr.dev) is stored,
 //! and the sidecar's query returns it; events shipped with another
-//! session's token are refused and stay in the spool's `rejected/`.
-//!
-//! Not yet here: a person's query authorized by SubjectAccessReview (the
-//! Audit service serves sidecars only so far).
+//! session's token are refused and stay in the spool's `rejected/`. A
+//! reader's credential (the API server's audience) reads the namespace when
+//! its RBAC allows `list auditevents.wopr.dev` there (a real
+//! SubjectAccessReview), and is refused, naming the role, when not.
 //!
 //! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_audit -- --ignored --nocapture`
 
@@ -90,6 +90,83 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         .unwrap()
         .count();
     assert_eq!(rejected, 1);
+
+    readers_need_the_rbac_right(client, namespace, control_plane, &own_token).await;
+}
+
+/// A Role granting what `wopr-audit-reader` grants, bound to the
+/// ServiceAccount `reader`; `stranger` gets nothing.
+async fn readers_need_the_rbac_right(
+    client: &Client,
+    namespace: &str,
+    control_plane: &str,
+    sidecar_token: &str,
+) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    for name in ["reader", "stranger"] {
+        let mut account = ServiceAccount::default();
+        account.metadata.name = Some(name.into());
+        apply(client, namespace, &account).await;
+    }
+    let mut role = Role::default();
+    role.metadata.name = Some("audit-reader".into());
+    role.rules = Some(vec![PolicyRule {
+        api_groups: Some(vec!["wopr.dev".into()]),
+        resources: Some(vec!["auditevents".into()]),
+        verbs: vec!["list".into()],
+        ..PolicyRule::default()
+    }]);
+    apply(client, namespace, &role).await;
+    let mut binding = RoleBinding::default();
+    binding.metadata.name = Some("audit-reader".into());
+    binding.role_ref = RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: "Role".into(),
+        name: "audit-reader".into(),
+    };
+    binding.subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: "reader".into(),
+        namespace: Some(namespace.into()),
+        ..Subject::default()
+    }]);
+    apply(client, namespace, &binding).await;
+
+    let mut audit = AuditClient::connect(format!("http://{control_plane}"))
+        .await
+        .unwrap();
+    let query = |token: &str| {
+        let mut query = tonic::Request::new(AuditQueryRequest {
+            namespace: namespace.into(),
+            limit: 5,
+            ..AuditQueryRequest::default()
+        });
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        query.metadata_mut().insert("authorization", bearer);
+        query
+    };
+    let reader = api_token_of(client, namespace, "reader").await;
+    // RBAC caches settle within moments of the binding.
+    let page = eventually("the reader's query", || {
+        let request = query(&reader);
+        let mut audit = audit.clone();
+        async move { audit.query(request).await.ok() }
+    })
+    .await;
+    assert_eq!(page.into_inner().events.len(), 5);
+
+    let stranger = api_token_of(client, namespace, "stranger").await;
+    let refused = audit.query(query(&stranger)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let expected = format!(
+        "system:serviceaccount:{namespace}:stranger may not list auditevents.wopr.dev in namespace {namespace}"
+    );
+    assert!(refused.message().contains(&expected), "{refused:?}");
+
+    // The sidecar's own token reads its session, never the namespace.
+    let refused = audit.query(query(sidecar_token)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
 
 #[tokio::test]

@@ -67,14 +67,32 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Every (scope, group, resource, verb) the chart's roles grant, after
-/// checking each role is bound to the controller's ServiceAccount only.
+/// The roles the chart ships for people to bind (not the controller's).
+const ROLES_FOR_PEOPLE: [&str; 1] = ["wopr-audit-reader"];
+
+/// The chart's roles of `kind` (ClusterRole or Role) for the controller.
+fn controller_roles<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == kind)
+        .filter(|o| {
+            !ROLES_FOR_PEOPLE
+                .iter()
+                .any(|name| o["metadata"]["name"] == *name)
+        })
+        .collect()
+}
+
+/// Every (scope, group, resource, verb) the chart's roles for the
+/// controller grant, after checking each is bound to the controller's
+/// ServiceAccount only.
 fn granted(objects: &[Value]) -> BTreeSet<Permission> {
     let mut permissions = BTreeSet::new();
-    for role in objects
-        .iter()
-        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
-    {
+    let roles = [
+        controller_roles(objects, "ClusterRole"),
+        controller_roles(objects, "Role"),
+    ];
+    for role in roles.into_iter().flatten() {
         let scope = if role["kind"] == "ClusterRole" {
             Scope::Cluster
         } else {
@@ -142,6 +160,63 @@ fn no_wildcards_anywhere() {
             assert!(!part.contains('*'), "wildcard in {group}/{resource} {verb}");
         }
     }
+}
+
+/// Reading the audit trail is one right, `list auditevents.wopr.dev`, in a
+/// ClusterRole the chart binds to nobody and aggregates into `edit` (and so
+/// `admin`), never `view`.
+#[test]
+fn the_audit_reader_role_grants_listing_audit_events_only() {
+    let objects = install_yaml();
+    let reader = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "wopr-audit-reader")
+        .expect("the wopr-audit-reader ClusterRole");
+    assert_eq!(
+        reader["rules"],
+        json!([{"apiGroups": ["wopr.dev"], "resources": ["auditevents"], "verbs": ["list"]}])
+    );
+    let labels = &reader["metadata"]["labels"];
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert!(
+        labels
+            .get("rbac.authorization.k8s.io/aggregate-to-view")
+            .is_none()
+    );
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["roleRef"]["name"] == "wopr-audit-reader"),
+        "the chart binds it to nobody"
+    );
+}
+
+#[tokio::test]
+async fn the_subject_access_review_is_granted() {
+    let (client, api) = FakeApi::start();
+    api.insert(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
+               "status": {"authenticated": true, "user": {"username": "alice"}}}),
+    );
+    api.insert(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": {},
+               "status": {"allowed": false}}),
+    );
+    let _refused = TokenReviewer::new(client)
+        .may_read_audit("t", Some("team-a"))
+        .await;
+    let requests = api.take_requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path.ends_with("/subjectaccessreviews"))
+    );
+    assert_granted(&requests, &granted(&install_yaml()));
 }
 
 #[test]

@@ -115,6 +115,13 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         resources: &["tokenreviews"],
         verbs: &["create"],
     },
+    // controlplane/auth.rs: whether a reader of the audit trail may read it.
+    Rights {
+        scope: Scope::Cluster,
+        group: "authorization.k8s.io",
+        resources: &["subjectaccessreviews"],
+        verbs: &["create"],
+    },
     // leader.rs through kube-lease-manager: get, create, patch.
     Rights {
         scope: Scope::OperatorNamespace,

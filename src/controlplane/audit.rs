@@ -1,7 +1,8 @@
 //! The Audit gRPC service: sidecars ship their events, each stored exactly
-//! once; the trail is queried and verified. A caller is a session's sidecar
-//! (its projected token): it ships and queries only its own session's
-//! events, and verifies only its own namespace's chain.
+//! once; the trail is queried and verified. A sidecar (its projected token)
+//! ships and queries only its own session's events, and verifies only its
+//! own namespace's chain. Anyone else (a person, a workload) reads what its
+//! RBAC allows: `list` on `auditevents.wopr.dev` in the namespace.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Authenticator, Identity, authorize};
+use super::auth::{AuthError, Authenticator, Identity, authorize};
 use super::denials::{Denials, SessionEvents};
 use super::service::bearer;
 use crate::api::{Enforcement, SourceRef, TrustLevel, from_name};
@@ -127,21 +128,74 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
             .map_err(|error| Status::unauthenticated(error.to_string()))
     }
 
-    /// Records a refused request in the trail (best effort: the caller is
-    /// refused either way), and logs it.
-    async fn refuse(&self, identity: &Identity, session: &str, status: Status) -> Status {
+    /// Who may read `namespace`: a sidecar what `sidecar_may` allows it
+    /// (its own session, its own namespace), anyone else what RBAC allows
+    /// (a SubjectAccessReview of `list auditevents.wopr.dev` there; every
+    /// namespace when `namespace` is empty). Returns the reader, for the
+    /// audit events of what it asks next.
+    async fn authorize_read<T>(
+        &self,
+        request: &Request<T>,
+        namespace: &str,
+        session: &str,
+        sidecar_may: impl Fn(&Identity) -> Result<(), String>,
+    ) -> Result<SourceRef, Status> {
+        let token = bearer(request.metadata())?;
+        let error = match self.authenticator.authenticate(token).await {
+            Ok(identity) => {
+                return match sidecar_may(&identity) {
+                    Ok(()) => Ok(sidecar_source(&identity)),
+                    Err(reason) => {
+                        let status = Status::permission_denied(reason);
+                        Err(self.refuse_sidecar(&identity, session, status).await)
+                    }
+                };
+            }
+            Err(error) => error,
+        };
+        if let AuthError::Unavailable(_) = error {
+            return Err(Status::unavailable(error.to_string()));
+        }
+        // Not a sidecar's token: a person's or a workload's credential.
+        let scope = (!namespace.is_empty()).then_some(namespace);
+        match self.authenticator.may_read_audit(token, scope).await {
+            Ok(username) => Ok(reader_source(&username)),
+            Err(AuthError::Forbidden { username, reason }) => {
+                let status = Status::permission_denied(reason);
+                Err(self
+                    .refuse(namespace, session, reader_source(&username), status)
+                    .await)
+            }
+            Err(error @ AuthError::Unavailable(_)) => Err(Status::unavailable(error.to_string())),
+            Err(error) => Err(Status::unauthenticated(error.to_string())),
+        }
+    }
+
+    /// [`Self::refuse`] for a sidecar's request: in its own namespace.
+    async fn refuse_sidecar(&self, identity: &Identity, session: &str, status: Status) -> Status {
+        let source = sidecar_source(identity);
+        self.refuse(&identity.namespace, session, source, status)
+            .await
+    }
+
+    /// Records a refused request in the trail of `namespace` (a sidecar's
+    /// own, or the one a reader tried to read), best effort since the
+    /// caller is refused either way, and logs it.
+    async fn refuse(
+        &self,
+        namespace: &str,
+        session: &str,
+        source: SourceRef,
+        status: Status,
+    ) -> Status {
         self.metrics.refused.inc();
-        tracing::warn!(namespace = %identity.namespace, service_account = %identity.service_account, reason = %status.message(), "audit request refused");
+        tracing::warn!(%namespace, caller = %source.identity, reason = %status.message(), "audit request refused");
         let event = AuditEvent::new(
             Timestamp::now(),
             EventType::Policy,
-            &identity.namespace,
+            namespace,
             session,
-            SourceRef {
-                source_type: "sidecar".into(),
-                identity: identity.service_account.clone(),
-                trust_level: TrustLevel::Untrusted,
-            },
+            source,
             Outcome::Denied,
             Enforcement::Enforce,
             format!("audit request refused: {}", status.message()),
@@ -150,6 +204,25 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
             tracing::error!(%error, "cannot store the refusal");
         }
         status
+    }
+}
+
+/// A sidecar, as the source of what it asks.
+fn sidecar_source(identity: &Identity) -> SourceRef {
+    SourceRef {
+        source_type: "sidecar".into(),
+        identity: identity.service_account.clone(),
+        trust_level: TrustLevel::Untrusted,
+    }
+}
+
+/// A reader of the trail (a person or a workload), as the source of what
+/// it asks.
+fn reader_source(username: &str) -> SourceRef {
+    SourceRef {
+        source_type: "user".into(),
+        identity: username.to_owned(),
+        trust_level: TrustLevel::Untrusted,
     }
 }
 
@@ -248,22 +321,32 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
             let session = (message.namespace.clone(), message.session.clone());
             if let Err(reason) = authorize(&identity, &message.namespace, &message.session) {
                 let status = Status::permission_denied(reason);
-                return Err(self.refuse(&identity, &message.session, status).await);
+                return Err(self
+                    .refuse_sidecar(&identity, &message.session, status)
+                    .await);
             }
             if claimed.get_or_insert_with(|| session.clone()) != &session {
                 let status = Status::invalid_argument("one batch holds one session's events");
-                return Err(self.refuse(&identity, &message.session, status).await);
+                return Err(self
+                    .refuse_sidecar(&identity, &message.session, status)
+                    .await);
             }
             let count = events.len() + message.events.len();
             if count > MAX_BATCH_EVENTS {
                 let status = Status::invalid_argument(format!(
                     "a batch holds at most {MAX_BATCH_EVENTS} events, this one {count} or more: ship smaller batches"
                 ));
-                return Err(self.refuse(&identity, &message.session, status).await);
+                return Err(self
+                    .refuse_sidecar(&identity, &message.session, status)
+                    .await);
             }
             match parse_batch(&message.namespace, &message.session, &message.events) {
                 Ok(parsed) => events.extend(parsed),
-                Err(status) => return Err(self.refuse(&identity, &message.session, status).await),
+                Err(status) => {
+                    return Err(self
+                        .refuse_sidecar(&identity, &message.session, status)
+                        .await);
+                }
             }
         }
         let inserted = self
@@ -284,23 +367,25 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
         &self,
         request: Request<AuditQueryRequest>,
     ) -> Result<Response<AuditQueryResponse>, Status> {
-        let identity = self.identity(&request).await?;
+        let wire = request.get_ref();
+        let (namespace, session) = (wire.namespace.clone(), wire.session.clone());
+        let source = self
+            .authorize_read(&request, &namespace, &session, |identity| {
+                authorize(identity, &namespace, &session).map_err(|reason| {
+                    format!("{reason}: a sidecar queries only its own session's events")
+                })
+            })
+            .await?;
         let request = request.into_inner();
-        if let Err(reason) = authorize(&identity, &request.namespace, &request.session) {
-            let status = Status::permission_denied(format!(
-                "{reason}: a sidecar queries only its own session's events"
-            ));
-            return Err(self.refuse(&identity, &request.session, status).await);
-        }
         let query = match query_of(&request) {
             Ok(query) => query,
-            Err(status) => return Err(self.refuse(&identity, &request.session, status).await),
+            Err(status) => return Err(self.refuse(&namespace, &session, source, status).await),
         };
         let page = match self.store.query_events(&query).await {
             Ok(page) => page,
             Err(error @ StoreError::InvalidQuery(_)) => {
                 let status = self.status_of(error);
-                return Err(self.refuse(&identity, &request.session, status).await);
+                return Err(self.refuse(&namespace, &session, source, status).await);
             }
             Err(error) => return Err(self.status_of(error)),
         };
@@ -318,15 +403,23 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
-        let identity = self.identity(&request).await?;
-        let namespace = request.into_inner().namespace;
-        if identity.namespace != namespace {
-            let status = Status::permission_denied(format!(
-                "service account {}/{} may not verify namespace {namespace}",
-                identity.namespace, identity.service_account
+        let namespace = request.get_ref().namespace.clone();
+        if namespace.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the namespace whose chain to verify",
             ));
-            return Err(self.refuse(&identity, "", status).await);
         }
+        self.authorize_read(&request, &namespace, "", |identity| {
+            if identity.namespace == namespace {
+                Ok(())
+            } else {
+                Err(format!(
+                    "service account {}/{} may not verify namespace {namespace}",
+                    identity.namespace, identity.service_account
+                ))
+            }
+        })
+        .await?;
         let verified = self.store.verify(&namespace).await;
         let response = match verified.map_err(|error| self.status_of(error))? {
             Verification::Intact { events } => VerifyResponse {

@@ -1,11 +1,18 @@
-//! Who is calling: a projected service-account token, checked with the
-//! TokenReview API (audience `wopr.dev`), and whether that caller may watch
-//! a session (only the session whose pod it runs in).
+//! Who is calling. A sidecar presents its pod's projected service-account
+//! token (audience `wopr.dev`), checked with the TokenReview API, and may
+//! act only for the session whose pod it runs in. A person or a workload
+//! reading the audit trail presents an ordinary Kubernetes credential (the
+//! API server's own audience): the API server reviews it, and a
+//! SubjectAccessReview asks whether its RBAC allows `list` on the virtual
+//! resource `auditevents.wopr.dev` in the namespace read.
 
 use std::collections::HashMap;
 use std::future::Future;
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
@@ -31,16 +38,57 @@ pub enum AuthError {
     /// The token does not belong to a service account.
     #[error("token does not belong to a service account: {0}")]
     NotAServiceAccount(String),
-    /// The TokenReview call failed.
-    #[error("cannot check the token: {0}")]
+    /// The caller's RBAC does not allow what it asked.
+    #[error("{reason}")]
+    Forbidden { username: String, reason: String },
+    /// The TokenReview or SubjectAccessReview call failed.
+    #[error("cannot check the caller: {0}")]
     Unavailable(String),
 }
 
+/// The virtual resource whose `list` verb reading the audit trail needs:
+/// `auditevents.wopr.dev`.
+pub const AUDIT_RESOURCE: &str = "auditevents";
+/// The ClusterRole the chart ships that grants it.
+pub const AUDIT_READER_ROLE: &str = "wopr-audit-reader";
+
 /// Checks bearer tokens.
 pub trait Authenticator: Send + Sync + 'static {
-    /// The identity `token` proves.
+    /// The sidecar identity `token` proves (audience `wopr.dev`).
     fn authenticate(&self, token: &str)
     -> impl Future<Output = Result<Identity, AuthError>> + Send;
+
+    /// Whether the holder of `token`, a Kubernetes credential, may read the
+    /// audit trail of `namespace` (of every namespace when `None`): the
+    /// username it authenticates as, if so.
+    fn may_read_audit(
+        &self,
+        token: &str,
+        namespace: Option<&str>,
+    ) -> impl Future<Output = Result<String, AuthError>> + Send;
+}
+
+/// Where a reader is refused: the namespace, or every namespace.
+fn scope_of(namespace: Option<&str>) -> String {
+    namespace.map_or_else(|| "every namespace".into(), |ns| format!("namespace {ns}"))
+}
+
+/// The refusal of `username`'s read of `namespace`, naming the missing
+/// right and the role that holds it.
+pub fn may_not_read(username: &str, namespace: Option<&str>, why: &str) -> AuthError {
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({why})")
+    };
+    AuthError::Forbidden {
+        username: username.to_owned(),
+        reason: format!(
+            "{username} may not list {AUDIT_RESOURCE}.{} in {}{why}: bind the ClusterRole {AUDIT_READER_ROLE} (or edit/admin) there",
+            crate::api::GROUP,
+            scope_of(namespace)
+        ),
+    }
 }
 
 /// Checks tokens with the Kubernetes TokenReview API.
@@ -58,12 +106,17 @@ impl TokenReviewer {
 /// The extra field the API server sets to the pod a bound token belongs to.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
-impl Authenticator for TokenReviewer {
-    async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+impl TokenReviewer {
+    /// Reviews `token` for `audiences` (the API server's own when `None`).
+    async fn review(
+        &self,
+        token: &str,
+        audiences: Option<Vec<String>>,
+    ) -> Result<(UserInfo, Vec<String>), AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
-                audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
+                audiences,
             },
             ..TokenReview::default()
         };
@@ -78,17 +131,23 @@ impl Authenticator for TokenReviewer {
                 status.error.unwrap_or_else(|| "not authenticated".into()),
             ));
         }
-        if !status
-            .audiences
-            .unwrap_or_default()
-            .iter()
-            .any(|audience| audience == TOKEN_AUDIENCE)
-        {
+        Ok((
+            status.user.unwrap_or_default(),
+            status.audiences.unwrap_or_default(),
+        ))
+    }
+}
+
+impl Authenticator for TokenReviewer {
+    async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        let (user, audiences) = self
+            .review(token, Some(vec![TOKEN_AUDIENCE.to_owned()]))
+            .await?;
+        if !audiences.iter().any(|audience| audience == TOKEN_AUDIENCE) {
             return Err(AuthError::Refused(format!(
                 "the token is not for audience {TOKEN_AUDIENCE}"
             )));
         }
-        let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
         let pod_name = user.extra.and_then(|extra| {
             extra
@@ -96,6 +155,44 @@ impl Authenticator for TokenReviewer {
                 .and_then(|values| values.first().cloned())
         });
         identity_of(&username, pod_name)
+    }
+
+    async fn may_read_audit(
+        &self,
+        token: &str,
+        namespace: Option<&str>,
+    ) -> Result<String, AuthError> {
+        let (user, _) = self.review(token, None).await?;
+        let username = user.username.clone().unwrap_or_default();
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username,
+                uid: user.uid,
+                groups: user.groups,
+                extra: user.extra,
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(crate::api::GROUP.to_owned()),
+                    resource: Some(AUDIT_RESOURCE.to_owned()),
+                    verb: Some("list".to_owned()),
+                    namespace: namespace.map(str::to_owned),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let reviews: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let reviewed = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|error| AuthError::Unavailable(error.to_string()))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.allowed {
+            Ok(username)
+        } else {
+            let why = status.reason.unwrap_or_default();
+            Err(may_not_read(&username, namespace, &why))
+        }
     }
 }
 
@@ -120,14 +217,36 @@ pub fn identity_of(username: &str, pod_name: Option<String>) -> Result<Identity,
 
 /// Fixed tokens, for tests and local development.
 #[derive(Default)]
-pub struct StaticTokens(pub HashMap<String, Identity>);
+pub struct StaticTokens {
+    /// Sidecars' tokens.
+    pub sidecars: HashMap<String, Identity>,
+    /// Readers' tokens: their username and the namespace they may read
+    /// (`None`: every namespace).
+    pub readers: HashMap<String, (String, Option<String>)>,
+}
 
 impl Authenticator for StaticTokens {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
-        self.0
+        self.sidecars
             .get(token)
             .cloned()
             .ok_or_else(|| AuthError::Refused("unknown token".into()))
+    }
+
+    async fn may_read_audit(
+        &self,
+        token: &str,
+        namespace: Option<&str>,
+    ) -> Result<String, AuthError> {
+        let (username, readable) = self
+            .readers
+            .get(token)
+            .ok_or_else(|| AuthError::Refused("unknown token".into()))?;
+        if readable.is_none() || readable.as_deref() == namespace {
+            Ok(username.clone())
+        } else {
+            Err(may_not_read(username, namespace, ""))
+        }
     }
 }
 

@@ -201,12 +201,27 @@ where
 /// A token for `account` from the TokenRequest API, audience wopr.dev: what
 /// the kubelet projects into a session pod.
 pub async fn token_of(client: &Client, namespace: &str, account: &str) -> String {
+    token_for_audiences(client, namespace, account, &["wopr.dev"]).await
+}
+
+/// A token for `account` for the API server's own audience: the credential
+/// a person or a workload uses with kubectl.
+pub async fn api_token_of(client: &Client, namespace: &str, account: &str) -> String {
+    token_for_audiences(client, namespace, account, &[]).await
+}
+
+async fn token_for_audiences(
+    client: &Client,
+    namespace: &str,
+    account: &str,
+    audiences: &[&str],
+) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: vec!["wopr.dev".into()],
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
             expiration_seconds: Some(600),
             bound_object_ref: None,
         },

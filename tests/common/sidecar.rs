@@ -35,6 +35,26 @@ use wopr_operator::store::Store;
 
 use super::{NAMESPACE, now};
 
+/// People's tokens for reading the audit trail: [`READER`] may read
+/// [`NAMESPACE`], [`AUDITOR`] every namespace, [`OUTSIDER`] only another.
+fn readers() -> HashMap<String, (String, Option<String>)> {
+    [
+        (READER, "alice", Some(NAMESPACE)),
+        (AUDITOR, "auditor", None),
+        (OUTSIDER, "mallory", Some("elsewhere")),
+    ]
+    .into_iter()
+    .map(|(token, user, namespace)| (token.into(), (user.into(), namespace.map(Into::into))))
+    .collect()
+}
+
+/// A person's token that may read [`NAMESPACE`]'s trail.
+pub const READER: &str = "token-of-alice";
+/// A person's token that may read every namespace's trail.
+pub const AUDITOR: &str = "token-of-the-auditor";
+/// A person's token that may read another namespace's trail only.
+pub const OUTSIDER: &str = "token-of-mallory";
+
 /// The token of the session `name`'s service account, as the fake authenticator knows it.
 pub fn token_for(session: &str) -> String {
     format!("token-{session}")
@@ -138,7 +158,10 @@ impl ControlPlane {
         let server = tokio::spawn(serve(
             listener,
             index.clone(),
-            Arc::new(StaticTokens(tokens)),
+            Arc::new(StaticTokens {
+                sidecars: tokens,
+                readers: readers(),
+            }),
             reports.clone(),
             AuditSetup {
                 store: store.clone(),
