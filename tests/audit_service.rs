@@ -58,6 +58,7 @@ fn batch(session: &str, events: &[AuditEvent]) -> IngestRequest {
         namespace: NAMESPACE.into(),
         session: session.into(),
         events: lines(events),
+        spool_depth: 0,
     }
 }
 
@@ -153,6 +154,7 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
             lines(std::slice::from_ref(&good))[0].clone(),
             "{\"id\":".into(),
         ],
+        spool_depth: 0,
     };
     let claim = format!("event {} claims session {NAMESPACE}/other", claims_other.id);
     let cases: Vec<(&str, Vec<IngestRequest>, Code, &str)> = vec![

@@ -119,8 +119,29 @@ async fn the_spool_holds_events_while_the_control_plane_is_away() {
         address: control_plane.address.to_string(),
         ..setup.target.clone()
     };
+    // Seven more, in the segment still being written: they wait.
+    for event in events("research", 20, 7) {
+        setup
+            .spool
+            .append(&serde_json::to_string(&event).unwrap())
+            .unwrap();
+    }
     assert_eq!(ship_sealed(&setup.spool, &target).await.unwrap(), 20);
     assert_eq!(stored_ids(&control_plane).await, sorted_ids(&waiting));
+
+    // The sidecar said what waits; the control plane exports it, and how
+    // late the events came.
+    let mut registry = prometheus_client::registry::Registry::default();
+    control_plane.audit_metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let depth =
+        format!("wopr_audit_spool_depth{{namespace=\"{NAMESPACE}\",session=\"research\"}} 7");
+    assert!(text.contains(&depth), "{depth} in:\n{text}");
+    assert!(
+        text.contains("wopr_audit_shipping_lag_seconds_count 20"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

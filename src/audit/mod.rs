@@ -105,6 +105,12 @@ pub trait AuditSink: Send + Sync {
     /// Records one event. Never fails the caller: a sink that cannot write
     /// reports it on stderr.
     fn record(&self, event: &AuditEvent);
+
+    /// Whether calls may run: `Err(reason)` when this sink cannot record
+    /// them durably, so they are refused rather than run unrecorded.
+    fn accepting(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Writes each event as one JSON line, from a thread of its own.

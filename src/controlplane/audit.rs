@@ -8,7 +8,11 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -30,7 +34,7 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024;
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 
 /// The Audit service's metrics, on `/metrics` as `wopr_audit_*`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AuditMetrics {
     /// Events stored.
     pub stored: Counter,
@@ -40,6 +44,32 @@ pub struct AuditMetrics {
     pub refused: Counter,
     /// Requests the store failed (retried by the sidecars).
     pub store_errors: Counter,
+    /// Events waiting in each sidecar's spool, as it last reported.
+    pub spool_depth: Family<SessionLabels, Gauge>,
+    /// Seconds from each shipped event's decision to its commit.
+    pub shipping_lag: Histogram,
+}
+
+/// The session a sidecar ships for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub namespace: String,
+    pub session: String,
+}
+
+impl Default for AuditMetrics {
+    fn default() -> Self {
+        AuditMetrics {
+            stored: Counter::default(),
+            duplicates: Counter::default(),
+            refused: Counter::default(),
+            store_errors: Counter::default(),
+            spool_depth: Family::default(),
+            // 10 ms to about 3 hours: a sidecar ships every 200 ms, and
+            // holds events while the control plane is away.
+            shipping_lag: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
+        }
+    }
 }
 
 impl AuditMetrics {
@@ -61,6 +91,16 @@ impl AuditMetrics {
             "store_errors",
             "Audit requests the store failed",
             self.store_errors.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Audit events waiting in a sidecar's spool, as it last reported",
+            self.spool_depth.clone(),
+        );
+        registry.register(
+            "shipping_lag_seconds",
+            "Seconds from an audit event's decision to its commit in the store",
+            self.shipping_lag.clone(),
         );
     }
 }
@@ -316,6 +356,7 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
         let mut stream = request.into_inner();
         let mut events = Vec::new();
         let mut claimed: Option<(String, String)> = None;
+        let mut spool_depth = 0;
         while let Some(message) = stream.next().await {
             let message = message?;
             let session = (message.namespace.clone(), message.session.clone());
@@ -331,6 +372,7 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
                     .refuse_sidecar(&identity, &message.session, status)
                     .await);
             }
+            spool_depth = message.spool_depth;
             let count = events.len() + message.events.len();
             if count > MAX_BATCH_EVENTS {
                 let status = Status::invalid_argument(format!(
@@ -356,6 +398,16 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
             .map_err(|error| self.status_of(error))?;
         self.metrics.stored.inc_by(inserted.new as u64);
         self.metrics.duplicates.inc_by(inserted.duplicates as u64);
+        let committed = Timestamp::now();
+        for event in &events {
+            let lag = committed.duration_since(event.time).as_secs_f64();
+            self.metrics.shipping_lag.observe(lag.max(0.0));
+        }
+        if let Some((namespace, session)) = claimed {
+            let labels = SessionLabels { namespace, session };
+            let depth = i64::try_from(spool_depth).unwrap_or(i64::MAX);
+            self.metrics.spool_depth.get_or_create(&labels).set(depth);
+        }
         self.publish_denials(&events);
         Ok(Response::new(IngestAck {
             stored: inserted.new as u32,

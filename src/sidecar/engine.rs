@@ -170,6 +170,12 @@ impl ToolEngine {
         arguments: &Value,
     ) -> (Result<Value, ToolError>, AuditEvent) {
         let not_available = || Err(ToolError::NotAvailable(name.to_owned()));
+        if let Err(reason) = self.audit.accepting() {
+            return (
+                not_available(),
+                self.tool_event(None, None, Outcome::Denied, reason),
+            );
+        }
         let served = match self.policy.current() {
             Ok(served) => served,
             Err(no_policy) if name == "security_whoami" => {
@@ -374,6 +380,45 @@ mod tests {
             || Timestamp::UNIX_EPOCH,
         );
         (engine, workspace)
+    }
+
+    /// A sink that cannot record durably: every call is refused, and the
+    /// refusal says why.
+    #[test]
+    fn no_call_runs_while_the_audit_cannot_record_it() {
+        struct Failing(MemorySink);
+        impl AuditSink for Failing {
+            fn record(&self, event: &AuditEvent) {
+                self.0.record(event);
+            }
+            fn accepting(&self) -> Result<(), String> {
+                Err("the audit spool cannot be written".into())
+            }
+        }
+        let policy = Arc::new(PolicyState::new(Duration::from_secs(3600)));
+        policy.update(Ok(served()));
+        let workspace = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Failing(MemorySink::default()));
+        let unlimited = RateLimit { per_minute: 1000 };
+        let engine = ToolEngine::new(
+            "ns",
+            "s",
+            policy,
+            sink.clone(),
+            Workspace::new(workspace.path()),
+            Limits::new(unlimited.clone(), unlimited),
+            || Timestamp::UNIX_EPOCH,
+        );
+        let answer = engine.call("security_whoami", &json!({}));
+        assert_eq!(
+            answer.result,
+            Err(ToolError::NotAvailable("security_whoami".into()))
+        );
+        let recorded = sink.0.take();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].id, answer.audit_id);
+        assert_eq!(recorded[0].decision, Outcome::Denied);
+        assert_eq!(recorded[0].reason, "the audit spool cannot be written");
     }
 
     /// The session allows 4 calls a minute, each tool 2: calls the session

@@ -51,8 +51,10 @@ pub async fn ship_sealed(spool: &Spool, target: &WatchTarget) -> Result<usize, S
     let (channel, bearer) = connect_channel(target).await?;
     let mut client = AuditClient::new(channel);
     let mut shipped = 0;
+    let mut waiting = spool.depth()?;
     for segment in segments {
         let events = Spool::read(&segment)?;
+        waiting = waiting.saturating_sub(events.len());
         if events.is_empty() {
             Spool::remove(&segment)?;
             continue;
@@ -63,6 +65,7 @@ pub async fn ship_sealed(spool: &Spool, target: &WatchTarget) -> Result<usize, S
                 namespace: target.namespace.clone(),
                 session: target.session.clone(),
                 events: chunk.to_vec(),
+                spool_depth: waiting as u64,
             })
             .collect();
         let mut request = tonic::Request::new(stream::iter(messages));

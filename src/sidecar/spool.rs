@@ -19,7 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::{AuditEvent, AuditSink, QueuedLineSink};
@@ -43,6 +43,9 @@ struct Active {
     file: File,
     events: usize,
     bytes: usize,
+    /// A write failed and may have left part of a line: nothing more goes
+    /// into this segment (its reader leaves the torn line out).
+    torn: bool,
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -78,6 +81,7 @@ impl Active {
             file,
             events: 0,
             bytes: 0,
+            torn: false,
         })
     }
 }
@@ -95,6 +99,7 @@ impl Spool {
     }
 
     /// Appends one event (a JSON line without its newline), in one write.
+    /// An error means the event is not in the spool.
     pub fn append(&self, line: &str) -> io::Result<()> {
         let mut record = Vec::with_capacity(line.len() + 1);
         record.extend_from_slice(line.as_bytes());
@@ -103,13 +108,16 @@ impl Spool {
             .active
             .lock()
             .expect("the spool lock is never poisoned");
-        active.file.write_all(&record)?;
-        active.events += 1;
-        active.bytes += record.len();
-        if active.events >= SEGMENT_EVENTS || active.bytes >= SEGMENT_BYTES {
+        if active.torn || active.events >= SEGMENT_EVENTS || active.bytes >= SEGMENT_BYTES {
             let next = active.number + 1;
             *active = Active::open(&self.dir, next)?;
         }
+        if let Err(error) = active.file.write_all(&record) {
+            active.torn = true;
+            return Err(error);
+        }
+        active.events += 1;
+        active.bytes += record.len();
         Ok(())
     }
 
@@ -120,7 +128,7 @@ impl Spool {
             .active
             .lock()
             .expect("the spool lock is never poisoned");
-        if active.events > 0 {
+        if active.events > 0 || active.torn {
             let next = active.number + 1;
             *active = Active::open(&self.dir, next)?;
         }
@@ -187,11 +195,18 @@ impl Spool {
 
 /// The sidecar's audit sink: each event to the spool (synchronously: the
 /// call it records is answered after), then to stdout through the queue.
+///
+/// When the spool cannot take an event (a full disk), the event still goes
+/// to stdout, and the sink stops [accepting](AuditSink::accepting) calls
+/// until an append succeeds again: the engine refuses every call but the
+/// refusal's own event, whose append is the retry.
 pub struct SpooledSink {
     spool: Arc<Spool>,
     lines: QueuedLineSink,
-    /// Events the spool could not take (a full disk): on stdout only.
+    /// Events the spool could not take: on stdout only.
     unspooled: AtomicU64,
+    /// Whether the last append failed.
+    failing: AtomicBool,
 }
 
 impl SpooledSink {
@@ -200,6 +215,7 @@ impl SpooledSink {
             spool,
             lines,
             unspooled: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -212,14 +228,26 @@ impl SpooledSink {
 impl AuditSink for SpooledSink {
     fn record(&self, event: &AuditEvent) {
         let line = serde_json::to_string(event).expect("audit events serialize");
-        if let Err(error) = self.spool.append(&line) {
-            let count = self.unspooled.fetch_add(1, Ordering::Relaxed) + 1;
-            eprintln!(
-                "audit spool: cannot append event {} ({error}); on stdout only ({count} so far)",
-                event.id
-            );
+        match self.spool.append(&line) {
+            Ok(()) => self.failing.store(false, Ordering::Relaxed),
+            Err(error) => {
+                self.failing.store(true, Ordering::Relaxed);
+                let count = self.unspooled.fetch_add(1, Ordering::Relaxed) + 1;
+                eprintln!(
+                    "audit spool: cannot append event {} ({error}); on stdout only ({count} so far), and calls are refused until the spool takes events again",
+                    event.id
+                );
+            }
         }
         self.lines.record_line(line.into_bytes());
+    }
+
+    fn accepting(&self) -> Result<(), String> {
+        if self.failing.load(Ordering::Relaxed) {
+            Err("the audit spool cannot be written: no call runs unrecorded".into())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -259,6 +287,57 @@ mod tests {
             Spool::remove(segment).unwrap();
         }
         assert_eq!(spool.depth().unwrap(), 0);
+    }
+
+    /// A full disk: the event that cannot be spooled stops calls (the
+    /// engine asks [`AuditSink::accepting`]) until an append succeeds again,
+    /// in a new segment, past the torn one.
+    #[test]
+    fn a_failed_append_refuses_calls_until_the_spool_takes_events_again() {
+        use crate::api::{Enforcement, SourceRef, TrustLevel};
+        use crate::audit::EventType;
+        use crate::policy::Outcome;
+        let event = |reason: &str| {
+            let source = SourceRef {
+                source_type: "agent".into(),
+                identity: "s".into(),
+                trust_level: TrustLevel::Trusted,
+            };
+            let time = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
+            AuditEvent::new(
+                time,
+                EventType::ToolCall,
+                "ns",
+                "s",
+                source,
+                Outcome::Allowed,
+                Enforcement::Enforce,
+                reason.into(),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let sink = SpooledSink::new(spool.clone(), QueuedLineSink::new(io::sink(), 16));
+        sink.record(&event("first"));
+        assert_eq!(sink.accepting(), Ok(()));
+
+        spool.active.lock().unwrap().file =
+            OpenOptions::new().write(true).open("/dev/full").unwrap();
+        sink.record(&event("lost to a full disk"));
+        let refused = sink.accepting().unwrap_err();
+        assert!(refused.contains("no call runs unrecorded"), "{refused}");
+
+        sink.record(&event("the refusal, spooled"));
+        assert_eq!(sink.accepting(), Ok(()));
+        spool.seal().unwrap();
+        let reasons: Vec<String> = spool
+            .sealed()
+            .unwrap()
+            .iter()
+            .flat_map(|segment| Spool::read(segment).unwrap())
+            .map(|line| serde_json::from_str::<AuditEvent>(&line).unwrap().reason)
+            .collect();
+        assert_eq!(reasons, ["first", "the refusal, spooled"]);
     }
 
     #[test]
