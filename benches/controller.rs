@@ -23,7 +23,7 @@ const SESSIONS: usize = 1000;
 
 fn harness_with_sessions(runtime: &Runtime) -> Harness {
     let _context = runtime.enter();
-    let harness = Harness::leader();
+    let harness = runtime.block_on(Harness::leader());
     for i in 0..SESSIONS {
         let level = TrustLevel::ALL[i % 4];
         harness.create(&session(&format!("s{i}"), level));

@@ -172,6 +172,7 @@ pub async fn run(
             metrics,
             default_update_policy: args.default_update_policy(),
             namespace,
+            store: store.clone(),
         },
         shutdown.clone(),
     );

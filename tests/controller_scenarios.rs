@@ -40,7 +40,7 @@ fn semi_trusted(name: &str) -> Session {
 
 #[tokio::test]
 async fn first_reconcile_applies_children_then_status() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     let action = harness.reconcile("research").await;
     let requests = harness.api.take_requests();
@@ -104,7 +104,7 @@ async fn first_reconcile_applies_children_then_status() {
 
 #[tokio::test]
 async fn an_unchanged_session_makes_no_write() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     harness.reconcile("research").await;
     harness.api.take_requests();
@@ -120,7 +120,7 @@ async fn an_unchanged_session_makes_no_write() {
 
 #[tokio::test]
 async fn a_ready_pod_makes_the_session_ready() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     harness.reconcile("research").await;
     harness.api.modify(&pod_path("research"), |pod| {
@@ -145,7 +145,7 @@ async fn a_ready_pod_makes_the_session_ready() {
 
 #[tokio::test]
 async fn a_grant_change_patches_status_only() {
-    let mut harness = Harness::leader();
+    let mut harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     harness.reconcile("research").await;
     let hash_before = harness.status("research")["policyHash"].clone();
@@ -180,7 +180,7 @@ async fn a_grant_change_patches_status_only() {
 
 #[tokio::test]
 async fn a_sandbox_change_replaces_the_pod() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     harness.reconcile("research").await;
     harness.api.take_requests();
@@ -218,7 +218,7 @@ async fn a_sandbox_change_replaces_the_pod() {
 
 #[tokio::test]
 async fn an_invalid_session_is_stopped_with_a_warning() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     harness.reconcile("research").await;
     harness.api.take_requests();
@@ -270,7 +270,7 @@ async fn an_invalid_session_is_stopped_with_a_warning() {
 
 #[tokio::test]
 async fn a_malformed_session_is_reported_not_fatal() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     let mut malformed = serde_json::to_value(semi_trusted("broken")).unwrap();
     malformed["spec"]["trustLevel"] = json!("superuser");
     harness.api.insert(&session_path("broken"), malformed);
@@ -287,7 +287,7 @@ async fn a_malformed_session_is_reported_not_fatal() {
 
 #[tokio::test]
 async fn an_unreadable_security_policy_stops_the_namespace() {
-    let mut harness = Harness::leader();
+    let mut harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     let broken: DeserializeGuard<SecurityPolicy> = serde_json::from_value(json!({
         "apiVersion": "wopr.dev/v1alpha1", "kind": "SecurityPolicy",
@@ -315,7 +315,7 @@ async fn an_unreadable_security_policy_stops_the_namespace() {
 
 #[tokio::test]
 async fn a_deleted_session_is_marked_terminating_and_left_to_the_garbage_collector() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     harness.reconcile("research").await;
     harness.api.take_requests();
@@ -350,7 +350,7 @@ async fn a_deleted_session_is_marked_terminating_and_left_to_the_garbage_collect
 
 #[tokio::test]
 async fn only_the_leader_writes() {
-    let harness = Harness::new(Leadership::default());
+    let harness = Harness::new(Leadership::default()).await;
     harness.create(&semi_trusted("research"));
     assert_eq!(harness.reconcile("research").await, Action::await_change());
     assert!(harness.api.take_requests().is_empty());
@@ -358,7 +358,7 @@ async fn only_the_leader_writes() {
 
 #[tokio::test]
 async fn the_sidecars_sandbox_checks_become_session_conditions_and_failures_warn() {
-    let harness = Harness::leader();
+    let harness = Harness::leader().await;
     harness.create(&semi_trusted("research"));
     harness.reconcile("research").await;
     let status = harness.status("research");
@@ -407,4 +407,88 @@ async fn the_sidecars_sandbox_checks_become_session_conditions_and_failures_warn
     // Still failing: no second warning, no write.
     harness.reconcile("research").await;
     assert_eq!(writes(&harness.api.take_requests()), Vec::<String>::new());
+}
+
+/// The controller's own decisions are audit events of the session's
+/// namespace, in the same store and chain as the sidecars': the effective
+/// policy set, changed by a grant, and a Session refused as invalid; an
+/// unchanged reconcile records nothing.
+#[tokio::test]
+async fn the_controllers_decisions_are_audit_events() {
+    let mut harness = Harness::leader().await;
+    harness.create(&semi_trusted("research"));
+    harness.reconcile("research").await;
+    harness.reconcile("research").await;
+    harness.add_grant(session_grant("g", "research", &[Capability::SessionSpawn]));
+    harness.reconcile("research").await;
+    let granted_hash = harness.status("research")["policyHash"].clone();
+    harness.edit("research", |spec| {
+        spec["sandbox"] = json!({"enabled": false})
+    });
+    harness.reconcile("research").await;
+    harness.reconcile("research").await;
+
+    let mut events = common::store::all_events(&harness.store.store).await;
+    events.reverse();
+    let summary: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            let decision = wopr_operator::api::name_of(&e.decision);
+            (e.source.source_type.clone(), decision, e.reason.clone())
+        })
+        .collect();
+    assert_eq!(summary.len(), 3, "{summary:#?}");
+    assert!(summary.iter().all(|(source, ..)| source == "controller"));
+    assert_eq!(summary[0].1, "allowed");
+    assert!(
+        summary[0]
+            .2
+            .starts_with("effective policy set: trust level semi-trusted"),
+        "{summary:?}"
+    );
+    assert!(
+        summary[1]
+            .2
+            .contains("capabilities added [session.spawn], removed []; grants in force: g"),
+        "{summary:?}"
+    );
+    assert_eq!(summary[2].1, "denied");
+    assert!(summary[2].2.starts_with("InvalidSpec: "), "{summary:?}");
+    assert_eq!(
+        events[1].policy_hash.as_deref(),
+        granted_hash.as_str(),
+        "the event names the policy it recorded"
+    );
+    assert!(matches!(
+        harness.store.store.verify(NAMESPACE).await.unwrap(),
+        wopr_operator::store::Verification::Intact { events: 3 }
+    ));
+}
+
+/// A decision the store cannot take fails the reconcile before the status
+/// shows it: the retry records it, nothing is lost.
+#[tokio::test]
+async fn a_decision_the_store_refuses_holds_the_status_back() {
+    let harness = Harness::leader().await;
+    harness.create(&semi_trusted("research"));
+    harness
+        .store
+        .tamper("ALTER TABLE audit_events RENAME TO gone")
+        .await;
+    let failed = harness.try_reconcile("research").await.unwrap_err();
+    assert_eq!(failed.reason(), "StoreError");
+    assert!(
+        harness.status("research").get("policyHash").is_none(),
+        "no status before the decision is recorded: {}",
+        harness.status("research")
+    );
+    harness
+        .store
+        .tamper("ALTER TABLE gone RENAME TO audit_events")
+        .await;
+    harness.reconcile("research").await;
+    assert!(harness.status("research")["policyHash"].is_string());
+    let events = common::store::all_events(&harness.store.store).await;
+    assert_eq!(events.len(), 1);
+    assert!(events[0].reason.starts_with("effective policy set"));
 }

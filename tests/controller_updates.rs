@@ -54,7 +54,7 @@ fn mark_ready(harness: &Harness, name: &str) {
 /// Sessions with ready pods, then a controller restarted with a new
 /// sidecar image and `default` update policy.
 async fn upgraded(names: &[&str], default: UpdatePolicy) -> Harness {
-    let mut harness = Harness::leader();
+    let mut harness = Harness::leader().await;
     for name in names {
         harness.create(&semi_trusted(name));
         harness.reconcile(name).await;

@@ -288,7 +288,7 @@ async fn run(harness: &Harness, requests: &mut Vec<Recorded>, name: &str) {
 #[tokio::test]
 async fn every_request_of_a_sessions_life_is_granted() {
     let granted = granted(&install_yaml());
-    let mut harness = Harness::leader();
+    let mut harness = Harness::leader().await;
     let mut requests = Vec::new();
     harness.create(&session("research", TrustLevel::SemiTrusted));
     run(&harness, &mut requests, "research").await;

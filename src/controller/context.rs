@@ -12,6 +12,7 @@ use super::retry::Backoff;
 use super::rollout::Rollouts;
 use crate::api::UpdatePolicy;
 use crate::cache::Stores;
+use crate::store::Store;
 
 /// Shared state of the Session reconciler.
 pub struct Context {
@@ -35,4 +36,6 @@ pub struct Context {
     pub rollouts: Rollouts,
     /// Failures in a row per Session, for the retry delay.
     pub backoff: Backoff,
+    /// The audit store, where the controller's own decisions go.
+    pub store: Store,
 }

@@ -7,6 +7,9 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API call failed: {}", crate::cluster::describe(.0))]
     Kube(#[from] kube::Error),
+    /// The controller's decision could not be written to the audit store.
+    #[error("cannot record the decision in the audit store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// An object has no namespace (every wopr.dev object is namespaced).
     #[error("{kind} {name} has no namespace")]
     NoNamespace {
@@ -24,6 +27,7 @@ impl Error {
             Error::Kube(kube::Error::Api(status)) if status.is_conflict() => "Conflict",
             Error::Kube(kube::Error::Api(_)) => "ApiError",
             Error::Kube(_) => "KubeClientError",
+            Error::Store(_) => "StoreError",
             Error::NoNamespace { .. } => "NoNamespace",
         }
     }

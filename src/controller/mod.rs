@@ -13,6 +13,7 @@ pub mod apply;
 pub mod build;
 pub mod config;
 pub mod context;
+pub mod decisions;
 pub mod error;
 pub mod leader;
 pub mod metrics;

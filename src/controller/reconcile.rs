@@ -17,6 +17,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::apply::{apply_if_changed, patch_status_if_changed};
 use super::build::{build_network_policy, build_pod, build_service_account};
 use super::context::Context;
+use super::decisions;
 use super::error::Error;
 use super::rollout::{self, PodPlan, Replacement};
 use super::status::{Observation, PodOutcome, PodState, failed_checks, session_status};
@@ -154,6 +155,9 @@ async fn reconcile_session(
     );
     for (reason, message) in failed_checks(session.status.as_ref(), &desired) {
         publish(ctx, &warning(reason, message), session).await;
+    }
+    if let Some(event) = decisions::policy_changed(session.status.as_ref(), &context, now) {
+        ctx.store.insert_events(&[event]).await?;
     }
     patch_status_if_changed(&ctx.client, object, session.status.as_ref(), &desired).await?;
 
@@ -294,7 +298,13 @@ async fn stop_invalid(
         reason,
         message: message.clone(),
     };
-    if write_status(ctx, object, previous, &observation, now).await? {
+    let desired = session_status(previous, object.meta().generation, &observation, &Time(now));
+    if previous != Some(&desired) {
+        let event =
+            decisions::refused_invalid(&namespace, &object.name_any(), reason, &message, now);
+        ctx.store.insert_events(&[event]).await?;
+    }
+    if patch_status_if_changed(&ctx.client, object, previous, &desired).await? {
         tracing::info!(session = %object.name_any(), reason, %message, "session is invalid");
         let reference = object.object_ref(&());
         if let Err(error) = ctx

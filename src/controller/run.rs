@@ -28,6 +28,7 @@ use crate::api::{DEFAULT_POLICY_NAME, Gateway, SecurityPolicy, Session, UpdatePo
 use crate::cache::{Caches, Feed, scoped};
 use crate::cluster::FIELD_MANAGER;
 use crate::shutdown::Shutdown;
+use crate::store::Store;
 
 /// What the controller works from.
 pub struct Setup {
@@ -49,6 +50,8 @@ pub struct Setup {
     pub default_update_policy: UpdatePolicy,
     /// The watched namespace; every namespace when `None`.
     pub namespace: Option<String>,
+    /// The audit store, for the controller's own decisions.
+    pub store: Store,
 }
 
 /// The feeds of the shared caches the Session controller reconciles on.
@@ -76,6 +79,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         metrics,
         default_update_policy,
         namespace,
+        store,
     } = setup;
     let namespace = namespace.as_deref();
     let sessions_store = caches.sessions.clone();
@@ -122,6 +126,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
                 default_update_policy,
                 rollouts: Rollouts::default(),
                 backoff: Backoff::default(),
+                store,
             }),
         )
         .for_each(log_watch_errors);

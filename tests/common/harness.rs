@@ -46,6 +46,8 @@ pub fn events_path() -> String {
 
 pub struct Harness {
     pub api: FakeApi,
+    /// The audit store the controller records its decisions in.
+    pub store: super::store::TestStore,
     pub ctx: Arc<Context>,
     pub policies: Writer<DeserializeGuard<SecurityPolicy>>,
     pub grants: Writer<DeserializeGuard<Grant>>,
@@ -53,8 +55,9 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub fn new(leadership: Leadership) -> Harness {
+    pub async fn new(leadership: Leadership) -> Harness {
         let (client, api) = FakeApi::start();
+        let store = super::store::sqlite().await;
         let (policy_store, policies) = reflector::store();
         let (grant_store, grants) = reflector::store();
         let (gateway_store, gateways) = reflector::store();
@@ -79,9 +82,11 @@ impl Harness {
             default_update_policy: UpdatePolicy::DEFAULT,
             rollouts: Rollouts::default(),
             backoff: Backoff::default(),
+            store: store.store.clone(),
         };
         Harness {
             api,
+            store,
             ctx: Arc::new(ctx),
             policies,
             grants,
@@ -89,8 +94,8 @@ impl Harness {
         }
     }
 
-    pub fn leader() -> Harness {
-        Harness::new(Leadership::always())
+    pub async fn leader() -> Harness {
+        Harness::new(Leadership::always()).await
     }
 
     /// A controller restarted with other settings and default update
@@ -108,6 +113,7 @@ impl Harness {
             default_update_policy,
             rollouts: ctx.rollouts.clone(),
             backoff: ctx.backoff.clone(),
+            store: ctx.store.clone(),
         });
     }
 
@@ -130,14 +136,20 @@ impl Harness {
 
     /// Reconciles the Session as the API server has it now.
     pub async fn reconcile(&self, name: &str) -> Action {
+        self.try_reconcile(name).await.expect("reconcile succeeds")
+    }
+
+    /// Reconciles `name`, which may fail.
+    pub async fn try_reconcile(
+        &self,
+        name: &str,
+    ) -> Result<Action, wopr_operator::controller::error::Error> {
         let stored = self
             .api
             .get(&session_path(name))
             .expect("the session exists");
         let object: DeserializeGuard<Session> = serde_json::from_value(stored).unwrap();
-        reconcile(Arc::new(object), self.ctx.clone())
-            .await
-            .expect("reconcile succeeds")
+        reconcile(Arc::new(object), self.ctx.clone()).await
     }
 
     pub fn add_grant(&mut self, grant: Grant) {
