@@ -35,6 +35,13 @@ fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     request
 }
 
+/// Verify [`NAMESPACE`]'s chain.
+fn verify_namespace() -> VerifyRequest {
+    VerifyRequest {
+        namespace: NAMESPACE.into(),
+    }
+}
+
 fn lines(events: &[AuditEvent]) -> Vec<String> {
     events
         .iter()
@@ -117,12 +124,7 @@ async fn a_batch_shipped_twice_is_stored_once_and_queried_newest_first() {
     assert!(rest.next_cursor.is_empty());
 
     let verified = client
-        .verify(as_sidecar(
-            "research",
-            VerifyRequest {
-                namespace: NAMESPACE.into(),
-            },
-        ))
+        .verify(as_sidecar("research", verify_namespace()))
         .await
         .unwrap()
         .into_inner();
@@ -317,12 +319,7 @@ async fn people_read_what_rbac_allows_and_sidecars_only_their_own_session() {
     let everything = client.query(with_token(AUDITOR, query("", ""))).await;
     assert_eq!(sessions_read(everything.unwrap()), ["other", "research"]);
     let verified = client
-        .verify(with_token(
-            READER,
-            VerifyRequest {
-                namespace: NAMESPACE.into(),
-            },
-        ))
+        .verify(with_token(READER, verify_namespace()))
         .await
         .unwrap()
         .into_inner();
@@ -346,12 +343,7 @@ async fn people_read_what_rbac_allows_and_sidecars_only_their_own_session() {
         (
             "mallory may not list auditevents.wopr.dev in namespace team-a",
             client
-                .verify(with_token(
-                    OUTSIDER,
-                    VerifyRequest {
-                        namespace: NAMESPACE.into(),
-                    },
-                ))
+                .verify(with_token(OUTSIDER, verify_namespace()))
                 .await
                 .unwrap_err(),
         ),

@@ -9,12 +9,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use k8s_openapi::ClusterResourceScope;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::contract::{TOKEN_AUDIENCE, child_name};
 
@@ -103,6 +106,22 @@ impl TokenReviewer {
     }
 }
 
+/// Creates `review` (a TokenReview, a SubjectAccessReview); the API server
+/// answers in the returned object's status.
+async fn ask<K>(client: &Client, review: &K) -> Result<K, AuthError>
+where
+    K: Resource<Scope = ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    Api::<K>::all(client.clone())
+        .create(&PostParams::default(), review)
+        .await
+        .map_err(|error| AuthError::Unavailable(error.to_string()))
+}
+
 /// The extra field the API server sets to the pod a bound token belongs to.
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
@@ -120,12 +139,7 @@ impl TokenReviewer {
             },
             ..TokenReview::default()
         };
-        let reviews: Api<TokenReview> = Api::all(self.client.clone());
-        let reviewed = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|error| AuthError::Unavailable(error.to_string()))?;
-        let status = reviewed.status.unwrap_or_default();
+        let status = ask(&self.client, &review).await?.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(AuthError::Refused(
                 status.error.unwrap_or_else(|| "not authenticated".into()),
@@ -181,12 +195,7 @@ impl Authenticator for TokenReviewer {
             },
             ..SubjectAccessReview::default()
         };
-        let reviews: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let reviewed = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|error| AuthError::Unavailable(error.to_string()))?;
-        let status = reviewed.status.unwrap_or_default();
+        let status = ask(&self.client, &review).await?.status.unwrap_or_default();
         if status.allowed {
             Ok(username)
         } else {
