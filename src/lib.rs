@@ -13,7 +13,8 @@
 //!   Session step), [`cluster`] (the field manager, preflight, one-line API
 //!   errors), [`contract`] (what the pod builder and the sidecar's flags
 //!   agree on), [`wire`] (proto ↔ policy types), [`store`] (the
-//!   operator's database: the audit trail), [`audit`], [`clock`],
+//!   operator's database: the audit trail, the inboxes), [`audit`],
+//!   [`inbox`] (what a session's inbox holds), [`clock`],
 //!   [`shutdown`], [`logging`].
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
@@ -32,6 +33,7 @@ pub mod contract;
 pub mod controller;
 pub mod controlplane;
 pub mod demo_agent;
+pub mod inbox;
 pub mod logging;
 pub mod operator;
 pub mod policy;

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("clock", 2),
     ("cluster", 2),
     ("contract", 2),
+    ("inbox", 2),
     ("logging", 2),
     ("shutdown", 2),
     ("store", 2),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::store::{TestStore, event};
+use common::store::{TestStore, event, on_both_backends};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use wopr_operator::api::Capability;
 use wopr_operator::audit::{AuditEvent, EventType};
@@ -12,24 +12,6 @@ use wopr_operator::policy::Outcome;
 use wopr_operator::store::{
     AuditQuery, Cursor, DecisionFilter, Inserted, QueryError, StoreError, Verification,
 };
-
-/// Every case, as a test on each backend.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $case() {
-                super::$case(crate::common::store::sqlite().await).await;
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $case() {
-                super::$case(crate::common::store::postgres().await).await;
-            })*
-        }
-    };
-}
 
 on_both_backends!(
     a_batch_shipped_twice_is_stored_once,

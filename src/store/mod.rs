@@ -3,10 +3,11 @@
 //! controller replica. One schema and one set of versioned migrations
 //! (`migrations/`, portable SQL) serve both, through sqlx's `Any` driver:
 //! the queries are written once, and what differs between the two is
-//! confined to [`Backend`]. The audit trail lives here; later the broker's
-//! queues will too.
+//! confined to [`Backend`]. The audit trail and the sessions' inboxes live
+//! here.
 
 mod audit;
+mod inbox;
 
 use std::str::FromStr;
 
@@ -16,6 +17,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use audit::{
     AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, QueryError, Verification,
 };
+pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
 
 /// Which database a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub enum StoreError {
     InvalidQuery(#[from] QueryError),
     #[error("the store holds an event it cannot read (id {id}): {error}")]
     Corrupt { id: String, error: String },
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
 }
 
 /// The operator's database.
@@ -158,6 +162,13 @@ impl Store {
                 Ok(deleted) => tracing::info!(deleted, "audit retention deleted old events"),
                 Err(error) => {
                     tracing::error!(%error, "audit retention failed; retrying in an hour")
+                }
+            }
+            match self.prune_acked_messages(cut_off).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "retention deleted acknowledged messages"),
+                Err(error) => {
+                    tracing::error!(%error, "inbox retention failed; retrying in an hour")
                 }
             }
         }

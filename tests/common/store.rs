@@ -116,3 +116,22 @@ pub async fn every_event(store: &Store) -> Vec<AuditEvent> {
         }
     }
 }
+
+/// Every case, as a test on each backend.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $case() {
+                super::$case(crate::common::store::sqlite().await).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $case() {
+                super::$case(crate::common::store::postgres().await).await;
+            })*
+        }
+    };
+}
+pub(crate) use on_both_backends;
