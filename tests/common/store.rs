@@ -118,6 +118,7 @@ pub async fn every_event(store: &Store) -> Vec<AuditEvent> {
 }
 
 /// Every case, as a test on each backend.
+#[allow(unused_macros)] // each test crate uses a different subset
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -134,4 +135,5 @@ macro_rules! on_both_backends {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use on_both_backends;
