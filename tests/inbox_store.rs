@@ -194,7 +194,7 @@ async fn limits_refuse_precisely_and_free_up_on_ack(store: TestStore) {
         "{refused}"
     );
     store
-        .ack_messages(NS, "agent", &[one.id.clone()], common::now())
+        .ack_messages(NS, "agent", std::slice::from_ref(&one.id), common::now())
         .await
         .unwrap();
     store
