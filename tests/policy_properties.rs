@@ -7,12 +7,13 @@ use k8s_openapi::jiff::SignedDuration;
 use proptest::prelude::*;
 use proptest::sample::select;
 use wopr_operator::api::{
-    Capability, Enforcement, Grant, NetworkMode, PolicyDefaults, SandboxPolicy, SandboxSpec,
-    SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel, TrustLevelProfile,
-    TrustLevelProfiles,
+    AccessPattern, Capability, Enforcement, Grant, NetworkMode, PolicyDefaults, SandboxPolicy,
+    SandboxSpec, SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel,
+    TrustLevelProfile, TrustLevelProfiles,
 };
 use wopr_operator::policy::{
-    CapabilitySet, EffectiveContext, Outcome, Request, Source, TOOLS, ToolId, decide, resolve,
+    CapabilitySet, EffectiveContext, GatewayRules, Outcome, Request, Source, TOOLS, ToolId, decide,
+    resolve,
 };
 
 const SESSION: &str = "subject";
@@ -298,13 +299,51 @@ proptest! {
         let enforce = context.clone();
         context.enforcement = Enforcement::Warn;
         let warn = context;
+        let is_a_gateway = !warn.gateways.is_empty();
         for request in &requests {
             let enforced = decide_spec(&enforce, request);
             let warned = decide_spec(&warn, request);
+            if let RequestSpec::Inject(TrustLevel::Untrusted, ..) = request
+                && !is_a_gateway
+            {
+                // The gateway boundary holds in every mode.
+                prop_assert_eq!((enforced, warned), (Outcome::Denied, Outcome::Denied));
+                continue;
+            }
             prop_assert_ne!(warned, Outcome::Denied, "{:?}", request);
             prop_assert_ne!(enforced, Outcome::WouldDeny);
             prop_assert_eq!(enforced == Outcome::Denied, warned == Outcome::WouldDeny, "{:?}", request);
         }
+    }
+
+    /// Untrusted input reaches a session only through a gateway: whatever
+    /// the access list, the source's capabilities or the enforcement mode.
+    #[test]
+    fn untrusted_sources_reach_only_gateway_sessions(
+        session in session_strategy(),
+        policy in policy_strategy(),
+        grants in prop::collection::vec(grant_strategy(), 0..4),
+        caps in prop::collection::vec(capability(), 0..4),
+        kind in select(vec!["session", "p2p", "api"]),
+        warn in any::<bool>(),
+    ) {
+        let Ok(mut context) = resolve(&session, policy.as_ref(), &grants, &[], now()) else {
+            return Ok(());
+        };
+        context.access = vec![AccessPattern::Anyone];
+        context.enforcement = if warn { Enforcement::Warn } else { Enforcement::Enforce };
+        let request = RequestSpec::Inject(TrustLevel::Untrusted, caps.clone(), kind);
+        prop_assert_eq!(decide_spec(&context, &request), Outcome::Denied);
+        // A gateway session is where untrusted input goes, as its access
+        // list and the source's capabilities say.
+        context.gateways = vec![GatewayRules {
+            gateway: "p2p-gateway".into(),
+            forward_rules: Vec::new(),
+            approval_timeout: "5m".parse().unwrap(),
+        }];
+        let may_inject = caps.iter().collect::<CapabilitySet>().has(Capability::Inject);
+        let into_gateway = decide_spec(&context, &request);
+        prop_assert_eq!(into_gateway != Outcome::Denied, may_inject || warn, "{:?}", into_gateway);
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub enum Reason {
     SourceCannotInject,
     /// No entry of the target's access list admits the source.
     AccessNotGranted,
+    /// An untrusted source may inject only into a gateway session.
+    UntrustedNeedsGateway,
 }
 
 impl fmt::Display for Reason {
@@ -124,6 +126,9 @@ impl fmt::Display for Reason {
             Reason::AccessNotGranted => {
                 f.write_str("source not admitted by the session's access list")
             }
+            Reason::UntrustedNeedsGateway => f.write_str(
+                "untrusted sources reach only gateway sessions: send through the namespace's gateway",
+            ),
         }
     }
 }
@@ -149,9 +154,21 @@ impl Decision {
 /// Decides `request` under `context`.
 ///
 /// Unknown tools are denied in every mode: there is nothing to run, so warn
-/// mode has nothing to let through. Every other violation is `Denied` under
-/// `enforce` and `WouldDeny` under `warn`.
+/// mode has nothing to let through. So is an untrusted source injecting
+/// into a session that is not a gateway: that boundary is the model's, not
+/// a policy's to relax. Every other violation is `Denied` under `enforce`
+/// and `WouldDeny` under `warn`.
 pub fn decide(context: &EffectiveContext, request: Request<'_>) -> Decision {
+    if let Request::Inject(source) = request
+        && source.trust_level == TrustLevel::Untrusted
+        && context.gateways.is_empty()
+    {
+        return Decision {
+            outcome: Outcome::Denied,
+            capability: Some(Capability::Inject),
+            reason: Reason::UntrustedNeedsGateway,
+        };
+    }
     let verdict = match request {
         Request::Tool(name) => match ToolId::lookup(name) {
             Some(id) => check_tool(context, id),
