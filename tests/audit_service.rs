@@ -6,7 +6,7 @@
 mod common;
 
 use common::NAMESPACE;
-use common::sidecar::{AUDITOR, ControlPlane, OUTSIDER, READER, token_for};
+use common::sidecar::{AUDITOR, ControlPlane, OUTSIDER, READER, as_sidecar, with_token};
 use common::store::{all_events, event};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -20,19 +20,6 @@ async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
     AuditClient::connect(format!("http://{}", control_plane.address))
         .await
         .unwrap()
-}
-
-/// `message` with `session`'s bearer token.
-fn as_sidecar<T>(session: &str, message: T) -> tonic::Request<T> {
-    with_token(&token_for(session), message)
-}
-
-/// `message` with the bearer token `token`.
-fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let bearer = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", bearer);
-    request
 }
 
 /// Verify [`NAMESPACE`]'s chain.

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tonic::Code;
 use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
-use wopr_operator::controlplane::discover::{DiscoverPolicy, Snapshot};
+use wopr_operator::controlplane::discover::{DiscoverPolicy, NoContext, Snapshot};
+use wopr_operator::policy::EffectiveContext;
 use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
 use wopr_operator::proto::v1alpha1::policy_update::Update;
 use wopr_operator::proto::v1alpha1::{PolicyUpdate, WatchRequest};
@@ -43,6 +44,12 @@ impl DiscoverPolicy for FakeDiscovery {
             .unwrap()
             .get(session)
             .map(watch::Sender::subscribe)
+    }
+
+    fn context(&self, _namespace: &str, session: &str) -> Result<EffectiveContext, NoContext> {
+        Err(NoContext::Unavailable(format!(
+            "{session}: the fake serves snapshots only"
+        )))
     }
 }
 

@@ -5,6 +5,7 @@
 
 use tokio::sync::watch;
 
+use crate::policy::EffectiveContext;
 use crate::proto::v1alpha1 as pb;
 
 /// What a sidecar is told about its session's policy.
@@ -19,9 +20,24 @@ pub enum Snapshot {
     Gone(String),
 }
 
+/// Why a session has no effective context now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoContext {
+    /// There is no such Session.
+    #[error("{0}")]
+    Gone(String),
+    /// The Session or its namespace's policy is invalid.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Finds the policy of a session.
 pub trait DiscoverPolicy: Send + Sync + 'static {
     /// The policy of `namespace/session` now and at every change; `None`
     /// when there is no such Session.
     fn watch(&self, namespace: &str, session: &str) -> Option<watch::Receiver<Snapshot>>;
+
+    /// The effective context of `namespace/session` now (what the broker
+    /// decides with), or why there is none.
+    fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext>;
 }

@@ -12,10 +12,11 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, watch};
 
-use super::discover::{DiscoverPolicy, Snapshot};
+use super::discover::{DiscoverPolicy, NoContext, Snapshot};
 use crate::api::Session;
 use crate::cache::{NamespaceChange, Stores};
 use crate::clock::Clock;
+use crate::policy::EffectiveContext;
 use crate::proto::v1alpha1 as pb;
 use crate::wire::encode;
 
@@ -123,41 +124,52 @@ impl ContextIndex {
         session: &str,
         now: Timestamp,
     ) -> (Snapshot, Option<Timestamp>) {
-        let key = ObjectRef::new(session).within(namespace);
-        let Some(object) = self.sessions.get(&key) else {
-            return (
-                Snapshot::Gone(format!("Session {namespace}/{session} does not exist")),
-                None,
-            );
-        };
-        let session_object = match &object.0 {
-            Ok(session) => session,
-            Err(invalid) => {
-                let reason = format!(
-                    "Session {namespace}/{session} cannot be read: {}",
-                    invalid.error
-                );
-                return (Snapshot::Unavailable(reason), None);
-            }
-        };
-        match self.stores.resolve(session_object, now) {
-            Ok(context) => {
-                let provider = session_object
-                    .spec
-                    .provider
-                    .as_ref()
-                    .map(|provider| pb::Provider {
-                        name: provider.name.clone(),
-                        model: provider.model.clone().unwrap_or_default(),
-                    });
+        match self.context_at(namespace, session, now) {
+            Ok((context, provider)) => {
                 let valid_until = context.valid_until;
                 (
                     Snapshot::Context(Box::new(encode(&context, provider))),
                     valid_until,
                 )
             }
-            Err(error) => (Snapshot::Unavailable(error.to_string()), None),
+            Err(NoContext::Gone(reason)) => (Snapshot::Gone(reason), None),
+            Err(NoContext::Unavailable(reason)) => (Snapshot::Unavailable(reason), None),
         }
+    }
+
+    /// The effective context of `namespace/session` at `now`, with the
+    /// Session's model provider.
+    fn context_at(
+        &self,
+        namespace: &str,
+        session: &str,
+        now: Timestamp,
+    ) -> Result<(EffectiveContext, Option<pb::Provider>), NoContext> {
+        let key = ObjectRef::new(session).within(namespace);
+        let Some(object) = self.sessions.get(&key) else {
+            return Err(NoContext::Gone(format!(
+                "Session {namespace}/{session} does not exist"
+            )));
+        };
+        let session_object = object.0.as_ref().map_err(|invalid| {
+            NoContext::Unavailable(format!(
+                "Session {namespace}/{session} cannot be read: {}",
+                invalid.error
+            ))
+        })?;
+        let context = self
+            .stores
+            .resolve(session_object, now)
+            .map_err(|error| NoContext::Unavailable(error.to_string()))?;
+        let provider = session_object
+            .spec
+            .provider
+            .as_ref()
+            .map(|provider| pb::Provider {
+                name: provider.name.clone(),
+                model: provider.model.clone().unwrap_or_default(),
+            });
+        Ok((context, provider))
     }
 }
 
@@ -186,6 +198,11 @@ impl DiscoverPolicy for ContextIndex {
         drop(watchers);
         self.expiry_moved.notify_one();
         Some(receiver)
+    }
+
+    fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext> {
+        let (context, _) = self.context_at(namespace, session, self.clock.now())?;
+        Ok(context)
     }
 }
 

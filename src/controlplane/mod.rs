@@ -1,9 +1,11 @@
 //! The control plane (served by every operator replica): a gRPC API that
 //! streams each sidecar the effective policy of its session, takes its
-//! reports on its sandbox, and stores and serves the audit trail.
+//! reports on its sandbox, brokers messages between sessions, and stores
+//! and serves the audit trail.
 
 pub mod audit;
 pub mod auth;
+pub mod broker;
 pub mod denials;
 pub mod discover;
 pub mod index;
@@ -17,6 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use audit::{AuditService, AuditSetup};
 use auth::Authenticator;
+use broker::BrokerService;
 use denials::SessionEvents;
 use discover::DiscoverPolicy;
 use isolation::IsolationRecorder;
@@ -24,10 +27,11 @@ use service::PolicyService;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1alpha1::audit_server::AuditServer;
+use crate::proto::v1alpha1::broker_server::BrokerServer;
 use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
 
-/// Serves the Policy and Audit services, gRPC health and server reflection on
+/// Serves the Policy, Broker and Audit services, gRPC health and server reflection on
 /// `listener` until `shutdown` completes; then ends every open policy
 /// stream (their sidecars reconnect to another replica) and returns once
 /// the connections have closed.
@@ -58,9 +62,15 @@ where
         .add_service(health)
         .add_service(reflection)
         .add_service(PolicyServer::new(PolicyService::new(
-            discover,
+            discover.clone(),
             authenticator.clone(),
             recorder,
+            shutdown.clone(),
+        )))
+        .add_service(BrokerServer::new(BrokerService::new(
+            discover.clone(),
+            authenticator.clone(),
+            audit.store.clone(),
             shutdown.clone(),
         )))
         .add_service(AuditServer::new(AuditService::new(audit, authenticator)))

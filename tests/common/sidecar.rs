@@ -194,7 +194,22 @@ impl ControlPlane {
             .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(session))));
         self.index.refresh(NAMESPACE);
     }
+}
 
+/// `message` with `session`'s sidecar token.
+pub fn as_sidecar<T>(session: &str, message: T) -> tonic::Request<T> {
+    with_token(&token_for(session), message)
+}
+
+/// `message` with the bearer token `token`.
+pub fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let bearer = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", bearer);
+    request
+}
+
+impl ControlPlane {
     pub fn put_policy(&mut self, policy: SecurityPolicy) {
         self.policies
             .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(policy))));

@@ -1,0 +1,307 @@
+//! The control plane's Broker service with real tonic clients as sidecars
+//! and a real store: a session sends to another's inbox (in order, once,
+//! kept until acknowledged, delivered again after a reconnect); every
+//! refusal is precise and audited; warn mode delivers and audits
+//! `would_deny`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sidecar::{ControlPlane, as_sidecar};
+use common::store::all_events;
+use common::*;
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::Channel;
+use wopr_operator::api::{AccessPattern, Capability, TrustLevel};
+use wopr_operator::audit::{AuditEvent, EventType};
+use wopr_operator::inbox::InboxMessage;
+use wopr_operator::policy::Outcome;
+use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
+use wopr_operator::proto::v1alpha1::{AckRequest, InboxDelivery, InboxRequest, SendRequest};
+
+/// A control plane with trusted `alice` (granted `cross.inject`) and
+/// `bob`, whose default access (`trust:trusted`) admits her, plus `locked`,
+/// which takes messages only from `carol`.
+async fn sessions() -> (ControlPlane, BrokerClient<Channel>) {
+    let mut control_plane = ControlPlane::start(&["alice", "bob", "locked", "carol"]).await;
+    for name in ["alice", "bob", "carol"] {
+        control_plane.put_session(session(name, TrustLevel::Trusted));
+    }
+    let mut locked = session("locked", TrustLevel::Trusted);
+    locked.spec.access = vec![AccessPattern::Session("carol".into())];
+    control_plane.put_session(locked);
+    control_plane.put_grant(session_grant("send", "alice", &[Capability::CrossInject]));
+    let client = BrokerClient::connect(format!("http://{}", control_plane.address))
+        .await
+        .unwrap();
+    (control_plane, client)
+}
+
+fn send(from: &str, to: &str, payload: Value) -> tonic::Request<SendRequest> {
+    as_sidecar(
+        from,
+        SendRequest {
+            namespace: NAMESPACE.into(),
+            session: from.into(),
+            target: to.into(),
+            payload_json: payload.to_string(),
+            message_id: String::new(),
+        },
+    )
+}
+
+/// `session`'s inbox from position `after`.
+async fn inbox(
+    client: &mut BrokerClient<Channel>,
+    session: &str,
+    after: i64,
+) -> tonic::Streaming<InboxDelivery> {
+    let request = InboxRequest {
+        namespace: NAMESPACE.into(),
+        session: session.into(),
+        after,
+    };
+    client
+        .inbox(as_sidecar(session, request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next delivery of `stream` (within 5 s), as a message.
+async fn next(stream: &mut tonic::Streaming<InboxDelivery>) -> (i64, InboxMessage) {
+    let delivery = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a delivery within 5 s")
+        .unwrap()
+        .expect("the stream goes on");
+    (
+        delivery.seq,
+        serde_json::from_str(&delivery.message_json).unwrap(),
+    )
+}
+
+async fn injections(control_plane: &ControlPlane) -> Vec<AuditEvent> {
+    let mut events: Vec<AuditEvent> = all_events(&control_plane.store)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == EventType::Injection)
+        .collect();
+    events.reverse();
+    events
+}
+
+#[tokio::test]
+async fn a_message_reaches_the_inbox_in_order_and_stays_until_acknowledged() {
+    let (control_plane, mut client) = sessions().await;
+    let mut answers = Vec::new();
+    for n in 0..3 {
+        let answer = client
+            .send(send("alice", "bob", json!({"n": n})))
+            .await
+            .unwrap();
+        answers.push(answer.into_inner());
+    }
+    assert!(answers.iter().all(|a| a.decision == "allowed"));
+
+    let mut stream = inbox(&mut client, "bob", 0).await;
+    for n in 0..3 {
+        let (seq, message) = next(&mut stream).await;
+        assert_eq!(seq, n + 1);
+        assert_eq!(message.payload, json!({"n": n}));
+        assert_eq!(message.id, answers[n as usize].message_id);
+        assert_eq!(message.source.identity, "alice");
+        assert_eq!(message.source.trust_level, TrustLevel::Trusted);
+    }
+    // A message sent while the stream is open arrives without a reconnect.
+    client
+        .send(send("alice", "bob", json!({"n": 3})))
+        .await
+        .unwrap();
+    let (_, fourth) = next(&mut stream).await;
+    assert_eq!(fourth.payload, json!({"n": 3}));
+
+    // The agent takes the first two; a sidecar that reconnects from the
+    // start gets the other two again, and only those.
+    let taken = vec![answers[0].message_id.clone(), answers[1].message_id.clone()];
+    let ack = AckRequest {
+        namespace: NAMESPACE.into(),
+        session: "bob".into(),
+        message_ids: taken,
+    };
+    let acked = client
+        .ack(as_sidecar("bob", ack))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.acknowledged, 2);
+    drop(stream);
+    let mut again = inbox(&mut client, "bob", 0).await;
+    let payloads = [
+        next(&mut again).await.1.payload,
+        next(&mut again).await.1.payload,
+    ];
+    assert_eq!(payloads, [json!({"n": 2}), json!({"n": 3})]);
+
+    // Each delivery is an audit event of bob, from alice, naming the tool.
+    let delivered = injections(&control_plane).await;
+    assert_eq!(delivered.len(), 4);
+    assert!(delivered.iter().all(|e| e.session == "bob"
+        && e.source.identity == "alice"
+        && e.decision == Outcome::Allowed
+        && e.tool.as_deref() == Some("sessions_send")));
+    assert_eq!(delivered[0].id, answers[0].audit_id);
+}
+
+#[tokio::test]
+async fn a_message_sent_again_with_its_id_is_queued_once() {
+    let (_control_plane, mut client) = sessions().await;
+    let id = ulid::Ulid::new().to_string();
+    for _ in 0..2 {
+        let mut request = send("alice", "bob", json!("hello"));
+        request.get_mut().message_id = id.clone();
+        let answer = client.send(request).await.unwrap().into_inner();
+        assert_eq!(answer.message_id, id);
+    }
+    let mut stream = inbox(&mut client, "bob", 0).await;
+    assert_eq!(next(&mut stream).await.1.id, id);
+    let nothing_more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(nothing_more.is_err(), "queued once: {nothing_more:?}");
+}
+
+#[tokio::test]
+async fn refusals_are_precise_lose_nothing_and_are_audited() {
+    let (control_plane, mut client) = sessions().await;
+    client
+        .send(send("alice", "bob", json!("kept")))
+        .await
+        .unwrap();
+    let mut bad_id = send("alice", "bob", json!("x"));
+    bad_id.get_mut().message_id = "message-1".into();
+    let mut not_json = send("alice", "bob", json!("x"));
+    not_json.get_mut().payload_json = "{oops".into();
+    let mut forged = send("alice", "bob", json!("x"));
+    *forged.metadata_mut() = as_sidecar("carol", ()).metadata().clone();
+    let cases: Vec<(tonic::Request<SendRequest>, Code, &str)> = vec![
+        (
+            send("carol", "bob", json!("x")),
+            Code::PermissionDenied,
+            "tool not available: sessions_send",
+        ),
+        (
+            send("alice", "nobody", json!("x")),
+            Code::NotFound,
+            "no session nobody in namespace team-a",
+        ),
+        (
+            send("alice", "locked", json!("x")),
+            Code::PermissionDenied,
+            "session locked does not take messages from alice: source not admitted by the session's access list",
+        ),
+        (not_json, Code::InvalidArgument, "payload_json is not JSON"),
+        (
+            bad_id,
+            Code::InvalidArgument,
+            "message_id \"message-1\" is not a ULID",
+        ),
+        (
+            send("alice", "bob", json!("x".repeat(70_000))),
+            Code::InvalidArgument,
+            "over the limit of 65536 per message",
+        ),
+        (
+            forged,
+            Code::PermissionDenied,
+            "may not act for session team-a/alice",
+        ),
+    ];
+    let count = cases.len();
+    for (request, code, message) in cases {
+        let refused = client.send(request).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+        assert!(
+            refused.message().contains(message),
+            "{message:?} in {refused:?}"
+        );
+    }
+    let mut wrong_token = send("alice", "bob", json!("x"));
+    *wrong_token.metadata_mut() = common::sidecar::with_token("forged", ()).metadata().clone();
+    assert_eq!(
+        client.send(wrong_token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    // The message sent before is still there, alone.
+    let mut stream = inbox(&mut client, "bob", 0).await;
+    assert_eq!(next(&mut stream).await.1.payload, json!("kept"));
+    // Every refusal of an authenticated caller is in the trail.
+    let refusals = all_events(&control_plane.store)
+        .await
+        .into_iter()
+        .filter(|e| e.decision == Outcome::Denied)
+        .count();
+    assert_eq!(refusals, count);
+}
+
+#[tokio::test]
+async fn a_full_inbox_says_so_and_takes_more_once_acknowledged() {
+    let (_control_plane, mut client) = sessions().await;
+    let mut first = None;
+    for n in 0..1000 {
+        let answer = client.send(send("alice", "bob", json!(n))).await.unwrap();
+        first.get_or_insert(answer.into_inner().message_id);
+    }
+    let full = client
+        .send(send("alice", "bob", json!("one more")))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message()
+            .contains("the inbox of team-a/bob is full: 1000 messages wait"),
+        "{full:?}"
+    );
+    let ack = AckRequest {
+        namespace: NAMESPACE.into(),
+        session: "bob".into(),
+        message_ids: vec![first.unwrap()],
+    };
+    client.ack(as_sidecar("bob", ack)).await.unwrap();
+    client
+        .send(send("alice", "bob", json!("one more")))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn warn_mode_delivers_and_audits_would_deny() {
+    let (mut control_plane, mut client) = sessions().await;
+    control_plane.put_policy(security_policy(json!({"enforcement": "warn"})));
+    // carol holds no cross.inject, and locked does not admit alice: warn
+    // mode delivers both, as would_deny.
+    let answer = client
+        .send(send("carol", "bob", json!("x")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.decision, "would_deny");
+    let answer = client
+        .send(send("alice", "locked", json!("y")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.decision, "would_deny");
+    let audited = injections(&control_plane).await;
+    assert_eq!(audited.len(), 2);
+    assert!(
+        audited.iter().all(|e| e.decision == Outcome::WouldDeny),
+        "{audited:#?}"
+    );
+    assert!(
+        audited[1].reason.contains("source not admitted"),
+        "{}",
+        audited[1].reason
+    );
+}
