@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::sidecar::{ControlPlane, as_sidecar};
+use common::sidecar::{ControlPlane, Sidecar, as_sidecar, token_for};
 use common::store::all_events;
 use common::*;
 use serde_json::{Value, json};
@@ -19,7 +19,9 @@ use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::inbox::InboxMessage;
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
-use wopr_operator::proto::v1alpha1::{AckRequest, InboxDelivery, InboxRequest, SendRequest};
+use wopr_operator::proto::v1alpha1::{
+    AckRequest, CallToolRequest, InboxDelivery, InboxRequest, SendRequest,
+};
 
 /// A control plane with trusted `alice` (granted `cross.inject`) and
 /// `bob`, whose default access (`trust:trusted`) admits her, plus `locked`,
@@ -273,6 +275,66 @@ async fn a_full_inbox_says_so_and_takes_more_once_acknowledged() {
         .send(send("alice", "bob", json!("one more")))
         .await
         .unwrap();
+}
+
+/// The agent's `sessions_send`: listed only with `cross.inject`, answered
+/// with the message and audit ids, refusals in the control plane's words;
+/// the recipient's inbox holds what was sent.
+#[tokio::test]
+async fn an_agent_sends_with_its_sidecars_sessions_send_tool() {
+    let (control_plane, mut client) = sessions().await;
+    let address = control_plane.address.to_string();
+    let alice = Sidecar::start(&address, "alice", &token_for("alice")).await;
+    let carol = Sidecar::start(&address, "carol", &token_for("carol")).await;
+    alice.wait_for_policy(|served| served.is_some()).await;
+    carol.wait_for_policy(|served| served.is_some()).await;
+    let listed = |sidecar: &Sidecar| {
+        let mut tools = sidecar.engine.list().into_iter().map(|id| id.tool().name);
+        tools.any(|name| name == "sessions_send")
+    };
+    assert!(
+        listed(&alice) && !listed(&carol),
+        "only alice holds cross.inject"
+    );
+
+    let call = |target: &str| CallToolRequest {
+        name: "sessions_send".into(),
+        arguments_json: json!({"target": target, "message": {"ask": "status?"}}).to_string(),
+    };
+    let sent = alice.tools().await.call_tool(call("bob")).await.unwrap();
+    let sent: Value = serde_json::from_str(&sent.into_inner().result_json).unwrap();
+    assert_eq!(sent["decision"], "allowed");
+    let mut stream = inbox(&mut client, "bob", 0).await;
+    let (_, message) = next(&mut stream).await;
+    assert_eq!(message.id, sent["messageId"].as_str().unwrap());
+    assert_eq!(message.payload, json!({"ask": "status?"}));
+    assert_eq!(message.source.identity, "alice");
+
+    let refused = alice
+        .tools()
+        .await
+        .call_tool(call("locked"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "the tool ran and failed"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("session locked does not take messages from alice"),
+        "{refused:?}"
+    );
+    let refused = carol
+        .tools()
+        .await
+        .call_tool(call("bob"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(refused.message(), "tool not available: sessions_send");
 }
 
 #[tokio::test]

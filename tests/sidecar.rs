@@ -78,6 +78,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
             &[
                 "security_whoami",
                 "security_check",
+                "sessions_send",
                 "memory_read",
                 "memory_write",
                 "config_get",

@@ -195,11 +195,7 @@ async fn connect<T>(
 pub async fn connect_channel(
     target: &WatchTarget,
 ) -> Result<(Channel, MetadataValue<Ascii>), WatchError> {
-    let token =
-        std::fs::read_to_string(&target.token_path).map_err(|source| WatchError::Token {
-            path: target.token_path.display().to_string(),
-            source,
-        })?;
+    let bearer = bearer_of(target)?;
     let uri = endpoint_uri(&target.address)?;
     let channel = Endpoint::from_shared(uri.clone())
         .map_err(|_| WatchError::Address(uri))?
@@ -208,12 +204,21 @@ pub async fn connect_channel(
         .keep_alive_timeout(Duration::from_secs(5))
         .connect()
         .await?;
-    let bearer = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+    Ok((channel, bearer))
+}
+
+/// The `authorization` header of the projected token, read anew.
+pub fn bearer_of(target: &WatchTarget) -> Result<MetadataValue<Ascii>, WatchError> {
+    let token =
+        std::fs::read_to_string(&target.token_path).map_err(|source| WatchError::Token {
+            path: target.token_path.display().to_string(),
+            source,
+        })?;
+    format!("Bearer {}", token.trim()).parse().map_err(|_| {
         WatchError::Status(tonic::Status::unauthenticated(
             "the token is not a valid header value",
         ))
-    })?;
-    Ok((channel, bearer))
+    })
 }
 
 #[cfg(test)]

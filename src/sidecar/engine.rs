@@ -13,7 +13,7 @@ use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, AuditSink, EventType};
 use crate::policy::tools::arguments::{
-    CapabilityQuery, NoArguments, Unimplemented, WorkspacePath, WorkspaceWrite,
+    CapabilityQuery, NoArguments, SessionMessage, Unimplemented, WorkspacePath, WorkspaceWrite,
 };
 use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
 
@@ -81,6 +81,26 @@ impl Limits {
     }
 }
 
+/// Sends messages to other sessions, through the control plane's broker.
+#[tonic::async_trait]
+pub trait Messenger: Send + Sync {
+    /// Sends `message` to the session `target`; what the agent is answered.
+    async fn send(&self, target: &str, message: &Value) -> Result<Value, ToolError>;
+}
+
+/// No way to the broker: every message fails (the engine of a sidecar that
+/// has not been given one).
+struct Unconnected;
+
+#[tonic::async_trait]
+impl Messenger for Unconnected {
+    async fn send(&self, _target: &str, _message: &Value) -> Result<Value, ToolError> {
+        Err(ToolError::Failed(
+            "no connection to the control plane's broker".into(),
+        ))
+    }
+}
+
 /// Serves the tools of one session.
 pub struct ToolEngine {
     namespace: String,
@@ -89,6 +109,7 @@ pub struct ToolEngine {
     audit: Arc<dyn AuditSink>,
     workspace: Workspace,
     limits: Mutex<Limits>,
+    messenger: Arc<dyn Messenger>,
     /// The wall clock of audit events (a parameter so tests fix it). Rate
     /// limits and the policy's staleness run on tokio's clock, which tests
     /// pause and advance.
@@ -113,8 +134,15 @@ impl ToolEngine {
             audit,
             workspace,
             limits: Mutex::new(limits),
+            messenger: Arc::new(Unconnected),
             clock,
         }
+    }
+
+    /// The engine, sending messages with `messenger`.
+    pub fn with_messenger(mut self, messenger: Arc<dyn Messenger>) -> ToolEngine {
+        self.messenger = messenger;
+        self
     }
 
     /// The policy this engine enforces.
@@ -153,8 +181,8 @@ impl ToolEngine {
 
     /// Calls `name` with `arguments`; every outcome is audited, and the
     /// answer names the audit event that recorded it.
-    pub fn call(&self, name: &str, arguments: &Value) -> Answer {
-        let (result, mut event) = self.decide_and_run(name, arguments);
+    pub async fn call(&self, name: &str, arguments: &Value) -> Answer {
+        let (result, mut event) = self.decide_and_run(name, arguments).await;
         event.tool = Some(name.to_owned());
         self.audit.record(&event);
         Answer {
@@ -164,7 +192,7 @@ impl ToolEngine {
     }
 
     /// The result of a call and the (not yet recorded) event that records it.
-    fn decide_and_run(
+    async fn decide_and_run(
         &self,
         name: &str,
         arguments: &Value,
@@ -231,7 +259,7 @@ impl ToolEngine {
                     );
                     return (Err(ToolError::RateLimited(retry_after)), event);
                 }
-                self.run(call, &served)
+                self.run(call, &served).await
             }
         };
         let reason = match &result {
@@ -244,7 +272,7 @@ impl ToolEngine {
     }
 
     /// Runs a parsed call: one arm per tool of the registry.
-    fn run(&self, call: ToolCall, served: &Served) -> Result<Value, ToolError> {
+    async fn run(&self, call: ToolCall, served: &Served) -> Result<Value, ToolError> {
         let context = &served.context;
         match call {
             ToolCall::SecurityWhoami(NoArguments {}) => Ok(json!({
@@ -285,11 +313,13 @@ impl ToolEngine {
                 "gateways": context.gateways,
                 "policyHash": context.policy_hash,
             })),
+            ToolCall::SessionsSend(SessionMessage { target, message }) => {
+                self.messenger.send(&target, &message).await
+            }
             // Not run by this version: never listed, refused like unknown tools.
             ToolCall::SecurityRequest(Unimplemented {})
             | ToolCall::SessionsList(Unimplemented {})
             | ToolCall::SessionsHistory(Unimplemented {})
-            | ToolCall::SessionsSend(Unimplemented {})
             | ToolCall::SessionsSpawn(Unimplemented {})
             | ToolCall::HttpFetch(Unimplemented {})
             | ToolCall::ExecCommand(Unimplemented {})
@@ -384,8 +414,8 @@ mod tests {
 
     /// A sink that cannot record durably: every call is refused, and the
     /// refusal says why.
-    #[test]
-    fn no_call_runs_while_the_audit_cannot_record_it() {
+    #[tokio::test]
+    async fn no_call_runs_while_the_audit_cannot_record_it() {
         struct Failing(MemorySink);
         impl AuditSink for Failing {
             fn record(&self, event: &AuditEvent) {
@@ -409,7 +439,7 @@ mod tests {
             Limits::new(unlimited.clone(), unlimited),
             || Timestamp::UNIX_EPOCH,
         );
-        let answer = engine.call("security_whoami", &json!({}));
+        let answer = engine.call("security_whoami", &json!({})).await;
         assert_eq!(
             answer.result,
             Err(ToolError::NotAvailable("security_whoami".into()))
@@ -433,11 +463,11 @@ mod tests {
             ("config_get", json!({})),
             ("memory_read", json!({"path": "x"})),
         ] {
-            let _ = engine.call(tool, &arguments).result;
+            let _ = engine.call(tool, &arguments).await.result;
         }
         for _ in 0..3 {
             assert_eq!(
-                engine.call("security_check", &check).result,
+                engine.call("security_check", &check).await.result,
                 Err(ToolError::RateLimited(Duration::from_secs(15))),
                 "the session's limit refuses"
             );
@@ -445,6 +475,6 @@ mod tests {
         // The session gets a token back after 15 s; security_check still
         // has the one token the refused calls did not spend.
         tokio::time::advance(Duration::from_secs(15)).await;
-        assert!(engine.call("security_check", &check).result.is_ok());
+        assert!(engine.call("security_check", &check).await.result.is_ok());
     }
 }

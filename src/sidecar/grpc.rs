@@ -71,7 +71,7 @@ impl Tools for ToolsService {
                 Status::invalid_argument(format!("arguments_json is not JSON: {error}"))
             })?
         };
-        let answer = self.engine.call(&name, &arguments);
+        let answer = self.engine.call(&name, &arguments).await;
         let audit_id =
             MetadataValue::try_from(answer.audit_id.as_str()).expect("a ULID is valid metadata");
         match answer.result {

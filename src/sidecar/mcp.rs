@@ -167,7 +167,7 @@ impl ServerHandler for McpServer {
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         // The engine audits every call, refused or not.
         Audited::mark(&context);
-        let answer = self.engine.call(&request.name, &arguments);
+        let answer = self.engine.call(&request.name, &arguments).await;
         let meta = json!({ contract::AUDIT_ID_MCP_META: answer.audit_id });
         let mut result = match answer.result {
             Ok(result) => CallToolResult::structured(result),

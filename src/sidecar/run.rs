@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
+use super::broker::BrokerLink;
 use super::client::{WatchTarget, report_isolation, watch_forever};
 use super::engine::{Limits, ToolEngine};
 use super::grpc::ToolsService;
@@ -146,6 +147,16 @@ impl SidecarArgs {
             required: self.require_verified_isolation,
         })
     }
+
+    /// Where this sidecar reaches the control plane, as whom.
+    fn watch_target(&self) -> WatchTarget {
+        WatchTarget {
+            address: self.control_plane_address.clone(),
+            namespace: self.namespace.clone(),
+            session: self.session.clone(),
+            token_path: self.token_path.clone(),
+        }
+    }
 }
 
 /// The sidecar's runtime: one thread. Its CPU limit is a tenth of a core,
@@ -214,22 +225,25 @@ pub async fn run(
     let state = Arc::new(PolicyState::new(Duration::from_secs(
         args.max_policy_age_seconds,
     )));
-    let engine = Arc::new(ToolEngine::new(
-        &args.namespace,
-        &args.session,
-        state.clone(),
-        audit.clone(),
-        Workspace::new(&args.workspace),
-        Limits::new(
-            RateLimit {
-                per_minute: args.session_calls_per_minute,
-            },
-            RateLimit {
-                per_minute: args.tool_calls_per_minute,
-            },
-        ),
-        Timestamp::now,
-    ));
+    let engine = Arc::new(
+        ToolEngine::new(
+            &args.namespace,
+            &args.session,
+            state.clone(),
+            audit.clone(),
+            Workspace::new(&args.workspace),
+            Limits::new(
+                RateLimit {
+                    per_minute: args.session_calls_per_minute,
+                },
+                RateLimit {
+                    per_minute: args.tool_calls_per_minute,
+                },
+            ),
+            Timestamp::now,
+        )
+        .with_messenger(Arc::new(BrokerLink::new(args.watch_target()))),
+    );
     let _ = std::fs::remove_file(&args.socket_path);
     let socket =
         UnixListener::bind(&args.socket_path).map_err(listen_error(args.socket_path.display()))?;
@@ -252,12 +266,7 @@ pub async fn run(
         "sidecar serving"
     );
 
-    let target = WatchTarget {
-        address: args.control_plane_address.clone(),
-        namespace: args.namespace.clone(),
-        session: args.session.clone(),
-        token_path: args.token_path.clone(),
-    };
+    let target = args.watch_target();
     let health = HealthReporter::new();
     if isolation.required {
         // Before anything serves health: the agent waits for the checks.

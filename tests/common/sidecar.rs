@@ -26,6 +26,7 @@ use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::serve;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
+use wopr_operator::sidecar::broker::BrokerLink;
 use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
 use wopr_operator::sidecar::engine::{Limits, ToolEngine};
 use wopr_operator::sidecar::policy_state::PolicyState;
@@ -307,24 +308,25 @@ impl Sidecar {
         let workspace = dir.path().join("workspace");
         std::fs::create_dir(&workspace).unwrap();
         let state = Arc::new(PolicyState::new(max_policy_age));
-        let engine = Arc::new(ToolEngine::new(
-            NAMESPACE,
-            session,
-            state.clone(),
-            sink,
-            Workspace::new(&workspace),
-            limits,
-            now,
-        ));
-        tokio::spawn(watch_forever(
-            WatchTarget {
-                address: control_plane.to_owned(),
-                namespace: NAMESPACE.into(),
-                session: session.into(),
-                token_path,
-            },
-            state.clone(),
-        ));
+        let target = WatchTarget {
+            address: control_plane.to_owned(),
+            namespace: NAMESPACE.into(),
+            session: session.into(),
+            token_path,
+        };
+        let engine = Arc::new(
+            ToolEngine::new(
+                NAMESPACE,
+                session,
+                state.clone(),
+                sink,
+                Workspace::new(&workspace),
+                limits,
+                now,
+            )
+            .with_messenger(Arc::new(BrokerLink::new(target.clone()))),
+        );
+        tokio::spawn(watch_forever(target, state.clone()));
         let socket = dir.path().join("a2a.sock");
         let listeners = Listeners {
             socket: UnixListener::bind(&socket).unwrap(),

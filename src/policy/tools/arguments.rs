@@ -68,6 +68,18 @@ pub struct WorkspaceWrite {
 
 impl Arguments for WorkspaceWrite {}
 
+/// A message for another session of the namespace.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionMessage {
+    /// The recipient: a session of your namespace.
+    pub target: String,
+    /// What to send: any JSON value.
+    pub message: Value,
+}
+
+impl Arguments for SessionMessage {}
+
 /// The arguments of a tool this version does not run yet: it is never
 /// listed, and calling it is refused like an unknown tool.
 #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
@@ -133,6 +145,7 @@ mod tests {
             [
                 "security_whoami",
                 "security_check",
+                "sessions_send",
                 "memory_read",
                 "memory_write",
                 "config_get"

@@ -99,7 +99,7 @@ declare_tools! {
         "The sessions you may reach.";
     SessionsHistory = "sessions_history", needs(Capability::A2aCall), Unimplemented,
         "The message history of a session you may reach.";
-    SessionsSend = "sessions_send", needs(Capability::CrossInject), Unimplemented,
+    SessionsSend = "sessions_send", needs(Capability::CrossInject), SessionMessage,
         "Send a message to another session.";
     SessionsSpawn = "sessions_spawn", needs(Capability::SessionSpawn), Unimplemented,
         "Start a child session at your trust level or lower.";
