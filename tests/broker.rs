@@ -20,7 +20,8 @@ use wopr_operator::inbox::InboxMessage;
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
 use wopr_operator::proto::v1alpha1::{
-    AckRequest, CallToolRequest, InboxDelivery, InboxRequest, SendRequest,
+    AckRequest, AcknowledgeRequest, CallToolRequest, InboxDelivery, InboxRequest, MessagesRequest,
+    SendRequest,
 };
 
 /// A control plane with trusted `alice` (granted `cross.inject`) and
@@ -335,6 +336,97 @@ async fn an_agent_sends_with_its_sidecars_sessions_send_tool() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert_eq!(refused.message(), "tool not available: sessions_send");
+}
+
+/// The recipient's agent reads its inbox as a gRPC stream and with the
+/// `inbox_read` tool, acknowledges through either, and a new sidecar (a
+/// restart) delivers again exactly what was not acknowledged.
+#[tokio::test]
+async fn the_agent_reads_and_acknowledges_its_inbox() {
+    let (control_plane, mut client) = sessions().await;
+    let address = control_plane.address.to_string();
+    let bob = Sidecar::start(&address, "bob", &token_for("bob")).await;
+    bob.wait_for_policy(|served| served.is_some()).await;
+    let mut stream = bob
+        .inbox()
+        .await
+        .messages(MessagesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        let answer = client.send(send("alice", "bob", json!(n))).await.unwrap();
+        sent.push(answer.into_inner().message_id);
+    }
+    for id in &sent {
+        let received = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&received.id, id, "in order");
+    }
+
+    // The same messages through the tool, oldest first.
+    let read = |limit: u32| CallToolRequest {
+        name: "inbox_read".into(),
+        arguments_json: json!({"limit": limit}).to_string(),
+    };
+    let listed = bob.tools().await.call_tool(read(2)).await.unwrap();
+    let listed: Value = serde_json::from_str(&listed.into_inner().result_json).unwrap();
+    let ids: Vec<&str> = listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [sent[0].as_str(), sent[1].as_str()]);
+
+    // The first through the stream's service, the second with the tool.
+    let acked = bob
+        .inbox()
+        .await
+        .acknowledge(AcknowledgeRequest {
+            ids: vec![sent[0].clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(acked.into_inner().acknowledged, 1);
+    let ack = CallToolRequest {
+        name: "inbox_ack".into(),
+        arguments_json: json!({"ids": [sent[1]]}).to_string(),
+    };
+    bob.tools().await.call_tool(ack).await.unwrap();
+    let audited: Vec<String> = bob
+        .audit
+        .take()
+        .into_iter()
+        .filter_map(|e| e.tool)
+        .filter(|tool| tool.starts_with("inbox_"))
+        .collect();
+    assert_eq!(audited, ["inbox_read", "inbox_ack", "inbox_ack"]);
+
+    // A sidecar that starts again (a restart) has only the third.
+    drop(stream);
+    drop(bob);
+    let again = Sidecar::start(&address, "bob", &token_for("bob")).await;
+    again.wait_for_policy(|served| served.is_some()).await;
+    let mut stream = again
+        .inbox()
+        .await
+        .messages(MessagesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let redelivered = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(redelivered.id, sent[2]);
+    let nothing_more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(nothing_more.is_err(), "only what was not acknowledged");
 }
 
 #[tokio::test]

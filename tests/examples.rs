@@ -215,7 +215,9 @@ fn the_code_executor_executes_without_network() {
             "exec_command",
             "memory_read",
             "memory_write",
-            "config_get"
+            "config_get",
+            "inbox_read",
+            "inbox_ack"
         ]
     );
 }
@@ -239,12 +241,18 @@ fn the_research_agent_is_sandboxed_with_restricted_network() {
 }
 
 #[test]
-fn the_api_handler_only_has_security_tools() {
+fn the_api_handler_only_has_security_tools_and_its_inbox() {
     let context = load_examples().context("api-handler");
     assert_eq!(context.trust_level, TrustLevel::Untrusted);
     assert_eq!(
         callable(&context),
-        ["security_whoami", "security_check", "security_request"]
+        [
+            "security_whoami",
+            "security_check",
+            "security_request",
+            "inbox_read",
+            "inbox_ack"
+        ]
     );
 }
 

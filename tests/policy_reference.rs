@@ -18,7 +18,14 @@ fn context_of(session: &Session, policy: Option<&SecurityPolicy>) -> policy::Eff
     resolve(session, policy, &[], &[], now()).unwrap()
 }
 
-const SECURITY_TOOLS: [&str; 3] = ["security_whoami", "security_check", "security_request"];
+/// The tools every session has: the security tools and its inbox.
+const ALWAYS_AVAILABLE: [&str; 5] = [
+    "security_whoami",
+    "security_check",
+    "security_request",
+    "inbox_read",
+    "inbox_ack",
+];
 const GATEWAY_TOOLS: [&str; 3] = ["gateway_forward", "gateway_respond", "gateway_queue"];
 
 fn outcome(session: &wopr_operator::api::Session, tool: &str) -> Outcome {
@@ -45,14 +52,14 @@ fn reference_tool_decisions() {
 }
 
 #[test]
-fn untrusted_gets_only_the_security_tools() {
+fn untrusted_gets_only_the_always_available_tools() {
     let context = context_of(&session("api", TrustLevel::Untrusted), None);
     let callable: Vec<&str> = callable_tools(&context)
         .iter()
         .map(|id| id.tool().name)
         .collect();
-    assert_eq!(callable, SECURITY_TOOLS);
-    for tool in TOOLS.iter().filter(|t| !SECURITY_TOOLS.contains(&t.name)) {
+    assert_eq!(callable, ALWAYS_AVAILABLE);
+    for tool in TOOLS.iter().filter(|t| !ALWAYS_AVAILABLE.contains(&t.name)) {
         assert_eq!(
             decide(&context, Request::Tool(tool.name)).outcome,
             Outcome::Denied,
@@ -245,7 +252,9 @@ fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
             "security_check",
             "security_request",
             "memory_read",
-            "memory_write"
+            "memory_write",
+            "inbox_read",
+            "inbox_ack"
         ]
     );
     // A session's own allow list cannot bring back what the policy denies.
@@ -260,7 +269,9 @@ fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
             "security_whoami",
             "security_check",
             "security_request",
-            "memory_read"
+            "memory_read",
+            "inbox_read",
+            "inbox_ack"
         ]
     );
 }
@@ -338,14 +349,21 @@ fn injections_follow_the_access_list() {
 
     target.spec.access = vec!["type:api".parse().unwrap(), "peer:KEY".parse().unwrap()];
     let typed = context_of(&target, None);
-    let untrusted_inject: policy::CapabilitySet = [Capability::Inject].into_iter().collect();
+    let inject_only: policy::CapabilitySet = [Capability::Inject].into_iter().collect();
     let api = Source {
         source_type: "api",
         identity: "client-1",
-        trust_level: TrustLevel::Untrusted,
-        capabilities: untrusted_inject,
+        trust_level: TrustLevel::SemiTrusted,
+        capabilities: inject_only,
     };
     assert_eq!(inject(&typed, &api), Outcome::Allowed);
+    // An untrusted one, whatever the access list says, only into a gateway.
+    let untrusted_api = Source {
+        trust_level: TrustLevel::Untrusted,
+        ..api
+    };
+    let decision = decide(&typed, Request::Inject(&untrusted_api));
+    assert_eq!(decision.reason, Reason::UntrustedNeedsGateway);
     let no_inject = Source {
         capabilities: policy::CapabilitySet::EMPTY,
         ..api

@@ -48,7 +48,12 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
         (
             "u",
             TrustLevel::Untrusted,
-            &["security_whoami", "security_check"],
+            &[
+                "security_whoami",
+                "security_check",
+                "inbox_read",
+                "inbox_ack",
+            ],
         ),
         (
             "s",
@@ -59,6 +64,8 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "memory_read",
                 "memory_write",
                 "config_get",
+                "inbox_read",
+                "inbox_ack",
             ],
         ),
         (
@@ -70,6 +77,8 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "memory_read",
                 "memory_write",
                 "config_get",
+                "inbox_read",
+                "inbox_ack",
             ],
         ),
         (
@@ -82,6 +91,8 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "memory_read",
                 "memory_write",
                 "config_get",
+                "inbox_read",
+                "inbox_ack",
             ],
         ),
     ];
@@ -448,7 +459,9 @@ mod mcp {
                 "security_check",
                 "memory_read",
                 "memory_write",
-                "config_get"
+                "config_get",
+                "inbox_read",
+                "inbox_ack"
             ]
         );
         assert_eq!(
@@ -485,7 +498,7 @@ mod mcp {
         let (_cp, sidecar) = ready_sidecar().await;
         let (status, listed) = post(&sidecar, request("tools/list", json!({}))).await;
         assert_eq!(status, 200);
-        assert_eq!(tool_names(&listed).len(), 5);
+        assert_eq!(tool_names(&listed).len(), 7);
         let (_, called) = post(
             &sidecar,
             request(

@@ -415,7 +415,9 @@ mod tests {
                 "security_request",
                 "memory_read",
                 "memory_write",
-                "config_get"
+                "config_get",
+                "inbox_read",
+                "inbox_ack"
             ]
         );
     }

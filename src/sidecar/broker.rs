@@ -1,16 +1,18 @@
-//! The sidecar's side of the Broker: `sessions_send` as a call of the
-//! control plane's `Broker.Send` for this session, over one channel that
-//! is opened on first use and again after a transport failure.
+//! The sidecar's side of the Broker: `sessions_send` and `inbox_ack` as
+//! calls of the control plane's `Broker.Send` and `Broker.Ack` for this
+//! session, over one channel that is opened on first use and again after a
+//! transport failure.
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tonic::Code;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use super::client::{WatchTarget, bearer_of, connect_channel};
+use super::client::{WatchError, WatchTarget, bearer_of, connect_channel};
 use super::engine::{Messenger, ToolError};
-use crate::proto::v1alpha1::SendRequest;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
+use crate::proto::v1alpha1::{AckRequest, SendRequest};
 
 /// This session's way to the broker.
 pub struct BrokerLink {
@@ -44,27 +46,35 @@ fn tool_error(status: &tonic::Status) -> ToolError {
     }
 }
 
+impl BrokerLink {
+    /// A client on the cached channel (opened now if there is none) and
+    /// the current token.
+    async fn client(&self) -> Result<(BrokerClient<Channel>, MetadataValue<Ascii>), ToolError> {
+        let failed = |error: WatchError| ToolError::Failed(error.to_string());
+        let mut cached = self.channel.lock().await;
+        let (channel, bearer) = match cached.as_ref() {
+            // The token is read again for every call: the kubelet rotates it.
+            Some(channel) => (channel.clone(), bearer_of(&self.target).map_err(failed)?),
+            None => connect_channel(&self.target).await.map_err(failed)?,
+        };
+        *cached = Some(channel.clone());
+        Ok((BrokerClient::new(channel), bearer))
+    }
+
+    /// `status` as the agent's error; a transport failure also drops the
+    /// channel, so the next call opens a new one.
+    async fn failed(&self, status: tonic::Status) -> ToolError {
+        if matches!(status.code(), Code::Unavailable | Code::Unknown) {
+            *self.channel.lock().await = None;
+        }
+        tool_error(&status)
+    }
+}
+
 #[tonic::async_trait]
 impl Messenger for BrokerLink {
     async fn send(&self, target: &str, message: &Value) -> Result<Value, ToolError> {
-        // The token is read again for every message: the kubelet rotates it.
-        let (fresh, bearer) = {
-            let mut cached = self.channel.lock().await;
-            match cached.as_ref() {
-                Some(channel) => {
-                    let bearer = bearer_of(&self.target)
-                        .map_err(|error| ToolError::Failed(error.to_string()))?;
-                    (channel.clone(), bearer)
-                }
-                None => {
-                    let (channel, bearer) = connect_channel(&self.target)
-                        .await
-                        .map_err(|error| ToolError::Failed(error.to_string()))?;
-                    *cached = Some(channel.clone());
-                    (channel, bearer)
-                }
-            }
-        };
+        let (mut client, bearer) = self.client().await?;
         let mut request = tonic::Request::new(SendRequest {
             namespace: self.target.namespace.clone(),
             session: self.target.session.clone(),
@@ -73,7 +83,7 @@ impl Messenger for BrokerLink {
             message_id: ulid::Ulid::new().to_string(),
         });
         request.metadata_mut().insert("authorization", bearer);
-        match BrokerClient::new(fresh).send(request).await {
+        match client.send(request).await {
             Ok(sent) => {
                 let sent = sent.into_inner();
                 Ok(json!({
@@ -83,12 +93,21 @@ impl Messenger for BrokerLink {
                     "auditId": sent.audit_id,
                 }))
             }
-            Err(status) => {
-                if matches!(status.code(), Code::Unavailable | Code::Unknown) {
-                    *self.channel.lock().await = None;
-                }
-                Err(tool_error(&status))
-            }
+            Err(status) => Err(self.failed(status).await),
+        }
+    }
+
+    async fn ack(&self, ids: &[String]) -> Result<u64, ToolError> {
+        let (mut client, bearer) = self.client().await?;
+        let mut request = tonic::Request::new(AckRequest {
+            namespace: self.target.namespace.clone(),
+            session: self.target.session.clone(),
+            message_ids: ids.to_vec(),
+        });
+        request.metadata_mut().insert("authorization", bearer);
+        match client.ack(request).await {
+            Ok(acked) => Ok(acked.into_inner().acknowledged),
+            Err(status) => Err(self.failed(status).await),
         }
     }
 }

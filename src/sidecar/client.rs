@@ -16,8 +16,8 @@ use crate::proto::v1alpha1::{
 };
 use crate::wire::decode;
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where and as whom the sidecar watches its policy.
 #[derive(Clone, Debug)]

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::inbox::Inbox;
 use super::policy_state::{PolicyState, Served};
 use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, AuditSink, EventType};
+use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
-    CapabilityQuery, NoArguments, SessionMessage, Unimplemented, WorkspacePath, WorkspaceWrite,
+    CapabilityQuery, InboxRead, MessageIds, NoArguments, SessionMessage, Unimplemented,
+    WorkspacePath, WorkspaceWrite,
 };
 use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
 
@@ -81,11 +84,16 @@ impl Limits {
     }
 }
 
-/// Sends messages to other sessions, through the control plane's broker.
+/// Sends messages to other sessions, and acknowledges this session's,
+/// through the control plane's broker.
 #[tonic::async_trait]
 pub trait Messenger: Send + Sync {
     /// Sends `message` to the session `target`; what the agent is answered.
     async fn send(&self, target: &str, message: &Value) -> Result<Value, ToolError>;
+
+    /// Acknowledges the messages `ids` of this session's inbox; how many
+    /// were pending.
+    async fn ack(&self, ids: &[String]) -> Result<u64, ToolError>;
 }
 
 /// No way to the broker: every message fails (the engine of a sidecar that
@@ -95,11 +103,21 @@ struct Unconnected;
 #[tonic::async_trait]
 impl Messenger for Unconnected {
     async fn send(&self, _target: &str, _message: &Value) -> Result<Value, ToolError> {
-        Err(ToolError::Failed(
-            "no connection to the control plane's broker".into(),
-        ))
+        Err(unconnected())
+    }
+
+    async fn ack(&self, _ids: &[String]) -> Result<u64, ToolError> {
+        Err(unconnected())
     }
 }
+
+fn unconnected() -> ToolError {
+    ToolError::Failed("no connection to the control plane's broker".into())
+}
+
+/// Messages `inbox_read` shows by default, and at most.
+const INBOX_READ_DEFAULT: u32 = 10;
+const INBOX_READ_MAX: u32 = 100;
 
 /// Serves the tools of one session.
 pub struct ToolEngine {
@@ -110,6 +128,7 @@ pub struct ToolEngine {
     workspace: Workspace,
     limits: Mutex<Limits>,
     messenger: Arc<dyn Messenger>,
+    inbox: Arc<Inbox>,
     /// The wall clock of audit events (a parameter so tests fix it). Rate
     /// limits and the policy's staleness run on tokio's clock, which tests
     /// pause and advance.
@@ -135,14 +154,22 @@ impl ToolEngine {
             workspace,
             limits: Mutex::new(limits),
             messenger: Arc::new(Unconnected),
+            inbox: Arc::default(),
             clock,
         }
     }
 
-    /// The engine, sending messages with `messenger`.
-    pub fn with_messenger(mut self, messenger: Arc<dyn Messenger>) -> ToolEngine {
+    /// The engine, sending and acknowledging messages with `messenger`,
+    /// reading them from `inbox`.
+    pub fn with_broker(mut self, messenger: Arc<dyn Messenger>, inbox: Arc<Inbox>) -> ToolEngine {
         self.messenger = messenger;
+        self.inbox = inbox;
         self
+    }
+
+    /// The session's inbox, as this sidecar holds it.
+    pub fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
     }
 
     /// The policy this engine enforces.
@@ -315,6 +342,21 @@ impl ToolEngine {
             })),
             ToolCall::SessionsSend(SessionMessage { target, message }) => {
                 self.messenger.send(&target, &message).await
+            }
+            ToolCall::InboxRead(InboxRead { limit }) => {
+                let limit = limit.unwrap_or(INBOX_READ_DEFAULT).min(INBOX_READ_MAX);
+                let messages: Vec<InboxMessage> = self
+                    .inbox
+                    .after(0, limit as usize)
+                    .into_iter()
+                    .map(|(_, message)| message)
+                    .collect();
+                Ok(json!({"messages": messages}))
+            }
+            ToolCall::InboxAck(MessageIds { ids }) => {
+                let acknowledged = self.messenger.ack(&ids).await?;
+                self.inbox.release(&ids);
+                Ok(json!({"acknowledged": acknowledged}))
             }
             // Not run by this version: never listed, refused like unknown tools.
             ToolCall::SecurityRequest(Unimplemented {})

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod client;
 pub mod engine;
 pub mod grpc;
+pub mod inbox;
 pub mod isolation;
 pub mod mcp;
 pub mod policy_state;

@@ -21,7 +21,8 @@ use tonic_health::server::{HealthReporter, HealthService};
 use super::broker::BrokerLink;
 use super::client::{WatchTarget, report_isolation, watch_forever};
 use super::engine::{Limits, ToolEngine};
-use super::grpc::ToolsService;
+use super::grpc::{InboxService, ToolsService};
+use super::inbox::{self, Inbox};
 use super::isolation::network::{EgressAllow, ProbeTarget};
 use super::isolation::pids::CgroupFiles;
 use super::isolation::{IsolationConfig, verify_forever};
@@ -35,6 +36,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::{NetworkMode, RateLimit};
 use crate::audit::QueuedLineSink;
 use crate::contract::{self, env};
+use crate::proto::v1alpha1::inbox_server::InboxServer;
 use crate::proto::v1alpha1::tools_server::ToolsServer;
 
 /// Flags of `wopr-operator sidecar`.
@@ -225,6 +227,7 @@ pub async fn run(
     let state = Arc::new(PolicyState::new(Duration::from_secs(
         args.max_policy_age_seconds,
     )));
+    let inbox = Arc::new(Inbox::default());
     let engine = Arc::new(
         ToolEngine::new(
             &args.namespace,
@@ -242,7 +245,10 @@ pub async fn run(
             ),
             Timestamp::now,
         )
-        .with_messenger(Arc::new(BrokerLink::new(args.watch_target()))),
+        .with_broker(
+            Arc::new(BrokerLink::new(args.watch_target())),
+            inbox.clone(),
+        ),
     );
     let _ = std::fs::remove_file(&args.socket_path);
     let socket =
@@ -284,6 +290,7 @@ pub async fn run(
         }
     }));
     let watcher = tokio::spawn(watch_forever(target.clone(), state));
+    let inbox_follower = tokio::spawn(inbox::follow_forever(target.clone(), inbox));
     let (stop_shipping, shipping_stopped) = tokio::sync::oneshot::channel::<()>();
     let shipper = tokio::spawn(ship_forever(
         spool,
@@ -308,6 +315,7 @@ pub async fn run(
     )
     .await;
     watcher.abort();
+    inbox_follower.abort();
     verifier.abort();
     // The last events, answered before the drain, go to the control plane
     // before the pod (and its spool) does.
@@ -358,16 +366,21 @@ pub async fn serve(
     let health = HealthServer::new(HealthService::from_health_reporter(health_reporter));
     let tools = ToolsServer::new(ToolsService::new(engine.clone()))
         .max_decoding_message_size(max_request_bytes);
+    // Ended at shutdown, so the servers' graceful shutdowns do not wait on
+    // the open MCP and inbox streams.
+    let streams_end = CancellationToken::new();
+    let inbox = InboxServer::new(InboxService::new(engine.clone(), streams_end.clone()))
+        .max_decoding_message_size(max_request_bytes);
     let grpc = tonic::transport::Server::builder()
         .add_service(health.clone())
         .add_service(tools)
+        .add_service(inbox)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.socket), shutdown.clone());
     let health_server = tonic::transport::Server::builder()
         .add_service(health)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), shutdown.clone());
     let (tool_list, listed) = watch::channel(engine.list());
     let follower = tokio::spawn(mcp::follow_tool_list(engine.clone(), tool_list));
-    let streams_end = CancellationToken::new();
     let mcp_router = mcp::router(engine, listed, max_request_bytes, streams_end.clone());
     let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(async move {
         shutdown.await;

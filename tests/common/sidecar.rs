@@ -25,10 +25,12 @@ use wopr_operator::controlplane::denials::{SessionEvent, SessionEvents};
 use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::serve;
+use wopr_operator::proto::v1alpha1::inbox_client::InboxClient;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::broker::BrokerLink;
 use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
 use wopr_operator::sidecar::engine::{Limits, ToolEngine};
+use wopr_operator::sidecar::inbox::{Inbox, follow_forever as follow_inbox};
 use wopr_operator::sidecar::policy_state::PolicyState;
 use wopr_operator::sidecar::run::{Listeners, ServeOptions, SidecarError, serve as serve_sidecar};
 use wopr_operator::sidecar::workspace::Workspace;
@@ -308,6 +310,7 @@ impl Sidecar {
         let workspace = dir.path().join("workspace");
         std::fs::create_dir(&workspace).unwrap();
         let state = Arc::new(PolicyState::new(max_policy_age));
+        let inbox = Arc::new(Inbox::default());
         let target = WatchTarget {
             address: control_plane.to_owned(),
             namespace: NAMESPACE.into(),
@@ -324,8 +327,9 @@ impl Sidecar {
                 limits,
                 now,
             )
-            .with_messenger(Arc::new(BrokerLink::new(target.clone()))),
+            .with_broker(Arc::new(BrokerLink::new(target.clone())), inbox.clone()),
         );
+        tokio::spawn(follow_inbox(target.clone(), inbox));
         tokio::spawn(watch_forever(target, state.clone()));
         let socket = dir.path().join("a2a.sock");
         let listeners = Listeners {
@@ -361,19 +365,24 @@ impl Sidecar {
 
     /// A gRPC client on the sidecar's unix socket, as the agent would use.
     pub async fn tools(&self) -> ToolsClient<Channel> {
+        ToolsClient::new(self.socket_channel().await)
+    }
+
+    /// The agent's inbox on the socket.
+    pub async fn inbox(&self) -> InboxClient<Channel> {
+        InboxClient::new(self.socket_channel().await)
+    }
+
+    async fn socket_channel(&self) -> Channel {
         let path = self.socket.clone();
-        let channel =
-            Endpoint::try_from("http://[::]:0")
-                .unwrap()
-                .connect_with_connector(service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-                .unwrap();
-        ToolsClient::new(channel)
+        Endpoint::try_from("http://[::]:0")
+            .unwrap()
+            .connect_with_connector(service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .unwrap()
     }
 
     /// Waits until the sidecar's policy satisfies `ready` (at most 5 s).

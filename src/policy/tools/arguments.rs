@@ -80,6 +80,27 @@ pub struct SessionMessage {
 
 impl Arguments for SessionMessage {}
 
+/// How many inbox messages to read.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboxRead {
+    /// At most this many, oldest first (default 10, at most 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+impl Arguments for InboxRead {}
+
+/// Messages of your inbox, by id.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MessageIds {
+    /// The ids of the messages you are done with.
+    pub ids: Vec<String>,
+}
+
+impl Arguments for MessageIds {}
+
 /// The arguments of a tool this version does not run yet: it is never
 /// listed, and calling it is refused like an unknown tool.
 #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
@@ -148,7 +169,9 @@ mod tests {
                 "sessions_send",
                 "memory_read",
                 "memory_write",
-                "config_get"
+                "config_get",
+                "inbox_read",
+                "inbox_ack"
             ]
         );
     }

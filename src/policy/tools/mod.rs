@@ -121,6 +121,10 @@ declare_tools! {
         "Answer the source of a forwarded request.";
     GatewayQueue = "gateway_queue", Requirement::Gateway, Unimplemented,
         "Your gateway's requests waiting for approval.";
+    InboxRead = "inbox_read", Requirement::Nothing, InboxRead,
+        "The messages other sessions sent you, oldest first, until you acknowledge them.";
+    InboxAck = "inbox_ack", Requirement::Nothing, MessageIds,
+        "Acknowledge messages of your inbox: they are not shown again.";
 }
 
 impl ToolId {
