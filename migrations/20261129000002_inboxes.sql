@@ -21,7 +21,8 @@ CREATE TABLE inbox_messages (
     -- (microseconds since the Unix epoch); pending while NULL.
     time_us   BIGINT NOT NULL,
     acked_us  BIGINT,
-    -- Its size as stored, counted against the inbox's limit while pending.
+    -- The size of its payload's JSON, counted against the inbox's limit
+    -- while pending.
     bytes     BIGINT NOT NULL,
     -- The message, JSON.
     message   TEXT   NOT NULL,

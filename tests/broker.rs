@@ -429,6 +429,38 @@ async fn the_agent_reads_and_acknowledges_its_inbox() {
     assert!(nothing_more.is_err(), "only what was not acknowledged");
 }
 
+/// The namespace's SecurityPolicy sets what an inbox holds.
+#[tokio::test]
+async fn the_security_policy_sets_the_inbox_limits() {
+    let (mut control_plane, mut client) = sessions().await;
+    control_plane.put_policy(security_policy(
+        json!({"inbox": {"maxMessages": 2, "maxMessageBytes": 200}}),
+    ));
+    let large = client
+        .send(send("alice", "bob", json!("x".repeat(300))))
+        .await
+        .unwrap_err();
+    assert_eq!(large.code(), Code::InvalidArgument);
+    assert!(
+        large
+            .message()
+            .contains("over the limit of 200 per message"),
+        "{large:?}"
+    );
+    for n in 0..2 {
+        client.send(send("alice", "bob", json!(n))).await.unwrap();
+    }
+    let full = client
+        .send(send("alice", "bob", json!(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("2 messages wait, the limit is 2"),
+        "{full:?}"
+    );
+}
+
 #[tokio::test]
 async fn warn_mode_delivers_and_audits_would_deny() {
     let (mut control_plane, mut client) = sessions().await;

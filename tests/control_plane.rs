@@ -11,6 +11,7 @@ use common::NAMESPACE;
 use common::sidecar::{MemoryEvents, MemoryRecorder};
 use tokio::sync::watch;
 use tonic::Code;
+use wopr_operator::api::InboxPolicy;
 use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::discover::{DiscoverPolicy, NoContext, Snapshot};
@@ -18,6 +19,7 @@ use wopr_operator::policy::EffectiveContext;
 use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
 use wopr_operator::proto::v1alpha1::policy_update::Update;
 use wopr_operator::proto::v1alpha1::{PolicyUpdate, WatchRequest};
+use wopr_operator::store::InboxLimits;
 
 /// Sessions and their snapshots, as the test sets them.
 #[derive(Default)]
@@ -50,6 +52,10 @@ impl DiscoverPolicy for FakeDiscovery {
         Err(NoContext::Unavailable(format!(
             "{session}: the fake serves snapshots only"
         )))
+    }
+
+    fn inbox_limits(&self, _namespace: &str) -> InboxLimits {
+        InboxPolicy::default().into()
     }
 }
 

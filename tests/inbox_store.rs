@@ -156,7 +156,7 @@ async fn pending_messages_survive_a_restart(store: TestStore) {
 async fn limits_refuse_precisely_and_free_up_on_ack(store: TestStore) {
     let store = &store.store;
     let one = message("agent", "a", "x");
-    let size = serde_json::to_string(&one).unwrap().len() as u64;
+    let size = one.payload.to_string().len() as u64;
     let tight = InboxLimits {
         max_message_bytes: size + 100,
         max_messages: 2,

@@ -55,6 +55,10 @@ pub struct SecurityPolicySpec {
     /// Audit settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditPolicy>,
+    /// How much each session's inbox holds until its agent acknowledges
+    /// messages; senders past a limit are refused, with the limit named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<InboxPolicy>,
     /// How the namespace's session pods take operator-level changes (a new
     /// sidecar image, controller flags); the controller's
     /// `--update-policy` when absent. Changes of a Session's own sandbox
@@ -249,6 +253,46 @@ fn default_key_rotation_grace_period() -> Duration {
 
 fn default_payload_size_limit() -> u64 {
     1024 * 1024
+}
+
+/// Limits of each session's inbox (messages not yet acknowledged).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxPolicy {
+    /// The largest message, in bytes of its payload's JSON (default 64 KiB).
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1, max = 16777216))]
+    pub max_message_bytes: u64,
+    /// Messages waiting at most (default 1000).
+    #[serde(default = "default_max_messages")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_messages: u64,
+    /// Bytes of payloads waiting at most (default 16 MiB).
+    #[serde(default = "default_max_inbox_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: u64,
+}
+
+impl Default for InboxPolicy {
+    fn default() -> Self {
+        InboxPolicy {
+            max_message_bytes: default_max_message_bytes(),
+            max_messages: default_max_messages(),
+            max_bytes: default_max_inbox_bytes(),
+        }
+    }
+}
+
+fn default_max_message_bytes() -> u64 {
+    64 * 1024
+}
+
+fn default_max_messages() -> u64 {
+    1000
+}
+
+fn default_max_inbox_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 /// Injection rate limits.

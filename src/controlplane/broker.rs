@@ -26,17 +26,10 @@ use crate::proto::v1alpha1::{
     AckRequest, AckResponse, InboxDelivery, InboxRequest, SendRequest, SendResponse,
 };
 use crate::shutdown::Shutdown;
-use crate::store::{InboxError, InboxLimits, Queued, Store, StoreError};
+use crate::store::{InboxError, Queued, Store, StoreError};
 
 /// The tool a message is sent with.
 const SEND_TOOL: &str = "sessions_send";
-
-/// How much an inbox holds until its agent acknowledges some.
-pub const INBOX_LIMITS: InboxLimits = InboxLimits {
-    max_message_bytes: 64 * 1024,
-    max_messages: 1_000,
-    max_bytes: 16 * 1024 * 1024,
-};
 
 /// An inbox stream reads this many messages at a time.
 const PAGE: u32 = 100;
@@ -336,7 +329,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             }
             message.id = message_id;
         }
-        if let Err(error) = self.store.enqueue(&message, INBOX_LIMITS).await {
+        let limits = self.discover.inbox_limits(&namespace);
+        if let Err(error) = self.store.enqueue(&message, limits).await {
             return Err(refuse(queue_status(error)).await);
         }
         self.arrivals.announce(&namespace, &target);

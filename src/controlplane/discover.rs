@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::policy::EffectiveContext;
 use crate::proto::v1alpha1 as pb;
+use crate::store::InboxLimits;
 
 /// What a sidecar is told about its session's policy.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,4 +41,8 @@ pub trait DiscoverPolicy: Send + Sync + 'static {
     /// The effective context of `namespace/session` now (what the broker
     /// decides with), or why there is none.
     fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext>;
+
+    /// How much the inboxes of `namespace` hold: its SecurityPolicy's
+    /// `inbox`, or the defaults.
+    fn inbox_limits(&self, namespace: &str) -> InboxLimits;
 }

@@ -18,6 +18,7 @@ use crate::cache::{NamespaceChange, Stores};
 use crate::clock::Clock;
 use crate::policy::EffectiveContext;
 use crate::proto::v1alpha1 as pb;
+use crate::store::InboxLimits;
 use crate::wire::encode;
 
 /// One watched session.
@@ -203,6 +204,12 @@ impl DiscoverPolicy for ContextIndex {
     fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext> {
         let (context, _) = self.context_at(namespace, session, self.clock.now())?;
         Ok(context)
+    }
+
+    fn inbox_limits(&self, namespace: &str) -> InboxLimits {
+        let policy = self.stores.governing_policy(namespace).ok().flatten();
+        let inbox = policy.and_then(|policy| policy.0.as_ref().ok()?.spec.inbox);
+        inbox.unwrap_or_default().into()
     }
 }
 

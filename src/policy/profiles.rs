@@ -61,6 +61,7 @@ pub fn builtin_policy() -> &'static SecurityPolicySpec {
         }),
         p2p: Some(P2pPolicy::default()),
         audit: None,
+        inbox: None,
         update_policy: None,
     });
     &BUILTIN

@@ -10,17 +10,28 @@ use k8s_openapi::jiff::Timestamp;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreError};
+use crate::api::InboxPolicy;
 use crate::inbox::InboxMessage;
 
 /// How much an inbox holds while its agent has not acknowledged it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InboxLimits {
-    /// The largest message, in bytes as stored (its JSON).
+    /// The largest message, in bytes of its payload's JSON.
     pub max_message_bytes: u64,
     /// Pending messages at most.
     pub max_messages: u64,
-    /// Pending bytes at most.
+    /// Pending bytes (of payloads) at most.
     pub max_bytes: u64,
+}
+
+impl From<InboxPolicy> for InboxLimits {
+    fn from(policy: InboxPolicy) -> Self {
+        InboxLimits {
+            max_message_bytes: policy.max_message_bytes,
+            max_messages: policy.max_messages,
+            max_bytes: policy.max_bytes,
+        }
+    }
 }
 
 /// Why a message was not queued. Each says what to do.
@@ -76,7 +87,8 @@ impl Store {
         limits: InboxLimits,
     ) -> Result<Enqueued, StoreError> {
         let json = serde_json::to_string(message).expect("inbox messages serialize");
-        let bytes = json.len() as u64;
+        // What the sender sent counts, not the envelope around it.
+        let bytes = message.payload.to_string().len() as u64;
         if bytes > limits.max_message_bytes {
             let limit = limits.max_message_bytes;
             return Err(InboxError::TooLarge { bytes, limit }.into());
