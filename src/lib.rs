@@ -18,8 +18,9 @@
 //!   [`shutdown`], [`logging`].
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
-//!   each sidecar its policy), [`sidecar`] (the per-session tool server:
-//!   gRPC on a unix socket, MCP), and [`demo_agent`] (a small agent that
+//!   each sidecar its policy, brokering messages, storing the audit
+//!   trail), [`sidecar`] (the per-session tool server: gRPC on a unix
+//!   socket, MCP), and [`demo_agent`] (a small agent that
 //!   shows its sidecar's policy at work).
 //! - [`operator`]: composes the controller and the control plane into one
 //!   process.
