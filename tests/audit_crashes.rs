@@ -14,12 +14,9 @@ use std::time::{Duration, Instant};
 use common::NAMESPACE;
 use common::cluster::Cluster;
 use common::process::{Process, free_port};
+use common::sidecar::socket_channel;
 use common::store::{every_event, postgres_url};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tower::service_fn;
 use wopr_operator::api::TrustLevel;
 use wopr_operator::contract::AUDIT_ID_METADATA;
 use wopr_operator::proto::v1alpha1::CallToolRequest;
@@ -42,22 +39,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// The session under load.
 const SESSION: &str = "agent";
 
-/// A gRPC channel to the sidecar's unix socket that reconnects by itself
-/// (the socket goes away with the sidecar and comes back with the next).
-fn lazy_channel(socket: PathBuf) -> Channel {
-    Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect_with_connector_lazy(service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }))
-}
-
 /// Calls a tool until `stop`; returns the audit ids of every answer, allowed
 /// or refused (a call cut off by a killed sidecar has no answer).
 async fn caller(socket: PathBuf, stop: CancellationToken) -> Vec<String> {
-    let mut tools = ToolsClient::new(lazy_channel(socket));
+    let mut tools = ToolsClient::new(socket_channel(socket));
     let mut answered = Vec::new();
     while !stop.is_cancelled() {
         let request = CallToolRequest {

@@ -20,8 +20,8 @@ use wopr_operator::inbox::InboxMessage;
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
 use wopr_operator::proto::v1alpha1::{
-    AckRequest, AcknowledgeRequest, CallToolRequest, InboxDelivery, InboxRequest, MessagesRequest,
-    SendRequest,
+    AckRequest, AcknowledgeRequest, AgentMessage, CallToolRequest, InboxDelivery, InboxRequest,
+    MessagesRequest, SendRequest,
 };
 
 /// A control plane with trusted `alice` (granted `cross.inject`) and
@@ -338,6 +338,26 @@ async fn an_agent_sends_with_its_sidecars_sessions_send_tool() {
     assert_eq!(refused.message(), "tool not available: sessions_send");
 }
 
+/// The agent's inbox stream on `sidecar`'s socket.
+async fn agent_inbox(sidecar: &Sidecar) -> tonic::Streaming<AgentMessage> {
+    sidecar
+        .inbox()
+        .await
+        .messages(MessagesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next message of an agent's inbox stream (within 5 s).
+async fn next_for_agent(stream: &mut tonic::Streaming<AgentMessage>) -> AgentMessage {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a message within 5 s")
+        .unwrap()
+        .expect("the stream goes on")
+}
+
 /// The recipient's agent reads its inbox as a gRPC stream and with the
 /// `inbox_read` tool, acknowledges through either, and a new sidecar (a
 /// restart) delivers again exactly what was not acknowledged.
@@ -347,24 +367,14 @@ async fn the_agent_reads_and_acknowledges_its_inbox() {
     let address = control_plane.address.to_string();
     let bob = Sidecar::start(&address, "bob", &token_for("bob")).await;
     bob.wait_for_policy(|served| served.is_some()).await;
-    let mut stream = bob
-        .inbox()
-        .await
-        .messages(MessagesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = agent_inbox(&bob).await;
     let mut sent = Vec::new();
     for n in 0..3 {
         let answer = client.send(send("alice", "bob", json!(n))).await.unwrap();
         sent.push(answer.into_inner().message_id);
     }
     for id in &sent {
-        let received = tokio::time::timeout(Duration::from_secs(5), stream.message())
-            .await
-            .expect("within 5 s")
-            .unwrap()
-            .unwrap();
+        let received = next_for_agent(&mut stream).await;
         assert_eq!(&received.id, id, "in order");
     }
 
@@ -412,18 +422,8 @@ async fn the_agent_reads_and_acknowledges_its_inbox() {
     drop(bob);
     let again = Sidecar::start(&address, "bob", &token_for("bob")).await;
     again.wait_for_policy(|served| served.is_some()).await;
-    let mut stream = again
-        .inbox()
-        .await
-        .messages(MessagesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let redelivered = tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .expect("within 5 s")
-        .unwrap()
-        .unwrap();
+    let mut stream = agent_inbox(&again).await;
+    let redelivered = next_for_agent(&mut stream).await;
     assert_eq!(redelivered.id, sent[2]);
     let nothing_more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
     assert!(nothing_more.is_err(), "only what was not acknowledged");

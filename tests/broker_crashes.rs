@@ -15,13 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::process::{Process, free_port};
+use common::sidecar::socket_channel;
 use common::{NAMESPACE, session_grant};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tower::service_fn;
 use wopr_operator::api::{Capability, TrustLevel};
 use wopr_operator::proto::v1alpha1::inbox_client::InboxClient;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
@@ -32,17 +29,6 @@ use wopr_operator::store::Store;
 const LOAD: Duration = Duration::from_secs(12);
 /// How long the recipient may take to catch up once the sender stops.
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// A channel to a sidecar's socket that reconnects by itself.
-fn socket_channel(socket: PathBuf) -> Channel {
-    Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect_with_connector_lazy(service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }))
-}
 
 /// Alice's agent: sends numbered messages to bob until `stop`; returns the
 /// ids of those it was answered for.

@@ -98,6 +98,27 @@ impl AuditEvent {
             policy_hash: None,
         }
     }
+
+    /// The event of a request the control plane refused `source`: `what`
+    /// (the service) and `why` (the answer's message) make its reason.
+    pub fn refused_request(
+        namespace: &str,
+        session: &str,
+        source: SourceRef,
+        what: &str,
+        why: &str,
+    ) -> AuditEvent {
+        AuditEvent::new(
+            Timestamp::now(),
+            EventType::Policy,
+            namespace,
+            session,
+            source,
+            Outcome::Denied,
+            Enforcement::Enforce,
+            format!("{what} request refused: {why}"),
+        )
+    }
 }
 
 /// Where audit events go.

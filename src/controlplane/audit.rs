@@ -19,9 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::{AuthError, Authenticator, Identity, authorize};
 use super::denials::{Denials, SessionEvents};
 use super::service::bearer;
-use crate::api::{Enforcement, SourceRef, TrustLevel, from_name};
+use crate::api::{SourceRef, TrustLevel, from_name};
 use crate::audit::{AuditEvent, EventType};
-use crate::policy::Outcome;
 use crate::proto::v1alpha1::audit_server::Audit;
 use crate::proto::v1alpha1::{
     AuditQueryRequest, AuditQueryResponse, IngestAck, IngestRequest, VerifyRequest, VerifyResponse,
@@ -230,16 +229,8 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
     ) -> Status {
         self.metrics.refused.inc();
         tracing::warn!(%namespace, caller = %source.identity, reason = %status.message(), "audit request refused");
-        let event = AuditEvent::new(
-            Timestamp::now(),
-            EventType::Policy,
-            namespace,
-            session,
-            source,
-            Outcome::Denied,
-            Enforcement::Enforce,
-            format!("audit request refused: {}", status.message()),
-        );
+        let event =
+            AuditEvent::refused_request(namespace, session, source, "audit", status.message());
         if let Err(error) = self.store.insert_events(&[event]).await {
             tracing::error!(%error, "cannot store the refusal");
         }

@@ -100,7 +100,13 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                 trust_level: TrustLevel::Untrusted,
             };
             let status = Status::permission_denied(reason);
-            let event = refusal(&identity.namespace, session, source, &status);
+            let event = AuditEvent::refused_request(
+                &identity.namespace,
+                session,
+                source,
+                "broker",
+                status.message(),
+            );
             self.record(event).await;
             return Err(status);
         }
@@ -157,20 +163,6 @@ fn injection(
     event.tool = Some(SEND_TOOL.to_owned());
     event.policy_hash = Some(caller.policy_hash.clone());
     event
-}
-
-/// The audit event of a refused request by `source`.
-fn refusal(namespace: &str, session: &str, source: SourceRef, status: &Status) -> AuditEvent {
-    AuditEvent::new(
-        Timestamp::now(),
-        EventType::Policy,
-        namespace,
-        session,
-        source,
-        Outcome::Denied,
-        Enforcement::Enforce,
-        format!("broker request refused: {}", status.message()),
-    )
 }
 
 fn session_source(context: &EffectiveContext) -> SourceRef {

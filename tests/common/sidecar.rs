@@ -199,6 +199,18 @@ impl ControlPlane {
     }
 }
 
+/// A channel to a sidecar's unix socket that connects on first use and
+/// again whenever the socket went away (a restarted sidecar).
+pub fn socket_channel(socket: PathBuf) -> Channel {
+    Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect_with_connector_lazy(service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+}
+
 /// `message` with `session`'s sidecar token.
 pub fn as_sidecar<T>(session: &str, message: T) -> tonic::Request<T> {
     with_token(&token_for(session), message)
@@ -374,15 +386,7 @@ impl Sidecar {
     }
 
     async fn socket_channel(&self) -> Channel {
-        let path = self.socket.clone();
-        Endpoint::try_from("http://[::]:0")
-            .unwrap()
-            .connect_with_connector(service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .unwrap()
+        socket_channel(self.socket.clone())
     }
 
     /// Waits until the sidecar's policy satisfies `ready` (at most 5 s).
