@@ -429,6 +429,71 @@ async fn the_agent_reads_and_acknowledges_its_inbox() {
     assert!(nothing_more.is_err(), "only what was not acknowledged");
 }
 
+/// `sessions_list` shows the other sessions whose access list admits the
+/// caller; `sessions_history` their messages, newest first, and nothing of
+/// a session that does not admit it.
+#[tokio::test]
+async fn an_agent_lists_the_sessions_it_may_reach_and_their_history() {
+    let (control_plane, mut client) = sessions().await;
+    for n in 0..3 {
+        client.send(send("alice", "bob", json!(n))).await.unwrap();
+    }
+    let address = control_plane.address.to_string();
+    let alice = Sidecar::start(&address, "alice", &token_for("alice")).await;
+    alice.wait_for_policy(|served| served.is_some()).await;
+    let call = |name: &str, arguments: Value| CallToolRequest {
+        name: name.into(),
+        arguments_json: arguments.to_string(),
+    };
+    let answer = |response: tonic::Response<wopr_operator::proto::v1alpha1::CallToolResponse>| {
+        serde_json::from_str::<Value>(&response.into_inner().result_json).unwrap()
+    };
+    let listed = alice
+        .tools()
+        .await
+        .call_tool(call("sessions_list", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(listed)["sessions"],
+        json!([
+            {"name": "bob", "trustLevel": "trusted", "gateway": false},
+            {"name": "carol", "trustLevel": "trusted", "gateway": false},
+        ]),
+        "not herself, not locked (it admits carol only)"
+    );
+    let history = alice
+        .tools()
+        .await
+        .call_tool(call(
+            "sessions_history",
+            json!({"session": "bob", "limit": 2}),
+        ))
+        .await
+        .unwrap();
+    let history = answer(history);
+    let payloads: Vec<&Value> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["payload"])
+        .collect();
+    assert_eq!(payloads, [&json!(2), &json!(1)], "newest first");
+    assert_eq!(history["messages"][0]["acknowledged"], false);
+    let refused = alice
+        .tools()
+        .await
+        .call_tool(call("sessions_history", json!({"session": "locked"})))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains("session locked is not one you may reach"),
+        "{refused:?}"
+    );
+}
+
 /// The namespace's SecurityPolicy sets what an inbox holds.
 #[tokio::test]
 async fn the_security_policy_sets_the_inbox_limits() {

@@ -54,6 +54,10 @@ impl DiscoverPolicy for FakeDiscovery {
         )))
     }
 
+    fn sessions(&self, _namespace: &str) -> Vec<String> {
+        self.0.lock().unwrap().keys().cloned().collect()
+    }
+
     fn inbox_limits(&self, _namespace: &str) -> InboxLimits {
         InboxPolicy::default().into()
     }

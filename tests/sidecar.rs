@@ -74,6 +74,8 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
             &[
                 "security_whoami",
                 "security_check",
+                "sessions_list",
+                "sessions_history",
                 "memory_read",
                 "memory_write",
                 "config_get",
@@ -87,6 +89,8 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
             &[
                 "security_whoami",
                 "security_check",
+                "sessions_list",
+                "sessions_history",
                 "sessions_send",
                 "memory_read",
                 "memory_write",

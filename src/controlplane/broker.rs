@@ -20,16 +20,25 @@ use super::service::bearer;
 use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, name_of};
 use crate::audit::{AuditEvent, EventType};
 use crate::inbox::{InboxMessage, MessageKind};
-use crate::policy::{EffectiveContext, Outcome, Request as PolicyRequest, Source, decide};
+use crate::policy::{
+    Decision, EffectiveContext, Outcome, Request as PolicyRequest, Source, decide,
+};
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
-    AckRequest, AckResponse, InboxDelivery, InboxRequest, SendRequest, SendResponse,
+    AckRequest, AckResponse, HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest,
+    ListRequest, ListResponse, ReachableSession, SendRequest, SendResponse,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{InboxError, Queued, Store, StoreError};
 
 /// The tool a message is sent with.
 const SEND_TOOL: &str = "sessions_send";
+/// The tools that show reachable sessions and their messages.
+const LIST_TOOL: &str = "sessions_list";
+const HISTORY_TOOL: &str = "sessions_history";
+/// Messages a history shows by default, and at most.
+const HISTORY_DEFAULT: u32 = 20;
+const HISTORY_MAX: u32 = 100;
 
 /// An inbox stream reads this many messages at a time.
 const PAGE: u32 = 100;
@@ -111,6 +120,46 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             return Err(status);
         }
         Ok(identity)
+    }
+
+    /// The caller's effective context, if it may call `tool` now (allowed,
+    /// or would_deny in warn mode), and that decision; a refusal is
+    /// audited in the caller's own trail.
+    async fn caller_with_tool(
+        &self,
+        namespace: &str,
+        session: &str,
+        tool: &str,
+    ) -> Result<(EffectiveContext, Decision), Status> {
+        let caller = self
+            .discover
+            .context(namespace, session)
+            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
+        let decision = decide(&caller, PolicyRequest::Tool(tool));
+        if decision.proceeds() {
+            return Ok((caller, decision));
+        }
+        let status = Status::permission_denied(format!("tool not available: {tool}"));
+        let mut event = AuditEvent::new(
+            Timestamp::now(),
+            EventType::ToolCall,
+            namespace,
+            session,
+            session_source(&caller),
+            Outcome::Denied,
+            caller.enforcement,
+            status.message().to_owned(),
+        );
+        event.tool = Some(tool.to_owned());
+        event.capability = decision.capability;
+        self.record(event).await;
+        Err(status)
+    }
+
+    /// Whether `target` takes messages from `caller` (allowed, or
+    /// would_deny in warn mode).
+    fn admits(&self, target: &EffectiveContext, caller: &EffectiveContext) -> Decision {
+        decide(target, PolicyRequest::Inject(&Source::session(caller)))
     }
 
     /// Stores `event` (best effort: what it records has been answered).
@@ -382,5 +431,71 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             .await
             .map_err(|error| Status::unavailable(format!("the store is unavailable: {error}")))?;
         Ok(Response::new(AckResponse { acknowledged }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let ListRequest { namespace, session } = request.get_ref().clone();
+        self.caller(&request, &namespace, &session).await?;
+        let (caller, _) = self
+            .caller_with_tool(&namespace, &session, LIST_TOOL)
+            .await?;
+        let sessions = self
+            .discover
+            .sessions(&namespace)
+            .into_iter()
+            .filter(|name| *name != session)
+            .filter_map(|name| self.discover.context(&namespace, &name).ok())
+            .filter(|target| self.admits(target, &caller).proceeds())
+            .map(|target| ReachableSession {
+                name: target.session.clone(),
+                trust_level: name_of(&target.trust_level),
+                gateway: !target.gateways.is_empty(),
+            })
+            .collect();
+        Ok(Response::new(ListResponse { sessions }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let HistoryRequest {
+            namespace,
+            session,
+            target,
+            limit,
+        } = request.get_ref().clone();
+        self.caller(&request, &namespace, &session).await?;
+        let (caller, _) = self
+            .caller_with_tool(&namespace, &session, HISTORY_TOOL)
+            .await?;
+        let not_reachable =
+            || Status::permission_denied(format!("session {target} is not one you may reach"));
+        let recipient = self
+            .discover
+            .context(&namespace, &target)
+            .map_err(|_| not_reachable())?;
+        if !self.admits(&recipient, &caller).proceeds() {
+            return Err(not_reachable());
+        }
+        let limit = if limit == 0 {
+            HISTORY_DEFAULT
+        } else {
+            limit.min(HISTORY_MAX)
+        };
+        let history = self
+            .store
+            .inbox_history(&namespace, &target, limit)
+            .await
+            .map_err(|error| Status::unavailable(format!("the store is unavailable: {error}")))?;
+        let messages_json = history
+            .into_iter()
+            .map(|(message, acknowledged)| {
+                let mut shown = serde_json::to_value(&message).expect("inbox messages serialize");
+                shown["acknowledged"] = acknowledged.into();
+                shown.to_string()
+            })
+            .collect();
+        Ok(Response::new(HistoryResponse { messages_json }))
     }
 }

@@ -42,6 +42,9 @@ pub trait DiscoverPolicy: Send + Sync + 'static {
     /// decides with), or why there is none.
     fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext>;
 
+    /// The names of the Sessions of `namespace`.
+    fn sessions(&self, namespace: &str) -> Vec<String>;
+
     /// How much the inboxes of `namespace` hold: its SecurityPolicy's
     /// `inbox`, or the defaults.
     fn inbox_limits(&self, namespace: &str) -> InboxLimits;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, watch};
@@ -204,6 +205,18 @@ impl DiscoverPolicy for ContextIndex {
     fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext> {
         let (context, _) = self.context_at(namespace, session, self.clock.now())?;
         Ok(context)
+    }
+
+    fn sessions(&self, namespace: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .sessions
+            .state()
+            .iter()
+            .filter(|session| session.meta().namespace.as_deref() == Some(namespace))
+            .filter_map(|session| session.meta().name.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     fn inbox_limits(&self, namespace: &str) -> InboxLimits {

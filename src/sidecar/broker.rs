@@ -1,6 +1,6 @@
-//! The sidecar's side of the Broker: `sessions_send` and `inbox_ack` as
-//! calls of the control plane's `Broker.Send` and `Broker.Ack` for this
-//! session, over one channel that is opened on first use and again after a
+//! The sidecar's side of the Broker: `sessions_send`, `inbox_ack`,
+//! `sessions_list` and `sessions_history` as calls of the control plane's
+//! `Broker` for this session, over one channel that is opened on first use and again after a
 //! transport failure.
 
 use serde_json::{Value, json};
@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use super::client::{WatchError, WatchTarget, bearer_of, connect_channel};
 use super::engine::{Messenger, ToolError};
 use crate::proto::v1alpha1::broker_client::BrokerClient;
-use crate::proto::v1alpha1::{AckRequest, SendRequest};
+use crate::proto::v1alpha1::{AckRequest, HistoryRequest, ListRequest, SendRequest};
 
 /// This session's way to the broker.
 pub struct BrokerLink {
@@ -107,6 +107,53 @@ impl Messenger for BrokerLink {
         request.metadata_mut().insert("authorization", bearer);
         match client.ack(request).await {
             Ok(acked) => Ok(acked.into_inner().acknowledged),
+            Err(status) => Err(self.failed(status).await),
+        }
+    }
+
+    async fn list(&self) -> Result<Value, ToolError> {
+        let (mut client, bearer) = self.client().await?;
+        let mut request = tonic::Request::new(ListRequest {
+            namespace: self.target.namespace.clone(),
+            session: self.target.session.clone(),
+        });
+        request.metadata_mut().insert("authorization", bearer);
+        match client.list(request).await {
+            Ok(listed) => {
+                let sessions: Vec<Value> = listed
+                    .into_inner()
+                    .sessions
+                    .into_iter()
+                    .map(|s| json!({"name": s.name, "trustLevel": s.trust_level, "gateway": s.gateway}))
+                    .collect();
+                Ok(json!({"sessions": sessions}))
+            }
+            Err(status) => Err(self.failed(status).await),
+        }
+    }
+
+    async fn history(&self, target: &str, limit: u32) -> Result<Value, ToolError> {
+        let (mut client, bearer) = self.client().await?;
+        let mut request = tonic::Request::new(HistoryRequest {
+            namespace: self.target.namespace.clone(),
+            session: self.target.session.clone(),
+            target: target.to_owned(),
+            limit,
+        });
+        request.metadata_mut().insert("authorization", bearer);
+        match client.history(request).await {
+            Ok(history) => {
+                let messages = history
+                    .into_inner()
+                    .messages_json
+                    .iter()
+                    .map(|json| serde_json::from_str(json))
+                    .collect::<Result<Vec<Value>, _>>()
+                    .map_err(|error| {
+                        ToolError::Failed(format!("the broker's answer cannot be read: {error}"))
+                    })?;
+                Ok(json!({"session": target, "messages": messages}))
+            }
             Err(status) => Err(self.failed(status).await),
         }
     }

@@ -15,8 +15,8 @@ use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, AuditSink, EventType};
 use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
-    CapabilityQuery, InboxRead, MessageIds, NoArguments, SessionMessage, Unimplemented,
-    WorkspacePath, WorkspaceWrite,
+    CapabilityQuery, HistoryQuery, InboxRead, MessageIds, NoArguments, SessionMessage,
+    Unimplemented, WorkspacePath, WorkspaceWrite,
 };
 use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
 
@@ -94,6 +94,12 @@ pub trait Messenger: Send + Sync {
     /// Acknowledges the messages `ids` of this session's inbox; how many
     /// were pending.
     async fn ack(&self, ids: &[String]) -> Result<u64, ToolError>;
+
+    /// The other sessions whose access list admits this one.
+    async fn list(&self) -> Result<Value, ToolError>;
+
+    /// The newest `limit` messages sent to `target`, one of those.
+    async fn history(&self, target: &str, limit: u32) -> Result<Value, ToolError>;
 }
 
 /// No way to the broker: every message fails (the engine of a sidecar that
@@ -107,6 +113,14 @@ impl Messenger for Unconnected {
     }
 
     async fn ack(&self, _ids: &[String]) -> Result<u64, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn list(&self) -> Result<Value, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn history(&self, _target: &str, _limit: u32) -> Result<Value, ToolError> {
         Err(unconnected())
     }
 }
@@ -340,6 +354,10 @@ impl ToolEngine {
                 "gateways": context.gateways,
                 "policyHash": context.policy_hash,
             })),
+            ToolCall::SessionsList(NoArguments {}) => self.messenger.list().await,
+            ToolCall::SessionsHistory(HistoryQuery { session, limit }) => {
+                self.messenger.history(&session, limit.unwrap_or(0)).await
+            }
             ToolCall::SessionsSend(SessionMessage { target, message }) => {
                 self.messenger.send(&target, &message).await
             }
@@ -360,8 +378,6 @@ impl ToolEngine {
             }
             // Not run by this version: never listed, refused like unknown tools.
             ToolCall::SecurityRequest(Unimplemented {})
-            | ToolCall::SessionsList(Unimplemented {})
-            | ToolCall::SessionsHistory(Unimplemented {})
             | ToolCall::SessionsSpawn(Unimplemented {})
             | ToolCall::HttpFetch(Unimplemented {})
             | ToolCall::ExecCommand(Unimplemented {})

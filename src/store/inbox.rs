@@ -194,10 +194,7 @@ impl Store {
             .map(|row| {
                 let seq: i64 = row.try_get(0)?;
                 let json: String = row.try_get(1)?;
-                let message = serde_json::from_str(&json).map_err(|error| StoreError::Corrupt {
-                    id: format!("inbox {namespace}/{session} position {seq}"),
-                    error: error.to_string(),
-                })?;
+                let message = read_message(namespace, session, seq, &json)?;
                 Ok(Queued { seq, message })
             })
             .collect()
@@ -232,6 +229,37 @@ impl Store {
         Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
+    /// The newest `limit` messages of `namespace/session`, acknowledged or
+    /// not (retention keeps acknowledged ones for a while), newest first,
+    /// each with whether it was acknowledged.
+    pub async fn inbox_history(
+        &self,
+        namespace: &str,
+        session: &str,
+        limit: u32,
+    ) -> Result<Vec<(InboxMessage, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, message, acked_us FROM inbox_messages \
+             WHERE namespace = $1 AND session = $2 ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(namespace)
+        .bind(session)
+        .bind(i64::from(limit.min(MAX_READ)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(0)?;
+                let json: String = row.try_get(1)?;
+                let acked: Option<i64> = row.try_get(2)?;
+                Ok((
+                    read_message(namespace, session, seq, &json)?,
+                    acked.is_some(),
+                ))
+            })
+            .collect()
+    }
+
     /// Deletes messages acknowledged before `cut_off`; returns how many.
     pub async fn prune_acked_messages(&self, cut_off: Timestamp) -> Result<u64, StoreError> {
         let deleted =
@@ -241,6 +269,19 @@ impl Store {
                 .await?;
         Ok(deleted.rows_affected())
     }
+}
+
+/// The message stored at `namespace/session` position `seq`.
+fn read_message(
+    namespace: &str,
+    session: &str,
+    seq: i64,
+    json: &str,
+) -> Result<InboxMessage, StoreError> {
+    serde_json::from_str(json).map_err(|error| StoreError::Corrupt {
+        id: format!("inbox {namespace}/{session} position {seq}"),
+        error: error.to_string(),
+    })
 }
 
 /// Locks the head of `namespace/session`'s inbox (creating it) and returns

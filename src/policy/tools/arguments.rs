@@ -80,6 +80,19 @@ pub struct SessionMessage {
 
 impl Arguments for SessionMessage {}
 
+/// A session whose messages to show.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// A session `sessions_list` shows.
+    pub session: String,
+    /// The newest this many (default 20, at most 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+impl Arguments for HistoryQuery {}
+
 /// How many inbox messages to read.
 #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +179,8 @@ mod tests {
             [
                 "security_whoami",
                 "security_check",
+                "sessions_list",
+                "sessions_history",
                 "sessions_send",
                 "memory_read",
                 "memory_write",

@@ -95,9 +95,9 @@ declare_tools! {
         "Whether you hold a capability, and why.";
     SecurityRequest = "security_request", Requirement::Nothing, Unimplemented,
         "Ask a person for more capabilities for a while.";
-    SessionsList = "sessions_list", needs(Capability::A2aCall), Unimplemented,
+    SessionsList = "sessions_list", needs(Capability::A2aCall), NoArguments,
         "The sessions you may reach.";
-    SessionsHistory = "sessions_history", needs(Capability::A2aCall), Unimplemented,
+    SessionsHistory = "sessions_history", needs(Capability::A2aCall), HistoryQuery,
         "The message history of a session you may reach.";
     SessionsSend = "sessions_send", needs(Capability::CrossInject), SessionMessage,
         "Send a message to another session.";
