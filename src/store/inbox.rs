@@ -7,6 +7,7 @@
 //! under concurrent senders.
 
 use k8s_openapi::jiff::Timestamp;
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreError};
@@ -191,12 +192,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                let seq: i64 = row.try_get(0)?;
-                let json: String = row.try_get(1)?;
-                let message = read_message(namespace, session, seq, &json)?;
-                Ok(Queued { seq, message })
-            })
+            .map(|row| read_queued(row, namespace, session))
             .collect()
     }
 
@@ -249,11 +245,9 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
-                let seq: i64 = row.try_get(0)?;
-                let json: String = row.try_get(1)?;
                 let acked: Option<i64> = row.try_get(2)?;
                 Ok((
-                    read_message(namespace, session, seq, &json)?,
+                    read_queued(row, namespace, session)?.message,
                     acked.is_some(),
                 ))
             })
@@ -271,17 +265,15 @@ impl Store {
     }
 }
 
-/// The message stored at `namespace/session` position `seq`.
-fn read_message(
-    namespace: &str,
-    session: &str,
-    seq: i64,
-    json: &str,
-) -> Result<InboxMessage, StoreError> {
-    serde_json::from_str(json).map_err(|error| StoreError::Corrupt {
+/// The message of a row whose first columns are `seq, message`.
+fn read_queued(row: &AnyRow, namespace: &str, session: &str) -> Result<Queued, StoreError> {
+    let seq: i64 = row.try_get(0)?;
+    let json: String = row.try_get(1)?;
+    let message = serde_json::from_str(&json).map_err(|error| StoreError::Corrupt {
         id: format!("inbox {namespace}/{session} position {seq}"),
         error: error.to_string(),
-    })
+    })?;
+    Ok(Queued { seq, message })
 }
 
 /// Locks the head of `namespace/session`'s inbox (creating it) and returns
