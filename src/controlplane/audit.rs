@@ -183,7 +183,7 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
         let error = match self.authenticator.authenticate(token).await {
             Ok(identity) => {
                 return match sidecar_may(&identity) {
-                    Ok(()) => Ok(sidecar_source(&identity)),
+                    Ok(()) => Ok(identity.as_source()),
                     Err(reason) => {
                         let status = Status::permission_denied(reason);
                         Err(self.refuse_sidecar(&identity, session, status).await)
@@ -212,7 +212,7 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
 
     /// [`Self::refuse`] for a sidecar's request: in its own namespace.
     async fn refuse_sidecar(&self, identity: &Identity, session: &str, status: Status) -> Status {
-        let source = sidecar_source(identity);
+        let source = identity.as_source();
         self.refuse(&identity.namespace, session, source, status)
             .await
     }
@@ -235,15 +235,6 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
             tracing::error!(%error, "cannot store the refusal");
         }
         status
-    }
-}
-
-/// A sidecar, as the source of what it asks.
-fn sidecar_source(identity: &Identity) -> SourceRef {
-    SourceRef {
-        source_type: "sidecar".into(),
-        identity: identity.service_account.clone(),
-        trust_level: TrustLevel::Untrusted,
     }
 }
 

@@ -19,6 +19,7 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::{SourceRef, TrustLevel};
 use crate::contract::{TOKEN_AUDIENCE, child_name};
 
 /// An authenticated caller.
@@ -30,6 +31,18 @@ pub struct Identity {
     pub service_account: String,
     /// The pod the token is bound to, when the token says.
     pub pod_name: Option<String>,
+}
+
+impl Identity {
+    /// This caller (a session's sidecar) as the source of an audit event:
+    /// what it asks for, not what its session may do, so untrusted.
+    pub fn as_source(&self) -> SourceRef {
+        SourceRef {
+            source_type: "sidecar".into(),
+            identity: self.service_account.clone(),
+            trust_level: TrustLevel::Untrusted,
+        }
+    }
 }
 
 /// Why a caller is not authenticated.

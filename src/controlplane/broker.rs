@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Authenticator, Identity, authorize};
 use super::discover::{DiscoverPolicy, NoContext};
 use super::service::bearer;
-use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, name_of};
+use crate::api::{Capability, Enforcement, SourceRef, name_of};
 use crate::audit::{AuditEvent, EventType};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
@@ -103,11 +103,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             .await
             .map_err(|error| Status::unauthenticated(error.to_string()))?;
         if let Err(reason) = authorize(&identity, namespace, session) {
-            let source = SourceRef {
-                source_type: "sidecar".into(),
-                identity: identity.service_account.clone(),
-                trust_level: TrustLevel::Untrusted,
-            };
+            let source = identity.as_source();
             let status = Status::permission_denied(reason);
             let event = AuditEvent::refused_request(
                 &identity.namespace,

@@ -9,7 +9,7 @@ use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use super::client::{WatchError, WatchTarget, bearer_of, connect_channel};
+use super::client::{WatchError, WatchTarget, authorized, bearer_of, connect_channel};
 use super::engine::{Messenger, ToolError};
 use crate::proto::v1alpha1::broker_client::BrokerClient;
 use crate::proto::v1alpha1::{AckRequest, HistoryRequest, ListRequest, SendRequest};
@@ -75,14 +75,16 @@ impl BrokerLink {
 impl Messenger for BrokerLink {
     async fn send(&self, target: &str, message: &Value) -> Result<Value, ToolError> {
         let (mut client, bearer) = self.client().await?;
-        let mut request = tonic::Request::new(SendRequest {
-            namespace: self.target.namespace.clone(),
-            session: self.target.session.clone(),
-            target: target.to_owned(),
-            payload_json: message.to_string(),
-            message_id: ulid::Ulid::new().to_string(),
-        });
-        request.metadata_mut().insert("authorization", bearer);
+        let request = authorized(
+            SendRequest {
+                namespace: self.target.namespace.clone(),
+                session: self.target.session.clone(),
+                target: target.to_owned(),
+                payload_json: message.to_string(),
+                message_id: ulid::Ulid::new().to_string(),
+            },
+            bearer,
+        );
         match client.send(request).await {
             Ok(sent) => {
                 let sent = sent.into_inner();
@@ -99,12 +101,14 @@ impl Messenger for BrokerLink {
 
     async fn ack(&self, ids: &[String]) -> Result<u64, ToolError> {
         let (mut client, bearer) = self.client().await?;
-        let mut request = tonic::Request::new(AckRequest {
-            namespace: self.target.namespace.clone(),
-            session: self.target.session.clone(),
-            message_ids: ids.to_vec(),
-        });
-        request.metadata_mut().insert("authorization", bearer);
+        let request = authorized(
+            AckRequest {
+                namespace: self.target.namespace.clone(),
+                session: self.target.session.clone(),
+                message_ids: ids.to_vec(),
+            },
+            bearer,
+        );
         match client.ack(request).await {
             Ok(acked) => Ok(acked.into_inner().acknowledged),
             Err(status) => Err(self.failed(status).await),
@@ -113,11 +117,13 @@ impl Messenger for BrokerLink {
 
     async fn list(&self) -> Result<Value, ToolError> {
         let (mut client, bearer) = self.client().await?;
-        let mut request = tonic::Request::new(ListRequest {
-            namespace: self.target.namespace.clone(),
-            session: self.target.session.clone(),
-        });
-        request.metadata_mut().insert("authorization", bearer);
+        let request = authorized(
+            ListRequest {
+                namespace: self.target.namespace.clone(),
+                session: self.target.session.clone(),
+            },
+            bearer,
+        );
         match client.list(request).await {
             Ok(listed) => {
                 let sessions: Vec<Value> = listed
@@ -134,13 +140,15 @@ impl Messenger for BrokerLink {
 
     async fn history(&self, target: &str, limit: u32) -> Result<Value, ToolError> {
         let (mut client, bearer) = self.client().await?;
-        let mut request = tonic::Request::new(HistoryRequest {
-            namespace: self.target.namespace.clone(),
-            session: self.target.session.clone(),
-            target: target.to_owned(),
-            limit,
-        });
-        request.metadata_mut().insert("authorization", bearer);
+        let request = authorized(
+            HistoryRequest {
+                namespace: self.target.namespace.clone(),
+                session: self.target.session.clone(),
+                target: target.to_owned(),
+                limit,
+            },
+            bearer,
+        );
         match client.history(request).await {
             Ok(history) => {
                 let messages = history

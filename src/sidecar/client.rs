@@ -185,9 +185,14 @@ async fn connect<T>(
     message: T,
 ) -> Result<(PolicyClient<Channel>, tonic::Request<T>), WatchError> {
     let (channel, bearer) = connect_channel(target).await?;
+    Ok((PolicyClient::new(channel), authorized(message, bearer)))
+}
+
+/// `message` as a request carrying `bearer` (see [`bearer_of`]).
+pub fn authorized<T>(message: T, bearer: MetadataValue<Ascii>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", bearer);
-    Ok((PolicyClient::new(channel), request))
+    request
 }
 
 /// A channel to the control plane, and the `authorization` value to send

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::client::{FIRST_BACKOFF, MAX_BACKOFF, WatchError, WatchTarget, connect_channel};
+use super::client::{
+    FIRST_BACKOFF, MAX_BACKOFF, WatchError, WatchTarget, authorized, connect_channel,
+};
 use crate::inbox::InboxMessage;
 use crate::proto::v1alpha1::InboxRequest;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
@@ -95,12 +97,14 @@ async fn follow_once(
     after: &mut i64,
 ) -> Result<(), WatchError> {
     let (channel, bearer) = connect_channel(target).await?;
-    let mut request = tonic::Request::new(InboxRequest {
-        namespace: target.namespace.clone(),
-        session: target.session.clone(),
-        after: *after,
-    });
-    request.metadata_mut().insert("authorization", bearer);
+    let request = authorized(
+        InboxRequest {
+            namespace: target.namespace.clone(),
+            session: target.session.clone(),
+            after: *after,
+        },
+        bearer,
+    );
     let mut deliveries = BrokerClient::new(channel)
         .inbox(request)
         .await?

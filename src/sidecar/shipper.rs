@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::stream;
 use tonic::Code;
 
-use super::client::{WatchError, WatchTarget, connect_channel};
+use super::client::{WatchError, WatchTarget, authorized, connect_channel};
 use super::spool::Spool;
 use crate::proto::v1alpha1::IngestRequest;
 use crate::proto::v1alpha1::audit_client::AuditClient;
@@ -68,11 +68,10 @@ pub async fn ship_sealed(spool: &Spool, target: &WatchTarget) -> Result<usize, S
                 spool_depth: waiting as u64,
             })
             .collect();
-        let mut request = tonic::Request::new(stream::iter(messages));
-        request
-            .metadata_mut()
-            .insert("authorization", bearer.clone());
-        match client.ingest(request).await {
+        match client
+            .ingest(authorized(stream::iter(messages), bearer.clone()))
+            .await
+        {
             Ok(_) => {
                 Spool::remove(&segment)?;
                 shipped += events.len();
