@@ -171,14 +171,13 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         caller: &EffectiveContext,
         target: &str,
         capability: Option<Capability>,
-        enforcement: Enforcement,
         status: Status,
     ) -> Status {
         let mut event = injection(
             caller,
             target,
             Outcome::Denied,
-            enforcement,
+            caller.enforcement,
             status.message(),
         );
         event.capability = capability;
@@ -309,17 +308,11 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             .context(&namespace, &session)
             .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
         let tool = decide(&caller, PolicyRequest::Tool(SEND_TOOL));
+        let refuse = |status: Status| self.refuse_send(&caller, &target, tool.capability, status);
         if !tool.proceeds() {
             let status = Status::permission_denied(format!("tool not available: {SEND_TOOL}"));
-            let enforcement = caller.enforcement;
-            return Err(self
-                .refuse_send(&caller, &target, tool.capability, enforcement, status)
-                .await);
+            return Err(refuse(status).await);
         }
-        let enforcement = caller.enforcement;
-        let refuse = |status: Status| {
-            self.refuse_send(&caller, &target, tool.capability, enforcement, status)
-        };
         let payload = match serde_json::from_str(&payload_json) {
             Ok(payload) => payload,
             Err(error) => {
