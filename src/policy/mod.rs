@@ -4,6 +4,7 @@
 //!   → its [`EffectiveContext`].
 //! - [`resolve_peer`]: a remote peer's [`PeerStanding`] in a session.
 //! - [`decide`]: a [`Request`] under an effective context → a [`Decision`].
+//! - [`decide_forward`]: a gateway's forward under its Gateways' rules.
 //! - [`TokenBucket`]: rate limiting with an injected clock.
 //!
 //! ```
@@ -21,6 +22,7 @@
 
 mod capabilities;
 mod decide;
+mod forward;
 mod hash;
 mod peers;
 mod profiles;
@@ -33,6 +35,7 @@ pub use decide::{
     Decision, Outcome, Reason, Request, SOURCE_TYPE_PEER, SOURCE_TYPE_SESSION, Source, admits,
     callable_tools, decide,
 };
+pub use forward::{ForwardDecision, ForwardReason, MatchedRule, decide_forward};
 pub use hash::stable_hash;
 pub use peers::{PeerStanding, resolve_peer};
 pub use profiles::{LevelSettings, builtin_policy, level_settings};
