@@ -42,6 +42,9 @@ pub struct InboxMessage {
     /// The request a forward or a result belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The Gateway a forward, or the answer to one, went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     /// What the sender sent, as JSON.
     pub payload: Value,
 }
@@ -65,6 +68,7 @@ impl InboxMessage {
             kind,
             action: None,
             request_id: None,
+            gateway: None,
             payload,
         }
     }

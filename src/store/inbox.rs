@@ -87,87 +87,10 @@ impl Store {
         message: &InboxMessage,
         limits: InboxLimits,
     ) -> Result<Enqueued, StoreError> {
-        let json = serde_json::to_string(message).expect("inbox messages serialize");
-        // What the sender sent counts, not the envelope around it.
-        let bytes = message.payload.to_string().len() as u64;
-        if bytes > limits.max_message_bytes {
-            let limit = limits.max_message_bytes;
-            return Err(InboxError::TooLarge { bytes, limit }.into());
-        }
-        let (namespace, session) = (message.namespace.as_str(), message.session.as_str());
-        let inbox = format!("{namespace}/{session}");
         let mut transaction = self.pool.begin().await?;
-        let last_seq = lock_head(&mut transaction, namespace, session).await?;
-        let existing =
-            sqlx::query("SELECT namespace, session, seq FROM inbox_messages WHERE id = $1")
-                .bind(&message.id)
-                .fetch_optional(&mut *transaction)
-                .await?;
-        if let Some(row) = existing {
-            let (owner_namespace, owner_session): (String, String) =
-                (row.try_get(0)?, row.try_get(1)?);
-            if (owner_namespace.as_str(), owner_session.as_str()) != (namespace, session) {
-                let inbox = format!("{owner_namespace}/{owner_session}");
-                return Err(InboxError::IdTaken {
-                    id: message.id.clone(),
-                    inbox,
-                }
-                .into());
-            }
-            return Ok(Enqueued::AlreadyQueued(row.try_get(2)?));
-        }
-        let pending = sqlx::query(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM inbox_messages \
-             WHERE namespace = $1 AND session = $2 AND acked_us IS NULL",
-        )
-        .bind(namespace)
-        .bind(session)
-        .fetch_one(&mut *transaction)
-        .await?;
-        let (messages, pending_bytes): (i64, i64) = (pending.try_get(0)?, pending.try_get(1)?);
-        let (messages, pending_bytes) = (messages as u64, pending_bytes as u64);
-        if messages >= limits.max_messages {
-            let limit = limits.max_messages;
-            return Err(InboxError::TooManyMessages {
-                inbox,
-                pending: messages,
-                limit,
-            }
-            .into());
-        }
-        if pending_bytes + bytes > limits.max_bytes {
-            let limit = limits.max_bytes;
-            let pending = pending_bytes;
-            return Err(InboxError::TooManyBytes {
-                inbox,
-                pending,
-                bytes,
-                limit,
-            }
-            .into());
-        }
-        let seq = last_seq + 1;
-        sqlx::query(
-            "INSERT INTO inbox_messages (namespace, session, seq, id, time_us, bytes, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(namespace)
-        .bind(session)
-        .bind(seq)
-        .bind(&message.id)
-        .bind(message.time.as_microsecond())
-        .bind(bytes as i64)
-        .bind(&json)
-        .execute(&mut *transaction)
-        .await?;
-        sqlx::query("UPDATE inbox_heads SET last_seq = $3 WHERE namespace = $1 AND session = $2")
-            .bind(namespace)
-            .bind(session)
-            .bind(seq)
-            .execute(&mut *transaction)
-            .await?;
+        let enqueued = append(&mut transaction, message, limits).await?;
         transaction.commit().await?;
-        Ok(Enqueued::New(seq))
+        Ok(enqueued)
     }
 
     /// Up to `limit` (at most [`MAX_READ`]) pending messages of
@@ -263,6 +186,92 @@ impl Store {
                 .await?;
         Ok(deleted.rows_affected())
     }
+}
+
+/// Appends `message` to its recipient's inbox within `limits`, as part of
+/// `transaction` (the caller commits it).
+pub(super) async fn append(
+    transaction: &mut Transaction<'_, Any>,
+    message: &InboxMessage,
+    limits: InboxLimits,
+) -> Result<Enqueued, StoreError> {
+    let json = serde_json::to_string(message).expect("inbox messages serialize");
+    // What the sender sent counts, not the envelope around it.
+    let bytes = message.payload.to_string().len() as u64;
+    if bytes > limits.max_message_bytes {
+        let limit = limits.max_message_bytes;
+        return Err(InboxError::TooLarge { bytes, limit }.into());
+    }
+    let (namespace, session) = (message.namespace.as_str(), message.session.as_str());
+    let inbox = format!("{namespace}/{session}");
+    let last_seq = lock_head(transaction, namespace, session).await?;
+    let existing = sqlx::query("SELECT namespace, session, seq FROM inbox_messages WHERE id = $1")
+        .bind(&message.id)
+        .fetch_optional(&mut **transaction)
+        .await?;
+    if let Some(row) = existing {
+        let (owner_namespace, owner_session): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        if (owner_namespace.as_str(), owner_session.as_str()) != (namespace, session) {
+            let inbox = format!("{owner_namespace}/{owner_session}");
+            return Err(InboxError::IdTaken {
+                id: message.id.clone(),
+                inbox,
+            }
+            .into());
+        }
+        return Ok(Enqueued::AlreadyQueued(row.try_get(2)?));
+    }
+    let pending = sqlx::query(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM inbox_messages \
+         WHERE namespace = $1 AND session = $2 AND acked_us IS NULL",
+    )
+    .bind(namespace)
+    .bind(session)
+    .fetch_one(&mut **transaction)
+    .await?;
+    let (messages, pending_bytes): (i64, i64) = (pending.try_get(0)?, pending.try_get(1)?);
+    let (messages, pending_bytes) = (messages as u64, pending_bytes as u64);
+    if messages >= limits.max_messages {
+        let limit = limits.max_messages;
+        return Err(InboxError::TooManyMessages {
+            inbox,
+            pending: messages,
+            limit,
+        }
+        .into());
+    }
+    if pending_bytes + bytes > limits.max_bytes {
+        let limit = limits.max_bytes;
+        let pending = pending_bytes;
+        return Err(InboxError::TooManyBytes {
+            inbox,
+            pending,
+            bytes,
+            limit,
+        }
+        .into());
+    }
+    let seq = last_seq + 1;
+    sqlx::query(
+        "INSERT INTO inbox_messages (namespace, session, seq, id, time_us, bytes, message) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(namespace)
+    .bind(session)
+    .bind(seq)
+    .bind(&message.id)
+    .bind(message.time.as_microsecond())
+    .bind(bytes as i64)
+    .bind(&json)
+    .execute(&mut **transaction)
+    .await?;
+    sqlx::query("UPDATE inbox_heads SET last_seq = $3 WHERE namespace = $1 AND session = $2")
+        .bind(namespace)
+        .bind(session)
+        .bind(seq)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(Enqueued::New(seq))
 }
 
 /// The message of a row whose first columns are `seq, message`.

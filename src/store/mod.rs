@@ -7,6 +7,7 @@
 //! here.
 
 mod audit;
+mod forwards;
 mod inbox;
 
 use std::str::FromStr;
@@ -17,6 +18,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use audit::{
     AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, QueryError, Verification,
 };
+pub use forwards::{Forward, ForwardError, ForwardState, SOURCE_TYPE_APPROVAL};
 pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
 
 /// Which database a URL names.
@@ -67,6 +69,8 @@ pub enum StoreError {
     Corrupt { id: String, error: String },
     #[error(transparent)]
     Inbox(#[from] InboxError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
 }
 
 /// The operator's database.
