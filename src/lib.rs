@@ -14,7 +14,8 @@
 //!   errors), [`contract`] (what the pod builder and the sidecar's flags
 //!   agree on), [`wire`] (proto ↔ policy types), [`store`] (the
 //!   operator's database: the audit trail, the inboxes), [`audit`],
-//!   [`inbox`] (what a session's inbox holds), [`clock`],
+//!   [`inbox`] (what a session's inbox holds), [`approval`] (the
+//!   ApprovalRequests of forwards and the step each needs), [`clock`],
 //!   [`shutdown`], [`logging`].
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
@@ -26,6 +27,7 @@
 //!   process.
 
 pub mod api;
+pub mod approval;
 pub mod audit;
 pub mod cache;
 pub mod clock;

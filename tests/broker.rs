@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::broker::{inbox, next, send};
 use common::sidecar::{ControlPlane, Sidecar, as_sidecar, token_for};
 use common::store::all_events;
 use common::*;
@@ -16,12 +17,10 @@ use tonic::Code;
 use tonic::transport::Channel;
 use wopr_operator::api::{AccessPattern, Capability, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
-use wopr_operator::inbox::InboxMessage;
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
 use wopr_operator::proto::v1alpha1::{
-    AckRequest, AcknowledgeRequest, AgentMessage, CallToolRequest, InboxDelivery, InboxRequest,
-    MessagesRequest, SendRequest,
+    AckRequest, AcknowledgeRequest, AgentMessage, CallToolRequest, MessagesRequest, SendRequest,
 };
 
 /// A control plane with trusted `alice` (granted `cross.inject`) and
@@ -40,50 +39,6 @@ async fn sessions() -> (ControlPlane, BrokerClient<Channel>) {
         .await
         .unwrap();
     (control_plane, client)
-}
-
-fn send(from: &str, to: &str, payload: Value) -> tonic::Request<SendRequest> {
-    as_sidecar(
-        from,
-        SendRequest {
-            namespace: NAMESPACE.into(),
-            session: from.into(),
-            target: to.into(),
-            payload_json: payload.to_string(),
-            message_id: String::new(),
-        },
-    )
-}
-
-/// `session`'s inbox from position `after`.
-async fn inbox(
-    client: &mut BrokerClient<Channel>,
-    session: &str,
-    after: i64,
-) -> tonic::Streaming<InboxDelivery> {
-    let request = InboxRequest {
-        namespace: NAMESPACE.into(),
-        session: session.into(),
-        after,
-    };
-    client
-        .inbox(as_sidecar(session, request))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// The next delivery of `stream` (within 5 s), as a message.
-async fn next(stream: &mut tonic::Streaming<InboxDelivery>) -> (i64, InboxMessage) {
-    let delivery = tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .expect("a delivery within 5 s")
-        .unwrap()
-        .expect("the stream goes on");
-    (
-        delivery.seq,
-        serde_json::from_str(&delivery.message_json).unwrap(),
-    )
 }
 
 async fn injections(control_plane: &ControlPlane) -> Vec<AuditEvent> {

@@ -12,6 +12,7 @@ use common::sidecar::{MemoryEvents, MemoryRecorder};
 use tokio::sync::watch;
 use tonic::Code;
 use wopr_operator::api::InboxPolicy;
+use wopr_operator::controlplane::approvals::KubeDesk;
 use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::discover::{DiscoverPolicy, NoContext, Snapshot};
@@ -94,6 +95,7 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
                 events: Arc::new(MemoryEvents::default()),
                 metrics: AuditMetrics::default(),
             },
+            Arc::new(KubeDesk(common::fake_api::FakeApi::start().0)),
             wopr_operator::shutdown::on(std::future::pending()),
         )
         .await

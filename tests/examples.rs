@@ -217,7 +217,8 @@ fn the_code_executor_executes_without_network() {
             "memory_write",
             "config_get",
             "inbox_read",
-            "inbox_ack"
+            "inbox_ack",
+            "inbox_reply"
         ]
     );
 }
@@ -251,7 +252,8 @@ fn the_api_handler_only_has_security_tools_and_its_inbox() {
             "security_check",
             "security_request",
             "inbox_read",
-            "inbox_ack"
+            "inbox_ack",
+            "inbox_reply"
         ]
     );
 }

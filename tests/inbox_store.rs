@@ -267,6 +267,13 @@ async fn a_message_id_belongs_to_one_inbox(store: TestStore) {
         )
     );
     assert!(pending(store, "other").await.is_empty());
+    // Looked up by id, a message is found only in its own inbox.
+    let found = store.inbox_message(NS, "agent", &sent.id).await.unwrap();
+    assert_eq!(found, Some(sent.clone()));
+    assert_eq!(
+        store.inbox_message(NS, "other", &sent.id).await.unwrap(),
+        None
+    );
 }
 
 async fn retention_deletes_only_old_acknowledged_messages(store: TestStore) {

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 0),
     ("proto", 0),
     ("policy", 1),
+    ("approval", 2),
     ("audit", 2),
     ("cache", 2),
     ("clock", 2),

@@ -53,6 +53,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "security_check",
                 "inbox_read",
                 "inbox_ack",
+                "inbox_reply",
             ],
         ),
         (
@@ -66,6 +67,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "config_get",
                 "inbox_read",
                 "inbox_ack",
+                "inbox_reply",
             ],
         ),
         (
@@ -81,6 +83,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "config_get",
                 "inbox_read",
                 "inbox_ack",
+                "inbox_reply",
             ],
         ),
         (
@@ -97,6 +100,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "config_get",
                 "inbox_read",
                 "inbox_ack",
+                "inbox_reply",
             ],
         ),
     ];
@@ -465,7 +469,8 @@ mod mcp {
                 "memory_write",
                 "config_get",
                 "inbox_read",
-                "inbox_ack"
+                "inbox_ack",
+                "inbox_reply"
             ]
         );
         assert_eq!(
@@ -502,7 +507,7 @@ mod mcp {
         let (_cp, sidecar) = ready_sidecar().await;
         let (status, listed) = post(&sidecar, request("tools/list", json!({}))).await;
         assert_eq!(status, 200);
-        assert_eq!(tool_names(&listed).len(), 7);
+        assert_eq!(tool_names(&listed).len(), 8);
         let (_, called) = post(
             &sidecar,
             request(

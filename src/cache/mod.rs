@@ -21,6 +21,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session, UpdatePolicy};
 use crate::policy::{EffectiveContext, ResolveError, resolve};
+use crate::store::InboxLimits;
 
 /// The caches.
 #[derive(Clone)]
@@ -190,6 +191,14 @@ impl Stores {
             },
             None => Ok(None),
         }
+    }
+
+    /// How much the inboxes of `namespace` hold: its SecurityPolicy's
+    /// `inbox`, or the defaults (also when the policy cannot be read).
+    pub fn inbox_limits(&self, namespace: &str) -> InboxLimits {
+        let policy = self.governing_policy(namespace).ok().flatten();
+        let inbox = policy.and_then(|policy| policy.0.as_ref().ok()?.spec.inbox);
+        inbox.unwrap_or_default().into()
     }
 
     /// The effective context of `session` under the cached policy, grants

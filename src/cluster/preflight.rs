@@ -47,12 +47,26 @@ pub struct Rights {
 /// Everything the controller calls, and where.
 pub const REQUIRED_RIGHTS: &[Rights] = &[
     // run.rs: reflectors and controllers watch the four kinds a Session's
-    // effective policy depends on (ApprovalRequests: not yet).
+    // effective policy depends on, and the ApprovalRequests people decide.
     Rights {
         scope: Scope::Watched,
         group: api::GROUP,
-        resources: &["securitypolicies", "sessions", "grants", "gateways"],
+        resources: &[
+            "securitypolicies",
+            "sessions",
+            "grants",
+            "gateways",
+            "approvalrequests",
+        ],
         verbs: &["list", "watch"],
+    },
+    // controlplane/approvals.rs: the broker files the forwards that wait
+    // for a person.
+    Rights {
+        scope: Scope::Watched,
+        group: api::GROUP,
+        resources: &["approvalrequests"],
+        verbs: &["create"],
     },
     // apply.rs: status by server-side apply.
     Rights {
@@ -62,6 +76,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
             "sessions/status",
             "securitypolicies/status",
             "gateways/status",
+            "approvalrequests/status",
         ],
         verbs: &["patch"],
     },

@@ -5,11 +5,12 @@
 //! children (pure, [`build`]) → apply what changed ([`apply`]) → status
 //! (pure, [`status`]). [`run`] wires the watches and [`triggers`], leader
 //! election ([`leader`]), the admin server ([`admin`], [`metrics`]), the
-//! status of SecurityPolicies and Gateways ([`policy_status`]) and the
-//! control plane.
+//! status of SecurityPolicies and Gateways ([`object_status`]), the
+//! ApprovalRequests people decide ([`approvals`]) and the control plane.
 
 pub mod admin;
 pub mod apply;
+pub mod approvals;
 pub mod build;
 pub mod config;
 pub mod context;

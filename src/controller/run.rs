@@ -1,6 +1,6 @@
 //! Running the controller role: the Session controller (triggered by the
-//! shared caches' feeds and by the children it owns) and the two status
-//! controllers, until shutdown. Starting the process, the caches, the
+//! shared caches' feeds and by the children it owns), the two status
+//! controllers and the ApprovalRequest controller, until shutdown. Starting the process, the caches, the
 //! control plane and the admin server is the operator's (`crate::operator`).
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+use super::approvals::{ApprovalContext, reconcile_approval, retry_approval};
 use super::config::SandboxConfig;
 use super::context::Context;
 use super::leader::Leadership;
@@ -24,7 +25,9 @@ use super::reconcile::{error_policy, reconcile};
 use super::retry::Backoff;
 use super::rollout::Rollouts;
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
-use crate::api::{DEFAULT_POLICY_NAME, Gateway, SecurityPolicy, Session, UpdatePolicy};
+use crate::api::{
+    ApprovalRequest, DEFAULT_POLICY_NAME, Gateway, SecurityPolicy, Session, UpdatePolicy,
+};
 use crate::cache::{Caches, Feed, scoped};
 use crate::cluster::FIELD_MANAGER;
 use crate::shutdown::Shutdown;
@@ -82,6 +85,13 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         store,
     } = setup;
     let namespace = namespace.as_deref();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity),
+        },
+    );
     let sessions_store = caches.sessions.clone();
     let sessions = triggers
         .sessions
@@ -113,20 +123,14 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
                 client: client.clone(),
                 config,
                 stores: caches.stores.clone(),
-                recorder: Recorder::new(
-                    client.clone(),
-                    Reporter {
-                        controller: FIELD_MANAGER.into(),
-                        instance: Some(identity),
-                    },
-                ),
+                recorder: recorder.clone(),
                 metrics,
                 leadership: leadership.clone(),
                 clock: Timestamp::now,
                 default_update_policy,
                 rollouts: Rollouts::default(),
                 backoff: Backoff::default(),
-                store,
+                store: store.clone(),
             }),
         )
         .for_each(log_watch_errors);
@@ -157,6 +161,26 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         object_status::reconcile_policy,
         object_status::retry,
         status_context.clone(),
+    )
+    .for_each(log_watch_errors);
+    let approval_controller = Controller::new(
+        scoped::<DeserializeGuard<ApprovalRequest>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(leadership.gained())
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        reconcile_approval,
+        retry_approval,
+        Arc::new(ApprovalContext {
+            client: client.clone(),
+            store,
+            stores: caches.stores.clone(),
+            leadership: leadership.clone(),
+            recorder: recorder.clone(),
+            clock: Timestamp::now,
+            backoff: Backoff::default(),
+        }),
     )
     .for_each(log_watch_errors);
     let gateway_controller = Controller::new(
@@ -192,7 +216,8 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     tokio::join!(
         sessions_controller,
         policy_status_controller,
-        gateway_status_controller
+        gateway_status_controller,
+        approval_controller
     );
 }
 

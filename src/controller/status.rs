@@ -417,7 +417,8 @@ mod tests {
                 "memory_write",
                 "config_get",
                 "inbox_read",
-                "inbox_ack"
+                "inbox_ack",
+                "inbox_reply"
             ]
         );
     }

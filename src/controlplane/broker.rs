@@ -1,8 +1,12 @@
 //! The Broker gRPC service: messages between sessions. A sidecar sends for
 //! its session (`sessions_send`), reads its session's inbox as a stream and
-//! acknowledges what its agent has taken. Every decision is made here, on
-//! the control plane's own view of both sessions' policies (never on the
-//! sender's word), and every outcome is an audit event of the target.
+//! acknowledges what its agent has taken; a gateway session forwards what
+//! it received under its Gateways' rules (`gateway_forward`), the target
+//! answers (`inbox_reply`) and the gateway sends the result back to the
+//! source (`gateway_respond`). Every decision is made here, on the control
+//! plane's own view of the sessions' policies and of the store (never on a
+//! caller's word), and every outcome is an audit event in the trail of the
+//! session a message is for.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -14,28 +18,37 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::approvals::ApprovalDesk;
 use super::auth::{Authenticator, Identity, authorize};
 use super::discover::{DiscoverPolicy, NoContext};
 use super::service::bearer;
 use crate::api::{Capability, Enforcement, SourceRef, name_of};
+use crate::approval::forward_approval;
 use crate::audit::{AuditEvent, EventType};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
-    Decision, EffectiveContext, Outcome, Request as PolicyRequest, Source, decide,
+    Decision, EffectiveContext, Outcome, Request as PolicyRequest, Source, decide, decide_forward,
 };
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
-    AckRequest, AckResponse, HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest,
-    ListRequest, ListResponse, ReachableSession, SendRequest, SendResponse,
+    AckRequest, AckResponse, ForwardRequest, ForwardResponse, HistoryRequest, HistoryResponse,
+    InboxDelivery, InboxRequest, ListRequest, ListResponse, PendingForward, QueueRequest,
+    QueueResponse, ReachableSession, ReplyRequest, ReplyResponse, RespondRequest, RespondResponse,
+    SendRequest, SendResponse,
 };
 use crate::shutdown::Shutdown;
-use crate::store::{InboxError, Queued, Store, StoreError};
+use crate::store::{Forward, ForwardError, ForwardState, InboxError, Queued, Store, StoreError};
 
 /// The tool a message is sent with.
 const SEND_TOOL: &str = "sessions_send";
 /// The tools that show reachable sessions and their messages.
 const LIST_TOOL: &str = "sessions_list";
 const HISTORY_TOOL: &str = "sessions_history";
+/// The gateway tools, and the tool a target answers a forward with.
+const FORWARD_TOOL: &str = "gateway_forward";
+const RESPOND_TOOL: &str = "gateway_respond";
+const QUEUE_TOOL: &str = "gateway_queue";
+const REPLY_TOOL: &str = "inbox_reply";
 /// Messages a history shows by default, and at most.
 const HISTORY_DEFAULT: u32 = 20;
 const HISTORY_MAX: u32 = 100;
@@ -74,16 +87,25 @@ pub struct BrokerService<D, A> {
     discover: Arc<D>,
     authenticator: Arc<A>,
     store: Store,
+    /// Where forwards that wait for a person are filed.
+    desk: Arc<dyn ApprovalDesk>,
     arrivals: Arc<Arrivals>,
     shutdown: Shutdown,
 }
 
 impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
-    pub fn new(discover: Arc<D>, authenticator: Arc<A>, store: Store, shutdown: Shutdown) -> Self {
+    pub fn new(
+        discover: Arc<D>,
+        authenticator: Arc<A>,
+        store: Store,
+        desk: Arc<dyn ApprovalDesk>,
+        shutdown: Shutdown,
+    ) -> Self {
         BrokerService {
             discover,
             authenticator,
             store,
+            desk,
             arrivals: Arc::default(),
             shutdown,
         }
@@ -152,6 +174,20 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         Err(status)
     }
 
+    /// The context of the session `target` a message is for, or why it
+    /// takes none.
+    fn recipient(&self, namespace: &str, target: &str) -> Result<EffectiveContext, Status> {
+        match self.discover.context(namespace, target) {
+            Ok(recipient) => Ok(recipient),
+            Err(NoContext::Gone(_)) => Err(Status::not_found(format!(
+                "no session {target} in namespace {namespace}"
+            ))),
+            Err(NoContext::Unavailable(why)) => Err(Status::failed_precondition(format!(
+                "session {target} takes no messages while it has no policy: {why}"
+            ))),
+        }
+    }
+
     /// Whether `target` takes messages from `caller` (allowed, or
     /// would_deny in warn mode).
     fn admits(&self, target: &EffectiveContext, caller: &EffectiveContext) -> Decision {
@@ -165,17 +201,20 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         }
     }
 
-    /// Records `status` as the refusal of `caller`'s message to `target`.
-    async fn refuse_send(
+    /// Records `status` as the refusal of `caller`'s `tool` call for a
+    /// message to `recipient`, in the recipient's trail.
+    async fn refuse(
         &self,
         caller: &EffectiveContext,
-        target: &str,
+        (event_type, tool): (EventType, &str),
+        recipient: &str,
         capability: Option<Capability>,
         status: Status,
     ) -> Status {
-        let mut event = injection(
+        let mut event = message_event(
             caller,
-            target,
+            (event_type, tool),
+            recipient,
             Outcome::Denied,
             caller.enforcement,
             status.message(),
@@ -184,27 +223,56 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         self.record(event).await;
         status
     }
+
+    /// Records that `caller` sent `message` with `tool`, in the trail of
+    /// the session it is for; an error when that record cannot be written.
+    async fn record_sent(
+        &self,
+        caller: &EffectiveContext,
+        (event_type, tool): (EventType, &str),
+        message: &InboxMessage,
+        reason: &str,
+    ) -> Result<String, Status> {
+        self.arrivals.announce(&message.namespace, &message.session);
+        let mut event = message_event(
+            caller,
+            (event_type, tool),
+            &message.session,
+            Outcome::Allowed,
+            caller.enforcement,
+            reason,
+        );
+        event.action = message.action.clone();
+        let audit_id = event.id.clone();
+        self.store
+            .insert_events(&[event])
+            .await
+            .map_err(|error| Status::unavailable(format!("cannot record the message: {error}")))?;
+        Ok(audit_id)
+    }
 }
 
-/// The audit event of `caller` sending to `target`.
-fn injection(
+/// The audit event of `caller` calling `tool` for a message to
+/// `recipient`, in the recipient's trail.
+fn message_event(
     caller: &EffectiveContext,
-    target: &str,
+    (event_type, tool): (EventType, &str),
+    recipient: &str,
     decision: Outcome,
     enforcement: Enforcement,
     reason: &str,
 ) -> AuditEvent {
     let mut event = AuditEvent::new(
         Timestamp::now(),
-        EventType::Injection,
+        event_type,
         &caller.namespace,
-        target,
+        recipient,
         session_source(caller),
         decision,
         enforcement,
         reason.to_owned(),
     );
-    event.tool = Some(SEND_TOOL.to_owned());
+    event.tool = Some(tool.to_owned());
     event.policy_hash = Some(caller.policy_hash.clone());
     event
 }
@@ -227,8 +295,9 @@ fn stricter(a: Outcome, b: Outcome) -> Outcome {
     }
 }
 
-/// The gRPC status of a message the store would not queue.
-fn queue_status(error: StoreError) -> Status {
+/// The gRPC status of a step the store refused: the caller's mistake, a
+/// limit, or the store being unavailable.
+fn store_status(error: StoreError) -> Status {
     match error {
         StoreError::Inbox(error @ InboxError::TooLarge { .. }) => {
             Status::invalid_argument(error.to_string())
@@ -237,8 +306,21 @@ fn queue_status(error: StoreError) -> Status {
             Status::already_exists(error.to_string())
         }
         StoreError::Inbox(error) => Status::resource_exhausted(error.to_string()),
+        StoreError::Forward(error @ ForwardError::RateLimited { .. }) => {
+            Status::resource_exhausted(error.to_string())
+        }
+        StoreError::Forward(error @ ForwardError::NotFound { .. }) => {
+            Status::not_found(error.to_string())
+        }
+        StoreError::Forward(error) => Status::failed_precondition(error.to_string()),
         error => Status::unavailable(format!("the store is unavailable: {error}")),
     }
+}
+
+/// A JSON argument, or INVALID_ARGUMENT naming it.
+fn parse_json(field: &str, json: &str) -> Result<serde_json::Value, Status> {
+    serde_json::from_str(json)
+        .map_err(|error| Status::invalid_argument(format!("{field} is not JSON: {error}")))
 }
 
 /// The state of one inbox stream.
@@ -308,31 +390,26 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             .context(&namespace, &session)
             .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
         let tool = decide(&caller, PolicyRequest::Tool(SEND_TOOL));
-        let refuse = |status: Status| self.refuse_send(&caller, &target, tool.capability, status);
+        let refuse = |status: Status| {
+            self.refuse(
+                &caller,
+                (EventType::Injection, SEND_TOOL),
+                &target,
+                tool.capability,
+                status,
+            )
+        };
         if !tool.proceeds() {
             let status = Status::permission_denied(format!("tool not available: {SEND_TOOL}"));
             return Err(refuse(status).await);
         }
-        let payload = match serde_json::from_str(&payload_json) {
+        let payload = match parse_json("payload_json", &payload_json) {
             Ok(payload) => payload,
-            Err(error) => {
-                let status = Status::invalid_argument(format!("payload_json is not JSON: {error}"));
-                return Err(refuse(status).await);
-            }
+            Err(status) => return Err(refuse(status).await),
         };
-        let recipient = match self.discover.context(&namespace, &target) {
+        let recipient = match self.recipient(&namespace, &target) {
             Ok(recipient) => recipient,
-            Err(NoContext::Gone(_)) => {
-                let status =
-                    Status::not_found(format!("no session {target} in namespace {namespace}"));
-                return Err(refuse(status).await);
-            }
-            Err(NoContext::Unavailable(why)) => {
-                let status = Status::failed_precondition(format!(
-                    "session {target} takes no messages while it has no policy: {why}"
-                ));
-                return Err(refuse(status).await);
-            }
+            Err(status) => return Err(refuse(status).await),
         };
         let admitted = decide(&recipient, PolicyRequest::Inject(&Source::session(&caller)));
         let outcome = stricter(tool.outcome, admitted.outcome);
@@ -361,7 +438,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         }
         let limits = self.discover.inbox_limits(&namespace);
         if let Err(error) = self.store.enqueue(&message, limits).await {
-            return Err(refuse(queue_status(error)).await);
+            return Err(refuse(store_status(error)).await);
         }
         self.arrivals.announce(&namespace, &target);
         let reason = if outcome == Outcome::WouldDeny {
@@ -372,7 +449,14 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         } else {
             "delivered".to_owned()
         };
-        let mut event = injection(&caller, &target, outcome, recipient.enforcement, &reason);
+        let mut event = message_event(
+            &caller,
+            (EventType::Injection, SEND_TOOL),
+            &target,
+            outcome,
+            recipient.enforcement,
+            &reason,
+        );
         event.capability = tool.capability;
         let audit_id = event.id.clone();
         self.store.insert_events(&[event]).await.map_err(|error| {
@@ -486,5 +570,305 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             })
             .collect();
         Ok(Response::new(HistoryResponse { messages_json }))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let wire = request.get_ref();
+        let (namespace, session) = (wire.namespace.clone(), wire.session.clone());
+        self.caller(&request, &namespace, &session).await?;
+        let ForwardRequest {
+            message_id,
+            target,
+            action,
+            payload_json,
+            ..
+        } = request.into_inner();
+        let caller = self
+            .discover
+            .context(&namespace, &session)
+            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
+        let tool = decide(&caller, PolicyRequest::Tool(FORWARD_TOOL));
+        let refuse = |status: Status| {
+            self.refuse(
+                &caller,
+                (EventType::Forward, FORWARD_TOOL),
+                &target,
+                tool.capability,
+                status,
+            )
+        };
+        if !tool.proceeds() {
+            let status = Status::permission_denied(format!("tool not available: {FORWARD_TOOL}"));
+            return Err(refuse(status).await);
+        }
+        if action.is_empty() {
+            let status = Status::invalid_argument("action is required (query, execute, ...)");
+            return Err(refuse(status).await);
+        }
+        let payload = match parse_json("payload_json", &payload_json) {
+            Ok(payload) => payload,
+            Err(status) => return Err(refuse(status).await),
+        };
+        let original = match self
+            .store
+            .inbox_message(&namespace, &session, &message_id)
+            .await
+        {
+            Ok(Some(original)) => original,
+            Ok(None) => {
+                let status = Status::not_found(format!(
+                    "no message {message_id} in your inbox: forward a message you received"
+                ));
+                return Err(refuse(status).await);
+            }
+            Err(error) => return Err(refuse(store_status(error)).await),
+        };
+        let recipient = match self.recipient(&namespace, &target) {
+            Ok(recipient) => recipient,
+            Err(status) => return Err(refuse(status).await),
+        };
+        let decision = decide_forward(&caller, &recipient, &action);
+        let outcome = stricter(tool.outcome, decision.outcome);
+        if outcome == Outcome::Denied {
+            let status = Status::permission_denied(format!(
+                "cannot forward {action} to {target}: {}",
+                decision.reason
+            ));
+            return Err(refuse(status).await);
+        }
+        let rule = decision.rule;
+        let approval = rule.filter(|rule| rule.rule.require_approval);
+        let now = Timestamp::now();
+        let expires = approval.map(|rule| {
+            now + k8s_openapi::jiff::SignedDuration::try_from(rule.approval_timeout)
+                .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX)
+        });
+        let gateway = rule
+            .map(|rule| rule.gateway)
+            .or_else(|| caller.gateways.first().map(|rules| rules.gateway.as_str()))
+            .unwrap_or_default();
+        let forward = Forward {
+            id: Forward::new_id(),
+            namespace: namespace.clone(),
+            gateway: gateway.to_owned(),
+            gateway_session: session.clone(),
+            rule_index: rule.map(|rule| rule.index as u32),
+            source: original.source,
+            source_message: message_id,
+            target: target.clone(),
+            action: action.clone(),
+            payload,
+            state: if approval.is_some() {
+                ForwardState::AwaitingApproval
+            } else {
+                ForwardState::Delivered
+            },
+            created: now,
+            expires,
+        };
+        let per_minute = rule.and_then(|rule| rule.rule.rate_limit.as_ref().map(|l| l.per_minute));
+        let limits = self.discover.inbox_limits(&namespace);
+        match self.store.open_forward(&forward, per_minute, limits).await {
+            Ok(()) => {}
+            Err(StoreError::Forward(limited @ ForwardError::RateLimited { .. })) => {
+                let mut event = message_event(
+                    &caller,
+                    (EventType::RateLimited, FORWARD_TOOL),
+                    &target,
+                    Outcome::Denied,
+                    caller.enforcement,
+                    &limited.to_string(),
+                );
+                event.action = Some(action);
+                self.record(event).await;
+                return Err(Status::resource_exhausted(limited.to_string()));
+            }
+            Err(error) => return Err(refuse(store_status(error)).await),
+        }
+        if approval.is_some()
+            && let Err(why) = self.desk.file(&forward_approval(&forward)).await
+        {
+            let reason = format!("its ApprovalRequest could not be created: {why}");
+            if let Err(error) = self
+                .store
+                .close_forward(
+                    &namespace,
+                    &forward.id,
+                    ForwardState::Expired,
+                    None,
+                    &reason,
+                    limits,
+                )
+                .await
+            {
+                tracing::error!(%error, request = %forward.id, "cannot close a forward nobody can approve");
+            }
+            let status = Status::unavailable(format!("request {} {reason}; try again", forward.id));
+            return Err(refuse(status).await);
+        }
+        let source = &forward.source;
+        let mut reason = match expires {
+            Some(expires) => format!(
+                "request {} from {} ({}) waits for approval until {expires}",
+                forward.id, source.identity, source.trust_level
+            ),
+            None => format!(
+                "request {} from {} ({}) delivered",
+                forward.id, source.identity, source.trust_level
+            ),
+        };
+        if outcome == Outcome::WouldDeny {
+            reason = format!("{reason} in warn mode: {}", decision.reason);
+        }
+        if expires.is_none() {
+            self.arrivals.announce(&namespace, &target);
+        }
+        let mut event = message_event(
+            &caller,
+            (EventType::Forward, FORWARD_TOOL),
+            &target,
+            outcome,
+            recipient.enforcement,
+            &reason,
+        );
+        event.action = Some(action);
+        let audit_id = event.id.clone();
+        self.store
+            .insert_events(&[event])
+            .await
+            .map_err(|error| Status::unavailable(format!("cannot record the forward: {error}")))?;
+        Ok(Response::new(ForwardResponse {
+            request_id: forward.id,
+            state: name_of(&forward.state),
+            decision: name_of(&outcome),
+            audit_id,
+            expires_at: expires.map(|at| at.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn reply(
+        &self,
+        request: Request<ReplyRequest>,
+    ) -> Result<Response<ReplyResponse>, Status> {
+        let ReplyRequest {
+            namespace,
+            session,
+            request_id,
+            result_json,
+        } = request.get_ref().clone();
+        self.caller(&request, &namespace, &session).await?;
+        let (caller, _) = self
+            .caller_with_tool(&namespace, &session, REPLY_TOOL)
+            .await?;
+        let result = parse_json("result_json", &result_json)?;
+        let limits = self.discover.inbox_limits(&namespace);
+        let answer = self
+            .store
+            .reply_to_forward(
+                &namespace,
+                &request_id,
+                &session_source(&caller),
+                result,
+                limits,
+            )
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                let status = store_status(error);
+                // In the caller's trail: the request may not be theirs.
+                let capability = None;
+                let tool = (EventType::Forward, REPLY_TOOL);
+                return Err(self
+                    .refuse(&caller, tool, &session, capability, status)
+                    .await);
+            }
+        };
+        let reason = format!("answer to request {request_id}");
+        let audit_id = self
+            .record_sent(&caller, (EventType::Forward, REPLY_TOOL), &answer, &reason)
+            .await?;
+        Ok(Response::new(ReplyResponse {
+            message_id: answer.id,
+            audit_id,
+        }))
+    }
+
+    async fn respond(
+        &self,
+        request: Request<RespondRequest>,
+    ) -> Result<Response<RespondResponse>, Status> {
+        let RespondRequest {
+            namespace,
+            session,
+            request_id,
+            result_json,
+        } = request.get_ref().clone();
+        self.caller(&request, &namespace, &session).await?;
+        let (caller, _) = self
+            .caller_with_tool(&namespace, &session, RESPOND_TOOL)
+            .await?;
+        let tool = (EventType::Forward, RESPOND_TOOL);
+        let result = match parse_json("result_json", &result_json) {
+            Ok(result) => result,
+            Err(status) => return Err(self.refuse(&caller, tool, &session, None, status).await),
+        };
+        let limits = self.discover.inbox_limits(&namespace);
+        let sent = self
+            .store
+            .respond_to_forward(
+                &namespace,
+                &request_id,
+                &session_source(&caller),
+                result,
+                limits,
+            )
+            .await;
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(error) => {
+                let status = store_status(error);
+                return Err(self.refuse(&caller, tool, &session, None, status).await);
+            }
+        };
+        let reason = format!("result of request {request_id}");
+        let audit_id = self.record_sent(&caller, tool, &sent, &reason).await?;
+        Ok(Response::new(RespondResponse {
+            message_id: sent.id,
+            audit_id,
+        }))
+    }
+
+    async fn queue(
+        &self,
+        request: Request<QueueRequest>,
+    ) -> Result<Response<QueueResponse>, Status> {
+        let QueueRequest { namespace, session } = request.get_ref().clone();
+        self.caller(&request, &namespace, &session).await?;
+        self.caller_with_tool(&namespace, &session, QUEUE_TOOL)
+            .await?;
+        let waiting = self
+            .store
+            .awaiting_approval(&namespace, &session, Timestamp::now())
+            .await
+            .map_err(store_status)?;
+        let requests = waiting
+            .into_iter()
+            .map(|forward| PendingForward {
+                request_id: forward.id,
+                gateway: forward.gateway,
+                target: forward.target,
+                action: forward.action,
+                source_type: forward.source.source_type,
+                source_identity: forward.source.identity,
+                source_trust_level: name_of(&forward.source.trust_level),
+                created_at: forward.created.to_string(),
+                expires_at: forward.expires.map(|at| at.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(QueueResponse { requests }))
     }
 }

@@ -220,9 +220,7 @@ impl DiscoverPolicy for ContextIndex {
     }
 
     fn inbox_limits(&self, namespace: &str) -> InboxLimits {
-        let policy = self.stores.governing_policy(namespace).ok().flatten();
-        let inbox = policy.and_then(|policy| policy.0.as_ref().ok()?.spec.inbox);
-        inbox.unwrap_or_default().into()
+        self.stores.inbox_limits(namespace)
     }
 }
 

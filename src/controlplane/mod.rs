@@ -3,6 +3,7 @@
 //! reports on its sandbox, brokers messages between sessions, and stores
 //! and serves the audit trail.
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod broker;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use approvals::ApprovalDesk;
 use audit::{AuditService, AuditSetup};
 use auth::Authenticator;
 use broker::BrokerService;
@@ -32,7 +34,7 @@ use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
 
 /// Serves the Policy, Broker and Audit services, gRPC health and server reflection on
-/// `listener` until `shutdown` completes; then ends every open policy
+/// `listener` (the Broker filing ApprovalRequests at `desk`) until `shutdown` completes; then ends every open policy
 /// stream (their sidecars reconnect to another replica) and returns once
 /// the connections have closed.
 pub async fn serve<D, A, R, E>(
@@ -41,6 +43,7 @@ pub async fn serve<D, A, R, E>(
     authenticator: Arc<A>,
     recorder: Arc<R>,
     audit: AuditSetup<E>,
+    desk: Arc<dyn ApprovalDesk>,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -71,6 +74,7 @@ where
             discover.clone(),
             authenticator.clone(),
             audit.store.clone(),
+            desk,
             shutdown.clone(),
         )))
         .add_service(AuditServer::new(AuditService::new(audit, authenticator)))

@@ -1,7 +1,11 @@
-//! The sidecar's side of the Broker: `sessions_send`, `inbox_ack`,
-//! `sessions_list` and `sessions_history` as calls of the control plane's
-//! `Broker` for this session, over one channel that is opened on first use and again after a
+//! The sidecar's side of the Broker: the message tools (`sessions_send`,
+//! `sessions_list`, `sessions_history`, `inbox_ack`, `inbox_reply`) and
+//! the gateway tools (`gateway_forward`, `gateway_respond`,
+//! `gateway_queue`) as calls of the control plane's `Broker` for this
+//! session, over one channel that is opened on first use and again after a
 //! transport failure.
+
+use std::future::Future;
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -11,8 +15,12 @@ use tonic::transport::Channel;
 
 use super::client::{WatchError, WatchTarget, authorized, bearer_of, connect_channel};
 use super::engine::{Messenger, ToolError};
+use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer};
 use crate::proto::v1alpha1::broker_client::BrokerClient;
-use crate::proto::v1alpha1::{AckRequest, HistoryRequest, ListRequest, SendRequest};
+use crate::proto::v1alpha1::{
+    AckRequest, ForwardRequest, HistoryRequest, ListRequest, QueueRequest, ReplyRequest,
+    RespondRequest, SendRequest,
+};
 
 /// This session's way to the broker.
 pub struct BrokerLink {
@@ -61,108 +69,208 @@ impl BrokerLink {
         Ok((BrokerClient::new(channel), bearer))
     }
 
-    /// `status` as the agent's error; a transport failure also drops the
-    /// channel, so the next call opens a new one.
-    async fn failed(&self, status: tonic::Status) -> ToolError {
-        if matches!(status.code(), Code::Unavailable | Code::Unknown) {
-            *self.channel.lock().await = None;
+    /// Calls the broker with `request` (for this session, with the
+    /// current token) by `rpc`; a refusal as the agent's error. A transport
+    /// failure also drops the channel, so the next call opens a new one.
+    async fn call<Q, R, F, Fut>(&self, request: Q, rpc: F) -> Result<R, ToolError>
+    where
+        F: FnOnce(BrokerClient<Channel>, tonic::Request<Q>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let (client, bearer) = self.client().await?;
+        match rpc(client, authorized(request, bearer)).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => {
+                if matches!(status.code(), Code::Unavailable | Code::Unknown) {
+                    *self.channel.lock().await = None;
+                }
+                Err(tool_error(&status))
+            }
         }
-        tool_error(&status)
     }
+
+    fn namespace(&self) -> String {
+        self.target.namespace.clone()
+    }
+
+    fn session(&self) -> String {
+        self.target.session.clone()
+    }
+}
+
+/// JSON strings the broker answered with, as values.
+fn parse_all(json: &[String]) -> Result<Vec<Value>, ToolError> {
+    json.iter()
+        .map(|json| serde_json::from_str(json))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|error| ToolError::Failed(format!("the broker's answer cannot be read: {error}")))
 }
 
 #[tonic::async_trait]
 impl Messenger for BrokerLink {
     async fn send(&self, target: &str, message: &Value) -> Result<Value, ToolError> {
-        let (mut client, bearer) = self.client().await?;
-        let request = authorized(
-            SendRequest {
-                namespace: self.target.namespace.clone(),
-                session: self.target.session.clone(),
-                target: target.to_owned(),
-                payload_json: message.to_string(),
-                message_id: ulid::Ulid::new().to_string(),
-            },
-            bearer,
-        );
-        match client.send(request).await {
-            Ok(sent) => {
-                let sent = sent.into_inner();
-                Ok(json!({
-                    "target": target,
-                    "messageId": sent.message_id,
-                    "decision": sent.decision,
-                    "auditId": sent.audit_id,
-                }))
-            }
-            Err(status) => Err(self.failed(status).await),
-        }
+        let request = SendRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            target: target.to_owned(),
+            payload_json: message.to_string(),
+            message_id: ulid::Ulid::new().to_string(),
+        };
+        let sent = self
+            .call(request, |mut client, request| async move {
+                client.send(request).await
+            })
+            .await?;
+        Ok(json!({
+            "target": target,
+            "messageId": sent.message_id,
+            "decision": sent.decision,
+            "auditId": sent.audit_id,
+        }))
     }
 
     async fn ack(&self, ids: &[String]) -> Result<u64, ToolError> {
-        let (mut client, bearer) = self.client().await?;
-        let request = authorized(
-            AckRequest {
-                namespace: self.target.namespace.clone(),
-                session: self.target.session.clone(),
-                message_ids: ids.to_vec(),
-            },
-            bearer,
-        );
-        match client.ack(request).await {
-            Ok(acked) => Ok(acked.into_inner().acknowledged),
-            Err(status) => Err(self.failed(status).await),
-        }
+        let request = AckRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            message_ids: ids.to_vec(),
+        };
+        let acked = self
+            .call(request, |mut client, request| async move {
+                client.ack(request).await
+            })
+            .await?;
+        Ok(acked.acknowledged)
     }
 
     async fn list(&self) -> Result<Value, ToolError> {
-        let (mut client, bearer) = self.client().await?;
-        let request = authorized(
-            ListRequest {
-                namespace: self.target.namespace.clone(),
-                session: self.target.session.clone(),
-            },
-            bearer,
-        );
-        match client.list(request).await {
-            Ok(listed) => {
-                let sessions: Vec<Value> = listed
-                    .into_inner()
-                    .sessions
-                    .into_iter()
-                    .map(|s| json!({"name": s.name, "trustLevel": s.trust_level, "gateway": s.gateway}))
-                    .collect();
-                Ok(json!({"sessions": sessions}))
-            }
-            Err(status) => Err(self.failed(status).await),
-        }
+        let request = ListRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+        };
+        let listed = self
+            .call(request, |mut client, request| async move {
+                client.list(request).await
+            })
+            .await?;
+        let sessions: Vec<Value> = listed
+            .sessions
+            .into_iter()
+            .map(|s| json!({"name": s.name, "trustLevel": s.trust_level, "gateway": s.gateway}))
+            .collect();
+        Ok(json!({"sessions": sessions}))
     }
 
     async fn history(&self, target: &str, limit: u32) -> Result<Value, ToolError> {
-        let (mut client, bearer) = self.client().await?;
-        let request = authorized(
-            HistoryRequest {
-                namespace: self.target.namespace.clone(),
-                session: self.target.session.clone(),
-                target: target.to_owned(),
-                limit,
-            },
-            bearer,
-        );
-        match client.history(request).await {
-            Ok(history) => {
-                let messages = history
-                    .into_inner()
-                    .messages_json
-                    .iter()
-                    .map(|json| serde_json::from_str(json))
-                    .collect::<Result<Vec<Value>, _>>()
-                    .map_err(|error| {
-                        ToolError::Failed(format!("the broker's answer cannot be read: {error}"))
-                    })?;
-                Ok(json!({"session": target, "messages": messages}))
-            }
-            Err(status) => Err(self.failed(status).await),
+        let request = HistoryRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            target: target.to_owned(),
+            limit,
+        };
+        let history = self
+            .call(request, |mut client, request| async move {
+                client.history(request).await
+            })
+            .await?;
+        let messages = parse_all(&history.messages_json)?;
+        Ok(json!({"session": target, "messages": messages}))
+    }
+
+    async fn forward(&self, forward: ForwardMessage) -> Result<Value, ToolError> {
+        let request = ForwardRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            message_id: forward.message_id,
+            target: forward.target.clone(),
+            action: forward.action,
+            payload_json: forward.payload.to_string(),
+        };
+        let forwarded = self
+            .call(request, |mut client, request| async move {
+                client.forward(request).await
+            })
+            .await?;
+        let mut answer = json!({
+            "requestId": forwarded.request_id,
+            "target": forward.target,
+            "state": forwarded.state,
+            "decision": forwarded.decision,
+            "auditId": forwarded.audit_id,
+        });
+        if !forwarded.expires_at.is_empty() {
+            answer["expiresAt"] = forwarded.expires_at.into();
         }
+        Ok(answer)
+    }
+
+    async fn reply(&self, answer: RequestAnswer) -> Result<Value, ToolError> {
+        let request = ReplyRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            request_id: answer.request_id.clone(),
+            result_json: answer.result.to_string(),
+        };
+        let replied = self
+            .call(request, |mut client, request| async move {
+                client.reply(request).await
+            })
+            .await?;
+        Ok(json!({
+            "requestId": answer.request_id,
+            "messageId": replied.message_id,
+            "auditId": replied.audit_id,
+        }))
+    }
+
+    async fn respond(&self, answer: RequestAnswer) -> Result<Value, ToolError> {
+        let request = RespondRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            request_id: answer.request_id.clone(),
+            result_json: answer.result.to_string(),
+        };
+        let responded = self
+            .call(request, |mut client, request| async move {
+                client.respond(request).await
+            })
+            .await?;
+        Ok(json!({
+            "requestId": answer.request_id,
+            "messageId": responded.message_id,
+            "auditId": responded.audit_id,
+        }))
+    }
+
+    async fn queue(&self) -> Result<Value, ToolError> {
+        let request = QueueRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+        };
+        let queue = self
+            .call(request, |mut client, request| async move {
+                client.queue(request).await
+            })
+            .await?;
+        let requests: Vec<Value> = queue
+            .requests
+            .into_iter()
+            .map(|pending| {
+                json!({
+                    "requestId": pending.request_id,
+                    "gateway": pending.gateway,
+                    "target": pending.target,
+                    "action": pending.action,
+                    "source": {
+                        "type": pending.source_type,
+                        "identity": pending.source_identity,
+                        "trustLevel": pending.source_trust_level,
+                    },
+                    "createdAt": pending.created_at,
+                    "expiresAt": pending.expires_at,
+                })
+            })
+            .collect();
+        Ok(json!({"requests": requests}))
     }
 }

@@ -15,8 +15,8 @@ use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, AuditSink, EventType};
 use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
-    CapabilityQuery, HistoryQuery, InboxRead, MessageIds, NoArguments, SessionMessage,
-    Unimplemented, WorkspacePath, WorkspaceWrite,
+    CapabilityQuery, ForwardMessage, HistoryQuery, InboxRead, MessageIds, NoArguments,
+    RequestAnswer, SessionMessage, Unimplemented, WorkspacePath, WorkspaceWrite,
 };
 use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
 
@@ -100,6 +100,19 @@ pub trait Messenger: Send + Sync {
 
     /// The newest `limit` messages sent to `target`, one of those.
     async fn history(&self, target: &str, limit: u32) -> Result<Value, ToolError>;
+
+    /// Forwards a message of this gateway session's inbox (`gateway_forward`).
+    async fn forward(&self, forward: ForwardMessage) -> Result<Value, ToolError>;
+
+    /// Answers a request forwarded to this session (`inbox_reply`).
+    async fn reply(&self, answer: RequestAnswer) -> Result<Value, ToolError>;
+
+    /// Sends the result of one of this gateway's requests to its source
+    /// (`gateway_respond`).
+    async fn respond(&self, answer: RequestAnswer) -> Result<Value, ToolError>;
+
+    /// This gateway's requests waiting for approval (`gateway_queue`).
+    async fn queue(&self) -> Result<Value, ToolError>;
 }
 
 /// No way to the broker: every message fails (the engine of a sidecar that
@@ -121,6 +134,22 @@ impl Messenger for Unconnected {
     }
 
     async fn history(&self, _target: &str, _limit: u32) -> Result<Value, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn forward(&self, _forward: ForwardMessage) -> Result<Value, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn reply(&self, _answer: RequestAnswer) -> Result<Value, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn respond(&self, _answer: RequestAnswer) -> Result<Value, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn queue(&self) -> Result<Value, ToolError> {
         Err(unconnected())
     }
 }
@@ -376,15 +405,16 @@ impl ToolEngine {
                 self.inbox.release(&ids);
                 Ok(json!({"acknowledged": acknowledged}))
             }
+            ToolCall::InboxReply(answer) => self.messenger.reply(answer).await,
+            ToolCall::GatewayForward(forward) => self.messenger.forward(forward).await,
+            ToolCall::GatewayRespond(answer) => self.messenger.respond(answer).await,
+            ToolCall::GatewayQueue(NoArguments {}) => self.messenger.queue().await,
             // Not run by this version: never listed, refused like unknown tools.
             ToolCall::SecurityRequest(Unimplemented {})
             | ToolCall::SessionsSpawn(Unimplemented {})
             | ToolCall::HttpFetch(Unimplemented {})
             | ToolCall::ExecCommand(Unimplemented {})
-            | ToolCall::ConfigSet(Unimplemented {})
-            | ToolCall::GatewayForward(Unimplemented {})
-            | ToolCall::GatewayRespond(Unimplemented {})
-            | ToolCall::GatewayQueue(Unimplemented {}) => Err(ToolError::NotAvailable(
+            | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
                 "not implemented by this sidecar".into(),
             )),
         }

@@ -16,7 +16,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::inbox::append;
-use super::{InboxLimits, Store, StoreError};
+use super::{InboxError, InboxLimits, Store, StoreError};
 use crate::api::{SourceRef, TrustLevel};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::SOURCE_TYPE_SESSION;
@@ -189,6 +189,12 @@ impl Store {
         per_minute: Option<u32>,
         limits: InboxLimits,
     ) -> Result<(), StoreError> {
+        // Checked before anything, for a forward waiting for approval too.
+        let bytes = forward.payload.to_string().len() as u64;
+        if bytes > limits.max_message_bytes {
+            let limit = limits.max_message_bytes;
+            return Err(InboxError::TooLarge { bytes, limit }.into());
+        }
         let mut transaction = self.pool.begin().await?;
         if let (Some(per_minute), Some(rule)) = (per_minute, forward.rule_index) {
             check_rate(&mut transaction, forward, rule, per_minute).await?;

@@ -119,6 +119,29 @@ impl Store {
             .collect()
     }
 
+    /// The message `id` of `namespace/session`'s inbox, acknowledged or
+    /// not, if it is still there.
+    pub async fn inbox_message(
+        &self,
+        namespace: &str,
+        session: &str,
+        id: &str,
+    ) -> Result<Option<InboxMessage>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, message FROM inbox_messages \
+             WHERE namespace = $1 AND session = $2 AND id = $3",
+        )
+        .bind(namespace)
+        .bind(session)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| read_queued(&row, namespace, session))
+            .transpose()?
+            .map(|queued| queued.message))
+    }
+
     /// Marks the pending messages `ids` of `namespace/session` acknowledged
     /// at `now`; returns how many were pending. Ids of other inboxes, and
     /// ids acknowledged before, are left alone.

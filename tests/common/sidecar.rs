@@ -19,6 +19,7 @@ use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session};
 use wopr_operator::audit::{AuditSink, MemorySink};
 use wopr_operator::cache::Stores;
 use wopr_operator::clock::Clock;
+use wopr_operator::controlplane::approvals::KubeDesk;
 use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::denials::{SessionEvent, SessionEvents};
@@ -36,6 +37,7 @@ use wopr_operator::sidecar::run::{Listeners, ServeOptions, SidecarError, serve a
 use wopr_operator::sidecar::workspace::Workspace;
 use wopr_operator::store::Store;
 
+use super::fake_api::FakeApi;
 use super::{NAMESPACE, now};
 
 /// People's tokens for reading the audit trail: [`READER`] may read
@@ -96,6 +98,8 @@ impl SessionEvents for MemoryEvents {
 /// A control plane on 127.0.0.1 whose caches the test fills.
 pub struct ControlPlane {
     pub index: Arc<ContextIndex>,
+    /// The caches the index reads (and the controller would).
+    pub stores: Stores,
     /// The sandbox checks sidecars reported.
     pub reports: Arc<MemoryRecorder>,
     pub address: SocketAddr,
@@ -109,11 +113,15 @@ pub struct ControlPlane {
     pub events: Arc<MemoryEvents>,
     /// Its Audit service's metrics.
     pub audit_metrics: AuditMetrics,
+    /// The API server its broker files ApprovalRequests with, and a client
+    /// of it (for the controller's side of approvals).
+    pub api: FakeApi,
+    pub client: kube::Client,
     _store_dir: tempfile::TempDir,
     sessions: Writer<DeserializeGuard<Session>>,
     policies: Writer<DeserializeGuard<SecurityPolicy>>,
     grants: Writer<DeserializeGuard<Grant>>,
-    _gateways: Writer<DeserializeGuard<Gateway>>,
+    gateways: Writer<DeserializeGuard<Gateway>>,
 }
 
 impl ControlPlane {
@@ -131,7 +139,7 @@ impl ControlPlane {
         };
         let index = Arc::new(ContextIndex::new(
             session_store,
-            stores,
+            stores.clone(),
             Clock::starting_at(now()),
         ));
         let tokens: HashMap<String, Identity> = sessions
@@ -158,6 +166,7 @@ impl ControlPlane {
             .unwrap();
         let events = Arc::new(MemoryEvents::default());
         let audit_metrics = AuditMetrics::default();
+        let (client, api) = FakeApi::start();
         let server = tokio::spawn(serve(
             listener,
             index.clone(),
@@ -171,12 +180,14 @@ impl ControlPlane {
                 events: events.clone(),
                 metrics: audit_metrics.clone(),
             },
+            Arc::new(KubeDesk(client.clone())),
             wopr_operator::shutdown::on(async move {
                 let _ = stopped.await;
             }),
         ));
         ControlPlane {
             index,
+            stores,
             reports,
             address,
             shutdown: Some(shutdown),
@@ -184,11 +195,13 @@ impl ControlPlane {
             store,
             events,
             audit_metrics,
+            api,
+            client,
             _store_dir: store_dir,
             sessions: session_writer,
             policies,
             grants,
-            _gateways: gateways,
+            gateways,
         }
     }
 
@@ -234,6 +247,12 @@ impl ControlPlane {
     pub fn put_grant(&mut self, grant: Grant) {
         self.grants
             .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(grant))));
+        self.index.refresh(NAMESPACE);
+    }
+
+    pub fn put_gateway(&mut self, gateway: Gateway) {
+        self.gateways
+            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(gateway))));
         self.index.refresh(NAMESPACE);
     }
 

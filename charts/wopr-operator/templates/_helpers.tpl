@@ -53,10 +53,14 @@ these rules are exactly what the code needs.
 */}}
 {{- define "wopr-operator.namespacedRules" -}}
 - apiGroups: [wopr.dev]
-  resources: [securitypolicies, sessions, grants, gateways]
+  resources: [securitypolicies, sessions, grants, gateways, approvalrequests]
   verbs: [list, watch]
+# The control plane files the forwards that wait for a person.
 - apiGroups: [wopr.dev]
-  resources: [securitypolicies/status, sessions/status, gateways/status]
+  resources: [approvalrequests]
+  verbs: [create]
+- apiGroups: [wopr.dev]
+  resources: [securitypolicies/status, sessions/status, gateways/status, approvalrequests/status]
   verbs: [patch]
 # Owner references with blockOwnerDeletion on the children of a Session.
 - apiGroups: [wopr.dev]

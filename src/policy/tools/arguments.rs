@@ -114,6 +114,35 @@ pub struct MessageIds {
 
 impl Arguments for MessageIds {}
 
+/// A message of your inbox to forward under your Gateway's rules.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForwardMessage {
+    /// The id of the message of your inbox you forward: its sender is the
+    /// request's source.
+    pub message_id: String,
+    /// The session to forward to.
+    pub target: String,
+    /// What is asked of it (`query`, `summarize`, `execute`, ...).
+    pub action: String,
+    /// What the target is sent: any JSON value.
+    pub payload: Value,
+}
+
+impl Arguments for ForwardMessage {}
+
+/// The answer to a request.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestAnswer {
+    /// The request's id (`requestId` of the message that brought it).
+    pub request_id: String,
+    /// The answer: any JSON value.
+    pub result: Value,
+}
+
+impl Arguments for RequestAnswer {}
+
 /// The arguments of a tool this version does not run yet: it is never
 /// listed, and calling it is refused like an unknown tool.
 #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
@@ -185,8 +214,12 @@ mod tests {
                 "memory_read",
                 "memory_write",
                 "config_get",
+                "gateway_forward",
+                "gateway_respond",
+                "gateway_queue",
                 "inbox_read",
-                "inbox_ack"
+                "inbox_ack",
+                "inbox_reply"
             ]
         );
     }

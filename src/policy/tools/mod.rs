@@ -115,16 +115,18 @@ declare_tools! {
         "Your session's effective security configuration.";
     ConfigSet = "config_set", needs(Capability::ConfigWrite), Unimplemented,
         "Change your session's configuration.";
-    GatewayForward = "gateway_forward", Requirement::Gateway, Unimplemented,
-        "Forward a message to a session your gateway rules allow.";
-    GatewayRespond = "gateway_respond", Requirement::Gateway, Unimplemented,
-        "Answer the source of a forwarded request.";
-    GatewayQueue = "gateway_queue", Requirement::Gateway, Unimplemented,
+    GatewayForward = "gateway_forward", Requirement::Gateway, ForwardMessage,
+        "Forward a message of your inbox to a session, under your Gateway's rules (some wait for a person's approval).";
+    GatewayRespond = "gateway_respond", Requirement::Gateway, RequestAnswer,
+        "Send the result of one of your forwarded requests to whoever first sent it.";
+    GatewayQueue = "gateway_queue", Requirement::Gateway, NoArguments,
         "Your gateway's requests waiting for approval.";
     InboxRead = "inbox_read", Requirement::Nothing, InboxRead,
         "The messages other sessions sent you, oldest first, until you acknowledge them.";
     InboxAck = "inbox_ack", Requirement::Nothing, MessageIds,
         "Acknowledge messages of your inbox: they are not shown again.";
+    InboxReply = "inbox_reply", Requirement::Nothing, RequestAnswer,
+        "Answer a request a gateway forwarded to you: the answer goes back to that gateway.";
 }
 
 impl ToolId {

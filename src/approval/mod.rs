@@ -1,0 +1,199 @@
+//! ApprovalRequests, as the control plane files them and the controller
+//! carries them out: the object a forward waiting for a person becomes,
+//! and the one step an ApprovalRequest needs next. Pure; the I/O is the
+//! roles'.
+//!
+//! A request's life: filed without a status (shown `Pending` by the
+//! controller); a person sets `Approved` or `Denied` with `decidedBy` (the
+//! chart's ValidatingAdmissionPolicy makes sure that is who they are);
+//! the controller then carries out an approval once and marks it
+//! `Completed`, tells the requester of a denial, and closes a request
+//! nobody decided in time as `Expired`. What is delivered comes from the
+//! store, never from the object, whose spec people with the right to
+//! create ApprovalRequests could write.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
+
+use crate::api::{
+    ApprovalRequest, ApprovalRequestSpec, ApprovalState, ApprovalType, MAX_PAYLOAD_BYTES,
+};
+use crate::cluster::FIELD_MANAGER;
+use crate::store::Forward;
+
+/// The label naming the Gateway of a forward's ApprovalRequest.
+pub const GATEWAY_LABEL: &str = "wopr.dev/gateway";
+/// The label naming the session a request is for.
+pub const TARGET_LABEL: &str = "wopr.dev/target";
+
+/// The ApprovalRequest of a forward that waits for approval: named by the
+/// request id, expiring with it. A payload over the object's bound is cut
+/// (what is delivered is the stored one) and says so.
+pub fn forward_approval(forward: &Forward) -> ApprovalRequest {
+    let mut payload = forward.payload.to_string();
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        let mut cut = MAX_PAYLOAD_BYTES - 64;
+        while !payload.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        payload.truncate(cut);
+        payload.push_str(" … (cut: the whole payload is in the store)");
+    }
+    let labels = BTreeMap::from([
+        (GATEWAY_LABEL.to_owned(), forward.gateway.clone()),
+        (TARGET_LABEL.to_owned(), forward.target.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            FIELD_MANAGER.to_owned(),
+        ),
+    ]);
+    ApprovalRequest {
+        metadata: ObjectMeta {
+            name: Some(forward.id.clone()),
+            namespace: Some(forward.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: ApprovalRequestSpec {
+            request_type: ApprovalType::Forward,
+            gateway: Some(forward.gateway.clone()),
+            source: forward.source.clone(),
+            target: Some(forward.target.clone()),
+            action: Some(forward.action.clone()),
+            payload: Some(payload),
+            requested_capabilities: Vec::new(),
+            reason: None,
+            expires_at: Time(forward.expires.unwrap_or(forward.created)),
+        },
+        status: None,
+    }
+}
+
+/// What an ApprovalRequest needs next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// New: show it as Pending, and look again when it expires.
+    MarkPending { expires: Timestamp },
+    /// Waiting for a person until it expires.
+    WaitUntil(Timestamp),
+    /// Nobody decided in time: close it as Expired and tell the requester.
+    Expire,
+    /// A person approved it: carry it out once, then mark it Completed.
+    Carry,
+    /// A person denied it: tell the requester (once).
+    Refuse,
+    /// Nothing more happens to it.
+    Done,
+}
+
+/// The step `request` needs at `now`. A decision counts if it is made
+/// before the controller closes the request, even a little after
+/// `expiresAt`: a person did decide.
+pub fn next_step(request: &ApprovalRequest, now: Timestamp) -> Step {
+    let expires = request.spec.expires_at.0;
+    let state = request.status.as_ref().and_then(|status| status.state);
+    match state {
+        None | Some(ApprovalState::Pending) if now >= expires => Step::Expire,
+        None => Step::MarkPending { expires },
+        Some(ApprovalState::Pending) => Step::WaitUntil(expires),
+        Some(ApprovalState::Approved) => Step::Carry,
+        Some(ApprovalState::Denied) => Step::Refuse,
+        Some(ApprovalState::Expired | ApprovalState::Completed) => Step::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::SignedDuration;
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::{ApprovalRequestStatus, SourceRef, TrustLevel};
+    use crate::store::ForwardState;
+
+    fn now() -> Timestamp {
+        "2026-11-29T12:00:00Z".parse().unwrap()
+    }
+
+    fn forward(payload: serde_json::Value) -> Forward {
+        Forward {
+            id: Forward::new_id(),
+            namespace: "team".into(),
+            gateway: "p2p".into(),
+            gateway_session: "gate".into(),
+            rule_index: Some(1),
+            source: SourceRef {
+                source_type: "session".into(),
+                identity: "stranger".into(),
+                trust_level: TrustLevel::Untrusted,
+            },
+            source_message: "01J".into(),
+            target: "executor".into(),
+            action: "execute".into(),
+            payload,
+            state: ForwardState::AwaitingApproval,
+            created: now(),
+            expires: Some(now() + SignedDuration::from_mins(5)),
+        }
+    }
+
+    #[test]
+    fn a_forward_becomes_a_request_named_by_its_id() {
+        let forward = forward(json!({"cmd": "ls"}));
+        let request = forward_approval(&forward);
+        assert_eq!(request.metadata.name.as_deref(), Some(forward.id.as_str()));
+        assert_eq!(request.spec.request_type, ApprovalType::Forward);
+        assert_eq!(request.spec.target.as_deref(), Some("executor"));
+        assert_eq!(request.spec.payload.as_deref(), Some(r#"{"cmd":"ls"}"#));
+        assert_eq!(request.spec.source.identity, "stranger");
+        assert_eq!(request.spec.expires_at.0, forward.expires.unwrap());
+        assert_eq!(request.metadata.labels.unwrap()[GATEWAY_LABEL], "p2p");
+    }
+
+    #[test]
+    fn a_payload_over_the_bound_is_cut_and_says_so() {
+        let big = "é".repeat(MAX_PAYLOAD_BYTES);
+        let request = forward_approval(&forward(json!(big)));
+        let payload = request.spec.payload.unwrap();
+        assert!(payload.len() <= MAX_PAYLOAD_BYTES, "{}", payload.len());
+        assert!(payload.ends_with("(cut: the whole payload is in the store)"));
+    }
+
+    #[test]
+    fn each_state_has_one_next_step() {
+        let mut request = forward_approval(&forward(json!(1)));
+        let expires = request.spec.expires_at.0;
+        assert_eq!(next_step(&request, now()), Step::MarkPending { expires });
+        assert_eq!(next_step(&request, expires), Step::Expire);
+        let mut with_state = |state| {
+            request.status = Some(ApprovalRequestStatus {
+                state: Some(state),
+                ..ApprovalRequestStatus::default()
+            });
+            (
+                next_step(&request, now()),
+                next_step(&request, expires + SignedDuration::from_secs(1)),
+            )
+        };
+        assert_eq!(
+            with_state(ApprovalState::Pending),
+            (Step::WaitUntil(expires), Step::Expire)
+        );
+        assert_eq!(
+            with_state(ApprovalState::Approved),
+            (Step::Carry, Step::Carry)
+        );
+        assert_eq!(
+            with_state(ApprovalState::Denied),
+            (Step::Refuse, Step::Refuse)
+        );
+        assert_eq!(with_state(ApprovalState::Expired), (Step::Done, Step::Done));
+        assert_eq!(
+            with_state(ApprovalState::Completed),
+            (Step::Done, Step::Done)
+        );
+    }
+}
