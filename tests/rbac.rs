@@ -68,7 +68,7 @@ fn strings(value: &Value) -> Vec<String> {
 }
 
 /// The roles the chart ships for people to bind (not the controller's).
-const ROLES_FOR_PEOPLE: [&str; 1] = ["wopr-audit-reader"];
+const ROLES_FOR_PEOPLE: [&str; 2] = ["wopr-audit-reader", "wopr-approver"];
 
 /// The chart's roles of `kind` (ClusterRole or Role) for the controller.
 fn controller_roles<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
