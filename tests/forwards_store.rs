@@ -11,7 +11,7 @@ use serde_json::json;
 use wopr_operator::api::{SourceRef, TrustLevel};
 use wopr_operator::inbox::MessageKind;
 use wopr_operator::store::{
-    Forward, ForwardError, ForwardState, InboxLimits, Queued, Store, StoreError,
+    Forward, ForwardState, InboxLimits, Queued, RequestError, Store, StoreError, new_request_id,
 };
 
 on_both_backends!(
@@ -43,7 +43,7 @@ fn session(name: &str, trust_level: TrustLevel) -> SourceRef {
 /// `research`, under rule 0 of Gateway `p2p`.
 fn forward(state: ForwardState, created: Timestamp) -> Forward {
     Forward {
-        id: Forward::new_id(),
+        id: new_request_id(),
         namespace: NS.into(),
         gateway: "p2p".into(),
         gateway_session: "gate".into(),
@@ -97,7 +97,7 @@ async fn a_forward_is_delivered_answered_and_responded_once_each(store: TestStor
     assert!(
         matches!(
             again,
-            StoreError::Forward(ForwardError::WrongState {
+            StoreError::Request(RequestError::WrongState {
                 state: "answered",
                 ..
             })
@@ -247,7 +247,7 @@ async fn steps_of_someone_else_or_out_of_order_are_refused(store: TestStore) {
     ] {
         let error = refused.unwrap_err();
         assert!(
-            matches!(error, StoreError::Forward(ForwardError::NotFound { .. })),
+            matches!(error, StoreError::Request(RequestError::NotFound { .. })),
             "{error}"
         );
     }
@@ -270,7 +270,7 @@ async fn a_rule_allows_exactly_its_rate_under_concurrent_forwards(store: TestSto
     for outcome in futures::future::join_all(forwards).await {
         match outcome.unwrap() {
             Ok(()) => {}
-            Err(StoreError::Forward(ForwardError::RateLimited {
+            Err(StoreError::Request(RequestError::RateLimited {
                 per_minute,
                 retry_after,
                 ..

@@ -8,26 +8,20 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::approvals::{an_hour_later, approval_path, decide, reconcile, state_of};
 use common::broker::{inbox, next, send};
 use common::sidecar::{ControlPlane, Sidecar, as_sidecar, token_for};
 use common::store::all_events;
 use common::*;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::core::DeserializeGuard;
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use wopr_operator::api::{
-    AccessPattern, ApprovalRequest, ApprovalState, Capability, Enforcement, SecurityPolicy,
-    TrustLevel, WoprObject, parse_manifests,
+    AccessPattern, ApprovalState, Capability, Enforcement, SecurityPolicy, TrustLevel, WoprObject,
+    parse_manifests,
 };
 use wopr_operator::audit::{AuditEvent, EventType};
-use wopr_operator::controller::approvals::{ApprovalContext, reconcile_approval};
-use wopr_operator::controller::leader::Leadership;
-use wopr_operator::controller::retry::Backoff;
 use wopr_operator::inbox::{InboxMessage, MessageKind};
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
@@ -176,63 +170,6 @@ async fn events_of(control_plane: &ControlPlane, event_type: EventType) -> Vec<A
         .collect();
     events.reverse();
     events
-}
-
-fn approval_path(name: &str) -> String {
-    format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/approvalrequests/{name}")
-}
-
-/// The controller's side of approvals, on the control plane's API server
-/// and store, at the time `clock` says.
-fn approvals(control_plane: &ControlPlane, clock: fn() -> Timestamp) -> Arc<ApprovalContext> {
-    Arc::new(ApprovalContext {
-        client: control_plane.client.clone(),
-        store: control_plane.store.clone(),
-        stores: control_plane.stores.clone(),
-        leadership: Leadership::always(),
-        recorder: Recorder::new(
-            control_plane.client.clone(),
-            Reporter {
-                controller: "wopr-operator".into(),
-                instance: None,
-            },
-        ),
-        clock,
-        backoff: Backoff::default(),
-    })
-}
-
-/// Reconciles the ApprovalRequest `name` as it is now on the API server.
-async fn reconcile(control_plane: &ControlPlane, name: &str, clock: fn() -> Timestamp) {
-    let object: ApprovalRequest =
-        serde_json::from_value(control_plane.api.get(&approval_path(name)).unwrap()).unwrap();
-    reconcile_approval(
-        Arc::new(DeserializeGuard(Ok(object))),
-        approvals(control_plane, clock),
-    )
-    .await
-    .unwrap();
-}
-
-fn an_hour_later() -> Timestamp {
-    Timestamp::now() + SignedDuration::from_hours(1)
-}
-
-fn state_of(control_plane: &ControlPlane, name: &str) -> Option<String> {
-    let object = control_plane.api.get(&approval_path(name)).unwrap();
-    object["status"]["state"].as_str().map(str::to_owned)
-}
-
-/// A person decides `name` by patching its status, as `kubectl` would.
-fn decide(control_plane: &ControlPlane, name: &str, state: ApprovalState, reason: &str) {
-    control_plane.api.modify(&approval_path(name), |object| {
-        object["status"] = json!({
-            "state": state,
-            "decidedBy": "alice@example.com",
-            "decidedAt": "2026-11-29T12:00:00Z",
-            "decisionReason": reason,
-        });
-    });
 }
 
 #[tokio::test]
@@ -667,7 +604,7 @@ async fn bad_forwards_and_answers_get_precise_errors_lose_nothing_and_are_audite
     // An ApprovalRequest a person wrote (no forward of the broker's
     // behind it) and approved delivers nothing.
     let forged = wopr_operator::approval::forward_approval(&wopr_operator::store::Forward {
-        id: wopr_operator::store::Forward::new_id(),
+        id: wopr_operator::store::new_request_id(),
         namespace: NAMESPACE.into(),
         gateway: GATEWAY.into(),
         gateway_session: GATEWAY.into(),

@@ -51,6 +51,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
             &[
                 "security_whoami",
                 "security_check",
+                "security_request",
                 "inbox_read",
                 "inbox_ack",
                 "inbox_reply",
@@ -62,6 +63,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
             &[
                 "security_whoami",
                 "security_check",
+                "security_request",
                 "memory_read",
                 "memory_write",
                 "config_get",
@@ -76,6 +78,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
             &[
                 "security_whoami",
                 "security_check",
+                "security_request",
                 "sessions_list",
                 "sessions_history",
                 "memory_read",
@@ -92,6 +95,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
             &[
                 "security_whoami",
                 "security_check",
+                "security_request",
                 "sessions_list",
                 "sessions_history",
                 "sessions_send",
@@ -465,6 +469,7 @@ mod mcp {
             [
                 "security_whoami",
                 "security_check",
+                "security_request",
                 "memory_read",
                 "memory_write",
                 "config_get",
@@ -507,7 +512,7 @@ mod mcp {
         let (_cp, sidecar) = ready_sidecar().await;
         let (status, listed) = post(&sidecar, request("tools/list", json!({}))).await;
         assert_eq!(status, 200);
-        assert_eq!(tool_names(&listed).len(), 8);
+        assert_eq!(tool_names(&listed).len(), 9);
         let (_, called) = post(
             &sidecar,
             request(

@@ -2,6 +2,7 @@
 //! a human decision.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -41,8 +42,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
         .message("ApprovalRequest spec is immutable; create a new request instead"),
     validation = Rule::new("self.type != 'forward' || (has(self.gateway) && has(self.target))")
         .message("a forward request needs gateway and target"),
-    validation = Rule::new("self.type != 'elevation' || (has(self.requestedCapabilities) && size(self.requestedCapabilities) > 0)")
-        .message("an elevation request needs requestedCapabilities"),
+    validation = Rule::new("self.type != 'elevation' || (has(self.requestedCapabilities) && size(self.requestedCapabilities) > 0 && has(self.duration))")
+        .message("an elevation request needs requestedCapabilities and duration"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalRequestSpec {
@@ -72,6 +73,9 @@ pub struct ApprovalRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub reason: Option<String>,
+    /// For an elevation: how long the Grant lasts once approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
     /// When the request expires if nobody decides (RFC 3339).
     pub expires_at: Time,
 }

@@ -13,21 +13,107 @@
 //! create ApprovalRequests could write.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 
 use crate::api::{
-    ApprovalRequest, ApprovalRequestSpec, ApprovalState, ApprovalType, MAX_PAYLOAD_BYTES,
+    ApprovalRequest, ApprovalRequestSpec, ApprovalState, ApprovalType, Capability,
+    MAX_PAYLOAD_BYTES, SourceRef,
 };
 use crate::cluster::FIELD_MANAGER;
-use crate::store::Forward;
+use crate::store::{Elevation, Forward};
 
 /// The label naming the Gateway of a forward's ApprovalRequest.
 pub const GATEWAY_LABEL: &str = "wopr.dev/gateway";
 /// The label naming the session a request is for.
 pub const TARGET_LABEL: &str = "wopr.dev/target";
+/// The label naming the ApprovalRequest a Grant was made for.
+pub const APPROVAL_LABEL: &str = "wopr.dev/approval-request";
+
+/// How long an elevation request waits for a person (a Gateway's default
+/// `approvalTimeout`).
+pub const ELEVATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an elevation lasts when the session does not say.
+pub const DEFAULT_ELEVATION: Duration = Duration::from_secs(3600);
+/// The shortest and the longest elevation a session may ask for.
+pub const MIN_ELEVATION: Duration = Duration::from_secs(60);
+pub const MAX_ELEVATION: Duration = Duration::from_secs(24 * 3600);
+/// The most capabilities one request asks for (the CRD's bound).
+pub const MAX_REQUESTED_CAPABILITIES: usize = 16;
+/// The longest reason (the CRD's bound).
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// Why an elevation request would never be carried out, if it would not.
+pub fn check_elevation(
+    capabilities: &[Capability],
+    reason: &str,
+    duration: Duration,
+) -> Result<(), String> {
+    if capabilities.is_empty() {
+        return Err("name at least one capability".into());
+    }
+    if capabilities.len() > MAX_REQUESTED_CAPABILITIES {
+        return Err(format!(
+            "ask for at most {MAX_REQUESTED_CAPABILITIES} capabilities at once"
+        ));
+    }
+    if capabilities.contains(&Capability::All) {
+        return Err("`*` is the owner's alone: name the capabilities you need".into());
+    }
+    if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
+        return Err(format!(
+            "give a reason (at most {MAX_REASON_BYTES} bytes): a person reads it"
+        ));
+    }
+    if !(MIN_ELEVATION..=MAX_ELEVATION).contains(&duration) {
+        return Err(format!(
+            "the duration must be between {} and {} seconds",
+            MIN_ELEVATION.as_secs(),
+            MAX_ELEVATION.as_secs()
+        ));
+    }
+    Ok(())
+}
+
+/// The ApprovalRequest of an elevation request, named by its id.
+pub fn elevation_approval(elevation: &Elevation, source: SourceRef) -> ApprovalRequest {
+    let labels = BTreeMap::from([
+        (TARGET_LABEL.to_owned(), elevation.session.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            FIELD_MANAGER.to_owned(),
+        ),
+    ]);
+    ApprovalRequest {
+        metadata: ObjectMeta {
+            name: Some(elevation.id.clone()),
+            namespace: Some(elevation.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: ApprovalRequestSpec {
+            request_type: ApprovalType::Elevation,
+            gateway: None,
+            source,
+            target: Some(elevation.session.clone()),
+            action: None,
+            payload: None,
+            requested_capabilities: elevation.capabilities.clone(),
+            reason: Some(elevation.reason.clone()),
+            duration: Some(elevation.duration.into()),
+            expires_at: Time(elevation.expires),
+        },
+        status: None,
+    }
+}
+
+/// The name of the Grant an approved elevation request makes.
+pub fn elevation_grant_name(id: &str) -> String {
+    format!("elevation-{id}")
+}
 
 /// The ApprovalRequest of a forward that waits for approval: named by the
 /// request id, expiring with it. A payload over the object's bound is cut
@@ -66,6 +152,7 @@ pub fn forward_approval(forward: &Forward) -> ApprovalRequest {
             payload: Some(payload),
             requested_capabilities: Vec::new(),
             reason: None,
+            duration: None,
             expires_at: Time(forward.expires.unwrap_or(forward.created)),
         },
         status: None,
@@ -112,7 +199,7 @@ mod tests {
 
     use super::*;
     use crate::api::{ApprovalRequestStatus, SourceRef, TrustLevel};
-    use crate::store::ForwardState;
+    use crate::store::{ForwardState, new_request_id};
 
     fn now() -> Timestamp {
         "2026-11-29T12:00:00Z".parse().unwrap()
@@ -120,7 +207,7 @@ mod tests {
 
     fn forward(payload: serde_json::Value) -> Forward {
         Forward {
-            id: Forward::new_id(),
+            id: new_request_id(),
             namespace: "team".into(),
             gateway: "p2p".into(),
             gateway_session: "gate".into(),

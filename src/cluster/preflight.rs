@@ -60,12 +60,13 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         ],
         verbs: &["list", "watch"],
     },
-    // controlplane/approvals.rs: the broker files the forwards that wait
-    // for a person.
+    // controlplane/approvals.rs: the broker files the forwards and
+    // elevations that wait for a person; controller/approvals.rs makes the
+    // Grant of an approved elevation.
     Rights {
         scope: Scope::Watched,
         group: api::GROUP,
-        resources: &["approvalrequests"],
+        resources: &["approvalrequests", "grants"],
         verbs: &["create"],
     },
     // apply.rs: status by server-side apply.

@@ -1,21 +1,25 @@
 //! The ApprovalRequest controller (leader only): shows a new request as
-//! Pending, carries out what a person approved exactly once and marks it
-//! Completed, tells the requester of a denial, and closes what nobody
-//! decided in time as Expired, with an Event on its Gateway. What each
+//! Pending, carries out what a person approved exactly once (delivers a
+//! forward, or makes an elevation's Grant) and marks it Completed, tells
+//! the requester of a denial, and closes what nobody decided in time as
+//! Expired, with an Event on its Gateway. What each
 //! request needs next is [`crate::approval::next_step`]; what is delivered
 //! comes from the store, so an ApprovalRequest someone wrote by hand
 //! delivers nothing. Every outcome is an audit event of the session the
 //! request is for, written before the status that shows it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::apply::patch_status_if_changed;
 use super::error::Error;
@@ -23,13 +27,16 @@ use super::leader::Leadership;
 use super::retry::Backoff;
 use crate::api::{
     ApprovalRequest, ApprovalRequestStatus, ApprovalState, ApprovalType, Enforcement, Gateway,
-    SourceRef, TrustLevel,
+    Grant, GrantSpec, GrantSubject, SourceRef, TrustLevel,
 };
-use crate::approval::{Step, next_step};
+use crate::approval::{APPROVAL_LABEL, Step, elevation_grant_name, next_step};
 use crate::audit::{AuditEvent, EventType};
 use crate::cache::Stores;
+use crate::cluster::FIELD_MANAGER;
 use crate::policy::Outcome;
-use crate::store::{ForwardError, ForwardState, Store, StoreError};
+use crate::store::{
+    Elevation, ElevationState, ForwardState, InboxLimits, RequestError, Store, StoreError,
+};
 
 /// The source type of a person deciding an ApprovalRequest.
 pub const SOURCE_TYPE_PERSON: &str = "person";
@@ -68,147 +75,70 @@ pub async fn reconcile_approval(
         kind: "ApprovalRequest",
         name: object.name_any(),
     })?;
-    let name = object.name_any();
-    let now = (ctx.clock)();
-    let limits = ctx.stores.inbox_limits(&namespace);
-    let status = request.status.clone().unwrap_or_default();
-    let action = match next_step(request, now) {
+    let step = Approval {
+        ctx: &ctx,
+        request,
+        namespace: &namespace,
+        name: object.name_any(),
+        now: (ctx.clock)(),
+        limits: ctx.stores.inbox_limits(&namespace),
+    };
+    let action = match next_step(request, step.now) {
         Step::MarkPending { expires } => {
-            let pending = ApprovalRequestStatus {
-                state: Some(ApprovalState::Pending),
-                ..ApprovalRequestStatus::default()
-            };
-            patch_status_if_changed(&ctx.client, &object, None, &pending).await?;
-            requeue_at(expires, now)
+            step.set_state(&object, ApprovalState::Pending, None)
+                .await?;
+            requeue_at(expires, step.now)
         }
-        Step::WaitUntil(expires) => requeue_at(expires, now),
+        Step::WaitUntil(expires) => requeue_at(expires, step.now),
         Step::Expire => {
             let reason = format!(
                 "nobody decided before {}: the request is closed and its requester told",
                 request.spec.expires_at.0
             );
-            if request.spec.request_type == ApprovalType::Forward {
-                let closed = ctx
-                    .store
-                    .close_forward(
-                        &namespace,
-                        &name,
-                        ForwardState::Expired,
-                        None,
-                        &reason,
-                        limits,
-                    )
-                    .await;
-                ignore_unknown(closed)?;
+            if step
+                .close(
+                    ForwardState::Expired,
+                    ElevationState::Expired,
+                    None,
+                    &reason,
+                )
+                .await?
+            {
+                step.record(None, Outcome::Denied, EventType::Approval, &reason)
+                    .await?;
             }
-            let event = decision_event(
-                request,
-                &namespace,
-                &name,
-                None,
-                Outcome::Denied,
-                &reason,
-                now,
-            );
-            ctx.store.insert_events(&[event]).await?;
-            let expired = ApprovalRequestStatus {
-                state: Some(ApprovalState::Expired),
-                decision_reason: Some(reason.clone()),
-                ..ApprovalRequestStatus::default()
-            };
-            patch_status_if_changed(&ctx.client, &object, None, &expired).await?;
-            publish_on_gateway(
-                &ctx.recorder,
-                request,
-                &namespace,
-                &name,
-                "ApprovalExpired",
-                reason,
-            )
-            .await;
+            step.set_state(&object, ApprovalState::Expired, Some(reason.clone()))
+                .await?;
+            step.warn("ApprovalExpired", reason).await;
             Action::await_change()
         }
-        Step::Carry => {
-            let decided_by = status.decided_by.as_deref();
-            match request.spec.request_type {
-                ApprovalType::Forward => {
-                    match ctx.store.deliver_approved(&namespace, &name, limits).await {
-                        Ok(delivered) => {
-                            if delivered {
-                                let reason = format!(
-                                    "approved by {}: delivered to {}",
-                                    decided_by.unwrap_or("someone"),
-                                    request.spec.target.as_deref().unwrap_or_default()
-                                );
-                                let event = decision_event(
-                                    request,
-                                    &namespace,
-                                    &name,
-                                    decided_by,
-                                    Outcome::Allowed,
-                                    &reason,
-                                    now,
-                                );
-                                ctx.store.insert_events(&[event]).await?;
-                            }
-                        }
-                        Err(StoreError::Forward(error)) => {
-                            // Not a forward of the broker's, or closed
-                            // already: nothing to deliver, ever.
-                            let note = format!("nothing delivered: {error}");
-                            publish_on_gateway(
-                                &ctx.recorder,
-                                request,
-                                &namespace,
-                                &name,
-                                "ApprovalNotCarried",
-                                note,
-                            )
-                            .await;
-                            return Ok(Action::await_change());
-                        }
-                        Err(error) => return Err(error.into()),
-                    }
-                }
-                ApprovalType::Elevation => {
-                    return Ok(Action::await_change());
-                }
+        Step::Carry => match step.carry().await? {
+            Ok(()) => {
+                step.set_state(&object, ApprovalState::Completed, None)
+                    .await?;
+                Action::await_change()
             }
-            let completed = ApprovalRequestStatus {
-                state: Some(ApprovalState::Completed),
-                ..ApprovalRequestStatus::default()
-            };
-            patch_status_if_changed(&ctx.client, &object, None, &completed).await?;
-            Action::await_change()
-        }
+            Err(nothing_done) => {
+                step.warn("ApprovalNotCarried", nothing_done).await;
+                Action::await_change()
+            }
+        },
         Step::Refuse => {
-            if request.spec.request_type == ApprovalType::Forward {
-                let reason = status.decision_reason.clone().unwrap_or_default();
-                let decided_by = status.decided_by.as_deref();
-                let closed = ctx
-                    .store
-                    .close_forward(
-                        &namespace,
-                        &name,
-                        ForwardState::Denied,
-                        decided_by,
-                        &reason,
-                        limits,
-                    )
-                    .await;
-                if ignore_unknown(closed)? == Some(true) {
-                    let reason = format!("denied by {}: {reason}", decided_by.unwrap_or("someone"));
-                    let event = decision_event(
-                        request,
-                        &namespace,
-                        &name,
-                        decided_by,
-                        Outcome::Denied,
-                        &reason,
-                        now,
-                    );
-                    ctx.store.insert_events(&[event]).await?;
-                }
+            let status = request.status.clone().unwrap_or_default();
+            let decided_by = status.decided_by.as_deref();
+            let why = status.decision_reason.unwrap_or_default();
+            if step
+                .close(
+                    ForwardState::Denied,
+                    ElevationState::Denied,
+                    decided_by,
+                    &why,
+                )
+                .await?
+            {
+                let reason = format!("denied by {}: {why}", decided_by.unwrap_or("someone"));
+                step.record(decided_by, Outcome::Denied, EventType::Approval, &reason)
+                    .await?;
             }
             Action::await_change()
         }
@@ -216,6 +146,227 @@ pub async fn reconcile_approval(
     };
     ctx.backoff.succeeded(object.as_ref());
     Ok(action)
+}
+
+/// One reconcile of one ApprovalRequest.
+struct Approval<'a> {
+    ctx: &'a ApprovalContext,
+    request: &'a ApprovalRequest,
+    namespace: &'a str,
+    name: String,
+    now: Timestamp,
+    limits: InboxLimits,
+}
+
+impl Approval<'_> {
+    /// Closes the request's forward or elevation in the store (telling
+    /// its requester); whether this call closed it. A request the broker
+    /// never filed has nothing to close.
+    async fn close(
+        &self,
+        forward: ForwardState,
+        elevation: ElevationState,
+        decided_by: Option<&str>,
+        reason: &str,
+    ) -> Result<bool, Error> {
+        let (store, namespace, name) = (&self.ctx.store, self.namespace, self.name.as_str());
+        let closed = match self.request.spec.request_type {
+            ApprovalType::Forward => ignore_unknown(
+                store
+                    .close_forward(namespace, name, forward, decided_by, reason, self.limits)
+                    .await,
+            )?,
+            ApprovalType::Elevation => ignore_unknown(
+                store
+                    .settle_elevation(namespace, name, elevation, reason, self.now, self.limits)
+                    .await,
+            )?
+            .map(|(_, settled)| settled),
+        };
+        Ok(closed == Some(true))
+    }
+
+    /// Carries out an approved request once: delivers its forward, or
+    /// makes its elevation's Grant. `Err` says why nothing was done (and
+    /// never will be).
+    async fn carry(&self) -> Result<Result<(), String>, Error> {
+        let status = self.request.status.clone().unwrap_or_default();
+        let decided_by = status.decided_by.as_deref();
+        let approved = format!("approved by {}", decided_by.unwrap_or("someone"));
+        let (store, namespace, name) = (&self.ctx.store, self.namespace, self.name.as_str());
+        match self.request.spec.request_type {
+            ApprovalType::Forward => {
+                let delivered = match store.deliver_approved(namespace, name, self.limits).await {
+                    Ok(delivered) => delivered,
+                    Err(StoreError::Request(error)) => {
+                        return Ok(Err(format!("nothing delivered: {error}")));
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                if delivered {
+                    let target = self.request.spec.target.as_deref().unwrap_or_default();
+                    let reason = format!("{approved}: delivered to {target}");
+                    self.record(decided_by, Outcome::Allowed, EventType::Approval, &reason)
+                        .await?;
+                }
+            }
+            ApprovalType::Elevation => {
+                let granted = store
+                    .settle_elevation(
+                        namespace,
+                        name,
+                        ElevationState::Granted,
+                        &approved,
+                        self.now,
+                        self.limits,
+                    )
+                    .await;
+                let (elevation, first) = match granted {
+                    Ok(granted) => granted,
+                    Err(StoreError::Request(error)) => {
+                        return Ok(Err(format!("no Grant made: {error}")));
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                let grant = elevation_grant(&elevation);
+                create_grant(&self.ctx.client, &grant).await?;
+                if first {
+                    let until = elevation.grant_expires().map(|at| at.to_string());
+                    let capabilities: Vec<&str> =
+                        elevation.capabilities.iter().map(|c| c.as_str()).collect();
+                    let reason = format!(
+                        "{approved}: Grant {} gives {} until {}",
+                        grant.name_any(),
+                        capabilities.join(", "),
+                        until.unwrap_or_default()
+                    );
+                    self.record(decided_by, Outcome::Allowed, EventType::Grant, &reason)
+                        .await?;
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Records a decision on the request (by `decided_by`, or by the clock
+    /// when `None`) in the trail of the session it is for.
+    async fn record(
+        &self,
+        decided_by: Option<&str>,
+        decision: Outcome,
+        event_type: EventType,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let source = SourceRef {
+            source_type: SOURCE_TYPE_PERSON.to_owned(),
+            identity: decided_by.unwrap_or_default().to_owned(),
+            trust_level: TrustLevel::Owner,
+        };
+        let session = self.request.spec.target.as_deref().unwrap_or_default();
+        let mut event = AuditEvent::new(
+            self.now,
+            event_type,
+            self.namespace,
+            session,
+            source,
+            decision,
+            Enforcement::Enforce,
+            format!("ApprovalRequest {}: {reason}", self.name),
+        );
+        event.action = self.request.spec.action.clone();
+        self.ctx.store.insert_events(&[event]).await?;
+        Ok(())
+    }
+
+    /// Shows the request in `state` (with `reason`), by server-side apply
+    /// of just those fields: the decision people wrote stays theirs.
+    async fn set_state(
+        &self,
+        object: &DeserializeGuard<ApprovalRequest>,
+        state: ApprovalState,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
+        let status = ApprovalRequestStatus {
+            state: Some(state),
+            decision_reason: reason,
+            ..ApprovalRequestStatus::default()
+        };
+        patch_status_if_changed(&self.ctx.client, object, None, &status).await?;
+        Ok(())
+    }
+
+    /// A Warning Event on the request's Gateway (on the request itself for
+    /// an elevation), naming the request.
+    async fn warn(&self, reason: &str, note: String) {
+        let request = self.request;
+        let regarding = match &request.spec.gateway {
+            Some(gateway) => ObjectReference {
+                api_version: Some(Gateway::api_version(&()).into_owned()),
+                kind: Some(Gateway::kind(&()).into_owned()),
+                name: Some(gateway.clone()),
+                namespace: Some(self.namespace.to_owned()),
+                ..ObjectReference::default()
+            },
+            None => request.object_ref(&()),
+        };
+        let event = Event {
+            type_: KubeEventType::Warning,
+            reason: reason.into(),
+            note: Some(format!("ApprovalRequest {}: {note}", self.name)),
+            action: "Approve".into(),
+            secondary: Some(request.object_ref(&())),
+        };
+        if let Err(error) = self.ctx.recorder.publish(&event, &regarding).await {
+            tracing::warn!(%error, request = %self.name, "cannot publish an approval event");
+        }
+    }
+}
+
+/// The Grant an approved elevation makes: the capabilities asked for, to
+/// the session that asked, from when the approval was carried out.
+fn elevation_grant(elevation: &Elevation) -> Grant {
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            FIELD_MANAGER.to_owned(),
+        ),
+        (APPROVAL_LABEL.to_owned(), elevation.id.clone()),
+    ]);
+    Grant {
+        metadata: ObjectMeta {
+            name: Some(elevation_grant_name(&elevation.id)),
+            namespace: Some(elevation.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: GrantSpec {
+            subject: GrantSubject {
+                peer: None,
+                session: Some(elevation.session.clone()),
+            },
+            profile: None,
+            capabilities: elevation.capabilities.clone(),
+            sessions: Vec::new(),
+            expires_at: elevation.grant_expires().map(Time),
+            previous_keys: Vec::new(),
+        },
+        status: None,
+    }
+}
+
+/// Creates `grant`; one that exists already (a retry) is left as it is.
+async fn create_grant(client: &Client, grant: &Grant) -> Result<(), Error> {
+    let namespace = grant.metadata.namespace.as_deref().unwrap_or_default();
+    let api: Api<Grant> = Api::namespaced(client.clone(), namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&params, grant).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Retries a failed ApprovalRequest reconcile after its backoff.
@@ -239,69 +390,7 @@ fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
 fn ignore_unknown<T>(result: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
     match result {
         Ok(value) => Ok(Some(value)),
-        Err(StoreError::Forward(ForwardError::NotFound { .. })) => Ok(None),
+        Err(StoreError::Request(RequestError::NotFound { .. })) => Ok(None),
         Err(error) => Err(error),
-    }
-}
-
-/// The audit event of a decision on `request` (by `decided_by`, or by the
-/// clock when `None`), in the trail of the session it is for.
-fn decision_event(
-    request: &ApprovalRequest,
-    namespace: &str,
-    name: &str,
-    decided_by: Option<&str>,
-    decision: Outcome,
-    reason: &str,
-    now: Timestamp,
-) -> AuditEvent {
-    let source = SourceRef {
-        source_type: SOURCE_TYPE_PERSON.to_owned(),
-        identity: decided_by.unwrap_or_default().to_owned(),
-        trust_level: TrustLevel::Owner,
-    };
-    let session = request.spec.target.as_deref().unwrap_or_default();
-    let mut event = AuditEvent::new(
-        now,
-        EventType::Approval,
-        namespace,
-        session,
-        source,
-        decision,
-        Enforcement::Enforce,
-        format!("ApprovalRequest {name}: {reason}"),
-    );
-    event.action = request.spec.action.clone();
-    event
-}
-
-/// A Warning Event on the Gateway of `request`, naming the request.
-async fn publish_on_gateway(
-    recorder: &Recorder,
-    request: &ApprovalRequest,
-    namespace: &str,
-    name: &str,
-    reason: &str,
-    note: String,
-) {
-    let regarding = match &request.spec.gateway {
-        Some(gateway) => ObjectReference {
-            api_version: Some(Gateway::api_version(&()).into_owned()),
-            kind: Some(Gateway::kind(&()).into_owned()),
-            name: Some(gateway.clone()),
-            namespace: Some(namespace.to_owned()),
-            ..ObjectReference::default()
-        },
-        None => request.object_ref(&()),
-    };
-    let event = Event {
-        type_: KubeEventType::Warning,
-        reason: reason.into(),
-        note: Some(format!("ApprovalRequest {name}: {note}")),
-        action: "Approve".into(),
-        secondary: Some(request.object_ref(&())),
-    };
-    if let Err(error) = recorder.publish(&event, &regarding).await {
-        tracing::warn!(%error, request = name, "cannot publish an approval event");
     }
 }

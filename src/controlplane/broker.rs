@@ -23,7 +23,7 @@ use super::auth::{Authenticator, Identity, authorize};
 use super::discover::{DiscoverPolicy, NoContext};
 use super::service::bearer;
 use crate::api::{Capability, Enforcement, SourceRef, name_of};
-use crate::approval::forward_approval;
+use crate::approval::{ELEVATION_TIMEOUT, check_elevation, elevation_approval, forward_approval};
 use crate::audit::{AuditEvent, EventType};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
@@ -31,13 +31,16 @@ use crate::policy::{
 };
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
-    AckRequest, AckResponse, ForwardRequest, ForwardResponse, HistoryRequest, HistoryResponse,
-    InboxDelivery, InboxRequest, ListRequest, ListResponse, PendingForward, QueueRequest,
-    QueueResponse, ReachableSession, ReplyRequest, ReplyResponse, RespondRequest, RespondResponse,
-    SendRequest, SendResponse,
+    AckRequest, AckResponse, ElevateRequest, ElevateResponse, ForwardRequest, ForwardResponse,
+    HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest, ListRequest, ListResponse,
+    PendingForward, QueueRequest, QueueResponse, ReachableSession, ReplyRequest, ReplyResponse,
+    RespondRequest, RespondResponse, SendRequest, SendResponse,
 };
 use crate::shutdown::Shutdown;
-use crate::store::{Forward, ForwardError, ForwardState, InboxError, Queued, Store, StoreError};
+use crate::store::{
+    Elevation, ElevationState, Forward, ForwardState, InboxError, Queued, RequestError, Store,
+    StoreError, new_request_id,
+};
 
 /// The tool a message is sent with.
 const SEND_TOOL: &str = "sessions_send";
@@ -49,6 +52,8 @@ const FORWARD_TOOL: &str = "gateway_forward";
 const RESPOND_TOOL: &str = "gateway_respond";
 const QUEUE_TOOL: &str = "gateway_queue";
 const REPLY_TOOL: &str = "inbox_reply";
+/// The tool that asks a person for more capabilities.
+const ELEVATE_TOOL: &str = "security_request";
 /// Messages a history shows by default, and at most.
 const HISTORY_DEFAULT: u32 = 20;
 const HISTORY_MAX: u32 = 100;
@@ -306,13 +311,13 @@ fn store_status(error: StoreError) -> Status {
             Status::already_exists(error.to_string())
         }
         StoreError::Inbox(error) => Status::resource_exhausted(error.to_string()),
-        StoreError::Forward(error @ ForwardError::RateLimited { .. }) => {
+        StoreError::Request(error @ RequestError::RateLimited { .. }) => {
             Status::resource_exhausted(error.to_string())
         }
-        StoreError::Forward(error @ ForwardError::NotFound { .. }) => {
+        StoreError::Request(error @ RequestError::NotFound { .. }) => {
             Status::not_found(error.to_string())
         }
-        StoreError::Forward(error) => Status::failed_precondition(error.to_string()),
+        StoreError::Request(error) => Status::failed_precondition(error.to_string()),
         error => Status::unavailable(format!("the store is unavailable: {error}")),
     }
 }
@@ -651,7 +656,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             .or_else(|| caller.gateways.first().map(|rules| rules.gateway.as_str()))
             .unwrap_or_default();
         let forward = Forward {
-            id: Forward::new_id(),
+            id: new_request_id(),
             namespace: namespace.clone(),
             gateway: gateway.to_owned(),
             gateway_session: session.clone(),
@@ -673,7 +678,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         let limits = self.discover.inbox_limits(&namespace);
         match self.store.open_forward(&forward, per_minute, limits).await {
             Ok(()) => {}
-            Err(StoreError::Forward(limited @ ForwardError::RateLimited { .. })) => {
+            Err(StoreError::Request(limited @ RequestError::RateLimited { .. })) => {
                 let mut event = message_event(
                     &caller,
                     (EventType::RateLimited, FORWARD_TOOL),
@@ -870,5 +875,104 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             })
             .collect();
         Ok(Response::new(QueueResponse { requests }))
+    }
+
+    async fn elevate(
+        &self,
+        request: Request<ElevateRequest>,
+    ) -> Result<Response<ElevateResponse>, Status> {
+        let ElevateRequest {
+            namespace,
+            session,
+            capabilities,
+            reason,
+            duration_seconds,
+        } = request.get_ref().clone();
+        self.caller(&request, &namespace, &session).await?;
+        let (caller, _) = self
+            .caller_with_tool(&namespace, &session, ELEVATE_TOOL)
+            .await?;
+        let tool = (EventType::Approval, ELEVATE_TOOL);
+        let refuse = |status: Status| self.refuse(&caller, tool, &session, None, status);
+        let capabilities: Vec<Capability> = match capabilities
+            .iter()
+            .map(|name| name.parse())
+            .collect::<Result<_, String>>()
+        {
+            Ok(capabilities) => capabilities,
+            Err(why) => return Err(refuse(Status::invalid_argument(why)).await),
+        };
+        let duration = Duration::from_secs(duration_seconds);
+        if let Err(why) = check_elevation(&capabilities, &reason, duration) {
+            let status = Status::invalid_argument(format!("cannot ask for that: {why}"));
+            return Err(refuse(status).await);
+        }
+        let now = Timestamp::now();
+        let timeout = k8s_openapi::jiff::SignedDuration::try_from(ELEVATION_TIMEOUT)
+            .expect("the elevation timeout is small");
+        let elevation = Elevation {
+            id: new_request_id(),
+            namespace: namespace.clone(),
+            session: session.clone(),
+            capabilities,
+            duration,
+            reason,
+            state: ElevationState::AwaitingApproval,
+            created: now,
+            expires: now + timeout,
+            granted: None,
+        };
+        if let Err(error) = self.store.open_elevation(&elevation).await {
+            return Err(refuse(store_status(error)).await);
+        }
+        let approval = elevation_approval(&elevation, session_source(&caller));
+        if let Err(why) = self.desk.file(&approval).await {
+            let reason = format!("its ApprovalRequest could not be created: {why}");
+            let limits = self.discover.inbox_limits(&namespace);
+            let closed = self
+                .store
+                .settle_elevation(
+                    &namespace,
+                    &elevation.id,
+                    ElevationState::Expired,
+                    &reason,
+                    now,
+                    limits,
+                )
+                .await;
+            if let Err(error) = closed {
+                tracing::error!(%error, request = %elevation.id, "cannot close an elevation nobody can approve");
+            }
+            let status =
+                Status::unavailable(format!("request {} {reason}; try again", elevation.id));
+            return Err(refuse(status).await);
+        }
+        let asked: Vec<&str> = elevation.capabilities.iter().map(|c| c.as_str()).collect();
+        let reason = format!(
+            "asked for {} for {} s (request {}): {}; waits for a person until {}",
+            asked.join(", "),
+            duration.as_secs(),
+            elevation.id,
+            elevation.reason,
+            elevation.expires
+        );
+        let event = message_event(
+            &caller,
+            tool,
+            &session,
+            Outcome::Allowed,
+            caller.enforcement,
+            &reason,
+        );
+        let audit_id = event.id.clone();
+        self.store
+            .insert_events(&[event])
+            .await
+            .map_err(|error| Status::unavailable(format!("cannot record the request: {error}")))?;
+        Ok(Response::new(ElevateResponse {
+            request_id: elevation.id,
+            expires_at: elevation.expires.to_string(),
+            audit_id,
+        }))
     }
 }

@@ -15,11 +15,12 @@ use tonic::transport::Channel;
 
 use super::client::{WatchError, WatchTarget, authorized, bearer_of, connect_channel};
 use super::engine::{Messenger, ToolError};
+use crate::api::Capability;
 use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer};
 use crate::proto::v1alpha1::broker_client::BrokerClient;
 use crate::proto::v1alpha1::{
-    AckRequest, ForwardRequest, HistoryRequest, ListRequest, QueueRequest, ReplyRequest,
-    RespondRequest, SendRequest,
+    AckRequest, ElevateRequest, ForwardRequest, HistoryRequest, ListRequest, QueueRequest,
+    ReplyRequest, RespondRequest, SendRequest,
 };
 
 /// This session's way to the broker.
@@ -272,5 +273,32 @@ impl Messenger for BrokerLink {
             })
             .collect();
         Ok(json!({"requests": requests}))
+    }
+
+    async fn elevate(
+        &self,
+        capabilities: &[Capability],
+        reason: &str,
+        duration: std::time::Duration,
+    ) -> Result<Value, ToolError> {
+        let request = ElevateRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            capabilities: capabilities.iter().map(|c| c.as_str().to_owned()).collect(),
+            reason: reason.to_owned(),
+            duration_seconds: duration.as_secs(),
+        };
+        let asked = self
+            .call(request, |mut client, request| async move {
+                client.elevate(request).await
+            })
+            .await?;
+        Ok(json!({
+            "requestId": asked.request_id,
+            "state": "awaiting_approval",
+            "expiresAt": asked.expires_at,
+            "auditId": asked.audit_id,
+            "next": "a person decides; the outcome arrives in your inbox",
+        }))
     }
 }

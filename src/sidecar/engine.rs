@@ -12,11 +12,12 @@ use super::inbox::Inbox;
 use super::policy_state::{PolicyState, Served};
 use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
+use crate::approval::DEFAULT_ELEVATION;
 use crate::audit::{AuditEvent, AuditSink, EventType};
 use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
-    CapabilityQuery, ForwardMessage, HistoryQuery, InboxRead, MessageIds, NoArguments,
-    RequestAnswer, SessionMessage, Unimplemented, WorkspacePath, WorkspaceWrite,
+    CapabilityQuery, ElevationAsk, ForwardMessage, HistoryQuery, InboxRead, MessageIds,
+    NoArguments, RequestAnswer, SessionMessage, Unimplemented, WorkspacePath, WorkspaceWrite,
 };
 use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
 
@@ -113,6 +114,14 @@ pub trait Messenger: Send + Sync {
 
     /// This gateway's requests waiting for approval (`gateway_queue`).
     async fn queue(&self) -> Result<Value, ToolError>;
+
+    /// Asks a person for more capabilities for `duration` (`security_request`).
+    async fn elevate(
+        &self,
+        capabilities: &[Capability],
+        reason: &str,
+        duration: Duration,
+    ) -> Result<Value, ToolError>;
 }
 
 /// No way to the broker: every message fails (the engine of a sidecar that
@@ -150,6 +159,15 @@ impl Messenger for Unconnected {
     }
 
     async fn queue(&self) -> Result<Value, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn elevate(
+        &self,
+        _capabilities: &[Capability],
+        _reason: &str,
+        _duration: Duration,
+    ) -> Result<Value, ToolError> {
         Err(unconnected())
     }
 }
@@ -410,8 +428,27 @@ impl ToolEngine {
             ToolCall::GatewayRespond(answer) => self.messenger.respond(answer).await,
             ToolCall::GatewayQueue(NoArguments {}) => self.messenger.queue().await,
             // Not run by this version: never listed, refused like unknown tools.
-            ToolCall::SecurityRequest(Unimplemented {})
-            | ToolCall::SessionsSpawn(Unimplemented {})
+            ToolCall::SecurityRequest(ElevationAsk {
+                capabilities,
+                reason,
+                duration,
+            }) => {
+                let duration = match duration {
+                    None => DEFAULT_ELEVATION,
+                    Some(text) => text
+                        .parse::<kube::core::Duration>()
+                        .map(Duration::from)
+                        .map_err(|error| {
+                            ToolError::InvalidArguments(format!(
+                                "duration {text:?} is not a duration such as 30m or 2h: {error}"
+                            ))
+                        })?,
+                };
+                self.messenger
+                    .elevate(&capabilities, &reason, duration)
+                    .await
+            }
+            ToolCall::SessionsSpawn(Unimplemented {})
             | ToolCall::HttpFetch(Unimplemented {})
             | ToolCall::ExecCommand(Unimplemented {})
             | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(

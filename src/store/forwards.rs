@@ -106,12 +106,13 @@ pub struct Forward {
     pub expires: Option<Timestamp>,
 }
 
-impl Forward {
-    /// A new request id.
-    pub fn new_id() -> String {
-        ulid::Ulid::new().to_string().to_ascii_lowercase()
-    }
+/// A new id for a forward or an elevation request: a lowercase ULID, so
+/// it can name its ApprovalRequest.
+pub fn new_request_id() -> String {
+    ulid::Ulid::new().to_string().to_ascii_lowercase()
+}
 
+impl Forward {
     /// The id of the one message this forward sends on its own: its
     /// delivery to the target, or the notice that closes it. The request's
     /// own ULID, so sending it again stores it once.
@@ -156,7 +157,7 @@ impl Forward {
 
 /// Why a step of a forward was refused. Each says what to do.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ForwardError {
+pub enum RequestError {
     #[error(
         "rule {rule} of Gateway {gateway} allows {per_minute} forwards a minute: retry in {} s",
         .retry_after.as_secs().max(1)
@@ -310,7 +311,7 @@ impl Store {
                 "responded to",
             )?;
             if forward.source.source_type != SOURCE_TYPE_SESSION {
-                return Err(ForwardError::NoInbox {
+                return Err(RequestError::NoInbox {
                     id: id.to_owned(),
                     source_type: forward.source.source_type.clone(),
                 });
@@ -400,7 +401,7 @@ impl Store {
         namespace: &str,
         id: &str,
         limits: InboxLimits,
-        next: impl FnOnce(&Forward) -> Result<(ForwardState, Option<InboxMessage>), ForwardError>,
+        next: impl FnOnce(&Forward) -> Result<(ForwardState, Option<InboxMessage>), RequestError>,
     ) -> Result<Option<InboxMessage>, StoreError> {
         let mut transaction = self.pool.begin().await?;
         // A no-op update takes the row lock on both backends (SQLite has
@@ -468,8 +469,8 @@ fn read_forward(row: &AnyRow) -> Result<Forward, StoreError> {
     })
 }
 
-fn not_found(id: &str) -> ForwardError {
-    ForwardError::NotFound { id: id.to_owned() }
+fn not_found(id: &str) -> RequestError {
+    RequestError::NotFound { id: id.to_owned() }
 }
 
 /// `Ok` when `forward` is in one of `states`.
@@ -477,11 +478,11 @@ fn expect(
     forward: &Forward,
     states: &[ForwardState],
     step: &'static str,
-) -> Result<(), ForwardError> {
+) -> Result<(), RequestError> {
     if states.contains(&forward.state) {
         Ok(())
     } else {
-        Err(ForwardError::WrongState {
+        Err(RequestError::WrongState {
             id: forward.id.clone(),
             state: forward.state.as_str(),
             step,
@@ -535,7 +536,7 @@ async fn check_rate(
     let free_at = oldest + RATE_WINDOW.as_micros() as i64;
     let retry_after =
         Duration::from_micros((free_at - forward.created.as_microsecond()).max(0) as u64);
-    Err(ForwardError::RateLimited {
+    Err(RequestError::RateLimited {
         gateway: forward.gateway.clone(),
         rule,
         per_minute,

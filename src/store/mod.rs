@@ -7,6 +7,7 @@
 //! here.
 
 mod audit;
+mod elevations;
 mod forwards;
 mod inbox;
 
@@ -18,7 +19,8 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use audit::{
     AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, QueryError, Verification,
 };
-pub use forwards::{Forward, ForwardError, ForwardState, SOURCE_TYPE_APPROVAL};
+pub use elevations::{Elevation, ElevationState};
+pub use forwards::{Forward, ForwardState, RequestError, SOURCE_TYPE_APPROVAL, new_request_id};
 pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
 
 /// Which database a URL names.
@@ -70,7 +72,7 @@ pub enum StoreError {
     #[error(transparent)]
     Inbox(#[from] InboxError),
     #[error(transparent)]
-    Forward(#[from] ForwardError),
+    Request(#[from] RequestError),
 }
 
 /// The operator's database.

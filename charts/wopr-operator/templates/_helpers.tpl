@@ -55,9 +55,10 @@ these rules are exactly what the code needs.
 - apiGroups: [wopr.dev]
   resources: [securitypolicies, sessions, grants, gateways, approvalrequests]
   verbs: [list, watch]
-# The control plane files the forwards that wait for a person.
+# The control plane files the forwards and elevations that wait for a
+# person; the controller makes the Grant of an approved elevation.
 - apiGroups: [wopr.dev]
-  resources: [approvalrequests]
+  resources: [approvalrequests, grants]
   verbs: [create]
 - apiGroups: [wopr.dev]
   resources: [securitypolicies/status, sessions/status, gateways/status, approvalrequests/status]

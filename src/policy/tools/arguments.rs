@@ -143,6 +143,21 @@ pub struct RequestAnswer {
 
 impl Arguments for RequestAnswer {}
 
+/// More capabilities, asked of a person.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ElevationAsk {
+    /// The capabilities you need (`inject.network`, ...; never `*`).
+    pub capabilities: Vec<Capability>,
+    /// Why: the person deciding reads this.
+    pub reason: String,
+    /// For how long, as `30m` or `2h` (default 1h, at most 24h).
+    #[serde(default)]
+    pub duration: Option<String>,
+}
+
+impl Arguments for ElevationAsk {}
+
 /// The arguments of a tool this version does not run yet: it is never
 /// listed, and calling it is refused like an unknown tool.
 #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
@@ -208,6 +223,7 @@ mod tests {
             [
                 "security_whoami",
                 "security_check",
+                "security_request",
                 "sessions_list",
                 "sessions_history",
                 "sessions_send",

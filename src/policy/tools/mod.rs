@@ -93,7 +93,7 @@ declare_tools! {
         "Your trust level, capabilities, sandbox, network, enforcement mode and provider.";
     SecurityCheck = "security_check", Requirement::Nothing, CapabilityQuery,
         "Whether you hold a capability, and why.";
-    SecurityRequest = "security_request", Requirement::Nothing, Unimplemented,
+    SecurityRequest = "security_request", Requirement::Nothing, ElevationAsk,
         "Ask a person for more capabilities for a while.";
     SessionsList = "sessions_list", needs(Capability::A2aCall), NoArguments,
         "The sessions you may reach.";
