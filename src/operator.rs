@@ -23,10 +23,10 @@ use crate::controller::config::{ConfigError, ControllerArgs, SandboxConfig};
 use crate::controller::leader::{self, Leadership};
 use crate::controller::metrics::Metrics;
 use crate::controller::run::{self as controller, Setup, Triggers};
-use crate::controlplane::approvals::KubeDesk;
 use crate::controlplane::audit::{AuditMetrics, AuditSetup};
 use crate::controlplane::denials::KubeSessionEvents;
 use crate::controlplane::isolation::PodStatusConditions;
+use crate::controlplane::writes::KubeWriter;
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 use crate::shutdown::{self, Shutdown};
 use crate::store::{Retention, Store, StoreError};
@@ -142,7 +142,7 @@ pub async fn run(
             events: Arc::new(KubeSessionEvents::new(client.clone(), identity.clone())),
             metrics: audit_metrics,
         },
-        Arc::new(KubeDesk(client.clone())),
+        Arc::new(KubeWriter(client.clone())),
         shutdown.clone(),
     );
 

@@ -11,11 +11,11 @@ use common::NAMESPACE;
 use common::sidecar::{MemoryEvents, MemoryRecorder};
 use tokio::sync::watch;
 use tonic::Code;
-use wopr_operator::api::InboxPolicy;
-use wopr_operator::controlplane::approvals::KubeDesk;
+use wopr_operator::api::{InboxPolicy, Session, SpawnPolicy};
 use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::discover::{DiscoverPolicy, NoContext, Snapshot};
+use wopr_operator::controlplane::writes::KubeWriter;
 use wopr_operator::policy::EffectiveContext;
 use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
 use wopr_operator::proto::v1alpha1::policy_update::Update;
@@ -62,6 +62,14 @@ impl DiscoverPolicy for FakeDiscovery {
     fn inbox_limits(&self, _namespace: &str) -> InboxLimits {
         InboxPolicy::default().into()
     }
+
+    fn session(&self, _namespace: &str, _name: &str) -> Option<Session> {
+        None
+    }
+
+    fn spawn_policy(&self, _namespace: &str) -> SpawnPolicy {
+        SpawnPolicy::default()
+    }
 }
 
 /// A control plane serving `discovery`; every session's own token works.
@@ -95,7 +103,7 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
                 events: Arc::new(MemoryEvents::default()),
                 metrics: AuditMetrics::default(),
             },
-            Arc::new(KubeDesk(common::fake_api::FakeApi::start().0)),
+            Arc::new(KubeWriter(common::fake_api::FakeApi::start().0)),
             wopr_operator::shutdown::on(std::future::pending()),
         )
         .await

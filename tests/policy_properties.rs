@@ -152,6 +152,7 @@ fn policy_strategy() -> impl Strategy<Value = Option<SecurityPolicy>> {
                             p2p: None,
                             audit: None,
                             inbox: None,
+                            spawn: None,
                             update_policy: None,
                         },
                         status: None,

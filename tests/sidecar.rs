@@ -81,6 +81,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "security_request",
                 "sessions_list",
                 "sessions_history",
+                "sessions_spawn",
                 "memory_read",
                 "memory_write",
                 "config_get",
@@ -99,6 +100,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "sessions_list",
                 "sessions_history",
                 "sessions_send",
+                "sessions_spawn",
                 "memory_read",
                 "memory_write",
                 "config_get",
@@ -479,7 +481,7 @@ mod mcp {
             ]
         );
         assert_eq!(
-            listed.message["result"]["tools"][2]["inputSchema"]["required"],
+            listed.message["result"]["tools"][3]["inputSchema"]["required"],
             json!(["path"])
         );
         sidecar.audit.take();

@@ -59,6 +59,9 @@ pub struct SecurityPolicySpec {
     /// messages; senders past a limit are refused, with the limit named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox: Option<InboxPolicy>,
+    /// What agents may spawn with `sessions_spawn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn: Option<SpawnPolicy>,
     /// How the namespace's session pods take operator-level changes (a new
     /// sidecar image, controller flags); the controller's
     /// `--update-policy` when absent. Changes of a Session's own sandbox
@@ -293,6 +296,34 @@ fn default_max_messages() -> u64 {
 
 fn default_max_inbox_bytes() -> u64 {
     16 * 1024 * 1024
+}
+
+/// What agents may spawn (`sessions_spawn`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpawnPolicy {
+    /// Children one session may have at a time (default 5; 0 turns
+    /// spawning off).
+    #[serde(default = "default_max_children")]
+    #[schemars(range(max = 100))]
+    pub max_children: u32,
+    /// Agent images a spawned session may run besides its parent's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub images: Vec<String>,
+}
+
+impl Default for SpawnPolicy {
+    fn default() -> Self {
+        SpawnPolicy {
+            max_children: default_max_children(),
+            images: Vec::new(),
+        }
+    }
+}
+
+fn default_max_children() -> u32 {
+    5
 }
 
 /// Injection rate limits.

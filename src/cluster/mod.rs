@@ -5,7 +5,11 @@
 
 pub mod preflight;
 
-use kube::api::PatchParams;
+use kube::api::{PatchParams, PostParams};
+use kube::core::NamespaceResourceScope;
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "wopr-operator";
@@ -13,6 +17,29 @@ pub const FIELD_MANAGER: &str = "wopr-operator";
 /// Parameters of every server-side apply: one field manager, forced.
 pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// Creates `object` in its namespace as the operator's field manager:
+/// `Ok(false)` when one of that name exists already (a retry).
+pub async fn create_once<K>(client: &Client, object: &K) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let namespace = object.meta().namespace.as_deref().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&params, object).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// One line about a Kubernetes client error: the API server's status code,

@@ -60,13 +60,14 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         ],
         verbs: &["list", "watch"],
     },
-    // controlplane/approvals.rs: the broker files the forwards and
-    // elevations that wait for a person; controller/approvals.rs makes the
-    // Grant of an approved elevation.
+    // controlplane/writes.rs: the broker files the forwards and
+    // elevations that wait for a person and creates the sessions agents
+    // spawn; controller/approvals.rs makes the Grant of an approved
+    // elevation.
     Rights {
         scope: Scope::Watched,
         group: api::GROUP,
-        resources: &["approvalrequests", "grants"],
+        resources: &["approvalrequests", "grants", "sessions"],
         verbs: &["create"],
     },
     // apply.rs: status by server-side apply.

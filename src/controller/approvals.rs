@@ -15,11 +15,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
 use super::apply::patch_status_if_changed;
 use super::error::Error;
@@ -32,7 +31,7 @@ use crate::api::{
 use crate::approval::{APPROVAL_LABEL, Step, elevation_grant_name, next_step};
 use crate::audit::{AuditEvent, EventType};
 use crate::cache::Stores;
-use crate::cluster::FIELD_MANAGER;
+use crate::cluster::{FIELD_MANAGER, create_once};
 use crate::policy::Outcome;
 use crate::store::{
     Elevation, ElevationState, ForwardState, InboxLimits, RequestError, Store, StoreError,
@@ -229,7 +228,7 @@ impl Approval<'_> {
                     Err(error) => return Err(error.into()),
                 };
                 let grant = elevation_grant(&elevation);
-                create_grant(&self.ctx.client, &grant).await?;
+                create_once(&self.ctx.client, &grant).await?;
                 if first {
                     let until = elevation.grant_expires().map(|at| at.to_string());
                     let capabilities: Vec<&str> =
@@ -353,22 +352,6 @@ fn elevation_grant(elevation: &Elevation) -> Grant {
         status: None,
     }
 }
-
-/// Creates `grant`; one that exists already (a retry) is left as it is.
-async fn create_grant(client: &Client, grant: &Grant) -> Result<(), Error> {
-    let namespace = grant.metadata.namespace.as_deref().unwrap_or_default();
-    let api: Api<Grant> = Api::namespaced(client.clone(), namespace);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    match api.create(&params, grant).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
-        Err(error) => Err(error.into()),
-    }
-}
-
 /// Retries a failed ApprovalRequest reconcile after its backoff.
 pub fn retry_approval(
     object: Arc<DeserializeGuard<ApprovalRequest>>,

@@ -15,26 +15,28 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::approvals::ApprovalDesk;
 use super::auth::{Authenticator, Identity, authorize};
 use super::discover::{DiscoverPolicy, NoContext};
 use super::service::bearer;
-use crate::api::{Capability, Enforcement, SourceRef, name_of};
+use super::writes::{ClusterWriter, WriteError};
+use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, from_name, name_of};
 use crate::approval::{ELEVATION_TIMEOUT, check_elevation, elevation_approval, forward_approval};
 use crate::audit::{AuditEvent, EventType};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
-    Decision, EffectiveContext, Outcome, Request as PolicyRequest, Source, decide, decide_forward,
+    Decision, EffectiveContext, Outcome, PARENT_LABEL, Reason, Request as PolicyRequest, Source,
+    SpawnRequest as ChildRequest, child_session, decide, decide_forward,
 };
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
     AckRequest, AckResponse, ElevateRequest, ElevateResponse, ForwardRequest, ForwardResponse,
     HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest, ListRequest, ListResponse,
     PendingForward, QueueRequest, QueueResponse, ReachableSession, ReplyRequest, ReplyResponse,
-    RespondRequest, RespondResponse, SendRequest, SendResponse,
+    RespondRequest, RespondResponse, SendRequest, SendResponse, SpawnRequest, SpawnResponse,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{
@@ -52,6 +54,8 @@ const FORWARD_TOOL: &str = "gateway_forward";
 const RESPOND_TOOL: &str = "gateway_respond";
 const QUEUE_TOOL: &str = "gateway_queue";
 const REPLY_TOOL: &str = "inbox_reply";
+/// The tool that creates a child session.
+const SPAWN_TOOL: &str = "sessions_spawn";
 /// The tool that asks a person for more capabilities.
 const ELEVATE_TOOL: &str = "security_request";
 /// Messages a history shows by default, and at most.
@@ -93,7 +97,7 @@ pub struct BrokerService<D, A> {
     authenticator: Arc<A>,
     store: Store,
     /// Where forwards that wait for a person are filed.
-    desk: Arc<dyn ApprovalDesk>,
+    writer: Arc<dyn ClusterWriter>,
     arrivals: Arc<Arrivals>,
     shutdown: Shutdown,
 }
@@ -103,14 +107,14 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         discover: Arc<D>,
         authenticator: Arc<A>,
         store: Store,
-        desk: Arc<dyn ApprovalDesk>,
+        writer: Arc<dyn ClusterWriter>,
         shutdown: Shutdown,
     ) -> Self {
         BrokerService {
             discover,
             authenticator,
             store,
-            desk,
+            writer,
             arrivals: Arc::default(),
             shutdown,
         }
@@ -694,7 +698,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             Err(error) => return Err(refuse(store_status(error)).await),
         }
         if approval.is_some()
-            && let Err(why) = self.desk.file(&forward_approval(&forward)).await
+            && let Err(why) = self.writer.file(&forward_approval(&forward)).await
         {
             let reason = format!("its ApprovalRequest could not be created: {why}");
             if let Err(error) = self
@@ -926,7 +930,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             return Err(refuse(store_status(error)).await);
         }
         let approval = elevation_approval(&elevation, session_source(&caller));
-        if let Err(why) = self.desk.file(&approval).await {
+        if let Err(why) = self.writer.file(&approval).await {
             let reason = format!("its ApprovalRequest could not be created: {why}");
             let limits = self.discover.inbox_limits(&namespace);
             let closed = self
@@ -974,5 +978,99 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             expires_at: elevation.expires.to_string(),
             audit_id,
         }))
+    }
+
+    async fn spawn(
+        &self,
+        request: Request<SpawnRequest>,
+    ) -> Result<Response<SpawnResponse>, Status> {
+        let SpawnRequest {
+            namespace,
+            session,
+            name,
+            trust_level,
+            prompt,
+            image,
+        } = request.get_ref().clone();
+        self.caller(&request, &namespace, &session).await?;
+        let caller = self
+            .discover
+            .context(&namespace, &session)
+            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
+        let tool = (EventType::ToolCall, SPAWN_TOOL);
+        let capability = Some(Capability::SessionSpawn);
+        let refuse = |status: Status| self.refuse(&caller, tool, &session, capability, status);
+        let Some(level) = from_name::<TrustLevel>(&trust_level) else {
+            let status = Status::invalid_argument(format!("{trust_level:?} is not a trust level"));
+            return Err(refuse(status).await);
+        };
+        let decision = decide(&caller, PolicyRequest::Spawn(level));
+        if !decision.proceeds() {
+            let status = match decision.reason {
+                Reason::SpawnAboveOwnLevel { .. } => {
+                    Status::permission_denied(decision.reason.to_string())
+                }
+                _ => Status::permission_denied(format!("tool not available: {SPAWN_TOOL}")),
+            };
+            return Err(refuse(status).await);
+        }
+        let Some(parent) = self.discover.session(&namespace, &session) else {
+            let status = Status::failed_precondition(format!("session {session} cannot be read"));
+            return Err(refuse(status).await);
+        };
+        let children = self
+            .discover
+            .sessions(&namespace)
+            .iter()
+            .filter_map(|name| self.discover.session(&namespace, name))
+            .filter(|child| {
+                let labels = child.metadata.labels.as_ref();
+                labels.and_then(|labels| labels.get(PARENT_LABEL)) == Some(&session)
+            })
+            .count();
+        let policy = self.discover.spawn_policy(&namespace);
+        let wanted = ChildRequest {
+            name: &name,
+            trust_level: level,
+            prompt: &prompt,
+            image: Some(image.as_str()).filter(|image| !image.is_empty()),
+        };
+        let mut child = match child_session(&parent, &caller, wanted, &policy, children) {
+            Ok(child) => child,
+            Err(why) if children >= policy.max_children as usize => {
+                return Err(refuse(Status::resource_exhausted(why)).await);
+            }
+            Err(why) => return Err(refuse(Status::invalid_argument(why)).await),
+        };
+        child.labels_mut().insert(
+            "app.kubernetes.io/managed-by".to_owned(),
+            crate::cluster::FIELD_MANAGER.to_owned(),
+        );
+        match self.writer.create_session(&child).await {
+            Ok(()) => {}
+            Err(error @ WriteError::Exists(_)) => {
+                return Err(refuse(Status::already_exists(error.to_string())).await);
+            }
+            Err(WriteError::Failed(why)) => {
+                let status = Status::unavailable(format!("cannot create the session: {why}"));
+                return Err(refuse(status).await);
+            }
+        }
+        let reason = format!("spawned {name} ({level}) under {session}");
+        let mut event = message_event(
+            &caller,
+            tool,
+            &session,
+            decision.outcome,
+            caller.enforcement,
+            &reason,
+        );
+        event.capability = capability;
+        let audit_id = event.id.clone();
+        self.store
+            .insert_events(&[event])
+            .await
+            .map_err(|error| Status::unavailable(format!("cannot record the spawn: {error}")))?;
+        Ok(Response::new(SpawnResponse { name, audit_id }))
     }
 }

@@ -5,6 +5,7 @@
 
 use tokio::sync::watch;
 
+use crate::api::{Session, SpawnPolicy};
 use crate::policy::EffectiveContext;
 use crate::proto::v1alpha1 as pb;
 use crate::store::InboxLimits;
@@ -48,4 +49,11 @@ pub trait DiscoverPolicy: Send + Sync + 'static {
     /// How much the inboxes of `namespace` hold: its SecurityPolicy's
     /// `inbox`, or the defaults.
     fn inbox_limits(&self, namespace: &str) -> InboxLimits;
+
+    /// The Session `namespace/name` as cached, if it exists and can be read.
+    fn session(&self, namespace: &str, name: &str) -> Option<Session>;
+
+    /// What agents of `namespace` may spawn: its SecurityPolicy's `spawn`,
+    /// or the defaults.
+    fn spawn_policy(&self, namespace: &str) -> SpawnPolicy;
 }

@@ -14,7 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{Notify, watch};
 
 use super::discover::{DiscoverPolicy, NoContext, Snapshot};
-use crate::api::Session;
+use crate::api::{Session, SpawnPolicy};
 use crate::cache::{NamespaceChange, Stores};
 use crate::clock::Clock;
 use crate::policy::EffectiveContext;
@@ -221,6 +221,17 @@ impl DiscoverPolicy for ContextIndex {
 
     fn inbox_limits(&self, namespace: &str) -> InboxLimits {
         self.stores.inbox_limits(namespace)
+    }
+
+    fn session(&self, namespace: &str, name: &str) -> Option<Session> {
+        let object = self.sessions.get(&ObjectRef::new(name).within(namespace))?;
+        object.0.as_ref().ok().cloned()
+    }
+
+    fn spawn_policy(&self, namespace: &str) -> SpawnPolicy {
+        let policy = self.stores.governing_policy(namespace).ok().flatten();
+        let spawn = policy.and_then(|policy| policy.0.as_ref().ok()?.spec.spawn.clone());
+        spawn.unwrap_or_default()
     }
 }
 

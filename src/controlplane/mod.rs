@@ -3,7 +3,6 @@
 //! reports on its sandbox, brokers messages between sessions, and stores
 //! and serves the audit trail.
 
-pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod broker;
@@ -12,13 +11,13 @@ pub mod discover;
 pub mod index;
 pub mod isolation;
 pub mod service;
+pub mod writes;
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use approvals::ApprovalDesk;
 use audit::{AuditService, AuditSetup};
 use auth::Authenticator;
 use broker::BrokerService;
@@ -26,6 +25,7 @@ use denials::SessionEvents;
 use discover::DiscoverPolicy;
 use isolation::IsolationRecorder;
 use service::PolicyService;
+use writes::ClusterWriter;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1alpha1::audit_server::AuditServer;
@@ -34,7 +34,8 @@ use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
 
 /// Serves the Policy, Broker and Audit services, gRPC health and server reflection on
-/// `listener` (the Broker filing ApprovalRequests at `desk`) until `shutdown` completes; then ends every open policy
+/// `listener` (the Broker writing ApprovalRequests and spawned Sessions with
+/// `writer`) until `shutdown` completes; then ends every open policy
 /// stream (their sidecars reconnect to another replica) and returns once
 /// the connections have closed.
 pub async fn serve<D, A, R, E>(
@@ -43,7 +44,7 @@ pub async fn serve<D, A, R, E>(
     authenticator: Arc<A>,
     recorder: Arc<R>,
     audit: AuditSetup<E>,
-    desk: Arc<dyn ApprovalDesk>,
+    writer: Arc<dyn ClusterWriter>,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error>
 where
@@ -74,7 +75,7 @@ where
             discover.clone(),
             authenticator.clone(),
             audit.store.clone(),
-            desk,
+            writer,
             shutdown.clone(),
         )))
         .add_service(AuditServer::new(AuditService::new(audit, authenticator)))

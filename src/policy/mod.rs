@@ -28,6 +28,7 @@ mod peers;
 mod profiles;
 mod rate_limit;
 mod resolve;
+mod spawn;
 pub mod tools;
 
 pub use capabilities::CapabilitySet;
@@ -44,4 +45,5 @@ pub use resolve::{
     DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError,
     grant_is_active, resolve,
 };
+pub use spawn::{MAX_CHILD_NAME, PARENT_LABEL, SpawnRequest, child_session};
 pub use tools::{Requirement, TOOLS, Tool, ToolCall, ToolId, ToolSet};

@@ -62,6 +62,7 @@ pub fn builtin_policy() -> &'static SecurityPolicySpec {
         p2p: Some(P2pPolicy::default()),
         audit: None,
         inbox: None,
+        spawn: None,
         update_policy: None,
     });
     &BUILTIN

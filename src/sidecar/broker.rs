@@ -16,11 +16,12 @@ use tonic::transport::Channel;
 use super::client::{WatchError, WatchTarget, authorized, bearer_of, connect_channel};
 use super::engine::{Messenger, ToolError};
 use crate::api::Capability;
-use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer};
+use crate::api::name_of;
+use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer, SpawnChild};
 use crate::proto::v1alpha1::broker_client::BrokerClient;
 use crate::proto::v1alpha1::{
     AckRequest, ElevateRequest, ForwardRequest, HistoryRequest, ListRequest, QueueRequest,
-    ReplyRequest, RespondRequest, SendRequest,
+    ReplyRequest, RespondRequest, SendRequest, SpawnRequest,
 };
 
 /// This session's way to the broker.
@@ -300,5 +301,22 @@ impl Messenger for BrokerLink {
             "auditId": asked.audit_id,
             "next": "a person decides; the outcome arrives in your inbox",
         }))
+    }
+
+    async fn spawn(&self, child: SpawnChild) -> Result<Value, ToolError> {
+        let request = SpawnRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            name: child.name,
+            trust_level: name_of(&child.trust_level),
+            prompt: child.prompt,
+            image: child.image.unwrap_or_default(),
+        };
+        let spawned = self
+            .call(request, |mut client, request| async move {
+                client.spawn(request).await
+            })
+            .await?;
+        Ok(json!({"name": spawned.name, "auditId": spawned.audit_id}))
     }
 }

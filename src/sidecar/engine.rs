@@ -17,7 +17,8 @@ use crate::audit::{AuditEvent, AuditSink, EventType};
 use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
     CapabilityQuery, ElevationAsk, ForwardMessage, HistoryQuery, InboxRead, MessageIds,
-    NoArguments, RequestAnswer, SessionMessage, Unimplemented, WorkspacePath, WorkspaceWrite,
+    NoArguments, RequestAnswer, SessionMessage, SpawnChild, Unimplemented, WorkspacePath,
+    WorkspaceWrite,
 };
 use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
 
@@ -115,6 +116,9 @@ pub trait Messenger: Send + Sync {
     /// This gateway's requests waiting for approval (`gateway_queue`).
     async fn queue(&self) -> Result<Value, ToolError>;
 
+    /// Creates a child session (`sessions_spawn`).
+    async fn spawn(&self, child: SpawnChild) -> Result<Value, ToolError>;
+
     /// Asks a person for more capabilities for `duration` (`security_request`).
     async fn elevate(
         &self,
@@ -159,6 +163,10 @@ impl Messenger for Unconnected {
     }
 
     async fn queue(&self) -> Result<Value, ToolError> {
+        Err(unconnected())
+    }
+
+    async fn spawn(&self, _child: SpawnChild) -> Result<Value, ToolError> {
         Err(unconnected())
     }
 
@@ -448,8 +456,8 @@ impl ToolEngine {
                     .elevate(&capabilities, &reason, duration)
                     .await
             }
-            ToolCall::SessionsSpawn(Unimplemented {})
-            | ToolCall::HttpFetch(Unimplemented {})
+            ToolCall::SessionsSpawn(child) => self.messenger.spawn(child).await,
+            ToolCall::HttpFetch(Unimplemented {})
             | ToolCall::ExecCommand(Unimplemented {})
             | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
                 "not implemented by this sidecar".into(),

@@ -19,13 +19,13 @@ use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session};
 use wopr_operator::audit::{AuditSink, MemorySink};
 use wopr_operator::cache::Stores;
 use wopr_operator::clock::Clock;
-use wopr_operator::controlplane::approvals::KubeDesk;
 use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
 use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::denials::{SessionEvent, SessionEvents};
 use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::serve;
+use wopr_operator::controlplane::writes::KubeWriter;
 use wopr_operator::proto::v1alpha1::inbox_client::InboxClient;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::broker::BrokerLink;
@@ -180,7 +180,7 @@ impl ControlPlane {
                 events: events.clone(),
                 metrics: audit_metrics.clone(),
             },
-            Arc::new(KubeDesk(client.clone())),
+            Arc::new(KubeWriter(client.clone())),
             wopr_operator::shutdown::on(async move {
                 let _ = stopped.await;
             }),

@@ -56,9 +56,10 @@ these rules are exactly what the code needs.
   resources: [securitypolicies, sessions, grants, gateways, approvalrequests]
   verbs: [list, watch]
 # The control plane files the forwards and elevations that wait for a
-# person; the controller makes the Grant of an approved elevation.
+# person and creates the sessions agents spawn; the controller makes the
+# Grant of an approved elevation.
 - apiGroups: [wopr.dev]
-  resources: [approvalrequests, grants]
+  resources: [approvalrequests, grants, sessions]
   verbs: [create]
 - apiGroups: [wopr.dev]
   resources: [securitypolicies/status, sessions/status, gateways/status, approvalrequests/status]

@@ -6,7 +6,7 @@ use schemars::{JsonSchema, Schema};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::Capability;
+use crate::api::{Capability, TrustLevel};
 
 /// The arguments of a tool.
 pub trait Arguments: for<'de> Deserialize<'de> + JsonSchema {
@@ -158,6 +158,23 @@ pub struct ElevationAsk {
 
 impl Arguments for ElevationAsk {}
 
+/// A child session to create.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SpawnChild {
+    /// Its name: lowercase letters, digits and '-'.
+    pub name: String,
+    /// At most yours.
+    pub trust_level: TrustLevel,
+    /// What it is to do.
+    pub prompt: String,
+    /// Its agent image, if not yours (the SecurityPolicy must allow it).
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+impl Arguments for SpawnChild {}
+
 /// The arguments of a tool this version does not run yet: it is never
 /// listed, and calling it is refused like an unknown tool.
 #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
@@ -227,6 +244,7 @@ mod tests {
                 "sessions_list",
                 "sessions_history",
                 "sessions_send",
+                "sessions_spawn",
                 "memory_read",
                 "memory_write",
                 "config_get",

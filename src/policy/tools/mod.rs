@@ -101,7 +101,7 @@ declare_tools! {
         "The message history of a session you may reach.";
     SessionsSend = "sessions_send", needs(Capability::CrossInject), SessionMessage,
         "Send a message to another session.";
-    SessionsSpawn = "sessions_spawn", needs(Capability::SessionSpawn), Unimplemented,
+    SessionsSpawn = "sessions_spawn", needs(Capability::SessionSpawn), SpawnChild,
         "Start a child session at your trust level or lower.";
     HttpFetch = "http_fetch", needs(Capability::InjectNetwork), Unimplemented,
         "Fetch a URL through the egress proxy.";
