@@ -1,10 +1,12 @@
-//! Messages survive crashes: real `wopr-operator` processes (a controller
-//! with its store, the sender's and the recipient's sidecars), one agent
-//! sending with `sessions_send`, the other reading its inbox stream and
-//! acknowledging each message, while the controller and the recipient's
-//! sidecar are each SIGKILLed twice. Afterwards every message the sender
-//! was answered for has reached the recipient's agent and is acknowledged,
-//! and none came again after its acknowledgement was answered.
+//! Messages and pending approvals survive crashes: real `wopr-operator`
+//! processes (a controller with its store, the sessions' sidecars), agents
+//! sending with `sessions_send` or forwarding with `gateway_forward`, the
+//! recipient reading its inbox stream and acknowledging each message,
+//! while the controller and the recipient's sidecar are SIGKILLed.
+//! Afterwards every message the sender was answered for, and every
+//! forward a person approved, has reached the recipient's agent and is
+//! acknowledged, and none came again after its acknowledgement was
+//! answered.
 
 mod common;
 
@@ -14,12 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use common::harness::session_path;
 use common::process::{Process, free_port};
 use common::sidecar::socket_channel;
-use common::{NAMESPACE, session_grant};
+use common::{NAMESPACE, gateway, session_grant};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use wopr_operator::api::{Capability, TrustLevel};
+use wopr_operator::api::{AccessPattern, Capability, ForwardRule, TrustLevel};
 use wopr_operator::proto::v1alpha1::inbox_client::InboxClient;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::proto::v1alpha1::{AcknowledgeRequest, CallToolRequest, MessagesRequest};
@@ -210,4 +213,192 @@ async fn messages_survive_kills_of_the_controller_and_the_recipients_sidecar() {
         .await
         .unwrap();
     assert!(pending.is_empty(), "{} still pending", pending.len());
+}
+
+/// Calls `tool` with `arguments` through the agent socket at `socket`
+/// until it is answered (sidecars and the control plane come and go).
+async fn call_until_answered(socket: &PathBuf, tool: &str, arguments: Value) -> Value {
+    let mut tools = ToolsClient::new(socket_channel(socket.clone()));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let call = CallToolRequest {
+            name: tool.into(),
+            arguments_json: arguments.to_string(),
+        };
+        match tools.call_tool(call).await {
+            Ok(answer) => return serde_json::from_str(&answer.into_inner().result_json).unwrap(),
+            Err(status) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{tool} never answered: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Waits until `check` holds (within [`SETTLE`]).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_approvals_survive_kills_and_each_approved_forward_arrives_once() {
+    const FORWARDS: usize = 6;
+    let cluster = Cluster::start(&[
+        ("alice", TrustLevel::Trusted),
+        ("gate", TrustLevel::SemiTrusted),
+        ("exec", TrustLevel::Trusted),
+    ])
+    .await;
+    let api = &cluster.api;
+    api.insert(
+        &format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/send"),
+        serde_json::to_value(session_grant("send", "alice", &[Capability::CrossInject])).unwrap(),
+    );
+    let mut gw = gateway("gw", "gate");
+    gw.spec.forward_rules = vec![ForwardRule {
+        allow_forward_to: vec!["exec".into()],
+        allow_actions: vec!["run".into()],
+        require_approval: true,
+        rate_limit: None,
+    }];
+    api.insert(
+        &format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/gateways/gw"),
+        serde_json::to_value(gw).unwrap(),
+    );
+    api.modify(&session_path("exec"), |exec| {
+        exec["spec"]["access"] = json!([AccessPattern::Session("gate".into())]);
+    });
+    let port = free_port();
+    let sidecar = |name: &str| cluster.sidecar_with_flags(name, port, "127.0.0.1:0", &[]);
+    let mut controller = cluster.controller(port, &[]);
+    let (alice, gate) = (sidecar("alice"), sidecar("gate"));
+    let mut exec = sidecar("exec");
+    for process in [&alice, &gate, &exec] {
+        process.logged("sidecar serving", "mcp").await;
+    }
+    let socket = |name: &str| cluster.dir.path().join(format!("{name}-a2a.sock"));
+
+    // Alice asks; the gateway's agent forwards each request to exec.
+    for n in 0..FORWARDS {
+        let message = json!({"target": "gate", "message": {"run": n}});
+        call_until_answered(&socket("alice"), "sessions_send", message).await;
+    }
+    let deadline = Instant::now() + SETTLE;
+    let messages = loop {
+        let read = call_until_answered(&socket("gate"), "inbox_read", json!({"limit": 100})).await;
+        let messages = read["messages"].as_array().unwrap().clone();
+        if messages.len() == FORWARDS || Instant::now() > deadline {
+            break messages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(messages.len(), FORWARDS);
+    let mut requests = Vec::new();
+    for message in &messages {
+        let forward = json!({"messageId": message["id"], "target": "exec", "action": "run",
+                             "payload": message["payload"]});
+        let forwarded = call_until_answered(&socket("gate"), "gateway_forward", forward).await;
+        assert_eq!(forwarded["state"], "awaiting_approval", "{forwarded}");
+        requests.push(forwarded["requestId"].as_str().unwrap().to_owned());
+    }
+    let approval =
+        |id: &str| format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/approvalrequests/{id}");
+    let state = |id: &str| {
+        api.get(&approval(id))
+            .and_then(|r| r["status"]["state"].as_str().map(str::to_owned))
+    };
+    eventually("every request shown Pending", || {
+        requests
+            .iter()
+            .all(|id| state(id).as_deref() == Some("Pending"))
+    })
+    .await;
+
+    // Exec's agent reads and acknowledges what arrives, across restarts.
+    let stop_reading = CancellationToken::new();
+    let received = Arc::new(Mutex::new(Received::default()));
+    let reading = tokio::spawn(recipient(
+        socket("exec"),
+        received.clone(),
+        stop_reading.clone(),
+    ));
+
+    // Kill the controller and exec's sidecar while approvals wait; a
+    // person approves all but one meanwhile and denies that one.
+    for victim in [&mut controller, &mut exec] {
+        victim.signal(libc::SIGKILL);
+        victim
+            .exited_within(Duration::from_secs(5))
+            .await
+            .expect("killed");
+    }
+    for (n, id) in requests.iter().enumerate() {
+        let state = if n == 0 { "Denied" } else { "Approved" };
+        api.modify(&approval(id), |request| {
+            request["status"] = json!({"state": state, "decidedBy": "alice@example.com",
+                                       "decisionReason": "reviewed"});
+        });
+    }
+    controller = cluster.controller(port, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed again mid-delivery, and restarted.
+    controller.signal(libc::SIGKILL);
+    controller
+        .exited_within(Duration::from_secs(5))
+        .await
+        .expect("killed");
+    controller = cluster.controller(port, &[]);
+    exec = sidecar("exec");
+    exec.logged("sidecar serving", "mcp").await;
+
+    eventually("every approved request Completed", || {
+        requests[1..]
+            .iter()
+            .all(|id| state(id).as_deref() == Some("Completed"))
+    })
+    .await;
+    let approved: Vec<String> = requests[1..]
+        .iter()
+        .map(|id| id.to_ascii_uppercase())
+        .collect();
+    eventually(
+        "every approved forward acknowledged by exec's agent",
+        || {
+            let received = received.lock().unwrap();
+            approved.iter().all(|id| received.acknowledged.contains(id))
+        },
+    )
+    .await;
+    stop_reading.cancel();
+    reading.await.unwrap();
+    let received = std::mem::take(&mut *received.lock().unwrap());
+    assert!(
+        received.after_ack.is_empty(),
+        "delivered again: {:?}",
+        received.after_ack
+    );
+    let denied = requests[0].to_ascii_uppercase();
+    assert!(
+        !received.deliveries.contains(&denied),
+        "the denied forward was delivered"
+    );
+    assert_eq!(state(&requests[0]).as_deref(), Some("Denied"));
+    // The gateway was told of the denial, once.
+    let store = Store::open(&cluster.store).await.unwrap();
+    let told: Vec<_> = store
+        .pending_messages(NAMESPACE, "gate", 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|queued| queued.message.request_id.as_deref() == Some(requests[0].as_str()))
+        .collect();
+    assert_eq!(told.len(), 1, "one denial notice");
+    drop((alice, gate, exec, controller));
 }
