@@ -217,8 +217,8 @@ async fn messages_survive_kills_of_the_controller_and_the_recipients_sidecar() {
 
 /// Calls `tool` with `arguments` through the agent socket at `socket`
 /// until it is answered (sidecars and the control plane come and go).
-async fn call_until_answered(socket: &PathBuf, tool: &str, arguments: Value) -> Value {
-    let mut tools = ToolsClient::new(socket_channel(socket.clone()));
+async fn call_until_answered(socket: &std::path::Path, tool: &str, arguments: Value) -> Value {
+    let mut tools = ToolsClient::new(socket_channel(socket.to_path_buf()));
     let deadline = Instant::now() + SETTLE;
     loop {
         let call = CallToolRequest {
