@@ -22,6 +22,8 @@ use wopr_operator::api::{
     parse_manifests,
 };
 use wopr_operator::audit::{AuditEvent, EventType};
+use wopr_operator::controlplane::audit::DecisionLabels;
+use wopr_operator::controlplane::denials::SessionEvent;
 use wopr_operator::inbox::{InboxMessage, MessageKind};
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
@@ -159,6 +161,19 @@ async fn pending(control_plane: &ControlPlane, session: &str) -> Vec<InboxMessag
         .into_iter()
         .map(|queued| queued.message)
         .collect()
+}
+
+/// The first Session Event with `reason` the control plane published
+/// (in the background: waits up to 5 s).
+async fn eventually_published(control_plane: &ControlPlane, reason: &str) -> SessionEvent {
+    for _ in 0..500 {
+        let published = control_plane.events.0.lock().unwrap().clone();
+        if let Some(event) = published.into_iter().find(|event| event.reason == reason) {
+            return event;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no {reason} Event");
 }
 
 /// The audit events of `event_type`, oldest first.
@@ -315,6 +330,32 @@ async fn the_21st_forward_in_a_minute_under_a_20_per_minute_rule_is_rate_limited
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].tool.as_deref(), Some("gateway_forward"));
     assert_eq!(events[0].action.as_deref(), Some("query"));
+    // In the gateway's trail, as an Event on its Session, and counted.
+    assert_eq!(events[0].session, GATEWAY);
+    let published = eventually_published(&control_plane, "RateLimited").await;
+    assert_eq!(published.session, GATEWAY);
+    assert!(
+        published
+            .note
+            .starts_with("denied tool gateway_forward: rule 0"),
+        "{}",
+        published.note
+    );
+    let count = |r#type: &str, decision: &str| {
+        let labels = DecisionLabels {
+            r#type: r#type.into(),
+            decision: decision.into(),
+        };
+        control_plane
+            .audit_metrics
+            .broker_decisions
+            .get_or_create(&labels)
+            .get()
+    };
+    assert_eq!(
+        (count("forward", "allowed"), count("rate_limited", "denied")),
+        (20, 1)
+    );
     // The other rule (code-executor, 5 a minute) has its own count.
     forward(&mut client, &message_id, EXECUTOR, "execute", json!(1))
         .await

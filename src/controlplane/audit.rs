@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{AuthError, Authenticator, Identity, authorize};
-use super::denials::{Denials, SessionEvents};
+use super::denials::DenialEvents;
 use super::service::bearer;
 use crate::api::{SourceRef, TrustLevel, from_name};
 use crate::audit::{AuditEvent, EventType};
@@ -47,6 +47,18 @@ pub struct AuditMetrics {
     pub spool_depth: Family<SessionLabels, Gauge>,
     /// Seconds from each shipped event's decision to its commit.
     pub shipping_lag: Histogram,
+    /// What the broker decided (deliveries, denials, rate limits, approval
+    /// requests), by audit event type and decision.
+    pub broker_decisions: Family<DecisionLabels, Counter>,
+}
+
+/// A broker decision's kind and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The audit event type: injection, forward, approval, rate_limited, ...
+    pub r#type: String,
+    /// allowed, denied or would_deny.
+    pub decision: String,
 }
 
 /// The session a sidecar ships for.
@@ -67,6 +79,7 @@ impl Default for AuditMetrics {
             // 10 ms to about 3 hours: a sidecar ships every 200 ms, and
             // holds events while the control plane is away.
             shipping_lag: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
+            broker_decisions: Family::default(),
         }
     }
 }
@@ -101,10 +114,15 @@ impl AuditMetrics {
             "Seconds from an audit event's decision to its commit in the store",
             self.shipping_lag.clone(),
         );
+        registry.register(
+            "broker_decisions",
+            "Broker decisions (deliveries, forwards, denials, rate limits, approval requests) by audit event type and decision",
+            self.broker_decisions.clone(),
+        );
     }
 }
 
-/// What the Audit service works with.
+/// What the Audit and Broker services record with.
 pub struct AuditSetup<E> {
     pub store: Store,
     /// Where denials are published as Events.
@@ -114,22 +132,25 @@ pub struct AuditSetup<E> {
 
 /// Stores what sidecars ship; answers queries of the trail; turns denials
 /// into Events on their Sessions.
-pub struct AuditService<A, E> {
+pub struct AuditService<A> {
     store: Store,
     authenticator: Arc<A>,
-    events: Arc<E>,
     metrics: AuditMetrics,
-    denials: Denials,
+    denials: DenialEvents,
 }
 
-impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
-    pub fn new(setup: AuditSetup<E>, authenticator: Arc<A>) -> Self {
+impl<A: Authenticator> AuditService<A> {
+    pub fn new(
+        store: Store,
+        metrics: AuditMetrics,
+        denials: DenialEvents,
+        authenticator: Arc<A>,
+    ) -> Self {
         AuditService {
-            store: setup.store,
+            store,
             authenticator,
-            events: setup.events,
-            metrics: setup.metrics,
-            denials: Denials::default(),
+            metrics,
+            denials,
         }
     }
 
@@ -143,19 +164,6 @@ impl<A: Authenticator, E: SessionEvents> AuditService<A, E> {
                 self.metrics.store_errors.inc();
                 Status::unavailable(format!("the audit store is unavailable: {error}"))
             }
-        }
-    }
-
-    /// Publishes the Events the stored `events` call for, in the background
-    /// (the sidecar's answer does not wait for the API server).
-    fn publish_denials(&self, events: &[AuditEvent]) {
-        for due in self.denials.observe(events, std::time::Instant::now()) {
-            let publisher = self.events.clone();
-            tokio::spawn(async move {
-                if let Err(error) = publisher.warn(due).await {
-                    tracing::warn!(%error, "could not publish a denial Event");
-                }
-            });
         }
     }
 
@@ -329,7 +337,7 @@ fn query_of(request: &AuditQueryRequest) -> Result<AuditQuery, Status> {
 }
 
 #[tonic::async_trait]
-impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
+impl<A: Authenticator> Audit for AuditService<A> {
     async fn ingest(
         &self,
         request: Request<Streaming<IngestRequest>>,
@@ -390,7 +398,7 @@ impl<A: Authenticator, E: SessionEvents> Audit for AuditService<A, E> {
             let depth = i64::try_from(spool_depth).unwrap_or(i64::MAX);
             self.metrics.spool_depth.get_or_create(&labels).set(depth);
         }
-        self.publish_denials(&events);
+        self.denials.observe(&events);
         Ok(Response::new(IngestAck {
             stored: inserted.new as u32,
             duplicates: inserted.duplicates as u32,

@@ -19,7 +19,9 @@ use kube::ResourceExt;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::audit::{AuditMetrics, DecisionLabels};
 use super::auth::{Authenticator, Identity, authorize};
+use super::denials::DenialEvents;
 use super::discover::{DiscoverPolicy, NoContext};
 use super::service::bearer;
 use super::writes::{ClusterWriter, WriteError};
@@ -92,10 +94,20 @@ impl Arrivals {
 }
 
 /// Serves the Broker API of every sidecar.
+/// Where the broker records its decisions: the store, the metrics, and
+/// the Events denials call for.
+pub struct Recording {
+    pub store: Store,
+    pub metrics: AuditMetrics,
+    pub denials: DenialEvents,
+}
+
 pub struct BrokerService<D, A> {
     discover: Arc<D>,
     authenticator: Arc<A>,
     store: Store,
+    metrics: AuditMetrics,
+    denials: DenialEvents,
     /// Where forwards that wait for a person are filed.
     writer: Arc<dyn ClusterWriter>,
     arrivals: Arc<Arrivals>,
@@ -106,14 +118,16 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     pub fn new(
         discover: Arc<D>,
         authenticator: Arc<A>,
-        store: Store,
+        recording: Recording,
         writer: Arc<dyn ClusterWriter>,
         shutdown: Shutdown,
     ) -> Self {
         BrokerService {
             discover,
             authenticator,
-            store,
+            store: recording.store,
+            metrics: recording.metrics,
+            denials: recording.denials,
             writer,
             arrivals: Arc::default(),
             shutdown,
@@ -203,9 +217,24 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         decide(target, PolicyRequest::Inject(&Source::session(caller)))
     }
 
-    /// Stores `event` (best effort: what it records has been answered).
+    /// Stores `event`, counts it and publishes the Event a denial calls
+    /// for; its id.
+    async fn audit(&self, event: AuditEvent) -> Result<String, StoreError> {
+        let labels = DecisionLabels {
+            r#type: name_of(&event.event_type),
+            decision: name_of(&event.decision),
+        };
+        let id = event.id.clone();
+        let events = [event];
+        self.store.insert_events(&events).await?;
+        self.metrics.broker_decisions.get_or_create(&labels).inc();
+        self.denials.observe(&events);
+        Ok(id)
+    }
+
+    /// Records a refusal (best effort: the refusal has been answered).
     async fn record(&self, event: AuditEvent) {
-        if let Err(error) = self.store.insert_events(&[event]).await {
+        if let Err(error) = self.audit(event).await {
             tracing::error!(%error, "cannot store a broker audit event");
         }
     }
@@ -252,9 +281,8 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             reason,
         );
         event.action = message.action.clone();
-        let audit_id = event.id.clone();
-        self.store
-            .insert_events(&[event])
+        let audit_id = self
+            .audit(event)
             .await
             .map_err(|error| Status::unavailable(format!("cannot record the message: {error}")))?;
         Ok(audit_id)
@@ -467,8 +495,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             &reason,
         );
         event.capability = tool.capability;
-        let audit_id = event.id.clone();
-        self.store.insert_events(&[event]).await.map_err(|error| {
+        let audit_id = self.audit(event).await.map_err(|error| {
             Status::unavailable(format!(
                 "cannot record the delivery: {error}; send again with the same message_id"
             ))
@@ -683,10 +710,11 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         match self.store.open_forward(&forward, per_minute, limits).await {
             Ok(()) => {}
             Err(StoreError::Request(limited @ RequestError::RateLimited { .. })) => {
+                // In the gateway's own trail: the limit is on its forwards.
                 let mut event = message_event(
                     &caller,
                     (EventType::RateLimited, FORWARD_TOOL),
-                    &target,
+                    &session,
                     Outcome::Denied,
                     caller.enforcement,
                     &limited.to_string(),
@@ -744,9 +772,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             &reason,
         );
         event.action = Some(action);
-        let audit_id = event.id.clone();
-        self.store
-            .insert_events(&[event])
+        let audit_id = self
+            .audit(event)
             .await
             .map_err(|error| Status::unavailable(format!("cannot record the forward: {error}")))?;
         Ok(Response::new(ForwardResponse {
@@ -968,9 +995,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             caller.enforcement,
             &reason,
         );
-        let audit_id = event.id.clone();
-        self.store
-            .insert_events(&[event])
+        let audit_id = self
+            .audit(event)
             .await
             .map_err(|error| Status::unavailable(format!("cannot record the request: {error}")))?;
         Ok(Response::new(ElevateResponse {
@@ -1066,9 +1092,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             &reason,
         );
         event.capability = capability;
-        let audit_id = event.id.clone();
-        self.store
-            .insert_events(&[event])
+        let audit_id = self
+            .audit(event)
             .await
             .map_err(|error| Status::unavailable(format!("cannot record the spawn: {error}")))?;
         Ok(Response::new(SpawnResponse { name, audit_id }))

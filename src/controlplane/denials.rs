@@ -1,5 +1,6 @@
 //! Denials become Kubernetes Events on their Session (`ToolDenied`,
-//! `InjectionDenied`), so `kubectl describe session` and event pipelines
+//! `InjectionDenied`, `ForwardDenied`, `RateLimited`), so `kubectl
+//! describe session` and event pipelines
 //! see them, aggregated so that a flood makes a handful of Events, not
 //! thousands: per session, reason and what was denied (a tool, a source),
 //! the first denial is published at once and later ones at most once a
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -73,6 +74,10 @@ impl Denials {
             let (reason, what) = match event.event_type {
                 AuditEventType::ToolCall => ("ToolDenied", event.tool.clone().unwrap_or_default()),
                 AuditEventType::Injection => ("InjectionDenied", event.source.identity.clone()),
+                AuditEventType::Forward => ("ForwardDenied", event.source.identity.clone()),
+                AuditEventType::RateLimited => {
+                    ("RateLimited", event.tool.clone().unwrap_or_default())
+                }
                 _ => continue,
             };
             let key = Key {
@@ -91,7 +96,8 @@ impl Denials {
                 continue;
             }
             let denied = match reason {
-                "ToolDenied" => format!("tool {}", key.what),
+                "ToolDenied" | "RateLimited" => format!("tool {}", key.what),
+                "ForwardDenied" => format!("forward by {}", key.what),
                 _ => format!("injection from {}", key.what),
             };
             let note = if entry.since == 1 {
@@ -112,6 +118,39 @@ impl Denials {
             });
         }
         due
+    }
+}
+
+/// The Events the control plane's denials call for: one aggregation for
+/// the Audit and Broker services, published in the background (an answer
+/// never waits for the API server).
+#[derive(Clone)]
+pub struct DenialEvents {
+    denials: Arc<Denials>,
+    publish: Arc<dyn Fn(SessionEvent) + Send + Sync>,
+}
+
+impl DenialEvents {
+    /// Publishes with `events`.
+    pub fn new<E: SessionEvents>(events: Arc<E>) -> DenialEvents {
+        DenialEvents {
+            denials: Arc::default(),
+            publish: Arc::new(move |due| {
+                let events = events.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = events.warn(due).await {
+                        tracing::warn!(%error, "could not publish a denial Event");
+                    }
+                });
+            }),
+        }
+    }
+
+    /// Publishes the Events that the just stored `events` call for.
+    pub fn observe(&self, events: &[AuditEvent]) {
+        for due in self.denials.observe(events, Instant::now()) {
+            (self.publish)(due);
+        }
     }
 }
 

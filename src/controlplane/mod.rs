@@ -20,8 +20,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use audit::{AuditService, AuditSetup};
 use auth::Authenticator;
-use broker::BrokerService;
-use denials::SessionEvents;
+use broker::{BrokerService, Recording};
+use denials::{DenialEvents, SessionEvents};
 use discover::DiscoverPolicy;
 use isolation::IsolationRecorder;
 use service::PolicyService;
@@ -53,6 +53,7 @@ where
     R: IsolationRecorder,
     E: SessionEvents,
 {
+    let denials = DenialEvents::new(audit.events.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PolicyServer<PolicyService<D, A, R>>>()
@@ -74,11 +75,20 @@ where
         .add_service(BrokerServer::new(BrokerService::new(
             discover.clone(),
             authenticator.clone(),
-            audit.store.clone(),
+            Recording {
+                store: audit.store.clone(),
+                metrics: audit.metrics.clone(),
+                denials: denials.clone(),
+            },
             writer,
             shutdown.clone(),
         )))
-        .add_service(AuditServer::new(AuditService::new(audit, authenticator)))
+        .add_service(AuditServer::new(AuditService::new(
+            audit.store,
+            audit.metrics,
+            denials,
+            authenticator,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }
