@@ -27,7 +27,10 @@ CREATE TABLE forwards (
     -- Microseconds since the Unix epoch.
     created_us      BIGINT NOT NULL,
     expires_us      BIGINT,
-    updated_us      BIGINT NOT NULL
+    updated_us      BIGINT NOT NULL,
+    -- When a person's decision (or the clock) settled a forward that
+    -- waited for approval.
+    decided_us      BIGINT
 );
 
 -- A rule's forwards in the last minute (its rate limit).

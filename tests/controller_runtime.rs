@@ -26,6 +26,7 @@ use wopr_operator::controller::admin::{AdminState, router};
 use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::object_status::{gateway_status, policy_status};
 use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
+use wopr_operator::store::{ForwardState, GatewaySummary};
 
 // Time is paused: the CRD check's 15 s of waiting pass instantly.
 #[tokio::test(start_paused = true)]
@@ -207,7 +208,7 @@ fn security_policy_status_says_whether_it_governs() {
 fn gateway_status_says_whether_its_session_exists() {
     let now = Time(now());
     let gateway: DeserializeGuard<Gateway> = DeserializeGuard(Ok(gateway("p2p", "p2p-gateway")));
-    let serving = gateway_status(&gateway, true, &now);
+    let serving = gateway_status(&gateway, true, None, &now);
     assert_eq!(
         (
             serving.conditions[0].status.as_str(),
@@ -215,9 +216,43 @@ fn gateway_status_says_whether_its_session_exists() {
         ),
         ("True", "Serving")
     );
-    let orphan = gateway_status(&gateway, false, &now);
+    let orphan = gateway_status(&gateway, false, None, &now);
     assert_eq!(orphan.conditions[0].reason, "SessionNotFound");
     assert!(orphan.conditions[0].message.contains("p2p-gateway"));
+}
+
+#[test]
+fn gateway_status_shows_its_forwards_and_keeps_them_when_the_store_is_away() {
+    let now = Time(now());
+    let decided: k8s_openapi::jiff::Timestamp = "2026-11-24T11:59:00Z".parse().unwrap();
+    let summary = GatewaySummary {
+        pending: 2,
+        per_rule: vec![(0, 20), (1, 3)],
+        last_decision: Some(("01req".into(), ForwardState::Answered, decided)),
+    };
+    let object: DeserializeGuard<Gateway> = DeserializeGuard(Ok(gateway("p2p", "p2p-gateway")));
+    let status = gateway_status(&object, true, Some(&summary), &now);
+    assert_eq!(status.pending, Some(2));
+    let counts: Vec<(u32, u64)> = status
+        .forwards
+        .iter()
+        .map(|r| (r.rule, r.forwarded))
+        .collect();
+    assert_eq!(counts, [(0, 20), (1, 3)]);
+    let last = status.last_decision.clone().unwrap();
+    assert_eq!(
+        (last.request_id.as_str(), last.decision.as_str()),
+        ("01req", "approved")
+    );
+    assert_eq!(last.at.0, decided);
+    // The store is unavailable: what the status showed stays.
+    let mut shown = gateway("p2p", "p2p-gateway");
+    shown.status = Some(status.clone());
+    let kept = gateway_status(&DeserializeGuard(Ok(shown)), true, None, &now);
+    assert_eq!(
+        (kept.pending, kept.forwards, kept.last_decision),
+        (status.pending, status.forwards, status.last_decision)
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ on_both_backends!(
     steps_of_someone_else_or_out_of_order_are_refused,
     a_rule_allows_exactly_its_rate_under_concurrent_forwards,
     the_queue_shows_what_waits_and_has_not_expired,
+    the_summary_counts_a_gateways_forwards_and_its_last_decision,
 );
 
 const NS: &str = "team-a";
@@ -315,4 +316,50 @@ async fn the_queue_shows_what_waits_and_has_not_expired(store: TestStore) {
     }
     let queue = store.awaiting_approval(NS, "gate", now).await.unwrap();
     assert_eq!(queue, vec![waiting]);
+}
+
+async fn the_summary_counts_a_gateways_forwards_and_its_last_decision(store: TestStore) {
+    let store = &store.store;
+    let now = common::now();
+    let empty = store.gateway_summary(NS, "p2p", now).await.unwrap();
+    assert_eq!(
+        (empty.pending, empty.per_rule.len(), empty.last_decision),
+        (0, 0, None)
+    );
+    for _ in 0..3 {
+        store
+            .open_forward(&forward(ForwardState::Delivered, now), None, ROOMY)
+            .await
+            .unwrap();
+    }
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let mut request = forward(ForwardState::AwaitingApproval, now);
+        request.rule_index = Some(1);
+        store.open_forward(&request, None, ROOMY).await.unwrap();
+        waiting.push(request);
+    }
+    store
+        .deliver_approved(NS, &waiting[0].id, ROOMY)
+        .await
+        .unwrap();
+    store
+        .close_forward(
+            NS,
+            &waiting[1].id,
+            ForwardState::Denied,
+            Some("alice"),
+            "no",
+            ROOMY,
+        )
+        .await
+        .unwrap();
+    let summary = store.gateway_summary(NS, "p2p", now).await.unwrap();
+    assert_eq!(summary.pending, 1);
+    assert_eq!(summary.per_rule, [(0, 3), (1, 3)]);
+    let (id, state, _) = summary.last_decision.unwrap();
+    assert_eq!((id, state), (waiting[1].id.clone(), ForwardState::Denied));
+    // Another gateway's forwards are not counted.
+    let other = store.gateway_summary(NS, "other", now).await.unwrap();
+    assert_eq!(other.per_rule.len(), 0);
 }

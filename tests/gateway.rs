@@ -428,6 +428,13 @@ async fn a_forward_that_requires_approval_waits_and_is_delivered_once_approved()
     assert_eq!(pending(&control_plane, EXECUTOR).await.len(), 1);
     let approvals = events_of(&control_plane, EventType::Approval).await;
     assert_eq!(approvals.len(), 1);
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &control_plane.controller_registry)
+        .unwrap();
+    assert!(
+        metrics.contains("wopr_approval_latency_seconds_count 1\n"),
+        "{metrics}"
+    );
     assert_eq!(approvals[0].session, EXECUTOR);
     assert_eq!(approvals[0].source.identity, "alice@example.com");
     assert_eq!(approvals[0].decision, Outcome::Allowed);

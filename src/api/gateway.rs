@@ -1,7 +1,7 @@
 //! The `Gateway` custom resource: the only path from untrusted input to
 //! privileged sessions.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -23,6 +23,11 @@ use super::common::RateLimit;
     doc = "A gateway session and the rules for forwarding untrusted input to privileged sessions.",
     printcolumn(name = "Session", type_ = "string", json_path = ".spec.session"),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending"),
+    printcolumn(
+        name = "Last Decision",
+        type_ = "string",
+        json_path = ".status.lastDecision.decision"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -71,9 +76,15 @@ pub struct ForwardRule {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
-    /// ApprovalRequests of this gateway waiting for a decision.
+    /// Forwards of this gateway waiting for a person's decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<u32>,
+    /// Forwards recorded under each rule (by its position in forwardRules).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<RuleForwards>,
+    /// The last decision on one of its forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<GatewayDecision>,
     /// Conditions (Ready).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
@@ -81,4 +92,26 @@ pub struct GatewayStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// How many forwards went under one rule.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleForwards {
+    /// The rule's position in forwardRules, from 0.
+    pub rule: u32,
+    /// Forwards recorded under it (within the audit retention).
+    pub forwarded: u64,
+}
+
+/// A decision on a forward that waited for approval.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayDecision {
+    /// The request (its ApprovalRequest's name).
+    pub request_id: String,
+    /// approved, denied or expired.
+    pub decision: String,
+    /// When it was carried out.
+    pub at: Time,
 }

@@ -23,6 +23,7 @@ use kube::{Client, Resource, ResourceExt};
 use super::apply::patch_status_if_changed;
 use super::error::Error;
 use super::leader::Leadership;
+use super::metrics::Metrics;
 use super::retry::Backoff;
 use crate::api::{
     ApprovalRequest, ApprovalRequestStatus, ApprovalState, ApprovalType, Enforcement, Gateway,
@@ -51,6 +52,8 @@ pub struct ApprovalContext {
     pub recorder: Recorder,
     pub clock: fn() -> Timestamp,
     pub backoff: Backoff,
+    /// The approval latency histogram is the controller's.
+    pub metrics: Metrics,
 }
 
 /// Takes an ApprovalRequest one step on.
@@ -112,7 +115,10 @@ pub async fn reconcile_approval(
             Action::await_change()
         }
         Step::Carry => match step.carry().await? {
-            Ok(()) => {
+            Ok(first) => {
+                if first {
+                    step.observe_latency();
+                }
                 step.set_state(&object, ApprovalState::Completed, None)
                     .await?;
                 Action::await_change()
@@ -186,9 +192,9 @@ impl Approval<'_> {
     }
 
     /// Carries out an approved request once: delivers its forward, or
-    /// makes its elevation's Grant. `Err` says why nothing was done (and
-    /// never will be).
-    async fn carry(&self) -> Result<Result<(), String>, Error> {
+    /// makes its elevation's Grant; whether this call did. `Err` says why
+    /// nothing was done (and never will be).
+    async fn carry(&self) -> Result<Result<bool, String>, Error> {
         let status = self.request.status.clone().unwrap_or_default();
         let decided_by = status.decided_by.as_deref();
         let approved = format!("approved by {}", decided_by.unwrap_or("someone"));
@@ -208,6 +214,7 @@ impl Approval<'_> {
                     self.record(decided_by, Outcome::Allowed, EventType::Approval, &reason)
                         .await?;
                 }
+                Ok(Ok(delivered))
             }
             ApprovalType::Elevation => {
                 let granted = store
@@ -242,9 +249,18 @@ impl Approval<'_> {
                     self.record(decided_by, Outcome::Allowed, EventType::Grant, &reason)
                         .await?;
                 }
+                Ok(Ok(first))
             }
         }
-        Ok(Ok(()))
+    }
+
+    /// Counts how long the request waited for what just happened to it.
+    fn observe_latency(&self) {
+        let Some(created) = self.request.metadata.creation_timestamp.as_ref() else {
+            return;
+        };
+        let waited = self.now.duration_since(created.0).as_secs_f64();
+        self.ctx.metrics.approval_latency.observe(waited.max(0.0));
     }
 
     /// Records a decision on the request (by `decided_by`, or by the clock

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub sessions: Family<PhaseLabels, Gauge>,
     /// Sessions by the status of each sandbox check, refreshed at every scrape.
     pub sandbox_checks: Family<CheckLabels, Gauge>,
+    /// Seconds from an ApprovalRequest's creation to the controller
+    /// carrying out a person's decision on it, or closing it unanswered.
+    pub approval_latency: Histogram,
 }
 
 impl Metrics {
@@ -54,6 +57,8 @@ impl Metrics {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             sessions: Family::default(),
             sandbox_checks: Family::default(),
+            // 1 s to about 18 hours.
+            approval_latency: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
         };
         let registry = registry.sub_registry_with_prefix("wopr");
         registry.register(
@@ -76,6 +81,11 @@ impl Metrics {
             "session_sandbox_checks",
             "Sessions by the status of each check their sidecar made of the sandbox (NetworkIsolated, PidsLimited)",
             metrics.sandbox_checks.clone(),
+        );
+        registry.register(
+            "approval_latency_seconds",
+            "Seconds from an ApprovalRequest's creation to the controller carrying out a person's decision on it, or closing it unanswered",
+            metrics.approval_latency.clone(),
         );
         metrics
     }

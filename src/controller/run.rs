@@ -124,7 +124,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
                 config,
                 stores: caches.stores.clone(),
                 recorder: recorder.clone(),
-                metrics,
+                metrics: metrics.clone(),
                 leadership: leadership.clone(),
                 clock: Timestamp::now,
                 default_update_policy,
@@ -141,6 +141,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         leadership: leadership.clone(),
         clock: Timestamp::now,
         backoff: Backoff::default(),
+        store: store.clone(),
     });
     let policy_status_controller = Controller::new(
         scoped::<DeserializeGuard<SecurityPolicy>>(&client, namespace),
@@ -180,6 +181,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
             recorder: recorder.clone(),
             clock: Timestamp::now,
             backoff: Backoff::default(),
+            metrics: metrics.clone(),
         }),
     )
     .for_each(log_watch_errors);

@@ -155,6 +155,18 @@ impl Forward {
     }
 }
 
+/// What a Gateway's status shows of its forwards.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewaySummary {
+    /// Forwards waiting for approval, not expired.
+    pub pending: u32,
+    /// Forwards recorded under each rule (by position), oldest rule first.
+    pub per_rule: Vec<(u32, u64)>,
+    /// The last forward a decision settled: its id, the state it left it
+    /// in (delivered when approved, denied or expired), and when.
+    pub last_decision: Option<(String, ForwardState, Timestamp)>,
+}
+
 /// Why a step of a forward was refused. Each says what to do.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -262,6 +274,70 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(read_forward).collect()
+    }
+
+    /// What a Gateway's status shows: its forwards waiting for approval at
+    /// `now`, its forwards per rule, and the last decision on one.
+    pub async fn gateway_summary(
+        &self,
+        namespace: &str,
+        gateway: &str,
+        now: Timestamp,
+    ) -> Result<GatewaySummary, StoreError> {
+        let pending = sqlx::query(
+            "SELECT COUNT(*) FROM forwards WHERE namespace = $1 AND gateway = $2 \
+             AND state = $3 AND expires_us > $4",
+        )
+        .bind(namespace)
+        .bind(gateway)
+        .bind(ForwardState::AwaitingApproval.as_str())
+        .bind(now.as_microsecond())
+        .fetch_one(&self.pool)
+        .await?;
+        let per_rule = sqlx::query(
+            "SELECT rule_index, COUNT(*) FROM forwards WHERE namespace = $1 AND gateway = $2 \
+             AND rule_index IS NOT NULL GROUP BY rule_index ORDER BY rule_index",
+        )
+        .bind(namespace)
+        .bind(gateway)
+        .fetch_all(&self.pool)
+        .await?;
+        let last = sqlx::query(
+            "SELECT id, state, decided_us FROM forwards WHERE namespace = $1 AND gateway = $2 \
+             AND decided_us IS NOT NULL ORDER BY decided_us DESC LIMIT 1",
+        )
+        .bind(namespace)
+        .bind(gateway)
+        .fetch_optional(&self.pool)
+        .await?;
+        let pending: i64 = pending.try_get(0)?;
+        let per_rule = per_rule
+            .iter()
+            .map(|row| {
+                let (rule, count): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                Ok((rule as u32, count as u64))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let last_decision = match last {
+            None => None,
+            Some(row) => {
+                let (id, state, at): (String, String, i64) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let corrupt = |error: String| StoreError::Corrupt {
+                    id: format!("forward {id}"),
+                    error,
+                };
+                let state =
+                    ForwardState::parse(&state).ok_or_else(|| corrupt(format!("state {state}")))?;
+                let at = Timestamp::from_microsecond(at).map_err(|e| corrupt(e.to_string()))?;
+                Some((id, state, at))
+            }
+        };
+        Ok(GatewaySummary {
+            pending: pending as u32,
+            per_rule,
+            last_decision,
+        })
     }
 
     /// The target `replier` answers forward `id` with `result`: the answer
@@ -423,13 +499,17 @@ impl Store {
             append(&mut transaction, message, limits).await?;
         }
         if state != forward.state {
+            let now = Timestamp::now().as_microsecond();
+            let decided = (forward.state == ForwardState::AwaitingApproval).then_some(now);
             sqlx::query(
-                "UPDATE forwards SET state = $3, updated_us = $4 WHERE namespace = $1 AND id = $2",
+                "UPDATE forwards SET state = $3, updated_us = $4, \
+                 decided_us = COALESCE($5, decided_us) WHERE namespace = $1 AND id = $2",
             )
             .bind(namespace)
             .bind(id)
             .bind(state.as_str())
-            .bind(Timestamp::now().as_microsecond())
+            .bind(now)
+            .bind(decided)
             .execute(&mut *transaction)
             .await?;
         }

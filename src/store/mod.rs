@@ -20,7 +20,9 @@ pub use audit::{
     AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, QueryError, Verification,
 };
 pub use elevations::{Elevation, ElevationState};
-pub use forwards::{Forward, ForwardState, RequestError, SOURCE_TYPE_APPROVAL, new_request_id};
+pub use forwards::{
+    Forward, ForwardState, GatewaySummary, RequestError, SOURCE_TYPE_APPROVAL, new_request_id,
+};
 pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
 
 /// Which database a URL names.

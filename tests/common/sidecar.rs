@@ -117,6 +117,10 @@ pub struct ControlPlane {
     /// of it (for the controller's side of approvals).
     pub api: FakeApi,
     pub client: kube::Client,
+    /// The controller's metrics, for its ApprovalRequest reconciler, and
+    /// where they are registered.
+    pub controller_metrics: wopr_operator::controller::metrics::Metrics,
+    pub controller_registry: prometheus_client::registry::Registry,
     _store_dir: tempfile::TempDir,
     sessions: Writer<DeserializeGuard<Session>>,
     policies: Writer<DeserializeGuard<SecurityPolicy>>,
@@ -167,6 +171,9 @@ impl ControlPlane {
         let events = Arc::new(MemoryEvents::default());
         let audit_metrics = AuditMetrics::default();
         let (client, api) = FakeApi::start();
+        let mut controller_registry = prometheus_client::registry::Registry::default();
+        let controller_metrics =
+            wopr_operator::controller::metrics::Metrics::new(&mut controller_registry);
         let server = tokio::spawn(serve(
             listener,
             index.clone(),
@@ -197,6 +204,8 @@ impl ControlPlane {
             audit_metrics,
             api,
             client,
+            controller_metrics,
+            controller_registry,
             _store_dir: store_dir,
             sessions: session_writer,
             policies,

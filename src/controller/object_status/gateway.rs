@@ -1,6 +1,9 @@
-//! The status of a Gateway: readable, and whether its Session exists.
+//! The status of a Gateway: readable, whether its Session exists, and what
+//! the store knows of its forwards (waiting for approval, per rule, the
+//! last decision), looked at again every [`REFRESH`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DeserializeGuard;
@@ -9,15 +12,21 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::{StatusContext, previous_conditions};
-use crate::api::{Gateway, GatewayStatus};
+use crate::api::{Gateway, GatewayDecision, GatewayStatus, RuleForwards};
 use crate::controller::apply::patch_status_if_changed;
 use crate::controller::error::Error;
 use crate::controller::status::{READY, condition};
+use crate::store::{ForwardState, GatewaySummary};
 
-/// The status a Gateway should have, given whether its session exists.
+/// How often a Gateway's forward counts are brought up to date.
+pub const REFRESH: Duration = Duration::from_secs(30);
+
+/// The status a Gateway should have, given whether its session exists and
+/// what the store knows of its forwards (`None`: keep what it shows).
 pub fn gateway_status(
     gateway: &DeserializeGuard<Gateway>,
     session_exists: bool,
+    forwards: Option<&GatewaySummary>,
     now: &Time,
 ) -> GatewayStatus {
     let status = gateway.0.as_ref().ok().and_then(|g| g.status.as_ref());
@@ -46,8 +55,38 @@ pub fn gateway_status(
             ),
         ),
     };
+    let (pending, per_rule, last_decision) = match forwards {
+        None => (
+            status.and_then(|s| s.pending),
+            status.map(|s| s.forwards.clone()).unwrap_or_default(),
+            status.and_then(|s| s.last_decision.clone()),
+        ),
+        Some(summary) => (
+            Some(summary.pending),
+            summary
+                .per_rule
+                .iter()
+                .map(|&(rule, forwarded)| RuleForwards { rule, forwarded })
+                .collect(),
+            summary
+                .last_decision
+                .as_ref()
+                .map(|(id, state, at)| GatewayDecision {
+                    request_id: id.clone(),
+                    decision: match state {
+                        ForwardState::Denied => "denied",
+                        ForwardState::Expired => "expired",
+                        _ => "approved",
+                    }
+                    .to_owned(),
+                    at: Time(*at),
+                }),
+        ),
+    };
     GatewayStatus {
-        pending: status.and_then(|s| s.pending),
+        pending,
+        forwards: per_rule,
+        last_decision,
         conditions: vec![condition(
             previous_conditions(status.map(|s| &s.conditions)),
             READY,
@@ -74,9 +113,21 @@ pub async fn reconcile_gateway(
         let session = ObjectRef::new(&g.spec.session).within(&namespace);
         ctx.sessions.get(&session).is_some()
     });
-    let desired = gateway_status(&gateway, exists, &Time((ctx.clock)()));
+    let now = (ctx.clock)();
+    let summary = match ctx
+        .store
+        .gateway_summary(&namespace, &gateway.name_any(), now)
+        .await
+    {
+        Ok(summary) => Some(summary),
+        Err(error) => {
+            tracing::warn!(gateway = %gateway.name_any(), %error, "cannot count the gateway's forwards");
+            None
+        }
+    };
+    let desired = gateway_status(&gateway, exists, summary.as_ref(), &Time(now));
     let previous = gateway.0.as_ref().ok().and_then(|g| g.status.as_ref());
     patch_status_if_changed(&ctx.client, gateway.as_ref(), previous, &desired).await?;
     ctx.backoff.succeeded(gateway.as_ref());
-    Ok(Action::await_change())
+    Ok(Action::requeue(REFRESH))
 }

@@ -37,6 +37,8 @@ pub struct StatusContext {
     pub clock: fn() -> Timestamp,
     /// Failures in a row per object, for the retry delay.
     pub backoff: Backoff,
+    /// The store, for what Gateways' forwards did.
+    pub store: crate::store::Store,
 }
 
 fn previous_conditions(conditions: Option<&Vec<Condition>>) -> &[Condition] {
