@@ -2,8 +2,9 @@
 //! (`pip install -r tests/mcp/requirements.txt`, done by .ci/run) drives the
 //! sidecar's MCP endpoint: initialize or discover, list tools, an allowed
 //! call, a denied one; `notifications/tools/list_changed` when a grant is
-//! revoked, on a session's stream and on a 2026-07-28 subscription; and a
-//! client of an older revision.
+//! revoked, on a session's stream and on a 2026-07-28 subscription;
+//! `notifications/resources/updated` when a message arrives in the inbox a
+//! session subscribed to; and a client of an older revision.
 
 mod common;
 
@@ -14,7 +15,8 @@ use common::sidecar::{ControlPlane, Sidecar, token_for};
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use wopr_operator::api::{Capability, TrustLevel};
+use wopr_operator::api::{Capability, SourceRef, TrustLevel};
+use wopr_operator::inbox::{InboxMessage, MessageKind};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_mcp_sdk_talks_to_the_sidecar_and_hears_of_revoked_grants() {
@@ -54,6 +56,20 @@ async fn the_official_mcp_sdk_talks_to_the_sidecar_and_hears_of_revoked_grants()
             if line == "listening" {
                 // What the control plane's index sees when a Grant is deleted.
                 control_plane.delete_grant(grant.clone());
+                // A message arrives in the inbox.
+                let message = InboxMessage::new(
+                    now(),
+                    NAMESPACE,
+                    "research",
+                    SourceRef {
+                        source_type: "session".into(),
+                        identity: "lead".into(),
+                        trust_level: TrustLevel::Trusted,
+                    },
+                    MessageKind::Message,
+                    json!({"hello": "research"}),
+                );
+                sidecar.engine.inbox().hold(1, message);
             }
             stdout.push_str(&line);
             stdout.push('\n');
@@ -73,6 +89,7 @@ async fn the_official_mcp_sdk_talks_to_the_sidecar_and_hears_of_revoked_grants()
         "allowed call ok, denied call refused",
         "2025-11-25: notifications/tools/list_changed, then tools:",
         "2026-07-28: subscriptions/listen tools_list_changed, then tools:",
+        "notifications/resources/updated wopr://inbox, then read it",
         "older revision 2025-03-26:",
         "mcp sdk interop: ok",
     ] {

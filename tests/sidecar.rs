@@ -691,6 +691,78 @@ mod mcp {
         assert_eq!(sidecar.audit.take().len(), 1, "and audited");
     }
 
+    /// The inbox as a resource: listed, readable (as the audited
+    /// `inbox_read`), and a 2026-07-28 listen stream subscribed to it is
+    /// told when a message arrives.
+    #[tokio::test]
+    async fn the_inbox_is_a_resource_whose_subscribers_hear_of_arrivals() {
+        let (_cp, sidecar) = ready_sidecar().await;
+        let (_, listed) = post(&sidecar, request("resources/list", json!({}))).await;
+        assert_eq!(listed["result"]["resources"][0]["uri"], "wopr://inbox");
+        let listen = request(
+            "subscriptions/listen",
+            json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["wopr://inbox"]}}),
+        );
+        let mut stream = open_single_exchange(&sidecar.mcp.to_string(), listen).await;
+        let mut seen = String::new();
+        let mut chunk = [0; 4096];
+        // The acknowledgement first: the subscription is in place.
+        while !seen.contains("notifications/subscriptions/acknowledged") {
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("the acknowledgement")
+                .unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk[..read]));
+        }
+        assert!(
+            seen.contains("wopr://inbox"),
+            "the inbox is accepted: {seen}"
+        );
+        let message = wopr_operator::inbox::InboxMessage::new(
+            now(),
+            NAMESPACE,
+            "s",
+            wopr_operator::api::SourceRef {
+                source_type: "session".into(),
+                identity: "peer".into(),
+                trust_level: TrustLevel::Trusted,
+            },
+            wopr_operator::inbox::MessageKind::Message,
+            json!({"hello": 1}),
+        );
+        sidecar.engine.inbox().hold(1, message);
+        while !seen.contains("notifications/resources/updated") {
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("notifications/resources/updated within 5 s")
+                .unwrap();
+            assert!(read > 0, "the stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&chunk[..read]));
+        }
+        let (_, read) = post(
+            &sidecar,
+            request("resources/read", json!({"uri": "wopr://inbox"})),
+        )
+        .await;
+        let text = read["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{read}"));
+        let messages: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(messages["messages"][0]["payload"], json!({"hello": 1}));
+        let (_, unknown) = post(
+            &sidecar,
+            request("resources/read", json!({"uri": "file:///etc/passwd"})),
+        )
+        .await;
+        assert!(
+            unknown["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no resource"),
+            "{unknown}"
+        );
+    }
+
     #[tokio::test]
     async fn a_shutdown_ends_open_streams_and_the_server_returns() {
         let (_cp, mut sidecar) = ready_sidecar().await;

@@ -9,6 +9,12 @@
 //! session's stream (up to 2025-11-25) or their `subscriptions/listen`
 //! stream (2026-07-28).
 //!
+//! The session's inbox is the resource [`INBOX_URI`]: reading it is the
+//! `inbox_read` tool (audited as such), and clients that subscribe to it
+//! (`resources/subscribe` on a session, or `resourceSubscriptions` on a
+//! 2026-07-28 listen stream) are told `notifications/resources/updated`
+//! when a message arrives.
+//!
 //! Every refusal leaves an audit line: the engine audits tool calls; the
 //! JSON-RPC framing this server checks before the SDK sees a request
 //! (malformed JSON, batches, a wrong version, an oversized body) and any
@@ -27,8 +33,10 @@ use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest,
-    CustomResult, ErrorCode, ErrorData, Implementation, ListToolsResult, MetaObject,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+    CustomResult, ErrorCode, ErrorData, Implementation, ListResourcesResult, ListToolsResult,
+    MetaObject, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceUpdatedNotificationParam,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -115,6 +123,12 @@ pub async fn follow_tool_list(engine: Arc<ToolEngine>, tool_list: watch::Sender<
 }
 
 /// One MCP server per client session (cheap: everything is shared).
+/// The session's inbox, as an MCP resource.
+pub const INBOX_URI: &str = "wopr://inbox";
+/// The tool that reads it, and how many messages one read shows.
+const INBOX_READ: &str = "inbox_read";
+const INBOX_RESOURCE_LIMIT: u32 = 100;
+
 #[derive(Clone)]
 struct McpServer {
     engine: Arc<ToolEngine>,
@@ -143,6 +157,8 @@ impl ServerHandler for McpServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_resources()
+                .enable_resources_subscribe()
                 .build(),
         )
         .with_server_info(Implementation::new("wopr-sidecar", env!("CARGO_PKG_VERSION")))
@@ -222,26 +238,111 @@ impl ServerHandler for McpServer {
 
     fn accepted_subscription_filter(
         &self,
-        _requested: &SubscriptionFilter,
+        requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(SubscriptionFilter::builder().tools_list_changed().build())
+        let mut accepted = SubscriptionFilter::builder().tools_list_changed();
+        let inbox = requested.resource_subscriptions.as_ref();
+        if inbox.is_some_and(|uris| uris.iter().any(|uri| uri == INBOX_URI)) {
+            accepted = accepted.resource_subscription(INBOX_URI);
+        }
+        Some(accepted.build())
     }
 
     /// A 2026-07-28 client's `subscriptions/listen`: tell it of every change
-    /// of the tool list until it ends the subscription.
+    /// of the tool list, and of every message arriving in the inbox if it
+    /// subscribed to it, until it ends the subscription.
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         let mut changes = self.tool_list.clone();
         changes.mark_unchanged();
+        let subscribed = context.accepted().resource_subscriptions.is_some();
+        let mut arrivals = self.engine.inbox().arrivals();
+        arrivals.mark_unchanged();
         loop {
+            let sink = context.sink();
             tokio::select! {
                 () = context.cancelled() => return Ok(()),
                 changed = changes.changed() => {
-                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                    if changed.is_err() || sink.notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+                arrived = arrivals.changed(), if subscribed => {
+                    if arrived.is_err() || sink.notify_resource_updated(INBOX_URI).await.is_err() {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let inbox = Resource::new(INBOX_URI, "inbox")
+            .with_description(
+                "Messages other sessions sent you, oldest first, until you acknowledge them (inbox_ack); subscribe to hear of new ones",
+            )
+            .with_mime_type("application/json");
+        Ok(ListResourcesResult::with_all_items(vec![inbox]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        Audited::mark(&context);
+        if request.uri != INBOX_URI {
+            self.engine
+                .audit_bad_request(format!("MCP: unknown resource {:?}", request.uri));
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {}", request.uri),
+                None,
+            ));
+        }
+        let answer = self
+            .engine
+            .call(INBOX_READ, &json!({"limit": INBOX_RESOURCE_LIMIT}))
+            .await;
+        match answer.result {
+            Ok(messages) => {
+                let contents = ResourceContents::text(messages.to_string(), INBOX_URI)
+                    .with_mime_type("application/json");
+                Ok(ReadResourceResult::new(vec![contents]).into())
+            }
+            Err(refused) => Err(ErrorData::invalid_request(refused.to_string(), None)),
+        }
+    }
+
+    /// A client of a revision with sessions subscribes to the inbox: tell
+    /// it of every message that arrives, on its session's stream, until it
+    /// goes.
+    #[allow(deprecated)] // the legacy revisions' way; 2026-07-28 clients listen
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if request.uri != INBOX_URI {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {}", request.uri),
+                None,
+            ));
+        }
+        let mut arrivals = self.engine.inbox().arrivals();
+        arrivals.mark_unchanged();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while arrivals.changed().await.is_ok() {
+                let updated = ResourceUpdatedNotificationParam::new(INBOX_URI);
+                if peer.notify_resource_updated(updated).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
     }
 }
 

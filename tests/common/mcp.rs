@@ -137,7 +137,9 @@ pub fn stamp<'a>(body: String, headers: &[(&'a str, &str)]) -> (String, Vec<(&'a
         && let Some(method) = message.get("method").and_then(Value::as_str)
     {
         headers.push(("Mcp-Method", method.to_owned()));
-        let name = message.get("params").and_then(|params| params.get("name"));
+        // A tool's or a prompt's name, a resource's URI.
+        let params = message.get("params");
+        let name = params.and_then(|params| params.get("name").or_else(|| params.get("uri")));
         if let Some(name) = name.and_then(Value::as_str) {
             headers.push(("Mcp-Name", name.to_owned()));
         }

@@ -3,8 +3,9 @@
 Usage: python3 sdk_client.py <url>. The session's policy lists memory_read
 through a grant. Prints one line per check, and `listening` once two
 clients (one of a revision with sessions, one of the 2026-07-28 revision)
-wait for the tool list to change: the caller then revokes the grant. Exits 0
-when every check holds.
+wait for the tool list to change, the first also subscribed to the inbox
+resource: the caller then revokes the grant and puts a message in the
+inbox. Exits 0 when every check holds.
 """
 
 import sys
@@ -15,7 +16,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ToolsListChanged, listen
 from mcp.shared.exceptions import MCPError
-from mcp_types import ToolListChangedNotification
+from mcp_types import ResourceUpdatedNotification, ToolListChangedNotification
 
 # How long a client waits for `notifications/tools/list_changed`.
 NOTIFICATION_TIMEOUT_SECONDS = 10
@@ -41,10 +42,13 @@ async def allowed_and_denied_calls(session: ClientSession) -> None:
 async def with_sessions(url: str, subscribed: anyio.Event, everyone_subscribed: anyio.Event) -> None:
     """A client of the newest revision with sessions: the change arrives on its session's stream."""
     list_changed = anyio.Event()
+    inbox_updated = anyio.Event()
 
     async def on_message(message) -> None:
         if isinstance(message, ToolListChangedNotification):
             list_changed.set()
+        if isinstance(message, ResourceUpdatedNotification) and message.params.uri == "wopr://inbox":
+            inbox_updated.set()
 
     async with streamable_http_client(url) as (read, write, *_):
         async with ClientSession(read, write, message_handler=on_message) as session:
@@ -57,6 +61,9 @@ async def with_sessions(url: str, subscribed: anyio.Event, everyone_subscribed: 
             assert "exec_command" not in names, names
             await allowed_and_denied_calls(session)
             print("allowed call ok, denied call refused")
+            resources = [resource.uri for resource in (await session.list_resources()).resources]
+            assert resources == ["wopr://inbox"], resources
+            await session.subscribe_resource("wopr://inbox")
             subscribed.set()
             await everyone_subscribed.wait()
             with anyio.fail_after(NOTIFICATION_TIMEOUT_SECONDS):
@@ -64,6 +71,11 @@ async def with_sessions(url: str, subscribed: anyio.Event, everyone_subscribed: 
             names = await tool_names(session)
             assert "memory_read" not in names, names
             print(f"{init.protocol_version}: notifications/tools/list_changed, then tools: {names}")
+            with anyio.fail_after(NOTIFICATION_TIMEOUT_SECONDS):
+                await inbox_updated.wait()
+            inbox = await session.read_resource("wopr://inbox")
+            assert '"hello"' in inbox.contents[0].text, inbox
+            print(f"{init.protocol_version}: notifications/resources/updated wopr://inbox, then read it")
 
 
 async def single_exchanges(url: str, subscribed: anyio.Event, everyone_subscribed: anyio.Event) -> None:
@@ -106,7 +118,7 @@ async def main(url: str) -> None:
         clients.start_soon(single_exchanges, url, subscribed[1], everyone_subscribed)
         for event in subscribed:
             await event.wait()
-        # The caller revokes the grant on this line.
+        # The caller revokes the grant and fills the inbox on this line.
         print("listening", flush=True)
         everyone_subscribed.set()
     await older_revision(url, "2025-03-26")
