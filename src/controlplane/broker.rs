@@ -163,38 +163,50 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         Ok(identity)
     }
 
-    /// The caller's effective context, if it may call `tool` now (allowed,
-    /// or would_deny in warn mode), and that decision; a refusal is
-    /// audited in the caller's own trail.
+    /// The caller's effective context, fresh (what the broker decides
+    /// with, never the caller's word).
+    fn caller_context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, Status> {
+        self.discover
+            .context(namespace, session)
+            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))
+    }
+
+    /// Whether `caller` may call `tool` now (allowed, or would_deny in warn
+    /// mode) for a message to `recipient`; a refusal is audited, as
+    /// `event_type`, in the recipient's trail.
+    async fn tool_decision(
+        &self,
+        caller: &EffectiveContext,
+        (event_type, tool): (EventType, &str),
+        recipient: &str,
+    ) -> Result<Decision, Status> {
+        let decision = decide(caller, PolicyRequest::Tool(tool));
+        if decision.proceeds() {
+            return Ok(decision);
+        }
+        let status = Status::permission_denied(format!("tool not available: {tool}"));
+        let refused = self.refuse(
+            caller,
+            (event_type, tool),
+            recipient,
+            decision.capability,
+            status,
+        );
+        Err(refused.await)
+    }
+
+    /// The caller's effective context, if it may call `tool` now; a refusal
+    /// is audited in the caller's own trail.
     async fn caller_with_tool(
         &self,
         namespace: &str,
         session: &str,
         tool: &str,
-    ) -> Result<(EffectiveContext, Decision), Status> {
-        let caller = self
-            .discover
-            .context(namespace, session)
-            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
-        let decision = decide(&caller, PolicyRequest::Tool(tool));
-        if decision.proceeds() {
-            return Ok((caller, decision));
-        }
-        let status = Status::permission_denied(format!("tool not available: {tool}"));
-        let mut event = AuditEvent::new(
-            Timestamp::now(),
-            EventType::ToolCall,
-            namespace,
-            session,
-            session_source(&caller),
-            Outcome::Denied,
-            caller.enforcement,
-            status.message().to_owned(),
-        );
-        event.tool = Some(tool.to_owned());
-        event.capability = decision.capability;
-        self.record(event).await;
-        Err(status)
+    ) -> Result<EffectiveContext, Status> {
+        let caller = self.caller_context(namespace, session)?;
+        self.tool_decision(&caller, (EventType::ToolCall, tool), session)
+            .await?;
+        Ok(caller)
     }
 
     /// The context of the session `target` a message is for, or why it
@@ -422,24 +434,11 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             message_id,
             ..
         } = request.into_inner();
-        let caller = self
-            .discover
-            .context(&namespace, &session)
-            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
-        let tool = decide(&caller, PolicyRequest::Tool(SEND_TOOL));
-        let refuse = |status: Status| {
-            self.refuse(
-                &caller,
-                (EventType::Injection, SEND_TOOL),
-                &target,
-                tool.capability,
-                status,
-            )
-        };
-        if !tool.proceeds() {
-            let status = Status::permission_denied(format!("tool not available: {SEND_TOOL}"));
-            return Err(refuse(status).await);
-        }
+        let caller = self.caller_context(&namespace, &session)?;
+        let sending = (EventType::Injection, SEND_TOOL);
+        let tool = self.tool_decision(&caller, sending, &target).await?;
+        let refuse =
+            |status: Status| self.refuse(&caller, sending, &target, tool.capability, status);
         let payload = match parse_json("payload_json", &payload_json) {
             Ok(payload) => payload,
             Err(status) => return Err(refuse(status).await),
@@ -545,7 +544,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let ListRequest { namespace, session } = request.get_ref().clone();
         self.caller(&request, &namespace, &session).await?;
-        let (caller, _) = self
+        let caller = self
             .caller_with_tool(&namespace, &session, LIST_TOOL)
             .await?;
         let sessions = self
@@ -575,7 +574,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             limit,
         } = request.get_ref().clone();
         self.caller(&request, &namespace, &session).await?;
-        let (caller, _) = self
+        let caller = self
             .caller_with_tool(&namespace, &session, HISTORY_TOOL)
             .await?;
         let not_reachable =
@@ -622,24 +621,11 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             payload_json,
             ..
         } = request.into_inner();
-        let caller = self
-            .discover
-            .context(&namespace, &session)
-            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
-        let tool = decide(&caller, PolicyRequest::Tool(FORWARD_TOOL));
-        let refuse = |status: Status| {
-            self.refuse(
-                &caller,
-                (EventType::Forward, FORWARD_TOOL),
-                &target,
-                tool.capability,
-                status,
-            )
-        };
-        if !tool.proceeds() {
-            let status = Status::permission_denied(format!("tool not available: {FORWARD_TOOL}"));
-            return Err(refuse(status).await);
-        }
+        let caller = self.caller_context(&namespace, &session)?;
+        let forwarding = (EventType::Forward, FORWARD_TOOL);
+        let tool = self.tool_decision(&caller, forwarding, &target).await?;
+        let refuse =
+            |status: Status| self.refuse(&caller, forwarding, &target, tool.capability, status);
         if action.is_empty() {
             let status = Status::invalid_argument("action is required (query, execute, ...)");
             return Err(refuse(status).await);
@@ -796,7 +782,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             result_json,
         } = request.get_ref().clone();
         self.caller(&request, &namespace, &session).await?;
-        let (caller, _) = self
+        let caller = self
             .caller_with_tool(&namespace, &session, REPLY_TOOL)
             .await?;
         let result = parse_json("result_json", &result_json)?;
@@ -844,7 +830,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             result_json,
         } = request.get_ref().clone();
         self.caller(&request, &namespace, &session).await?;
-        let (caller, _) = self
+        let caller = self
             .caller_with_tool(&namespace, &session, RESPOND_TOOL)
             .await?;
         let tool = (EventType::Forward, RESPOND_TOOL);
@@ -920,7 +906,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             duration_seconds,
         } = request.get_ref().clone();
         self.caller(&request, &namespace, &session).await?;
-        let (caller, _) = self
+        let caller = self
             .caller_with_tool(&namespace, &session, ELEVATE_TOOL)
             .await?;
         let tool = (EventType::Approval, ELEVATE_TOOL);
@@ -1019,10 +1005,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             image,
         } = request.get_ref().clone();
         self.caller(&request, &namespace, &session).await?;
-        let caller = self
-            .discover
-            .context(&namespace, &session)
-            .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
+        let caller = self.caller_context(&namespace, &session)?;
         let tool = (EventType::ToolCall, SPAWN_TOOL);
         let capability = Some(Capability::SessionSpawn);
         let refuse = |status: Status| self.refuse(&caller, tool, &session, capability, status);
