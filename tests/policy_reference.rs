@@ -19,12 +19,13 @@ fn context_of(session: &Session, policy: Option<&SecurityPolicy>) -> policy::Eff
 }
 
 /// The tools every session has: the security tools and its inbox.
-const ALWAYS_AVAILABLE: [&str; 5] = [
+const ALWAYS_AVAILABLE: [&str; 6] = [
     "security_whoami",
     "security_check",
     "security_request",
     "inbox_read",
     "inbox_ack",
+    "inbox_reply",
 ];
 const GATEWAY_TOOLS: [&str; 3] = ["gateway_forward", "gateway_respond", "gateway_queue"];
 
@@ -254,7 +255,8 @@ fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
             "memory_read",
             "memory_write",
             "inbox_read",
-            "inbox_ack"
+            "inbox_ack",
+            "inbox_reply"
         ]
     );
     // A session's own allow list cannot bring back what the policy denies.
@@ -271,7 +273,8 @@ fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
             "security_request",
             "memory_read",
             "inbox_read",
-            "inbox_ack"
+            "inbox_ack",
+            "inbox_reply"
         ]
     );
 }
