@@ -22,6 +22,7 @@ on_both_backends!(
     a_rule_allows_exactly_its_rate_under_concurrent_forwards,
     the_queue_shows_what_waits_and_has_not_expired,
     the_summary_counts_a_gateways_forwards_and_its_last_decision,
+    retention_deletes_only_old_settled_requests,
 );
 
 const NS: &str = "team-a";
@@ -362,4 +363,26 @@ async fn the_summary_counts_a_gateways_forwards_and_its_last_decision(store: Tes
     // Another gateway's forwards are not counted.
     let other = store.gateway_summary(NS, "other", now).await.unwrap();
     assert_eq!(other.per_rule.len(), 0);
+}
+
+async fn retention_deletes_only_old_settled_requests(store: TestStore) {
+    let store = &store.store;
+    let now = Timestamp::now();
+    let settled = forward(ForwardState::Delivered, now);
+    let waiting = forward(ForwardState::AwaitingApproval, now);
+    for request in [&settled, &waiting] {
+        store.open_forward(request, None, ROOMY).await.unwrap();
+    }
+    // Nothing is old yet.
+    let an_hour_ago = now - SignedDuration::from_hours(1);
+    assert_eq!(store.prune_requests(an_hour_ago).await.unwrap(), 0);
+    // Past retention: the settled forward goes; the one waiting stays
+    // until its approval has expired too.
+    let later = now + SignedDuration::from_secs(1);
+    assert_eq!(store.prune_requests(later).await.unwrap(), 1);
+    assert!(store.forward(NS, &settled.id).await.unwrap().is_none());
+    assert!(store.forward(NS, &waiting.id).await.unwrap().is_some());
+    let after_expiry = now + SignedDuration::from_mins(6);
+    assert_eq!(store.prune_requests(after_expiry).await.unwrap(), 1);
+    assert!(store.forward(NS, &waiting.id).await.unwrap().is_none());
 }

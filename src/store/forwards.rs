@@ -470,6 +470,29 @@ impl Store {
         Ok(sent.is_some())
     }
 
+    /// Deletes the forwards and elevation requests last changed before
+    /// `cut_off` (those still waiting for a person only once they expired
+    /// before it); returns how many. Rate limits look back a minute, so
+    /// they never miss what retention deleted.
+    pub async fn prune_requests(&self, cut_off: Timestamp) -> Result<u64, StoreError> {
+        let cut_off = cut_off.as_microsecond();
+        let forwards = sqlx::query(
+            "DELETE FROM forwards WHERE updated_us < $1 \
+             AND (state <> 'awaiting_approval' OR expires_us < $1)",
+        )
+        .bind(cut_off)
+        .execute(&self.pool)
+        .await?;
+        let elevations = sqlx::query(
+            "DELETE FROM elevations WHERE COALESCE(granted_us, created_us) < $1 \
+             AND (state <> 'awaiting_approval' OR expires_us < $1)",
+        )
+        .bind(cut_off)
+        .execute(&self.pool)
+        .await?;
+        Ok(forwards.rows_affected() + elevations.rows_affected())
+    }
+
     /// Locks forward `id`, asks `next` for its next state and the message
     /// that step sends (if any), and makes both happen together.
     async fn step(

@@ -179,6 +179,13 @@ impl Store {
                     tracing::error!(%error, "inbox retention failed; retrying in an hour")
                 }
             }
+            match self.prune_requests(cut_off).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "retention deleted settled requests"),
+                Err(error) => {
+                    tracing::error!(%error, "request retention failed; retrying in an hour")
+                }
+            }
         }
     }
 }
