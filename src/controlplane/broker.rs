@@ -195,14 +195,17 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         Err(refused.await)
     }
 
-    /// The caller's effective context, if it may call `tool` now; a refusal
-    /// is audited in the caller's own trail.
-    async fn caller_with_tool(
+    /// The caller's effective context, if it is the sidecar of
+    /// `namespace/session` and may call `tool` now; a refusal is audited in
+    /// the caller's own trail.
+    async fn caller_for<T>(
         &self,
+        request: &Request<T>,
         namespace: &str,
         session: &str,
         tool: &str,
     ) -> Result<EffectiveContext, Status> {
+        self.caller(request, namespace, session).await?;
         let caller = self.caller_context(namespace, session)?;
         self.tool_decision(&caller, (EventType::ToolCall, tool), session)
             .await?;
@@ -543,9 +546,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let ListRequest { namespace, session } = request.get_ref().clone();
-        self.caller(&request, &namespace, &session).await?;
         let caller = self
-            .caller_with_tool(&namespace, &session, LIST_TOOL)
+            .caller_for(&request, &namespace, &session, LIST_TOOL)
             .await?;
         let sessions = self
             .discover
@@ -573,9 +575,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             target,
             limit,
         } = request.get_ref().clone();
-        self.caller(&request, &namespace, &session).await?;
         let caller = self
-            .caller_with_tool(&namespace, &session, HISTORY_TOOL)
+            .caller_for(&request, &namespace, &session, HISTORY_TOOL)
             .await?;
         let not_reachable =
             || Status::permission_denied(format!("session {target} is not one you may reach"));
@@ -781,9 +782,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             request_id,
             result_json,
         } = request.get_ref().clone();
-        self.caller(&request, &namespace, &session).await?;
         let caller = self
-            .caller_with_tool(&namespace, &session, REPLY_TOOL)
+            .caller_for(&request, &namespace, &session, REPLY_TOOL)
             .await?;
         let result = parse_json("result_json", &result_json)?;
         let limits = self.discover.inbox_limits(&namespace);
@@ -829,9 +829,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             request_id,
             result_json,
         } = request.get_ref().clone();
-        self.caller(&request, &namespace, &session).await?;
         let caller = self
-            .caller_with_tool(&namespace, &session, RESPOND_TOOL)
+            .caller_for(&request, &namespace, &session, RESPOND_TOOL)
             .await?;
         let tool = (EventType::Forward, RESPOND_TOOL);
         let result = match parse_json("result_json", &result_json) {
@@ -869,8 +868,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         request: Request<QueueRequest>,
     ) -> Result<Response<QueueResponse>, Status> {
         let QueueRequest { namespace, session } = request.get_ref().clone();
-        self.caller(&request, &namespace, &session).await?;
-        self.caller_with_tool(&namespace, &session, QUEUE_TOOL)
+        self.caller_for(&request, &namespace, &session, QUEUE_TOOL)
             .await?;
         let waiting = self
             .store
@@ -905,9 +903,8 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             reason,
             duration_seconds,
         } = request.get_ref().clone();
-        self.caller(&request, &namespace, &session).await?;
         let caller = self
-            .caller_with_tool(&namespace, &session, ELEVATE_TOOL)
+            .caller_for(&request, &namespace, &session, ELEVATE_TOOL)
             .await?;
         let tool = (EventType::Approval, ELEVATE_TOOL);
         let refuse = |status: Status| self.refuse(&caller, tool, &session, None, status);
