@@ -1,6 +1,7 @@
 //! ApprovalRequests, as the control plane files them and the controller
-//! carries them out: the object a forward waiting for a person becomes,
-//! and the one step an ApprovalRequest needs next. Pure; the I/O is the
+//! carries them out: the object a forward or an elevation waiting for a
+//! person becomes, the Grant an approved elevation makes, and the one step
+//! an ApprovalRequest needs next. Pure; the I/O is the
 //! roles'.
 //!
 //! A request's life: filed without a status (shown `Pending` by the
@@ -20,10 +21,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 
 use crate::api::{
-    ApprovalRequest, ApprovalRequestSpec, ApprovalState, ApprovalType, Capability,
-    MAX_PAYLOAD_BYTES, SourceRef,
+    ApprovalRequest, ApprovalRequestSpec, ApprovalState, ApprovalType, Capability, Grant,
+    GrantSpec, GrantSubject, MAX_PAYLOAD_BYTES, SourceRef,
 };
-use crate::cluster::FIELD_MANAGER;
+use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::store::{Elevation, Forward};
 
 /// The label naming the Gateway of a forward's ApprovalRequest.
@@ -80,20 +81,9 @@ pub fn check_elevation(
 
 /// The ApprovalRequest of an elevation request, named by its id.
 pub fn elevation_approval(elevation: &Elevation, source: SourceRef) -> ApprovalRequest {
-    let labels = BTreeMap::from([
-        (TARGET_LABEL.to_owned(), elevation.session.clone()),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            FIELD_MANAGER.to_owned(),
-        ),
-    ]);
+    let labels = [(TARGET_LABEL, elevation.session.as_str())];
     ApprovalRequest {
-        metadata: ObjectMeta {
-            name: Some(elevation.id.clone()),
-            namespace: Some(elevation.namespace.clone()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
+        metadata: managed_meta(&elevation.id, &elevation.namespace, &labels),
         spec: ApprovalRequestSpec {
             request_type: ApprovalType::Elevation,
             gateway: None,
@@ -110,9 +100,43 @@ pub fn elevation_approval(elevation: &Elevation, source: SourceRef) -> ApprovalR
     }
 }
 
-/// The name of the Grant an approved elevation request makes.
-pub fn elevation_grant_name(id: &str) -> String {
-    format!("elevation-{id}")
+/// The Grant an approved elevation makes: the capabilities asked for, to
+/// the session that asked, from when the approval was carried out; named
+/// `elevation-<id>`.
+pub fn elevation_grant(elevation: &Elevation) -> Grant {
+    let labels = [(APPROVAL_LABEL, elevation.id.as_str())];
+    let name = format!("elevation-{}", elevation.id);
+    Grant {
+        metadata: managed_meta(&name, &elevation.namespace, &labels),
+        spec: GrantSpec {
+            subject: GrantSubject {
+                peer: None,
+                session: Some(elevation.session.clone()),
+            },
+            profile: None,
+            capabilities: elevation.capabilities.clone(),
+            sessions: Vec::new(),
+            expires_at: elevation.grant_expires().map(Time),
+            previous_keys: Vec::new(),
+        },
+        status: None,
+    }
+}
+
+/// The metadata of an object the operator creates for a request: its
+/// name, namespace, `labels`, and the operator as its manager.
+fn managed_meta(name: &str, namespace: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    let mut all: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    all.insert(MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned());
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(all),
+        ..ObjectMeta::default()
+    }
 }
 
 /// The ApprovalRequest of a forward that waits for approval: named by the
@@ -128,21 +152,12 @@ pub fn forward_approval(forward: &Forward) -> ApprovalRequest {
         payload.truncate(cut);
         payload.push_str(" … (cut: the whole payload is in the store)");
     }
-    let labels = BTreeMap::from([
-        (GATEWAY_LABEL.to_owned(), forward.gateway.clone()),
-        (TARGET_LABEL.to_owned(), forward.target.clone()),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            FIELD_MANAGER.to_owned(),
-        ),
-    ]);
+    let labels = [
+        (GATEWAY_LABEL, forward.gateway.as_str()),
+        (TARGET_LABEL, forward.target.as_str()),
+    ];
     ApprovalRequest {
-        metadata: ObjectMeta {
-            name: Some(forward.id.clone()),
-            namespace: Some(forward.namespace.clone()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
+        metadata: managed_meta(&forward.id, &forward.namespace, &labels),
         spec: ApprovalRequestSpec {
             request_type: ApprovalType::Forward,
             gateway: Some(forward.gateway.clone()),

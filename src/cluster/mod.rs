@@ -14,6 +14,10 @@ use serde::de::DeserializeOwned;
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "wopr-operator";
 
+/// The label naming who manages an object: [`FIELD_MANAGER`] on every
+/// object the operator creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
 /// Parameters of every server-side apply: one field manager, forced.
 pub fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()

@@ -8,12 +8,10 @@
 //! delivers nothing. Every outcome is an audit event of the session the
 //! request is for, written before the status that shows it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -27,16 +25,14 @@ use super::metrics::Metrics;
 use super::retry::Backoff;
 use crate::api::{
     ApprovalRequest, ApprovalRequestStatus, ApprovalState, ApprovalType, Enforcement, Gateway,
-    Grant, GrantSpec, GrantSubject, SourceRef, TrustLevel,
+    SourceRef, TrustLevel,
 };
-use crate::approval::{APPROVAL_LABEL, Step, elevation_grant_name, next_step};
+use crate::approval::{Step, elevation_grant, next_step};
 use crate::audit::{AuditEvent, EventType};
 use crate::cache::Stores;
-use crate::cluster::{FIELD_MANAGER, create_once};
+use crate::cluster::create_once;
 use crate::policy::Outcome;
-use crate::store::{
-    Elevation, ElevationState, ForwardState, InboxLimits, RequestError, Store, StoreError,
-};
+use crate::store::{ElevationState, ForwardState, InboxLimits, RequestError, Store, StoreError};
 
 /// The source type of a person deciding an ApprovalRequest.
 pub const SOURCE_TYPE_PERSON: &str = "person";
@@ -337,37 +333,6 @@ impl Approval<'_> {
     }
 }
 
-/// The Grant an approved elevation makes: the capabilities asked for, to
-/// the session that asked, from when the approval was carried out.
-fn elevation_grant(elevation: &Elevation) -> Grant {
-    let labels = BTreeMap::from([
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            FIELD_MANAGER.to_owned(),
-        ),
-        (APPROVAL_LABEL.to_owned(), elevation.id.clone()),
-    ]);
-    Grant {
-        metadata: ObjectMeta {
-            name: Some(elevation_grant_name(&elevation.id)),
-            namespace: Some(elevation.namespace.clone()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        spec: GrantSpec {
-            subject: GrantSubject {
-                peer: None,
-                session: Some(elevation.session.clone()),
-            },
-            profile: None,
-            capabilities: elevation.capabilities.clone(),
-            sessions: Vec::new(),
-            expires_at: elevation.grant_expires().map(Time),
-            previous_keys: Vec::new(),
-        },
-        status: None,
-    }
-}
 /// Retries a failed ApprovalRequest reconcile after its backoff.
 pub fn retry_approval(
     object: Arc<DeserializeGuard<ApprovalRequest>>,

@@ -29,7 +29,7 @@ use crate::api::{
     ApprovalRequest, DEFAULT_POLICY_NAME, Gateway, SecurityPolicy, Session, UpdatePolicy,
 };
 use crate::cache::{Caches, Feed, scoped};
-use crate::cluster::FIELD_MANAGER;
+use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -97,8 +97,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         .sessions
         .map(Ok)
         .predicate_filter(predicates::generation, PredicateConfig::default());
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     let (grant_subjects, gateway_subjects) = (SubjectIndex::default(), SubjectIndex::default());
     let sessions_of_policy = caches.sessions.clone();
     let sessions_controller = Controller::for_stream(sessions, sessions_store.clone())

@@ -28,6 +28,7 @@ use super::writes::{ClusterWriter, WriteError};
 use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, from_name, name_of};
 use crate::approval::{ELEVATION_TIMEOUT, check_elevation, elevation_approval, forward_approval};
 use crate::audit::{AuditEvent, EventType};
+use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
     Decision, EffectiveContext, Outcome, PARENT_LABEL, Reason, Request as PolicyRequest, Source,
@@ -1048,10 +1049,9 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             }
             Err(why) => return Err(refuse(Status::invalid_argument(why)).await),
         };
-        child.labels_mut().insert(
-            "app.kubernetes.io/managed-by".to_owned(),
-            crate::cluster::FIELD_MANAGER.to_owned(),
-        );
+        child
+            .labels_mut()
+            .insert(MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned());
         match self.writer.create_session(&child).await {
             Ok(()) => {}
             Err(error @ WriteError::Exists(_)) => {

@@ -33,7 +33,7 @@ pub fn child_labels(session: &str, trust_level: TrustLevel) -> BTreeMap<String, 
         ("app.kubernetes.io/component", "sandbox"),
         ("app.kubernetes.io/part-of", "wopr"),
         (
-            "app.kubernetes.io/managed-by",
+            crate::cluster::MANAGED_BY_LABEL,
             crate::cluster::FIELD_MANAGER,
         ),
         (SESSION_LABEL, session),
