@@ -32,7 +32,7 @@ use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
     Decision, EffectiveContext, Outcome, PARENT_LABEL, Reason, Request as PolicyRequest, Source,
-    SpawnRequest as ChildRequest, child_session, decide, decide_forward,
+    SpawnRefusal, SpawnRequest as ChildRequest, child_session, decide, decide_forward,
 };
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
@@ -1044,10 +1044,12 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         };
         let mut child = match child_session(&parent, &caller, wanted, &policy, children) {
             Ok(child) => child,
-            Err(why) if children >= policy.max_children as usize => {
-                return Err(refuse(Status::resource_exhausted(why)).await);
+            Err(full @ SpawnRefusal::TooManyChildren { .. }) => {
+                return Err(refuse(Status::resource_exhausted(full.to_string())).await);
             }
-            Err(why) => return Err(refuse(Status::invalid_argument(why)).await),
+            Err(SpawnRefusal::Invalid(why)) => {
+                return Err(refuse(Status::invalid_argument(why)).await);
+            }
         };
         child
             .labels_mut()

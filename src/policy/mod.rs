@@ -45,5 +45,5 @@ pub use resolve::{
     DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError,
     grant_is_active, resolve,
 };
-pub use spawn::{MAX_CHILD_NAME, PARENT_LABEL, SpawnRequest, child_session};
+pub use spawn::{MAX_CHILD_NAME, PARENT_LABEL, SpawnRefusal, SpawnRequest, child_session};
 pub use tools::{Requirement, TOOLS, Tool, ToolCall, ToolId, ToolSet};

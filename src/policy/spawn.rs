@@ -37,6 +37,23 @@ pub struct SpawnRequest<'a> {
     pub image: Option<&'a str>,
 }
 
+/// Why a child may not be spawned.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnRefusal {
+    /// The parent has as many children as the policy allows.
+    #[error(
+        "session {parent} has {children} children, the limit is {limit} (SecurityPolicy spec.spawn.maxChildren)"
+    )]
+    TooManyChildren {
+        parent: String,
+        children: usize,
+        limit: u32,
+    },
+    /// The request itself asks for what no parent may have.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// The child `request` asks `parent` (whose effective context is
 /// `context`, with `children` children now) to spawn under `policy`, or
 /// why it may not.
@@ -46,23 +63,27 @@ pub fn child_session(
     request: SpawnRequest<'_>,
     policy: &SpawnPolicy,
     children: usize,
-) -> Result<Session, String> {
+) -> Result<Session, SpawnRefusal> {
     let parent_name = parent.meta().name.as_deref().unwrap_or_default();
+    let invalid = |why: String| Err(SpawnRefusal::Invalid(why));
     if request.trust_level > context.trust_level {
-        return Err(format!(
+        return invalid(format!(
             "a child's trust level must not exceed its parent's ({})",
             context.trust_level
         ));
     }
     if children >= policy.max_children as usize {
-        return Err(format!(
-            "session {parent_name} has {children} children, the limit is {} (SecurityPolicy spec.spawn.maxChildren)",
-            policy.max_children
-        ));
+        return Err(SpawnRefusal::TooManyChildren {
+            parent: parent_name.to_owned(),
+            children,
+            limit: policy.max_children,
+        });
     }
-    check_name(request.name)?;
+    if let Err(why) = check_name(request.name) {
+        return invalid(why);
+    }
     if request.prompt.len() > MAX_PROMPT_BYTES {
-        return Err(format!("the prompt is over {MAX_PROMPT_BYTES} bytes"));
+        return invalid(format!("the prompt is over {MAX_PROMPT_BYTES} bytes"));
     }
     let parent_sandbox = parent.spec.sandbox.clone().unwrap_or_default();
     let image = match request.image {
@@ -72,7 +93,7 @@ pub fn child_session(
             Some(image.to_owned())
         }
         Some(image) => {
-            return Err(format!(
+            return invalid(format!(
                 "image {image} is neither the parent's nor one the SecurityPolicy allows (spec.spawn.images)"
             ));
         }
@@ -235,7 +256,9 @@ mod tests {
             images: vec!["agents/helper:2".into()],
         };
         let refuse = |request: SpawnRequest<'_>, children| {
-            child_session(&lead, &context, request, &policy, children).unwrap_err()
+            child_session(&lead, &context, request, &policy, children)
+                .unwrap_err()
+                .to_string()
         };
         assert_eq!(
             refuse(request(TrustLevel::Trusted), 0),
