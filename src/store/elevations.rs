@@ -12,10 +12,10 @@ use serde_json::json;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::forwards::SOURCE_TYPE_APPROVAL;
+use super::forwards::{approval_source, request_message_id};
 use super::inbox::append;
 use super::{InboxLimits, RequestError, Store, StoreError};
-use crate::api::{Capability, SourceRef, TrustLevel};
+use crate::api::Capability;
 use crate::inbox::{InboxMessage, MessageKind};
 
 /// The columns [`read_elevation`] reads, in its order.
@@ -168,11 +168,6 @@ impl Store {
 /// Tells the session how its request was settled. Its id is the
 /// request's, so it is stored once.
 fn notice(elevation: &Elevation, reason: &str) -> InboxMessage {
-    let source = SourceRef {
-        source_type: SOURCE_TYPE_APPROVAL.to_owned(),
-        identity: String::new(),
-        trust_level: TrustLevel::Owner,
-    };
     let mut payload = json!({
         "requestId": elevation.id,
         "state": elevation.state.as_str(),
@@ -186,11 +181,11 @@ fn notice(elevation: &Elevation, reason: &str) -> InboxMessage {
         Timestamp::now(),
         &elevation.namespace,
         &elevation.session,
-        source,
+        approval_source(None),
         MessageKind::Result,
         payload,
     );
-    message.id = elevation.id.to_ascii_uppercase();
+    message.id = request_message_id(&elevation.id);
     message.request_id = Some(elevation.id.clone());
     message
 }

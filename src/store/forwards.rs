@@ -112,12 +112,28 @@ pub fn new_request_id() -> String {
     ulid::Ulid::new().to_string().to_ascii_lowercase()
 }
 
+/// The id of the one message a request (a forward, an elevation) sends
+/// on its own: the request's own ULID, so sending it again stores it once.
+pub(super) fn request_message_id(request_id: &str) -> String {
+    request_id.to_ascii_uppercase()
+}
+
+/// The source of the notice that closes a request: the person who
+/// decided, or nobody (the clock).
+pub(super) fn approval_source(decided_by: Option<&str>) -> SourceRef {
+    SourceRef {
+        source_type: SOURCE_TYPE_APPROVAL.to_owned(),
+        identity: decided_by.unwrap_or_default().to_owned(),
+        trust_level: TrustLevel::Owner,
+    }
+}
+
 impl Forward {
     /// The id of the one message this forward sends on its own: its
     /// delivery to the target, or the notice that closes it. The request's
     /// own ULID, so sending it again stores it once.
     pub fn message_id(&self) -> String {
-        self.id.to_ascii_uppercase()
+        request_message_id(&self.id)
     }
 
     /// The message that delivers it to its target.
@@ -447,11 +463,7 @@ impl Store {
                     return Ok((closed, None));
                 }
                 expect(forward, &[ForwardState::AwaitingApproval], "closed")?;
-                let source = SourceRef {
-                    source_type: SOURCE_TYPE_APPROVAL.to_owned(),
-                    identity: decided_by.unwrap_or_default().to_owned(),
-                    trust_level: TrustLevel::Owner,
-                };
+                let source = approval_source(decided_by);
                 let notice = serde_json::json!({
                     "requestId": forward.id,
                     "state": closed.as_str(),
