@@ -5,13 +5,13 @@
 
 mod common;
 
-use common::store::{TestStore, on_both_backends};
+use common::store::{ROOMY, TestStore, on_both_backends};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use wopr_operator::api::{SourceRef, TrustLevel};
 use wopr_operator::inbox::MessageKind;
 use wopr_operator::store::{
-    Forward, ForwardState, InboxLimits, Queued, RequestError, Store, StoreError, new_request_id,
+    Forward, ForwardState, Queued, RequestError, Store, StoreError, new_request_id,
 };
 
 on_both_backends!(
@@ -26,12 +26,6 @@ on_both_backends!(
 );
 
 const NS: &str = "team-a";
-
-const ROOMY: InboxLimits = InboxLimits {
-    max_message_bytes: 64 * 1024,
-    max_messages: 1000,
-    max_bytes: 1024 * 1024,
-};
 
 fn session(name: &str, trust_level: TrustLevel) -> SourceRef {
     SourceRef {

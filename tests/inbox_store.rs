@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::store::{TestStore, on_both_backends};
+use common::store::{ROOMY, TestStore, on_both_backends};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use wopr_operator::api::{SourceRef, TrustLevel};
@@ -22,12 +22,6 @@ on_both_backends!(
 );
 
 const NS: &str = "team-a";
-
-const ROOMY: InboxLimits = InboxLimits {
-    max_message_bytes: 64 * 1024,
-    max_messages: 1000,
-    max_bytes: 1024 * 1024,
-};
 
 fn from(sender: &str) -> SourceRef {
     SourceRef {

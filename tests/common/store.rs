@@ -8,7 +8,14 @@ use sqlx::{AnyPool, Executor};
 use wopr_operator::api::{Enforcement, SourceRef, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::policy::Outcome;
-use wopr_operator::store::{AuditQuery, Store};
+use wopr_operator::store::{AuditQuery, InboxLimits, Store};
+
+/// Inbox limits no test of the store reaches unless it means to.
+pub const ROOMY: InboxLimits = InboxLimits {
+    max_message_bytes: 64 * 1024,
+    max_messages: 1000,
+    max_bytes: 1024 * 1024,
+};
 
 /// A store and its URL (for a second connection that tampers with it).
 pub struct TestStore {
