@@ -19,7 +19,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::api::{DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session, UpdatePolicy};
+use crate::api::{
+    DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, SecurityPolicySpec, Session, SpawnPolicy,
+    UpdatePolicy,
+};
 use crate::policy::{EffectiveContext, ResolveError, resolve};
 use crate::store::InboxLimits;
 
@@ -196,9 +199,26 @@ impl Stores {
     /// How much the inboxes of `namespace` hold: its SecurityPolicy's
     /// `inbox`, or the defaults (also when the policy cannot be read).
     pub fn inbox_limits(&self, namespace: &str) -> InboxLimits {
-        let policy = self.governing_policy(namespace).ok().flatten();
-        let inbox = policy.and_then(|policy| policy.0.as_ref().ok()?.spec.inbox);
-        inbox.unwrap_or_default().into()
+        self.policy_spec(namespace, |spec| spec.inbox)
+            .unwrap_or_default()
+            .into()
+    }
+
+    /// What agents of `namespace` may spawn: its SecurityPolicy's `spawn`,
+    /// or the defaults (also when the policy cannot be read).
+    pub fn spawn_policy(&self, namespace: &str) -> SpawnPolicy {
+        self.policy_spec(namespace, |spec| spec.spawn.clone())
+            .unwrap_or_default()
+    }
+
+    /// A setting of `namespace`'s readable SecurityPolicy, if it sets it.
+    fn policy_spec<T>(
+        &self,
+        namespace: &str,
+        setting: impl FnOnce(&SecurityPolicySpec) -> Option<T>,
+    ) -> Option<T> {
+        let policy = self.governing_policy(namespace).ok().flatten()?;
+        setting(&policy.0.as_ref().ok()?.spec)
     }
 
     /// The effective context of `session` under the cached policy, grants
@@ -229,10 +249,7 @@ impl Stores {
     /// How the session pods of `namespace` take operator-level changes:
     /// its SecurityPolicy's `updatePolicy`, else `default`.
     pub fn update_policy(&self, namespace: &str, default: UpdatePolicy) -> UpdatePolicy {
-        self.governing_policy(namespace)
-            .ok()
-            .flatten()
-            .and_then(|policy| policy.0.as_ref().ok()?.spec.update_policy)
+        self.policy_spec(namespace, |spec| spec.update_policy)
             .unwrap_or(default)
     }
 

@@ -229,9 +229,7 @@ impl DiscoverPolicy for ContextIndex {
     }
 
     fn spawn_policy(&self, namespace: &str) -> SpawnPolicy {
-        let policy = self.stores.governing_policy(namespace).ok().flatten();
-        let spawn = policy.and_then(|policy| policy.0.as_ref().ok()?.spec.spawn.clone());
-        spawn.unwrap_or_default()
+        self.stores.spawn_policy(namespace)
     }
 }
 
