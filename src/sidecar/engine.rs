@@ -128,62 +128,6 @@ pub trait Messenger: Send + Sync {
     ) -> Result<Value, ToolError>;
 }
 
-/// No way to the broker: every message fails (the engine of a sidecar that
-/// has not been given one).
-struct Unconnected;
-
-#[tonic::async_trait]
-impl Messenger for Unconnected {
-    async fn send(&self, _target: &str, _message: &Value) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn ack(&self, _ids: &[String]) -> Result<u64, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn list(&self) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn history(&self, _target: &str, _limit: u32) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn forward(&self, _forward: ForwardMessage) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn reply(&self, _answer: RequestAnswer) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn respond(&self, _answer: RequestAnswer) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn queue(&self) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn spawn(&self, _child: SpawnChild) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-
-    async fn elevate(
-        &self,
-        _capabilities: &[Capability],
-        _reason: &str,
-        _duration: Duration,
-    ) -> Result<Value, ToolError> {
-        Err(unconnected())
-    }
-}
-
-fn unconnected() -> ToolError {
-    ToolError::Failed("no connection to the control plane's broker".into())
-}
-
 /// Messages `inbox_read` shows by default, and at most.
 const INBOX_READ_DEFAULT: u32 = 10;
 const INBOX_READ_MAX: u32 = 100;
@@ -196,7 +140,8 @@ pub struct ToolEngine {
     audit: Arc<dyn AuditSink>,
     workspace: Workspace,
     limits: Mutex<Limits>,
-    messenger: Arc<dyn Messenger>,
+    /// The way to the broker; without one, every message tool fails.
+    messenger: Option<Arc<dyn Messenger>>,
     inbox: Arc<Inbox>,
     /// The wall clock of audit events (a parameter so tests fix it). Rate
     /// limits and the policy's staleness run on tokio's clock, which tests
@@ -222,7 +167,7 @@ impl ToolEngine {
             audit,
             workspace,
             limits: Mutex::new(limits),
-            messenger: Arc::new(Unconnected),
+            messenger: None,
             inbox: Arc::default(),
             clock,
         }
@@ -231,9 +176,16 @@ impl ToolEngine {
     /// The engine, sending and acknowledging messages with `messenger`,
     /// reading them from `inbox`.
     pub fn with_broker(mut self, messenger: Arc<dyn Messenger>, inbox: Arc<Inbox>) -> ToolEngine {
-        self.messenger = messenger;
+        self.messenger = Some(messenger);
         self.inbox = inbox;
         self
+    }
+
+    /// The way to the broker, or why there is none.
+    fn messenger(&self) -> Result<&dyn Messenger, ToolError> {
+        self.messenger
+            .as_deref()
+            .ok_or_else(|| ToolError::Failed("no connection to the control plane's broker".into()))
     }
 
     /// The session's inbox, as this sidecar holds it.
@@ -409,12 +361,14 @@ impl ToolEngine {
                 "gateways": context.gateways,
                 "policyHash": context.policy_hash,
             })),
-            ToolCall::SessionsList(NoArguments {}) => self.messenger.list().await,
+            ToolCall::SessionsList(NoArguments {}) => self.messenger()?.list().await,
             ToolCall::SessionsHistory(HistoryQuery { session, limit }) => {
-                self.messenger.history(&session, limit.unwrap_or(0)).await
+                self.messenger()?
+                    .history(&session, limit.unwrap_or(0))
+                    .await
             }
             ToolCall::SessionsSend(SessionMessage { target, message }) => {
-                self.messenger.send(&target, &message).await
+                self.messenger()?.send(&target, &message).await
             }
             ToolCall::InboxRead(InboxRead { limit }) => {
                 let limit = limit.unwrap_or(INBOX_READ_DEFAULT).min(INBOX_READ_MAX);
@@ -427,14 +381,14 @@ impl ToolEngine {
                 Ok(json!({"messages": messages}))
             }
             ToolCall::InboxAck(MessageIds { ids }) => {
-                let acknowledged = self.messenger.ack(&ids).await?;
+                let acknowledged = self.messenger()?.ack(&ids).await?;
                 self.inbox.release(&ids);
                 Ok(json!({"acknowledged": acknowledged}))
             }
-            ToolCall::InboxReply(answer) => self.messenger.reply(answer).await,
-            ToolCall::GatewayForward(forward) => self.messenger.forward(forward).await,
-            ToolCall::GatewayRespond(answer) => self.messenger.respond(answer).await,
-            ToolCall::GatewayQueue(NoArguments {}) => self.messenger.queue().await,
+            ToolCall::InboxReply(answer) => self.messenger()?.reply(answer).await,
+            ToolCall::GatewayForward(forward) => self.messenger()?.forward(forward).await,
+            ToolCall::GatewayRespond(answer) => self.messenger()?.respond(answer).await,
+            ToolCall::GatewayQueue(NoArguments {}) => self.messenger()?.queue().await,
             // Not run by this version: never listed, refused like unknown tools.
             ToolCall::SecurityRequest(ElevationAsk {
                 capabilities,
@@ -452,11 +406,11 @@ impl ToolEngine {
                             ))
                         })?,
                 };
-                self.messenger
+                self.messenger()?
                     .elevate(&capabilities, &reason, duration)
                     .await
             }
-            ToolCall::SessionsSpawn(child) => self.messenger.spawn(child).await,
+            ToolCall::SessionsSpawn(child) => self.messenger()?.spawn(child).await,
             ToolCall::HttpFetch(Unimplemented {})
             | ToolCall::ExecCommand(Unimplemented {})
             | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
