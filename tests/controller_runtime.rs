@@ -401,6 +401,61 @@ async fn reading_the_audit_trail_takes_a_subject_access_review() {
     }
 }
 
+/// A person's message to a session takes `create` on that Session's
+/// `inject` subresource, asked as the reviewed user.
+#[tokio::test]
+async fn sending_a_session_a_message_takes_create_on_sessions_inject() {
+    use wopr_operator::controlplane::auth::{AuthError, Authenticator, TokenReviewer};
+    let (client, api) = FakeApi::start();
+    api.insert(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
+               "status": {"authenticated": true, "user": {"username": "bob", "groups": ["ops"]}}}),
+    );
+    let allowed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answer = allowed.clone();
+    api.respond_to(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        move |review| {
+            let allowed = answer.load(std::sync::atomic::Ordering::SeqCst);
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+               "spec": review["spec"], "status": {"allowed": allowed}})
+        },
+    );
+    let reviewer = TokenReviewer::new(client);
+    let sender = reviewer
+        .may_inject("bob-token", "team-a", "research-agent")
+        .await;
+    assert_eq!(sender.unwrap(), "bob");
+    let access_review = api
+        .take_requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/subjectaccessreviews"))
+        .unwrap()
+        .body
+        .unwrap();
+    assert_eq!(
+        access_review["spec"]["resourceAttributes"],
+        json!({"group": "wopr.dev", "resource": "sessions", "subresource": "inject",
+               "verb": "create", "namespace": "team-a", "name": "research-agent"})
+    );
+
+    allowed.store(false, std::sync::atomic::Ordering::SeqCst);
+    match reviewer
+        .may_inject("bob-token", "team-a", "research-agent")
+        .await
+    {
+        Err(AuthError::Forbidden { username, reason }) => {
+            assert_eq!(username, "bob");
+            assert_eq!(
+                reason,
+                "bob may not create sessions/inject of wopr.dev/research-agent: bind the ClusterRole wopr-session-injector (or edit/admin) in namespace team-a"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_controller_waits_briefly_for_crds_that_were_just_installed() {
     let (client, api) = FakeApi::start();

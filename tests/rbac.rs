@@ -68,7 +68,11 @@ fn strings(value: &Value) -> Vec<String> {
 }
 
 /// The roles the chart ships for people to bind (not the controller's).
-const ROLES_FOR_PEOPLE: [&str; 2] = ["wopr-audit-reader", "wopr-approver"];
+const ROLES_FOR_PEOPLE: [&str; 3] = [
+    "wopr-audit-reader",
+    "wopr-approver",
+    "wopr-session-injector",
+];
 
 /// The chart's roles of `kind` (ClusterRole or Role) for the controller.
 fn controller_roles<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -162,36 +166,44 @@ fn no_wildcards_anywhere() {
     }
 }
 
-/// Reading the audit trail is one right, `list auditevents.wopr.dev`, in a
+/// Reading the audit trail (`list auditevents.wopr.dev`) and sending a
+/// session a message (`create sessions/inject`) are one right each, in a
 /// ClusterRole the chart binds to nobody and aggregates into `edit` (and so
 /// `admin`), never `view`.
 #[test]
-fn the_audit_reader_role_grants_listing_audit_events_only() {
+fn the_reader_and_injector_roles_grant_one_right_each() {
     let objects = install_yaml();
-    let reader = objects
-        .iter()
-        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "wopr-audit-reader")
-        .expect("the wopr-audit-reader ClusterRole");
-    assert_eq!(
-        reader["rules"],
-        json!([{"apiGroups": ["wopr.dev"], "resources": ["auditevents"], "verbs": ["list"]}])
-    );
-    let labels = &reader["metadata"]["labels"];
-    assert_eq!(
-        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
-        "true"
-    );
-    assert!(
-        labels
-            .get("rbac.authorization.k8s.io/aggregate-to-view")
-            .is_none()
-    );
-    assert!(
-        !objects
+    for (name, rule) in [
+        (
+            "wopr-audit-reader",
+            json!({"apiGroups": ["wopr.dev"], "resources": ["auditevents"], "verbs": ["list"]}),
+        ),
+        (
+            "wopr-session-injector",
+            json!({"apiGroups": ["wopr.dev"], "resources": ["sessions/inject"], "verbs": ["create"]}),
+        ),
+    ] {
+        let role = objects
             .iter()
-            .any(|o| o["roleRef"]["name"] == "wopr-audit-reader"),
-        "the chart binds it to nobody"
-    );
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the {name} ClusterRole"));
+        assert_eq!(role["rules"], json!([rule]), "{name}");
+        let labels = &role["metadata"]["labels"];
+        assert_eq!(
+            labels["rbac.authorization.k8s.io/aggregate-to-edit"], "true",
+            "{name}"
+        );
+        assert!(
+            labels
+                .get("rbac.authorization.k8s.io/aggregate-to-view")
+                .is_none(),
+            "{name}"
+        );
+        assert!(
+            !objects.iter().any(|o| o["roleRef"]["name"] == name),
+            "the chart binds {name} to nobody"
+        );
+    }
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! reading the audit trail presents an ordinary Kubernetes credential (the
 //! API server's own audience): the API server reviews it, and a
 //! SubjectAccessReview asks whether its RBAC allows `list` on the virtual
-//! resource `auditevents.wopr.dev` in the namespace read.
+//! resource `auditevents.wopr.dev` in the namespace read, or, to send a
+//! session a message, `create` on that Session's `inject` subresource.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -82,6 +83,16 @@ pub trait Authenticator: Send + Sync + 'static {
         token: &str,
         namespace: Option<&str>,
     ) -> impl Future<Output = Result<String, AuthError>> + Send;
+
+    /// Whether the holder of `token`, a Kubernetes credential, may send
+    /// the session `namespace/session` a message (`create` on
+    /// `sessions/inject`): the username it authenticates as, if so.
+    fn may_inject(
+        &self,
+        token: &str,
+        namespace: &str,
+        session: &str,
+    ) -> impl Future<Output = Result<String, AuthError>> + Send;
 }
 
 /// Where a reader is refused: the namespace, or every namespace.
@@ -103,6 +114,29 @@ pub fn may_not_read(username: &str, namespace: Option<&str>, why: &str) -> AuthE
             "{username} may not list {AUDIT_RESOURCE}.{} in {}{why}: bind the ClusterRole {AUDIT_READER_ROLE} (or edit/admin) there",
             crate::api::GROUP,
             scope_of(namespace)
+        ),
+    }
+}
+
+/// The subresource of Sessions whose `create` verb lets a person or a
+/// workload send a session a message: `sessions/inject`.
+pub const INJECT_SUBRESOURCE: &str = "inject";
+/// The ClusterRole the chart ships that grants it.
+pub const INJECTOR_ROLE: &str = "wopr-session-injector";
+
+/// The refusal of `username`'s message to `namespace/session`, naming the
+/// missing right and the role that holds it.
+pub fn may_not_inject(username: &str, namespace: &str, session: &str, why: &str) -> AuthError {
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({why})")
+    };
+    AuthError::Forbidden {
+        username: username.to_owned(),
+        reason: format!(
+            "{username} may not create sessions/{INJECT_SUBRESOURCE} of {}/{session}{why}: bind the ClusterRole {INJECTOR_ROLE} (or edit/admin) in namespace {namespace}",
+            crate::api::GROUP,
         ),
     }
 }
@@ -189,6 +223,53 @@ impl Authenticator for TokenReviewer {
         token: &str,
         namespace: Option<&str>,
     ) -> Result<String, AuthError> {
+        let attributes = ResourceAttributes {
+            group: Some(crate::api::GROUP.to_owned()),
+            resource: Some(AUDIT_RESOURCE.to_owned()),
+            verb: Some("list".to_owned()),
+            namespace: namespace.map(str::to_owned),
+            ..ResourceAttributes::default()
+        };
+        let (username, why) = self.access(token, attributes).await?;
+        match why {
+            None => Ok(username),
+            Some(why) => Err(may_not_read(&username, namespace, &why)),
+        }
+    }
+
+    async fn may_inject(
+        &self,
+        token: &str,
+        namespace: &str,
+        session: &str,
+    ) -> Result<String, AuthError> {
+        let attributes = ResourceAttributes {
+            group: Some(crate::api::GROUP.to_owned()),
+            resource: Some("sessions".to_owned()),
+            subresource: Some(INJECT_SUBRESOURCE.to_owned()),
+            verb: Some("create".to_owned()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(session.to_owned()),
+            ..ResourceAttributes::default()
+        };
+        let (username, why) = self.access(token, attributes).await?;
+        match why {
+            None => Ok(username),
+            Some(why) => Err(may_not_inject(&username, namespace, session, &why)),
+        }
+    }
+}
+
+impl TokenReviewer {
+    /// Who holds `token` (a Kubernetes credential, the API server's own
+    /// audience), and why RBAC refuses them `attributes` (`None`: it
+    /// allows), from a SubjectAccessReview as that user with its groups,
+    /// uid and extras.
+    async fn access(
+        &self,
+        token: &str,
+        attributes: ResourceAttributes,
+    ) -> Result<(String, Option<String>), AuthError> {
         let (user, _) = self.review(token, None).await?;
         let username = user.username.clone().unwrap_or_default();
         let review = SubjectAccessReview {
@@ -197,24 +278,14 @@ impl Authenticator for TokenReviewer {
                 uid: user.uid,
                 groups: user.groups,
                 extra: user.extra,
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(crate::api::GROUP.to_owned()),
-                    resource: Some(AUDIT_RESOURCE.to_owned()),
-                    verb: Some("list".to_owned()),
-                    namespace: namespace.map(str::to_owned),
-                    ..ResourceAttributes::default()
-                }),
+                resource_attributes: Some(attributes),
                 ..SubjectAccessReviewSpec::default()
             },
             ..SubjectAccessReview::default()
         };
         let status = ask(&self.client, &review).await?.status.unwrap_or_default();
-        if status.allowed {
-            Ok(username)
-        } else {
-            let why = status.reason.unwrap_or_default();
-            Err(may_not_read(&username, namespace, &why))
-        }
+        let why = (!status.allowed).then(|| status.reason.unwrap_or_default());
+        Ok((username, why))
     }
 }
 
@@ -245,6 +316,9 @@ pub struct StaticTokens {
     /// Readers' tokens: their username and the namespace they may read
     /// (`None`: every namespace).
     pub readers: HashMap<String, (String, Option<String>)>,
+    /// People's tokens that may send messages: their username and the
+    /// namespace whose sessions they may send to.
+    pub injectors: HashMap<String, (String, String)>,
 }
 
 impl Authenticator for StaticTokens {
@@ -268,6 +342,23 @@ impl Authenticator for StaticTokens {
             Ok(username.clone())
         } else {
             Err(may_not_read(username, namespace, ""))
+        }
+    }
+
+    async fn may_inject(
+        &self,
+        token: &str,
+        namespace: &str,
+        session: &str,
+    ) -> Result<String, AuthError> {
+        let (username, allowed) = self
+            .injectors
+            .get(token)
+            .ok_or_else(|| AuthError::Refused("unknown token".into()))?;
+        if allowed == namespace {
+            Ok(username.clone())
+        } else {
+            Err(may_not_inject(username, namespace, session, ""))
         }
     }
 }

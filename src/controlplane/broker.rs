@@ -6,7 +6,10 @@
 //! source (`gateway_respond`). Every decision is made here, on the control
 //! plane's own view of the sessions' policies and of the store (never on a
 //! caller's word), and every outcome is an audit event in the trail of the
-//! session a message is for.
+//! session a message is for. People and workloads send through
+//! [`inject`], with their own credential.
+
+mod inject;
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -37,9 +40,10 @@ use crate::policy::{
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
     AckRequest, AckResponse, ElevateRequest, ElevateResponse, ForwardRequest, ForwardResponse,
-    HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest, ListRequest, ListResponse,
-    PendingForward, QueueRequest, QueueResponse, ReachableSession, ReplyRequest, ReplyResponse,
-    RespondRequest, RespondResponse, SendRequest, SendResponse, SpawnRequest, SpawnResponse,
+    HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest, InjectRequest, InjectResponse,
+    ListRequest, ListResponse, PendingForward, QueueRequest, QueueResponse, ReachableSession,
+    ReplyRequest, ReplyResponse, RespondRequest, RespondResponse, SendRequest, SendResponse,
+    SpawnRequest, SpawnResponse,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{
@@ -1079,5 +1083,12 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             .await
             .map_err(|error| Status::unavailable(format!("cannot record the spawn: {error}")))?;
         Ok(Response::new(SpawnResponse { name, audit_id }))
+    }
+
+    async fn inject(
+        &self,
+        request: Request<InjectRequest>,
+    ) -> Result<Response<InjectResponse>, Status> {
+        self.inject_as_user(request).await
     }
 }

@@ -53,6 +53,18 @@ fn readers() -> HashMap<String, (String, Option<String>)> {
     .collect()
 }
 
+/// People's tokens for sending sessions messages: [`READER`] may send to
+/// [`NAMESPACE`]'s sessions, [`OUTSIDER`] only to another namespace's.
+fn injectors() -> HashMap<String, (String, String)> {
+    [
+        (READER, "alice", NAMESPACE),
+        (OUTSIDER, "mallory", "elsewhere"),
+    ]
+    .into_iter()
+    .map(|(token, user, namespace)| (token.into(), (user.into(), namespace.into())))
+    .collect()
+}
+
 /// A person's token that may read [`NAMESPACE`]'s trail.
 pub const READER: &str = "token-of-alice";
 /// A person's token that may read every namespace's trail.
@@ -180,6 +192,7 @@ impl ControlPlane {
             Arc::new(StaticTokens {
                 sidecars: tokens,
                 readers: readers(),
+                injectors: injectors(),
             }),
             reports.clone(),
             AuditSetup {
