@@ -30,6 +30,7 @@ pub mod api;
 pub mod approval;
 pub mod audit;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod contract;

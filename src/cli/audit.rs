@@ -1,0 +1,201 @@
+//! `security audit` (the trail, from the control plane's Audit service, with
+//! your own credential: your RBAC decides what you may read) and
+//! `security migrate` (from warn mode's would_deny events, the Grants that
+//! would let them pass).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+
+use super::args::{AuditArgs, Format};
+use super::connect::bearer;
+use super::grants::stale;
+use super::output::{Shown, Table, or_none};
+use super::time::parse_time;
+use super::{CliError, Context};
+use crate::api::{Capability, Grant, GrantSpec, GrantSubject, name_of};
+use crate::audit::AuditEvent;
+use crate::proto::v1alpha1::AuditQueryRequest;
+
+/// The most events one Query page holds.
+const PAGE: u32 = 1000;
+/// The most would_deny events `migrate` reads.
+const MIGRATE_EVENTS: u32 = 20_000;
+
+/// `security audit`.
+pub async fn audit(context: &Context, args: AuditArgs) -> Result<Shown, CliError> {
+    let shown = if args.stale_grants {
+        stale(context, args.stale_days).await?
+    } else {
+        let query = AuditQueryRequest {
+            namespace: context.namespace.clone(),
+            session: args.session.clone().unwrap_or_default(),
+            decision: if args.denied {
+                "denied".into()
+            } else {
+                String::new()
+            },
+            capability: args.capability.map(|c| c.to_string()).unwrap_or_default(),
+            since: since(args.since.as_deref(), context.now)?,
+            ..AuditQueryRequest::default()
+        };
+        let events = query_events(context, query, args.last).await?;
+        let mut table = Table::new(&[
+            "TIME",
+            "SESSION",
+            "TYPE",
+            "TOOL",
+            "CAPABILITY",
+            "DECISION",
+            "SOURCE",
+            "REASON",
+        ]);
+        for event in &events {
+            table.row(vec![
+                event.time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                event.session.clone(),
+                name_of(&event.event_type),
+                or_none(event.tool.clone().or_else(|| event.action.clone())),
+                or_none(event.capability),
+                name_of(&event.decision),
+                format!("{}:{}", event.source.source_type, event.source.identity),
+                event.reason.clone(),
+            ]);
+        }
+        let empty = format!("No audit events match in namespace {}.", context.namespace);
+        Shown::list(table.render_or(&empty), &events)
+    };
+    let Some(path) = &args.output else {
+        return Ok(shown);
+    };
+    let rendered = shown.render(args.format)?;
+    std::fs::write(path, rendered)
+        .map_err(|error| CliError::Usage(format!("cannot write {}: {error}", path.display())))?;
+    let count = shown.data["items"].as_array().map_or(0, Vec::len);
+    Ok(Shown::new(
+        format!("{count} written to {}\n", path.display()),
+        &serde_json::json!({"written": count, "file": path}),
+    ))
+}
+
+/// `--since` as the RFC 3339 time the Query takes (empty: no bound).
+fn since(value: Option<&str>, now: Timestamp) -> Result<String, CliError> {
+    value.map_or(Ok(String::new()), |value| {
+        Ok(parse_time(value, now, -1)?.to_string())
+    })
+}
+
+/// Up to `wanted` events matching `query`, newest first, page by page.
+async fn query_events(
+    context: &Context,
+    mut query: AuditQueryRequest,
+    wanted: u32,
+) -> Result<Vec<AuditEvent>, CliError> {
+    let (mut client, token) = context.control_plane()?.audit().await?;
+    let mut events = Vec::new();
+    loop {
+        query.limit = (wanted - events.len() as u32).min(PAGE);
+        let page = client
+            .query(bearer(query.clone(), &token)?)
+            .await
+            .map_err(CliError::from_status)?
+            .into_inner();
+        for line in &page.events {
+            let event: AuditEvent = serde_json::from_str(line).map_err(|error| {
+                CliError::Refused(format!(
+                    "the control plane sent an audit event this kubectl-wopr cannot read ({error}): upgrade it"
+                ))
+            })?;
+            events.push(event);
+        }
+        if page.next_cursor.is_empty() || events.len() as u32 >= wanted {
+            return Ok(events);
+        }
+        query.cursor = page.next_cursor;
+    }
+}
+
+/// What warn mode reported for one session.
+#[derive(Default)]
+struct Violations {
+    /// Capabilities it lacked, with how often.
+    capabilities: BTreeMap<String, (Capability, u32)>,
+    /// Tools its tool rules refused (no Grant changes those), with how often.
+    tools: BTreeMap<String, u32>,
+}
+
+/// `security migrate`: per session, the Grant giving the capabilities its
+/// would_deny events lacked, as YAML to review and apply; refusals no Grant
+/// changes (tool rules) as comments.
+pub async fn migrate(context: &Context, since_value: &str) -> Result<Shown, CliError> {
+    let query = AuditQueryRequest {
+        namespace: context.namespace.clone(),
+        decision: "would_deny".into(),
+        since: since(Some(since_value), context.now)?,
+        ..AuditQueryRequest::default()
+    };
+    let events = query_events(context, query, MIGRATE_EVENTS).await?;
+    let mut sessions: BTreeMap<String, Violations> = BTreeMap::new();
+    for event in &events {
+        let violations = sessions.entry(event.session.clone()).or_default();
+        match (event.capability, &event.tool) {
+            (Some(capability), _) if capability != Capability::All => {
+                violations
+                    .capabilities
+                    .entry(capability.to_string())
+                    .or_insert((capability, 0))
+                    .1 += 1;
+            }
+            (_, Some(tool)) => *violations.tools.entry(tool.clone()).or_default() += 1,
+            _ => {}
+        }
+    }
+    let mut text = format!(
+        "# Grants that would let the would_deny events of namespace {} since {since_value} pass ({} events).\n# Review each before applying: a Grant widens what a session may do.\n",
+        context.namespace,
+        events.len()
+    );
+    let mut grants = Vec::new();
+    for (session, violations) in &sessions {
+        let counts: Vec<String> = violations
+            .capabilities
+            .iter()
+            .map(|(name, (_, count))| format!("{name} ×{count}"))
+            .collect();
+        for (tool, count) in &violations.tools {
+            text.push_str(&format!(
+                "# {session}: {tool} ×{count} was refused by tool rules, not a missing capability: change the rules (kubectl wopr security policy set) if it should run\n"
+            ));
+        }
+        if violations.capabilities.is_empty() {
+            continue;
+        }
+        let grant = Grant {
+            metadata: ObjectMeta {
+                name: Some(format!("migrate-{session}")),
+                namespace: Some(context.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: GrantSpec {
+                subject: GrantSubject {
+                    peer: None,
+                    session: Some(session.clone()),
+                },
+                profile: None,
+                capabilities: violations.capabilities.values().map(|(c, _)| *c).collect(),
+                sessions: Vec::new(),
+                expires_at: None,
+                previous_keys: Vec::new(),
+            },
+            status: None,
+        };
+        text.push_str(&format!("---\n# {session}: {}\n", counts.join(", ")));
+        text.push_str(&Shown::new(String::new(), &grant).render(Format::Yaml)?);
+        grants.push(grant);
+    }
+    if grants.is_empty() && sessions.is_empty() {
+        text.push_str("# No would_deny events: nothing to grant.\n");
+    }
+    Ok(Shown::list(text, &grants))
+}

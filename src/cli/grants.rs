@@ -1,0 +1,309 @@
+//! `security grant`, `revoke`, `list-grants` and the stale-grant report:
+//! Grants written and read as the person running the command.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::SignedDuration;
+use kube::api::{DeleteParams, Patch};
+use kube::{Api, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::args::GrantArgs;
+use super::output::{Shown, Table, age, joined, or_none, until};
+use super::time::parse_time;
+use super::{CliError, Context};
+use crate::api::{Grant, GrantSpec, GrantState, GrantSubject, PeerRef, Session};
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo, base64-encoded: every
+/// peer key starts with it (60 characters in all: 44 bytes of DER).
+const ED25519_KEY_PREFIX: &str = "MCowBQYDK2VwAyEA";
+
+/// `PEER-KEY` or `session:NAME` as a Grant's subject.
+pub fn parse_subject(value: &str) -> Result<GrantSubject, CliError> {
+    if let Some(session) = value.strip_prefix("session:") {
+        if session.is_empty() {
+            return Err(CliError::Usage("session: needs a session name".into()));
+        }
+        return Ok(GrantSubject {
+            peer: None,
+            session: Some(session.to_owned()),
+        });
+    }
+    if value.starts_with("serviceaccount:") {
+        return Err(CliError::Usage(
+            "Grants to service accounts are not supported yet: grant to a peer key or session:NAME"
+                .into(),
+        ));
+    }
+    let base64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    let valid = value.len() == 60
+        && value.starts_with(ED25519_KEY_PREFIX)
+        && value.ends_with('=')
+        && value[..59].chars().all(base64);
+    if !valid {
+        return Err(CliError::Usage(format!(
+            "{value:?} is neither session:NAME nor a peer key (a base64 Ed25519 public key, 60 characters starting {ED25519_KEY_PREFIX})"
+        )));
+    }
+    Ok(GrantSubject {
+        peer: Some(PeerRef {
+            public_key: value.to_owned(),
+            name: None,
+        }),
+        session: None,
+    })
+}
+
+/// How a subject reads in tables and messages.
+pub fn subject_text(subject: &GrantSubject) -> String {
+    match (&subject.session, &subject.peer) {
+        (Some(session), _) => format!("session:{session}"),
+        (None, Some(peer)) => match &peer.name {
+            Some(name) => format!("peer:{name}"),
+            None => format!(
+                "peer:{}…",
+                &peer.public_key[..peer.public_key.len().min(24)]
+            ),
+        },
+        (None, None) => "<none>".into(),
+    }
+}
+
+/// The name of the Grant the CLI keeps for `subject`: granting again
+/// updates it.
+fn grant_name(subject: &GrantSubject) -> String {
+    match (&subject.session, &subject.peer) {
+        (Some(session), _) => format!("session-{session}"),
+        (None, Some(peer)) => {
+            let digest = Sha256::digest(peer.public_key.as_bytes());
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("peer-{hex}")
+        }
+        (None, None) => unreachable!("parse_subject always names a subject"),
+    }
+}
+
+fn same_subject(a: &GrantSubject, b: &GrantSubject) -> bool {
+    match (&a.session, &a.peer, &b.session, &b.peer) {
+        (Some(a), _, Some(b), _) => a == b,
+        (None, Some(a), None, Some(b)) => a.public_key == b.public_key,
+        _ => false,
+    }
+}
+
+/// `security grant`.
+pub async fn grant(context: &Context, args: GrantArgs) -> Result<Shown, CliError> {
+    let subject = parse_subject(&args.subject)?;
+    if subject.session.is_some() && !args.sessions.is_empty() {
+        return Err(CliError::Usage(
+            "--sessions applies to peer grants only; a session grant applies to its session".into(),
+        ));
+    }
+    let expires_at = args
+        .expires
+        .as_deref()
+        .map(|value| parse_time(value, context.now, 1))
+        .transpose()?;
+    if expires_at.is_some_and(|at| at <= context.now) {
+        return Err(CliError::Usage("--expires is in the past".into()));
+    }
+    if let Some(session) = &subject.session {
+        super::objects::get::<Session>(context, session).await?;
+    }
+    let name = grant_name(&subject);
+    let grant = Grant {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(context.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: GrantSpec {
+            subject,
+            profile: args.profile,
+            capabilities: args.capabilities,
+            sessions: args.sessions,
+            expires_at: expires_at.map(Time),
+            previous_keys: Vec::new(),
+        },
+        status: None,
+    };
+    let applied = grants(context)
+        .patch(&name, &context.apply_params(false), &Patch::Apply(&grant))
+        .await
+        .map_err(|e| CliError::from_kube(&format!("grant {name:?}"), e))?;
+    Ok(Shown::new(
+        format!(
+            "grant.wopr.dev/{name} gives {} {}\n",
+            subject_text(&applied.spec.subject),
+            gives(&applied.spec)
+        ),
+        &applied,
+    ))
+}
+
+/// `security revoke`: deletes every Grant of the subject.
+pub async fn revoke(context: &Context, subject: &str) -> Result<Shown, CliError> {
+    let subject = parse_subject(subject)?;
+    let api = grants(context);
+    let matching: Vec<Grant> = list_grants(context)
+        .await?
+        .into_iter()
+        .filter(|grant| same_subject(&grant.spec.subject, &subject))
+        .collect();
+    if matching.is_empty() {
+        return Err(CliError::NotFound(format!(
+            "no Grant of {} in namespace {}",
+            subject_text(&subject),
+            context.namespace
+        )));
+    }
+    let mut text = String::new();
+    for grant in &matching {
+        let name = grant.name_any();
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .map_err(|e| CliError::from_kube(&format!("grant {name:?}"), e))?;
+        text.push_str(&format!("grant.wopr.dev/{name} deleted\n"));
+    }
+    Ok(Shown::list(text, &matching))
+}
+
+/// `security list-grants`.
+pub async fn list(context: &Context) -> Result<Shown, CliError> {
+    let grants = list_grants(context).await?;
+    let mut table = Table::new(&[
+        "NAME",
+        "SUBJECT",
+        "GIVES",
+        "SESSIONS",
+        "STATE",
+        "EXPIRES",
+        "LAST USED",
+        "AGE",
+    ]);
+    for grant in &grants {
+        let status = grant.status.clone().unwrap_or_default();
+        table.row(vec![
+            grant.name_any(),
+            subject_text(&grant.spec.subject),
+            gives(&grant.spec),
+            joined(&grant.spec.sessions),
+            or_none(status.state.as_ref().map(crate::api::name_of)),
+            grant
+                .spec
+                .expires_at
+                .as_ref()
+                .map_or_else(|| "never".into(), |at| until(at, context.now)),
+            status.last_used_at.as_ref().map_or_else(
+                || "never".into(),
+                |at| format!("{} ago", age(Some(at), context.now)),
+            ),
+            age(grant.metadata.creation_timestamp.as_ref(), context.now),
+        ]);
+    }
+    let empty = format!("No grants found in namespace {}.", context.namespace);
+    Ok(Shown::list(table.render_or(&empty), &grants))
+}
+
+/// `security audit --stale-grants`: Grants expired but still present, or
+/// unused for `days` (never used and older than that counts too).
+pub async fn stale(context: &Context, days: u32) -> Result<Shown, CliError> {
+    let unused_since = context
+        .now
+        .checked_sub(SignedDuration::from_hours(24 * i64::from(days)))
+        .unwrap_or(context.now);
+    let mut stale = Vec::new();
+    let mut table = Table::new(&["NAME", "SUBJECT", "WHY"]);
+    for grant in list_grants(context).await? {
+        let status = grant.status.clone().unwrap_or_default();
+        let expired = status.state == Some(GrantState::Expired)
+            || grant
+                .spec
+                .expires_at
+                .as_ref()
+                .is_some_and(|at| at.0 <= context.now);
+        let last_activity = status
+            .last_used_at
+            .as_ref()
+            .or(grant.metadata.creation_timestamp.as_ref());
+        let why = if expired {
+            "expired but present: revoke it".to_owned()
+        } else if last_activity.is_some_and(|at| at.0 < unused_since) {
+            match &status.last_used_at {
+                Some(at) => format!("unused for {}", age(Some(at), context.now)),
+                None => format!("never used in {}", age(last_activity, context.now)),
+            }
+        } else {
+            continue;
+        };
+        table.row(vec![
+            grant.name_any(),
+            subject_text(&grant.spec.subject),
+            why,
+        ]);
+        stale.push(grant);
+    }
+    let empty = format!(
+        "No stale grants in namespace {} (unused for {days} days or expired).",
+        context.namespace
+    );
+    Ok(Shown::list(table.render_or(&empty), &stale))
+}
+
+/// What a Grant gives: its profile or its capabilities.
+fn gives(spec: &GrantSpec) -> String {
+    match spec.profile {
+        Some(level) => format!("profile {level}"),
+        None => joined(&spec.capabilities),
+    }
+}
+
+fn grants(context: &Context) -> Api<Grant> {
+    Api::namespaced(context.client.clone(), &context.namespace)
+}
+
+/// The namespace's Grants, by name.
+pub async fn list_grants(context: &Context) -> Result<Vec<Grant>, CliError> {
+    super::objects::list::<Grant>(context).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        let key = "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU=";
+        assert_eq!(
+            parse_subject(key).unwrap().peer.unwrap().public_key,
+            key.to_owned()
+        );
+        assert_eq!(
+            parse_subject("session:research-agent")
+                .unwrap()
+                .session
+                .as_deref(),
+            Some("research-agent")
+        );
+        for bad in [
+            "session:",
+            "alice",
+            &key[..59],
+            "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HO!=",
+            "serviceaccount:ns/name",
+        ] {
+            assert!(
+                matches!(parse_subject(bad), Err(CliError::Usage(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_subject_keeps_one_cli_grant() {
+        let a = parse_subject("session:a").unwrap();
+        assert_eq!(grant_name(&a), "session-a");
+        let key = "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU=";
+        let peer = grant_name(&parse_subject(key).unwrap());
+        assert!(peer.starts_with("peer-") && peer.len() == 21, "{peer}");
+    }
+}

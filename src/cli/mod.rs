@@ -1,0 +1,136 @@
+//! `kubectl wopr`: the WOPR security CLI as a kubectl plugin. Each command
+//! maps onto the Kubernetes API (our custom resources, read and written as
+//! the person running it, so RBAC and admission decide) or, for the audit
+//! trail, onto the control plane's Audit service with the person's own
+//! credential.
+//!
+//! A command is a function of a [`Context`] (a client, a namespace, the
+//! time) returning what it [`Shown`]: a table for people and the same
+//! result as API objects for `-o json|yaml`. The binary
+//! (`src/bin/kubectl-wopr.rs`) only parses, connects and prints, so every
+//! command is tested in-process against a mock API server.
+
+pub mod args;
+mod audit;
+mod config;
+pub mod connect;
+mod error;
+mod gateway;
+mod grants;
+mod objects;
+pub mod output;
+mod policy_set;
+mod session;
+mod status;
+mod time;
+mod verify;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::PatchParams;
+
+pub use args::{Cli, Command, Format};
+pub use error::CliError;
+pub use output::Shown;
+pub use status::{NamespaceReport, SessionReport};
+
+use args::{ConfigCommand, GatewayCommand, PolicyCommand, SecurityCommand, SessionCommand};
+
+/// The field manager of the CLI's server-side applies and creates, so
+/// `managedFields` (and GitOps tools reading them) show what a person
+/// changed with `kubectl wopr` rather than through the operator or a
+/// manifest.
+pub const CLI_FIELD_MANAGER: &str = "kubectl-wopr";
+
+/// What every command works with.
+#[derive(Clone)]
+pub struct Context {
+    /// The API server, as the person running the command.
+    pub client: Client,
+    /// The namespace commands act in.
+    pub namespace: String,
+    /// The time now (fixed in tests).
+    pub now: Timestamp,
+    /// The control plane, for the audit trail and messages (`None`: not
+    /// configured).
+    pub control_plane: Option<connect::ControlPlane>,
+}
+
+impl Context {
+    /// The control plane, or what to pass to name it.
+    pub fn control_plane(&self) -> Result<&connect::ControlPlane, CliError> {
+        self.control_plane.as_ref().ok_or_else(|| {
+            CliError::Usage(
+                "this command talks to the control plane: pass --control-plane HOST:PORT or set WOPR_CONTROL_PLANE (for example after kubectl port-forward -n wopr-system svc/wopr-operator 9443)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Server-side apply as [`CLI_FIELD_MANAGER`]; `force` takes over fields
+    /// another manager owns (`--force-conflicts`), as kubectl does.
+    pub fn apply_params(&self, force: bool) -> PatchParams {
+        let params = PatchParams::apply(CLI_FIELD_MANAGER);
+        if force { params.force() } else { params }
+    }
+}
+
+/// The output format a command asked for.
+pub fn format_of(command: &Command) -> Format {
+    match command {
+        Command::Security(command) => match command {
+            SecurityCommand::Status { printing, .. }
+            | SecurityCommand::Whoami { printing }
+            | SecurityCommand::Revoke { printing, .. }
+            | SecurityCommand::ListGrants { printing }
+            | SecurityCommand::Verify { printing } => printing.format,
+            SecurityCommand::Grant(args) => args.printing.format,
+            SecurityCommand::Gateway(command) => match command {
+                GatewayCommand::List { printing }
+                | GatewayCommand::Add { printing, .. }
+                | GatewayCommand::Rules { printing, .. }
+                | GatewayCommand::Queue { printing } => printing.format,
+                GatewayCommand::Approve(args) | GatewayCommand::Deny(args) => args.printing.format,
+            },
+            SecurityCommand::Policy(PolicyCommand::Set(args)) => args.printing.format,
+            SecurityCommand::Audit(args) => args.format,
+            // Grants to review and apply: YAML is the point.
+            SecurityCommand::Migrate { .. } => Format::Yaml,
+        },
+        Command::Session(command) => match command {
+            SessionCommand::Create(args) => args.printing.format,
+            SessionCommand::List { printing } | SessionCommand::Inject { printing, .. } => {
+                printing.format
+            }
+            SessionCommand::SetProvider(args) => args.printing.format,
+        },
+        Command::Config(ConfigCommand::Set { printing, .. }) => printing.format,
+    }
+}
+
+/// Runs `command`: what to print, or why it failed.
+pub async fn run(command: Command, context: &Context) -> Result<Shown, CliError> {
+    match command {
+        Command::Security(command) => match command {
+            SecurityCommand::Status { session, .. } => status::status(context, session).await,
+            SecurityCommand::Whoami { .. } => status::whoami(context).await,
+            SecurityCommand::Grant(args) => grants::grant(context, args).await,
+            SecurityCommand::Revoke { subject, .. } => grants::revoke(context, &subject).await,
+            SecurityCommand::ListGrants { .. } => grants::list(context).await,
+            SecurityCommand::Gateway(command) => gateway::run(context, command).await,
+            SecurityCommand::Policy(PolicyCommand::Set(args)) => {
+                policy_set::set(context, args).await
+            }
+            SecurityCommand::Audit(args) => audit::audit(context, args).await,
+            SecurityCommand::Verify { .. } => verify::verify(context).await,
+            SecurityCommand::Migrate { since } => audit::migrate(context, &since).await,
+        },
+        Command::Session(command) => session::run(context, command).await,
+        Command::Config(ConfigCommand::Set {
+            path,
+            value,
+            force_conflicts,
+            ..
+        }) => config::set(context, &path, &value, force_conflicts).await,
+    }
+}

@@ -1,0 +1,60 @@
+//! Reading our objects in the command's namespace, with one mapping of a
+//! missing object to exit code 2.
+
+use kube::api::ListParams;
+use kube::core::NamespaceResourceScope;
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::{CliError, Context};
+
+/// The kind's lower-case name, for messages (`session "x" not found`).
+fn kind_of<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).to_lowercase()
+}
+
+/// The object `name` of this namespace; not found is exit 2.
+pub async fn get<K>(context: &Context, name: &str) -> Result<K, CliError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    Api::<K>::namespaced(context.client.clone(), &context.namespace)
+        .get(name)
+        .await
+        .map_err(|e| CliError::from_kube(&format!("{} {name:?}", kind_of::<K>()), e))
+}
+
+/// The object `name` of this namespace, if it exists.
+pub async fn get_opt<K>(context: &Context, name: &str) -> Result<Option<K>, CliError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    match get::<K>(context, name).await {
+        Ok(object) => Ok(Some(object)),
+        Err(CliError::NotFound(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Every object of the kind in this namespace, by name.
+pub async fn list<K>(context: &Context) -> Result<Vec<K>, CliError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let mut items = Api::<K>::namespaced(context.client.clone(), &context.namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| CliError::from_kube(&format!("{}s", kind_of::<K>()), e))?
+        .items;
+    items.sort_by_key(ResourceExt::name_any);
+    Ok(items)
+}

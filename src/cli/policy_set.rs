@@ -1,0 +1,108 @@
+//! `security policy set`: a session's, or a trust level's, sandbox and tool
+//! rules, by server-side apply as `kubectl-wopr`. Only the fields given are
+//! applied, so the CLI owns exactly what the person changed; a field a
+//! GitOps tool owns is a conflict (exit 3) unless `--force-conflicts`.
+
+use kube::Api;
+use kube::api::Patch;
+use serde_json::{Map, Value, json};
+
+use super::args::{PolicySetArgs, Toggle};
+use super::objects::get;
+use super::output::Shown;
+use super::{CliError, Context};
+use crate::api::{API_VERSION, DEFAULT_POLICY_NAME, SecurityPolicy, Session};
+use crate::policy::tools::{ToolId, entry_matches};
+
+/// `security policy set`.
+pub async fn set(context: &Context, args: PolicySetArgs) -> Result<Shown, CliError> {
+    let settings = settings(&args)?;
+    match (&args.session, args.trust_level) {
+        (Some(session), _) => {
+            // Apply would create a missing Session: refuse instead.
+            get::<Session>(context, session).await?;
+            let patch = json!({
+                "apiVersion": API_VERSION, "kind": "Session",
+                "metadata": {"name": session},
+                "spec": settings,
+            });
+            let applied = Api::<Session>::namespaced(context.client.clone(), &context.namespace)
+                .patch(
+                    session,
+                    &context.apply_params(args.force_conflicts),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map_err(|e| CliError::from_kube(&format!("session {session:?}"), e))?;
+            Ok(Shown::new(
+                format!("session.wopr.dev/{session} configured\n"),
+                &applied,
+            ))
+        }
+        (None, Some(level)) => {
+            let patch = json!({
+                "apiVersion": API_VERSION, "kind": "SecurityPolicy",
+                "metadata": {"name": DEFAULT_POLICY_NAME},
+                "spec": {"trustLevels": {level.as_str(): settings}},
+            });
+            let applied =
+                Api::<SecurityPolicy>::namespaced(context.client.clone(), &context.namespace)
+                    .patch(
+                        DEFAULT_POLICY_NAME,
+                        &context.apply_params(args.force_conflicts),
+                        &Patch::Apply(&patch),
+                    )
+                    .await
+                    .map_err(|e| CliError::from_kube("securitypolicy \"default\"", e))?;
+            Ok(Shown::new(
+                format!(
+                    "securitypolicy.wopr.dev/{DEFAULT_POLICY_NAME} configured: trust level {level}\n"
+                ),
+                &applied,
+            ))
+        }
+        (None, None) => unreachable!("clap requires a session or --trust-level"),
+    }
+}
+
+/// The `sandbox` and `tools` fields the flags set.
+fn settings(args: &PolicySetArgs) -> Result<Value, CliError> {
+    let mut spec = Map::new();
+    if let Some(toggle) = args.sandbox {
+        spec.insert(
+            "sandbox".into(),
+            json!({"enabled": toggle == Toggle::Enabled}),
+        );
+    }
+    let mut tools = Map::new();
+    for (field, entries) in [("allow", &args.tools_allow), ("deny", &args.tools_deny)] {
+        if let Some(entries) = entries {
+            check_tool_entries(entries)?;
+            tools.insert(field.into(), json!(entries));
+        }
+    }
+    if !tools.is_empty() {
+        spec.insert("tools".into(), Value::Object(tools));
+    }
+    if spec.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to set: give --sandbox, --tools.allow or --tools.deny".into(),
+        ));
+    }
+    Ok(Value::Object(spec))
+}
+
+/// Every entry must name some tool: a tool, a prefix ending in `*`, `*`, or
+/// a capability.
+fn check_tool_entries(entries: &[String]) -> Result<(), CliError> {
+    for entry in entries {
+        if !ToolId::all().any(|id| entry_matches(entry, id.tool())) {
+            let names: Vec<&str> = ToolId::all().map(|id| id.tool().name).collect();
+            return Err(CliError::Usage(format!(
+                "{entry:?} names no tool: use a tool ({}), a prefix ending in *, * or a capability",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `session create | list | set-provider | inject`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use super::args::{SessionCommand, SessionCreateArgs, SetProviderArgs};
+use super::connect::bearer;
+use super::objects::{get, list};
+use super::output::{Shown, Table, age, or_none};
+use super::{CLI_FIELD_MANAGER, CliError, Context};
+use crate::api::{API_VERSION, Provider, ProviderFallback, Session, SessionSpec, name_of};
+use crate::proto::v1alpha1::InjectRequest;
+
+/// Runs a session command.
+pub async fn run(context: &Context, command: SessionCommand) -> Result<Shown, CliError> {
+    match command {
+        SessionCommand::Create(args) => create(context, args).await,
+        SessionCommand::List { .. } => sessions(context).await,
+        SessionCommand::SetProvider(args) => set_provider(context, args).await,
+        SessionCommand::Inject { name, message, .. } => inject(context, &name, &message).await,
+    }
+}
+
+async fn create(context: &Context, args: SessionCreateArgs) -> Result<Shown, CliError> {
+    let mut spec = SessionSpec::for_trust_level(args.trust_level);
+    spec.prompt = Some(args.prompt);
+    spec.provider = args.provider.map(|name| Provider {
+        name,
+        model: args.model,
+        fallback: Vec::new(),
+    });
+    let session = Session {
+        metadata: ObjectMeta {
+            name: Some(args.name.clone()),
+            namespace: Some(context.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    };
+    let params = PostParams {
+        field_manager: Some(CLI_FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    let created = Api::<Session>::namespaced(context.client.clone(), &context.namespace)
+        .create(&params, &session)
+        .await
+        .map_err(|e| CliError::from_kube(&format!("session {:?}", args.name), e))?;
+    Ok(Shown::new(
+        format!(
+            "session.wopr.dev/{} created ({})\n",
+            args.name, args.trust_level
+        ),
+        &created,
+    ))
+}
+
+async fn sessions(context: &Context) -> Result<Shown, CliError> {
+    let sessions = list::<Session>(context).await?;
+    let mut table = Table::new(&[
+        "NAME", "TRUST", "PHASE", "SANDBOX", "PROVIDER", "POD", "AGE",
+    ]);
+    for session in &sessions {
+        let status = session.status.clone().unwrap_or_default();
+        table.row(vec![
+            session.name_any(),
+            session.spec.trust_level.to_string(),
+            or_none(status.phase.as_ref().map(name_of)),
+            or_none(
+                status
+                    .effective
+                    .map(|e| if e.sandbox { "on" } else { "off" }),
+            ),
+            or_none(session.spec.provider.as_ref().map(|p| match &p.model {
+                Some(model) => format!("{}/{model}", p.name),
+                None => p.name.clone(),
+            })),
+            or_none(status.pod_name),
+            age(session.metadata.creation_timestamp.as_ref(), context.now),
+        ]);
+    }
+    let empty = format!("No sessions found in namespace {}.", context.namespace);
+    Ok(Shown::list(table.render_or(&empty), &sessions))
+}
+
+/// `PROVIDER[:MODEL]`.
+fn fallback(value: &str) -> Result<ProviderFallback, CliError> {
+    let (name, model) = match value.split_once(':') {
+        Some((name, model)) => (name, Some(model.to_owned())),
+        None => (value, None),
+    };
+    if name.is_empty() || model.as_deref() == Some("") {
+        return Err(CliError::Usage(format!(
+            "--fallback {value:?}: expected PROVIDER or PROVIDER:MODEL"
+        )));
+    }
+    Ok(ProviderFallback {
+        name: name.to_owned(),
+        model,
+    })
+}
+
+async fn set_provider(context: &Context, args: SetProviderArgs) -> Result<Shown, CliError> {
+    let provider = Provider {
+        name: args.provider,
+        model: args.model,
+        fallback: args
+            .fallback
+            .iter()
+            .map(|value| fallback(value))
+            .collect::<Result<_, _>>()?,
+    };
+    // Apply would create a missing Session: refuse instead.
+    get::<Session>(context, &args.name).await?;
+    let patch = json!({
+        "apiVersion": API_VERSION, "kind": "Session",
+        "metadata": {"name": args.name},
+        "spec": {"provider": provider},
+    });
+    let applied = Api::<Session>::namespaced(context.client.clone(), &context.namespace)
+        .patch(
+            &args.name,
+            &context.apply_params(args.force_conflicts),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| CliError::from_kube(&format!("session {:?}", args.name), e))?;
+    Ok(Shown::new(
+        format!(
+            "session.wopr.dev/{} provider set to {}\n",
+            args.name, provider.name
+        ),
+        &applied,
+    ))
+}
+
+/// Sends `message` to the session's agent through the control plane, as
+/// you: it asks the API server whether you may `create sessions/inject`.
+async fn inject(context: &Context, name: &str, message: &str) -> Result<Shown, CliError> {
+    let (mut broker, token) = context.control_plane()?.broker().await?;
+    let request = InjectRequest {
+        namespace: context.namespace.clone(),
+        session: name.to_owned(),
+        payload_json: json!({"text": message}).to_string(),
+    };
+    let sent = broker
+        .inject(bearer(request, &token)?)
+        .await
+        .map_err(CliError::from_status)?
+        .into_inner();
+    Ok(Shown::new(
+        format!(
+            "message {} queued for session {name} (audit event {})\n",
+            sent.message_id, sent.audit_id
+        ),
+        &json!({"messageId": sent.message_id, "auditId": sent.audit_id}),
+    ))
+}

@@ -1,0 +1,348 @@
+//! `security status` (a session's effective policy, or the namespace's) and
+//! `security whoami` (who the API server says you are, and what applies to
+//! you).
+
+use futures::future::join_all;
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use super::grants::list_grants;
+use super::objects::{get, get_opt, list};
+use super::output::{Shown, Table, fields, joined, or_none};
+use super::{CliError, Context};
+use crate::api::{
+    ApprovalRequest, ApprovalState, DEFAULT_POLICY_NAME, Enforcement, Gateway, Grant,
+    SecurityPolicy, Session, TrustLevel, name_of,
+};
+use crate::contract::child_name;
+
+/// `security status SESSION` as data.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionReport {
+    pub session: Session,
+    /// The namespace's enforcement mode.
+    pub enforcement: Enforcement,
+    /// The Grants naming the session as their subject.
+    pub grants: Vec<Grant>,
+}
+
+/// `security status` without a session, as data.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceReport {
+    pub namespace: String,
+    /// The namespace's `default` SecurityPolicy, if it has one.
+    pub security_policy: Option<SecurityPolicy>,
+    pub enforcement: Enforcement,
+    pub sessions: Vec<Session>,
+    pub gateways: Vec<Gateway>,
+    pub pending_approvals: Vec<ApprovalRequest>,
+}
+
+/// `security status [SESSION]`.
+pub async fn status(context: &Context, session: Option<String>) -> Result<Shown, CliError> {
+    match session {
+        Some(name) => session_status(context, &name).await,
+        None => namespace_status(context).await,
+    }
+}
+
+async fn session_status(context: &Context, name: &str) -> Result<Shown, CliError> {
+    let session = get::<Session>(context, name).await?;
+    let enforcement = enforcement(context).await?;
+    let grants: Vec<Grant> = list_grants(context)
+        .await?
+        .into_iter()
+        .filter(|grant| grant.spec.subject.session.as_deref() == Some(name))
+        .collect();
+    let status = session.status.clone().unwrap_or_default();
+    let mut lines = vec![
+        ("Session", name.to_owned()),
+        ("Namespace", context.namespace.clone()),
+        ("Trust level", session.spec.trust_level.to_string()),
+        ("Phase", or_none(status.phase.as_ref().map(name_of))),
+    ];
+    match &status.effective {
+        Some(effective) => lines.extend([
+            ("Capabilities", joined(&effective.capabilities)),
+            ("Tools", joined(&effective.tools)),
+            ("Sandbox", on_off(effective.sandbox)),
+            ("Network", effective.network.to_string()),
+        ]),
+        None => lines.push((
+            "Effective",
+            "not resolved yet (see the Session's conditions)".into(),
+        )),
+    }
+    let grant_names: Vec<String> = grants.iter().map(ResourceExt::name_any).collect();
+    lines.extend([
+        ("Enforcement", name_of(&enforcement)),
+        ("Grants", joined(&grant_names)),
+        (
+            "Provider",
+            session.spec.provider.as_ref().map_or_else(
+                || "<none>".into(),
+                |provider| match &provider.model {
+                    Some(model) => format!("{} ({model})", provider.name),
+                    None => provider.name.clone(),
+                },
+            ),
+        ),
+        ("Pod", or_none(status.pod_name)),
+    ]);
+    let report = SessionReport {
+        session,
+        enforcement,
+        grants,
+    };
+    Ok(Shown::new(fields(&lines), &report))
+}
+
+async fn namespace_status(context: &Context) -> Result<Shown, CliError> {
+    let security_policy = get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME).await?;
+    let enforcement = security_policy
+        .as_ref()
+        .map_or_else(Enforcement::default, |policy| policy.spec.enforcement);
+    let sessions = list::<Session>(context).await?;
+    let gateways = list::<Gateway>(context).await?;
+    let pending_approvals: Vec<ApprovalRequest> = list::<ApprovalRequest>(context)
+        .await?
+        .into_iter()
+        .filter(is_pending)
+        .collect();
+    let mut lines: Vec<(String, String)> = vec![
+        ("Namespace".into(), context.namespace.clone()),
+        (
+            "SecurityPolicy".into(),
+            if security_policy.is_some() {
+                DEFAULT_POLICY_NAME.into()
+            } else {
+                "<none> (built-in defaults)".into()
+            },
+        ),
+        ("Enforcement".into(), name_of(&enforcement)),
+    ];
+    for level in TrustLevel::ALL.iter().rev() {
+        let names: Vec<String> = sessions
+            .iter()
+            .filter(|session| session.spec.trust_level == *level)
+            .map(ResourceExt::name_any)
+            .collect();
+        lines.push((
+            format!("Sessions {level}"),
+            format!("{} {}", names.len(), bracketed(&names)),
+        ));
+    }
+    let gateway_text: Vec<String> = gateways
+        .iter()
+        .map(|gateway| format!("{} (session {})", gateway.name_any(), gateway.spec.session))
+        .collect();
+    lines.push(("Gateways".into(), joined(&gateway_text)));
+    lines.push((
+        "Pending approvals".into(),
+        pending_approvals.len().to_string(),
+    ));
+    let report = NamespaceReport {
+        namespace: context.namespace.clone(),
+        security_policy,
+        enforcement,
+        sessions,
+        gateways,
+        pending_approvals,
+    };
+    Ok(Shown::new(fields(&lines), &report))
+}
+
+fn bracketed(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("({})", names.join(", "))
+    }
+}
+
+fn on_off(on: bool) -> String {
+    if on { "enabled" } else { "disabled" }.into()
+}
+
+/// Whether an ApprovalRequest still waits for a person.
+pub fn is_pending(request: &ApprovalRequest) -> bool {
+    request
+        .status
+        .as_ref()
+        .and_then(|status| status.state)
+        .is_none_or(|state| state == ApprovalState::Pending)
+}
+
+/// `security whoami` as data.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoamiReport {
+    /// As the API server authenticated you (SelfSubjectReview).
+    pub user: UserInfo,
+    /// The session whose service account you are, if any.
+    pub session: Option<String>,
+    pub trust_level: Option<TrustLevel>,
+    /// The Grants naming that session.
+    pub grants: Vec<Grant>,
+    /// What your RBAC lets you do with WOPR, in this namespace.
+    pub rights: Vec<Right>,
+}
+
+/// One WOPR right and whether RBAC gives it to you.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Right {
+    pub what: String,
+    pub allowed: bool,
+}
+
+/// The rights whoami checks: what they let you do, verb, resource, subresource.
+const RIGHTS: [(&str, &str, &str, &str); 5] = [
+    ("create sessions", "create", "sessions", ""),
+    ("write grants", "create", "grants", ""),
+    (
+        "approve and deny requests",
+        "patch",
+        "approvalrequests",
+        "status",
+    ),
+    ("change the SecurityPolicy", "patch", "securitypolicies", ""),
+    ("read the audit trail", "list", "auditevents", ""),
+];
+
+/// `security whoami`.
+pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
+    let user = current_user(context).await?;
+    let username = user.username.clone().unwrap_or_default();
+    let session = session_of_user(&username, &context.namespace, context).await?;
+    let (trust_level, grants) = match &session {
+        Some(session) => (
+            Some(session.spec.trust_level),
+            list_grants(context)
+                .await?
+                .into_iter()
+                .filter(|grant| grant.spec.subject.session == Some(session.name_any()))
+                .collect(),
+        ),
+        None => (None, Vec::new()),
+    };
+    let rights = join_all(
+        RIGHTS
+            .iter()
+            .map(|(what, verb, resource, subresource)| async move {
+                Ok::<_, CliError>(Right {
+                    what: (*what).to_owned(),
+                    allowed: may(context, verb, resource, subresource).await?,
+                })
+            }),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let mut lines = vec![
+        ("User", username.clone()),
+        ("Groups", joined(user.groups.as_deref().unwrap_or_default())),
+    ];
+    match &session {
+        Some(session) => {
+            let names: Vec<String> = grants.iter().map(ResourceExt::name_any).collect();
+            lines.extend([
+                ("Session", session.name_any()),
+                ("Trust level", session.spec.trust_level.to_string()),
+                ("Grants", joined(&names)),
+            ]);
+        }
+        None => lines.push((
+            "Trust level",
+            "none: you are not a session; RBAC decides what you may change".into(),
+        )),
+    }
+    let mut text = fields(&lines);
+    let mut table = Table::new(&["IN NAMESPACE", "ALLOWED"]);
+    for right in &rights {
+        table.row(vec![right.what.clone(), yes_no(right.allowed)]);
+    }
+    text.push('\n');
+    text.push_str(&table.render_or(""));
+    let report = WhoamiReport {
+        user,
+        session: session.map(|s| s.name_any()),
+        trust_level,
+        grants,
+        rights,
+    };
+    Ok(Shown::new(text, &report))
+}
+
+/// You, as the API server authenticates you (SelfSubjectReview).
+pub async fn current_user(context: &Context) -> Result<UserInfo, CliError> {
+    let review = Api::<SelfSubjectReview>::all(context.client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(|e| CliError::from_kube("selfsubjectreview", e))?;
+    Ok(review.status.and_then(|s| s.user_info).unwrap_or_default())
+}
+
+fn yes_no(yes: bool) -> String {
+    if yes { "yes" } else { "no" }.into()
+}
+
+/// The Session whose service account `username` is, in `namespace`.
+async fn session_of_user(
+    username: &str,
+    namespace: &str,
+    context: &Context,
+) -> Result<Option<Session>, CliError> {
+    let Some(account) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.strip_prefix(namespace))
+        .and_then(|rest| rest.strip_prefix(':'))
+    else {
+        return Ok(None);
+    };
+    let sessions = list::<Session>(context).await?;
+    Ok(sessions
+        .into_iter()
+        .find(|session| child_name(&session.name_any()) == account))
+}
+
+/// Whether RBAC lets you `verb` the `wopr.dev` `resource` here.
+async fn may(
+    context: &Context,
+    verb: &str,
+    resource: &str,
+    subresource: &str,
+) -> Result<bool, CliError> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(crate::api::GROUP.into()),
+                namespace: Some(context.namespace.clone()),
+                resource: Some(resource.into()),
+                subresource: (!subresource.is_empty()).then(|| subresource.into()),
+                verb: Some(verb.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(context.client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| CliError::from_kube("selfsubjectaccessreview", e))?;
+    Ok(answer.status.is_some_and(|status| status.allowed))
+}
+
+/// The namespace's enforcement mode (enforce without a SecurityPolicy).
+pub async fn enforcement(context: &Context) -> Result<Enforcement, CliError> {
+    Ok(get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME)
+        .await?
+        .map_or_else(Enforcement::default, |policy| policy.spec.enforcement))
+}

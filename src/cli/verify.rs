@@ -1,0 +1,192 @@
+//! `security verify`: the WOPR verification checklist, each item a named
+//! check over the namespace's objects, passed or failed with what to fix.
+//! Any failure makes the exit code 5, so CI and scripts can gate on it.
+
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::{Api, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use super::objects::{get_opt, list};
+use super::output::{Shown, Table};
+use super::{CliError, Context};
+use crate::api::{DEFAULT_POLICY_NAME, Enforcement, Gateway, SecurityPolicy, Session, TrustLevel};
+use crate::policy::level_settings;
+
+/// One item of the checklist and its result.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Check {
+    /// A stable name (`sandbox-below-trusted`).
+    pub name: String,
+    pub passed: bool,
+    /// What was found: the offenders, or why it passes.
+    pub detail: String,
+}
+
+fn check(name: &str, failures: Vec<String>, passed_detail: &str) -> Check {
+    Check {
+        name: name.into(),
+        passed: failures.is_empty(),
+        detail: if failures.is_empty() {
+            passed_detail.into()
+        } else {
+            failures.join("; ")
+        },
+    }
+}
+
+/// `security verify`.
+pub async fn verify(context: &Context) -> Result<Shown, CliError> {
+    let policy = get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME).await?;
+    let spec = policy.as_ref().map(|policy| &policy.spec);
+    let sessions = list::<Session>(context).await?;
+    let gateways = list::<Gateway>(context).await?;
+    let raw_sessions = Api::<DynamicObject>::namespaced_with(
+        context.client.clone(),
+        &context.namespace,
+        &ApiResource::erase::<Session>(&()),
+    )
+    .list(&ListParams::default())
+    .await
+    .map_err(|e| CliError::from_kube("sessions", e))?
+    .items;
+
+    let mut checks = Vec::new();
+    checks.push(check(
+        "sessions-have-trust-level",
+        raw_sessions
+            .iter()
+            .filter(|object| {
+                object.data["spec"]["trustLevel"]
+                    .as_str()
+                    .is_none_or(|level| level.parse::<TrustLevel>().is_err())
+            })
+            .map(|object| format!("session {} has no valid trustLevel", object.name_any()))
+            .collect(),
+        "every session has a trust level",
+    ));
+
+    let mut gateway_failures = Vec::new();
+    if gateways.is_empty() {
+        gateway_failures
+            .push("no Gateway: untrusted input has no gated path to privileged sessions".into());
+    }
+    for gateway in &gateways {
+        if !sessions
+            .iter()
+            .any(|s| s.name_any() == gateway.spec.session)
+        {
+            gateway_failures.push(format!(
+                "gateway {} names session {}, which does not exist",
+                gateway.name_any(),
+                gateway.spec.session
+            ));
+        }
+    }
+    checks.push(check(
+        "gateways-for-external-input",
+        gateway_failures,
+        &format!("{} gateway(s), each with its session", gateways.len()),
+    ));
+
+    let auto_accept = spec
+        .and_then(|s| s.p2p.as_ref())
+        .is_some_and(|p2p| p2p.auto_accept);
+    checks.push(check(
+        "auto-accept-off",
+        if auto_accept {
+            vec!["spec.p2p.autoAccept is true: unknown peers are accepted without review".into()]
+        } else {
+            Vec::new()
+        },
+        "unknown peers are not accepted automatically",
+    ));
+
+    checks.push(check(
+        "sandbox-below-trusted",
+        sessions
+            .iter()
+            .filter(|session| session.spec.trust_level < TrustLevel::Trusted)
+            .filter(|session| {
+                let sandboxed = match session.status.as_ref().and_then(|s| s.effective.as_ref()) {
+                    Some(effective) => effective.sandbox,
+                    None => level_settings(spec, session.spec.trust_level).sandbox,
+                };
+                !sandboxed
+            })
+            .map(|session| {
+                format!(
+                    "{} session {} runs without a sandbox",
+                    session.spec.trust_level,
+                    session.name_any()
+                )
+            })
+            .collect(),
+        "every untrusted and semi-trusted session is sandboxed",
+    ));
+
+    let mut unlimited = Vec::new();
+    let mut wildcards = Vec::new();
+    for gateway in &gateways {
+        for (index, rule) in gateway.spec.forward_rules.iter().enumerate() {
+            let at = format!("gateway {} rule {index}", gateway.name_any());
+            if rule.rate_limit.is_none() {
+                unlimited.push(format!("{at} has no rateLimit"));
+            }
+            if rule.allow_forward_to.iter().any(|t| t == "*") {
+                wildcards.push(format!("{at} forwards to *"));
+            }
+            if rule.allow_actions.iter().any(|a| a == "*") {
+                wildcards.push(format!("{at} allows every action (*)"));
+            }
+        }
+    }
+    checks.push(check(
+        "rate-limits-set",
+        unlimited,
+        "every forward rule is rate-limited",
+    ));
+
+    let denial_events = spec
+        .and_then(|s| s.audit.as_ref())
+        .is_none_or(|audit| audit.denial_events);
+    checks.push(check(
+        "audit-on",
+        if denial_events {
+            Vec::new()
+        } else {
+            vec!["spec.audit.denialEvents is false: denials raise no Kubernetes Events".into()]
+        },
+        "every decision is audited and denials raise Events",
+    ));
+    checks.push(check(
+        "forward-rules-not-wildcard",
+        wildcards,
+        "every forward rule names its targets and actions",
+    ));
+    let enforcement = spec.map_or_else(Enforcement::default, |s| s.enforcement);
+    checks.push(check(
+        "enforce-mode",
+        if enforcement == Enforcement::Warn {
+            vec!["enforcement is warn: violations are only audited (kubectl wopr security migrate, then config set security.enforcement enforce)".into()]
+        } else {
+            Vec::new()
+        },
+        "violations are blocked",
+    ));
+
+    let mut table = Table::new(&["CHECK", "RESULT", "DETAIL"]);
+    for check in &checks {
+        table.row(vec![
+            check.name.clone(),
+            if check.passed { "pass" } else { "FAIL" }.into(),
+            check.detail.clone(),
+        ]);
+    }
+    let mut shown = Shown::list(table.render_or(""), &checks);
+    shown.failed_checks = checks
+        .iter()
+        .filter(|check| !check.passed)
+        .map(|check| check.name.clone())
+        .collect();
+    Ok(shown)
+}

@@ -1,0 +1,1256 @@
+//! `kubectl wopr`, tier 2: every command against the mock API server (and,
+//! for the audit trail, a real in-process control plane), tables pinned by
+//! `insta` snapshots, JSON read back into the API types, and the real
+//! binary's exit codes and one-line errors.
+
+use clap::{CommandFactory, Parser};
+use http::StatusCode;
+use insta::assert_snapshot;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use wopr_operator::api::{
+    ApprovalRequest, ApprovalState, Enforcement, Gateway, Grant, Session, WoprObject,
+    parse_manifests,
+};
+use wopr_operator::cli::connect::ControlPlane as ControlPlaneAddress;
+use wopr_operator::cli::{self, Cli, CliError, Context, Format, NamespaceReport, SessionReport};
+
+mod common;
+
+use common::NAMESPACE;
+use common::fake_api::FakeApi;
+
+/// The time the commands see: five days after the fake API's objects were made.
+fn now() -> Timestamp {
+    "2026-11-29T12:00:00Z".parse().unwrap()
+}
+
+fn path(plural: &str, name: &str) -> String {
+    format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/{plural}/{name}")
+}
+
+/// Stores a wopr.dev object in the fake API, in [`NAMESPACE`].
+fn put(api: &FakeApi, object: &WoprObject) {
+    let (plural, mut value) = match object {
+        WoprObject::SecurityPolicy(o) => ("securitypolicies", serde_json::to_value(o).unwrap()),
+        WoprObject::Session(o) => ("sessions", serde_json::to_value(o).unwrap()),
+        WoprObject::Grant(o) => ("grants", serde_json::to_value(o).unwrap()),
+        WoprObject::Gateway(o) => ("gateways", serde_json::to_value(o).unwrap()),
+        WoprObject::ApprovalRequest(o) => ("approvalrequests", serde_json::to_value(o).unwrap()),
+    };
+    value["metadata"]["namespace"] = json!(NAMESPACE);
+    let name = value["metadata"]["name"].as_str().unwrap().to_owned();
+    api.insert(&path(plural, &name), value);
+}
+
+/// The reference deployment (`examples/`), as a cluster would hold it.
+fn load_examples(api: &FakeApi) {
+    for file in ["security-policy", "sessions", "grants", "gateway"] {
+        let text = std::fs::read_to_string(format!("examples/{file}.yaml")).unwrap();
+        for object in parse_manifests(&text).unwrap() {
+            put(api, &object);
+        }
+    }
+}
+
+/// A forward waiting for approval, as the broker files it.
+fn pending_request(api: &FakeApi, id: &str) {
+    api.insert(
+        &path("approvalrequests", id),
+        json!({
+            "apiVersion": "wopr.dev/v1alpha1", "kind": "ApprovalRequest",
+            "metadata": {"name": id, "namespace": NAMESPACE},
+            "spec": {
+                "type": "forward", "gateway": "p2p-gateway",
+                "source": {"type": "p2p", "identity": "alice", "trustLevel": "semi-trusted"},
+                "target": "code-executor", "action": "execute", "payload": "{\"cmd\":\"ls\"}",
+                "expiresAt": "2026-11-29T12:04:00Z",
+            },
+            "status": {"state": "Pending"},
+        }),
+    );
+}
+
+/// The API server's answer to SelfSubjectReview: `alice`.
+fn authenticate_as_alice(api: &FakeApi) {
+    api.respond_to("/apis/authentication.k8s.io/v1/selfsubjectreviews", |_| {
+        json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+            "status": {"userInfo": {"username": "alice", "groups": ["platform", "system:authenticated"]}},
+        })
+    });
+    api.respond_to(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        |review| {
+            let resource = review["spec"]["resourceAttributes"]["resource"]
+                .as_str()
+                .unwrap_or("");
+            let mut answer = review.clone();
+            answer["status"] = json!({"allowed": resource != "securitypolicies"});
+            answer
+        },
+    );
+}
+
+struct Cluster {
+    api: FakeApi,
+    context: Context,
+}
+
+fn cluster() -> Cluster {
+    let (client, api) = FakeApi::start();
+    Cluster {
+        api,
+        context: Context {
+            client,
+            namespace: NAMESPACE.into(),
+            now: now(),
+            control_plane: None,
+        },
+    }
+}
+
+fn examples() -> Cluster {
+    let cluster = cluster();
+    load_examples(&cluster.api);
+    cluster
+}
+
+fn parse(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("kubectl-wopr").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+impl Cluster {
+    async fn run(&self, args: &[&str]) -> Result<cli::Shown, CliError> {
+        cli::run(parse(args).command, &self.context).await
+    }
+
+    async fn text(&self, args: &[&str]) -> String {
+        self.run(args)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .text
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let shown = self.run(args).await.unwrap();
+        let rendered = shown.render(Format::Json).unwrap();
+        serde_json::from_str(&rendered).unwrap()
+    }
+
+    fn stored(&self, plural: &str, name: &str) -> Option<Value> {
+        self.api.get(&path(plural, name))
+    }
+}
+
+/// The items of a `-o json` list, as `T`.
+fn items<T: serde::de::DeserializeOwned>(list: Value) -> Vec<T> {
+    assert_eq!(list["kind"], "List");
+    serde_json::from_value(list["items"].clone()).unwrap()
+}
+
+fn usage(result: Result<cli::Shown, CliError>) -> String {
+    match result {
+        Err(CliError::Usage(message)) => message,
+        other => panic!("expected a usage error, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    fn leaves(command: &clap::Command, path: String, found: &mut Vec<(String, String)>) {
+        let subcommands: Vec<_> = command.get_subcommands().collect();
+        if subcommands.is_empty() {
+            let help = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            found.push((path.clone(), help));
+        }
+        for sub in subcommands {
+            leaves(sub, format!("{path} {}", sub.get_name()), found);
+        }
+    }
+    let mut found = Vec::new();
+    leaves(&Cli::command(), "kubectl wopr".into(), &mut found);
+    assert_eq!(found.len(), 20, "{found:?}");
+    for (path, help) in found {
+        assert!(
+            help.contains("Example"),
+            "{path} has no example in its help"
+        );
+        assert!(
+            help.contains(&path),
+            "{path}'s example does not use it: {help}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_of_the_namespace_and_of_a_session() {
+    let cluster = examples();
+    pending_request(&cluster.api, "01jdx3m4q7");
+    assert_snapshot!(
+        "status_namespace",
+        cluster.text(&["security", "status"]).await
+    );
+    let report: NamespaceReport =
+        serde_json::from_value(cluster.json(&["security", "status", "-o", "json"]).await).unwrap();
+    assert_eq!(report.enforcement, Enforcement::Enforce);
+    assert_eq!(report.sessions.len(), 4);
+    assert_eq!(report.pending_approvals.len(), 1);
+    assert!(report.security_policy.is_some());
+
+    cluster.api.modify(&path("sessions", "research-agent"), |session| {
+        session["status"] = json!({
+            "phase": "Ready", "podName": "wopr-research-agent",
+            "effective": {"trustLevel": "semi-trusted", "capabilities": ["inject", "inject.tools"],
+                          "tools": ["memory_read", "security_whoami"], "sandbox": true, "network": "restricted"},
+        });
+    });
+    assert_snapshot!(
+        "status_session",
+        cluster
+            .text(&["security", "status", "research-agent"])
+            .await
+    );
+    let report: SessionReport = serde_json::from_value(
+        cluster
+            .json(&["security", "status", "research-agent", "-o", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(
+        report.session.metadata.name.as_deref(),
+        Some("research-agent")
+    );
+    let missing = cluster.run(&["security", "status", "ghost"]).await;
+    assert!(
+        matches!(missing, Err(CliError::NotFound(ref m)) if m == "session \"ghost\" not found"),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn whoami_asks_the_api_server() {
+    let cluster = examples();
+    authenticate_as_alice(&cluster.api);
+    assert_snapshot!("whoami", cluster.text(&["security", "whoami"]).await);
+    let report = cluster.json(&["security", "whoami", "-o", "json"]).await;
+    assert_eq!(report["user"]["username"], "alice");
+    assert_eq!(report["trustLevel"], Value::Null);
+}
+
+#[tokio::test]
+async fn whoami_as_a_sessions_service_account_shows_its_trust() {
+    let cluster = examples();
+    authenticate_as_alice(&cluster.api);
+    cluster.api.respond_to("/apis/authentication.k8s.io/v1/selfsubjectreviews", |_| {
+        json!({"status": {"userInfo": {"username": format!("system:serviceaccount:{NAMESPACE}:wopr-code-executor")}}})
+    });
+    let text = cluster.text(&["security", "whoami"]).await;
+    assert!(text.contains("Session:     code-executor"), "{text}");
+    assert!(text.contains("Trust level: trusted"), "{text}");
+    assert!(text.contains("Grants:      code-executor-exec"), "{text}");
+}
+
+#[tokio::test]
+async fn grant_list_and_revoke() {
+    let cluster = examples();
+    let shown = cluster
+        .run(&[
+            "security",
+            "grant",
+            "session:research-agent",
+            "a2a.call",
+            "cross.inject",
+            "--expires",
+            "30d",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        shown.text,
+        "grant.wopr.dev/session-research-agent gives session:research-agent a2a.call,cross.inject\n"
+    );
+    let request = cluster.api.take_requests().pop().unwrap();
+    assert_eq!(
+        request.line(),
+        format!("PATCH {}", path("grants", "session-research-agent"))
+    );
+    assert!(
+        request.query.contains("fieldManager=kubectl-wopr"),
+        "{}",
+        request.query
+    );
+    assert!(!request.query.contains("force=true"), "{}", request.query);
+    let stored: Grant =
+        serde_json::from_value(cluster.stored("grants", "session-research-agent").unwrap())
+            .unwrap();
+    assert_eq!(
+        stored.spec.subject.session.as_deref(),
+        Some("research-agent")
+    );
+    assert_eq!(
+        stored.spec.expires_at.unwrap().0,
+        "2026-12-29T12:00:00Z".parse::<Timestamp>().unwrap()
+    );
+
+    let key = "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU=";
+    cluster
+        .run(&[
+            "security",
+            "grant",
+            key,
+            "--profile",
+            "untrusted",
+            "--sessions",
+            "p2p-gateway,research-agent",
+        ])
+        .await
+        .unwrap();
+    cluster
+        .api
+        .modify(&path("grants", "p2p-gateway-forwarding"), |grant| {
+            grant["status"] = json!({"state": "Active", "lastUsedAt": "2026-11-29T11:00:00Z"});
+        });
+    assert_snapshot!(
+        "list_grants",
+        cluster.text(&["security", "list-grants"]).await
+    );
+    let grants: Vec<Grant> = items(
+        cluster
+            .json(&["security", "list-grants", "-o", "json"])
+            .await,
+    );
+    assert_eq!(grants.len(), 5);
+
+    // Revoking alice's key removes both of her grants: the manifest's and the CLI's.
+    let revoked = cluster.text(&["security", "revoke", key]).await;
+    assert_eq!(revoked.lines().count(), 2, "{revoked}");
+    assert!(cluster.stored("grants", "peer-alice").is_none());
+    let again = cluster.run(&["security", "revoke", key]).await;
+    assert!(matches!(again, Err(CliError::NotFound(_))), "{again:?}");
+}
+
+#[tokio::test]
+async fn grant_refuses_bad_subjects_and_values() {
+    let cluster = examples();
+    let unknown = cluster
+        .run(&["security", "grant", "session:ghost", "a2a.call"])
+        .await;
+    assert!(
+        matches!(unknown, Err(CliError::NotFound(ref m)) if m == "session \"ghost\" not found"),
+        "{unknown:?}"
+    );
+    let malformed = usage(
+        cluster
+            .run(&["security", "grant", "alice", "a2a.call"])
+            .await,
+    );
+    assert!(
+        malformed.contains("neither session:NAME nor a peer key"),
+        "{malformed}"
+    );
+    let sessions = usage(
+        cluster
+            .run(&[
+                "security",
+                "grant",
+                "session:research-agent",
+                "a2a.call",
+                "--sessions",
+                "x",
+            ])
+            .await,
+    );
+    assert!(sessions.contains("peer grants only"), "{sessions}");
+    let past = usage(
+        cluster
+            .run(&[
+                "security",
+                "grant",
+                "session:research-agent",
+                "a2a.call",
+                "--expires",
+                "2020-01-01T00:00:00Z",
+            ])
+            .await,
+    );
+    assert!(past.contains("past"), "{past}");
+    // Parsed before anything is sent: clap's own usage errors.
+    for (args, message) in [
+        (
+            vec!["security", "grant", "session:a", "fly"],
+            "unknown capability \"fly\"",
+        ),
+        (
+            vec!["security", "grant", "session:a", "*"],
+            "never give the wildcard",
+        ),
+        (
+            vec!["security", "grant", "session:a", "--profile", "owner"],
+            "never give the owner profile",
+        ),
+    ] {
+        let error =
+            Cli::try_parse_from(std::iter::once("kubectl-wopr").chain(args.iter().copied()))
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains(message), "{args:?}: {error}");
+    }
+    assert!(
+        cluster
+            .api
+            .take_requests()
+            .iter()
+            .all(|r| r.method == http::Method::GET)
+    );
+}
+
+#[tokio::test]
+async fn gateway_list_rules_and_add() {
+    let cluster = examples();
+    cluster.api.modify(&path("gateways", "p2p-gateway"), |gateway| {
+        gateway["status"] = json!({
+            "pending": 1, "forwards": [{"rule": 0, "forwarded": 42}, {"rule": 1, "forwarded": 3}],
+            "lastDecision": {"requestId": "01jdx3m4q6", "decision": "approved", "at": "2026-11-29T11:30:00Z"},
+        });
+    });
+    assert_snapshot!(
+        "gateway_list",
+        cluster.text(&["security", "gateway", "list"]).await
+    );
+    assert_snapshot!(
+        "gateway_rules",
+        cluster
+            .text(&["security", "gateway", "rules", "p2p-gateway"])
+            .await
+    );
+    assert_eq!(
+        cluster
+            .text(&["security", "gateway", "rules", "--all"])
+            .await,
+        cluster
+            .text(&["security", "gateway", "rules", "p2p-gateway"])
+            .await
+    );
+    let gateways: Vec<Gateway> = items(
+        cluster
+            .json(&["security", "gateway", "list", "-o", "json"])
+            .await,
+    );
+    assert_eq!(gateways[0].spec.forward_rules.len(), 2);
+    let none = cluster
+        .run(&["security", "gateway", "rules", "research-agent"])
+        .await;
+    assert!(matches!(none, Err(CliError::NotFound(_))), "{none:?}");
+
+    cluster
+        .text(&["security", "gateway", "add", "api-handler"])
+        .await;
+    let added: Gateway =
+        serde_json::from_value(cluster.stored("gateways", "api-handler").unwrap()).unwrap();
+    assert_eq!(added.spec.session, "api-handler");
+    assert!(
+        added.spec.forward_rules.is_empty(),
+        "a new gateway forwards nothing"
+    );
+    let ghost = cluster.run(&["security", "gateway", "add", "ghost"]).await;
+    assert!(matches!(ghost, Err(CliError::NotFound(_))), "{ghost:?}");
+}
+
+#[tokio::test]
+async fn queue_approve_and_deny_as_the_current_user() {
+    let cluster = examples();
+    authenticate_as_alice(&cluster.api);
+    pending_request(&cluster.api, "01jdx3m4q7");
+    pending_request(&cluster.api, "01jdx3m4q8");
+    assert_snapshot!(
+        "gateway_queue",
+        cluster.text(&["security", "gateway", "queue"]).await
+    );
+
+    let approved = cluster
+        .text(&[
+            "security",
+            "gateway",
+            "approve",
+            "01jdx3m4q7",
+            "--reason",
+            "checked the command",
+        ])
+        .await;
+    assert_eq!(
+        approved,
+        "approvalrequest.wopr.dev/01jdx3m4q7 approved by alice\n"
+    );
+    let patch = cluster.api.take_requests().pop().unwrap();
+    assert_eq!(
+        patch.line(),
+        format!("PATCH {}/status", path("approvalrequests", "01jdx3m4q7"))
+    );
+    let body = patch.body.unwrap();
+    assert_eq!(body["status"]["decidedBy"], "alice");
+    assert_eq!(body["status"]["decisionReason"], "checked the command");
+    assert!(
+        body["metadata"]["resourceVersion"].is_string(),
+        "the patch is conditional: {body}"
+    );
+    let request: ApprovalRequest =
+        serde_json::from_value(cluster.stored("approvalrequests", "01jdx3m4q7").unwrap()).unwrap();
+    assert_eq!(request.status.unwrap().state, Some(ApprovalState::Approved));
+
+    cluster
+        .text(&["security", "gateway", "deny", "01jdx3m4q8"])
+        .await;
+    let denied: ApprovalRequest =
+        serde_json::from_value(cluster.stored("approvalrequests", "01jdx3m4q8").unwrap()).unwrap();
+    assert_eq!(denied.status.unwrap().state, Some(ApprovalState::Denied));
+
+    let twice = cluster
+        .run(&["security", "gateway", "deny", "01jdx3m4q7"])
+        .await;
+    assert!(
+        matches!(twice, Err(CliError::Refused(ref m)) if m.contains("already Approved (decided by alice)")),
+        "{twice:?}"
+    );
+    let unknown = cluster
+        .run(&["security", "gateway", "approve", "nope"])
+        .await;
+    assert!(matches!(unknown, Err(CliError::NotFound(_))), "{unknown:?}");
+    assert_eq!(
+        cluster.text(&["security", "gateway", "queue"]).await,
+        "No requests waiting in namespace team-a.\n"
+    );
+}
+
+#[tokio::test]
+async fn policy_set_applies_only_the_fields_given() {
+    let cluster = examples();
+    cluster
+        .text(&[
+            "security",
+            "policy",
+            "set",
+            "research-agent",
+            "--sandbox",
+            "enabled",
+            "--tools.deny",
+            "exec_command,http_fetch",
+        ])
+        .await;
+    let request = cluster.api.take_requests().pop().unwrap();
+    assert_eq!(
+        request.line(),
+        format!("PATCH {}", path("sessions", "research-agent"))
+    );
+    assert!(
+        request.query.contains("fieldManager=kubectl-wopr"),
+        "{}",
+        request.query
+    );
+    assert_eq!(
+        request.body.unwrap()["spec"],
+        json!({"sandbox": {"enabled": true}, "tools": {"deny": ["exec_command", "http_fetch"]}})
+    );
+
+    cluster
+        .text(&[
+            "security",
+            "policy",
+            "set",
+            "--trust-level",
+            "semi-trusted",
+            "--sandbox",
+            "enabled",
+            "--force-conflicts",
+        ])
+        .await;
+    let request = cluster.api.take_requests().pop().unwrap();
+    assert_eq!(
+        request.line(),
+        format!("PATCH {}", path("securitypolicies", "default"))
+    );
+    assert!(request.query.contains("force=true"), "{}", request.query);
+    assert_eq!(
+        request.body.unwrap()["spec"],
+        json!({"trustLevels": {"semi-trusted": {"sandbox": {"enabled": true}}}})
+    );
+
+    let unknown_tool = usage(
+        cluster
+            .run(&[
+                "security",
+                "policy",
+                "set",
+                "research-agent",
+                "--tools.allow",
+                "rm_rf",
+            ])
+            .await,
+    );
+    assert!(
+        unknown_tool.contains("\"rm_rf\" names no tool"),
+        "{unknown_tool}"
+    );
+    let nothing = usage(
+        cluster
+            .run(&["security", "policy", "set", "research-agent"])
+            .await,
+    );
+    assert!(nothing.contains("nothing to set"), "{nothing}");
+    let ghost = cluster
+        .run(&["security", "policy", "set", "ghost", "--sandbox", "enabled"])
+        .await;
+    assert!(matches!(ghost, Err(CliError::NotFound(_))), "{ghost:?}");
+    assert!(
+        cluster.stored("sessions", "ghost").is_none(),
+        "apply must not create a session"
+    );
+}
+
+#[tokio::test]
+async fn sessions_create_list_and_set_provider() {
+    let cluster = examples();
+    cluster
+        .text(&[
+            "session",
+            "create",
+            "helper",
+            "You help",
+            "--trust-level",
+            "semi-trusted",
+            "--provider",
+            "anthropic",
+            "--model",
+            "claude-sonnet-4-5",
+        ])
+        .await;
+    let created: Session =
+        serde_json::from_value(cluster.stored("sessions", "helper").unwrap()).unwrap();
+    assert_eq!(created.spec.prompt.as_deref(), Some("You help"));
+    assert_eq!(
+        created.spec.provider.unwrap().model.as_deref(),
+        Some("claude-sonnet-4-5")
+    );
+    let again = cluster
+        .run(&[
+            "session",
+            "create",
+            "helper",
+            "You help",
+            "--trust-level",
+            "semi-trusted",
+        ])
+        .await;
+    assert!(
+        matches!(again, Err(CliError::Refused(ref m)) if m.contains("409")),
+        "{again:?}"
+    );
+
+    assert_snapshot!("session_list", cluster.text(&["session", "list"]).await);
+    let sessions: Vec<Session> = items(cluster.json(&["session", "list", "-o", "json"]).await);
+    assert_eq!(sessions.len(), 5);
+
+    cluster
+        .text(&[
+            "session",
+            "set-provider",
+            "research-agent",
+            "openai",
+            "--model",
+            "gpt-5",
+            "--fallback",
+            "anthropic:claude-sonnet-4-5,local",
+        ])
+        .await;
+    let request = cluster.api.take_requests().pop().unwrap();
+    assert_eq!(
+        request.body.unwrap()["spec"],
+        json!({"provider": {"name": "openai", "model": "gpt-5", "fallback": [
+            {"name": "anthropic", "model": "claude-sonnet-4-5"}, {"name": "local"}]}})
+    );
+    let bad = usage(
+        cluster
+            .run(&[
+                "session",
+                "set-provider",
+                "research-agent",
+                "openai",
+                "--fallback",
+                ":x",
+            ])
+            .await,
+    );
+    assert!(bad.contains("PROVIDER:MODEL"), "{bad}");
+}
+
+#[tokio::test]
+async fn config_set_maps_dotted_paths() {
+    let cluster = examples();
+    cluster
+        .text(&["config", "set", "security.enforcement", "warn"])
+        .await;
+    let request = cluster.api.take_requests().pop().unwrap();
+    assert_eq!(
+        request.line(),
+        format!("PATCH {}", path("securitypolicies", "default"))
+    );
+    assert_eq!(
+        request.body.unwrap()["spec"],
+        json!({"enforcement": "warn"})
+    );
+
+    cluster
+        .text(&[
+            "config",
+            "set",
+            "security.gateway.forwardRules.p2p-gateway.1.rateLimit",
+            "3",
+        ])
+        .await;
+    let rules =
+        cluster.api.take_requests().pop().unwrap().body.unwrap()["spec"]["forwardRules"].clone();
+    assert_eq!(rules[1]["rateLimit"], json!({"perMinute": 3}));
+    assert_eq!(
+        rules[0]["rateLimit"],
+        json!({"perMinute": 20}),
+        "the other rule is kept"
+    );
+
+    let ambiguous = usage(
+        cluster
+            .run(&[
+                "config",
+                "set",
+                "security.gateway.forwardRules.p2p-gateway.requireApproval",
+                "true",
+            ])
+            .await,
+    );
+    assert!(ambiguous.contains("has 2 rules"), "{ambiguous}");
+    let unknown = usage(
+        cluster
+            .run(&["config", "set", "security.sandbox.enabled", "false"])
+            .await,
+    );
+    assert!(
+        unknown.starts_with(
+            "unknown config path \"security.sandbox.enabled\"; valid paths: security.enforcement"
+        ),
+        "{unknown}"
+    );
+    let bad_value = usage(
+        cluster
+            .run(&["config", "set", "security.enforcement", "off"])
+            .await,
+    );
+    assert!(bad_value.contains("not warn or enforce"), "{bad_value}");
+    let no_gateway = cluster
+        .run(&[
+            "config",
+            "set",
+            "security.gateway.forwardRules.ghost.allowActions",
+            "x",
+        ])
+        .await;
+    assert!(
+        matches!(no_gateway, Err(CliError::NotFound(_))),
+        "{no_gateway:?}"
+    );
+}
+
+#[tokio::test]
+async fn verify_passes_on_the_examples_and_names_what_fails() {
+    let cluster = examples();
+    let shown = cluster.run(&["security", "verify"]).await.unwrap();
+    assert!(shown.failed_checks.is_empty(), "{}", shown.text);
+    assert_snapshot!("verify_examples", shown.text);
+
+    // Weakened: peers auto-accepted, a rule to anyone without a rate limit,
+    // warn mode, and a semi-trusted session whose sandbox is off.
+    cluster
+        .api
+        .modify(&path("securitypolicies", "default"), |policy| {
+            policy["spec"]["p2p"]["autoAccept"] = json!(true);
+            policy["spec"]["enforcement"] = json!("warn");
+        });
+    cluster
+        .api
+        .modify(&path("gateways", "p2p-gateway"), |gateway| {
+            gateway["spec"]["forwardRules"][0]["allowForwardTo"] = json!(["*"]);
+            gateway["spec"]["forwardRules"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("rateLimit");
+        });
+    cluster.api.modify(&path("sessions", "research-agent"), |session| {
+        session["status"] = json!({"effective": {"trustLevel": "semi-trusted", "capabilities": [],
+            "tools": [], "sandbox": false, "network": "restricted"}});
+    });
+    let shown = cluster.run(&["security", "verify"]).await.unwrap();
+    assert_eq!(
+        shown.failed_checks,
+        [
+            "auto-accept-off",
+            "sandbox-below-trusted",
+            "rate-limits-set",
+            "forward-rules-not-wildcard",
+            "enforce-mode"
+        ]
+    );
+    assert_snapshot!("verify_weakened", shown.text);
+}
+
+mod with_control_plane {
+    use common::sidecar::{ControlPlane, READER};
+    use common::store::event;
+    use wopr_operator::api::Capability;
+    use wopr_operator::audit::AuditEvent;
+    use wopr_operator::policy::Outcome;
+
+    use super::*;
+
+    async fn control_plane(cluster: &mut Cluster) -> ControlPlane {
+        let plane = ControlPlane::start(&[]).await;
+        cluster.context.control_plane = Some(ControlPlaneAddress {
+            address: plane.address.to_string(),
+            token: Some(READER.into()),
+        });
+        plane
+    }
+
+    #[tokio::test]
+    async fn audit_queries_the_trail_as_the_reader() {
+        let mut cluster = examples();
+        let plane = control_plane(&mut cluster).await;
+        let mut events: Vec<AuditEvent> = (0..30)
+            .map(|n| {
+                event(
+                    NAMESPACE,
+                    if n % 2 == 0 {
+                        "research-agent"
+                    } else {
+                        "code-executor"
+                    },
+                    if n % 3 == 0 {
+                        Outcome::Denied
+                    } else {
+                        Outcome::Allowed
+                    },
+                    n,
+                )
+            })
+            .collect();
+        events[27].capability = Some(Capability::InjectExec);
+        plane.store.insert_events(&events).await.unwrap();
+
+        let table = cluster
+            .text(&[
+                "security",
+                "audit",
+                "--denied",
+                "--last",
+                "3",
+                "--session",
+                "research-agent",
+            ])
+            .await;
+        assert_snapshot!("audit_denied", table);
+        let read: Vec<AuditEvent> = items(
+            cluster
+                .json(&["security", "audit", "--last", "1000", "--format", "json"])
+                .await,
+        );
+        assert_eq!(read.len(), 30);
+        assert_eq!(read[0], events[29], "newest first, as stored");
+        let exec: Vec<AuditEvent> = items(
+            cluster
+                .json(&[
+                    "security",
+                    "audit",
+                    "--capability",
+                    "inject.exec",
+                    "-o",
+                    "json",
+                ])
+                .await,
+        );
+        assert_eq!(exec, vec![events[27].clone()]);
+        let recent: Vec<AuditEvent> = items(
+            cluster
+                .json(&[
+                    "security",
+                    "audit",
+                    "--since",
+                    "2026-11-24T12:00:25Z",
+                    "-o",
+                    "json",
+                ])
+                .await,
+        );
+        assert_eq!(recent.len(), 5);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.json");
+        let written = cluster
+            .text(&[
+                "security",
+                "audit",
+                "--format",
+                "json",
+                "--output",
+                file.to_str().unwrap(),
+            ])
+            .await;
+        assert_eq!(written, format!("30 written to {}\n", file.display()));
+        let saved: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(items::<AuditEvent>(saved).len(), 30);
+
+        // Another namespace's reader is refused by the control plane.
+        cluster.context.namespace = "elsewhere".into();
+        let refused = cluster.run(&["security", "audit"]).await;
+        assert!(
+            matches!(refused, Err(CliError::Refused(ref m)) if m.contains("wopr-audit-reader")),
+            "{refused:?}"
+        );
+        drop(plane);
+    }
+
+    #[tokio::test]
+    async fn inject_sends_as_the_user_whom_rbac_allows() {
+        let mut cluster = examples();
+        let mut plane = control_plane(&mut cluster).await;
+        for object in
+            parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
+        {
+            if let WoprObject::Session(mut session) = object {
+                session.metadata.namespace = Some(NAMESPACE.into());
+                plane.put_session(*session);
+            }
+        }
+        let sent = cluster
+            .run(&[
+                "session",
+                "inject",
+                "research-agent",
+                "Summarize today's papers",
+            ])
+            .await
+            .unwrap();
+        let queued = plane
+            .store
+            .pending_messages(NAMESPACE, "research-agent", 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        let message = &queued[0].message;
+        assert_eq!(message.payload, json!({"text": "Summarize today's papers"}));
+        assert_eq!(
+            (
+                message.source.source_type.as_str(),
+                message.source.identity.as_str()
+            ),
+            ("user", "alice")
+        );
+        assert_eq!(sent.data["messageId"], json!(message.id));
+        let audited: Vec<AuditEvent> = common::store::all_events(&plane.store).await;
+        assert_eq!(audited[0].id, sent.data["auditId"].as_str().unwrap());
+        assert_eq!(audited[0].action.as_deref(), Some("session_inject"));
+        assert_eq!(audited[0].decision, Outcome::Allowed);
+
+        let unknown = cluster.run(&["session", "inject", "ghost", "hi"]).await;
+        assert!(
+            matches!(unknown, Err(CliError::NotFound(ref m)) if m.contains("no session ghost")),
+            "{unknown:?}"
+        );
+        // Mallory's RBAC allows her another namespace only: refused, and audited.
+        cluster.context.control_plane = Some(ControlPlaneAddress {
+            address: plane.address.to_string(),
+            token: Some(common::sidecar::OUTSIDER.into()),
+        });
+        let refused = cluster
+            .run(&["session", "inject", "research-agent", "hi"])
+            .await;
+        assert!(
+            matches!(refused, Err(CliError::Refused(ref m)) if m.contains("wopr-session-injector")),
+            "{refused:?}"
+        );
+        let newest = &common::store::all_events(&plane.store).await[0];
+        assert_eq!(
+            (newest.source.identity.as_str(), newest.decision),
+            ("mallory", Outcome::Denied)
+        );
+        assert_eq!(
+            plane
+                .store
+                .pending_messages(NAMESPACE, "research-agent", 0, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn audit_without_a_control_plane_or_a_token_says_what_to_pass() {
+        let cluster = examples();
+        let missing = usage(cluster.run(&["security", "audit"]).await);
+        assert!(missing.contains("--control-plane"), "{missing}");
+        let mut cluster = examples();
+        cluster.context.control_plane = Some(ControlPlaneAddress {
+            address: "127.0.0.1:1".into(),
+            token: None,
+        });
+        let no_token = usage(cluster.run(&["security", "audit"]).await);
+        assert!(no_token.contains("--token"), "{no_token}");
+        cluster.context.control_plane = Some(ControlPlaneAddress {
+            address: "127.0.0.1:1".into(),
+            token: Some(READER.into()),
+        });
+        let down = cluster.run(&["security", "audit"]).await;
+        assert!(matches!(down, Err(CliError::Unreachable(_))), "{down:?}");
+    }
+
+    #[tokio::test]
+    async fn stale_grants_are_expired_or_unused() {
+        let cluster = examples();
+        cluster
+            .api
+            .modify(&path("grants", "p2p-gateway-forwarding"), |grant| {
+                grant["status"] = json!({"state": "Active", "lastUsedAt": "2026-11-29T11:00:00Z"});
+            });
+        cluster.api.modify(&path("grants", "peer-alice"), |grant| {
+            grant["spec"]["expiresAt"] = json!("2026-11-28T00:00:00Z");
+            grant["status"] = json!({"state": "Expired"});
+        });
+        let table = cluster
+            .text(&["security", "audit", "--stale-grants", "--stale-days", "3"])
+            .await;
+        assert_snapshot!("stale_grants", table);
+    }
+
+    #[tokio::test]
+    async fn migrate_proposes_the_grants_warn_mode_needed() {
+        let mut cluster = examples();
+        let plane = control_plane(&mut cluster).await;
+        let mut events = Vec::new();
+        for (n, (session, capability, tool)) in [
+            (
+                "research-agent",
+                Some(Capability::InjectNetwork),
+                "http_fetch",
+            ),
+            (
+                "research-agent",
+                Some(Capability::InjectNetwork),
+                "http_fetch",
+            ),
+            ("research-agent", Some(Capability::A2aCall), "sessions_list"),
+            ("api-handler", None, "memory_write"),
+            (
+                "code-executor",
+                Some(Capability::InjectExec),
+                "exec_command",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut would_deny = event(NAMESPACE, session, Outcome::WouldDeny, n as i64);
+            would_deny.capability = capability;
+            would_deny.tool = Some(tool.into());
+            events.push(would_deny);
+        }
+        events.push(event(NAMESPACE, "research-agent", Outcome::Denied, 10));
+        plane.store.insert_events(&events).await.unwrap();
+        let yaml = cluster
+            .text(&["security", "migrate", "--since", "2026-11-24T00:00:00Z"])
+            .await;
+        assert_snapshot!("migrate", yaml);
+        let grants: Vec<Grant> = parse_manifests(&yaml)
+            .unwrap()
+            .into_iter()
+            .map(|object| match object {
+                WoprObject::Grant(grant) => grant,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(grants.len(), 2);
+        assert_eq!(
+            grants[1].spec.capabilities,
+            [Capability::A2aCall, Capability::InjectNetwork]
+        );
+        drop(plane);
+    }
+}
+
+mod binary {
+    //! The real `kubectl-wopr` against the fake API over HTTP: what a
+    //! script sees, exit codes and stderr.
+
+    use std::process::Command;
+
+    use super::*;
+
+    struct Run {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    }
+
+    fn kubectl_wopr(kubeconfig: &std::path::Path, args: &[&str]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("WOPR_CONTROL_PLANE")
+            .env_remove("WOPR_TOKEN")
+            .output()
+            .unwrap();
+        Run {
+            code: output.status.code().unwrap(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    async fn served() -> (FakeApi, tempfile::TempDir, std::path::PathBuf) {
+        let api = FakeApi::default();
+        load_examples(&api);
+        let address = api.serve_http().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = FakeApi::kubeconfig(dir.path(), address);
+        (api, dir, kubeconfig)
+    }
+
+    /// One line on stderr, starting `error: `.
+    fn one_line(run: &Run) -> &str {
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        run.stderr
+            .strip_prefix("error: ")
+            .unwrap_or(&run.stderr)
+            .trim_end()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn exit_codes_scripts_can_trust() {
+        let (api, _dir, kubeconfig) = served().await;
+        let run = |args: &'static [&'static str]| {
+            let kubeconfig = kubeconfig.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut all = vec!["-n", NAMESPACE];
+                all.extend_from_slice(args);
+                kubectl_wopr(&kubeconfig, &all)
+            })
+        };
+
+        let listed = run(&["session", "list", "-o", "json"]).await.unwrap();
+        assert_eq!(listed.code, 0, "{}", listed.stderr);
+        assert_eq!(
+            items::<Session>(serde_json::from_str(&listed.stdout).unwrap()).len(),
+            4
+        );
+        let yaml = run(&["security", "list-grants", "-o", "yaml"])
+            .await
+            .unwrap();
+        assert!(yaml.stdout.contains("kind: List"), "{}", yaml.stdout);
+
+        for (args, code, message) in [
+            (
+                &["security", "grant", "session:a", "fly"][..],
+                1,
+                "unknown capability",
+            ),
+            (
+                &["security", "grant", "session:a", "--profile", "owner"][..],
+                1,
+                "owner",
+            ),
+            (
+                &["security", "grant", "not-a-key", "inject"][..],
+                1,
+                "neither session:NAME nor a peer key",
+            ),
+            (
+                &["config", "set", "security.nope", "1"][..],
+                1,
+                "unknown config path",
+            ),
+            (
+                &["security", "status", "ghost"][..],
+                2,
+                "session \"ghost\" not found",
+            ),
+            (
+                &["security", "grant", "session:ghost", "inject"][..],
+                2,
+                "session \"ghost\" not found",
+            ),
+        ] {
+            let result = run(args).await.unwrap();
+            assert_eq!(result.code, code, "{args:?}: {}", result.stderr);
+            assert!(
+                result.stderr.contains(message),
+                "{args:?}: {}",
+                result.stderr
+            );
+            if code != 1 {
+                one_line(&result);
+            }
+        }
+
+        api.refuse(
+            &path("grants", ""),
+            StatusCode::FORBIDDEN,
+            "grants.wopr.dev is forbidden: User \"bob\" cannot patch resource \"grants\"",
+        );
+        let refused = run(&["security", "grant", "session:research-agent", "inject"])
+            .await
+            .unwrap();
+        assert_eq!(refused.code, 3, "{}", refused.stderr);
+        assert!(one_line(&refused).contains("403"), "{}", refused.stderr);
+
+        api.modify(&path("securitypolicies", "default"), |policy| {
+            policy["spec"]["p2p"]["autoAccept"] = json!(true);
+        });
+        let failing = run(&["security", "verify"]).await.unwrap();
+        assert_eq!(failing.code, 5, "{}", failing.stderr);
+        assert!(
+            failing.stdout.contains("auto-accept-off"),
+            "{}",
+            failing.stdout
+        );
+        assert_eq!(one_line(&failing), "failing checks: auto-accept-off");
+    }
+
+    #[test]
+    fn no_cluster_is_exit_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let kubeconfig = FakeApi::kubeconfig(dir.path(), closed);
+        let unreachable = kubectl_wopr(&kubeconfig, &["session", "list"]);
+        assert_eq!(unreachable.code, 4, "{}", unreachable.stderr);
+        assert!(
+            one_line(&unreachable).starts_with("cannot reach the cluster"),
+            "{}",
+            unreachable.stderr
+        );
+
+        let missing = kubectl_wopr(&dir.path().join("nothing"), &["session", "list"]);
+        assert_eq!(missing.code, 4, "{}", missing.stderr);
+        assert!(
+            one_line(&missing).starts_with("no cluster to talk to"),
+            "{}",
+            missing.stderr
+        );
+
+        let help = kubectl_wopr(&kubeconfig, &["security", "grant", "--help"]);
+        assert_eq!(help.code, 0);
+        assert!(help.stdout.contains("Examples:"), "{}", help.stdout);
+    }
+}
