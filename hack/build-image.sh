@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the operator's container image without a container daemon: the
-# release binary, the shared libraries it needs (found with ldd), CA
+# release binaries (wopr-operator, and the kubectl-wopr plugin beside it),
+# the shared libraries they need (found with ldd), CA
 # certificates and a passwd file with the unprivileged user 65532, packed by
 # hack/oci-image.py into an OCI archive that `ctr -n k8s.io images import`,
 # `kind load image-archive`, `podman load` and `docker load` accept.
@@ -10,7 +11,8 @@
 #   --output PATH  where the archive goes (default target/image/wopr-operator.tar)
 #   --name REF     the image's name (default ghcr.io/wopr-network/wopr-operator:dev)
 #   --binary PATH  pack this binary instead of building the release one
-#                  (hack/build-release.sh); it is stripped of debug info
+#                  (hack/build-release.sh), with the kubectl-wopr in its
+#                  directory; both are stripped of debug info
 #
 # With a daemon, `docker build .` (the Dockerfile, on distroless) gives the
 # same entrypoint, user and binary.
@@ -39,7 +41,10 @@ if [ -z "$binary" ]; then
   hack/build-release.sh target/dist/bin >/dev/null
   binary=target/dist/bin/wopr-operator
 fi
-[ -x "$binary" ] || { echo "build-image: $binary is not an executable" >&2; exit 1; }
+plugin=$(dirname "$binary")/kubectl-wopr
+for executable in "$binary" "$plugin"; do
+  [ -x "$executable" ] || { echo "build-image: $executable is not an executable" >&2; exit 1; }
+done
 
 case "$(uname -m)" in
   x86_64) arch=amd64 ;;
@@ -49,12 +54,13 @@ esac
 
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
-echo "build-image: staging $binary and its libraries"
+echo "build-image: staging $binary, $plugin and their libraries"
 install -D -m 0755 "$binary" "$rootfs/usr/local/bin/wopr-operator"
-strip --strip-debug "$rootfs/usr/local/bin/wopr-operator"
+install -D -m 0755 "$plugin" "$rootfs/usr/local/bin/kubectl-wopr"
+strip --strip-debug "$rootfs/usr/local/bin/wopr-operator" "$rootfs/usr/local/bin/kubectl-wopr"
 # Each library at the path the dynamic loader looks for it (the loader
 # itself included), as a file rather than a symlink.
-ldd "$binary" | grep -o '/[^ ]*' | while read -r library; do
+{ ldd "$binary"; ldd "$plugin"; } | grep -o '/[^ ]*' | sort -u | while read -r library; do
   install -D -m 0755 "$(readlink -f "$library")" "$rootfs$library"
 done
 mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/tmp"

@@ -125,13 +125,17 @@ fn the_image_archive_runs_the_binary_as_an_unprivileged_user() {
         .filter(|dir| dir.is_dir())
         .map(|dir| dir.display().to_string())
         .collect();
-    let version = run(Command::new(&loader)
-        .arg("--inhibit-cache")
-        .args(["--library-path", &library_dirs.join(":")])
-        .arg(rootfs.join("usr/local/bin/wopr-operator"))
-        .arg("--version"));
-    assert_eq!(
-        version.trim(),
-        format!("wopr-operator {}", env!("CARGO_PKG_VERSION"))
-    );
+    // Both binaries run from the image's own libraries: the operator and
+    // the kubectl plugin, for `kubectl exec ... -- kubectl-wopr`.
+    for binary in ["wopr-operator", "kubectl-wopr"] {
+        let version = run(Command::new(&loader)
+            .arg("--inhibit-cache")
+            .args(["--library-path", &library_dirs.join(":")])
+            .arg(rootfs.join("usr/local/bin").join(binary))
+            .arg("--version"));
+        assert_eq!(
+            version.trim(),
+            format!("{binary} {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
 }
