@@ -16,11 +16,8 @@ mod common;
 use std::path::Path;
 
 use common::e2e::*;
-use common::install_yaml;
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
-use kube::discovery::ApiResource;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 use wopr_operator::api::{ApprovalRequest, Capability, Grant};
@@ -33,67 +30,6 @@ use wopr_operator::sidecar::engine::Messenger;
 
 const AGENT: &str = "e2e-elevated";
 const APPROVER: &str = "e2e-approver@example.com";
-
-/// Installs the chart's admission policy, its binding and the approver
-/// role from `manifests/install.yaml`; the policy's operator identity is
-/// whoever runs this test (the in-process controller's credentials).
-async fn install_admission(client: &Client) {
-    let review: SelfSubjectReview = Api::all(client.clone())
-        .create(&PostParams::default(), &SelfSubjectReview::default())
-        .await
-        .expect("SelfSubjectReview");
-    let me = review
-        .status
-        .and_then(|status| status.user_info)
-        .and_then(|user| user.username)
-        .expect("who runs the test");
-    for kind in [
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
-        "ClusterRole",
-    ] {
-        for mut object in install_yaml().into_iter().filter(|o| o["kind"] == kind) {
-            let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-            if kind == "ClusterRole" && name != "wopr-approver" {
-                continue;
-            }
-            if let Some(variables) = object["spec"]["variables"].as_array_mut() {
-                for variable in variables {
-                    if variable["name"] == "byOperator" {
-                        variable["expression"] =
-                            json!(format!("request.userInfo.username == '{me}'"));
-                    }
-                }
-            }
-            let (group, version) = object["apiVersion"]
-                .as_str()
-                .unwrap()
-                .split_once('/')
-                .unwrap();
-            let resource = ApiResource {
-                group: group.into(),
-                version: version.into(),
-                api_version: object["apiVersion"].as_str().unwrap().into(),
-                kind: kind.into(),
-                plural: match kind {
-                    "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
-                    "ValidatingAdmissionPolicyBinding" => "validatingadmissionpolicybindings",
-                    _ => "clusterroles",
-                }
-                .into(),
-            };
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            let object: DynamicObject = serde_json::from_value(object).unwrap();
-            api.patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("installing {kind} {name}: {e}"));
-        }
-    }
-}
 
 /// A client acting as `user` (impersonated) or with `token`.
 async fn client_as(user: Option<&str>, token: Option<String>) -> Client {
@@ -179,7 +115,7 @@ async fn served_capabilities(control_plane: &str, namespace: &str, token: &str) 
 }
 
 async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
-    install_admission(client).await;
+    install_admission(client, &["wopr-approver"]).await;
     trusted_sessions_with_accounts(client, namespace, &[AGENT]).await;
     bind_approvers(client, namespace).await;
     let projected = token_of(client, namespace, &format!("wopr-{AGENT}")).await;

@@ -49,6 +49,10 @@ impl CliError {
             kube::Error::Api(status) if matches!(status.code, 502..=504) => {
                 CliError::Unreachable(format!("the API server is unavailable: {line}"))
             }
+            // Server-side apply found a field another manager owns.
+            kube::Error::Api(status) if status.reason == "Conflict" => CliError::Refused(format!(
+                "{what}: refused: {line} (pass --force-conflicts to take the fields over)"
+            )),
             kube::Error::Api(_) => CliError::Refused(format!("{what}: refused: {line}")),
             _ => CliError::Unreachable(format!("cannot reach the cluster: {line}")),
         }
@@ -99,6 +103,21 @@ mod tests {
         assert_eq!(
             code(api_error(503, "ServiceUnavailable")),
             format!("{:?}", ExitCode::from(4))
+        );
+    }
+
+    #[test]
+    fn an_apply_conflict_says_how_to_take_the_fields_over() {
+        let error = CliError::from_kube("securitypolicy \"default\"", api_error(409, "Conflict"));
+        assert!(
+            error
+                .to_string()
+                .ends_with("(pass --force-conflicts to take the fields over)")
+        );
+        let exists = CliError::from_kube("session \"a\"", api_error(409, "AlreadyExists"));
+        assert!(
+            !exists.to_string().contains("--force-conflicts"),
+            "{exists}"
         );
     }
 

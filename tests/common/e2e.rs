@@ -9,15 +9,20 @@ use kube::api::DeleteParams;
 use tokio::sync::oneshot;
 use wopr_operator::operator::{RunError, run};
 
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::json;
 use wopr_operator::api;
 use wopr_operator::controller::config::ControllerArgs;
+
+use super::install_yaml;
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 pub const MANAGER: &str = "wopr-e2e";
@@ -271,4 +276,66 @@ where
         test(client, namespace, address)
     })
     .await;
+}
+
+/// Installs the chart's admission policies, their bindings and the
+/// ClusterRoles `roles` (for people) from `manifests/install.yaml`; the
+/// policies' operator identity is whoever runs the test (the in-process
+/// controller's credentials).
+pub async fn install_admission(client: &Client, roles: &[&str]) {
+    let review: SelfSubjectReview = Api::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .expect("SelfSubjectReview");
+    let me = review
+        .status
+        .and_then(|status| status.user_info)
+        .and_then(|user| user.username)
+        .expect("who runs the test");
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ClusterRole",
+    ] {
+        for mut object in install_yaml().into_iter().filter(|o| o["kind"] == kind) {
+            let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+            if kind == "ClusterRole" && !roles.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(variables) = object["spec"]["variables"].as_array_mut() {
+                for variable in variables {
+                    if variable["name"] == "byOperator" {
+                        variable["expression"] =
+                            json!(format!("request.userInfo.username == '{me}'"));
+                    }
+                }
+            }
+            let (group, version) = object["apiVersion"]
+                .as_str()
+                .unwrap()
+                .split_once('/')
+                .unwrap();
+            let resource = ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: object["apiVersion"].as_str().unwrap().into(),
+                kind: kind.into(),
+                plural: match kind {
+                    "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
+                    "ValidatingAdmissionPolicyBinding" => "validatingadmissionpolicybindings",
+                    _ => "clusterroles",
+                }
+                .into(),
+            };
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let object: DynamicObject = serde_json::from_value(object).unwrap();
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("installing {kind} {name}: {e}"));
+        }
+    }
 }
