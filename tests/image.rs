@@ -2,7 +2,8 @@
 //! container daemon: the archive's index, manifest and config say what the
 //! image runs (entrypoint, non-root user, labels), every blob matches its
 //! digest, and the binary runs from the unpacked layer with the libraries
-//! the archive carries.
+//! the archive carries. `hack/krew-manifest.sh` packs the kubectl plugin
+//! for Krew.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,4 +139,39 @@ fn the_image_archive_runs_the_binary_as_an_unprivileged_user() {
             format!("{binary} {}", env!("CARGO_PKG_VERSION"))
         );
     }
+}
+
+/// `hack/krew-manifest.sh` packs kubectl-wopr for `kubectl krew install
+/// --manifest --archive`: a Krew plugin manifest whose sha256 is the
+/// archive's, and an archive holding the binary the manifest names.
+#[test]
+fn the_krew_manifest_names_the_archive_it_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/hack/krew-manifest.sh"
+        ))
+        .args(["--binary", env!("CARGO_BIN_EXE_kubectl-wopr")])
+        .arg("--output")
+        .arg(dir.path()));
+    let manifest: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.path().join("wopr.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["metadata"]["name"], "wopr");
+    assert_eq!(
+        manifest["spec"]["version"],
+        format!("v{}", env!("CARGO_PKG_VERSION"))
+    );
+    let platform = &manifest["spec"]["platforms"][0];
+    assert_eq!(platform["bin"], "kubectl-wopr");
+    let archive = dir.path().join("kubectl-wopr.tar.gz");
+    let sum = run(Command::new("sha256sum").arg(&archive));
+    assert_eq!(
+        Some(platform["sha256"].as_str().unwrap()),
+        sum.split_whitespace().next()
+    );
+    let listing = run(Command::new("tar").arg("-tzf").arg(&archive));
+    assert_eq!(listing.trim(), "kubectl-wopr");
 }
