@@ -338,20 +338,21 @@ async fn token_review_identifies_a_sessions_service_account_and_pod() {
     );
 }
 
-/// A reader's credential is reviewed for the API server's own audience,
-/// then a SubjectAccessReview asks, as that user with its groups, uid and
-/// extras, for `list auditevents.wopr.dev` in the namespace.
-#[tokio::test]
-async fn reading_the_audit_trail_takes_a_subject_access_review() {
-    use wopr_operator::controlplane::auth::{AuthError, Authenticator, TokenReviewer};
+/// A TokenReviewer whose API server authenticates every token as `user`
+/// and answers SubjectAccessReviews as the flag says (refusals with the
+/// reason "no RBAC policy matched").
+fn reviewing(
+    user: serde_json::Value,
+) -> (
+    wopr_operator::controlplane::auth::TokenReviewer,
+    FakeApi,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let (client, api) = FakeApi::start();
     api.insert(
         "/apis/authentication.k8s.io/v1/tokenreviews",
         json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
-               "status": {"authenticated": true, "audiences": ["https://kubernetes.default.svc"],
-                          "user": {"username": "alice@example.com", "uid": "u-1",
-                                   "groups": ["team-a-admins", "system:authenticated"],
-                                   "extra": {"scopes": ["audit"]}}}}),
+               "status": {"authenticated": true, "audiences": ["https://kubernetes.default.svc"], "user": user}}),
     );
     let allowed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let answer = allowed.clone();
@@ -364,7 +365,22 @@ async fn reading_the_audit_trail_takes_a_subject_access_review() {
                    "status": {"allowed": allowed, "reason": if allowed { "" } else { "no RBAC policy matched" }}})
         },
     );
-    let reviewer = TokenReviewer::new(client);
+    (
+        wopr_operator::controlplane::auth::TokenReviewer::new(client),
+        api,
+        allowed,
+    )
+}
+
+/// A reader's credential is reviewed for the API server's own audience,
+/// then a SubjectAccessReview asks, as that user with its groups, uid and
+/// extras, for `list auditevents.wopr.dev` in the namespace.
+#[tokio::test]
+async fn reading_the_audit_trail_takes_a_subject_access_review() {
+    use wopr_operator::controlplane::auth::{AuthError, Authenticator};
+    let (reviewer, api, allowed) = reviewing(json!({"username": "alice@example.com", "uid": "u-1",
+               "groups": ["team-a-admins", "system:authenticated"],
+               "extra": {"scopes": ["audit"]}}));
     let reader = reviewer.may_read_audit("alice-token", Some("team-a")).await;
     assert_eq!(reader.unwrap(), "alice@example.com");
     let requests: Vec<_> = api
@@ -405,24 +421,8 @@ async fn reading_the_audit_trail_takes_a_subject_access_review() {
 /// `inject` subresource, asked as the reviewed user.
 #[tokio::test]
 async fn sending_a_session_a_message_takes_create_on_sessions_inject() {
-    use wopr_operator::controlplane::auth::{AuthError, Authenticator, TokenReviewer};
-    let (client, api) = FakeApi::start();
-    api.insert(
-        "/apis/authentication.k8s.io/v1/tokenreviews",
-        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
-               "status": {"authenticated": true, "user": {"username": "bob", "groups": ["ops"]}}}),
-    );
-    let allowed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let answer = allowed.clone();
-    api.respond_to(
-        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-        move |review| {
-            let allowed = answer.load(std::sync::atomic::Ordering::SeqCst);
-            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-               "spec": review["spec"], "status": {"allowed": allowed}})
-        },
-    );
-    let reviewer = TokenReviewer::new(client);
+    use wopr_operator::controlplane::auth::{AuthError, Authenticator};
+    let (reviewer, api, allowed) = reviewing(json!({"username": "bob", "groups": ["ops"]}));
     let sender = reviewer
         .may_inject("bob-token", "team-a", "research-agent")
         .await;
@@ -449,7 +449,7 @@ async fn sending_a_session_a_message_takes_create_on_sessions_inject() {
             assert_eq!(username, "bob");
             assert_eq!(
                 reason,
-                "bob may not create sessions/inject of wopr.dev/research-agent: bind the ClusterRole wopr-session-injector (or edit/admin) in namespace team-a"
+                "bob may not create sessions/inject of wopr.dev/research-agent (no RBAC policy matched): bind the ClusterRole wopr-session-injector (or edit/admin) in namespace team-a"
             );
         }
         other => panic!("expected a refusal, got {other:?}"),

@@ -100,9 +100,9 @@ fn scope_of(namespace: Option<&str>) -> String {
     namespace.map_or_else(|| "every namespace".into(), |ns| format!("namespace {ns}"))
 }
 
-/// The refusal of `username`'s read of `namespace`, naming the missing
-/// right and the role that holds it.
-pub fn may_not_read(username: &str, namespace: Option<&str>, why: &str) -> AuthError {
+/// The refusal of `username`: what it may not do, the authorizer's reason
+/// when it gave one, and what to bind.
+fn forbidden(username: &str, what: &str, why: &str, remedy: &str) -> AuthError {
     let why = if why.is_empty() {
         String::new()
     } else {
@@ -110,12 +110,20 @@ pub fn may_not_read(username: &str, namespace: Option<&str>, why: &str) -> AuthE
     };
     AuthError::Forbidden {
         username: username.to_owned(),
-        reason: format!(
-            "{username} may not list {AUDIT_RESOURCE}.{} in {}{why}: bind the ClusterRole {AUDIT_READER_ROLE} (or edit/admin) there",
-            crate::api::GROUP,
-            scope_of(namespace)
-        ),
+        reason: format!("{username} may not {what}{why}: {remedy}"),
     }
+}
+
+/// The refusal of `username`'s read of `namespace`, naming the missing
+/// right and the role that holds it.
+pub fn may_not_read(username: &str, namespace: Option<&str>, why: &str) -> AuthError {
+    let what = format!(
+        "list {AUDIT_RESOURCE}.{} in {}",
+        crate::api::GROUP,
+        scope_of(namespace)
+    );
+    let remedy = format!("bind the ClusterRole {AUDIT_READER_ROLE} (or edit/admin) there");
+    forbidden(username, &what, why, &remedy)
 }
 
 /// The subresource of Sessions whose `create` verb lets a person or a
@@ -127,18 +135,13 @@ pub const INJECTOR_ROLE: &str = "wopr-session-injector";
 /// The refusal of `username`'s message to `namespace/session`, naming the
 /// missing right and the role that holds it.
 pub fn may_not_inject(username: &str, namespace: &str, session: &str, why: &str) -> AuthError {
-    let why = if why.is_empty() {
-        String::new()
-    } else {
-        format!(" ({why})")
-    };
-    AuthError::Forbidden {
-        username: username.to_owned(),
-        reason: format!(
-            "{username} may not create sessions/{INJECT_SUBRESOURCE} of {}/{session}{why}: bind the ClusterRole {INJECTOR_ROLE} (or edit/admin) in namespace {namespace}",
-            crate::api::GROUP,
-        ),
-    }
+    let what = format!(
+        "create sessions/{INJECT_SUBRESOURCE} of {}/{session}",
+        crate::api::GROUP
+    );
+    let remedy =
+        format!("bind the ClusterRole {INJECTOR_ROLE} (or edit/admin) in namespace {namespace}");
+    forbidden(username, &what, why, &remedy)
 }
 
 /// Checks tokens with the Kubernetes TokenReview API.
