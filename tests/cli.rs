@@ -344,41 +344,30 @@ async fn grant_refuses_bad_subjects_and_values() {
         matches!(unknown, Err(CliError::NotFound(ref m)) if m == "session \"ghost\" not found"),
         "{unknown:?}"
     );
-    let malformed = usage(
-        cluster
-            .run(&["security", "grant", "alice", "a2a.call"])
-            .await,
-    );
-    assert!(
-        malformed.contains("neither session:NAME nor a peer key"),
-        "{malformed}"
-    );
-    let sessions = usage(
-        cluster
-            .run(&[
-                "security",
-                "grant",
-                "session:research-agent",
-                "a2a.call",
-                "--sessions",
-                "x",
-            ])
-            .await,
-    );
-    assert!(sessions.contains("peer grants only"), "{sessions}");
-    let past = usage(
-        cluster
-            .run(&[
-                "security",
-                "grant",
+    for (args, message) in [
+        (
+            &["alice", "a2a.call"][..],
+            "neither session:NAME nor a peer key",
+        ),
+        (
+            &["session:research-agent", "a2a.call", "--sessions", "x"][..],
+            "peer grants only",
+        ),
+        (
+            &[
                 "session:research-agent",
                 "a2a.call",
                 "--expires",
                 "2020-01-01T00:00:00Z",
-            ])
-            .await,
-    );
-    assert!(past.contains("past"), "{past}");
+            ][..],
+            "--expires is in the past",
+        ),
+    ] {
+        let mut grant = vec!["security", "grant"];
+        grant.extend_from_slice(args);
+        let refused = usage(cluster.run(&grant).await);
+        assert!(refused.contains(message), "{args:?}: {refused}");
+    }
     // Parsed before anything is sent: clap's own usage errors.
     for (args, message) in [
         (

@@ -34,6 +34,15 @@ fn check(name: &str, failures: Vec<String>, passed_detail: &str) -> Check {
     }
 }
 
+/// `failure` when `failed`, else nothing.
+fn failure_if(failed: bool, failure: &str) -> Vec<String> {
+    if failed {
+        vec![failure.to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// `security verify`.
 pub async fn verify(context: &Context) -> Result<Shown, CliError> {
     let policy = get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME).await?;
@@ -93,11 +102,10 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         .is_some_and(|p2p| p2p.auto_accept);
     checks.push(check(
         "auto-accept-off",
-        if auto_accept {
-            vec!["spec.p2p.autoAccept is true: unknown peers are accepted without review".into()]
-        } else {
-            Vec::new()
-        },
+        failure_if(
+            auto_accept,
+            "spec.p2p.autoAccept is true: unknown peers are accepted without review",
+        ),
         "unknown peers are not accepted automatically",
     ));
 
@@ -151,11 +159,10 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         .is_none_or(|audit| audit.denial_events);
     checks.push(check(
         "audit-on",
-        if denial_events {
-            Vec::new()
-        } else {
-            vec!["spec.audit.denialEvents is false: denials raise no Kubernetes Events".into()]
-        },
+        failure_if(
+            !denial_events,
+            "spec.audit.denialEvents is false: denials raise no Kubernetes Events",
+        ),
         "every decision is audited and denials raise Events",
     ));
     checks.push(check(
@@ -166,11 +173,10 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
     let enforcement = spec.map_or_else(Enforcement::default, |s| s.enforcement);
     checks.push(check(
         "enforce-mode",
-        if enforcement == Enforcement::Warn {
-            vec!["enforcement is warn: violations are only audited (kubectl wopr security migrate, then config set security.enforcement enforce)".into()]
-        } else {
-            Vec::new()
-        },
+        failure_if(
+            enforcement == Enforcement::Warn,
+            "enforcement is warn: violations are only audited (kubectl wopr security migrate, then config set security.enforcement enforce)",
+        ),
         "violations are blocked",
     ));
 
