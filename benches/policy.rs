@@ -31,10 +31,7 @@ fn grants(count: usize, subject_every: usize) -> Vec<Grant> {
             Grant {
                 metadata: meta(&format!("grant-{i}")),
                 spec: GrantSpec {
-                    subject: GrantSubject {
-                        peer: None,
-                        session: Some(subject),
-                    },
+                    subject: GrantSubject::session(&subject),
                     profile: None,
                     capabilities: vec![Capability::ALL[i % 8]],
                     sessions: Vec::new(),

@@ -256,6 +256,37 @@ async fn whoami_as_a_sessions_service_account_shows_its_trust() {
 }
 
 #[tokio::test]
+async fn whoami_as_a_workload_shows_its_grants() {
+    let cluster = examples();
+    authenticate_as_alice(&cluster.api);
+    cluster.api.respond_to(
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        |_| json!({"status": {"userInfo": {"username": "system:serviceaccount:ci:task-bot"}}}),
+    );
+    let text = cluster.text(&["security", "whoami"]).await;
+    assert!(
+        text.contains("Workload:    serviceaccount:ci/task-bot"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no Grant names this service account"),
+        "{text}"
+    );
+    cluster
+        .text(&[
+            "security",
+            "grant",
+            "serviceaccount:ci/task-bot",
+            "--profile",
+            "semi-trusted",
+        ])
+        .await;
+    let text = cluster.text(&["security", "whoami"]).await;
+    assert!(text.contains("Trust level: up to semi-trusted"), "{text}");
+    assert!(text.contains("Grants:      serviceaccount-"), "{text}");
+}
+
+#[tokio::test]
 async fn grant_list_and_revoke() {
     let cluster = examples();
     let shown = cluster
@@ -347,11 +378,11 @@ async fn grant_refuses_bad_subjects_and_values() {
     for (args, message) in [
         (
             &["alice", "a2a.call"][..],
-            "neither session:NAME nor a peer key",
+            "is not a subject: use session:NAME",
         ),
         (
             &["session:research-agent", "a2a.call", "--sessions", "x"][..],
-            "peer grants only",
+            "peer and service-account grants only",
         ),
         (
             &[
@@ -983,6 +1014,98 @@ mod with_control_plane {
         );
     }
 
+    /// A workload's message arrives as its Grant says, through the
+    /// session's access list; without a Grant in scope, not at all.
+    #[tokio::test]
+    async fn a_workload_sends_as_its_grant_says() {
+        let mut cluster = examples();
+        let mut plane = control_plane(&mut cluster).await;
+        cluster.context.control_plane = Some(ControlPlaneAddress {
+            address: plane.address.to_string(),
+            token: Some(common::sidecar::WORKLOAD.into()),
+        });
+        for object in
+            parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
+        {
+            if let WoprObject::Session(mut session) = object {
+                session.metadata.namespace = Some(NAMESPACE.into());
+                plane.put_session(*session);
+            }
+        }
+        let inject = || {
+            cluster.run(&[
+                "session",
+                "inject",
+                "research-agent",
+                "run the nightly report",
+            ])
+        };
+        let refused = |result: Result<cli::Shown, CliError>, why: &str| match result {
+            Err(CliError::Refused(message)) => assert!(message.contains(why), "{message}"),
+            other => panic!("expected a refusal ({why}), got {other:?}"),
+        };
+        refused(
+            inject().await,
+            "no Grant gives serviceaccount ci/task-bot standing towards session research-agent",
+        );
+
+        // The CLI writes the Grant; an untrusted workload is not in
+        // research-agent's access list (trust:trusted, session:p2p-gateway).
+        cluster
+            .text(&[
+                "security",
+                "grant",
+                "serviceaccount:ci/task-bot",
+                "--profile",
+                "untrusted",
+                "--sessions",
+                "research-agent",
+            ])
+            .await;
+        let stored = cluster.api.take_requests().pop().unwrap().body.unwrap();
+        let mut grant: Grant = serde_json::from_value(stored).unwrap();
+        assert_eq!(
+            grant.spec.subject.service_account.as_ref().unwrap().name,
+            "task-bot"
+        );
+        grant.metadata.namespace = Some(NAMESPACE.into());
+        plane.put_grant(grant.clone());
+        refused(
+            inject().await,
+            "does not take messages from serviceaccount ci/task-bot",
+        );
+
+        grant.spec.profile = Some(wopr_operator::api::TrustLevel::Trusted);
+        plane.put_grant(grant);
+        let sent = inject().await.unwrap();
+        let queued = plane
+            .store
+            .pending_messages(NAMESPACE, "research-agent", 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        let source = &queued[0].message.source;
+        assert_eq!(
+            (
+                source.source_type.as_str(),
+                source.identity.as_str(),
+                source.trust_level
+            ),
+            (
+                "serviceaccount",
+                "ci/task-bot",
+                wopr_operator::api::TrustLevel::Trusted
+            )
+        );
+        let audited = common::store::all_events(&plane.store).await;
+        assert_eq!(audited[0].id, sent.data["auditId"].as_str().unwrap());
+        let refusals = audited
+            .iter()
+            .filter(|event| event.decision == Outcome::Denied)
+            .count();
+        assert_eq!(refusals, 2, "each refusal is audited");
+    }
+
     #[tokio::test]
     async fn audit_without_a_control_plane_or_a_token_says_what_to_pass() {
         let cluster = examples();
@@ -1160,7 +1283,7 @@ mod binary {
             (
                 &["security", "grant", "not-a-key", "inject"][..],
                 1,
-                "neither session:NAME nor a peer key",
+                "is not a subject: use session:NAME",
             ),
             (
                 &["config", "set", "security.nope", "1"][..],

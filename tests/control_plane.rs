@@ -70,6 +70,15 @@ impl DiscoverPolicy for FakeDiscovery {
     fn spawn_policy(&self, _namespace: &str) -> SpawnPolicy {
         SpawnPolicy::default()
     }
+
+    fn workload(
+        &self,
+        _namespace: &str,
+        _session: &str,
+        _account: (&str, &str),
+    ) -> Result<Option<wopr_operator::policy::Standing>, String> {
+        Ok(None)
+    }
 }
 
 /// A control plane serving `discovery`; every session's own token works.

@@ -211,7 +211,7 @@ fn grant_has_exactly_one_of_profile_or_capabilities() {
 }
 
 #[test]
-fn grant_subject_is_a_peer_or_a_session() {
+fn grant_subject_is_a_peer_a_session_or_a_service_account() {
     let crd = Grant::crd();
     assert_accepted(
         &crd,
@@ -223,7 +223,7 @@ fn grant_subject_is_a_peer_or_a_session() {
     assert_rejected(
         &crd,
         object("Grant", json!({"subject": {}, "profile": "trusted"})),
-        "exactly one of peer or session",
+        "exactly one of peer, session or serviceAccount",
     );
     assert_rejected(
         &crd,
@@ -231,7 +231,33 @@ fn grant_subject_is_a_peer_or_a_session() {
             "Grant",
             json!({"subject": {"session": "a", "peer": {"publicKey": "k"}}, "profile": "trusted"}),
         ),
-        "exactly one of peer or session",
+        "exactly one of peer, session or serviceAccount",
+    );
+    let workload = json!({"serviceAccount": {"namespace": "ci", "name": "task-bot"}});
+    assert_accepted(
+        &crd,
+        object(
+            "Grant",
+            json!({"subject": workload, "profile": "untrusted", "sessions": ["p2p-gateway"]}),
+        ),
+    );
+    assert_rejected(
+        &crd,
+        object(
+            "Grant",
+            json!({"subject": {"session": "a", "serviceAccount": {"namespace": "ci", "name": "b"}},
+                   "profile": "trusted"}),
+        ),
+        "exactly one of peer, session or serviceAccount",
+    );
+    assert_rejected(
+        &crd,
+        object(
+            "Grant",
+            json!({"subject": workload, "profile": "untrusted",
+                   "previousKeys": [{"publicKey": "k", "rotatedAt": "2026-11-20T09:00:00Z"}]}),
+        ),
+        "previousKeys applies to peer grants only",
     );
     assert_rejected(
         &crd,
@@ -239,7 +265,7 @@ fn grant_subject_is_a_peer_or_a_session() {
             "Grant",
             json!({"subject": {"session": "a"}, "profile": "trusted", "sessions": ["b"]}),
         ),
-        "peer grants only",
+        "peer and service-account grants only",
     );
 }
 

@@ -3,9 +3,9 @@
 //! running in-process. Grant → list-grants → revoke; a person (an
 //! impersonated user bound to `wopr-approver`) approves a request and the
 //! chart's admission policy records that user; a reader's token queries
-//! the audit trail through the control plane; a person bound to
-//! `wopr-session-injector` sends a session a message and one without is
-//! refused; verify passes on the reference examples and fails, naming the
+//! the audit trail through the control plane; a workload bound to
+//! `wopr-session-injector` sends a session a message once a Grant gives it
+//! standing, and one without the role is refused; verify passes on the reference examples and fails, naming the
 //! check, once the namespace is weakened.
 //!
 //! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_cli -- --ignored --nocapture`
@@ -289,7 +289,31 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
             ],
         )
     };
-    assert_eq!(inject(&injector).code, 0);
+    // A workload needs RBAC and a Grant: refused without the Grant, then
+    // delivered as the trusted workload its Grant makes it; the reader has
+    // no RBAC right to send at all.
+    let no_grant = inject(&injector);
+    assert_eq!(no_grant.code, 3);
+    assert!(
+        no_grant.stderr.contains("no Grant gives"),
+        "{}",
+        no_grant.stderr
+    );
+    let workload = format!("serviceaccount:{namespace}/e2e-cli-injector");
+    let granted = run(&[
+        "security",
+        "grant",
+        &workload,
+        "--profile",
+        "trusted",
+        "--sessions",
+        "research-agent",
+    ]);
+    assert_eq!(granted.code, 0);
+    eventually("the workload's message is delivered", || async {
+        (inject(&injector).code == 0).then_some(())
+    })
+    .await;
     let refused = inject(&reader);
     assert_eq!(refused.code, 3);
     assert!(

@@ -1,4 +1,5 @@
-//! The `Grant` custom resource: scoped capabilities for a peer or a session.
+//! The `Grant` custom resource: scoped capabilities for a peer, a session or
+//! a workload (a service account).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -7,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Capability, TrustLevel};
 
-/// Capabilities given to a peer (for the sessions in `sessions`) or to a
-/// session. Never `owner`, never `*`.
+/// Capabilities given to a peer or a workload (for the sessions in
+/// `sessions`) or to a session. Never `owner`, never `*`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "wopr.dev",
@@ -19,7 +20,7 @@ use super::common::{Capability, TrustLevel};
     shortname = "wgrant",
     category = "wopr",
     derive = "PartialEq",
-    doc = "Scoped capabilities for a peer or a session.",
+    doc = "Scoped capabilities for a peer, a session or a workload (service account).",
     printcolumn(name = "Peer", type_ = "string", json_path = ".spec.subject.peer.name"),
     printcolumn(
         name = "Session",
@@ -42,12 +43,14 @@ use super::common::{Capability, TrustLevel};
         .message("a Grant can never confer the wildcard capability '*'"),
     validation = Rule::new("has(self.profile) != (has(self.capabilities) && size(self.capabilities) > 0)")
         .message("set exactly one of profile or capabilities"),
-    validation = Rule::new("has(self.subject.peer) || ((!has(self.sessions) || size(self.sessions) == 0) && (!has(self.previousKeys) || size(self.previousKeys) == 0))")
-        .message("sessions and previousKeys apply to peer grants only; a session grant applies to its subject session"),
+    validation = Rule::new("!has(self.subject.session) || !has(self.sessions) || size(self.sessions) == 0")
+        .message("sessions applies to peer and service-account grants only; a session grant applies to its subject session"),
+    validation = Rule::new("has(self.subject.peer) || !has(self.previousKeys) || size(self.previousKeys) == 0")
+        .message("previousKeys applies to peer grants only"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GrantSpec {
-    /// Who receives the capabilities: a peer or a session.
+    /// Who receives the capabilities: a peer, a session or a service account.
     pub subject: GrantSubject,
     /// A capability profile: trusted, semi-trusted or untrusted (never owner).
     /// For a peer it is also the trust level the peer is treated as.
@@ -57,8 +60,8 @@ pub struct GrantSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub capabilities: Vec<Capability>,
-    /// For a peer: the sessions the grant is in force for; every session of
-    /// the namespace when empty.
+    /// For a peer or a service account: the sessions the grant is in force
+    /// for; every session of the namespace when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub sessions: Vec<String>,
@@ -72,10 +75,11 @@ pub struct GrantSpec {
     pub previous_keys: Vec<PreviousKey>,
 }
 
-/// The receiver of a grant: exactly one of `peer` or `session`.
+/// The receiver of a grant: exactly one of `peer`, `session` or
+/// `serviceAccount`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.peer) != has(self.session)")
-    .message("subject needs exactly one of peer or session"))]
+#[x_kube(validation = Rule::new("[has(self.peer), has(self.session), has(self.serviceAccount)].filter(x, x).size() == 1")
+    .message("subject needs exactly one of peer, session or serviceAccount"))]
 #[serde(rename_all = "camelCase")]
 pub struct GrantSubject {
     /// A remote peer, identified by its public key.
@@ -85,6 +89,56 @@ pub struct GrantSubject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub session: Option<String>,
+    /// A workload: the service account it sends messages to sessions with,
+    /// through the control plane (`Broker.Inject`); the grant sets the trust
+    /// level and capabilities it arrives with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+}
+
+impl GrantSubject {
+    /// The session `name` of the grant's namespace.
+    pub fn session(name: &str) -> GrantSubject {
+        GrantSubject {
+            peer: None,
+            session: Some(name.to_owned()),
+            service_account: None,
+        }
+    }
+
+    /// The peer presenting `public_key`.
+    pub fn peer(public_key: &str) -> GrantSubject {
+        GrantSubject {
+            peer: Some(PeerRef {
+                public_key: public_key.to_owned(),
+                name: None,
+            }),
+            session: None,
+            service_account: None,
+        }
+    }
+
+    /// The service account `namespace/name`.
+    pub fn service_account(namespace: &str, name: &str) -> GrantSubject {
+        GrantSubject {
+            peer: None,
+            session: None,
+            service_account: Some(ServiceAccountRef {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A service account, possibly of another namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// A remote peer.

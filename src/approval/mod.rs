@@ -109,10 +109,7 @@ pub fn elevation_grant(elevation: &Elevation) -> Grant {
     Grant {
         metadata: managed_meta(&name, &elevation.namespace, &labels),
         spec: GrantSpec {
-            subject: GrantSubject {
-                peer: None,
-                session: Some(elevation.session.clone()),
-            },
+            subject: GrantSubject::session(&elevation.session),
             profile: None,
             capabilities: elevation.capabilities.clone(),
             sessions: Vec::new(),

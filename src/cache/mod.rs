@@ -23,7 +23,7 @@ use crate::api::{
     DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, SecurityPolicySpec, Session, SpawnPolicy,
     UpdatePolicy,
 };
-use crate::policy::{EffectiveContext, ResolveError, resolve};
+use crate::policy::{EffectiveContext, ResolveError, Standing, resolve, resolve_workload};
 use crate::store::InboxLimits;
 
 /// The caches.
@@ -244,6 +244,29 @@ impl Stores {
                 .filter_map(|gateway| gateway.0.as_ref().ok()),
             now,
         )?)
+    }
+
+    /// The standing of the service account `account` (namespace, name)
+    /// towards `session` of `namespace` under the cached grants: `None`
+    /// when no grant names it, `Err` when the namespace's policy cannot be
+    /// read (no standing then: fail closed).
+    pub fn workload_standing(
+        &self,
+        namespace: &str,
+        session: &str,
+        account: (&str, &str),
+        now: Timestamp,
+    ) -> Result<Option<Standing>, String> {
+        let policy = self.governing_policy(namespace)?;
+        let grants = self.grants_in(namespace);
+        Ok(resolve_workload(
+            account,
+            session,
+            namespace,
+            policy.as_ref().and_then(|policy| policy.0.as_ref().ok()),
+            grants.iter().filter_map(|grant| grant.0.as_ref().ok()),
+            now,
+        ))
     }
 
     /// How the session pods of `namespace` take operator-level changes:

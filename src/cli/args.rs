@@ -102,13 +102,13 @@ pub enum SecurityCommand {
     },
     /// Give a peer or a session capabilities, or a trust level's profile.
     #[command(
-        after_help = "Examples:\n  kubectl wopr security grant session:research-agent a2a.call\n  kubectl wopr security grant MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU= --profile semi-trusted --sessions p2p-gateway --expires 720h"
+        after_help = "Examples:\n  kubectl wopr security grant session:research-agent a2a.call\n  kubectl wopr security grant MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU= --profile semi-trusted --sessions p2p-gateway --expires 720h\n  kubectl wopr security grant serviceaccount:ci/task-bot --profile untrusted --sessions p2p-gateway"
     )]
     Grant(GrantArgs),
     /// Remove every Grant of a subject.
     #[command(after_help = "Example:\n  kubectl wopr security revoke session:research-agent")]
     Revoke {
-        /// PEER-KEY or session:NAME.
+        /// PEER-KEY, session:NAME or serviceaccount:NAMESPACE/NAME.
         subject: String,
         #[command(flatten)]
         printing: Printing,
@@ -152,7 +152,8 @@ pub enum SecurityCommand {
 
 #[derive(Args, Debug)]
 pub struct GrantArgs {
-    /// PEER-KEY (a base64 Ed25519 public key) or session:NAME.
+    /// PEER-KEY (a base64 Ed25519 public key), session:NAME or
+    /// serviceaccount:NAMESPACE/NAME (a workload).
     pub subject: String,
     /// Capabilities to give (inject, inject.tools, inject.network,
     /// inject.exec, session.spawn, cross.inject, config.write, a2a.call).
@@ -161,7 +162,8 @@ pub struct GrantArgs {
     /// Give a trust level's capabilities instead (never owner).
     #[arg(long, value_parser = parse_grantable_level)]
     pub profile: Option<TrustLevel>,
-    /// For a peer: only in these sessions (comma-separated).
+    /// For a peer or a service account: only in these sessions
+    /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub sessions: Vec<String>,
     /// When the grant ends: a duration from now (24h, 30d) or an RFC 3339 time.

@@ -178,10 +178,7 @@ pub async fn migrate(context: &Context, since_value: &str) -> Result<Shown, CliE
                 ..ObjectMeta::default()
             },
             spec: GrantSpec {
-                subject: GrantSubject {
-                    peer: None,
-                    session: Some(session.clone()),
-                },
+                subject: GrantSubject::session(session),
                 profile: None,
                 capabilities: violations.capabilities.values().map(|(c, _)| *c).collect(),
                 sessions: Vec::new(),

@@ -11,28 +11,32 @@ use super::args::GrantArgs;
 use super::output::{Shown, Table, age, joined, or_none, until};
 use super::time::parse_time;
 use super::{CliError, Context};
-use crate::api::{Grant, GrantSpec, GrantState, GrantSubject, PeerRef, Session};
+use crate::api::{Grant, GrantSpec, GrantState, GrantSubject, Session};
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo, base64-encoded: every
 /// peer key starts with it (60 characters in all: 44 bytes of DER).
 const ED25519_KEY_PREFIX: &str = "MCowBQYDK2VwAyEA";
 
-/// `PEER-KEY` or `session:NAME` as a Grant's subject.
+/// `PEER-KEY`, `session:NAME` or `serviceaccount:NAMESPACE/NAME` as a
+/// Grant's subject.
 pub fn parse_subject(value: &str) -> Result<GrantSubject, CliError> {
     if let Some(session) = value.strip_prefix("session:") {
         if session.is_empty() {
             return Err(CliError::Usage("session: needs a session name".into()));
         }
-        return Ok(GrantSubject {
-            peer: None,
-            session: Some(session.to_owned()),
-        });
+        return Ok(GrantSubject::session(session));
     }
-    if value.starts_with("serviceaccount:") {
-        return Err(CliError::Usage(
-            "Grants to service accounts are not supported yet: grant to a peer key or session:NAME"
-                .into(),
-        ));
+    if let Some(account) = value.strip_prefix("serviceaccount:") {
+        return match account.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(GrantSubject::service_account(namespace, name))
+            }
+            _ => Err(CliError::Usage(format!(
+                "{value:?}: expected serviceaccount:NAMESPACE/NAME"
+            ))),
+        };
     }
     let base64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
     let valid = value.len() == 60
@@ -41,51 +45,83 @@ pub fn parse_subject(value: &str) -> Result<GrantSubject, CliError> {
         && value[..59].chars().all(base64);
     if !valid {
         return Err(CliError::Usage(format!(
-            "{value:?} is neither session:NAME nor a peer key (a base64 Ed25519 public key, 60 characters starting {ED25519_KEY_PREFIX})"
+            "{value:?} is not a subject: use session:NAME, serviceaccount:NAMESPACE/NAME or a peer key (a base64 Ed25519 public key, 60 characters starting {ED25519_KEY_PREFIX})"
         )));
     }
-    Ok(GrantSubject {
-        peer: Some(PeerRef {
-            public_key: value.to_owned(),
-            name: None,
-        }),
-        session: None,
-    })
+    Ok(GrantSubject::peer(value))
 }
 
 /// How a subject reads in tables and messages.
 pub fn subject_text(subject: &GrantSubject) -> String {
-    match (&subject.session, &subject.peer) {
-        (Some(session), _) => format!("session:{session}"),
-        (None, Some(peer)) => match &peer.name {
+    match subject {
+        GrantSubject {
+            session: Some(session),
+            ..
+        } => format!("session:{session}"),
+        GrantSubject {
+            peer: Some(peer), ..
+        } => match &peer.name {
             Some(name) => format!("peer:{name}"),
             None => format!(
                 "peer:{}…",
                 &peer.public_key[..peer.public_key.len().min(24)]
             ),
         },
-        (None, None) => "<none>".into(),
+        GrantSubject {
+            service_account: Some(account),
+            ..
+        } => format!("serviceaccount:{}/{}", account.namespace, account.name),
+        _ => "<none>".into(),
     }
 }
 
 /// The name of the Grant the CLI keeps for `subject`: granting again
 /// updates it.
 fn grant_name(subject: &GrantSubject) -> String {
-    match (&subject.session, &subject.peer) {
-        (Some(session), _) => format!("session-{session}"),
-        (None, Some(peer)) => {
-            let digest = Sha256::digest(peer.public_key.as_bytes());
-            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-            format!("peer-{hex}")
-        }
-        (None, None) => unreachable!("parse_subject always names a subject"),
+    match (&subject.session, &subject.peer, &subject.service_account) {
+        (Some(session), _, _) => format!("session-{session}"),
+        (None, Some(peer), _) => format!("peer-{}", short_digest(&peer.public_key)),
+        (None, None, Some(account)) => format!(
+            "serviceaccount-{}",
+            short_digest(&format!("{}/{}", account.namespace, account.name))
+        ),
+        (None, None, None) => unreachable!("parse_subject always names a subject"),
     }
 }
 
+/// The first 8 bytes of `value`'s SHA-256, in hex: a name part that fits
+/// any subject.
+fn short_digest(value: &str) -> String {
+    Sha256::digest(value.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether two subjects name the same receiver (a peer by its key).
 fn same_subject(a: &GrantSubject, b: &GrantSubject) -> bool {
-    match (&a.session, &a.peer, &b.session, &b.peer) {
-        (Some(a), _, Some(b), _) => a == b,
-        (None, Some(a), None, Some(b)) => a.public_key == b.public_key,
+    match (a, b) {
+        (
+            GrantSubject {
+                session: Some(a), ..
+            },
+            GrantSubject {
+                session: Some(b), ..
+            },
+        ) => a == b,
+        (GrantSubject { peer: Some(a), .. }, GrantSubject { peer: Some(b), .. }) => {
+            a.public_key == b.public_key
+        }
+        (
+            GrantSubject {
+                service_account: Some(a),
+                ..
+            },
+            GrantSubject {
+                service_account: Some(b),
+                ..
+            },
+        ) => a == b,
         _ => false,
     }
 }
@@ -95,7 +131,7 @@ pub async fn grant(context: &Context, args: GrantArgs) -> Result<Shown, CliError
     let subject = parse_subject(&args.subject)?;
     if subject.session.is_some() && !args.sessions.is_empty() {
         return Err(CliError::Usage(
-            "--sessions applies to peer grants only; a session grant applies to its session".into(),
+            "--sessions applies to peer and service-account grants only; a session grant applies to its session".into(),
         ));
     }
     let expires_at = args
@@ -289,13 +325,23 @@ mod tests {
             "alice",
             &key[..59],
             "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HO!=",
-            "serviceaccount:ns/name",
+            "serviceaccount:ns",
+            "serviceaccount:/name",
+            "serviceaccount:ns/a/b",
         ] {
             assert!(
                 matches!(parse_subject(bad), Err(CliError::Usage(_))),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn service_accounts_are_namespace_slash_name() {
+        let subject = parse_subject("serviceaccount:ci/bot").unwrap();
+        assert_eq!(subject, GrantSubject::service_account("ci", "bot"));
+        assert_eq!(subject_text(&subject), "serviceaccount:ci/bot");
+        assert!(grant_name(&subject).starts_with("serviceaccount-"));
     }
 
     #[test]

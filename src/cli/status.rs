@@ -203,8 +203,9 @@ pub struct Right {
 }
 
 /// The rights whoami checks: what they let you do, verb, resource, subresource.
-const RIGHTS: [(&str, &str, &str, &str); 5] = [
+const RIGHTS: [(&str, &str, &str, &str); 6] = [
     ("create sessions", "create", "sessions", ""),
+    ("send sessions messages", "create", "sessions", "inject"),
     ("write grants", "create", "grants", ""),
     (
         "approve and deny requests",
@@ -220,17 +221,36 @@ const RIGHTS: [(&str, &str, &str, &str); 5] = [
 pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
     let user = current_user(context).await?;
     let username = user.username.clone().unwrap_or_default();
-    let session = session_of_user(&username, &context.namespace, context).await?;
-    let (trust_level, grants) = match &session {
-        Some(session) => (
-            Some(session.spec.trust_level),
-            list_grants(context)
-                .await?
-                .into_iter()
-                .filter(|grant| grant.spec.subject.session == Some(session.name_any()))
-                .collect(),
-        ),
-        None => (None, Vec::new()),
+    let account = service_account_of(&username);
+    let session = match account {
+        Some((namespace, name)) if namespace == context.namespace => {
+            session_of_account(name, context).await?
+        }
+        _ => None,
+    };
+    // A session's grants name the session; a workload's its service account.
+    let named = |grant: &Grant| match (&session, account) {
+        (Some(session), _) => grant.spec.subject.session == Some(session.name_any()),
+        (None, Some((namespace, name))) => grant
+            .spec
+            .subject
+            .service_account
+            .as_ref()
+            .is_some_and(|named| named.namespace == namespace && named.name == name),
+        (None, None) => false,
+    };
+    let grants: Vec<Grant> = list_grants(context)
+        .await?
+        .into_iter()
+        .filter(|grant| named(grant))
+        .collect();
+    let trust_level = match &session {
+        Some(session) => Some(session.spec.trust_level),
+        // A workload arrives at the highest profile its grants give.
+        None => grants
+            .iter()
+            .map(|grant| grant.spec.profile.unwrap_or(TrustLevel::Untrusted))
+            .max(),
     };
     let rights = join_all(
         RIGHTS
@@ -249,18 +269,29 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
         ("User", username.clone()),
         ("Groups", joined(user.groups.as_deref().unwrap_or_default())),
     ];
-    match &session {
-        Some(session) => {
-            let names: Vec<String> = grants.iter().map(ResourceExt::name_any).collect();
-            lines.extend([
-                ("Session", session.name_any()),
-                ("Trust level", session.spec.trust_level.to_string()),
-                ("Grants", joined(&names)),
-            ]);
-        }
-        None => lines.push((
+    let names: Vec<String> = grants.iter().map(ResourceExt::name_any).collect();
+    match (&session, account, trust_level) {
+        (Some(session), _, _) => lines.extend([
+            ("Session", session.name_any()),
+            ("Trust level", session.spec.trust_level.to_string()),
+            ("Grants", joined(&names)),
+        ]),
+        (None, Some((namespace, name)), Some(level)) => lines.extend([
+            ("Workload", format!("serviceaccount:{namespace}/{name}")),
+            ("Trust level", format!("up to {level}, as its grants say per session")),
+            ("Grants", joined(&names)),
+        ]),
+        (None, Some((namespace, name)), None) => lines.extend([
+            ("Workload", format!("serviceaccount:{namespace}/{name}")),
+            (
+                "Trust level",
+                "none: no Grant names this service account, so sessions take no messages from it"
+                    .into(),
+            ),
+        ]),
+        (None, None, _) => lines.push((
             "Trust level",
-            "none: you are not a session; RBAC decides what you may change".into(),
+            "none: you are a person; RBAC decides what you may change, and a session you may inject into takes you as its operator".into(),
         )),
     }
     let mut text = fields(&lines);
@@ -293,19 +324,15 @@ fn yes_no(yes: bool) -> String {
     if yes { "yes" } else { "no" }.into()
 }
 
-/// The Session whose service account `username` is, in `namespace`.
-async fn session_of_user(
-    username: &str,
-    namespace: &str,
-    context: &Context,
-) -> Result<Option<Session>, CliError> {
-    let Some(account) = username
-        .strip_prefix("system:serviceaccount:")
-        .and_then(|rest| rest.strip_prefix(namespace))
-        .and_then(|rest| rest.strip_prefix(':'))
-    else {
-        return Ok(None);
-    };
+/// The service account (namespace, name) `username` is, if it is one.
+fn service_account_of(username: &str) -> Option<(&str, &str)> {
+    username
+        .strip_prefix("system:serviceaccount:")?
+        .split_once(':')
+}
+
+/// The Session of this namespace whose service account is `account`.
+async fn session_of_account(account: &str, context: &Context) -> Result<Option<Session>, CliError> {
     let sessions = list::<Session>(context).await?;
     Ok(sessions
         .into_iter()

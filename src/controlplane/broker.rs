@@ -1089,6 +1089,6 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         &self,
         request: Request<InjectRequest>,
     ) -> Result<Response<InjectResponse>, Status> {
-        self.inject_as_user(request).await
+        self.inject_as_caller(request).await
     }
 }

@@ -6,7 +6,7 @@
 use tokio::sync::watch;
 
 use crate::api::{Session, SpawnPolicy};
-use crate::policy::EffectiveContext;
+use crate::policy::{EffectiveContext, Standing};
 use crate::proto::v1alpha1 as pb;
 use crate::store::InboxLimits;
 
@@ -56,4 +56,14 @@ pub trait DiscoverPolicy: Send + Sync + 'static {
     /// What agents of `namespace` may spawn: its SecurityPolicy's `spawn`,
     /// or the defaults.
     fn spawn_policy(&self, namespace: &str) -> SpawnPolicy;
+
+    /// The standing of the service account `account` (namespace, name)
+    /// towards `namespace/session` now: `None` when no grant names it,
+    /// `Err` when it cannot be known (fail closed).
+    fn workload(
+        &self,
+        namespace: &str,
+        session: &str,
+        account: (&str, &str),
+    ) -> Result<Option<Standing>, String>;
 }

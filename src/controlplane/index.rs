@@ -17,7 +17,7 @@ use super::discover::{DiscoverPolicy, NoContext, Snapshot};
 use crate::api::{Session, SpawnPolicy};
 use crate::cache::{NamespaceChange, Stores};
 use crate::clock::Clock;
-use crate::policy::EffectiveContext;
+use crate::policy::{EffectiveContext, Standing};
 use crate::proto::v1alpha1 as pb;
 use crate::store::InboxLimits;
 use crate::wire::encode;
@@ -231,6 +231,16 @@ impl DiscoverPolicy for ContextIndex {
     fn spawn_policy(&self, namespace: &str) -> SpawnPolicy {
         self.stores.spawn_policy(namespace)
     }
+
+    fn workload(
+        &self,
+        namespace: &str,
+        session: &str,
+        account: (&str, &str),
+    ) -> Result<Option<Standing>, String> {
+        self.stores
+            .workload_standing(namespace, session, account, self.clock.now())
+    }
 }
 
 #[cfg(test)]
@@ -318,10 +328,7 @@ mod tests {
         let mut grant = Grant::new(
             "fetch",
             GrantSpec {
-                subject: GrantSubject {
-                    peer: None,
-                    session: Some("s".into()),
-                },
+                subject: GrantSubject::session("s"),
                 profile: None,
                 capabilities: vec![Capability::InjectNetwork],
                 sessions: Vec::new(),

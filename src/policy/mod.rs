@@ -2,7 +2,8 @@
 //!
 //! - [`resolve`]: a Session with its namespace's policy, grants and gateways
 //!   → its [`EffectiveContext`].
-//! - [`resolve_peer`]: a remote peer's [`PeerStanding`] in a session.
+//! - [`resolve_peer`]: a remote peer's [`PeerStanding`] in a session;
+//!   [`resolve_workload`]: a workload's (service account's) [`Standing`].
 //! - [`decide`]: a [`Request`] under an effective context → a [`Decision`].
 //! - [`decide_forward`]: a gateway's forward under its Gateways' rules.
 //! - [`TokenBucket`]: rate limiting with an injected clock.
@@ -29,7 +30,9 @@ mod profiles;
 mod rate_limit;
 mod resolve;
 mod spawn;
+mod standing;
 pub mod tools;
+mod workloads;
 
 pub use capabilities::CapabilitySet;
 pub use decide::{
@@ -46,4 +49,6 @@ pub use resolve::{
     grant_is_active, resolve,
 };
 pub use spawn::{MAX_CHILD_NAME, PARENT_LABEL, SpawnRefusal, SpawnRequest, child_session};
+pub use standing::Standing;
 pub use tools::{Requirement, TOOLS, Tool, ToolCall, ToolId, ToolSet};
+pub use workloads::{SOURCE_TYPE_SERVICE_ACCOUNT, resolve_workload};

@@ -3,11 +3,11 @@
 //! period) and the SecurityPolicy's `p2p` settings.
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
 
 use super::capabilities::CapabilitySet;
 use super::profiles::{builtin_policy, level_settings};
-use super::resolve::{grant_capabilities, grant_is_active, level_capabilities};
+use super::resolve::level_capabilities;
+use super::standing::standing_from;
 use crate::api::{Grant, PeerRef, PreviousKey, SecurityPolicy, TrustLevel};
 
 /// What a peer may do in one session.
@@ -47,43 +47,19 @@ pub fn resolve_peer<'a>(
     let grace = SignedDuration::try_from(std::time::Duration::from(p2p.key_rotation_grace_period))
         .unwrap_or(SignedDuration::MAX);
 
-    let mut standing: Option<PeerStanding> = None;
-    for grant in grants {
-        let Some(peer) = grant.spec.subject.peer.as_ref() else {
-            continue;
-        };
-        let in_scope = grant.spec.sessions.is_empty()
-            || grant.spec.sessions.iter().any(|scoped| scoped == session);
-        let in_namespace = grant
-            .metadata
-            .namespace
-            .as_deref()
-            .is_none_or(|ns| ns == namespace);
-        if !(in_scope
-            && in_namespace
-            && grant_is_active(grant, now)
-            && key_is_valid(public_key, peer, &grant.spec.previous_keys, grace, now))
-        {
-            continue;
-        }
-        let trust_level = match grant.spec.profile {
-            Some(level) if level < TrustLevel::Owner => level,
-            _ => TrustLevel::Untrusted,
-        };
-        let capabilities = grant_capabilities(policy, grant);
-        let entry = standing.get_or_insert_with(|| PeerStanding {
-            public_key: peer.public_key.clone(),
-            trust_level,
-            capabilities: CapabilitySet::EMPTY,
-            grants: Vec::new(),
+    let names = |grant: &Grant| {
+        grant.spec.subject.peer.as_ref().is_some_and(|peer| {
+            key_is_valid(public_key, peer, &grant.spec.previous_keys, grace, now)
+        })
+    };
+    if let Some((standing, first)) = standing_from(grants, session, namespace, policy, now, names) {
+        let peer = first.spec.subject.peer.as_ref();
+        return Some(PeerStanding {
+            public_key: peer.map_or_else(|| public_key.to_owned(), |p| p.public_key.clone()),
+            trust_level: standing.trust_level,
+            capabilities: standing.capabilities,
+            grants: standing.grants,
         });
-        entry.trust_level = entry.trust_level.max(trust_level);
-        entry.capabilities = entry.capabilities.union(capabilities);
-        entry.grants.push(grant.name_any());
-    }
-    if let Some(mut standing) = standing {
-        standing.grants.sort_unstable();
-        return Some(standing);
     }
     p2p.auto_accept.then(|| {
         let level = p2p.discovery_trust.min(TrustLevel::Trusted);

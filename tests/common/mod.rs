@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use wopr_operator::api::{
-    Capability, Gateway, GatewaySpec, Grant, GrantSpec, GrantSubject, PeerRef, PreviousKey,
-    SandboxSpec, SecurityPolicy, Session, SessionSpec, TrustLevel,
+    Capability, Gateway, GatewaySpec, Grant, GrantSpec, GrantSubject, PreviousKey, SandboxSpec,
+    SecurityPolicy, Session, SessionSpec, TrustLevel,
 };
 use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
 
@@ -101,29 +101,14 @@ fn grant(name: &str, subject: GrantSubject) -> Grant {
 
 /// A grant of `capabilities` to the session `session`.
 pub fn session_grant(name: &str, session: &str, capabilities: &[Capability]) -> Grant {
-    let mut grant = grant(
-        name,
-        GrantSubject {
-            peer: None,
-            session: Some(session.into()),
-        },
-    );
+    let mut grant = grant(name, GrantSubject::session(session));
     grant.spec.capabilities = capabilities.to_vec();
     grant
 }
 
 /// A grant of `profile` to the peer with `public_key`.
 pub fn peer_grant(name: &str, public_key: &str, profile: TrustLevel) -> Grant {
-    let mut grant = grant(
-        name,
-        GrantSubject {
-            peer: Some(PeerRef {
-                public_key: public_key.into(),
-                name: None,
-            }),
-            session: None,
-        },
-    );
+    let mut grant = grant(name, GrantSubject::peer(public_key));
     grant.spec.profile = Some(profile);
     grant
 }

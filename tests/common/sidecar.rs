@@ -53,17 +53,23 @@ fn readers() -> HashMap<String, (String, Option<String>)> {
     .collect()
 }
 
-/// People's tokens for sending sessions messages: [`READER`] may send to
+/// Tokens that may send sessions messages (RBAC's `create sessions/inject`):
+/// [`READER`] (a person) and [`WORKLOAD`] (a service account) to
 /// [`NAMESPACE`]'s sessions, [`OUTSIDER`] only to another namespace's.
 fn injectors() -> HashMap<String, (String, String)> {
     [
         (READER, "alice", NAMESPACE),
+        (WORKLOAD, "system:serviceaccount:ci:task-bot", NAMESPACE),
         (OUTSIDER, "mallory", "elsewhere"),
     ]
     .into_iter()
     .map(|(token, user, namespace)| (token.into(), (user.into(), namespace.into())))
     .collect()
 }
+
+/// The token of the workload `ci/task-bot` (a service account), which RBAC
+/// lets send [`NAMESPACE`]'s sessions messages.
+pub const WORKLOAD: &str = "token-of-the-task-bot";
 
 /// A person's token that may read [`NAMESPACE`]'s trail.
 pub const READER: &str = "token-of-alice";

@@ -1,28 +1,37 @@
 //! `Broker.Inject`: a person or a workload sends a session a message with
-//! its own Kubernetes credential. RBAC decides (`create` on
-//! `sessions/inject`), as it decides `pods/exec`: whoever may do that is
-//! the session's operator, so the message is from the user at the owner's
-//! level, and the session's access list (which governs agents and peers)
-//! does not apply. Every outcome is an audit event of the session.
+//! its own Kubernetes credential. RBAC decides whether it may call at all
+//! (`create` on `sessions/inject`), as it decides `pods/exec`.
+//!
+//! - A person who may is the session's operator: the message is from
+//!   `user:<name>` at the owner's level, and the session's access list
+//!   (which governs agents, peers and workloads) does not apply.
+//! - A workload (a service account) arrives as its Grants say: no Grant, no
+//!   standing, no message; with one, the session's access list and the
+//!   workload's capabilities decide, as for any other source.
+//!
+//! Every outcome is an audit event of the session.
 
 use k8s_openapi::jiff::Timestamp;
 use tonic::{Request, Response, Status};
 
 use super::{BrokerService, parse_json, store_status};
-use crate::api::{Enforcement, SourceRef, TrustLevel};
+use crate::api::{Capability, Enforcement, SourceRef, TrustLevel};
 use crate::audit::{AuditEvent, EventType};
-use crate::controlplane::auth::{AuthError, Authenticator};
+use crate::controlplane::auth::{AuthError, Authenticator, identity_of};
 use crate::controlplane::discover::DiscoverPolicy;
 use crate::controlplane::service::bearer;
 use crate::inbox::{InboxMessage, MessageKind};
-use crate::policy::Outcome;
+use crate::policy::{
+    Decision, EffectiveContext, Outcome, Reason, Request as PolicyRequest,
+    SOURCE_TYPE_SERVICE_ACCOUNT, Source, decide,
+};
 use crate::proto::v1alpha1::{InjectRequest, InjectResponse};
 
-/// The action audit events name for a person's message.
+/// The action audit events name for a message from outside the sessions.
 pub const INJECT_ACTION: &str = "session_inject";
 
-/// A person or a workload as the source of a message.
-fn user_source(username: &str) -> SourceRef {
+/// A person as the source of a message: the session's operator.
+fn person(username: &str) -> SourceRef {
     SourceRef {
         source_type: "user".into(),
         identity: username.to_owned(),
@@ -30,30 +39,111 @@ fn user_source(username: &str) -> SourceRef {
     }
 }
 
+/// A workload as the source of a message, at `trust_level`.
+fn workload(account: &str, trust_level: TrustLevel) -> SourceRef {
+    SourceRef {
+        source_type: SOURCE_TYPE_SERVICE_ACCOUNT.into(),
+        identity: account.to_owned(),
+        trust_level,
+    }
+}
+
+/// What was decided about a message, for its audit event.
+struct Verdict {
+    outcome: Outcome,
+    enforcement: Enforcement,
+    capability: Option<Capability>,
+    reason: String,
+}
+
 impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
-    /// Records the outcome of a person's message to `namespace/session`.
-    fn inject_event(
-        namespace: &str,
-        session: &str,
+    /// Records the outcome of a message from outside to `namespace/session`.
+    async fn inject_event(
+        &self,
+        (namespace, session): (&str, &str),
         source: SourceRef,
-        (decision, enforcement): (Outcome, Enforcement),
-        reason: &str,
-    ) -> AuditEvent {
+        verdict: Verdict,
+    ) -> Result<String, Status> {
         let mut event = AuditEvent::new(
             Timestamp::now(),
             EventType::Injection,
             namespace,
             session,
             source,
-            decision,
-            enforcement,
-            reason.to_owned(),
+            verdict.outcome,
+            verdict.enforcement,
+            verdict.reason,
         );
         event.action = Some(INJECT_ACTION.to_owned());
-        event
+        event.capability = verdict.capability;
+        self.audit(event).await.map_err(|error| {
+            Status::unavailable(format!("cannot record the message's audit event: {error}"))
+        })
     }
 
-    pub(super) async fn inject_as_user(
+    /// Records `status` as the refusal of `source`'s message (best effort:
+    /// the caller is refused either way).
+    async fn refuse_injection(
+        &self,
+        target: (&str, &str),
+        source: SourceRef,
+        status: Status,
+    ) -> Status {
+        let verdict = Verdict {
+            outcome: Outcome::Denied,
+            enforcement: Enforcement::Enforce,
+            capability: None,
+            reason: status.message().to_owned(),
+        };
+        if let Err(error) = self.inject_event(target, source, verdict).await {
+            tracing::error!(%error, "cannot store a broker audit event");
+        }
+        status
+    }
+
+    /// Where a workload's message stands: its source and the session's
+    /// decision, or the refusal.
+    fn admit_workload(
+        &self,
+        (namespace, session): (&str, &str),
+        recipient: &EffectiveContext,
+        account: (&str, &str),
+    ) -> Result<(SourceRef, Decision), (SourceRef, Status)> {
+        let name = format!("{}/{}", account.0, account.1);
+        let standing = match self.discover.workload(namespace, session, account) {
+            Ok(Some(standing)) => standing,
+            Ok(None) => {
+                return Err((
+                    workload(&name, TrustLevel::Untrusted),
+                    Status::permission_denied(format!(
+                        "no Grant gives serviceaccount {name} standing towards session {session}: kubectl wopr security grant serviceaccount:{name} --profile untrusted --sessions {session}"
+                    )),
+                ));
+            }
+            Err(why) => {
+                let status = Status::unavailable(format!("cannot know {name}'s grants: {why}"));
+                return Err((workload(&name, TrustLevel::Untrusted), status));
+            }
+        };
+        let source = Source {
+            source_type: SOURCE_TYPE_SERVICE_ACCOUNT,
+            identity: &name,
+            trust_level: standing.trust_level,
+            capabilities: standing.capabilities,
+        };
+        let decision = decide(recipient, PolicyRequest::Inject(&source));
+        let source_ref = workload(&name, standing.trust_level);
+        if decision.outcome == Outcome::Denied {
+            let status = Status::permission_denied(format!(
+                "session {session} does not take messages from serviceaccount {name}: {}",
+                decision.reason
+            ));
+            return Err((source_ref, status));
+        }
+        Ok((source_ref, decision))
+    }
+
+    pub(super) async fn inject_as_caller(
         &self,
         request: Request<InjectRequest>,
     ) -> Result<Response<InjectResponse>, Status> {
@@ -63,13 +153,8 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             session,
             payload_json,
         } = request.into_inner();
-        let refused = |source: SourceRef, status: Status| async {
-            let denied = (Outcome::Denied, Enforcement::Enforce);
-            let event = Self::inject_event(&namespace, &session, source, denied, status.message());
-            self.record(event).await;
-            status
-        };
-        let username = match self
+        let target = (namespace.as_str(), session.as_str());
+        let caller = match self
             .authenticator
             .may_inject(&token, &namespace, &session)
             .await
@@ -77,21 +162,49 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             Ok(username) => username,
             Err(AuthError::Forbidden { username, reason }) => {
                 let status = Status::permission_denied(reason);
-                return Err(refused(user_source(&username), status).await);
+                return Err(self
+                    .refuse_injection(target, person(&username), status)
+                    .await);
             }
             Err(error @ AuthError::Unavailable(_)) => {
                 return Err(Status::unavailable(error.to_string()));
             }
             Err(error) => return Err(Status::unauthenticated(error.to_string())),
         };
-        let source = user_source(&username);
+        let account = identity_of(&caller, None).ok();
+        let provisional = match &account {
+            Some(account) => workload(
+                &format!("{}/{}", account.namespace, account.service_account),
+                TrustLevel::Untrusted,
+            ),
+            None => person(&caller),
+        };
         let recipient = match self.recipient(&namespace, &session) {
             Ok(recipient) => recipient,
-            Err(status) => return Err(refused(source, status).await),
+            Err(status) => return Err(self.refuse_injection(target, provisional, status).await),
+        };
+        let (source, decision) = match &account {
+            None => {
+                let decision = Decision {
+                    outcome: Outcome::Allowed,
+                    capability: None,
+                    reason: Reason::Permitted,
+                };
+                (provisional, decision)
+            }
+            Some(account) => {
+                let account = (account.namespace.as_str(), account.service_account.as_str());
+                match self.admit_workload(target, &recipient, account) {
+                    Ok(admitted) => admitted,
+                    Err((source, status)) => {
+                        return Err(self.refuse_injection(target, source, status).await);
+                    }
+                }
+            }
         };
         let payload = match parse_json("payload_json", &payload_json) {
             Ok(payload) => payload,
-            Err(status) => return Err(refused(source, status).await),
+            Err(status) => return Err(self.refuse_injection(target, source, status).await),
         };
         let message = InboxMessage::new(
             Timestamp::now(),
@@ -103,17 +216,23 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         );
         let limits = self.discover.inbox_limits(&namespace);
         if let Err(error) = self.store.enqueue(&message, limits).await {
-            return Err(refused(source, store_status(error)).await);
+            return Err(self
+                .refuse_injection(target, source, store_status(error))
+                .await);
         }
         self.arrivals.announce(&namespace, &session);
-        let allowed = (Outcome::Allowed, recipient.enforcement);
-        let reason = format!("delivered: {username} may create sessions/inject");
-        let event = Self::inject_event(&namespace, &session, source, allowed, &reason);
-        let audit_id = self.audit(event).await.map_err(|error| {
-            Status::unavailable(format!(
-                "the message is queued but not yet audited: {error}"
-            ))
-        })?;
+        let reason = match (&account, decision.outcome) {
+            (None, _) => format!("delivered: {caller} may create sessions/inject"),
+            (Some(_), Outcome::WouldDeny) => format!("delivered in warn mode: {}", decision.reason),
+            (Some(_), _) => "delivered".to_owned(),
+        };
+        let verdict = Verdict {
+            outcome: decision.outcome,
+            enforcement: recipient.enforcement,
+            capability: decision.capability,
+            reason,
+        };
+        let audit_id = self.inject_event(target, source, verdict).await?;
         Ok(Response::new(InjectResponse {
             message_id: message.id,
             audit_id,
