@@ -1106,6 +1106,50 @@ mod with_control_plane {
         assert_eq!(refusals, 2, "each refusal is audited");
     }
 
+    /// `audit --verify` names the first event that breaks the chain, as a
+    /// failed check (exit 5).
+    #[tokio::test]
+    async fn audit_verify_finds_an_edited_event() {
+        let mut cluster = examples();
+        let plane = control_plane(&mut cluster).await;
+        let events: Vec<AuditEvent> = (0..5)
+            .map(|n| event(NAMESPACE, "research-agent", Outcome::Denied, n))
+            .collect();
+        plane.store.insert_events(&events).await.unwrap();
+        let intact = cluster
+            .run(&["security", "audit", "--verify"])
+            .await
+            .unwrap();
+        assert_eq!(
+            intact.text,
+            "The audit trail of namespace team-a is intact: 5 events.\n"
+        );
+        assert!(intact.failed_checks.is_empty());
+
+        // A denial rewritten, in the database, past the store.
+        common::store::tamper(
+            &plane.store_url,
+            &format!(
+                "UPDATE audit_events SET event = REPLACE(event, 'event at 2 s', 'nothing happened') WHERE id = '{}'",
+                events[2].id
+            ),
+        )
+        .await;
+        let broken = cluster
+            .run(&["security", "audit", "--verify"])
+            .await
+            .unwrap();
+        assert!(
+            broken.text.starts_with(&format!(
+                "The audit trail of namespace team-a is broken at event {}",
+                events[2].id
+            )),
+            "{}",
+            broken.text
+        );
+        assert_eq!(broken.failed_checks, ["audit-chain-intact"]);
+    }
+
     #[tokio::test]
     async fn audit_without_a_control_plane_or_a_token_says_what_to_pass() {
         let cluster = examples();

@@ -127,7 +127,7 @@ pub enum SecurityCommand {
     Policy(PolicyCommand),
     /// Query the audit trail.
     #[command(
-        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants"
+        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants\n  kubectl wopr security audit --verify"
     )]
     Audit(AuditArgs),
     /// Run the WOPR verification checklist on the namespace.
@@ -302,8 +302,12 @@ pub struct AuditArgs {
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Instead of events: Grants unused for --stale-days or expired but present.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "verify")]
     pub stale_grants: bool,
+    /// Instead of events: walk the namespace's chain of events and name the
+    /// first one edited, deleted or reordered (exit 5 when broken).
+    #[arg(long)]
+    pub verify: bool,
     /// With --stale-grants: days without use that make a grant stale.
     #[arg(long, default_value_t = 30)]
     pub stale_days: u32,

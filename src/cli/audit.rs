@@ -16,7 +16,7 @@ use super::time::parse_time;
 use super::{CliError, Context};
 use crate::api::{Capability, Grant, GrantSpec, GrantSubject, name_of};
 use crate::audit::AuditEvent;
-use crate::proto::v1alpha1::AuditQueryRequest;
+use crate::proto::v1alpha1::{AuditQueryRequest, VerifyRequest};
 
 /// The most events one Query page holds.
 const PAGE: u32 = 1000;
@@ -27,6 +27,8 @@ const MIGRATE_EVENTS: u32 = 20_000;
 pub async fn audit(context: &Context, args: AuditArgs) -> Result<Shown, CliError> {
     let shown = if args.stale_grants {
         stale(context, args.stale_days).await?
+    } else if args.verify {
+        verify_chain(context).await?
     } else {
         let query = AuditQueryRequest {
             namespace: context.namespace.clone(),
@@ -78,6 +80,44 @@ pub async fn audit(context: &Context, args: AuditArgs) -> Result<Shown, CliError
         &serde_json::json!({"written": count, "file": path}),
     ))
 }
+
+/// `security audit --verify`: the control plane walks the namespace's
+/// chain; a break is a failed check (exit 5), named with where it is.
+async fn verify_chain(context: &Context) -> Result<Shown, CliError> {
+    let (mut client, token) = context.control_plane()?.audit().await?;
+    let request = VerifyRequest {
+        namespace: context.namespace.clone(),
+    };
+    let answer = client
+        .verify(bearer(request, &token)?)
+        .await
+        .map_err(CliError::from_status)?
+        .into_inner();
+    let namespace = &context.namespace;
+    let data = serde_json::json!({
+        "namespace": namespace, "intact": answer.intact, "events": answer.events,
+        "brokenSeq": answer.broken_seq, "brokenId": answer.broken_id, "problem": answer.problem,
+    });
+    if answer.intact {
+        let text = format!(
+            "The audit trail of namespace {namespace} is intact: {} events.\n",
+            answer.events
+        );
+        return Ok(Shown::new(text, &data));
+    }
+    let text = format!(
+        "The audit trail of namespace {namespace} is broken at event {} (seq {}): {}\n",
+        or_none((!answer.broken_id.is_empty()).then_some(&answer.broken_id)),
+        answer.broken_seq,
+        answer.problem
+    );
+    let mut shown = Shown::new(text, &data);
+    shown.failed_checks = vec![CHAIN_CHECK.to_owned()];
+    Ok(shown)
+}
+
+/// The check `audit --verify` fails when the chain is broken.
+const CHAIN_CHECK: &str = "audit-chain-intact";
 
 /// `--since` as the RFC 3339 time the Query takes (empty: no bound).
 fn since(value: Option<&str>, now: Timestamp) -> Result<String, CliError> {

@@ -125,8 +125,10 @@ pub struct ControlPlane {
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server, until it has drained.
     pub server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    /// Where it stores the audit trail (SQLite in `_store_dir`).
+    /// Where it stores the audit trail (SQLite in `_store_dir`), and its
+    /// URL (for a second connection that tampers with it).
     pub store: Store,
+    pub store_url: String,
     /// The Events it published on Sessions.
     pub events: Arc<MemoryEvents>,
     /// Its Audit service's metrics.
@@ -183,9 +185,8 @@ impl ControlPlane {
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let reports = Arc::new(MemoryRecorder::default());
         let store_dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/wopr.db", store_dir.path().display()))
-            .await
-            .unwrap();
+        let store_url = format!("sqlite://{}/wopr.db", store_dir.path().display());
+        let store = Store::open(&store_url).await.unwrap();
         let events = Arc::new(MemoryEvents::default());
         let audit_metrics = AuditMetrics::default();
         let (client, api) = FakeApi::start();
@@ -219,6 +220,7 @@ impl ControlPlane {
             shutdown: Some(shutdown),
             server,
             store,
+            store_url,
             events,
             audit_metrics,
             api,

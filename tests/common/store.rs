@@ -28,13 +28,18 @@ impl TestStore {
     /// Runs `statement` on the same database, past the store: what
     /// someone with the database's credentials could do.
     pub async fn tamper(&self, statement: &str) {
-        sqlx::any::install_default_drivers();
-        let raw = AnyPool::connect(&self.url).await.unwrap();
-        raw.execute(sqlx::AssertSqlSafe(statement.to_owned()))
-            .await
-            .unwrap();
-        raw.close().await;
+        tamper(&self.url, statement).await;
     }
+}
+
+/// Runs `statement` on the database at `url`, past any store.
+pub async fn tamper(url: &str, statement: &str) {
+    sqlx::any::install_default_drivers();
+    let raw = AnyPool::connect(url).await.unwrap();
+    raw.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+        .await
+        .unwrap();
+    raw.close().await;
 }
 
 pub async fn sqlite() -> TestStore {
