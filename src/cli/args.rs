@@ -14,7 +14,7 @@ use crate::api::{Capability, TrustLevel};
 #[command(name = "kubectl-wopr", bin_name = "kubectl wopr", version)]
 #[command(
     after_help = "Exit codes: 0 done, 1 usage, 2 not found, 3 refused by the server, \
-4 cluster or control plane unreachable, 5 verify found failing checks."
+4 cluster or control plane unreachable, 5 a check failed (security verify, security audit --verify)."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -19,7 +19,8 @@ pub enum CliError {
     /// No cluster or control plane could be reached (exit 4).
     #[error("{0}")]
     Unreachable(String),
-    /// `security verify` found failing checks (exit 5); the table says which.
+    /// A check failed (exit 5): `security verify`, `security audit --verify`;
+    /// the output says which.
     #[error("failing checks: {}", .0.join(", "))]
     ChecksFailed(Vec<String>),
 }
