@@ -4,7 +4,7 @@
 //! patches, so the record names who decided.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::Patch;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -12,7 +12,7 @@ use super::args::{DecideArgs, GatewayCommand};
 use super::objects::{get, list};
 use super::output::{Shown, Table, age, joined, or_none, until};
 use super::status::{current_user, is_pending};
-use super::{CLI_FIELD_MANAGER, CliError, Context};
+use super::{CliError, Context};
 use crate::api::{
     ApprovalRequest, ApprovalState, ApprovalType, Gateway, GatewaySpec, Session, name_of,
 };
@@ -83,12 +83,8 @@ async fn add(context: &Context, session: &str) -> Result<Shown, CliError> {
         },
         status: None,
     };
-    let params = PostParams {
-        field_manager: Some(CLI_FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
     let created = Api::<Gateway>::namespaced(context.client.clone(), &context.namespace)
-        .create(&params, &gateway)
+        .create(&context.create_params(), &gateway)
         .await
         .map_err(|e| CliError::from_kube(&format!("gateway {session:?}"), e))?;
     Ok(Shown::new(
@@ -221,12 +217,8 @@ async fn decide(
             "decisionReason": args.reason,
         }
     });
-    let params = PatchParams {
-        field_manager: Some(CLI_FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
     let decided = Api::<ApprovalRequest>::namespaced(context.client.clone(), &context.namespace)
-        .patch_status(&args.id, &params, &Patch::Merge(&patch))
+        .patch_status(&args.id, &context.merge_params(), &Patch::Merge(&patch))
         .await
         .map_err(|e| CliError::from_kube(&format!("approvalrequest {:?}", args.id), e))?;
     Ok(Shown::new(

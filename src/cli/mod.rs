@@ -27,7 +27,7 @@ mod verify;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::PatchParams;
+use kube::api::{PatchParams, PostParams};
 
 pub use args::{Cli, Command, Format};
 pub use error::CliError;
@@ -72,6 +72,22 @@ impl Context {
     pub fn apply_params(&self, force: bool) -> PatchParams {
         let params = PatchParams::apply(CLI_FIELD_MANAGER);
         if force { params.force() } else { params }
+    }
+
+    /// A create as [`CLI_FIELD_MANAGER`].
+    pub fn create_params(&self) -> PostParams {
+        PostParams {
+            field_manager: Some(CLI_FIELD_MANAGER.into()),
+            ..PostParams::default()
+        }
+    }
+
+    /// A merge patch as [`CLI_FIELD_MANAGER`].
+    pub fn merge_params(&self) -> PatchParams {
+        PatchParams {
+            field_manager: Some(CLI_FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        }
     }
 }
 

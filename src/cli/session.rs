@@ -1,7 +1,7 @@
 //! `session create | list | set-provider | inject`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PostParams};
+use kube::api::Patch;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -9,7 +9,7 @@ use super::args::{SessionCommand, SessionCreateArgs, SetProviderArgs};
 use super::connect::bearer;
 use super::objects::{get, list};
 use super::output::{Shown, Table, age, or_none};
-use super::{CLI_FIELD_MANAGER, CliError, Context};
+use super::{CliError, Context};
 use crate::api::{API_VERSION, Provider, ProviderFallback, Session, SessionSpec, name_of};
 use crate::proto::v1alpha1::InjectRequest;
 
@@ -40,12 +40,8 @@ async fn create(context: &Context, args: SessionCreateArgs) -> Result<Shown, Cli
         spec,
         status: None,
     };
-    let params = PostParams {
-        field_manager: Some(CLI_FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
     let created = Api::<Session>::namespaced(context.client.clone(), &context.namespace)
-        .create(&params, &session)
+        .create(&context.create_params(), &session)
         .await
         .map_err(|e| CliError::from_kube(&format!("session {:?}", args.name), e))?;
     Ok(Shown::new(
