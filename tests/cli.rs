@@ -139,6 +139,19 @@ impl Cluster {
         serde_json::from_str(&rendered).unwrap()
     }
 
+    /// The last request, checked to be a server-side apply to `path` as
+    /// `kubectl-wopr`: its query and body.
+    fn last_apply(&self, path: &str) -> (String, Value) {
+        let request = self.api.take_requests().pop().unwrap();
+        assert_eq!(request.line(), format!("PATCH {path}"));
+        assert!(
+            request.query.contains("fieldManager=kubectl-wopr"),
+            "{}",
+            request.query
+        );
+        (request.query, request.body.unwrap())
+    }
+
     fn stored(&self, plural: &str, name: &str) -> Option<Value> {
         self.api.get(&path(plural, name))
     }
@@ -305,17 +318,8 @@ async fn grant_list_and_revoke() {
         shown.text,
         "grant.wopr.dev/session-research-agent gives session:research-agent a2a.call,cross.inject\n"
     );
-    let request = cluster.api.take_requests().pop().unwrap();
-    assert_eq!(
-        request.line(),
-        format!("PATCH {}", path("grants", "session-research-agent"))
-    );
-    assert!(
-        request.query.contains("fieldManager=kubectl-wopr"),
-        "{}",
-        request.query
-    );
-    assert!(!request.query.contains("force=true"), "{}", request.query);
+    let (query, _) = cluster.last_apply(&path("grants", "session-research-agent"));
+    assert!(!query.contains("force=true"), "{query}");
     let stored: Grant =
         serde_json::from_value(cluster.stored("grants", "session-research-agent").unwrap())
             .unwrap();
@@ -561,18 +565,9 @@ async fn policy_set_applies_only_the_fields_given() {
             "exec_command,http_fetch",
         ])
         .await;
-    let request = cluster.api.take_requests().pop().unwrap();
+    let (_, body) = cluster.last_apply(&path("sessions", "research-agent"));
     assert_eq!(
-        request.line(),
-        format!("PATCH {}", path("sessions", "research-agent"))
-    );
-    assert!(
-        request.query.contains("fieldManager=kubectl-wopr"),
-        "{}",
-        request.query
-    );
-    assert_eq!(
-        request.body.unwrap()["spec"],
+        body["spec"],
         json!({"sandbox": {"enabled": true}, "tools": {"deny": ["exec_command", "http_fetch"]}})
     );
 
@@ -588,14 +583,10 @@ async fn policy_set_applies_only_the_fields_given() {
             "--force-conflicts",
         ])
         .await;
-    let request = cluster.api.take_requests().pop().unwrap();
+    let (query, body) = cluster.last_apply(&path("securitypolicies", "default"));
+    assert!(query.contains("force=true"), "{query}");
     assert_eq!(
-        request.line(),
-        format!("PATCH {}", path("securitypolicies", "default"))
-    );
-    assert!(request.query.contains("force=true"), "{}", request.query);
-    assert_eq!(
-        request.body.unwrap()["spec"],
+        body["spec"],
         json!({"trustLevels": {"semi-trusted": {"sandbox": {"enabled": true}}}})
     );
 
@@ -686,9 +677,9 @@ async fn sessions_create_list_and_set_provider() {
             "anthropic:claude-sonnet-4-5,local",
         ])
         .await;
-    let request = cluster.api.take_requests().pop().unwrap();
+    let (_, body) = cluster.last_apply(&path("sessions", "research-agent"));
     assert_eq!(
-        request.body.unwrap()["spec"],
+        body["spec"],
         json!({"provider": {"name": "openai", "model": "gpt-5", "fallback": [
             {"name": "anthropic", "model": "claude-sonnet-4-5"}, {"name": "local"}]}})
     );
@@ -713,15 +704,8 @@ async fn config_set_maps_dotted_paths() {
     cluster
         .text(&["config", "set", "security.enforcement", "warn"])
         .await;
-    let request = cluster.api.take_requests().pop().unwrap();
-    assert_eq!(
-        request.line(),
-        format!("PATCH {}", path("securitypolicies", "default"))
-    );
-    assert_eq!(
-        request.body.unwrap()["spec"],
-        json!({"enforcement": "warn"})
-    );
+    let (_, body) = cluster.last_apply(&path("securitypolicies", "default"));
+    assert_eq!(body["spec"], json!({"enforcement": "warn"}));
 
     cluster
         .text(&[
@@ -731,8 +715,8 @@ async fn config_set_maps_dotted_paths() {
             "3",
         ])
         .await;
-    let rules =
-        cluster.api.take_requests().pop().unwrap().body.unwrap()["spec"]["forwardRules"].clone();
+    let (_, body) = cluster.last_apply(&path("gateways", "p2p-gateway"));
+    let rules = &body["spec"]["forwardRules"];
     assert_eq!(rules[1]["rateLimit"], json!({"perMinute": 3}));
     assert_eq!(
         rules[0]["rateLimit"],
