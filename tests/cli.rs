@@ -819,10 +819,10 @@ mod with_control_plane {
 
     async fn control_plane(cluster: &mut Cluster) -> ControlPlane {
         let plane = ControlPlane::start(&[]).await;
-        cluster.context.control_plane = Some(ControlPlaneAddress {
-            address: plane.address.to_string(),
-            token: Some(READER.into()),
-        });
+        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
+            plane.address.to_string().as_str(),
+            Some(READER),
+        ));
         plane
     }
 
@@ -971,10 +971,10 @@ mod with_control_plane {
             "{unknown:?}"
         );
         // Mallory's RBAC allows her another namespace only: refused, and audited.
-        cluster.context.control_plane = Some(ControlPlaneAddress {
-            address: plane.address.to_string(),
-            token: Some(common::sidecar::OUTSIDER.into()),
-        });
+        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
+            plane.address.to_string().as_str(),
+            Some(common::sidecar::OUTSIDER),
+        ));
         let refused = cluster
             .run(&["session", "inject", "research-agent", "hi"])
             .await;
@@ -1004,10 +1004,10 @@ mod with_control_plane {
     async fn a_workload_sends_as_its_grant_says() {
         let mut cluster = examples();
         let mut plane = control_plane(&mut cluster).await;
-        cluster.context.control_plane = Some(ControlPlaneAddress {
-            address: plane.address.to_string(),
-            token: Some(common::sidecar::WORKLOAD.into()),
-        });
+        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
+            plane.address.to_string().as_str(),
+            Some(common::sidecar::WORKLOAD),
+        ));
         for object in
             parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
         {
@@ -1140,16 +1140,11 @@ mod with_control_plane {
         let missing = usage(cluster.run(&["security", "audit"]).await);
         assert!(missing.contains("--control-plane"), "{missing}");
         let mut cluster = examples();
-        cluster.context.control_plane = Some(ControlPlaneAddress {
-            address: "127.0.0.1:1".into(),
-            token: None,
-        });
+        cluster.context.control_plane = Some(ControlPlaneAddress::with_token("127.0.0.1:1", None));
         let no_token = usage(cluster.run(&["security", "audit"]).await);
         assert!(no_token.contains("--token"), "{no_token}");
-        cluster.context.control_plane = Some(ControlPlaneAddress {
-            address: "127.0.0.1:1".into(),
-            token: Some(READER.into()),
-        });
+        cluster.context.control_plane =
+            Some(ControlPlaneAddress::with_token("127.0.0.1:1", Some(READER)));
         let down = cluster.run(&["security", "audit"]).await;
         assert!(matches!(down, Err(CliError::Unreachable(_))), "{down:?}");
     }

@@ -4,7 +4,7 @@
 //! plane, reached at `--control-plane` with the person's own bearer token,
 //! which it has the API server review.
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{ExecConfig, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use secrecy::ExposeSecret;
 use tonic::transport::{Channel, Endpoint};
@@ -53,8 +53,21 @@ pub fn namespace(flags: &ClusterFlags, config: &Config) -> String {
 pub struct ControlPlane {
     /// `host:port` or `http://host:port`.
     pub address: String,
-    /// The bearer token (a person's or a workload's Kubernetes credential).
-    pub token: Option<String>,
+    /// Where the bearer token (a person's or a workload's Kubernetes
+    /// credential) comes from.
+    pub credential: Credential,
+}
+
+/// Where the control plane's bearer token comes from.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// This token (`--token`, or the kubeconfig user's token or token file).
+    Token(String),
+    /// The kubeconfig user's exec credential plugin (as on EKS, GKE, AKS),
+    /// run only when a command talks to the control plane.
+    Exec(Box<ExecConfig>),
+    /// None: client certificates, say.
+    Missing,
 }
 
 impl ControlPlane {
@@ -62,8 +75,27 @@ impl ControlPlane {
     /// kubeconfig user's token.
     pub fn from_flags(flags: &ClusterFlags, config: &Config) -> Option<ControlPlane> {
         let address = flags.control_plane.clone()?;
+        let auth = &config.auth_info;
         let token = flags.token.clone().or_else(|| kubeconfig_token(config));
-        Some(ControlPlane { address, token })
+        let credential = match (token, &auth.exec) {
+            (Some(token), _) => Credential::Token(token),
+            (None, Some(exec)) => Credential::Exec(Box::new(exec.clone())),
+            (None, None) => Credential::Missing,
+        };
+        Some(ControlPlane {
+            address,
+            credential,
+        })
+    }
+
+    /// The control plane at `address`, presenting `token`.
+    pub fn with_token(address: &str, token: Option<&str>) -> ControlPlane {
+        ControlPlane {
+            address: address.to_owned(),
+            credential: token.map_or(Credential::Missing, |token| {
+                Credential::Token(token.to_owned())
+            }),
+        }
     }
 
     /// An Audit client, and the token to put on each request.
@@ -80,12 +112,16 @@ impl ControlPlane {
 
     /// A channel to the control plane, and the token to present on it.
     async fn connect(&self) -> Result<(Channel, String), CliError> {
-        let token = self.token.clone().ok_or_else(|| {
-            CliError::Usage(
-                "the control plane needs a bearer token and the kubeconfig user has none (client certificates or an exec plugin): pass --token or set WOPR_TOKEN"
-                    .into(),
-            )
-        })?;
+        let token = match &self.credential {
+            Credential::Token(token) => token.clone(),
+            Credential::Exec(exec) => exec_token(exec)?,
+            Credential::Missing => {
+                return Err(CliError::Usage(
+                    "the control plane needs a bearer token and the kubeconfig user has none (client certificates): pass --token or set WOPR_TOKEN"
+                        .into(),
+                ));
+            }
+        };
         let uri = if self.address.contains("://") {
             self.address.clone()
         } else {
@@ -106,6 +142,51 @@ impl ControlPlane {
         })?;
         Ok((channel, token))
     }
+}
+
+/// The token the exec credential plugin `exec` prints, as kubectl runs it:
+/// its command, arguments and environment, `KUBERNETES_EXEC_INFO` set, the
+/// `ExecCredential` on stdout (stderr is the person's, for prompts).
+fn exec_token(exec: &ExecConfig) -> Result<String, CliError> {
+    let failed = |why: String| {
+        CliError::Unreachable(format!(
+            "the kubeconfig's exec credential plugin gave no token ({why}): pass --token"
+        ))
+    };
+    let command = exec
+        .command
+        .as_deref()
+        .ok_or_else(|| failed("it names no command".into()))?;
+    let api_version = exec
+        .api_version
+        .clone()
+        .unwrap_or_else(|| "client.authentication.k8s.io/v1".into());
+    let info = serde_json::json!({
+        "apiVersion": api_version, "kind": "ExecCredential", "spec": {"interactive": false},
+    });
+    let mut plugin = std::process::Command::new(command);
+    plugin
+        .args(exec.args.iter().flatten())
+        .env("KUBERNETES_EXEC_INFO", info.to_string())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    for variable in exec.env.iter().flatten() {
+        if let (Some(name), Some(value)) = (variable.get("name"), variable.get("value")) {
+            plugin.env(name, value);
+        }
+    }
+    let output = plugin
+        .output()
+        .map_err(|error| failed(format!("{command}: {error}")))?;
+    if !output.status.success() {
+        return Err(failed(format!("{command} exited with {}", output.status)));
+    }
+    let credential: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|error| failed(format!("its output is not an ExecCredential: {error}")))?;
+    credential["status"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| failed("its ExecCredential has no status.token".into()))
 }
 
 /// The kubeconfig user's bearer token, inline or from its file.
@@ -136,4 +217,35 @@ pub fn bearer<T>(request: T, token: &str) -> Result<tonic::Request<T>, CliError>
         .map_err(|_| CliError::Usage("the token is not a valid header value".into()))?;
     request.metadata_mut().insert("authorization", value);
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(script: &str) -> ExecConfig {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "sh",
+            "args": ["-c", script],
+            "env": [{"name": "WOPR_TEST_TOKEN", "value": "from-the-plugin"}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_exec_plugin_gives_the_token_it_prints() {
+        let printed = plugin(
+            r#"echo "$KUBERNETES_EXEC_INFO" | grep -q ExecCredential && printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s"}}' "$WOPR_TEST_TOKEN""#,
+        );
+        assert_eq!(exec_token(&printed).unwrap(), "from-the-plugin");
+        for broken in ["exit 3", "echo not-json", r#"echo '{"status":{}}'"#] {
+            let error = exec_token(&plugin(broken)).unwrap_err();
+            assert!(
+                matches!(error, CliError::Unreachable(_)),
+                "{broken}: {error}"
+            );
+            assert!(error.to_string().ends_with("pass --token"), "{error}");
+        }
+    }
 }
