@@ -1218,6 +1218,19 @@ mod with_control_plane {
             grants[1].spec.capabilities,
             [Capability::A2aCall, Capability::InjectNetwork]
         );
+        let listed: Vec<Grant> = items(
+            cluster
+                .json(&[
+                    "security",
+                    "migrate",
+                    "--since",
+                    "2026-11-24T00:00:00Z",
+                    "-o",
+                    "json",
+                ])
+                .await,
+        );
+        assert_eq!(listed, grants, "-o json gives the same Grants as a List");
         drop(plane);
     }
 }

@@ -147,6 +147,10 @@ pub enum SecurityCommand {
         /// How far back to read: a duration (1w, 24h) or an RFC 3339 time.
         #[arg(long, default_value = "1w")]
         since: String,
+        /// The table form is the Grants as commented YAML; `-o json|yaml`
+        /// gives them as a kubectl List.
+        #[command(flatten)]
+        printing: Printing,
     },
 }
 

@@ -99,7 +99,8 @@ pub fn format_of(command: &Command) -> Format {
             | SecurityCommand::Whoami { printing }
             | SecurityCommand::Revoke { printing, .. }
             | SecurityCommand::ListGrants { printing }
-            | SecurityCommand::Verify { printing } => printing.format,
+            | SecurityCommand::Verify { printing }
+            | SecurityCommand::Migrate { printing, .. } => printing.format,
             SecurityCommand::Grant(args) => args.printing.format,
             SecurityCommand::Gateway(command) => match command {
                 GatewayCommand::List { printing }
@@ -110,8 +111,6 @@ pub fn format_of(command: &Command) -> Format {
             },
             SecurityCommand::Policy(PolicyCommand::Set(args)) => args.printing.format,
             SecurityCommand::Audit(args) => args.format,
-            // Grants to review and apply: YAML is the point.
-            SecurityCommand::Migrate { .. } => Format::Yaml,
         },
         Command::Session(command) => match command {
             SessionCommand::Create(args) => args.printing.format,
@@ -139,7 +138,7 @@ pub async fn run(command: Command, context: &Context) -> Result<Shown, CliError>
             }
             SecurityCommand::Audit(args) => audit::audit(context, args).await,
             SecurityCommand::Verify { .. } => verify::verify(context).await,
-            SecurityCommand::Migrate { since } => audit::migrate(context, &since).await,
+            SecurityCommand::Migrate { since, .. } => audit::migrate(context, &since).await,
         },
         Command::Session(command) => session::run(context, command).await,
         Command::Config(ConfigCommand::Set {
