@@ -701,11 +701,50 @@ async fn sessions_create_list_and_set_provider() {
 #[tokio::test]
 async fn config_set_maps_dotted_paths() {
     let cluster = examples();
-    cluster
-        .text(&["config", "set", "security.enforcement", "warn"])
-        .await;
-    let (_, body) = cluster.last_apply(&path("securitypolicies", "default"));
-    assert_eq!(body["spec"], json!({"enforcement": "warn"}));
+    let policy = path("securitypolicies", "default");
+    let gateway = path("gateways", "p2p-gateway");
+    for (setting, value, at, spec) in [
+        (
+            "security.enforcement",
+            "warn",
+            &policy,
+            json!({"enforcement": "warn"}),
+        ),
+        (
+            "security.p2p.autoAccept",
+            "true",
+            &policy,
+            json!({"p2p": {"autoAccept": true}}),
+        ),
+        (
+            "security.p2p.discoveryTrust",
+            "semi-trusted",
+            &policy,
+            json!({"p2p": {"discoveryTrust": "semi-trusted"}}),
+        ),
+        (
+            "security.audit.retention",
+            "2160h",
+            &policy,
+            json!({"audit": {"retention": "2160h"}}),
+        ),
+        (
+            "security.audit.denialEvents",
+            "false",
+            &policy,
+            json!({"audit": {"denialEvents": false}}),
+        ),
+        (
+            "security.gateway.approvalTimeout.p2p-gateway",
+            "10m",
+            &gateway,
+            json!({"approvalTimeout": "10m"}),
+        ),
+    ] {
+        cluster.text(&["config", "set", setting, value]).await;
+        let (_, body) = cluster.last_apply(at);
+        assert_eq!(body["spec"], spec, "{setting}");
+    }
 
     cluster
         .text(&[
