@@ -1439,5 +1439,12 @@ mod binary {
         let help = kubectl_wopr(&kubeconfig, &["security", "grant", "--help"]);
         assert_eq!(help.code, 0);
         assert!(help.stdout.contains("Examples:"), "{}", help.stdout);
+        let incomplete = kubectl_wopr(&kubeconfig, &["security", "gateway"]);
+        assert_eq!(incomplete.code, 1, "a missing subcommand is a usage error");
+        assert!(
+            incomplete.stderr.contains("Usage:"),
+            "{}",
+            incomplete.stderr
+        );
     }
 }

@@ -16,14 +16,12 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print to stdout and succeed; every other
-        // parse failure is a usage error, exit 1 (clap's own is 2, which
-        // here means "not found").
+        // parse failure, a missing subcommand included, is a usage error,
+        // exit 1 (clap's own is 2, which here means "not found").
         Err(error) => {
             let _ = error.print();
             return match error.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
                 _ => ExitCode::from(1),
             };
         }
