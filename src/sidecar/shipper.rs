@@ -51,12 +51,12 @@ pub async fn ship_sealed(spool: &Spool, target: &WatchTarget) -> Result<usize, S
     let (channel, bearer) = connect_channel(target).await?;
     let mut client = AuditClient::new(channel);
     let mut shipped = 0;
-    let mut waiting = spool.depth()?;
+    let mut waiting = spool.depth();
     for segment in segments {
         let events = Spool::read(&segment)?;
         waiting = waiting.saturating_sub(events.len());
         if events.is_empty() {
-            Spool::remove(&segment)?;
+            spool.remove(&segment, 0)?;
             continue;
         }
         let messages: Vec<IngestRequest> = events
@@ -73,18 +73,25 @@ pub async fn ship_sealed(spool: &Spool, target: &WatchTarget) -> Result<usize, S
             .await
         {
             Ok(_) => {
-                Spool::remove(&segment)?;
+                spool.remove(&segment, events.len())?;
                 shipped += events.len();
             }
-            Err(status) if refused_for_good(status.code()) => reject(spool, &segment, &status)?,
+            Err(status) if refused_for_good(status.code()) => {
+                reject(spool, &segment, events.len(), &status)?;
+            }
             Err(status) => return Err(WatchError::Status(status).into()),
         }
     }
     Ok(shipped)
 }
 
-fn reject(spool: &Spool, segment: &Path, status: &tonic::Status) -> std::io::Result<()> {
-    let kept = spool.reject(segment)?;
+fn reject(
+    spool: &Spool,
+    segment: &Path,
+    events: usize,
+    status: &tonic::Status,
+) -> std::io::Result<()> {
+    let kept = spool.reject(segment, events)?;
     tracing::error!(segment = %kept.display(), code = ?status.code(), reason = %status.message(), "the control plane refused a batch of audit events; kept in the spool's rejected/ directory");
     Ok(())
 }
@@ -117,11 +124,11 @@ pub async fn ship_forever(
     match tokio::time::timeout(drain, seal_and_ship(&spool, &target)).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => {
-            tracing::error!(%error, "audit events left in the spool at exit: {}", describe_depth(&spool))
+            tracing::error!(%error, "audit events left in the spool at exit: {}", spool.depth())
         }
         Err(_) => tracing::error!(
             "audit events left in the spool at exit (shipping took over {drain:?}): {}",
-            describe_depth(&spool)
+            spool.depth()
         ),
     }
 }
@@ -129,10 +136,4 @@ pub async fn ship_forever(
 async fn seal_and_ship(spool: &Spool, target: &WatchTarget) -> Result<usize, ShipError> {
     spool.seal()?;
     ship_sealed(spool, target).await
-}
-
-fn describe_depth(spool: &Spool) -> String {
-    spool
-        .depth()
-        .map_or_else(|error| error.to_string(), |depth| depth.to_string())
 }

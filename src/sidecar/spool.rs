@@ -19,7 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::{AuditEvent, AuditSink, QueuedLineSink};
@@ -35,6 +35,10 @@ const REJECTED: &str = "rejected";
 pub struct Spool {
     dir: PathBuf,
     active: Mutex<Active>,
+    /// Events in sealed segments not yet removed or rejected: counted as
+    /// segments are sealed and removed (read once, at open, for segments an
+    /// earlier process left), so the depth never rereads the disk.
+    sealed_events: AtomicUsize,
 }
 
 /// The segment being written.
@@ -91,10 +95,16 @@ impl Spool {
     /// process are kept, to be shipped; new events go to a new segment.
     pub fn open(dir: &Path) -> io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
-        let next = segments(dir)?.last().map_or(1, |(number, _)| number + 1);
+        let left = segments(dir)?;
+        let next = left.last().map_or(1, |(number, _)| number + 1);
+        let mut sealed_events = 0;
+        for (_, segment) in &left {
+            sealed_events += Spool::read(segment)?.len();
+        }
         Ok(Spool {
             dir: dir.to_owned(),
             active: Mutex::new(Active::open(dir, next)?),
+            sealed_events: AtomicUsize::new(sealed_events),
         })
     }
 
@@ -109,8 +119,7 @@ impl Spool {
             .lock()
             .expect("the spool lock is never poisoned");
         if active.torn || active.events >= SEGMENT_EVENTS || active.bytes >= SEGMENT_BYTES {
-            let next = active.number + 1;
-            *active = Active::open(&self.dir, next)?;
+            self.seal_active(&mut active)?;
         }
         if let Err(error) = active.file.write_all(&record) {
             active.torn = true;
@@ -129,9 +138,17 @@ impl Spool {
             .lock()
             .expect("the spool lock is never poisoned");
         if active.events > 0 || active.torn {
-            let next = active.number + 1;
-            *active = Active::open(&self.dir, next)?;
+            self.seal_active(&mut active)?;
         }
+        Ok(())
+    }
+
+    /// Starts the next segment; the active one's events become sealed.
+    fn seal_active(&self, active: &mut Active) -> io::Result<()> {
+        let next = Active::open(&self.dir, active.number + 1)?;
+        let sealed = std::mem::replace(active, next);
+        self.sealed_events
+            .fetch_add(sealed.events, Ordering::SeqCst);
         Ok(())
     }
 
@@ -165,31 +182,43 @@ impl Spool {
             .collect())
     }
 
-    /// Removes a segment the control plane has stored.
-    pub fn remove(segment: &Path) -> io::Result<()> {
-        std::fs::remove_file(segment)
+    /// Removes a sealed segment the control plane has stored; `events` is
+    /// what [`Spool::read`] found in it.
+    pub fn remove(&self, segment: &Path, events: usize) -> io::Result<()> {
+        std::fs::remove_file(segment)?;
+        self.forget(events);
+        Ok(())
     }
 
-    /// Keeps a segment the control plane refused for good, out of the way.
-    pub fn reject(&self, segment: &Path) -> io::Result<PathBuf> {
+    /// Keeps a sealed segment the control plane refused for good, out of
+    /// the way; `events` is what [`Spool::read`] found in it.
+    pub fn reject(&self, segment: &Path, events: usize) -> io::Result<PathBuf> {
         let rejected = self.dir.join(REJECTED);
         std::fs::create_dir_all(&rejected)?;
         let target = rejected.join(segment.file_name().unwrap_or_default());
         std::fs::rename(segment, &target)?;
+        self.forget(events);
         Ok(target)
     }
 
+    fn forget(&self, events: usize) {
+        // Saturating: a segment sealed torn may hold fewer events than were
+        // counted, never more.
+        let _ = self
+            .sealed_events
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |waiting| {
+                Some(waiting.saturating_sub(events))
+            });
+    }
+
     /// Events waiting in the spool (sealed and active), for the metric.
-    pub fn depth(&self) -> io::Result<usize> {
-        let mut depth = self
+    pub fn depth(&self) -> usize {
+        let active = self
             .active
             .lock()
             .expect("the spool lock is never poisoned")
             .events;
-        for segment in self.sealed()? {
-            depth += Spool::read(&segment)?.len();
-        }
-        Ok(depth)
+        self.sealed_events.load(Ordering::SeqCst) + active
     }
 }
 
@@ -264,10 +293,12 @@ mod tests {
         }
         // One full segment sealed by itself; three events in the active one.
         assert_eq!(spool.sealed().unwrap().len(), 1);
-        assert_eq!(spool.depth().unwrap(), SEGMENT_EVENTS + 3);
+        assert_eq!(spool.depth(), SEGMENT_EVENTS + 3);
         drop(spool);
-        // A new process: the unshipped segments are still there, in order.
+        // A new process: the unshipped segments are still there, in order,
+        // and counted.
         let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.depth(), SEGMENT_EVENTS + 3);
         let lines: Vec<String> = spool
             .sealed()
             .unwrap()
@@ -283,10 +314,12 @@ mod tests {
         let sealed = spool.sealed().unwrap();
         assert_eq!(sealed.len(), 3);
         assert_eq!(Spool::read(&sealed[2]).unwrap(), ["{\"n\":\"new\"}"]);
+        assert_eq!(spool.depth(), SEGMENT_EVENTS + 4);
         for segment in &sealed {
-            Spool::remove(segment).unwrap();
+            let events = Spool::read(segment).unwrap().len();
+            spool.remove(segment, events).unwrap();
         }
-        assert_eq!(spool.depth().unwrap(), 0);
+        assert_eq!(spool.depth(), 0);
     }
 
     /// A full disk: the event that cannot be spooled stops calls (the
@@ -357,8 +390,10 @@ mod tests {
         spool.append("{}").unwrap();
         spool.seal().unwrap();
         let segment = spool.sealed().unwrap().remove(0);
-        let kept = spool.reject(&segment).unwrap();
+        assert_eq!(spool.depth(), 1);
+        let kept = spool.reject(&segment, 1).unwrap();
         assert_eq!(std::fs::read_to_string(kept).unwrap(), "{}\n");
         assert!(spool.sealed().unwrap().is_empty());
+        assert_eq!(spool.depth(), 0, "a rejected segment no longer waits");
     }
 }
