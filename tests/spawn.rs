@@ -126,6 +126,33 @@ async fn a_child_is_created_owned_by_its_parent_no_higher_and_no_weaker() {
     assert_eq!(spawned_events, 2);
 }
 
+/// An agent that fires many spawns at once, before any child reaches the
+/// cache, still gets no more children than the limit: the store counts
+/// the ones the cache cannot see yet.
+#[tokio::test]
+async fn concurrent_spawns_stop_at_the_limit() {
+    let (control_plane, lead) = lead().await;
+    let calls = (0..8).map(|n| {
+        spawn(
+            &lead,
+            json!({"name": format!("worker-{n}"), "trustLevel": "untrusted", "prompt": "x"}),
+        )
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let spawned = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(spawned, 2, "{outcomes:?}");
+    for refused in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+        assert!(
+            refused.starts_with("session lead has 2 children, the limit is 2"),
+            "{refused}"
+        );
+    }
+    let created = (0..8)
+        .filter(|n| created(&control_plane, &format!("worker-{n}")).is_some())
+        .count();
+    assert_eq!(created, 2);
+}
+
 #[tokio::test]
 async fn refusals_are_precise_and_audited() {
     let (control_plane, lead) = lead().await;

@@ -47,8 +47,8 @@ use crate::proto::v1alpha1::{
 };
 use crate::shutdown::Shutdown;
 use crate::store::{
-    Elevation, ElevationState, Forward, ForwardState, InboxError, Queued, RequestError, Store,
-    StoreError, new_request_id,
+    Elevation, ElevationState, Forward, ForwardState, InboxError, Queued, RequestError,
+    Reservation, Store, StoreError, new_request_id,
 };
 
 /// The tool a message is sent with.
@@ -1029,16 +1029,19 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             let status = Status::failed_precondition(format!("session {session} cannot be read"));
             return Err(refuse(status).await);
         };
-        let children = self
+        let children: Vec<String> = self
             .discover
             .sessions(&namespace)
-            .iter()
-            .filter_map(|name| self.discover.session(&namespace, name))
-            .filter(|child| {
-                let labels = child.metadata.labels.as_ref();
-                labels.and_then(|labels| labels.get(PARENT_LABEL)) == Some(&session)
+            .into_iter()
+            .filter(|name| {
+                self.discover
+                    .session(&namespace, name)
+                    .is_some_and(|child| {
+                        let labels = child.metadata.labels.as_ref();
+                        labels.and_then(|labels| labels.get(PARENT_LABEL)) == Some(&session)
+                    })
             })
-            .count();
+            .collect();
         let policy = self.discover.spawn_policy(&namespace);
         let wanted = ChildRequest {
             name: &name,
@@ -1046,7 +1049,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             prompt: &prompt,
             image: Some(image.as_str()).filter(|image| !image.is_empty()),
         };
-        let mut child = match child_session(&parent, &caller, wanted, &policy, children) {
+        let mut child = match child_session(&parent, &caller, wanted, &policy, children.len()) {
             Ok(child) => child,
             Err(full @ SpawnRefusal::TooManyChildren { .. }) => {
                 return Err(refuse(Status::resource_exhausted(full.to_string())).await);
@@ -1055,6 +1058,28 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
                 return Err(refuse(Status::invalid_argument(why)).await);
             }
         };
+        // The cache may not show children spawned a moment ago, here or on
+        // another replica: the store counts them too, under the parent's lock.
+        let place = (namespace.as_str(), session.as_str(), name.as_str());
+        match self
+            .store
+            .reserve_child(place, &children, policy.max_children, Timestamp::now())
+            .await
+        {
+            Ok(Reservation::Reserved) => {}
+            Ok(Reservation::Full { children }) => {
+                let full = SpawnRefusal::TooManyChildren {
+                    parent: session.clone(),
+                    children,
+                    limit: policy.max_children,
+                };
+                return Err(refuse(Status::resource_exhausted(full.to_string())).await);
+            }
+            Err(error) => {
+                let status = Status::unavailable(format!("cannot count the children: {error}"));
+                return Err(refuse(status).await);
+            }
+        }
         child
             .labels_mut()
             .insert(MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned());
@@ -1064,6 +1089,9 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
                 return Err(refuse(Status::already_exists(error.to_string())).await);
             }
             Err(WriteError::Failed(why)) => {
+                if let Err(error) = self.store.release_child(&namespace, &name).await {
+                    tracing::warn!(%error, child = %name, "its place stays taken until it lapses");
+                }
                 let status = Status::unavailable(format!("cannot create the session: {why}"));
                 return Err(refuse(status).await);
             }

@@ -10,6 +10,7 @@ mod audit;
 mod elevations;
 mod forwards;
 mod inbox;
+mod spawns;
 
 use std::str::FromStr;
 
@@ -24,6 +25,7 @@ pub use forwards::{
     Forward, ForwardState, GatewaySummary, RequestError, SOURCE_TYPE_APPROVAL, new_request_id,
 };
 pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
+pub use spawns::{Reservation, UNSEEN_FOR};
 
 /// Which database a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
