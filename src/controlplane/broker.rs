@@ -98,7 +98,6 @@ impl Arrivals {
     }
 }
 
-/// Serves the Broker API of every sidecar.
 /// Where the broker records its decisions: the store, the metrics, and
 /// the Events denials call for.
 pub struct Recording {
@@ -107,6 +106,7 @@ pub struct Recording {
     pub denials: DenialEvents,
 }
 
+/// Serves the Broker API of every sidecar.
 pub struct BrokerService<D, A> {
     discover: Arc<D>,
     authenticator: Arc<A>,

@@ -56,31 +56,28 @@ struct Verdict {
     reason: String,
 }
 
-impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
-    /// Records the outcome of a message from outside to `namespace/session`.
-    async fn inject_event(
-        &self,
-        (namespace, session): (&str, &str),
-        source: SourceRef,
-        verdict: Verdict,
-    ) -> Result<String, Status> {
-        let mut event = AuditEvent::new(
-            Timestamp::now(),
-            EventType::Injection,
-            namespace,
-            session,
-            source,
-            verdict.outcome,
-            verdict.enforcement,
-            verdict.reason,
-        );
-        event.action = Some(INJECT_ACTION.to_owned());
-        event.capability = verdict.capability;
-        self.audit(event).await.map_err(|error| {
-            Status::unavailable(format!("cannot record the message's audit event: {error}"))
-        })
-    }
+/// The audit event of a message from outside to `namespace/session`.
+fn injection_event(
+    (namespace, session): (&str, &str),
+    source: SourceRef,
+    verdict: Verdict,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(
+        Timestamp::now(),
+        EventType::Injection,
+        namespace,
+        session,
+        source,
+        verdict.outcome,
+        verdict.enforcement,
+        verdict.reason,
+    );
+    event.action = Some(INJECT_ACTION.to_owned());
+    event.capability = verdict.capability;
+    event
+}
 
+impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     /// Records `status` as the refusal of `source`'s message (best effort:
     /// the caller is refused either way).
     async fn refuse_injection(
@@ -95,9 +92,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             capability: None,
             reason: status.message().to_owned(),
         };
-        if let Err(error) = self.inject_event(target, source, verdict).await {
-            tracing::error!(%error, "cannot store a broker audit event");
-        }
+        self.record(injection_event(target, source, verdict)).await;
         status
     }
 
@@ -232,7 +227,12 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             capability: decision.capability,
             reason,
         };
-        let audit_id = self.inject_event(target, source, verdict).await?;
+        let audit_id = self
+            .audit(injection_event(target, source, verdict))
+            .await
+            .map_err(|error| {
+                Status::unavailable(format!("cannot record the message's audit event: {error}"))
+            })?;
         Ok(Response::new(InjectResponse {
             message_id: message.id,
             audit_id,
