@@ -11,6 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::CliError;
 use super::args::ClusterFlags;
+use crate::cluster::root_cause;
 use crate::proto::v1alpha1::audit_client::AuditClient;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
 
@@ -199,14 +200,6 @@ fn kubeconfig_token(config: &Config) -> Option<String> {
     std::fs::read_to_string(file)
         .ok()
         .map(|token| token.trim().to_owned())
-}
-
-fn root_cause(error: &dyn std::error::Error) -> String {
-    let mut root = error;
-    while let Some(cause) = root.source() {
-        root = cause;
-    }
-    root.to_string()
 }
 
 /// `request` with `token` as its bearer credential.

@@ -60,14 +60,18 @@ pub fn describe(error: &kube::Error) -> String {
             };
             format!("{}{reason}: {}", status.code, status.message)
         }
-        other => {
-            let mut root: &dyn std::error::Error = other;
-            while let Some(cause) = root.source() {
-                root = cause;
-            }
-            root.to_string()
-        }
+        other => root_cause(other),
     }
+}
+
+/// The innermost cause of `error`: what went wrong ("Connection refused"),
+/// without the layers that wrapped it.
+pub fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut root = error;
+    while let Some(cause) = root.source() {
+        root = cause;
+    }
+    root.to_string()
 }
 
 #[cfg(test)]
