@@ -30,8 +30,6 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "wopr.dev";
 /// The API version of every custom resource.
 pub const VERSION: &str = "v1alpha1";
-/// `apiVersion` of every kind: [`GROUP`]/[`VERSION`].
-pub const API_VERSION: &str = "wopr.dev/v1alpha1";
 
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

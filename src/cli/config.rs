@@ -3,17 +3,15 @@
 //! One table of paths ([`PATHS`]) serves parsing, the error that lists
 //! them, and `--help`.
 
-use kube::Api;
-use kube::api::Patch;
 use serde_json::{Value, json};
 
-use super::objects::get;
+use super::objects::{apply_spec, get};
 use super::output::Shown;
 use super::time::parse_duration;
 use super::{CliError, Context};
 use crate::api::{
-    API_VERSION, DEFAULT_POLICY_NAME, Enforcement, ForwardRule, Gateway, RateLimit, SecurityPolicy,
-    TrustLevel, from_name,
+    DEFAULT_POLICY_NAME, Enforcement, ForwardRule, Gateway, RateLimit, SecurityPolicy, TrustLevel,
+    from_name,
 };
 
 /// Every settable path, as `--help` and the unknown-path error list them.
@@ -57,20 +55,8 @@ pub async fn set(
         }
         ["security", rest @ ..] => {
             let spec = policy_setting(rest, value).ok_or_else(|| unknown_path(path))??;
-            let patch = json!({
-                "apiVersion": API_VERSION, "kind": "SecurityPolicy",
-                "metadata": {"name": DEFAULT_POLICY_NAME},
-                "spec": spec,
-            });
-            let applied =
-                Api::<SecurityPolicy>::namespaced(context.client.clone(), &context.namespace)
-                    .patch(
-                        DEFAULT_POLICY_NAME,
-                        &context.apply_params(force),
-                        &Patch::Apply(&patch),
-                    )
-                    .await
-                    .map_err(|e| CliError::from_kube("securitypolicy \"default\"", e))?;
+            let applied: SecurityPolicy =
+                apply_spec(context, DEFAULT_POLICY_NAME, spec, force).await?;
             Ok(Shown::new(
                 format!("securitypolicy.wopr.dev/{DEFAULT_POLICY_NAME}: {path} = {value}\n"),
                 &applied,
@@ -193,15 +179,7 @@ async fn apply_gateway(
     spec: Value,
     force: bool,
 ) -> Result<Shown, CliError> {
-    let patch = json!({
-        "apiVersion": API_VERSION, "kind": "Gateway",
-        "metadata": {"name": name},
-        "spec": spec,
-    });
-    let applied = Api::<Gateway>::namespaced(context.client.clone(), &context.namespace)
-        .patch(name, &context.apply_params(force), &Patch::Apply(&patch))
-        .await
-        .map_err(|e| CliError::from_kube(&format!("gateway {name:?}"), e))?;
+    let applied: Gateway = apply_spec(context, name, spec, force).await?;
     Ok(Shown::new(
         format!("gateway.wopr.dev/{name} configured\n"),
         &applied,

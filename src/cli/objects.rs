@@ -1,10 +1,11 @@
 //! Reading our objects in the command's namespace, with one mapping of a
-//! missing object to exit code 2.
+//! missing object to exit code 2, and applying the fields a person set.
 
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch};
 use kube::core::NamespaceResourceScope;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
 use super::{CliError, Context};
 
@@ -57,4 +58,48 @@ where
         .items;
     items.sort_by_key(ResourceExt::name_any);
     Ok(items)
+}
+
+/// Server-side applies `spec`, only the fields a person set, to the object
+/// `name` of this namespace as `kubectl-wopr` (creating it if missing);
+/// `force` takes over fields another manager owns.
+pub async fn apply_spec<K>(
+    context: &Context,
+    name: &str,
+    spec: Value,
+    force: bool,
+) -> Result<K, CliError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    Api::<K>::namespaced(context.client.clone(), &context.namespace)
+        .patch(name, &context.apply_params(force), &Patch::Apply(&patch))
+        .await
+        .map_err(|e| CliError::from_kube(&format!("{} {name:?}", kind_of::<K>()), e))
+}
+
+/// [`apply_spec`] to an object that must exist: an apply would create a
+/// missing one, so a missing one is not found (exit 2) instead.
+pub async fn update_spec<K>(
+    context: &Context,
+    name: &str,
+    spec: Value,
+    force: bool,
+) -> Result<K, CliError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    get::<K>(context, name).await?;
+    apply_spec(context, name, spec, force).await
 }

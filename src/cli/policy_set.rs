@@ -3,15 +3,13 @@
 //! applied, so the CLI owns exactly what the person changed; a field a
 //! GitOps tool owns is a conflict (exit 3) unless `--force-conflicts`.
 
-use kube::Api;
-use kube::api::Patch;
 use serde_json::{Map, Value, json};
 
 use super::args::{PolicySetArgs, Toggle};
-use super::objects::get;
+use super::objects::{apply_spec, update_spec};
 use super::output::Shown;
 use super::{CliError, Context};
-use crate::api::{API_VERSION, DEFAULT_POLICY_NAME, SecurityPolicy, Session};
+use crate::api::{DEFAULT_POLICY_NAME, SecurityPolicy, Session};
 use crate::policy::tools::{ToolId, entry_matches};
 
 /// `security policy set`.
@@ -19,41 +17,17 @@ pub async fn set(context: &Context, args: PolicySetArgs) -> Result<Shown, CliErr
     let settings = settings(&args)?;
     match (&args.session, args.trust_level) {
         (Some(session), _) => {
-            // Apply would create a missing Session: refuse instead.
-            get::<Session>(context, session).await?;
-            let patch = json!({
-                "apiVersion": API_VERSION, "kind": "Session",
-                "metadata": {"name": session},
-                "spec": settings,
-            });
-            let applied = Api::<Session>::namespaced(context.client.clone(), &context.namespace)
-                .patch(
-                    session,
-                    &context.apply_params(args.force_conflicts),
-                    &Patch::Apply(&patch),
-                )
-                .await
-                .map_err(|e| CliError::from_kube(&format!("session {session:?}"), e))?;
+            let applied: Session =
+                update_spec(context, session, settings, args.force_conflicts).await?;
             Ok(Shown::new(
                 format!("session.wopr.dev/{session} configured\n"),
                 &applied,
             ))
         }
         (None, Some(level)) => {
-            let patch = json!({
-                "apiVersion": API_VERSION, "kind": "SecurityPolicy",
-                "metadata": {"name": DEFAULT_POLICY_NAME},
-                "spec": {"trustLevels": {level.as_str(): settings}},
-            });
-            let applied =
-                Api::<SecurityPolicy>::namespaced(context.client.clone(), &context.namespace)
-                    .patch(
-                        DEFAULT_POLICY_NAME,
-                        &context.apply_params(args.force_conflicts),
-                        &Patch::Apply(&patch),
-                    )
-                    .await
-                    .map_err(|e| CliError::from_kube("securitypolicy \"default\"", e))?;
+            let spec = json!({"trustLevels": {level.as_str(): settings}});
+            let applied: SecurityPolicy =
+                apply_spec(context, DEFAULT_POLICY_NAME, spec, args.force_conflicts).await?;
             Ok(Shown::new(
                 format!(
                     "securitypolicy.wopr.dev/{DEFAULT_POLICY_NAME} configured: trust level {level}\n"

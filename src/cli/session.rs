@@ -1,16 +1,15 @@
 //! `session create | list | set-provider | inject`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::Patch;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::args::{SessionCommand, SessionCreateArgs, SetProviderArgs};
 use super::connect::bearer;
-use super::objects::{get, list};
+use super::objects::{list, update_spec};
 use super::output::{Shown, Table, age, or_none};
 use super::{CliError, Context};
-use crate::api::{API_VERSION, Provider, ProviderFallback, Session, SessionSpec, name_of};
+use crate::api::{Provider, ProviderFallback, Session, SessionSpec, name_of};
 use crate::proto::v1alpha1::InjectRequest;
 
 /// Runs a session command.
@@ -108,21 +107,8 @@ async fn set_provider(context: &Context, args: SetProviderArgs) -> Result<Shown,
             .map(|value| fallback(value))
             .collect::<Result<_, _>>()?,
     };
-    // Apply would create a missing Session: refuse instead.
-    get::<Session>(context, &args.name).await?;
-    let patch = json!({
-        "apiVersion": API_VERSION, "kind": "Session",
-        "metadata": {"name": args.name},
-        "spec": {"provider": provider},
-    });
-    let applied = Api::<Session>::namespaced(context.client.clone(), &context.namespace)
-        .patch(
-            &args.name,
-            &context.apply_params(args.force_conflicts),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|e| CliError::from_kube(&format!("session {:?}", args.name), e))?;
+    let spec = json!({"provider": provider});
+    let applied: Session = update_spec(context, &args.name, spec, args.force_conflicts).await?;
     Ok(Shown::new(
         format!(
             "session.wopr.dev/{} provider set to {}\n",
