@@ -847,6 +847,26 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
     assert_snapshot!("verify_weakened", shown.text);
 }
 
+/// A Session whose trust level no version of the API knows fails the first
+/// check by name, and the other checks still run on the rest.
+#[tokio::test]
+async fn verify_names_a_session_without_a_valid_trust_level() {
+    let cluster = examples();
+    cluster.api.insert(
+        &path("sessions", "rogue"),
+        json!({"apiVersion": "wopr.dev/v1alpha1", "kind": "Session",
+               "metadata": {"name": "rogue", "namespace": NAMESPACE},
+               "spec": {"trustLevel": "root"}}),
+    );
+    let shown = cluster.run(&["security", "verify"]).await.unwrap();
+    assert_eq!(shown.failed_checks, ["sessions-have-trust-level"]);
+    assert!(
+        shown.text.contains("session rogue has no valid trustLevel"),
+        "{}",
+        shown.text
+    );
+}
+
 mod with_control_plane {
     use common::sidecar::{ControlPlane, READER};
     use common::store::event;

@@ -47,9 +47,10 @@ fn failure_if(failed: bool, failure: &str) -> Vec<String> {
 pub async fn verify(context: &Context) -> Result<Shown, CliError> {
     let policy = get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME).await?;
     let spec = policy.as_ref().map(|policy| &policy.spec);
-    let sessions = list::<Session>(context).await?;
     let gateways = list::<Gateway>(context).await?;
-    let raw_sessions = Api::<DynamicObject>::namespaced_with(
+    // Listed raw, once: a Session that does not parse fails the first
+    // check instead of hiding every other.
+    let mut raw_sessions = Api::<DynamicObject>::namespaced_with(
         context.client.clone(),
         &context.namespace,
         &ApiResource::erase::<Session>(&()),
@@ -58,6 +59,11 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
     .await
     .map_err(|e| CliError::from_kube("sessions", e))?
     .items;
+    raw_sessions.sort_by_key(ResourceExt::name_any);
+    let sessions: Vec<Session> = raw_sessions
+        .iter()
+        .filter_map(|object| object.clone().try_parse().ok())
+        .collect();
 
     let mut checks = Vec::new();
     checks.push(check(
