@@ -68,16 +68,21 @@ async fn sessions(context: &Context) -> Result<Shown, CliError> {
                     .effective
                     .map(|e| if e.sandbox { "on" } else { "off" }),
             ),
-            or_none(session.spec.provider.as_ref().map(|p| match &p.model {
-                Some(model) => format!("{}/{model}", p.name),
-                None => p.name.clone(),
-            })),
+            provider_text(session.spec.provider.as_ref()),
             or_none(status.pod_name),
             age(session.metadata.creation_timestamp.as_ref(), context.now),
         ]);
     }
     let empty = format!("No sessions found in namespace {}.", context.namespace);
     Ok(Shown::list(table.render_or(&empty), &sessions))
+}
+
+/// A session's provider as tables show it: `name/model`, or `<none>`.
+pub fn provider_text(provider: Option<&Provider>) -> String {
+    or_none(provider.map(|provider| match &provider.model {
+        Some(model) => format!("{}/{model}", provider.name),
+        None => provider.name.clone(),
+    }))
 }
 
 /// `PROVIDER[:MODEL]`.

@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::grants::list_grants;
 use super::objects::{get, get_opt, list};
 use super::output::{Shown, Table, fields, joined, or_none};
+use super::session::provider_text;
 use super::{CliError, Context};
 use crate::api::{
     ApprovalRequest, ApprovalState, DEFAULT_POLICY_NAME, Enforcement, Gateway, Grant,
-    SecurityPolicy, Session, TrustLevel, name_of,
+    SecurityPolicy, SecurityPolicySpec, Session, TrustLevel, name_of,
 };
 use crate::contract::child_name;
 
@@ -55,7 +56,8 @@ pub async fn status(context: &Context, session: Option<String>) -> Result<Shown,
 
 async fn session_status(context: &Context, name: &str) -> Result<Shown, CliError> {
     let session = get::<Session>(context, name).await?;
-    let enforcement = enforcement(context).await?;
+    let policy = get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME).await?;
+    let enforcement = enforcement_of(policy.as_ref().map(|policy| &policy.spec));
     let grants: Vec<Grant> = list_grants(context)
         .await?
         .into_iter()
@@ -84,16 +86,7 @@ async fn session_status(context: &Context, name: &str) -> Result<Shown, CliError
     lines.extend([
         ("Enforcement", name_of(&enforcement)),
         ("Grants", joined(&grant_names)),
-        (
-            "Provider",
-            session.spec.provider.as_ref().map_or_else(
-                || "<none>".into(),
-                |provider| match &provider.model {
-                    Some(model) => format!("{} ({model})", provider.name),
-                    None => provider.name.clone(),
-                },
-            ),
-        ),
+        ("Provider", provider_text(session.spec.provider.as_ref())),
         ("Pod", or_none(status.pod_name)),
     ]);
     let report = SessionReport {
@@ -106,9 +99,7 @@ async fn session_status(context: &Context, name: &str) -> Result<Shown, CliError
 
 async fn namespace_status(context: &Context) -> Result<Shown, CliError> {
     let security_policy = get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME).await?;
-    let enforcement = security_policy
-        .as_ref()
-        .map_or_else(Enforcement::default, |policy| policy.spec.enforcement);
+    let enforcement = enforcement_of(security_policy.as_ref().map(|policy| &policy.spec));
     let sessions = list::<Session>(context).await?;
     let gateways = list::<Gateway>(context).await?;
     let pending_approvals: Vec<ApprovalRequest> = list::<ApprovalRequest>(context)
@@ -367,9 +358,8 @@ async fn may(
     Ok(answer.status.is_some_and(|status| status.allowed))
 }
 
-/// The namespace's enforcement mode (enforce without a SecurityPolicy).
-pub async fn enforcement(context: &Context) -> Result<Enforcement, CliError> {
-    Ok(get_opt::<SecurityPolicy>(context, DEFAULT_POLICY_NAME)
-        .await?
-        .map_or_else(Enforcement::default, |policy| policy.spec.enforcement))
+/// The enforcement mode a namespace's SecurityPolicy sets (enforce
+/// without one).
+pub fn enforcement_of(policy: Option<&SecurityPolicySpec>) -> Enforcement {
+    policy.map_or_else(Enforcement::default, |spec| spec.enforcement)
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::objects::{get_opt, list};
 use super::output::{Shown, Table};
+use super::status::enforcement_of;
 use super::{CliError, Context};
 use crate::api::{DEFAULT_POLICY_NAME, Enforcement, Gateway, SecurityPolicy, Session, TrustLevel};
 use crate::policy::level_settings;
@@ -176,7 +177,7 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         wildcards,
         "every forward rule names its targets and actions",
     ));
-    let enforcement = spec.map_or_else(Enforcement::default, |s| s.enforcement);
+    let enforcement = enforcement_of(spec);
     checks.push(check(
         "enforce-mode",
         failure_if(
