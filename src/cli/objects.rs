@@ -9,6 +9,24 @@ use serde_json::{Value, json};
 
 use super::{CliError, Context};
 
+/// A kind of this API group's namespaced objects, as the functions here
+/// read and write them.
+pub trait Namespaced:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + DeserializeOwned
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+{
+}
+
 /// The kind's lower-case name, for messages (`session "x" not found`).
 fn kind_of<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).to_lowercase()
@@ -17,10 +35,7 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> String {
 /// The object `name` of this namespace; not found is exit 2.
 pub async fn get<K>(context: &Context, name: &str) -> Result<K, CliError>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
+    K: Namespaced,
 {
     Api::<K>::namespaced(context.client.clone(), &context.namespace)
         .get(name)
@@ -31,10 +46,7 @@ where
 /// The object `name` of this namespace, if it exists.
 pub async fn get_opt<K>(context: &Context, name: &str) -> Result<Option<K>, CliError>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
+    K: Namespaced,
 {
     match get::<K>(context, name).await {
         Ok(object) => Ok(Some(object)),
@@ -46,10 +58,7 @@ where
 /// Every object of the kind in this namespace, by name.
 pub async fn list<K>(context: &Context) -> Result<Vec<K>, CliError>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
+    K: Namespaced,
 {
     let mut items = Api::<K>::namespaced(context.client.clone(), &context.namespace)
         .list(&ListParams::default())
@@ -70,10 +79,7 @@ pub async fn apply_spec<K>(
     force: bool,
 ) -> Result<K, CliError>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
+    K: Namespaced,
 {
     let patch = json!({
         "apiVersion": K::api_version(&()), "kind": K::kind(&()),
@@ -95,10 +101,7 @@ pub async fn update_spec<K>(
     force: bool,
 ) -> Result<K, CliError>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
+    K: Namespaced,
 {
     get::<K>(context, name).await?;
     apply_spec(context, name, spec, force).await
