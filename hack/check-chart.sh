@@ -45,13 +45,13 @@ def roles(path):
             for d in yaml.safe_load_all(open(path))
             if d and d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"].startswith("wopr-operator")}
 default, scoped = roles(sys.argv[1]), roles(sys.argv[2])
-reviews = ["tokenreviews", "subjectaccessreviews"]
+reviews = ["tokenreviews", "subjectaccessreviews", "validatingadmissionpolicies"]
 cluster = [r for r in default[("ClusterRole", None)] if r["resources"][0] in reviews]
 namespaced = [r for r in default[("ClusterRole", None)] if r["resources"][0] not in reviews]
 assert scoped[("ClusterRole", None)] == cluster, scoped[("ClusterRole", None)]
 assert scoped[("Role", "team-a")] == namespaced, scoped[("Role", "team-a")]
 assert scoped[("Role", "wopr-system")] == default[("Role", "wopr-system")]
-print("ok   with watchNamespace=team-a the ClusterRole keeps only Token and SubjectAccessReviews")
+print("ok   with watchNamespace=team-a the ClusterRole keeps only the reviews and the escalation policies")
 PY
 
 echo "== bad values fail with the schema's message"

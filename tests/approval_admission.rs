@@ -7,8 +7,8 @@
 
 mod common;
 
-use cel::{Context, Program, Value as CelValue};
-use common::{INSTALL_NAMESPACE, install_yaml};
+use common::INSTALL_NAMESPACE;
+use common::admission::{Request, rendered};
 use serde_json::{Value, json};
 
 const POLICY: &str = "wopr-approval-decisions";
@@ -16,18 +16,9 @@ const ALICE: &str = "alice@example.com";
 const OPERATOR: &str = "system:serviceaccount:wopr-system:wopr-operator";
 const SESSION_ACCOUNT: &str = "system:serviceaccount:team-a:wopr-research-agent";
 
-fn rendered(kind: &str, name: &str) -> Value {
-    install_yaml()
-        .into_iter()
-        .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{kind} {name} in manifests/install.yaml"))
-}
-
 /// The messages of the validations `old → new` by `username` fails; empty
 /// when the API server would admit it.
 fn refusals(old: Value, new: Value, username: &str) -> Vec<String> {
-    let policy = rendered("ValidatingAdmissionPolicy", POLICY);
-    let mut context = Context::default();
     let object = |status: Value| {
         let mut object = json!({"apiVersion": "wopr.dev/v1alpha1", "kind": "ApprovalRequest",
                                 "metadata": {"name": "r", "namespace": "team-a"},
@@ -37,70 +28,17 @@ fn refusals(old: Value, new: Value, username: &str) -> Vec<String> {
         }
         object
     };
-    context
-        .add_variable("oldObject", cel::to_value(object(old)).unwrap())
-        .unwrap();
-    context
-        .add_variable("object", cel::to_value(object(new)).unwrap())
-        .unwrap();
-    context
-        .add_variable(
-            "request",
-            cel::to_value(json!({"userInfo": {"username": username}})).unwrap(),
-        )
-        .unwrap();
-    // Variables in order, each seeing the ones before it.
-    let mut variables = serde_json::Map::new();
-    for variable in policy["spec"]["variables"].as_array().unwrap() {
-        let name = variable["name"].as_str().unwrap();
-        context
-            .add_variable(
-                "variables",
-                cel::to_value(Value::Object(variables.clone())).unwrap(),
-            )
-            .unwrap();
-        let value = evaluate(&context, variable["expression"].as_str().unwrap());
-        variables.insert(name.to_owned(), cel_to_json(&value));
-    }
-    context
-        .add_variable(
-            "variables",
-            cel::to_value(Value::Object(variables)).unwrap(),
-        )
-        .unwrap();
-    policy["spec"]["validations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|validation| {
-            evaluate(&context, validation["expression"].as_str().unwrap()) != CelValue::Bool(true)
-        })
-        .map(
-            |validation| match validation["messageExpression"].as_str() {
-                Some(expression) => match evaluate(&context, expression) {
-                    CelValue::String(message) => message.to_string(),
-                    other => panic!("{expression} gave {other:?}"),
-                },
-                None => validation["message"].as_str().unwrap().to_owned(),
-            },
-        )
-        .collect()
-}
-
-fn evaluate(context: &Context, expression: &str) -> CelValue {
-    let program = Program::compile(expression).unwrap_or_else(|e| panic!("{expression}: {e}"));
-    program
-        .execute(context)
-        .unwrap_or_else(|e| panic!("{expression}: {e}"))
-}
-
-fn cel_to_json(value: &CelValue) -> Value {
-    match value {
-        CelValue::Bool(b) => json!(b),
-        CelValue::String(s) => json!(s.as_str()),
-        CelValue::List(items) => Value::Array(items.iter().map(cel_to_json).collect()),
-        other => panic!("an unexpected variable value {other:?}"),
-    }
+    common::admission::refusals(
+        &rendered("ValidatingAdmissionPolicy", POLICY),
+        &Request {
+            operation: "UPDATE",
+            namespace: "team-a",
+            username,
+            roles: &[],
+            old: Some(object(old)),
+            object: object(new),
+        },
+    )
 }
 
 fn decided(state: &str, by: &str) -> Value {

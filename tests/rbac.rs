@@ -28,8 +28,12 @@ enum Scope {
     ReleaseNamespace,
 }
 
-/// One verb on one resource, where it applies.
-type Permission = (Scope, String, String, String);
+/// One verb on one resource, where it applies, on one object by name or on
+/// every object (`""`).
+type Permission = (Scope, String, String, String, String);
+
+/// The name of a [`Permission`] on every object.
+const ANY: &str = "";
 
 /// What the code calls ([`REQUIRED_RIGHTS`]), where the chart rendered
 /// with default values must grant it: the watched namespaces are all of
@@ -41,14 +45,22 @@ fn needed() -> BTreeSet<Permission> {
             preflight::Scope::Watched | preflight::Scope::Cluster => Scope::Cluster,
             preflight::Scope::OperatorNamespace => Scope::ReleaseNamespace,
         };
+        let names = if rights.names.is_empty() {
+            &[ANY][..]
+        } else {
+            rights.names
+        };
         for resource in rights.resources {
             for verb in rights.verbs {
-                permissions.insert((
-                    scope,
-                    rights.group.to_string(),
-                    resource.to_string(),
-                    verb.to_string(),
-                ));
+                for name in names {
+                    permissions.insert((
+                        scope,
+                        rights.group.to_string(),
+                        resource.to_string(),
+                        verb.to_string(),
+                        name.to_string(),
+                    ));
+                }
             }
         }
     }
@@ -68,10 +80,18 @@ fn strings(value: &Value) -> Vec<String> {
 }
 
 /// The roles the chart ships for people to bind (not the controller's).
-const ROLES_FOR_PEOPLE: [&str; 3] = [
+const ROLES_FOR_PEOPLE: [&str; 11] = [
     "wopr-audit-reader",
     "wopr-approver",
     "wopr-session-injector",
+    "wopr-view",
+    "wopr-edit",
+    "wopr-admin",
+    "wopr-trust-untrusted",
+    "wopr-trust-semi-trusted",
+    "wopr-trust-trusted",
+    "wopr-trust-owner",
+    "wopr-sandbox-overrides",
 ];
 
 /// The chart's roles of `kind` (ClusterRole or Role) for the controller.
@@ -109,13 +129,25 @@ fn granted(objects: &[Value]) -> BTreeSet<Permission> {
         assert_bound_to_the_controller_only(objects, role);
         for rule in role["rules"].as_array().expect("rules") {
             assert!(
-                rule.get("nonResourceURLs").is_none() && rule.get("resourceNames").is_none(),
+                rule.get("nonResourceURLs").is_none(),
                 "unexpected rule shape: {rule}"
             );
+            let mut names = strings(&rule["resourceNames"]);
+            if names.is_empty() {
+                names.push(ANY.to_owned());
+            }
             for group in strings(&rule["apiGroups"]) {
                 for resource in strings(&rule["resources"]) {
                     for verb in strings(&rule["verbs"]) {
-                        permissions.insert((scope, group.clone(), resource.clone(), verb));
+                        for name in &names {
+                            permissions.insert((
+                                scope,
+                                group.clone(),
+                                resource.clone(),
+                                verb.clone(),
+                                name.clone(),
+                            ));
+                        }
                     }
                 }
             }
@@ -157,11 +189,22 @@ fn the_chart_grants_exactly_what_the_code_needs() {
     );
 }
 
+/// No role of the chart, the controller's or people's, holds a `*`.
 #[test]
 fn no_wildcards_anywhere() {
-    for (_, group, resource, verb) in granted(&install_yaml()) {
-        for part in [&group, &resource, &verb] {
-            assert!(!part.contains('*'), "wildcard in {group}/{resource} {verb}");
+    let objects = install_yaml();
+    for role in objects
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+    {
+        for rule in role["rules"].as_array().expect("rules") {
+            for list in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                assert!(
+                    !strings(&rule[list]).iter().any(|item| item.contains('*')),
+                    "wildcard in {} {list}: {rule}",
+                    role["metadata"]["name"]
+                );
+            }
         }
     }
 }
@@ -204,6 +247,201 @@ fn the_reader_and_injector_roles_grant_one_right_each() {
             "the chart binds {name} to nobody"
         );
     }
+}
+
+fn cluster_role<'a>(objects: &'a [Value], name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the {name} ClusterRole"))
+}
+
+/// The built-in roles (`view`, `edit`, `admin`) a ClusterRole is aggregated into.
+fn aggregated_into(role: &Value) -> Vec<&str> {
+    ["view", "edit", "admin"]
+        .into_iter()
+        .filter(|builtin| {
+            role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{builtin}")]
+                == "true"
+        })
+        .collect()
+}
+
+/// Each trust level's role holds `use` on its level and every level below
+/// (a superset of the one below), nothing else but, for owner, sandbox
+/// overrides; only semi-trusted is
+/// aggregated (into `edit`); trusted, owner and sandbox overrides are given
+/// by name, and the chart binds none of them.
+#[test]
+fn each_trust_role_holds_the_levels_below_it_and_nothing_else() {
+    let objects = install_yaml();
+    let mut below = BTreeSet::new();
+    for level in TrustLevel::ALL {
+        let name = format!("wopr-trust-{level}");
+        let role = cluster_role(&objects, &name);
+        let rules = role["rules"].as_array().unwrap();
+        // Owner (no sandbox at all) also holds sandbox overrides.
+        let overrides =
+            json!({"apiGroups": ["wopr.dev"], "resources": ["sandboxoverrides"], "verbs": ["use"]});
+        let expected_rules = if level == TrustLevel::Owner { 2 } else { 1 };
+        assert_eq!(rules.len(), expected_rules, "{name}");
+        assert_eq!(
+            rules.contains(&overrides),
+            level == TrustLevel::Owner,
+            "{name}"
+        );
+        assert_eq!(strings(&rules[0]["apiGroups"]), ["wopr.dev"]);
+        assert_eq!(strings(&rules[0]["resources"]), ["trustlevels"]);
+        assert_eq!(strings(&rules[0]["verbs"]), ["use"]);
+        let names: BTreeSet<String> = strings(&rules[0]["resourceNames"]).into_iter().collect();
+        assert!(
+            names.is_superset(&below),
+            "{name} holds every level below it"
+        );
+        below.insert(level.as_str().to_owned());
+        assert_eq!(
+            names, below,
+            "{name} holds its level and those below, no more"
+        );
+        let aggregated = if level == TrustLevel::SemiTrusted {
+            vec!["edit"]
+        } else {
+            vec![]
+        };
+        assert_eq!(aggregated_into(role), aggregated, "{name}");
+        assert!(
+            !objects
+                .iter()
+                .any(|o| o["roleRef"]["name"] == name.as_str()),
+            "the chart binds {name} to nobody"
+        );
+    }
+    let role = cluster_role(&objects, "wopr-sandbox-overrides");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["wopr.dev"], "resources": ["sandboxoverrides"], "verbs": ["use"]}])
+    );
+    assert!(aggregated_into(role).is_empty());
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["roleRef"]["name"] == "wopr-sandbox-overrides")
+    );
+}
+
+/// What `view`, `edit` and `admin` gain from the chart by aggregation
+/// (each holds the one before it): reading every kind; writing Sessions,
+/// Grants and Gateways, at trust levels up to semi-trusted; the
+/// SecurityPolicy for `admin` only, without delete. ApprovalRequests are
+/// decided through wopr-approver, statuses are the operator's.
+#[test]
+fn view_edit_and_admin_gain_sensible_defaults() {
+    let objects = install_yaml();
+    let gained = |builtin: &str| -> BTreeSet<(String, String, String)> {
+        let includes: &[&str] = match builtin {
+            "view" => &["view"],
+            "edit" => &["view", "edit"],
+            _ => &["view", "edit", "admin"],
+        };
+        let mut rights = BTreeSet::new();
+        for role in objects.iter().filter(|o| o["kind"] == "ClusterRole") {
+            if !aggregated_into(role)
+                .iter()
+                .any(|into| includes.contains(into))
+            {
+                continue;
+            }
+            for rule in role["rules"].as_array().unwrap() {
+                let mut names = strings(&rule["resourceNames"]);
+                if names.is_empty() {
+                    names.push(ANY.to_owned());
+                }
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        for name in &names {
+                            rights.insert((resource.clone(), verb.clone(), name.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        rights
+    };
+    let right = |resource: &str, verb: &str| (resource.to_owned(), verb.to_owned(), ANY.to_owned());
+    let view = gained("view");
+    for kind in [
+        "sessions",
+        "grants",
+        "gateways",
+        "securitypolicies",
+        "approvalrequests",
+    ] {
+        for verb in ["get", "list", "watch"] {
+            assert!(view.contains(&right(kind, verb)), "view reads {kind}");
+        }
+    }
+    assert!(
+        view.iter()
+            .all(|(_, verb, _)| ["get", "list", "watch"].contains(&verb.as_str())),
+        "view only reads: {view:?}"
+    );
+
+    let edit = gained("edit");
+    for kind in ["sessions", "grants", "gateways"] {
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(edit.contains(&right(kind, verb)), "edit writes {kind}");
+        }
+    }
+    let uses: Vec<&str> = edit
+        .iter()
+        .filter(|(resource, verb, _)| resource == "trustlevels" && verb == "use")
+        .map(|(_, _, name)| name.as_str())
+        .collect();
+    assert_eq!(
+        uses,
+        ["semi-trusted", "untrusted"],
+        "edit uses trust levels up to semi-trusted only"
+    );
+    let admin = gained("admin");
+    for (who, rights) in [("edit", &edit), ("admin", &admin)] {
+        assert!(!rights.contains(&right("sandboxoverrides", "use")), "{who}");
+        assert!(
+            !rights
+                .iter()
+                .any(|(resource, verb, _)| resource.ends_with("/status") && verb != "get"),
+            "{who} writes no status"
+        );
+        assert!(
+            !rights
+                .iter()
+                .any(|(resource, verb, _)| resource == "approvalrequests"
+                    && !["get", "list", "watch"].contains(&verb.as_str())),
+            "{who}"
+        );
+    }
+    assert!(
+        !edit
+            .iter()
+            .any(|(resource, verb, _)| resource == "securitypolicies"
+                && verb != "get"
+                && verb != "list"
+                && verb != "watch")
+    );
+    for verb in ["create", "update", "patch"] {
+        assert!(
+            admin.contains(&right("securitypolicies", verb)),
+            "admin {verb}s the SecurityPolicy"
+        );
+    }
+    assert!(!admin.contains(&right("securitypolicies", "delete")));
+    assert_eq!(
+        admin
+            .iter()
+            .filter(|(resource, _, _)| resource == "trustlevels")
+            .count(),
+        2,
+        "admin uses no more levels than edit"
+    );
 }
 
 #[tokio::test]
@@ -276,15 +514,23 @@ fn permission_of(request: &Recorded) -> Option<Permission> {
         Some(sub) => format!("{resource}/{sub}"),
         None => resource.to_owned(),
     };
-    Some((Scope::Cluster, group.to_owned(), resource, verb.to_owned()))
+    Some((
+        Scope::Cluster,
+        group.to_owned(),
+        resource,
+        verb.to_owned(),
+        name.unwrap_or(ANY).to_owned(),
+    ))
 }
 
 fn assert_granted(requests: &[Recorded], granted: &BTreeSet<Permission>) {
     assert!(!requests.is_empty());
     for request in requests {
         if let Some(permission) = permission_of(request) {
+            let (scope, group, resource, verb, _) = permission.clone();
             assert!(
-                granted.contains(&permission),
+                granted.contains(&permission)
+                    || granted.contains(&(scope, group, resource, verb, ANY.to_owned())),
                 "{} needs {permission:?}, which the chart does not grant",
                 request.line()
             );

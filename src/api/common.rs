@@ -33,7 +33,7 @@ impl TrustLevel {
     ];
 
     /// The name used in manifests and access patterns (`semi-trusted`, ...).
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             TrustLevel::Untrusted => "untrusted",
             TrustLevel::SemiTrusted => "semi-trusted",
@@ -194,11 +194,11 @@ pub struct ToolRules {
     /// Tools explicitly allowed. In a SecurityPolicy an allow overrides a deny
     /// of the same layer; in a Session it narrows what the policy permits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(length(min = 1, max = 128)))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 128)))]
     pub allow: Vec<String>,
     /// Tools denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(length(min = 1, max = 128)))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 128)))]
     pub deny: Vec<String>,
 }
 

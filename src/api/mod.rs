@@ -31,6 +31,30 @@ pub const GROUP: &str = "wopr.dev";
 /// The API version of every custom resource.
 pub const VERSION: &str = "v1alpha1";
 
+/// Who may write what (charts/wopr-operator/templates/escalation.yaml):
+/// writing an object at a trust level needs the verb `use` on this virtual
+/// resource of [`GROUP`], named by the level, as RBAC's `escalate` guards
+/// Roles. Nothing serves it; only RBAC rules name it.
+pub const TRUST_LEVELS_RESOURCE: &str = "trustlevels";
+/// The names of [`TRUST_LEVELS_RESOURCE`]: every trust level, lowest first.
+pub const TRUST_LEVEL_NAMES: [&str; 4] = [
+    TrustLevel::ALL[0].as_str(),
+    TrustLevel::ALL[1].as_str(),
+    TrustLevel::ALL[2].as_str(),
+    TrustLevel::ALL[3].as_str(),
+];
+/// The virtual resource whose `use` lets a Session below trusted loosen its
+/// sandbox (sandbox off, full network, its own seccomp or AppArmor profile
+/// or RuntimeClass).
+pub const SANDBOX_OVERRIDES_RESOURCE: &str = "sandboxoverrides";
+/// The ValidatingAdmissionPolicies that guard trust levels, one per kind
+/// written, each bound by a ValidatingAdmissionPolicyBinding of its name.
+pub const ESCALATION_POLICIES: [&str; 3] = [
+    "wopr-escalation-sessions",
+    "wopr-escalation-grants",
+    "wopr-escalation-securitypolicies",
+];
+
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![

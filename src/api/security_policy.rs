@@ -180,6 +180,7 @@ pub struct TrustLevelProfile {
     /// The capabilities of this level (replaces the built-in list). `*` is
     /// honoured for owner only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub capabilities: Option<Vec<Capability>>,
     /// Sandbox settings of this level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,11 +361,19 @@ fn default_true() -> bool {
     true
 }
 
+/// SecurityPolicy condition: the cluster refuses trust-level escalation at
+/// admission (every one of [`ESCALATION_POLICIES`](super::ESCALATION_POLICIES)
+/// is installed, bound and denies). It describes the cluster, not the
+/// policy, so every SecurityPolicy carries it where an administrator looks.
+pub const ESCALATION_GUARDED: &str = "EscalationGuarded";
+
 /// Observed state of a SecurityPolicy.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityPolicyStatus {
-    /// Conditions (Ready).
+    /// Conditions: Ready (the policy is readable and governs its namespace)
+    /// and EscalationGuarded (the cluster refuses trust-level escalation at
+    /// admission).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

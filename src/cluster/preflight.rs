@@ -42,6 +42,9 @@ pub struct Rights {
     pub resources: &'static [&'static str],
     /// Verbs.
     pub verbs: &'static [&'static str],
+    /// The only objects the right is needed on (RBAC's `resourceNames`);
+    /// every object when empty.
+    pub names: &'static [&'static str],
 }
 
 /// Everything the controller calls, and where.
@@ -59,6 +62,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
             "approvalrequests",
         ],
         verbs: &["list", "watch"],
+        names: &[],
     },
     // controlplane/writes.rs: the broker files the forwards and
     // elevations that wait for a person and creates the sessions agents
@@ -69,6 +73,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: api::GROUP,
         resources: &["approvalrequests", "grants", "sessions"],
         verbs: &["create"],
+        names: &[],
     },
     // apply.rs: status by server-side apply.
     Rights {
@@ -81,6 +86,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
             "approvalrequests/status",
         ],
         verbs: &["patch"],
+        names: &[],
     },
     // Children carry owner references with blockOwnerDeletion, which the
     // OwnerReferencesPermissionEnforcement admission plugin allows only to
@@ -90,6 +96,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: api::GROUP,
         resources: &["sessions/finalizers"],
         verbs: &["update"],
+        names: &[],
     },
     // reconcile.rs: read, apply, watch (owns) and replace pods.
     Rights {
@@ -97,6 +104,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: "",
         resources: &["pods"],
         verbs: &["get", "list", "watch", "patch", "delete"],
+        names: &[],
     },
     // controlplane/isolation.rs: each sidecar's sandbox checks, recorded as
     // conditions of its pod.
@@ -105,18 +113,21 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: "",
         resources: &["pods/status"],
         verbs: &["patch"],
+        names: &[],
     },
     Rights {
         scope: Scope::Watched,
         group: "",
         resources: &["serviceaccounts"],
         verbs: &["get", "list", "watch", "patch"],
+        names: &[],
     },
     Rights {
         scope: Scope::Watched,
         group: "networking.k8s.io",
         resources: &["networkpolicies"],
         verbs: &["get", "list", "watch", "patch"],
+        names: &[],
     },
     // kube's Recorder creates events and patches their series.
     Rights {
@@ -124,6 +135,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: "events.k8s.io",
         resources: &["events"],
         verbs: &["create", "patch"],
+        names: &[],
     },
     // controlplane/auth.rs: TokenReview of every sidecar's token.
     Rights {
@@ -131,6 +143,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: "authentication.k8s.io",
         resources: &["tokenreviews"],
         verbs: &["create"],
+        names: &[],
     },
     // controlplane/auth.rs: whether a reader of the audit trail may read it.
     Rights {
@@ -138,6 +151,38 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: "authorization.k8s.io",
         resources: &["subjectaccessreviews"],
         verbs: &["create"],
+        names: &[],
+    },
+    // The control plane's own writes pass the escalation admission
+    // policies (charts/.../escalation.yaml) as the operator: an agent may
+    // spawn a child at its own level, owner included, which inherits the
+    // parent's sandbox settings; an approved elevation grants whatever
+    // capabilities a person approved.
+    Rights {
+        scope: Scope::Watched,
+        group: api::GROUP,
+        resources: &[api::TRUST_LEVELS_RESOURCE],
+        verbs: &["use"],
+        names: &api::TRUST_LEVEL_NAMES,
+    },
+    Rights {
+        scope: Scope::Watched,
+        group: api::GROUP,
+        resources: &[api::SANDBOX_OVERRIDES_RESOURCE],
+        verbs: &["use"],
+        names: &[],
+    },
+    // object_status/escalation.rs: whether the escalation policies are
+    // installed and enforced (the SecurityPolicy condition EscalationGuarded).
+    Rights {
+        scope: Scope::Cluster,
+        group: "admissionregistration.k8s.io",
+        resources: &[
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicybindings",
+        ],
+        verbs: &["get"],
+        names: &api::ESCALATION_POLICIES,
     },
     // leader.rs through kube-lease-manager: get, create, patch.
     Rights {
@@ -145,6 +190,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         group: "coordination.k8s.io",
         resources: &["leases"],
         verbs: &["get", "create", "patch"],
+        names: &[],
     },
 ];
 
@@ -315,12 +361,21 @@ impl ApiServer {
                 Some((namespace, rights))
             })
             .flat_map(|(namespace, rights)| {
+                let names: Vec<Option<&str>> = if rights.names.is_empty() {
+                    vec![None]
+                } else {
+                    rights.names.iter().copied().map(Some).collect()
+                };
                 rights.resources.iter().flat_map(move |resource| {
-                    rights.verbs.iter().map(move |verb| Check {
-                        namespace,
-                        group: rights.group,
-                        resource,
-                        verb,
+                    let names = names.clone();
+                    rights.verbs.iter().flat_map(move |verb| {
+                        names.clone().into_iter().map(move |name| Check {
+                            namespace,
+                            group: rights.group,
+                            resource,
+                            verb,
+                            name,
+                        })
                     })
                 })
             })
@@ -339,6 +394,7 @@ impl ApiServer {
                         resource: Some(resource.to_owned()),
                         subresource,
                         verb: Some(check.verb.to_owned()),
+                        name: check.name.map(str::to_owned),
                         ..ResourceAttributes::default()
                     }),
                     ..SelfSubjectAccessReviewSpec::default()
@@ -377,6 +433,8 @@ struct Check<'a> {
     group: &'a str,
     resource: &'a str,
     verb: &'a str,
+    /// One object, or every object when `None`.
+    name: Option<&'a str>,
 }
 
 /// `list sessions.wopr.dev in team-a`, `patch sessions.wopr.dev/status`,
@@ -393,6 +451,9 @@ impl std::fmt::Display for Check<'_> {
             format!(".{}", self.group)
         };
         write!(f, "{} {resource}{group}{subresource}", self.verb)?;
+        if let Some(name) = self.name {
+            write!(f, " named {name}")?;
+        }
         if let Some(namespace) = self.namespace {
             write!(f, " in {namespace}")?;
         }
@@ -412,6 +473,7 @@ mod tests {
                 group,
                 resource,
                 verb,
+                name: None,
             }
             .to_string()
         };
@@ -426,6 +488,17 @@ mod tests {
         assert_eq!(
             check(Some("wopr-system"), "", "pods", "get"),
             "get pods in wopr-system"
+        );
+        let named = Check {
+            namespace: Some("team-a"),
+            group: "wopr.dev",
+            resource: "trustlevels",
+            verb: "use",
+            name: Some("owner"),
+        };
+        assert_eq!(
+            named.to_string(),
+            "use trustlevels.wopr.dev named owner in team-a"
         );
     }
 }

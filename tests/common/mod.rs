@@ -13,6 +13,7 @@ use wopr_operator::api::{
 };
 use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
 
+pub mod admission;
 pub mod approvals;
 pub mod broker;
 pub mod cluster;

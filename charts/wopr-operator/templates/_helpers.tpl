@@ -64,6 +64,17 @@ these rules are exactly what the code needs.
 - apiGroups: [wopr.dev]
   resources: [securitypolicies/status, sessions/status, gateways/status, approvalrequests/status]
   verbs: [patch]
+# The control plane's own writes pass the escalation policies
+# (escalation.yaml) as the operator: an agent may spawn a child at its own
+# level, owner included, with its parent's sandbox settings; an approved
+# elevation grants the capabilities a person approved.
+- apiGroups: [wopr.dev]
+  resources: [trustlevels]
+  resourceNames: [untrusted, semi-trusted, trusted, owner]
+  verbs: [use]
+- apiGroups: [wopr.dev]
+  resources: [sandboxoverrides]
+  verbs: [use]
 # Owner references with blockOwnerDeletion on the children of a Session.
 - apiGroups: [wopr.dev]
   resources: [sessions/finalizers]
