@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::fake_api::FakeApi;
 use common::*;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
@@ -19,12 +19,15 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tower::ServiceExt;
 use wopr_operator::api::{
-    Gateway, SecurityPolicy, Session, SessionPhase, SessionStatus, TrustLevel,
+    ESCALATION_POLICIES, Gateway, SecurityPolicy, Session, SessionPhase, SessionStatus, TrustLevel,
 };
 use wopr_operator::cluster::preflight::{ApiServer, PreflightError};
 use wopr_operator::controller::admin::{AdminState, router};
 use wopr_operator::controller::metrics::Metrics;
-use wopr_operator::controller::object_status::{gateway_status, policy_status};
+use wopr_operator::controller::object_status::escalation::GUARD_FRESH;
+use wopr_operator::controller::object_status::{
+    Guard, GuardCache, gateway_status, policy_status, read_escalation_guard,
+};
 use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
 use wopr_operator::store::{ForwardState, GatewaySummary};
 
@@ -159,32 +162,61 @@ fn policy_object(name: &str, spec: serde_json::Value) -> DeserializeGuard<Securi
     )
 }
 
+/// What a condition says: (type, status, reason).
+fn said(condition: &Condition) -> (&str, &str, &str) {
+    (
+        condition.type_.as_str(),
+        condition.status.as_str(),
+        condition.reason.as_str(),
+    )
+}
+
 #[test]
 fn security_policy_status_says_whether_it_governs() {
     let now = Time(now());
+    let guarded = Guard {
+        guarded: true,
+        reason: "Guarded",
+        message: "guarded".into(),
+    };
     let default = policy_status(
         &policy_object("default", json!({})),
         &["a".into(), "b".into()],
+        &guarded,
         &now,
     );
     let ready = &default.conditions[0];
-    assert_eq!(
-        (
-            ready.type_.as_str(),
-            ready.status.as_str(),
-            ready.reason.as_str()
-        ),
-        ("Ready", "True", "InForce")
-    );
+    assert_eq!(said(ready), ("Ready", "True", "InForce"));
     assert_eq!(ready.message, "governs 2 session(s): a, b");
+    assert_eq!(
+        said(&default.conditions[1]),
+        ("EscalationGuarded", "True", "Guarded")
+    );
+    assert_eq!(default.conditions[1].message, "guarded");
     assert_eq!(default.observed_generation, Some(2));
 
-    let other = policy_status(&policy_object("strict", json!({})), &[], &now);
+    let other = policy_status(&policy_object("strict", json!({})), &[], &guarded, &now);
     assert_eq!(other.conditions[0].reason, "NotInForce");
+    assert_eq!(
+        said(&other.conditions[1]),
+        ("EscalationGuarded", "True", "Guarded"),
+        "every readable policy shows the guard"
+    );
+    let unguarded = Guard {
+        guarded: false,
+        reason: "PolicyMissing",
+        message: "not installed".into(),
+    };
     let broken = policy_status(
         &policy_object("default", json!({"enforcement": "off"})),
         &[],
+        &unguarded,
         &now,
+    );
+    assert_eq!(
+        said(&broken.conditions[1]),
+        ("EscalationGuarded", "False", "PolicyMissing"),
+        "the guard describes the cluster, so an unreadable policy shows it too"
     );
     assert_eq!(
         (
@@ -196,12 +228,102 @@ fn security_policy_status_says_whether_it_governs() {
     assert!(broken.conditions[0].message.contains("off"));
 
     let many: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
-    let listed = policy_status(&policy_object("default", json!({})), &many, &now);
+    let listed = policy_status(&policy_object("default", json!({})), &many, &guarded, &now);
     assert!(
         listed.conditions[0].message.ends_with("and 2 more"),
         "{}",
         listed.conditions[0].message
     );
+}
+
+const ADMISSION: &str = "/apis/admissionregistration.k8s.io/v1";
+
+/// Where the API server keeps the escalation policy `name` and its binding.
+fn escalation_paths(name: &str) -> [String; 2] {
+    [
+        format!("{ADMISSION}/validatingadmissionpolicies/{name}"),
+        format!("{ADMISSION}/validatingadmissionpolicybindings/{name}"),
+    ]
+}
+
+/// The controller reads the chart's escalation policies from the API
+/// server: absent, installed, or hidden from it by RBAC (a 403 is an
+/// answer, not a failure to retry); any other failure is an error, so no
+/// status is written.
+#[tokio::test]
+async fn the_escalation_guard_is_read_from_the_cluster() {
+    let (client, api) = FakeApi::start();
+    let absent = read_escalation_guard(&client).await.unwrap();
+    assert_eq!((absent.guarded, absent.reason), (false, "PolicyMissing"));
+    let mut asked: Vec<String> = api.take_requests().iter().map(|r| r.line()).collect();
+    asked.sort();
+    let mut expected: Vec<String> = ESCALATION_POLICIES
+        .iter()
+        .flat_map(|name| escalation_paths(name))
+        .map(|path| format!("GET {path}"))
+        .collect();
+    expected.sort();
+    assert_eq!(asked, expected);
+
+    for name in ESCALATION_POLICIES {
+        let [policy, binding] = escalation_paths(name);
+        api.insert(
+            &policy,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                   "metadata": {"name": name}, "spec": {"failurePolicy": "Fail"}}),
+        );
+        api.insert(
+            &binding,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+                   "metadata": {"name": name},
+                   "spec": {"policyName": name, "validationActions": ["Deny"]}}),
+        );
+    }
+    let installed = read_escalation_guard(&client).await.unwrap();
+    assert_eq!((installed.guarded, installed.reason), (true, "Guarded"));
+
+    api.refuse(
+        &format!("{ADMISSION}/validatingadmissionpolicybindings"),
+        http::StatusCode::FORBIDDEN,
+        "validatingadmissionpolicybindings.admissionregistration.k8s.io \"wopr-escalation-grants\" is forbidden: User \"system:serviceaccount:wopr-system:wopr-operator\" cannot get resource",
+    );
+    let hidden = read_escalation_guard(&client).await.unwrap();
+    assert_eq!((hidden.guarded, hidden.reason), (false, "CannotVerify"));
+    for part in [
+        "403 Forbidden",
+        "system:serviceaccount:wopr-system:wopr-operator",
+        "get on validatingadmissionpolicies and validatingadmissionpolicybindings (admissionregistration.k8s.io) named wopr-escalation-sessions, wopr-escalation-grants, wopr-escalation-securitypolicies",
+    ] {
+        assert!(
+            hidden.message.contains(part),
+            "{part:?} not in {}",
+            hidden.message
+        );
+    }
+
+    let (client, api) = FakeApi::start();
+    api.refuse(
+        &format!("{ADMISSION}/validatingadmissionpolicies"),
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+        "etcd is away",
+    );
+    let error = read_escalation_guard(&client).await.unwrap_err();
+    assert!(error.to_string().contains("etcd is away"), "{error}");
+}
+
+/// Every SecurityPolicy's reconcile needs the guard; one reading serves
+/// them all for `GUARD_FRESH`, then the next reconcile reads it again.
+#[tokio::test(start_paused = true)]
+async fn one_reading_of_the_guard_serves_every_security_policy_for_a_while() {
+    let (client, api) = FakeApi::start();
+    let cache = GuardCache::default();
+    for _ in 0..5 {
+        assert_eq!(cache.read(&client).await.unwrap().reason, "PolicyMissing");
+    }
+    assert_eq!(api.take_requests().len(), 2 * ESCALATION_POLICIES.len());
+    tokio::time::advance(GUARD_FRESH).await;
+    cache.read(&client).await.unwrap();
+    assert_eq!(api.take_requests().len(), 2 * ESCALATION_POLICIES.len());
 }
 
 #[test]

@@ -20,7 +20,7 @@ use super::config::SandboxConfig;
 use super::context::Context;
 use super::leader::Leadership;
 use super::metrics::Metrics;
-use super::object_status::{self, StatusContext};
+use super::object_status::{self, GuardCache, StatusContext};
 use super::reconcile::{error_policy, reconcile};
 use super::retry::Backoff;
 use super::rollout::Rollouts;
@@ -141,6 +141,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         clock: Timestamp::now,
         backoff: Backoff::default(),
         store: store.clone(),
+        escalation_guard: GuardCache::default(),
     });
     let policy_status_controller = Controller::new(
         scoped::<DeserializeGuard<SecurityPolicy>>(&client, namespace),

@@ -1,7 +1,10 @@
 //! Status of SecurityPolicies ([`policy`]) and Gateways ([`gateway`]):
 //! whether each is valid and in force, and which Sessions it governs or
-//! serves. Two small controllers sharing one context.
+//! serves; SecurityPolicies also say whether the cluster refuses
+//! trust-level escalation at admission ([`escalation`]). Two small
+//! controllers sharing one context.
 
+pub mod escalation;
 pub mod gateway;
 pub mod policy;
 
@@ -19,6 +22,7 @@ use super::leader::Leadership;
 use super::retry::Backoff;
 use crate::api::Session;
 
+pub use escalation::{Guard, GuardCache, read_escalation_guard};
 pub use gateway::{gateway_status, reconcile_gateway};
 pub use policy::{policy_status, reconcile_policy};
 
@@ -39,6 +43,8 @@ pub struct StatusContext {
     pub backoff: Backoff,
     /// The store, for what Gateways' forwards did.
     pub store: crate::store::Store,
+    /// The escalation guard as last read, for every SecurityPolicy's status.
+    pub escalation_guard: GuardCache,
 }
 
 fn previous_conditions(conditions: Option<&Vec<Condition>>) -> &[Condition] {

@@ -1,23 +1,35 @@
 //! The status of a SecurityPolicy: readable and in force (only the one
-//! named `default` governs its namespace), and the Sessions it governs.
+//! named `default` governs its namespace), the Sessions it governs, and
+//! whether the cluster refuses trust-level escalation at admission, looked
+//! at again every [`ESCALATION_RECHECK`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use super::escalation::Guard;
 use super::{StatusContext, list_sessions, previous_conditions, sessions_in};
-use crate::api::{DEFAULT_POLICY_NAME, SecurityPolicy, SecurityPolicyStatus};
+use crate::api::{DEFAULT_POLICY_NAME, ESCALATION_GUARDED, SecurityPolicy, SecurityPolicyStatus};
 use crate::controller::apply::patch_status_if_changed;
 use crate::controller::error::Error;
 use crate::controller::status::{READY, condition};
 
-/// The status a SecurityPolicy should have, given the Sessions of its namespace.
+/// How often a SecurityPolicy's status looks at the escalation guard again:
+/// the guard can be removed or changed without any SecurityPolicy changing,
+/// so no watch event would tell.
+pub const ESCALATION_RECHECK: Duration = Duration::from_secs(5 * 60);
+
+/// The status a SecurityPolicy should have, given the Sessions of its
+/// namespace and the cluster's escalation guard. Even a policy that cannot
+/// be read shows the guard: it describes the cluster, not the policy.
 pub fn policy_status(
     policy: &DeserializeGuard<SecurityPolicy>,
     sessions: &[String],
+    guard: &Guard,
     now: &Time,
 ) -> SecurityPolicyStatus {
     let previous = previous_conditions(
@@ -49,9 +61,18 @@ pub fn policy_status(
         ),
     };
     SecurityPolicyStatus {
-        conditions: vec![condition(
-            previous, READY, ok, reason, message, generation, now,
-        )],
+        conditions: vec![
+            condition(previous, READY, ok, reason, message, generation, now),
+            condition(
+                previous,
+                ESCALATION_GUARDED,
+                guard.guarded,
+                guard.reason,
+                guard.message.clone(),
+                generation,
+                now,
+            ),
+        ],
         observed_generation: generation,
     }
 }
@@ -65,9 +86,10 @@ pub async fn reconcile_policy(
         return Ok(Action::await_change());
     }
     let sessions = sessions_in(&ctx.sessions, policy.namespace().as_deref());
-    let desired = policy_status(&policy, &sessions, &Time((ctx.clock)()));
+    let guard = ctx.escalation_guard.read(&ctx.client).await?;
+    let desired = policy_status(&policy, &sessions, &guard, &Time((ctx.clock)()));
     let previous = policy.0.as_ref().ok().and_then(|p| p.status.as_ref());
     patch_status_if_changed(&ctx.client, policy.as_ref(), previous, &desired).await?;
     ctx.backoff.succeeded(policy.as_ref());
-    Ok(Action::await_change())
+    Ok(Action::requeue(ESCALATION_RECHECK))
 }
