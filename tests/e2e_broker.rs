@@ -18,7 +18,7 @@ use std::path::Path;
 use common::e2e::*;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 use wopr_operator::api::{ApprovalRequest, Capability, Grant};
 use wopr_operator::proto::v1alpha1::WatchRequest;
@@ -30,21 +30,6 @@ use wopr_operator::sidecar::engine::Messenger;
 
 const AGENT: &str = "e2e-elevated";
 const APPROVER: &str = "e2e-approver@example.com";
-
-/// A client acting as `user` (impersonated) or with `token`.
-async fn client_as(user: Option<&str>, token: Option<String>) -> Client {
-    let mut config = Config::infer().await.unwrap();
-    if let Some(user) = user {
-        config.auth_info.impersonate = Some(user.into());
-    }
-    if let Some(token) = token {
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(token.into()),
-            ..kube::config::AuthInfo::default()
-        };
-    }
-    Client::try_from(config).unwrap()
-}
 
 /// Binds `wopr-approver` in `namespace` to the person and to the session's
 /// own service account (so that only the admission policy stands in the

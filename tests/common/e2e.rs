@@ -11,11 +11,12 @@ use wopr_operator::operator::{RunError, run};
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Config, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -338,4 +339,38 @@ pub async fn install_admission(client: &Client, roles: &[&str]) {
             .unwrap_or_else(|e| panic!("installing {kind} {name}: {e}"));
         }
     }
+}
+
+/// A client acting as `user` (impersonated, as `kubectl --as` does) or with
+/// `token`, else as the kubeconfig's own user.
+pub async fn client_as(user: Option<&str>, token: Option<String>) -> Client {
+    let mut config = Config::infer().await.unwrap();
+    if let Some(user) = user {
+        config.auth_info.impersonate = Some(user.into());
+    }
+    if let Some(token) = token {
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.into()),
+            ..kube::config::AuthInfo::default()
+        };
+    }
+    Client::try_from(config).unwrap()
+}
+
+/// Binds the ClusterRole `role` to the person `user` in `namespace`.
+pub async fn bind_user(client: &Client, namespace: &str, user: &str, role: &str) {
+    let mut binding = RoleBinding::default();
+    binding.metadata.name = Some(format!("{role}-{}", user.replace(['@', '.'], "-")));
+    binding.role_ref = RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: "ClusterRole".into(),
+        name: role.into(),
+    };
+    binding.subjects = Some(vec![Subject {
+        kind: "User".into(),
+        name: user.into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        ..Subject::default()
+    }]);
+    apply(client, namespace, &binding).await;
 }
