@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::broker::{inbox, next, send};
-use common::sidecar::{ControlPlane, Sidecar, as_sidecar, token_for};
+use common::sidecar::{
+    ControlPlane, OPERATOR, OUTSIDER, READER, Sidecar, WORKLOAD, as_sidecar, token_for, with_token,
+};
 use common::store::all_events;
 use common::*;
 use serde_json::{Value, json};
@@ -20,7 +22,8 @@ use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
 use wopr_operator::proto::v1alpha1::{
-    AckRequest, AcknowledgeRequest, AgentMessage, CallToolRequest, MessagesRequest, SendRequest,
+    AckRequest, AcknowledgeRequest, AgentMessage, CallToolRequest, InjectRequest, MessagesRequest,
+    SendRequest,
 };
 
 /// A control plane with trusted `alice` (granted `cross.inject`) and
@@ -509,5 +512,190 @@ async fn warn_mode_delivers_and_audits_would_deny() {
         audited[1].reason.contains("source not admitted"),
         "{}",
         audited[1].reason
+    );
+}
+
+/// A control plane with the semi-trusted session `helper` and the owner
+/// session `lead`, for messages from people and workloads (`Broker.Inject`).
+async fn operated() -> (ControlPlane, BrokerClient<Channel>) {
+    let mut control_plane = ControlPlane::start(&[]).await;
+    control_plane.put_session(session("helper", TrustLevel::SemiTrusted));
+    control_plane.put_session(session("lead", TrustLevel::Owner));
+    let client = BrokerClient::connect(format!("http://{}", control_plane.address))
+        .await
+        .unwrap();
+    (control_plane, client)
+}
+
+/// The message `text` to `session`, sent with the credential `token`.
+fn inject(token: &str, session: &str, text: &str) -> tonic::Request<InjectRequest> {
+    with_token(
+        token,
+        InjectRequest {
+            namespace: NAMESPACE.into(),
+            session: session.into(),
+            payload_json: json!({"text": text}).to_string(),
+        },
+    )
+}
+
+/// The sources of the messages waiting for `session`.
+async fn waiting(control_plane: &ControlPlane, session: &str) -> Vec<(String, TrustLevel)> {
+    control_plane
+        .store
+        .pending_messages(NAMESPACE, session, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|queued| {
+            let source = queued.message.source;
+            (source.identity, source.trust_level)
+        })
+        .collect()
+}
+
+/// A person's message arrives as the session's operator, so it takes
+/// `use` on the session's trust level as well as `create sessions/inject`:
+/// alice (`edit`: up to semi-trusted) may command `helper` but not the
+/// owner session `lead`; olivia, who holds owner, may.
+#[tokio::test]
+async fn a_persons_message_takes_use_on_the_sessions_trust_level() {
+    let (control_plane, mut client) = operated().await;
+    let refused = client
+        .inject(inject(READER, "lead", "delete everything"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let expected = "alice may not operate session team-a/lead (trust level owner): that needs use on trustlevels.wopr.dev named owner in namespace team-a: bind the ClusterRole wopr-trust-owner there";
+    assert_eq!(refused.message(), expected);
+    assert!(waiting(&control_plane, "lead").await.is_empty());
+    let audited = injections(&control_plane).await;
+    assert_eq!(audited.len(), 1);
+    let refusal = &audited[0];
+    assert_eq!(
+        (
+            refusal.session.as_str(),
+            refusal.source.source_type.as_str(),
+            refusal.source.identity.as_str(),
+            refusal.decision,
+            refusal.action.as_deref(),
+            refusal.reason.as_str(),
+        ),
+        (
+            "lead",
+            "user",
+            "alice",
+            Outcome::Denied,
+            Some("session_inject"),
+            expected
+        )
+    );
+
+    // Her own level she may operate: delivered, as the operator.
+    let sent = client
+        .inject(inject(READER, "helper", "summarize"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        waiting(&control_plane, "helper").await,
+        [("alice".to_owned(), TrustLevel::Owner)]
+    );
+    let delivered = injections(&control_plane).await.pop().unwrap();
+    assert_eq!(delivered.id, sent.audit_id);
+    assert_eq!(delivered.decision, Outcome::Allowed);
+    assert_eq!(
+        delivered.reason,
+        "delivered: alice may create sessions/inject and use trust level semi-trusted"
+    );
+
+    // A person who holds owner may operate the owner session.
+    client
+        .inject(inject(OPERATOR, "lead", "ship it"))
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting(&control_plane, "lead").await,
+        [("olivia".to_owned(), TrustLevel::Owner)]
+    );
+}
+
+/// A workload holds no right on trust levels: its Grant and the
+/// session's access list place it, for the owner session too.
+#[tokio::test]
+async fn a_workloads_message_takes_no_trust_level_right() {
+    let (mut control_plane, mut client) = operated().await;
+    control_plane.put_grant(workload_grant(
+        "task-bot",
+        ("ci", "task-bot"),
+        TrustLevel::Trusted,
+        &["lead"],
+    ));
+    client
+        .inject(inject(WORKLOAD, "lead", "nightly report"))
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting(&control_plane, "lead").await,
+        [("ci/task-bot".to_owned(), TrustLevel::Trusted)]
+    );
+    // No Grant for helper: refused as before, for want of standing.
+    let refused = client
+        .inject(inject(WORKLOAD, "helper", "nightly report"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().starts_with(
+            "no Grant gives serviceaccount ci/task-bot standing towards session helper"
+        ),
+        "{refused:?}"
+    );
+}
+
+/// Whether a session exists is told only to a caller who may send it
+/// messages: the others are refused as for a session that exists.
+#[tokio::test]
+async fn a_missing_session_is_reported_only_to_who_may_send_to_it() {
+    let (control_plane, mut client) = operated().await;
+    let missing = client
+        .inject(inject(READER, "ghost", "hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(missing.message(), "no session ghost in namespace team-a");
+
+    // mallory may send to another namespace only (and holds owner there).
+    let refusal = |session: &str| {
+        format!(
+            "mallory may not create sessions/inject of wopr.dev/{session}: bind the ClusterRole wopr-session-injector (or edit/admin) in namespace team-a"
+        )
+    };
+    for session in ["ghost", "lead"] {
+        let refused = client
+            .inject(inject(OUTSIDER, session, "hi"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{session}");
+        assert_eq!(refused.message(), refusal(session));
+    }
+    let unknown = client
+        .inject(inject("not-a-token", "ghost", "hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+
+    let audited = injections(&control_plane).await;
+    let seen: Vec<(&str, &str, Outcome)> = audited
+        .iter()
+        .map(|e| (e.session.as_str(), e.source.identity.as_str(), e.decision))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ghost", "alice", Outcome::Denied),
+            ("ghost", "mallory", Outcome::Denied),
+            ("lead", "mallory", Outcome::Denied),
+        ]
     );
 }

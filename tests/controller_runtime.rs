@@ -539,32 +539,62 @@ async fn reading_the_audit_trail_takes_a_subject_access_review() {
     }
 }
 
+/// The POSTs of `api` since the last look, as `(path, body)`.
+fn posted(api: &FakeApi) -> Vec<(String, serde_json::Value)> {
+    api.take_requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST)
+        .map(|r| (r.path, r.body.unwrap()))
+        .collect()
+}
+
 /// A person's message to a session takes `create` on that Session's
-/// `inject` subresource, asked as the reviewed user.
+/// `inject` subresource, then `use` on its trust level, both asked as the
+/// reviewed user after one TokenReview.
 #[tokio::test]
 async fn sending_a_session_a_message_takes_create_on_sessions_inject() {
     use wopr_operator::controlplane::auth::{AuthError, Authenticator};
     let (reviewer, api, allowed) = reviewing(json!({"username": "bob", "groups": ["ops"]}));
     let sender = reviewer
-        .may_inject("bob-token", "team-a", "research-agent")
+        .may_inject(
+            "bob-token",
+            "team-a",
+            "research-agent",
+            Some(TrustLevel::SemiTrusted),
+        )
         .await;
     assert_eq!(sender.unwrap(), "bob");
-    let access_review = api
-        .take_requests()
-        .into_iter()
-        .find(|r| r.path.ends_with("/subjectaccessreviews"))
-        .unwrap()
-        .body
-        .unwrap();
+    let requests = posted(&api);
+    let paths: Vec<&str> = requests.iter().map(|(path, _)| path.as_str()).collect();
     assert_eq!(
-        access_review["spec"]["resourceAttributes"],
+        paths,
+        [
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        ],
+        "one TokenReview serves both SubjectAccessReviews"
+    );
+    assert_eq!(
+        requests[1].1["spec"]["resourceAttributes"],
         json!({"group": "wopr.dev", "resource": "sessions", "subresource": "inject",
                "verb": "create", "namespace": "team-a", "name": "research-agent"})
+    );
+    assert_eq!(
+        requests[2].1["spec"],
+        json!({"user": "bob", "groups": ["ops"],
+               "resourceAttributes": {"group": "wopr.dev", "resource": "trustlevels",
+                                      "verb": "use", "namespace": "team-a", "name": "semi-trusted"}})
     );
 
     allowed.store(false, std::sync::atomic::Ordering::SeqCst);
     match reviewer
-        .may_inject("bob-token", "team-a", "research-agent")
+        .may_inject(
+            "bob-token",
+            "team-a",
+            "research-agent",
+            Some(TrustLevel::SemiTrusted),
+        )
         .await
     {
         Err(AuthError::Forbidden { username, reason }) => {
@@ -576,6 +606,86 @@ async fn sending_a_session_a_message_takes_create_on_sessions_inject() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    assert_eq!(
+        posted(&api).len(),
+        2,
+        "refused sessions/inject, the level is not asked"
+    );
+}
+
+/// A person whom RBAC lets create `sessions/inject` but not use the
+/// session's trust level is refused, naming the right and the role.
+#[tokio::test]
+async fn a_persons_message_asks_use_on_the_sessions_trust_level() {
+    use wopr_operator::controlplane::auth::{AuthError, Authenticator};
+    let (reviewer, api, _) = reviewing(json!({"username": "alice", "groups": ["team-a-editors"]}));
+    api.respond_to(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        |review| {
+            let attributes = &review["spec"]["resourceAttributes"];
+            let allowed = attributes["subresource"] == "inject"
+                || (attributes["resource"] == "trustlevels"
+                    && attributes["name"] != "trusted"
+                    && attributes["name"] != "owner");
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                   "spec": review["spec"],
+                   "status": {"allowed": allowed, "reason": if allowed { "" } else { "no RBAC policy matched" }}})
+        },
+    );
+    match reviewer
+        .may_inject("alice-token", "team-a", "lead", Some(TrustLevel::Owner))
+        .await
+    {
+        Err(AuthError::Forbidden { username, reason }) => {
+            assert_eq!(username, "alice");
+            assert_eq!(
+                reason,
+                "alice may not operate session team-a/lead (trust level owner; no RBAC policy matched): that needs use on trustlevels.wopr.dev named owner in namespace team-a: bind the ClusterRole wopr-trust-owner there"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        posted(&api).len(),
+        3,
+        "one TokenReview, two reviews of access"
+    );
+    let sender = reviewer
+        .may_inject(
+            "alice-token",
+            "team-a",
+            "helper",
+            Some(TrustLevel::SemiTrusted),
+        )
+        .await;
+    assert_eq!(sender.unwrap(), "alice");
+
+    // No such session: only sessions/inject is asked, so the caller who
+    // passes learns of it from the broker's NotFound.
+    let _ = posted(&api);
+    let sender = reviewer
+        .may_inject("alice-token", "team-a", "ghost", None)
+        .await;
+    assert_eq!(sender.unwrap(), "alice");
+    assert_eq!(posted(&api).len(), 2);
+}
+
+/// A workload's standing comes from its Grants: its message takes
+/// `create` on `sessions/inject` only, whatever the session's level.
+#[tokio::test]
+async fn a_workloads_message_asks_no_trust_level() {
+    use wopr_operator::controlplane::auth::Authenticator;
+    let (reviewer, api, _) = reviewing(json!({"username": "system:serviceaccount:ci:task-bot"}));
+    let sender = reviewer
+        .may_inject("bot-token", "team-a", "lead", Some(TrustLevel::Owner))
+        .await;
+    assert_eq!(sender.unwrap(), "system:serviceaccount:ci:task-bot");
+    let requests = posted(&api);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        requests[1].1["spec"]["resourceAttributes"]["subresource"],
+        "inject"
+    );
 }
 
 #[tokio::test(start_paused = true)]

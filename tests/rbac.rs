@@ -469,6 +469,36 @@ async fn the_subject_access_review_is_granted() {
     assert_granted(&requests, &granted(&install_yaml()));
 }
 
+/// A person's message asks two SubjectAccessReviews (sessions/inject, then
+/// the session's trust level) after one TokenReview: the same rights.
+#[tokio::test]
+async fn the_subject_access_reviews_of_a_message_are_granted() {
+    let (client, api) = FakeApi::start();
+    api.insert(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
+               "status": {"authenticated": true, "user": {"username": "alice"}}}),
+    );
+    api.insert(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": {},
+               "status": {"allowed": true}}),
+    );
+    let sender = TokenReviewer::new(client)
+        .may_inject("t", "team-a", "lead", Some(TrustLevel::Owner))
+        .await;
+    assert_eq!(sender.unwrap(), "alice");
+    let requests = api.take_requests();
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.path.ends_with("/subjectaccessreviews"))
+            .count(),
+        2
+    );
+    assert_granted(&requests, &granted(&install_yaml()));
+}
+
 #[test]
 fn the_controller_runs_as_the_bound_service_account() {
     let objects = install_yaml();

@@ -43,6 +43,12 @@ pub const TRUST_LEVEL_NAMES: [&str; 4] = [
     TrustLevel::ALL[2].as_str(),
     TrustLevel::ALL[3].as_str(),
 ];
+/// The ClusterRole the chart ships that holds `use` on
+/// [`TRUST_LEVELS_RESOURCE`] named `level` and every level below:
+/// `wopr-trust-{level}`.
+pub fn trust_level_role(level: TrustLevel) -> String {
+    format!("wopr-trust-{level}")
+}
 /// The virtual resource whose `use` lets a Session below trusted loosen its
 /// sandbox (sandbox off, full network, its own seccomp or AppArmor profile
 /// or RuntimeClass).

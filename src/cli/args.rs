@@ -337,7 +337,7 @@ pub enum SessionCommand {
     SetProvider(SetProviderArgs),
     /// Send a message to a session's agent, as you.
     #[command(
-        after_help = "Example:\n  kubectl wopr session inject research-agent \"Summarize today's papers\""
+        after_help = "Needs create on sessions/inject (ClusterRole wopr-session-injector) and, for a person, use on trustlevels.wopr.dev named the session's trust level (ClusterRole wopr-trust-<level>); edit holds the first, and the second up to semi-trusted. A service account needs a Grant instead of the second.\n\nExample:\n  kubectl wopr session inject research-agent \"Summarize today's papers\""
     )]
     Inject {
         /// The session.

@@ -124,7 +124,9 @@ async fn set_provider(context: &Context, args: SetProviderArgs) -> Result<Shown,
 }
 
 /// Sends `message` to the session's agent through the control plane, as
-/// you: it asks the API server whether you may `create sessions/inject`.
+/// you: it asks the API server whether you may `create sessions/inject`
+/// and, for a person, `use` on `trustlevels.wopr.dev` named the session's
+/// trust level.
 async fn inject(context: &Context, name: &str, message: &str) -> Result<Shown, CliError> {
     let (mut broker, token) = context.control_plane()?.broker().await?;
     let request = InjectRequest {

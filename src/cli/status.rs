@@ -282,7 +282,7 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
         ]),
         (None, None, _) => lines.push((
             "Trust level",
-            "none: you are a person; RBAC decides what you may change, and a session you may inject into takes you as its operator".into(),
+            "none: you are a person; RBAC decides what you may change, and a session takes you as its operator if you may inject into it and use its trust level".into(),
         )),
     }
     let mut text = fields(&lines);

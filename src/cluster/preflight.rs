@@ -145,7 +145,9 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["create"],
         names: &[],
     },
-    // controlplane/auth.rs: whether a reader of the audit trail may read it.
+    // controlplane/auth.rs: whether a reader of the audit trail may read it,
+    // and whether a sender may send a session a message (and, for a
+    // person, use on the session's trust level).
     Rights {
         scope: Scope::Cluster,
         group: "authorization.k8s.io",

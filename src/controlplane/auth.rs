@@ -5,7 +5,10 @@
 //! API server's own audience): the API server reviews it, and a
 //! SubjectAccessReview asks whether its RBAC allows `list` on the virtual
 //! resource `auditevents.wopr.dev` in the namespace read, or, to send a
-//! session a message, `create` on that Session's `inject` subresource.
+//! session a message, `create` on that Session's `inject` subresource and,
+//! for a person (whose message arrives as the session's operator), `use` on
+//! `trustlevels.wopr.dev` named by the session's trust level, as writing the
+//! Session at that level needs.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -85,13 +88,24 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, AuthError>> + Send;
 
     /// Whether the holder of `token`, a Kubernetes credential, may send
-    /// the session `namespace/session` a message (`create` on
-    /// `sessions/inject`): the username it authenticates as, if so.
+    /// the session `namespace/session` a message: the username it
+    /// authenticates as, if so, from one review of the token.
+    ///
+    /// Anyone needs `create` on `sessions/inject`. A person (a user who is
+    /// not a service account) also needs `use` on `trustlevels.wopr.dev`
+    /// named `level`, the session's trust level, in `namespace`: a person's
+    /// message arrives as the session's operator, and operating a session
+    /// at a level needs what writing it at that level needs. A workload's
+    /// standing comes from its Grants and the session's access list
+    /// instead, so it is not asked. `level` is `None` when the session is
+    /// not known: only the first right is asked, and the caller learns
+    /// that the session is missing only after passing it.
     fn may_inject(
         &self,
         token: &str,
         namespace: &str,
         session: &str,
+        level: Option<TrustLevel>,
     ) -> impl Future<Output = Result<String, AuthError>> + Send;
 }
 
@@ -142,6 +156,41 @@ pub fn may_not_inject(username: &str, namespace: &str, session: &str, why: &str)
     let remedy =
         format!("bind the ClusterRole {INJECTOR_ROLE} (or edit/admin) in namespace {namespace}");
     forbidden(username, &what, why, &remedy)
+}
+
+/// The level whose `use` the message of `username` to a session at `level`
+/// needs: the session's, for a person; none for a service account (a
+/// workload, which its Grants place) or a session not known.
+fn level_to_check(username: &str, level: Option<TrustLevel>) -> Option<TrustLevel> {
+    level.filter(|_| identity_of(username, None).is_err())
+}
+
+/// The refusal of `username`'s message to `namespace/session`, a session
+/// at `level`, naming the missing right and the role that holds it.
+pub fn may_not_operate(
+    username: &str,
+    namespace: &str,
+    session: &str,
+    level: TrustLevel,
+    why: &str,
+) -> AuthError {
+    let why = if why.is_empty() {
+        format!("trust level {level}")
+    } else {
+        format!("trust level {level}; {why}")
+    };
+    let remedy = format!(
+        "that needs use on {}.{} named {level} in namespace {namespace}: bind the ClusterRole {} there",
+        crate::api::TRUST_LEVELS_RESOURCE,
+        crate::api::GROUP,
+        crate::api::trust_level_role(level)
+    );
+    forbidden(
+        username,
+        &format!("operate session {namespace}/{session}"),
+        &why,
+        &remedy,
+    )
 }
 
 /// Checks tokens with the Kubernetes TokenReview API.
@@ -233,8 +282,8 @@ impl Authenticator for TokenReviewer {
             namespace: namespace.map(str::to_owned),
             ..ResourceAttributes::default()
         };
-        let (username, why) = self.access(token, attributes).await?;
-        match why {
+        let (user, username) = self.person_or_workload(token).await?;
+        match self.refusal(&user, attributes).await? {
             None => Ok(username),
             Some(why) => Err(may_not_read(&username, namespace, &why)),
         }
@@ -245,8 +294,9 @@ impl Authenticator for TokenReviewer {
         token: &str,
         namespace: &str,
         session: &str,
+        level: Option<TrustLevel>,
     ) -> Result<String, AuthError> {
-        let attributes = ResourceAttributes {
+        let inject = ResourceAttributes {
             group: Some(crate::api::GROUP.to_owned()),
             resource: Some("sessions".to_owned()),
             subresource: Some(INJECT_SUBRESOURCE.to_owned()),
@@ -255,40 +305,57 @@ impl Authenticator for TokenReviewer {
             name: Some(session.to_owned()),
             ..ResourceAttributes::default()
         };
-        let (username, why) = self.access(token, attributes).await?;
-        match why {
+        let (user, username) = self.person_or_workload(token).await?;
+        if let Some(why) = self.refusal(&user, inject).await? {
+            return Err(may_not_inject(&username, namespace, session, &why));
+        }
+        let Some(level) = level_to_check(&username, level) else {
+            return Ok(username);
+        };
+        let operate = ResourceAttributes {
+            group: Some(crate::api::GROUP.to_owned()),
+            resource: Some(crate::api::TRUST_LEVELS_RESOURCE.to_owned()),
+            verb: Some("use".to_owned()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(level.as_str().to_owned()),
+            ..ResourceAttributes::default()
+        };
+        match self.refusal(&user, operate).await? {
             None => Ok(username),
-            Some(why) => Err(may_not_inject(&username, namespace, session, &why)),
+            Some(why) => Err(may_not_operate(&username, namespace, session, level, &why)),
         }
     }
 }
 
 impl TokenReviewer {
     /// Who holds `token` (a Kubernetes credential, the API server's own
-    /// audience), and why RBAC refuses them `attributes` (`None`: it
-    /// allows), from a SubjectAccessReview as that user with its groups,
-    /// uid and extras.
-    async fn access(
-        &self,
-        token: &str,
-        attributes: ResourceAttributes,
-    ) -> Result<(String, Option<String>), AuthError> {
+    /// audience): the user, for SubjectAccessReviews, and its name.
+    async fn person_or_workload(&self, token: &str) -> Result<(UserInfo, String), AuthError> {
         let (user, _) = self.review(token, None).await?;
         let username = user.username.clone().unwrap_or_default();
+        Ok((user, username))
+    }
+
+    /// Why RBAC refuses `user` `attributes` (`None`: it allows), from a
+    /// SubjectAccessReview as that user with its groups, uid and extras.
+    async fn refusal(
+        &self,
+        user: &UserInfo,
+        attributes: ResourceAttributes,
+    ) -> Result<Option<String>, AuthError> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: user.username,
-                uid: user.uid,
-                groups: user.groups,
-                extra: user.extra,
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
                 resource_attributes: Some(attributes),
                 ..SubjectAccessReviewSpec::default()
             },
             ..SubjectAccessReview::default()
         };
         let status = ask(&self.client, &review).await?.status.unwrap_or_default();
-        let why = (!status.allowed).then(|| status.reason.unwrap_or_default());
-        Ok((username, why))
+        Ok((!status.allowed).then(|| status.reason.unwrap_or_default()))
     }
 }
 
@@ -319,9 +386,14 @@ pub struct StaticTokens {
     /// Readers' tokens: their username and the namespace they may read
     /// (`None`: every namespace).
     pub readers: HashMap<String, (String, Option<String>)>,
-    /// People's tokens that may send messages: their username and the
-    /// namespace whose sessions they may send to.
+    /// Tokens that may send messages (`create` on `sessions/inject`):
+    /// their username and the namespace whose sessions they may send to.
     pub injectors: HashMap<String, (String, String)>,
+    /// The highest trust level the holder of a token may use (`use` on
+    /// `trustlevels.wopr.dev` named it and every level below, as the
+    /// ClusterRoles `wopr-trust-*` hold them) where it may send messages;
+    /// none when absent. Only people's messages need it.
+    pub trust_levels: HashMap<String, TrustLevel>,
 }
 
 impl Authenticator for StaticTokens {
@@ -353,15 +425,25 @@ impl Authenticator for StaticTokens {
         token: &str,
         namespace: &str,
         session: &str,
+        level: Option<TrustLevel>,
     ) -> Result<String, AuthError> {
         let (username, allowed) = self
             .injectors
             .get(token)
             .ok_or_else(|| AuthError::Refused("unknown token".into()))?;
-        if allowed == namespace {
-            Ok(username.clone())
-        } else {
-            Err(may_not_inject(username, namespace, session, ""))
+        if allowed != namespace {
+            return Err(may_not_inject(username, namespace, session, ""));
+        }
+        match level_to_check(username, level) {
+            Some(level)
+                if self
+                    .trust_levels
+                    .get(token)
+                    .is_none_or(|held| *held < level) =>
+            {
+                Err(may_not_operate(username, namespace, session, level, ""))
+            }
+            _ => Ok(username.clone()),
         }
     }
 }

@@ -114,6 +114,20 @@ pub fn peer_grant(name: &str, public_key: &str, profile: TrustLevel) -> Grant {
     grant
 }
 
+/// A grant of `profile` to the workload `namespace/account` (a service
+/// account), for `sessions` (every session when empty).
+pub fn workload_grant(
+    name: &str,
+    (namespace, account): (&str, &str),
+    profile: TrustLevel,
+    sessions: &[&str],
+) -> Grant {
+    let mut grant = grant(name, GrantSubject::service_account(namespace, account));
+    grant.spec.profile = Some(profile);
+    grant.spec.sessions = sessions.iter().map(|s| (*s).to_owned()).collect();
+    grant
+}
+
 pub fn rotated_from(mut grant: Grant, old_key: &str, rotated_at: Time) -> Grant {
     grant.spec.previous_keys.push(PreviousKey {
         public_key: old_key.into(),

@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
-use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session};
+use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session, TrustLevel};
 use wopr_operator::audit::{AuditSink, MemorySink};
 use wopr_operator::cache::Stores;
 use wopr_operator::clock::Clock;
@@ -54,11 +54,13 @@ fn readers() -> HashMap<String, (String, Option<String>)> {
 }
 
 /// Tokens that may send sessions messages (RBAC's `create sessions/inject`):
-/// [`READER`] (a person) and [`WORKLOAD`] (a service account) to
-/// [`NAMESPACE`]'s sessions, [`OUTSIDER`] only to another namespace's.
+/// [`READER`] and [`OPERATOR`] (people) and [`WORKLOAD`] (a service
+/// account) to [`NAMESPACE`]'s sessions, [`OUTSIDER`] only to another
+/// namespace's.
 fn injectors() -> HashMap<String, (String, String)> {
     [
         (READER, "alice", NAMESPACE),
+        (OPERATOR, "olivia", NAMESPACE),
         (WORKLOAD, "system:serviceaccount:ci:task-bot", NAMESPACE),
         (OUTSIDER, "mallory", "elsewhere"),
     ]
@@ -67,12 +69,32 @@ fn injectors() -> HashMap<String, (String, String)> {
     .collect()
 }
 
+/// The trust levels people may use (RBAC's `use` on
+/// `trustlevels.wopr.dev`), which their messages to sessions at those
+/// levels need: [`READER`] up to semi-trusted (as `edit` gives),
+/// [`OPERATOR`] up to owner, [`OUTSIDER`] up to owner (elsewhere).
+/// [`WORKLOAD`] none: its Grants place it.
+fn trust_levels() -> HashMap<String, TrustLevel> {
+    [
+        (READER, TrustLevel::SemiTrusted),
+        (OPERATOR, TrustLevel::Owner),
+        (OUTSIDER, TrustLevel::Owner),
+    ]
+    .into_iter()
+    .map(|(token, level)| (token.into(), level))
+    .collect()
+}
+
 /// The token of the workload `ci/task-bot` (a service account), which RBAC
 /// lets send [`NAMESPACE`]'s sessions messages.
 pub const WORKLOAD: &str = "token-of-the-task-bot";
 
-/// A person's token that may read [`NAMESPACE`]'s trail.
+/// A person's token that may read [`NAMESPACE`]'s trail, and send its
+/// sessions up to semi-trusted messages.
 pub const READER: &str = "token-of-alice";
+/// A person's token that may send every session of [`NAMESPACE`] messages,
+/// owner sessions included.
+pub const OPERATOR: &str = "token-of-olivia";
 /// A person's token that may read every namespace's trail.
 pub const AUDITOR: &str = "token-of-the-auditor";
 /// A person's token that may read another namespace's trail only.
@@ -200,6 +222,7 @@ impl ControlPlane {
                 sidecars: tokens,
                 readers: readers(),
                 injectors: injectors(),
+                trust_levels: trust_levels(),
             }),
             reports.clone(),
             AuditSetup {

@@ -4,7 +4,10 @@
 //!
 //! - A person who may is the session's operator: the message is from
 //!   `user:<name>` at the owner's level, and the session's access list
-//!   (which governs agents, peers and workloads) does not apply.
+//!   (which governs agents, peers and workloads) does not apply. So RBAC
+//!   must also let the person operate a session at its trust level (`use`
+//!   on `trustlevels.wopr.dev` named by it, what writing the Session at
+//!   that level needs): `edit` alone does not command an owner Session.
 //! - A workload (a service account) arrives as its Grants say: no Grant, no
 //!   standing, no message; with one, the session's access list and the
 //!   workload's capabilities decide, as for any other source.
@@ -149,9 +152,16 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             payload_json,
         } = request.into_inner();
         let target = (namespace.as_str(), session.as_str());
+        // Looked up first for the level a person needs; why a session
+        // cannot take the message is told only to a caller who may inject.
+        let recipient = self.recipient(&namespace, &session);
+        let level = recipient
+            .as_ref()
+            .ok()
+            .map(|recipient| recipient.trust_level);
         let caller = match self
             .authenticator
-            .may_inject(&token, &namespace, &session)
+            .may_inject(&token, &namespace, &session, level)
             .await
         {
             Ok(username) => username,
@@ -174,7 +184,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             ),
             None => person(&caller),
         };
-        let recipient = match self.recipient(&namespace, &session) {
+        let recipient = match recipient {
             Ok(recipient) => recipient,
             Err(status) => return Err(self.refuse_injection(target, provisional, status).await),
         };
@@ -217,7 +227,10 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         }
         self.arrivals.announce(&namespace, &session);
         let reason = match (&account, decision.outcome) {
-            (None, _) => format!("delivered: {caller} may create sessions/inject"),
+            (None, _) => format!(
+                "delivered: {caller} may create sessions/inject and use trust level {}",
+                recipient.trust_level
+            ),
             (Some(_), Outcome::WouldDeny) => format!("delivered in warn mode: {}", decision.reason),
             (Some(_), _) => "delivered".to_owned(),
         };
