@@ -13,6 +13,8 @@
 //!   `enforcement: warn`; relabelling and annotating existing owner objects
 //!   is not refused;
 //! - a person with `admin` and `wopr-trust-owner` may do each of those;
+//! - the API server type-checks every policy against the CRDs without a
+//!   warning;
 //! - the built-in `edit` role gains `use` on trust levels up to
 //!   semi-trusted, by aggregation;
 //! - the controller sees the guard installed (the SecurityPolicy condition
@@ -23,11 +25,13 @@
 mod common;
 
 use common::e2e::*;
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use wopr_operator::api::ESCALATION_POLICIES;
 
 const SEMI: &str = "e2e-semi@example.com";
 const OWNER: &str = "e2e-owner@example.com";
@@ -122,54 +126,104 @@ fn admitted(result: Result<DynamicObject, kube::Error>, what: &str) {
     }
 }
 
-/// Waits until `user` may create Sessions in `namespace` (RBAC bindings
-/// take effect at once, but ClusterRole aggregation is asynchronous).
-async fn wait_for_edit_aggregation(client: &Client) {
-    eventually(
-        "edit to hold use on semi-trusted by aggregation",
-        || async {
-            let edit: ClusterRole = Api::all(client.clone()).get("edit").await.ok()?;
-            edit.rules
-                .unwrap_or_default()
-                .iter()
-                .any(|rule| {
-                    rule.resources
-                        .as_deref()
-                        .unwrap_or_default()
-                        .contains(&"trustlevels".to_owned())
-                        && rule
-                            .resource_names
+/// Waits until ClusterRole aggregation has given `admin` (and so `edit`,
+/// which `admin` aggregates) the chart's rules, then checks `edit` holds
+/// `use` on trust levels up to semi-trusted only.
+async fn wait_for_aggregation(client: &Client) {
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let holds = |role: &ClusterRole, resource: &str, name: Option<&str>| {
+        role.rules
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|rule| {
+                rule.resources
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r == resource)
+                    && name.is_none_or(|name| {
+                        rule.resource_names
                             .as_deref()
                             .unwrap_or_default()
-                            .contains(&"semi-trusted".to_owned())
-                })
-                .then_some(())
+                            .iter()
+                            .any(|n| n == name)
+                    })
+            })
+    };
+    eventually(
+        "admin and edit to hold the chart's rules by aggregation",
+        || async {
+            let admin = roles.get("admin").await.ok()?;
+            let edit = roles.get("edit").await.ok()?;
+            (holds(&admin, "securitypolicies", None)
+                && holds(&admin, "trustlevels", Some("semi-trusted"))
+                && holds(&edit, "trustlevels", Some("semi-trusted")))
+            .then_some(())
         },
     )
     .await;
-    let edit: ClusterRole = Api::all(client.clone()).get("edit").await.unwrap();
-    let uses: Vec<String> = edit
-        .rules
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|rule| {
-            rule.resources
-                .as_deref()
-                .unwrap_or_default()
-                .contains(&"trustlevels".to_owned())
+    let edit = roles.get("edit").await.unwrap();
+    for level in ["trusted", "owner"] {
+        assert!(
+            !holds(&edit, "trustlevels", Some(level)),
+            "edit must not use {level}"
+        );
+    }
+    assert!(!holds(&edit, "sandboxoverrides", None));
+}
+
+/// Waits until the API server has compiled every escalation policy, and
+/// checks its type checking found nothing wrong with the expressions
+/// against the CRDs (`status.typeChecking`).
+async fn wait_for_type_checking(client: &Client) {
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    for name in ESCALATION_POLICIES {
+        let policy = eventually(&format!("{name} to be type-checked"), || async {
+            let policy = policies.get(name).await.ok()?;
+            let status = policy.status.as_ref()?;
+            (status.observed_generation == policy.metadata.generation).then_some(policy)
         })
-        .flat_map(|rule| rule.resource_names.unwrap_or_default())
-        .collect();
-    assert!(
-        !uses.iter().any(|name| name == "trusted" || name == "owner"),
-        "edit must not use trusted or owner: {uses:?}"
-    );
+        .await;
+        let warnings = policy
+            .status
+            .and_then(|status| status.type_checking)
+            .and_then(|checking| checking.expression_warnings)
+            .unwrap_or_default();
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+    }
+}
+
+/// Waits until the API server enforces the policies (they take effect a
+/// moment after they are created): a dry run of an owner Session by `semi`
+/// is refused by admission.
+async fn wait_for_enforcement(semi: &Client, namespace: &str) {
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually("the escalation policies to be enforced", || async {
+        let probe = object("Session", "probe", json!({"trustLevel": "owner"}));
+        match api(semi, namespace, "Session")
+            .create(&dry_run, &probe)
+            .await
+        {
+            Err(kube::Error::Api(status))
+                if status.message.contains("ValidatingAdmissionPolicy") =>
+            {
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
 }
 
 async fn scenario(client: Client, namespace: String) {
     let ns = namespace.as_str();
     install_admission(&client, &PEOPLE_ROLES).await;
-    wait_for_edit_aggregation(&client).await;
+    wait_for_type_checking(&client).await;
+    wait_for_aggregation(&client).await;
     for (user, level) in [
         (SEMI, "wopr-trust-semi-trusted"),
         (OWNER, "wopr-trust-owner"),
@@ -179,6 +233,7 @@ async fn scenario(client: Client, namespace: String) {
     }
     let semi = client_as(Some(SEMI), None).await;
     let owner = client_as(Some(OWNER), None).await;
+    wait_for_enforcement(&semi, ns).await;
 
     // What semi-trusted may write.
     for (name, level) in [("u1", "untrusted"), ("s1", "semi-trusted")] {
