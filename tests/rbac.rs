@@ -94,6 +94,17 @@ const ROLES_FOR_PEOPLE: [&str; 11] = [
     "wopr-sandbox-overrides",
 ];
 
+/// The inventory above is every role the chart binds to nobody.
+#[test]
+fn the_roles_for_people_are_those_the_chart_binds_to_nobody() {
+    let mut listed: Vec<String> = ROLES_FOR_PEOPLE
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(people_roles(), listed);
+}
+
 /// The chart's roles of `kind` (ClusterRole or Role) for the controller.
 fn controller_roles<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects
@@ -444,35 +455,11 @@ fn view_edit_and_admin_gain_sensible_defaults() {
     );
 }
 
+/// The control plane's reviews as the caller are granted: a reader's one
+/// SubjectAccessReview, and a person's message's two (sessions/inject,
+/// then the session's trust level) after one TokenReview.
 #[tokio::test]
-async fn the_subject_access_review_is_granted() {
-    let (client, api) = FakeApi::start();
-    api.insert(
-        "/apis/authentication.k8s.io/v1/tokenreviews",
-        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": {},
-               "status": {"authenticated": true, "user": {"username": "alice"}}}),
-    );
-    api.insert(
-        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": {},
-               "status": {"allowed": false}}),
-    );
-    let _refused = TokenReviewer::new(client)
-        .may_read_audit("t", Some("team-a"))
-        .await;
-    let requests = api.take_requests();
-    assert!(
-        requests
-            .iter()
-            .any(|r| r.path.ends_with("/subjectaccessreviews"))
-    );
-    assert_granted(&requests, &granted(&install_yaml()));
-}
-
-/// A person's message asks two SubjectAccessReviews (sessions/inject, then
-/// the session's trust level) after one TokenReview: the same rights.
-#[tokio::test]
-async fn the_subject_access_reviews_of_a_message_are_granted() {
+async fn the_subject_access_reviews_are_granted() {
     let (client, api) = FakeApi::start();
     api.insert(
         "/apis/authentication.k8s.io/v1/tokenreviews",
@@ -484,18 +471,26 @@ async fn the_subject_access_reviews_of_a_message_are_granted() {
         json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": {},
                "status": {"allowed": true}}),
     );
-    let sender = TokenReviewer::new(client)
-        .may_inject("t", "team-a", "lead", Some(TrustLevel::Owner))
-        .await;
-    assert_eq!(sender.unwrap(), "alice");
-    let requests = api.take_requests();
-    assert_eq!(
+    let reviewer = TokenReviewer::new(client);
+    let reviews = |requests: &[Recorded]| {
         requests
             .iter()
             .filter(|r| r.path.ends_with("/subjectaccessreviews"))
-            .count(),
-        2
+            .count()
+    };
+    assert_eq!(
+        reviewer.may_read_audit("t", Some("team-a")).await.unwrap(),
+        "alice"
     );
+    let mut requests = api.take_requests();
+    assert_eq!(reviews(&requests), 1);
+    let sender = reviewer
+        .may_inject("t", "team-a", "lead", Some(TrustLevel::Owner))
+        .await;
+    assert_eq!(sender.unwrap(), "alice");
+    let message = api.take_requests();
+    assert_eq!(reviews(&message), 2);
+    requests.extend(message);
     assert_granted(&requests, &granted(&install_yaml()));
 }
 

@@ -172,6 +172,24 @@ pub fn crd_schema(crd: &CustomResourceDefinition) -> serde_json::Value {
 /// The namespace `manifests/install.yaml` installs into.
 pub const INSTALL_NAMESPACE: &str = "wopr-system";
 
+/// The ClusterRoles of `manifests/install.yaml` for people: those the
+/// chart binds to nobody, sorted by name.
+pub fn people_roles() -> Vec<String> {
+    let objects = install_yaml();
+    let mut roles: Vec<String> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        .filter(|name| {
+            !objects
+                .iter()
+                .any(|o| o["roleRef"]["name"] == name.as_str())
+        })
+        .collect();
+    roles.sort();
+    roles
+}
+
 /// Every object of `manifests/install.yaml` (the chart rendered with default values).
 pub fn install_yaml() -> Vec<serde_json::Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/install.yaml");
