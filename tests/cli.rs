@@ -82,11 +82,18 @@ fn authenticate_as_alice(api: &FakeApi) {
     api.respond_to(
         "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
         |review| {
-            let resource = review["spec"]["resourceAttributes"]["resource"]
-                .as_str()
-                .unwrap_or("");
+            let attributes = &review["spec"]["resourceAttributes"];
+            let resource = attributes["resource"].as_str().unwrap_or("");
+            // What `edit` gives: not the SecurityPolicy, trust levels up to
+            // semi-trusted, no sandbox overrides.
+            let allowed = match resource {
+                "securitypolicies" | "sandboxoverrides" => false,
+                "trustlevels" => ["untrusted", "semi-trusted"]
+                    .contains(&attributes["name"].as_str().unwrap_or("")),
+                _ => true,
+            };
             let mut answer = review.clone();
-            answer["status"] = json!({"allowed": resource != "securitypolicies"});
+            answer["status"] = json!({"allowed": allowed});
             answer
         },
     );
@@ -253,6 +260,11 @@ async fn whoami_asks_the_api_server() {
     let report = cluster.json(&["security", "whoami", "-o", "json"]).await;
     assert_eq!(report["user"]["username"], "alice");
     assert_eq!(report["trustLevel"], Value::Null);
+    assert_eq!(
+        report["usableTrustLevels"],
+        json!(["untrusted", "semi-trusted"]),
+        "asked of RBAC, one level at a time"
+    );
 }
 
 #[tokio::test]

@@ -184,6 +184,9 @@ pub struct WhoamiReport {
     pub grants: Vec<Grant>,
     /// What your RBAC lets you do with WOPR, in this namespace.
     pub rights: Vec<Right>,
+    /// The trust levels you may `use` here: write Sessions and Grants at,
+    /// and operate sessions at (the escalation admission policies).
+    pub usable_trust_levels: Vec<TrustLevel>,
 }
 
 /// One WOPR right and whether RBAC gives it to you.
@@ -194,7 +197,7 @@ pub struct Right {
 }
 
 /// The rights whoami checks: what they let you do, verb, resource, subresource.
-const RIGHTS: [(&str, &str, &str, &str); 6] = [
+const RIGHTS: [(&str, &str, &str, &str); 7] = [
     ("create sessions", "create", "sessions", ""),
     ("send sessions messages", "create", "sessions", "inject"),
     ("write grants", "create", "grants", ""),
@@ -206,6 +209,12 @@ const RIGHTS: [(&str, &str, &str, &str); 6] = [
     ),
     ("change the SecurityPolicy", "patch", "securitypolicies", ""),
     ("read the audit trail", "list", "auditevents", ""),
+    (
+        "loosen a sandbox below trusted",
+        "use",
+        crate::api::SANDBOX_OVERRIDES_RESOURCE,
+        "",
+    ),
 ];
 
 /// `security whoami`.
@@ -249,13 +258,34 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
             .map(|(what, verb, resource, subresource)| async move {
                 Ok::<_, CliError>(Right {
                     what: (*what).to_owned(),
-                    allowed: may(context, verb, resource, subresource).await?,
+                    allowed: may(context, verb, resource, subresource, None).await?,
                 })
             }),
     )
     .await
     .into_iter()
     .collect::<Result<Vec<_>, _>>()?;
+    let usable = join_all(TrustLevel::ALL.map(|level| async move {
+        let name = Some(level.as_str());
+        Ok::<_, CliError>(
+            may(context, "use", crate::api::TRUST_LEVELS_RESOURCE, "", name)
+                .await?
+                .then_some(level),
+        )
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let usable: Vec<TrustLevel> = usable.into_iter().flatten().collect();
+    let usable_text = if usable.is_empty() {
+        "none: you may write no Session or Grant here".to_owned()
+    } else {
+        let names: Vec<&str> = usable.iter().map(|level| level.as_str()).collect();
+        format!(
+            "{} (Sessions and Grants you may write, sessions you may operate)",
+            names.join(", ")
+        )
+    };
     let mut lines = vec![
         ("User", username.clone()),
         ("Groups", joined(user.groups.as_deref().unwrap_or_default())),
@@ -285,6 +315,7 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
             "none: you are a person; RBAC decides what you may change, and a session takes you as its operator if you may inject into it and use its trust level".into(),
         )),
     }
+    lines.push(("May use", usable_text));
     let mut text = fields(&lines);
     let mut table = Table::new(&["IN NAMESPACE", "ALLOWED"]);
     for right in &rights {
@@ -298,6 +329,7 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
         trust_level,
         grants,
         rights,
+        usable_trust_levels: usable,
     };
     Ok(Shown::new(text, &report))
 }
@@ -336,6 +368,7 @@ async fn may(
     verb: &str,
     resource: &str,
     subresource: &str,
+    name: Option<&str>,
 ) -> Result<bool, CliError> {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
@@ -345,6 +378,7 @@ async fn may(
                 resource: Some(resource.into()),
                 subresource: (!subresource.is_empty()).then(|| subresource.into()),
                 verb: Some(verb.into()),
+                name: name.map(str::to_owned),
                 ..ResourceAttributes::default()
             }),
             ..SelfSubjectAccessReviewSpec::default()
