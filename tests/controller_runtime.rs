@@ -21,12 +21,12 @@ use tower::ServiceExt;
 use wopr_operator::api::{
     ESCALATION_POLICIES, Gateway, SecurityPolicy, Session, SessionPhase, SessionStatus, TrustLevel,
 };
+use wopr_operator::cluster::escalation::{Guard, read_escalation_guard};
 use wopr_operator::cluster::preflight::{ApiServer, PreflightError};
 use wopr_operator::controller::admin::{AdminState, router};
 use wopr_operator::controller::metrics::Metrics;
-use wopr_operator::controller::object_status::escalation::GUARD_FRESH;
 use wopr_operator::controller::object_status::{
-    Guard, GuardCache, gateway_status, policy_status, read_escalation_guard,
+    GUARD_FRESH, GuardCache, gateway_status, policy_status,
 };
 use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
 use wopr_operator::store::{ForwardState, GatewaySummary};

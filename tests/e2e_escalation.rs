@@ -360,7 +360,7 @@ async fn scenario(client: Client, namespace: String) {
     assert_refused(prompt.by(&semi, ns).await, right, role);
 
     // The controller's check sees the guard installed and enforced.
-    let guard = wopr_operator::controller::object_status::read_escalation_guard(&client)
+    let guard = wopr_operator::cluster::escalation::read_escalation_guard(&client)
         .await
         .expect("reading the escalation policies");
     assert!(guard.guarded, "{guard:?}");

@@ -1,8 +1,10 @@
 //! Talking to the Kubernetes API the same way from every role: one field
 //! manager for every server-side apply, errors shown in one line, and the
 //! start-up checks of what the operator needs from the cluster
-//! ([`preflight`]).
+//! ([`preflight`]), and whether the cluster guards trust levels at
+//! admission ([`escalation`]).
 
+pub mod escalation;
 pub mod preflight;
 
 use kube::api::{PatchParams, PostParams};

@@ -174,7 +174,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["use"],
         names: &[],
     },
-    // object_status/escalation.rs: whether the escalation policies are
+    // cluster/escalation.rs: whether the escalation policies are
     // installed and enforced (the SecurityPolicy condition EscalationGuarded).
     Rights {
         scope: Scope::Cluster,

@@ -1,10 +1,9 @@
 //! Status of SecurityPolicies ([`policy`]) and Gateways ([`gateway`]):
 //! whether each is valid and in force, and which Sessions it governs or
 //! serves; SecurityPolicies also say whether the cluster refuses
-//! trust-level escalation at admission ([`escalation`]). Two small
+//! trust-level escalation at admission (`crate::cluster::escalation`). Two small
 //! controllers sharing one context.
 
-pub mod escalation;
 pub mod gateway;
 pub mod policy;
 
@@ -22,9 +21,8 @@ use super::leader::Leadership;
 use super::retry::Backoff;
 use crate::api::Session;
 
-pub use escalation::{Guard, GuardCache, read_escalation_guard};
 pub use gateway::{gateway_status, reconcile_gateway};
-pub use policy::{policy_status, reconcile_policy};
+pub use policy::{GUARD_FRESH, GuardCache, policy_status, reconcile_policy};
 
 /// How many session names a status message lists before "and N more".
 const LISTED_SESSIONS: usize = 10;

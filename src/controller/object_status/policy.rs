@@ -6,14 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
-use super::escalation::Guard;
 use super::{StatusContext, list_sessions, previous_conditions, sessions_in};
 use crate::api::{DEFAULT_POLICY_NAME, ESCALATION_GUARDED, SecurityPolicy, SecurityPolicyStatus};
+use crate::cluster::escalation::{Guard, read_escalation_guard};
 use crate::controller::apply::patch_status_if_changed;
 use crate::controller::error::Error;
 use crate::controller::status::{READY, condition};
@@ -74,6 +77,33 @@ pub fn policy_status(
             ),
         ],
         observed_generation: generation,
+    }
+}
+
+/// How long one reading of the guard serves every SecurityPolicy: the
+/// guard is cluster-wide, so a thousand namespaces need not read it a
+/// thousand times.
+pub const GUARD_FRESH: Duration = Duration::from_secs(30);
+
+/// The last reading of the guard, shared by the SecurityPolicy reconciles.
+#[derive(Default)]
+pub struct GuardCache {
+    last: Mutex<Option<(Instant, Guard)>>,
+}
+
+impl GuardCache {
+    /// The guard as read at most [`GUARD_FRESH`] ago, else read now. One
+    /// reconcile reads while the others wait for its answer.
+    pub async fn read(&self, client: &Client) -> Result<Guard, Error> {
+        let mut last = self.last.lock().await;
+        if let Some((at, guard)) = last.as_ref()
+            && at.elapsed() < GUARD_FRESH
+        {
+            return Ok(guard.clone());
+        }
+        let guard = read_escalation_guard(client).await?;
+        *last = Some((Instant::now(), guard.clone()));
+        Ok(guard)
     }
 }
 

@@ -2,21 +2,17 @@
 //! ValidatingAdmissionPolicies [`ESCALATION_POLICIES`] and their bindings
 //! refuse objects that raise a trust level their author may not grant.
 //! Nothing in the controller can stand in for them (an object is admitted
-//! before it is reconciled), so every SecurityPolicy's status says whether
-//! they are in place: [`read_escalation_guard`] fetches them,
-//! [`escalation_guard`] judges them.
+//! before it is reconciled), so every SecurityPolicy's status and
+//! `kubectl wopr security verify` say whether they are in place:
+//! [`read_escalation_guard`] fetches them, [`escalation_guard`] judges them.
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use kube::{Api, Client};
-use std::time::Duration;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
+use super::describe;
 use crate::api::ESCALATION_POLICIES;
-use crate::cluster::describe;
-use crate::controller::error::Error;
 
 /// How to put the guard in place, for the messages.
 const INSTALL: &str = "install or upgrade the chart (`helm upgrade --install wopr-operator charts/wopr-operator -n wopr-system`) or `kubectl apply --server-side -f manifests/install.yaml`";
@@ -120,18 +116,18 @@ fn problem(installed: &Installed) -> Option<(&'static str, String)> {
     })
 }
 
-/// Reads every escalation policy and its binding and judges them. A 403 is
-/// an answer too (`CannotVerify`: the controller may not look); any other
-/// failure is an error, so the reconcile retries with backoff rather than
-/// write a condition it does not know to be true.
-pub async fn read_escalation_guard(client: &Client) -> Result<Guard, Error> {
+/// Reads every escalation policy and its binding and judges them, as
+/// `client`'s user. A 403 is an answer too (`CannotVerify`: that user may
+/// not look); any other failure is an error, so that nobody reports a
+/// guard it does not know about.
+pub async fn read_escalation_guard(client: &Client) -> Result<Guard, kube::Error> {
     let read =
         futures::future::try_join_all(ESCALATION_POLICIES.map(|name| read_installed(client, name)))
             .await;
     match read {
         Ok(installed) => Ok(escalation_guard(&installed)),
         Err(error) if is_forbidden(&error) => Ok(cannot_verify(&error)),
-        Err(error) => Err(error.into()),
+        Err(error) => Err(error),
     }
 }
 
@@ -147,45 +143,18 @@ async fn read_installed(client: &Client, name: &'static str) -> Result<Installed
     })
 }
 
-/// How long one reading of the guard serves every SecurityPolicy: the
-/// guard is cluster-wide, so a thousand namespaces need not read it a
-/// thousand times.
-pub const GUARD_FRESH: Duration = Duration::from_secs(30);
-
-/// The last reading of the guard, shared by the SecurityPolicy reconciles.
-#[derive(Default)]
-pub struct GuardCache {
-    last: Mutex<Option<(Instant, Guard)>>,
-}
-
-impl GuardCache {
-    /// The guard as read at most [`GUARD_FRESH`] ago, else read now. One
-    /// reconcile reads while the others wait for its answer.
-    pub async fn read(&self, client: &Client) -> Result<Guard, Error> {
-        let mut last = self.last.lock().await;
-        if let Some((at, guard)) = last.as_ref()
-            && at.elapsed() < GUARD_FRESH
-        {
-            return Ok(guard.clone());
-        }
-        let guard = read_escalation_guard(client).await?;
-        *last = Some((Instant::now(), guard.clone()));
-        Ok(guard)
-    }
-}
-
 fn is_forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
-/// The guard when the controller may not read it: not known to be in
+/// The guard when its reader may not read it: not known to be in
 /// place, so not guarded as far as anyone reading the status can tell.
 fn cannot_verify(error: &kube::Error) -> Guard {
     Guard {
         guarded: false,
         reason: "CannotVerify",
         message: format!(
-            "cannot tell whether trust-level escalation is refused at admission: the API server refused to show the escalation policies ({}); grant the controller get on validatingadmissionpolicies and validatingadmissionpolicybindings (admissionregistration.k8s.io) named {}, as the chart's RBAC does: {INSTALL}",
+            "cannot tell whether trust-level escalation is refused at admission: the API server refused to show the escalation policies ({}); checking needs get on validatingadmissionpolicies and validatingadmissionpolicybindings (admissionregistration.k8s.io) named {}, which the chart gives the controller",
             describe(error),
             ESCALATION_POLICIES.join(", ")
         ),
