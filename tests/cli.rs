@@ -51,6 +51,7 @@ fn load_examples(api: &FakeApi) {
             put(api, &object);
         }
     }
+    install_escalation_policies(api);
 }
 
 /// A forward waiting for approval, as the broker files it.
@@ -122,6 +123,22 @@ fn examples() -> Cluster {
     load_examples(&cluster.api);
     cluster
 }
+
+/// The chart's escalation policies and their bindings, as installed with
+/// the examples.
+fn install_escalation_policies(api: &FakeApi) {
+    for object in common::install_yaml() {
+        let plural = match object["kind"].as_str() {
+            Some("ValidatingAdmissionPolicy") => "validatingadmissionpolicies",
+            Some("ValidatingAdmissionPolicyBinding") => "validatingadmissionpolicybindings",
+            _ => continue,
+        };
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        api.insert(&format!("{ADMISSION}/{plural}/{name}"), object);
+    }
+}
+
+const ADMISSION: &str = "/apis/admissionregistration.k8s.io/v1";
 
 fn parse(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("kubectl-wopr").chain(args.iter().copied()))
@@ -845,10 +862,15 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
         session["status"] = json!({"effective": {"trustLevel": "semi-trusted", "capabilities": [],
             "tools": [], "sandbox": false, "network": "restricted"}});
     });
+    // And the grants' escalation policy unbound.
+    cluster.api.remove(&format!(
+        "{ADMISSION}/validatingadmissionpolicybindings/wopr-escalation-grants"
+    ));
     let shown = cluster.run(&["security", "verify"]).await.unwrap();
     assert_eq!(
         shown.failed_checks,
         [
+            "escalation-guarded",
             "auto-accept-off",
             "sandbox-below-trusted",
             "rate-limits-set",
@@ -857,6 +879,49 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
         ]
     );
     assert_snapshot!("verify_weakened", shown.text);
+}
+
+/// Someone whose RBAC may not read the escalation policies gets what the
+/// operator reports on the namespace's SecurityPolicy, and without a report
+/// the check fails, saying why.
+#[tokio::test]
+async fn verify_falls_back_to_what_the_operator_reports() {
+    let cluster = examples();
+    cluster.api.refuse(
+        &format!("{ADMISSION}/validatingadmissionpolicies"),
+        StatusCode::FORBIDDEN,
+        "validatingadmissionpolicies.admissionregistration.k8s.io is forbidden: User \"alice\" cannot get resource",
+    );
+    let unknown = cluster.run(&["security", "verify"]).await.unwrap();
+    assert_eq!(unknown.failed_checks, ["escalation-guarded"]);
+    assert!(
+        unknown
+            .text
+            .contains("cannot tell whether trust-level escalation is refused at admission"),
+        "{}",
+        unknown.text
+    );
+    for (status, failed) in [("True", false), ("False", true)] {
+        cluster.api.modify(&path("securitypolicies", "default"), |policy| {
+            policy["status"] = json!({"conditions": [{"type": "EscalationGuarded", "status": status,
+                "reason": "Guarded", "message": "the operator's word",
+                "lastTransitionTime": "2026-11-29T12:00:00Z"}]});
+        });
+        let reported = cluster.run(&["security", "verify"]).await.unwrap();
+        assert_eq!(
+            reported
+                .failed_checks
+                .contains(&"escalation-guarded".to_owned()),
+            failed
+        );
+        assert!(
+            reported
+                .text
+                .contains("as the operator reports it: the operator's word"),
+            "{}",
+            reported.text
+        );
+    }
 }
 
 /// A Session whose trust level no version of the API knows fails the first

@@ -10,7 +10,11 @@ use super::objects::{get_opt, list};
 use super::output::{Shown, Table};
 use super::status::enforcement_of;
 use super::{CliError, Context};
-use crate::api::{DEFAULT_POLICY_NAME, Enforcement, Gateway, SecurityPolicy, Session, TrustLevel};
+use crate::api::{
+    DEFAULT_POLICY_NAME, ESCALATION_GUARDED, Enforcement, Gateway, SecurityPolicy, Session,
+    TrustLevel,
+};
+use crate::cluster::escalation::{CANNOT_VERIFY, read_escalation_guard};
 use crate::policy::level_settings;
 
 /// One item of the checklist and its result.
@@ -66,7 +70,7 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         .filter_map(|object| object.clone().try_parse().ok())
         .collect();
 
-    let mut checks = Vec::new();
+    let mut checks = vec![escalation_guarded(context, policy.as_ref()).await?];
     checks.push(check(
         "sessions-have-trust-level",
         raw_sessions
@@ -202,4 +206,37 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         .map(|check| check.name.clone())
         .collect();
     Ok(shown)
+}
+
+/// Whether the cluster refuses trust-level escalation at admission, as far
+/// as you may see: the escalation policies themselves, else (when your RBAC
+/// may not read them) what the operator reports on the namespace's
+/// SecurityPolicy. Not knowing fails the check.
+async fn escalation_guarded(
+    context: &Context,
+    policy: Option<&SecurityPolicy>,
+) -> Result<Check, CliError> {
+    let guard = read_escalation_guard(&context.client)
+        .await
+        .map_err(|e| CliError::from_kube("validatingadmissionpolicies", e))?;
+    let reported = policy
+        .and_then(|policy| policy.status.as_ref())
+        .and_then(|status| {
+            status
+                .conditions
+                .iter()
+                .find(|condition| condition.type_ == ESCALATION_GUARDED)
+        });
+    let (guarded, detail) = match reported {
+        Some(condition) if guard.reason == CANNOT_VERIFY => (
+            condition.status == "True",
+            format!("as the operator reports it: {}", condition.message),
+        ),
+        _ => (guard.guarded, guard.message),
+    };
+    Ok(check(
+        "escalation-guarded",
+        failure_if(!guarded, &detail),
+        &detail,
+    ))
 }

@@ -29,6 +29,9 @@ pub struct Guard {
     pub message: String,
 }
 
+/// The reason of a [`Guard`] its reader was not allowed to see.
+pub const CANNOT_VERIFY: &str = "CannotVerify";
+
 /// One of the escalation policies as the cluster has it (`None`: not
 /// installed).
 #[derive(Clone, Debug)]
@@ -152,7 +155,7 @@ fn is_forbidden(error: &kube::Error) -> bool {
 fn cannot_verify(error: &kube::Error) -> Guard {
     Guard {
         guarded: false,
-        reason: "CannotVerify",
+        reason: CANNOT_VERIFY,
         message: format!(
             "cannot tell whether trust-level escalation is refused at admission: the API server refused to show the escalation policies ({}); checking needs get on validatingadmissionpolicies and validatingadmissionpolicybindings (admissionregistration.k8s.io) named {}, which the chart gives the controller",
             describe(error),
