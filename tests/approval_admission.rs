@@ -8,7 +8,8 @@
 mod common;
 
 use common::INSTALL_NAMESPACE;
-use common::admission::{Request, rendered};
+use common::admission::Request;
+use common::rendered;
 use serde_json::{Value, json};
 
 const POLICY: &str = "wopr-approval-decisions";

@@ -13,7 +13,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::admission::{Request, evaluate_variable, refusals, rendered};
+use common::admission::{Request, evaluate_variable, refusals};
+use common::rendered;
 use serde_json::{Value, json};
 use wopr_operator::api::{ESCALATION_POLICIES, SpawnPolicy, TrustLevel};
 use wopr_operator::approval::elevation_grant;

@@ -143,28 +143,32 @@ fn granted(objects: &[Value]) -> BTreeSet<Permission> {
                 rule.get("nonResourceURLs").is_none(),
                 "unexpected rule shape: {rule}"
             );
-            let mut names = strings(&rule["resourceNames"]);
-            if names.is_empty() {
-                names.push(ANY.to_owned());
-            }
-            for group in strings(&rule["apiGroups"]) {
-                for resource in strings(&rule["resources"]) {
-                    for verb in strings(&rule["verbs"]) {
-                        for name in &names {
-                            permissions.insert((
-                                scope,
-                                group.clone(),
-                                resource.clone(),
-                                verb.clone(),
-                                name.clone(),
-                            ));
-                        }
-                    }
-                }
+            for (group, resource, verb, name) in rule_rights(rule) {
+                permissions.insert((scope, group, resource, verb, name));
             }
         }
     }
     permissions
+}
+
+/// Every (group, resource, verb, name) one RBAC rule grants; the name is
+/// [`ANY`] for a rule without `resourceNames`.
+fn rule_rights(rule: &Value) -> Vec<(String, String, String, String)> {
+    let mut names = strings(&rule["resourceNames"]);
+    if names.is_empty() {
+        names.push(ANY.to_owned());
+    }
+    let mut rights = Vec::new();
+    for group in strings(&rule["apiGroups"]) {
+        for resource in strings(&rule["resources"]) {
+            for verb in strings(&rule["verbs"]) {
+                for name in &names {
+                    rights.push((group.clone(), resource.clone(), verb.clone(), name.clone()));
+                }
+            }
+        }
+    }
+    rights
 }
 
 fn assert_bound_to_the_controller_only(objects: &[Value], role: &Value) {
@@ -237,10 +241,7 @@ fn the_reader_and_injector_roles_grant_one_right_each() {
             json!({"apiGroups": ["wopr.dev"], "resources": ["sessions/inject"], "verbs": ["create"]}),
         ),
     ] {
-        let role = objects
-            .iter()
-            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("the {name} ClusterRole"));
+        let role = rendered("ClusterRole", name);
         assert_eq!(role["rules"], json!([rule]), "{name}");
         let labels = &role["metadata"]["labels"];
         assert_eq!(
@@ -258,13 +259,6 @@ fn the_reader_and_injector_roles_grant_one_right_each() {
             "the chart binds {name} to nobody"
         );
     }
-}
-
-fn cluster_role<'a>(objects: &'a [Value], name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("the {name} ClusterRole"))
 }
 
 /// The built-in roles (`view`, `edit`, `admin`) a ClusterRole is aggregated into.
@@ -289,7 +283,7 @@ fn each_trust_role_holds_the_levels_below_it_and_nothing_else() {
     let mut below = BTreeSet::new();
     for level in TrustLevel::ALL {
         let name = format!("wopr-trust-{level}");
-        let role = cluster_role(&objects, &name);
+        let role = &rendered("ClusterRole", &name);
         let rules = role["rules"].as_array().unwrap();
         // Owner (no sandbox at all) also holds sandbox overrides.
         let overrides =
@@ -327,7 +321,7 @@ fn each_trust_role_holds_the_levels_below_it_and_nothing_else() {
             "the chart binds {name} to nobody"
         );
     }
-    let role = cluster_role(&objects, "wopr-sandbox-overrides");
+    let role = &rendered("ClusterRole", "wopr-sandbox-overrides");
     assert_eq!(
         role["rules"],
         json!([{"apiGroups": ["wopr.dev"], "resources": ["sandboxoverrides"], "verbs": ["use"]}])
@@ -363,16 +357,8 @@ fn view_edit_and_admin_gain_sensible_defaults() {
                 continue;
             }
             for rule in role["rules"].as_array().unwrap() {
-                let mut names = strings(&rule["resourceNames"]);
-                if names.is_empty() {
-                    names.push(ANY.to_owned());
-                }
-                for resource in strings(&rule["resources"]) {
-                    for verb in strings(&rule["verbs"]) {
-                        for name in &names {
-                            rights.insert((resource.clone(), verb.clone(), name.clone()));
-                        }
-                    }
+                for (_, resource, verb, name) in rule_rights(rule) {
+                    rights.insert((resource, verb, name));
                 }
             }
         }

@@ -8,26 +8,16 @@
 //! The real API server runs the same policies in `tests/e2e_*.rs`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use cel::objects::{Key, Map};
 use cel::{Context, ExecutionError, FunctionContext, Program, ResolveResult, Value as CelValue};
 use serde_json::{Value, json};
 
-use super::install_yaml;
+use super::rendered;
 
 /// A CEL function that reads its target and arguments itself.
 type Function = Box<dyn Fn(&mut FunctionContext) -> ResolveResult + Send + Sync>;
-
-/// The rendered object of `kind` named `name`.
-pub fn rendered(kind: &str, name: &str) -> Value {
-    static INSTALL: LazyLock<Vec<Value>> = LazyLock::new(install_yaml);
-    INSTALL
-        .iter()
-        .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("{kind} {name} in manifests/install.yaml"))
-}
 
 /// One write, as the API server hands it to admission.
 pub struct Request<'a> {

@@ -172,6 +172,17 @@ pub fn crd_schema(crd: &CustomResourceDefinition) -> serde_json::Value {
 /// The namespace `manifests/install.yaml` installs into.
 pub const INSTALL_NAMESPACE: &str = "wopr-system";
 
+/// The rendered object of `kind` named `name`.
+pub fn rendered(kind: &str, name: &str) -> serde_json::Value {
+    static INSTALL: std::sync::LazyLock<Vec<serde_json::Value>> =
+        std::sync::LazyLock::new(install_yaml);
+    INSTALL
+        .iter()
+        .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{kind} {name} in manifests/install.yaml"))
+}
+
 /// The ClusterRoles of `manifests/install.yaml` for people: those the
 /// chart binds to nobody, sorted by name.
 pub fn people_roles() -> Vec<String> {
