@@ -279,10 +279,51 @@ where
     .await;
 }
 
-/// Installs the chart's admission policies, their bindings and the
-/// ClusterRoles `roles` (for people) from `manifests/install.yaml`; the
-/// policies' operator identity is whoever runs the test (the in-process
-/// controller's credentials).
+/// The kinds [`install_admission`] sends, with their resource names.
+const ADMISSION_KINDS: [(&str, &str); 3] = [
+    ("ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
+    (
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+    ),
+    ("ClusterRole", "clusterroles"),
+];
+
+/// What [`install_admission`] sends: the admission policies, their bindings
+/// and the ClusterRoles `roles` from `manifests/install.yaml`, unchanged but
+/// for one thing: the `byOperator` variable names `operator` (whoever runs
+/// the test) instead of the operator's service account. Pure, so that a
+/// test without a cluster can compare it with the shipped objects.
+pub fn admission_objects(operator: &str, roles: &[&str]) -> Vec<serde_json::Value> {
+    let mut objects = Vec::new();
+    for (kind, _) in ADMISSION_KINDS {
+        for mut object in install_yaml().into_iter().filter(|o| o["kind"] == kind) {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            if kind == "ClusterRole" && !roles.contains(&name) {
+                continue;
+            }
+            // `get_mut`, never indexing: indexing a missing key of a
+            // `serde_json::Value` inserts `null`, which the API server
+            // refuses as a field not declared in the schema.
+            let variables = object
+                .get_mut("spec")
+                .and_then(|spec| spec.get_mut("variables"))
+                .and_then(|variables| variables.as_array_mut());
+            for variable in variables.into_iter().flatten() {
+                if variable.get("name") == Some(&json!("byOperator")) {
+                    variable["expression"] =
+                        json!(format!("request.userInfo.username == '{operator}'"));
+                }
+            }
+            objects.push(object);
+        }
+    }
+    objects
+}
+
+/// Installs [`admission_objects`] for `roles`; the policies' operator
+/// identity is whoever runs the test (the in-process controller's
+/// credentials).
 pub async fn install_admission(client: &Client, roles: &[&str]) {
     let review: SelfSubjectReview = Api::all(client.clone())
         .create(&PostParams::default(), &SelfSubjectReview::default())
@@ -293,51 +334,32 @@ pub async fn install_admission(client: &Client, roles: &[&str]) {
         .and_then(|status| status.user_info)
         .and_then(|user| user.username)
         .expect("who runs the test");
-    for kind in [
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
-        "ClusterRole",
-    ] {
-        for mut object in install_yaml().into_iter().filter(|o| o["kind"] == kind) {
-            let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-            if kind == "ClusterRole" && !roles.contains(&name.as_str()) {
-                continue;
-            }
-            if let Some(variables) = object["spec"]["variables"].as_array_mut() {
-                for variable in variables {
-                    if variable["name"] == "byOperator" {
-                        variable["expression"] =
-                            json!(format!("request.userInfo.username == '{me}'"));
-                    }
-                }
-            }
-            let (group, version) = object["apiVersion"]
-                .as_str()
-                .unwrap()
-                .split_once('/')
-                .unwrap();
-            let resource = ApiResource {
-                group: group.into(),
-                version: version.into(),
-                api_version: object["apiVersion"].as_str().unwrap().into(),
-                kind: kind.into(),
-                plural: match kind {
-                    "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
-                    "ValidatingAdmissionPolicyBinding" => "validatingadmissionpolicybindings",
-                    _ => "clusterroles",
-                }
-                .into(),
-            };
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            let object: DynamicObject = serde_json::from_value(object).unwrap();
-            api.patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("installing {kind} {name}: {e}"));
-        }
+    for object in admission_objects(&me, roles) {
+        let kind = object["kind"].as_str().unwrap().to_owned();
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        let api_version = object["apiVersion"].as_str().unwrap().to_owned();
+        let (group, version) = api_version.split_once('/').unwrap();
+        let plural = ADMISSION_KINDS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, plural)| *plural)
+            .unwrap();
+        let resource = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.clone(),
+            kind: kind.clone(),
+            plural: plural.into(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let object: DynamicObject = serde_json::from_value(object).unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {kind} {name}: {e}"));
     }
 }
 
