@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use tokio::process::Command;
 
 use common::e2e::*;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -32,30 +32,38 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `kubectl-wopr` with `kubeconfig` in `namespace`.
-fn kubectl_wopr(kubeconfig: &Path, namespace: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"))
+/// Runs `kubectl-wopr` with `kubeconfig` in `namespace`, without blocking
+/// the runtime: the control plane the binary talks to is served by this
+/// test's own runtime (a blocking wait once starved it, and both hung).
+fn kubectl_wopr(
+    kubeconfig: &Path,
+    namespace: &str,
+    args: &[&str],
+) -> impl std::future::Future<Output = Run> + use<> {
+    // Built now, so that the future owns everything it needs.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"));
+    command
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["-n", namespace])
         .args(args)
         .env_remove("WOPR_CONTROL_PLANE")
         .env_remove("WOPR_TOKEN")
-        .output()
-        .unwrap();
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "kubectl wopr {}: exit {}\n{}{}",
-        args.join(" "),
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    run
+        .kill_on_drop(true);
+    let shown = args.join(" ");
+    async move {
+        let output = command.output().await.unwrap();
+        let run = Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        eprintln!(
+            "kubectl wopr {shown}: exit {}\n{}{}",
+            run.code, run.stdout, run.stderr
+        );
+        run
+    }
 }
 
 /// This test's kubeconfig, written to `dir`; with `user`, every request
@@ -144,9 +152,10 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         "a2a.call",
         "--expires",
         "1d",
-    ]);
+    ])
+    .await;
     assert_eq!(granted.code, 0);
-    let listed = run(&["security", "list-grants", "-o", "json"]);
+    let listed = run(&["security", "list-grants", "-o", "json"]).await;
     let grants: Value = serde_json::from_str(&listed.stdout).unwrap();
     let names: Vec<&Value> = grants["items"]
         .as_array()
@@ -159,14 +168,18 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         "{names:?}"
     );
     assert_eq!(
-        run(&["security", "revoke", "session:research-agent"]).code,
+        run(&["security", "revoke", "session:research-agent"])
+            .await
+            .code,
         0
     );
     assert_eq!(
-        run(&["security", "revoke", "session:research-agent"]).code,
+        run(&["security", "revoke", "session:research-agent"])
+            .await
+            .code,
         2
     );
-    let unknown = run(&["security", "grant", "session:ghost", "inject"]);
+    let unknown = run(&["security", "grant", "session:ghost", "inject"]).await;
     assert_eq!(
         (unknown.code, unknown.stderr.trim()),
         (2, "error: session \"ghost\" not found")
@@ -201,7 +214,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     )
     .await;
     let approver = kubeconfig(dir.path(), Some(APPROVER));
-    let queue = kubectl_wopr(&approver, namespace, &["security", "gateway", "queue"]);
+    let queue = kubectl_wopr(&approver, namespace, &["security", "gateway", "queue"]).await;
     assert!(queue.stdout.contains("e2e-cli-request"), "{}", queue.stdout);
     let approved = kubectl_wopr(
         &approver,
@@ -214,7 +227,8 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
             "--reason",
             "e2e",
         ],
-    );
+    )
+    .await;
     assert_eq!(approved.code, 0);
     let status = requests
         .get("e2e-cli-request")
@@ -228,7 +242,8 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         &approver,
         namespace,
         &["security", "gateway", "deny", "e2e-cli-request"],
-    );
+    )
+    .await;
     assert_eq!(again.code, 3, "a decision, once made, stands");
 
     // A reader's token queries the trail (the controller's own policy
@@ -253,7 +268,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
             "json",
         ];
         args.extend_from_slice(&audit_args);
-        let run = kubectl_wopr(&admin, namespace, &args);
+        let run = kubectl_wopr(&admin, namespace, &args).await;
         let items = serde_json::from_str::<Value>(&run.stdout).ok()?["items"]
             .as_array()?
             .clone();
@@ -292,7 +307,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     // A workload needs RBAC and a Grant: refused without the Grant, then
     // delivered as the trusted workload its Grant makes it; the reader has
     // no RBAC right to send at all.
-    let no_grant = inject(&injector);
+    let no_grant = inject(&injector).await;
     assert_eq!(no_grant.code, 3);
     assert!(
         no_grant.stderr.contains("no Grant gives"),
@@ -308,13 +323,14 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         "trusted",
         "--sessions",
         "research-agent",
-    ]);
+    ])
+    .await;
     assert_eq!(granted.code, 0);
     eventually("the workload's message is delivered", || async {
-        (inject(&injector).code == 0).then_some(())
+        (inject(&injector).await.code == 0).then_some(())
     })
     .await;
-    let refused = inject(&reader);
+    let refused = inject(&reader).await;
     assert_eq!(refused.code, 3);
     assert!(
         refused.stderr.contains("wopr-session-injector"),
@@ -325,14 +341,16 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     // Verify: the examples pass (once the controller has resolved every
     // session); auto-accepting peers fails the named check.
     eventually("verify passes on the examples", || async {
-        (run(&["security", "verify"]).code == 0).then_some(())
+        (run(&["security", "verify"]).await.code == 0).then_some(())
     })
     .await;
     assert_eq!(
-        run(&["config", "set", "security.p2p.autoAccept", "true"]).code,
+        run(&["config", "set", "security.p2p.autoAccept", "true"])
+            .await
+            .code,
         0
     );
-    let weakened = run(&["security", "verify"]);
+    let weakened = run(&["security", "verify"]).await;
     assert_eq!(weakened.code, 5);
     assert_eq!(
         weakened.stderr.trim(),
