@@ -557,3 +557,95 @@ fn spec_paths(text: &str) -> BTreeSet<String> {
     }
     paths
 }
+
+/// The e2e test's people: `admin` (which aggregates wopr-admin and
+/// wopr-edit) with semi-trusted, or with owner.
+const E2E_SEMI: &[&str] = &["wopr-edit", "wopr-admin", "wopr-trust-semi-trusted"];
+const E2E_OWNER: &[&str] = &["wopr-edit", "wopr-admin", "wopr-trust-owner"];
+
+/// The CRD rules `object` breaks (CEL), or why it does not fit the typed
+/// schema at all.
+fn schema_errors(object: &Value) -> Vec<String> {
+    let kind = object["kind"].as_str().unwrap();
+    let typed = match kind {
+        "Session" => serde_json::from_value::<wopr_operator::api::Session>(object.clone()).err(),
+        "Grant" => serde_json::from_value::<wopr_operator::api::Grant>(object.clone()).err(),
+        _ => serde_json::from_value::<wopr_operator::api::SecurityPolicy>(object.clone()).err(),
+    };
+    if let Some(error) = typed {
+        return vec![error.to_string()];
+    }
+    let crds = wopr_operator::api::crds();
+    let crd = crds.iter().find(|crd| crd.spec.names.kind == kind).unwrap();
+    match kube::core::cel::Validator::new().validate(&common::crd_schema(crd), object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn policy_for(kind: &str) -> &'static str {
+    match kind {
+        "Session" => SESSIONS,
+        "Grant" => GRANTS,
+        _ => POLICIES,
+    }
+}
+
+/// `write` by `roles`, over what is stored: the admission policy's refusals.
+fn attempt(
+    stored: &std::collections::HashMap<(String, String), Value>,
+    write: &common::escalations::Write,
+    roles: &[&str],
+) -> (Value, Vec<String>) {
+    let old = stored.get(&(write.kind.to_owned(), write.name.to_owned()));
+    let new = write.applied_to(old);
+    let refused = self::write(policy_for(write.kind), roles, old.cloned(), new.clone());
+    (new, refused)
+}
+
+#[test]
+fn the_e2e_table_is_valid_for_the_schema_so_only_admission_refuses_it() {
+    use common::escalations::*;
+    let mut stored = std::collections::HashMap::new();
+    for write in semi_trusted_may() {
+        let (object, refused) = attempt(&stored, &write, E2E_SEMI);
+        assert_eq!(
+            schema_errors(&object),
+            Vec::<String>::new(),
+            "{}",
+            write.what
+        );
+        assert_eq!(refused, Vec::<String>::new(), "{}", write.what);
+        stored.insert((write.kind.to_owned(), write.name.to_owned()), object);
+    }
+    let escalations = escalations();
+    for (write, (right, role)) in &escalations {
+        let (object, refused) = attempt(&stored, write, E2E_SEMI);
+        assert_eq!(
+            schema_errors(&object),
+            Vec::<String>::new(),
+            "{} must be valid for the schema",
+            write.what
+        );
+        assert_refused(refused, right, role);
+        let (object, refused) = attempt(&stored, write, E2E_OWNER);
+        assert_eq!(refused, Vec::<String>::new(), "owner: {}", write.what);
+        stored.insert((write.kind.to_owned(), write.name.to_owned()), object);
+    }
+    for (write, _) in &escalations {
+        let (object, refused) = attempt(&stored, &relabelling(write.kind, write.name), E2E_SEMI);
+        assert_eq!(schema_errors(&object), Vec::<String>::new());
+        assert_eq!(refused, Vec::<String>::new(), "relabelling {}", write.name);
+    }
+    let (prompt, (right, role)) = operating_an_owner_session();
+    let (object, refused) = attempt(&stored, &prompt, E2E_SEMI);
+    assert_eq!(schema_errors(&object), Vec::<String>::new());
+    assert_refused(refused, right, role);
+
+    let (write, message) = schema_refuses();
+    let errors = schema_errors(&write.created());
+    assert!(
+        errors.iter().any(|error| error.contains(message)),
+        "{errors:?}"
+    );
+}
