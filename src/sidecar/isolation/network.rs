@@ -166,43 +166,48 @@ pub async fn check(
     classify(&probed, &outcomes, &skipped_note)
 }
 
-/// The verdict on `outcomes`: one connection is enough to fail.
+/// The verdict on `outcomes`: one connection is enough to fail. The message
+/// names every probe with its outcome either way, so that a failed check
+/// also says what was blocked, and a passed one what was tried.
 fn classify(probed: &[&ProbeTarget], outcomes: &[Outcome], skipped_note: &str) -> Check {
-    let reached: Vec<&ProbeTarget> = probed
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, outcome)| **outcome == Outcome::Connected)
-        .map(|(target, _)| *target)
-        .collect();
+    let described = |connected: bool| -> Vec<String> {
+        probed
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| (**outcome == Outcome::Connected) == connected)
+            .map(|(target, outcome)| {
+                let how = match outcome {
+                    Outcome::Connected => "connected".to_owned(),
+                    Outcome::TimedOut(after) => format!("no answer in {after:?}"),
+                    Outcome::Rejected(why) => why.clone(),
+                };
+                format!("{} {} ({how})", target.name, target.address)
+            })
+            .collect()
+    };
+    let (reached, blocked) = (described(true), described(false));
     if !reached.is_empty() {
+        let blocked_note = if blocked.is_empty() {
+            String::new()
+        } else {
+            format!("; blocked: {}", blocked.join(", "))
+        };
         return Check::new(
             NETWORK_ISOLATED,
             Status::False,
             "Reachable",
             format!(
-                "reachable from the sandbox: {}; the cluster's network plugin does not enforce this pod's NetworkPolicy{skipped_note}",
-                names(&reached)
+                "reachable from the sandbox: {}{blocked_note}; the cluster's network plugin does not enforce this pod's NetworkPolicy{skipped_note}",
+                reached.join(", ")
             ),
             false,
         );
     }
-    let evidence: Vec<String> = probed
-        .iter()
-        .zip(outcomes)
-        .map(|(target, outcome)| {
-            let how = match outcome {
-                Outcome::TimedOut(after) => format!("no answer in {after:?}"),
-                Outcome::Rejected(why) => why.clone(),
-                Outcome::Connected => unreachable!("handled above"),
-            };
-            format!("{} {} ({how})", target.name, target.address)
-        })
-        .collect();
     Check::new(
         NETWORK_ISOLATED,
         Status::True,
         "Blocked",
-        format!("blocked: {}{skipped_note}", evidence.join(", ")),
+        format!("blocked: {}{skipped_note}", blocked.join(", ")),
         true,
     )
 }
@@ -261,19 +266,22 @@ mod tests {
     }
 
     #[test]
-    fn one_connection_fails_the_check_and_names_the_address() {
+    fn one_connection_fails_the_check_and_every_probe_is_named_with_its_outcome() {
         let check = classify_probes(
             Outcome::TimedOut(Duration::from_secs(1)),
             Outcome::Connected,
         );
         assert_eq!((check.status, check.reason), (Status::False, "Reachable"));
-        assert!(
-            check.message.contains("kubelet 10.0.0.5:10250"),
-            "{}",
-            check.message
+        assert_eq!(
+            check.message,
+            "reachable from the sandbox: kubelet 10.0.0.5:10250 (connected); blocked: apiserver 10.96.0.1:443 (no answer in 1s); the cluster's network plugin does not enforce this pod's NetworkPolicy"
         );
-        assert!(!check.message.contains("apiserver"), "{}", check.message);
         assert!(!check.holds);
+        let both = classify_probes(Outcome::Connected, Outcome::Connected);
+        assert_eq!(
+            both.message,
+            "reachable from the sandbox: apiserver 10.96.0.1:443 (connected), kubelet 10.0.0.5:10250 (connected); the cluster's network plugin does not enforce this pod's NetworkPolicy"
+        );
     }
 
     #[test]
