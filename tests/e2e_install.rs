@@ -16,8 +16,7 @@
 mod common;
 
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
-use std::process::Command;
+use tokio::process::Command;
 
 use common::e2e::{MANAGER, TIMEOUT, create_namespace, eventually};
 use futures::FutureExt;
@@ -31,18 +30,11 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, ResourceExt};
 
 fn helm() -> String {
-    let local = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/bin/helm");
-    std::env::var("HELM").unwrap_or_else(|_| {
-        if Path::new(local).exists() {
-            local.to_owned()
-        } else {
-            "helm".to_owned()
-        }
-    })
+    common::e2e::required_tool("e2e_install", "helm", Some("HELM"))
 }
 
 /// `helm template` of the chart for `namespace`, CRDs included.
-fn render(release: &str, namespace: &str, sets: &[&str]) -> Vec<DynamicObject> {
+async fn render(release: &str, namespace: &str, sets: &[&str]) -> Vec<DynamicObject> {
     let mut command = Command::new(helm());
     command
         .args([
@@ -59,7 +51,7 @@ fn render(release: &str, namespace: &str, sets: &[&str]) -> Vec<DynamicObject> {
         command.args(["--set", &format!("image.repository={repository}")]);
         command.args(["--set", &format!("image.tag={tag}")]);
     }
-    let output = command.output().expect("running helm");
+    let output = command.output().await.expect("running helm");
     assert!(
         output.status.success(),
         "helm template failed: {}",
@@ -179,6 +171,7 @@ async fn uninstall(client: &Client, objects: &[DynamicObject], namespace: &str) 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster (KUBECONFIG) and helm"]
 async fn the_chart_installs_and_uninstalls_cleanly() {
+    helm(); // fails here, naming what is missing, before anything is created
     let client = Client::try_default()
         .await
         .expect("a cluster from KUBECONFIG");
@@ -211,7 +204,7 @@ async fn the_chart_installs_and_uninstalls_cleanly() {
         println!("no default StorageClass: installing with audit.persistence.enabled=false");
         &["audit.persistence.enabled=false"]
     };
-    let objects = render(&release, &namespace, sets);
+    let objects = render(&release, &namespace, sets).await;
     let kinds: Vec<_> = objects.iter().map(|o| gvk(o).kind).collect();
     for kind in [
         "CustomResourceDefinition",

@@ -18,8 +18,8 @@
 mod common;
 
 use std::panic::AssertUnwindSafe;
-use std::process::Command;
 use std::time::Duration;
+use tokio::process::Command;
 
 use common::e2e::TIMEOUT;
 use futures::FutureExt;
@@ -85,17 +85,18 @@ impl Names {
     }
 }
 
-fn quickstart(args: &[String]) {
+async fn quickstart(args: &[String]) {
     let status = Command::new("bash")
         .arg(format!("{ROOT}/hack/quickstart.sh"))
         .args(args)
         .status()
+        .await
         .expect("bash runs");
     assert!(status.success(), "hack/quickstart.sh {args:?}: {status}");
 }
 
 /// The image archive to install: the one given, else one packed here.
-fn image_archive(work: &std::path::Path) -> String {
+async fn image_archive(work: &std::path::Path) -> String {
     if let Ok(archive) = std::env::var("WOPR_E2E_IMAGE_ARCHIVE") {
         return archive;
     }
@@ -109,6 +110,7 @@ fn image_archive(work: &std::path::Path) -> String {
         ])
         .args(["--output", &archive])
         .status()
+        .await
         .expect("bash runs");
     assert!(status.success(), "hack/build-image.sh: {status}");
     archive
@@ -127,10 +129,17 @@ async fn the_quickstart_shows_the_untrusted_agent_refused_and_the_trusted_one_al
     let work = tempfile::tempdir().unwrap();
     let load_command = std::env::var("WOPR_E2E_LOAD_COMMAND")
         .unwrap_or_else(|_| "ctr -n k8s.io images import".to_owned());
+    // What it needs, named before anything is created: kubectl and helm
+    // (hack/quickstart.sh's own check), and the program that loads the
+    // image onto the nodes.
+    let loader = load_command.split_whitespace().next().unwrap_or_default();
+    for tool in ["kubectl", "helm", loader] {
+        common::e2e::required_tool("e2e_quickstart", tool, None);
+    }
     let mut up = names.args();
     up.extend([
         "--image-archive".to_owned(),
-        image_archive(work.path()),
+        image_archive(work.path()).await,
         "--load-command".to_owned(),
         load_command,
         "--helm-set".to_owned(),
@@ -138,9 +147,9 @@ async fn the_quickstart_shows_the_untrusted_agent_refused_and_the_trusted_one_al
     ]);
 
     let result = AssertUnwindSafe(async {
-        quickstart(&up);
+        quickstart(&up).await;
         // Running it again changes nothing and succeeds.
-        quickstart(&up);
+        quickstart(&up).await;
         let sessions: Api<Session> = Api::namespaced(client.clone(), &names.demo);
         for session in sessions.list(&Default::default()).await.unwrap() {
             let ready = session
@@ -181,7 +190,7 @@ async fn the_quickstart_shows_the_untrusted_agent_refused_and_the_trusted_one_al
 
     let mut down = names.args();
     down.push("--down".to_owned());
-    quickstart(&down);
+    quickstart(&down).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for namespace in [&names.demo, &names.operator] {
         let gone = namespaces

@@ -396,3 +396,28 @@ pub async fn bind_user(client: &Client, namespace: &str, user: &str, role: &str)
     }]);
     apply(client, namespace, &binding).await;
 }
+
+/// The path of `name`, a tool an e2e test runs: `$override_var` when set,
+/// else on the `PATH`, else the one `hack/install-tools.sh` installs into
+/// `.tools/bin`. Without it the test fails before it starts anything,
+/// naming the tool and how to get it.
+pub fn required_tool(test: &str, name: &str, override_var: Option<&str>) -> String {
+    if let Some(path) = override_var.and_then(|var| std::env::var(var).ok()) {
+        return path;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/bin")
+        .join(name);
+    match on_path.or_else(|| local.is_file().then_some(local)) {
+        Some(path) => path.display().to_string(),
+        None => panic!(
+            "{test} needs {name}, which is neither on the PATH nor in .tools/bin: install it, or run bash hack/install-tools.sh (helm and kubectl){}",
+            override_var.map_or(String::new(), |var| format!(", or set {var}"))
+        ),
+    }
+}
