@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{AccessPattern, Capability, NetworkMode, ToolRules, TrustLevel};
 
+/// The longest prompt, in bytes of UTF-8: one environment variable holds
+/// it, and Linux refuses to start a program with one over 128 KiB. The
+/// CRD's rule says the same number.
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+
 /// An AI agent session: its trust level, who may inject into it, which tools
 /// it may use and the sandbox it runs in.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -43,8 +48,12 @@ pub struct SessionSpec {
     pub trust_level: TrustLevel,
     /// The system prompt given to the agent: the environment variable
     /// WOPR_PROMPT of its container, and `security_whoami`'s `prompt`. A new
-    /// prompt replaces the pod.
+    /// prompt replaces the pod. At most 64 KiB of UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PROMPT_BYTES))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 65536").message(
+        "prompt is over 65536 bytes of UTF-8 (it is given to the agent as an environment variable)"
+    ))]
     pub prompt: Option<String>,
     /// The model provider the agent uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
