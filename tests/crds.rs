@@ -412,7 +412,11 @@ fn a_prompt_fits_in_the_agents_environment() {
     assert_rejected(&crd, session("a".repeat(MAX_PROMPT_BYTES + 1)), message);
     assert_rejected(&crd, session("é".repeat(MAX_PROMPT_BYTES / 2 + 1)), message);
     let prompt = &schema(&crd)["properties"]["spec"]["properties"]["prompt"];
-    assert_eq!(prompt["maxLength"], json!(MAX_PROMPT_BYTES), "bounds the rule's cost");
+    assert_eq!(
+        prompt["maxLength"],
+        json!(MAX_PROMPT_BYTES),
+        "bounds the rule's cost"
+    );
 }
 
 fn approval(payload: &str) -> Value {
