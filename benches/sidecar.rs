@@ -110,6 +110,7 @@ fn sidecar_under_test() -> Arc<Sidecar> {
                             sink,
                             audit: Arc::default(),
                             max_policy_age: Duration::from_secs(30),
+                            prompt: None,
                         };
                         let sidecar = Sidecar::start_with(
                             &control_plane,

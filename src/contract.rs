@@ -39,7 +39,8 @@ pub const SPOOL_DIR: &str = "/var/lib/wopr/spool";
 pub const AUDIT_ID_METADATA: &str = "wopr-audit-id";
 /// See [`AUDIT_ID_METADATA`].
 pub const AUDIT_ID_MCP_META: &str = "wopr.dev/auditId";
-/// Where the workspace is mounted (read-only) in both containers.
+/// Where the workspace is mounted in both containers: writable in the
+/// sidecar, which alone writes it (`memory_write`), read-only in the agent.
 pub const WORKSPACE_DIR: &str = "/workspace";
 
 /// Where the projected service-account token is mounted in the sidecar.
@@ -92,6 +93,11 @@ pub mod env {
     pub const REQUIRE_VERIFIED_ISOLATION: &str = "WOPR_REQUIRE_VERIFIED_ISOLATION";
     /// Sidecar: the node's IP (from the downward API), for the kubelet probe.
     pub const NODE_IP: &str = "WOPR_NODE_IP";
+
+    /// Agent and sidecar: the Session's system prompt (`spec.prompt`; not
+    /// set when it has none). Fixed for the pod's life, like the rest of its
+    /// spec: a new prompt is a new pod.
+    pub const PROMPT: &str = "WOPR_PROMPT";
 
     /// Agent: the session's name.
     pub const AGENT_SESSION: &str = "WOPR_SESSION";

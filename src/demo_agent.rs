@@ -5,12 +5,16 @@
 //! without any other image: asked the same things, an untrusted session is
 //! refused what a trusted one is given.
 //!
-//! It asks who it is (`security_whoami`), lists its tools, calls
+//! It asks who it is (`security_whoami`), says the prompt its pod gave it
+//! (`WOPR_PROMPT`) and whether whoami agrees, lists its tools, calls
 //! `security_check` (every session may), then calls each tool of
-//! `--try-tools`; and again whenever the sidecar says the tool list changed
-//! (a grant added, revoked or expired), until it is told to stop (or, with
-//! `--once`, not again).
+//! `--try-tools`, and with `--remember` has its sidecar write a file of the
+//! workspace and read it back, then reads it itself and tries to write it
+//! (the workspace is read-only to the agent); and again whenever the
+//! sidecar says the tool list changed (a grant added, revoked or expired),
+//! until it is told to stop (or, with `--once`, not again).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -33,6 +37,17 @@ pub struct DemoAgentArgs {
     /// the policy denies is refused.
     #[arg(long, value_delimiter = ',', default_value = "config_get")]
     pub try_tools: Vec<String>,
+    /// The system prompt the pod gives the agent.
+    #[arg(long, env = env::PROMPT)]
+    pub prompt: Option<String>,
+    /// Text to remember: written to the workspace by the sidecar
+    /// (`memory_write`), read back (`memory_read`), then read by the agent
+    /// itself from its read-only mount.
+    #[arg(long)]
+    pub remember: Option<String>,
+    /// The workspace as the agent's container sees it.
+    #[arg(long, default_value = contract::WORKSPACE_DIR)]
+    pub workspace: PathBuf,
     /// The capability `security_check` asks about.
     #[arg(long, default_value = "inject.tools")]
     pub check_capability: String,
@@ -167,6 +182,10 @@ async fn tour(client: &Client, args: &DemoAgentArgs) -> Vec<String> {
         Ok(result) => describe_whoami(structured(result)),
         Err(error) => format!("whoami: {error}"),
     });
+    lines.push(describe_prompt(
+        args.prompt.as_deref(),
+        whoami.as_ref().ok().map(structured),
+    ));
     lines.push(match client.list_all_tools().await {
         Ok(tools) => format!(
             "my tools: {}",
@@ -178,8 +197,7 @@ async fn tour(client: &Client, args: &DemoAgentArgs) -> Vec<String> {
         ),
         Err(error) => format!("my tools: cannot list them: {error}"),
     });
-    let query = json!({"capability": args.check_capability});
-    let query = query.as_object().cloned().unwrap_or_default();
+    let query = arguments(json!({"capability": args.check_capability}));
     lines.push(describe_call(
         "security_check",
         &args.check_capability,
@@ -192,7 +210,48 @@ async fn tour(client: &Client, args: &DemoAgentArgs) -> Vec<String> {
             call(client, tool, Map::new()).await,
         ));
     }
+    if let Some(text) = &args.remember {
+        lines.extend(remember(client, &args.workspace, text).await);
+    }
     lines
+}
+
+/// The file `--remember` writes, in the workspace.
+const MEMORY_FILE: &str = "demo-agent-memory.md";
+
+/// The sidecar writes `text` and reads it back; then the agent reads the
+/// file from its own mount of the workspace, and tries to write it.
+async fn remember(client: &Client, workspace: &Path, text: &str) -> Vec<String> {
+    let written = call(
+        client,
+        "memory_write",
+        arguments(json!({"path": MEMORY_FILE, "content": text})),
+    )
+    .await;
+    let read = call(
+        client,
+        "memory_read",
+        arguments(json!({"path": MEMORY_FILE})),
+    )
+    .await;
+    let mine = workspace.join(MEMORY_FILE);
+    let shown = mine.display();
+    vec![
+        describe_call("memory_write", MEMORY_FILE, written),
+        describe_call("memory_read", MEMORY_FILE, read),
+        match tokio::fs::read_to_string(&mine).await {
+            Ok(content) => format!("read {shown} myself: {:?}", cut(&content)),
+            Err(error) => format!("read {shown} myself: {error}"),
+        },
+        match tokio::fs::write(&mine, text).await {
+            Ok(()) => format!("write {shown} myself: written"),
+            Err(error) => format!("write {shown} myself: refused: {error}"),
+        },
+    ]
+}
+
+fn arguments(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().unwrap_or_default()
 }
 
 async fn call(
@@ -224,6 +283,18 @@ fn describe_whoami(me: &Value) -> String {
         text(&me["network"]),
         text(&me["enforcement"]),
     )
+}
+
+/// The prompt the pod gave (`given`), and whether `security_whoami` (when
+/// it answered) says the same.
+fn describe_prompt(given: Option<&str>, whoami: Option<&Value>) -> String {
+    let show = |prompt: Option<&str>| prompt.map_or("none".to_owned(), |p| format!("{:?}", cut(p)));
+    let mine = format!("my prompt ({}): {}", env::PROMPT, show(given));
+    match whoami.map(|me| me["prompt"].as_str()) {
+        Some(said) if said == given => format!("{mine}; security_whoami says the same"),
+        Some(said) => format!("{mine}; but security_whoami says {}", show(said)),
+        None => mine,
+    }
 }
 
 /// `call NAME [ARGUMENT]: ALLOWED ...` or `...: DENIED ...`: a refusal by
@@ -261,9 +332,14 @@ fn text_of(result: &CallToolResult) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     };
+    cut(&full)
+}
+
+/// `text` cut to a readable length.
+fn cut(text: &str) -> String {
     const LONGEST: usize = 200;
-    match full.char_indices().nth(LONGEST) {
-        Some((cut, _)) => format!("{}…", &full[..cut]),
-        None => full,
+    match text.char_indices().nth(LONGEST) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }

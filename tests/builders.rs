@@ -314,17 +314,17 @@ sandbox:
         ),
         ("Localhost", Some("wopr-sandbox"))
     );
-    // The sidecar sees the workspace read-only too (for memory_read).
+    // The sidecar writes the claim (memory_write), the agent only reads it.
     let sidecar_mount = mount_at(sidecar(&pod), WORKSPACE_DIR);
-    assert_eq!(sidecar_mount.read_only, Some(true));
-    // The workspace is read-only twice over: the volume and the mount.
+    assert_eq!(sidecar_mount.read_only, None);
     let mount = mount_at(agent, "/workspace");
     assert_eq!(mount.read_only, Some(true));
+    assert_eq!(sidecar_mount.name, mount.name);
     let volume = volume_named(&pod, &mount.name);
     let claim = volume.persistent_volume_claim.as_ref().unwrap();
     assert_eq!(
         (claim.claim_name.as_str(), claim.read_only),
-        ("code-ws", Some(true))
+        ("code-ws", None)
     );
     // Memory request raised to the limit (no swap); CPU limit defaulted.
     let resources = agent.resources.as_ref().unwrap();
@@ -665,18 +665,20 @@ fn every_example_session_builds_a_restricted_pod() {
     }
 }
 
+/// A container's environment, by name.
+fn env_of(container: &Container) -> BTreeMap<String, EnvVar> {
+    container
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|var| (var.name.clone(), var))
+        .collect()
+}
+
 #[test]
 fn the_sidecar_is_told_what_to_verify() {
-    let env_of = |session: &Session| -> BTreeMap<String, EnvVar> {
-        let pod = build_pod(session, &context(session), &sandbox_config());
-        sidecar(&pod)
-            .env
-            .clone()
-            .unwrap()
-            .into_iter()
-            .map(|var| (var.name.clone(), var))
-            .collect()
-    };
+    let env_of = |session: &Session| env_of(sidecar(&pod_of(session)));
     let value = |env: &BTreeMap<String, EnvVar>, name: &str| env[name].value.clone().unwrap();
     let restricted = session_yaml(
         "research",
@@ -726,5 +728,82 @@ fn a_policy_can_require_verified_isolation_for_a_level() {
     assert!(
         context.sandbox.require_verified_isolation,
         "a Session cannot turn it off"
+    );
+}
+
+#[test]
+fn a_session_without_a_volume_gets_a_workspace_only_its_sidecar_writes() {
+    for level in TrustLevel::ALL {
+        let pod = pod_of(&session("scratch", level));
+        let agent_mount = mount_at(agent(&pod), WORKSPACE_DIR);
+        let sidecar_mount = mount_at(sidecar(&pod), WORKSPACE_DIR);
+        assert_eq!(agent_mount.read_only, Some(true), "{level}");
+        assert_eq!(sidecar_mount.read_only, None, "{level}");
+        assert_eq!(agent_mount.name, sidecar_mount.name);
+        let volume = volume_named(&pod, &agent_mount.name);
+        let empty_dir = volume.empty_dir.as_ref().expect("an emptyDir");
+        assert_eq!(empty_dir.medium, None, "on disk, not in a memory limit");
+        assert_eq!(
+            empty_dir.size_limit,
+            Some(Quantity(WORKSPACE_SIZE_LIMIT.into()))
+        );
+        assert_eq!(
+            env_of(sidecar(&pod))[env::WORKSPACE].value.as_deref(),
+            Some(WORKSPACE_DIR),
+            "the sidecar serves the directory it mounts"
+        );
+    }
+}
+
+#[test]
+fn a_workspace_the_session_keeps_read_only_stays_read_only() {
+    let pod = pod_of(&session_yaml(
+        "reader",
+        "trustLevel: trusted
+sandbox:
+  workspace: {persistentVolumeClaim: {claimName: docs, readOnly: true}}",
+    ));
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    let volume = volume_named(&pod, &mount_at(agent(&pod), WORKSPACE_DIR).name);
+    assert_eq!(
+        volume.persistent_volume_claim.as_ref().unwrap().read_only,
+        Some(true)
+    );
+    let csi = pod_of(&session_yaml(
+        "csi",
+        "trustLevel: trusted
+sandbox:
+  workspace: {csi: {driver: example.com/ws, readOnly: true}}",
+    ));
+    let volume = volume_named(&csi, &mount_at(agent(&csi), WORKSPACE_DIR).name);
+    assert_eq!(volume.csi.as_ref().unwrap().read_only, Some(true));
+}
+
+#[test]
+fn the_agent_and_its_sidecar_are_given_the_prompt() {
+    let hash =
+        |pod: &Pod| pod.metadata.annotations.as_ref().unwrap()[SESSION_HASH_ANNOTATION].clone();
+    let quiet = session("reviewer", TrustLevel::SemiTrusted);
+    let pod = pod_of(&quiet);
+    assert!(!env_of(agent(&pod)).contains_key(env::PROMPT));
+    assert!(!env_of(sidecar(&pod)).contains_key(env::PROMPT));
+
+    let mut prompted = quiet.clone();
+    let prompt = "You review code.\nSay \"LGTM\" only when it is.";
+    prompted.spec.prompt = Some(prompt.into());
+    let with_prompt = pod_of(&prompted);
+    assert_eq!(restricted_violations(&with_prompt), Vec::<String>::new());
+    for container in [agent(&with_prompt), sidecar(&with_prompt)] {
+        assert_eq!(
+            env_of(container)[env::PROMPT].value.as_deref(),
+            Some(prompt),
+            "{}",
+            container.name
+        );
+    }
+    assert_ne!(
+        hash(&with_prompt),
+        hash(&pod),
+        "a new prompt is a change of the Session: a new pod"
     );
 }

@@ -395,6 +395,30 @@ fn workspace_has_exactly_one_source() {
     );
 }
 
+#[test]
+fn a_prompt_fits_in_the_agents_environment() {
+    use wopr_operator::api::MAX_PROMPT_BYTES;
+    let crd = Session::crd();
+    let session = |prompt: String| {
+        object(
+            "Session",
+            json!({"trustLevel": "trusted", "prompt": prompt}),
+        )
+    };
+    assert_accepted(&crd, session("a".repeat(MAX_PROMPT_BYTES)));
+    // Bytes, not characters: 'é' is two bytes of UTF-8.
+    assert_accepted(&crd, session("é".repeat(MAX_PROMPT_BYTES / 2)));
+    let message = "prompt is over 65536 bytes";
+    assert_rejected(&crd, session("a".repeat(MAX_PROMPT_BYTES + 1)), message);
+    assert_rejected(&crd, session("é".repeat(MAX_PROMPT_BYTES / 2 + 1)), message);
+    let prompt = &schema(&crd)["properties"]["spec"]["properties"]["prompt"];
+    assert_eq!(
+        prompt["maxLength"],
+        json!(MAX_PROMPT_BYTES),
+        "bounds the rule's cost"
+    );
+}
+
 fn approval(payload: &str) -> Value {
     object(
         "ApprovalRequest",

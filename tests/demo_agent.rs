@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::sidecar::{ControlPlane, Sidecar, token_for};
+use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, token_for};
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -19,6 +19,7 @@ fn demo_agent(mcp: std::net::SocketAddr) -> (Child, Lines<BufReader<ChildStdout>
     let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
         .args(["demo-agent", "--connect-timeout-seconds", "10"])
         .env("WOPR_MCP_URL", format!("http://{mcp}/mcp"))
+        .env_remove("WOPR_PROMPT")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -135,6 +136,7 @@ async fn once_the_demo_agent_goes_through_its_steps_and_exits() {
             "config_get,memory_write",
         ])
         .env("WOPR_MCP_URL", format!("http://{}/mcp", sidecar.mcp))
+        .env_remove("WOPR_PROMPT")
         .output();
     let output = tokio::time::timeout(Duration::from_secs(30), output)
         .await
@@ -142,10 +144,67 @@ async fn once_the_demo_agent_goes_through_its_steps_and_exits() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
-    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().count(), 7, "{stdout}");
+    assert!(
+        stdout
+            .contains("demo-agent: my prompt (WOPR_PROMPT): none; security_whoami says the same\n"),
+        "{stdout}"
+    );
     assert!(
         stdout
             .ends_with("demo-agent: call memory_write: DENIED: tool not available: memory_write\n")
+    );
+}
+
+/// Given a prompt by its pod and asked to remember, the demo agent finds
+/// the prompt in whoami too, and reads from the workspace, itself, what its
+/// sidecar wrote there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_agent_says_its_prompt_and_reads_what_its_sidecar_remembered() {
+    let prompt = "You build the release.";
+    let mut control_plane = ControlPlane::start(&["builder"]).await;
+    control_plane.put_session(session("builder", TrustLevel::Trusted));
+    let options = SidecarOptions {
+        prompt: Some(prompt.into()),
+        ..SidecarOptions::in_memory()
+    };
+    let address = control_plane.address.to_string();
+    let sidecar = Sidecar::start_with(&address, "builder", &token_for("builder"), options).await;
+    sidecar.wait_for_policy(|policy| policy.is_some()).await;
+    let workspace = sidecar.workspace.display().to_string();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wopr-operator"))
+        .args([
+            "demo-agent",
+            "--once",
+            "--remember",
+            "the build is green",
+            "--workspace",
+            &workspace,
+        ])
+        .env("WOPR_MCP_URL", format!("http://{}/mcp", sidecar.mcp))
+        .env("WOPR_PROMPT", prompt)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("--once exits")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for expected in [
+        format!(
+            "demo-agent: my prompt (WOPR_PROMPT): {prompt:?}; security_whoami says the same\n"
+        ),
+        "demo-agent: call memory_write demo-agent-memory.md: ALLOWED: {\"path\":\"demo-agent-memory.md\",\"written\":18}\n".into(),
+        "demo-agent: call memory_read demo-agent-memory.md: ALLOWED: {\"content\":\"the build is green\",".into(),
+        format!(
+            "demo-agent: read {workspace}/demo-agent-memory.md myself: \"the build is green\"\n"
+        ),
+    ] {
+        assert!(stdout.contains(&expected), "no {expected:?} in\n{stdout}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(sidecar.workspace.join("demo-agent-memory.md")).unwrap(),
+        "the build is green"
     );
 }
 

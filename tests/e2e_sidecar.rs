@@ -4,13 +4,26 @@
 //! authenticates and receives its policy; a token of another session's
 //! account is refused.
 //!
-//! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_sidecar -- --ignored --nocapture`
+//! And in a real pod: the demo agent's sidecar writes the workspace
+//! (`memory_write`) and reads it back (`memory_read`); the agent reads the
+//! file from its own mount, which it cannot write; the Session's prompt
+//! reaches the agent (`WOPR_PROMPT`) and `security_whoami`. That sidecar
+//! must reach this test's control plane: set `WOPR_E2E_CONTROL_PLANE=IP:PORT`
+//! to an address of this machine the cluster's pods can reach (the
+//! controller listens on `0.0.0.0:PORT`), and `WOPR_E2E_SIDECAR_IMAGE` to an
+//! image built from this tree that the nodes can pull (it runs the agent
+//! too).
+//!
+//! Run: `WOPR_E2E_CONTROL_PLANE=192.168.1.10:9443 KUBECONFIG=~/.kube/config cargo test --test e2e_sidecar -- --ignored --nocapture`
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
-use wopr_operator::api::TrustLevel;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::LogParams;
+use kube::{Api, Client};
+use wopr_operator::api::{SandboxSpec, Session, SessionSpec, TrustLevel};
+use wopr_operator::controller::config::ControllerArgs;
 use wopr_operator::sidecar::client::{WatchError, WatchTarget, watch_once};
 use wopr_operator::sidecar::policy_state::PolicyState;
 
@@ -62,6 +75,76 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
 async fn a_sidecar_with_a_real_token_gets_its_policy_and_only_its_own() {
     with_controller_on_a_free_port(|client, namespace, control_plane| async move {
         scenario(&client, &namespace, &control_plane).await
+    })
+    .await;
+}
+
+const AGENT: &str = "e2e-memory";
+const PROMPT: &str = "You keep notes of the build.";
+const MEMORY: &str = "the build is green";
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: set KUBECONFIG, WOPR_E2E_CONTROL_PLANE and WOPR_E2E_SIDECAR_IMAGE"]
+async fn in_a_real_pod_the_sidecar_writes_the_workspace_and_the_agent_reads_it() {
+    let control_plane = std::env::var("WOPR_E2E_CONTROL_PLANE").expect(
+        "WOPR_E2E_CONTROL_PLANE=IP:PORT: an address of this machine the cluster's pods can reach",
+    );
+    let port = control_plane
+        .rsplit_once(':')
+        .expect("IP:PORT")
+        .1
+        .to_owned();
+    with_namespace(|client, namespace| async move {
+        let args = controller_args(&namespace, &format!("0.0.0.0:{port}"));
+        // The demo agent ships in the operator's image, the sidecar's.
+        let image = args.sidecar_image.clone();
+        let controller = Controller::start(ControllerArgs {
+            control_plane_address: control_plane.clone(),
+            ..args
+        });
+        let mut session = Session::new(AGENT, SessionSpec::for_trust_level(TrustLevel::Trusted));
+        session.spec.prompt = Some(PROMPT.into());
+        session.spec.sandbox = Some(SandboxSpec {
+            image: Some(image),
+            args: ["demo-agent", "--remember", MEMORY].map(String::from).into(),
+            ..SandboxSpec::default()
+        });
+        apply(&client, &namespace, &session).await;
+
+        // Its first pass may run before the policy arrives (memory tools
+        // denied); the sidecar announces the new tool list and it goes again.
+        let expected = [
+            format!("my prompt (WOPR_PROMPT): {PROMPT:?}; security_whoami says the same"),
+            format!(
+                "call memory_write demo-agent-memory.md: ALLOWED: {{\"path\":\"demo-agent-memory.md\",\"written\":{}}}",
+                MEMORY.len()
+            ),
+            format!("call memory_read demo-agent-memory.md: ALLOWED: {{\"content\":{MEMORY:?},"),
+            format!("read /workspace/demo-agent-memory.md myself: {MEMORY:?}"),
+            "write /workspace/demo-agent-memory.md myself: refused: Read-only file system".to_owned(),
+        ];
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let params = LogParams {
+            container: Some("agent".to_owned()),
+            ..LogParams::default()
+        };
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let logs = pods
+                .logs(&format!("wopr-{AGENT}"), &params)
+                .await
+                .unwrap_or_default();
+            if expected.iter().all(|line| logs.contains(line.as_str())) {
+                println!("{logs}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the demo agent has not said all of {expected:#?}:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        controller.stop().await;
     })
     .await;
 }

@@ -171,6 +171,84 @@ async fn revoking_a_grant_denies_the_next_call() {
     assert_eq!(last.decision, Outcome::Denied);
 }
 
+/// The sidecar writes the workspace and reads it back; the file is on disk
+/// in the directory the pod mounts read-only into the agent.
+#[tokio::test]
+async fn memory_write_then_memory_read_round_trips_through_the_workspace() {
+    let mut control_plane = ControlPlane::start(&["scribe"]).await;
+    control_plane.put_session(session("scribe", TrustLevel::Trusted));
+    let sidecar = Sidecar::start(
+        &control_plane.address.to_string(),
+        "scribe",
+        &token_for("scribe"),
+    )
+    .await;
+    sidecar.wait_for_policy(has_policy).await;
+    std::fs::create_dir(sidecar.workspace.join("notes")).unwrap();
+    for content in ["the build is green", "the build is red: a flaky test"] {
+        let written = call(
+            &sidecar,
+            "memory_write",
+            json!({"path": "notes/status.md", "content": content}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            written,
+            json!({"path": "notes/status.md", "written": content.len()})
+        );
+        let read = call(&sidecar, "memory_read", json!({"path": "notes/status.md"}))
+            .await
+            .unwrap();
+        assert_eq!(read["content"], content, "a write replaces the file");
+        assert_eq!(
+            std::fs::read_to_string(sidecar.workspace.join("notes/status.md")).unwrap(),
+            content
+        );
+    }
+    let audit = sidecar.audit.take();
+    for tool in ["memory_write", "memory_read"] {
+        let event = audit
+            .iter()
+            .find(|e| e.tool.as_deref() == Some(tool))
+            .unwrap_or_else(|| panic!("{tool} audited"));
+        assert_eq!(event.decision, Outcome::Allowed);
+        assert_eq!(event.capability, Some(Capability::InjectTools));
+    }
+}
+
+/// `security_whoami` says the prompt the pod gave the agent, with a policy
+/// and without one; null when there is none.
+#[tokio::test]
+async fn whoami_says_the_prompt_the_agent_was_given() {
+    let prompt = "You triage issues.\nNever close one yourself.";
+    let with_prompt = || SidecarOptions {
+        prompt: Some(prompt.into()),
+        ..SidecarOptions::in_memory()
+    };
+    let mut control_plane = ControlPlane::start(&["triage", "plain"]).await;
+    control_plane.put_session(session("triage", TrustLevel::SemiTrusted));
+    control_plane.put_session(session("plain", TrustLevel::SemiTrusted));
+    let address = control_plane.address.to_string();
+    let sidecar =
+        Sidecar::start_with(&address, "triage", &token_for("triage"), with_prompt()).await;
+    sidecar.wait_for_policy(has_policy).await;
+    let whoami = call(&sidecar, "security_whoami", json!({})).await.unwrap();
+    assert_eq!(whoami["prompt"], prompt);
+    assert_eq!(whoami["trustLevel"], "semi-trusted");
+
+    // Nothing listens on port 1: no policy, and still the prompt.
+    let lonely = Sidecar::start_with("127.0.0.1:1", "triage", "token", with_prompt()).await;
+    let whoami = call(&lonely, "security_whoami", json!({})).await.unwrap();
+    assert_eq!(whoami["policy"], Value::Null);
+    assert_eq!(whoami["prompt"], prompt);
+
+    let plain = Sidecar::start(&address, "plain", &token_for("plain")).await;
+    plain.wait_for_policy(has_policy).await;
+    let whoami = call(&plain, "security_whoami", json!({})).await.unwrap();
+    assert_eq!(whoami["prompt"], Value::Null);
+}
+
 #[tokio::test]
 async fn a_sidecar_without_policy_denies_all_but_whoami() {
     // Nothing listens on port 1: the policy never arrives.

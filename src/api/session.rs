@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{AccessPattern, Capability, NetworkMode, ToolRules, TrustLevel};
 
+/// The longest prompt, in bytes of UTF-8: one environment variable holds
+/// it, and Linux refuses to start a program with one over 128 KiB. The
+/// CRD's rule says the same number.
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+
 /// An AI agent session: its trust level, who may inject into it, which tools
 /// it may use and the sandbox it runs in.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -41,8 +46,14 @@ pub struct SessionSpec {
     /// Who this session is: owner, trusted, semi-trusted or untrusted. Sets
     /// the capability profile, sandbox and network defaults.
     pub trust_level: TrustLevel,
-    /// The system prompt given to the agent.
+    /// The system prompt given to the agent: the environment variable
+    /// WOPR_PROMPT of its container, and `security_whoami`'s `prompt`. A new
+    /// prompt replaces the pod. At most 64 KiB of UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PROMPT_BYTES))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 65536").message(
+        "prompt is over 65536 bytes of UTF-8 (it is given to the agent as an environment variable)"
+    ))]
     pub prompt: Option<String>,
     /// The model provider the agent uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +139,10 @@ pub struct SandboxSpec {
     /// Resource requests and limits; default 512Mi memory / 500m CPU limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// A volume mounted read-only at /workspace.
+    /// The workspace: mounted read-only at /workspace in the agent
+    /// container and writable in the sidecar, which writes it for the agent
+    /// (memory_write). Without one, the pod gets an empty workspace that
+    /// lasts as long as the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceVolume>,
     /// Network mode: none, restricted (control plane plus `egress`) or full.
@@ -157,8 +171,10 @@ pub struct SandboxSpec {
     pub require_verified_isolation: Option<bool>,
 }
 
-/// The volume mounted read-only at /workspace: exactly one source. Only
-/// sources that Pod Security "restricted" admits are offered (no hostPath, no nfs).
+/// The volume at /workspace (read-only to the agent, writable by its
+/// sidecar): exactly one source. ConfigMaps and Secrets are read-only to
+/// both; `readOnly` on a claim or CSI volume makes it so too. Only sources
+/// that Pod Security "restricted" admits are offered (no hostPath, no nfs).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(validation = Rule::new(
     "[has(self.persistentVolumeClaim), has(self.configMap), has(self.secret), has(self.csi)].filter(x, x).size() == 1"

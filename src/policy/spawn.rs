@@ -16,7 +16,8 @@ use kube::api::ObjectMeta;
 
 use super::resolve::EffectiveContext;
 use crate::api::{
-    AccessPattern, NetworkMode, SandboxSpec, Session, SessionSpec, SpawnPolicy, TrustLevel,
+    AccessPattern, MAX_PROMPT_BYTES, NetworkMode, SandboxSpec, Session, SessionSpec, SpawnPolicy,
+    TrustLevel,
 };
 
 /// The label naming a spawned session's parent.
@@ -24,8 +25,6 @@ pub const PARENT_LABEL: &str = "wopr.dev/parent";
 /// The longest child name: its children are named `wopr-<name>`, and
 /// Kubernetes names of pods and service accounts hold 63 characters.
 pub const MAX_CHILD_NAME: usize = 58;
-/// The longest prompt a child is given.
-pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
 
 /// What an agent asks for.
 #[derive(Clone, Copy, Debug)]

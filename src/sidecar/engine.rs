@@ -139,6 +139,8 @@ pub struct ToolEngine {
     policy: Arc<PolicyState>,
     audit: Arc<dyn AuditSink>,
     workspace: Workspace,
+    /// The system prompt the agent was given, as its pod says.
+    prompt: Option<String>,
     limits: Mutex<Limits>,
     /// The way to the broker; without one, every message tool fails.
     messenger: Option<Arc<dyn Messenger>>,
@@ -166,11 +168,18 @@ impl ToolEngine {
             policy,
             audit,
             workspace,
+            prompt: None,
             limits: Mutex::new(limits),
             messenger: None,
             inbox: Arc::default(),
             clock,
         }
+    }
+
+    /// The engine of an agent given `prompt` (what `security_whoami` says).
+    pub fn with_prompt(mut self, prompt: Option<String>) -> ToolEngine {
+        self.prompt = prompt;
+        self
     }
 
     /// The engine, sending and acknowledging messages with `messenger`,
@@ -265,6 +274,7 @@ impl ToolEngine {
                 let result = json!({
                     "session": self.session,
                     "namespace": self.namespace,
+                    "prompt": self.prompt,
                     "policy": null,
                     "reason": reason,
                 });
@@ -332,6 +342,7 @@ impl ToolEngine {
                 "network": context.network,
                 "enforcement": context.enforcement,
                 "provider": served.provider.as_ref().map(|p| json!({"name": p.name, "model": p.model})),
+                "prompt": self.prompt,
                 "policyHash": context.policy_hash,
             })),
             ToolCall::SecurityCheck(CapabilityQuery { capability }) => {

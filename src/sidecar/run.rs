@@ -73,6 +73,10 @@ pub struct SidecarArgs {
     /// The session's workspace (memory tools stay inside it).
     #[arg(long, env = env::WORKSPACE, default_value = contract::WORKSPACE_DIR)]
     pub workspace: PathBuf,
+    /// The system prompt the agent is given (the pod gives both containers
+    /// the same), which `security_whoami` answers.
+    #[arg(long, env = env::PROMPT)]
+    pub prompt: Option<String>,
     /// Seconds a policy stays in force after the control plane becomes unreachable.
     #[arg(long, env = "WOPR_MAX_POLICY_AGE_SECONDS", default_value_t = 30)]
     pub max_policy_age_seconds: u64,
@@ -245,6 +249,7 @@ pub async fn run(
             ),
             Timestamp::now,
         )
+        .with_prompt(args.prompt.clone())
         .with_broker(
             Arc::new(BrokerLink::new(args.watch_target())),
             inbox.clone(),

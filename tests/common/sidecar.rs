@@ -338,6 +338,8 @@ pub struct SidecarOptions {
     pub audit: Arc<MemorySink>,
     /// How long its policy outlives the control plane's silence.
     pub max_policy_age: Duration,
+    /// The agent's prompt, as its pod would give it.
+    pub prompt: Option<String>,
 }
 
 impl SidecarOptions {
@@ -350,6 +352,7 @@ impl SidecarOptions {
             sink: audit.clone(),
             audit,
             max_policy_age: Duration::from_secs(30),
+            prompt: None,
         }
     }
 }
@@ -387,6 +390,7 @@ impl Sidecar {
             sink,
             audit,
             max_policy_age,
+            prompt,
         } = options;
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("token");
@@ -411,6 +415,7 @@ impl Sidecar {
                 limits,
                 now,
             )
+            .with_prompt(prompt)
             .with_broker(Arc::new(BrokerLink::new(target.clone())), inbox.clone()),
         );
         tokio::spawn(follow_inbox(target.clone(), inbox));

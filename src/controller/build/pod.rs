@@ -30,6 +30,8 @@ const TOKEN_VOLUME: &str = "wopr-token";
 const SOCKET_VOLUME: &str = "a2a-socket";
 const WORKSPACE_VOLUME: &str = "workspace";
 const SPOOL_VOLUME: &str = "audit-spool";
+/// The size of the workspace of a Session that names no volume.
+pub const WORKSPACE_SIZE_LIMIT: &str = "256Mi";
 /// tmpfs mounts giving a read-only root somewhere to write.
 const TMPFS_MOUNTS: [(&str, &str); 3] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp"), ("run", "/run")];
 
@@ -68,11 +70,13 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         mount(TOKEN_VOLUME, TOKEN_DIR, true),
         mount(SPOOL_VOLUME, SPOOL_DIR, false),
     ];
-    if let Some(workspace) = &sandbox.workspace {
-        volumes.push(workspace_volume(workspace));
-        agent_mounts.push(mount(WORKSPACE_VOLUME, WORKSPACE_DIR, true));
-        sidecar_mounts.push(mount(WORKSPACE_VOLUME, WORKSPACE_DIR, true));
-    }
+    // The sidecar writes the workspace (memory_write), the agent reads it:
+    // as in the seed, where the agent's workspace is mounted read-only and
+    // the host that serves the tools writes it.
+    volumes.push(workspace_volume(sandbox.workspace.as_ref()));
+    agent_mounts.push(mount(WORKSPACE_VOLUME, WORKSPACE_DIR, true));
+    sidecar_mounts.push(mount(WORKSPACE_VOLUME, WORKSPACE_DIR, false));
+    let prompt = session.spec.prompt.as_deref();
 
     let agent_security = SecurityContext {
         read_only_root_filesystem: Some(sandboxed),
@@ -90,6 +94,7 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         var(env::AGENT_MCP_URL, MCP_URL),
         var(env::AGENT_A2A_SOCKET, SOCKET_PATH),
     ];
+    agent_env.extend(prompt.map(|prompt| var(env::PROMPT, prompt)));
     agent_env.extend(sandbox.env.iter().cloned());
     // A Session that names no image, command or arguments runs the default
     // agent as configured (the demo agent, unless the operator says otherwise).
@@ -144,6 +149,7 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
             }),
             init_containers: Some(vec![sidecar(
                 &name,
+                prompt,
                 context,
                 &sandbox,
                 config,
@@ -169,9 +175,11 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
 ///
 /// It is also told what the sandbox promises (network mode, egress
 /// allow-list, whether the agent waits for verified isolation) and what to
-/// probe, to verify the promise from inside the pod.
+/// probe, to verify the promise from inside the pod; and the prompt the
+/// agent is given, which `security_whoami` answers.
 fn sidecar(
     session: &str,
+    prompt: Option<&str>,
     context: &EffectiveContext,
     sandbox: &SandboxSpec,
     config: &SandboxConfig,
@@ -186,24 +194,7 @@ fn sidecar(
             session.to_owned(),
         ]),
         restart_policy: Some("Always".to_owned()),
-        env: Some(vec![
-            var(env::CONTROL_PLANE_ADDRESS, &config.control_plane.address),
-            var(env::SOCKET_PATH, SOCKET_PATH),
-            var(env::MCP_ADDRESS, MCP_ADDRESS),
-            var(env::HEALTH_ADDRESS, HEALTH_ADDRESS),
-            var(env::TOKEN_PATH, TOKEN_PATH),
-            var(env::WORKSPACE, WORKSPACE_DIR),
-            var(env::SPOOL_DIR, SPOOL_DIR),
-            var(env::NETWORK_MODE, &context.network.to_string()),
-            var(env::EGRESS_ALLOWED, &egress_allowed(context, sandbox)),
-            var(env::ISOLATION_PROBES, &config.isolation_probes()),
-            var(
-                env::REQUIRE_VERIFIED_ISOLATION,
-                &context.sandbox.require_verified_isolation.to_string(),
-            ),
-            field_env(env::NAMESPACE, "metadata.namespace"),
-            field_env(env::NODE_IP, "status.hostIP"),
-        ]),
+        env: Some(sidecar_env(context, sandbox, config, prompt)),
         resources: Some(limits_equal_requests(
             Quantity("64Mi".into()),
             Quantity("100m".into()),
@@ -238,6 +229,36 @@ fn sidecar(
         }),
         ..Container::default()
     }
+}
+
+/// The sidecar's environment: where it serves and reaches the control
+/// plane, what to verify, and the agent's prompt.
+fn sidecar_env(
+    context: &EffectiveContext,
+    sandbox: &SandboxSpec,
+    config: &SandboxConfig,
+    prompt: Option<&str>,
+) -> Vec<EnvVar> {
+    let mut vars = vec![
+        var(env::CONTROL_PLANE_ADDRESS, &config.control_plane.address),
+        var(env::SOCKET_PATH, SOCKET_PATH),
+        var(env::MCP_ADDRESS, MCP_ADDRESS),
+        var(env::HEALTH_ADDRESS, HEALTH_ADDRESS),
+        var(env::TOKEN_PATH, TOKEN_PATH),
+        var(env::WORKSPACE, WORKSPACE_DIR),
+        var(env::SPOOL_DIR, SPOOL_DIR),
+        var(env::NETWORK_MODE, &context.network.to_string()),
+        var(env::EGRESS_ALLOWED, &egress_allowed(context, sandbox)),
+        var(env::ISOLATION_PROBES, &config.isolation_probes()),
+        var(
+            env::REQUIRE_VERIFIED_ISOLATION,
+            &context.sandbox.require_verified_isolation.to_string(),
+        ),
+        field_env(env::NAMESPACE, "metadata.namespace"),
+        field_env(env::NODE_IP, "status.hostIP"),
+    ];
+    vars.extend(prompt.map(|prompt| var(env::PROMPT, prompt)));
+    vars
 }
 
 /// What every container gets: non-root, no privilege escalation, no capabilities.
@@ -347,19 +368,28 @@ fn token_volume() -> Volume {
     }
 }
 
-fn workspace_volume(workspace: &WorkspaceVolume) -> Volume {
+/// The workspace: the Session's volume, else an empty one for the pod's
+/// life (on disk, so it does not count against a container's memory).
+/// The Session's `readOnly` on a claim or CSI volume stands (ConfigMaps and
+/// Secrets are read-only anyway): then `memory_write` says the workspace is
+/// read-only.
+fn workspace_volume(workspace: Option<&WorkspaceVolume>) -> Volume {
+    let Some(workspace) = workspace else {
+        return Volume {
+            name: WORKSPACE_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(Quantity(WORKSPACE_SIZE_LIMIT.to_owned())),
+            }),
+            ..Volume::default()
+        };
+    };
     Volume {
         name: WORKSPACE_VOLUME.to_owned(),
-        persistent_volume_claim: workspace.persistent_volume_claim.clone().map(|mut claim| {
-            claim.read_only = Some(true);
-            claim
-        }),
+        persistent_volume_claim: workspace.persistent_volume_claim.clone(),
         config_map: workspace.config_map.clone(),
         secret: workspace.secret.clone(),
-        csi: workspace.csi.clone().map(|mut csi| {
-            csi.read_only = Some(true);
-            csi
-        }),
+        csi: workspace.csi.clone(),
         ..Volume::default()
     }
 }

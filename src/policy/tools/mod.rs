@@ -90,7 +90,7 @@ macro_rules! declare_tools {
 
 declare_tools! {
     SecurityWhoami = "security_whoami", Requirement::Nothing, NoArguments,
-        "Your trust level, capabilities, sandbox, network, enforcement mode and provider.";
+        "Your trust level, capabilities, sandbox, network, enforcement mode, provider and prompt.";
     SecurityCheck = "security_check", Requirement::Nothing, CapabilityQuery,
         "Whether you hold a capability, and why.";
     SecurityRequest = "security_request", Requirement::Nothing, ElevationAsk,
