@@ -35,6 +35,10 @@ echo "up to date."
 echo "== rendered objects and examples against the schemas"
 helm template wopr-operator "$chart" -n wopr-system "${all_options[@]}" > "$work/all-options.yaml"
 helm template wopr-operator "$chart" -n wopr-system --set watchNamespace=team-a > "$work/one-namespace.yaml"
+echo "== the profile installer makes the shipped seccomp profile the sandboxes' default"
+grep -q -- "--sandbox-seccomp-profile=profiles/wopr-sandbox.json" "$work/all-options.yaml" || { echo "with profileInstaller.enabled the controller must get --sandbox-seccomp-profile" >&2; exit 1; }
+if grep -q -- "--sandbox-seccomp-profile" manifests/install.yaml; then echo "without the profile installer no seccomp default may be set" >&2; exit 1; fi
+echo "ok"
 python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml examples/quickstart/*.yaml
 
 echo "== watchNamespace moves the namespaced rules into a Role there"

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use wopr_operator::api::{Capability, Session, TrustLevel, WoprObject, parse_manifests};
 use wopr_operator::contract::*;
 use wopr_operator::controller::build::*;
-use wopr_operator::controller::config::ControlPlane;
+use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
 use wopr_operator::policy::{EffectiveContext, resolve};
 
 /// A Session from YAML (its spec only), in the test namespace.
@@ -805,5 +805,52 @@ fn the_agent_and_its_sidecar_are_given_the_prompt() {
         hash(&with_prompt),
         hash(&pod),
         "a new prompt is a change of the Session: a new pod"
+    );
+}
+
+#[test]
+fn the_operators_seccomp_default_is_for_sandboxes_that_name_none() {
+    let config = SandboxConfig {
+        default_seccomp_profile: Some("profiles/wopr-sandbox.json".into()),
+        ..sandbox_config()
+    };
+    let seccomp = |session: &Session, config: &SandboxConfig| {
+        let pod = build_pod(session, &context(session), config);
+        let profile = agent(&pod)
+            .security_context
+            .as_ref()
+            .unwrap()
+            .seccomp_profile
+            .clone()
+            .unwrap();
+        (profile.type_, profile.localhost_profile)
+    };
+    let sandboxed = common::session("research", TrustLevel::Untrusted);
+    assert_eq!(
+        seccomp(&sandboxed, &config),
+        (
+            "Localhost".into(),
+            Some("profiles/wopr-sandbox.json".into())
+        )
+    );
+    assert_eq!(
+        seccomp(&sandboxed, &sandbox_config()),
+        ("RuntimeDefault".into(), None),
+        "without the installer, RuntimeDefault"
+    );
+    let unsandboxed = common::session("lead", TrustLevel::Owner);
+    assert_eq!(
+        seccomp(&unsandboxed, &config),
+        ("RuntimeDefault".into(), None),
+        "an unsandboxed agent keeps RuntimeDefault"
+    );
+    let own = session_yaml(
+        "own",
+        "trustLevel: untrusted\nsandbox:\n  seccompProfile: {type: RuntimeDefault}",
+    );
+    assert_eq!(
+        seccomp(&own, &config),
+        ("RuntimeDefault".into(), None),
+        "the Session's own choice wins"
     );
 }

@@ -113,6 +113,13 @@ pub struct ControllerArgs {
     /// endpoint (`metadata=169.254.169.254:80`) is a good one.
     #[arg(long, env = "WOPR_SANDBOX_ISOLATION_PROBES", value_delimiter = ',')]
     pub isolation_probe: Vec<String>,
+    /// A Localhost seccomp profile (a path under the kubelet's seccomp
+    /// root) for sandboxed agents whose Session and policy name none; unset,
+    /// they get RuntimeDefault. The chart sets `profiles/wopr-sandbox.json`
+    /// when its profile installer puts that file on every node: a pod
+    /// naming a profile its node lacks does not start.
+    #[arg(long, env = "WOPR_SANDBOX_SECCOMP_PROFILE")]
+    pub sandbox_seccomp_profile: Option<String>,
 }
 
 impl ControllerArgs {
@@ -218,6 +225,9 @@ pub struct SandboxConfig {
     /// `--isolation-probe`), each with a name; sidecars probe them, and the
     /// node's kubelet, to verify their network isolation.
     pub isolation_probes: Vec<(String, SocketAddr)>,
+    /// The Localhost seccomp profile of sandboxed agents that name none
+    /// (`--sandbox-seccomp-profile`); `None`: RuntimeDefault.
+    pub default_seccomp_profile: Option<String>,
 }
 
 impl SandboxConfig {
@@ -238,6 +248,7 @@ impl SandboxConfig {
             default_memory: Quantity("0".to_owned()),
             default_cpu: Quantity("0".to_owned()),
             isolation_probes: Vec::new(),
+            default_seccomp_profile: None,
         }
     }
 
@@ -289,6 +300,10 @@ impl SandboxConfig {
                 .iter()
                 .map(|probe| parse_probe(probe))
                 .collect::<Result<_, _>>()?,
+            default_seccomp_profile: args
+                .sandbox_seccomp_profile
+                .clone()
+                .filter(|profile| !profile.is_empty()),
         })
     }
 }

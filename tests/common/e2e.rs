@@ -133,6 +133,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         update_policy: wopr_operator::api::UpdateType::Rolling,
         update_max_unavailable: 1,
         isolation_probe: Vec::new(),
+        sandbox_seccomp_profile: None,
     }
 }
 

@@ -80,12 +80,11 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
 
     let agent_security = SecurityContext {
         read_only_root_filesystem: Some(sandboxed),
-        seccomp_profile: Some(
-            sandbox
-                .seccomp_profile
-                .clone()
-                .unwrap_or_else(runtime_default_seccomp),
-        ),
+        seccomp_profile: Some(agent_seccomp(
+            sandbox.seccomp_profile.as_ref(),
+            sandboxed,
+            config,
+        )),
         app_armor_profile: sandbox.app_armor_profile.clone(),
         ..hardened_security_context()
     };
@@ -272,6 +271,25 @@ fn hardened_security_context() -> SecurityContext {
             add: None,
         }),
         ..SecurityContext::default()
+    }
+}
+
+/// The agent's seccomp profile: the Session's (or policy's); else, for a
+/// sandbox, the operator's default Localhost profile when it has one (the
+/// shipped `wopr-sandbox.json`, where the chart installs it on the nodes);
+/// else RuntimeDefault.
+fn agent_seccomp(
+    configured: Option<&SeccompProfile>,
+    sandboxed: bool,
+    config: &SandboxConfig,
+) -> SeccompProfile {
+    match (configured, &config.default_seccomp_profile) {
+        (Some(profile), _) => profile.clone(),
+        (None, Some(path)) if sandboxed => SeccompProfile {
+            type_: "Localhost".to_owned(),
+            localhost_profile: Some(path.clone()),
+        },
+        (None, _) => runtime_default_seccomp(),
     }
 }
 

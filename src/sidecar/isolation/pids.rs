@@ -16,6 +16,11 @@ use std::path::{Path, PathBuf};
 use super::{Check, Status};
 use crate::api::PIDS_LIMITED;
 
+/// The most processes a sandbox pod may run for the check to hold: the
+/// seed's sandbox runs with `--pids-limit 100`. The pod's limit covers the
+/// sidecar too, which runs a current-thread runtime (a few threads).
+pub const SANDBOX_PIDS_LIMIT: u64 = 100;
+
 /// Where the cgroup files are read from (fixed paths in a pod; temporary
 /// directories in tests).
 #[derive(Clone, Debug)]
@@ -68,43 +73,65 @@ pub fn check(files: &CgroupFiles, read: impl Fn(&Path) -> Option<String>) -> Che
     if relative.is_empty() || read(&dir.join("pids.max")).is_none() {
         dir = mount.clone();
     }
+    // Every limit up to the root counts: the tightest one binds.
+    let mut tightest: Option<(u64, String)> = None;
     let mut seen = Vec::new();
-    loop {
+    let whole_hierarchy_seen = loop {
         match read(&dir.join("pids.max")).map(|value| value.trim().to_owned()) {
             Some(limit) if limit != "max" => {
-                return Check::new(
-                    PIDS_LIMITED,
-                    Status::True,
-                    "Limited",
-                    format!("pids.max = {limit} ({})", cgroup_name(&dir, &mount)),
-                    true,
-                );
+                let Ok(limit) = limit.parse::<u64>() else {
+                    return unknown(format!(
+                        "{} holds {limit:?}, not a number",
+                        dir.join("pids.max").display()
+                    ));
+                };
+                if tightest.as_ref().is_none_or(|(least, _)| limit < *least) {
+                    tightest = Some((limit, cgroup_name(&dir, &mount)));
+                }
             }
             Some(_) => seen.push(cgroup_name(&dir, &mount)),
             // The real root has no pids.max: the whole hierarchy was seen.
-            None if dir == mount => {
-                return Check::new(
-                    PIDS_LIMITED,
-                    Status::False,
-                    "Unlimited",
-                    format!(
-                        "no pids limit anywhere up to the root cgroup (pids.max = max in {}): set the kubelet's podPidsLimit",
-                        seen.join(", ")
-                    ),
-                    false,
-                );
-            }
+            None if dir == mount => break true,
             None => {}
         }
         if dir == mount {
-            return unknown(
-                "this container's cgroup sets no pids limit (pids.max = max) and the pod's cgroup, where the kubelet's podPidsLimit applies, is not visible from inside the container; check the kubelet's podPidsLimit (docs/security.md)"
-                    .into(),
-            );
+            break false;
         }
         dir = dir
             .parent()
             .map_or_else(|| mount.clone(), Path::to_path_buf);
+    };
+    match tightest {
+        Some((limit, place)) if limit <= SANDBOX_PIDS_LIMIT => Check::new(
+            PIDS_LIMITED,
+            Status::True,
+            "Limited",
+            format!("pids.max = {limit} ({place})"),
+            true,
+        ),
+        Some((limit, place)) => Check::new(
+            PIDS_LIMITED,
+            Status::False,
+            "AboveLimit",
+            format!(
+                "pids.max = {limit} ({place}), above the sandbox's {SANDBOX_PIDS_LIMIT} (the seed's --pids-limit): set the kubelet's podPidsLimit to {SANDBOX_PIDS_LIMIT} or less on the nodes that run sandboxes"
+            ),
+            false,
+        ),
+        None if whole_hierarchy_seen => Check::new(
+            PIDS_LIMITED,
+            Status::False,
+            "Unlimited",
+            format!(
+                "no pids limit anywhere up to the root cgroup (pids.max = max in {}): set the kubelet's podPidsLimit",
+                seen.join(", ")
+            ),
+            false,
+        ),
+        None => unknown(
+            "this container's cgroup sets no pids limit (pids.max = max) and the pod's cgroup, where the kubelet's podPidsLimit applies, is not visible from inside the container; check the kubelet's podPidsLimit (docs/security.md)"
+                .into(),
+        ),
     }
 }
 
@@ -146,10 +173,31 @@ mod tests {
     fn a_namespaced_cgroup_with_its_own_limit() {
         let check = run(&[
             ("/proc/self/cgroup", "0::/\n"),
-            ("/sys/fs/cgroup/pids.max", "1024\n"),
+            ("/sys/fs/cgroup/pids.max", "100\n"),
         ]);
         assert_eq!((check.status, check.reason), (Status::True, "Limited"));
-        assert_eq!(check.message, "pids.max = 1024 (this container's cgroup)");
+        assert_eq!(check.message, "pids.max = 100 (this container's cgroup)");
+    }
+
+    #[test]
+    fn a_limit_above_the_seeds_100_fails() {
+        let check = run(&[
+            ("/proc/self/cgroup", "0::/\n"),
+            ("/sys/fs/cgroup/pids.max", "1024\n"),
+        ]);
+        assert_eq!(
+            (check.status, check.reason, check.holds),
+            (Status::False, "AboveLimit", false)
+        );
+        assert_eq!(
+            check.message,
+            "pids.max = 1024 (this container's cgroup), above the sandbox's 100 (the seed's --pids-limit): set the kubelet's podPidsLimit to 100 or less on the nodes that run sandboxes"
+        );
+        let garbage = run(&[
+            ("/proc/self/cgroup", "0::/\n"),
+            ("/sys/fs/cgroup/pids.max", "lots\n"),
+        ]);
+        assert_eq!(garbage.status, Status::Unknown, "{}", garbage.message);
     }
 
     #[test]
@@ -178,15 +226,15 @@ mod tests {
                 "/proc/self/cgroup",
                 "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-a.scope\n",
             ),
-            (&format!("{container}/pids.max") as &str, "max"),
-            (&format!("{pod}/pids.max") as &str, "4096"),
+            (&format!("{container}/pids.max") as &str, "4096"),
+            (&format!("{pod}/pids.max") as &str, "100"),
             ("/sys/fs/cgroup/kubepods.slice/pids.max", "max"),
         ];
         let check = run(&entries);
         assert_eq!(check.status, Status::True);
         assert_eq!(
-            check.message,
-            "pids.max = 4096 (/kubepods.slice/kubepods-pod1.slice)"
+            check.message, "pids.max = 100 (/kubepods.slice/kubepods-pod1.slice)",
+            "the tightest limit up the hierarchy binds"
         );
     }
 
@@ -217,7 +265,7 @@ mod tests {
                 "/proc/self/cgroup",
                 "12:memory:/kubepods/pod1/c\n3:pids:/kubepods/pod1/c\n",
             ),
-            ("/sys/fs/cgroup/pids/pids.max", "512"),
+            ("/sys/fs/cgroup/pids/pids.max", "64"),
         ]);
         assert_eq!(check.status, Status::True, "{}", check.message);
     }
