@@ -7,7 +7,11 @@
 //!
 //! Run: `KUBECONFIG=~/.kube/config cargo test --test e2e_startup -- --ignored --nocapture`
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::watcher;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams};
@@ -19,6 +23,7 @@ use wopr_operator::controller::rollout::pod_is_ready;
 mod common;
 
 use common::e2e::*;
+use common::startup::{milestones, phases};
 
 const RUNS: usize = 10;
 /// The target: Session Ready p50 ≤ 1.3 × a bare pod's on the same cluster.
@@ -78,16 +83,52 @@ async fn assert_sidecar_started_first(client: &Client, namespace: &str, pod: &st
     assert!(sidecar.0 <= agent.0, "sidecar {sidecar:?}, agent {agent:?}");
 }
 
-/// Times `RUNS` Sessions named `{prefix}-{run}`, one after another.
+/// When each milestone of `pod` (common::startup) was first seen, after
+/// `started`, until `stop`.
+async fn watch_milestones(
+    pods: Api<Pod>,
+    pod: String,
+    started: Instant,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> BTreeMap<&'static str, Duration> {
+    let mut seen = BTreeMap::new();
+    let config = watcher::Config::default().fields(&format!("metadata.name={pod}"));
+    let mut events = watcher(pods, config).boxed();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            Some(Ok(event)) = events.next() => {
+                if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = event {
+                    for milestone in milestones(&pod) {
+                        seen.entry(milestone).or_insert_with(|| started.elapsed());
+                    }
+                }
+            }
+            _ = &mut stop => return seen,
+        }
+    }
+}
+
+/// Times `RUNS` Sessions named `{prefix}-{run}`, one after another, and
+/// prints where the time went.
 async fn time_sessions(client: &Client, namespace: &str, prefix: &str) -> Vec<Duration> {
     let sessions: Api<Session> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut samples = Vec::new();
+    let mut runs = Vec::new();
     for run in 0..RUNS {
         let name = format!("{prefix}-{run}");
         let mut session = common::session(&name, TrustLevel::SemiTrusted);
         session.metadata.namespace = Some(namespace.to_owned());
         session.metadata.uid = None;
         let started = Instant::now();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let watch = tokio::spawn(watch_milestones(
+            pods.clone(),
+            format!("wopr-{name}"),
+            started,
+            stopped,
+        ));
         sessions
             .create(&PostParams::default(), &session)
             .await
@@ -99,12 +140,19 @@ async fn time_sessions(client: &Client, namespace: &str, prefix: &str) -> Vec<Du
         .await
         .unwrap_or_else(|_| panic!("Session {name} not Ready in time"))
         .unwrap();
-        samples.push(started.elapsed());
+        let ready = started.elapsed();
+        samples.push(ready);
+        let _ = stop.send(());
+        runs.push((watch.await.unwrap(), ready));
         assert_sidecar_started_first(client, namespace, &format!("wopr-{name}")).await;
         sessions
             .delete(&name, &DeleteParams::background())
             .await
             .unwrap();
+    }
+    println!("{prefix}: where a Session's start-up goes (medians)");
+    for (phase, p50, count) in phases(&runs) {
+        println!("  {phase}: {p50:?} ({count} runs)");
     }
     samples
 }

@@ -112,3 +112,111 @@ fn differences_sees_an_inserted_null() {
     assert_eq!(differences("", &shipped, &sent), [".spec.variables"]);
     assert!(differences("", &shipped, &shipped).is_empty());
 }
+
+#[test]
+fn start_up_milestones_are_read_off_the_pod_as_the_kubelet_reports_them() {
+    use common::startup::milestones;
+    use k8s_openapi::api::core::v1::Pod;
+    let pod = |status: Value, node: bool| -> Pod {
+        let mut pod = json_pod();
+        if node {
+            pod["spec"]["nodeName"] = "node-1".into();
+        }
+        pod["status"] = status;
+        serde_json::from_value(pod).unwrap()
+    };
+    let running = serde_json::json!({"running": {"startedAt": "2026-12-06T00:00:00Z"}});
+    let waiting = serde_json::json!({"waiting": {"reason": "PodInitializing"}});
+    let status = |sidecar: &Value, agent: &Value, ready: &str| {
+        serde_json::json!({
+            "initContainerStatuses": [{"name": "a2a", "state": sidecar, "ready": false,
+                                       "restartCount": 0, "image": "i", "imageID": ""}],
+            "containerStatuses": [{"name": "agent", "state": agent, "ready": false,
+                                   "restartCount": 0, "image": "i", "imageID": ""}],
+            "conditions": [{"type": "Ready", "status": ready}],
+        })
+    };
+    assert_eq!(milestones(&pod(Value::Null, false)), ["pod seen"]);
+    assert_eq!(
+        milestones(&pod(status(&waiting, &waiting, "False"), true)),
+        ["pod seen", "scheduled"]
+    );
+    assert_eq!(
+        milestones(&pod(status(&running, &waiting, "False"), true)),
+        ["pod seen", "scheduled", "sidecar running"]
+    );
+    assert_eq!(
+        milestones(&pod(status(&running, &running, "True"), true)),
+        common::startup::MILESTONES
+    );
+}
+
+fn json_pod() -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "wopr-s", "namespace": "team-a"},
+        "spec": {"containers": [{"name": "agent"}]},
+    })
+}
+
+#[test]
+fn start_up_phases_are_the_medians_of_the_gaps_between_milestones() {
+    use common::startup::phases;
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    let run = |seen: &[(&'static str, u64)], ready: u64| {
+        (
+            seen.iter().map(|(m, at)| (*m, ms(*at))).collect(),
+            ms(ready),
+        )
+    };
+    let runs = [
+        run(
+            &[
+                ("pod seen", 50),
+                ("scheduled", 60),
+                ("sidecar running", 400),
+                ("agent running", 1300),
+                ("pod Ready", 1400),
+            ],
+            1500,
+        ),
+        run(
+            &[
+                ("pod seen", 40),
+                ("scheduled", 50),
+                ("sidecar running", 500),
+                ("agent running", 1100),
+                ("pod Ready", 1200),
+            ],
+            1350,
+        ),
+        // A milestone the watch missed counts in neither phase beside it.
+        run(
+            &[
+                ("pod seen", 60),
+                ("scheduled", 70),
+                ("agent running", 1200),
+                ("pod Ready", 1300),
+            ],
+            1400,
+        ),
+    ];
+    let phases = phases(&runs);
+    let names: Vec<&str> = phases.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Session created → pod seen",
+            "pod seen → scheduled",
+            "scheduled → sidecar running",
+            "sidecar running → agent running",
+            "agent running → pod Ready",
+            "pod Ready → Session Ready",
+        ]
+    );
+    assert_eq!(phases[0].1, ms(50));
+    assert_eq!((phases[2].1, phases[2].2), (ms(450), 2));
+    assert_eq!((phases[3].1, phases[3].2), (ms(900), 2));
+    assert_eq!((phases[5].1, phases[5].2), (ms(100), 3));
+}

@@ -25,6 +25,7 @@ pub mod mcp;
 pub mod pod_security;
 pub mod process;
 pub mod sidecar;
+pub mod startup;
 pub mod store;
 
 pub const NAMESPACE: &str = "team-a";
@@ -43,6 +44,7 @@ pub fn sandbox_config() -> SandboxConfig {
         default_memory: Quantity("512Mi".into()),
         default_cpu: Quantity("500m".into()),
         isolation_probes: vec![("apiserver".into(), "10.96.0.1:443".parse().unwrap())],
+        default_seccomp_profile: None,
     }
 }
 
