@@ -82,6 +82,17 @@ async fn an_untrusted_demo_agent_is_refused_what_it_may_not_use() {
         assert!(said.contains(expected), "no {expected:?} in\n{said}");
     }
     assert!(!said.contains("config_get,"), "not listed:\n{said}");
+    // The README's quickstart quotes the untrusted demo agent's tool list.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let quoted = readme
+        .lines()
+        .find_map(|line| line.strip_prefix("#   demo-agent: my tools: "))
+        .expect("the README quotes the untrusted agent's tools");
+    assert!(
+        said.contains(&format!("demo-agent: my tools: {quoted}\n")),
+        "the README says {quoted:?}; the agent said\n{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
