@@ -399,7 +399,7 @@ async fn an_unverified_sandbox_keeps_the_agent_from_starting_until_it_holds() {
     let api_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cgroup = tempfile::tempdir().unwrap();
     std::fs::write(cgroup.path().join("membership"), "0::/\n").unwrap();
-    std::fs::write(cgroup.path().join("pids.max"), "1024\n").unwrap();
+    std::fs::write(cgroup.path().join("pids.max"), "100\n").unwrap();
     let health_address = format!("127.0.0.1:{}", free_port());
     let sidecar = cluster.sidecar_with_flags(
         "guarded",
