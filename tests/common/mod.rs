@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod e2e;
 pub mod fake_api;
 pub mod harness;
+pub mod kubelet;
 pub mod mcp;
 pub mod pod_security;
 pub mod process;
