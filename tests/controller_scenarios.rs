@@ -1,4 +1,4 @@
-//! Reconcile scenarios against a mock API server (tower-test): each test
+//! Reconcile scenarios against the fake API server: each test
 //! asserts exactly which requests the controller sends.
 
 mod common;

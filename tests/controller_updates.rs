@@ -1,16 +1,32 @@
-//! How session pods take changes (mock API server): a Session's own sandbox
+//! How session pods take changes (fake API server): a Session's own sandbox
 //! change replaces its pod at once; an operator-level change (sidecar
 //! image, flags) follows the update policy: Immediate, Rolling (a few pods
 //! of a namespace at a time) or OnRestart. The Session says so in UpToDate.
 
 mod common;
 
-use common::fake_api::Recorded;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::fake_api::{FakeApi, Recorded};
 use common::harness::*;
+use common::kubelet::kubelet;
 use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use wopr_operator::api::{Session, TrustLevel, UpdatePolicy, UpdateType};
 use wopr_operator::controller::config::SandboxConfig;
+use wopr_operator::controller::leader::Leadership;
+use wopr_operator::controller::metrics::Metrics;
+use wopr_operator::controller::rollout::pod_is_ready;
+use wopr_operator::controller::run::{Setup, Triggers, run};
 
 fn writes(requests: &[Recorded]) -> Vec<String> {
     requests
@@ -133,7 +149,7 @@ async fn immediate_replaces_every_outdated_pod_at_once() {
 
 #[tokio::test]
 async fn rolling_replaces_one_pod_of_a_namespace_at_a_time() {
-    let harness = upgraded(&["a", "b", "c"], policy(UpdateType::Rolling, Some(1))).await;
+    let mut harness = upgraded(&["a", "b", "c"], policy(UpdateType::Rolling, Some(1))).await;
     harness.reconcile("a").await;
     assert!(
         harness.api.get(&pod_path("a")).is_none(),
@@ -162,6 +178,14 @@ async fn rolling_replaces_one_pod_of_a_namespace_at_a_time() {
     mark_ready(&harness, "a");
     harness.reconcile("a").await;
     assert_eq!(up_to_date(&harness, "a")["status"], "True");
+    let woken: Vec<String> = (0..2)
+        .map(|_| harness.waiting_for_a_slot.as_mut().try_recv().unwrap().name)
+        .collect();
+    assert_eq!(
+        woken,
+        ["b", "c"],
+        "the slot given back wakes who waits for it"
+    );
     harness.reconcile("b").await;
     assert!(harness.api.get(&pod_path("b")).is_none(), "now b");
     harness.reconcile("c").await;
@@ -252,4 +276,161 @@ async fn pods_from_before_update_policies_follow_the_policy() {
     harness.reconcile("research").await;
     assert!(harness.api.get(&pod_path("research")).is_some());
     assert_eq!(up_to_date(&harness, "research")["reason"], "OnRestart");
+}
+
+/// The Session controller running in process against `api` until the
+/// returned sender is dropped or sent to.
+fn run_controller(
+    api: &FakeApi,
+    config: SandboxConfig,
+    store: wopr_operator::store::Store,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let client = api.client();
+    let (caches, feeds) = wopr_operator::cache::start(&client, Some(NAMESPACE));
+    let setup = Setup {
+        client,
+        config,
+        caches,
+        triggers: Triggers {
+            policies: feeds.policies,
+            grants: feeds.grants,
+            gateways: feeds.gateways,
+            sessions: feeds.sessions,
+        },
+        leadership: Leadership::always(),
+        identity: "test".into(),
+        metrics: Metrics::new(&mut Registry::default()),
+        default_update_policy: policy(UpdateType::Rolling, Some(1)),
+        namespace: Some(NAMESPACE.into()),
+        store,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = wopr_operator::shutdown::on(async {
+        let _ = stopped.await;
+    });
+    (stop, tokio::spawn(run(setup, shutdown)))
+}
+
+/// Whether every Session's pod runs `image`, is Ready, and its Session
+/// says Ready and UpToDate.
+fn all_current(api: &FakeApi, image: &str) -> bool {
+    ["a", "b", "c"].iter().all(|name| {
+        let Some(pod) = api.get(&pod_path(name)) else {
+            return false;
+        };
+        let condition = |type_: &str| {
+            api.get(&session_path(name)).is_some_and(|session| {
+                session["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == type_ && c["status"] == "True")
+            })
+        };
+        pod["spec"]["initContainers"][0]["image"] == image
+            && pod["metadata"].get("deletionTimestamp").is_none()
+            && pod["status"]["phase"] == "Running"
+            && condition("Ready")
+            && condition("UpToDate")
+    })
+}
+
+/// Watches the Session pods: the most Sessions without a ready pod at once.
+async fn most_without_a_ready_pod(api: FakeApi, most: Arc<AtomicUsize>) {
+    let pods: kube::Api<Pod> = kube::Api::namespaced(api.client(), NAMESPACE);
+    let mut events = watcher(pods, watcher::Config::default()).boxed();
+    let mut ready = BTreeSet::new();
+    let mut listed = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                if pod.metadata.deletion_timestamp.is_none() && pod_is_ready(&pod) {
+                    ready.insert(pod.name_any());
+                } else {
+                    ready.remove(&pod.name_any());
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                ready.remove(&pod.name_any());
+            }
+            Ok(watcher::Event::InitDone) => listed = true,
+            _ => continue,
+        }
+        if listed {
+            most.fetch_max(3 - ready.len(), Ordering::SeqCst);
+        }
+    }
+}
+
+/// A whole rollout on a fake cluster, as on a real one: the controller
+/// runs with its watches, and the pods turn Ready (and deleted pods go
+/// away) as a kubelet reports them, each step a watch event. Under
+/// `Rolling` with `maxUnavailable: 1`, the slot a replaced pod gives back
+/// when it turns Ready is a change to that pod only, which reconciles its
+/// own Session; the Sessions waiting for the slot must be woken by it, not
+/// left to a timer (issue 30: on a real cluster the last Session was not
+/// replaced in time). The clock is paused for the rollout: it advances only
+/// when nothing is left to do, so a rollout that needs a timer to go on
+/// takes that timer's time.
+#[tokio::test]
+async fn a_rolling_update_reaches_every_session_as_the_pods_turn_ready() {
+    let api = FakeApi::default();
+    api.delete_gracefully(&format!("/api/v1/namespaces/{NAMESPACE}/pods/"));
+    tokio::spawn(kubelet(api.clone(), NAMESPACE));
+    for name in ["a", "b", "c"] {
+        api.insert(
+            &session_path(name),
+            serde_json::to_value(semi_trusted(name)).unwrap(),
+        );
+    }
+    let store = common::store::sqlite().await;
+    let (stop, stopped) = run_controller(&api, sandbox_config(), store.store.clone());
+    let first = sandbox_config().sidecar_image;
+    while !all_current(&api, &first) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    stopped.await.unwrap();
+
+    // The controller restarts with a new sidecar image: every pod is outdated.
+    tokio::time::pause();
+    let most = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(most_without_a_ready_pod(api.clone(), most.clone()));
+    let next = "ghcr.io/wopr-network/wopr-operator:next";
+    let config = SandboxConfig {
+        sidecar_image: next.into(),
+        ..sandbox_config()
+    };
+    let started = tokio::time::Instant::now();
+    let (_stop, _running) = run_controller(&api, config, store.store.clone());
+    while !all_current(&api, next) {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the rollout stalled: {:?}",
+            ["a", "b", "c"].map(|name| up_to_date_reason(&api, name))
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "each Session is replaced as the slot is given back, without waiting for a timer: took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "maxUnavailable 1: one Session at a time without a ready pod"
+    );
+}
+
+fn up_to_date_reason(api: &FakeApi, name: &str) -> String {
+    api.get(&session_path(name))
+        .and_then(|session| {
+            session["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "UpToDate")
+                .map(|c| format!("{name}: {}", c["reason"]))
+        })
+        .unwrap_or_else(|| format!("{name}: no status"))
 }

@@ -45,20 +45,29 @@ async fn condition(sessions: &Api<Session>, name: &str, type_: &str) -> Option<(
         .map(|c| (c.status, c.reason))
 }
 
-/// Waits until every Session is Ready and up to date; their pods' uids.
-async fn all_current(client: &Client, namespace: &str) -> BTreeMap<String, String> {
+/// Waits until every Session is Ready and up to date on a pod other than
+/// the one it had in `before`; their pods' uids. (A Session's status from
+/// before a restart may still say up to date: only its new pod says the
+/// new controller's settings reached it.)
+async fn all_current(
+    client: &Client,
+    namespace: &str,
+    before: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let sessions: Api<Session> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut uids = BTreeMap::new();
     for name in SESSIONS {
-        eventually(&format!("{name} ready and up to date"), || async {
+        let uid = eventually(&format!("{name} ready and up to date"), || async {
             let ready = condition(&sessions, name, "Ready").await?;
             let current = condition(&sessions, name, "UpToDate").await?;
-            (ready.0 == "True" && current.0 == "True").then_some(())
+            let pod = pods.get_opt(&format!("wopr-{name}")).await.ok()??;
+            let uid = pod.uid()?;
+            (ready.0 == "True" && current.0 == "True" && before.get(name) != Some(&uid))
+                .then_some(uid)
         })
         .await;
-        let pod = pods.get(&format!("wopr-{name}")).await.unwrap();
-        uids.insert(name.to_owned(), pod.uid().unwrap());
+        uids.insert(name.to_owned(), uid);
     }
     uids
 }
@@ -125,7 +134,7 @@ async fn operator_changes_follow_the_update_policy() {
                 .await
                 .unwrap();
         }
-        let first = all_current(&client, &namespace).await;
+        let first = all_current(&client, &namespace, &BTreeMap::new()).await;
         controller.stop().await;
 
         // OnRestart: nothing is replaced; every Session says an update waits.
@@ -156,7 +165,7 @@ async fn operator_changes_follow_the_update_policy() {
         let watch = tokio::spawn(most_sessions_without_a_ready_pod(pods.clone(), stopped));
         let before = uids(&pods).await;
         let controller = Controller::start(args(&namespace, UpdateType::Rolling, 3));
-        let after = all_current(&client, &namespace).await;
+        let after = all_current(&client, &namespace, &before).await;
         stop_watching.send(()).unwrap();
         let most = watch.await.unwrap();
         for name in SESSIONS {

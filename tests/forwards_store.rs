@@ -23,6 +23,7 @@ on_both_backends!(
     the_queue_shows_what_waits_and_has_not_expired,
     the_summary_counts_a_gateways_forwards_and_its_last_decision,
     retention_deletes_only_old_settled_requests,
+    a_result_for_a_source_without_an_inbox_is_kept_once_for_it_alone,
 );
 
 const NS: &str = "team-a";
@@ -379,4 +380,50 @@ async fn retention_deletes_only_old_settled_requests(store: TestStore) {
     let after_expiry = now + SignedDuration::from_mins(6);
     assert_eq!(store.prune_requests(after_expiry).await.unwrap(), 1);
     assert!(store.forward(NS, &waiting.id).await.unwrap().is_none());
+}
+
+/// A person's (or a workload's) message has no inbox to answer into: the
+/// result is kept with the forward, once, and read only by that source.
+async fn a_result_for_a_source_without_an_inbox_is_kept_once_for_it_alone(store: TestStore) {
+    let store = &store.store;
+    let mut request = forward(ForwardState::Delivered, common::now());
+    request.source = SourceRef {
+        source_type: "user".into(),
+        identity: "olivia".into(),
+        trust_level: TrustLevel::Owner,
+    };
+    store.open_forward(&request, None, ROOMY).await.unwrap();
+    let olivia = ("user", "olivia");
+    let read = |source| store.answers(NS, "gate", &request.source_message, source);
+    let waiting = read(olivia).await.unwrap().unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].0.state, ForwardState::Delivered);
+    assert_eq!(waiting[0].1, None);
+
+    let gate = session("gate", TrustLevel::SemiTrusted);
+    let result = store
+        .respond_to_forward(NS, &request.id, &gate, json!("done"), ROOMY)
+        .await
+        .unwrap();
+    assert_eq!(result.session, "gate", "names the session it was sent to");
+    assert!(pending(store, "gate").await.is_empty(), "no inbox holds it");
+    let again = store
+        .respond_to_forward(NS, &request.id, &gate, json!("twice"), ROOMY)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            again,
+            StoreError::Request(RequestError::WrongState {
+                state: "responded",
+                ..
+            })
+        ),
+        "{again}"
+    );
+    let answered = read(olivia).await.unwrap().unwrap();
+    assert_eq!(answered[0].0.state, ForwardState::Responded);
+    assert_eq!(answered[0].1.as_ref(), Some(&result));
+    assert_eq!(read(("user", "alice")).await.unwrap(), None);
+    assert_eq!(read(("serviceaccount", "olivia")).await.unwrap(), None);
 }

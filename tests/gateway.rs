@@ -10,7 +10,9 @@ mod common;
 
 use common::approvals::{an_hour_later, approval_path, decide, reconcile, state_of};
 use common::broker::{inbox, next, send};
-use common::sidecar::{ControlPlane, Sidecar, as_sidecar, token_for};
+use common::sidecar::{
+    ControlPlane, OPERATOR, READER, Sidecar, WORKLOAD, as_sidecar, token_for, with_token,
+};
 use common::store::all_events;
 use common::*;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -28,7 +30,8 @@ use wopr_operator::inbox::{InboxMessage, MessageKind};
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
 use wopr_operator::proto::v1alpha1::{
-    CallToolRequest, ForwardRequest, ForwardResponse, QueueRequest, ReplyRequest, RespondRequest,
+    AnswerRequest, CallToolRequest, ForwardRequest, ForwardResponse, ForwardedRequest,
+    InjectRequest, QueueRequest, ReplyRequest, RespondRequest,
 };
 
 const GATEWAY: &str = "p2p-gateway";
@@ -778,4 +781,156 @@ async fn the_gateway_agent_forwards_with_its_sidecars_tools() {
         .await
         .unwrap_err();
     assert_eq!(refused.message(), "tool not available: gateway_queue");
+}
+
+/// The requests the gateway made of `message_id`, as the holder of
+/// `token` reads them (`Broker.Answer`).
+async fn answers(
+    client: &mut BrokerClient<Channel>,
+    token: &str,
+    message_id: &str,
+) -> Result<Vec<ForwardedRequest>, Status> {
+    let request = AnswerRequest {
+        namespace: NAMESPACE.into(),
+        session: GATEWAY.into(),
+        message_id: message_id.into(),
+    };
+    client
+        .answer(with_token(token, request))
+        .await
+        .map(|answer| answer.into_inner().requests)
+}
+
+/// A person or a workload sends the gateway a message with its own
+/// credential (`Broker.Inject`); the gateway forwards it, the target
+/// answers, and the gateway responds once. Neither source has an inbox:
+/// the result is kept with the request, and the sender alone reads it;
+/// another caller who may send the gateway messages is told nothing.
+async fn a_source_without_an_inbox_gets_its_answer(
+    sender: &str,
+    source: (&str, &str),
+    other: &str,
+) {
+    let (mut control_plane, mut client) = reference().await;
+    control_plane.put_grant(workload_grant(
+        "task-bot",
+        ("ci", "task-bot"),
+        TrustLevel::Trusted,
+        &[GATEWAY],
+    ));
+    let injected = InjectRequest {
+        namespace: NAMESPACE.into(),
+        session: GATEWAY.into(),
+        payload_json: json!({"ask": "summarize rust 2024"}).to_string(),
+    };
+    let message_id = client
+        .inject(with_token(sender, injected))
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    let refused = answers(&mut client, sender, &message_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "not forwarded yet");
+
+    let forwarded = forward(&mut client, &message_id, RESEARCH, "summarize", json!({}))
+        .await
+        .unwrap();
+    let pending = answers(&mut client, sender, &message_id).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].state.as_str(), pending[0].result_json.as_str()),
+        ("delivered", "")
+    );
+    reply(
+        &mut client,
+        RESEARCH,
+        &forwarded.request_id,
+        json!("editions"),
+    )
+    .await
+    .unwrap();
+    respond(
+        &mut client,
+        GATEWAY,
+        &forwarded.request_id,
+        json!({"summary": "editions"}),
+    )
+    .await
+    .unwrap();
+    let again = respond(&mut client, GATEWAY, &forwarded.request_id, json!("twice"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert!(
+        again
+            .message()
+            .contains("is responded, so it cannot be responded to"),
+        "{again:?}"
+    );
+
+    let answered = answers(&mut client, sender, &message_id).await.unwrap();
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].request_id, forwarded.request_id);
+    assert_eq!(answered[0].state, "responded");
+    let result: InboxMessage = serde_json::from_str(&answered[0].result_json).unwrap();
+    assert_eq!(result.kind, MessageKind::Result);
+    assert_eq!(result.source.identity, GATEWAY);
+    assert_eq!(
+        result.request_id.as_deref(),
+        Some(forwarded.request_id.as_str())
+    );
+    assert_eq!(result.payload, json!({"summary": "editions"}), "once");
+    let stored = control_plane
+        .store
+        .forward(NAMESPACE, &forwarded.request_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            stored.source.source_type.as_str(),
+            stored.source.identity.as_str()
+        ),
+        source
+    );
+
+    let other = answers(&mut client, other, &message_id).await.unwrap_err();
+    assert_eq!(other.code(), Code::NotFound, "{other:?}");
+    let no_credential = client
+        .answer(AnswerRequest {
+            namespace: NAMESPACE.into(),
+            session: GATEWAY.into(),
+            message_id: message_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_credential.code(), Code::Unauthenticated);
+
+    // The respond is in the gateway's trail, saying where the result is.
+    let responded = events_of(&control_plane, EventType::Forward)
+        .await
+        .into_iter()
+        .find(|event| event.tool.as_deref() == Some("gateway_respond"))
+        .unwrap();
+    assert_eq!(responded.session, GATEWAY);
+    assert!(
+        responded.reason.contains("kept for its source"),
+        "{}",
+        responded.reason
+    );
+}
+
+#[tokio::test]
+async fn a_persons_message_gets_its_answer_and_only_that_person_reads_it() {
+    a_source_without_an_inbox_gets_its_answer(OPERATOR, ("user", "olivia"), READER).await;
+}
+
+#[tokio::test]
+async fn a_workloads_message_gets_its_answer_and_only_that_workload_reads_it() {
+    a_source_without_an_inbox_gets_its_answer(
+        WORKLOAD,
+        ("serviceaccount", "ci/task-bot"),
+        OPERATOR,
+    )
+    .await;
 }

@@ -29,8 +29,6 @@ use crate::policy::EffectiveContext;
 
 /// How long to wait before looking again at a pod being replaced.
 const REPLACE_POLL: Duration = Duration::from_secs(2);
-/// How long a pod waiting for a rollout slot waits before asking again.
-const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 /// The longest a Session goes without a reconcile (a resync: reads only).
 const RESYNC: Duration = Duration::from_secs(3600);
 
@@ -163,7 +161,12 @@ async fn reconcile_session(
 
     Ok(match state {
         PodState::Replacing => Action::requeue(REPLACE_POLL),
-        _ if waiting_for_rollout => Action::requeue(ROLLOUT_POLL),
+        // Woken when a slot is given back (`Rollouts::release`); the timer
+        // only covers a slot given back by its deadline.
+        _ if waiting_for_rollout => Action::requeue(
+            ctx.rollouts
+                .until_a_slot_expires(&namespace, Instant::now()),
+        ),
         _ => Action::requeue(until_next_expiry(&context, now)),
     })
 }

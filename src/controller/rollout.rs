@@ -13,14 +13,18 @@
 //! settings (`SESSION_HASH_ANNOTATION`), which only the Session and its
 //! policy move.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::build::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION};
+use super::triggers::SessionRef;
 use crate::api::{UpdatePolicy, UpdateType};
 use crate::contract::SIDECAR_CONTAINER;
 
@@ -204,32 +208,101 @@ fn operator_changes(live: &Pod, desired: &Pod) -> String {
 /// The replacements of operator-level changes in flight, per namespace: at
 /// most `maxUnavailable` at a time under `Rolling`. In memory: a new
 /// leader starts with none, so a leader change may start one extra batch.
-#[derive(Clone, Default)]
-pub struct Rollouts(Arc<Mutex<HashMap<String, HashMap<String, Instant>>>>);
+///
+/// The budget is a namespace's, but the event that frees a slot (the
+/// holder's new pod turning Ready) is a change to the holder's pod, which
+/// reconciles the holder alone: nothing told the Sessions waiting for the
+/// slot, whose own pods did not change, and each went on only at its own
+/// 5 s poll (issue 30, item 4: on a real cluster the last Session of a
+/// rollout was not replaced in time). So a Session refused a slot is
+/// remembered, and giving a slot back wakes every Session waiting in that
+/// namespace (the stream [`Rollouts::new`] returns, which the controller
+/// reconciles); each asks again.
+#[derive(Clone)]
+pub struct Rollouts {
+    budgets: Arc<Mutex<HashMap<String, Budget>>>,
+    wake: UnboundedSender<SessionRef>,
+}
+
+/// One namespace's slots and the Sessions waiting for one.
+#[derive(Default)]
+struct Budget {
+    /// Who holds a slot, since when.
+    held: HashMap<String, Instant>,
+    /// Who was refused one since it last had one.
+    waiting: BTreeSet<String>,
+}
 
 impl Rollouts {
+    /// No slot held, and the stream of Sessions to reconcile because a slot
+    /// they wait for was given back.
+    pub fn new() -> (Rollouts, UnboundedReceiverStream<SessionRef>) {
+        let (wake, woken) = unbounded_channel();
+        let rollouts = Rollouts {
+            budgets: Arc::default(),
+            wake,
+        };
+        (rollouts, UnboundedReceiverStream::new(woken))
+    }
+
     /// Takes a slot of `namespace` for `session` (keeps it if it has one);
-    /// false when `max` others hold theirs.
+    /// false when `max` others hold theirs, and `session` then waits.
     pub fn try_take(&self, namespace: &str, session: &str, max: u32, now: Instant) -> bool {
-        let mut namespaces = self.0.lock().expect("the rollout lock is never poisoned");
-        let held = namespaces.entry(namespace.to_owned()).or_default();
-        held.retain(|_, since| now.duration_since(*since) < ROLLOUT_DEADLINE);
-        if held.contains_key(session) {
+        let mut budgets = self
+            .budgets
+            .lock()
+            .expect("the rollout lock is never poisoned");
+        let budget = budgets.entry(namespace.to_owned()).or_default();
+        budget
+            .held
+            .retain(|_, since| now.duration_since(*since) < ROLLOUT_DEADLINE);
+        if budget.held.contains_key(session) {
             return true;
         }
-        if held.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
+        if budget.held.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
+            budget.waiting.insert(session.to_owned());
             return false;
         }
-        held.insert(session.to_owned(), now);
+        budget.waiting.remove(session);
+        budget.held.insert(session.to_owned(), now);
         true
     }
 
-    /// Gives `session`'s slot back (its new pod is Ready, or it is gone).
+    /// Gives `session`'s slot back (its new pod is Ready, or it is gone)
+    /// and stops it waiting; when it held a slot, wakes the Sessions of
+    /// `namespace` waiting for one.
     pub fn release(&self, namespace: &str, session: &str) {
-        let mut namespaces = self.0.lock().expect("the rollout lock is never poisoned");
-        if let Some(held) = namespaces.get_mut(namespace) {
-            held.remove(session);
+        let mut budgets = self
+            .budgets
+            .lock()
+            .expect("the rollout lock is never poisoned");
+        let Some(budget) = budgets.get_mut(namespace) else {
+            return;
+        };
+        budget.waiting.remove(session);
+        if budget.held.remove(session).is_none() {
+            return;
         }
+        for waiting in std::mem::take(&mut budget.waiting) {
+            // The receiver is gone only when the controller stops.
+            let _ = self.wake.send(ObjectRef::new(&waiting).within(namespace));
+        }
+    }
+
+    /// How long until a slot of `namespace` is given back by its deadline
+    /// (a holder whose pod never becomes Ready wakes nobody): when a
+    /// waiting Session asks again at the latest.
+    pub fn until_a_slot_expires(&self, namespace: &str, now: Instant) -> Duration {
+        let budgets = self
+            .budgets
+            .lock()
+            .expect("the rollout lock is never poisoned");
+        budgets
+            .get(namespace)
+            .and_then(|budget| budget.held.values().min().copied())
+            .map_or(Duration::ZERO, |oldest| {
+                ROLLOUT_DEADLINE.saturating_sub(now.duration_since(oldest))
+            })
     }
 }
 
@@ -239,7 +312,7 @@ mod tests {
 
     #[test]
     fn slots_are_bounded_per_namespace_and_expire() {
-        let rollouts = Rollouts::default();
+        let (rollouts, _woken) = Rollouts::new();
         let start = Instant::now();
         assert!(rollouts.try_take("a", "s1", 1, start));
         assert!(
@@ -250,9 +323,37 @@ mod tests {
         assert!(rollouts.try_take("b", "s2", 1, start), "another namespace");
         rollouts.release("a", "s1");
         assert!(rollouts.try_take("a", "s2", 1, start));
+        assert_eq!(
+            rollouts.until_a_slot_expires("a", start + Duration::from_secs(60)),
+            ROLLOUT_DEADLINE - Duration::from_secs(60)
+        );
         assert!(
             rollouts.try_take("a", "s3", 1, start + ROLLOUT_DEADLINE),
             "a slot held past the deadline is given back"
         );
+    }
+
+    #[test]
+    fn giving_a_slot_back_wakes_the_sessions_waiting_in_its_namespace() {
+        let (rollouts, woken) = Rollouts::new();
+        let mut woken = woken.into_inner();
+        let start = Instant::now();
+        assert!(rollouts.try_take("a", "s1", 1, start));
+        assert!(!rollouts.try_take("a", "s2", 1, start));
+        assert!(!rollouts.try_take("a", "s3", 1, start));
+        assert!(rollouts.try_take("b", "t1", 1, start));
+        assert!(!rollouts.try_take("b", "t2", 1, start));
+
+        rollouts.release("a", "s2");
+        assert!(woken.try_recv().is_err(), "a waiting Session frees nothing");
+        rollouts.release("a", "s1");
+        let mut names = Vec::new();
+        while let Ok(session) = woken.try_recv() {
+            assert_eq!(session.namespace.as_deref(), Some("a"));
+            names.push(session.name);
+        }
+        assert_eq!(names, ["s3"], "s2 stopped waiting; b's wait on b");
+        rollouts.release("a", "s1");
+        assert!(woken.try_recv().is_err(), "woken once");
     }
 }

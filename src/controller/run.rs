@@ -100,6 +100,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     let (grant_subjects, gateway_subjects) = (SubjectIndex::default(), SubjectIndex::default());
     let sessions_of_policy = caches.sessions.clone();
+    let (rollouts, waiting_for_a_slot) = Rollouts::new();
     let sessions_controller = Controller::for_stream(sessions, sessions_store.clone())
         .owns(scoped::<Pod>(&client, namespace), owned.clone())
         .owns(scoped::<NetworkPolicy>(&client, namespace), owned.clone())
@@ -113,6 +114,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         .watches_stream(triggers.gateways.map(Ok), move |gateway| {
             gateway_sessions(&gateway_subjects, &gateway)
         })
+        .reconcile_on(waiting_for_a_slot)
         .reconcile_all_on(leadership.gained())
         .graceful_shutdown_on(shutdown.clone())
         .run(
@@ -127,7 +129,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
                 leadership: leadership.clone(),
                 clock: Timestamp::now,
                 default_update_policy,
-                rollouts: Rollouts::default(),
+                rollouts,
                 backoff: Backoff::default(),
                 store: store.clone(),
             }),

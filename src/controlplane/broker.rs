@@ -39,11 +39,11 @@ use crate::policy::{
 };
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
-    AckRequest, AckResponse, ElevateRequest, ElevateResponse, ForwardRequest, ForwardResponse,
-    HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest, InjectRequest, InjectResponse,
-    ListRequest, ListResponse, PendingForward, QueueRequest, QueueResponse, ReachableSession,
-    ReplyRequest, ReplyResponse, RespondRequest, RespondResponse, SendRequest, SendResponse,
-    SpawnRequest, SpawnResponse,
+    AckRequest, AckResponse, AnswerRequest, AnswerResponse, ElevateRequest, ElevateResponse,
+    ForwardRequest, ForwardResponse, HistoryRequest, HistoryResponse, InboxDelivery, InboxRequest,
+    InjectRequest, InjectResponse, ListRequest, ListResponse, PendingForward, QueueRequest,
+    QueueResponse, ReachableSession, ReplyRequest, ReplyResponse, RespondRequest, RespondResponse,
+    SendRequest, SendResponse, SpawnRequest, SpawnResponse,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{
@@ -860,7 +860,11 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
                 return Err(self.refuse(&caller, tool, &session, None, status).await);
             }
         };
-        let reason = format!("result of request {request_id}");
+        let reason = if sent.session == session {
+            format!("result of request {request_id}, kept for its source (no inbox): Broker.Answer")
+        } else {
+            format!("result of request {request_id}")
+        };
         let audit_id = self.record_sent(&caller, tool, &sent, &reason).await?;
         Ok(Response::new(RespondResponse {
             message_id: sent.id,
@@ -1118,5 +1122,12 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         request: Request<InjectRequest>,
     ) -> Result<Response<InjectResponse>, Status> {
         self.inject_as_caller(request).await
+    }
+
+    async fn answer(
+        &self,
+        request: Request<AnswerRequest>,
+    ) -> Result<Response<AnswerResponse>, Status> {
+        self.answer_caller(request).await
     }
 }

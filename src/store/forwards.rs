@@ -204,8 +204,6 @@ pub enum RequestError {
         state: &'static str,
         step: &'static str,
     },
-    #[error("request {id} came from a {source_type} source, which has no inbox to answer")]
-    NoInbox { id: String, source_type: String },
 }
 
 impl Store {
@@ -377,14 +375,18 @@ impl Store {
                 MessageKind::Result,
                 result,
             );
-            Ok((ForwardState::Answered, Some(answer)))
+            Ok((ForwardState::Answered, Some(Outgoing::Inbox(answer))))
         })
         .await
         .map(|sent| sent.expect("an answer is sent"))
     }
 
     /// The gateway session `responder` sends `result` to whoever first sent
-    /// forward `id`, once.
+    /// forward `id`, once: into the source's inbox when it is a session;
+    /// kept with the forward for a source without an inbox (a person, a
+    /// workload), who reads it with [`Store::answers`]. The message names
+    /// the gateway session as its recipient then, the session the source
+    /// sent to.
     pub async fn respond_to_forward(
         &self,
         namespace: &str,
@@ -402,22 +404,68 @@ impl Store {
                 &[ForwardState::Delivered, ForwardState::Answered],
                 "responded to",
             )?;
-            if forward.source.source_type != SOURCE_TYPE_SESSION {
-                return Err(RequestError::NoInbox {
-                    id: id.to_owned(),
-                    source_type: forward.source.source_type.clone(),
-                });
-            }
-            let result = forward.message_to(
-                &forward.source.identity,
-                responder.clone(),
-                MessageKind::Result,
-                result,
-            );
-            Ok((ForwardState::Responded, Some(result)))
+            let to_a_session = forward.source.source_type == SOURCE_TYPE_SESSION;
+            let recipient = if to_a_session {
+                &forward.source.identity
+            } else {
+                &forward.gateway_session
+            };
+            let result =
+                forward.message_to(recipient, responder.clone(), MessageKind::Result, result);
+            let sent = if to_a_session {
+                Outgoing::Inbox(result)
+            } else {
+                Outgoing::Kept(result)
+            };
+            Ok((ForwardState::Responded, Some(sent)))
         })
         .await
         .map(|sent| sent.expect("a result is sent"))
+    }
+
+    /// The forwards the gateway session `session` made of its inbox message
+    /// `message` that `source` (type and identity) sent, oldest first, each
+    /// with its kept result once responded; `None` when there is none (not
+    /// forwarded yet, or another source's).
+    pub async fn answers(
+        &self,
+        namespace: &str,
+        session: &str,
+        message: &str,
+        (source_type, identity): (&str, &str),
+    ) -> Result<Option<Vec<(Forward, Option<InboxMessage>)>>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            ", result FROM forwards WHERE namespace = $1 AND gateway_session = $2 \
+             AND source_message = $3 ORDER BY id"
+        ))
+        .bind(namespace)
+        .bind(session)
+        .bind(message)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut answers = Vec::new();
+        for row in &rows {
+            let forward = read_forward(row)?;
+            if (
+                forward.source.source_type.as_str(),
+                forward.source.identity.as_str(),
+            ) != (source_type, identity)
+            {
+                continue;
+            }
+            let result: Option<String> = row.try_get(13)?;
+            let result = result
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(|error| StoreError::Corrupt {
+                    id: format!("forward {}", forward.id),
+                    error: error.to_string(),
+                })?;
+            answers.push((forward, result));
+        }
+        Ok((!answers.is_empty()).then_some(answers))
     }
 
     /// Delivers forward `id`, approved by a person; `false` when it was
@@ -439,7 +487,10 @@ impl Store {
                     expect(forward, &done, "delivered")?;
                     return Ok((forward.state, None));
                 }
-                Ok((ForwardState::Delivered, Some(forward.delivery())))
+                Ok((
+                    ForwardState::Delivered,
+                    Some(Outgoing::Inbox(forward.delivery())),
+                ))
             })
             .await?;
         Ok(sent.is_some())
@@ -476,7 +527,7 @@ impl Store {
                     notice,
                 );
                 message.id = forward.message_id();
-                Ok((closed, Some(message)))
+                Ok((closed, Some(Outgoing::Inbox(message))))
             })
             .await?;
         Ok(sent.is_some())
@@ -512,7 +563,7 @@ impl Store {
         namespace: &str,
         id: &str,
         limits: InboxLimits,
-        next: impl FnOnce(&Forward) -> Result<(ForwardState, Option<InboxMessage>), RequestError>,
+        next: impl FnOnce(&Forward) -> Result<(ForwardState, Option<Outgoing>), RequestError>,
     ) -> Result<Option<InboxMessage>, StoreError> {
         let mut transaction = self.pool.begin().await?;
         // A no-op update takes the row lock on both backends (SQLite has
@@ -529,28 +580,50 @@ impl Store {
         let Some(forward) = row.as_ref().map(read_forward).transpose()? else {
             return Err(not_found(id).into());
         };
-        let (state, message) = next(&forward)?;
-        if let Some(message) = &message {
-            append(&mut transaction, message, limits).await?;
-        }
+        let (state, sent) = next(&forward)?;
+        let (message, kept) = match sent {
+            Some(Outgoing::Inbox(message)) => {
+                append(&mut transaction, &message, limits).await?;
+                (Some(message), None)
+            }
+            Some(Outgoing::Kept(message)) => {
+                let bytes = message.payload.to_string().len() as u64;
+                if bytes > limits.max_message_bytes {
+                    let limit = limits.max_message_bytes;
+                    return Err(InboxError::TooLarge { bytes, limit }.into());
+                }
+                let json = serde_json::to_string(&message).expect("inbox messages serialize");
+                (Some(message), Some(json))
+            }
+            None => (None, None),
+        };
         if state != forward.state {
             let now = Timestamp::now().as_microsecond();
             let decided = (forward.state == ForwardState::AwaitingApproval).then_some(now);
             sqlx::query(
                 "UPDATE forwards SET state = $3, updated_us = $4, \
-                 decided_us = COALESCE($5, decided_us) WHERE namespace = $1 AND id = $2",
+                 decided_us = COALESCE($5, decided_us), result = COALESCE($6, result) \
+                 WHERE namespace = $1 AND id = $2",
             )
             .bind(namespace)
             .bind(id)
             .bind(state.as_str())
             .bind(now)
             .bind(decided)
+            .bind(kept)
             .execute(&mut *transaction)
             .await?;
         }
         transaction.commit().await?;
         Ok(message)
     }
+}
+
+/// Where the message of a step goes: a session's inbox, or kept with the
+/// forward for a source that has no inbox.
+enum Outgoing {
+    Inbox(InboxMessage),
+    Kept(InboxMessage),
 }
 
 fn read_forward(row: &AnyRow) -> Result<Forward, StoreError> {

@@ -4,10 +4,11 @@
 //! Enough for the controller's reconcile and for running the real
 //! `wopr-operator` binary against it.
 //!
-//! Two transports over one state: a `tower-test` mock for in-process
-//! clients ([`FakeApi::start`]), and real HTTP on 127.0.0.1 with a
-//! kubeconfig for real processes ([`FakeApi::serve_http`]). Every request
-//! is recorded so tests can assert on exactly what was sent.
+//! One router over one state, two transports: in process for clients of
+//! the test itself ([`FakeApi::start`], [`FakeApi::client`]), and real HTTP
+//! on 127.0.0.1 with a kubeconfig for real processes
+//! ([`FakeApi::serve_http`]). Every request is recorded so tests can
+//! assert on exactly what was sent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -16,12 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use futures::StreamExt;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use kube::Client;
-use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use tower_test::mock;
 
 /// One request a client sent.
 #[derive(Clone, Debug)]
@@ -66,6 +65,9 @@ struct State {
     refusals: Vec<(PathMatcher, StatusCode, Value)>,
     /// Requests to matching paths are never answered.
     stalled: Vec<PathMatcher>,
+    /// Objects at matching paths are deleted gracefully: a DELETE marks
+    /// them (`deletionTimestamp`) and [`FakeApi::remove`] ends them.
+    graceful: Vec<PathMatcher>,
     /// Top-level status fields (and condition types) each field manager
     /// applied last, per object: what a new apply that omits them removes.
     status_owners: HashMap<(String, String), BTreeSet<String>>,
@@ -99,35 +101,28 @@ enum Reply {
 impl FakeApi {
     /// A client talking to a new fake API server (in process), and that server.
     pub fn start() -> (Client, FakeApi) {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
         let api = FakeApi::default();
-        let server = api.clone();
-        tokio::spawn(async move {
-            while let Some((request, respond)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.expect("a request body");
-                let reply = server.handle(&parts.method, &parts.uri, &parts.headers, &bytes);
-                let Reply::Json(status, body) = reply else {
-                    panic!("the in-process fake API neither watches nor stalls: use serve_http");
-                };
-                respond.send_response(
-                    Response::builder()
-                        .status(status)
-                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                        .unwrap(),
-                );
-            }
-        });
-        (Client::new(service, "default"), api)
+        (api.client(), api)
+    }
+
+    /// A client served in process by this API, as over HTTP (watches
+    /// stream, stalled requests never answer), without a socket: under
+    /// paused time, nothing waits outside the runtime.
+    pub fn client(&self) -> Client {
+        Client::new(self.router(), "default")
+    }
+
+    fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(serve_http)
+            .with_state(self.clone())
     }
 
     /// Serves this API over HTTP on 127.0.0.1, for real processes.
     pub async fn serve_http(&self) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let router = axum::Router::new()
-            .fallback(serve_http)
-            .with_state(self.clone());
+        let router = self.router();
         tokio::spawn(async move { axum::serve(listener, router).await });
         address
     }
@@ -250,6 +245,18 @@ impl FakeApi {
             .lock()
             .unwrap()
             .stalled
+            .push(Arc::new(move |path: &str| path.starts_with(&prefix)));
+    }
+
+    /// Deletes objects under `path_prefix` gracefully from now on, as the
+    /// API server does pods: a DELETE only marks them, and they stay until
+    /// [`FakeApi::remove`] (the kubelet) ends them.
+    pub fn delete_gracefully(&self, path_prefix: &str) {
+        let prefix = path_prefix.to_owned();
+        self.state
+            .lock()
+            .unwrap()
+            .graceful
             .push(Arc::new(move |path: &str| path.starts_with(&prefix)));
     }
 
@@ -385,6 +392,20 @@ impl FakeApi {
                 };
                 self.publish(&mut state, &key, kind, &object);
                 state.objects.insert(key, object.clone());
+                (StatusCode::OK, object)
+            }
+            Method::DELETE if state.graceful.iter().any(|matches| matches(&key)) => {
+                let Some(mut object) = state.objects.get(&key).cloned() else {
+                    let (status, body) = not_found(&key);
+                    return Reply::Json(status, body);
+                };
+                if object["metadata"].get("deletionTimestamp").is_none() {
+                    object["metadata"]["deletionTimestamp"] = json!("2026-11-24T12:00:00Z");
+                    object["metadata"]["resourceVersion"] =
+                        json!(next_version(&mut state.resource_version).to_string());
+                    self.publish(&mut state, &key, "MODIFIED", &object);
+                    state.objects.insert(key, object.clone());
+                }
                 (StatusCode::OK, object)
             }
             Method::DELETE => match state.objects.remove(&key) {

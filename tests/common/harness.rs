@@ -11,6 +11,7 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use wopr_operator::api::{Gateway, Grant, SecurityPolicy, Session, UpdatePolicy};
 use wopr_operator::cache::Stores;
 use wopr_operator::controller::config::SandboxConfig;
@@ -20,6 +21,7 @@ use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::reconcile::reconcile;
 use wopr_operator::controller::retry::Backoff;
 use wopr_operator::controller::rollout::Rollouts;
+use wopr_operator::controller::triggers::SessionRef;
 
 use super::fake_api::FakeApi;
 use super::{NAMESPACE, now, sandbox_config};
@@ -52,6 +54,8 @@ pub struct Harness {
     pub policies: Writer<DeserializeGuard<SecurityPolicy>>,
     pub grants: Writer<DeserializeGuard<Grant>>,
     _gateways: Writer<DeserializeGuard<Gateway>>,
+    /// The Sessions the rollouts woke (the controller would reconcile them).
+    pub waiting_for_a_slot: UnboundedReceiverStream<SessionRef>,
 }
 
 impl Harness {
@@ -61,6 +65,7 @@ impl Harness {
         let (policy_store, policies) = reflector::store();
         let (grant_store, grants) = reflector::store();
         let (gateway_store, gateways) = reflector::store();
+        let (rollouts, waiting_for_a_slot) = Rollouts::new();
         let ctx = Context {
             client: client.clone(),
             config: sandbox_config(),
@@ -80,7 +85,7 @@ impl Harness {
             leadership,
             clock: fixed_now,
             default_update_policy: UpdatePolicy::DEFAULT,
-            rollouts: Rollouts::default(),
+            rollouts,
             backoff: Backoff::default(),
             store: store.store.clone(),
         };
@@ -91,6 +96,7 @@ impl Harness {
             policies,
             grants,
             _gateways: gateways,
+            waiting_for_a_slot,
         }
     }
 

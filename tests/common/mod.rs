@@ -21,6 +21,7 @@ pub mod e2e;
 pub mod escalations;
 pub mod fake_api;
 pub mod harness;
+pub mod kubelet;
 pub mod mcp;
 pub mod pod_security;
 pub mod process;

@@ -13,12 +13,17 @@
 //!   workload's capabilities decide, as for any other source.
 //!
 //! Every outcome is an audit event of the session.
+//!
+//! Neither has an inbox: when a gateway session forwards their message and
+//! answers it (`gateway_respond`), the result is kept with the request, and
+//! `Broker.Answer` gives it to the message's sender alone, on the same
+//! credential and rights as sending.
 
 use k8s_openapi::jiff::Timestamp;
 use tonic::{Request, Response, Status};
 
 use super::{BrokerService, parse_json, store_status};
-use crate::api::{Capability, Enforcement, SourceRef, TrustLevel};
+use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, name_of};
 use crate::audit::{AuditEvent, EventType};
 use crate::controlplane::auth::{AuthError, Authenticator, identity_of};
 use crate::controlplane::discover::DiscoverPolicy;
@@ -28,15 +33,20 @@ use crate::policy::{
     Decision, EffectiveContext, Outcome, Reason, Request as PolicyRequest,
     SOURCE_TYPE_SERVICE_ACCOUNT, Source, decide,
 };
-use crate::proto::v1alpha1::{InjectRequest, InjectResponse};
+use crate::proto::v1alpha1::{
+    AnswerRequest, AnswerResponse, ForwardedRequest, InjectRequest, InjectResponse,
+};
 
 /// The action audit events name for a message from outside the sessions.
 pub const INJECT_ACTION: &str = "session_inject";
 
+/// The source type of a person's messages.
+const SOURCE_TYPE_PERSON: &str = "user";
+
 /// A person as the source of a message: the session's operator.
 fn person(username: &str) -> SourceRef {
     SourceRef {
-        source_type: "user".into(),
+        source_type: SOURCE_TYPE_PERSON.into(),
         identity: username.to_owned(),
         trust_level: TrustLevel::Owner,
     }
@@ -171,10 +181,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                     .refuse_injection(target, person(&username), status)
                     .await);
             }
-            Err(error @ AuthError::Unavailable(_)) => {
-                return Err(Status::unavailable(error.to_string()));
-            }
-            Err(error) => return Err(Status::unauthenticated(error.to_string())),
+            Err(error) => return Err(unauthorized(error)),
         };
         let account = identity_of(&caller, None).ok();
         let provisional = match &account {
@@ -250,5 +257,68 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             message_id: message.id,
             audit_id,
         }))
+    }
+
+    /// `Broker.Answer`: the requests a gateway session made of a message
+    /// the caller injected, with their results; only for the message's
+    /// sender, who must still be allowed to send the session messages.
+    pub(super) async fn answer_caller(
+        &self,
+        request: Request<AnswerRequest>,
+    ) -> Result<Response<AnswerResponse>, Status> {
+        let token = bearer(request.metadata())?.to_owned();
+        let AnswerRequest {
+            namespace,
+            session,
+            message_id,
+        } = request.into_inner();
+        let level = self
+            .recipient(&namespace, &session)
+            .ok()
+            .map(|recipient| recipient.trust_level);
+        let caller = self
+            .authenticator
+            .may_inject(&token, &namespace, &session, level)
+            .await
+            .map_err(|error| match error {
+                AuthError::Forbidden { reason, .. } => Status::permission_denied(reason),
+                error => unauthorized(error),
+            })?;
+        let (source_type, identity) = match identity_of(&caller, None) {
+            Ok(account) => (
+                SOURCE_TYPE_SERVICE_ACCOUNT,
+                format!("{}/{}", account.namespace, account.service_account),
+            ),
+            Err(_) => (SOURCE_TYPE_PERSON, caller),
+        };
+        let answers = self
+            .store
+            .answers(&namespace, &session, &message_id, (source_type, &identity))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "session {session} forwarded no message {message_id} of yours (yet): name a message_id Inject returned you"
+                ))
+            })?;
+        let requests = answers
+            .into_iter()
+            .map(|(forward, result)| ForwardedRequest {
+                request_id: forward.id,
+                state: name_of(&forward.state),
+                result_json: result
+                    .map(|result| serde_json::to_string(&result).expect("inbox messages serialize"))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(AnswerResponse { requests }))
+    }
+}
+
+/// The status of a credential that was not reviewed, or not accepted.
+fn unauthorized(error: AuthError) -> Status {
+    match error {
+        AuthError::Unavailable(_) => Status::unavailable(error.to_string()),
+        error => Status::unauthenticated(error.to_string()),
     }
 }
