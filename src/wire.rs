@@ -104,6 +104,7 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
             .collect::<Result<_, _>>()?,
         grants: message.grants.clone(),
         valid_until: None,
+        granted: Vec::new(),
         gateways: message
             .gateways
             .iter()

@@ -412,3 +412,52 @@ async fn a_flood_of_denials_is_a_handful_of_session_events() {
         "every denial is stored"
     );
 }
+
+/// A sidecar's allowed call on a capability that only a Grant gives its
+/// session is a use of that Grant, recorded in its status; a call on a
+/// capability the trust level has, or a denied one, uses nothing.
+#[tokio::test]
+async fn a_shipped_call_allowed_by_a_grant_records_its_use() {
+    use wopr_operator::api::{Capability, TrustLevel};
+    let mut control_plane = ControlPlane::start(&["research"]).await;
+    control_plane.put_session(common::session("research", TrustLevel::SemiTrusted));
+    for (name, capability) in [
+        ("research-net", Capability::InjectNetwork),
+        ("research-tools", Capability::InjectTools),
+    ] {
+        let grant = common::session_grant(name, "research", &[capability]);
+        let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}");
+        control_plane
+            .api
+            .insert(&path, serde_json::to_value(&grant).unwrap());
+        control_plane.put_grant(grant);
+    }
+    let call = |capability, decision, n| {
+        let mut call = event(NAMESPACE, "research", decision, n);
+        call.capability = Some(capability);
+        call
+    };
+    let mut client = client(&control_plane).await;
+    let shipped = [
+        call(Capability::InjectTools, Outcome::Allowed, 0),
+        call(Capability::InjectExec, Outcome::Denied, 1),
+        call(Capability::InjectNetwork, Outcome::Allowed, 2),
+    ];
+    ship(&mut client, "research", vec![batch("research", &shipped)])
+        .await
+        .unwrap();
+    let used = |name: &str| {
+        let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}");
+        control_plane.api.get(&path).unwrap()["status"]["lastUsedAt"].clone()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while used("research-net").is_null() {
+        assert!(std::time::Instant::now() < deadline, "no use recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        used("research-tools").is_null(),
+        "semi-trusted has inject.tools: that grant was not relied on"
+    );
+}

@@ -653,6 +653,85 @@ async fn a_workloads_message_takes_no_trust_level_right() {
     );
 }
 
+/// A delivered message is a use of the Grants the workload stands on:
+/// the control plane records it in the Grant's status (a merge patch of
+/// `lastUsedAt` alone), once a minute however many messages there are.
+#[tokio::test]
+async fn a_workloads_delivered_message_records_its_grants_use() {
+    let (mut control_plane, mut client) = operated().await;
+    let grant = workload_grant(
+        "task-bot",
+        ("ci", "task-bot"),
+        TrustLevel::Trusted,
+        &["lead"],
+    );
+    let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/task-bot");
+    control_plane
+        .api
+        .insert(&path, serde_json::to_value(&grant).unwrap());
+    control_plane.put_grant(grant);
+    control_plane.api.take_requests();
+    let before = k8s_openapi::jiff::Timestamp::now();
+    for text in ["one", "two", "three"] {
+        client.inject(inject(WORKLOAD, "lead", text)).await.unwrap();
+    }
+    let status_path = format!("{path}/status");
+    let mut recorded = None;
+    for _ in 0..200 {
+        recorded = control_plane.api.get(&path).unwrap()["status"]["lastUsedAt"]
+            .as_str()
+            .map(str::to_owned);
+        if recorded.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recorded: k8s_openapi::jiff::Timestamp =
+        recorded.expect("lastUsedAt recorded").parse().unwrap();
+    assert!(
+        recorded.as_second() >= before.as_second(),
+        "{recorded} {before}"
+    );
+    let patches: Vec<_> = control_plane
+        .api
+        .take_requests()
+        .into_iter()
+        .filter(|request| request.path == status_path)
+        .collect();
+    assert_eq!(patches.len(), 1, "three messages, one write: {patches:?}");
+    assert!(
+        patches[0]
+            .query
+            .split('&')
+            .any(|param| param == "fieldManager=wopr-operator"),
+        "the operator's one field manager: {}",
+        patches[0].query
+    );
+    assert_eq!(
+        patches[0].body.as_ref().unwrap()["status"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["lastUsedAt"]
+    );
+
+    // A refused message uses nothing.
+    client
+        .inject(inject(WORKLOAD, "helper", "nightly report"))
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        control_plane
+            .api
+            .take_requests()
+            .iter()
+            .all(|request| !request.path.ends_with("/status")),
+        "no use recorded for a refusal"
+    );
+}
+
 /// Whether a session exists is told only to a caller who may send it
 /// messages: the others are refused as for a session that exists.
 #[tokio::test]

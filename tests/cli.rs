@@ -1301,6 +1301,26 @@ mod with_control_plane {
             .text(&["security", "audit", "--stale-grants", "--stale-days", "3"])
             .await;
         assert_snapshot!("stale_grants", table);
+
+        // A grant created 5 days ago counts by its recorded use, not its age:
+        // used an hour ago it is not stale (above); last used 4 days ago it is.
+        cluster
+            .api
+            .modify(&path("grants", "p2p-gateway-forwarding"), |grant| {
+                grant["status"]["lastUsedAt"] = json!("2026-11-25T12:00:00Z");
+            });
+        let table = cluster
+            .text(&["security", "audit", "--stale-grants", "--stale-days", "3"])
+            .await;
+        let line = table
+            .lines()
+            .find(|line| line.starts_with("p2p-gateway-forwarding"))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(line.ends_with("last used 4d ago"), "{line}");
+        let fresh = cluster
+            .text(&["security", "audit", "--stale-grants", "--stale-days", "5"])
+            .await;
+        assert!(!fresh.contains("p2p-gateway-forwarding"), "{fresh}");
     }
 
     #[tokio::test]

@@ -492,3 +492,98 @@ async fn a_decision_the_store_refuses_holds_the_status_back() {
     assert_eq!(events.len(), 1);
     assert!(events[0].reason.starts_with("effective policy set"));
 }
+
+fn grant_path(name: &str) -> String {
+    format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}")
+}
+
+/// The Grant status controller's context over `client`, reading the time
+/// from `clock`.
+async fn grant_status_context(
+    client: kube::Client,
+    clock: fn() -> k8s_openapi::jiff::Timestamp,
+) -> (
+    std::sync::Arc<wopr_operator::controller::object_status::StatusContext>,
+    store::TestStore,
+) {
+    let store = store::sqlite().await;
+    let context = wopr_operator::controller::object_status::StatusContext {
+        client,
+        sessions: kube::runtime::reflector::store().0,
+        leadership: Leadership::always(),
+        clock,
+        backoff: wopr_operator::controller::retry::Backoff::default(),
+        store: store.store.clone(),
+        escalation_guard: wopr_operator::controller::object_status::GuardCache::default(),
+    };
+    (std::sync::Arc::new(context), store)
+}
+
+async fn reconcile_grant(
+    api: &common::fake_api::FakeApi,
+    ctx: &std::sync::Arc<wopr_operator::controller::object_status::StatusContext>,
+    name: &str,
+) -> Action {
+    let stored = api.get(&grant_path(name)).expect("the grant exists");
+    let object: DeserializeGuard<wopr_operator::api::Grant> =
+        serde_json::from_value(stored).unwrap();
+    wopr_operator::controller::object_status::reconcile_grant(
+        std::sync::Arc::new(object),
+        ctx.clone(),
+    )
+    .await
+    .expect("reconcile succeeds")
+}
+
+#[tokio::test]
+async fn the_controller_writes_a_grants_state_and_keeps_its_recorded_use() {
+    use wopr_operator::controlplane::writes::{ClusterWriter, KubeWriter};
+    fn after_expiry() -> k8s_openapi::jiff::Timestamp {
+        at(61).0
+    }
+    let (client, api) = common::fake_api::FakeApi::start();
+    let mut grant = session_grant("fetch", "research", &[Capability::InjectNetwork]);
+    grant.spec.expires_at = Some(at(60));
+    api.insert(&grant_path("fetch"), serde_json::to_value(&grant).unwrap());
+    let (ctx, _store) = grant_status_context(client.clone(), now).await;
+
+    let action = reconcile_grant(&api, &ctx, "fetch").await;
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(60)),
+        "back at the expiry"
+    );
+    assert_eq!(
+        writes(&api.take_requests()),
+        [format!("PATCH {}/status", grant_path("fetch"))]
+    );
+    let status = api.get(&grant_path("fetch")).unwrap()["status"].clone();
+    assert_eq!(status["state"], "Active");
+    assert_eq!(condition(&status, "Ready")["status"], "True");
+
+    // The control plane records a use; the controller's next look writes
+    // nothing (only time moved) and leaves the use alone.
+    KubeWriter(client.clone())
+        .record_grant_use(NAMESPACE, "fetch", at(10).0)
+        .await
+        .unwrap();
+    api.take_requests();
+    reconcile_grant(&api, &ctx, "fetch").await;
+    assert_eq!(writes(&api.take_requests()), Vec::<String>::new());
+
+    // At the expiry the state turns, by server-side apply, and the
+    // recorded use survives it.
+    let (later, _later_store) = grant_status_context(client, after_expiry).await;
+    let action = reconcile_grant(&api, &later, "fetch").await;
+    assert_eq!(action, Action::await_change(), "expired for good");
+    assert_eq!(
+        writes(&api.take_requests()),
+        [format!("PATCH {}/status", grant_path("fetch"))]
+    );
+    let status = api.get(&grant_path("fetch")).unwrap()["status"].clone();
+    assert_eq!(status["state"], "Expired");
+    assert_eq!(condition(&status, "Ready")["reason"], "Expired");
+    assert_eq!(status["lastUsedAt"], json!(at(10)));
+    reconcile_grant(&api, &later, "fetch").await;
+    assert_eq!(writes(&api.take_requests()), Vec::<String>::new());
+}

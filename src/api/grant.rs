@@ -164,27 +164,36 @@ pub struct PreviousKey {
     pub rotated_at: Time,
 }
 
-/// Observed state of a Grant.
+/// Observed state of a Grant. The controller writes `state` and
+/// `conditions`; the control plane writes `lastUsedAt` (at most once a
+/// minute per Grant).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantStatus {
-    /// Active or Expired.
+    /// Active, Expired or Revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<GrantState>,
-    /// When the grant last allowed something.
+    /// When the grant last allowed something: a message of its workload
+    /// delivered, or a call of its session allowed on a capability only
+    /// grants give it. Absent when never used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<Time>,
-    /// Conditions (Ready).
+    /// Conditions (Ready: True while the grant counts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }
 
-/// Whether a grant counts.
+/// Whether a grant counts: Active (in force), Expired (past `expiresAt`)
+/// or Revoked (its deletion was asked and it waits for finalizers); only
+/// an Active grant counts.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantState {
     /// In force.
     Active,
     /// Past `expiresAt`; never counts.
     Expired,
+    /// Being deleted (`security revoke` deletes); never counts, even while
+    /// a finalizer keeps the object.
+    Revoked,
 }

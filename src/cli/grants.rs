@@ -12,6 +12,7 @@ use super::output::{Shown, Table, age, joined, or_none, until};
 use super::time::parse_time;
 use super::{CliError, Context};
 use crate::api::{Grant, GrantSpec, GrantState, GrantSubject, Session};
+use crate::policy::grant_validity;
 
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo, base64-encoded: every
 /// peer key starts with it (60 characters in all: 44 bytes of DER).
@@ -240,8 +241,10 @@ pub async fn list(context: &Context) -> Result<Shown, CliError> {
     Ok(Shown::list(table.render_or(&empty), &grants))
 }
 
-/// `security audit --stale-grants`: Grants expired but still present, or
-/// unused for `days` (never used and older than that counts too).
+/// `security audit --stale-grants`: Grants expired or revoked but still
+/// present, or not used for `days`: by their `lastUsedAt` (which the
+/// control plane records), and by their age only when no use was ever
+/// recorded, as the report says.
 pub async fn stale(context: &Context, days: u32) -> Result<Shown, CliError> {
     let unused_since = context
         .now
@@ -250,26 +253,23 @@ pub async fn stale(context: &Context, days: u32) -> Result<Shown, CliError> {
     let mut stale = Vec::new();
     let mut table = Table::new(&["NAME", "SUBJECT", "WHY"]);
     for grant in list_grants(context).await? {
-        let status = grant.status.clone().unwrap_or_default();
-        let expired = status.state == Some(GrantState::Expired)
-            || grant
-                .spec
-                .expires_at
-                .as_ref()
-                .is_some_and(|at| at.0 <= context.now);
-        let last_activity = status
-            .last_used_at
-            .as_ref()
-            .or(grant.metadata.creation_timestamp.as_ref());
-        let why = if expired {
-            "expired but present: revoke it".to_owned()
-        } else if last_activity.is_some_and(|at| at.0 < unused_since) {
-            match &status.last_used_at {
-                Some(at) => format!("unused for {}", age(Some(at), context.now)),
-                None => format!("never used in {}", age(last_activity, context.now)),
-            }
-        } else {
-            continue;
+        let last_used = grant.status.as_ref().and_then(|s| s.last_used_at.as_ref());
+        let created = grant.metadata.creation_timestamp.as_ref();
+        let why = match grant_validity(&grant, context.now).state {
+            GrantState::Expired => "expired but present: revoke it".to_owned(),
+            GrantState::Revoked => format!(
+                "revoked but present: held by finalizer(s) {}",
+                joined(grant.metadata.finalizers.as_deref().unwrap_or_default())
+            ),
+            GrantState::Active => match (last_used, created) {
+                (Some(at), _) if at.0 < unused_since => {
+                    format!("last used {} ago", age(Some(at), context.now))
+                }
+                (None, Some(at)) if at.0 < unused_since => {
+                    format!("never used; created {} ago", age(Some(at), context.now))
+                }
+                _ => continue,
+            },
         };
         table.row(vec![
             grant.name_any(),
@@ -279,7 +279,7 @@ pub async fn stale(context: &Context, days: u32) -> Result<Shown, CliError> {
         stale.push(grant);
     }
     let empty = format!(
-        "No stale grants in namespace {} (unused for {days} days or expired).",
+        "No stale grants in namespace {} (unused for {days} days, expired or revoked).",
         context.namespace
     );
     Ok(Shown::list(table.render_or(&empty), &stale))

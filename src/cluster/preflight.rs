@@ -75,7 +75,8 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["create"],
         names: &[],
     },
-    // apply.rs: status by server-side apply.
+    // apply.rs: status by server-side apply; controlplane/grant_use.rs:
+    // a Grant's `lastUsedAt`.
     Rights {
         scope: Scope::Watched,
         group: api::GROUP,
@@ -84,6 +85,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
             "securitypolicies/status",
             "gateways/status",
             "approvalrequests/status",
+            "grants/status",
         ],
         verbs: &["patch"],
         names: &[],

@@ -1,5 +1,5 @@
 //! Running the controller role: the Session controller (triggered by the
-//! shared caches' feeds and by the children it owns), the two status
+//! shared caches' feeds and by the children it owns), the three status
 //! controllers and the ApprovalRequest controller, until shutdown. Starting the process, the caches, the
 //! control plane and the admin server is the operator's (`crate::operator`).
 
@@ -26,7 +26,7 @@ use super::retry::Backoff;
 use super::rollout::Rollouts;
 use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
 use crate::api::{
-    ApprovalRequest, DEFAULT_POLICY_NAME, Gateway, SecurityPolicy, Session, UpdatePolicy,
+    ApprovalRequest, DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session, UpdatePolicy,
 };
 use crate::cache::{Caches, Feed, scoped};
 use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
@@ -62,14 +62,14 @@ pub struct Triggers {
     /// SecurityPolicies applied or deleted.
     pub policies: Feed<DeserializeGuard<SecurityPolicy>>,
     /// Grants applied or deleted.
-    pub grants: Feed<DeserializeGuard<crate::api::Grant>>,
+    pub grants: Feed<DeserializeGuard<Grant>>,
     /// Gateways applied or deleted.
     pub gateways: Feed<DeserializeGuard<Gateway>>,
     /// Sessions applied.
     pub sessions: Feed<DeserializeGuard<Session>>,
 }
 
-/// Runs the three controllers until `shutdown` (each finishes its
+/// Runs the controllers until `shutdown` (each finishes its
 /// in-flight reconciles).
 pub async fn run(setup: Setup, shutdown: Shutdown) {
     let Setup {
@@ -187,6 +187,18 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         }),
     )
     .for_each(log_watch_errors);
+    let grant_status_controller = Controller::new(
+        scoped::<DeserializeGuard<Grant>>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(leadership.gained())
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        object_status::reconcile_grant,
+        object_status::retry,
+        status_context.clone(),
+    )
+    .for_each(log_watch_errors);
     let gateway_controller = Controller::new(
         scoped::<DeserializeGuard<Gateway>>(&client, namespace),
         watcher::Config::default(),
@@ -221,6 +233,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         sessions_controller,
         policy_status_controller,
         gateway_status_controller,
+        grant_status_controller,
         approval_controller
     );
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{AuthError, Authenticator, Identity, authorize};
 use super::denials::DenialEvents;
+use super::grant_use::GrantUses;
 use super::service::bearer;
 use crate::api::{SourceRef, TrustLevel, from_name};
 use crate::audit::{AuditEvent, EventType};
@@ -137,6 +138,8 @@ pub struct AuditService<A> {
     authenticator: Arc<A>,
     metrics: AuditMetrics,
     denials: DenialEvents,
+    /// The Grants the sidecars' allowed calls relied on.
+    uses: Arc<GrantUses>,
 }
 
 impl<A: Authenticator> AuditService<A> {
@@ -144,6 +147,7 @@ impl<A: Authenticator> AuditService<A> {
         store: Store,
         metrics: AuditMetrics,
         denials: DenialEvents,
+        uses: Arc<GrantUses>,
         authenticator: Arc<A>,
     ) -> Self {
         AuditService {
@@ -151,6 +155,7 @@ impl<A: Authenticator> AuditService<A> {
             authenticator,
             metrics,
             denials,
+            uses,
         }
     }
 
@@ -399,6 +404,7 @@ impl<A: Authenticator> Audit for AuditService<A> {
             self.metrics.spool_depth.get_or_create(&labels).set(depth);
         }
         self.denials.observe(&events);
+        self.uses.observe(&events);
         Ok(Response::new(IngestAck {
             stored: inserted.new as u32,
             duplicates: inserted.duplicates as u32,

@@ -26,6 +26,7 @@ use super::audit::{AuditMetrics, DecisionLabels};
 use super::auth::{Authenticator, Identity, authorize};
 use super::denials::DenialEvents;
 use super::discover::{DiscoverPolicy, NoContext};
+use super::grant_use::GrantUses;
 use super::service::bearer;
 use super::writes::{ClusterWriter, WriteError};
 use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, from_name, name_of};
@@ -98,12 +99,13 @@ impl Arrivals {
     }
 }
 
-/// Where the broker records its decisions: the store, the metrics, and
-/// the Events denials call for.
+/// Where the broker records its decisions: the store, the metrics, the
+/// Events denials call for, and the use of the Grants behind what it allowed.
 pub struct Recording {
     pub store: Store,
     pub metrics: AuditMetrics,
     pub denials: DenialEvents,
+    pub uses: Arc<GrantUses>,
 }
 
 /// Serves the Broker API of every sidecar.
@@ -113,6 +115,7 @@ pub struct BrokerService<D, A> {
     store: Store,
     metrics: AuditMetrics,
     denials: DenialEvents,
+    uses: Arc<GrantUses>,
     /// Where forwards that wait for a person are filed.
     writer: Arc<dyn ClusterWriter>,
     arrivals: Arc<Arrivals>,
@@ -133,6 +136,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             store: recording.store,
             metrics: recording.metrics,
             denials: recording.denials,
+            uses: recording.uses,
             writer,
             arrivals: Arc::default(),
             shutdown,
@@ -187,6 +191,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     ) -> Result<Decision, Status> {
         let decision = decide(caller, PolicyRequest::Tool(tool));
         if decision.proceeds() {
+            self.uses.decided(caller, &decision);
             return Ok(decision);
         }
         let status = Status::permission_denied(format!("tool not available: {tool}"));

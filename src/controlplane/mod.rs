@@ -1,13 +1,14 @@
 //! The control plane (served by every operator replica): a gRPC API that
 //! streams each sidecar the effective policy of its session, takes its
-//! reports on its sandbox, brokers messages between sessions, and stores
-//! and serves the audit trail.
+//! reports on its sandbox, brokers messages between sessions, stores and
+//! serves the audit trail, and records when Grants are used.
 
 pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod denials;
 pub mod discover;
+pub mod grant_use;
 pub mod index;
 pub mod isolation;
 pub mod service;
@@ -23,10 +24,12 @@ use auth::Authenticator;
 use broker::{BrokerService, Recording};
 use denials::{DenialEvents, SessionEvents};
 use discover::DiscoverPolicy;
+use grant_use::GrantUses;
 use isolation::IsolationRecorder;
 use service::PolicyService;
 use writes::ClusterWriter;
 
+use crate::clock::Clock;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1alpha1::audit_server::AuditServer;
 use crate::proto::v1alpha1::broker_server::BrokerServer;
@@ -34,8 +37,8 @@ use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
 
 /// Serves the Policy, Broker and Audit services, gRPC health and server reflection on
-/// `listener` (the Broker writing ApprovalRequests and spawned Sessions with
-/// `writer`) until `shutdown` completes; then ends every open policy
+/// `listener` (writing ApprovalRequests, spawned Sessions and Grants' use
+/// with `writer`) until `shutdown` completes; then ends every open policy
 /// stream (their sidecars reconnect to another replica) and returns once
 /// the connections have closed.
 pub async fn serve<D, A, R, E>(
@@ -54,6 +57,11 @@ where
     E: SessionEvents,
 {
     let denials = DenialEvents::new(audit.events.clone());
+    let uses = Arc::new(GrantUses::new(
+        discover.clone(),
+        writer.clone(),
+        Clock::System,
+    ));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PolicyServer<PolicyService<D, A, R>>>()
@@ -79,6 +87,7 @@ where
                 store: audit.store.clone(),
                 metrics: audit.metrics.clone(),
                 denials: denials.clone(),
+                uses: uses.clone(),
             },
             writer,
             shutdown.clone(),
@@ -87,6 +96,7 @@ where
             audit.store,
             audit.metrics,
             denials,
+            uses,
             authenticator,
         )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -1,11 +1,16 @@
-//! What the broker writes to the Kubernetes API: the ApprovalRequests of
-//! forwards and elevations that wait for a person, and the Sessions agents
-//! spawn. Behind a trait so the broker's tests can watch what it writes.
+//! What the control plane writes to the Kubernetes API: the
+//! ApprovalRequests of forwards and elevations that wait for a person, the
+//! Sessions agents spawn, and when Grants were last used. Behind a trait so
+//! tests can watch what it writes.
 
-use kube::Client;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
 
-use crate::api::{ApprovalRequest, Session};
-use crate::cluster::{create_once, describe};
+use crate::api::{ApprovalRequest, Grant, Session};
+use crate::cluster::{FIELD_MANAGER, create_once, describe};
 
 /// Why an object was not created.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +31,15 @@ pub trait ClusterWriter: Send + Sync + 'static {
 
     /// Creates `session` (a child an agent spawned).
     async fn create_session(&self, session: &Session) -> Result<(), WriteError>;
+
+    /// Sets the Grant `namespace/grant`'s `status.lastUsedAt` to `at`; a
+    /// Grant deleted meanwhile is not an error.
+    async fn record_grant_use(
+        &self,
+        namespace: &str,
+        grant: &str,
+        at: Timestamp,
+    ) -> Result<(), String>;
 }
 
 /// Writes with the Kubernetes API, as the operator's field manager.
@@ -48,6 +62,32 @@ impl ClusterWriter for KubeWriter {
                 session.metadata.name.as_deref().unwrap_or_default()
             ))),
             Err(error) => Err(WriteError::Failed(describe(&error))),
+        }
+    }
+
+    /// A merge patch of that one field, not a server-side apply: the
+    /// controller applies the Grant's `state` and conditions as the same
+    /// field manager, and an apply drops whatever that manager applied
+    /// before and leaves out (decisions.md, "Grant status").
+    async fn record_grant_use(
+        &self,
+        namespace: &str,
+        grant: &str,
+        at: Timestamp,
+    ) -> Result<(), String> {
+        let grants: Api<Grant> = Api::namespaced(self.0.clone(), namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patch = json!({"status": {"lastUsedAt": Time(at)}});
+        match grants
+            .patch_status(grant, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Err(error) => Err(describe(&error)),
         }
     }
 }

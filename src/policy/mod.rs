@@ -32,6 +32,7 @@ mod resolve;
 mod spawn;
 mod standing;
 pub mod tools;
+mod validity;
 mod workloads;
 
 pub use capabilities::CapabilitySet;
@@ -45,10 +46,10 @@ pub use peers::{PeerStanding, resolve_peer};
 pub use profiles::{LevelSettings, builtin_policy, level_settings};
 pub use rate_limit::{TokenBucket, try_acquire_all};
 pub use resolve::{
-    DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError,
-    grant_is_active, resolve,
+    DEFAULT_ACCESS, EffectiveContext, EffectiveSandbox, GatewayRules, ResolveError, resolve,
 };
 pub use spawn::{MAX_CHILD_NAME, PARENT_LABEL, SpawnRefusal, SpawnRequest, child_session};
 pub use standing::Standing;
 pub use tools::{Requirement, TOOLS, Tool, ToolCall, ToolId, ToolSet};
+pub use validity::{Validity, grant_is_active, grant_validity};
 pub use workloads::{SOURCE_TYPE_SERVICE_ACCOUNT, resolve_workload};

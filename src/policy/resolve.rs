@@ -1,6 +1,8 @@
 //! `resolve`: a Session, its namespace's SecurityPolicy, Grants and Gateways
 //! → the session's effective security context. Pure: the clock is a parameter.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -11,9 +13,10 @@ use super::capabilities::CapabilitySet;
 use super::hash::stable_hash;
 use super::profiles::{LevelSettings, level_settings};
 use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
+use super::validity::grant_is_active;
 use crate::api::{
-    AccessPattern, EffectiveSummary, Enforcement, ForwardRule, Gateway, Grant, NetworkMode,
-    SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel,
+    AccessPattern, Capability, EffectiveSummary, Enforcement, ForwardRule, Gateway, Grant,
+    NetworkMode, SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel,
 };
 
 /// The security context a session runs under: what the sidecar enforces and
@@ -51,9 +54,25 @@ pub struct EffectiveContext {
     /// Derived from `grants`, so left out of the hash and the JSON form.
     #[serde(skip)]
     pub valid_until: Option<Timestamp>,
+    /// What each of `grants` gives that the trust level does not, to tell
+    /// which grants an allowed call relied on ([`EffectiveContext::grants_behind`]).
+    /// Derived from `grants`: left out of the hash and the JSON form, and
+    /// empty in a context decoded from the wire.
+    #[serde(skip)]
+    pub granted: Vec<(String, CapabilitySet)>,
 }
 
 impl EffectiveContext {
+    /// The grants an allowed use of `capability` relied on: those giving
+    /// it, when the trust level alone does not; sorted by name.
+    pub fn grants_behind(&self, capability: Capability) -> Vec<String> {
+        self.granted
+            .iter()
+            .filter(|(_, given)| given.has(capability))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// What a Session's status shows of it: level, capabilities, the tools
     /// the agent can call, sandbox and network.
     pub fn summary(&self) -> EffectiveSummary {
@@ -164,16 +183,22 @@ pub fn resolve<'a>(
 
     let in_namespace =
         |object_namespace: Option<&str>| object_namespace.is_none_or(|ns| ns == namespace);
-    let mut capabilities = level_capabilities(level, &settings);
+    let level_set = level_capabilities(level, &settings);
+    let mut capabilities = level_set;
     let mut grant_names = Vec::new();
+    let mut granted: BTreeMap<String, CapabilitySet> = BTreeMap::new();
     let mut valid_until: Option<Timestamp> = None;
     for grant in grants {
         if grant.spec.subject.session.as_deref() == Some(name.as_str())
             && in_namespace(grant.metadata.namespace.as_deref())
             && grant_is_active(grant, now)
         {
-            capabilities = capabilities.union(grant_capabilities(policy, grant));
+            let given = grant_capabilities(policy, grant);
+            capabilities = capabilities.union(given);
             grant_names.push(grant.name_any());
+            let beyond_level: CapabilitySet = given.iter().filter(|c| !level_set.has(*c)).collect();
+            let entry = granted.entry(grant.name_any()).or_default();
+            *entry = entry.union(beyond_level);
             if let Some(expires_at) = &grant.spec.expires_at {
                 valid_until =
                     Some(valid_until.map_or(expires_at.0, |until| until.min(expires_at.0)));
@@ -222,20 +247,12 @@ pub fn resolve<'a>(
         access,
         grants: grant_names,
         valid_until,
+        granted: granted.into_iter().collect(),
         gateways: gateway_rules,
         policy_hash: String::new(),
     };
     context.policy_hash = stable_hash(&context);
     Ok(context)
-}
-
-/// Whether `grant` counts at `now`: it has not reached its `expiresAt`.
-pub fn grant_is_active(grant: &Grant, now: Timestamp) -> bool {
-    grant
-        .spec
-        .expires_at
-        .as_ref()
-        .is_none_or(|expires_at| now < expires_at.0)
 }
 
 /// The capabilities a grant confers: its profile's or its explicit list,

@@ -6,7 +6,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::capabilities::CapabilitySet;
-use super::resolve::{grant_capabilities, grant_is_active};
+use super::resolve::grant_capabilities;
+use super::validity::grant_is_active;
 use crate::api::{Grant, SecurityPolicySpec, TrustLevel};
 
 /// A subject's standing towards one session, from its grants.

@@ -361,14 +361,23 @@ impl FakeApi {
                 };
                 let manager = params.get("fieldManager").cloned().unwrap_or_default();
                 let patch = body.expect("a status patch")["status"].clone();
-                let owned = state
-                    .status_owners
-                    .remove(&(key.clone(), manager.clone()))
-                    .unwrap_or_default();
-                let now_owned = apply_status(&mut object["status"], &patch, &owned);
-                state
-                    .status_owners
-                    .insert((key.clone(), manager), now_owned);
+                if apply {
+                    let owned = state
+                        .status_owners
+                        .remove(&(key.clone(), manager.clone()))
+                        .unwrap_or_default();
+                    let now_owned = apply_status(&mut object["status"], &patch, &owned);
+                    state
+                        .status_owners
+                        .insert((key.clone(), manager), now_owned);
+                } else {
+                    // A merge patch (an update): it owns what it sets apart
+                    // from any apply, so later applies leave it alone.
+                    if !object["status"].is_object() {
+                        object["status"] = json!({});
+                    }
+                    merge(&mut object["status"], &patch);
+                }
                 object["metadata"]["resourceVersion"] =
                     json!(next_version(&mut state.resource_version).to_string());
                 self.publish(&mut state, &key, "MODIFIED", &object);

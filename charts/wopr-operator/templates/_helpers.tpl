@@ -62,7 +62,7 @@ these rules are exactly what the code needs.
   resources: [approvalrequests, grants, sessions]
   verbs: [create]
 - apiGroups: [wopr.dev]
-  resources: [securitypolicies/status, sessions/status, gateways/status, approvalrequests/status]
+  resources: [securitypolicies/status, sessions/status, gateways/status, approvalrequests/status, grants/status]
   verbs: [patch]
 # The control plane's own writes pass the escalation policies
 # (escalation.yaml) as the operator: an agent may spawn a child at its own

@@ -1,10 +1,12 @@
-//! Status of SecurityPolicies ([`policy`]) and Gateways ([`gateway`]):
-//! whether each is valid and in force, and which Sessions it governs or
-//! serves; SecurityPolicies also say whether the cluster refuses
-//! trust-level escalation at admission (`crate::cluster::escalation`). Two small
-//! controllers sharing one context.
+//! Status of SecurityPolicies ([`policy`]), Gateways ([`gateway`]) and
+//! Grants ([`grant`]): whether each is valid and in force, and which
+//! Sessions it governs or serves; SecurityPolicies also say whether the
+//! cluster refuses trust-level escalation at admission
+//! (`crate::cluster::escalation`). Three small controllers sharing one
+//! context.
 
 pub mod gateway;
+pub mod grant;
 pub mod policy;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use super::retry::Backoff;
 use crate::api::Session;
 
 pub use gateway::{gateway_status, reconcile_gateway};
+pub use grant::{grant_status, reconcile_grant};
 pub use policy::{GUARD_FRESH, GuardCache, policy_status, reconcile_policy};
 
 /// How many session names a status message lists before "and N more".

@@ -10,7 +10,9 @@
 //!   that level needs): `edit` alone does not command an owner Session.
 //! - A workload (a service account) arrives as its Grants say: no Grant, no
 //!   standing, no message; with one, the session's access list and the
-//!   workload's capabilities decide, as for any other source.
+//!   workload's capabilities decide, as for any other source. A message
+//!   delivered (allowed, not merely let through in warn mode) is a use of
+//!   every Grant its standing comes from.
 //!
 //! Every outcome is an audit event of the session.
 //!
@@ -109,14 +111,15 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         status
     }
 
-    /// Where a workload's message stands: its source and the session's
-    /// decision, or the refusal.
+    /// Where a workload's message stands: its source, the session's
+    /// decision and the Grants the workload's standing comes from, or the
+    /// refusal.
     fn admit_workload(
         &self,
         (namespace, session): (&str, &str),
         recipient: &EffectiveContext,
         account: (&str, &str),
-    ) -> Result<(SourceRef, Decision), (SourceRef, Status)> {
+    ) -> Result<(SourceRef, Decision, Vec<String>), (SourceRef, Status)> {
         let name = format!("{}/{}", account.0, account.1);
         let standing = match self.discover.workload(namespace, session, account) {
             Ok(Some(standing)) => standing,
@@ -148,7 +151,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             ));
             return Err((source_ref, status));
         }
-        Ok((source_ref, decision))
+        Ok((source_ref, decision, standing.grants))
     }
 
     pub(super) async fn inject_as_caller(
@@ -195,14 +198,14 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             Ok(recipient) => recipient,
             Err(status) => return Err(self.refuse_injection(target, provisional, status).await),
         };
-        let (source, decision) = match &account {
+        let (source, decision, grants) = match &account {
             None => {
                 let decision = Decision {
                     outcome: Outcome::Allowed,
                     capability: None,
                     reason: Reason::Permitted,
                 };
-                (provisional, decision)
+                (provisional, decision, Vec::new())
             }
             Some(account) => {
                 let account = (account.namespace.as_str(), account.service_account.as_str());
@@ -233,6 +236,9 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                 .await);
         }
         self.arrivals.announce(&namespace, &session);
+        if decision.outcome == Outcome::Allowed {
+            self.uses.used(&namespace, &grants);
+        }
         let reason = match (&account, decision.outcome) {
             (None, _) => format!(
                 "delivered: {caller} may create sessions/inject and use trust level {}",
