@@ -24,7 +24,7 @@ pub struct Cli {
 }
 
 /// Where to connect, as kubectl has them.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct ClusterFlags {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]
@@ -102,13 +102,13 @@ pub enum SecurityCommand {
     },
     /// Give a peer or a session capabilities, or a trust level's profile.
     #[command(
-        after_help = "Examples:\n  kubectl wopr security grant session:research-agent a2a.call\n  kubectl wopr security grant MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU= --profile semi-trusted --sessions p2p-gateway --expires 720h\n  kubectl wopr security grant serviceaccount:ci/task-bot --profile untrusted --sessions p2p-gateway"
+        after_help = "Examples:\n  kubectl wopr security grant research-agent inject,inject.tools,inject.network\n  kubectl wopr security grant session:research-agent a2a.call cross.inject\n  kubectl wopr security grant MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU= --profile semi-trusted --sessions p2p-gateway --expires 720h\n  kubectl wopr security grant serviceaccount:ci/task-bot --profile untrusted --sessions p2p-gateway"
     )]
     Grant(GrantArgs),
     /// Remove every Grant of a subject.
     #[command(after_help = "Example:\n  kubectl wopr security revoke session:research-agent")]
     Revoke {
-        /// PEER-KEY, session:NAME or serviceaccount:NAMESPACE/NAME.
+        /// PEER-KEY, NAME or session:NAME, or serviceaccount:NAMESPACE/NAME.
         subject: String,
         #[command(flatten)]
         printing: Printing,
@@ -127,7 +127,7 @@ pub enum SecurityCommand {
     Policy(PolicyCommand),
     /// Query the audit trail.
     #[command(
-        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants\n  kubectl wopr security audit --verify"
+        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --denied --since \"1 week ago\"\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants\n  kubectl wopr security audit --verify"
     )]
     Audit(AuditArgs),
     /// Run the WOPR verification checklist on the namespace.
@@ -144,7 +144,8 @@ pub enum SecurityCommand {
         after_help = "Example:\n  kubectl wopr security migrate --since 1w > grants.yaml && kubectl apply -f grants.yaml"
     )]
     Migrate {
-        /// How far back to read: a duration (1w, 24h) or an RFC 3339 time.
+        /// How far back to read: a duration (1w, 24h, "1 week ago") or an
+        /// RFC 3339 time.
         #[arg(long, default_value = "1w")]
         since: String,
         /// The table form is the Grants as commented YAML; `-o json|yaml`
@@ -156,12 +157,18 @@ pub enum SecurityCommand {
 
 #[derive(Args, Debug)]
 pub struct GrantArgs {
-    /// PEER-KEY (a base64 Ed25519 public key), session:NAME or
-    /// serviceaccount:NAMESPACE/NAME (a workload).
+    /// PEER-KEY (a base64 Ed25519 public key), a session's NAME (or
+    /// session:NAME), or serviceaccount:NAMESPACE/NAME (a workload).
     pub subject: String,
-    /// Capabilities to give (inject, inject.tools, inject.network,
-    /// inject.exec, session.spawn, cross.inject, config.write, a2a.call).
-    #[arg(conflicts_with = "profile", required_unless_present = "profile", value_parser = parse_capability)]
+    /// Capabilities to give, comma- or space-separated (inject,
+    /// inject.tools, inject.network, inject.exec, session.spawn,
+    /// cross.inject, config.write, a2a.call).
+    #[arg(
+        conflicts_with = "profile",
+        required_unless_present = "profile",
+        value_delimiter = ',',
+        value_parser = parse_capability
+    )]
     pub capabilities: Vec<Capability>,
     /// Give a trust level's capabilities instead (never owner).
     #[arg(long, value_parser = parse_grantable_level)]
@@ -170,7 +177,8 @@ pub struct GrantArgs {
     /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub sessions: Vec<String>,
-    /// When the grant ends: a duration from now (24h, 30d) or an RFC 3339 time.
+    /// When the grant ends: a duration from now (24h, 30d, "1 week") or an
+    /// RFC 3339 time.
     #[arg(long)]
     pub expires: Option<String>,
     #[command(flatten)]
@@ -296,7 +304,8 @@ pub struct AuditArgs {
     /// Only this session's events.
     #[arg(long)]
     pub session: Option<String>,
-    /// Only events since: a duration back from now (1w, 24h) or an RFC 3339 time.
+    /// Only events since: a duration back from now (1w, 24h, "1 week ago",
+    /// "3 days ago") or an RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
     /// Output format.
@@ -321,7 +330,7 @@ pub struct AuditArgs {
 pub enum SessionCommand {
     /// Create a session.
     #[command(
-        after_help = "Example:\n  kubectl wopr session create research-agent \"You research papers\" --trust-level semi-trusted --provider anthropic --model claude-sonnet"
+        after_help = "Without --trust-level a session is untrusted (sandboxed, message only): the SecurityPolicy names no default level for new sessions, so none higher is assumed.\n\nExamples:\n  kubectl wopr session create sandbox-agent \"You are a sandboxed assistant\" --provider openai\n  kubectl wopr session create research-agent \"You research papers\" --trust-level semi-trusted --provider anthropic --model claude-sonnet"
     )]
     Create(SessionCreateArgs),
     /// The namespace's sessions.
@@ -354,8 +363,9 @@ pub struct SessionCreateArgs {
     pub name: String,
     /// The agent's prompt.
     pub prompt: String,
+    /// The session's trust level (default: untrusted).
     #[arg(long)]
-    pub trust_level: TrustLevel,
+    pub trust_level: Option<TrustLevel>,
     #[arg(long)]
     pub provider: Option<String>,
     #[arg(long, requires = "provider")]
@@ -385,7 +395,7 @@ pub enum ConfigCommand {
     /// Set a value by its dotted path (`kubectl wopr config set --help`
     /// lists them).
     #[command(
-        after_help = "Paths:\n  security.enforcement warn|enforce\n  security.p2p.autoAccept true|false\n  security.p2p.discoveryTrust LEVEL\n  security.audit.retention DURATION\n  security.audit.denialEvents true|false\n  security.gateway.approvalTimeout.<gateway> DURATION\n  security.gateway.forwardRules.<gateway>[.<rule>].allowForwardTo a,b\n  security.gateway.forwardRules.<gateway>[.<rule>].allowActions a,b\n  security.gateway.forwardRules.<gateway>[.<rule>].requireApproval true|false\n  security.gateway.forwardRules.<gateway>[.<rule>].rateLimit PER_MINUTE\n\nExamples:\n  kubectl wopr config set security.enforcement warn\n  kubectl wopr config set security.gateway.forwardRules.p2p-gateway.1.rateLimit 5"
+        after_help = "Paths:\n  security.enforcement warn|enforce\n  security.p2p.autoAccept true|false\n  security.p2p.discoveryTrust LEVEL\n  security.audit.retention DURATION\n  security.audit.denialEvents true|false\n  security.gateway.approvalTimeout.<gateway> DURATION\n  security.gateway.forwardRules.<gateway>[.<rule>].allowForwardTo a,b|'[\"a\",\"b\"]'\n  security.gateway.forwardRules.<gateway>[.<rule>].allowActions a,b|'[\"a\",\"b\"]'\n  security.gateway.forwardRules.<gateway>[.<rule>].requireApproval true|false\n  security.gateway.forwardRules.<gateway>[.<rule>].rateLimit[.perMinute] PER_MINUTE\n\nExamples:\n  kubectl wopr config set security.enforcement warn\n  kubectl wopr config set security.gateway.forwardRules.external-gateway.allowForwardTo '[\"internal-processor\"]'\n  kubectl wopr config set security.gateway.forwardRules.external-gateway.rateLimit.perMinute 10\n  kubectl wopr config set security.gateway.forwardRules.p2p-gateway.1.rateLimit.perMinute 5"
     )]
     Set {
         /// The dotted path.
