@@ -1752,12 +1752,25 @@ mod binary {
     }
 
     fn kubectl_wopr(kubeconfig: &std::path::Path, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"))
+        kubectl_wopr_with(kubeconfig, args, &[])
+    }
+
+    /// [`kubectl_wopr`] with more environment variables. A run that has not
+    /// ended after a minute fails the test rather than hanging it.
+    fn kubectl_wopr_with(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"));
+        command
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("WOPR_CONTROL_PLANE")
             .env_remove("WOPR_TOKEN")
-            .output()
+            .env_remove("WOPR_REQUEST_TIMEOUT")
+            .envs(env.iter().copied());
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(command.output()));
+        let output = ended
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("kubectl-wopr {args:?} did not end within a minute"))
             .unwrap();
         Run {
             code: output.status.code().unwrap(),
@@ -1878,6 +1891,70 @@ mod binary {
             failing.stdout
         );
         assert_eq!(one_line(&failing), "failing checks: auto-accept-off");
+    }
+
+    /// A server that accepts connections and never answers: each one is
+    /// held open, unread, until the test ends.
+    fn silent_server() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for connection in listener.incoming() {
+                held.push(connection);
+            }
+        });
+        address
+    }
+
+    /// A control plane or an API server that accepts and never answers
+    /// ends in exit 4 and says who did not answer in how long, after
+    /// `--request-timeout` (or `WOPR_REQUEST_TIMEOUT`).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_answer_is_exit_4_after_the_request_timeout() {
+        let (_api, _dir, kubeconfig) = served().await;
+        let silent = silent_server().to_string();
+        let control_plane = silent.clone();
+        let audit = tokio::task::spawn_blocking(move || {
+            kubectl_wopr(
+                &kubeconfig,
+                &[
+                    "security",
+                    "audit",
+                    "--control-plane",
+                    &control_plane,
+                    "--token",
+                    "t",
+                    "--request-timeout",
+                    "1s",
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(audit.code, 4, "{}", audit.stderr);
+        assert_eq!(
+            one_line(&audit),
+            format!("the control plane at {silent} did not answer within 1s (--request-timeout)")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let silent_api = FakeApi::kubeconfig(dir.path(), silent_server());
+        let list = tokio::task::spawn_blocking(move || {
+            kubectl_wopr_with(
+                &silent_api,
+                &["session", "list"],
+                &[("WOPR_REQUEST_TIMEOUT", "1s")],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(list.code, 4, "{}", list.stderr);
+        assert!(
+            one_line(&list).starts_with("cannot reach the cluster"),
+            "{}",
+            list.stderr
+        );
     }
 
     #[test]

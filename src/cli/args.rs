@@ -3,6 +3,7 @@
 //! ends with an example (`tests/cli_help.rs` checks each one).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -14,7 +15,7 @@ use crate::api::{Capability, TrustLevel};
 #[command(name = "kubectl-wopr", bin_name = "kubectl wopr", version)]
 #[command(
     after_help = "Exit codes: 0 done, 1 usage, 2 not found, 3 refused by the server, \
-4 cluster or control plane unreachable, 5 a check failed (security verify, security audit --verify)."
+4 cluster or control plane unreachable (or no answer within --request-timeout), 5 a check failed (security verify, security audit --verify)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -49,6 +50,17 @@ pub struct ClusterFlags {
     /// kubeconfig user's token).
     #[arg(long, global = true, env = "WOPR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How long to wait for each answer of the API server and the control
+    /// plane (and for each connection) before giving up with exit code 4:
+    /// a number and a unit of s, m or h (30s, 2m).
+    #[arg(
+        long,
+        global = true,
+        env = "WOPR_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_timeout
+    )]
+    pub request_timeout: Duration,
 }
 
 /// How a command prints what it found.
@@ -425,6 +437,12 @@ fn parse_capability(value: &str) -> Result<Capability, String> {
                 .join(", ")
         )),
     }
+}
+
+/// `--request-timeout`: a duration ([`super::time::parse_duration`]).
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let duration = super::time::parse_duration(value).map_err(|error| error.to_string())?;
+    Duration::try_from(duration).map_err(|error| error.to_string())
 }
 
 /// A trust level a Grant may give: every one but owner.

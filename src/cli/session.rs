@@ -5,7 +5,6 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::args::{SessionCommand, SessionCreateArgs, SetProviderArgs};
-use super::connect::bearer;
 use super::objects::{list, update_spec};
 use super::output::{Shown, Table, age, or_none};
 use super::{CliError, Context};
@@ -139,17 +138,13 @@ async fn set_provider(context: &Context, args: SetProviderArgs) -> Result<Shown,
 /// and, for a person, `use` on `trustlevels.wopr.dev` named the session's
 /// trust level.
 async fn inject(context: &Context, name: &str, message: &str) -> Result<Shown, CliError> {
-    let (mut broker, token) = context.control_plane()?.broker().await?;
-    let request = InjectRequest {
+    let (mut broker, caller) = context.control_plane()?.broker().await?;
+    let request = caller.request(InjectRequest {
         namespace: context.namespace.clone(),
         session: name.to_owned(),
         payload_json: json!({"text": message}).to_string(),
-    };
-    let sent = broker
-        .inject(bearer(request, &token)?)
-        .await
-        .map_err(CliError::from_status)?
-        .into_inner();
+    })?;
+    let sent = caller.answer(broker.inject(request)).await?;
     Ok(Shown::new(
         format!(
             "message {} queued for session {name} (audit event {})\n",
