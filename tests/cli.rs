@@ -140,6 +140,48 @@ fn install_escalation_policies(api: &FakeApi) {
 
 const ADMISSION: &str = "/apis/admissionregistration.k8s.io/v1";
 
+/// A command line's words, as a POSIX shell splits them: at blanks, except
+/// inside '…' or "…" (the seed's lines use no escapes).
+fn words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(open), c) if c == open => quote = None,
+            (Some(_), c) => word.get_or_insert_default().push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                word.get_or_insert_default();
+            }
+            (None, ' ') => words.extend(word.take()),
+            (None, c) => word.get_or_insert_default().push(c),
+        }
+    }
+    assert!(quote.is_none(), "unbalanced quote in {line}");
+    words.extend(word);
+    words
+}
+
+#[test]
+fn words_split_as_a_shell_does() {
+    assert_eq!(
+        words(r#"session create a "You are a sandboxed assistant" --provider openai"#),
+        [
+            "session",
+            "create",
+            "a",
+            "You are a sandboxed assistant",
+            "--provider",
+            "openai"
+        ]
+    );
+    assert_eq!(
+        words(r#"config set x '["internal-processor"]'  ''"#),
+        ["config", "set", "x", r#"["internal-processor"]"#, ""]
+    );
+}
+
 fn parse(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("kubectl-wopr").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("{args:?}: {e}"))
@@ -361,6 +403,32 @@ async fn grant_list_and_revoke() {
         "2026-12-29T12:00:00Z".parse::<Timestamp>().unwrap()
     );
 
+    // The WOPR CLI's forms: a bare session name, capabilities comma-separated.
+    let shown = cluster
+        .run(&[
+            "security",
+            "grant",
+            "research-agent",
+            "a2a.call,cross.inject",
+            "--expires",
+            "30d",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        shown.text,
+        "grant.wopr.dev/session-research-agent gives session:research-agent a2a.call,cross.inject\n"
+    );
+    let (_, body) = cluster.last_apply(&path("grants", "session-research-agent"));
+    assert_eq!(
+        body["spec"]["subject"],
+        json!({"session": "research-agent"})
+    );
+    assert_eq!(
+        body["spec"]["capabilities"],
+        json!(["a2a.call", "cross.inject"])
+    );
+
     let key = "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU=";
     cluster
         .run(&[
@@ -408,10 +476,24 @@ async fn grant_refuses_bad_subjects_and_values() {
         matches!(unknown, Err(CliError::NotFound(ref m)) if m == "session \"ghost\" not found"),
         "{unknown:?}"
     );
+    // A bare word that is no peer key names a Session, which must exist.
+    let bare = cluster
+        .run(&["security", "grant", "alice", "a2a.call"])
+        .await;
+    assert!(
+        matches!(bare, Err(CliError::NotFound(ref m)) if m.starts_with(&format!(
+            "\"alice\" is neither a Session in namespace {NAMESPACE} nor a peer key (a base64 Ed25519 public key, 60 characters starting MCowBQYDK2VwAyEA)"
+        ))),
+        "{bare:?}"
+    );
     for (args, message) in [
         (
-            &["alice", "a2a.call"][..],
-            "is not a subject: use session:NAME",
+            &["Alice", "a2a.call"][..],
+            "is not a subject: use a session's NAME (or session:NAME)",
+        ),
+        (
+            &["research-agent", "a2a.call", "--sessions", "x"][..],
+            "peer and service-account grants only",
         ),
         (
             &["session:research-agent", "a2a.call", "--sessions", "x"][..],
@@ -440,6 +522,14 @@ async fn grant_refuses_bad_subjects_and_values() {
         ),
         (
             vec!["security", "grant", "session:a", "*"],
+            "never give the wildcard",
+        ),
+        (
+            vec!["security", "grant", "session:a", "inject,fly"],
+            "unknown capability \"fly\"",
+        ),
+        (
+            vec!["security", "grant", "session:a", "inject,*"],
             "never give the wildcard",
         ),
         (
@@ -690,6 +780,37 @@ async fn sessions_create_list_and_set_provider() {
         "{again:?}"
     );
 
+    // Without --trust-level: untrusted, the lowest, even when the policy
+    // lets discovered peers in higher (that level is a peer's, not a
+    // new session's).
+    cluster
+        .api
+        .modify(&path("securitypolicies", "default"), |policy| {
+            policy["spec"]["p2p"]["discoveryTrust"] = json!("trusted");
+        });
+    let shown = cluster
+        .text(&[
+            "session",
+            "create",
+            "plain",
+            "You answer",
+            "--provider",
+            "openai",
+        ])
+        .await;
+    assert_eq!(
+        shown,
+        "session.wopr.dev/plain created (untrusted, the default: pass --trust-level to choose)\n"
+    );
+    let plain: Session =
+        serde_json::from_value(cluster.stored("sessions", "plain").unwrap()).unwrap();
+    assert_eq!(
+        plain.spec.trust_level,
+        wopr_operator::api::TrustLevel::Untrusted
+    );
+    assert_eq!(plain.spec.provider.unwrap().name, "openai");
+    cluster.api.remove(&path("sessions", "plain"));
+
     assert_snapshot!("session_list", cluster.text(&["session", "list"]).await);
     let sessions: Vec<Session> = items(cluster.json(&["session", "list", "-o", "json"]).await);
     assert_eq!(sessions.len(), 5);
@@ -791,6 +912,137 @@ async fn config_set_maps_dotted_paths() {
         json!({"perMinute": 20}),
         "the other rule is kept"
     );
+
+    // The WOPR config's own forms: lists as JSON arrays, the rate limit's
+    // field by its nested name.
+    for (field, value, expected) in [
+        (
+            "1.allowForwardTo",
+            r#"["code-executor", "research-agent"]"#,
+            json!({"allowForwardTo": ["code-executor", "research-agent"]}),
+        ),
+        (
+            "1.allowForwardTo",
+            "code-executor,api-handler",
+            json!({"allowForwardTo": ["code-executor", "api-handler"]}),
+        ),
+        (
+            "1.allowActions",
+            r#"["execute","explain"]"#,
+            json!({"allowActions": ["execute", "explain"]}),
+        ),
+        (
+            "1.rateLimit.perMinute",
+            "7",
+            json!({"rateLimit": {"perMinute": 7}}),
+        ),
+    ] {
+        cluster
+            .text(&[
+                "config",
+                "set",
+                &format!("security.gateway.forwardRules.p2p-gateway.{field}"),
+                value,
+            ])
+            .await;
+        let (_, body) = cluster.last_apply(&path("gateways", "p2p-gateway"));
+        let rule = &body["spec"]["forwardRules"][1];
+        for (key, value) in expected.as_object().unwrap() {
+            assert_eq!(&rule[key], value, "{field} {value}");
+        }
+    }
+    // Values that do not parse are errors that say so; nothing is sent.
+    for (field, value, message) in [
+        (
+            "1.allowForwardTo",
+            r#"["internal-processor""#,
+            "is not a JSON array of strings",
+        ),
+        (
+            "1.allowForwardTo",
+            r#"[{"session": "a"}]"#,
+            "is not a JSON array of strings",
+        ),
+        (
+            "1.allowForwardTo",
+            r#""internal-processor""#,
+            "is not a session name (or *)",
+        ),
+        (
+            "1.allowForwardTo",
+            "[]",
+            "a list of at least one session (or *)",
+        ),
+        (
+            "1.allowForwardTo",
+            "",
+            "a list of at least one session (or *)",
+        ),
+        (
+            "1.allowActions",
+            "look up",
+            "\"look up\" is not an action name",
+        ),
+        (
+            "1.rateLimit.perMinute",
+            "0",
+            "not a number of forwards per minute",
+        ),
+        (
+            "1.rateLimit.perMinute",
+            "ten",
+            "not a number of forwards per minute",
+        ),
+        (
+            "1.rateLimit.perMinute",
+            "{\"perMinute\": 10}",
+            "not a number of forwards per minute",
+        ),
+        ("1.requireApproval", "yes", "is not true or false"),
+    ] {
+        let refused = usage(
+            cluster
+                .run(&[
+                    "config",
+                    "set",
+                    &format!("security.gateway.forwardRules.p2p-gateway.{field}"),
+                    value,
+                ])
+                .await,
+        );
+        assert!(refused.contains(message), "{field} {value:?}: {refused}");
+        assert!(
+            refused.starts_with("security.gateway.forwardRules.p2p-gateway.1."),
+            "{refused}"
+        );
+    }
+    assert!(
+        cluster
+            .api
+            .take_requests()
+            .iter()
+            .all(|r| r.method == http::Method::GET)
+    );
+    for unknown in [
+        "1.rateLimit.perHour",
+        "1.rateLimit.perMinute.x",
+        "x.rateLimit",
+    ] {
+        let refused = usage(
+            cluster
+                .run(&[
+                    "config",
+                    "set",
+                    &format!("security.gateway.forwardRules.p2p-gateway.{unknown}"),
+                    "1",
+                ])
+                .await,
+        );
+        assert!(
+            refused.starts_with("unknown config path"),
+            "{unknown}: {refused}"
+        );
+    }
 
     let ambiguous = usage(
         cluster
@@ -947,7 +1199,7 @@ async fn verify_names_a_session_without_a_valid_trust_level() {
 mod with_control_plane {
     use common::sidecar::{ControlPlane, READER};
     use common::store::event;
-    use wopr_operator::api::Capability;
+    use wopr_operator::api::{Capability, TrustLevel};
     use wopr_operator::audit::AuditEvent;
     use wopr_operator::policy::Outcome;
 
@@ -1285,6 +1537,120 @@ mod with_control_plane {
         assert!(matches!(down, Err(CliError::Unreachable(_))), "{down:?}");
     }
 
+    /// Every command line of the seed in `tests/fixtures/seed-commands.txt`,
+    /// parsed by the real command line and run in order against the mock
+    /// API server and a real control plane, works as printed: what each
+    /// prints is pinned, and what the seed's forms mean is checked on the
+    /// objects written.
+    #[tokio::test]
+    async fn seed_commands_work_as_printed() {
+        let mut cluster = examples();
+        let plane = control_plane(&mut cluster).await;
+        // The sessions the seed's lines name without creating them.
+        for name in [
+            "gateway-session",
+            "researcher-agent",
+            "code-agent",
+            "review-agent",
+            "external-gateway",
+        ] {
+            cluster.api.insert(
+                &path("sessions", name),
+                json!({"apiVersion": "wopr.dev/v1alpha1", "kind": "Session",
+                       "metadata": {"name": name, "namespace": NAMESPACE,
+                                    "creationTimestamp": "2026-11-24T12:00:00Z"},
+                       "spec": {"trustLevel": "untrusted"}}),
+            );
+        }
+        // Denials older than a week, within it, and an allowed event.
+        let mut events = vec![
+            event(NAMESPACE, "code-agent", Outcome::Denied, -3 * 86_400),
+            event(NAMESPACE, "researcher-agent", Outcome::Denied, 10),
+            event(NAMESPACE, "researcher-agent", Outcome::Allowed, 20),
+            event(NAMESPACE, "code-agent", Outcome::Denied, 30),
+        ];
+        events[3].capability = Some(Capability::InjectExec);
+        plane.store.insert_events(&events).await.unwrap();
+
+        let key = "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU=";
+        let fixture = std::fs::read_to_string("tests/fixtures/seed-commands.txt").unwrap();
+        let mut transcript = String::new();
+        for line in fixture
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let printed = line
+                .strip_prefix("wopr ")
+                .unwrap_or_else(|| panic!("{line}"));
+            let filled = printed
+                .replace("<peer-key>", key)
+                .replace("<session>", "gateway-session");
+            let args = words(&filled);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let shown = cluster
+                .run(&args)
+                .await
+                .unwrap_or_else(|error| panic!("{line}: {error}"));
+            transcript.push_str(&format!("$ kubectl wopr {printed}\n{}\n", shown.text));
+        }
+        assert_snapshot!("seed_commands", transcript);
+
+        // What the seed's forms mean, on the objects written.
+        let grant = |name: &str| -> Grant {
+            serde_json::from_value(cluster.stored("grants", name).unwrap()).unwrap()
+        };
+        let researcher = grant("session-researcher-agent");
+        assert_eq!(
+            researcher.spec.subject,
+            wopr_operator::api::GrantSubject::session("researcher-agent")
+        );
+        assert_eq!(
+            researcher.spec.capabilities,
+            [
+                Capability::Inject,
+                Capability::InjectTools,
+                Capability::InjectNetwork
+            ]
+        );
+        assert_eq!(
+            grant("session-review-agent").spec.capabilities,
+            [Capability::Inject]
+        );
+        let sandboxed: Session =
+            serde_json::from_value(cluster.stored("sessions", "sandbox-agent").unwrap()).unwrap();
+        assert_eq!(sandboxed.spec.trust_level, TrustLevel::Untrusted);
+        assert_eq!(
+            sandboxed.spec.prompt.as_deref(),
+            Some("You are a sandboxed assistant")
+        );
+        assert_eq!(sandboxed.spec.provider.unwrap().name, "openai");
+        let gateway: Gateway =
+            serde_json::from_value(cluster.stored("gateways", "external-gateway").unwrap())
+                .unwrap();
+        let rule = &gateway.spec.forward_rules[0];
+        assert_eq!(rule.allow_forward_to, ["internal-processor"]);
+        assert_eq!(rule.rate_limit.as_ref().unwrap().per_minute, 10);
+        let since: Vec<AuditEvent> = items(
+            cluster
+                .json(&[
+                    "security",
+                    "audit",
+                    "--denied",
+                    "--since",
+                    "1 week ago",
+                    "-o",
+                    "json",
+                ])
+                .await,
+        );
+        assert_eq!(
+            since,
+            [events[3].clone(), events[1].clone()],
+            "the denials of the last week, newest first"
+        );
+        drop(plane);
+    }
+
     #[tokio::test]
     async fn stale_grants_are_expired_or_unused() {
         let cluster = examples();
@@ -1406,12 +1772,25 @@ mod binary {
     }
 
     fn kubectl_wopr(kubeconfig: &std::path::Path, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"))
+        kubectl_wopr_with(kubeconfig, args, &[])
+    }
+
+    /// [`kubectl_wopr`] with more environment variables. A run that has not
+    /// ended after a minute fails the test rather than hanging it.
+    fn kubectl_wopr_with(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"));
+        command
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("WOPR_CONTROL_PLANE")
             .env_remove("WOPR_TOKEN")
-            .output()
+            .env_remove("WOPR_REQUEST_TIMEOUT")
+            .envs(env.iter().copied());
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(command.output()));
+        let output = ended
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("kubectl-wopr {args:?} did not end within a minute"))
             .unwrap();
         Run {
             code: output.status.code().unwrap(),
@@ -1473,9 +1852,14 @@ mod binary {
                 "owner",
             ),
             (
-                &["security", "grant", "not-a-key", "inject"][..],
+                &["security", "grant", "Not-A-Key", "inject"][..],
                 1,
-                "is not a subject: use session:NAME",
+                "is not a subject: use a session's NAME (or session:NAME)",
+            ),
+            (
+                &["security", "grant", "not-a-key", "inject"][..],
+                2,
+                "\"not-a-key\" is neither a Session in namespace",
             ),
             (
                 &["config", "set", "security.nope", "1"][..],
@@ -1527,6 +1911,70 @@ mod binary {
             failing.stdout
         );
         assert_eq!(one_line(&failing), "failing checks: auto-accept-off");
+    }
+
+    /// A server that accepts connections and never answers: each one is
+    /// held open, unread, until the test ends.
+    fn silent_server() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for connection in listener.incoming() {
+                held.push(connection);
+            }
+        });
+        address
+    }
+
+    /// A control plane or an API server that accepts and never answers
+    /// ends in exit 4 and says who did not answer in how long, after
+    /// `--request-timeout` (or `WOPR_REQUEST_TIMEOUT`).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_answer_is_exit_4_after_the_request_timeout() {
+        let (_api, _dir, kubeconfig) = served().await;
+        let silent = silent_server().to_string();
+        let control_plane = silent.clone();
+        let audit = tokio::task::spawn_blocking(move || {
+            kubectl_wopr(
+                &kubeconfig,
+                &[
+                    "security",
+                    "audit",
+                    "--control-plane",
+                    &control_plane,
+                    "--token",
+                    "t",
+                    "--request-timeout",
+                    "1s",
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(audit.code, 4, "{}", audit.stderr);
+        assert_eq!(
+            one_line(&audit),
+            format!("the control plane at {silent} did not answer within 1s (--request-timeout)")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let silent_api = FakeApi::kubeconfig(dir.path(), silent_server());
+        let list = tokio::task::spawn_blocking(move || {
+            kubectl_wopr_with(
+                &silent_api,
+                &["session", "list"],
+                &[("WOPR_REQUEST_TIMEOUT", "1s")],
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(list.code, 4, "{}", list.stderr);
+        assert!(
+            one_line(&list).starts_with("cannot reach the cluster"),
+            "{}",
+            list.stderr
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ends with an example (`tests/cli_help.rs` checks each one).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -14,7 +15,7 @@ use crate::api::{Capability, TrustLevel};
 #[command(name = "kubectl-wopr", bin_name = "kubectl wopr", version)]
 #[command(
     after_help = "Exit codes: 0 done, 1 usage, 2 not found, 3 refused by the server, \
-4 cluster or control plane unreachable, 5 a check failed (security verify, security audit --verify)."
+4 cluster or control plane unreachable (or no answer within --request-timeout), 5 a check failed (security verify, security audit --verify)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -24,7 +25,7 @@ pub struct Cli {
 }
 
 /// Where to connect, as kubectl has them.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct ClusterFlags {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]
@@ -49,6 +50,17 @@ pub struct ClusterFlags {
     /// kubeconfig user's token).
     #[arg(long, global = true, env = "WOPR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How long to wait for each answer of the API server and the control
+    /// plane (and for each connection) before giving up with exit code 4:
+    /// a number and a unit of s, m or h (30s, 2m).
+    #[arg(
+        long,
+        global = true,
+        env = "WOPR_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_timeout
+    )]
+    pub request_timeout: Duration,
 }
 
 /// How a command prints what it found.
@@ -102,13 +114,13 @@ pub enum SecurityCommand {
     },
     /// Give a peer or a session capabilities, or a trust level's profile.
     #[command(
-        after_help = "Examples:\n  kubectl wopr security grant session:research-agent a2a.call\n  kubectl wopr security grant MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU= --profile semi-trusted --sessions p2p-gateway --expires 720h\n  kubectl wopr security grant serviceaccount:ci/task-bot --profile untrusted --sessions p2p-gateway"
+        after_help = "Examples:\n  kubectl wopr security grant research-agent inject,inject.tools,inject.network\n  kubectl wopr security grant session:research-agent a2a.call cross.inject\n  kubectl wopr security grant MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU= --profile semi-trusted --sessions p2p-gateway --expires 720h\n  kubectl wopr security grant serviceaccount:ci/task-bot --profile untrusted --sessions p2p-gateway"
     )]
     Grant(GrantArgs),
     /// Remove every Grant of a subject.
     #[command(after_help = "Example:\n  kubectl wopr security revoke session:research-agent")]
     Revoke {
-        /// PEER-KEY, session:NAME or serviceaccount:NAMESPACE/NAME.
+        /// PEER-KEY, NAME or session:NAME, or serviceaccount:NAMESPACE/NAME.
         subject: String,
         #[command(flatten)]
         printing: Printing,
@@ -127,7 +139,7 @@ pub enum SecurityCommand {
     Policy(PolicyCommand),
     /// Query the audit trail.
     #[command(
-        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants\n  kubectl wopr security audit --verify"
+        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --denied --since \"1 week ago\"\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants\n  kubectl wopr security audit --verify"
     )]
     Audit(AuditArgs),
     /// Run the WOPR verification checklist on the namespace.
@@ -144,7 +156,8 @@ pub enum SecurityCommand {
         after_help = "Example:\n  kubectl wopr security migrate --since 1w > grants.yaml && kubectl apply -f grants.yaml"
     )]
     Migrate {
-        /// How far back to read: a duration (1w, 24h) or an RFC 3339 time.
+        /// How far back to read: a duration (1w, 24h, "1 week ago") or an
+        /// RFC 3339 time.
         #[arg(long, default_value = "1w")]
         since: String,
         /// The table form is the Grants as commented YAML; `-o json|yaml`
@@ -156,12 +169,18 @@ pub enum SecurityCommand {
 
 #[derive(Args, Debug)]
 pub struct GrantArgs {
-    /// PEER-KEY (a base64 Ed25519 public key), session:NAME or
-    /// serviceaccount:NAMESPACE/NAME (a workload).
+    /// PEER-KEY (a base64 Ed25519 public key), a session's NAME (or
+    /// session:NAME), or serviceaccount:NAMESPACE/NAME (a workload).
     pub subject: String,
-    /// Capabilities to give (inject, inject.tools, inject.network,
-    /// inject.exec, session.spawn, cross.inject, config.write, a2a.call).
-    #[arg(conflicts_with = "profile", required_unless_present = "profile", value_parser = parse_capability)]
+    /// Capabilities to give, comma- or space-separated (inject,
+    /// inject.tools, inject.network, inject.exec, session.spawn,
+    /// cross.inject, config.write, a2a.call).
+    #[arg(
+        conflicts_with = "profile",
+        required_unless_present = "profile",
+        value_delimiter = ',',
+        value_parser = parse_capability
+    )]
     pub capabilities: Vec<Capability>,
     /// Give a trust level's capabilities instead (never owner).
     #[arg(long, value_parser = parse_grantable_level)]
@@ -170,7 +189,8 @@ pub struct GrantArgs {
     /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub sessions: Vec<String>,
-    /// When the grant ends: a duration from now (24h, 30d) or an RFC 3339 time.
+    /// When the grant ends: a duration from now (24h, 30d, "1 week") or an
+    /// RFC 3339 time.
     #[arg(long)]
     pub expires: Option<String>,
     #[command(flatten)]
@@ -296,7 +316,8 @@ pub struct AuditArgs {
     /// Only this session's events.
     #[arg(long)]
     pub session: Option<String>,
-    /// Only events since: a duration back from now (1w, 24h) or an RFC 3339 time.
+    /// Only events since: a duration back from now (1w, 24h, "1 week ago",
+    /// "3 days ago") or an RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
     /// Output format.
@@ -321,7 +342,7 @@ pub struct AuditArgs {
 pub enum SessionCommand {
     /// Create a session.
     #[command(
-        after_help = "Example:\n  kubectl wopr session create research-agent \"You research papers\" --trust-level semi-trusted --provider anthropic --model claude-sonnet"
+        after_help = "Without --trust-level a session is untrusted (sandboxed, message only): the SecurityPolicy names no default level for new sessions, so none higher is assumed.\n\nExamples:\n  kubectl wopr session create sandbox-agent \"You are a sandboxed assistant\" --provider openai\n  kubectl wopr session create research-agent \"You research papers\" --trust-level semi-trusted --provider anthropic --model claude-sonnet"
     )]
     Create(SessionCreateArgs),
     /// The namespace's sessions.
@@ -354,8 +375,9 @@ pub struct SessionCreateArgs {
     pub name: String,
     /// The agent's prompt.
     pub prompt: String,
+    /// The session's trust level (default: untrusted).
     #[arg(long)]
-    pub trust_level: TrustLevel,
+    pub trust_level: Option<TrustLevel>,
     #[arg(long)]
     pub provider: Option<String>,
     #[arg(long, requires = "provider")]
@@ -385,7 +407,7 @@ pub enum ConfigCommand {
     /// Set a value by its dotted path (`kubectl wopr config set --help`
     /// lists them).
     #[command(
-        after_help = "Paths:\n  security.enforcement warn|enforce\n  security.p2p.autoAccept true|false\n  security.p2p.discoveryTrust LEVEL\n  security.audit.retention DURATION\n  security.audit.denialEvents true|false\n  security.gateway.approvalTimeout.<gateway> DURATION\n  security.gateway.forwardRules.<gateway>[.<rule>].allowForwardTo a,b\n  security.gateway.forwardRules.<gateway>[.<rule>].allowActions a,b\n  security.gateway.forwardRules.<gateway>[.<rule>].requireApproval true|false\n  security.gateway.forwardRules.<gateway>[.<rule>].rateLimit PER_MINUTE\n\nExamples:\n  kubectl wopr config set security.enforcement warn\n  kubectl wopr config set security.gateway.forwardRules.p2p-gateway.1.rateLimit 5"
+        after_help = "Paths:\n  security.enforcement warn|enforce\n  security.p2p.autoAccept true|false\n  security.p2p.discoveryTrust LEVEL\n  security.audit.retention DURATION\n  security.audit.denialEvents true|false\n  security.gateway.approvalTimeout.<gateway> DURATION\n  security.gateway.forwardRules.<gateway>[.<rule>].allowForwardTo a,b|'[\"a\",\"b\"]'\n  security.gateway.forwardRules.<gateway>[.<rule>].allowActions a,b|'[\"a\",\"b\"]'\n  security.gateway.forwardRules.<gateway>[.<rule>].requireApproval true|false\n  security.gateway.forwardRules.<gateway>[.<rule>].rateLimit[.perMinute] PER_MINUTE\n\nExamples:\n  kubectl wopr config set security.enforcement warn\n  kubectl wopr config set security.gateway.forwardRules.external-gateway.allowForwardTo '[\"internal-processor\"]'\n  kubectl wopr config set security.gateway.forwardRules.external-gateway.rateLimit.perMinute 10\n  kubectl wopr config set security.gateway.forwardRules.p2p-gateway.1.rateLimit.perMinute 5"
     )]
     Set {
         /// The dotted path.
@@ -415,6 +437,12 @@ fn parse_capability(value: &str) -> Result<Capability, String> {
                 .join(", ")
         )),
     }
+}
+
+/// `--request-timeout`: a duration ([`super::time::parse_duration`]).
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let duration = super::time::parse_duration(value).map_err(|error| error.to_string())?;
+    Duration::try_from(duration).map_err(|error| error.to_string())
 }
 
 /// A trust level a Grant may give: every one but owner.

@@ -9,7 +9,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 
 use super::args::{AuditArgs, Format};
-use super::connect::bearer;
 use super::grants::stale;
 use super::output::{Shown, Table, or_none};
 use super::time::parse_time;
@@ -84,15 +83,11 @@ pub async fn audit(context: &Context, args: AuditArgs) -> Result<Shown, CliError
 /// `security audit --verify`: the control plane walks the namespace's
 /// chain; a break is a failed check (exit 5), named with where it is.
 async fn verify_chain(context: &Context) -> Result<Shown, CliError> {
-    let (mut client, token) = context.control_plane()?.audit().await?;
-    let request = VerifyRequest {
+    let (mut client, caller) = context.control_plane()?.audit().await?;
+    let request = caller.request(VerifyRequest {
         namespace: context.namespace.clone(),
-    };
-    let answer = client
-        .verify(bearer(request, &token)?)
-        .await
-        .map_err(CliError::from_status)?
-        .into_inner();
+    })?;
+    let answer = caller.answer(client.verify(request)).await?;
     let namespace = &context.namespace;
     let data = serde_json::json!({
         "namespace": namespace, "intact": answer.intact, "events": answer.events,
@@ -132,15 +127,12 @@ async fn query_events(
     mut query: AuditQueryRequest,
     wanted: u32,
 ) -> Result<Vec<AuditEvent>, CliError> {
-    let (mut client, token) = context.control_plane()?.audit().await?;
+    let (mut client, caller) = context.control_plane()?.audit().await?;
     let mut events = Vec::new();
     loop {
         query.limit = (wanted - events.len() as u32).min(PAGE);
-        let page = client
-            .query(bearer(query.clone(), &token)?)
-            .await
-            .map_err(CliError::from_status)?
-            .into_inner();
+        let request = caller.request(query.clone())?;
+        let page = caller.answer(client.query(request)).await?;
         for line in &page.events {
             let event: AuditEvent = serde_json::from_str(line).map_err(|error| {
                 CliError::Refused(format!(

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::objects::{apply_spec, get};
+use super::objects::{apply_spec, get, is_object_name};
 use super::output::Shown;
 use super::time::parse_duration;
 use super::{CliError, Context};
@@ -22,10 +22,10 @@ pub const PATHS: &[&str] = &[
     "security.audit.retention DURATION",
     "security.audit.denialEvents true|false",
     "security.gateway.approvalTimeout.<gateway> DURATION",
-    "security.gateway.forwardRules.<gateway>[.<rule>].allowForwardTo a,b",
-    "security.gateway.forwardRules.<gateway>[.<rule>].allowActions a,b",
+    "security.gateway.forwardRules.<gateway>[.<rule>].allowForwardTo a,b|'[\"a\",\"b\"]'",
+    "security.gateway.forwardRules.<gateway>[.<rule>].allowActions a,b|'[\"a\",\"b\"]'",
     "security.gateway.forwardRules.<gateway>[.<rule>].requireApproval true|false",
-    "security.gateway.forwardRules.<gateway>[.<rule>].rateLimit PER_MINUTE",
+    "security.gateway.forwardRules.<gateway>[.<rule>].rateLimit[.perMinute] PER_MINUTE",
 ];
 
 /// `config set`.
@@ -38,14 +38,15 @@ pub async fn set(
     let segments: Vec<&str> = path.split('.').collect();
     match segments.as_slice() {
         ["security", "gateway", "forwardRules", gateway, rest @ ..] => {
+            // An optional rule index, then the field's own dotted path
+            // (`rateLimit.perMinute`, as the WOPR config nests it).
             let (rule, field) = match rest {
-                [field] => (None, *field),
-                [rule, field] => (
-                    Some(rule.parse::<usize>().map_err(|_| unknown_path(path))?),
-                    *field,
-                ),
-                _ => return Err(unknown_path(path)),
+                [rule, field @ ..] if !field.is_empty() && rule.parse::<usize>().is_ok() => {
+                    (rule.parse::<usize>().ok(), field)
+                }
+                field => (None, field),
             };
+            let field = RuleField::parse(&field.join(".")).ok_or_else(|| unknown_path(path))?;
             set_rule(context, gateway, rule, field, value, force).await
         }
         ["security", "gateway", "approvalTimeout", gateway] => {
@@ -106,13 +107,86 @@ fn policy_setting(rest: &[&str], value: &str) -> Option<Result<Value, CliError>>
     })
 }
 
+/// The settable fields of a forward rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RuleField {
+    AllowForwardTo,
+    AllowActions,
+    RequireApproval,
+    /// `rateLimit` or, as the WOPR config nests it, `rateLimit.perMinute`:
+    /// the rule's one limit.
+    RateLimit,
+}
+
+impl RuleField {
+    fn parse(field: &str) -> Option<RuleField> {
+        Some(match field {
+            "allowForwardTo" => RuleField::AllowForwardTo,
+            "allowActions" => RuleField::AllowActions,
+            "requireApproval" => RuleField::RequireApproval,
+            "rateLimit" | "rateLimit.perMinute" => RuleField::RateLimit,
+            _ => return None,
+        })
+    }
+
+    /// The field's name in the Gateway's spec, as paths name it.
+    fn name(self) -> &'static str {
+        match self {
+            RuleField::AllowForwardTo => "allowForwardTo",
+            RuleField::AllowActions => "allowActions",
+            RuleField::RequireApproval => "requireApproval",
+            RuleField::RateLimit => "rateLimit.perMinute",
+        }
+    }
+}
+
+/// A list value: a JSON array of strings (`'["a","b"]'`, as the WOPR config
+/// writes lists) or comma-separated (`a,b`); every item a `*` or a name
+/// `valid` accepts, so a value that does not parse is an error rather than
+/// a list of one odd string that matches nothing.
+fn list(
+    path: &str,
+    value: &str,
+    what: &str,
+    valid: fn(&str) -> bool,
+) -> Result<Vec<String>, CliError> {
+    let items: Vec<String> = if value.trim_start().starts_with('[') {
+        serde_json::from_str(value).map_err(|error| {
+            CliError::Usage(format!(
+                "{path}: {value:?} is not a JSON array of strings ({error}); write '[\"a\",\"b\"]' or a,b"
+            ))
+        })?
+    } else {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    match items.iter().find(|item| *item != "*" && !valid(item)) {
+        Some(bad) => Err(CliError::Usage(format!(
+            "{path}: {bad:?} is not {what} (or *)"
+        ))),
+        None => Ok(items),
+    }
+}
+
+/// An action name: letters, digits, `_`, `-` and `.`.
+fn is_action(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// Sets one field of a gateway's forward rule: rule `rule`, or the only
 /// one (a gateway without rules gets its first).
 async fn set_rule(
     context: &Context,
     gateway_name: &str,
     rule: Option<usize>,
-    field: &str,
+    field: RuleField,
     value: &str,
     force: bool,
 ) -> Result<Shown, CliError> {
@@ -128,8 +202,9 @@ async fn set_rule(
         (None, 0 | 1) => 0,
         (None, count) => {
             return Err(CliError::Usage(format!(
-                "gateway {gateway_name} has {count} rules: name one, as security.gateway.forwardRules.{gateway_name}.<0-{}>.{field}",
-                count - 1
+                "gateway {gateway_name} has {count} rules: name one, as security.gateway.forwardRules.{gateway_name}.<0-{}>.{}",
+                count - 1,
+                field.name()
             )));
         }
     };
@@ -141,21 +216,28 @@ async fn set_rule(
             rate_limit: None,
         });
     }
-    let path = format!("security.gateway.forwardRules.{gateway_name}.{index}.{field}");
-    let list = || {
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
-    };
+    let path = format!(
+        "security.gateway.forwardRules.{gateway_name}.{index}.{}",
+        field.name()
+    );
     let target = &mut rules[index];
     match field {
-        "allowForwardTo" => target.allow_forward_to = list(),
-        "allowActions" => target.allow_actions = list(),
-        "requireApproval" => target.require_approval = boolean(&path, value)?,
-        "rateLimit" => {
+        RuleField::AllowForwardTo => {
+            let targets = list(&path, value, "a session name", is_object_name)?;
+            if targets.is_empty() {
+                return Err(invalid(
+                    &path,
+                    value,
+                    "a list of at least one session (or *)",
+                ));
+            }
+            target.allow_forward_to = targets;
+        }
+        RuleField::AllowActions => {
+            target.allow_actions = list(&path, value, "an action name", is_action)?;
+        }
+        RuleField::RequireApproval => target.require_approval = boolean(&path, value)?,
+        RuleField::RateLimit => {
             let per_minute = value
                 .trim_end_matches("/min")
                 .parse::<u32>()
@@ -166,7 +248,6 @@ async fn set_rule(
                 })?;
             target.rate_limit = Some(RateLimit { per_minute });
         }
-        _ => return Err(unknown_path(&path)),
     }
     apply_gateway(context, gateway_name, json!({"forwardRules": rules}), force).await
 }
@@ -184,4 +265,73 @@ async fn apply_gateway(
         format!("gateway.wopr.dev/{name} configured\n"),
         &applied,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    #[test]
+    fn help_lists_every_path() {
+        let mut cli = Cli::command();
+        let set = cli
+            .find_subcommand_mut("config")
+            .and_then(|config| config.find_subcommand_mut("set"))
+            .unwrap();
+        let help = set.get_after_help().unwrap().to_string();
+        for path in PATHS {
+            assert!(help.contains(path), "{path} is not in --help:\n{help}");
+        }
+    }
+
+    #[test]
+    fn rule_fields_by_their_paths() {
+        assert_eq!(
+            RuleField::parse("rateLimit.perMinute"),
+            Some(RuleField::RateLimit)
+        );
+        assert_eq!(RuleField::parse("rateLimit"), Some(RuleField::RateLimit));
+        for unknown in ["rateLimit.perHour", "perMinute", "allowForwardTo.0", ""] {
+            assert_eq!(RuleField::parse(unknown), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn lists_are_json_arrays_or_comma_separated() {
+        let parse = |value| list("p", value, "a session name", is_object_name);
+        let names = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse(r#"["internal-processor"]"#).unwrap(),
+            names(&["internal-processor"])
+        );
+        assert_eq!(parse(r#" ["a", "b"] "#).unwrap(), names(&["a", "b"]));
+        assert_eq!(parse("a, b,").unwrap(), names(&["a", "b"]));
+        assert_eq!(parse("*").unwrap(), names(&["*"]));
+        assert_eq!(parse("[]").unwrap(), names(&[]));
+        for (bad, why) in [
+            (r#"["internal-processor""#, "is not a JSON array of strings"),
+            (r#"[1]"#, "is not a JSON array of strings"),
+            (r#"["a"],b"#, "is not a JSON array of strings"),
+            (
+                r#""internal-processor""#,
+                "\"\\\"internal-processor\\\"\" is not a session name",
+            ),
+            ("Internal", "\"Internal\" is not a session name"),
+            ("a b", "\"a b\" is not a session name"),
+        ] {
+            match parse(bad) {
+                Err(CliError::Usage(message)) => {
+                    assert!(message.contains(why), "{bad}: {message}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            list("p", "query, look up", "an action name", is_action),
+            Err(CliError::Usage(_))
+        ));
+    }
 }

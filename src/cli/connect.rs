@@ -2,7 +2,12 @@
 //! `$KUBECONFIG`, else `~/.kube/config`, else in-cluster), its context,
 //! cluster, user and namespace, each overridable by flag; and the control
 //! plane, reached at `--control-plane` with the person's own bearer token,
-//! which it has the API server review.
+//! which it has the API server review. Every connection and every answer,
+//! of either, is waited for at most `--request-timeout`: a server that
+//! accepts and never answers is unreachable (exit 4), not a hang.
+
+use std::future::Future;
+use std::time::Duration;
 
 use kube::config::{ExecConfig, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -37,6 +42,11 @@ pub async fn cluster(flags: &ClusterFlags) -> Result<(Client, Config), CliError>
             Err(from_file) => Config::incluster().map_err(|_| unreachable(&from_file))?,
         },
     };
+    // The read timeout bounds each wait for the API server's answer.
+    let mut config = config;
+    config.connect_timeout = Some(flags.request_timeout);
+    config.read_timeout = Some(flags.request_timeout);
+    config.write_timeout = Some(flags.request_timeout);
     let client = Client::try_from(config.clone()).map_err(|e| unreachable(&e))?;
     Ok((client, config))
 }
@@ -57,6 +67,60 @@ pub struct ControlPlane {
     /// Where the bearer token (a person's or a workload's Kubernetes
     /// credential) comes from.
     pub credential: Credential,
+    /// How long to wait for a connection and for each answer.
+    pub timeout: Duration,
+}
+
+/// `--request-timeout`'s default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to make one call to the control plane: the credential to present
+/// and how long to wait for the answer.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    token: String,
+    timeout: Duration,
+    address: String,
+}
+
+impl Caller {
+    /// `message` with the bearer token. It carries no `grpc-timeout`:
+    /// tonic's client enforces that header itself and reports its expiry
+    /// as `Cancelled` (a refusal), racing [`Caller::answer`]'s deadline.
+    pub fn request<T>(&self, message: T) -> Result<tonic::Request<T>, CliError> {
+        bearer(message, &self.token)
+    }
+
+    /// What `call` answers, or, when no answer comes within the timeout,
+    /// unreachable (exit 4), whatever the server is doing.
+    pub async fn answer<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, CliError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => answer
+                .map(tonic::Response::into_inner)
+                .map_err(CliError::from_status),
+            Err(_) => Err(no_answer(&self.address, self.timeout)),
+        }
+    }
+}
+
+/// The control plane at `address` did not answer within `timeout`.
+fn no_answer(address: &str, timeout: Duration) -> CliError {
+    CliError::Unreachable(format!(
+        "the control plane at {address} did not answer within {} (--request-timeout)",
+        duration_text(timeout)
+    ))
+}
+
+/// `timeout` as `--request-timeout` takes it.
+fn duration_text(timeout: Duration) -> String {
+    match timeout.as_secs() {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Where the control plane's bearer token comes from.
@@ -86,33 +150,36 @@ impl ControlPlane {
         Some(ControlPlane {
             address,
             credential,
+            timeout: flags.request_timeout,
         })
     }
 
-    /// The control plane at `address`, presenting `token`.
+    /// The control plane at `address`, presenting `token`, with the
+    /// default timeout.
     pub fn with_token(address: &str, token: Option<&str>) -> ControlPlane {
         ControlPlane {
             address: address.to_owned(),
             credential: token.map_or(Credential::Missing, |token| {
                 Credential::Token(token.to_owned())
             }),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
-    /// An Audit client, and the token to put on each request.
-    pub async fn audit(&self) -> Result<(AuditClient<Channel>, String), CliError> {
-        let (channel, token) = self.connect().await?;
-        Ok((AuditClient::new(channel), token))
+    /// An Audit client, and how to call it.
+    pub async fn audit(&self) -> Result<(AuditClient<Channel>, Caller), CliError> {
+        let (channel, caller) = self.connect().await?;
+        Ok((AuditClient::new(channel), caller))
     }
 
-    /// A Broker client, and the token to put on each request.
-    pub async fn broker(&self) -> Result<(BrokerClient<Channel>, String), CliError> {
-        let (channel, token) = self.connect().await?;
-        Ok((BrokerClient::new(channel), token))
+    /// A Broker client, and how to call it.
+    pub async fn broker(&self) -> Result<(BrokerClient<Channel>, Caller), CliError> {
+        let (channel, caller) = self.connect().await?;
+        Ok((BrokerClient::new(channel), caller))
     }
 
-    /// A channel to the control plane, and the token to present on it.
-    async fn connect(&self) -> Result<(Channel, String), CliError> {
+    /// A channel to the control plane, and how to call it.
+    async fn connect(&self) -> Result<(Channel, Caller), CliError> {
         let token = match &self.credential {
             Credential::Token(token) => token.clone(),
             Credential::Exec(exec) => exec_token(exec)?,
@@ -134,14 +201,23 @@ impl ControlPlane {
                 self.address
             ))
         })?;
-        let channel = endpoint.connect().await.map_err(|error| {
-            CliError::Unreachable(format!(
-                "cannot reach the control plane at {}: {}",
-                self.address,
-                root_cause(&error)
-            ))
-        })?;
-        Ok((channel, token))
+        let endpoint = endpoint.connect_timeout(self.timeout);
+        let channel = tokio::time::timeout(self.timeout, endpoint.connect())
+            .await
+            .map_err(|_| no_answer(&self.address, self.timeout))?
+            .map_err(|error| {
+                CliError::Unreachable(format!(
+                    "cannot reach the control plane at {}: {}",
+                    self.address,
+                    root_cause(&error)
+                ))
+            })?;
+        let caller = Caller {
+            token,
+            timeout: self.timeout,
+            address: self.address.clone(),
+        };
+        Ok((channel, caller))
     }
 }
 
@@ -203,7 +279,7 @@ fn kubeconfig_token(config: &Config) -> Option<String> {
 }
 
 /// `request` with `token` as its bearer credential.
-pub fn bearer<T>(request: T, token: &str) -> Result<tonic::Request<T>, CliError> {
+fn bearer<T>(request: T, token: &str) -> Result<tonic::Request<T>, CliError> {
     let mut request = tonic::Request::new(request);
     let value = format!("Bearer {token}")
         .parse()
@@ -214,7 +290,40 @@ pub fn bearer<T>(request: T, token: &str) -> Result<tonic::Request<T>, CliError>
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::Cli;
+
+    #[test]
+    fn request_timeout_defaults_to_30s_and_reads_durations() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["kubectl-wopr"]
+                    .iter()
+                    .chain(args)
+                    .chain(&["session", "list"]),
+            )
+        };
+        assert_eq!(
+            parse(&[]).unwrap().cluster.request_timeout,
+            DEFAULT_REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            parse(&["--request-timeout", "2m"])
+                .unwrap()
+                .cluster
+                .request_timeout,
+            Duration::from_secs(120)
+        );
+        for bad in ["0s", "1", "soon"] {
+            let error = parse(&["--request-timeout", bad]).unwrap_err().to_string();
+            assert!(error.contains("is not a duration"), "{bad}: {error}");
+        }
+        assert_eq!(duration_text(Duration::from_secs(1)), "1s");
+        assert_eq!(duration_text(Duration::from_secs(90)), "90s");
+        assert_eq!(duration_text(Duration::from_secs(120)), "2m");
+    }
 
     fn plugin(script: &str) -> ExecConfig {
         serde_json::from_value(serde_json::json!({

@@ -8,6 +8,7 @@ use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::args::GrantArgs;
+use super::objects::is_object_name;
 use super::output::{Shown, Table, age, joined, or_none, until};
 use super::time::parse_time;
 use super::{CliError, Context};
@@ -18,8 +19,11 @@ use crate::policy::grant_validity;
 /// peer key starts with it (60 characters in all: 44 bytes of DER).
 const ED25519_KEY_PREFIX: &str = "MCowBQYDK2VwAyEA";
 
-/// `PEER-KEY`, `session:NAME` or `serviceaccount:NAMESPACE/NAME` as a
-/// Grant's subject.
+/// `PEER-KEY`, `session:NAME` (or a bare `NAME`) or
+/// `serviceaccount:NAMESPACE/NAME` as a Grant's subject. A bare word is a
+/// peer key when it is one, else a Session's name: the two never overlap
+/// (a key has upper-case letters and ends in `=`, which no object name
+/// has), so which one the WOPR CLI meant is never a guess.
 pub fn parse_subject(value: &str) -> Result<GrantSubject, CliError> {
     if let Some(session) = value.strip_prefix("session:") {
         if session.is_empty() {
@@ -44,12 +48,15 @@ pub fn parse_subject(value: &str) -> Result<GrantSubject, CliError> {
         && value.starts_with(ED25519_KEY_PREFIX)
         && value.ends_with('=')
         && value[..59].chars().all(base64);
-    if !valid {
-        return Err(CliError::Usage(format!(
-            "{value:?} is not a subject: use session:NAME, serviceaccount:NAMESPACE/NAME or a peer key (a base64 Ed25519 public key, 60 characters starting {ED25519_KEY_PREFIX})"
-        )));
+    if valid {
+        return Ok(GrantSubject::peer(value));
     }
-    Ok(GrantSubject::peer(value))
+    if is_object_name(value) {
+        return Ok(GrantSubject::session(value));
+    }
+    Err(CliError::Usage(format!(
+        "{value:?} is not a subject: use a session's NAME (or session:NAME), serviceaccount:NAMESPACE/NAME or a peer key (a base64 Ed25519 public key, 60 characters starting {ED25519_KEY_PREFIX})"
+    )))
 }
 
 /// How a subject reads in tables and messages.
@@ -144,7 +151,19 @@ pub async fn grant(context: &Context, args: GrantArgs) -> Result<Shown, CliError
         return Err(CliError::Usage("--expires is in the past".into()));
     }
     if let Some(session) = &subject.session {
-        super::objects::get::<Session>(context, session).await?;
+        let found = super::objects::get_opt::<Session>(context, session).await?;
+        if found.is_none() {
+            return Err(CliError::NotFound(
+                if args.subject.starts_with("session:") {
+                    format!("session {session:?} not found")
+                } else {
+                    format!(
+                        "{session:?} is neither a Session in namespace {} nor a peer key (a base64 Ed25519 public key, 60 characters starting {ED25519_KEY_PREFIX}): create the session first, or name the peer by its key",
+                        context.namespace
+                    )
+                },
+            ));
+        }
     }
     let name = grant_name(&subject);
     let grant = Grant {
@@ -320,9 +339,16 @@ mod tests {
                 .as_deref(),
             Some("research-agent")
         );
+        assert_eq!(
+            parse_subject("researcher-agent").unwrap(),
+            GrantSubject::session("researcher-agent"),
+            "a bare name is a session's"
+        );
         for bad in [
             "session:",
-            "alice",
+            "Alice",
+            "researcher agent",
+            "researcher_agent",
             &key[..59],
             "MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HO!=",
             "serviceaccount:ns",

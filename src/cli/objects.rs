@@ -106,3 +106,34 @@ where
     get::<K>(context, name).await?;
     apply_spec(context, name, spec, force).await
 }
+
+/// Whether `value` can name an object: a DNS-1123 subdomain (lower-case
+/// letters, digits, `-` and `.`, starting and ending with a letter or
+/// digit, at most 253 characters), as the API server requires.
+pub fn is_object_name(value: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    value.len() <= 253
+        && value.starts_with(alphanumeric)
+        && value.ends_with(alphanumeric)
+        && value
+            .chars()
+            .all(|c| alphanumeric(c) || c == '-' || c == '.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_dns_subdomains() {
+        for name in ["a", "research-agent", "p2p-gateway", "a.b", "0x"] {
+            assert!(is_object_name(name), "{name}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "", "-a", "a-", "A", "a_b", "a b", "a/b", "a=", "\"a\"", &long,
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+    }
+}

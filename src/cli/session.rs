@@ -5,11 +5,10 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::args::{SessionCommand, SessionCreateArgs, SetProviderArgs};
-use super::connect::bearer;
 use super::objects::{list, update_spec};
 use super::output::{Shown, Table, age, or_none};
 use super::{CliError, Context};
-use crate::api::{Provider, ProviderFallback, Session, SessionSpec, name_of};
+use crate::api::{Provider, ProviderFallback, Session, SessionSpec, TrustLevel, name_of};
 use crate::proto::v1alpha1::InjectRequest;
 
 /// Runs a session command.
@@ -22,8 +21,19 @@ pub async fn run(context: &Context, command: SessionCommand) -> Result<Shown, Cl
     }
 }
 
+/// `session create`. Without `--trust-level` the session is untrusted: the
+/// SecurityPolicy has no field naming a level for new sessions
+/// (`p2p.discoveryTrust` is for peers without a Grant), and a default is
+/// never higher than the lowest level unless a policy says so.
 async fn create(context: &Context, args: SessionCreateArgs) -> Result<Shown, CliError> {
-    let mut spec = SessionSpec::for_trust_level(args.trust_level);
+    let (trust_level, chosen) = match args.trust_level {
+        Some(level) => (level, ""),
+        None => (
+            TrustLevel::Untrusted,
+            ", the default: pass --trust-level to choose",
+        ),
+    };
+    let mut spec = SessionSpec::for_trust_level(trust_level);
     spec.prompt = Some(args.prompt);
     spec.provider = args.provider.map(|name| Provider {
         name,
@@ -45,8 +55,8 @@ async fn create(context: &Context, args: SessionCreateArgs) -> Result<Shown, Cli
         .map_err(|e| CliError::from_kube(&format!("session {:?}", args.name), e))?;
     Ok(Shown::new(
         format!(
-            "session.wopr.dev/{} created ({})\n",
-            args.name, args.trust_level
+            "session.wopr.dev/{} created ({trust_level}{chosen})\n",
+            args.name
         ),
         &created,
     ))
@@ -128,17 +138,13 @@ async fn set_provider(context: &Context, args: SetProviderArgs) -> Result<Shown,
 /// and, for a person, `use` on `trustlevels.wopr.dev` named the session's
 /// trust level.
 async fn inject(context: &Context, name: &str, message: &str) -> Result<Shown, CliError> {
-    let (mut broker, token) = context.control_plane()?.broker().await?;
-    let request = InjectRequest {
+    let (mut broker, caller) = context.control_plane()?.broker().await?;
+    let request = caller.request(InjectRequest {
         namespace: context.namespace.clone(),
         session: name.to_owned(),
         payload_json: json!({"text": message}).to_string(),
-    };
-    let sent = broker
-        .inject(bearer(request, &token)?)
-        .await
-        .map_err(CliError::from_status)?
-        .into_inner();
+    })?;
+    let sent = caller.answer(broker.inject(request)).await?;
     Ok(Shown::new(
         format!(
             "message {} queued for session {name} (audit event {})\n",
