@@ -92,14 +92,7 @@ async fn warnings(client: &Client, namespace: &str, name: &str) -> Vec<String> {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: set KUBECONFIG and WOPR_E2E_CONTROL_PLANE"]
 async fn sidecars_verify_their_sandbox_and_gate_agents_that_require_it() {
-    let control_plane = std::env::var("WOPR_E2E_CONTROL_PLANE").expect(
-        "WOPR_E2E_CONTROL_PLANE=IP:PORT: an address of this machine the cluster's pods can reach",
-    );
-    let port = control_plane
-        .rsplit_once(':')
-        .expect("IP:PORT")
-        .1
-        .to_owned();
+    let (control_plane, port) = pod_reachable_control_plane();
     with_namespace(|client, namespace| async move {
         let controller = Controller::start(wopr_operator::controller::config::ControllerArgs {
             control_plane_address: control_plane.clone(),

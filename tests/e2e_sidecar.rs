@@ -86,14 +86,7 @@ const MEMORY: &str = "the build is green";
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: set KUBECONFIG, WOPR_E2E_CONTROL_PLANE and WOPR_E2E_SIDECAR_IMAGE"]
 async fn in_a_real_pod_the_sidecar_writes_the_workspace_and_the_agent_reads_it() {
-    let control_plane = std::env::var("WOPR_E2E_CONTROL_PLANE").expect(
-        "WOPR_E2E_CONTROL_PLANE=IP:PORT: an address of this machine the cluster's pods can reach",
-    );
-    let port = control_plane
-        .rsplit_once(':')
-        .expect("IP:PORT")
-        .1
-        .to_owned();
+    let (control_plane, port) = pod_reachable_control_plane();
     with_namespace(|client, namespace| async move {
         let args = controller_args(&namespace, &format!("0.0.0.0:{port}"));
         // The demo agent ships in the operator's image, the sidecar's.

@@ -1103,7 +1103,7 @@ mod sandbox_checks {
                 address: api_server.local_addr().unwrap(),
             }],
             probe_timeout: Duration::from_millis(200),
-            cgroup: cgroup(dir.path(), "1024"),
+            cgroup: cgroup(dir.path(), "100"),
             required: true,
         };
         let health = HealthReporter::new();

@@ -32,7 +32,7 @@ mod resolve;
 mod spawn;
 mod standing;
 pub mod tools;
-mod validity;
+pub(crate) mod validity;
 mod workloads;
 
 pub use capabilities::CapabilitySet;

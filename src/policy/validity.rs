@@ -36,18 +36,21 @@ pub fn grant_is_active(grant: &Grant, now: Timestamp) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
     use crate::api::{Capability, GrantSpec, GrantSubject};
 
-    fn now() -> Timestamp {
+    /// The tests' "now" (the controller's Grant status tests share it).
+    pub(crate) fn now() -> Timestamp {
         "2026-12-06T12:00:00Z".parse().unwrap()
     }
 
-    fn grant(expires_in: Option<i64>) -> Grant {
+    /// A session's Grant of one capability, expiring `expires_in` seconds
+    /// after [`now`] (never with `None`).
+    pub(crate) fn grant(expires_in: Option<i64>) -> Grant {
         Grant::new(
             "g",
             GrantSpec {

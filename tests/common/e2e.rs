@@ -422,3 +422,18 @@ pub fn required_tool(test: &str, name: &str, override_var: Option<&str>) -> Stri
         ),
     }
 }
+
+/// `WOPR_E2E_CONTROL_PLANE` (an `IP:PORT` of this machine that the
+/// cluster's pods can reach) and its port, for a test whose sidecars run in
+/// real pods.
+pub fn pod_reachable_control_plane() -> (String, String) {
+    let control_plane = std::env::var("WOPR_E2E_CONTROL_PLANE").expect(
+        "WOPR_E2E_CONTROL_PLANE=IP:PORT: an address of this machine the cluster's pods can reach",
+    );
+    let port = control_plane
+        .rsplit_once(':')
+        .expect("IP:PORT")
+        .1
+        .to_owned();
+    (control_plane, port)
+}

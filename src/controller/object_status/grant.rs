@@ -106,24 +106,10 @@ mod tests {
     use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
-    use crate::api::{Capability, GrantSpec, GrantSubject};
-
-    fn now() -> Timestamp {
-        "2026-12-06T12:00:00Z".parse().unwrap()
-    }
+    use crate::policy::validity::tests::now;
 
     fn grant(expires_in: Option<i64>) -> Grant {
-        let mut grant = Grant::new(
-            "g",
-            GrantSpec {
-                subject: GrantSubject::session("s"),
-                profile: None,
-                capabilities: vec![Capability::InjectNetwork],
-                sessions: Vec::new(),
-                expires_at: expires_in.map(|s| Time(now() + SignedDuration::from_secs(s))),
-                previous_keys: Vec::new(),
-            },
-        );
+        let mut grant = crate::policy::validity::tests::grant(expires_in);
         grant.metadata.generation = Some(1);
         grant
     }
