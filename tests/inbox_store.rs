@@ -261,6 +261,23 @@ async fn a_message_id_belongs_to_one_inbox(store: TestStore) {
         )
     );
     assert!(pending(store, "other").await.is_empty());
+    // The same id to the same inbox from another sender is no resend: it
+    // is refused, not reported as delivered.
+    let mut forged = sent.clone();
+    forged.source = from("b");
+    let refused = store.enqueue(&forged, ROOMY).await.unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "message id {} is already taken by a message for team-a/agent",
+            sent.id
+        )
+    );
+    assert_eq!(
+        store.enqueue(&sent, ROOMY).await.unwrap(),
+        Enqueued::AlreadyQueued(1),
+        "its own sender may still send it again"
+    );
     // Looked up by id, a message is found only in its own inbox.
     let found = store.inbox_message(NS, "agent", &sent.id).await.unwrap();
     assert_eq!(found, Some(sent.clone()));

@@ -228,14 +228,33 @@ pub(super) async fn append(
     let (namespace, session) = (message.namespace.as_str(), message.session.as_str());
     let inbox = format!("{namespace}/{session}");
     let last_seq = lock_head(transaction, namespace, session).await?;
-    let existing = sqlx::query("SELECT namespace, session, seq FROM inbox_messages WHERE id = $1")
-        .bind(&message.id)
-        .fetch_optional(&mut **transaction)
-        .await?;
+    let existing =
+        sqlx::query("SELECT namespace, session, seq, message FROM inbox_messages WHERE id = $1")
+            .bind(&message.id)
+            .fetch_optional(&mut **transaction)
+            .await?;
     if let Some(row) = existing {
         let (owner_namespace, owner_session): (String, String) = (row.try_get(0)?, row.try_get(1)?);
         if (owner_namespace.as_str(), owner_session.as_str()) != (namespace, session) {
             let inbox = format!("{owner_namespace}/{owner_session}");
+            return Err(InboxError::IdTaken {
+                id: message.id.clone(),
+                inbox,
+            }
+            .into());
+        }
+        // The same id from another sender is not a resend: saying
+        // "delivered" would tell it that a message it never sent is its own.
+        // (The sender, not its trust level, which may have changed since.)
+        let stored: InboxMessage =
+            serde_json::from_str(&row.try_get::<String, _>(3)?).map_err(|error| {
+                StoreError::Corrupt {
+                    id: message.id.clone(),
+                    error: error.to_string(),
+                }
+            })?;
+        let sender = |m: &InboxMessage| (m.source.source_type.clone(), m.source.identity.clone());
+        if sender(&stored) != sender(message) {
             return Err(InboxError::IdTaken {
                 id: message.id.clone(),
                 inbox,
