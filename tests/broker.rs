@@ -590,6 +590,11 @@ async fn a_persons_message_takes_use_on_the_sessions_trust_level() {
             expected
         )
     );
+    assert_eq!(
+        refusal.source.trust_level,
+        TrustLevel::Untrusted,
+        "a refused person is recorded as untrusted, not as the session's operator"
+    );
 
     // Her own level she may operate: delivered, as the operator.
     let sent = client

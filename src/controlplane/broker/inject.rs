@@ -45,12 +45,14 @@ pub const INJECT_ACTION: &str = "session_inject";
 /// The source type of a person's messages.
 const SOURCE_TYPE_PERSON: &str = "user";
 
-/// A person as the source of a message: the session's operator.
-fn person(username: &str) -> SourceRef {
+/// A person as the source of a message, at `trust_level`: the owner's
+/// once RBAC has let them operate the session, untrusted while refused (a
+/// refusal is no reason to record a caller as the session's operator).
+fn person(username: &str, trust_level: TrustLevel) -> SourceRef {
     SourceRef {
         source_type: SOURCE_TYPE_PERSON.into(),
         identity: username.to_owned(),
-        trust_level: TrustLevel::Owner,
+        trust_level,
     }
 }
 
@@ -181,7 +183,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             Err(AuthError::Forbidden { username, reason }) => {
                 let status = Status::permission_denied(reason);
                 return Err(self
-                    .refuse_injection(target, person(&username), status)
+                    .refuse_injection(target, person(&username, TrustLevel::Untrusted), status)
                     .await);
             }
             Err(error) => return Err(unauthorized(error)),
@@ -192,7 +194,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                 &format!("{}/{}", account.namespace, account.service_account),
                 TrustLevel::Untrusted,
             ),
-            None => person(&caller),
+            None => person(&caller, TrustLevel::Untrusted),
         };
         let recipient = match recipient {
             Ok(recipient) => recipient,
@@ -205,7 +207,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                     capability: None,
                     reason: Reason::Permitted,
                 };
-                (provisional, decision, Vec::new())
+                (person(&caller, TrustLevel::Owner), decision, Vec::new())
             }
             Some(account) => {
                 let account = (account.namespace.as_str(), account.service_account.as_str());
