@@ -6,6 +6,12 @@
 //! the first denial is published at once and later ones at most once a
 //! [`WINDOW`], with how many there were since. The audit store keeps every
 //! one; the Events are the signal.
+//!
+//! What an agent controls cannot grow this: every unknown tool shares one
+//! key, names are cut to [`MAX_NAME`], a key quiet for two windows is
+//! forgotten, at most [`MAX_KEYS`] are kept (a denial past the cap makes no
+//! Event; it is still audited), and at most [`MAX_PUBLISHING`] Events are
+//! being published at once (one more is dropped and logged).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,10 +24,36 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::audit::{AuditEvent, EventType as AuditEventType};
 use crate::cluster::FIELD_MANAGER;
-use crate::policy::Outcome;
+use crate::policy::{Outcome, ToolId};
 
 /// At most one Event per session, reason and denied thing in this window.
 pub const WINDOW: Duration = Duration::from_secs(60);
+/// The most aggregation keys kept.
+pub const MAX_KEYS: usize = 10_000;
+/// The longest name (namespace, session, what) a key holds, in bytes.
+pub const MAX_NAME: usize = 253;
+/// The most Events being published at once.
+pub const MAX_PUBLISHING: usize = 16;
+/// What every denied call of a tool nobody declared is counted as.
+const UNKNOWN_TOOL: &str = "(an unknown tool)";
+
+/// `name` cut to [`MAX_NAME`] bytes, on a character boundary.
+fn bounded(name: &str) -> String {
+    let mut end = name.len().min(MAX_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+/// The denied tool as a key: its name if it is a known tool, else
+/// [`UNKNOWN_TOOL`] (an agent can make up any number of names).
+fn tool_key(tool: Option<&str>) -> String {
+    match tool.and_then(ToolId::lookup) {
+        Some(id) => id.tool().name.to_owned(),
+        None => UNKNOWN_TOOL.to_owned(),
+    }
+}
 
 /// One Event to publish on a Session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,9 +79,10 @@ struct Key {
     what: String,
 }
 
-#[derive(Default)]
 struct Seen {
     published: Option<Instant>,
+    /// The latest denial.
+    last: Instant,
     /// Denials since the last published Event.
     since: u64,
     /// The latest denial's reason, in words.
@@ -59,36 +92,78 @@ struct Seen {
 /// The aggregation of denials into Events.
 #[derive(Default)]
 pub struct Denials {
-    seen: Mutex<HashMap<Key, Seen>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    seen: HashMap<Key, Seen>,
+    /// When keys quiet for two windows were last forgotten.
+    swept: Option<Instant>,
+}
+
+impl State {
+    /// Forgets the keys with no denial in the last two windows.
+    fn sweep(&mut self, now: Instant) {
+        self.seen
+            .retain(|_, entry| now.duration_since(entry.last) < 2 * WINDOW);
+        self.swept = Some(now);
+    }
 }
 
 impl Denials {
+    /// How many keys are kept.
+    pub fn keys(&self) -> usize {
+        self.state
+            .lock()
+            .expect("the denials lock is never poisoned")
+            .seen
+            .len()
+    }
+
     /// The Events due for `events` (just stored) at `now`.
     pub fn observe(&self, events: &[AuditEvent], now: Instant) -> Vec<SessionEvent> {
-        let mut seen = self
-            .seen
+        let mut state = self
+            .state
             .lock()
             .expect("the denials lock is never poisoned");
+        if state
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= WINDOW)
+        {
+            state.sweep(now);
+        }
         let mut due = Vec::new();
         for event in events.iter().filter(|e| e.decision == Outcome::Denied) {
             let (reason, what) = match event.event_type {
-                AuditEventType::ToolCall => ("ToolDenied", event.tool.clone().unwrap_or_default()),
-                AuditEventType::Injection => ("InjectionDenied", event.source.identity.clone()),
-                AuditEventType::Forward => ("ForwardDenied", event.source.identity.clone()),
-                AuditEventType::RateLimited => {
-                    ("RateLimited", event.tool.clone().unwrap_or_default())
-                }
+                AuditEventType::ToolCall => ("ToolDenied", tool_key(event.tool.as_deref())),
+                AuditEventType::Injection => ("InjectionDenied", bounded(&event.source.identity)),
+                AuditEventType::Forward => ("ForwardDenied", bounded(&event.source.identity)),
+                AuditEventType::RateLimited => ("RateLimited", tool_key(event.tool.as_deref())),
                 _ => continue,
             };
             let key = Key {
-                namespace: event.namespace.clone(),
-                session: event.session.clone(),
+                namespace: bounded(&event.namespace),
+                session: bounded(&event.session),
                 reason,
                 what,
             };
-            let entry = seen.entry(key.clone()).or_default();
+            if !state.seen.contains_key(&key) && state.seen.len() >= MAX_KEYS {
+                // Forget the quiet ones; if all are recent, no Event.
+                state.sweep(now);
+                if state.seen.len() >= MAX_KEYS {
+                    continue;
+                }
+            }
+            let entry = state.seen.entry(key.clone()).or_insert_with(|| Seen {
+                published: None,
+                last: now,
+                since: 0,
+                why: String::new(),
+            });
+            entry.last = now;
             entry.since += 1;
-            entry.why.clone_from(&event.reason);
+            entry.why = bounded(&event.reason);
             if entry
                 .published
                 .is_some_and(|at| now.duration_since(at) < WINDOW)
@@ -133,14 +208,20 @@ pub struct DenialEvents {
 impl DenialEvents {
     /// Publishes with `events`.
     pub fn new<E: SessionEvents>(events: Arc<E>) -> DenialEvents {
+        let publishing = Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHING));
         DenialEvents {
             denials: Arc::default(),
             publish: Arc::new(move |due| {
+                let Ok(permit) = publishing.clone().try_acquire_owned() else {
+                    tracing::warn!(session = %due.session, reason = due.reason, "too many denial Events being published; this one is dropped (the audit trail has the denial)");
+                    return;
+                };
                 let events = events.clone();
                 tokio::spawn(async move {
                     if let Err(error) = events.warn(due).await {
                         tracing::warn!(%error, "could not publish a denial Event");
                     }
+                    drop(permit);
                 });
             }),
         }
@@ -257,5 +338,80 @@ mod tests {
         );
         assert_eq!(other.len(), 1);
         assert!(other[0].note.contains("memory_write"));
+    }
+
+    /// The attack of issue 31: ten thousand made-up, long tool names.
+    #[test]
+    fn made_up_tool_names_share_one_key_and_one_event() {
+        let denials = Denials::default();
+        let start = Instant::now();
+        let flood: Vec<AuditEvent> = (0..10_000)
+            .map(|n| denied(&format!("{n}{}", "x".repeat(17_000))))
+            .collect();
+        let due = denials.observe(&flood, start);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].note,
+            "denied tool (an unknown tool): tool not permitted"
+        );
+        assert_eq!(denials.keys(), 1);
+    }
+
+    #[test]
+    fn quiet_keys_are_forgotten_and_the_keys_are_capped() {
+        let denials = Denials::default();
+        let start = Instant::now();
+        let mut one = denied("exec_command");
+        let many: Vec<AuditEvent> = (0..MAX_KEYS + 500)
+            .map(|n| {
+                one.session = format!("s{n}");
+                one.clone()
+            })
+            .collect();
+        let due = denials.observe(&many, start);
+        assert_eq!(denials.keys(), MAX_KEYS, "capped");
+        assert_eq!(due.len(), MAX_KEYS, "past the cap, no Event");
+        // Two windows later, a denial of another session: the quiet keys go.
+        let later = denials.observe(&[denied("exec_command")], start + 2 * WINDOW);
+        assert_eq!(later.len(), 1);
+        assert_eq!(denials.keys(), 1);
+        // Long names are cut.
+        let mut long = denied("exec_command");
+        long.session = "s".repeat(10_000);
+        long.reason = "r".repeat(10_000);
+        let due = denials.observe(&[long], start + 2 * WINDOW);
+        assert_eq!(due[0].session.len(), MAX_NAME);
+        assert!(due[0].note.len() < 2 * MAX_NAME, "{}", due[0].note.len());
+    }
+
+    /// An API server that never answers: publishing Events holds no more
+    /// than [`MAX_PUBLISHING`] tasks.
+    #[tokio::test]
+    async fn at_most_a_few_events_are_published_at_once() {
+        #[derive(Default)]
+        struct Stuck(std::sync::atomic::AtomicUsize);
+        impl SessionEvents for Stuck {
+            async fn warn(&self, _: SessionEvent) -> Result<(), String> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending().await
+            }
+        }
+        let stuck = Arc::new(Stuck::default());
+        let events = DenialEvents::new(stuck.clone());
+        let mut one = denied("exec_command");
+        let many: Vec<AuditEvent> = (0..100)
+            .map(|n| {
+                one.session = format!("s{n}");
+                one.clone()
+            })
+            .collect();
+        events.observe(&many);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            stuck.0.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_PUBLISHING
+        );
     }
 }
