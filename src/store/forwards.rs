@@ -15,8 +15,8 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::inbox::append;
-use super::{InboxError, InboxLimits, Store, StoreError};
+use super::inbox::{append, within_size};
+use super::{InboxLimits, Store, StoreError};
 use crate::api::{SourceRef, TrustLevel};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::SOURCE_TYPE_SESSION;
@@ -217,11 +217,7 @@ impl Store {
         limits: InboxLimits,
     ) -> Result<(), StoreError> {
         // Checked before anything, for a forward waiting for approval too.
-        let bytes = forward.payload.to_string().len() as u64;
-        if bytes > limits.max_message_bytes {
-            let limit = limits.max_message_bytes;
-            return Err(InboxError::TooLarge { bytes, limit }.into());
-        }
+        within_size(&forward.payload, limits)?;
         let mut transaction = self.pool.begin().await?;
         if let (Some(per_minute), Some(rule)) = (per_minute, forward.rule_index) {
             check_rate(&mut transaction, forward, rule, per_minute).await?;
@@ -587,11 +583,7 @@ impl Store {
                 (Some(message), None)
             }
             Some(Outgoing::Kept(message)) => {
-                let bytes = message.payload.to_string().len() as u64;
-                if bytes > limits.max_message_bytes {
-                    let limit = limits.max_message_bytes;
-                    return Err(InboxError::TooLarge { bytes, limit }.into());
-                }
+                within_size(&message.payload, limits)?;
                 let json = serde_json::to_string(&message).expect("inbox messages serialize");
                 (Some(message), Some(json))
             }

@@ -211,6 +211,21 @@ impl Store {
     }
 }
 
+/// The size of a message's `payload` as its inbox counts it (what the
+/// sender sent, not the envelope around it), or why it is too large for one
+/// message.
+pub(super) fn within_size(
+    payload: &serde_json::Value,
+    limits: InboxLimits,
+) -> Result<u64, InboxError> {
+    let bytes = payload.to_string().len() as u64;
+    if bytes > limits.max_message_bytes {
+        let limit = limits.max_message_bytes;
+        return Err(InboxError::TooLarge { bytes, limit });
+    }
+    Ok(bytes)
+}
+
 /// Appends `message` to its recipient's inbox within `limits`, as part of
 /// `transaction` (the caller commits it).
 pub(super) async fn append(
@@ -219,12 +234,7 @@ pub(super) async fn append(
     limits: InboxLimits,
 ) -> Result<Enqueued, StoreError> {
     let json = serde_json::to_string(message).expect("inbox messages serialize");
-    // What the sender sent counts, not the envelope around it.
-    let bytes = message.payload.to_string().len() as u64;
-    if bytes > limits.max_message_bytes {
-        let limit = limits.max_message_bytes;
-        return Err(InboxError::TooLarge { bytes, limit }.into());
-    }
+    let bytes = within_size(&message.payload, limits)?;
     let (namespace, session) = (message.namespace.as_str(), message.session.as_str());
     let inbox = format!("{namespace}/{session}");
     let last_seq = lock_head(transaction, namespace, session).await?;
