@@ -19,7 +19,7 @@ use super::discover::DiscoverPolicy;
 use super::writes::ClusterWriter;
 use crate::audit::{AuditEvent, EventType};
 use crate::clock::Clock;
-use crate::policy::{Decision, EffectiveContext, Outcome};
+use crate::policy::{CapabilitySet, Decision, EffectiveContext, Outcome};
 
 /// A Grant's `lastUsedAt` is written at most this often by one replica.
 pub const USE_INTERVAL: SignedDuration = SignedDuration::from_secs(60);
@@ -103,18 +103,23 @@ impl GrantUses {
     /// session's): the grants behind each allowed tool call's capability
     /// were used, under the session's context now.
     pub fn observe(&self, events: &[AuditEvent]) {
-        let allowed = events.iter().filter(|event| {
-            event.event_type == EventType::ToolCall && event.decision == Outcome::Allowed
-        });
-        let mut capabilities = allowed.filter_map(|event| event.capability).peekable();
         let Some(first) = events.first() else { return };
-        if capabilities.peek().is_none() {
+        // Each capability once, however many calls of the batch used it.
+        let allowed: CapabilitySet = events
+            .iter()
+            .filter(|event| {
+                event.event_type == EventType::ToolCall && event.decision == Outcome::Allowed
+            })
+            .filter_map(|event| event.capability)
+            .collect();
+        if allowed.iter().next().is_none() {
             return;
         }
         let Ok(context) = self.discover.context(&first.namespace, &first.session) else {
             return;
         };
-        let mut names: Vec<String> = capabilities
+        let mut names: Vec<String> = allowed
+            .iter()
             .flat_map(|capability| context.grants_behind(capability))
             .collect();
         names.sort_unstable();
