@@ -17,15 +17,11 @@ pub fn parse_duration(value: &str) -> Result<SignedDuration, CliError> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(invalid)?;
     let (number, unit) = value.split_at(split);
-    let unit_seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(invalid()),
-    };
-    seconds(number, unit_seconds).ok_or_else(invalid)
+    let (_, _, unit_seconds) = UNITS
+        .iter()
+        .find(|(letter, _, _)| *letter == unit)
+        .ok_or_else(invalid)?;
+    seconds(number, *unit_seconds).ok_or_else(invalid)
 }
 
 /// `number` of a unit of `unit_seconds`, when positive and in range.
@@ -38,13 +34,14 @@ fn seconds(number: &str, unit_seconds: i64) -> Option<SignedDuration> {
         .map(SignedDuration::from_secs)
 }
 
-/// The units a duration in words may name, singular (a plural adds `s`).
-const WORD_UNITS: [(&str, i64); 5] = [
-    ("second", 1),
-    ("minute", 60),
-    ("hour", 3_600),
-    ("day", 86_400),
-    ("week", 604_800),
+/// The units of a duration: the letter of its compact form (`24h`), its
+/// name in words, singular (`1 week`; a plural adds `s`), and its seconds.
+const UNITS: [(&str, &str, i64); 5] = [
+    ("s", "second", 1),
+    ("m", "minute", 60),
+    ("h", "hour", 3_600),
+    ("d", "day", 86_400),
+    ("w", "week", 604_800),
 ];
 
 /// `words` (of `value`) as a duration in words: a whole number and a unit
@@ -55,7 +52,7 @@ fn parse_words(value: &str, words: &[&str]) -> Option<Result<SignedDuration, Cli
     };
     let unit = unit.to_ascii_lowercase();
     let singular = unit.strip_suffix('s').unwrap_or(&unit);
-    let Some((_, unit_seconds)) = WORD_UNITS.iter().find(|(name, _)| *name == singular) else {
+    let Some((_, _, unit_seconds)) = UNITS.iter().find(|(_, name, _)| *name == singular) else {
         return Some(Err(CliError::Usage(format!(
             "{value:?}: unknown unit {unit:?}: use second, minute, hour, day or week (singular or plural, as in \"1 week\" or \"3 days\")"
         ))));

@@ -14,7 +14,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 
 use super::{StatusContext, previous_conditions};
-use crate::api::{Grant, GrantState, GrantStatus};
+use crate::api::{Grant, GrantState, GrantStatus, name_of};
 use crate::controller::apply::patch_status_if_changed;
 use crate::controller::error::Error;
 use crate::controller::status::{READY, condition};
@@ -31,7 +31,7 @@ pub fn grant_status(
         Err(invalid) => (
             None,
             None,
-            "InvalidObject",
+            "InvalidObject".to_owned(),
             format!("the Grant cannot be read: {}", invalid.error),
         ),
         Ok(grant) => {
@@ -46,11 +46,8 @@ pub fn grant_status(
                 ),
                 (GrantState::Revoked, _) => "being deleted; it confers nothing".to_owned(),
             };
-            let reason = match validity.state {
-                GrantState::Active => "Active",
-                GrantState::Expired => "Expired",
-                GrantState::Revoked => "Revoked",
-            };
+            // The reason is the state's name.
+            let reason = name_of(&validity.state);
             (Some(validity.state), validity.next_change, reason, message)
         }
     };
@@ -58,7 +55,7 @@ pub fn grant_status(
         previous_conditions(status.map(|s| &s.conditions)),
         READY,
         state == Some(GrantState::Active),
-        reason,
+        &reason,
         message,
         grant.meta().generation,
         &Time(now),
