@@ -65,27 +65,33 @@ pub type Run = (std::collections::BTreeMap<&'static str, Duration>, Duration);
 /// Ready: for each, the median over the runs that saw both ends, and how
 /// many did.
 pub fn phases(runs: &[Run]) -> Vec<(String, Duration, usize)> {
-    let points = |run: &Run| -> Vec<(&'static str, Option<Duration>)> {
-        std::iter::once(("Session created", Some(Duration::ZERO)))
-            .chain(MILESTONES.iter().map(|m| (*m, run.0.get(m).copied())))
-            .chain(std::iter::once(("Session Ready", Some(run.1))))
-            .collect()
-    };
-    let names: Vec<&str> = points(&Default::default()).iter().map(|p| p.0).collect();
-    names
-        .windows(2)
-        .enumerate()
-        .filter_map(|(i, pair)| {
-            let mut gaps: Vec<Duration> = runs
+    let names: Vec<&str> = std::iter::once("Session created")
+        .chain(MILESTONES)
+        .chain(["Session Ready"])
+        .collect();
+    // When each run reached each of `names` (`None`: not seen).
+    let reached: Vec<Vec<Option<Duration>>> = runs
+        .iter()
+        .map(|(seen, ready)| {
+            std::iter::once(Some(Duration::ZERO))
+                .chain(MILESTONES.iter().map(|m| seen.get(m).copied()))
+                .chain([Some(*ready)])
+                .collect()
+        })
+        .collect();
+    (1..names.len())
+        .filter_map(|i| {
+            let mut gaps: Vec<Duration> = reached
                 .iter()
-                .filter_map(|run| {
-                    let points = points(run);
-                    Some(points[i + 1].1?.saturating_sub(points[i].1?))
-                })
+                .filter_map(|at| Some(at[i]?.saturating_sub(at[i - 1]?)))
                 .collect();
             gaps.sort();
             let median = *gaps.get(gaps.len() / 2)?;
-            Some((format!("{} → {}", pair[0], pair[1]), median, gaps.len()))
+            Some((
+                format!("{} → {}", names[i - 1], names[i]),
+                median,
+                gaps.len(),
+            ))
         })
         .collect()
 }
