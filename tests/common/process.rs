@@ -131,6 +131,19 @@ impl Process {
             .to_owned()
     }
 
+    /// Its resident memory now (`VmRSS` of `/proc/PID/status`), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+        kib * 1024
+    }
+
     /// Sends `signal` (SIGTERM, SIGKILL, ...).
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("still running");

@@ -1,0 +1,108 @@
+//! Attacks on the controller process (which serves the control plane):
+//! what a sidecar's token lets its holder ship must not grow the
+//! controller. Issue 31, item 2: 10,000 denials of distinct, long,
+//! made-up tool names grew it from 58 MB to 190 MB in 7 s (the denial
+//! aggregation was keyed by the name), and an OOM-killed controller makes
+//! every sidecar in the cluster fail closed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::NAMESPACE;
+use common::cluster::{Cluster, control_plane_port};
+use common::sidecar::as_sidecar;
+use k8s_openapi::jiff::Timestamp;
+use wopr_operator::api::{Enforcement, SourceRef, TrustLevel};
+use wopr_operator::audit::{AuditEvent, EventType};
+use wopr_operator::policy::Outcome;
+use wopr_operator::proto::v1alpha1::IngestRequest;
+use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
+
+const SESSION: &str = "flood";
+/// Each made-up name: long, but its event stays under the 16 KiB limit.
+const NAME_BYTES: usize = 12_000;
+/// Events per Ingest message: 200 × 12 KB stays under gRPC's 4 MiB.
+const PER_MESSAGE: usize = 200;
+
+/// A denied call of a tool nobody declared, named `name`.
+fn denied_call(name: String) -> String {
+    let source = SourceRef {
+        source_type: "session".into(),
+        identity: SESSION.into(),
+        trust_level: TrustLevel::Untrusted,
+    };
+    let mut event = AuditEvent::new(
+        Timestamp::now(),
+        EventType::ToolCall,
+        NAMESPACE,
+        SESSION,
+        source,
+        Outcome::Denied,
+        Enforcement::Enforce,
+        "no capability provides this tool".into(),
+    );
+    event.tool = Some(name);
+    serde_json::to_string(&event).unwrap()
+}
+
+/// Ships `count` denials of distinct made-up tools, numbered from `first`,
+/// as the session's sidecar does; returns how many the control plane stored.
+async fn flood(
+    client: &mut AuditClient<tonic::transport::Channel>,
+    first: usize,
+    count: usize,
+) -> u32 {
+    let events: Vec<String> = (first..first + count)
+        .map(|n| denied_call(format!("{n:08}{}", "x".repeat(NAME_BYTES))))
+        .collect();
+    let mut stored = 0;
+    for chunk in events.chunks(PER_MESSAGE * 5) {
+        let messages: Vec<IngestRequest> = chunk
+            .chunks(PER_MESSAGE)
+            .map(|events| IngestRequest {
+                namespace: NAMESPACE.into(),
+                session: SESSION.into(),
+                events: events.to_vec(),
+                spool_depth: 0,
+            })
+            .collect();
+        let request = as_sidecar(SESSION, futures::stream::iter(messages));
+        let ack = client.ingest(request).await.expect("the batch is stored");
+        stored += ack.into_inner().stored;
+    }
+    stored
+}
+
+#[tokio::test]
+async fn a_flood_of_made_up_tool_names_keeps_the_controllers_memory_flat() {
+    let cluster = Cluster::start(&[(SESSION, TrustLevel::Untrusted)]).await;
+    let controller = cluster.controller(0, &["--leader-election=false"]);
+    let port = control_plane_port(&controller).await;
+    let mut client = AuditClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    // Warm up: the store's pool, tonic's buffers, the first Events.
+    assert_eq!(flood(&mut client, 0, 2_000).await, 2_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = controller.resident_bytes();
+
+    // Every denial is stored all the same: the trail has them.
+    assert_eq!(flood(&mut client, 2_000, 20_000).await, 20_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = controller.resident_bytes();
+
+    eprintln!(
+        "controller resident memory: {} MB before the flood, {} MB after",
+        before / (1024 * 1024),
+        after / (1024 * 1024)
+    );
+    // Keyed by name, 20,000 names of 12 KB are 240 MB of keys alone.
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 48 * 1024 * 1024,
+        "the controller grew from {} MB to {} MB while 20,000 made-up tools were denied",
+        before / (1024 * 1024),
+        after / (1024 * 1024)
+    );
+}
