@@ -394,6 +394,7 @@ async fn an_unverified_sandbox_keeps_the_agent_from_starting_until_it_holds() {
     let cluster = Cluster::start(&[("guarded", TrustLevel::Untrusted)]).await;
     let controller = cluster.controller(0, &["--leader-election=false"]);
     let port = control_plane_port(&controller).await;
+    cluster.pod_started_at("guarded", "127.0.0.1").await;
     // The "API server" answers from inside the sandbox: the NetworkPolicy
     // is not enforced.
     let api_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

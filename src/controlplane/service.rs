@@ -13,7 +13,7 @@ use tokio_stream::wrappers::{IntervalStream, WatchStream};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use super::auth::{Authenticator, authorize};
+use super::auth::{Authenticator, Identity, authorize};
 use super::discover::{DiscoverPolicy, Snapshot};
 use super::isolation::{IsolationRecorder, pod_conditions};
 use crate::proto::v1alpha1::policy_server::Policy;
@@ -59,14 +59,15 @@ impl<D, A: Authenticator, R> PolicyService<D, A, R> {
         metadata: &MetadataMap,
         namespace: &str,
         session: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<Identity, Status> {
         let token = bearer(metadata)?;
         let identity = self
             .authenticator
             .authenticate(token)
             .await
             .map_err(|error| Status::unauthenticated(error.to_string()))?;
-        authorize(&identity, namespace, session).map_err(Status::permission_denied)
+        authorize(&identity, namespace, session).map_err(Status::permission_denied)?;
+        Ok(identity)
     }
 }
 
@@ -156,16 +157,25 @@ impl<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder> Policy for Polic
         &self,
         request: Request<IsolationReport>,
     ) -> Result<Response<IsolationReportAck>, Status> {
+        let reporter = request.remote_addr().map(|address| address.ip());
         let (metadata, _, report) = request.into_parts();
-        self.authorize(&metadata, &report.namespace, &report.session)
+        let identity = self
+            .authorize(&metadata, &report.namespace, &report.session)
             .await?;
+        if identity.pod_name.is_none() {
+            // A token made for the account (`kubectl create token`) is not
+            // the pod's: only the pod's own may speak for its sandbox.
+            return Err(Status::permission_denied(
+                "a sandbox report needs the token bound to the session's pod",
+            ));
+        }
         let conditions =
             pod_conditions(&report.checks, Timestamp::now()).map_err(Status::invalid_argument)?;
         for check in &report.checks {
             tracing::info!(namespace = %report.namespace, session = %report.session, check = %check.r#type, status = %check.status, message = %check.message, "sandbox check reported");
         }
         self.recorder
-            .record(&report.namespace, &report.session, conditions)
+            .record(&report.namespace, &report.session, reporter, conditions)
             .await
             .map_err(|error| Status::unavailable(format!("cannot record the checks: {error}")))?;
         Ok(Response::new(IsolationReportAck {}))

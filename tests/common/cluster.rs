@@ -9,7 +9,7 @@ use serde_json::json;
 use wopr_operator::api::TrustLevel;
 
 use super::fake_api::FakeApi;
-use super::harness::session_path;
+use super::harness::{pod_path, session_path};
 use super::process::Process;
 use super::{NAMESPACE, session};
 
@@ -150,6 +150,27 @@ impl Cluster {
         ];
         args.extend(extra.iter().cloned());
         Process::start(&format!("sidecar {session}"), &args, &[])
+    }
+}
+
+impl Cluster {
+    /// Waits (up to 30 s) for the controller to create `session`'s pod,
+    /// then gives it `ip`, as a kubelet does when the pod starts: every
+    /// process here runs on loopback, so a sidecar's pod is at 127.0.0.1.
+    pub async fn pod_started_at(&self, session: &str, ip: &str) {
+        let path = pod_path(session);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.api.get(&path).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no pod for {session}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.api.modify(&path, |pod| {
+            pod["status"]["podIP"] = json!(ip);
+            pod["status"]["podIPs"] = json!([{"ip": ip}]);
+        });
     }
 }
 

@@ -114,6 +114,7 @@ impl IsolationRecorder for MemoryRecorder {
         &self,
         namespace: &str,
         session: &str,
+        _reporter: Option<std::net::IpAddr>,
         conditions: Vec<PodCondition>,
     ) -> Result<(), String> {
         self.0
