@@ -9,14 +9,19 @@ mod common;
 
 use common::NAMESPACE;
 use common::sidecar::{ControlPlane, as_sidecar};
-use common::store::{all_events, event, every_event};
+use common::store::{TestStore, all_events, event, every_event, on_both_backends};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use std::time::Duration;
 use tonic::transport::Channel;
 use wopr_operator::api::{SourceRef, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::policy::Outcome;
-use wopr_operator::proto::v1alpha1::IngestRequest;
+
 use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
+use wopr_operator::proto::v1alpha1::{IngestRequest, VerifyRequest};
+use wopr_operator::store::{Retention, Verification};
+
+on_both_backends!(a_flood_of_one_session_does_not_evict_another_sessions_recent_events);
 
 async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
     AuditClient::connect(format!("http://{}", control_plane.address))
@@ -264,13 +269,33 @@ async fn a_far_future_event_time_is_clamped_and_age_retention_still_works() {
 
     // A retention pass a day later, keeping 12 hours: every event is older.
     let day_later = after + SignedDuration::from_hours(24);
+    let retention = Retention {
+        max_age: Duration::from_secs(12 * 3600),
+        max_per_namespace: 1_000_000,
+        min_age: Duration::from_secs(24 * 3600),
+    };
     let deleted = control_plane
         .store
-        .prune_events(day_later - SignedDuration::from_hours(12), u64::MAX)
-        .await
-        .unwrap();
-    assert_eq!(deleted, 4, "{:#?}", every_event(&control_plane.store).await);
+        .prune_events(retention.at(day_later))
+        .await;
+    assert_eq!(
+        deleted.unwrap(),
+        4,
+        "{:#?}",
+        every_event(&control_plane.store).await
+    );
     assert!(all_events(&control_plane.store).await.is_empty());
+
+    // Verify says what retention deleted.
+    let verify = VerifyRequest {
+        namespace: NAMESPACE.into(),
+    };
+    let verified = client.verify(as_sidecar("research", verify)).await;
+    let verified = verified.unwrap().into_inner();
+    assert!(verified.intact);
+    assert_eq!((verified.events, verified.pruned_events), (0, 4));
+    let last: Timestamp = verified.last_pruned_time.parse().unwrap();
+    assert_eq!(last.as_microsecond(), later.time.as_microsecond());
 }
 
 /// Issue 31 item 6: a sidecar speaks for its own session only, so the
@@ -338,4 +363,77 @@ async fn a_sidecar_cannot_raise_a_sources_trust_level() {
             .all(|e| e.source.trust_level != TrustLevel::Owner),
         "{stored:#?}"
     );
+}
+
+/// Issue 31 item 4 (the store's half): 5,000 events of one session, with
+/// the cap at 3,000 events per namespace, evicted every event of the
+/// others. The count cap never takes an event younger than the minimum age;
+/// what retention took, the chain's verification reports.
+async fn a_flood_of_one_session_does_not_evict_another_sessions_recent_events(store: TestStore) {
+    let now = Timestamp::now();
+    let at = |session: &str, time: Timestamp| {
+        let mut one = event(NAMESPACE, session, Outcome::Denied, 0);
+        one.time = time;
+        one
+    };
+    // Two days ago, 2,000 events of the agent; ten minutes ago, three of
+    // another session; now, the agent's flood of 5,000 denials.
+    let old: Vec<AuditEvent> = (0..2_000)
+        .map(|n| {
+            at(
+                "agent",
+                now - SignedDuration::from_hours(48) + SignedDuration::from_secs(n),
+            )
+        })
+        .collect();
+    let other: Vec<AuditEvent> = (0..3)
+        .map(|n| {
+            at(
+                "victim",
+                now - SignedDuration::from_mins(10) + SignedDuration::from_secs(n),
+            )
+        })
+        .collect();
+    let flood: Vec<AuditEvent> = (0..5_000).map(|_| at("agent", now)).collect();
+    for events in [&old, &other] {
+        store.store.insert_events(events).await.unwrap();
+    }
+    for chunk in flood.chunks(500) {
+        store.store.insert_events(chunk).await.unwrap();
+    }
+
+    // Keep 30 days, at most 3,000 per namespace, none younger than a day
+    // by count.
+    let retention = Retention {
+        max_age: Duration::from_secs(720 * 3600),
+        max_per_namespace: 3_000,
+        min_age: Duration::from_secs(24 * 3600),
+    };
+    let deleted = store.store.prune_events(retention.at(now)).await.unwrap();
+    let kept = every_event(&store.store).await;
+    let victims = kept.iter().filter(|e| e.session == "victim").count();
+    assert_eq!(victims, 3, "the other session's recent events are kept");
+    assert_eq!(deleted, 2_000, "only the events older than the minimum age");
+    assert_eq!(kept.len(), 5_003);
+    assert_eq!(
+        store.store.verify(NAMESPACE).await.unwrap(),
+        Verification::Intact { events: 5_003 }
+    );
+    let pruned = store.store.pruned(NAMESPACE).await.unwrap();
+    assert_eq!(pruned.events, 2_000);
+    assert_eq!(
+        pruned.last_time.map(|t| t.as_microsecond()),
+        Some(old[1_999].time.as_microsecond())
+    );
+
+    // A day later the flood is old: the cap takes it, oldest first, and
+    // nothing younger than a day.
+    let tomorrow = now + SignedDuration::from_hours(25);
+    let deleted = store
+        .store
+        .prune_events(retention.at(tomorrow))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2_003);
+    assert_eq!(every_event(&store.store).await.len(), 3_000);
 }

@@ -643,7 +643,9 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
         })
         .await?;
         let verified = self.store.verify(&namespace).await;
-        let response = match verified.map_err(|error| self.status_of(error))? {
+        let pruned = self.store.pruned(&namespace).await;
+        let pruned = pruned.map_err(|error| self.status_of(error))?;
+        let mut response = match verified.map_err(|error| self.status_of(error))? {
             Verification::Intact { events } => VerifyResponse {
                 intact: true,
                 events,
@@ -657,6 +659,11 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
                 ..VerifyResponse::default()
             },
         };
+        response.pruned_events = pruned.events;
+        response.last_pruned_time = pruned
+            .last_time
+            .map(|time| time.to_string())
+            .unwrap_or_default();
         Ok(Response::new(response))
     }
 }
