@@ -337,7 +337,7 @@ impl Invalid {
     }
 }
 
-/// As much of an event line as names whose it is: read from a line that
+/// As much of an event line as says whose it is: read from a line that
 /// is no valid event.
 #[derive(Default, serde::Deserialize)]
 struct Claims {
@@ -352,36 +352,26 @@ fn read_line(
     session: &str,
     line: &str,
 ) -> Result<Result<AuditEvent, Invalid>, Status> {
-    let claims_of = |line: &str| serde_json::from_str::<Claims>(line).unwrap_or_default();
-    let (claims, problem) = if line.len() > MAX_EVENT_BYTES {
-        (
-            claims_of(line),
-            format!("over the limit of {MAX_EVENT_BYTES}"),
-        )
+    let problem = if line.len() > MAX_EVENT_BYTES {
+        format!("over the limit of {MAX_EVENT_BYTES}")
     } else {
         match serde_json::from_str::<AuditEvent>(line) {
-            Ok(event) => {
-                let problem = format!("its id {:?} is not a ULID", event.id);
-                let claims = Claims {
-                    id: None,
-                    namespace: Some(event.namespace.clone()),
-                    session: Some(event.session.clone()),
-                };
-                if ulid::Ulid::from_string(&event.id).is_ok() {
-                    check_claim(namespace, session, &event.id, &claims)?;
-                    return Ok(Ok(event));
-                }
-                (claims, problem)
+            Ok(event) if ulid::Ulid::from_string(&event.id).is_ok() => {
+                let claimed = (event.namespace.as_str(), event.session.as_str());
+                check_claim((namespace, session), &event.id, claimed)?;
+                return Ok(Ok(event));
             }
-            Err(error) => (claims_of(line), format!("not an audit event: {error}")),
+            Ok(event) => format!("its id {:?} is not a ULID", event.id),
+            Err(error) => format!("not an audit event: {error}"),
         }
     };
-    check_claim(
-        namespace,
-        session,
-        claims.id.as_deref().unwrap_or("?"),
-        &claims,
-    )?;
+    let claims: Claims = serde_json::from_str(line).unwrap_or_default();
+    let claimed = (
+        claims.namespace.as_deref().unwrap_or(namespace),
+        claims.session.as_deref().unwrap_or(session),
+    );
+    let id = claims.id.as_deref().unwrap_or("?");
+    check_claim((namespace, session), id, claimed)?;
     let why = format!("invalid event: {} bytes, {problem}", line.len());
     Ok(Err(Invalid {
         id: claims.id.filter(|id| ulid::Ulid::from_string(id).is_ok()),
@@ -389,18 +379,20 @@ fn read_line(
     }))
 }
 
-/// Refuses an event that claims another session than `namespace/session`.
-fn check_claim(namespace: &str, session: &str, id: &str, claims: &Claims) -> Result<(), Status> {
-    let claimed_namespace = claims.namespace.as_deref().unwrap_or(namespace);
-    let claimed_session = claims.session.as_deref().unwrap_or(session);
-    if claimed_namespace == namespace && claimed_session == session {
+/// Refuses event `id` when it claims (`claimed`) another session than the
+/// sidecar's (`own`).
+fn check_claim(own: (&str, &str), id: &str, claimed: (&str, &str)) -> Result<(), Status> {
+    if claimed == own {
         return Ok(());
     }
+    let cut = |text| truncated(text, MAX_STUB_REASON);
     Err(Status::permission_denied(format!(
-        "event {} claims session {}/{}; this sidecar ships only {namespace}/{session}",
-        truncated(id, MAX_STUB_REASON),
-        truncated(claimed_namespace, MAX_STUB_REASON),
-        truncated(claimed_session, MAX_STUB_REASON)
+        "event {} claims session {}/{}; this sidecar ships only {}/{}",
+        cut(id),
+        cut(claimed.0),
+        cut(claimed.1),
+        own.0,
+        own.1
     )))
 }
 
@@ -543,19 +535,19 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
             .context(&namespace, &session)
             .map_or(TrustLevel::Untrusted, |context| context.trust_level);
         // The events as admitted, then the stubs of the invalid lines.
-        let (valid, invalid): (Vec<_>, Vec<_>) = shipped.into_iter().partition(Result::is_ok);
-        let mut events: Vec<AuditEvent> = valid
-            .into_iter()
-            .flatten()
-            .map(|event| admit(event, received, agent_level))
-            .collect();
+        let mut events = Vec::with_capacity(shipped.len());
+        let mut invalid = Vec::new();
+        for line in shipped {
+            match line {
+                Ok(event) => events.push(admit(event, received, agent_level)),
+                Err(line) => invalid.push(line),
+            }
+        }
         let admitted = events.len();
-        events.extend(
-            invalid
-                .into_iter()
-                .filter_map(Result::err)
-                .map(|invalid| invalid.stub(&namespace, &session, identity.as_source(), received)),
-        );
+        let source = identity.as_source();
+        for line in invalid {
+            events.push(line.stub(&namespace, &session, source.clone(), received));
+        }
         let (shipped, stubs) = events.split_at(admitted);
         if !stubs.is_empty() {
             tracing::warn!(%namespace, %session, invalid = stubs.len(), "a sidecar shipped invalid audit events; each is stored as a stub");

@@ -425,6 +425,34 @@ mod tests {
         assert!(due[0].note.len() < 2 * MAX_NAME, "{}", due[0].note.len());
     }
 
+    /// A sidecar's invalid events make one Event per session and window,
+    /// with the count, like denials.
+    #[test]
+    fn invalid_events_are_aggregated_per_session() {
+        let denials = Denials::default();
+        let start = Instant::now();
+        let mut stub = denied("exec_command");
+        stub.event_type = AuditEventType::Policy;
+        stub.reason = "invalid event: 17287 bytes, over the limit of 16384".into();
+        let stubs = vec![stub.clone(); 3];
+        let due = denials.observe_invalid(&stubs, start);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].reason, AUDIT_EVENT_INVALID);
+        assert_eq!(
+            due[0].note,
+            "stored a stub of an invalid audit event: invalid event: 17287 bytes, over the limit of 16384"
+        );
+        let later = denials.observe_invalid(&stubs[..1], start + WINDOW);
+        assert_eq!(
+            later[0].note,
+            "stored a stub of an invalid audit event 3 times since the last event: invalid event: 17287 bytes, over the limit of 16384"
+        );
+        assert!(
+            denials.observe(&stubs, start + WINDOW).is_empty(),
+            "a stub is no denial"
+        );
+    }
+
     /// An API server that never answers: publishing Events holds no more
     /// than [`MAX_PUBLISHING`] tasks.
     #[tokio::test]

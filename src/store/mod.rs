@@ -148,7 +148,8 @@ pub struct Retention {
     pub max_age: std::time::Duration,
     /// Beyond this many per namespace, the oldest go...
     pub max_per_namespace: u64,
-    /// ...but never one younger than this.
+    /// ...but that count never takes one younger than this (see
+    /// [`Prune::keep_since`]).
     pub min_age: std::time::Duration,
 }
 
