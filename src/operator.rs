@@ -98,6 +98,7 @@ pub async fn run(
     let retention = Retention {
         max_age: Duration::from_secs(args.audit_retention_hours * 3600),
         max_per_namespace: args.audit_max_events_per_namespace,
+        min_age: Duration::from_secs(args.audit_min_age_hours * 3600),
     };
     let pruning = leadership.clone();
     let retention = tokio::spawn(

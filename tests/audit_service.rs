@@ -91,8 +91,25 @@ async fn a_batch_shipped_twice_is_stored_once_and_queried_newest_first() {
         .await
         .unwrap()
         .into_inner();
-    let newest: Vec<AuditEvent> = events.iter().rev().take(3).cloned().collect();
-    assert_eq!(page.events, lines(&newest));
+    let newest: Vec<&str> = events.iter().rev().take(3).map(|e| e.id.as_str()).collect();
+    let queried: Vec<AuditEvent> = page
+        .events
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(
+        queried.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        newest
+    );
+    // As shipped, but for what the control plane stamps and vouches for.
+    for (queried, shipped) in queried.iter().zip(events.iter().rev()) {
+        let mut admitted = shipped.clone();
+        admitted.received = queried.received;
+        admitted.source.trust_level = queried.source.trust_level;
+        admitted.corrections = queried.corrections.clone();
+        assert_eq!(*queried, admitted);
+        assert!(queried.received.is_some());
+    }
     assert!(!page.next_cursor.is_empty());
     let rest = client
         .query(as_sidecar(
@@ -130,35 +147,12 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
         .await
         .unwrap();
 
-    let mut oversized = event(NAMESPACE, "research", Outcome::Allowed, 10);
-    oversized.reason = "x".repeat(20_000);
+    // (An oversized or unreadable event does not refuse its batch: it is
+    // stored as a stub; tests/adversarial_audit.rs.)
     let claims_other = event(NAMESPACE, "other", Outcome::Denied, 11);
     let good = event(NAMESPACE, "research", Outcome::Allowed, 12);
-    let mut not_a_ulid = event(NAMESPACE, "research", Outcome::Allowed, 13);
-    not_a_ulid.id = "event-1".into();
-    let malformed = IngestRequest {
-        namespace: NAMESPACE.into(),
-        session: "research".into(),
-        events: vec![
-            lines(std::slice::from_ref(&good))[0].clone(),
-            "{\"id\":".into(),
-        ],
-        spool_depth: 0,
-    };
     let claim = format!("event {} claims session {NAMESPACE}/other", claims_other.id);
     let cases: Vec<(&str, Vec<IngestRequest>, Code, &str)> = vec![
-        (
-            "research",
-            vec![batch("research", &[good.clone(), oversized])],
-            Code::InvalidArgument,
-            "event 1 of the batch is 20",
-        ),
-        (
-            "research",
-            vec![malformed],
-            Code::InvalidArgument,
-            "event 1 of the batch is not an audit event",
-        ),
         (
             "research",
             vec![batch("research", &[good.clone(), claims_other.clone()])],
@@ -170,12 +164,6 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
             vec![batch("other", std::slice::from_ref(&claims_other))],
             Code::PermissionDenied,
             "may not act for session",
-        ),
-        (
-            "research",
-            vec![batch("research", &[not_a_ulid])],
-            Code::InvalidArgument,
-            "not a ULID",
         ),
         (
             "nobody",
@@ -257,8 +245,8 @@ async fn bad_requests_are_refused_precisely_lose_nothing_and_are_audited() {
         .iter()
         .filter(|e| e.reason.starts_with("audit request refused") && e.decision == Outcome::Denied)
         .count();
-    assert_eq!(refusals, 9, "{all:#?}");
-    assert_eq!(control_plane.audit_metrics.refused.get(), 9);
+    assert_eq!(refusals, 6, "{all:#?}");
+    assert_eq!(control_plane.audit_metrics.refused.get(), 6);
     assert_eq!(control_plane.audit_metrics.store_errors.get(), 0);
     assert_eq!(
         control_plane.store.verify(NAMESPACE).await.unwrap(),

@@ -1522,6 +1522,37 @@ mod with_control_plane {
         assert_eq!(broken.failed_checks, ["audit-chain-intact"]);
     }
 
+    /// `audit --verify` says how many events retention deleted, and when
+    /// the last of them was from.
+    #[tokio::test]
+    async fn audit_verify_says_what_retention_deleted() {
+        let mut cluster = examples();
+        let plane = control_plane(&mut cluster).await;
+        let events: Vec<AuditEvent> = (0..5)
+            .map(|n| event(NAMESPACE, "research-agent", Outcome::Denied, n))
+            .collect();
+        plane.store.insert_events(&events).await.unwrap();
+        let prune = wopr_operator::store::Prune {
+            older_than: events[2].time,
+            max_per_namespace: 1_000,
+            keep_since: Timestamp::MAX,
+        };
+        assert_eq!(plane.store.prune_events(prune).await.unwrap(), 2);
+        let shown = cluster
+            .run(&["security", "audit", "--verify"])
+            .await
+            .unwrap();
+        assert_eq!(
+            shown.text,
+            "The audit trail of namespace team-a is intact: 3 events. Retention deleted the 2 events before them, the last from 2026-11-24T12:00:01Z.\n"
+        );
+        assert_eq!(
+            (&shown.data["prunedEvents"], &shown.data["lastPrunedTime"]),
+            (&json!(2), &json!("2026-11-24T12:00:01Z"))
+        );
+        assert!(shown.failed_checks.is_empty());
+    }
+
     #[tokio::test]
     async fn audit_without_a_control_plane_or_a_token_says_what_to_pass() {
         let cluster = examples();

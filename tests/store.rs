@@ -10,7 +10,8 @@ use wopr_operator::api::Capability;
 use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::policy::Outcome;
 use wopr_operator::store::{
-    AuditQuery, Cursor, DecisionFilter, Inserted, QueryError, StoreError, Verification,
+    AuditQuery, Cursor, DecisionFilter, Inserted, Prune, Pruned, QueryError, StoreError,
+    Verification,
 };
 
 on_both_backends!(
@@ -408,16 +409,47 @@ async fn reordered_events_break_the_chain_there(store: TestStore) {
     assert!(problem.contains("reordered"), "{problem}");
 }
 
+/// A retention pass that deletes events older than `older_than` and, per
+/// namespace, all but the newest `max` (however young).
+fn prune(older_than: Timestamp, max: u64) -> Prune {
+    Prune {
+        older_than,
+        max_per_namespace: max,
+        keep_since: Timestamp::MAX,
+    }
+}
+
 async fn retention_keeps_the_chain_verifiable(store: TestStore) {
     let events = filled(&store, 20).await;
+    assert_eq!(
+        store.store.pruned("team-a").await.unwrap(),
+        Pruned::default()
+    );
     // Older than 12 s: events 0..=11 go.
-    assert_eq!(store.store.prune_events(time(12), 1_000).await.unwrap(), 12);
+    assert_eq!(
+        store
+            .store
+            .prune_events(prune(time(12), 1_000))
+            .await
+            .unwrap(),
+        12
+    );
     assert_eq!(
         store.store.verify("team-a").await.unwrap(),
         Verification::Intact { events: 8 }
     );
+    assert_eq!(
+        store.store.pruned("team-a").await.unwrap(),
+        Pruned {
+            events: 12,
+            last_time: Some(time(11))
+        }
+    );
     // At most 5 per namespace: three more go, the newest stay.
-    assert_eq!(store.store.prune_events(time(0), 5).await.unwrap(), 3);
+    assert_eq!(
+        store.store.prune_events(prune(time(0), 5)).await.unwrap(),
+        3
+    );
     let page = store
         .store
         .query_events(&AuditQuery::default())
@@ -427,8 +459,18 @@ async fn retention_keeps_the_chain_verifiable(store: TestStore) {
         ids(&page.events),
         ids(&events[15..].iter().rev().cloned().collect::<Vec<_>>())
     );
+    assert_eq!(
+        store.store.pruned("team-a").await.unwrap(),
+        Pruned {
+            events: 15,
+            last_time: Some(time(14))
+        }
+    );
     // Nothing more to prune; the chain goes on from where it was.
-    assert_eq!(store.store.prune_events(time(0), 5).await.unwrap(), 0);
+    assert_eq!(
+        store.store.prune_events(prune(time(0), 5)).await.unwrap(),
+        0
+    );
     filled(&store, 2).await;
     assert_eq!(
         store.store.verify("team-a").await.unwrap(),

@@ -67,7 +67,23 @@ pub struct AuditEvent {
     /// The policy hash in force, if any policy was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
+    /// When the control plane received the event from the sidecar that
+    /// shipped it (set at ingest, whatever the sidecar sent): `time` is what
+    /// the sidecar claims, this is what the control plane saw. Absent on
+    /// events the control plane records itself and on events stored before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<Timestamp>,
+    /// What the control plane corrected of what the sidecar claimed, in
+    /// words (a time in the future, a trust level the source does not have);
+    /// set at ingest only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<String>,
 }
+
+/// The source type of a session's own agent, as its sidecar records its
+/// calls (identity: the session's name).
+pub const AGENT_SOURCE_TYPE: &str = "agent";
 
 impl AuditEvent {
     /// A new event with a fresh id, stamped `time`.
@@ -96,6 +112,8 @@ impl AuditEvent {
             enforcement,
             reason,
             policy_hash: None,
+            received: None,
+            corrections: Vec::new(),
         }
     }
 

@@ -92,16 +92,18 @@ async fn verify_chain(context: &Context) -> Result<Shown, CliError> {
     let data = serde_json::json!({
         "namespace": namespace, "intact": answer.intact, "events": answer.events,
         "brokenSeq": answer.broken_seq, "brokenId": answer.broken_id, "problem": answer.problem,
+        "prunedEvents": answer.pruned_events, "lastPrunedTime": answer.last_pruned_time,
     });
+    let pruned = pruned(answer.pruned_events, &answer.last_pruned_time);
     if answer.intact {
         let text = format!(
-            "The audit trail of namespace {namespace} is intact: {} events.\n",
+            "The audit trail of namespace {namespace} is intact: {} events.{pruned}\n",
             answer.events
         );
         return Ok(Shown::new(text, &data));
     }
     let text = format!(
-        "The audit trail of namespace {namespace} is broken at event {} (seq {}): {}\n",
+        "The audit trail of namespace {namespace} is broken at event {} (seq {}): {}{pruned}\n",
         or_none((!answer.broken_id.is_empty()).then_some(&answer.broken_id)),
         answer.broken_seq,
         answer.problem
@@ -109,6 +111,18 @@ async fn verify_chain(context: &Context) -> Result<Shown, CliError> {
     let mut shown = Shown::new(text, &data);
     shown.failed_checks = vec![CHAIN_CHECK.to_owned()];
     Ok(shown)
+}
+
+/// What retention deleted, as a sentence after the verdict (nothing when
+/// it deleted nothing).
+fn pruned(events: u64, last_time: &str) -> String {
+    match (events, last_time) {
+        (0, _) => String::new(),
+        (events, "") => format!(" Retention deleted the {events} events before them."),
+        (events, last) => {
+            format!(" Retention deleted the {events} events before them, the last from {last}.")
+        }
+    }
 }
 
 /// The check `audit --verify` fails when the chain is broken.

@@ -98,6 +98,11 @@ pub struct ControllerArgs {
         default_value_t = 1_000_000
     )]
     pub audit_max_events_per_namespace: u64,
+    /// The cap on events per namespace never deletes one younger than this
+    /// many hours: one session's flood cannot evict the others' recent
+    /// events (a namespace holds more than the cap meanwhile).
+    #[arg(long, env = "WOPR_AUDIT_MIN_AGE_HOURS", default_value_t = 24)]
+    pub audit_min_age_hours: u64,
     /// How session pods take operator-level changes (sidecar image, these
     /// flags) in namespaces whose SecurityPolicy sets no `updatePolicy`:
     /// Immediate, Rolling or OnRestart.

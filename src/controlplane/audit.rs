@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,10 +18,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{AuthError, Authenticator, Identity, authorize};
 use super::denials::DenialEvents;
+use super::discover::DiscoverPolicy;
 use super::grant_use::GrantUses;
 use super::service::bearer;
-use crate::api::{SourceRef, TrustLevel, from_name};
-use crate::audit::{AuditEvent, EventType};
+use crate::api::{Enforcement, SourceRef, TrustLevel, from_name};
+use crate::audit::{AGENT_SOURCE_TYPE, AuditEvent, EventType};
+use crate::policy::Outcome;
 use crate::proto::v1alpha1::audit_server::Audit;
 use crate::proto::v1alpha1::{
     AuditQueryRequest, AuditQueryResponse, IngestAck, IngestRequest, VerifyRequest, VerifyResponse,
@@ -44,6 +46,9 @@ pub struct AuditMetrics {
     pub refused: Counter,
     /// Requests the store failed (retried by the sidecars).
     pub store_errors: Counter,
+    /// Lines of shipped batches that were no valid event (too large,
+    /// unreadable), each stored as a stub instead.
+    pub invalid: Counter,
     /// Events waiting in each sidecar's spool, as it last reported.
     pub spool_depth: Family<SessionLabels, Gauge>,
     /// Seconds from each shipped event's decision to its commit.
@@ -76,6 +81,7 @@ impl Default for AuditMetrics {
             duplicates: Counter::default(),
             refused: Counter::default(),
             store_errors: Counter::default(),
+            invalid: Counter::default(),
             spool_depth: Family::default(),
             // 10 ms to about 3 hours: a sidecar ships every 200 ms, and
             // holds events while the control plane is away.
@@ -106,6 +112,11 @@ impl AuditMetrics {
             self.store_errors.clone(),
         );
         registry.register(
+            "events_invalid",
+            "Shipped audit events that were invalid (too large, unreadable), each stored as a stub",
+            self.invalid.clone(),
+        );
+        registry.register(
             "spool_depth",
             "Audit events waiting in a sidecar's spool, as it last reported",
             self.spool_depth.clone(),
@@ -133,8 +144,11 @@ pub struct AuditSetup<E> {
 
 /// Stores what sidecars ship; answers queries of the trail; turns denials
 /// into Events on their Sessions.
-pub struct AuditService<A> {
+pub struct AuditService<D, A> {
     store: Store,
+    /// The sessions as the control plane knows them: whose trust level a
+    /// sidecar's events record.
+    discover: Arc<D>,
     authenticator: Arc<A>,
     metrics: AuditMetrics,
     denials: DenialEvents,
@@ -142,9 +156,10 @@ pub struct AuditService<A> {
     uses: Arc<GrantUses>,
 }
 
-impl<A: Authenticator> AuditService<A> {
+impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
     pub fn new(
         store: Store,
+        discover: Arc<D>,
         metrics: AuditMetrics,
         denials: DenialEvents,
         uses: Arc<GrantUses>,
@@ -152,6 +167,7 @@ impl<A: Authenticator> AuditService<A> {
     ) -> Self {
         AuditService {
             store,
+            discover,
             authenticator,
             metrics,
             denials,
@@ -261,43 +277,167 @@ fn reader_source(username: &str) -> SourceRef {
     }
 }
 
-/// The events of one message of a shipped batch, checked: each parses,
-/// fits, and is of `namespace/session`.
+/// The longest reason a stub of an invalid event keeps, in bytes.
+const MAX_STUB_REASON: usize = 256;
+/// How far past the control plane's clock a shipped event's time may be
+/// (the clocks of two nodes differ a little); later is set to when it was
+/// received.
+pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(60);
+
+/// What one message of a shipped batch holds, checked: its events (each
+/// parses, fits, and is of `namespace/session`), and a stub in place of
+/// each line that is no valid event (see [`Invalid`]). An event that claims
+/// another session refuses the whole batch: that is a sidecar speaking for
+/// someone else, not bad data.
 fn parse_batch(
     namespace: &str,
     session: &str,
     lines: &[String],
-) -> Result<Vec<AuditEvent>, Status> {
+) -> Result<Vec<Result<AuditEvent, Invalid>>, Status> {
     lines
         .iter()
-        .enumerate()
-        .map(|(n, line)| {
-            if line.len() > MAX_EVENT_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "event {n} of the batch is {} bytes, over the limit of {MAX_EVENT_BYTES}",
-                    line.len()
-                )));
-            }
-            let event: AuditEvent = serde_json::from_str(line).map_err(|error| {
-                Status::invalid_argument(format!(
-                    "event {n} of the batch is not an audit event: {error}"
-                ))
-            })?;
-            if ulid::Ulid::from_string(&event.id).is_err() {
-                return Err(Status::invalid_argument(format!(
-                    "event {n} of the batch has id {:?}, not a ULID",
-                    event.id
-                )));
-            }
-            if event.namespace != namespace || event.session != session {
-                return Err(Status::permission_denied(format!(
-                    "event {} claims session {}/{}; this sidecar ships only {namespace}/{session}",
-                    event.id, event.namespace, event.session
-                )));
-            }
-            Ok(event)
-        })
+        .map(|line| read_line(namespace, session, line))
         .collect()
+}
+
+/// A line of a batch that is no valid event: why, and its id when one can
+/// be read from it (so the stub of a batch shipped again is stored once).
+struct Invalid {
+    id: Option<String>,
+    why: String,
+}
+
+impl Invalid {
+    /// The event stored in the line's place: a denied `policy` event of
+    /// the session, from its sidecar (`source`), saying how big the line
+    /// was and why it is invalid (cut to [`MAX_STUB_REASON`] bytes; nothing
+    /// else of what the agent controls is kept).
+    fn stub(
+        self,
+        namespace: &str,
+        session: &str,
+        source: SourceRef,
+        received: Timestamp,
+    ) -> AuditEvent {
+        let mut stub = AuditEvent::new(
+            received,
+            EventType::Policy,
+            namespace,
+            session,
+            source,
+            Outcome::Denied,
+            Enforcement::Enforce,
+            self.why,
+        );
+        if let Some(id) = self.id {
+            stub.id = id;
+        }
+        stub.received = Some(received);
+        stub
+    }
+}
+
+/// As much of an event line as says whose it is: read from a line that
+/// is no valid event.
+#[derive(Default, serde::Deserialize)]
+struct Claims {
+    id: Option<String>,
+    namespace: Option<String>,
+    session: Option<String>,
+}
+
+/// Reads one line of a batch of `namespace/session`.
+fn read_line(
+    namespace: &str,
+    session: &str,
+    line: &str,
+) -> Result<Result<AuditEvent, Invalid>, Status> {
+    let problem = if line.len() > MAX_EVENT_BYTES {
+        format!("over the limit of {MAX_EVENT_BYTES}")
+    } else {
+        match serde_json::from_str::<AuditEvent>(line) {
+            Ok(event) if ulid::Ulid::from_string(&event.id).is_ok() => {
+                let claimed = (event.namespace.as_str(), event.session.as_str());
+                check_claim((namespace, session), &event.id, claimed)?;
+                return Ok(Ok(event));
+            }
+            Ok(event) => format!("its id {:?} is not a ULID", event.id),
+            Err(error) => format!("not an audit event: {error}"),
+        }
+    };
+    let claims: Claims = serde_json::from_str(line).unwrap_or_default();
+    let claimed = (
+        claims.namespace.as_deref().unwrap_or(namespace),
+        claims.session.as_deref().unwrap_or(session),
+    );
+    let id = claims.id.as_deref().unwrap_or("?");
+    check_claim((namespace, session), id, claimed)?;
+    let why = format!("invalid event: {} bytes, {problem}", line.len());
+    Ok(Err(Invalid {
+        id: claims.id.filter(|id| ulid::Ulid::from_string(id).is_ok()),
+        why: truncated(&why, MAX_STUB_REASON),
+    }))
+}
+
+/// Refuses event `id` when it claims (`claimed`) another session than the
+/// sidecar's (`own`).
+fn check_claim(own: (&str, &str), id: &str, claimed: (&str, &str)) -> Result<(), Status> {
+    if claimed == own {
+        return Ok(());
+    }
+    let cut = |text| truncated(text, MAX_STUB_REASON);
+    Err(Status::permission_denied(format!(
+        "event {} claims session {}/{}; this sidecar ships only {}/{}",
+        cut(id),
+        cut(claimed.0),
+        cut(claimed.1),
+        own.0,
+        own.1
+    )))
+}
+
+/// `text` cut to `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// What the control plane vouches for in an event a sidecar shipped, at
+/// `received`: when it arrived; a time no later than that (plus
+/// [`MAX_CLOCK_SKEW`]), since an event stamped in the future would never
+/// be old enough for retention by age; and its source's trust level, which
+/// the sidecar cannot raise: its session's own agent has `agent_level`
+/// (the session's level as the control plane knows it), any other source
+/// it claims is untrusted (the control plane cannot vouch for it). What it
+/// changed is said in `corrections`.
+fn admit(mut event: AuditEvent, received: Timestamp, agent_level: TrustLevel) -> AuditEvent {
+    event.received = Some(received);
+    event.corrections.clear();
+    if event.time > received + MAX_CLOCK_SKEW {
+        event.corrections.push(format!(
+            "time {} is in the future: set to when it was received",
+            event.time
+        ));
+        event.time = received;
+    }
+    let own_agent =
+        event.source.source_type == AGENT_SOURCE_TYPE && event.source.identity == event.session;
+    let level = if own_agent {
+        agent_level
+    } else {
+        TrustLevel::Untrusted
+    };
+    if event.source.trust_level != level {
+        event.corrections.push(format!(
+            "source trust level {} is not what the control plane knows: set to {level}",
+            event.source.trust_level
+        ));
+        event.source.trust_level = level;
+    }
+    event
 }
 
 /// An optional filter of a wire query: empty for none, else what `parse`
@@ -342,14 +482,14 @@ fn query_of(request: &AuditQueryRequest) -> Result<AuditQuery, Status> {
 }
 
 #[tonic::async_trait]
-impl<A: Authenticator> Audit for AuditService<A> {
+impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
     async fn ingest(
         &self,
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<IngestAck>, Status> {
         let identity = self.identity(&request).await?;
         let mut stream = request.into_inner();
-        let mut events = Vec::new();
+        let mut shipped = Vec::new();
         let mut claimed: Option<(String, String)> = None;
         let mut spool_depth = 0;
         while let Some(message) = stream.next().await {
@@ -368,7 +508,7 @@ impl<A: Authenticator> Audit for AuditService<A> {
                     .await);
             }
             spool_depth = message.spool_depth;
-            let count = events.len() + message.events.len();
+            let count = shipped.len() + message.events.len();
             if count > MAX_BATCH_EVENTS {
                 let status = Status::invalid_argument(format!(
                     "a batch holds at most {MAX_BATCH_EVENTS} events, this one {count} or more: ship smaller batches"
@@ -378,13 +518,39 @@ impl<A: Authenticator> Audit for AuditService<A> {
                     .await);
             }
             match parse_batch(&message.namespace, &message.session, &message.events) {
-                Ok(parsed) => events.extend(parsed),
+                Ok(lines) => shipped.extend(lines),
                 Err(status) => {
                     return Err(self
                         .refuse_sidecar(&identity, &message.session, status)
                         .await);
                 }
             }
+        }
+        let Some((namespace, session)) = claimed else {
+            return Ok(Response::new(IngestAck::default()));
+        };
+        let received = Timestamp::now();
+        let agent_level = self
+            .discover
+            .context(&namespace, &session)
+            .map_or(TrustLevel::Untrusted, |context| context.trust_level);
+        // The events as admitted, then the stubs of the invalid lines.
+        let mut events = Vec::with_capacity(shipped.len());
+        let mut invalid = Vec::new();
+        for line in shipped {
+            match line {
+                Ok(event) => events.push(admit(event, received, agent_level)),
+                Err(line) => invalid.push(line),
+            }
+        }
+        let admitted = events.len();
+        let source = identity.as_source();
+        for line in invalid {
+            events.push(line.stub(&namespace, &session, source.clone(), received));
+        }
+        let (shipped, stubs) = events.split_at(admitted);
+        if !stubs.is_empty() {
+            tracing::warn!(%namespace, %session, invalid = stubs.len(), "a sidecar shipped invalid audit events; each is stored as a stub");
         }
         let inserted = self
             .store
@@ -393,18 +559,18 @@ impl<A: Authenticator> Audit for AuditService<A> {
             .map_err(|error| self.status_of(error))?;
         self.metrics.stored.inc_by(inserted.new as u64);
         self.metrics.duplicates.inc_by(inserted.duplicates as u64);
+        self.metrics.invalid.inc_by(stubs.len() as u64);
         let committed = Timestamp::now();
-        for event in &events {
+        for event in shipped {
             let lag = committed.duration_since(event.time).as_secs_f64();
             self.metrics.shipping_lag.observe(lag.max(0.0));
         }
-        if let Some((namespace, session)) = claimed {
-            let labels = SessionLabels { namespace, session };
-            let depth = i64::try_from(spool_depth).unwrap_or(i64::MAX);
-            self.metrics.spool_depth.get_or_create(&labels).set(depth);
-        }
-        self.denials.observe(&events);
-        self.uses.observe(&events);
+        let labels = SessionLabels { namespace, session };
+        let depth = i64::try_from(spool_depth).unwrap_or(i64::MAX);
+        self.metrics.spool_depth.get_or_create(&labels).set(depth);
+        self.denials.observe_invalid(stubs);
+        self.denials.observe(shipped);
+        self.uses.observe(shipped);
         Ok(Response::new(IngestAck {
             stored: inserted.new as u32,
             duplicates: inserted.duplicates as u32,
@@ -469,7 +635,9 @@ impl<A: Authenticator> Audit for AuditService<A> {
         })
         .await?;
         let verified = self.store.verify(&namespace).await;
-        let response = match verified.map_err(|error| self.status_of(error))? {
+        let pruned = self.store.pruned(&namespace).await;
+        let pruned = pruned.map_err(|error| self.status_of(error))?;
+        let mut response = match verified.map_err(|error| self.status_of(error))? {
             Verification::Intact { events } => VerifyResponse {
                 intact: true,
                 events,
@@ -483,6 +651,11 @@ impl<A: Authenticator> Audit for AuditService<A> {
                 ..VerifyResponse::default()
             },
         };
+        response.pruned_events = pruned.events;
+        response.last_pruned_time = pruned
+            .last_time
+            .map(|time| time.to_string())
+            .unwrap_or_default();
         Ok(Response::new(response))
     }
 }

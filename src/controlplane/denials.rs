@@ -1,5 +1,6 @@
 //! Denials become Kubernetes Events on their Session (`ToolDenied`,
-//! `InjectionDenied`, `ForwardDenied`, `RateLimited`), so `kubectl
+//! `InjectionDenied`, `ForwardDenied`, `RateLimited`), and so do the
+//! invalid events a sidecar ships (`AuditEventInvalid`), so `kubectl
 //! describe session` and event pipelines
 //! see them, aggregated so that a flood makes a handful of Events, not
 //! thousands: per session, reason and what was denied (a tool, a source),
@@ -34,6 +35,9 @@ pub const MAX_KEYS: usize = 10_000;
 pub const MAX_NAME: usize = 253;
 /// The most Events being published at once.
 pub const MAX_PUBLISHING: usize = 16;
+/// The reason of the Event of a sidecar's invalid audit events (each
+/// stored as a stub).
+pub const AUDIT_EVENT_INVALID: &str = "AuditEventInvalid";
 /// What every denied call of a tool nobody declared is counted as.
 const UNKNOWN_TOOL: &str = "(an unknown tool)";
 
@@ -60,7 +64,8 @@ fn tool_key(tool: Option<&str>) -> String {
 pub struct SessionEvent {
     pub namespace: String,
     pub session: String,
-    /// `ToolDenied` or `InjectionDenied`.
+    /// `ToolDenied`, `InjectionDenied`, `ForwardDenied`, `RateLimited` or
+    /// `AuditEventInvalid`.
     pub reason: &'static str,
     pub note: String,
 }
@@ -123,6 +128,40 @@ impl Denials {
 
     /// The Events due for `events` (just stored) at `now`.
     pub fn observe(&self, events: &[AuditEvent], now: Instant) -> Vec<SessionEvent> {
+        let denials = events
+            .iter()
+            .filter(|e| e.decision == Outcome::Denied)
+            .filter_map(|event| {
+                let (reason, what) = match event.event_type {
+                    AuditEventType::ToolCall => ("ToolDenied", tool_key(event.tool.as_deref())),
+                    AuditEventType::Injection => {
+                        ("InjectionDenied", bounded(&event.source.identity))
+                    }
+                    AuditEventType::Forward => ("ForwardDenied", bounded(&event.source.identity)),
+                    AuditEventType::RateLimited => ("RateLimited", tool_key(event.tool.as_deref())),
+                    _ => return None,
+                };
+                Some((event, reason, what))
+            });
+        self.count(denials, now)
+    }
+
+    /// The Events due for the stubs of invalid events a sidecar shipped
+    /// (just stored) at `now`: one key per session.
+    pub fn observe_invalid(&self, stubs: &[AuditEvent], now: Instant) -> Vec<SessionEvent> {
+        let invalid = stubs
+            .iter()
+            .map(|stub| (stub, AUDIT_EVENT_INVALID, String::new()));
+        self.count(invalid, now)
+    }
+
+    /// Counts each `(event, reason, what)` under its key and returns the
+    /// Events due.
+    fn count<'a>(
+        &self,
+        noted: impl Iterator<Item = (&'a AuditEvent, &'static str, String)>,
+        now: Instant,
+    ) -> Vec<SessionEvent> {
         let mut state = self
             .state
             .lock()
@@ -134,14 +173,7 @@ impl Denials {
             state.sweep(now);
         }
         let mut due = Vec::new();
-        for event in events.iter().filter(|e| e.decision == Outcome::Denied) {
-            let (reason, what) = match event.event_type {
-                AuditEventType::ToolCall => ("ToolDenied", tool_key(event.tool.as_deref())),
-                AuditEventType::Injection => ("InjectionDenied", bounded(&event.source.identity)),
-                AuditEventType::Forward => ("ForwardDenied", bounded(&event.source.identity)),
-                AuditEventType::RateLimited => ("RateLimited", tool_key(event.tool.as_deref())),
-                _ => continue,
-            };
+        for (event, reason, what) in noted {
             let key = Key {
                 namespace: bounded(&event.namespace),
                 session: bounded(&event.session),
@@ -170,16 +202,17 @@ impl Denials {
             {
                 continue;
             }
-            let denied = match reason {
-                "ToolDenied" | "RateLimited" => format!("tool {}", key.what),
-                "ForwardDenied" => format!("forward by {}", key.what),
-                _ => format!("injection from {}", key.what),
+            let done = match reason {
+                "ToolDenied" | "RateLimited" => format!("denied tool {}", key.what),
+                "ForwardDenied" => format!("denied forward by {}", key.what),
+                AUDIT_EVENT_INVALID => "stored a stub of an invalid audit event".to_owned(),
+                _ => format!("denied injection from {}", key.what),
             };
             let note = if entry.since == 1 {
-                format!("denied {denied}: {}", entry.why)
+                format!("{done}: {}", entry.why)
             } else {
                 format!(
-                    "denied {denied} {} times since the last event: {}",
+                    "{done} {} times since the last event: {}",
                     entry.since, entry.why
                 )
             };
@@ -230,6 +263,14 @@ impl DenialEvents {
     /// Publishes the Events that the just stored `events` call for.
     pub fn observe(&self, events: &[AuditEvent]) {
         for due in self.denials.observe(events, Instant::now()) {
+            (self.publish)(due);
+        }
+    }
+
+    /// Publishes the Events that the just stored stubs of invalid events
+    /// call for.
+    pub fn observe_invalid(&self, stubs: &[AuditEvent]) {
+        for due in self.denials.observe_invalid(stubs, Instant::now()) {
             (self.publish)(due);
         }
     }
@@ -382,6 +423,34 @@ mod tests {
         let due = denials.observe(&[long], start + 2 * WINDOW);
         assert_eq!(due[0].session.len(), MAX_NAME);
         assert!(due[0].note.len() < 2 * MAX_NAME, "{}", due[0].note.len());
+    }
+
+    /// A sidecar's invalid events make one Event per session and window,
+    /// with the count, like denials.
+    #[test]
+    fn invalid_events_are_aggregated_per_session() {
+        let denials = Denials::default();
+        let start = Instant::now();
+        let mut stub = denied("exec_command");
+        stub.event_type = AuditEventType::Policy;
+        stub.reason = "invalid event: 17287 bytes, over the limit of 16384".into();
+        let stubs = vec![stub.clone(); 3];
+        let due = denials.observe_invalid(&stubs, start);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].reason, AUDIT_EVENT_INVALID);
+        assert_eq!(
+            due[0].note,
+            "stored a stub of an invalid audit event: invalid event: 17287 bytes, over the limit of 16384"
+        );
+        let later = denials.observe_invalid(&stubs[..1], start + WINDOW);
+        assert_eq!(
+            later[0].note,
+            "stored a stub of an invalid audit event 3 times since the last event: invalid event: 17287 bytes, over the limit of 16384"
+        );
+        assert!(
+            denials.observe(&stubs, start + WINDOW).is_empty(),
+            "a stub is no denial"
+        );
     }
 
     /// An API server that never answers: publishing Events holds no more

@@ -94,6 +94,7 @@ where
         )))
         .add_service(AuditServer::new(AuditService::new(
             audit.store,
+            discover,
             audit.metrics,
             denials,
             uses,

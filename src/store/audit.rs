@@ -128,6 +128,29 @@ pub enum Verification {
     },
 }
 
+/// What one retention pass deletes: see [`Store::prune_events`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prune {
+    /// Events older than this go.
+    pub older_than: Timestamp,
+    /// Beyond this many events in a namespace, the oldest go...
+    pub max_per_namespace: u64,
+    /// ...but not one at or after this: one session's flood cannot evict
+    /// the others' recent events (the chain is a namespace's, so the count
+    /// can only cut a prefix of it).
+    pub keep_since: Timestamp,
+}
+
+/// What retention has deleted of a namespace's chain: always its first
+/// events (seq 1 to `events`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    /// The time of the last one deleted; `None` when none was, or when it
+    /// was deleted before this was kept.
+    pub last_time: Option<Timestamp>,
+}
+
 /// The columns of a stored event, derived from it.
 struct Columns {
     time_us: i64,
@@ -386,14 +409,30 @@ impl Store {
         })
     }
 
-    /// Deletes events older than `older_than` and, per namespace, all but the
-    /// newest `max_per_namespace`; the chain stays verifiable from the first
+    /// What retention has deleted of `namespace`'s chain.
+    pub async fn pruned(&self, namespace: &str) -> Result<Pruned, StoreError> {
+        let row =
+            sqlx::query("SELECT pruned_seq, pruned_time_us FROM audit_chains WHERE namespace = $1")
+                .bind(namespace)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(Pruned::default());
+        };
+        let pruned_seq: i64 = row.try_get(0)?;
+        let last_time: Option<i64> = row.try_get(1)?;
+        Ok(Pruned {
+            events: u64::try_from(pruned_seq).unwrap_or(0),
+            last_time: last_time.and_then(|us| Timestamp::from_microsecond(us).ok()),
+        })
+    }
+
+    /// Deletes, per namespace, a prefix of its chain: the events older than
+    /// `prune.older_than`, and beyond `prune.max_per_namespace` the oldest,
+    /// but never by count one at or after `prune.keep_since` (nor any
+    /// after it in the chain). The chain stays verifiable from the first
     /// kept event. Returns how many were deleted.
-    pub async fn prune_events(
-        &self,
-        older_than: Timestamp,
-        max_per_namespace: u64,
-    ) -> Result<u64, StoreError> {
+    pub async fn prune_events(&self, prune: Prune) -> Result<u64, StoreError> {
         let namespaces: Vec<String> =
             sqlx::query_scalar("SELECT namespace FROM audit_chains ORDER BY namespace")
                 .fetch_all(&self.pool)
@@ -402,26 +441,32 @@ impl Store {
         for namespace in namespaces {
             let mut transaction = self.pool.begin().await?;
             let chain = lock_chain(&mut transaction, &namespace).await?;
-            // Everything before the first event at or after the cut-off (an
-            // event is never deleted before its time, even if it arrived late).
-            let first_young: Option<i64> = sqlx::query_scalar(
-                "SELECT MIN(seq) FROM audit_events WHERE namespace = $1 AND time_us >= $2",
-            )
-            .bind(&namespace)
-            .bind(older_than.as_microsecond())
-            .fetch_one(&mut *transaction)
-            .await?;
-            let by_age = first_young.map_or(chain.head_seq, |seq| seq - 1);
-            let by_count = chain.head_seq - i64::try_from(max_per_namespace).unwrap_or(i64::MAX);
+            // An event is never deleted before its time, even if it
+            // arrived after newer ones: the age cuts before the first young
+            // event, and the count before the first recent one (looked up
+            // only when the count would cut further than the age).
+            let by_age = before_first_at(&mut transaction, &namespace, prune.older_than)
+                .await?
+                .unwrap_or(chain.head_seq);
+            let over = chain.head_seq - i64::try_from(prune.max_per_namespace).unwrap_or(i64::MAX);
+            let by_count = if over > chain.pruned_seq.max(by_age) {
+                let recent =
+                    before_first_at(&mut transaction, &namespace, prune.keep_since).await?;
+                recent.map_or(over, |recent| over.min(recent))
+            } else {
+                over
+            };
             let cut = by_age.max(by_count).min(chain.head_seq);
             if cut > chain.pruned_seq {
-                let hash: String = sqlx::query_scalar(
-                    "SELECT hash FROM audit_events WHERE namespace = $1 AND seq = $2",
+                let last = sqlx::query(
+                    "SELECT hash, time_us FROM audit_events WHERE namespace = $1 AND seq = $2",
                 )
                 .bind(&namespace)
                 .bind(cut)
                 .fetch_one(&mut *transaction)
                 .await?;
+                let hash: String = last.try_get(0)?;
+                let time_us: i64 = last.try_get(1)?;
                 let result =
                     sqlx::query("DELETE FROM audit_events WHERE namespace = $1 AND seq <= $2")
                         .bind(&namespace)
@@ -429,11 +474,12 @@ impl Store {
                         .execute(&mut *transaction)
                         .await?;
                 sqlx::query(
-                    "UPDATE audit_chains SET pruned_seq = $2, pruned_hash = $3 WHERE namespace = $1",
+                    "UPDATE audit_chains SET pruned_seq = $2, pruned_hash = $3, pruned_time_us = $4 WHERE namespace = $1",
                 )
                 .bind(&namespace)
                 .bind(cut)
                 .bind(hash)
+                .bind(time_us)
                 .execute(&mut *transaction)
                 .await?;
                 deleted += result.rows_affected();
@@ -442,6 +488,23 @@ impl Store {
         }
         Ok(deleted)
     }
+}
+
+/// The seq before the first event of `namespace` at or after `since`;
+/// `None` when there is no such event.
+async fn before_first_at(
+    transaction: &mut Transaction<'_, Any>,
+    namespace: &str,
+    since: Timestamp,
+) -> Result<Option<i64>, StoreError> {
+    let first: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(seq) FROM audit_events WHERE namespace = $1 AND time_us >= $2",
+    )
+    .bind(namespace)
+    .bind(since.as_microsecond())
+    .fetch_one(&mut **transaction)
+    .await?;
+    Ok(first.map(|seq| seq - 1))
 }
 
 /// A namespace's chain, locked for this transaction.

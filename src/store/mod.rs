@@ -14,11 +14,13 @@ mod spawns;
 
 use std::str::FromStr;
 
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use audit::{
-    AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, QueryError, Verification,
+    AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, Prune, Pruned, QueryError,
+    Verification,
 };
 pub use elevations::{Elevation, ElevationState};
 pub use forwards::{
@@ -144,8 +146,28 @@ impl Store {
 pub struct Retention {
     /// Events older than this go.
     pub max_age: std::time::Duration,
-    /// Beyond this many per namespace, the oldest go.
+    /// Beyond this many per namespace, the oldest go...
     pub max_per_namespace: u64,
+    /// ...but that count never takes one younger than this (see
+    /// [`Prune::keep_since`]).
+    pub min_age: std::time::Duration,
+}
+
+impl Retention {
+    /// The pass of retention due at `now`.
+    pub fn at(&self, now: Timestamp) -> Prune {
+        let ago = |age: std::time::Duration| {
+            SignedDuration::try_from(age)
+                .ok()
+                .and_then(|age| now.checked_sub(age).ok())
+                .unwrap_or(Timestamp::MIN)
+        };
+        Prune {
+            older_than: ago(self.max_age),
+            max_per_namespace: self.max_per_namespace,
+            keep_since: ago(self.min_age),
+        }
+    }
 }
 
 /// How often retention runs.
@@ -161,13 +183,9 @@ impl Store {
             if !may_write() {
                 continue;
             }
-            let cut_off = k8s_openapi::jiff::Timestamp::now()
-                - k8s_openapi::jiff::SignedDuration::try_from(retention.max_age)
-                    .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
-            match self
-                .prune_events(cut_off, retention.max_per_namespace)
-                .await
-            {
+            let prune = retention.at(Timestamp::now());
+            let cut_off = prune.older_than;
+            match self.prune_events(prune).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "audit retention deleted old events"),
                 Err(error) => {

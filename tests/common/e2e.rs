@@ -130,6 +130,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         ),
         audit_retention_hours: 720,
         audit_max_events_per_namespace: 1_000_000,
+        audit_min_age_hours: 24,
         update_policy: wopr_operator::api::UpdateType::Rolling,
         update_max_unavailable: 1,
         isolation_probe: Vec::new(),
