@@ -279,6 +279,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_metrics_are_named_as_documented() {
+        let metrics = RefusalMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let labels = ReasonLabels {
+            reason: Reason::NoRight.as_str().to_owned(),
+        };
+        metrics.refusals.get_or_create(&labels).inc();
+        metrics.unrecorded.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("wopr_controlplane_refusals_total{reason=\"no_right\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wopr_controlplane_refusals_unrecorded_total 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_caller_has_a_budget_a_window() {
         let mut budgets = Budgets::default();
         let start = Instant::now();
