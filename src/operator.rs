@@ -133,6 +133,13 @@ pub async fn run(
     let metrics = Metrics::new(&mut registry);
     let audit_metrics = AuditMetrics::default();
     audit_metrics.register(&mut registry);
+    let settings = controlplane::Settings {
+        operator_namespace: args.operator_namespace.clone(),
+        max_open_elevations: args.max_open_elevations,
+        reflection: args.control_plane_reflection,
+        ..controlplane::Settings::default()
+    };
+    settings.refusal_metrics.register(&mut registry);
     let control_plane = controlplane::serve(
         control_plane_listener,
         index,
@@ -144,6 +151,7 @@ pub async fn run(
             metrics: audit_metrics,
         },
         Arc::new(KubeWriter(client.clone())),
+        settings,
         shutdown.clone(),
     );
 

@@ -113,6 +113,7 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
                 metrics: AuditMetrics::default(),
             },
             Arc::new(KubeWriter(common::fake_api::FakeApi::start().0)),
+            wopr_operator::controlplane::Settings::default(),
             wopr_operator::shutdown::on(std::future::pending()),
         )
         .await

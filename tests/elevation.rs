@@ -158,10 +158,12 @@ async fn an_approved_request_becomes_a_grant_once_and_the_tool_appears() {
 async fn a_denied_or_expired_request_makes_no_grant_and_the_session_is_told() {
     let (control_plane, alice) = alice().await;
     let mut ids = Vec::new();
-    for _ in 0..2 {
+    // Two requests asking different things (one asking what an open one
+    // asks is answered with it: tests/adversarial_access.rs).
+    for reason in ["coordinate", "coordinate again"] {
         let asked = ask(
             &alice,
-            json!({"capabilities": ["a2a.call", "cross.inject"], "reason": "coordinate"}),
+            json!({"capabilities": ["a2a.call", "cross.inject"], "reason": reason}),
         )
         .await
         .unwrap();

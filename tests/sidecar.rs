@@ -879,7 +879,12 @@ async fn the_control_plane_serves_health_and_reflection() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let control_plane = ControlPlane::start(&[]).await;
+    // Reflection only when asked (off by default: tests/adversarial_access.rs).
+    let settings = wopr_operator::controlplane::Settings {
+        reflection: true,
+        ..Default::default()
+    };
+    let control_plane = ControlPlane::start_with(&[], settings).await;
     let address = format!("http://{}", control_plane.address);
     let channel = tonic::transport::Endpoint::from_shared(address)
         .unwrap()

@@ -1,7 +1,8 @@
 //! One way to name an enum value as a string: its serde name, the one
 //! manifests use (`semi-trusted`, `inject.tools`, `restricted`, `warn`).
 //! The wire format, flags and messages all go through here or through a
-//! type's own `as_str`, which a test holds to the serde name.
+//! type's own `as_str`, which a test holds to the serde name. And what a
+//! namespace or a Session may be called, checked where a caller names one.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,9 +20,53 @@ pub fn from_name<T: DeserializeOwned>(name: &str) -> Option<T> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
+/// The longest DNS-1123 label, what namespaces and Sessions are named:
+/// a Session's pod, service account and label values hold its name.
+pub const MAX_LABEL: usize = 63;
+
+/// Why `name`, given as the `what` of a call, is not a DNS-1123 label (at
+/// most [`MAX_LABEL`] lower-case letters, digits and `-`, starting and
+/// ending with a letter or digit), if it is not. The message shows at most
+/// the label's length of it: a caller's name may be any size.
+pub fn check_label(what: &str, name: &str) -> Result<(), String> {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = name.len() <= MAX_LABEL
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
+        && name.chars().all(|c| alphanumeric(c) || c == '-');
+    if valid {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(MAX_LABEL).collect();
+    let cut = if shown.len() < name.len() { "..." } else { "" };
+    Err(format!(
+        "{what} {shown:?}{cut} ({} bytes) is not a DNS-1123 label: at most {MAX_LABEL} lower-case letters, digits and '-', starting and ending with a letter or digit",
+        name.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_short_lower_case_names() {
+        for name in ["a", "team-a", "research-agent", "0x", &"a".repeat(63)] {
+            assert_eq!(check_label("session", name), Ok(()), "{name}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "", "-a", "a-", "A", "a.b", "a_b", "a b", "a/b", "\u{e9}", &long,
+        ] {
+            assert!(check_label("session", bad).is_err(), "{bad}");
+        }
+        let huge = check_label("session", &"s".repeat(200_000)).unwrap_err();
+        assert!(huge.len() < 300, "the name is not echoed whole: {huge}");
+        assert!(
+            huge.contains("(200000 bytes)") && huge.contains("63"),
+            "{huge}"
+        );
+    }
     use crate::api::{Capability, Enforcement, NetworkMode, TrustLevel};
 
     #[test]

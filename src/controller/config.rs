@@ -49,6 +49,14 @@ pub struct ControllerArgs {
         default_value = "0.0.0.0:9443"
     )]
     pub control_plane_listen: SocketAddr,
+    /// Serve gRPC server reflection on the control-plane API (it lists
+    /// every method to anyone who connects; for debugging with grpcurl).
+    #[arg(long, env = "WOPR_CONTROL_PLANE_REFLECTION", default_value_t = false, action = ArgAction::Set)]
+    pub control_plane_reflection: bool,
+    /// The most elevation requests (`security_request`) a session may have
+    /// open at once; an identical request is answered with the open one.
+    #[arg(long, env = "WOPR_MAX_OPEN_ELEVATIONS", default_value_t = 3)]
+    pub max_open_elevations: u32,
     /// Namespace the controller runs in (its control-plane pods are there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "wopr-system")]
     pub operator_namespace: String,

@@ -20,8 +20,9 @@ use super::auth::{AuthError, Authenticator, Identity, authorize};
 use super::denials::DenialEvents;
 use super::discover::DiscoverPolicy;
 use super::grant_use::GrantUses;
+use super::refusals::{Reason, Refusals, Trail};
 use super::service::bearer;
-use crate::api::{Enforcement, SourceRef, TrustLevel, from_name};
+use crate::api::{Enforcement, SourceRef, TrustLevel, check_label, from_name};
 use crate::audit::{AGENT_SOURCE_TYPE, AuditEvent, EventType};
 use crate::policy::Outcome;
 use crate::proto::v1alpha1::audit_server::Audit;
@@ -154,6 +155,8 @@ pub struct AuditService<D, A> {
     denials: DenialEvents,
     /// The Grants the sidecars' allowed calls relied on.
     uses: Arc<GrantUses>,
+    /// Which refusals are written, and where.
+    refusals: Arc<Refusals>,
 }
 
 impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
@@ -164,6 +167,7 @@ impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
         denials: DenialEvents,
         uses: Arc<GrantUses>,
         authenticator: Arc<A>,
+        refusals: Arc<Refusals>,
     ) -> Self {
         AuditService {
             store,
@@ -172,6 +176,7 @@ impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
             metrics,
             denials,
             uses,
+            refusals,
         }
     }
 
@@ -199,20 +204,26 @@ impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
     /// Who may read `namespace`: a sidecar what `sidecar_may` allows it
     /// (its own session, its own namespace), anyone else what RBAC allows
     /// (a SubjectAccessReview of `list auditevents.wopr.dev` there; every
-    /// namespace when `namespace` is empty). Returns the reader, for the
-    /// audit events of what it asks next.
+    /// namespace when `namespace` is empty). The names are checked first
+    /// (an empty one names none). Returns the reader, for the audit events
+    /// of what it asks next, and the username it authenticated as.
     async fn authorize_read<T>(
         &self,
         request: &Request<T>,
         namespace: &str,
         session: &str,
         sidecar_may: impl Fn(&Identity) -> Result<(), String>,
-    ) -> Result<SourceRef, Status> {
+    ) -> Result<(SourceRef, String), Status> {
+        let named: Vec<(&str, &str)> = [("namespace", namespace), ("session", session)]
+            .into_iter()
+            .filter(|(_, name)| !name.is_empty())
+            .collect();
+        self.refusals.check_names(&named)?;
         let token = bearer(request.metadata())?;
         let error = match self.authenticator.authenticate(token).await {
             Ok(identity) => {
                 return match sidecar_may(&identity) {
-                    Ok(()) => Ok(identity.as_source()),
+                    Ok(()) => Ok((identity.as_source(), identity.username())),
                     Err(reason) => {
                         let status = Status::permission_denied(reason);
                         Err(self.refuse_sidecar(&identity, session, status).await)
@@ -227,32 +238,48 @@ impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
         // Not a sidecar's token: a person's or a workload's credential.
         let scope = (!namespace.is_empty()).then_some(namespace);
         match self.authenticator.may_read_audit(token, scope).await {
-            Ok(username) => Ok(reader_source(&username)),
+            Ok(username) => Ok((reader_source(&username), username)),
             Err(AuthError::Forbidden { username, reason }) => {
+                // No right to read there: not that namespace's trail's to hold.
                 let status = Status::permission_denied(reason);
+                let source = reader_source(&username);
+                let caller = (username.as_str(), Trail::Operator);
                 Err(self
-                    .refuse(namespace, session, reader_source(&username), status)
+                    .refuse((namespace, session), caller, source, status)
                     .await)
             }
             Err(error @ AuthError::Unavailable(_)) => Err(Status::unavailable(error.to_string())),
-            Err(error) => Err(Status::unauthenticated(error.to_string())),
+            Err(error) => {
+                self.refusals.count(Reason::Unauthenticated);
+                Err(Status::unauthenticated(error.to_string()))
+            }
         }
     }
 
-    /// [`Self::refuse`] for a sidecar's request: in its own namespace.
+    /// [`Self::refuse`] for a sidecar's request: in its own namespace, of
+    /// the session it named if that can be a session's name (else of none:
+    /// the reason says what it named).
     async fn refuse_sidecar(&self, identity: &Identity, session: &str, status: Status) -> Status {
+        let session = if check_label("session", session).is_ok() {
+            session
+        } else {
+            ""
+        };
         let source = identity.as_source();
-        self.refuse(&identity.namespace, session, source, status)
+        let caller = identity.username();
+        let target = (identity.namespace.as_str(), session);
+        self.refuse(target, (&caller, Trail::Namespace), source, status)
             .await
     }
 
-    /// Records a refused request in the trail of `namespace` (a sidecar's
-    /// own, or the one a reader tried to read), best effort since the
-    /// caller is refused either way, and logs it.
+    /// Records a refused request of `caller` (its username) about
+    /// `namespace/session` in `trail` (the namespace's: a sidecar's own, or
+    /// one its reader may read; or the operator's), as [`Refusals`] allows,
+    /// best effort since the caller is refused either way, and logs it.
     async fn refuse(
         &self,
-        namespace: &str,
-        session: &str,
+        (namespace, session): (&str, &str),
+        (caller, trail): (&str, Trail),
         source: SourceRef,
         status: Status,
     ) -> Status {
@@ -260,9 +287,7 @@ impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
         tracing::warn!(%namespace, caller = %source.identity, reason = %status.message(), "audit request refused");
         let event =
             AuditEvent::refused_request(namespace, session, source, "audit", status.message());
-        if let Err(error) = self.store.insert_events(&[event]).await {
-            tracing::error!(%error, "cannot store the refusal");
-        }
+        self.refusals.record(caller, trail, event).await;
         status
     }
 }
@@ -583,23 +608,26 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
     ) -> Result<Response<AuditQueryResponse>, Status> {
         let wire = request.get_ref();
         let (namespace, session) = (wire.namespace.clone(), wire.session.clone());
-        let source = self
+        let (source, reader) = self
             .authorize_read(&request, &namespace, &session, |identity| {
                 authorize(identity, &namespace, &session).map_err(|reason| {
                     format!("{reason}: a sidecar queries only its own session's events")
                 })
             })
             .await?;
+        // The reader may read here: a bad query of it is its trail's.
+        let target = (namespace.as_str(), session.as_str());
+        let caller = (reader.as_str(), Trail::Namespace);
         let request = request.into_inner();
         let query = match query_of(&request) {
             Ok(query) => query,
-            Err(status) => return Err(self.refuse(&namespace, &session, source, status).await),
+            Err(status) => return Err(self.refuse(target, caller, source, status).await),
         };
         let page = match self.store.query_events(&query).await {
             Ok(page) => page,
             Err(error @ StoreError::InvalidQuery(_)) => {
                 let status = self.status_of(error);
-                return Err(self.refuse(&namespace, &session, source, status).await);
+                return Err(self.refuse(target, caller, source, status).await);
             }
             Err(error) => return Err(self.status_of(error)),
         };

@@ -23,6 +23,7 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::reviews::{Answer, Reviews};
 use crate::api::{SourceRef, TrustLevel};
 use crate::contract::{TOKEN_AUDIENCE, child_name};
 
@@ -38,6 +39,14 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The username the caller authenticated as.
+    pub fn username(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+
     /// This caller (a session's sidecar) as the source of an audit event:
     /// what it asks for, not what its session may do, so untrusted.
     pub fn as_source(&self) -> SourceRef {
@@ -61,6 +70,11 @@ pub enum AuthError {
     /// The caller's RBAC does not allow what it asked.
     #[error("{reason}")]
     Forbidden { username: String, reason: String },
+    /// The caller may send the session messages but not operate it at its
+    /// trust level: it holds a right in the namespace, unlike the holder
+    /// of a [`AuthError::Forbidden`] refusal.
+    #[error("{reason}")]
+    CannotOperate { username: String, reason: String },
     /// The TokenReview or SubjectAccessReview call failed.
     #[error("cannot check the caller: {0}")]
     Unavailable(String),
@@ -117,15 +131,20 @@ fn scope_of(namespace: Option<&str>) -> String {
 /// The refusal of `username`: what it may not do, the authorizer's reason
 /// when it gave one, and what to bind.
 fn forbidden(username: &str, what: &str, why: &str, remedy: &str) -> AuthError {
+    AuthError::Forbidden {
+        username: username.to_owned(),
+        reason: refusal(username, what, why, remedy),
+    }
+}
+
+/// The words of a refusal of `username`.
+fn refusal(username: &str, what: &str, why: &str, remedy: &str) -> String {
     let why = if why.is_empty() {
         String::new()
     } else {
         format!(" ({why})")
     };
-    AuthError::Forbidden {
-        username: username.to_owned(),
-        reason: format!("{username} may not {what}{why}: {remedy}"),
-    }
+    format!("{username} may not {what}{why}: {remedy}")
 }
 
 /// The refusal of `username`'s read of `namespace`, naming the missing
@@ -185,23 +204,31 @@ pub fn may_not_operate(
         crate::api::GROUP,
         crate::api::trust_level_role(level)
     );
-    forbidden(
-        username,
-        &format!("operate session {namespace}/{session}"),
-        &why,
-        &remedy,
-    )
+    AuthError::CannotOperate {
+        username: username.to_owned(),
+        reason: refusal(
+            username,
+            &format!("operate session {namespace}/{session}"),
+            &why,
+            &remedy,
+        ),
+    }
 }
 
-/// Checks tokens with the Kubernetes TokenReview API.
+/// Checks tokens with the Kubernetes TokenReview API, remembering its
+/// answers for a while ([`Reviews`]).
 pub struct TokenReviewer {
     client: Client,
+    reviews: Reviews,
 }
 
 impl TokenReviewer {
     /// A reviewer using `client` (which needs `create` on `tokenreviews`).
     pub fn new(client: Client) -> TokenReviewer {
-        TokenReviewer { client }
+        TokenReviewer {
+            client,
+            reviews: Reviews::default(),
+        }
     }
 }
 
@@ -225,12 +252,33 @@ where
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
 impl TokenReviewer {
-    /// Reviews `token` for `audiences` (the API server's own when `None`).
+    /// Reviews `token` for `audiences` (the API server's own when `None`),
+    /// or answers as a review kept from moments ago did.
     async fn review(
         &self,
         token: &str,
         audiences: Option<Vec<String>>,
     ) -> Result<(UserInfo, Vec<String>), AuthError> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let answer = match self.reviews.get(token, audiences.as_deref(), now) {
+            Some(kept) => kept,
+            None => {
+                let answer = self.ask_review(token, audiences.clone()).await?;
+                self.reviews
+                    .put(token, audiences.as_deref(), answer.clone(), now);
+                answer
+            }
+        };
+        answer.map_err(AuthError::Refused)
+    }
+
+    /// What the API server answers a TokenReview of `token` for
+    /// `audiences`; an error when it could not be asked.
+    async fn ask_review(
+        &self,
+        token: &str,
+        audiences: Option<Vec<String>>,
+    ) -> Result<Answer, AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -240,14 +288,14 @@ impl TokenReviewer {
         };
         let status = ask(&self.client, &review).await?.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            return Err(AuthError::Refused(
-                status.error.unwrap_or_else(|| "not authenticated".into()),
-            ));
+            return Ok(Err(status
+                .error
+                .unwrap_or_else(|| "not authenticated".into())));
         }
-        Ok((
+        Ok(Ok((
             status.user.unwrap_or_default(),
             status.audiences.unwrap_or_default(),
-        ))
+        )))
     }
 }
 

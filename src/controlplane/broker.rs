@@ -27,6 +27,7 @@ use super::auth::{Authenticator, Identity, authorize};
 use super::denials::DenialEvents;
 use super::discover::{DiscoverPolicy, NoContext};
 use super::grant_use::GrantUses;
+use super::refusals::{Reason as Refusal, Refusals, Trail};
 use super::service::bearer;
 use super::writes::{ClusterWriter, WriteError};
 use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, from_name, name_of};
@@ -48,7 +49,7 @@ use crate::proto::v1alpha1::{
 };
 use crate::shutdown::Shutdown;
 use crate::store::{
-    Elevation, ElevationState, Forward, ForwardState, InboxError, Queued, RequestError,
+    Elevation, ElevationState, Forward, ForwardState, InboxError, Opened, Queued, RequestError,
     Reservation, Store, StoreError, new_request_id,
 };
 
@@ -106,6 +107,8 @@ pub struct Recording {
     pub metrics: AuditMetrics,
     pub denials: DenialEvents,
     pub uses: Arc<GrantUses>,
+    /// Which refusals of access are written, and where.
+    pub refusals: Arc<Refusals>,
 }
 
 /// Serves the Broker API of every sidecar.
@@ -116,8 +119,11 @@ pub struct BrokerService<D, A> {
     metrics: AuditMetrics,
     denials: DenialEvents,
     uses: Arc<GrantUses>,
+    refusals: Arc<Refusals>,
     /// Where forwards that wait for a person are filed.
     writer: Arc<dyn ClusterWriter>,
+    /// The most elevation requests a session may have open.
+    max_open_elevations: u32,
     arrivals: Arc<Arrivals>,
     shutdown: Shutdown,
 }
@@ -128,6 +134,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         authenticator: Arc<A>,
         recording: Recording,
         writer: Arc<dyn ClusterWriter>,
+        max_open_elevations: u32,
         shutdown: Shutdown,
     ) -> Self {
         BrokerService {
@@ -137,25 +144,33 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             metrics: recording.metrics,
             denials: recording.denials,
             uses: recording.uses,
+            refusals: recording.refusals,
             writer,
+            max_open_elevations,
             arrivals: Arc::default(),
             shutdown,
         }
     }
 
-    /// The caller, if it is the sidecar of `namespace/session`.
+    /// The caller, if it is the sidecar of `namespace/session`. The names
+    /// are checked first; a sidecar refused is so in its own namespace.
     async fn caller<T>(
         &self,
         request: &Request<T>,
         namespace: &str,
         session: &str,
     ) -> Result<Identity, Status> {
+        self.refusals
+            .check_names(&[("namespace", namespace), ("session", session)])?;
         let token = bearer(request.metadata())?;
         let identity = self
             .authenticator
             .authenticate(token)
             .await
-            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+            .map_err(|error| {
+                self.refusals.count(Refusal::Unauthenticated);
+                Status::unauthenticated(error.to_string())
+            })?;
         if let Err(reason) = authorize(&identity, namespace, session) {
             let source = identity.as_source();
             let status = Status::permission_denied(reason);
@@ -166,10 +181,22 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                 "broker",
                 status.message(),
             );
-            self.record(event).await;
+            self.record_refusal(&identity.username(), Trail::Namespace, event)
+                .await;
             return Err(status);
         }
         Ok(identity)
+    }
+
+    /// Records the refusal `event` of `caller` as [`Refusals`] allows: in
+    /// the namespace's trail as any broker decision (counted, and an Event
+    /// on its Session), or in the operator's trail, only stored.
+    async fn record_refusal(&self, caller: &str, trail: Trail, event: AuditEvent) {
+        match (trail, self.refusals.admit(caller, trail, event)) {
+            (_, None) => {}
+            (Trail::Namespace, Some(event)) => self.record(event).await,
+            (Trail::Operator, Some(event)) => self.refusals.write(event).await,
+        }
     }
 
     /// The caller's effective context, fresh (what the broker decides
@@ -440,6 +467,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let wire = request.get_ref();
         let (namespace, session) = (wire.namespace.clone(), wire.session.clone());
+        self.refusals.check_names(&[("target", &wire.target)])?;
         self.caller(&request, &namespace, &session).await?;
         let SendRequest {
             target,
@@ -585,6 +613,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             target,
             limit,
         } = request.get_ref().clone();
+        self.refusals.check_names(&[("target", &target)])?;
         let caller = self
             .caller_for(&request, &namespace, &session, HISTORY_TOOL)
             .await?;
@@ -624,6 +653,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
     ) -> Result<Response<ForwardResponse>, Status> {
         let wire = request.get_ref();
         let (namespace, session) = (wire.namespace.clone(), wire.session.clone());
+        self.refusals.check_names(&[("target", &wire.target)])?;
         self.caller(&request, &namespace, &session).await?;
         let ForwardRequest {
             message_id,
@@ -950,8 +980,45 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             expires: now + timeout,
             granted: None,
         };
-        if let Err(error) = self.store.open_elevation(&elevation).await {
-            return Err(refuse(store_status(error)).await);
+        let opened = self
+            .store
+            .open_elevation(&elevation, self.max_open_elevations)
+            .await;
+        match opened {
+            Ok(Opened::New) => {}
+            Ok(Opened::Existing(existing)) => {
+                // Asked again (an agent retrying, or looping): the open
+                // request is the answer; nothing new for a person to read.
+                let reason = format!(
+                    "asked again what request {} asks: answered with it; it waits for a person until {}",
+                    existing.id, existing.expires
+                );
+                let event = message_event(
+                    &caller,
+                    tool,
+                    &session,
+                    Outcome::Allowed,
+                    caller.enforcement,
+                    &reason,
+                );
+                let audit_id = self.audit(event).await.map_err(|error| {
+                    Status::unavailable(format!("cannot record the request: {error}"))
+                })?;
+                return Ok(Response::new(ElevateResponse {
+                    request_id: existing.id,
+                    expires_at: existing.expires.to_string(),
+                    audit_id,
+                }));
+            }
+            Ok(Opened::Full { open }) => {
+                let status = Status::resource_exhausted(format!(
+                    "session {session} has {open} open elevation requests, the limit is {}: wait for a person to decide one (or for it to expire at most {} s after it was made)",
+                    self.max_open_elevations,
+                    ELEVATION_TIMEOUT.as_secs()
+                ));
+                return Err(refuse(status).await);
+            }
+            Err(error) => return Err(refuse(store_status(error)).await),
         }
         let approval = elevation_approval(&elevation, session_source(&caller));
         if let Err(why) = self.writer.file(&approval).await {

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Authenticator, Identity, authorize};
 use super::discover::{DiscoverPolicy, Snapshot};
 use super::isolation::{IsolationRecorder, pod_conditions};
+use super::refusals::{Reason, Refusals};
 use crate::proto::v1alpha1::policy_server::Policy;
 use crate::proto::v1alpha1::{
     Heartbeat, IsolationReport, IsolationReportAck, PolicyUpdate, WatchRequest,
@@ -32,40 +33,50 @@ pub struct PolicyService<D, A, R> {
     discover: Arc<D>,
     authenticator: Arc<A>,
     recorder: Arc<R>,
+    refusals: Arc<Refusals>,
     shutdown: Shutdown,
 }
 
 impl<D, A: Authenticator, R> PolicyService<D, A, R> {
     /// A service serving what `discover` finds, checking callers with
-    /// `authenticator` and recording sandbox checks with `recorder`; every
-    /// open stream ends when `shutdown` completes, so the server can drain.
+    /// `authenticator` (counting refusals in `refusals`) and recording
+    /// sandbox checks with `recorder`; every open stream ends when
+    /// `shutdown` completes, so the server can drain.
     pub fn new(
         discover: Arc<D>,
         authenticator: Arc<A>,
         recorder: Arc<R>,
+        refusals: Arc<Refusals>,
         shutdown: Shutdown,
     ) -> Self {
         PolicyService {
             discover,
             authenticator,
             recorder,
+            refusals,
             shutdown,
         }
     }
 
-    /// Checks that the caller is the sidecar of `namespace/session`.
+    /// Checks the names, then that the caller is the sidecar of
+    /// `namespace/session`.
     async fn authorize(
         &self,
         metadata: &MetadataMap,
         namespace: &str,
         session: &str,
     ) -> Result<Identity, Status> {
+        self.refusals
+            .check_names(&[("namespace", namespace), ("session", session)])?;
         let token = bearer(metadata)?;
         let identity = self
             .authenticator
             .authenticate(token)
             .await
-            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+            .map_err(|error| {
+                self.refusals.count(Reason::Unauthenticated);
+                Status::unauthenticated(error.to_string())
+            })?;
         authorize(&identity, namespace, session).map_err(Status::permission_denied)?;
         Ok(identity)
     }

@@ -79,6 +79,16 @@ pub struct Elevation {
 }
 
 impl Elevation {
+    /// Whether this request asks what `other` asks: the same capabilities
+    /// (in any order), reason and duration.
+    fn asks_what(&self, other: &Elevation) -> bool {
+        let within = |a: &[Capability], b: &[Capability]| a.iter().all(|c| b.contains(c));
+        within(&self.capabilities, &other.capabilities)
+            && within(&other.capabilities, &self.capabilities)
+            && self.reason == other.reason
+            && self.duration == other.duration
+    }
+
     /// When the Grant of an approved request ends.
     pub fn grant_expires(&self) -> Option<Timestamp> {
         let length = SignedDuration::try_from(self.duration).unwrap_or(SignedDuration::MAX);
@@ -86,9 +96,73 @@ impl Elevation {
     }
 }
 
+/// What [`Store::open_elevation`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Opened {
+    /// The request is recorded.
+    New,
+    /// The session has this open request asking the same (capabilities,
+    /// reason, duration): nothing was recorded.
+    Existing(Elevation),
+    /// The session has `open` open requests, at or over the limit.
+    Full { open: usize },
+}
+
 impl Store {
-    /// Records a new elevation request.
-    pub async fn open_elevation(&self, elevation: &Elevation) -> Result<(), StoreError> {
+    /// Records a new elevation request, unless its session has an open
+    /// request (awaiting approval, not expired at `elevation.created`)
+    /// asking the same, or `max_open` open requests already. Counted under
+    /// the session's lock: concurrent requests, on any replica, count each
+    /// other.
+    pub async fn open_elevation(
+        &self,
+        elevation: &Elevation,
+        max_open: u32,
+    ) -> Result<Opened, StoreError> {
+        let (namespace, session) = (&elevation.namespace, &elevation.session);
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO elevation_sessions (namespace, session, requests) VALUES ($1, $2, 0) \
+             ON CONFLICT (namespace, session) DO NOTHING",
+        )
+        .bind(namespace)
+        .bind(session)
+        .execute(&mut *transaction)
+        .await?;
+        // The lock: concurrent requests of this session wait here.
+        sqlx::query(
+            "UPDATE elevation_sessions SET requests = requests + 1 \
+             WHERE namespace = $1 AND session = $2",
+        )
+        .bind(namespace)
+        .bind(session)
+        .execute(&mut *transaction)
+        .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM elevations WHERE namespace = $1 AND session = $2 AND state = $3 \
+             AND expires_us > $4 ORDER BY created_us, id"
+        ))
+        .bind(namespace)
+        .bind(session)
+        .bind(ElevationState::AwaitingApproval.as_str())
+        .bind(elevation.created.as_microsecond())
+        .fetch_all(&mut *transaction)
+        .await?;
+        let open = rows
+            .iter()
+            .map(read_elevation)
+            .collect::<Result<Vec<_>, _>>()?;
+        let opened = match open.iter().find(|open| open.asks_what(elevation)) {
+            Some(existing) => Opened::Existing(existing.clone()),
+            None if open.len() >= max_open as usize => Opened::Full { open: open.len() },
+            None => Opened::New,
+        };
+        if opened != Opened::New {
+            transaction.rollback().await?;
+            return Ok(opened);
+        }
         sqlx::query(
             "INSERT INTO elevations (namespace, id, session, capabilities, duration_s, reason, \
              state, created_us, expires_us, granted_us) \
@@ -103,9 +177,10 @@ impl Store {
         .bind(elevation.state.as_str())
         .bind(elevation.created.as_microsecond())
         .bind(elevation.expires.as_microsecond())
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
-        Ok(())
+        transaction.commit().await?;
+        Ok(Opened::New)
     }
 
     /// Settles elevation request `id` as `settled` (granted, denied or

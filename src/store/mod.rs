@@ -22,7 +22,7 @@ pub use audit::{
     AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, Prune, Pruned, QueryError,
     Verification,
 };
-pub use elevations::{Elevation, ElevationState};
+pub use elevations::{Elevation, ElevationState, Opened};
 pub use forwards::{
     Forward, ForwardState, GatewaySummary, RequestError, SOURCE_TYPE_APPROVAL, new_request_id,
 };

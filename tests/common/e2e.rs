@@ -114,6 +114,8 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         default_agent_args: Vec::new(),
         control_plane_address: "127.0.0.1:9443".into(),
         control_plane_listen: control_plane_listen.parse().unwrap(),
+        control_plane_reflection: false,
+        max_open_elevations: 3,
         operator_namespace: "wopr-system".into(),
         watch_namespace: Some(namespace.into()),
         admin_address: "127.0.0.1:0".parse().unwrap(),

@@ -24,8 +24,9 @@ use wopr_operator::controlplane::auth::{Identity, StaticTokens};
 use wopr_operator::controlplane::denials::{SessionEvent, SessionEvents};
 use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
-use wopr_operator::controlplane::serve;
+use wopr_operator::controlplane::refusals::RefusalMetrics;
 use wopr_operator::controlplane::writes::KubeWriter;
+use wopr_operator::controlplane::{Settings, serve};
 use wopr_operator::proto::v1alpha1::inbox_client::InboxClient;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::broker::BrokerLink;
@@ -156,6 +157,8 @@ pub struct ControlPlane {
     pub events: Arc<MemoryEvents>,
     /// Its Audit service's metrics.
     pub audit_metrics: AuditMetrics,
+    /// Its counts of refused calls.
+    pub refusal_metrics: RefusalMetrics,
     /// The API server its broker files ApprovalRequests with, and a client
     /// of it (for the controller's side of approvals).
     pub api: FakeApi,
@@ -175,6 +178,11 @@ impl ControlPlane {
     /// Starts a control plane that accepts the tokens of `sessions` (their
     /// own service accounts and pods).
     pub async fn start(sessions: &[&str]) -> ControlPlane {
+        ControlPlane::start_with(sessions, Settings::default()).await
+    }
+
+    /// [`ControlPlane::start`], set up as `settings` say.
+    pub async fn start_with(sessions: &[&str], settings: Settings) -> ControlPlane {
         let (session_store, session_writer) = reflector::store();
         let (policy_store, policies) = reflector::store();
         let (grant_store, grants) = reflector::store();
@@ -232,6 +240,7 @@ impl ControlPlane {
                 metrics: audit_metrics.clone(),
             },
             Arc::new(KubeWriter(client.clone())),
+            settings.clone(),
             wopr_operator::shutdown::on(async move {
                 let _ = stopped.await;
             }),
@@ -247,6 +256,7 @@ impl ControlPlane {
             store_url,
             events,
             audit_metrics,
+            refusal_metrics: settings.refusal_metrics,
             api,
             client,
             controller_metrics,

@@ -29,6 +29,7 @@ use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, name_of};
 use crate::audit::{AuditEvent, EventType};
 use crate::controlplane::auth::{AuthError, Authenticator, identity_of};
 use crate::controlplane::discover::DiscoverPolicy;
+use crate::controlplane::refusals::{Reason as Refusal, Trail};
 use crate::controlplane::service::bearer;
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
@@ -95,11 +96,13 @@ fn injection_event(
 }
 
 impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
-    /// Records `status` as the refusal of `source`'s message (best effort:
-    /// the caller is refused either way).
+    /// Records `status` as the refusal of `source`'s message, that of
+    /// `caller` (its username), in `trail` (best effort: the caller is
+    /// refused either way).
     async fn refuse_injection(
         &self,
         target: (&str, &str),
+        (caller, trail): (&str, Trail),
         source: SourceRef,
         status: Status,
     ) -> Status {
@@ -109,7 +112,8 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             capability: None,
             reason: status.message().to_owned(),
         };
-        self.record(injection_event(target, source, verdict)).await;
+        let event = injection_event(target, source, verdict);
+        self.record_refusal(caller, trail, event).await;
         status
     }
 
@@ -160,6 +164,9 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         &self,
         request: Request<InjectRequest>,
     ) -> Result<Response<InjectResponse>, Status> {
+        let wire = request.get_ref();
+        self.refusals
+            .check_names(&[("namespace", &wire.namespace), ("session", &wire.session)])?;
         let token = bearer(request.metadata())?.to_owned();
         let InjectRequest {
             namespace,
@@ -180,14 +187,22 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             .await
         {
             Ok(username) => username,
+            // No right in the namespace: not its trail's to hold.
             Err(AuthError::Forbidden { username, reason }) => {
                 let status = Status::permission_denied(reason);
-                return Err(self
-                    .refuse_injection(target, person(&username, TrustLevel::Untrusted), status)
-                    .await);
+                let source = person(&username, TrustLevel::Untrusted);
+                let caller = (username.as_str(), Trail::Operator);
+                return Err(self.refuse_injection(target, caller, source, status).await);
             }
-            Err(error) => return Err(unauthorized(error)),
+            Err(AuthError::CannotOperate { username, reason }) => {
+                let status = Status::permission_denied(reason);
+                let source = person(&username, TrustLevel::Untrusted);
+                let caller = (username.as_str(), Trail::Namespace);
+                return Err(self.refuse_injection(target, caller, source, status).await);
+            }
+            Err(error) => return Err(self.unauthorized(error)),
         };
+        let refused_caller = (caller.as_str(), Trail::Namespace);
         let account = identity_of(&caller, None).ok();
         let provisional = match &account {
             Some(account) => workload(
@@ -198,7 +213,11 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         };
         let recipient = match recipient {
             Ok(recipient) => recipient,
-            Err(status) => return Err(self.refuse_injection(target, provisional, status).await),
+            Err(status) => {
+                return Err(self
+                    .refuse_injection(target, refused_caller, provisional, status)
+                    .await);
+            }
         };
         let (source, decision, grants) = match &account {
             None => {
@@ -214,14 +233,20 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                 match self.admit_workload(target, &recipient, account) {
                     Ok(admitted) => admitted,
                     Err((source, status)) => {
-                        return Err(self.refuse_injection(target, source, status).await);
+                        return Err(self
+                            .refuse_injection(target, refused_caller, source, status)
+                            .await);
                     }
                 }
             }
         };
         let payload = match parse_json("payload_json", &payload_json) {
             Ok(payload) => payload,
-            Err(status) => return Err(self.refuse_injection(target, source, status).await),
+            Err(status) => {
+                return Err(self
+                    .refuse_injection(target, refused_caller, source, status)
+                    .await);
+            }
         };
         let message = InboxMessage::new(
             Timestamp::now(),
@@ -234,7 +259,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         let limits = self.discover.inbox_limits(&namespace);
         if let Err(error) = self.store.enqueue(&message, limits).await {
             return Err(self
-                .refuse_injection(target, source, store_status(error))
+                .refuse_injection(target, refused_caller, source, store_status(error))
                 .await);
         }
         self.arrivals.announce(&namespace, &session);
@@ -274,6 +299,9 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         &self,
         request: Request<AnswerRequest>,
     ) -> Result<Response<AnswerResponse>, Status> {
+        let wire = request.get_ref();
+        self.refusals
+            .check_names(&[("namespace", &wire.namespace), ("session", &wire.session)])?;
         let token = bearer(request.metadata())?.to_owned();
         let AnswerRequest {
             namespace,
@@ -284,14 +312,15 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             .recipient(&namespace, &session)
             .ok()
             .map(|recipient| recipient.trust_level);
-        let caller = self
-            .authenticator
-            .may_inject(&token, &namespace, &session, level)
-            .await
-            .map_err(|error| match error {
-                AuthError::Forbidden { reason, .. } => Status::permission_denied(reason),
-                error => unauthorized(error),
-            })?;
+        let caller =
+            self.authenticator
+                .may_inject(&token, &namespace, &session, level)
+                .await
+                .map_err(|error| match error {
+                    AuthError::Forbidden { reason, .. }
+                    | AuthError::CannotOperate { reason, .. } => Status::permission_denied(reason),
+                    error => self.unauthorized(error),
+                })?;
         let (source_type, identity) = match identity_of(&caller, None) {
             Ok(account) => (
                 SOURCE_TYPE_SERVICE_ACCOUNT,
@@ -323,10 +352,16 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     }
 }
 
-/// The status of a credential that was not reviewed, or not accepted.
-fn unauthorized(error: AuthError) -> Status {
-    match error {
-        AuthError::Unavailable(_) => Status::unavailable(error.to_string()),
-        error => Status::unauthenticated(error.to_string()),
+impl<D, A> BrokerService<D, A> {
+    /// The status of a credential that was not reviewed, or not accepted
+    /// (counted).
+    fn unauthorized(&self, error: AuthError) -> Status {
+        match error {
+            AuthError::Unavailable(_) => Status::unavailable(error.to_string()),
+            error => {
+                self.refusals.count(Refusal::Unauthenticated);
+                Status::unauthenticated(error.to_string())
+            }
+        }
     }
 }
