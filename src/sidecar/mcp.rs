@@ -46,6 +46,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{ToolEngine, ToolError};
+use crate::audit::{MAX_TOOL_NAME_BYTES, truncated};
 use crate::contract;
 use crate::policy::ToolId;
 
@@ -210,7 +211,7 @@ impl ServerHandler for McpServer {
         request: CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
-        let method = request.method;
+        let method = truncated(&request.method, MAX_TOOL_NAME_BYTES);
         Audited::mark(&context);
         self.engine
             .audit_bad_request(format!("MCP: unknown method {method:?}"));
@@ -295,10 +296,11 @@ impl ServerHandler for McpServer {
     ) -> Result<ReadResourceResponse, ErrorData> {
         Audited::mark(&context);
         if request.uri != INBOX_URI {
+            let uri = truncated(&request.uri, MAX_TOOL_NAME_BYTES);
             self.engine
-                .audit_bad_request(format!("MCP: unknown resource {:?}", request.uri));
+                .audit_bad_request(format!("MCP: unknown resource {uri:?}"));
             return Err(ErrorData::resource_not_found(
-                format!("no resource {}", request.uri),
+                format!("no resource {uri}"),
                 None,
             ));
         }
@@ -326,8 +328,9 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         if request.uri != INBOX_URI {
+            let uri = truncated(&request.uri, MAX_TOOL_NAME_BYTES);
             return Err(ErrorData::resource_not_found(
-                format!("no resource {}", request.uri),
+                format!("no resource {uri}"),
                 None,
             ));
         }

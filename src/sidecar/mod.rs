@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod denials;
 pub mod engine;
 pub mod grpc;
 pub mod inbox;

@@ -131,10 +131,14 @@ impl Process {
             .to_owned()
     }
 
+    /// Its process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// Sends `signal` (SIGTERM, SIGKILL, ...).
     pub fn signal(&self, signal: i32) {
-        let pid = self.child.id().expect("still running");
-        let pid = i32::try_from(pid).unwrap();
+        let pid = i32::try_from(self.pid()).unwrap();
         // SAFETY: kill(2) on our own child's pid has no memory effects.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
     }
