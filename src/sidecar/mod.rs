@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod inbox;
 pub mod isolation;
 pub mod mcp;
+pub mod mcp_sessions;
 pub mod policy_state;
 pub mod ready;
 pub mod run;
