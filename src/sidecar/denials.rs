@@ -1,12 +1,16 @@
 //! Denied calls have an audit budget of their own. Every call the sidecar
-//! does not run (denied by the policy, an unknown or unlisted tool, invalid
-//! arguments, over a rate limit, a request breaking the protocol) is
-//! audited one by one up to [`DENIALS_PER_MINUTE`] (a token bucket per
+//! does not run under a policy (denied by it, an unknown or unlisted tool,
+//! invalid arguments, over a rate limit, a request breaking the protocol)
+//! is audited one by one up to [`DENIALS_PER_MINUTE`] (a token bucket per
 //! session, apart from the calls' own limits); past that, repeats of the
 //! same denial are held and recorded as one event per window that counts
 //! them (`repeats`). Every denial stays in the trail, counted, and a flood
 //! of them costs the trail a few events a window instead of thousands a
 //! second, which would crowd out other sessions' events.
+//!
+//! Held counts live in memory until their window ends: a sidecar killed
+//! (SIGKILL, OOM) loses at most one window of repeats past the budget; the
+//! events within the budget are in the spool like any other.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +25,7 @@ pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
 
 /// What makes two denials the same. Held entries are bounded by these
 /// keys: the registry's tools (every unknown name is `None`) times the
-/// reasons the sidecar gives, a fixed set.
+/// reasons the sidecar gives, which quote no agent input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DenialKey {
     /// The tool as the registry names it; `None` for every unknown name,

@@ -304,14 +304,12 @@ impl ToolEngine {
             Err(ToolError::RateLimited(_)) => Some("rate limit exceeded".to_owned()),
             Ok(_) | Err(ToolError::Failed(_)) => None,
         };
-        // A refusal because the audit cannot record is recorded at once:
-        // its append is the spool's retry.
         let audit_id = match denial {
-            Some(reason) if self.audit.accepting().is_ok() => {
+            Some(reason) => {
                 let tool = ToolId::lookup(name).map(|id| id.tool().name);
                 self.record_denial(DenialKey { tool, reason }, event)
             }
-            _ => self.record(event),
+            None => self.record(event),
         };
         Answer { result, audit_id }
     }
@@ -324,8 +322,16 @@ impl ToolEngine {
     }
 
     /// Records a call not run, within the denials' budget, or holds it
-    /// with its repeats; the id of the event that records it.
+    /// with its repeats; the id of the event that records it. Only what
+    /// an agent can repeat at will is held, denials under a policy: a
+    /// refusal because the audit cannot record (its append is the spool's
+    /// retry) or because no policy is in force (the sidecar failing
+    /// closed) is recorded at once.
     fn record_denial(&self, key: DenialKey, event: AuditEvent) -> String {
+        let under_a_policy = event.policy_hash.is_some();
+        if !under_a_policy || self.audit.accepting().is_err() {
+            return self.record(event);
+        }
         let now = tokio::time::Instant::now().into_std();
         let admission = self
             .denials
@@ -744,6 +750,19 @@ mod tests {
             counted[0].repeats,
             Some(996 - u64::from(DENIALS_PER_MINUTE))
         );
+    }
+
+    /// Failing closed is the sidecar's doing, not the agent's: those
+    /// refusals are each an event, however many.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_without_a_policy_are_never_held() {
+        let (engine, audit, _workspace) = engine(1000, 1000);
+        engine.policy.update(Err("withdrawn".into()));
+        for _ in 0..100 {
+            let answer = engine.call("config_get", &json!({})).await;
+            assert!(matches!(answer.result, Err(ToolError::NotAvailable(_))));
+        }
+        assert_eq!(audit.take().len(), 100);
     }
 
     /// `security_request` files an ApprovalRequest: 3 a minute, however
