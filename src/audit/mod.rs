@@ -1,5 +1,6 @@
 //! Audit events (SPEC "Audit"): one per decision, written as a JSON line.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
@@ -79,6 +80,35 @@ pub struct AuditEvent {
     /// set at ingest only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrections: Vec<String>,
+    /// How many identical denials this one event stands for, when a
+    /// sidecar coalesced repeats (an agent past its budget of audited
+    /// denials): the same tool (every unknown tool counting as one) refused
+    /// for the same reason within one window; `time`, `tool` and `reason`
+    /// are the first one's. Absent: the event is one decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<u64>,
+}
+
+/// The longest tool name a sidecar serves: a longer one is refused as
+/// unknown, and any name is recorded cut to this length (see [`truncated`]).
+pub const MAX_TOOL_NAME_BYTES: usize = 128;
+/// The longest reason an event records; longer ones are cut.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `text` in at most `max` bytes: when longer, cut on a character
+/// boundary and ended with a marker of its length (`…(17000 bytes)`). How
+/// agent-chosen text is bounded before it is audited or echoed; cutting
+/// twice changes nothing.
+pub fn truncated(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let marker = format!("…({} bytes)", text.len());
+    let cut = (0..=max.saturating_sub(marker.len()))
+        .rev()
+        .find(|&at| text.is_char_boundary(at))
+        .unwrap_or(0);
+    Cow::Owned(format!("{}{marker}", &text[..cut]))
 }
 
 /// The source type of a session's own agent, as its sidecar records its
@@ -114,7 +144,24 @@ impl AuditEvent {
             policy_hash: None,
             received: None,
             corrections: Vec::new(),
+            repeats: None,
         }
+    }
+
+    /// The event with its free-text fields bounded ([`MAX_TOOL_NAME_BYTES`]
+    /// for the tool and action, [`MAX_REASON_BYTES`] for the reason), so
+    /// no input makes its line large.
+    pub fn bounded(mut self) -> AuditEvent {
+        let cut = |text: &mut String, max| {
+            if let Cow::Owned(short) = truncated(text, max) {
+                *text = short;
+            }
+        };
+        for field in [&mut self.tool, &mut self.action].into_iter().flatten() {
+            cut(field, MAX_TOOL_NAME_BYTES);
+        }
+        cut(&mut self.reason, MAX_REASON_BYTES);
+        self
     }
 
     /// The event of a request the control plane refused `source`: `what`
@@ -376,6 +423,44 @@ mod tests {
             Enforcement::Enforce,
             reason.into(),
         )
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_and_marked() {
+        assert_eq!(truncated("short", 8), "short");
+        // The marker ("…" is 3 bytes) counts: 20 bytes in all.
+        assert_eq!(truncated(&"a".repeat(30), 20), "aaaaaaa…(30 bytes)");
+        // "é" is two bytes: a cut in its middle (at 7) moves before it.
+        assert_eq!(truncated(&"é".repeat(20), 20), "ééé…(40 bytes)");
+        let mut event = event(&"r".repeat(5000));
+        event.tool = Some("t".repeat(17_000));
+        let event = event.bounded();
+        let tool = event.tool.clone().unwrap();
+        assert!(tool.ends_with("t…(17000 bytes)"), "{tool}");
+        assert!(tool.len() <= MAX_TOOL_NAME_BYTES);
+        assert!(event.reason.len() <= MAX_REASON_BYTES);
+        assert_eq!(
+            event.clone().bounded(),
+            event,
+            "bounding twice changes nothing"
+        );
+    }
+
+    /// `repeats` is left out when absent, so events without it read and
+    /// write as before.
+    #[test]
+    fn repeats_is_optional_on_the_wire() {
+        let one = event("once");
+        let line = serde_json::to_string(&one).unwrap();
+        assert!(!line.contains("repeats"), "{line}");
+        assert_eq!(serde_json::from_str::<AuditEvent>(&line).unwrap(), one);
+        let many = AuditEvent {
+            repeats: Some(4_940),
+            ..one
+        };
+        let line = serde_json::to_string(&many).unwrap();
+        assert!(line.contains("\"repeats\":4940"), "{line}");
+        assert_eq!(serde_json::from_str::<AuditEvent>(&line).unwrap(), many);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The tool engine behind both transports (gRPC and MCP): decide with the
 //! policy engine, rate-limit, audit every decision, run the tool.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,12 +9,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::denials::{Admission, DenialKey, Denials};
 use super::inbox::Inbox;
 use super::policy_state::{PolicyState, Served};
 use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::approval::DEFAULT_ELEVATION;
-use crate::audit::{AuditEvent, AuditSink, EventType};
+use crate::audit::{
+    AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES, truncated,
+};
 use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
     CapabilityQuery, ElevationAsk, ForwardMessage, HistoryQuery, InboxRead, MessageIds,
@@ -43,6 +47,28 @@ pub enum ToolError {
     Failed(String),
 }
 
+impl ToolError {
+    /// The error with the input it echoes bounded: a tool's name to
+    /// [`MAX_TOOL_NAME_BYTES`] (no tool has a longer one, so a longer name
+    /// is refused as unknown), other messages to [`MAX_REASON_BYTES`].
+    fn bounded(self) -> ToolError {
+        let cut = |text: String, max| match truncated(&text, max) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(short) => short,
+        };
+        match self {
+            ToolError::NotAvailable(name) => {
+                ToolError::NotAvailable(cut(name, MAX_TOOL_NAME_BYTES))
+            }
+            ToolError::InvalidArguments(message) => {
+                ToolError::InvalidArguments(cut(message, MAX_REASON_BYTES))
+            }
+            ToolError::Failed(message) => ToolError::Failed(cut(message, MAX_REASON_BYTES)),
+            limited @ ToolError::RateLimited(_) => limited,
+        }
+    }
+}
+
 /// What a call answers: its result, and the id of the audit event that
 /// recorded it (returned to the agent, so it can name the record).
 #[derive(Debug, PartialEq)]
@@ -51,37 +77,56 @@ pub struct Answer {
     pub audit_id: String,
 }
 
+/// Elevation requests (`security_request`) a session may file per minute
+/// by default, whatever the per-tool limit: the tool needs no capability,
+/// and each call asks a person.
+pub const ELEVATION_REQUESTS_PER_MINUTE: u32 = 3;
+
 /// Rate limits for the session and for each tool. Buckets start full at
 /// their first use.
 pub struct Limits {
     session_limit: RateLimit,
     session: Option<TokenBucket>,
     per_tool_limit: RateLimit,
+    /// Tools with a limit of their own instead of `per_tool_limit`.
+    tool_limits: HashMap<&'static str, RateLimit>,
     per_tool: HashMap<&'static str, TokenBucket>,
 }
 
 impl Limits {
-    /// `session` calls per minute in all, `per_tool` per minute for each tool.
+    /// `session` calls per minute in all, `per_tool` per minute for each
+    /// tool; `security_request` at most [`ELEVATION_REQUESTS_PER_MINUTE`].
     pub fn new(session: RateLimit, per_tool: RateLimit) -> Limits {
+        let elevation = RateLimit {
+            per_minute: per_tool.per_minute.min(ELEVATION_REQUESTS_PER_MINUTE),
+        };
         Limits {
             session_limit: session,
             session: None,
             per_tool_limit: per_tool,
+            tool_limits: HashMap::from([(ToolId::SecurityRequest.tool().name, elevation)]),
             per_tool: HashMap::new(),
         }
+    }
+
+    /// The limits, with `tool` limited to `limit` calls a minute.
+    pub fn with_tool_limit(mut self, tool: ToolId, limit: RateLimit) -> Limits {
+        self.tool_limits.insert(tool.tool().name, limit);
+        self
     }
 
     /// Takes a token of `tool` and one of the session, or neither: a call
     /// the session's limit refuses costs the tool nothing.
     fn acquire(&mut self, tool: &'static str, now: Instant) -> Result<(), Duration> {
-        let (session_limit, per_tool_limit) = (&self.session_limit, &self.per_tool_limit);
+        let session_limit = &self.session_limit;
+        let tool_limit = self.tool_limits.get(tool).unwrap_or(&self.per_tool_limit);
         let session = self
             .session
             .get_or_insert_with(|| TokenBucket::new(session_limit, now));
         let per_tool = self
             .per_tool
             .entry(tool)
-            .or_insert_with(|| TokenBucket::new(per_tool_limit, now));
+            .or_insert_with(|| TokenBucket::new(tool_limit, now));
         try_acquire_all(&mut [per_tool, session], now)
     }
 }
@@ -142,6 +187,8 @@ pub struct ToolEngine {
     /// The system prompt the agent was given, as its pod says.
     prompt: Option<String>,
     limits: Mutex<Limits>,
+    /// The audit budget of calls not run, and their held repeats.
+    denials: Mutex<Denials>,
     /// The way to the broker; without one, every message tool fails.
     messenger: Option<Arc<dyn Messenger>>,
     inbox: Arc<Inbox>,
@@ -170,6 +217,7 @@ impl ToolEngine {
             workspace,
             prompt: None,
             limits: Mutex::new(limits),
+            denials: Mutex::default(),
             messenger: None,
             inbox: Arc::default(),
             clock,
@@ -224,8 +272,10 @@ impl ToolEngine {
     }
 
     /// Records that a request broke the protocol (bad JSON-RPC, oversized
-    /// body, ...), so every refusal leaves an audit line.
+    /// body, ...), so every refusal leaves an audit line (or a count in
+    /// one, past the denials' budget).
     pub fn audit_bad_request(&self, reason: String) {
+        self.record_due_denials();
         let served = self.policy.current().ok();
         let event = self.event(
             served.as_deref(),
@@ -233,18 +283,90 @@ impl ToolEngine {
             Outcome::Denied,
             reason,
         );
-        self.audit.record(&event);
+        let key = DenialKey {
+            tool: None,
+            reason: "the request broke the protocol".into(),
+        };
+        self.record_denial(key, event);
     }
 
     /// Calls `name` with `arguments`; every outcome is audited, and the
-    /// answer names the audit event that recorded it.
+    /// answer names the audit event that recorded it (for a call not run,
+    /// past the denials' budget: the event that counts it and its repeats).
     pub async fn call(&self, name: &str, arguments: &Value) -> Answer {
+        self.record_due_denials();
         let (result, mut event) = self.decide_and_run(name, arguments).await;
+        let result = result.map_err(ToolError::bounded);
         event.tool = Some(name.to_owned());
+        let denial = match &result {
+            Err(ToolError::NotAvailable(_)) => Some(event.reason.clone()),
+            Err(ToolError::InvalidArguments(_)) => Some("invalid arguments".to_owned()),
+            Err(ToolError::RateLimited(_)) => Some("rate limit exceeded".to_owned()),
+            Ok(_) | Err(ToolError::Failed(_)) => None,
+        };
+        let audit_id = match denial {
+            Some(reason) => {
+                let tool = ToolId::lookup(name).map(|id| id.tool().name);
+                self.record_denial(DenialKey { tool, reason }, event)
+            }
+            None => self.record(event),
+        };
+        Answer { result, audit_id }
+    }
+
+    /// Records `event`, its free text bounded; its id.
+    fn record(&self, event: AuditEvent) -> String {
+        let event = event.bounded();
         self.audit.record(&event);
-        Answer {
-            result,
-            audit_id: event.id,
+        event.id
+    }
+
+    /// Records a call not run, within the denials' budget, or holds it
+    /// with its repeats; the id of the event that records it. Only what
+    /// an agent can repeat at will is held, denials under a policy: a
+    /// refusal because the audit cannot record (its append is the spool's
+    /// retry) or because no policy is in force (the sidecar failing
+    /// closed) is recorded at once.
+    fn record_denial(&self, key: DenialKey, event: AuditEvent) -> String {
+        let under_a_policy = event.policy_hash.is_some();
+        if !under_a_policy || self.audit.accepting().is_err() {
+            return self.record(event);
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let admission = self
+            .denials
+            .lock()
+            .expect("the denials lock is never poisoned")
+            .admit(key, event.bounded(), now);
+        match admission {
+            Admission::Record(event) => self.record(*event),
+            Admission::Held(id) => id,
+        }
+    }
+
+    /// Records the held denials whose window has ended.
+    pub fn record_due_denials(&self) {
+        let now = tokio::time::Instant::now().into_std();
+        let due = self
+            .denials
+            .lock()
+            .expect("the denials lock is never poisoned")
+            .due(now);
+        for held in due {
+            self.record(held);
+        }
+    }
+
+    /// Records every held denial, its window ended or not: at shutdown, so
+    /// no decision is lost.
+    pub fn record_held_denials(&self) {
+        let held = self
+            .denials
+            .lock()
+            .expect("the denials lock is never poisoned")
+            .take();
+        for event in held {
+            self.record(event);
         }
     }
 
@@ -483,10 +605,15 @@ fn workspace_error(error: WorkspaceError) -> ToolError {
 mod tests {
     use super::*;
     use crate::audit::MemorySink;
+    use crate::sidecar::denials::DENIALS_PER_MINUTE;
     use crate::sidecar::policy_state::served;
 
-    /// An engine with a policy, these limits, and a fixed wall clock.
-    fn engine(session_per_minute: u32, tool_per_minute: u32) -> (ToolEngine, tempfile::TempDir) {
+    /// An engine with a policy, these limits, and a fixed wall clock, and
+    /// what it audits.
+    fn engine(
+        session_per_minute: u32,
+        tool_per_minute: u32,
+    ) -> (ToolEngine, Arc<MemorySink>, tempfile::TempDir) {
         let policy = Arc::new(PolicyState::new(Duration::from_secs(3600)));
         policy.update(Ok(served()));
         let workspace = tempfile::tempdir().unwrap();
@@ -498,16 +625,17 @@ mod tests {
                 per_minute: tool_per_minute,
             },
         );
+        let audit = Arc::new(MemorySink::default());
         let engine = ToolEngine::new(
             "ns",
             "s",
             policy,
-            Arc::new(MemorySink::default()),
+            audit.clone(),
             Workspace::new(workspace.path()),
             limits,
             || Timestamp::UNIX_EPOCH,
         );
-        (engine, workspace)
+        (engine, audit, workspace)
     }
 
     /// A sink that cannot record durably: every call is refused, and the
@@ -549,11 +677,120 @@ mod tests {
         assert_eq!(recorded[0].reason, "the audit spool cannot be written");
     }
 
+    /// An agent chooses the tool's name and the arguments: what it is
+    /// answered and what is audited are bounded whatever it sends.
+    #[tokio::test]
+    async fn a_name_over_128_bytes_is_refused_as_unknown_and_recorded_cut() {
+        assert!(
+            ToolId::all().all(|id| id.tool().name.len() <= MAX_TOOL_NAME_BYTES),
+            "no tool has a longer name"
+        );
+        let (engine, audit, _workspace) = engine(100, 100);
+        engine.call("no_such_tool", &json!({})).await;
+        let long = "a".repeat(17_000);
+        let answer = engine.call(&long, &json!({})).await;
+        let Err(ToolError::NotAvailable(echoed)) = &answer.result else {
+            panic!("{:?}", answer.result);
+        };
+        assert!(echoed.len() <= MAX_TOOL_NAME_BYTES, "{echoed}");
+        assert!(echoed.ends_with("…(17000 bytes)"), "{echoed}");
+        let events = audit.take();
+        let (unknown, long) = (&events[0], &events[1]);
+        assert_eq!(long.id, answer.audit_id);
+        assert_eq!(
+            long.reason, unknown.reason,
+            "the same refusal as any unknown tool"
+        );
+        assert_eq!(long.tool.as_deref(), Some(echoed.as_str()));
+
+        // Echoed arguments are cut too.
+        let answer = engine
+            .call(
+                "security_check",
+                &json!({"capability": "x".repeat(100_000)}),
+            )
+            .await;
+        let Err(ToolError::InvalidArguments(message)) = &answer.result else {
+            panic!("{:?}", answer.result);
+        };
+        assert!(message.len() <= MAX_REASON_BYTES, "{} bytes", message.len());
+        let event = &audit.take()[0];
+        assert!(event.reason.len() <= MAX_REASON_BYTES);
+    }
+
+    /// Calls over the rate limit are denials too: past the denials' budget
+    /// their repeats are one event, recorded when the window ends or, at
+    /// the latest, when the sidecar stops.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_over_the_rate_limit_is_counted_in_a_few_events() {
+        let (engine, audit, _workspace) = engine(4, 4);
+        let mut limited = Vec::new();
+        for _ in 0..1_000 {
+            let answer = engine.call("security_whoami", &json!({})).await;
+            if answer.result.is_err() {
+                limited.push(answer.audit_id);
+            }
+        }
+        assert_eq!(limited.len(), 996);
+        let events = audit.take();
+        assert_eq!(events.len(), 4 + DENIALS_PER_MINUTE as usize);
+        // The rest are held under one event, which every refusal names.
+        let held = limited.last().unwrap();
+        assert!(
+            limited[DENIALS_PER_MINUTE as usize..]
+                .iter()
+                .all(|id| id == held)
+        );
+        engine.record_held_denials();
+        let counted = audit.take();
+        assert_eq!(counted.len(), 1);
+        assert_eq!(counted[0].id, *held);
+        assert_eq!(counted[0].event_type, EventType::RateLimited);
+        assert_eq!(
+            counted[0].repeats,
+            Some(996 - u64::from(DENIALS_PER_MINUTE))
+        );
+    }
+
+    /// Failing closed is the sidecar's doing, not the agent's: those
+    /// refusals are each an event, however many.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_without_a_policy_are_never_held() {
+        let (engine, audit, _workspace) = engine(1000, 1000);
+        engine.policy.update(Err("withdrawn".into()));
+        for _ in 0..100 {
+            let answer = engine.call("config_get", &json!({})).await;
+            assert!(matches!(answer.result, Err(ToolError::NotAvailable(_))));
+        }
+        assert_eq!(audit.take().len(), 100);
+    }
+
+    /// `security_request` files an ApprovalRequest: 3 a minute, however
+    /// generous the per-tool limit; a flag may set another.
+    #[test]
+    fn elevation_requests_have_a_low_limit_of_their_own() {
+        let start = Instant::now();
+        let generous = RateLimit { per_minute: 300 };
+        let mut limits = Limits::new(generous.clone(), generous.clone());
+        let tool = ToolId::SecurityRequest.tool().name;
+        for _ in 0..ELEVATION_REQUESTS_PER_MINUTE {
+            assert_eq!(limits.acquire(tool, start), Ok(()));
+        }
+        assert!(limits.acquire(tool, start).is_err());
+        assert_eq!(limits.acquire("security_check", start), Ok(()));
+        let mut configured = Limits::new(generous.clone(), generous)
+            .with_tool_limit(ToolId::SecurityRequest, RateLimit { per_minute: 5 });
+        for _ in 0..5 {
+            assert_eq!(configured.acquire(tool, start), Ok(()));
+        }
+        assert!(configured.acquire(tool, start).is_err());
+    }
+
     /// The session allows 4 calls a minute, each tool 2: calls the session
     /// refuses must not spend the tool's tokens.
     #[tokio::test(start_paused = true)]
     async fn a_session_over_its_limit_keeps_its_per_tool_tokens() {
-        let (engine, _workspace) = engine(4, 2);
+        let (engine, _audit, _workspace) = engine(4, 2);
         let check = json!({"capability": "inject"});
         for (tool, arguments) in [
             ("security_check", check.clone()),

@@ -39,13 +39,14 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{ToolEngine, ToolError};
+use super::mcp_sessions::CappedSessions;
+use crate::audit::{MAX_TOOL_NAME_BYTES, truncated};
 use crate::contract;
 use crate::policy::ToolId;
 
@@ -68,6 +69,7 @@ pub fn router(
     let server = McpServer {
         engine: engine.clone(),
         tool_list,
+        session_end: Arc::default(),
     };
     let config = StreamableHttpServerConfig::default()
         .with_json_response(true)
@@ -82,8 +84,13 @@ pub fn router(
             "https://[::1]:*",
         ]);
     let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
+        move || {
+            Ok(McpServer {
+                session_end: Arc::default(),
+                ..server.clone()
+            })
+        },
+        Arc::new(CappedSessions::default()),
         config,
     );
     let front_door = FrontDoor {
@@ -133,6 +140,19 @@ const INBOX_RESOURCE_LIMIT: u32 = 100;
 struct McpServer {
     engine: Arc<ToolEngine>,
     tool_list: ToolList,
+    /// Cancelled when this session's server goes (its session closed,
+    /// evicted or idle too long), ending the tasks that notify its client.
+    session_end: Arc<SessionEnd>,
+}
+
+/// Cancels its token when dropped.
+#[derive(Default)]
+struct SessionEnd(CancellationToken);
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl McpServer {
@@ -210,7 +230,7 @@ impl ServerHandler for McpServer {
         request: CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
-        let method = request.method;
+        let method = truncated(&request.method, MAX_TOOL_NAME_BYTES);
         Audited::mark(&context);
         self.engine
             .audit_bad_request(format!("MCP: unknown method {method:?}"));
@@ -227,13 +247,14 @@ impl ServerHandler for McpServer {
         let mut changes = self.tool_list.clone();
         changes.mark_unchanged();
         let peer = context.peer;
-        tokio::spawn(async move {
+        let ended = self.session_end.0.clone();
+        tokio::spawn(ended.run_until_cancelled_owned(async move {
             while changes.changed().await.is_ok() {
                 if peer.notify_tool_list_changed().await.is_err() {
                     return;
                 }
             }
-        });
+        }));
     }
 
     fn accepted_subscription_filter(
@@ -295,10 +316,11 @@ impl ServerHandler for McpServer {
     ) -> Result<ReadResourceResponse, ErrorData> {
         Audited::mark(&context);
         if request.uri != INBOX_URI {
+            let uri = truncated(&request.uri, MAX_TOOL_NAME_BYTES);
             self.engine
-                .audit_bad_request(format!("MCP: unknown resource {:?}", request.uri));
+                .audit_bad_request(format!("MCP: unknown resource {uri:?}"));
             return Err(ErrorData::resource_not_found(
-                format!("no resource {}", request.uri),
+                format!("no resource {uri}"),
                 None,
             ));
         }
@@ -326,22 +348,24 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         if request.uri != INBOX_URI {
+            let uri = truncated(&request.uri, MAX_TOOL_NAME_BYTES);
             return Err(ErrorData::resource_not_found(
-                format!("no resource {}", request.uri),
+                format!("no resource {uri}"),
                 None,
             ));
         }
         let mut arrivals = self.engine.inbox().arrivals();
         arrivals.mark_unchanged();
         let peer = context.peer;
-        tokio::spawn(async move {
+        let ended = self.session_end.0.clone();
+        tokio::spawn(ended.run_until_cancelled_owned(async move {
             while arrivals.changed().await.is_ok() {
                 let updated = ResourceUpdatedNotificationParam::new(INBOX_URI);
                 if peer.notify_resource_updated(updated).await.is_err() {
                     return;
                 }
             }
-        });
+        }));
         Ok(())
     }
 }

@@ -4,11 +4,13 @@
 
 pub mod broker;
 pub mod client;
+pub mod denials;
 pub mod engine;
 pub mod grpc;
 pub mod inbox;
 pub mod isolation;
 pub mod mcp;
+pub mod mcp_sessions;
 pub mod policy_state;
 pub mod ready;
 pub mod run;

@@ -20,7 +20,8 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use super::broker::BrokerLink;
 use super::client::{WatchTarget, report_isolation, watch_forever};
-use super::engine::{Limits, ToolEngine};
+use super::denials::DENIAL_WINDOW;
+use super::engine::{ELEVATION_REQUESTS_PER_MINUTE, Limits, ToolEngine};
 use super::grpc::{InboxService, ToolsService};
 use super::inbox::{self, Inbox};
 use super::isolation::network::{EgressAllow, ProbeTarget};
@@ -36,6 +37,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::{NetworkMode, RateLimit};
 use crate::audit::QueuedLineSink;
 use crate::contract::{self, env};
+use crate::policy::ToolId;
 use crate::proto::v1alpha1::inbox_server::InboxServer;
 use crate::proto::v1alpha1::tools_server::ToolsServer;
 
@@ -89,6 +91,10 @@ pub struct SidecarArgs {
     /// Calls per minute of each tool.
     #[arg(long, env = "WOPR_TOOL_CALLS_PER_MINUTE", default_value_t = 300)]
     pub tool_calls_per_minute: u32,
+    /// Elevation requests (`security_request`) per minute, whatever the
+    /// per-tool limit: each one asks a person.
+    #[arg(long, env = "WOPR_ELEVATION_REQUESTS_PER_MINUTE", default_value_t = ELEVATION_REQUESTS_PER_MINUTE)]
+    pub elevation_requests_per_minute: u32,
     /// The sandbox's network mode (none, restricted, full), to verify from
     /// inside the pod.
     #[arg(long, env = env::NETWORK_MODE)]
@@ -246,6 +252,12 @@ pub async fn run(
                 RateLimit {
                     per_minute: args.tool_calls_per_minute,
                 },
+            )
+            .with_tool_limit(
+                ToolId::SecurityRequest,
+                RateLimit {
+                    per_minute: args.elevation_requests_per_minute,
+                },
             ),
             Timestamp::now,
         )
@@ -333,6 +345,16 @@ pub async fn run(
     served
 }
 
+/// Records the held repeats of denials as their windows end, also when
+/// the agent has gone quiet.
+async fn record_denials_forever(engine: Arc<ToolEngine>) {
+    let mut ticks = tokio::time::interval(DENIAL_WINDOW);
+    loop {
+        ticks.tick().await;
+        engine.record_due_denials();
+    }
+}
+
 /// Where the sidecar serves.
 pub struct Listeners {
     /// The unix socket of the gRPC Tools service (and health).
@@ -386,13 +408,22 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), shutdown.clone());
     let (tool_list, listed) = watch::channel(engine.list());
     let follower = tokio::spawn(mcp::follow_tool_list(engine.clone(), tool_list));
-    let mcp_router = mcp::router(engine, listed, max_request_bytes, streams_end.clone());
+    let held_denials = tokio::spawn(record_denials_forever(engine.clone()));
+    let mcp_router = mcp::router(
+        engine.clone(),
+        listed,
+        max_request_bytes,
+        streams_end.clone(),
+    );
     let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(async move {
         shutdown.await;
         streams_end.cancel();
     });
     let (grpc, health, mcp) = tokio::join!(grpc, health_server, mcp_server);
     follower.abort();
+    held_denials.abort();
+    // Every call is answered: the repeats still held go to the audit now.
+    engine.record_held_denials();
     grpc?;
     health?;
     mcp.map_err(SidecarError::Mcp)

@@ -3,13 +3,20 @@
 //! only once the control plane has committed it and answered. The control
 //! plane stores each event once (by id), so a segment shipped twice (its
 //! answer lost) costs nothing but the trip.
+//!
+//! A segment the control plane refuses for good is shipped again event by
+//! event, so one event it will not take (whatever made it so) keeps no
+//! other event out of the trail: only the events refused on their own go
+//! to the spool's `rejected/` directory.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream;
 use tonic::Code;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 
 use super::client::{WatchError, WatchTarget, authorized, connect_channel};
 use super::spool::Spool;
@@ -49,51 +56,87 @@ pub async fn ship_sealed(spool: &Spool, target: &WatchTarget) -> Result<usize, S
         return Ok(0);
     }
     let (channel, bearer) = connect_channel(target).await?;
-    let mut client = AuditClient::new(channel);
+    let mut ingest = Ingest {
+        client: AuditClient::new(channel),
+        bearer,
+        target,
+    };
     let mut shipped = 0;
     let mut waiting = spool.depth();
     for segment in segments {
         let events = Spool::read(&segment)?;
         waiting = waiting.saturating_sub(events.len());
-        if events.is_empty() {
-            spool.remove(&segment, 0)?;
-            continue;
-        }
-        let messages: Vec<IngestRequest> = events
-            .chunks(EVENTS_PER_MESSAGE)
-            .map(|chunk| IngestRequest {
-                namespace: target.namespace.clone(),
-                session: target.session.clone(),
-                events: chunk.to_vec(),
-                spool_depth: waiting as u64,
-            })
-            .collect();
-        match client
-            .ingest(authorized(stream::iter(messages), bearer.clone()))
-            .await
-        {
-            Ok(_) => {
-                spool.remove(&segment, events.len())?;
-                shipped += events.len();
-            }
+        let refused = match ingest.batch(&events, waiting).await {
+            Ok(()) => Vec::new(),
             Err(status) if refused_for_good(status.code()) => {
-                reject(spool, &segment, events.len(), &status)?;
+                tracing::warn!(segment = %segment.display(), code = ?status.code(), reason = %status.message(), "the control plane refused a batch of audit events; shipping them one by one");
+                ingest.one_by_one(&events, waiting).await?
             }
             Err(status) => return Err(WatchError::Status(status).into()),
+        };
+        shipped += events.len() - refused.len();
+        if refused.is_empty() {
+            spool.remove(&segment, events.len())?;
+            continue;
         }
+        for (n, status) in &refused {
+            tracing::error!(event = n, code = ?status.code(), reason = %status.message(), "the control plane refused an audit event");
+        }
+        let lines: Vec<String> = refused.iter().map(|(n, _)| events[*n].clone()).collect();
+        let kept = spool.reject(&segment, &lines, events.len())?;
+        tracing::error!(segment = %kept.display(), rejected = refused.len(), of = events.len(), "audit events refused by the control plane; kept in the spool's rejected/ directory");
     }
     Ok(shipped)
 }
 
-fn reject(
-    spool: &Spool,
-    segment: &Path,
-    events: usize,
-    status: &tonic::Status,
-) -> std::io::Result<()> {
-    let kept = spool.reject(segment, events)?;
-    tracing::error!(segment = %kept.display(), code = ?status.code(), reason = %status.message(), "the control plane refused a batch of audit events; kept in the spool's rejected/ directory");
-    Ok(())
+/// One sidecar's way to `Audit.Ingest`.
+struct Ingest<'a> {
+    client: AuditClient<Channel>,
+    bearer: MetadataValue<Ascii>,
+    target: &'a WatchTarget,
+}
+
+impl Ingest<'_> {
+    /// Ships `events` as one batch (one stream), `waiting` more behind them.
+    async fn batch(&mut self, events: &[String], waiting: usize) -> Result<(), tonic::Status> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let messages: Vec<IngestRequest> = events
+            .chunks(EVENTS_PER_MESSAGE)
+            .map(|chunk| IngestRequest {
+                namespace: self.target.namespace.clone(),
+                session: self.target.session.clone(),
+                events: chunk.to_vec(),
+                spool_depth: waiting as u64,
+            })
+            .collect();
+        self.client
+            .ingest(authorized(stream::iter(messages), self.bearer.clone()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Ships `events` one batch each, in order: which ones (their index in
+    /// `events`) the control plane refused for good, and why. Any other
+    /// failure stops it: the segment stays, to be shipped again (what was
+    /// stored is then a duplicate, skipped).
+    async fn one_by_one(
+        &mut self,
+        events: &[String],
+        waiting: usize,
+    ) -> Result<Vec<(usize, tonic::Status)>, ShipError> {
+        let mut refused = Vec::new();
+        for (n, event) in events.iter().enumerate() {
+            let behind = waiting + events.len() - n - 1;
+            match self.batch(std::slice::from_ref(event), behind).await {
+                Ok(()) => {}
+                Err(status) if refused_for_good(status.code()) => refused.push((n, status)),
+                Err(status) => return Err(WatchError::Status(status).into()),
+            }
+        }
+        Ok(refused)
+    }
 }
 
 /// Seals and ships every [`SHIP_EVERY`] until `shutdown` completes, with

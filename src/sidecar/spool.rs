@@ -7,8 +7,8 @@
 //! Events go to numbered segment files (`000000000001.jsonl`, ...), one
 //! JSON line each, written with one `write` per line. The active segment is
 //! sealed when it is full or when the shipper asks; sealed segments are
-//! shipped in order and removed once acknowledged. A segment the control
-//! plane refuses for good is moved to `rejected/`, never deleted.
+//! shipped in order and removed once acknowledged. Events the control
+//! plane refuses for good are kept in `rejected/`, never deleted.
 //!
 //! Durability: a line is written before the call is answered, without
 //! fsync. A write reaches the kernel's page cache, which survives the death
@@ -190,14 +190,25 @@ impl Spool {
         Ok(())
     }
 
-    /// Keeps a sealed segment the control plane refused for good, out of
-    /// the way; `events` is what [`Spool::read`] found in it.
-    pub fn reject(&self, segment: &Path, events: usize) -> io::Result<PathBuf> {
+    /// Removes a sealed segment the control plane has stored but for the
+    /// events `refused` (for good), which are kept out of the way, added
+    /// to the file of the segment's name in `rejected/`: where. `events`
+    /// is what [`Spool::read`] found in the segment.
+    pub fn reject(&self, segment: &Path, refused: &[String], events: usize) -> io::Result<PathBuf> {
         let rejected = self.dir.join(REJECTED);
         std::fs::create_dir_all(&rejected)?;
         let target = rejected.join(segment.file_name().unwrap_or_default());
-        std::fs::rename(segment, &target)?;
-        self.forget(events);
+        let mut lines = refused.join("\n");
+        lines.push('\n');
+        // Kept before the segment goes (a crash in between ships the
+        // segment again: its stored events are duplicates, skipped), and
+        // added to what an earlier segment of that number left.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&target)?
+            .write_all(lines.as_bytes())?;
+        self.remove(segment, events)?;
         Ok(target)
     }
 
@@ -391,9 +402,21 @@ mod tests {
         spool.seal().unwrap();
         let segment = spool.sealed().unwrap().remove(0);
         assert_eq!(spool.depth(), 1);
-        let kept = spool.reject(&segment, 1).unwrap();
+        let kept = spool.reject(&segment, &["{}".into()], 1).unwrap();
         assert_eq!(std::fs::read_to_string(kept).unwrap(), "{}\n");
         assert!(spool.sealed().unwrap().is_empty());
         assert_eq!(spool.depth(), 0, "a rejected segment no longer waits");
+
+        // Only the refused events of a segment are kept; the rest is gone.
+        for n in 0..4 {
+            spool.append(&format!("{{\"n\":{n}}}")).unwrap();
+        }
+        spool.seal().unwrap();
+        let segment = spool.sealed().unwrap().remove(0);
+        let refused = ["{\"n\":1}".to_owned(), "{\"n\":3}".to_owned()];
+        let kept = spool.reject(&segment, &refused, 4).unwrap();
+        assert_eq!(Spool::read(&kept).unwrap(), refused);
+        assert!(!segment.exists());
+        assert_eq!(spool.depth(), 0);
     }
 }

@@ -146,8 +146,7 @@ impl Process {
 
     /// Sends `signal` (SIGTERM, SIGKILL, ...).
     pub fn signal(&self, signal: i32) {
-        let pid = self.child.id().expect("still running");
-        let pid = i32::try_from(pid).unwrap();
+        let pid = i32::try_from(self.pid()).unwrap();
         // SAFETY: kill(2) on our own child's pid has no memory effects.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
     }

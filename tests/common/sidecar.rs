@@ -27,6 +27,7 @@ use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::refusals::RefusalMetrics;
 use wopr_operator::controlplane::writes::KubeWriter;
 use wopr_operator::controlplane::{Settings, serve};
+use wopr_operator::policy::ToolId;
 use wopr_operator::proto::v1alpha1::inbox_client::InboxClient;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::broker::BrokerLink;
@@ -327,16 +328,19 @@ impl ControlPlane {
     }
 }
 
-/// Rate limits for the whole session and for each tool.
+/// Rate limits for the whole session and for each tool, elevation requests
+/// included (`per_tool` a minute, not the sidecar's default of 3).
 pub fn calls_per_minute(per_session: u32, per_tool: u32) -> Limits {
+    let per_tool = RateLimit {
+        per_minute: per_tool,
+    };
     Limits::new(
         RateLimit {
             per_minute: per_session,
         },
-        RateLimit {
-            per_minute: per_tool,
-        },
+        per_tool.clone(),
     )
+    .with_tool_limit(ToolId::SecurityRequest, per_tool)
 }
 
 /// How a test sidecar is set up.
