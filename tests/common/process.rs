@@ -131,9 +131,14 @@ impl Process {
             .to_owned()
     }
 
+    /// Its process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// Its resident memory now (`VmRSS` of `/proc/PID/status`), in bytes.
     pub fn resident_bytes(&self) -> u64 {
-        let pid = self.child.id().expect("still running");
+        let pid = self.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let kib: u64 = status
             .lines()
