@@ -44,6 +44,9 @@ fn refusals(sidecar: &Process) -> usize {
         .count()
 }
 
+/// What is sent (why it is wrong, the body, headers) and the HTTP status refusing it.
+type Refused = (&'static str, String, Vec<(&'static str, &'static str)>, u16);
+
 #[tokio::test]
 async fn the_agents_endpoint_refuses_what_a_web_page_or_a_broken_client_sends() {
     let (_cluster, _controller, sidecar, agent) = untrusted_agent().await;
@@ -52,7 +55,7 @@ async fn the_agents_endpoint_refuses_what_a_web_page_or_a_broken_client_sends() 
         "tools/call",
         json!({"name": "memory_write", "arguments": {"path": "a", "content": "x".repeat(2 << 20)}}),
     );
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<Refused> = vec![
         // DNS rebinding: a page served from evil.example resolving to 127.0.0.1.
         (
             "a foreign Host",

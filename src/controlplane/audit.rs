@@ -23,7 +23,7 @@ use super::grant_use::GrantUses;
 use super::refusals::{Reason, Refusals, Trail};
 use super::service::bearer;
 use crate::api::{Enforcement, SourceRef, TrustLevel, check_label, from_name};
-use crate::audit::{AGENT_SOURCE_TYPE, AuditEvent, EventType};
+use crate::audit::{AGENT_SOURCE_TYPE, AuditEvent, EventType, truncated};
 use crate::policy::Outcome;
 use crate::proto::v1alpha1::audit_server::Audit;
 use crate::proto::v1alpha1::{
@@ -400,7 +400,7 @@ fn read_line(
     let why = format!("invalid event: {} bytes, {problem}", line.len());
     Ok(Err(Invalid {
         id: claims.id.filter(|id| ulid::Ulid::from_string(id).is_ok()),
-        why: truncated(&why, MAX_STUB_REASON),
+        why: truncated(&why, MAX_STUB_REASON).into_owned(),
     }))
 }
 
@@ -410,7 +410,7 @@ fn check_claim(own: (&str, &str), id: &str, claimed: (&str, &str)) -> Result<(),
     if claimed == own {
         return Ok(());
     }
-    let cut = |text| truncated(text, MAX_STUB_REASON);
+    let cut = |text| truncated(text, MAX_STUB_REASON).into_owned();
     Err(Status::permission_denied(format!(
         "event {} claims session {}/{}; this sidecar ships only {}/{}",
         cut(id),
@@ -419,15 +419,6 @@ fn check_claim(own: (&str, &str), id: &str, claimed: (&str, &str)) -> Result<(),
         own.0,
         own.1
     )))
-}
-
-/// `text` cut to `max` bytes, on a character boundary.
-fn truncated(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
 }
 
 /// What the control plane vouches for in an event a sidecar shipped, at

@@ -26,6 +26,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED};
+use crate::audit::truncated;
 use crate::cluster::{FIELD_MANAGER, describe};
 use crate::contract::{POD_CONDITION_PREFIX, child_name};
 use crate::proto::v1alpha1 as pb;
@@ -98,21 +99,11 @@ pub fn as_claims(
             PodCondition {
                 status: "Unknown".into(),
                 reason: Some(UNVERIFIED_REPORTER.into()),
-                message: Some(truncated(claim, MAX_MESSAGE_BYTES)),
+                message: Some(truncated(&claim, MAX_MESSAGE_BYTES).into_owned()),
                 ..condition
             }
         })
         .collect()
-}
-
-/// `text` cut to `limit` bytes on a character boundary.
-fn truncated(mut text: String, limit: usize) -> String {
-    let mut end = text.len().min(limit);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    text
 }
 
 /// The pod conditions `checks` stand for, stamped `now`; an error names

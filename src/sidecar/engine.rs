@@ -16,7 +16,8 @@ use super::workspace::{Workspace, WorkspaceError};
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
 use crate::approval::DEFAULT_ELEVATION;
 use crate::audit::{
-    AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES, truncated,
+    AGENT_SOURCE_TYPE, AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES,
+    truncated,
 };
 use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
@@ -25,9 +26,6 @@ use crate::policy::tools::arguments::{
     WorkspaceWrite,
 };
 use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
-
-/// The source type of the agent calling its own sidecar.
-pub const SOURCE_TYPE_AGENT: &str = "agent";
 
 /// Why a call did not run.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -562,7 +560,7 @@ impl ToolEngine {
         let trust_level = served.map_or(TrustLevel::Untrusted, |s| s.context.trust_level);
         let enforcement = served.map_or(Enforcement::Enforce, |s| s.context.enforcement);
         let source = SourceRef {
-            source_type: SOURCE_TYPE_AGENT.to_owned(),
+            source_type: AGENT_SOURCE_TYPE.to_owned(),
             identity: self.session.clone(),
             trust_level,
         };
