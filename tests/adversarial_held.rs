@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::NAMESPACE;
-use common::cluster::{Cluster, control_plane_port};
+use common::cluster::{control_plane_port, one_agent};
 use common::mcp::{SINGLE_EXCHANGE, call, raw_post, request, single_exchange};
 use common::process::Process;
 use common::sidecar::as_sidecar;
@@ -16,19 +16,6 @@ use serde_json::{Value, json};
 use wopr_operator::api::TrustLevel;
 use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
 use wopr_operator::proto::v1alpha1::{AuditQueryRequest, VerifyRequest};
-
-/// A controller and the sidecar of an untrusted session, its policy
-/// received: (cluster, controller, sidecar, the agent's MCP address).
-async fn untrusted_agent() -> (Cluster, Process, Process, String) {
-    let cluster = Cluster::start(&[("agent", TrustLevel::Untrusted)]).await;
-    let controller = cluster.controller(0, &["--leader-election=false"]);
-    let port = control_plane_port(&controller).await;
-    let (sidecar, agent) = cluster.sidecar("agent", port, 30).await;
-    sidecar
-        .wait_for("policy received", 1, Duration::from_secs(30))
-        .await;
-    (cluster, controller, sidecar, agent)
-}
 
 /// How many audit lines the sidecar printed for requests refused at the door.
 fn refusals(sidecar: &Process) -> usize {
@@ -49,7 +36,8 @@ type Refused = (&'static str, String, Vec<(&'static str, &'static str)>, u16);
 
 #[tokio::test]
 async fn the_agents_endpoint_refuses_what_a_web_page_or_a_broken_client_sends() {
-    let (_cluster, _controller, sidecar, agent) = untrusted_agent().await;
+    let running = one_agent(TrustLevel::Untrusted).await;
+    let (sidecar, agent) = (&running.sidecar, &running.agent);
     let list = request("tools/list", json!({}));
     let too_big = request(
         "tools/call",
@@ -91,12 +79,12 @@ async fn the_agents_endpoint_refuses_what_a_web_page_or_a_broken_client_sends() 
         ),
     ];
     for (what, body, headers, status) in cases {
-        let before = refusals(&sidecar);
-        let answer = raw_post(&agent, body, &headers).await;
+        let before = refusals(sidecar);
+        let answer = raw_post(agent, body, &headers).await;
         assert_eq!(answer.status, status, "{what}: {}", answer.message);
         // Every refusal is audited (the line reaches stdout a moment later).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while refusals(&sidecar) == before {
+        while refusals(sidecar) == before {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{what}: not audited"
@@ -105,7 +93,7 @@ async fn the_agents_endpoint_refuses_what_a_web_page_or_a_broken_client_sends() 
         }
     }
     // And the endpoint keeps serving a well-formed request.
-    let answer = single_exchange(&agent, list, &[]).await;
+    let answer = single_exchange(agent, list, &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.message);
     assert_eq!(
         answer
@@ -117,12 +105,14 @@ async fn the_agents_endpoint_refuses_what_a_web_page_or_a_broken_client_sends() 
 
 #[tokio::test]
 async fn unknown_and_unlisted_tools_are_denied_alike() {
-    let (_cluster, _controller, _sidecar, agent) = untrusted_agent().await;
+    let running = one_agent(TrustLevel::Untrusted).await;
+    let agent = &running.agent;
     // `config_set` exists but is not an untrusted session's; the other
     // does not exist. The answers differ only by the name asked for.
     let error_of = async |tool: &str| {
-        let answer = call(&agent, "tools/call", json!({"name": tool, "arguments": {}})).await;
+        let answer = call(agent, "tools/call", json!({"name": tool, "arguments": {}})).await;
         let error = answer["error"].clone();
+
         (
             error["code"].clone(),
             error["message"].as_str().unwrap().replace(tool, "TOOL"),
@@ -136,15 +126,16 @@ async fn unknown_and_unlisted_tools_are_denied_alike() {
 
 #[tokio::test]
 async fn sql_in_a_querys_filters_is_only_data() {
-    let (_cluster, controller, _sidecar, agent) = untrusted_agent().await;
+    let running = one_agent(TrustLevel::Untrusted).await;
+    let (controller, agent) = (&running.controller, &running.agent);
     let call_answer = call(
-        &agent,
+        agent,
         "tools/call",
         json!({"name": "security_whoami", "arguments": {}}),
     )
     .await;
     assert!(call_answer.get("error").is_none(), "{call_answer}");
-    let port = control_plane_port(&controller).await;
+    let port = control_plane_port(controller).await;
     let mut audit = AuditClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();

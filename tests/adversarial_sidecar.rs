@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{Cluster, control_plane_port};
+use common::cluster::one_agent;
 use common::mcp;
 use common::sidecar::{ControlPlane, Sidecar, socket_channel, token_for};
 use common::store::all_events;
@@ -89,16 +89,11 @@ fn calls_recorded(event: &AuditEvent) -> u64 {
 /// allowed call's event with it) to `rejected/`.
 #[tokio::test]
 async fn a_tool_name_of_17000_characters_keeps_no_allowed_call_out_of_the_trail() {
-    let cluster = Cluster::start(&[("agent", TrustLevel::SemiTrusted)]).await;
-    let controller = cluster.controller(0, &["--leader-election=false"]);
-    let port = control_plane_port(&controller).await;
-    let (sidecar, agent) = cluster.sidecar("agent", port, 30).await;
-    sidecar
-        .wait_for("policy received", 1, Duration::from_secs(30))
-        .await;
+    let running = one_agent(TrustLevel::SemiTrusted).await;
+    let (cluster, sidecar, agent) = (&running.cluster, &running.sidecar, &running.agent);
 
     let allowed = mcp::call(
-        &agent,
+        agent,
         "tools/call",
         json!({"name": "config_get", "arguments": {}}),
     )
@@ -109,7 +104,7 @@ async fn a_tool_name_of_17000_characters_keeps_no_allowed_call_out_of_the_trail(
         .to_owned();
     let long_name = "x".repeat(17_000);
     let refused = mcp::call(
-        &agent,
+        agent,
         "tools/call",
         json!({"name": long_name, "arguments": {}}),
     )
@@ -174,7 +169,7 @@ async fn a_tool_name_of_17000_characters_keeps_no_allowed_call_out_of_the_trail(
         (long_name.as_str(), json!({})),
         ("resources/read", json!({"uri": long_name})),
     ] {
-        let refused = mcp::call(&agent, method, params).await;
+        let refused = mcp::call(agent, method, params).await;
         let message = refused["error"]["message"]
             .as_str()
             .unwrap_or_else(|| panic!("{refused:.300}"));
@@ -397,24 +392,19 @@ async fn ping(agent: &str, id: &str) -> u16 {
 /// 26 MB to 1 GB against a 64 Mi limit.
 #[tokio::test]
 async fn thousands_of_initialize_calls_keep_few_sessions_and_the_sidecar_flat() {
-    let cluster = Cluster::start(&[("agent", TrustLevel::SemiTrusted)]).await;
-    let controller = cluster.controller(0, &["--leader-election=false"]);
-    let port = control_plane_port(&controller).await;
-    let (sidecar, agent) = cluster.sidecar("agent", port, 30).await;
-    sidecar
-        .wait_for("policy received", 1, Duration::from_secs(30))
-        .await;
+    let running = one_agent(TrustLevel::SemiTrusted).await;
+    let (sidecar, agent) = (&running.sidecar, &running.agent);
 
-    let first = initialize(&agent).await;
-    assert_eq!(ping(&agent, &first).await, 200);
+    let first = initialize(agent).await;
+    assert_eq!(ping(agent, &first).await, 200);
     // Warm up the allocator, then measure.
     for _ in 0..200 {
-        initialize(&agent).await;
+        initialize(agent).await;
     }
     let before = sidecar.resident_bytes();
     let mut last = Vec::new();
     for _ in 0..4_000 {
-        last.push(initialize(&agent).await);
+        last.push(initialize(agent).await);
     }
     let after = sidecar.resident_bytes();
     eprintln!("sidecar RSS: {before} bytes, then {after} after 4,000 more initialize calls");
@@ -422,13 +412,9 @@ async fn thousands_of_initialize_calls_keep_few_sessions_and_the_sidecar_flat() 
         after < before + 16 * 1024 * 1024,
         "4,000 sessions more grew the sidecar from {before} to {after} bytes"
     );
-    assert_eq!(
-        ping(&agent, &first).await,
-        404,
-        "the oldest session is gone"
-    );
+    assert_eq!(ping(agent, &first).await, 404, "the oldest session is gone");
     for id in &last[last.len() - 8..] {
-        assert_eq!(ping(&agent, id).await, 200, "the newest sessions work");
+        assert_eq!(ping(agent, id).await, 200, "the newest sessions work");
     }
 }
 

@@ -343,13 +343,17 @@ impl Store {
             problem: problem.to_owned(),
         };
         loop {
+            // Up to the head read above: events appended since are the
+            // next verification's (walking into them would report the
+            // head's successors as missing).
             let rows = sqlx::query(
                 "SELECT seq, id, namespace, time_us, session, event_type, decision, denied, capability, tool, source_identity, event, prev_hash, hash \
-                 FROM audit_events WHERE namespace = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                 FROM audit_events WHERE namespace = $1 AND seq >= $2 AND seq <= $4 ORDER BY seq LIMIT $3",
             )
             .bind(namespace)
             .bind(expected_seq)
             .bind(VERIFY_CHUNK)
+            .bind(head_seq)
             .fetch_all(&self.pool)
             .await?;
             let done = (rows.len() as i64) < VERIFY_CHUNK;

@@ -174,6 +174,33 @@ impl Cluster {
     }
 }
 
+/// A controller and the sidecar of one session, `agent`, as a cluster
+/// runs them, the sidecar's policy received.
+pub struct OneAgent {
+    pub cluster: Cluster,
+    pub controller: Process,
+    pub sidecar: Process,
+    /// The agent's MCP address.
+    pub agent: String,
+}
+
+/// [`OneAgent`] at `trust_level`.
+pub async fn one_agent(trust_level: TrustLevel) -> OneAgent {
+    let cluster = Cluster::start(&[("agent", trust_level)]).await;
+    let controller = cluster.controller(0, &["--leader-election=false"]);
+    let port = control_plane_port(&controller).await;
+    let (sidecar, agent) = cluster.sidecar("agent", port, 30).await;
+    sidecar
+        .wait_for("policy received", 1, std::time::Duration::from_secs(30))
+        .await;
+    OneAgent {
+        cluster,
+        controller,
+        sidecar,
+        agent,
+    }
+}
+
 /// The port a controller's control plane listens on.
 pub async fn control_plane_port(controller: &Process) -> u16 {
     let address = controller
