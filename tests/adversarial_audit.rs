@@ -8,7 +8,7 @@
 mod common;
 
 use common::NAMESPACE;
-use common::sidecar::{ControlPlane, as_sidecar};
+use common::sidecar::{ControlPlane, as_sidecar, ingest_message, ship};
 use common::store::{TestStore, all_events, event, every_event, on_both_backends};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
@@ -17,8 +17,8 @@ use wopr_operator::api::{SourceRef, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::policy::Outcome;
 
+use wopr_operator::proto::v1alpha1::VerifyRequest;
 use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
-use wopr_operator::proto::v1alpha1::{IngestRequest, VerifyRequest};
 use wopr_operator::store::{Retention, Verification};
 
 on_both_backends!(a_flood_of_one_session_does_not_evict_another_sessions_recent_events);
@@ -29,21 +29,13 @@ async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
         .unwrap()
 }
 
-/// Ships `lines` as one batch of `session`'s sidecar.
-async fn ship(
+/// Ships `lines` as one batch, in one message, of `session`'s sidecar.
+async fn ship_lines(
     client: &mut AuditClient<Channel>,
     session: &str,
     lines: Vec<String>,
 ) -> Result<(u32, u32), tonic::Status> {
-    let batch = IngestRequest {
-        namespace: NAMESPACE.into(),
-        session: session.into(),
-        events: lines,
-        spool_depth: 0,
-    };
-    let request = as_sidecar(session, futures::stream::iter([batch]));
-    let ack = client.ingest(request).await?.into_inner();
-    Ok((ack.stored, ack.duplicates))
+    ship(client, session, vec![ingest_message(session, lines)]).await
 }
 
 fn line(event: &AuditEvent) -> String {
@@ -91,7 +83,7 @@ async fn an_oversized_event_does_not_keep_its_batch_out_of_the_trail() {
     let oversized = tool_call("research", Outcome::Denied, &"x".repeat(17_000), ago(1));
     let oversized_line = line(&oversized);
     assert!(oversized_line.len() > 17_000);
-    let answer = ship(
+    let answer = ship_lines(
         &mut client,
         "research",
         vec![line(&allowed), oversized_line.clone()],
@@ -128,7 +120,7 @@ async fn an_oversized_event_does_not_keep_its_batch_out_of_the_trail() {
     assert!(stub.reason.len() < 512, "{}", stub.reason.len());
 
     // Shipped again (its ack lost): the stub is not stored twice.
-    let again = ship(
+    let again = ship_lines(
         &mut client,
         "research",
         vec![line(&allowed), oversized_line],
@@ -186,7 +178,10 @@ async fn unreadable_events_are_stubs_and_another_sessions_event_refuses_the_batc
         line(&not_a_ulid),
         "{\"id\":\"01JD0000000000000000000000\",\"type\":\"not-a-type\"}".into(),
     ];
-    assert_eq!(ship(&mut client, "research", lines).await.unwrap(), (4, 0));
+    assert_eq!(
+        ship_lines(&mut client, "research", lines).await.unwrap(),
+        (4, 0)
+    );
     let stored = all_events(&control_plane.store).await;
     let mut reasons: Vec<&str> = stored
         .iter()
@@ -214,7 +209,7 @@ async fn unreadable_events_are_stubs_and_another_sessions_event_refuses_the_batc
     elsewhere.tool = Some("x".repeat(17_000));
     let oversized_other = line(&elsewhere);
     for claim in [claims_other, oversized_other] {
-        let refused = ship(&mut client, "research", vec![line(&good), claim])
+        let refused = ship_lines(&mut client, "research", vec![line(&good), claim])
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
@@ -250,7 +245,7 @@ async fn a_far_future_event_time_is_clamped_and_age_retention_still_works() {
     );
     let later = tool_call("research", Outcome::Allowed, "config_get", ago(2 * 86_400));
     let shipped = [&old, &forged, &skewed, &later].map(line).to_vec();
-    ship(&mut client, "research", shipped).await.unwrap();
+    ship_lines(&mut client, "research", shipped).await.unwrap();
     let after = Timestamp::now();
 
     let stored = all_events(&control_plane.store).await;
@@ -323,7 +318,7 @@ async fn a_sidecar_cannot_raise_a_sources_trust_level() {
     let other_agent = claiming("research", "agent", "helper", TrustLevel::Trusted);
     let understated = claiming("helper", "agent", "helper", TrustLevel::Untrusted);
     let unknown = claiming("ghost", "agent", "ghost", TrustLevel::Owner);
-    ship(
+    ship_lines(
         &mut client,
         "research",
         [&own_as_owner, &someone_as_owner, &other_agent]
@@ -332,10 +327,10 @@ async fn a_sidecar_cannot_raise_a_sources_trust_level() {
     )
     .await
     .unwrap();
-    ship(&mut client, "helper", vec![line(&understated)])
+    ship_lines(&mut client, "helper", vec![line(&understated)])
         .await
         .unwrap();
-    ship(&mut client, "ghost", vec![line(&unknown)])
+    ship_lines(&mut client, "ghost", vec![line(&unknown)])
         .await
         .unwrap();
 

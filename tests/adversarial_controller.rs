@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::NAMESPACE;
 use common::cluster::{Cluster, control_plane_port};
 use common::harness::pod_path;
-use common::sidecar::as_sidecar;
+use common::sidecar::{as_sidecar, ingest_message, ship};
 use http::Uri;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::jiff::Timestamp;
@@ -27,7 +27,7 @@ use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
 use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
-use wopr_operator::proto::v1alpha1::{IngestRequest, IsolationCheck, IsolationReport};
+use wopr_operator::proto::v1alpha1::{IsolationCheck, IsolationReport};
 
 const SESSION: &str = "flood";
 /// Each made-up name: long, but its event stays under the 16 KiB limit.
@@ -64,18 +64,14 @@ async fn flood(client: &mut AuditClient<Channel>, first: usize, count: usize) ->
         .collect();
     let mut stored = 0;
     for chunk in events.chunks(PER_MESSAGE * 5) {
-        let messages: Vec<IngestRequest> = chunk
+        let messages = chunk
             .chunks(PER_MESSAGE)
-            .map(|events| IngestRequest {
-                namespace: NAMESPACE.into(),
-                session: SESSION.into(),
-                events: events.to_vec(),
-                spool_depth: 0,
-            })
+            .map(|events| ingest_message(SESSION, events.to_vec()))
             .collect();
-        let request = as_sidecar(SESSION, futures::stream::iter(messages));
-        let ack = client.ingest(request).await.expect("the batch is stored");
-        stored += ack.into_inner().stored;
+        let (new, _) = ship(client, SESSION, messages)
+            .await
+            .expect("the batch is stored");
+        stored += new;
     }
     stored
 }

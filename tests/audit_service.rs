@@ -6,7 +6,9 @@
 mod common;
 
 use common::NAMESPACE;
-use common::sidecar::{AUDITOR, ControlPlane, OUTSIDER, READER, as_sidecar, with_token};
+use common::sidecar::{
+    AUDITOR, ControlPlane, OUTSIDER, READER, as_sidecar, ingest_message, ship, with_token,
+};
 use common::store::{all_events, event};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -36,24 +38,8 @@ fn lines(events: &[AuditEvent]) -> Vec<String> {
         .collect()
 }
 
-/// Ships `batches` (one message each) as `session`'s sidecar.
-async fn ship(
-    client: &mut AuditClient<Channel>,
-    session: &str,
-    batches: Vec<IngestRequest>,
-) -> Result<(u32, u32), tonic::Status> {
-    let request = as_sidecar(session, futures::stream::iter(batches));
-    let ack = client.ingest(request).await?.into_inner();
-    Ok((ack.stored, ack.duplicates))
-}
-
 fn batch(session: &str, events: &[AuditEvent]) -> IngestRequest {
-    IngestRequest {
-        namespace: NAMESPACE.into(),
-        session: session.into(),
-        events: lines(events),
-        spool_depth: 0,
-    }
+    ingest_message(session, lines(events))
 }
 
 #[tokio::test]

@@ -48,6 +48,7 @@ pub fn check_label(what: &str, name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{Capability, Enforcement, NetworkMode, TrustLevel};
 
     #[test]
     fn labels_are_short_lower_case_names() {
@@ -67,7 +68,6 @@ mod tests {
             "{huge}"
         );
     }
-    use crate::api::{Capability, Enforcement, NetworkMode, TrustLevel};
 
     #[test]
     fn as_str_is_the_serde_name() {

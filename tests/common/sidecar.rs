@@ -28,6 +28,8 @@ use wopr_operator::controlplane::refusals::RefusalMetrics;
 use wopr_operator::controlplane::writes::KubeWriter;
 use wopr_operator::controlplane::{Settings, serve};
 use wopr_operator::policy::ToolId;
+use wopr_operator::proto::v1alpha1::IngestRequest;
+use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
 use wopr_operator::proto::v1alpha1::inbox_client::InboxClient;
 use wopr_operator::proto::v1alpha1::tools_client::ToolsClient;
 use wopr_operator::sidecar::broker::BrokerLink;
@@ -287,6 +289,29 @@ pub fn socket_channel(socket: PathBuf) -> Channel {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
+}
+
+/// One message of a shipped batch: `lines` (events as JSON) of `session`
+/// in [`NAMESPACE`].
+pub fn ingest_message(session: &str, lines: Vec<String>) -> IngestRequest {
+    IngestRequest {
+        namespace: NAMESPACE.into(),
+        session: session.into(),
+        events: lines,
+        spool_depth: 0,
+    }
+}
+
+/// Ships `messages` as one batch of `session`'s sidecar: how many events
+/// were stored, and how many were duplicates.
+pub async fn ship(
+    client: &mut AuditClient<Channel>,
+    session: &str,
+    messages: Vec<IngestRequest>,
+) -> Result<(u32, u32), tonic::Status> {
+    let request = as_sidecar(session, futures::stream::iter(messages));
+    let ack = client.ingest(request).await?.into_inner();
+    Ok((ack.stored, ack.duplicates))
 }
 
 /// `message` with `session`'s sidecar token.
