@@ -9,8 +9,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
-use wopr_operator::api::{Capability, Grant, GrantSpec, GrantSubject, TrustLevel};
-use wopr_operator::policy::{CapabilitySet, Request, Source, decide, resolve};
+use wopr_operator::api::{Capability, Grant, GrantSpec, GrantSubject, SourceType, TrustLevel};
+use wopr_operator::policy::{CapabilitySet, Request, Source, decide, decide_tool_call, resolve};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -55,23 +55,13 @@ fn bench_decide(c: &mut Criterion) {
     .unwrap();
     let mut group = c.benchmark_group("decide");
     group.bench_function("tool_allowed", |b| {
-        b.iter(|| decide(black_box(&context), black_box(Request::Tool("memory_read"))))
+        b.iter(|| decide_tool_call(black_box(&context), black_box("memory_read")))
     });
     group.bench_function("tool_denied", |b| {
-        b.iter(|| {
-            decide(
-                black_box(&context),
-                black_box(Request::Tool("exec_command")),
-            )
-        })
+        b.iter(|| decide_tool_call(black_box(&context), black_box("exec_command")))
     });
     group.bench_function("tool_unknown", |b| {
-        b.iter(|| {
-            decide(
-                black_box(&context),
-                black_box(Request::Tool("launch_missiles")),
-            )
-        })
+        b.iter(|| decide_tool_call(black_box(&context), black_box("launch_missiles")))
     });
     group.bench_function("capability", |b| {
         b.iter(|| {
@@ -82,7 +72,7 @@ fn bench_decide(c: &mut Criterion) {
         })
     });
     let source = Source {
-        source_type: "session",
+        source_type: SourceType::Session,
         identity: "caller",
         trust_level: TrustLevel::Trusted,
         capabilities: [Capability::Inject].into_iter().collect::<CapabilitySet>(),

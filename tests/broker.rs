@@ -583,7 +583,7 @@ async fn a_persons_message_takes_use_on_the_sessions_trust_level() {
         ),
         (
             "lead",
-            "user",
+            "person",
             "alice",
             Outcome::Denied,
             Some("session_inject"),

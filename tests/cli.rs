@@ -1345,7 +1345,7 @@ mod with_control_plane {
                 message.source.source_type.as_str(),
                 message.source.identity.as_str()
             ),
-            ("user", "alice")
+            ("person", "alice")
         );
         assert_eq!(sent.data["messageId"], json!(message.id));
         let audited: Vec<AuditEvent> = common::store::all_events(&plane.store).await;

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::now;
+use common::{decide_named, now};
 use wopr_operator::api::{
     Capability, Gateway, Grant, NetworkMode, SecurityPolicy, Session, TrustLevel, WoprObject,
     parse_manifests,
@@ -232,11 +232,11 @@ fn the_research_agent_is_sandboxed_with_restricted_network() {
     );
     assert_eq!(context.network, NetworkMode::Restricted);
     assert_eq!(
-        decide(&context, Request::Tool("memory_read")).outcome,
+        decide_named(&context, "memory_read").outcome,
         Outcome::Allowed
     );
     assert_eq!(
-        decide(&context, Request::Tool("http_fetch")).outcome,
+        decide_named(&context, "http_fetch").outcome,
         Outcome::Denied
     );
 }

@@ -388,12 +388,12 @@ async fn a_result_for_a_source_without_an_inbox_is_kept_once_for_it_alone(store:
     let store = &store.store;
     let mut request = forward(ForwardState::Delivered, common::now());
     request.source = SourceRef {
-        source_type: "user".into(),
+        source_type: "person".into(),
         identity: "olivia".into(),
         trust_level: TrustLevel::Owner,
     };
     store.open_forward(&request, None, ROOMY).await.unwrap();
-    let olivia = ("user", "olivia");
+    let olivia = ("person", "olivia");
     let read = |source| store.answers(NS, "gate", &request.source_message, source);
     let waiting = read(olivia).await.unwrap().unwrap();
     assert_eq!(waiting.len(), 1);
@@ -424,6 +424,6 @@ async fn a_result_for_a_source_without_an_inbox_is_kept_once_for_it_alone(store:
     let answered = read(olivia).await.unwrap().unwrap();
     assert_eq!(answered[0].0.state, ForwardState::Responded);
     assert_eq!(answered[0].1.as_ref(), Some(&result));
-    assert_eq!(read(("user", "alice")).await.unwrap(), None);
+    assert_eq!(read(("person", "alice")).await.unwrap(), None);
     assert_eq!(read(("serviceaccount", "olivia")).await.unwrap(), None);
 }

@@ -922,7 +922,7 @@ async fn a_source_without_an_inbox_gets_its_answer(
 
 #[tokio::test]
 async fn a_persons_message_gets_its_answer_and_only_that_person_reads_it() {
-    a_source_without_an_inbox_gets_its_answer(OPERATOR, ("user", "olivia"), READER).await;
+    a_source_without_an_inbox_gets_its_answer(OPERATOR, ("person", "olivia"), READER).await;
 }
 
 #[tokio::test]

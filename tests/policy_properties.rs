@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use wopr_operator::api::{
     AccessPattern, Capability, Enforcement, Grant, NetworkMode, PolicyDefaults, SandboxPolicy,
-    SandboxSpec, SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel,
+    SandboxSpec, SecurityPolicy, SecurityPolicySpec, Session, SourceType, ToolRules, TrustLevel,
     TrustLevelProfile, TrustLevelProfiles,
 };
 use wopr_operator::policy::{
@@ -170,7 +170,11 @@ fn request_strategy() -> impl Strategy<Value = RequestSpec> {
         (
             trust_level(),
             prop::collection::vec(capability(), 0..3),
-            select(vec!["session", "p2p", "api"])
+            select(vec![
+                SourceType::Session,
+                SourceType::Peer,
+                SourceType::ServiceAccount
+            ])
         )
             .prop_map(|(level, caps, kind)| RequestSpec::Inject(level, caps, kind)),
     ]
@@ -182,17 +186,17 @@ enum RequestSpec {
     Tool(&'static str),
     Spawn(TrustLevel),
     Capability(Capability),
-    Inject(TrustLevel, Vec<Capability>, &'static str),
+    Inject(TrustLevel, Vec<Capability>, SourceType),
 }
 
 fn decide_spec(context: &EffectiveContext, spec: &RequestSpec) -> Outcome {
     match spec {
-        RequestSpec::Tool(name) => decide(context, Request::Tool(name)).outcome,
+        RequestSpec::Tool(name) => decide_named(context, name).outcome,
         RequestSpec::Spawn(level) => decide(context, Request::Spawn(*level)).outcome,
         RequestSpec::Capability(c) => decide(context, Request::Capability(*c)).outcome,
         RequestSpec::Inject(level, caps, kind) => {
             let source = Source {
-                source_type: kind,
+                source_type: *kind,
                 identity: "someone",
                 trust_level: *level,
                 capabilities: caps.iter().collect(),
@@ -326,7 +330,7 @@ proptest! {
         policy in policy_strategy(),
         grants in prop::collection::vec(grant_strategy(), 0..4),
         caps in prop::collection::vec(capability(), 0..4),
-        kind in select(vec!["session", "p2p", "api"]),
+        kind in select(vec![SourceType::Session, SourceType::Peer, SourceType::ServiceAccount]),
         warn in any::<bool>(),
     ) {
         let Ok(mut context) = resolve(&session, policy.as_ref(), &grants, &[], now()) else {
@@ -357,7 +361,7 @@ proptest! {
     ) {
         prop_assume!(ToolId::lookup(&name).is_none());
         if let Ok(context) = resolve(&session, policy.as_ref(), &grants, &[], now()) {
-            prop_assert_eq!(decide(&context, Request::Tool(&name)).outcome, Outcome::Denied);
+            prop_assert_eq!(decide_named(&context, &name).outcome, Outcome::Denied);
         }
     }
 

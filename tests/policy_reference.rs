@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use wopr_operator::api::{
-    AccessPattern, Capability, Enforcement, NetworkMode, SecurityPolicy, Session, ToolRules,
-    TrustLevel,
+    AccessPattern, Capability, Enforcement, NetworkMode, SecurityPolicy, Session, SourceType,
+    ToolRules, TrustLevel,
 };
 use wopr_operator::policy::{
     self, Outcome, Reason, Request, ResolveError, Source, TOOLS, callable_tools, decide, resolve,
@@ -31,7 +31,7 @@ const GATEWAY_TOOLS: [&str; 3] = ["gateway_forward", "gateway_respond", "gateway
 
 fn outcome(session: &wopr_operator::api::Session, tool: &str) -> Outcome {
     let context = context_of(session, None);
-    decide(&context, Request::Tool(tool)).outcome
+    decide_named(&context, tool).outcome
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn untrusted_gets_only_the_always_available_tools() {
     assert_eq!(callable, ALWAYS_AVAILABLE);
     for tool in TOOLS.iter().filter(|t| !ALWAYS_AVAILABLE.contains(&t.name)) {
         assert_eq!(
-            decide(&context, Request::Tool(tool.name)).outcome,
+            decide_named(&context, tool.name).outcome,
             Outcome::Denied,
             "{}",
             tool.name
@@ -88,7 +88,7 @@ fn owner_gets_everything() {
     let serving = resolve(&owner, None, &[], &[gateway("gw", "admin")], now()).unwrap();
     assert_eq!(callable_tools(&serving).iter().count(), TOOLS.len());
     assert_eq!(
-        decide(&context, Request::Tool("gateway_forward")).reason,
+        decide_named(&context, "gateway_forward").reason,
         Reason::NotAGateway
     );
 }
@@ -161,8 +161,8 @@ fn capability_checks_and_spawning() {
 #[test]
 fn unknown_and_forbidden_tools_give_the_same_message() {
     let context = context_of(&session("u", TrustLevel::Untrusted), None);
-    let unknown = decide(&context, Request::Tool("launch_missiles"));
-    let forbidden = decide(&context, Request::Tool("memory_read"));
+    let unknown = decide_named(&context, "launch_missiles");
+    let forbidden = decide_named(&context, "memory_read");
     assert_eq!(unknown.outcome, Outcome::Denied);
     assert_eq!(forbidden.outcome, Outcome::Denied);
     assert_eq!(unknown.reason.to_string(), forbidden.reason.to_string());
@@ -175,7 +175,7 @@ fn session_grants_add_capabilities_until_they_expire() {
     grant.spec.expires_at = Some(at(60));
     let active = resolve(&semi, None, std::slice::from_ref(&grant), &[], now()).unwrap();
     assert_eq!(
-        decide(&active, Request::Tool("http_fetch")).outcome,
+        decide_named(&active, "http_fetch").outcome,
         Outcome::Allowed
     );
     assert_eq!(active.grants, ["net"]);
@@ -188,7 +188,7 @@ fn session_grants_add_capabilities_until_they_expire() {
     let later = now() + k8s_openapi::jiff::SignedDuration::from_secs(60);
     let expired = resolve(&semi, None, std::slice::from_ref(&grant), &[], later).unwrap();
     assert_eq!(
-        decide(&expired, Request::Tool("http_fetch")).outcome,
+        decide_named(&expired, "http_fetch").outcome,
         Outcome::Denied
     );
     assert!(expired.grants.is_empty());
@@ -350,12 +350,15 @@ fn injections_follow_the_access_list() {
     assert_eq!(inject(&by_name, &Source::session(&semi)), Outcome::Allowed);
     assert_eq!(inject(&by_name, &Source::session(&owner)), Outcome::Denied);
 
-    target.spec.access = vec!["type:api".parse().unwrap(), "peer:KEY".parse().unwrap()];
+    target.spec.access = vec![
+        "type:serviceaccount".parse().unwrap(),
+        "peer:KEY".parse().unwrap(),
+    ];
     let typed = context_of(&target, None);
     let inject_only: policy::CapabilitySet = [Capability::Inject].into_iter().collect();
     let api = Source {
-        source_type: "api",
-        identity: "client-1",
+        source_type: SourceType::ServiceAccount,
+        identity: "team-a/client-1",
         trust_level: TrustLevel::SemiTrusted,
         capabilities: inject_only,
     };
@@ -479,12 +482,12 @@ fn policy_hash_is_stable_and_tracks_every_change() {
 fn warn_mode_lets_violations_through_as_would_deny() {
     let policy = security_policy(serde_json::json!({"enforcement": "warn"}));
     let context = context_of(&session("u", TrustLevel::Untrusted), Some(&policy));
-    let decision = decide(&context, Request::Tool("exec_command"));
+    let decision = decide_named(&context, "exec_command");
     assert_eq!(decision.outcome, Outcome::WouldDeny);
     assert!(decision.proceeds());
     assert_eq!(decision.reason, Reason::ToolNotPermitted);
     assert_eq!(
-        decide(&context, Request::Tool("no_such_tool")).outcome,
+        decide_named(&context, "no_such_tool").outcome,
         Outcome::Denied,
         "warn mode cannot run a tool that does not exist"
     );

@@ -13,6 +13,7 @@ mod manifest;
 mod names;
 mod security_policy;
 mod session;
+mod source_type;
 
 pub use approval_request::*;
 pub use common::*;
@@ -22,6 +23,7 @@ pub use manifest::{ManifestError, WoprObject, parse_manifests};
 pub use names::{MAX_LABEL, check_label, from_name, name_of};
 pub use security_policy::*;
 pub use session::*;
+pub use source_type::SourceType;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

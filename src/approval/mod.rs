@@ -210,7 +210,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::{ApprovalRequestStatus, SourceRef, TrustLevel};
+    use crate::api::{ApprovalRequestStatus, SourceRef, SourceType, TrustLevel};
     use crate::store::{ForwardState, new_request_id};
 
     fn now() -> Timestamp {
@@ -225,7 +225,7 @@ mod tests {
             gateway_session: "gate".into(),
             rule_index: Some(1),
             source: SourceRef {
-                source_type: "session".into(),
+                source_type: SourceType::Session.into(),
                 identity: "stranger".into(),
                 trust_level: TrustLevel::Untrusted,
             },

@@ -111,10 +111,6 @@ pub fn truncated(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}{marker}", &text[..cut]))
 }
 
-/// The source type of a session's own agent, as its sidecar records its
-/// calls (identity: the session's name).
-pub const AGENT_SOURCE_TYPE: &str = "agent";
-
 impl AuditEvent {
     /// A new event with a fresh id, stamped `time`.
     #[allow(clippy::too_many_arguments)]
@@ -351,7 +347,7 @@ mod tests {
     use std::sync::Condvar;
 
     use super::*;
-    use crate::api::TrustLevel;
+    use crate::api::{SourceType, TrustLevel};
 
     /// Output that blocks every write until the gate opens.
     #[derive(Clone, Default)]
@@ -409,7 +405,7 @@ mod tests {
 
     fn event(reason: &str) -> AuditEvent {
         let source = SourceRef {
-            source_type: "agent".into(),
+            source_type: SourceType::Agent.into(),
             identity: "s".into(),
             trust_level: TrustLevel::Untrusted,
         };

@@ -25,7 +25,7 @@ use super::metrics::Metrics;
 use super::retry::Backoff;
 use crate::api::{
     ApprovalRequest, ApprovalRequestStatus, ApprovalState, ApprovalType, Enforcement, Gateway,
-    SourceRef, TrustLevel,
+    SourceRef, SourceType, TrustLevel,
 };
 use crate::approval::{Step, elevation_grant, next_step};
 use crate::audit::{AuditEvent, EventType};
@@ -33,9 +33,6 @@ use crate::cache::Stores;
 use crate::cluster::create_once;
 use crate::policy::Outcome;
 use crate::store::{ElevationState, ForwardState, InboxLimits, RequestError, Store, StoreError};
-
-/// The source type of a person deciding an ApprovalRequest.
-pub const SOURCE_TYPE_PERSON: &str = "person";
 
 /// What the ApprovalRequest controller works with.
 pub struct ApprovalContext {
@@ -269,7 +266,7 @@ impl Approval<'_> {
         reason: &str,
     ) -> Result<(), Error> {
         let source = SourceRef {
-            source_type: SOURCE_TYPE_PERSON.to_owned(),
+            source_type: SourceType::Person.into(),
             identity: decided_by.unwrap_or_default().to_owned(),
             trust_level: TrustLevel::Owner,
         };

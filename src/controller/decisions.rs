@@ -10,17 +10,16 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{Capability, Enforcement, SessionStatus, SourceRef, TrustLevel, name_of};
+use crate::api::{
+    Capability, Enforcement, SessionStatus, SourceRef, SourceType, TrustLevel, name_of,
+};
 use crate::audit::{AuditEvent, EventType};
 use crate::cluster::FIELD_MANAGER;
 use crate::policy::{EffectiveContext, Outcome};
 
-/// The source type of the controller's own events.
-pub const SOURCE_TYPE_CONTROLLER: &str = "controller";
-
 fn controller() -> SourceRef {
     SourceRef {
-        source_type: SOURCE_TYPE_CONTROLLER.into(),
+        source_type: SourceType::Controller.into(),
         identity: FIELD_MANAGER.into(),
         trust_level: TrustLevel::Owner,
     }

@@ -16,14 +16,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{AuthError, Authenticator, Identity, authorize};
+use super::auth::{AuthError, Authenticator, Identity, authorize, identity_of};
 use super::denials::DenialEvents;
 use super::discover::DiscoverPolicy;
 use super::grant_use::GrantUses;
 use super::refusals::{Reason, Refusals, Trail};
 use super::service::bearer;
-use crate::api::{Enforcement, SourceRef, TrustLevel, check_label, from_name};
-use crate::audit::{AGENT_SOURCE_TYPE, AuditEvent, EventType, truncated};
+use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel, check_label, from_name};
+use crate::audit::{AuditEvent, EventType, truncated};
 use crate::policy::Outcome;
 use crate::proto::v1alpha1::audit_server::Audit;
 use crate::proto::v1alpha1::{
@@ -296,7 +296,12 @@ impl<D: DiscoverPolicy, A: Authenticator> AuditService<D, A> {
 /// it asks.
 fn reader_source(username: &str) -> SourceRef {
     SourceRef {
-        source_type: "user".into(),
+        source_type: if identity_of(username, None).is_ok() {
+            SourceType::ServiceAccount
+        } else {
+            SourceType::Person
+        }
+        .into(),
         identity: username.to_owned(),
         trust_level: TrustLevel::Untrusted,
     }
@@ -440,7 +445,7 @@ fn admit(mut event: AuditEvent, received: Timestamp, agent_level: TrustLevel) ->
         event.time = received;
     }
     let own_agent =
-        event.source.source_type == AGENT_SOURCE_TYPE && event.source.identity == event.session;
+        SourceType::Agent.is(&event.source.source_type) && event.source.identity == event.session;
     let level = if own_agent {
         agent_level
     } else {

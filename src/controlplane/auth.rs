@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::reviews::{Answer, Reviews};
-use crate::api::{SourceRef, TrustLevel};
+use crate::api::{SourceRef, SourceType, TrustLevel};
 use crate::contract::{TOKEN_AUDIENCE, child_name};
 
 /// An authenticated caller.
@@ -51,7 +51,7 @@ impl Identity {
     /// what it asks for, not what its session may do, so untrusted.
     pub fn as_source(&self) -> SourceRef {
         SourceRef {
-            source_type: "sidecar".into(),
+            source_type: SourceType::Sidecar.into(),
             identity: self.service_account.clone(),
             trust_level: TrustLevel::Untrusted,
         }

@@ -30,14 +30,14 @@ use super::grant_use::GrantUses;
 use super::refusals::{Reason as Refusal, Refusals, Trail};
 use super::service::bearer;
 use super::writes::{ClusterWriter, WriteError};
-use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, from_name, name_of};
+use crate::api::{Capability, Enforcement, SourceRef, SourceType, TrustLevel, from_name, name_of};
 use crate::approval::{ELEVATION_TIMEOUT, check_elevation, elevation_approval, forward_approval};
 use crate::audit::{AuditEvent, EventType};
 use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
     Decision, EffectiveContext, Outcome, PARENT_LABEL, Reason, Request as PolicyRequest, Source,
-    SpawnRefusal, SpawnRequest as ChildRequest, child_session, decide, decide_forward,
+    SpawnRefusal, SpawnRequest as ChildRequest, ToolId, child_session, decide, decide_forward,
 };
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
@@ -53,20 +53,6 @@ use crate::store::{
     Reservation, Store, StoreError, new_request_id,
 };
 
-/// The tool a message is sent with.
-const SEND_TOOL: &str = "sessions_send";
-/// The tools that show reachable sessions and their messages.
-const LIST_TOOL: &str = "sessions_list";
-const HISTORY_TOOL: &str = "sessions_history";
-/// The gateway tools, and the tool a target answers a forward with.
-const FORWARD_TOOL: &str = "gateway_forward";
-const RESPOND_TOOL: &str = "gateway_respond";
-const QUEUE_TOOL: &str = "gateway_queue";
-const REPLY_TOOL: &str = "inbox_reply";
-/// The tool that creates a child session.
-const SPAWN_TOOL: &str = "sessions_spawn";
-/// The tool that asks a person for more capabilities.
-const ELEVATE_TOOL: &str = "security_request";
 /// Messages a history shows by default, and at most.
 const HISTORY_DEFAULT: u32 = 20;
 const HISTORY_MAX: u32 = 100;
@@ -213,7 +199,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     async fn tool_decision(
         &self,
         caller: &EffectiveContext,
-        (event_type, tool): (EventType, &str),
+        (event_type, tool): (EventType, ToolId),
         recipient: &str,
     ) -> Result<Decision, Status> {
         let decision = decide(caller, PolicyRequest::Tool(tool));
@@ -240,7 +226,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         request: &Request<T>,
         namespace: &str,
         session: &str,
-        tool: &str,
+        tool: ToolId,
     ) -> Result<EffectiveContext, Status> {
         self.caller(request, namespace, session).await?;
         let caller = self.caller_context(namespace, session)?;
@@ -296,7 +282,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     async fn refuse(
         &self,
         caller: &EffectiveContext,
-        (event_type, tool): (EventType, &str),
+        (event_type, tool): (EventType, ToolId),
         recipient: &str,
         capability: Option<Capability>,
         status: Status,
@@ -319,7 +305,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     async fn record_sent(
         &self,
         caller: &EffectiveContext,
-        (event_type, tool): (EventType, &str),
+        (event_type, tool): (EventType, ToolId),
         message: &InboxMessage,
         reason: &str,
     ) -> Result<String, Status> {
@@ -345,7 +331,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
 /// `recipient`, in the recipient's trail.
 fn message_event(
     caller: &EffectiveContext,
-    (event_type, tool): (EventType, &str),
+    (event_type, tool): (EventType, ToolId),
     recipient: &str,
     decision: Outcome,
     enforcement: Enforcement,
@@ -361,14 +347,14 @@ fn message_event(
         enforcement,
         reason.to_owned(),
     );
-    event.tool = Some(tool.to_owned());
+    event.tool = Some(tool.name().to_owned());
     event.policy_hash = Some(caller.policy_hash.clone());
     event
 }
 
 fn session_source(context: &EffectiveContext) -> SourceRef {
     SourceRef {
-        source_type: crate::policy::SOURCE_TYPE_SESSION.into(),
+        source_type: SourceType::Session.into(),
         identity: context.session.clone(),
         trust_level: context.trust_level,
     }
@@ -476,7 +462,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             ..
         } = request.into_inner();
         let caller = self.caller_context(&namespace, &session)?;
-        let sending = (EventType::Injection, SEND_TOOL);
+        let sending = (EventType::Injection, ToolId::SessionsSend);
         let tool = self.tool_decision(&caller, sending, &target).await?;
         let refuse =
             |status: Status| self.refuse(&caller, sending, &target, tool.capability, status);
@@ -528,7 +514,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         };
         let mut event = message_event(
             &caller,
-            (EventType::Injection, SEND_TOOL),
+            (EventType::Injection, ToolId::SessionsSend),
             &target,
             outcome,
             recipient.enforcement,
@@ -585,7 +571,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let ListRequest { namespace, session } = request.get_ref().clone();
         let caller = self
-            .caller_for(&request, &namespace, &session, LIST_TOOL)
+            .caller_for(&request, &namespace, &session, ToolId::SessionsList)
             .await?;
         let sessions = self
             .discover
@@ -615,7 +601,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         } = request.get_ref().clone();
         self.refusals.check_names(&[("target", &target)])?;
         let caller = self
-            .caller_for(&request, &namespace, &session, HISTORY_TOOL)
+            .caller_for(&request, &namespace, &session, ToolId::SessionsHistory)
             .await?;
         let not_reachable =
             || Status::permission_denied(format!("session {target} is not one you may reach"));
@@ -663,7 +649,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             ..
         } = request.into_inner();
         let caller = self.caller_context(&namespace, &session)?;
-        let forwarding = (EventType::Forward, FORWARD_TOOL);
+        let forwarding = (EventType::Forward, ToolId::GatewayForward);
         let tool = self.tool_decision(&caller, forwarding, &target).await?;
         let refuse =
             |status: Status| self.refuse(&caller, forwarding, &target, tool.capability, status);
@@ -740,7 +726,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
                 // In the gateway's own trail: the limit is on its forwards.
                 let mut event = message_event(
                     &caller,
-                    (EventType::RateLimited, FORWARD_TOOL),
+                    (EventType::RateLimited, ToolId::GatewayForward),
                     &session,
                     Outcome::Denied,
                     caller.enforcement,
@@ -792,7 +778,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         }
         let mut event = message_event(
             &caller,
-            (EventType::Forward, FORWARD_TOOL),
+            (EventType::Forward, ToolId::GatewayForward),
             &target,
             outcome,
             recipient.enforcement,
@@ -823,7 +809,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             result_json,
         } = request.get_ref().clone();
         let caller = self
-            .caller_for(&request, &namespace, &session, REPLY_TOOL)
+            .caller_for(&request, &namespace, &session, ToolId::InboxReply)
             .await?;
         let result = parse_json("result_json", &result_json)?;
         let limits = self.discover.inbox_limits(&namespace);
@@ -843,7 +829,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
                 let status = store_status(error);
                 // In the caller's trail: the request may not be theirs.
                 let capability = None;
-                let tool = (EventType::Forward, REPLY_TOOL);
+                let tool = (EventType::Forward, ToolId::InboxReply);
                 return Err(self
                     .refuse(&caller, tool, &session, capability, status)
                     .await);
@@ -851,7 +837,12 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         };
         let reason = format!("answer to request {request_id}");
         let audit_id = self
-            .record_sent(&caller, (EventType::Forward, REPLY_TOOL), &answer, &reason)
+            .record_sent(
+                &caller,
+                (EventType::Forward, ToolId::InboxReply),
+                &answer,
+                &reason,
+            )
             .await?;
         Ok(Response::new(ReplyResponse {
             message_id: answer.id,
@@ -870,9 +861,9 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             result_json,
         } = request.get_ref().clone();
         let caller = self
-            .caller_for(&request, &namespace, &session, RESPOND_TOOL)
+            .caller_for(&request, &namespace, &session, ToolId::GatewayRespond)
             .await?;
-        let tool = (EventType::Forward, RESPOND_TOOL);
+        let tool = (EventType::Forward, ToolId::GatewayRespond);
         let result = match parse_json("result_json", &result_json) {
             Ok(result) => result,
             Err(status) => return Err(self.refuse(&caller, tool, &session, None, status).await),
@@ -912,7 +903,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         request: Request<QueueRequest>,
     ) -> Result<Response<QueueResponse>, Status> {
         let QueueRequest { namespace, session } = request.get_ref().clone();
-        self.caller_for(&request, &namespace, &session, QUEUE_TOOL)
+        self.caller_for(&request, &namespace, &session, ToolId::GatewayQueue)
             .await?;
         let waiting = self
             .store
@@ -948,9 +939,9 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
             duration_seconds,
         } = request.get_ref().clone();
         let caller = self
-            .caller_for(&request, &namespace, &session, ELEVATE_TOOL)
+            .caller_for(&request, &namespace, &session, ToolId::SecurityRequest)
             .await?;
-        let tool = (EventType::Approval, ELEVATE_TOOL);
+        let tool = (EventType::Approval, ToolId::SecurityRequest);
         let refuse = |status: Status| self.refuse(&caller, tool, &session, None, status);
         let capabilities: Vec<Capability> = match capabilities
             .iter()
@@ -1084,7 +1075,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         } = request.get_ref().clone();
         self.caller(&request, &namespace, &session).await?;
         let caller = self.caller_context(&namespace, &session)?;
-        let tool = (EventType::ToolCall, SPAWN_TOOL);
+        let tool = (EventType::ToolCall, ToolId::SessionsSpawn);
         let capability = Some(Capability::SessionSpawn);
         let refuse = |status: Status| self.refuse(&caller, tool, &session, capability, status);
         let Some(level) = from_name::<TrustLevel>(&trust_level) else {
@@ -1097,7 +1088,10 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
                 Reason::SpawnAboveOwnLevel { .. } => {
                     Status::permission_denied(decision.reason.to_string())
                 }
-                _ => Status::permission_denied(format!("tool not available: {SPAWN_TOOL}")),
+                _ => Status::permission_denied(format!(
+                    "tool not available: {}",
+                    ToolId::SessionsSpawn
+                )),
             };
             return Err(refuse(status).await);
         }

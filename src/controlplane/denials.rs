@@ -323,7 +323,7 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::api::{Enforcement, SourceRef, TrustLevel};
+    use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel};
 
     fn denied(tool: &str) -> AuditEvent {
         let mut event = AuditEvent::new(
@@ -332,7 +332,7 @@ mod tests {
             "team-a",
             "research",
             SourceRef {
-                source_type: "session".into(),
+                source_type: SourceType::Session.into(),
                 identity: "research".into(),
                 trust_level: TrustLevel::Untrusted,
             },

@@ -138,7 +138,7 @@ mod tests {
     use super::*;
     use crate::api::{
         ApprovalRequest, Capability, Enforcement, Grant, GrantSpec, GrantSubject, Session,
-        SessionSpec, SourceRef, SpawnPolicy, TrustLevel,
+        SessionSpec, SourceRef, SourceType, SpawnPolicy, TrustLevel,
     };
     use crate::controlplane::discover::{NoContext, Snapshot};
     use crate::controlplane::writes::WriteError;
@@ -301,7 +301,7 @@ mod tests {
             "ns",
             "s",
             SourceRef {
-                source_type: "session".into(),
+                source_type: SourceType::Session.into(),
                 identity: "s".into(),
                 trust_level: TrustLevel::SemiTrusted,
             },

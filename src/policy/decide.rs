@@ -9,18 +9,14 @@ use super::capabilities::CapabilitySet;
 use super::peers::PeerStanding;
 use super::resolve::EffectiveContext;
 use super::tools::{Requirement, ToolId, ToolSet};
-use crate::api::{AccessPattern, Capability, Enforcement, TrustLevel};
-
-/// The source type of a session injecting into another session.
-pub const SOURCE_TYPE_SESSION: &str = "session";
-/// The source type of a remote peer.
-pub const SOURCE_TYPE_PEER: &str = "p2p";
+use crate::api::{AccessPattern, Capability, Enforcement, SourceType, TrustLevel};
 
 /// Something a session, or a source acting on it, wants to do.
 #[derive(Clone, Copy, Debug)]
 pub enum Request<'a> {
-    /// The session calls the tool with this name.
-    Tool(&'a str),
+    /// The session calls this tool (a name is looked up at the edge, by
+    /// [`decide_tool_call`]).
+    Tool(ToolId),
     /// The session calls `sessions_spawn` for a child at this trust level.
     Spawn(TrustLevel),
     /// The session asks whether it holds a capability (`security_check`).
@@ -32,8 +28,8 @@ pub enum Request<'a> {
 /// Who injects: the type, the identity and the standing of a source.
 #[derive(Clone, Copy, Debug)]
 pub struct Source<'a> {
-    /// `session`, `p2p`, `gateway`, `api`, ...
-    pub source_type: &'a str,
+    /// A session, a peer or a workload.
+    pub source_type: SourceType,
     /// A session name or a peer's current public key.
     pub identity: &'a str,
     /// The source's trust level.
@@ -46,7 +42,7 @@ impl<'a> Source<'a> {
     /// A session injecting into another one.
     pub fn session(context: &'a EffectiveContext) -> Source<'a> {
         Source {
-            source_type: SOURCE_TYPE_SESSION,
+            source_type: SourceType::Session,
             identity: &context.session,
             trust_level: context.trust_level,
             capabilities: context.capabilities,
@@ -56,7 +52,7 @@ impl<'a> Source<'a> {
     /// A remote peer with a standing in the target session.
     pub fn peer(standing: &'a PeerStanding) -> Source<'a> {
         Source {
-            source_type: SOURCE_TYPE_PEER,
+            source_type: SourceType::Peer,
             identity: &standing.public_key,
             trust_level: standing.trust_level,
             capabilities: standing.capabilities,
@@ -151,13 +147,31 @@ impl Decision {
     }
 }
 
+/// Decides a call of the tool an agent called `name`: the one lookup of a
+/// name an agent chose, at the edge where it arrives. An unknown tool is
+/// denied in every mode (there is nothing to run, so warn mode has nothing
+/// to let through); a known one is decided as [`Request::Tool`], and its
+/// id comes back with the decision.
+pub fn decide_tool_call(
+    context: &EffectiveContext,
+    name: &str,
+) -> Result<(ToolId, Decision), Decision> {
+    match ToolId::lookup(name) {
+        Some(id) => Ok((id, decide(context, Request::Tool(id)))),
+        None => Err(Decision {
+            outcome: Outcome::Denied,
+            capability: None,
+            reason: Reason::UnknownTool,
+        }),
+    }
+}
+
 /// Decides `request` under `context`.
 ///
-/// Unknown tools are denied in every mode: there is nothing to run, so warn
-/// mode has nothing to let through. So is an untrusted source injecting
-/// into a session that is not a gateway: that boundary is the model's, not
-/// a policy's to relax. Every other violation is `Denied` under `enforce`
-/// and `WouldDeny` under `warn`.
+/// An untrusted source injecting into a session that is not a gateway is
+/// denied in every mode: that boundary is the model's, not a policy's to
+/// relax. Every other violation is `Denied` under `enforce` and
+/// `WouldDeny` under `warn`.
 pub fn decide(context: &EffectiveContext, request: Request<'_>) -> Decision {
     if let Request::Inject(source) = request
         && source.trust_level == TrustLevel::Untrusted
@@ -170,16 +184,7 @@ pub fn decide(context: &EffectiveContext, request: Request<'_>) -> Decision {
         };
     }
     let verdict = match request {
-        Request::Tool(name) => match ToolId::lookup(name) {
-            Some(id) => check_tool(context, id),
-            None => {
-                return Decision {
-                    outcome: Outcome::Denied,
-                    capability: None,
-                    reason: Reason::UnknownTool,
-                };
-            }
-        },
+        Request::Tool(id) => check_tool(context, id),
         Request::Spawn(child) => check_spawn(context, child),
         Request::Capability(capability) => check_capability(context.capabilities, capability),
         Request::Inject(source) => check_inject(context, source),
@@ -295,11 +300,11 @@ pub fn admits(pattern: &AccessPattern, source: &Source<'_>) -> bool {
         AccessPattern::Anyone => true,
         AccessPattern::Trust(level) => source.trust_level >= *level,
         AccessPattern::Session(name) => {
-            source.source_type == SOURCE_TYPE_SESSION && source.identity == name
+            source.source_type == SourceType::Session && source.identity == name
         }
         AccessPattern::Peer(key) => {
-            source.source_type == SOURCE_TYPE_PEER && source.identity == key
+            source.source_type == SourceType::Peer && source.identity == key
         }
-        AccessPattern::SourceType(kind) => source.source_type == kind,
+        AccessPattern::SourceType(kind) => source.source_type.is(kind),
     }
 }

@@ -10,15 +10,15 @@
 //!
 //! ```
 //! use wopr_operator::api::{Session, SessionSpec, TrustLevel};
-//! use wopr_operator::policy::{Outcome, Request, decide, resolve};
+//! use wopr_operator::policy::{Outcome, Request, ToolId, decide, resolve};
 //!
 //! let session = Session::new("research", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
 //! let now = "2026-11-24T12:00:00Z".parse().unwrap();
 //! // No SecurityPolicy, grants or gateways: the built-in profiles apply.
 //! let context = resolve(&session, None, &[], &[], now).unwrap();
 //! assert!(context.sandbox.enabled);
-//! assert_eq!(decide(&context, Request::Tool("memory_read")).outcome, Outcome::Allowed);
-//! assert_eq!(decide(&context, Request::Tool("http_fetch")).outcome, Outcome::Denied);
+//! assert_eq!(decide(&context, Request::Tool(ToolId::MemoryRead)).outcome, Outcome::Allowed);
+//! assert_eq!(decide(&context, Request::Tool(ToolId::HttpFetch)).outcome, Outcome::Denied);
 //! ```
 
 mod capabilities;
@@ -37,8 +37,7 @@ mod workloads;
 
 pub use capabilities::CapabilitySet;
 pub use decide::{
-    Decision, Outcome, Reason, Request, SOURCE_TYPE_PEER, SOURCE_TYPE_SESSION, Source, admits,
-    callable_tools, decide,
+    Decision, Outcome, Reason, Request, Source, admits, callable_tools, decide, decide_tool_call,
 };
 pub use forward::{ForwardDecision, ForwardReason, MatchedRule, decide_forward};
 pub use hash::stable_hash;
@@ -52,4 +51,4 @@ pub use spawn::{MAX_CHILD_NAME, PARENT_LABEL, SpawnRefusal, SpawnRequest, child_
 pub use standing::Standing;
 pub use tools::{Requirement, TOOLS, Tool, ToolCall, ToolId, ToolSet};
 pub use validity::{Validity, grant_is_active, grant_validity};
-pub use workloads::{SOURCE_TYPE_SERVICE_ACCOUNT, resolve_workload};
+pub use workloads::resolve_workload;

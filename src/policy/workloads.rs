@@ -9,10 +9,6 @@ use k8s_openapi::jiff::Timestamp;
 use super::standing::{Standing, standing_from};
 use crate::api::{Grant, SecurityPolicy};
 
-/// The source type of a workload's messages and audit events, and of the
-/// access entries (`type:serviceaccount`) that admit workloads.
-pub const SOURCE_TYPE_SERVICE_ACCOUNT: &str = "serviceaccount";
-
 /// The standing of the service account `account` (`namespace`, `name`)
 /// towards `session` in `namespace`, or `None` when no active grant in
 /// scope names it.

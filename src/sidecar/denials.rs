@@ -136,13 +136,13 @@ impl Denials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Enforcement, SourceRef, TrustLevel};
+    use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel};
     use crate::audit::EventType;
     use crate::policy::Outcome;
 
     fn denial(reason: &str) -> AuditEvent {
         let source = SourceRef {
-            source_type: "agent".into(),
+            source_type: SourceType::Agent.into(),
             identity: "s".into(),
             trust_level: TrustLevel::Untrusted,
         };

@@ -13,11 +13,10 @@ use super::denials::{Admission, DenialKey, Denials};
 use super::inbox::Inbox;
 use super::policy_state::{PolicyState, Served};
 use super::workspace::{Workspace, WorkspaceError};
-use crate::api::{Capability, Enforcement, RateLimit, SourceRef, TrustLevel};
+use crate::api::{Capability, Enforcement, RateLimit, SourceRef, SourceType, TrustLevel};
 use crate::approval::DEFAULT_ELEVATION;
 use crate::audit::{
-    AGENT_SOURCE_TYPE, AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES,
-    truncated,
+    AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES, truncated,
 };
 use crate::inbox::InboxMessage;
 use crate::policy::tools::arguments::{
@@ -25,7 +24,9 @@ use crate::policy::tools::arguments::{
     NoArguments, RequestAnswer, SessionMessage, SpawnChild, Unimplemented, WorkspacePath,
     WorkspaceWrite,
 };
-use crate::policy::{Outcome, Request, TokenBucket, ToolCall, ToolId, decide, try_acquire_all};
+use crate::policy::{
+    Outcome, Request, TokenBucket, ToolCall, ToolId, decide, decide_tool_call, try_acquire_all,
+};
 
 /// Why a call did not run.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -262,8 +263,7 @@ impl ToolEngine {
             .filter(|id| match &served {
                 Err(_) => *id == ToolId::SecurityWhoami,
                 Ok(served) => {
-                    decide(&served.context, Request::Tool(id.tool().name)).outcome
-                        != Outcome::Denied
+                    decide(&served.context, Request::Tool(*id)).outcome != Outcome::Denied
                 }
             })
             .collect()
@@ -407,14 +407,17 @@ impl ToolEngine {
                 );
             }
         };
-        let decision = decide(&served.context, Request::Tool(name));
+        let (known, decision) = match decide_tool_call(&served.context, name) {
+            Ok((id, decision)) => (Some(id), decision),
+            Err(unknown) => (None, unknown),
+        };
         let refused = |reason: String| {
             self.tool_event(Some(&served), decision.capability, Outcome::Denied, reason)
         };
-        if decision.outcome == Outcome::Denied {
+        let Some(id) = known.filter(|_| decision.proceeds()) else {
             return (not_available(), refused(decision.reason.to_string()));
-        }
-        let Some(id) = ToolId::lookup(name).filter(|id| id.implemented()) else {
+        };
+        if !id.implemented() {
             return (
                 not_available(),
                 refused("not implemented by this sidecar".into()),
@@ -560,7 +563,7 @@ impl ToolEngine {
         let trust_level = served.map_or(TrustLevel::Untrusted, |s| s.context.trust_level);
         let enforcement = served.map_or(Enforcement::Enforce, |s| s.context.enforcement);
         let source = SourceRef {
-            source_type: AGENT_SOURCE_TYPE.to_owned(),
+            source_type: SourceType::Agent.into(),
             identity: self.session.clone(),
             trust_level,
         };

@@ -154,12 +154,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::{SourceRef, TrustLevel};
+    use crate::api::{SourceRef, SourceType, TrustLevel};
     use crate::inbox::MessageKind;
 
     fn message(n: u32) -> InboxMessage {
         let source = SourceRef {
-            source_type: "session".into(),
+            source_type: SourceType::Session.into(),
             identity: "alice".into(),
             trust_level: TrustLevel::Trusted,
         };

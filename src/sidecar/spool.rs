@@ -294,6 +294,7 @@ impl AuditSink for SpooledSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::SourceType;
 
     #[test]
     fn events_are_kept_in_order_across_segments_and_restarts() {
@@ -343,7 +344,7 @@ mod tests {
         use crate::policy::Outcome;
         let event = |reason: &str| {
             let source = SourceRef {
-                source_type: "agent".into(),
+                source_type: SourceType::Agent.into(),
                 identity: "s".into(),
                 trust_level: TrustLevel::Trusted,
             };

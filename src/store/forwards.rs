@@ -17,9 +17,8 @@ use sqlx::{Any, Row, Transaction};
 
 use super::inbox::{append, within_size};
 use super::{InboxLimits, Store, StoreError};
-use crate::api::{SourceRef, TrustLevel};
+use crate::api::{SourceRef, SourceType, TrustLevel};
 use crate::inbox::{InboxMessage, MessageKind};
-use crate::policy::SOURCE_TYPE_SESSION;
 
 /// The columns [`read_forward`] reads, in its order.
 macro_rules! columns {
@@ -28,9 +27,6 @@ macro_rules! columns {
          action, payload, state, created_us, expires_us"
     };
 }
-
-/// The source type of the notice that closes a forward (denied or expired).
-pub const SOURCE_TYPE_APPROVAL: &str = "approval";
 
 /// The window of a rule's `rateLimit.perMinute`.
 const RATE_WINDOW: SignedDuration = SignedDuration::from_secs(60);
@@ -122,7 +118,7 @@ pub(super) fn request_message_id(request_id: &str) -> String {
 /// decided, or nobody (the clock).
 pub(super) fn approval_source(decided_by: Option<&str>) -> SourceRef {
     SourceRef {
-        source_type: SOURCE_TYPE_APPROVAL.to_owned(),
+        source_type: SourceType::Approval.into(),
         identity: decided_by.unwrap_or_default().to_owned(),
         trust_level: TrustLevel::Owner,
     }
@@ -400,7 +396,7 @@ impl Store {
                 &[ForwardState::Delivered, ForwardState::Answered],
                 "responded to",
             )?;
-            let to_a_session = forward.source.source_type == SOURCE_TYPE_SESSION;
+            let to_a_session = SourceType::Session.is(&forward.source.source_type);
             let recipient = if to_a_session {
                 &forward.source.identity
             } else {

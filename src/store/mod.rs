@@ -23,9 +23,7 @@ pub use audit::{
     Verification,
 };
 pub use elevations::{Elevation, ElevationState, Opened};
-pub use forwards::{
-    Forward, ForwardState, GatewaySummary, RequestError, SOURCE_TYPE_APPROVAL, new_request_id,
-};
+pub use forwards::{Forward, ForwardState, GatewaySummary, RequestError, new_request_id};
 pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
 pub use spawns::{Reservation, UNSEEN_FOR};
 

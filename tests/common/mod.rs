@@ -56,6 +56,16 @@ pub fn pod_of(session: &Session) -> Pod {
 }
 
 /// A fixed "now" for tests.
+/// The decision on a call of the tool called `name`, as the edge where an
+/// agent's call arrives makes it (an unknown name included).
+pub fn decide_named(
+    context: &wopr_operator::policy::EffectiveContext,
+    name: &str,
+) -> wopr_operator::policy::Decision {
+    wopr_operator::policy::decide_tool_call(context, name)
+        .map_or_else(|unknown| unknown, |(_, known)| known)
+}
+
 pub fn now() -> Timestamp {
     "2026-11-24T12:00:00Z".parse().unwrap()
 }

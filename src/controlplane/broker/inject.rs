@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use tonic::{Request, Response, Status};
 
 use super::{BrokerService, parse_json, store_status};
-use crate::api::{Capability, Enforcement, SourceRef, TrustLevel, name_of};
+use crate::api::{Capability, Enforcement, SourceRef, SourceType, TrustLevel, name_of};
 use crate::audit::{AuditEvent, EventType};
 use crate::controlplane::auth::{AuthError, Authenticator, identity_of};
 use crate::controlplane::discover::DiscoverPolicy;
@@ -33,8 +33,7 @@ use crate::controlplane::refusals::{Reason as Refusal, Trail};
 use crate::controlplane::service::bearer;
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
-    Decision, EffectiveContext, Outcome, Reason, Request as PolicyRequest,
-    SOURCE_TYPE_SERVICE_ACCOUNT, Source, decide,
+    Decision, EffectiveContext, Outcome, Reason, Request as PolicyRequest, Source, decide,
 };
 use crate::proto::v1alpha1::{
     AnswerRequest, AnswerResponse, ForwardedRequest, InjectRequest, InjectResponse,
@@ -43,15 +42,12 @@ use crate::proto::v1alpha1::{
 /// The action audit events name for a message from outside the sessions.
 pub const INJECT_ACTION: &str = "session_inject";
 
-/// The source type of a person's messages.
-const SOURCE_TYPE_PERSON: &str = "user";
-
 /// A person as the source of a message, at `trust_level`: the owner's
 /// once RBAC has let them operate the session, untrusted while refused (a
 /// refusal is no reason to record a caller as the session's operator).
 fn person(username: &str, trust_level: TrustLevel) -> SourceRef {
     SourceRef {
-        source_type: SOURCE_TYPE_PERSON.into(),
+        source_type: SourceType::Person.into(),
         identity: username.to_owned(),
         trust_level,
     }
@@ -60,7 +56,7 @@ fn person(username: &str, trust_level: TrustLevel) -> SourceRef {
 /// A workload as the source of a message, at `trust_level`.
 fn workload(account: &str, trust_level: TrustLevel) -> SourceRef {
     SourceRef {
-        source_type: SOURCE_TYPE_SERVICE_ACCOUNT.into(),
+        source_type: SourceType::ServiceAccount.into(),
         identity: account.to_owned(),
         trust_level,
     }
@@ -143,7 +139,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             }
         };
         let source = Source {
-            source_type: SOURCE_TYPE_SERVICE_ACCOUNT,
+            source_type: SourceType::ServiceAccount,
             identity: &name,
             trust_level: standing.trust_level,
             capabilities: standing.capabilities,
@@ -323,10 +319,10 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                 })?;
         let (source_type, identity) = match identity_of(&caller, None) {
             Ok(account) => (
-                SOURCE_TYPE_SERVICE_ACCOUNT,
+                SourceType::ServiceAccount.as_str(),
                 format!("{}/{}", account.namespace, account.service_account),
             ),
-            Err(_) => (SOURCE_TYPE_PERSON, caller),
+            Err(_) => (SourceType::Person.as_str(), caller),
         };
         let answers = self
             .store

@@ -146,6 +146,18 @@ impl ToolId {
     pub fn tool(self) -> &'static Tool {
         &TOOLS[self as usize]
     }
+
+    /// The tool's name as agents call it.
+    #[inline]
+    pub fn name(self) -> &'static str {
+        self.tool().name
+    }
+}
+
+impl fmt::Display for ToolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A set of known tools.
