@@ -35,6 +35,7 @@ fn grants(count: usize, subject_every: usize) -> Vec<Grant> {
                     profile: None,
                     capabilities: vec![Capability::ALL[i % 8]],
                     sessions: Vec::new(),
+                    not_before: None,
                     expires_at: Some(Time(now() + SignedDuration::from_secs(expires_in))),
                     previous_keys: Vec::new(),
                 },

@@ -402,6 +402,22 @@ async fn grant_list_and_revoke() {
         stored.spec.expires_at.unwrap().0,
         "2026-12-29T12:00:00Z".parse::<Timestamp>().unwrap()
     );
+    assert_eq!(stored.spec.not_before, None, "in force at once");
+
+    // A grant that starts later says when.
+    cluster
+        .run(&[
+            "security",
+            "grant",
+            "research-agent",
+            "a2a.call",
+            "--not-before",
+            "2026-12-01T09:00:00Z",
+        ])
+        .await
+        .unwrap();
+    let (_, body) = cluster.last_apply(&path("grants", "session-research-agent"));
+    assert_eq!(body["spec"]["notBefore"], json!("2026-12-01T09:00:00Z"));
 
     // The WOPR CLI's forms: a bare session name, capabilities comma-separated.
     let shown = cluster
@@ -507,6 +523,17 @@ async fn grant_refuses_bad_subjects_and_values() {
                 "2020-01-01T00:00:00Z",
             ][..],
             "--expires is in the past",
+        ),
+        (
+            &[
+                "session:research-agent",
+                "a2a.call",
+                "--not-before",
+                "2d",
+                "--expires",
+                "1d",
+            ][..],
+            "--expires is not after --not-before",
         ),
     ] {
         let mut grant = vec!["security", "grant"];

@@ -267,6 +267,24 @@ fn grant_subject_is_a_peer_a_session_or_a_service_account() {
         ),
         "peer and service-account grants only",
     );
+    let window = |not_before: &str, expires_at: &str| {
+        object(
+            "Grant",
+            json!({"subject": {"session": "a"}, "profile": "trusted",
+                   "notBefore": not_before, "expiresAt": expires_at}),
+        )
+    };
+    assert_accepted(&crd, window("2026-12-08T09:00:00Z", "2026-12-09T09:00:00Z"));
+    for (not_before, expires_at) in [
+        ("2026-12-09T09:00:00Z", "2026-12-08T09:00:00Z"),
+        ("2026-12-08T09:00:00Z", "2026-12-08T09:00:00Z"),
+    ] {
+        assert_rejected(
+            &crd,
+            window(not_before, expires_at),
+            "notBefore must be before expiresAt",
+        );
+    }
 }
 
 #[test]

@@ -47,6 +47,8 @@ use super::common::{Capability, TrustLevel};
         .message("sessions applies to peer and service-account grants only; a session grant applies to its subject session"),
     validation = Rule::new("has(self.subject.peer) || !has(self.previousKeys) || size(self.previousKeys) == 0")
         .message("previousKeys applies to peer grants only"),
+    validation = Rule::new("!has(self.notBefore) || !has(self.expiresAt) || timestamp(self.notBefore) < timestamp(self.expiresAt)")
+        .message("notBefore must be before expiresAt"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GrantSpec {
@@ -65,6 +67,10 @@ pub struct GrantSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub sessions: Vec<String>,
+    /// When the grant starts counting (RFC 3339): until then it is
+    /// NotYetValid and confers nothing. From its creation when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
     /// When the grant stops counting (RFC 3339). Never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
@@ -170,7 +176,7 @@ pub struct PreviousKey {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantStatus {
-    /// Active, Expired or Revoked.
+    /// NotYetValid, Active, Expired or Revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<GrantState>,
     /// When the grant last allowed something: a message of its workload
@@ -184,11 +190,13 @@ pub struct GrantStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Whether a grant counts: Active (in force), Expired (past `expiresAt`)
-/// or Revoked (its deletion was asked and it waits for finalizers); only
-/// an Active grant counts.
+/// Whether a grant counts: NotYetValid (before `notBefore`), Active (in
+/// force), Expired (past `expiresAt`) or Revoked (its deletion was asked
+/// and it waits for finalizers); only an Active grant counts.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantState {
+    /// Before `notBefore`; counts from then on.
+    NotYetValid,
     /// In force.
     Active,
     /// Past `expiresAt`; never counts.

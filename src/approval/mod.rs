@@ -113,6 +113,7 @@ pub fn elevation_grant(elevation: &Elevation) -> Grant {
             profile: None,
             capabilities: elevation.capabilities.clone(),
             sessions: Vec::new(),
+            not_before: None,
             expires_at: elevation.grant_expires().map(Time),
             previous_keys: Vec::new(),
         },

@@ -189,6 +189,10 @@ pub struct GrantArgs {
     /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub sessions: Vec<String>,
+    /// When the grant starts counting: a duration from now (1h, "2 days")
+    /// or an RFC 3339 time. At once when absent.
+    #[arg(long)]
+    pub not_before: Option<String>,
     /// When the grant ends: a duration from now (24h, 30d, "1 week") or an
     /// RFC 3339 time.
     #[arg(long)]

@@ -228,6 +228,7 @@ pub async fn migrate(context: &Context, since_value: &str) -> Result<Shown, CliE
                 profile: None,
                 capabilities: violations.capabilities.values().map(|(c, _)| *c).collect(),
                 sessions: Vec::new(),
+                not_before: None,
                 expires_at: None,
                 previous_keys: Vec::new(),
             },

@@ -142,13 +142,22 @@ pub async fn grant(context: &Context, args: GrantArgs) -> Result<Shown, CliError
             "--sessions applies to peer and service-account grants only; a session grant applies to its session".into(),
         ));
     }
-    let expires_at = args
-        .expires
-        .as_deref()
-        .map(|value| parse_time(value, context.now, 1))
-        .transpose()?;
+    let future = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|value| parse_time(value, context.now, 1))
+            .transpose()
+    };
+    let (not_before, expires_at) = (future(&args.not_before)?, future(&args.expires)?);
     if expires_at.is_some_and(|at| at <= context.now) {
         return Err(CliError::Usage("--expires is in the past".into()));
+    }
+    if let (Some(starts), Some(ends)) = (not_before, expires_at)
+        && ends <= starts
+    {
+        return Err(CliError::Usage(
+            "--expires is not after --not-before".into(),
+        ));
     }
     if let Some(session) = &subject.session {
         let found = super::objects::get_opt::<Session>(context, session).await?;
@@ -177,6 +186,7 @@ pub async fn grant(context: &Context, args: GrantArgs) -> Result<Shown, CliError
             profile: args.profile,
             capabilities: args.capabilities,
             sessions: args.sessions,
+            not_before: not_before.map(Time),
             expires_at: expires_at.map(Time),
             previous_keys: Vec::new(),
         },
@@ -275,6 +285,8 @@ pub async fn stale(context: &Context, days: u32) -> Result<Shown, CliError> {
         let last_used = grant.status.as_ref().and_then(|s| s.last_used_at.as_ref());
         let created = grant.metadata.creation_timestamp.as_ref();
         let why = match grant_validity(&grant, context.now).state {
+            // Not started yet: nothing could have used it.
+            GrantState::NotYetValid => continue,
             GrantState::Expired => "expired but present: revoke it".to_owned(),
             GrantState::Revoked => format!(
                 "revoked but present: held by finalizer(s) {}",

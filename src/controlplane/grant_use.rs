@@ -280,6 +280,7 @@ mod tests {
                     profile: None,
                     capabilities: vec![capability],
                     sessions: Vec::new(),
+                    not_before: None,
                     expires_at: None::<Time>,
                     previous_keys: Vec::new(),
                 },

@@ -319,12 +319,10 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_grant_is_denied_from_the_moment_it_expires() {
-        let mut fixture = fixture();
-        fixture
-            .sessions
-            .apply_watcher_event(&watcher::Event::Apply(session("s")));
+    /// The Grant `fetch` of `inject.network` to session `s`, counting from
+    /// `not_before` to `expires_at` (seconds after the start).
+    fn fetch_grant(not_before: Option<i64>, expires_at: Option<i64>) -> DeserializeGuard<Grant> {
+        let at = |seconds| Time(start() + SignedDuration::from_secs(seconds));
         let mut grant = Grant::new(
             "fetch",
             GrantSpec {
@@ -332,15 +330,31 @@ mod tests {
                 profile: None,
                 capabilities: vec![Capability::InjectNetwork],
                 sessions: Vec::new(),
-                expires_at: Some(Time(start() + SignedDuration::from_secs(60))),
+                not_before: not_before.map(at),
+                expires_at: expires_at.map(at),
                 previous_keys: Vec::new(),
             },
         );
         grant.metadata.namespace = Some("ns".into());
+        DeserializeGuard(Ok(grant))
+    }
+
+    /// The fixture watching session `s` under `grant`.
+    fn watching(grant: DeserializeGuard<Grant>) -> (Fixture, watch::Receiver<Snapshot>) {
+        let mut fixture = fixture();
+        fixture
+            .sessions
+            .apply_watcher_event(&watcher::Event::Apply(session("s")));
         fixture
             .grants
-            .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(grant))));
-        let mut policy = fixture.index.watch("ns", "s").unwrap();
+            .apply_watcher_event(&watcher::Event::Apply(grant));
+        let policy = fixture.index.watch("ns", "s").unwrap();
+        (fixture, policy)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_is_denied_from_the_moment_it_expires() {
+        let (_fixture, mut policy) = watching(fetch_grant(None, Some(60)));
         assert!(capabilities(&policy.borrow_and_update()).contains(&"inject.network".into()));
 
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -356,6 +370,26 @@ mod tests {
             "refreshed at the expiry, without polling"
         );
         assert!(!capabilities(&policy.borrow_and_update()).contains(&"inject.network".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_is_allowed_from_the_moment_it_starts() {
+        let (_fixture, mut policy) = watching(fetch_grant(Some(30), None));
+        assert!(
+            !capabilities(&policy.borrow_and_update()).contains(&"inject.network".into()),
+            "not yet valid: it confers nothing"
+        );
+
+        tokio::time::advance(Duration::from_secs(29)).await;
+        settle().await;
+        assert!(!policy.has_changed().unwrap(), "a second before it starts");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert!(
+            policy.has_changed().unwrap(),
+            "refreshed when it starts, without polling"
+        );
+        assert!(capabilities(&policy.borrow_and_update()).contains(&"inject.network".into()));
     }
 
     #[tokio::test(start_paused = true)]

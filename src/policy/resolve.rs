@@ -13,10 +13,10 @@ use super::capabilities::CapabilitySet;
 use super::hash::stable_hash;
 use super::profiles::{LevelSettings, level_settings};
 use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
-use super::validity::grant_is_active;
+use super::validity::grant_validity;
 use crate::api::{
     AccessPattern, Capability, EffectiveSummary, Enforcement, ForwardRule, Gateway, Grant,
-    NetworkMode, SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel,
+    GrantState, NetworkMode, SecurityPolicy, SecurityPolicySpec, Session, ToolRules, TrustLevel,
 };
 
 /// The security context a session runs under: what the sidecar enforces and
@@ -189,20 +189,24 @@ pub fn resolve<'a>(
     let mut granted: BTreeMap<String, CapabilitySet> = BTreeMap::new();
     let mut valid_until: Option<Timestamp> = None;
     for grant in grants {
-        if grant.spec.subject.session.as_deref() == Some(name.as_str())
-            && in_namespace(grant.metadata.namespace.as_deref())
-            && grant_is_active(grant, now)
+        if grant.spec.subject.session.as_deref() != Some(name.as_str())
+            || !in_namespace(grant.metadata.namespace.as_deref())
         {
+            continue;
+        }
+        // The context stops being current when one of its grants expires
+        // or one not yet valid starts.
+        let validity = grant_validity(grant, now);
+        if let Some(at) = validity.next_change {
+            valid_until = Some(valid_until.map_or(at, |until| until.min(at)));
+        }
+        if validity.state == GrantState::Active {
             let given = grant_capabilities(policy, grant);
             capabilities = capabilities.union(given);
             grant_names.push(grant.name_any());
             let beyond_level: CapabilitySet = given.iter().filter(|c| !level_set.has(*c)).collect();
             let entry = granted.entry(grant.name_any()).or_default();
             *entry = entry.union(beyond_level);
-            if let Some(expires_at) = &grant.spec.expires_at {
-                valid_until =
-                    Some(valid_until.map_or(expires_at.0, |until| until.min(expires_at.0)));
-            }
         }
     }
     grant_names.sort_unstable();

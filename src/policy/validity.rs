@@ -9,21 +9,26 @@ use crate::api::{Grant, GrantState};
 /// A Grant's state at some time, and when it changes next by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Validity {
-    /// Active, Expired or Revoked.
+    /// NotYetValid, Active, Expired or Revoked.
     pub state: GrantState,
     /// When the state changes without the Grant being edited (its
-    /// `expiresAt`, while Active); `None` when it never does.
+    /// `notBefore` while NotYetValid, its `expiresAt` while Active); `None`
+    /// when it never does.
     pub next_change: Option<Timestamp>,
 }
 
-/// The state of `grant` at `now`. Revoked wins over Expired: a Grant whose
-/// deletion was asked no longer counts whatever its expiry says.
+/// The state of `grant` at `now`. Revoked wins over the times: a Grant
+/// whose deletion was asked no longer counts whatever they say; and
+/// Expired over NotYetValid (a window that has closed never opens).
 pub fn grant_validity(grant: &Grant, now: Timestamp) -> Validity {
+    let not_before = grant.spec.not_before.as_ref().map(|at| at.0);
     let expires_at = grant.spec.expires_at.as_ref().map(|at| at.0);
     let (state, next_change) = if grant.metadata.deletion_timestamp.is_some() {
         (GrantState::Revoked, None)
     } else if expires_at.is_some_and(|at| at <= now) {
         (GrantState::Expired, None)
+    } else if let Some(at) = not_before.filter(|at| now < *at) {
+        (GrantState::NotYetValid, Some(at))
     } else {
         (GrantState::Active, expires_at)
     };
@@ -58,6 +63,7 @@ pub(crate) mod tests {
                 profile: None,
                 capabilities: vec![Capability::InjectNetwork],
                 sessions: Vec::new(),
+                not_before: None,
                 expires_at: expires_in.map(|s| Time(now() + SignedDuration::from_secs(s))),
                 previous_keys: Vec::new(),
             },
@@ -98,9 +104,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn not_yet_valid_until_its_not_before_then_active_until_its_expiry() {
+        let mut windowed = grant(Some(120));
+        let starts = now() + SignedDuration::from_secs(60);
+        windowed.spec.not_before = Some(Time(starts));
+        assert_eq!(
+            grant_validity(&windowed, now()),
+            Validity {
+                state: GrantState::NotYetValid,
+                next_change: Some(starts)
+            }
+        );
+        assert!(!grant_is_active(&windowed, now()));
+        assert!(!grant_is_active(
+            &windowed,
+            starts - SignedDuration::from_secs(1)
+        ));
+        assert_eq!(
+            grant_validity(&windowed, starts),
+            Validity {
+                state: GrantState::Active,
+                next_change: Some(now() + SignedDuration::from_secs(120))
+            },
+            "active from the instant of notBefore"
+        );
+        let closed = now() + SignedDuration::from_secs(120);
+        assert_eq!(grant_validity(&windowed, closed).state, GrantState::Expired);
+        // A notBefore in the past changes nothing.
+        let mut started = grant(None);
+        started.spec.not_before = Some(Time(now() - SignedDuration::from_secs(60)));
+        assert_eq!(grant_validity(&started, now()).state, GrantState::Active);
+    }
+
+    #[test]
     fn a_grant_being_deleted_is_revoked_and_counts_for_nothing() {
         for expires_in in [None, Some(60), Some(-60)] {
             let mut revoked = grant(expires_in);
+            revoked.spec.not_before = Some(Time(now() + SignedDuration::from_secs(30)));
             revoked.metadata.deletion_timestamp = Some(Time(now()));
             revoked.metadata.finalizers = Some(vec!["example.com/keep".into()]);
             assert_eq!(

@@ -51,6 +51,7 @@ mod tests {
             profile: None,
             capabilities: vec![Capability::Inject],
             sessions: Vec::new(),
+            not_before: None,
             expires_at: None,
             previous_keys: Vec::new(),
         };

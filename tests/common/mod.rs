@@ -107,6 +107,7 @@ fn grant(name: &str, subject: GrantSubject) -> Grant {
             profile: None,
             capabilities: Vec::new(),
             sessions: Vec::new(),
+            not_before: None,
             expires_at: None,
             previous_keys: Vec::new(),
         },

@@ -1,6 +1,6 @@
-//! The status of a Grant: its `state` (Active, Expired, Revoked, by
-//! [`grant_validity`]) and a Ready condition, looked at again when the state
-//! changes by itself (at `expiresAt`). `lastUsedAt` is the control plane's
+//! The status of a Grant: its `state` (NotYetValid, Active, Expired,
+//! Revoked, by [`grant_validity`]) and a Ready condition, looked at again
+//! when the state changes by itself (at `notBefore`, at `expiresAt`). `lastUsedAt` is the control plane's
 //! (`crate::controlplane::grant_use`): left out of what is compared and
 //! applied here, so neither writer undoes the other.
 
@@ -38,6 +38,13 @@ pub fn grant_status(
             let validity = grant_validity(grant, now);
             let expires_at = grant.spec.expires_at.as_ref().map(|at| at.0);
             let message = match (validity.state, expires_at) {
+                (GrantState::NotYetValid, _) => format!(
+                    "not yet in force; it confers nothing before {}",
+                    validity
+                        .next_change
+                        .map(|at| at.to_string())
+                        .unwrap_or_default()
+                ),
                 (GrantState::Active, None) => "in force; it never expires".to_owned(),
                 (GrantState::Active, Some(at)) => format!("in force until {at}"),
                 (GrantState::Expired, _) => format!(
@@ -133,6 +140,31 @@ mod tests {
         );
         assert_eq!(next, None, "expired for good: nothing to come back for");
         assert_eq!(shown(&grant(None), now()).1, None);
+    }
+
+    #[test]
+    fn a_grant_not_yet_valid_says_so_and_comes_back_when_it_starts() {
+        let mut windowed = grant(Some(120));
+        let starts = now() + SignedDuration::from_secs(60);
+        windowed.spec.not_before = Some(Time(starts));
+        let (waiting, next) = shown(&windowed, now());
+        assert_eq!(waiting.state, Some(GrantState::NotYetValid));
+        assert_eq!(
+            (
+                waiting.conditions[0].status.as_str(),
+                waiting.conditions[0].reason.as_str()
+            ),
+            ("False", "NotYetValid")
+        );
+        assert!(
+            waiting.conditions[0].message.contains(&starts.to_string()),
+            "{}",
+            waiting.conditions[0].message
+        );
+        assert_eq!(next, Some(starts), "looked at again when it starts");
+        let (started, next) = shown(&windowed, starts);
+        assert_eq!(started.state, Some(GrantState::Active));
+        assert_eq!(next, Some(now() + SignedDuration::from_secs(120)));
     }
 
     #[test]
