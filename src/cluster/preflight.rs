@@ -188,7 +188,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["get"],
         names: &api::ESCALATION_POLICIES,
     },
-    // leader.rs through kube-lease-manager: get, create, patch.
+    // lease.rs through kube-lease-manager: get, create, patch.
     Rights {
         scope: Scope::OperatorNamespace,
         group: "coordination.k8s.io",

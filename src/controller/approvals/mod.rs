@@ -18,11 +18,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 
-use super::apply::patch_status_if_changed;
-use super::error::Error;
-use super::leader::Leadership;
-use super::metrics::Metrics;
-use super::retry::Backoff;
 use crate::api::{
     ApprovalRequest, ApprovalRequestStatus, ApprovalState, ApprovalType, Enforcement, Gateway,
     SourceRef, SourceType, TrustLevel,
@@ -31,6 +26,11 @@ use crate::approval::{Step, elevation_grant, next_step};
 use crate::audit::{AuditEvent, EventType};
 use crate::cache::Stores;
 use crate::cluster::create_once;
+use crate::cluster::lease::Leadership;
+use crate::controller::apply::patch_status_if_changed;
+use crate::controller::error::Error;
+use crate::controller::metrics::Metrics;
+use crate::controller::retry::Backoff;
 use crate::policy::Outcome;
 use crate::store::{ElevationState, ForwardState, InboxLimits, RequestError, Store, StoreError};
 

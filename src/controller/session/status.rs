@@ -8,14 +8,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::rollout::PendingUpdate;
 use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, SessionPhase, SessionStatus};
 use crate::contract::POD_CONDITION_PREFIX;
+use crate::controller::conditions::{READY, condition, condition_with_status};
 use crate::policy::EffectiveContext;
 
 /// Condition: the effective policy could be resolved.
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
 /// Condition: the sandbox pod is running and ready.
 pub const SANDBOX_READY: &str = "SandboxReady";
-/// Condition: both of the above.
-pub const READY: &str = "Ready";
 /// Condition: the pod runs what the controller builds now (no
 /// operator-level change pending).
 pub const UP_TO_DATE: &str = "UpToDate";
@@ -287,45 +286,6 @@ pub fn failed_checks(
 
 /// The reason of a NetworkIsolated=False that is no failure: `network: full`.
 pub const NETWORK_NOT_REQUESTED: &str = "NotRequested";
-
-/// A condition whose `lastTransitionTime` is the previous one's when its
-/// status did not change, `now` otherwise.
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    condition_with_status(previous, type_, status, reason, message, generation, now)
-}
-
-/// [`condition`] with any status (`True`, `False`, `Unknown`).
-fn condition_with_status(
-    previous: &[Condition],
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
 
 #[cfg(test)]
 mod tests {
