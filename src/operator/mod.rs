@@ -47,7 +47,7 @@ pub enum RunError {
     Config(#[from] ConfigError),
     /// Leader election could not start.
     #[error("leader election: {0}")]
-    Leader(String),
+    Leader(#[source] LeaseManagerError),
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(#[source] std::io::Error),
@@ -94,7 +94,7 @@ pub async fn run(
         .await
         .map_err(|error| match error {
             LeaseManagerError::KubeError(error) => RunError::Preflight(api_server.explain(&error)),
-            other => RunError::Leader(other.to_string()),
+            other => RunError::Leader(other),
         })?;
         (leadership, Some(released))
     } else {
