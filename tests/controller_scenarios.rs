@@ -14,6 +14,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use wopr_operator::api::{Capability, SecurityPolicy, Session, TrustLevel};
 use wopr_operator::cluster::lease::Leadership;
+use wopr_operator::policy::ToolId;
 
 fn writes(requests: &[Recorded]) -> Vec<String> {
     requests
@@ -168,7 +169,7 @@ async fn a_grant_change_patches_status_only() {
         status["effective"]["tools"]
             .as_array()
             .unwrap()
-            .contains(&json!("http_fetch"))
+            .contains(&json!(ToolId::HttpFetch.name()))
     );
     assert_ne!(status["policyHash"], hash_before);
     assert_eq!(

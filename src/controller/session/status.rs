@@ -293,7 +293,7 @@ mod tests {
 
     use super::*;
     use crate::api::{Session, SessionSpec, TrustLevel};
-    use crate::policy::resolve;
+    use crate::policy::{Requirement, ToolId, resolve};
 
     fn context() -> EffectiveContext {
         let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
@@ -367,20 +367,20 @@ mod tests {
         );
         assert_eq!(by_type(&ready, READY).status, "True");
         assert_eq!(ready.phase, Some(SessionPhase::Ready));
-        assert_eq!(
-            ready.effective.as_ref().unwrap().tools,
-            [
-                "security_whoami",
-                "security_check",
-                "security_request",
-                "memory_read",
-                "memory_write",
-                "config_get",
-                "inbox_read",
-                "inbox_ack",
-                "inbox_reply"
-            ]
-        );
+        // What the level's capabilities reach, in the registry's order:
+        // every tool needing nothing or a capability it holds, none of a
+        // gateway's (its tool rules take nothing away).
+        let reachable: Vec<&str> = ToolId::all()
+            .filter(|id| match id.tool().requires {
+                Requirement::Nothing => true,
+                Requirement::Capability(capability) => context.capabilities.has(capability),
+                Requirement::Gateway => false,
+            })
+            .map(ToolId::name)
+            .collect();
+        assert!(reachable.contains(&ToolId::MemoryWrite.name()));
+        assert!(!reachable.contains(&ToolId::SessionsSend.name()));
+        assert_eq!(ready.effective.as_ref().unwrap().tools, reachable);
     }
 
     #[test]
