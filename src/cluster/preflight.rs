@@ -66,7 +66,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
     },
     // controlplane/writes.rs: the broker files the forwards and
     // elevations that wait for a person and creates the sessions agents
-    // spawn; controller/approvals.rs makes the Grant of an approved
+    // spawn; controller/approvals/ makes the Grant of an approved
     // elevation.
     Rights {
         scope: Scope::Watched,

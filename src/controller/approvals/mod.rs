@@ -8,8 +8,8 @@
 //! delivers nothing. Every outcome is an audit event of the session the
 //! request is for, written before the status that shows it.
 //!
-//! [`reconcile_approval`] takes each request its next step; [`carry`]
-//! does what the step needs in the store, [`report`] shows it.
+//! [`reconcile_approval`] takes each request its next step; `carry`
+//! does what the step needs in the store, `report` shows it.
 
 mod carry;
 mod report;
