@@ -10,7 +10,9 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 use wopr_operator::api::{Capability, TrustLevel};
-use wopr_operator::controller::build::{build_network_policy, build_pod, build_service_account};
+use wopr_operator::controller::session::build::{
+    build_network_policy, build_pod, build_service_account,
+};
 use wopr_operator::policy::resolve;
 
 #[path = "../tests/common/mod.rs"]

@@ -11,7 +11,7 @@
 //!   injections, and the one tool registry.
 //! - The shared edges: [`cache`] (the watched objects and the resolve-a-
 //!   Session step), [`cluster`] (the field manager, preflight, one-line API
-//!   errors), [`contract`] (what the pod builder and the sidecar's flags
+//!   errors, the leader Lease), [`contract`] (what the pod builder and the sidecar's flags
 //!   agree on), [`wire`] (proto ↔ policy types), [`store`] (the
 //!   operator's database: the audit trail, the inboxes), [`audit`],
 //!   [`inbox`] (what a session's inbox holds), [`approval`] (the
@@ -24,7 +24,7 @@
 //!   socket, MCP), and [`demo_agent`] (a small agent that
 //!   shows its sidecar's policy at work).
 //! - [`operator`]: composes the controller and the control plane into one
-//!   process.
+//!   process (its flags, the admin server, start-up and shutdown).
 
 pub mod api;
 pub mod approval;

@@ -14,8 +14,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use wopr_operator::api::{Capability, Session, TrustLevel, WoprObject, parse_manifests};
 use wopr_operator::contract::*;
-use wopr_operator::controller::build::*;
-use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
+use wopr_operator::controller::session::build::*;
+use wopr_operator::controller::session::config::{ControlPlane, SandboxConfig};
 use wopr_operator::policy::{EffectiveContext, resolve};
 
 /// A Session from YAML (its spec only), in the test namespace.

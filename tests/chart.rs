@@ -17,10 +17,11 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use wopr_operator::api::{TrustLevel, UpdatePolicy, UpdateType};
-use wopr_operator::controller::build::{
+use wopr_operator::controller::session::build::{
     CONTROL_PLANE_POD_LABELS, build_network_policy, child_labels,
 };
-use wopr_operator::controller::config::{ControllerArgs, SandboxConfig};
+use wopr_operator::controller::session::config::SandboxConfig;
+use wopr_operator::operator::args::ControllerArgs;
 use wopr_operator::policy::resolve;
 
 fn object<T: serde::de::DeserializeOwned>(objects: &[Value], kind: &str) -> T {

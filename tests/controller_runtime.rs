@@ -23,12 +23,11 @@ use wopr_operator::api::{
 };
 use wopr_operator::cluster::escalation::{Guard, read_escalation_guard};
 use wopr_operator::cluster::preflight::{ApiServer, PreflightError};
-use wopr_operator::controller::admin::{AdminState, router};
+use wopr_operator::controller::gateway_status::gateway_status;
 use wopr_operator::controller::metrics::Metrics;
-use wopr_operator::controller::object_status::{
-    GUARD_FRESH, GuardCache, gateway_status, policy_status,
-};
-use wopr_operator::controller::triggers::{SubjectIndex, grant_sessions, policy_sessions};
+use wopr_operator::controller::policy_status::{GUARD_FRESH, GuardCache, policy_status};
+use wopr_operator::controller::session::triggers::{SubjectIndex, grant_sessions, policy_sessions};
+use wopr_operator::operator::admin::{AdminState, router};
 use wopr_operator::store::{ForwardState, GatewaySummary};
 
 // Time is paused: the CRD check's 15 s of waiting pass instantly.

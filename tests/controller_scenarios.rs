@@ -13,7 +13,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use wopr_operator::api::{Capability, SecurityPolicy, Session, TrustLevel};
-use wopr_operator::controller::leader::Leadership;
+use wopr_operator::cluster::lease::Leadership;
+use wopr_operator::policy::ToolId;
 
 fn writes(requests: &[Recorded]) -> Vec<String> {
     requests
@@ -168,7 +169,7 @@ async fn a_grant_change_patches_status_only() {
         status["effective"]["tools"]
             .as_array()
             .unwrap()
-            .contains(&json!("http_fetch"))
+            .contains(&json!(ToolId::HttpFetch.name()))
     );
     assert_ne!(status["policyHash"], hash_before);
     assert_eq!(
@@ -503,31 +504,31 @@ async fn grant_status_context(
     client: kube::Client,
     clock: fn() -> k8s_openapi::jiff::Timestamp,
 ) -> (
-    std::sync::Arc<wopr_operator::controller::object_status::StatusContext>,
+    std::sync::Arc<wopr_operator::controller::status_context::StatusContext>,
     store::TestStore,
 ) {
     let store = store::sqlite().await;
-    let context = wopr_operator::controller::object_status::StatusContext {
+    let context = wopr_operator::controller::status_context::StatusContext {
         client,
         sessions: kube::runtime::reflector::store().0,
         leadership: Leadership::always(),
         clock,
         backoff: wopr_operator::controller::retry::Backoff::default(),
         store: store.store.clone(),
-        escalation_guard: wopr_operator::controller::object_status::GuardCache::default(),
+        escalation_guard: wopr_operator::controller::policy_status::GuardCache::default(),
     };
     (std::sync::Arc::new(context), store)
 }
 
 async fn reconcile_grant(
     api: &common::fake_api::FakeApi,
-    ctx: &std::sync::Arc<wopr_operator::controller::object_status::StatusContext>,
+    ctx: &std::sync::Arc<wopr_operator::controller::status_context::StatusContext>,
     name: &str,
 ) -> Action {
     let stored = api.get(&grant_path(name)).expect("the grant exists");
     let object: DeserializeGuard<wopr_operator::api::Grant> =
         serde_json::from_value(stored).unwrap();
-    wopr_operator::controller::object_status::reconcile_grant(
+    wopr_operator::controller::grant_status::reconcile_grant(
         std::sync::Arc::new(object),
         ctx.clone(),
     )

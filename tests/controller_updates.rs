@@ -22,11 +22,11 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use wopr_operator::api::{Session, TrustLevel, UpdatePolicy, UpdateType};
-use wopr_operator::controller::config::SandboxConfig;
-use wopr_operator::controller::leader::Leadership;
+use wopr_operator::cluster::lease::Leadership;
 use wopr_operator::controller::metrics::Metrics;
-use wopr_operator::controller::rollout::pod_is_ready;
 use wopr_operator::controller::run::{Setup, Triggers, run};
+use wopr_operator::controller::session::config::SandboxConfig;
+use wopr_operator::controller::session::rollout::pod_is_ready;
 
 fn writes(requests: &[Recorded]) -> Vec<String> {
     requests

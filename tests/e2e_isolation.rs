@@ -94,7 +94,7 @@ async fn warnings(client: &Client, namespace: &str, name: &str) -> Vec<String> {
 async fn sidecars_verify_their_sandbox_and_gate_agents_that_require_it() {
     let (control_plane, port) = pod_reachable_control_plane();
     with_namespace(|client, namespace| async move {
-        let controller = Controller::start(wopr_operator::controller::config::ControllerArgs {
+        let controller = Controller::start(wopr_operator::operator::args::ControllerArgs {
             control_plane_address: control_plane.clone(),
             ..controller_args(&namespace, &format!("0.0.0.0:{port}"))
         });

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::LogParams;
 use kube::{Api, Client};
 use wopr_operator::api::{SandboxSpec, Session, SessionSpec, TrustLevel};
-use wopr_operator::controller::config::ControllerArgs;
+use wopr_operator::operator::args::ControllerArgs;
 use wopr_operator::sidecar::client::{WatchError, WatchTarget, watch_once};
 use wopr_operator::sidecar::policy_state::PolicyState;
 

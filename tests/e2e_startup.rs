@@ -18,7 +18,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Api, Client};
 use wopr_operator::api::{Session, SessionPhase, TrustLevel};
-use wopr_operator::controller::rollout::pod_is_ready;
+use wopr_operator::controller::session::rollout::pod_is_ready;
 
 mod common;
 

@@ -14,8 +14,8 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use wopr_operator::api::{Session, TrustLevel, UpdateType};
-use wopr_operator::controller::config::ControllerArgs;
-use wopr_operator::controller::rollout::pod_is_ready;
+use wopr_operator::controller::session::rollout::pod_is_ready;
+use wopr_operator::operator::args::ControllerArgs;
 
 mod common;
 

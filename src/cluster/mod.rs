@@ -1,10 +1,11 @@
 //! Talking to the Kubernetes API the same way from every role: one field
 //! manager for every server-side apply, errors shown in one line, and the
 //! start-up checks of what the operator needs from the cluster
-//! ([`preflight`]), and whether the cluster guards trust levels at
-//! admission ([`escalation`]).
+//! ([`preflight`]), whether the cluster guards trust levels at admission
+//! ([`escalation`]), and leader election with a Lease ([`lease`]).
 
 pub mod escalation;
+pub mod lease;
 pub mod preflight;
 
 use kube::api::{PatchParams, PostParams};

@@ -66,7 +66,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
     },
     // controlplane/writes.rs: the broker files the forwards and
     // elevations that wait for a person and creates the sessions agents
-    // spawn; controller/approvals.rs makes the Grant of an approved
+    // spawn; controller/approvals/ makes the Grant of an approved
     // elevation.
     Rights {
         scope: Scope::Watched,
@@ -188,7 +188,7 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["get"],
         names: &api::ESCALATION_POLICIES,
     },
-    // leader.rs through kube-lease-manager: get, create, patch.
+    // lease.rs through kube-lease-manager: get, create, patch.
     Rights {
         scope: Scope::OperatorNamespace,
         group: "coordination.k8s.io",

@@ -1,27 +1,32 @@
-//! The controller: reconciles Sessions into hardened sandbox pods.
+//! The controller role: the controllers that turn wopr.dev objects into
+//! pods and status, one module each, and what they share.
 //!
-//! The pipeline of one reconcile ([`reconcile`]): read the caches
-//! ([`context`]) → resolve the policy (pure, [`crate::policy`]) → build the
-//! children (pure, [`build`]) → apply what changed ([`apply`]) → status
-//! (pure, [`status`]). [`run`] wires the watches and [`triggers`], leader
-//! election ([`leader`]), the admin server ([`admin`], [`metrics`]), the
-//! status of SecurityPolicies and Gateways ([`object_status`]), the
-//! ApprovalRequests people decide ([`approvals`]) and the control plane.
+//! - [`session`]: the Session controller, reconciling each Session into a
+//!   hardened sandbox pod (read the caches → resolve the policy → build
+//!   the children → apply what changed → status).
+//! - [`approvals`]: the ApprovalRequest controller, carrying out what
+//!   people decide.
+//! - [`policy_status`], [`gateway_status`], [`grant_status`]: the status
+//!   controllers of SecurityPolicies, Gateways and Grants (valid, in
+//!   force, which Sessions each governs), sharing [`status_context`].
+//! - Shared plumbing: [`run`] (wires every controller to the caches and
+//!   leadership), [`apply`] (writes only what changed), [`conditions`],
+//!   [`error`], [`metrics`], [`retry`].
+//!
+//! Starting the process (flags, admin server, leader election, the
+//! control plane) is the operator's (`crate::operator`); the Lease is
+//! `crate::cluster::lease`. A new controller gets a module here and a
+//! line in [`run`].
 
-pub mod admin;
 pub mod apply;
 pub mod approvals;
-pub mod build;
-pub mod config;
-pub mod context;
-pub mod decisions;
+pub mod conditions;
 pub mod error;
-pub mod leader;
+pub mod gateway_status;
+pub mod grant_status;
 pub mod metrics;
-pub mod object_status;
-pub mod reconcile;
+pub mod policy_status;
 pub mod retry;
-pub mod rollout;
 pub mod run;
-pub mod status;
-pub mod triggers;
+pub mod session;
+pub mod status_context;

@@ -16,19 +16,22 @@ use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, wat
 use kube::{Client, Resource, ResourceExt};
 
 use super::approvals::{ApprovalContext, reconcile_approval, retry_approval};
-use super::config::SandboxConfig;
-use super::context::Context;
-use super::leader::Leadership;
+use super::gateway_status::reconcile_gateway;
+use super::grant_status::reconcile_grant;
 use super::metrics::Metrics;
-use super::object_status::{self, GuardCache, StatusContext};
-use super::reconcile::{error_policy, reconcile};
+use super::policy_status::{GuardCache, reconcile_policy};
 use super::retry::Backoff;
-use super::rollout::Rollouts;
-use super::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
+use super::session::config::SandboxConfig;
+use super::session::context::Context;
+use super::session::reconcile::{error_policy, reconcile};
+use super::session::rollout::Rollouts;
+use super::session::triggers::{SubjectIndex, gateway_sessions, grant_sessions, policy_sessions};
+use super::status_context::{self, StatusContext};
 use crate::api::{
     ApprovalRequest, DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, Session, UpdatePolicy,
 };
 use crate::cache::{Caches, Feed, scoped};
+use crate::cluster::lease::Leadership;
 use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -161,8 +164,8 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     .reconcile_all_on(leadership.gained())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        object_status::reconcile_policy,
-        object_status::retry,
+        reconcile_policy,
+        status_context::retry,
         status_context.clone(),
     )
     .for_each(log_watch_errors);
@@ -194,8 +197,8 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     .reconcile_all_on(leadership.gained())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        object_status::reconcile_grant,
-        object_status::retry,
+        reconcile_grant,
+        status_context::retry,
         status_context.clone(),
     )
     .for_each(log_watch_errors);
@@ -222,11 +225,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         )
         .reconcile_all_on(leadership.gained())
         .graceful_shutdown_on(shutdown)
-        .run(
-            object_status::reconcile_gateway,
-            object_status::retry,
-            status_context,
-        )
+        .run(reconcile_gateway, status_context::retry, status_context)
         .for_each(log_watch_errors);
 
     tokio::join!(

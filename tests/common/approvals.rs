@@ -9,8 +9,8 @@ use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::json;
 use wopr_operator::api::{ApprovalRequest, ApprovalState};
+use wopr_operator::cluster::lease::Leadership;
 use wopr_operator::controller::approvals::{ApprovalContext, reconcile_approval};
-use wopr_operator::controller::leader::Leadership;
 use wopr_operator::controller::retry::Backoff;
 
 use super::NAMESPACE;

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use wopr_operator::api;
-use wopr_operator::controller::config::ControllerArgs;
+use wopr_operator::operator::args::ControllerArgs;
 
 use super::install_yaml;
 

@@ -11,7 +11,7 @@ use wopr_operator::api::{
     Capability, Gateway, GatewaySpec, Grant, GrantSpec, GrantSubject, PreviousKey, SandboxSpec,
     SecurityPolicy, Session, SessionSpec, TrustLevel,
 };
-use wopr_operator::controller::config::{ControlPlane, SandboxConfig};
+use wopr_operator::controller::session::config::{ControlPlane, SandboxConfig};
 
 pub mod admission;
 pub mod approvals;
@@ -52,7 +52,7 @@ pub fn sandbox_config() -> SandboxConfig {
 /// The pod of `session` under the built-in profiles, with [`sandbox_config`].
 pub fn pod_of(session: &Session) -> Pod {
     let context = wopr_operator::policy::resolve(session, None, &[], &[], now()).unwrap();
-    wopr_operator::controller::build::build_pod(session, &context, &sandbox_config())
+    wopr_operator::controller::session::build::build_pod(session, &context, &sandbox_config())
 }
 
 /// A fixed "now" for tests.

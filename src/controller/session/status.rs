@@ -8,14 +8,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::rollout::PendingUpdate;
 use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, SessionPhase, SessionStatus};
 use crate::contract::POD_CONDITION_PREFIX;
+use crate::controller::conditions::{READY, condition, condition_with_status};
 use crate::policy::EffectiveContext;
 
 /// Condition: the effective policy could be resolved.
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
 /// Condition: the sandbox pod is running and ready.
 pub const SANDBOX_READY: &str = "SandboxReady";
-/// Condition: both of the above.
-pub const READY: &str = "Ready";
 /// Condition: the pod runs what the controller builds now (no
 /// operator-level change pending).
 pub const UP_TO_DATE: &str = "UpToDate";
@@ -288,52 +287,13 @@ pub fn failed_checks(
 /// The reason of a NetworkIsolated=False that is no failure: `network: full`.
 pub const NETWORK_NOT_REQUESTED: &str = "NotRequested";
 
-/// A condition whose `lastTransitionTime` is the previous one's when its
-/// status did not change, `now` otherwise.
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    condition_with_status(previous, type_, status, reason, message, generation, now)
-}
-
-/// [`condition`] with any status (`True`, `False`, `Unknown`).
-fn condition_with_status(
-    previous: &[Condition],
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
     use crate::api::{Session, SessionSpec, TrustLevel};
-    use crate::policy::resolve;
+    use crate::policy::{Requirement, ToolId, resolve};
 
     fn context() -> EffectiveContext {
         let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
@@ -407,20 +367,20 @@ mod tests {
         );
         assert_eq!(by_type(&ready, READY).status, "True");
         assert_eq!(ready.phase, Some(SessionPhase::Ready));
-        assert_eq!(
-            ready.effective.as_ref().unwrap().tools,
-            [
-                "security_whoami",
-                "security_check",
-                "security_request",
-                "memory_read",
-                "memory_write",
-                "config_get",
-                "inbox_read",
-                "inbox_ack",
-                "inbox_reply"
-            ]
-        );
+        // What the level's capabilities reach, in the registry's order:
+        // every tool needing nothing or a capability it holds, none of a
+        // gateway's (its tool rules take nothing away).
+        let reachable: Vec<&str> = ToolId::all()
+            .filter(|id| match id.tool().requires {
+                Requirement::Nothing => true,
+                Requirement::Capability(capability) => context.capabilities.has(capability),
+                Requirement::Gateway => false,
+            })
+            .map(ToolId::name)
+            .collect();
+        assert!(reachable.contains(&ToolId::MemoryWrite.name()));
+        assert!(!reachable.contains(&ToolId::SessionsSend.name()));
+        assert_eq!(ready.effective.as_ref().unwrap().tools, reachable);
     }
 
     #[test]

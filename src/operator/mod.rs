@@ -5,7 +5,11 @@
 //! Start-up checks the cluster first (one-line errors with the fix). On
 //! shutdown the Lease is released and every policy stream ended at once;
 //! in-flight work gets `--shutdown-drain-seconds` before the process stops
-//! anyway.
+//! anyway. Its flags are [`args`]; its admin server (`/metrics`,
+//! `/healthz`, `/readyz`) is [`admin`].
+
+pub mod admin;
+pub mod args;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -17,12 +21,11 @@ use tokio::net::TcpListener;
 
 use crate::cache;
 use crate::clock::Clock;
+use crate::cluster::lease::{self, Leadership};
 use crate::cluster::preflight::{ApiServer, PreflightError};
-use crate::controller::admin::{self, AdminState};
-use crate::controller::config::{ConfigError, ControllerArgs, SandboxConfig};
-use crate::controller::leader::{self, Leadership};
 use crate::controller::metrics::Metrics;
 use crate::controller::run::{self as controller, Setup, Triggers};
+use crate::controller::session::config::SandboxConfig;
 use crate::controlplane::audit::{AuditMetrics, AuditSetup};
 use crate::controlplane::denials::KubeSessionEvents;
 use crate::controlplane::isolation::PodStatusConditions;
@@ -30,6 +33,8 @@ use crate::controlplane::writes::KubeWriter;
 use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
 use crate::shutdown::{self, Shutdown};
 use crate::store::{Retention, Store, StoreError};
+use admin::AdminState;
+use args::{ConfigError, ControllerArgs};
 
 /// Why the operator could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +47,7 @@ pub enum RunError {
     Config(#[from] ConfigError),
     /// Leader election could not start.
     #[error("leader election: {0}")]
-    Leader(String),
+    Leader(#[source] LeaseManagerError),
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(#[source] std::io::Error),
@@ -79,7 +84,7 @@ pub async fn run(
         .unwrap_or_else(|| format!("wopr-operator-{}", std::process::id()));
     let shutdown = shutdown::on(shutdown);
     let (leadership, lease_released) = if args.leader_election {
-        let (leadership, released) = leader::elect(
+        let (leadership, released) = lease::elect(
             client.clone(),
             &args.operator_namespace,
             &args.lease_name,
@@ -89,7 +94,7 @@ pub async fn run(
         .await
         .map_err(|error| match error {
             LeaseManagerError::KubeError(error) => RunError::Preflight(api_server.explain(&error)),
-            other => RunError::Leader(other.to_string()),
+            other => RunError::Leader(other),
         })?;
         (leadership, Some(released))
     } else {

@@ -1,5 +1,6 @@
-//! The controller's flags (each also an environment variable) and the
-//! settings the pure builders take from them.
+//! The flags of `wopr-operator controller` (each also an environment
+//! variable), and the controller's settings made from them: the addresses
+//! parsed and resolved here, once, at start-up.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -7,6 +8,7 @@ use clap::{ArgAction, Args};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::{UpdatePolicy, UpdateType};
+use crate::controller::session::config::{ControlPlane, SandboxConfig};
 
 /// The image the controller runs from, and the default sidecar image.
 pub const DEFAULT_IMAGE: &str = concat!(
@@ -146,23 +148,6 @@ impl ControllerArgs {
     }
 }
 
-/// Where the control plane listens, as sidecars and NetworkPolicies need it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControlPlane {
-    /// The address as given (passed to sidecars).
-    pub address: String,
-    /// The host part: a DNS name or an IP address.
-    pub host: String,
-    /// The port.
-    pub port: u16,
-    /// The namespace of the control-plane pods.
-    pub namespace: String,
-    /// The IP the host *name* resolves to, written into each pod's
-    /// `/etc/hosts` so sandboxes without DNS still reach the control plane.
-    /// `None` when the host is an IP address or did not resolve.
-    pub resolved_ip: Option<IpAddr>,
-}
-
 /// A malformed flag value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -188,6 +173,8 @@ fn parse_probe(probe: &str) -> Result<(String, SocketAddr), ConfigError> {
     Ok((name.to_owned(), address.parse().map_err(|_| invalid())?))
 }
 
+/// Parsing the flags' addresses: the controller's [`ControlPlane`] knows
+/// nothing of flags.
 impl ControlPlane {
     /// Parses `address` (`[scheme://]host:port`, IPv6 hosts in brackets).
     pub fn parse(address: &str, namespace: &str) -> Result<ControlPlane, ConfigError> {
@@ -211,69 +198,10 @@ impl ControlPlane {
             resolved_ip: None,
         })
     }
-
-    /// The host as an IP address, when it is one (a controller outside the cluster).
-    pub fn host_ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
-    }
 }
 
-/// What the pure builders need to know besides the Session and its policy.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SandboxConfig {
-    /// Image of the `a2a` sidecar.
-    pub sidecar_image: String,
-    /// Agent image for Sessions that set none.
-    pub default_agent_image: String,
-    /// Its entrypoint's arguments, for Sessions that set no image, command
-    /// or arguments.
-    pub default_agent_args: Vec<String>,
-    /// The control plane sidecars talk to.
-    pub control_plane: ControlPlane,
-    /// Default memory limit and request of sandboxed agents.
-    pub default_memory: Quantity,
-    /// Default CPU limit and request of sandboxed agents.
-    pub default_cpu: Quantity,
-    /// Addresses no isolated sandbox may reach (the API server's, those of
-    /// `--isolation-probe`), each with a name; sidecars probe them, and the
-    /// node's kubelet, to verify their network isolation.
-    pub isolation_probes: Vec<(String, SocketAddr)>,
-    /// The Localhost seccomp profile of sandboxed agents that name none
-    /// (`--sandbox-seccomp-profile`); `None`: RuntimeDefault.
-    pub default_seccomp_profile: Option<String>,
-}
-
+/// Making the builders' settings from the flags.
 impl SandboxConfig {
-    /// Fixed settings that no flag moves: a pod built with them changes
-    /// only when its Session or policy does (the session hash).
-    pub fn reference() -> SandboxConfig {
-        SandboxConfig {
-            sidecar_image: "reference".to_owned(),
-            default_agent_image: "reference".to_owned(),
-            default_agent_args: Vec::new(),
-            control_plane: ControlPlane {
-                address: "reference:1".to_owned(),
-                host: "reference".to_owned(),
-                port: 1,
-                namespace: "reference".to_owned(),
-                resolved_ip: None,
-            },
-            default_memory: Quantity("0".to_owned()),
-            default_cpu: Quantity("0".to_owned()),
-            isolation_probes: Vec::new(),
-            default_seccomp_profile: None,
-        }
-    }
-
-    /// The probes as the sidecar reads them: `name=ip:port`, comma-separated.
-    pub fn isolation_probes(&self) -> String {
-        self.isolation_probes
-            .iter()
-            .map(|(name, address)| format!("{name}={address}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     /// The settings from the flags, with the addresses resolved: the
     /// control-plane host's IP (for sandboxes without DNS) and the API
     /// server reached at `api_server_url` (a probe target).

@@ -19,7 +19,7 @@ use crate::contract::{
     SIDECAR_BINARY, SIDECAR_CONTAINER, SOCKET_DIR, SOCKET_PATH, SPOOL_DIR, TOKEN_AUDIENCE,
     TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_PATH, WORKSPACE_DIR, env,
 };
-use crate::controller::config::SandboxConfig;
+use crate::controller::session::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
 use crate::proto::v1alpha1::tools_server;
 

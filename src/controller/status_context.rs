@@ -1,17 +1,10 @@
-//! Status of SecurityPolicies ([`policy`]), Gateways ([`gateway`]) and
-//! Grants ([`grant`]): whether each is valid and in force, and which
-//! Sessions it governs or serves; SecurityPolicies also say whether the
-//! cluster refuses trust-level escalation at admission
-//! (`crate::cluster::escalation`). Three small controllers sharing one
-//! context.
-
-pub mod gateway;
-pub mod grant;
-pub mod policy;
+//! What the status controllers of SecurityPolicies
+//! ([`super::policy_status`]), Gateways ([`super::gateway_status`]) and
+//! Grants ([`super::grant_status`]) share: one context, the list of the
+//! Sessions an object governs or serves, and the retry.
 
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -19,13 +12,10 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 
 use super::error::Error;
-use super::leader::Leadership;
+use super::policy_status::GuardCache;
 use super::retry::Backoff;
 use crate::api::Session;
-
-pub use gateway::{gateway_status, reconcile_gateway};
-pub use grant::{grant_status, reconcile_grant};
-pub use policy::{GUARD_FRESH, GuardCache, policy_status, reconcile_policy};
+use crate::cluster::lease::Leadership;
 
 /// How many session names a status message lists before "and N more".
 const LISTED_SESSIONS: usize = 10;
@@ -48,11 +38,8 @@ pub struct StatusContext {
     pub escalation_guard: GuardCache,
 }
 
-fn previous_conditions(conditions: Option<&Vec<Condition>>) -> &[Condition] {
-    conditions.map(Vec::as_slice).unwrap_or_default()
-}
-
-fn list_sessions(sessions: &[String]) -> String {
+/// `sessions` in a status message: the first few by name, then a count.
+pub(super) fn list_sessions(sessions: &[String]) -> String {
     match sessions.len() {
         0 => "no sessions yet".to_owned(),
         count if count <= LISTED_SESSIONS => format!("{count} session(s): {}", sessions.join(", ")),
@@ -65,7 +52,10 @@ fn list_sessions(sessions: &[String]) -> String {
 }
 
 /// Names of the Sessions of `namespace`, sorted.
-fn sessions_in(store: &Store<DeserializeGuard<Session>>, namespace: Option<&str>) -> Vec<String> {
+pub(super) fn sessions_in(
+    store: &Store<DeserializeGuard<Session>>,
+    namespace: Option<&str>,
+) -> Vec<String> {
     let mut names: Vec<String> = store
         .state_filter(|session| session.meta().namespace.as_deref() == namespace)
         .iter()

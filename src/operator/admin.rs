@@ -15,9 +15,9 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use super::metrics::{CheckLabels, Metrics, PhaseLabels};
 use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, Session, SessionPhase};
 use crate::cache::Caches;
+use crate::controller::metrics::{CheckLabels, Metrics, PhaseLabels};
 
 /// What the admin endpoints read.
 pub struct AdminState {

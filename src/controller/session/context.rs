@@ -6,12 +6,12 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 
 use super::config::SandboxConfig;
-use super::leader::Leadership;
-use super::metrics::Metrics;
-use super::retry::Backoff;
 use super::rollout::Rollouts;
 use crate::api::UpdatePolicy;
 use crate::cache::Stores;
+use crate::cluster::lease::Leadership;
+use crate::controller::metrics::Metrics;
+use crate::controller::retry::Backoff;
 use crate::store::Store;
 
 /// Shared state of the Session reconciler.

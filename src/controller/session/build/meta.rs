@@ -19,7 +19,7 @@ pub const POD_TEMPLATE_HASH_ANNOTATION: &str = "wopr.dev/pod-template-hash";
 /// Annotation with the hash of the pod as built with fixed reference
 /// settings: it changes with the Session and its policy only, so a pod
 /// whose template hash changed but not this one has an operator-level
-/// change (`controller::rollout`).
+/// change (`controller::session::rollout`).
 pub const SESSION_HASH_ANNOTATION: &str = "wopr.dev/session-hash";
 /// Labels selecting the control-plane pods (set by the chart).
 pub const CONTROL_PLANE_POD_LABELS: [(&str, &str); 1] =

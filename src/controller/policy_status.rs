@@ -1,7 +1,8 @@
-//! The status of a SecurityPolicy: readable and in force (only the one
-//! named `default` governs its namespace), the Sessions it governs, and
-//! whether the cluster refuses trust-level escalation at admission, looked
-//! at again every [`ESCALATION_RECHECK`].
+//! The SecurityPolicy status controller. A SecurityPolicy's status:
+//! readable and in force (only the one named `default` governs its
+//! namespace), the Sessions it governs, and whether the cluster refuses
+//! trust-level escalation at admission, looked at again every
+//! [`ESCALATION_RECHECK`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +15,12 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
 
-use super::{StatusContext, list_sessions, previous_conditions, sessions_in};
+use super::apply::patch_status_if_changed;
+use super::conditions::{READY, condition, previous_conditions};
+use super::error::Error;
+use super::status_context::{StatusContext, list_sessions, sessions_in};
 use crate::api::{DEFAULT_POLICY_NAME, ESCALATION_GUARDED, SecurityPolicy, SecurityPolicyStatus};
 use crate::cluster::escalation::{Guard, read_escalation_guard};
-use crate::controller::apply::patch_status_if_changed;
-use crate::controller::error::Error;
-use crate::controller::status::{READY, condition};
 
 /// How often a SecurityPolicy's status looks at the escalation guard again:
 /// the guard can be removed or changed without any SecurityPolicy changing,

@@ -14,17 +14,17 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use super::apply::{apply_if_changed, patch_status_if_changed};
 use super::build::{build_network_policy, build_pod, build_service_account};
 use super::context::Context;
 use super::decisions;
-use super::error::Error;
 use super::rollout::{self, PodPlan, Replacement};
 use super::status::{Observation, PodOutcome, PodState, failed_checks, session_status};
 use crate::api::{Session, SessionStatus};
 use crate::cache::Unresolvable;
 use crate::cluster::apply_params;
 use crate::contract::{POD_CONDITION_PREFIX, child_name};
+use crate::controller::apply::{apply_if_changed, patch_status_if_changed};
+use crate::controller::error::Error;
 use crate::policy::EffectiveContext;
 
 /// How long to wait before looking again at a pod being replaced.
@@ -53,7 +53,7 @@ pub async fn reconcile(
 }
 
 /// After a failed reconcile: count it, report it as a Warning event on the
-/// Session, and retry after this Session's backoff ([`retry`](super::retry)).
+/// Session, and retry after this Session's backoff ([`retry`](crate::controller::retry)).
 pub fn error_policy(
     object: Arc<DeserializeGuard<Session>>,
     error: &Error,

@@ -1,6 +1,7 @@
-//! The status of a Grant: its `state` (NotYetValid, Active, Expired,
-//! Revoked, by [`grant_validity`]) and a Ready condition, looked at again
-//! when the state changes by itself (at `notBefore`, at `expiresAt`). `lastUsedAt` is the control plane's
+//! The Grant status controller. A Grant's status: its `state`
+//! (NotYetValid, Active, Expired, Revoked, by [`grant_validity`]) and a
+//! Ready condition, looked at again when the state changes by itself (at
+//! `notBefore`, at `expiresAt`). `lastUsedAt` is the control plane's
 //! (`crate::controlplane::grant_use`): left out of what is compared and
 //! applied here, so neither writer undoes the other.
 
@@ -13,11 +14,11 @@ use kube::Resource;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 
-use super::{StatusContext, previous_conditions};
+use super::apply::patch_status_if_changed;
+use super::conditions::{READY, condition, previous_conditions};
+use super::error::Error;
+use super::status_context::StatusContext;
 use crate::api::{Grant, GrantState, GrantStatus, name_of};
-use crate::controller::apply::patch_status_if_changed;
-use crate::controller::error::Error;
-use crate::controller::status::{READY, condition};
 use crate::policy::grant_validity;
 
 /// The status the controller gives `grant` at `now` (its `lastUsedAt`

@@ -17,7 +17,7 @@ use kube::ResourceExt;
 
 use super::meta::{CONTROL_PLANE_POD_LABELS, child_meta, session_selector};
 use crate::api::{EgressRule, NetworkMode, PortProtocol, Session};
-use crate::controller::config::ControlPlane;
+use crate::controller::session::config::ControlPlane;
 use crate::policy::EffectiveContext;
 
 /// The NetworkPolicy of `session` under its effective `context`.

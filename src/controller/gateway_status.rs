@@ -1,6 +1,7 @@
-//! The status of a Gateway: readable, whether its Session exists, and what
-//! the store knows of its forwards (waiting for approval, per rule, the
-//! last decision), looked at again every [`REFRESH`].
+//! The Gateway status controller. A Gateway's status: readable, whether
+//! its Session exists, and what the store knows of its forwards (waiting
+//! for approval, per rule, the last decision), looked at again every
+//! [`REFRESH`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +12,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::{StatusContext, previous_conditions};
+use super::apply::patch_status_if_changed;
+use super::conditions::{READY, condition, previous_conditions};
+use super::error::Error;
+use super::status_context::StatusContext;
 use crate::api::{Gateway, GatewayDecision, GatewayStatus, RuleForwards};
-use crate::controller::apply::patch_status_if_changed;
-use crate::controller::error::Error;
-use crate::controller::status::{READY, condition};
 use crate::store::{ForwardState, GatewaySummary};
 
 /// How often a Gateway's forward counts are brought up to date.
