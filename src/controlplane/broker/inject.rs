@@ -29,8 +29,8 @@ use crate::api::{Capability, Enforcement, SourceRef, SourceType, TrustLevel, nam
 use crate::audit::{AuditEvent, EventType};
 use crate::controlplane::auth::{AuthError, Authenticator, identity_of};
 use crate::controlplane::discover::DiscoverPolicy;
+use crate::controlplane::policy_service::bearer;
 use crate::controlplane::refusals::{Reason as Refusal, Trail};
-use crate::controlplane::service::bearer;
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
     Decision, EffectiveContext, Outcome, Reason, Request as PolicyRequest, Source, decide,
