@@ -276,12 +276,8 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             capability: decision.capability,
             reason,
         };
-        let audit_id = self
-            .audit(injection_event(target, source, verdict))
-            .await
-            .map_err(|error| {
-                Status::unavailable(format!("cannot record the message's audit event: {error}"))
-            })?;
+        let event = injection_event(target, source, verdict);
+        let audit_id = self.audited(event, "message's audit event").await?;
         Ok(Response::new(InjectResponse {
             message_id: message.id,
             audit_id,
