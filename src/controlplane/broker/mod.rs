@@ -8,6 +8,13 @@
 //! caller's word), and every outcome is an audit event in the trail of the
 //! session a message is for. People and workloads send through
 //! [`inject`], with their own credential.
+//!
+//! Here are the service and what every sidecar call shares: its prologue
+//! (`BrokerService::sidecar`: names, caller, context, tool), the
+//! refusals and records of a `Call`, and a one-line delegation per RPC.
+//! The handlers live by job: `messages` (send, inbox, ack, list, history),
+//! `forwards` (forward, reply, respond, queue), `elevate`, `spawn` and
+//! `inject`.
 
 mod elevate;
 mod forwards;
