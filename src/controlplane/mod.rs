@@ -11,9 +11,9 @@ pub mod discover;
 pub mod grant_use;
 pub mod index;
 pub mod isolation;
+pub mod policy_service;
 pub mod refusals;
 pub mod reviews;
-pub mod service;
 pub mod writes;
 
 use std::sync::Arc;
@@ -29,8 +29,8 @@ use denials::{DenialEvents, SessionEvents};
 use discover::DiscoverPolicy;
 use grant_use::GrantUses;
 use isolation::IsolationRecorder;
+use policy_service::PolicyService;
 use refusals::{RefusalMetrics, Refusals};
-use service::PolicyService;
 use writes::ClusterWriter;
 
 use crate::clock::Clock;

@@ -8,14 +8,16 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::forwards::{approval_source, request_message_id};
 use super::inbox::append;
-use super::{InboxLimits, RequestError, Store, StoreError};
+use super::{InboxLimits, RequestError, SessionLock, Store, StoreError, lock_session};
 use crate::api::Capability;
+use crate::api::from_name;
 use crate::inbox::{InboxMessage, MessageKind};
 
 /// The columns [`read_elevation`] reads, in its order.
@@ -26,8 +28,16 @@ macro_rules! columns {
     };
 }
 
+/// The row of a session each of its elevation requests locks.
+const SESSION_LOCK: SessionLock = SessionLock {
+    table: "elevation_sessions",
+    session: "session",
+    counter: "requests",
+};
+
 /// Where an elevation request is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ElevationState {
     AwaitingApproval,
     /// A person approved it; its Grant runs from `granted`.
@@ -37,6 +47,7 @@ pub enum ElevationState {
 }
 
 impl ElevationState {
+    /// Its serde name, as stored and shown (a test holds the two equal).
     fn as_str(self) -> &'static str {
         match self {
             ElevationState::AwaitingApproval => "awaiting_approval",
@@ -44,17 +55,6 @@ impl ElevationState {
             ElevationState::Denied => "denied",
             ElevationState::Expired => "expired",
         }
-    }
-
-    fn parse(state: &str) -> Option<ElevationState> {
-        [
-            ElevationState::AwaitingApproval,
-            ElevationState::Granted,
-            ElevationState::Denied,
-            ElevationState::Expired,
-        ]
-        .into_iter()
-        .find(|known| known.as_str() == state)
     }
 }
 
@@ -121,23 +121,8 @@ impl Store {
     ) -> Result<Opened, StoreError> {
         let (namespace, session) = (&elevation.namespace, &elevation.session);
         let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO elevation_sessions (namespace, session, requests) VALUES ($1, $2, 0) \
-             ON CONFLICT (namespace, session) DO NOTHING",
-        )
-        .bind(namespace)
-        .bind(session)
-        .execute(&mut *transaction)
-        .await?;
         // The lock: concurrent requests of this session wait here.
-        sqlx::query(
-            "UPDATE elevation_sessions SET requests = requests + 1 \
-             WHERE namespace = $1 AND session = $2",
-        )
-        .bind(namespace)
-        .bind(session)
-        .execute(&mut *transaction)
-        .await?;
+        lock_session(&mut transaction, &SESSION_LOCK, (namespace, session)).await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             columns!(),
@@ -285,10 +270,27 @@ fn read_elevation(row: &AnyRow) -> Result<Elevation, StoreError> {
             .map_err(|error| corrupt(error.to_string()))?,
         duration: Duration::from_secs(duration.max(0) as u64),
         reason: row.try_get(5)?,
-        state: ElevationState::parse(&state).ok_or_else(|| corrupt(format!("state {state}")))?,
+        state: from_name::<ElevationState>(&state)
+            .ok_or_else(|| corrupt(format!("state {state}")))?,
         created: time(row.try_get(7)?)?,
         expires: time(row.try_get(8)?)?,
         granted: granted.map(time).transpose()?,
         id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::name_of;
+
+    #[test]
+    fn as_str_is_the_serde_name() {
+        use ElevationState::*;
+        for state in [AwaitingApproval, Granted, Denied, Expired] {
+            assert_eq!(state.as_str(), name_of(&state));
+            assert_eq!(from_name::<ElevationState>(state.as_str()), Some(state));
+        }
+        assert_eq!(from_name::<ElevationState>("approved"), None);
+    }
 }

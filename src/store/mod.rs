@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::{Any, AnyPool, AssertSqlSafe, ConnectOptions, Executor, Transaction};
 
 pub use audit::{
     AuditQuery, Cursor, DecisionFilter, Inserted, MAX_PAGE, Page, Prune, Pruned, QueryError,
@@ -137,6 +137,48 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A table of one row per session that each transaction about the
+/// session updates first, so that concurrent ones, on any replica, wait
+/// for each other (spawns of a parent, elevation requests of a session):
+/// its name, the column naming the session, and the column counting them.
+struct SessionLock {
+    table: &'static str,
+    session: &'static str,
+    counter: &'static str,
+}
+
+/// Locks the row of `namespace/session` in `lock`'s table (adding it when
+/// missing) until `transaction` ends. The update takes the row lock on
+/// both backends (SQLite has no FOR UPDATE; its writers are serialized
+/// anyway).
+async fn lock_session(
+    transaction: &mut Transaction<'_, Any>,
+    lock: &SessionLock,
+    (namespace, session): (&str, &str),
+) -> Result<(), StoreError> {
+    let SessionLock {
+        table,
+        session: column,
+        counter,
+    } = lock;
+    // Only the constant names above are formatted in; values are bound.
+    let add = format!(
+        "INSERT INTO {table} (namespace, {column}, {counter}) VALUES ($1, $2, 0) \
+         ON CONFLICT (namespace, {column}) DO NOTHING"
+    );
+    let take = format!(
+        "UPDATE {table} SET {counter} = {counter} + 1 WHERE namespace = $1 AND {column} = $2"
+    );
+    for sql in [add, take] {
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(session)
+            .execute(&mut **transaction)
+            .await?;
+    }
+    Ok(())
 }
 
 /// How long audit events are kept.

@@ -11,7 +11,14 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{SessionLock, Store, StoreError, lock_session};
+
+/// The row of a parent each of its spawns locks.
+const PARENT_LOCK: SessionLock = SessionLock {
+    table: "spawn_parents",
+    session: "parent",
+    counter: "spawns",
+};
 
 /// How long a new child may take to reach every replica's cache; its
 /// record counts until then, and is pruned after.
@@ -38,22 +45,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<Reservation, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO spawn_parents (namespace, parent, spawns) VALUES ($1, $2, 0) \
-             ON CONFLICT (namespace, parent) DO NOTHING",
-        )
-        .bind(namespace)
-        .bind(parent)
-        .execute(&mut *transaction)
-        .await?;
         // The lock: concurrent spawns of this parent wait here.
-        sqlx::query(
-            "UPDATE spawn_parents SET spawns = spawns + 1 WHERE namespace = $1 AND parent = $2",
-        )
-        .bind(namespace)
-        .bind(parent)
-        .execute(&mut *transaction)
-        .await?;
+        lock_session(&mut transaction, &PARENT_LOCK, (namespace, parent)).await?;
         let seen_by_now = now.as_microsecond() - UNSEEN_FOR.as_micros() as i64;
         sqlx::query(
             "DELETE FROM spawned_children WHERE namespace = $1 AND parent = $2 AND created_us <= $3",

@@ -29,8 +29,8 @@ use crate::api::{Capability, Enforcement, SourceRef, SourceType, TrustLevel, nam
 use crate::audit::{AuditEvent, EventType};
 use crate::controlplane::auth::{AuthError, Authenticator, identity_of};
 use crate::controlplane::discover::DiscoverPolicy;
+use crate::controlplane::policy_service::bearer;
 use crate::controlplane::refusals::{Reason as Refusal, Trail};
-use crate::controlplane::service::bearer;
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{
     Decision, EffectiveContext, Outcome, Reason, Request as PolicyRequest, Source, decide,
@@ -276,12 +276,8 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             capability: decision.capability,
             reason,
         };
-        let audit_id = self
-            .audit(injection_event(target, source, verdict))
-            .await
-            .map_err(|error| {
-                Status::unavailable(format!("cannot record the message's audit event: {error}"))
-            })?;
+        let event = injection_event(target, source, verdict);
+        let audit_id = self.audited(event, "message's audit event").await?;
         Ok(Response::new(InjectResponse {
             message_id: message.id,
             audit_id,
