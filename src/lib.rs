@@ -15,7 +15,8 @@
 //!   agree on), [`wire`] (proto ↔ policy types), [`store`] (the
 //!   operator's database: the audit trail, the inboxes), [`audit`],
 //!   [`inbox`] (what a session's inbox holds), [`approval`] (the
-//!   ApprovalRequests of forwards and the step each needs), [`clock`],
+//!   ApprovalRequests of forwards and the step each needs), [`bounded`]
+//!   (a map an adversary cannot grow), [`clock`],
 //!   [`shutdown`], [`logging`].
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
@@ -29,6 +30,7 @@
 pub mod api;
 pub mod approval;
 pub mod audit;
+pub mod bounded;
 pub mod cache;
 pub mod cli;
 pub mod clock;
