@@ -22,8 +22,9 @@
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
 //!   each sidecar its policy, brokering messages, storing the audit
 //!   trail), [`sidecar`] (the per-session tool server: gRPC on a unix
-//!   socket, MCP), and [`demo_agent`] (a small agent that
-//!   shows its sidecar's policy at work).
+//!   socket, MCP), [`demo_agent`] (a small agent that shows its
+//!   sidecar's policy at work), and [`egress`] (to come: the one
+//!   component with internet egress, holding the model providers' keys).
 //! - [`operator`]: composes the controller and the control plane into one
 //!   process.
 
@@ -39,6 +40,7 @@ pub mod contract;
 pub mod controller;
 pub mod controlplane;
 pub mod demo_agent;
+pub mod egress;
 pub mod inbox;
 pub mod logging;
 pub mod operator;
