@@ -20,7 +20,12 @@
 //! library's errors, and so the `kubectl-wopr` binary's, are `thiserror`
 //! enums).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "common/sources.rs"]
+mod sources;
+
+use sources::sources;
 
 /// Each top-level module and the layer it sits in, lowest first.
 const LAYERS: &[(&str, u8)] = &[
@@ -128,23 +133,6 @@ struct Owner {
     /// The top-level module, `main`, or the role a binary fronts.
     name: String,
     layer: u8,
-}
-
-/// Every `.rs` file under `dir` (none if there is no `dir`).
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(sources(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// The top-level module a source file of `src` belongs to (`src/controller/run.rs` → `controller`).
@@ -470,8 +458,10 @@ fn modules_depend_only_downward_and_roles_never_on_each_other() {
 }
 
 /// Writes `files` (path under the crate root, text) into a new crate
-/// root, and returns what the checker finds there, sorted.
-fn violations_in(files: &[(&str, &str)]) -> Vec<String> {
+/// root, and asserts that the checker reports there exactly what
+/// `expected` says, in order of file and line: each report ends with its
+/// `expected` line.
+fn assert_reported(files: &[(&str, &str)], expected: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     for (path, text) in files {
         let path = dir.path().join(path);
@@ -480,26 +470,26 @@ fn violations_in(files: &[(&str, &str)]) -> Vec<String> {
     }
     let mut found = violations(dir.path());
     found.sort();
-    found
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (found_one, expected) in found.iter().zip(expected) {
+        assert!(found_one.ends_with(expected), "{found:#?}");
+    }
 }
 
 #[test]
 fn a_role_importing_another_is_caught() {
-    let found = violations_in(&[
-        (
-            "src/sidecar/engine.rs",
-            "// crate::controller in a comment is fine\nuse crate::controller::status::summary;\nuse crate::policy::decide;\n",
-        ),
-        ("src/policy.rs", "use crate::cache::Stores;\n"),
-    ]);
-    assert_eq!(found.len(), 2, "{found:?}");
-    assert!(
-        found[0].ends_with("policy.rs:1: `policy` imports `cache`"),
-        "{found:?}"
-    );
-    assert!(
-        found[1].ends_with("engine.rs:2: `sidecar` imports `controller`"),
-        "{found:?}"
+    assert_reported(
+        &[
+            (
+                "src/sidecar/engine.rs",
+                "// crate::controller in a comment is fine\nuse crate::controller::status::summary;\nuse crate::policy::decide;\n",
+            ),
+            ("src/policy.rs", "use crate::cache::Stores;\n"),
+        ],
+        &[
+            "policy.rs:1: `policy` imports `cache`",
+            "engine.rs:2: `sidecar` imports `controller`",
+        ],
     );
 }
 
@@ -508,25 +498,19 @@ fn a_role_importing_another_is_caught() {
 /// `use` group are caught as well as plain ones.
 #[test]
 fn egress_importing_a_role_or_a_role_importing_egress_is_caught() {
-    let found = violations_in(&[
-        (
-            "src/egress/mod.rs",
-            "use crate::{policy::decide, controlplane::auth::Authenticator};\nuse crate::operator::run;\n",
-        ),
-        ("src/sidecar/run.rs", "fn f() { crate::egress::serve(); }\n"),
-    ]);
-    assert_eq!(found.len(), 3, "{found:?}");
-    assert!(
-        found[0].ends_with("egress/mod.rs:1: `egress` imports `controlplane`"),
-        "{found:?}"
-    );
-    assert!(
-        found[1].ends_with("egress/mod.rs:2: `egress` imports `operator`"),
-        "{found:?}"
-    );
-    assert!(
-        found[2].ends_with("run.rs:1: `sidecar` imports `egress`"),
-        "{found:?}"
+    assert_reported(
+        &[
+            (
+                "src/egress/mod.rs",
+                "use crate::{policy::decide, controlplane::auth::Authenticator};\nuse crate::operator::run;\n",
+            ),
+            ("src/sidecar/run.rs", "fn f() { crate::egress::serve(); }\n"),
+        ],
+        &[
+            "egress/mod.rs:1: `egress` imports `controlplane`",
+            "egress/mod.rs:2: `egress` imports `operator`",
+            "run.rs:1: `sidecar` imports `egress`",
+        ],
     );
 }
 
@@ -534,129 +518,101 @@ fn egress_importing_a_role_or_a_role_importing_egress_is_caught() {
 /// may not import another role; benchmarks may use anything public.
 #[test]
 fn a_binary_importing_past_its_role_is_caught() {
-    let found = violations_in(&[
-        (
-            "src/main.rs",
-            "use wopr_operator::operator;\nuse wopr_operator::sidecar::run::SidecarArgs;\n",
-        ),
-        (
-            "src/bin/kubectl-wopr.rs",
-            "use wopr_operator::cli::Cli;\nuse wopr_operator::api::Session;\nuse wopr_operator::controlplane::auth::Authenticator;\n",
-        ),
-        (
-            "benches/broker.rs",
-            "use wopr_operator::controlplane::serve;\nuse wopr_operator::sidecar::run;\n",
-        ),
-    ]);
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(
-        found[0].ends_with("kubectl-wopr.rs:3: `cli` imports `controlplane`"),
-        "{found:?}"
+    assert_reported(
+        &[
+            (
+                "src/main.rs",
+                "use wopr_operator::operator;\nuse wopr_operator::sidecar::run::SidecarArgs;\n",
+            ),
+            (
+                "src/bin/kubectl-wopr.rs",
+                "use wopr_operator::cli::Cli;\nuse wopr_operator::api::Session;\nuse wopr_operator::controlplane::auth::Authenticator;\n",
+            ),
+            (
+                "benches/broker.rs",
+                "use wopr_operator::controlplane::serve;\nuse wopr_operator::sidecar::run;\n",
+            ),
+        ],
+        &["kubectl-wopr.rs:3: `cli` imports `controlplane`"],
     );
 }
 
 #[test]
 fn the_pure_layers_talking_to_the_api_server_are_caught() {
-    let found = violations_in(&[
-        (
-            "src/policy/resolve.rs",
-            "use kube::ResourceExt;\nuse kube::api::ObjectMeta;\nuse kube::{\n    Resource,\n    runtime::watcher,\n};\n",
-        ),
-        (
-            "src/api/grant.rs",
-            "use kube::{CustomResource, KubeSchema};\nfn f(c: kube::Client) {}\nuse kube::api::{Api, PostParams};\n",
-        ),
-        (
-            "src/controller/run.rs",
-            "use kube::{Api, Client, runtime::watcher};\n",
-        ),
-    ]);
-    assert_eq!(found.len(), 3, "{found:?}");
-    assert!(
-        found[0].ends_with(
-            "grant.rs:2: `api` uses `kube::Client`: a pure layer does not talk to the API server"
-        ),
-        "{found:?}"
-    );
-    assert!(
-        found[1].ends_with(
-            "grant.rs:3: `api` uses `kube::api::Api`: a pure layer does not talk to the API server"
-        ),
-        "{found:?}"
-    );
-    assert!(
-        found[2].ends_with("resolve.rs:3: `policy` uses `kube::runtime`: a pure layer does not talk to the API server"),
-        "{found:?}"
+    const WHY: &str = "a pure layer does not talk to the API server";
+    assert_reported(
+        &[
+            (
+                "src/policy/resolve.rs",
+                "use kube::ResourceExt;\nuse kube::api::ObjectMeta;\nuse kube::{\n    Resource,\n    runtime::watcher,\n};\n",
+            ),
+            (
+                "src/api/grant.rs",
+                "use kube::{CustomResource, KubeSchema};\nfn f(c: kube::Client) {}\nuse kube::api::{Api, PostParams};\n",
+            ),
+            (
+                "src/controller/run.rs",
+                "use kube::{Api, Client, runtime::watcher};\n",
+            ),
+        ],
+        &[
+            &format!("grant.rs:2: `api` uses `kube::Client`: {WHY}"),
+            &format!("grant.rs:3: `api` uses `kube::api::Api`: {WHY}"),
+            &format!("resolve.rs:3: `policy` uses `kube::runtime`: {WHY}"),
+        ],
     );
 }
 
 #[test]
 fn the_pure_layers_doing_io_or_serving_are_caught() {
-    let found = violations_in(&[
-        ("src/policy/decide.rs", "use tonic::Status;\n"),
-        (
-            "src/api/session.rs",
-            "use std::{fs, sync::Arc};\nfn f() { tokio::spawn(async {}); }\n",
-        ),
-        ("src/sidecar/run.rs", "use tonic::Status;\nuse std::fs;\n"),
-    ]);
-    assert_eq!(found.len(), 3, "{found:?}");
-    assert!(
-        found[0].ends_with(
-            "session.rs:1: `api` uses `std::fs`: a pure layer does no I/O and serves nothing"
-        ),
-        "{found:?}"
-    );
-    assert!(
-        found[1].ends_with(
-            "session.rs:2: `api` uses `tokio`: a pure layer does no I/O and serves nothing"
-        ),
-        "{found:?}"
-    );
-    assert!(
-        found[2].ends_with(
-            "decide.rs:1: `policy` uses `tonic`: a pure layer does no I/O and serves nothing"
-        ),
-        "{found:?}"
+    const WHY: &str = "a pure layer does no I/O and serves nothing";
+    assert_reported(
+        &[
+            ("src/policy/decide.rs", "use tonic::Status;\n"),
+            (
+                "src/api/session.rs",
+                "use std::{fs, sync::Arc};\nfn f() { tokio::spawn(async {}); }\n",
+            ),
+            ("src/sidecar/run.rs", "use tonic::Status;\nuse std::fs;\n"),
+        ],
+        &[
+            &format!("session.rs:1: `api` uses `std::fs`: {WHY}"),
+            &format!("session.rs:2: `api` uses `tokio`: {WHY}"),
+            &format!("decide.rs:1: `policy` uses `tonic`: {WHY}"),
+        ],
     );
 }
 
 #[test]
 fn sql_outside_the_store_is_caught() {
-    let found = violations_in(&[
-        ("src/store/audit.rs", "use sqlx::Row;\n"),
-        ("src/controlplane/audit.rs", "fn f(p: &sqlx::AnyPool) {}\n"),
-    ]);
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(
-        found[0].ends_with("audit.rs:1: `controlplane` uses `sqlx`: only the store speaks SQL"),
-        "{found:?}"
+    assert_reported(
+        &[
+            ("src/store/audit.rs", "use sqlx::Row;\n"),
+            ("src/controlplane/audit.rs", "fn f(p: &sqlx::AnyPool) {}\n"),
+        ],
+        &["audit.rs:1: `controlplane` uses `sqlx`: only the store speaks SQL"],
     );
 }
 
 #[test]
 fn anyhow_in_the_library_is_caught() {
-    let found = violations_in(&[
-        ("src/main.rs", "use anyhow::Context;\n"),
-        (
-            "benches/store.rs",
-            "fn f() -> anyhow::Result<()> { Ok(()) }\n",
-        ),
-        (
-            "src/cli/mod.rs",
-            "pub fn run() -> anyhow::Result<()> { Ok(()) }\n",
-        ),
-        ("src/bin/kubectl-wopr.rs", "use anyhow::Context;\n"),
-    ]);
-    assert_eq!(found.len(), 2, "{found:?}");
-    assert!(
-        found[0].ends_with("kubectl-wopr.rs:1: `cli` uses `anyhow`: errors are thiserror enums; anyhow only in main"),
-        "{found:?}"
-    );
-    assert!(
-        found[1].ends_with(
-            "mod.rs:1: `cli` uses `anyhow`: errors are thiserror enums; anyhow only in main"
-        ),
-        "{found:?}"
+    const WHY: &str = "errors are thiserror enums; anyhow only in main";
+    assert_reported(
+        &[
+            ("src/main.rs", "use anyhow::Context;\n"),
+            (
+                "benches/store.rs",
+                "fn f() -> anyhow::Result<()> { Ok(()) }\n",
+            ),
+            (
+                "src/cli/mod.rs",
+                "pub fn run() -> anyhow::Result<()> { Ok(()) }\n",
+            ),
+            ("src/bin/kubectl-wopr.rs", "use anyhow::Context;\n"),
+        ],
+        &[
+            &format!("kubectl-wopr.rs:1: `cli` uses `anyhow`: {WHY}"),
+            &format!("mod.rs:1: `cli` uses `anyhow`: {WHY}"),
+        ],
     );
 }

@@ -4,24 +4,15 @@
 //! counted, so tests can stay beside the code they test; every other line
 //! is, comments and blank lines included.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "common/sources.rs"]
+mod sources;
+
+use sources::sources;
 
 /// The most lines a file of `src/` may have outside its test modules.
 const MAX_LINES: usize = 700;
-
-/// Every `.rs` file under `dir`.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(sources(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
-    files
-}
 
 /// The lines of `text` outside its inline `#[cfg(test)]` modules: from
 /// the attribute to the `}` that closes the module at its indentation.
