@@ -396,6 +396,7 @@ async fn a_shipped_call_allowed_by_a_grant_records_its_use() {
     for (name, capability) in [
         ("research-net", Capability::InjectNetwork),
         ("research-tools", Capability::InjectTools),
+        ("research-exec", Capability::InjectExec),
     ] {
         let grant = common::session_grant(name, "research", &[capability]);
         let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}");
@@ -422,12 +423,27 @@ async fn a_shipped_call_allowed_by_a_grant_records_its_use() {
         let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}");
         control_plane.api.get(&path).unwrap()["status"]["lastUsedAt"].clone()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while used("research-net").is_null() {
-        assert!(std::time::Instant::now() < deadline, "no use recorded");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let eventually_used = |name: &'static str| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while used(name).is_null() {
+            assert!(std::time::Instant::now() < deadline, "no use recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    eventually_used("research-net").await;
+    // Written in order of their names, research-exec's would be in already.
+    assert!(
+        used("research-exec").is_null(),
+        "a denied call relied on no grant"
+    );
+    // Uses are written in order (tasks spawned in turn on this runtime,
+    // one client queue): once a later batch's use is written, any this
+    // batch called for would have been.
+    let later = [call(Capability::InjectExec, Outcome::Allowed, 3)];
+    ship(&mut client, "research", vec![batch("research", &later)])
+        .await
+        .unwrap();
+    eventually_used("research-exec").await;
     assert!(
         used("research-tools").is_null(),
         "semi-trusted has inject.tools: that grant was not relied on"
