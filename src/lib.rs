@@ -15,20 +15,23 @@
 //!   agree on), [`wire`] (proto ↔ policy types), [`store`] (the
 //!   operator's database: the audit trail, the inboxes), [`audit`],
 //!   [`inbox`] (what a session's inbox holds), [`approval`] (the
-//!   ApprovalRequests of forwards and the step each needs), [`clock`],
+//!   ApprovalRequests of forwards and the step each needs), [`bounded`]
+//!   (a map an adversary cannot grow), [`clock`],
 //!   [`shutdown`], [`logging`].
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
 //!   each sidecar its policy, brokering messages, storing the audit
 //!   trail), [`sidecar`] (the per-session tool server: gRPC on a unix
-//!   socket, MCP), and [`demo_agent`] (a small agent that
-//!   shows its sidecar's policy at work).
+//!   socket, MCP), [`demo_agent`] (a small agent that shows its
+//!   sidecar's policy at work), and [`egress`] (to come: the one
+//!   component with internet egress, holding the model providers' keys).
 //! - [`operator`]: composes the controller and the control plane into one
 //!   process (its flags, the admin server, start-up and shutdown).
 
 pub mod api;
 pub mod approval;
 pub mod audit;
+pub mod bounded;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -37,6 +40,7 @@ pub mod contract;
 pub mod controller;
 pub mod controlplane;
 pub mod demo_agent;
+pub mod egress;
 pub mod inbox;
 pub mod logging;
 pub mod operator;

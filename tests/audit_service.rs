@@ -339,9 +339,9 @@ async fn people_read_what_rbac_allows_and_sidecars_only_their_own_session() {
         refusals,
         [
             "sidecar wopr-research",
-            "user mallory",
-            "user mallory",
-            "user alice"
+            "person mallory",
+            "person mallory",
+            "person alice"
         ]
     );
 }
@@ -362,14 +362,17 @@ async fn a_flood_of_denials_is_a_handful_of_session_events() {
             .await
             .unwrap();
     }
-    // Published in the background: wait for it, then for any straggler.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while control_plane.events.0.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no Event published");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let published = control_plane.events.0.lock().unwrap().clone();
+    assert_eq!(
+        all_events(&control_plane.store).await.len(),
+        1000,
+        "every denial is stored"
+    );
+    // Published in the background: every one, once a later denial's
+    // Event is.
+    let mut marker = event(NAMESPACE, "research", Outcome::Denied, 2000);
+    marker.tool = Some("memory_write".into());
+    marker.reason = "the marker".into();
+    let published = control_plane.events_before(&mut client, &marker).await;
     assert_eq!(published.len(), 1, "{published:?}");
     assert_eq!(published[0].reason, "ToolDenied");
     assert_eq!(
@@ -380,11 +383,6 @@ async fn a_flood_of_denials_is_a_handful_of_session_events() {
         (NAMESPACE, "research")
     );
     assert!(published[0].note.starts_with("denied tool exec_command"));
-    assert_eq!(
-        all_events(&control_plane.store).await.len(),
-        1000,
-        "every denial is stored"
-    );
 }
 
 /// A sidecar's allowed call on a capability that only a Grant gives its
@@ -398,6 +396,7 @@ async fn a_shipped_call_allowed_by_a_grant_records_its_use() {
     for (name, capability) in [
         ("research-net", Capability::InjectNetwork),
         ("research-tools", Capability::InjectTools),
+        ("research-exec", Capability::InjectExec),
     ] {
         let grant = common::session_grant(name, "research", &[capability]);
         let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}");
@@ -424,12 +423,27 @@ async fn a_shipped_call_allowed_by_a_grant_records_its_use() {
         let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}");
         control_plane.api.get(&path).unwrap()["status"]["lastUsedAt"].clone()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while used("research-net").is_null() {
-        assert!(std::time::Instant::now() < deadline, "no use recorded");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let eventually_used = |name: &'static str| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while used(name).is_null() {
+            assert!(std::time::Instant::now() < deadline, "no use recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    eventually_used("research-net").await;
+    // Written in order of their names, research-exec's would be in already.
+    assert!(
+        used("research-exec").is_null(),
+        "a denied call relied on no grant"
+    );
+    // Uses are written in order (tasks spawned in turn on this runtime,
+    // one client queue): once a later batch's use is written, any this
+    // batch called for would have been.
+    let later = [call(Capability::InjectExec, Outcome::Allowed, 3)];
+    ship(&mut client, "research", vec![batch("research", &later)])
+        .await
+        .unwrap();
+    eventually_used("research-exec").await;
     assert!(
         used("research-tools").is_null(),
         "semi-trusted has inject.tools: that grant was not relied on"

@@ -332,13 +332,27 @@ fn post_start_hook(health_address: &str, extra: &[&str]) -> Process {
 async fn the_post_start_hook_returns_as_soon_as_the_sidecar_serves() {
     let cluster = Cluster::start(&[("agent", TrustLevel::SemiTrusted)]).await;
     let health_address = format!("127.0.0.1:{}", free_port());
-    // Started before the sidecar: it waits for it.
+    // Started before the sidecar: it waits for it. Something that is no
+    // sidecar's health service takes the port first and turns each try
+    // away: each try shows the hook did not return after the one before
+    // (twenty of them, however long they take).
     let mut hook = post_start_hook(&health_address, &[]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let impostor = tokio::net::TcpListener::bind(&health_address)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        tokio::select! {
+            accepted = impostor.accept() => drop(accepted.unwrap()),
+            status = hook.exited_within(Duration::from_secs(30)) => {
+                panic!("the hook tried no more with no sidecar: {status:?}")
+            }
+        }
+    }
     assert!(
         hook.exited_within(Duration::ZERO).await.is_none(),
         "no sidecar yet"
     );
+    drop(impostor);
     let _sidecar = cluster.sidecar_with("agent", free_port(), 30, &health_address);
     let status = hook
         .exited_within(Duration::from_secs(10))

@@ -340,9 +340,13 @@ async fn wrong_missing_or_foreign_tokens_are_refused() {
         Some(wopr_operator::proto::v1alpha1::policy_update::Update::Context(_))
     ));
 
-    // A sidecar with a foreign token never gets a policy.
+    // A sidecar with a foreign token never gets a policy: once it has
+    // the control plane's answer to its watch (its log says it was
+    // refused), it still has none.
+    let (logs, _capture) = common::logs::Logs::capture();
     let sidecar = Sidecar::start(&control_plane.address.to_string(), "a", &token_for("b")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    logs.wait_for(&["policy watch failed", "may not act for session"])
+        .await;
     assert!(sidecar.state.current().is_err());
 }
 
@@ -966,8 +970,23 @@ async fn heartbeats_follow_the_policy_only_when_asked_for() {
         without.message().await.unwrap().unwrap().update,
         Some(Update::Context(_))
     ));
-    let nothing = tokio::time::timeout(Duration::from_millis(1500), without.message()).await;
-    assert!(nothing.is_err(), "no heartbeat unless asked: {nothing:?}");
+    // A stream opened after it has had its first heartbeat (periods are
+    // whole seconds, one the shortest): any heartbeat of `without` would
+    // have been due by then. Then a change of policy: the next message of
+    // `without` is the new policy, no heartbeat before it.
+    let mut later = watch_a(&control_plane, 1).await;
+    later.message().await.unwrap().unwrap();
+    let heartbeat = later.message().await.unwrap().unwrap().update;
+    assert!(
+        matches!(heartbeat, Some(Update::Heartbeat(_))),
+        "{heartbeat:?}"
+    );
+    control_plane.put_session(session("a", TrustLevel::SemiTrusted));
+    let nothing = without.message().await.unwrap().unwrap().update;
+    assert!(
+        matches!(nothing, Some(Update::Context(_))),
+        "no heartbeat unless asked: {nothing:?}"
+    );
 }
 
 #[tokio::test]
@@ -1013,10 +1032,11 @@ async fn a_stale_policy_denies_everything_but_whoami_and_says_why() {
     sidecar.wait_for_policy(has_policy).await;
     call(&sidecar, "config_get", json!({})).await.unwrap();
 
-    // The control plane goes away for good; the sidecar keeps retrying.
+    // The control plane goes away for good; the sidecar keeps retrying,
+    // and its policy goes stale past the bound.
     control_plane.server.abort();
     drop(control_plane);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sidecar.wait_for_policy(|served| served.is_none()).await;
 
     assert_eq!(tool_names(&sidecar).await, ["security_whoami"]);
     for tool in ["config_get", "memory_write", "security_check"] {

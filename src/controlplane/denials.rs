@@ -14,7 +14,6 @@
 //! Event; it is still audited), and at most [`MAX_PUBLISHING`] Events are
 //! being published at once (one more is dropped and logged).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::audit::{AuditEvent, EventType as AuditEventType};
+use crate::bounded::BoundedMap;
 use crate::cluster::FIELD_MANAGER;
 use crate::policy::{Outcome, ToolId};
 
@@ -100,20 +100,24 @@ pub struct Denials {
     state: Mutex<State>,
 }
 
-#[derive(Default)]
 struct State {
-    seen: HashMap<Key, Seen>,
-    /// When keys quiet for two windows were last forgotten.
+    seen: BoundedMap<Key, Seen>,
+    /// When keys quiet for two windows were last forgotten, once a window.
     swept: Option<Instant>,
 }
 
-impl State {
-    /// Forgets the keys with no denial in the last two windows.
-    fn sweep(&mut self, now: Instant) {
-        self.seen
-            .retain(|_, entry| now.duration_since(entry.last) < 2 * WINDOW);
-        self.swept = Some(now);
+impl Default for State {
+    fn default() -> Self {
+        State {
+            seen: BoundedMap::new(MAX_KEYS),
+            swept: None,
+        }
     }
+}
+
+/// Whether a key had no denial in the two windows before `now`.
+fn quiet(now: Instant) -> impl Fn(&Seen) -> bool {
+    move |entry| now.duration_since(entry.last) >= 2 * WINDOW
 }
 
 impl Denials {
@@ -170,7 +174,8 @@ impl Denials {
             .swept
             .is_none_or(|at| now.duration_since(at) >= WINDOW)
         {
-            state.sweep(now);
+            state.seen.sweep(quiet(now));
+            state.swept = Some(now);
         }
         let mut due = Vec::new();
         for (event, reason, what) in noted {
@@ -180,19 +185,16 @@ impl Denials {
                 reason,
                 what,
             };
-            if !state.seen.contains_key(&key) && state.seen.len() >= MAX_KEYS {
-                // Forget the quiet ones; if all are recent, no Event.
-                state.sweep(now);
-                if state.seen.len() >= MAX_KEYS {
-                    continue;
-                }
-            }
-            let entry = state.seen.entry(key.clone()).or_insert_with(|| Seen {
+            // Past the cap, the quiet keys are forgotten; if all are
+            // recent, no Event.
+            let Some(entry) = state.seen.entry(key.clone(), quiet(now), || Seen {
                 published: None,
                 last: now,
                 since: 0,
                 why: String::new(),
-            });
+            }) else {
+                continue;
+            };
             entry.last = now;
             entry.since += 1;
             entry.why = bounded(&event.reason);

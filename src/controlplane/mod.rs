@@ -11,6 +11,7 @@ pub mod discover;
 pub mod grant_use;
 pub mod index;
 pub mod isolation;
+pub mod peers;
 pub mod policy_service;
 pub mod refusals;
 pub mod reviews;

@@ -14,7 +14,6 @@
 //! budget. Every refusal is counted in `wopr_controlplane_refusals` by
 //! reason, and those not written in `wopr_controlplane_refusals_unrecorded`.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use tonic::Status;
 
 use crate::api::{Enforcement, SourceRef, TrustLevel, check_label};
 use crate::audit::{AuditEvent, EventType};
+use crate::bounded::BoundedMap;
 use crate::policy::Outcome;
 use crate::store::Store;
 
@@ -117,22 +117,24 @@ struct Budget {
 }
 
 /// The callers' budgets.
-#[derive(Default)]
-struct Budgets(HashMap<String, Budget>);
+struct Budgets(BoundedMap<String, Budget>);
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets(BoundedMap::new(MAX_CALLERS))
+    }
+}
 
 impl Budgets {
     fn allow(&mut self, caller: &str, now: Instant) -> Allowance {
-        if !self.0.contains_key(caller) && self.0.len() >= MAX_CALLERS {
-            self.0
-                .retain(|_, budget| now.duration_since(budget.window_start) < WINDOW);
-            if self.0.len() >= MAX_CALLERS {
-                return Allowance::CountOnly;
-            }
-        }
-        let budget = self.0.entry(caller.to_owned()).or_insert(Budget {
+        // Past the cap, the callers whose window is over are forgotten.
+        let quiet = |budget: &Budget| now.duration_since(budget.window_start) >= WINDOW;
+        let Some(budget) = self.0.entry(caller.to_owned(), quiet, || Budget {
             window_start: now,
             written: 0,
-        });
+        }) else {
+            return Allowance::CountOnly;
+        };
         if now.duration_since(budget.window_start) >= WINDOW {
             *budget = Budget {
                 window_start: now,

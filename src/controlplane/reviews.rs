@@ -15,7 +15,6 @@
 //! Only the TokenReview is cached: what RBAC allows (SubjectAccessReviews)
 //! is asked every time, so a binding removed takes effect at once.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +22,8 @@ use base64::Engine;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
+
+use crate::bounded::BoundedMap;
 
 /// The longest an accepted review is kept.
 pub const ACCEPTED_FOR: Duration = Duration::from_secs(300);
@@ -41,8 +42,13 @@ struct Kept {
 }
 
 /// Reviews kept by a hash of audience and token.
-#[derive(Default)]
-pub struct Reviews(Mutex<HashMap<[u8; 32], Kept>>);
+pub struct Reviews(Mutex<BoundedMap<[u8; 32], Kept>>);
+
+impl Default for Reviews {
+    fn default() -> Self {
+        Reviews(Mutex::new(BoundedMap::new(MAX_REVIEWS)))
+    }
+}
 
 /// The key of `token` reviewed for `audiences`.
 fn key(token: &str, audiences: Option<&[String]>) -> [u8; 32] {
@@ -95,16 +101,12 @@ impl Reviews {
         }
         let mut kept = self.0.lock().expect("the reviews lock is never poisoned");
         let key = key(token, audiences);
-        if !kept.contains_key(&key) && kept.len() >= MAX_REVIEWS {
-            kept.retain(|_, kept| kept.until > now);
-            if kept.len() >= MAX_REVIEWS
-                && let Some(first) = kept.iter().min_by_key(|(_, kept)| kept.until)
-            {
-                let first = *first.0;
-                kept.remove(&first);
-            }
+        let expired = |kept: &Kept| kept.until <= now;
+        if let Err(fresh) = kept.insert(key, Kept { answer, until }, expired) {
+            // None expired: the one expiring first makes room.
+            kept.forget_least(|kept| kept.until);
+            kept.insert(key, fresh, expired).ok();
         }
-        kept.insert(key, Kept { answer, until });
     }
 
     /// How many reviews are kept.

@@ -22,6 +22,7 @@ pub mod escalations;
 pub mod fake_api;
 pub mod harness;
 pub mod kubelet;
+pub mod logs;
 pub mod mcp;
 pub mod pod_security;
 pub mod process;

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 use wopr_operator::api::{Gateway, Grant, RateLimit, SecurityPolicy, Session, TrustLevel};
-use wopr_operator::audit::{AuditSink, MemorySink};
+use wopr_operator::audit::{AuditEvent, AuditSink, MemorySink};
 use wopr_operator::cache::Stores;
 use wopr_operator::clock::Clock;
 use wopr_operator::controlplane::audit::{AuditMetrics, AuditSetup};
@@ -328,6 +328,39 @@ pub fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
 }
 
 impl ControlPlane {
+    /// The Events published for what was shipped so far, all of them:
+    /// ships `marker`, a denial whose key no earlier one has (so it makes
+    /// an Event at once), waits for its Event and returns those before
+    /// it. Events are published in tasks spawned in order on the test's
+    /// (current-thread) runtime, so none called for earlier comes after
+    /// the marker's.
+    pub async fn events_before(
+        &self,
+        client: &mut AuditClient<Channel>,
+        marker: &AuditEvent,
+    ) -> Vec<SessionEvent> {
+        let line = serde_json::to_string(marker).unwrap();
+        let message = ingest_message(&marker.session, vec![line]);
+        ship(client, &marker.session, vec![message]).await.unwrap();
+        let note = format!(": {}", marker.reason);
+        for _ in 0..500 {
+            {
+                let published = self.events.0.lock().unwrap();
+                let marker = published
+                    .iter()
+                    .position(|event| event.note.ends_with(&note));
+                if let Some(at) = marker {
+                    return published[..at].to_vec();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "no Event of the marker: {:?}",
+            self.events.0.lock().unwrap()
+        );
+    }
+
     pub fn put_policy(&mut self, policy: SecurityPolicy) {
         self.policies
             .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(policy))));
