@@ -16,4 +16,5 @@ pub mod ready;
 pub mod run;
 pub mod shipper;
 pub mod spool;
+pub mod tools;
 pub mod workspace;

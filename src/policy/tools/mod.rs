@@ -3,7 +3,8 @@
 //! JSON Schema agents are shown and whose deserialization validates a call.
 //! The policy engine, the sidecar's tool list and its dispatch all derive
 //! from [`declare_tools!`]'s one list: adding a tool is one line here (and
-//! its handler, which the sidecar's exhaustive match then asks for).
+//! its handler in its family's file of `sidecar/tools/`, whose exhaustive
+//! match then asks for it).
 //!
 //! A tool with no entry is unknown and always denied (fail closed).
 
