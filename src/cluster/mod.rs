@@ -1,9 +1,10 @@
 //! Talking to the Kubernetes API the same way from every role: one field
 //! manager for every server-side apply, errors shown in one line, and the
 //! start-up checks of what the operator needs from the cluster
-//! ([`preflight`]), and whether the cluster guards trust levels at
-//! admission ([`escalation`]).
+//! ([`preflight`]), whether the cluster guards trust levels at admission
+//! ([`escalation`]), and who a username is and what it may do ([`access`]).
 
+pub mod access;
 pub mod escalation;
 pub mod preflight;
 
