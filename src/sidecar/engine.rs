@@ -317,10 +317,10 @@ impl ToolEngine {
         arguments: &Value,
     ) -> (Result<Value, ToolError>, AuditEvent) {
         let not_available = || Err(ToolError::NotAvailable(name.to_owned()));
-        if let Err(reason) = self.audit.accepting() {
+        if let Err(refused) = self.audit.accepting() {
             return (
                 not_available(),
-                self.tool_event(None, None, Outcome::Denied, reason),
+                self.tool_event(None, None, Outcome::Denied, refused.to_string()),
             );
         }
         let served = match self.policy.current() {
@@ -365,7 +365,7 @@ impl ToolEngine {
             );
         };
         let result = match ToolCall::parse(id, arguments.clone()) {
-            Err(error) => Err(ToolError::InvalidArguments(error)),
+            Err(error) => Err(ToolError::InvalidArguments(error.to_string())),
             Ok(call) => {
                 let limited = self
                     .limits
@@ -445,7 +445,7 @@ impl ToolEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::MemorySink;
+    use crate::audit::{MemorySink, NotAccepting};
     use crate::sidecar::denials::DENIALS_PER_MINUTE;
     use crate::sidecar::policy_state::served;
     use serde_json::json;
@@ -489,8 +489,8 @@ mod tests {
             fn record(&self, event: &AuditEvent) {
                 self.0.record(event);
             }
-            fn accepting(&self) -> Result<(), String> {
-                Err("the audit spool cannot be written".into())
+            fn accepting(&self) -> Result<(), NotAccepting> {
+                Err(NotAccepting::SpoolUnwritable)
             }
         }
         let policy = Arc::new(PolicyState::new(Duration::from_secs(3600)));
@@ -516,7 +516,10 @@ mod tests {
         assert_eq!(recorded.len(), 1);
         assert_eq!(recorded[0].id, answer.audit_id);
         assert_eq!(recorded[0].decision, Outcome::Denied);
-        assert_eq!(recorded[0].reason, "the audit spool cannot be written");
+        assert_eq!(
+            recorded[0].reason,
+            "the audit spool cannot be written: no call runs unrecorded"
+        );
     }
 
     /// An agent chooses the tool's name and the arguments: what it is

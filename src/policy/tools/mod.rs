@@ -78,11 +78,9 @@ macro_rules! declare_tools {
 
         impl ToolCall {
             /// Parses `arguments` for the tool `id`; the error says what is wrong.
-            pub fn parse(id: ToolId, arguments: Value) -> Result<ToolCall, String> {
+            pub fn parse(id: ToolId, arguments: Value) -> Result<ToolCall, serde_json::Error> {
                 match id {
-                    $( ToolId::$id => serde_json::from_value(arguments)
-                        .map(ToolCall::$id)
-                        .map_err(|error| error.to_string()), )*
+                    $( ToolId::$id => serde_json::from_value(arguments).map(ToolCall::$id), )*
                 }
             }
         }
