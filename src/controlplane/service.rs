@@ -181,7 +181,8 @@ impl<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder> Policy for Polic
             ));
         }
         let conditions =
-            pod_conditions(&report.checks, Timestamp::now()).map_err(Status::invalid_argument)?;
+            pod_conditions(&report.checks, Timestamp::now())
+            .map_err(|malformed| Status::invalid_argument(malformed.to_string()))?;
         for check in &report.checks {
             tracing::info!(namespace = %report.namespace, session = %report.session, check = %check.r#type, status = %check.status, message = %check.message, "sandbox check reported");
         }
