@@ -25,9 +25,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+use super::writes::WriteError;
 use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED};
 use crate::audit::truncated;
-use super::writes::WriteError;
 use crate::cluster::{FIELD_MANAGER, describe};
 use crate::contract::{POD_CONDITION_PREFIX, child_name};
 use crate::proto::v1alpha1 as pb;
