@@ -10,7 +10,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::backoff::Backoff;
-use super::policy_state::{NoPolicy, PolicyState, Served};
+use super::policy_state::{NoPolicy, PolicyState, Served, Withdrawal};
 use crate::proto::v1alpha1::policy_client::PolicyClient;
 use crate::proto::v1alpha1::{
     IsolationCheck, IsolationReport, WatchRequest, policy_update::Update,
@@ -89,7 +89,7 @@ pub async fn watch_forever(target: WatchTarget, state: Arc<PolicyState>) {
             Err(WatchError::Status(status)) if status.code() == tonic::Code::NotFound => {
                 // The Session is gone (or unknown to this replica): deny now.
                 tracing::warn!(message = status.message(), retry_in = ?backoff.retry_in(), "no such session: denying everything");
-                state.update(Err(status.message().to_owned()));
+                state.update(Err(Withdrawal::Said(status.message().to_owned())));
             }
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff.retry_in(), "policy watch failed")
@@ -139,15 +139,15 @@ pub async fn watch_once(target: &WatchTarget, state: &PolicyState) -> Result<(),
                 })
                 .map_err(|error| {
                     tracing::error!(%error, "unreadable policy: denying everything");
-                    error.to_string()
+                    Withdrawal::Unreadable(error)
                 }),
             Some(Update::Unavailable(reason)) => {
                 tracing::warn!(%reason, "no policy for this session: denying everything");
-                Err(reason)
+                Err(Withdrawal::Said(reason))
             }
             None => {
                 tracing::error!("unknown update from the control plane: denying everything");
-                Err("the control plane sent an update this sidecar cannot read".to_owned())
+                Err(Withdrawal::UnknownUpdate)
             }
         };
         if let Ok(served) = &policy {

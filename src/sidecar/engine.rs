@@ -447,7 +447,7 @@ mod tests {
     use super::*;
     use crate::audit::{MemorySink, NotAccepting};
     use crate::sidecar::denials::DENIALS_PER_MINUTE;
-    use crate::sidecar::policy_state::served;
+    use crate::sidecar::policy_state::{Withdrawal, served};
     use serde_json::json;
 
     /// An engine with a policy, these limits, and a fixed wall clock, and
@@ -602,7 +602,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refusals_without_a_policy_are_never_held() {
         let (engine, audit, _workspace) = engine(1000, 1000);
-        engine.policy.update(Err("withdrawn".into()));
+        engine
+            .policy
+            .update(Err(Withdrawal::Said("withdrawn".into())));
         for _ in 0..100 {
             let answer = engine.call("config_get", &json!({})).await;
             assert!(matches!(answer.result, Err(ToolError::NotAvailable(_))));
