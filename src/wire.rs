@@ -10,7 +10,7 @@ use crate::policy::{EffectiveContext, EffectiveSandbox, GatewayRules, ToolId};
 use crate::proto::v1alpha1 as pb;
 
 /// A wire value this version cannot read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("policy from the control plane has an unknown {field}: {value:?}")]
 pub struct DecodeError {
     /// Which field.

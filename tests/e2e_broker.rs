@@ -26,7 +26,7 @@ use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
 use wopr_operator::proto::v1alpha1::policy_update::Update;
 use wopr_operator::sidecar::broker::BrokerLink;
 use wopr_operator::sidecar::client::WatchTarget;
-use wopr_operator::sidecar::engine::Messenger;
+use wopr_operator::sidecar::tools::Messenger;
 
 const AGENT: &str = "e2e-elevated";
 const APPROVER: &str = "e2e-approver@example.com";

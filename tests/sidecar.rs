@@ -1137,11 +1137,7 @@ mod sandbox_checks {
             .await;
         let verifier = tokio::spawn(verify_forever(config, health.clone(), move |checks| {
             let target = target.clone();
-            async move {
-                report_isolation(&target, checks)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            async move { report_isolation(&target, checks).await }
         }));
 
         let reports = control_plane.reports.clone();

@@ -3,6 +3,7 @@
 
 use std::{borrow::Cow, fmt, str::FromStr};
 
+use super::NameError;
 use kube::KubeSchema;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -50,16 +51,12 @@ impl fmt::Display for TrustLevel {
 }
 
 impl FromStr for TrustLevel {
-    type Err = String;
+    type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         TrustLevel::ALL
             .into_iter()
             .find(|level| level.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown trust level {s:?}: expected owner, trusted, semi-trusted or untrusted"
-                )
-            })
+            .ok_or_else(|| NameError::TrustLevel(s.to_owned()))
     }
 }
 
@@ -134,6 +131,8 @@ impl fmt::Display for Capability {
 }
 
 impl FromStr for Capability {
+    // String, not NameError, until the broker's elevate (which collects
+    // these into a `Result<_, String>`) takes the typed error.
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Capability::ALL
@@ -166,11 +165,10 @@ impl fmt::Display for NetworkMode {
 }
 
 impl FromStr for NetworkMode {
-    type Err = String;
+    type Err = NameError;
 
-    fn from_str(value: &str) -> Result<NetworkMode, String> {
-        super::from_name(value)
-            .ok_or_else(|| format!("{value:?} is not a network mode: use none, restricted or full"))
+    fn from_str(value: &str) -> Result<NetworkMode, NameError> {
+        super::from_name(value).ok_or_else(|| NameError::NetworkMode(value.to_owned()))
     }
 }
 
@@ -235,23 +233,19 @@ impl AccessPattern {
 }
 
 impl TryFrom<String> for AccessPattern {
-    type Error = String;
+    type Error = NameError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         value.parse()
     }
 }
 
 impl FromStr for AccessPattern {
-    type Err = String;
+    type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "*" {
             return Ok(AccessPattern::Anyone);
         }
-        let invalid = || {
-            format!(
-                "invalid access pattern {s:?}: expected *, trust:<level>, session:<name>, peer:<public-key> or type:<source-type>"
-            )
-        };
+        let invalid = || NameError::AccessPattern(s.to_owned());
         let (kind, value) = s.split_once(':').ok_or_else(invalid)?;
         if value.is_empty() {
             return Err(invalid());

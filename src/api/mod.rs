@@ -20,7 +20,7 @@ pub use common::*;
 pub use gateway::*;
 pub use grant::*;
 pub use manifest::{ManifestError, WoprObject, parse_manifests};
-pub use names::{MAX_LABEL, check_label, from_name, name_of};
+pub use names::{MAX_LABEL, NameError, check_label, from_name, name_of};
 pub use security_policy::*;
 pub use session::*;
 pub use source_type::SourceType;

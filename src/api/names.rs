@@ -20,6 +20,22 @@ pub fn from_name<T: DeserializeOwned>(name: &str) -> Option<T> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
+/// Why a string names no value of one of the API's enums; the message
+/// says which names there are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("unknown trust level {0:?}: expected owner, trusted, semi-trusted or untrusted")]
+    TrustLevel(String),
+    #[error("{0:?} is not a network mode: use none, restricted or full")]
+    NetworkMode(String),
+    #[error("{0:?} is not an update policy: use Immediate, Rolling or OnRestart")]
+    UpdateType(String),
+    #[error(
+        "invalid access pattern {0:?}: expected *, trust:<level>, session:<name>, peer:<public-key> or type:<source-type>"
+    )]
+    AccessPattern(String),
+}
+
 /// The longest DNS-1123 label, what namespaces and Sessions are named:
 /// a Session's pod, service account and label values hold its name.
 pub const MAX_LABEL: usize = 63;

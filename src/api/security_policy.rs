@@ -114,16 +114,14 @@ pub enum UpdateType {
 }
 
 impl std::str::FromStr for UpdateType {
-    type Err = String;
+    type Err = super::NameError;
 
-    fn from_str(value: &str) -> Result<UpdateType, String> {
+    fn from_str(value: &str) -> Result<UpdateType, super::NameError> {
         match value {
             "Immediate" => Ok(UpdateType::Immediate),
             "Rolling" => Ok(UpdateType::Rolling),
             "OnRestart" => Ok(UpdateType::OnRestart),
-            other => Err(format!(
-                "{other:?} is not an update policy: use Immediate, Rolling or OnRestart"
-            )),
+            other => Err(super::NameError::UpdateType(other.to_owned())),
         }
     }
 }

@@ -47,34 +47,45 @@ pub const MAX_REQUESTED_CAPABILITIES: usize = 16;
 /// The longest reason (the CRD's bound).
 pub const MAX_REASON_BYTES: usize = 4096;
 
+/// Why an elevation request would never be carried out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ElevationRefusal {
+    #[error("name at least one capability")]
+    NoCapability,
+    #[error("ask for at most {MAX_REQUESTED_CAPABILITIES} capabilities at once")]
+    TooManyCapabilities,
+    #[error("`*` is the owner's alone: name the capabilities you need")]
+    Wildcard,
+    #[error("give a reason (at most {MAX_REASON_BYTES} bytes): a person reads it")]
+    Reason,
+    #[error(
+        "the duration must be between {} and {} seconds",
+        MIN_ELEVATION.as_secs(),
+        MAX_ELEVATION.as_secs()
+    )]
+    Duration,
+}
+
 /// Why an elevation request would never be carried out, if it would not.
 pub fn check_elevation(
     capabilities: &[Capability],
     reason: &str,
     duration: Duration,
-) -> Result<(), String> {
+) -> Result<(), ElevationRefusal> {
     if capabilities.is_empty() {
-        return Err("name at least one capability".into());
+        return Err(ElevationRefusal::NoCapability);
     }
     if capabilities.len() > MAX_REQUESTED_CAPABILITIES {
-        return Err(format!(
-            "ask for at most {MAX_REQUESTED_CAPABILITIES} capabilities at once"
-        ));
+        return Err(ElevationRefusal::TooManyCapabilities);
     }
     if capabilities.contains(&Capability::All) {
-        return Err("`*` is the owner's alone: name the capabilities you need".into());
+        return Err(ElevationRefusal::Wildcard);
     }
     if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
-        return Err(format!(
-            "give a reason (at most {MAX_REASON_BYTES} bytes): a person reads it"
-        ));
+        return Err(ElevationRefusal::Reason);
     }
     if !(MIN_ELEVATION..=MAX_ELEVATION).contains(&duration) {
-        return Err(format!(
-            "the duration must be between {} and {} seconds",
-            MIN_ELEVATION.as_secs(),
-            MAX_ELEVATION.as_secs()
-        ));
+        return Err(ElevationRefusal::Duration);
     }
     Ok(())
 }

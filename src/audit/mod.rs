@@ -188,11 +188,19 @@ pub trait AuditSink: Send + Sync {
     /// reports it on stderr.
     fn record(&self, event: &AuditEvent);
 
-    /// Whether calls may run: `Err(reason)` when this sink cannot record
-    /// them durably, so they are refused rather than run unrecorded.
-    fn accepting(&self) -> Result<(), String> {
+    /// Whether calls may run: an error when this sink cannot record them
+    /// durably, so they are refused rather than run unrecorded.
+    fn accepting(&self) -> Result<(), NotAccepting> {
         Ok(())
     }
+}
+
+/// Why a sink cannot record calls durably now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotAccepting {
+    /// The spool failed its last append (a full disk, say).
+    #[error("the audit spool cannot be written: no call runs unrecorded")]
+    SpoolUnwritable,
 }
 
 /// Writes each event as one JSON line, from a thread of its own.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use super::CliError;
 use crate::api::{Capability, TrustLevel};
 
 /// The WOPR security model on Kubernetes: sessions, trust levels, grants,
@@ -427,11 +428,13 @@ pub enum ConfigCommand {
 }
 
 /// A capability a Grant may give: every one but the wildcard.
-fn parse_capability(value: &str) -> Result<Capability, String> {
+fn parse_capability(value: &str) -> Result<Capability, CliError> {
     match value.parse::<Capability>() {
-        Ok(Capability::All) => Err("a Grant can never give the wildcard '*'".into()),
+        Ok(Capability::All) => Err(CliError::Usage(
+            "a Grant can never give the wildcard '*'".into(),
+        )),
         Ok(capability) => Ok(capability),
-        Err(_) => Err(format!(
+        Err(_) => Err(CliError::Usage(format!(
             "unknown capability {value:?}: use one of {}",
             Capability::ALL
                 .iter()
@@ -439,25 +442,25 @@ fn parse_capability(value: &str) -> Result<Capability, String> {
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        )),
+        ))),
     }
 }
 
 /// `--request-timeout`: a duration ([`super::time::parse_duration`]).
-fn parse_timeout(value: &str) -> Result<Duration, String> {
-    let duration = super::time::parse_duration(value).map_err(|error| error.to_string())?;
-    Duration::try_from(duration).map_err(|error| error.to_string())
+fn parse_timeout(value: &str) -> Result<Duration, CliError> {
+    let duration = super::time::parse_duration(value)?;
+    Duration::try_from(duration).map_err(|error| CliError::Usage(error.to_string()))
 }
 
 /// A trust level a Grant may give: every one but owner.
-fn parse_grantable_level(value: &str) -> Result<TrustLevel, String> {
+fn parse_grantable_level(value: &str) -> Result<TrustLevel, CliError> {
     match value.parse::<TrustLevel>() {
-        Ok(TrustLevel::Owner) => {
-            Err("a Grant can never give the owner profile: owner is set on a Session only".into())
-        }
-        Ok(level) => Ok(level),
-        Err(_) => Err(format!(
-            "unknown trust level {value:?}: use trusted, semi-trusted or untrusted"
+        Ok(TrustLevel::Owner) => Err(CliError::Usage(
+            "a Grant can never give the owner profile: owner is set on a Session only".into(),
         )),
+        Ok(level) => Ok(level),
+        Err(_) => Err(CliError::Usage(format!(
+            "unknown trust level {value:?}: use trusted, semi-trusted or untrusted"
+        ))),
     }
 }

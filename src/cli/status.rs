@@ -4,9 +4,6 @@
 
 use futures::future::join_all;
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -20,6 +17,7 @@ use crate::api::{
     ApprovalRequest, ApprovalState, DEFAULT_POLICY_NAME, Enforcement, Gateway, Grant,
     SecurityPolicy, SecurityPolicySpec, Session, TrustLevel, name_of,
 };
+use crate::cluster::access::{Access, service_account_of};
 use crate::contract::child_name;
 
 /// `security status SESSION` as data.
@@ -196,24 +194,23 @@ pub struct Right {
     pub allowed: bool,
 }
 
-/// The rights whoami checks: what they let you do, verb, resource, subresource.
-const RIGHTS: [(&str, &str, &str, &str); 7] = [
-    ("create sessions", "create", "sessions", ""),
-    ("send sessions messages", "create", "sessions", "inject"),
-    ("write grants", "create", "grants", ""),
+/// The rights whoami checks: what they let you do, verb, resource (with a
+/// subresource as `sessions/inject`).
+const RIGHTS: [(&str, &str, &str); 7] = [
+    ("create sessions", "create", "sessions"),
+    ("send sessions messages", "create", "sessions/inject"),
+    ("write grants", "create", "grants"),
     (
         "approve and deny requests",
         "patch",
-        "approvalrequests",
-        "status",
+        "approvalrequests/status",
     ),
-    ("change the SecurityPolicy", "patch", "securitypolicies", ""),
-    ("read the audit trail", "list", "auditevents", ""),
+    ("change the SecurityPolicy", "patch", "securitypolicies"),
+    ("read the audit trail", "list", "auditevents"),
     (
         "loosen a sandbox below trusted",
         "use",
         crate::api::SANDBOX_OVERRIDES_RESOURCE,
-        "",
     ),
 ];
 
@@ -252,23 +249,19 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
             .map(|grant| grant.spec.profile.unwrap_or(TrustLevel::Untrusted))
             .max(),
     };
-    let rights = join_all(
-        RIGHTS
-            .iter()
-            .map(|(what, verb, resource, subresource)| async move {
-                Ok::<_, CliError>(Right {
-                    what: (*what).to_owned(),
-                    allowed: may(context, verb, resource, subresource, None).await?,
-                })
-            }),
-    )
+    let rights = join_all(RIGHTS.iter().map(|(what, verb, resource)| async move {
+        Ok::<_, CliError>(Right {
+            what: (*what).to_owned(),
+            allowed: may(context, verb, resource, None).await?,
+        })
+    }))
     .await
     .into_iter()
     .collect::<Result<Vec<_>, _>>()?;
     let usable = join_all(TrustLevel::ALL.map(|level| async move {
         let name = Some(level.as_str());
         Ok::<_, CliError>(
-            may(context, "use", crate::api::TRUST_LEVELS_RESOURCE, "", name)
+            may(context, "use", crate::api::TRUST_LEVELS_RESOURCE, name)
                 .await?
                 .then_some(level),
         )
@@ -347,13 +340,6 @@ fn yes_no(yes: bool) -> String {
     if yes { "yes" } else { "no" }.into()
 }
 
-/// The service account (namespace, name) `username` is, if it is one.
-fn service_account_of(username: &str) -> Option<(&str, &str)> {
-    username
-        .strip_prefix("system:serviceaccount:")?
-        .split_once(':')
-}
-
 /// The Session of this namespace whose service account is `account`.
 async fn session_of_account(account: &str, context: &Context) -> Result<Option<Session>, CliError> {
     let sessions = list::<Session>(context).await?;
@@ -367,29 +353,19 @@ async fn may(
     context: &Context,
     verb: &str,
     resource: &str,
-    subresource: &str,
     name: Option<&str>,
 ) -> Result<bool, CliError> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(crate::api::GROUP.into()),
-                namespace: Some(context.namespace.clone()),
-                resource: Some(resource.into()),
-                subresource: (!subresource.is_empty()).then(|| subresource.into()),
-                verb: Some(verb.into()),
-                name: name.map(str::to_owned),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
+    let access = Access {
+        namespace: Some(&context.namespace),
+        group: crate::api::GROUP,
+        resource,
+        verb,
+        name,
     };
-    let answer = Api::<SelfSubjectAccessReview>::all(context.client.clone())
-        .create(&PostParams::default(), &review)
+    access
+        .allowed(&context.client)
         .await
-        .map_err(|e| CliError::from_kube("selfsubjectaccessreview", e))?;
-    Ok(answer.status.is_some_and(|status| status.allowed))
+        .map_err(|e| CliError::from_kube("selfsubjectaccessreview", e))
 }
 
 /// The enforcement mode a namespace's SecurityPolicy sets (enforce

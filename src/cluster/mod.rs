@@ -2,8 +2,10 @@
 //! manager for every server-side apply, errors shown in one line, and the
 //! start-up checks of what the operator needs from the cluster
 //! ([`preflight`]), whether the cluster guards trust levels at admission
-//! ([`escalation`]), and leader election with a Lease ([`lease`]).
+//! ([`escalation`]), who a username is and what it may do ([`access`]),
+//! and leader election with a Lease ([`lease`]).
 
+pub mod access;
 pub mod escalation;
 pub mod lease;
 pub mod preflight;

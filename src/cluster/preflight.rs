@@ -11,12 +11,9 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
-use kube::api::PostParams;
-use kube::{Api, Client, Config};
+use kube::{Client, Config};
 
+use super::access::Access;
 use super::describe;
 use crate::api;
 
@@ -354,7 +351,7 @@ impl ApiServer {
         watched: Option<&str>,
         lease_namespace: Option<&str>,
     ) -> Result<(), PreflightError> {
-        let checks: Vec<Check> = REQUIRED_RIGHTS
+        let checks: Vec<Access> = REQUIRED_RIGHTS
             .iter()
             .filter_map(|rights| {
                 let namespace = match rights.scope {
@@ -373,7 +370,7 @@ impl ApiServer {
                 rights.resources.iter().flat_map(move |resource| {
                     let names = names.clone();
                     rights.verbs.iter().flat_map(move |verb| {
-                        names.clone().into_iter().map(move |name| Check {
+                        names.clone().into_iter().map(move |name| Access {
                             namespace,
                             group: rights.group,
                             resource,
@@ -384,36 +381,12 @@ impl ApiServer {
                 })
             })
             .collect();
-        let reviews = Api::<SelfSubjectAccessReview>::all(self.client.clone());
-        let answers = join_all(checks.iter().map(|check| {
-            let (resource, subresource) = match check.resource.split_once('/') {
-                Some((resource, subresource)) => (resource, Some(subresource.to_owned())),
-                None => (check.resource, None),
-            };
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        namespace: check.namespace.map(str::to_owned),
-                        group: Some(check.group.to_owned()),
-                        resource: Some(resource.to_owned()),
-                        subresource,
-                        verb: Some(check.verb.to_owned()),
-                        name: check.name.map(str::to_owned),
-                        ..ResourceAttributes::default()
-                    }),
-                    ..SelfSubjectAccessReviewSpec::default()
-                },
-                ..SelfSubjectAccessReview::default()
-            };
-            let reviews = reviews.clone();
-            async move { reviews.create(&PostParams::default(), &review).await }
-        }))
-        .await;
+        let answers = join_all(checks.iter().map(|check| check.allowed(&self.client))).await;
         let mut missing = Vec::new();
         for (check, answer) in checks.iter().zip(answers) {
             match answer {
-                Ok(review) if review.status.as_ref().is_some_and(|s| s.allowed) => {}
-                Ok(_) => missing.push(check.to_string()),
+                Ok(true) => {}
+                Ok(false) => missing.push(check.to_string()),
                 Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => {
                     tracing::warn!(message = %status.message, "cannot check the controller's RBAC rights; starting without the check");
                     return Ok(());
@@ -428,81 +401,5 @@ impl ApiServer {
                 missing: missing.join(", "),
             })
         }
-    }
-}
-
-/// One verb on one resource, in one namespace or all.
-struct Check<'a> {
-    namespace: Option<&'a str>,
-    group: &'a str,
-    resource: &'a str,
-    verb: &'a str,
-    /// One object, or every object when `None`.
-    name: Option<&'a str>,
-}
-
-/// `list sessions.wopr.dev in team-a`, `patch sessions.wopr.dev/status`,
-/// `get pods`: what `kubectl auth can-i` takes.
-impl std::fmt::Display for Check<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (resource, subresource) = match self.resource.split_once('/') {
-            Some((resource, subresource)) => (resource, format!("/{subresource}")),
-            None => (self.resource, String::new()),
-        };
-        let group = if self.group.is_empty() {
-            String::new()
-        } else {
-            format!(".{}", self.group)
-        };
-        write!(f, "{} {resource}{group}{subresource}", self.verb)?;
-        if let Some(name) = self.name {
-            write!(f, " named {name}")?;
-        }
-        if let Some(namespace) = self.namespace {
-            write!(f, " in {namespace}")?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rights_read_as_kubectl_would_say_them() {
-        let check = |namespace, group, resource, verb| {
-            Check {
-                namespace,
-                group,
-                resource,
-                verb,
-                name: None,
-            }
-            .to_string()
-        };
-        assert_eq!(
-            check(None, "wopr.dev", "sessions", "list"),
-            "list sessions.wopr.dev"
-        );
-        assert_eq!(
-            check(Some("team-a"), "wopr.dev", "sessions/status", "patch"),
-            "patch sessions.wopr.dev/status in team-a"
-        );
-        assert_eq!(
-            check(Some("wopr-system"), "", "pods", "get"),
-            "get pods in wopr-system"
-        );
-        let named = Check {
-            namespace: Some("team-a"),
-            group: "wopr.dev",
-            resource: "trustlevels",
-            verb: "use",
-            name: Some("owner"),
-        };
-        assert_eq!(
-            named.to_string(),
-            "use trustlevels.wopr.dev named owner in team-a"
-        );
     }
 }

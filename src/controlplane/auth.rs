@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use super::reviews::{Answer, Reviews};
 use crate::api::{SourceRef, SourceType, TrustLevel};
+use crate::cluster::access::{service_account_of, service_account_username};
 use crate::contract::{TOKEN_AUDIENCE, child_name};
 
 /// An authenticated caller.
@@ -41,10 +42,7 @@ pub struct Identity {
 impl Identity {
     /// The username the caller authenticated as.
     pub fn username(&self) -> String {
-        format!(
-            "system:serviceaccount:{}:{}",
-            self.namespace, self.service_account
-        )
+        service_account_username(&self.namespace, &self.service_account)
     }
 
     /// This caller (a session's sidecar) as the source of an audit event:
@@ -409,21 +407,13 @@ impl TokenReviewer {
 
 /// The identity of a `system:serviceaccount:<namespace>:<name>` user.
 pub fn identity_of(username: &str, pod_name: Option<String>) -> Result<Identity, AuthError> {
-    match username
-        .strip_prefix("system:serviceaccount:")
-        .and_then(|rest| rest.split_once(':'))
-    {
-        Some((namespace, service_account))
-            if !namespace.is_empty() && !service_account.is_empty() =>
-        {
-            Ok(Identity {
-                namespace: namespace.to_owned(),
-                service_account: service_account.to_owned(),
-                pod_name,
-            })
-        }
-        _ => Err(AuthError::NotAServiceAccount(username.to_owned())),
-    }
+    let (namespace, service_account) = service_account_of(username)
+        .ok_or_else(|| AuthError::NotAServiceAccount(username.to_owned()))?;
+    Ok(Identity {
+        namespace: namespace.to_owned(),
+        service_account: service_account.to_owned(),
+        pod_name,
+    })
 }
 
 /// Fixed tokens, for tests and local development.

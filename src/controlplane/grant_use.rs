@@ -154,7 +154,7 @@ mod tests {
 
     #[tonic::async_trait]
     impl ClusterWriter for Uses {
-        async fn file(&self, _: &ApprovalRequest) -> Result<(), String> {
+        async fn file(&self, _: &ApprovalRequest) -> Result<(), WriteError> {
             unreachable!("grant uses file nothing")
         }
 
@@ -167,7 +167,7 @@ mod tests {
             namespace: &str,
             grant: &str,
             at: Timestamp,
-        ) -> Result<(), String> {
+        ) -> Result<(), WriteError> {
             self.0
                 .send((namespace.to_owned(), grant.to_owned(), at))
                 .unwrap();

@@ -25,6 +25,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+use super::writes::WriteError;
 use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED};
 use crate::audit::truncated;
 use crate::cluster::{FIELD_MANAGER, describe};
@@ -47,7 +48,7 @@ pub trait IsolationRecorder: Send + Sync + 'static {
         session: &str,
         reporter: Option<IpAddr>,
         conditions: Vec<PodCondition>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
 }
 
 /// The addresses of `pod`, as its status lists them.
@@ -106,40 +107,51 @@ pub fn as_claims(
         .collect()
 }
 
+/// Why a sandbox report is refused (a sidecar of this version never sends
+/// one): the check, and what is malformed in it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedCheck {
+    #[error("unknown check type {0:?}")]
+    UnknownType(String),
+    #[error("check {0} reported twice")]
+    Twice(String),
+    #[error("{0}: status must be True, False or Unknown")]
+    Status(String),
+    #[error("{check}: reason {reason:?} is not CamelCase")]
+    Reason { check: String, reason: String },
+    #[error("{0}: message longer than {MAX_MESSAGE_BYTES} bytes")]
+    MessageTooLong(String),
+}
+
 /// The pod conditions `checks` stand for, stamped `now`; an error names
-/// what is malformed (a sidecar of this version never sends it).
+/// what is malformed.
 pub fn pod_conditions(
     checks: &[pb::IsolationCheck],
     now: Timestamp,
-) -> Result<Vec<PodCondition>, String> {
+) -> Result<Vec<PodCondition>, MalformedCheck> {
     let mut seen = Vec::new();
     checks
         .iter()
         .map(|check| {
+            let kind = || check.r#type.clone();
             if ![NETWORK_ISOLATED, PIDS_LIMITED].contains(&check.r#type.as_str()) {
-                return Err(format!("unknown check type {:?}", check.r#type));
+                return Err(MalformedCheck::UnknownType(kind()));
             }
             if seen.contains(&check.r#type) {
-                return Err(format!("check {} reported twice", check.r#type));
+                return Err(MalformedCheck::Twice(kind()));
             }
             seen.push(check.r#type.clone());
             if !["True", "False", "Unknown"].contains(&check.status.as_str()) {
-                return Err(format!(
-                    "{}: status must be True, False or Unknown",
-                    check.r#type
-                ));
+                return Err(MalformedCheck::Status(kind()));
             }
             if !is_condition_reason(&check.reason) {
-                return Err(format!(
-                    "{}: reason {:?} is not CamelCase",
-                    check.r#type, check.reason
-                ));
+                return Err(MalformedCheck::Reason {
+                    check: kind(),
+                    reason: check.reason.clone(),
+                });
             }
             if check.message.len() > MAX_MESSAGE_BYTES {
-                return Err(format!(
-                    "{}: message longer than {MAX_MESSAGE_BYTES} bytes",
-                    check.r#type
-                ));
+                return Err(MalformedCheck::MessageTooLong(kind()));
             }
             Ok(PodCondition {
                 type_: format!("{POD_CONDITION_PREFIX}{}", check.r#type),
@@ -185,10 +197,11 @@ impl IsolationRecorder for PodStatusConditions {
         session: &str,
         reporter: Option<IpAddr>,
         conditions: Vec<PodCondition>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
+        let failed = |error: kube::Error| WriteError::Failed(describe(&error));
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let name = child_name(session);
-        let pod = pods.get(&name).await.map_err(|error| describe(&error))?;
+        let pod = pods.get(&name).await.map_err(failed)?;
         let conditions = as_claims(&pod, reporter, conditions);
         let patch = json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -202,7 +215,7 @@ impl IsolationRecorder for PodStatusConditions {
         )
         .await
         .map(|_| ())
-        .map_err(|error| describe(&error))
+        .map_err(failed)
     }
 }
 
@@ -309,7 +322,7 @@ mod tests {
             ),
         ] {
             let error = pod_conditions(&[bad], Timestamp::UNIX_EPOCH).unwrap_err();
-            assert!(error.contains(why), "{error}");
+            assert!(error.to_string().contains(why), "{error}");
         }
         let twice = [
             check("PidsLimited", "True", "Limited", ""),
@@ -318,6 +331,7 @@ mod tests {
         assert!(
             pod_conditions(&twice, Timestamp::UNIX_EPOCH)
                 .unwrap_err()
+                .to_string()
                 .contains("twice")
         );
     }

@@ -180,8 +180,8 @@ impl<D: DiscoverPolicy, A: Authenticator, R: IsolationRecorder> Policy for Polic
                 "a sandbox report needs the token bound to the session's pod",
             ));
         }
-        let conditions =
-            pod_conditions(&report.checks, Timestamp::now()).map_err(Status::invalid_argument)?;
+        let conditions = pod_conditions(&report.checks, Timestamp::now())
+            .map_err(|malformed| Status::invalid_argument(malformed.to_string()))?;
         for check in &report.checks {
             tracing::info!(namespace = %report.namespace, session = %report.session, check = %check.r#type, status = %check.status, message = %check.message, "sandbox check reported");
         }

@@ -12,13 +12,13 @@ use serde_json::json;
 use crate::api::{ApprovalRequest, Grant, Session};
 use crate::cluster::{FIELD_MANAGER, create_once, describe};
 
-/// Why an object was not created.
+/// Why an object was not written.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// One of that name exists.
     #[error("{0} already exists")]
     Exists(String),
-    /// The API server refused or could not be reached.
+    /// The API server refused or could not be reached (its answer, in one line).
     #[error("{0}")]
     Failed(String),
 }
@@ -27,7 +27,7 @@ pub enum WriteError {
 #[tonic::async_trait]
 pub trait ClusterWriter: Send + Sync + 'static {
     /// Creates `request`; filing the same request again is not an error.
-    async fn file(&self, request: &ApprovalRequest) -> Result<(), String>;
+    async fn file(&self, request: &ApprovalRequest) -> Result<(), WriteError>;
 
     /// Creates `session` (a child an agent spawned).
     async fn create_session(&self, session: &Session) -> Result<(), WriteError>;
@@ -39,7 +39,7 @@ pub trait ClusterWriter: Send + Sync + 'static {
         namespace: &str,
         grant: &str,
         at: Timestamp,
-    ) -> Result<(), String>;
+    ) -> Result<(), WriteError>;
 }
 
 /// Writes with the Kubernetes API, as the operator's field manager.
@@ -47,11 +47,11 @@ pub struct KubeWriter(pub Client);
 
 #[tonic::async_trait]
 impl ClusterWriter for KubeWriter {
-    async fn file(&self, request: &ApprovalRequest) -> Result<(), String> {
+    async fn file(&self, request: &ApprovalRequest) -> Result<(), WriteError> {
         create_once(&self.0, request)
             .await
             .map(drop)
-            .map_err(|error| describe(&error))
+            .map_err(|error| WriteError::Failed(describe(&error)))
     }
 
     async fn create_session(&self, session: &Session) -> Result<(), WriteError> {
@@ -74,7 +74,7 @@ impl ClusterWriter for KubeWriter {
         namespace: &str,
         grant: &str,
         at: Timestamp,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         let grants: Api<Grant> = Api::namespaced(self.0.clone(), namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -87,7 +87,7 @@ impl ClusterWriter for KubeWriter {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(error) => Err(describe(&error)),
+            Err(error) => Err(WriteError::Failed(describe(&error))),
         }
     }
 }

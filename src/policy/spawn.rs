@@ -78,9 +78,7 @@ pub fn child_session(
             limit: policy.max_children,
         });
     }
-    if let Err(why) = check_name(request.name) {
-        return invalid(why);
-    }
+    check_name(request.name)?;
     if request.prompt.len() > MAX_PROMPT_BYTES {
         return invalid(format!("the prompt is over {MAX_PROMPT_BYTES} bytes"));
     }
@@ -135,7 +133,7 @@ pub fn child_session(
 }
 
 /// A child's name: a DNS label short enough for its children's names.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), SpawnRefusal> {
     let valid = !name.is_empty()
         && name.len() <= MAX_CHILD_NAME
         && name
@@ -146,9 +144,9 @@ fn check_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
+        Err(SpawnRefusal::Invalid(format!(
             "name {name:?} is not a session name: lowercase letters, digits and '-', at most {MAX_CHILD_NAME} characters"
-        ))
+        )))
     }
 }
 

@@ -14,7 +14,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use super::client::{WatchError, WatchTarget, authorized, bearer_of, connect_channel};
-use super::engine::{Messenger, ToolError};
+use super::engine::ToolError;
+use super::tools::Messenger;
 use crate::api::Capability;
 use crate::api::name_of;
 use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer, SpawnChild};

@@ -9,15 +9,13 @@ use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use super::policy_state::{NoPolicy, PolicyState, Served};
+use super::backoff::Backoff;
+use super::policy_state::{NoPolicy, PolicyState, Served, Withdrawal};
 use crate::proto::v1alpha1::policy_client::PolicyClient;
 use crate::proto::v1alpha1::{
     IsolationCheck, IsolationReport, WatchRequest, policy_update::Update,
 };
 use crate::wire::decode;
-
-pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where and as whom the sidecar watches its policy.
 #[derive(Clone, Debug)]
@@ -80,20 +78,22 @@ pub fn heartbeat_seconds(max_stale: Duration) -> u32 {
 /// attempt changes nothing in `state`: the policy goes stale on its own
 /// once the control plane has been silent past the bound.
 pub async fn watch_forever(target: WatchTarget, state: Arc<PolicyState>) {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::streams();
     let mut reported_stale = false;
     loop {
         match watch_once(&target, &state).await {
             Ok(()) => {
                 tracing::warn!("policy stream ended; reconnecting");
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
             }
             Err(WatchError::Status(status)) if status.code() == tonic::Code::NotFound => {
                 // The Session is gone (or unknown to this replica): deny now.
-                tracing::warn!(message = status.message(), retry_in = ?backoff, "no such session: denying everything");
-                state.update(Err(status.message().to_owned()));
+                tracing::warn!(message = status.message(), retry_in = ?backoff.retry_in(), "no such session: denying everything");
+                state.update(Err(Withdrawal::Said(status.message().to_owned())));
             }
-            Err(error) => tracing::warn!(%error, retry_in = ?backoff, "policy watch failed"),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff.retry_in(), "policy watch failed")
+            }
         }
         match state.current() {
             Err(stale @ NoPolicy::Stale { .. }) if !reported_stale => {
@@ -103,8 +103,7 @@ pub async fn watch_forever(target: WatchTarget, state: Arc<PolicyState>) {
             Ok(_) => reported_stale = false,
             Err(_) => {}
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff.wait().await;
     }
 }
 
@@ -140,15 +139,15 @@ pub async fn watch_once(target: &WatchTarget, state: &PolicyState) -> Result<(),
                 })
                 .map_err(|error| {
                     tracing::error!(%error, "unreadable policy: denying everything");
-                    error.to_string()
+                    Withdrawal::Unreadable(error)
                 }),
             Some(Update::Unavailable(reason)) => {
                 tracing::warn!(%reason, "no policy for this session: denying everything");
-                Err(reason)
+                Err(Withdrawal::Said(reason))
             }
             None => {
                 tracing::error!("unknown update from the control plane: denying everything");
-                Err("the control plane sent an update this sidecar cannot read".to_owned())
+                Err(Withdrawal::UnknownUpdate)
             }
         };
         if let Ok(served) = &policy {

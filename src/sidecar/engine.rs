@@ -1,5 +1,6 @@
 //! The tool engine behind both transports (gRPC and MCP): decide with the
-//! policy engine, rate-limit, audit every decision, run the tool.
+//! policy engine, rate-limit, audit every decision, and run the tool with
+//! its family's handler ([`super::tools`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -7,22 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::denials::{Admission, DenialKey, Denials};
 use super::inbox::Inbox;
 use super::policy_state::{PolicyState, Served};
-use super::workspace::{Workspace, WorkspaceError};
+use super::tools::{self, Messenger, Scope};
+use super::workspace::Workspace;
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, SourceType, TrustLevel};
-use crate::approval::DEFAULT_ELEVATION;
 use crate::audit::{
     AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES, truncated,
-};
-use crate::inbox::InboxMessage;
-use crate::policy::tools::arguments::{
-    CapabilityQuery, ElevationAsk, ForwardMessage, HistoryQuery, InboxRead, MessageIds,
-    NoArguments, RequestAnswer, SessionMessage, SpawnChild, Unimplemented, WorkspacePath,
-    WorkspaceWrite,
 };
 use crate::policy::{
     Outcome, Request, TokenBucket, ToolCall, ToolId, decide, decide_tool_call, try_acquire_all,
@@ -130,52 +125,6 @@ impl Limits {
     }
 }
 
-/// Sends messages to other sessions, and acknowledges this session's,
-/// through the control plane's broker.
-#[tonic::async_trait]
-pub trait Messenger: Send + Sync {
-    /// Sends `message` to the session `target`; what the agent is answered.
-    async fn send(&self, target: &str, message: &Value) -> Result<Value, ToolError>;
-
-    /// Acknowledges the messages `ids` of this session's inbox; how many
-    /// were pending.
-    async fn ack(&self, ids: &[String]) -> Result<u64, ToolError>;
-
-    /// The other sessions whose access list admits this one.
-    async fn list(&self) -> Result<Value, ToolError>;
-
-    /// The newest `limit` messages sent to `target`, one of those.
-    async fn history(&self, target: &str, limit: u32) -> Result<Value, ToolError>;
-
-    /// Forwards a message of this gateway session's inbox (`gateway_forward`).
-    async fn forward(&self, forward: ForwardMessage) -> Result<Value, ToolError>;
-
-    /// Answers a request forwarded to this session (`inbox_reply`).
-    async fn reply(&self, answer: RequestAnswer) -> Result<Value, ToolError>;
-
-    /// Sends the result of one of this gateway's requests to its source
-    /// (`gateway_respond`).
-    async fn respond(&self, answer: RequestAnswer) -> Result<Value, ToolError>;
-
-    /// This gateway's requests waiting for approval (`gateway_queue`).
-    async fn queue(&self) -> Result<Value, ToolError>;
-
-    /// Creates a child session (`sessions_spawn`).
-    async fn spawn(&self, child: SpawnChild) -> Result<Value, ToolError>;
-
-    /// Asks a person for more capabilities for `duration` (`security_request`).
-    async fn elevate(
-        &self,
-        capabilities: &[Capability],
-        reason: &str,
-        duration: Duration,
-    ) -> Result<Value, ToolError>;
-}
-
-/// Messages `inbox_read` shows by default, and at most.
-const INBOX_READ_DEFAULT: u32 = 10;
-const INBOX_READ_MAX: u32 = 100;
-
 /// Serves the tools of one session.
 pub struct ToolEngine {
     namespace: String,
@@ -235,13 +184,6 @@ impl ToolEngine {
         self.messenger = Some(messenger);
         self.inbox = inbox;
         self
-    }
-
-    /// The way to the broker, or why there is none.
-    fn messenger(&self) -> Result<&dyn Messenger, ToolError> {
-        self.messenger
-            .as_deref()
-            .ok_or_else(|| ToolError::Failed("no connection to the control plane's broker".into()))
     }
 
     /// The session's inbox, as this sidecar holds it.
@@ -375,10 +317,10 @@ impl ToolEngine {
         arguments: &Value,
     ) -> (Result<Value, ToolError>, AuditEvent) {
         let not_available = || Err(ToolError::NotAvailable(name.to_owned()));
-        if let Err(reason) = self.audit.accepting() {
+        if let Err(refused) = self.audit.accepting() {
             return (
                 not_available(),
-                self.tool_event(None, None, Outcome::Denied, reason),
+                self.tool_event(None, None, Outcome::Denied, refused.to_string()),
             );
         }
         let served = match self.policy.current() {
@@ -391,13 +333,12 @@ impl ToolEngine {
                     Outcome::Allowed,
                     format!("whoami only: {reason}"),
                 );
-                let result = json!({
-                    "session": self.session,
-                    "namespace": self.namespace,
-                    "prompt": self.prompt,
-                    "policy": null,
-                    "reason": reason,
-                });
+                let result = tools::whoami_without_policy(
+                    &self.namespace,
+                    &self.session,
+                    self.prompt.as_deref(),
+                    &reason,
+                );
                 return (Ok(result), event);
             }
             Err(no_policy) => {
@@ -424,7 +365,7 @@ impl ToolEngine {
             );
         };
         let result = match ToolCall::parse(id, arguments.clone()) {
-            Err(error) => Err(ToolError::InvalidArguments(error)),
+            Err(error) => Err(ToolError::InvalidArguments(error.to_string())),
             Ok(call) => {
                 let limited = self
                     .limits
@@ -440,7 +381,14 @@ impl ToolEngine {
                     );
                     return (Err(ToolError::RateLimited(retry_after)), event);
                 }
-                self.run(call, &served).await
+                let scope = Scope {
+                    served: &served,
+                    prompt: self.prompt.as_deref(),
+                    workspace: &self.workspace,
+                    inbox: &self.inbox,
+                    messenger: self.messenger.as_deref(),
+                };
+                tools::run(call, &scope).await
             }
         };
         let reason = match &result {
@@ -450,107 +398,6 @@ impl ToolEngine {
         };
         let event = self.tool_event(Some(&served), decision.capability, decision.outcome, reason);
         (result, event)
-    }
-
-    /// Runs a parsed call: one arm per tool of the registry.
-    async fn run(&self, call: ToolCall, served: &Served) -> Result<Value, ToolError> {
-        let context = &served.context;
-        match call {
-            ToolCall::SecurityWhoami(NoArguments {}) => Ok(json!({
-                "session": context.session,
-                "namespace": context.namespace,
-                "trustLevel": context.trust_level,
-                "capabilities": context.capabilities,
-                "sandbox": {"enabled": context.sandbox.enabled},
-                "network": context.network,
-                "enforcement": context.enforcement,
-                "provider": served.provider.as_ref().map(|p| json!({"name": p.name, "model": p.model})),
-                "prompt": self.prompt,
-                "policyHash": context.policy_hash,
-            })),
-            ToolCall::SecurityCheck(CapabilityQuery { capability }) => {
-                let decision = decide(context, Request::Capability(capability));
-                Ok(json!({
-                    "allowed": decision.outcome == Outcome::Allowed,
-                    "reason": decision.reason.to_string(),
-                }))
-            }
-            ToolCall::MemoryRead(WorkspacePath { path }) => {
-                let content = self.workspace.read(&path).map_err(workspace_error)?;
-                Ok(json!({"path": path, "content": content}))
-            }
-            ToolCall::MemoryWrite(WorkspaceWrite { path, content }) => {
-                self.workspace
-                    .write(&path, &content)
-                    .map_err(workspace_error)?;
-                Ok(json!({"path": path, "written": content.len()}))
-            }
-            ToolCall::ConfigGet(NoArguments {}) => Ok(json!({
-                "session": context.session,
-                "namespace": context.namespace,
-                "effective": context.summary(),
-                "enforcement": context.enforcement,
-                "access": context.access,
-                "grants": context.grants,
-                "gateways": context.gateways,
-                "policyHash": context.policy_hash,
-            })),
-            ToolCall::SessionsList(NoArguments {}) => self.messenger()?.list().await,
-            ToolCall::SessionsHistory(HistoryQuery { session, limit }) => {
-                self.messenger()?
-                    .history(&session, limit.unwrap_or(0))
-                    .await
-            }
-            ToolCall::SessionsSend(SessionMessage { target, message }) => {
-                self.messenger()?.send(&target, &message).await
-            }
-            ToolCall::InboxRead(InboxRead { limit }) => {
-                let limit = limit.unwrap_or(INBOX_READ_DEFAULT).min(INBOX_READ_MAX);
-                let messages: Vec<InboxMessage> = self
-                    .inbox
-                    .after(0, limit as usize)
-                    .into_iter()
-                    .map(|(_, message)| message)
-                    .collect();
-                Ok(json!({"messages": messages}))
-            }
-            ToolCall::InboxAck(MessageIds { ids }) => {
-                let acknowledged = self.messenger()?.ack(&ids).await?;
-                self.inbox.release(&ids);
-                Ok(json!({"acknowledged": acknowledged}))
-            }
-            ToolCall::InboxReply(answer) => self.messenger()?.reply(answer).await,
-            ToolCall::GatewayForward(forward) => self.messenger()?.forward(forward).await,
-            ToolCall::GatewayRespond(answer) => self.messenger()?.respond(answer).await,
-            ToolCall::GatewayQueue(NoArguments {}) => self.messenger()?.queue().await,
-            // Not run by this version: never listed, refused like unknown tools.
-            ToolCall::SecurityRequest(ElevationAsk {
-                capabilities,
-                reason,
-                duration,
-            }) => {
-                let duration = match duration {
-                    None => DEFAULT_ELEVATION,
-                    Some(text) => text
-                        .parse::<kube::core::Duration>()
-                        .map(Duration::from)
-                        .map_err(|error| {
-                            ToolError::InvalidArguments(format!(
-                                "duration {text:?} is not a duration such as 30m or 2h: {error}"
-                            ))
-                        })?,
-                };
-                self.messenger()?
-                    .elevate(&capabilities, &reason, duration)
-                    .await
-            }
-            ToolCall::SessionsSpawn(child) => self.messenger()?.spawn(child).await,
-            ToolCall::HttpFetch(Unimplemented {})
-            | ToolCall::ExecCommand(Unimplemented {})
-            | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
-                "not implemented by this sidecar".into(),
-            )),
-        }
     }
 
     fn event(
@@ -595,19 +442,13 @@ impl ToolEngine {
     }
 }
 
-fn workspace_error(error: WorkspaceError) -> ToolError {
-    match error {
-        WorkspaceError::Escapes(_) => ToolError::InvalidArguments(error.to_string()),
-        other => ToolError::Failed(other.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::MemorySink;
+    use crate::audit::{MemorySink, NotAccepting};
     use crate::sidecar::denials::DENIALS_PER_MINUTE;
-    use crate::sidecar::policy_state::served;
+    use crate::sidecar::policy_state::{Withdrawal, served};
+    use serde_json::json;
 
     /// An engine with a policy, these limits, and a fixed wall clock, and
     /// what it audits.
@@ -648,8 +489,8 @@ mod tests {
             fn record(&self, event: &AuditEvent) {
                 self.0.record(event);
             }
-            fn accepting(&self) -> Result<(), String> {
-                Err("the audit spool cannot be written".into())
+            fn accepting(&self) -> Result<(), NotAccepting> {
+                Err(NotAccepting::SpoolUnwritable)
             }
         }
         let policy = Arc::new(PolicyState::new(Duration::from_secs(3600)));
@@ -675,7 +516,10 @@ mod tests {
         assert_eq!(recorded.len(), 1);
         assert_eq!(recorded[0].id, answer.audit_id);
         assert_eq!(recorded[0].decision, Outcome::Denied);
-        assert_eq!(recorded[0].reason, "the audit spool cannot be written");
+        assert_eq!(
+            recorded[0].reason,
+            "the audit spool cannot be written: no call runs unrecorded"
+        );
     }
 
     /// An agent chooses the tool's name and the arguments: what it is
@@ -758,7 +602,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refusals_without_a_policy_are_never_held() {
         let (engine, audit, _workspace) = engine(1000, 1000);
-        engine.policy.update(Err("withdrawn".into()));
+        engine
+            .policy
+            .update(Err(Withdrawal::Said("withdrawn".into())));
         for _ in 0..100 {
             let answer = engine.call("config_get", &json!({})).await;
             assert!(matches!(answer.result, Err(ToolError::NotAvailable(_))));

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::client::{
-    FIRST_BACKOFF, MAX_BACKOFF, WatchError, WatchTarget, authorized, connect_channel,
-};
+use super::backoff::Backoff;
+use super::client::{WatchError, WatchTarget, authorized, connect_channel};
 use crate::inbox::InboxMessage;
 use crate::proto::v1alpha1::InboxRequest;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
@@ -103,17 +102,18 @@ impl Inbox {
 /// reconnecting with backoff from the last position seen.
 pub async fn follow_forever(target: WatchTarget, inbox: Arc<Inbox>) {
     let mut after = 0;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::streams();
     loop {
         match follow_once(&target, &inbox, &mut after).await {
             Ok(()) => {
                 tracing::warn!("inbox stream ended; reconnecting");
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
             }
-            Err(error) => tracing::warn!(%error, retry_in = ?backoff, "inbox stream failed"),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff.retry_in(), "inbox stream failed")
+            }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff.wait().await;
     }
 }
 

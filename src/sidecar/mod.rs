@@ -2,6 +2,7 @@
 //! allows, over gRPC on a unix socket and MCP on the pod's loopback, and
 //! ships an audit event of every decision to the control plane.
 
+pub mod backoff;
 pub mod broker;
 pub mod client;
 pub mod denials;
@@ -16,4 +17,5 @@ pub mod ready;
 pub mod run;
 pub mod shipper;
 pub mod spool;
+pub mod tools;
 pub mod workspace;

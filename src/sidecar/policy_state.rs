@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::policy::EffectiveContext;
 use crate::proto::v1alpha1 as pb;
+use crate::wire::DecodeError;
 
 /// A policy received from the control plane.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +27,21 @@ pub struct Served {
     pub context: EffectiveContext,
     /// The session's model provider (for `security_whoami`).
     pub provider: Option<pb::Provider>,
+}
+
+/// Why the control plane's latest word for this session is no policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Withdrawal {
+    /// The control plane's own reason (the Session is gone, or it has no
+    /// policy for it).
+    #[error("{0}")]
+    Said(String),
+    /// A policy this sidecar cannot read.
+    #[error(transparent)]
+    Unreadable(#[from] DecodeError),
+    /// An update of a kind this sidecar does not know.
+    #[error("the control plane sent an update this sidecar cannot read")]
+    UnknownUpdate,
 }
 
 /// Why no policy is in force; every call but `security_whoami` is denied.
@@ -37,7 +53,7 @@ pub enum NoPolicy {
     /// The control plane said it has no policy for this session, or sent
     /// one this sidecar cannot read.
     #[error("no policy for this session: {0} (fail closed)")]
-    Withdrawn(String),
+    Withdrawn(Withdrawal),
     /// The control plane has been silent for longer than the bound.
     #[error(
         "the control plane has not been heard from for {}s, longer than the {}s bound (fail closed)",
@@ -102,7 +118,7 @@ impl PolicyState {
     }
 
     /// Records a policy from the control plane, or its reason for serving none.
-    pub fn update(&self, update: Result<Served, String>) {
+    pub fn update(&self, update: Result<Served, Withdrawal>) {
         let mut inner = self
             .inner
             .write()
@@ -172,10 +188,10 @@ mod tests {
         assert_eq!(state.current().unwrap_err(), NoPolicy::NotYet);
         state.update(Ok(served()));
         assert!(state.current().is_ok());
-        state.update(Err("Session ns/s does not exist".into()));
+        state.update(Err(Withdrawal::Said("Session ns/s does not exist".into())));
         assert_eq!(
             state.current().unwrap_err(),
-            NoPolicy::Withdrawn("Session ns/s does not exist".into())
+            NoPolicy::Withdrawn(Withdrawal::Said("Session ns/s does not exist".into()))
         );
     }
 
@@ -237,7 +253,7 @@ mod tests {
         assert_eq!(state.stale_at(), Some(Instant::now() + BOUND));
         tokio::time::advance(BOUND * 2).await;
         assert_eq!(state.stale_at(), None, "stale already");
-        state.update(Err("gone".into()));
+        state.update(Err(Withdrawal::Said("gone".into())));
         assert!(changes.has_changed().unwrap());
         assert_eq!(state.stale_at(), None, "nothing in force");
     }

@@ -24,7 +24,7 @@ use super::denials::DENIAL_WINDOW;
 use super::engine::{ELEVATION_REQUESTS_PER_MINUTE, Limits, ToolEngine};
 use super::grpc::{InboxService, ToolsService};
 use super::inbox::{self, Inbox};
-use super::isolation::network::{EgressAllow, ProbeTarget};
+use super::isolation::network::{EgressAllow, ListError, ProbeTarget};
 use super::isolation::pids::CgroupFiles;
 use super::isolation::{IsolationConfig, verify_forever};
 use super::mcp;
@@ -187,7 +187,7 @@ const SHIPPING_DRAIN: Duration = Duration::from_secs(5);
 pub enum SidecarError {
     /// A flag has a bad value.
     #[error("{0}: {1}")]
-    Flag(&'static str, String),
+    Flag(&'static str, ListError),
     /// A listener could not be opened.
     #[error("cannot listen on {what}: {source}")]
     Listen {
@@ -300,11 +300,7 @@ pub async fn run(
     let report_target = target.clone();
     let verifier = tokio::spawn(verify_forever(isolation, health.clone(), move |checks| {
         let target = report_target.clone();
-        async move {
-            report_isolation(&target, checks)
-                .await
-                .map_err(|error| error.to_string())
-        }
+        async move { report_isolation(&target, checks).await }
     }));
     let watcher = tokio::spawn(watch_forever(target.clone(), state));
     let inbox_follower = tokio::spawn(inbox::follow_forever(target.clone(), inbox));

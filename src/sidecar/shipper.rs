@@ -18,6 +18,7 @@ use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
+use super::backoff::Backoff;
 use super::client::{WatchError, WatchTarget, authorized, connect_channel};
 use super::spool::Spool;
 use crate::proto::v1alpha1::IngestRequest;
@@ -28,8 +29,9 @@ use crate::proto::v1alpha1::audit_client::AuditClient;
 pub const SHIP_EVERY: Duration = Duration::from_millis(200);
 /// Events per message of an Ingest stream.
 const EVENTS_PER_MESSAGE: usize = 500;
-/// Backoff between failed attempts: doubling from the first to the last.
-const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Backoff between failed attempts: doubling from the first (twice
+/// [`SHIP_EVERY`]) to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(400);
 const RETRY_LAST: Duration = Duration::from_secs(10);
 
 /// Why a round of shipping stopped (logged, then retried).
@@ -150,15 +152,19 @@ pub async fn ship_forever(
 ) {
     tokio::pin!(shutdown);
     let mut wait = SHIP_EVERY;
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_LAST);
     loop {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => break,
         }
         wait = match seal_and_ship(&spool, &target).await {
-            Ok(_) => SHIP_EVERY,
+            Ok(_) => {
+                backoff.reset();
+                SHIP_EVERY
+            }
             Err(error) => {
-                let next = (wait * 2).clamp(RETRY_FIRST, RETRY_LAST);
+                let next = backoff.take();
                 tracing::warn!(%error, retry_in = ?next, "cannot ship audit events; they stay in the spool");
                 next
             }

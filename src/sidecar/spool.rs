@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::audit::{AuditEvent, AuditSink, QueuedLineSink};
+use crate::audit::{AuditEvent, AuditSink, NotAccepting, QueuedLineSink};
 
 /// A full segment holds this many events...
 const SEGMENT_EVENTS: usize = 500;
@@ -282,9 +282,9 @@ impl AuditSink for SpooledSink {
         self.lines.record_line(line.into_bytes());
     }
 
-    fn accepting(&self) -> Result<(), String> {
+    fn accepting(&self) -> Result<(), NotAccepting> {
         if self.failing.load(Ordering::Relaxed) {
-            Err("the audit spool cannot be written: no call runs unrecorded".into())
+            Err(NotAccepting::SpoolUnwritable)
         } else {
             Ok(())
         }
@@ -369,7 +369,7 @@ mod tests {
         spool.active.lock().unwrap().file =
             OpenOptions::new().write(true).open("/dev/full").unwrap();
         sink.record(&event("lost to a full disk"));
-        let refused = sink.accepting().unwrap_err();
+        let refused = sink.accepting().unwrap_err().to_string();
         assert!(refused.contains("no call runs unrecorded"), "{refused}");
 
         sink.record(&event("the refusal, spooled"));

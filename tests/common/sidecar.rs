@@ -25,7 +25,7 @@ use wopr_operator::controlplane::denials::{SessionEvent, SessionEvents};
 use wopr_operator::controlplane::index::ContextIndex;
 use wopr_operator::controlplane::isolation::IsolationRecorder;
 use wopr_operator::controlplane::refusals::RefusalMetrics;
-use wopr_operator::controlplane::writes::KubeWriter;
+use wopr_operator::controlplane::writes::{KubeWriter, WriteError};
 use wopr_operator::controlplane::{Settings, serve};
 use wopr_operator::policy::ToolId;
 use wopr_operator::proto::v1alpha1::IngestRequest;
@@ -120,7 +120,7 @@ impl IsolationRecorder for MemoryRecorder {
         session: &str,
         _reporter: Option<std::net::IpAddr>,
         conditions: Vec<PodCondition>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         self.0
             .lock()
             .unwrap()

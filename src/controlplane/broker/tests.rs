@@ -75,13 +75,13 @@ struct NoWrites;
 
 #[tonic::async_trait]
 impl ClusterWriter for NoWrites {
-    async fn file(&self, _: &ApprovalRequest) -> Result<(), String> {
+    async fn file(&self, _: &ApprovalRequest) -> Result<(), WriteError> {
         unreachable!("refused calls file nothing")
     }
     async fn create_session(&self, _: &Session) -> Result<(), WriteError> {
         unreachable!("refused calls create nothing")
     }
-    async fn record_grant_use(&self, _: &str, _: &str, _: Timestamp) -> Result<(), String> {
+    async fn record_grant_use(&self, _: &str, _: &str, _: Timestamp) -> Result<(), WriteError> {
         Ok(())
     }
 }

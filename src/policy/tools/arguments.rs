@@ -214,8 +214,8 @@ mod tests {
     #[test]
     fn calls_are_validated_by_their_types() {
         assert_eq!(
-            ToolCall::parse(ToolId::MemoryRead, json!({"path": "notes"})),
-            Ok(ToolCall::MemoryRead(WorkspacePath {
+            ToolCall::parse(ToolId::MemoryRead, json!({"path": "notes"})).ok(),
+            Some(ToolCall::MemoryRead(WorkspacePath {
                 path: "notes".into()
             }))
         );

@@ -3,7 +3,8 @@
 //! JSON Schema agents are shown and whose deserialization validates a call.
 //! The policy engine, the sidecar's tool list and its dispatch all derive
 //! from [`declare_tools!`]'s one list: adding a tool is one line here (and
-//! its handler, which the sidecar's exhaustive match then asks for).
+//! its handler in its family's file of `sidecar/tools/`, whose exhaustive
+//! match then asks for it).
 //!
 //! A tool with no entry is unknown and always denied (fail closed).
 
@@ -77,11 +78,9 @@ macro_rules! declare_tools {
 
         impl ToolCall {
             /// Parses `arguments` for the tool `id`; the error says what is wrong.
-            pub fn parse(id: ToolId, arguments: Value) -> Result<ToolCall, String> {
+            pub fn parse(id: ToolId, arguments: Value) -> Result<ToolCall, serde_json::Error> {
                 match id {
-                    $( ToolId::$id => serde_json::from_value(arguments)
-                        .map(ToolCall::$id)
-                        .map_err(|error| error.to_string()), )*
+                    $( ToolId::$id => serde_json::from_value(arguments).map(ToolCall::$id), )*
                 }
             }
         }

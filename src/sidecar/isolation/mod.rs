@@ -131,10 +131,11 @@ const RECHECK_HOLDING: Duration = Duration::from_secs(300);
 /// reports it with `report` (retried until accepted), and keeps the overall
 /// health NOT_SERVING while isolation is required and not yet verified and
 /// reported, so the agent does not start.
-pub async fn verify_forever<R, F>(config: IsolationConfig, health: HealthReporter, report: R)
+pub async fn verify_forever<R, F, E>(config: IsolationConfig, health: HealthReporter, report: R)
 where
     R: Fn(Vec<pb::IsolationCheck>) -> F,
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut last: Option<Vec<Check>> = None;
     let mut reported = false;

@@ -16,6 +16,27 @@ use tokio::net::TcpStream;
 use super::{Check, Status};
 use crate::api::{NETWORK_ISOLATED, NetworkMode};
 
+/// Why a flag's comma-separated list of probes or egress entries is
+/// unreadable: the entry, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("{0:?}: expected name=ip:port")]
+    NoName(String),
+    #[error("{entry:?}: {address:?} is not an ip:port")]
+    NotAnAddress { entry: String, address: String },
+    #[error("{0:?}: bad port")]
+    BadPort(String),
+    #[error("{entry:?}: {cidr:?} is not a CIDR")]
+    NotACidr { entry: String, cidr: String },
+}
+
+/// The non-empty entries of a comma-separated list, trimmed.
+fn entries(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+}
+
 /// An address to probe, with a name for the evidence (`apiserver`, `kubelet`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeTarget {
@@ -27,17 +48,16 @@ pub struct ProbeTarget {
 
 impl ProbeTarget {
     /// Parses `name=ip:port` entries separated by commas (IPv6 in brackets).
-    pub fn parse_list(list: &str) -> Result<Vec<ProbeTarget>, String> {
-        list.split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
+    pub fn parse_list(list: &str) -> Result<Vec<ProbeTarget>, ListError> {
+        entries(list)
             .map(|entry| {
                 let (name, address) = entry
                     .split_once('=')
-                    .ok_or_else(|| format!("{entry:?}: expected name=ip:port"))?;
-                let address = address
-                    .parse()
-                    .map_err(|_| format!("{entry:?}: {address:?} is not an ip:port"))?;
+                    .ok_or_else(|| ListError::NoName(entry.to_owned()))?;
+                let address = address.parse().map_err(|_| ListError::NotAnAddress {
+                    entry: entry.to_owned(),
+                    address: address.to_owned(),
+                })?;
                 Ok(ProbeTarget {
                     name: name.to_owned(),
                     address,
@@ -59,21 +79,23 @@ pub struct EgressAllow {
 
 impl EgressAllow {
     /// Parses `cidr` and `cidr#port` entries separated by commas.
-    pub fn parse_list(list: &str) -> Result<Vec<EgressAllow>, String> {
-        list.split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
+    pub fn parse_list(list: &str) -> Result<Vec<EgressAllow>, ListError> {
+        entries(list)
             .map(|entry| {
                 let (cidr, port) = match entry.split_once('#') {
                     Some((cidr, port)) => (
                         cidr,
-                        Some(port.parse().map_err(|_| format!("{entry:?}: bad port"))?),
+                        Some(
+                            port.parse()
+                                .map_err(|_| ListError::BadPort(entry.to_owned()))?,
+                        ),
                     ),
                     None => (entry, None),
                 };
-                let network = cidr
-                    .parse()
-                    .map_err(|_| format!("{entry:?}: {cidr:?} is not a CIDR"))?;
+                let network = cidr.parse().map_err(|_| ListError::NotACidr {
+                    entry: entry.to_owned(),
+                    cidr: cidr.to_owned(),
+                })?;
                 Ok(EgressAllow { network, port })
             })
             .collect()
@@ -243,6 +265,7 @@ mod tests {
         assert!(
             ProbeTarget::parse_list("10.96.0.1:443")
                 .unwrap_err()
+                .to_string()
                 .contains("name=ip:port")
         );
         assert!(ProbeTarget::parse_list("kubelet=$(HOST_IP):10250").is_err());
