@@ -131,14 +131,12 @@ impl fmt::Display for Capability {
 }
 
 impl FromStr for Capability {
-    // String, not NameError, until the broker's elevate (which collects
-    // these into a `Result<_, String>`) takes the typed error.
-    type Err = String;
+    type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Capability::ALL
             .into_iter()
             .find(|cap| cap.as_str() == s)
-            .ok_or_else(|| format!("unknown capability {s:?}"))
+            .ok_or_else(|| NameError::Capability(s.to_owned()))
     }
 }
 

@@ -47,7 +47,7 @@ use super::common::{Capability, TrustLevel};
         .message("sessions applies to peer and service-account grants only; a session grant applies to its subject session"),
     validation = Rule::new("has(self.subject.peer) || !has(self.previousKeys) || size(self.previousKeys) == 0")
         .message("previousKeys applies to peer grants only"),
-    validation = Rule::new("!has(self.notBefore) || !has(self.expiresAt) || timestamp(self.notBefore) < timestamp(self.expiresAt)")
+    validation = Rule::new("!has(self.notBefore) || !has(self.expiresAt) || self.notBefore < self.expiresAt")
         .message("notBefore must be before expiresAt"),
 )]
 #[serde(rename_all = "camelCase")]

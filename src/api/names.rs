@@ -34,6 +34,19 @@ pub enum NameError {
         "invalid access pattern {0:?}: expected *, trust:<level>, session:<name>, peer:<public-key> or type:<source-type>"
     )]
     AccessPattern(String),
+    #[error("unknown capability {0:?}")]
+    Capability(String),
+    /// A name a caller gave that no namespace or Session can have; at most
+    /// a label's length of it is shown.
+    #[error(
+        "{what} {shown:?}{cut} ({bytes} bytes) is not a DNS-1123 label: at most {MAX_LABEL} lower-case letters, digits and '-', starting and ending with a letter or digit"
+    )]
+    NotALabel {
+        what: String,
+        shown: String,
+        cut: &'static str,
+        bytes: usize,
+    },
 }
 
 /// The longest DNS-1123 label, what namespaces and Sessions are named:
@@ -44,7 +57,7 @@ pub const MAX_LABEL: usize = 63;
 /// most [`MAX_LABEL`] lower-case letters, digits and `-`, starting and
 /// ending with a letter or digit), if it is not. The message shows at most
 /// the label's length of it: a caller's name may be any size.
-pub fn check_label(what: &str, name: &str) -> Result<(), String> {
+pub fn check_label(what: &str, name: &str) -> Result<(), NameError> {
     let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let valid = name.len() <= MAX_LABEL
         && name.starts_with(alphanumeric)
@@ -54,11 +67,12 @@ pub fn check_label(what: &str, name: &str) -> Result<(), String> {
         return Ok(());
     }
     let shown: String = name.chars().take(MAX_LABEL).collect();
-    let cut = if shown.len() < name.len() { "..." } else { "" };
-    Err(format!(
-        "{what} {shown:?}{cut} ({} bytes) is not a DNS-1123 label: at most {MAX_LABEL} lower-case letters, digits and '-', starting and ending with a letter or digit",
-        name.len()
-    ))
+    Err(NameError::NotALabel {
+        what: what.to_owned(),
+        cut: if shown.len() < name.len() { "..." } else { "" },
+        shown,
+        bytes: name.len(),
+    })
 }
 
 #[cfg(test)]
@@ -77,7 +91,9 @@ mod tests {
         ] {
             assert!(check_label("session", bad).is_err(), "{bad}");
         }
-        let huge = check_label("session", &"s".repeat(200_000)).unwrap_err();
+        let huge = check_label("session", &"s".repeat(200_000))
+            .unwrap_err()
+            .to_string();
         assert!(huge.len() < 300, "the name is not echoed whole: {huge}");
         assert!(
             huge.contains("(200000 bytes)") && huge.contains("63"),

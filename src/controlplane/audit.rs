@@ -517,7 +517,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
             let message = message?;
             let session = (message.namespace.clone(), message.session.clone());
             if let Err(reason) = authorize(&identity, &message.namespace, &message.session) {
-                let status = Status::permission_denied(reason);
+                let status = Status::permission_denied(reason.to_string());
                 return Err(self
                     .refuse_sidecar(&identity, &message.session, status)
                     .await);

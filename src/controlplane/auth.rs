@@ -489,17 +489,27 @@ impl Authenticator for StaticTokens {
 /// Whether `identity` may act for `namespace/session` (watch its policy,
 /// ship and read its audit events): it must be the
 /// session's own service account (and pod, when the token names one).
-pub fn authorize(identity: &Identity, namespace: &str, session: &str) -> Result<(), String> {
+pub fn authorize(identity: &Identity, namespace: &str, session: &str) -> Result<(), NotItsSession> {
     let own = child_name(session);
     let same_pod = identity.pod_name.as_ref().is_none_or(|pod| *pod == own);
     if identity.namespace == namespace && identity.service_account == own && same_pod {
         Ok(())
     } else {
-        Err(format!(
-            "service account {}/{} may not act for session {namespace}/{session}",
-            identity.namespace, identity.service_account
-        ))
+        Err(NotItsSession {
+            account: format!("{}/{}", identity.namespace, identity.service_account),
+            session: format!("{namespace}/{session}"),
+        })
     }
+}
+
+/// A sidecar's token used for a session that is not its own.
+#[derive(Debug, thiserror::Error)]
+#[error("service account {account} may not act for session {session}")]
+pub struct NotItsSession {
+    /// The caller's service account, `namespace/name`.
+    pub account: String,
+    /// The session it named, `namespace/name`.
+    pub session: String,
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ pub struct SessionEvent {
 
 /// Publishes Warning Events on Sessions.
 pub trait SessionEvents: Send + Sync + 'static {
-    fn warn(&self, event: SessionEvent) -> impl Future<Output = Result<(), String>> + Send;
+    fn warn(&self, event: SessionEvent) -> impl Future<Output = Result<(), kube::Error>> + Send;
 }
 
 /// What was denied to whom: the unit of aggregation.
@@ -298,7 +298,7 @@ impl KubeSessionEvents {
 }
 
 impl SessionEvents for KubeSessionEvents {
-    async fn warn(&self, event: SessionEvent) -> Result<(), String> {
+    async fn warn(&self, event: SessionEvent) -> Result<(), kube::Error> {
         let reference = ObjectReference {
             api_version: Some("wopr.dev/v1alpha1".into()),
             kind: Some("Session".into()),
@@ -313,10 +313,7 @@ impl SessionEvents for KubeSessionEvents {
             action: "Deny".into(),
             secondary: None,
         };
-        self.recorder
-            .publish(&published, &reference)
-            .await
-            .map_err(|error| error.to_string())
+        self.recorder.publish(&published, &reference).await
     }
 }
 
@@ -462,7 +459,7 @@ mod tests {
         #[derive(Default)]
         struct Stuck(std::sync::atomic::AtomicUsize);
         impl SessionEvents for Stuck {
-            async fn warn(&self, _: SessionEvent) -> Result<(), String> {
+            async fn warn(&self, _: SessionEvent) -> Result<(), kube::Error> {
                 self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 std::future::pending().await
             }

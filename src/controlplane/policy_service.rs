@@ -77,7 +77,8 @@ impl<D, A: Authenticator, R> PolicyService<D, A, R> {
                 self.refusals.count(Reason::Unauthenticated);
                 Status::unauthenticated(error.to_string())
             })?;
-        authorize(&identity, namespace, session).map_err(Status::permission_denied)?;
+        authorize(&identity, namespace, session)
+            .map_err(|refused| Status::permission_denied(refused.to_string()))?;
         Ok(identity)
     }
 }

@@ -189,7 +189,7 @@ impl Refusals {
         for (what, name) in names {
             if let Err(why) = check_label(what, name) {
                 self.count(Reason::InvalidName);
-                return Err(Status::invalid_argument(why));
+                return Err(Status::invalid_argument(why.to_string()));
             }
         }
         Ok(())

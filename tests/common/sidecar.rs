@@ -134,7 +134,7 @@ impl IsolationRecorder for MemoryRecorder {
 pub struct MemoryEvents(pub Mutex<Vec<SessionEvent>>);
 
 impl SessionEvents for MemoryEvents {
-    async fn warn(&self, event: SessionEvent) -> Result<(), String> {
+    async fn warn(&self, event: SessionEvent) -> Result<(), kube::Error> {
         self.0.lock().unwrap().push(event);
         Ok(())
     }

@@ -37,8 +37,8 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         let capabilities = capabilities
             .iter()
             .map(|name| name.parse())
-            .collect::<Result<Vec<Capability>, String>>()
-            .map_err(Status::invalid_argument);
+            .collect::<Result<Vec<Capability>, _>>()
+            .map_err(|unknown| Status::invalid_argument(unknown.to_string()));
         let capabilities = call.or_refuse(capabilities).await?;
         let duration = Duration::from_secs(duration_seconds);
         if let Err(why) = check_elevation(&capabilities, &reason, duration) {

@@ -154,7 +154,7 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             })?;
         if let Err(reason) = authorize(&identity, namespace, session) {
             let source = identity.as_source();
-            let status = Status::permission_denied(reason);
+            let status = Status::permission_denied(reason.to_string());
             let event = AuditEvent::refused_request(
                 &identity.namespace,
                 session,

@@ -89,7 +89,7 @@ impl ClusterWriter for NoWrites {
 struct NoEvents;
 
 impl SessionEvents for NoEvents {
-    async fn warn(&self, _: SessionEvent) -> Result<(), String> {
+    async fn warn(&self, _: SessionEvent) -> Result<(), kube::Error> {
         Ok(())
     }
 }
