@@ -106,9 +106,6 @@ pub async fn reconcile_gateway(
     gateway: Arc<DeserializeGuard<Gateway>>,
     ctx: Arc<StatusContext>,
 ) -> Result<Action, Error> {
-    if !ctx.leadership.is_leader() {
-        return Ok(Action::await_change());
-    }
     let namespace = gateway.namespace().unwrap_or_default();
     let exists = gateway.0.as_ref().is_ok_and(|g| {
         let session = ObjectRef::new(&g.spec.session).within(&namespace);

@@ -82,9 +82,6 @@ pub async fn reconcile_grant(
     grant: Arc<DeserializeGuard<Grant>>,
     ctx: Arc<StatusContext>,
 ) -> Result<Action, Error> {
-    if !ctx.leadership.is_leader() {
-        return Ok(Action::await_change());
-    }
     let now = (ctx.clock)();
     let (desired, next_change) = grant_status(&grant, now);
     let previous = grant

@@ -24,6 +24,7 @@ pub mod conditions;
 pub mod error;
 pub mod gateway_status;
 pub mod grant_status;
+pub mod leader_only;
 pub mod metrics;
 pub mod policy_status;
 pub mod retry;

@@ -113,9 +113,6 @@ pub async fn reconcile_policy(
     policy: Arc<DeserializeGuard<SecurityPolicy>>,
     ctx: Arc<StatusContext>,
 ) -> Result<Action, Error> {
-    if !ctx.leadership.is_leader() {
-        return Ok(Action::await_change());
-    }
     let sessions = sessions_in(&ctx.sessions, policy.namespace().as_deref());
     let guard = ctx.escalation_guard.read(&ctx.client).await?;
     let desired = policy_status(&policy, &sessions, &guard, &Time((ctx.clock)()));

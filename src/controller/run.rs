@@ -18,6 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use super::approvals::{ApprovalContext, reconcile_approval, retry_approval};
 use super::gateway_status::reconcile_gateway;
 use super::grant_status::reconcile_grant;
+use super::leader_only::on_the_leader;
 use super::metrics::Metrics;
 use super::policy_status::{GuardCache, reconcile_policy};
 use super::retry::Backoff;
@@ -121,7 +122,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         .reconcile_all_on(leadership.gained())
         .graceful_shutdown_on(shutdown.clone())
         .run(
-            reconcile,
+            on_the_leader(reconcile),
             error_policy,
             Arc::new(Context {
                 client: client.clone(),
@@ -164,7 +165,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     .reconcile_all_on(leadership.gained())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        reconcile_policy,
+        on_the_leader(reconcile_policy),
         status_context::retry,
         status_context.clone(),
     )
@@ -176,7 +177,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     .reconcile_all_on(leadership.gained())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        reconcile_approval,
+        on_the_leader(reconcile_approval),
         retry_approval,
         Arc::new(ApprovalContext {
             client: client.clone(),
@@ -197,7 +198,7 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     .reconcile_all_on(leadership.gained())
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        reconcile_grant,
+        on_the_leader(reconcile_grant),
         status_context::retry,
         status_context.clone(),
     )
@@ -225,7 +226,11 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         )
         .reconcile_all_on(leadership.gained())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_gateway, status_context::retry, status_context)
+        .run(
+            on_the_leader(reconcile_gateway),
+            status_context::retry,
+            status_context,
+        )
         .for_each(log_watch_errors);
 
     tokio::join!(

@@ -12,6 +12,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 
 use super::error::Error;
+use super::leader_only::Led;
 use super::policy_status::GuardCache;
 use super::retry::Backoff;
 use crate::api::Session;
@@ -36,6 +37,12 @@ pub struct StatusContext {
     pub store: crate::store::Store,
     /// The escalation guard as last read, for every SecurityPolicy's status.
     pub escalation_guard: GuardCache,
+}
+
+impl Led for StatusContext {
+    fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
 }
 
 /// `sessions` in a status message: the first few by name, then a count.

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use wopr_operator::api::{Gateway, Grant, SecurityPolicy, Session, UpdatePolicy};
 use wopr_operator::cache::Stores;
 use wopr_operator::cluster::lease::Leadership;
+use wopr_operator::controller::leader_only::on_the_leader;
 use wopr_operator::controller::metrics::Metrics;
 use wopr_operator::controller::retry::Backoff;
 use wopr_operator::controller::session::config::SandboxConfig;
@@ -155,7 +156,8 @@ impl Harness {
             .get(&session_path(name))
             .expect("the session exists");
         let object: DeserializeGuard<Session> = serde_json::from_value(stored).unwrap();
-        reconcile(Arc::new(object), self.ctx.clone()).await
+        // As the controller runs it: on the leader only.
+        on_the_leader(reconcile)(Arc::new(object), self.ctx.clone()).await
     }
 
     pub fn add_grant(&mut self, grant: Grant) {

@@ -30,6 +30,7 @@ use crate::audit::EventType;
 use crate::cache::Stores;
 use crate::cluster::lease::Leadership;
 use crate::controller::error::Error;
+use crate::controller::leader_only::Led;
 use crate::controller::metrics::Metrics;
 use crate::controller::retry::Backoff;
 use crate::policy::Outcome;
@@ -50,14 +51,17 @@ pub struct ApprovalContext {
     pub metrics: Metrics,
 }
 
+impl Led for ApprovalContext {
+    fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+}
+
 /// Takes an ApprovalRequest one step on.
 pub async fn reconcile_approval(
     object: Arc<DeserializeGuard<ApprovalRequest>>,
     ctx: Arc<ApprovalContext>,
 ) -> Result<Action, Error> {
-    if !ctx.leadership.is_leader() {
-        return Ok(Action::await_change());
-    }
     let request = match &object.0 {
         Ok(request) => request,
         Err(invalid) => {

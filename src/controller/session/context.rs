@@ -10,6 +10,7 @@ use super::rollout::Rollouts;
 use crate::api::UpdatePolicy;
 use crate::cache::Stores;
 use crate::cluster::lease::Leadership;
+use crate::controller::leader_only::Led;
 use crate::controller::metrics::Metrics;
 use crate::controller::retry::Backoff;
 use crate::store::Store;
@@ -38,4 +39,10 @@ pub struct Context {
     pub backoff: Backoff,
     /// The audit store, where the controller's own decisions go.
     pub store: Store,
+}
+
+impl Led for Context {
+    fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
 }

@@ -32,14 +32,11 @@ const REPLACE_POLL: Duration = Duration::from_secs(2);
 /// The longest a Session goes without a reconcile (a resync: reads only).
 const RESYNC: Duration = Duration::from_secs(3600);
 
-/// Reconciles one Session. Non-leaders do nothing.
+/// Reconciles one Session (on the leader: `leader_only`).
 pub async fn reconcile(
     object: Arc<DeserializeGuard<Session>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    if !ctx.leadership.is_leader() {
-        return Ok(Action::await_change());
-    }
     ctx.metrics.reconciles.inc();
     let started = Instant::now();
     let result = reconcile_session(&object, &ctx).await;
