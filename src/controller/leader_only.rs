@@ -18,10 +18,14 @@ pub trait Led {
     fn leadership(&self) -> &Leadership;
 }
 
+/// A reconcile that may not have run: the wait of a replica that does not
+/// lead, or the reconcile's own future.
+pub type LeaderOnly<Fut> = Either<Ready<Result<Action, Error>>, Fut>;
+
 /// `reconcile`, run only while this replica leads.
 pub fn on_the_leader<K, C, Fut>(
     reconcile: impl Fn(Arc<K>, Arc<C>) -> Fut,
-) -> impl FnMut(Arc<K>, Arc<C>) -> Either<Ready<Result<Action, Error>>, Fut>
+) -> impl FnMut(Arc<K>, Arc<C>) -> LeaderOnly<Fut>
 where
     C: Led,
     Fut: Future<Output = Result<Action, Error>>,

@@ -16,11 +16,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::bearer;
 use super::auth::{AuthError, Authenticator, Identity, authorize, identity_of};
 use super::denials::DenialEvents;
 use super::discover::DiscoverPolicy;
 use super::grant_use::GrantUses;
-use super::policy_service::bearer;
 use super::refusals::{Reason, Refusals, Trail};
 use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel, check_label, from_name};
 use crate::audit::{AuditEvent, EventType, truncated};

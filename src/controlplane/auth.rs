@@ -27,6 +27,8 @@ use super::reviews::{Answer, Reviews};
 use crate::api::{SourceRef, SourceType, TrustLevel};
 use crate::cluster::access::{service_account_of, service_account_username};
 use crate::contract::{TOKEN_AUDIENCE, child_name};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -414,6 +416,20 @@ pub fn identity_of(username: &str, pod_name: Option<String>) -> Result<Identity,
         service_account: service_account.to_owned(),
         pod_name,
     })
+}
+
+/// The bearer token of a request.
+pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
+    metadata
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "missing bearer token: send `authorization: Bearer <service-account token>`",
+            )
+        })
 }
 
 /// Fixed tokens, for tests and local development.

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Authenticator, Identity, authorize};
 use super::discover::{DiscoverPolicy, Snapshot};
 use super::isolation::{IsolationRecorder, pod_conditions};
-use super::refusals::{Reason, Refusals};
+use super::refusals::Refusals;
 use crate::proto::v1alpha1::policy_server::Policy;
 use crate::proto::v1alpha1::{
     Heartbeat, IsolationReport, IsolationReportAck, PolicyUpdate, WatchRequest,
@@ -66,35 +66,14 @@ impl<D, A: Authenticator, R> PolicyService<D, A, R> {
         namespace: &str,
         session: &str,
     ) -> Result<Identity, Status> {
-        self.refusals
-            .check_names(&[("namespace", namespace), ("session", session)])?;
-        let token = bearer(metadata)?;
         let identity = self
-            .authenticator
-            .authenticate(token)
-            .await
-            .map_err(|error| {
-                self.refusals.count(Reason::Unauthenticated);
-                Status::unauthenticated(error.to_string())
-            })?;
+            .refusals
+            .sidecar(&*self.authenticator, metadata, (namespace, session))
+            .await?;
         authorize(&identity, namespace, session)
             .map_err(|refused| Status::permission_denied(refused.to_string()))?;
         Ok(identity)
     }
-}
-
-/// The bearer token of a request.
-pub fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
-    metadata
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| {
-            Status::unauthenticated(
-                "missing bearer token: send `authorization: Bearer <service-account token>`",
-            )
-        })
 }
 
 /// The heartbeat period a watcher asked for (`None`: no heartbeats).

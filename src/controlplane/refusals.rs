@@ -23,11 +23,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tonic::Status;
 
+use super::auth::{Authenticator, Identity, bearer};
 use crate::api::{Enforcement, SourceRef, TrustLevel, check_label};
 use crate::audit::{AuditEvent, EventType};
 use crate::bounded::BoundedMap;
 use crate::policy::Outcome;
 use crate::store::Store;
+use tonic::metadata::MetadataMap;
 
 /// Refusals written per caller and window.
 pub const BUDGET: u32 = 20;
@@ -179,6 +181,26 @@ impl Refusals {
             metrics,
             budgets: Mutex::default(),
         }
+    }
+
+    /// The sidecar whose token `metadata` carries, for a call that names
+    /// `namespace/session`: the names are checked first, then the token;
+    /// a token refused is counted. Whether it may act for that session is
+    /// the caller's to check (and to record, or not).
+    pub async fn sidecar(
+        &self,
+        authenticator: &impl Authenticator,
+        metadata: &MetadataMap,
+        (namespace, session): (&str, &str),
+    ) -> Result<Identity, Status> {
+        self.check_names(&[("namespace", namespace), ("session", session)])?;
+        authenticator
+            .authenticate(bearer(metadata)?)
+            .await
+            .map_err(|error| {
+                self.count(Reason::Unauthenticated);
+                Status::unauthenticated(error.to_string())
+            })
     }
 
     /// INVALID_ARGUMENT (counted, not written) unless each `(what, name)`

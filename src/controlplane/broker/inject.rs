@@ -27,9 +27,9 @@ use tonic::{Request, Response, Status};
 use super::{BrokerService, parse_json, store_status};
 use crate::api::{Capability, Enforcement, SourceRef, SourceType, TrustLevel, name_of};
 use crate::audit::{AuditEvent, EventType};
+use crate::controlplane::auth::bearer;
 use crate::controlplane::auth::{AuthError, Authenticator, identity_of};
 use crate::controlplane::discover::DiscoverPolicy;
-use crate::controlplane::policy_service::bearer;
 use crate::controlplane::refusals::{Reason as Refusal, Trail};
 use crate::inbox::{InboxMessage, MessageKind};
 use crate::policy::{

@@ -37,8 +37,7 @@ use super::auth::{Authenticator, Identity, authorize};
 use super::denials::DenialEvents;
 use super::discover::{DiscoverPolicy, NoContext};
 use super::grant_use::GrantUses;
-use super::policy_service::bearer;
-use super::refusals::{Reason as Refusal, Refusals, Trail};
+use super::refusals::{Refusals, Trail};
 use super::writes::ClusterWriter;
 use crate::api::{Capability, Enforcement, SourceRef, SourceType, name_of};
 use crate::audit::{AuditEvent, EventType};
@@ -141,17 +140,10 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         namespace: &str,
         session: &str,
     ) -> Result<Identity, Status> {
-        self.refusals
-            .check_names(&[("namespace", namespace), ("session", session)])?;
-        let token = bearer(metadata)?;
         let identity = self
-            .authenticator
-            .authenticate(token)
-            .await
-            .map_err(|error| {
-                self.refusals.count(Refusal::Unauthenticated);
-                Status::unauthenticated(error.to_string())
-            })?;
+            .refusals
+            .sidecar(&*self.authenticator, metadata, (namespace, session))
+            .await?;
         if let Err(reason) = authorize(&identity, namespace, session) {
             let source = identity.as_source();
             let status = Status::permission_denied(reason.to_string());

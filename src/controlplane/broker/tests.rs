@@ -14,7 +14,7 @@ use crate::contract::child_name;
 use crate::controlplane::auth::StaticTokens;
 use crate::controlplane::denials::{SessionEvent, SessionEvents};
 use crate::controlplane::discover::Snapshot;
-use crate::controlplane::refusals::RefusalMetrics;
+use crate::controlplane::refusals::{Reason as Refusal, RefusalMetrics};
 use crate::controlplane::writes::WriteError;
 use crate::policy::{Standing, resolve};
 use crate::store::{AuditQuery, InboxLimits};
