@@ -727,20 +727,57 @@ async fn a_workloads_delivered_message_records_its_grants_use() {
             .collect::<Vec<_>>(),
         ["lastUsedAt"]
     );
+}
 
-    // A refused message uses nothing.
+/// A refused message uses nothing. Shown by what comes after it: a use is
+/// written at most once a minute, with the time of the decision, so had
+/// the refusal recorded one, the delivered message after it (a second
+/// later) would write nothing and `lastUsedAt` would be the refusal's.
+#[tokio::test]
+async fn a_refused_message_records_no_use() {
+    let (mut control_plane, mut client) = operated().await;
+    let grant = workload_grant(
+        "task-bot",
+        ("ci", "task-bot"),
+        TrustLevel::Trusted,
+        &["lead"],
+    );
+    let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/task-bot");
+    control_plane
+        .api
+        .insert(&path, serde_json::to_value(&grant).unwrap());
+    control_plane.put_grant(grant);
+
     client
         .inject(inject(WORKLOAD, "helper", "nightly report"))
         .await
         .unwrap_err();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused_at = k8s_openapi::jiff::Timestamp::now();
+    // Into the next second: lastUsedAt is written to the second.
+    while k8s_openapi::jiff::Timestamp::now().as_second() == refused_at.as_second() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client
+        .inject(inject(WORKLOAD, "lead", "nightly report"))
+        .await
+        .unwrap();
+    let mut recorded = None;
+    for _ in 0..200 {
+        recorded = control_plane.api.get(&path).unwrap()["status"]["lastUsedAt"]
+            .as_str()
+            .map(str::to_owned);
+        if recorded.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recorded: k8s_openapi::jiff::Timestamp = recorded
+        .expect("the delivered message's use is recorded")
+        .parse()
+        .unwrap();
     assert!(
-        control_plane
-            .api
-            .take_requests()
-            .iter()
-            .all(|request| !request.path.ends_with("/status")),
-        "no use recorded for a refusal"
+        recorded.as_second() > refused_at.as_second(),
+        "lastUsedAt {recorded} is not after the refusal ({refused_at}): the refusal recorded a use"
     );
 }
 
