@@ -665,12 +665,9 @@ async fn a_workloads_message_takes_no_trust_level_right() {
     );
 }
 
-/// A delivered message is a use of the Grants the workload stands on:
-/// the control plane records it in the Grant's status (a merge patch of
-/// `lastUsedAt` alone), once a minute however many messages there are.
-#[tokio::test]
-async fn a_workloads_delivered_message_records_its_grants_use() {
-    let (mut control_plane, mut client) = operated().await;
+/// The Grant `task-bot` (the workload's, towards `lead`), in the API and
+/// the control plane's caches; its path.
+fn stored_task_bot_grant(control_plane: &mut ControlPlane) -> String {
     let grant = workload_grant(
         "task-bot",
         ("ci", "task-bot"),
@@ -682,24 +679,35 @@ async fn a_workloads_delivered_message_records_its_grants_use() {
         .api
         .insert(&path, serde_json::to_value(&grant).unwrap());
     control_plane.put_grant(grant);
+    path
+}
+
+/// The `lastUsedAt` the control plane writes to the Grant at `path`,
+/// once it has (in the background, after the decision).
+async fn recorded_use(control_plane: &ControlPlane, path: &str) -> k8s_openapi::jiff::Timestamp {
+    for _ in 0..200 {
+        if let Some(at) = control_plane.api.get(path).unwrap()["status"]["lastUsedAt"].as_str() {
+            return at.parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no lastUsedAt written to {path}");
+}
+
+/// A delivered message is a use of the Grants the workload stands on:
+/// the control plane records it in the Grant's status (a merge patch of
+/// `lastUsedAt` alone), once a minute however many messages there are.
+#[tokio::test]
+async fn a_workloads_delivered_message_records_its_grants_use() {
+    let (mut control_plane, mut client) = operated().await;
+    let path = stored_task_bot_grant(&mut control_plane);
     control_plane.api.take_requests();
     let before = k8s_openapi::jiff::Timestamp::now();
     for text in ["one", "two", "three"] {
         client.inject(inject(WORKLOAD, "lead", text)).await.unwrap();
     }
     let status_path = format!("{path}/status");
-    let mut recorded = None;
-    for _ in 0..200 {
-        recorded = control_plane.api.get(&path).unwrap()["status"]["lastUsedAt"]
-            .as_str()
-            .map(str::to_owned);
-        if recorded.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let recorded: k8s_openapi::jiff::Timestamp =
-        recorded.expect("lastUsedAt recorded").parse().unwrap();
+    let recorded = recorded_use(&control_plane, &path).await;
     assert!(
         recorded.as_second() >= before.as_second(),
         "{recorded} {before}"
@@ -736,17 +744,7 @@ async fn a_workloads_delivered_message_records_its_grants_use() {
 #[tokio::test]
 async fn a_refused_message_records_no_use() {
     let (mut control_plane, mut client) = operated().await;
-    let grant = workload_grant(
-        "task-bot",
-        ("ci", "task-bot"),
-        TrustLevel::Trusted,
-        &["lead"],
-    );
-    let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/task-bot");
-    control_plane
-        .api
-        .insert(&path, serde_json::to_value(&grant).unwrap());
-    control_plane.put_grant(grant);
+    let path = stored_task_bot_grant(&mut control_plane);
 
     client
         .inject(inject(WORKLOAD, "helper", "nightly report"))
@@ -761,20 +759,7 @@ async fn a_refused_message_records_no_use() {
         .inject(inject(WORKLOAD, "lead", "nightly report"))
         .await
         .unwrap();
-    let mut recorded = None;
-    for _ in 0..200 {
-        recorded = control_plane.api.get(&path).unwrap()["status"]["lastUsedAt"]
-            .as_str()
-            .map(str::to_owned);
-        if recorded.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let recorded: k8s_openapi::jiff::Timestamp = recorded
-        .expect("the delivered message's use is recorded")
-        .parse()
-        .unwrap();
+    let recorded = recorded_use(&control_plane, &path).await;
     assert!(
         recorded.as_second() > refused_at.as_second(),
         "lastUsedAt {recorded} is not after the refusal ({refused_at}): the refusal recorded a use"
