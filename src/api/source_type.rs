@@ -67,12 +67,6 @@ impl SourceType {
     }
 }
 
-impl std::fmt::Display for SourceType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl From<SourceType> for String {
     fn from(source_type: SourceType) -> String {
         source_type.as_str().to_owned()

@@ -67,3 +67,53 @@ pub trait DiscoverPolicy: Send + Sync + 'static {
         account: (&str, &str),
     ) -> Result<Option<Standing>, String>;
 }
+
+/// A [`DiscoverPolicy`] for the control plane's unit tests: it knows the
+/// contexts it is given, by their namespace and session, and nothing else
+/// (no watches, no Sessions, no workloads, the default limits).
+#[cfg(test)]
+pub(crate) struct KnownContexts(std::collections::HashMap<(String, String), EffectiveContext>);
+
+#[cfg(test)]
+impl KnownContexts {
+    pub(crate) fn of(contexts: impl IntoIterator<Item = EffectiveContext>) -> KnownContexts {
+        let by_session = contexts.into_iter().map(|context| {
+            let key = (context.namespace.clone(), context.session.clone());
+            (key, context)
+        });
+        KnownContexts(by_session.collect())
+    }
+}
+
+#[cfg(test)]
+impl DiscoverPolicy for KnownContexts {
+    fn watch(&self, _: &str, _: &str) -> Option<watch::Receiver<Snapshot>> {
+        None
+    }
+    fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext> {
+        self.0
+            .get(&(namespace.to_owned(), session.to_owned()))
+            .cloned()
+            .ok_or_else(|| NoContext::Gone(format!("{namespace}/{session}")))
+    }
+    fn sessions(&self, namespace: &str) -> Vec<String> {
+        let mut names: Vec<String> = (self.0.keys())
+            .filter(|(known, _)| known == namespace)
+            .map(|(_, session)| session.clone())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+    fn inbox_limits(&self, _: &str) -> InboxLimits {
+        crate::api::InboxPolicy::default().into()
+    }
+    fn session(&self, _: &str, _: &str) -> Option<Session> {
+        None
+    }
+    fn spawn_policy(&self, _: &str) -> SpawnPolicy {
+        SpawnPolicy::default()
+    }
+    fn workload(&self, _: &str, _: &str, _: (&str, &str)) -> Result<Option<Standing>, String> {
+        Ok(None)
+    }
+}

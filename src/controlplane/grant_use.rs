@@ -133,17 +133,16 @@ mod tests {
     use std::time::Duration;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use tokio::sync::{mpsc, watch};
+    use tokio::sync::mpsc;
 
     use super::*;
     use crate::api::{
         ApprovalRequest, Capability, Enforcement, Grant, GrantSpec, GrantSubject, Session,
-        SessionSpec, SourceRef, SourceType, SpawnPolicy, TrustLevel,
+        SessionSpec, SourceRef, SourceType, TrustLevel,
     };
-    use crate::controlplane::discover::{NoContext, Snapshot};
+    use crate::controlplane::discover::KnownContexts;
     use crate::controlplane::writes::WriteError;
-    use crate::policy::{Reason, Standing, resolve};
-    use crate::store::InboxLimits;
+    use crate::policy::{Reason, resolve};
 
     fn start() -> Timestamp {
         "2026-12-06T12:00:00Z".parse().unwrap()
@@ -175,39 +174,10 @@ mod tests {
         }
     }
 
-    /// Knows one session's context, if any.
-    struct Knows(Option<EffectiveContext>);
-
-    impl DiscoverPolicy for Knows {
-        fn watch(&self, _: &str, _: &str) -> Option<watch::Receiver<Snapshot>> {
-            None
-        }
-        fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext> {
-            self.0
-                .clone()
-                .ok_or_else(|| NoContext::Gone(format!("{namespace}/{session}")))
-        }
-        fn sessions(&self, _: &str) -> Vec<String> {
-            Vec::new()
-        }
-        fn inbox_limits(&self, _: &str) -> InboxLimits {
-            crate::api::InboxPolicy::default().into()
-        }
-        fn session(&self, _: &str, _: &str) -> Option<Session> {
-            None
-        }
-        fn spawn_policy(&self, _: &str) -> SpawnPolicy {
-            SpawnPolicy::default()
-        }
-        fn workload(&self, _: &str, _: &str, _: (&str, &str)) -> Result<Option<Standing>, String> {
-            Ok(None)
-        }
-    }
-
     fn recorder(knows: Option<EffectiveContext>) -> (GrantUses, Written) {
         let (sender, written) = mpsc::unbounded_channel();
         let uses = GrantUses::new(
-            Arc::new(Knows(knows)),
+            Arc::new(KnownContexts::of(knows)),
             Arc::new(Uses(sender)),
             Clock::starting_at(start()),
         );

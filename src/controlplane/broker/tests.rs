@@ -2,72 +2,36 @@
 //! service itself (no network, a SQLite store): what it refuses, before
 //! what, and in which trail the refusal is audited.
 
-use std::collections::HashMap;
-
 use k8s_openapi::jiff::Timestamp;
 use tonic::{Code, Request};
 
 use super::*;
-use crate::api::{ApprovalRequest, InboxPolicy, Session, SessionSpec, SpawnPolicy, TrustLevel};
+use crate::api::{ApprovalRequest, Session, SessionSpec, TrustLevel};
 use crate::clock::Clock;
 use crate::contract::child_name;
 use crate::controlplane::auth::StaticTokens;
 use crate::controlplane::denials::{SessionEvent, SessionEvents};
-use crate::controlplane::discover::Snapshot;
+use crate::controlplane::discover::KnownContexts;
 use crate::controlplane::refusals::{Reason as Refusal, RefusalMetrics};
 use crate::controlplane::writes::WriteError;
-use crate::policy::{Standing, resolve};
-use crate::store::{AuditQuery, InboxLimits};
+use crate::policy::resolve;
+use crate::store::AuditQuery;
 
 const NS: &str = "team-a";
 
 /// Trusted `alice` and `bob` (neither holds `cross.inject`), untrusted
 /// `carol`, each resolved from its Session alone.
-struct Contexts(HashMap<String, EffectiveContext>);
-
-impl Contexts {
-    fn new() -> Contexts {
-        let levels = [
-            ("alice", TrustLevel::Trusted),
-            ("bob", TrustLevel::Trusted),
-            ("carol", TrustLevel::Untrusted),
-        ];
-        let contexts = levels.into_iter().map(|(name, level)| {
-            let mut session = Session::new(name, SessionSpec::for_trust_level(level));
-            session.metadata.namespace = Some(NS.into());
-            let context = resolve(&session, None, &[], &[], Timestamp::now()).unwrap();
-            (name.to_owned(), context)
-        });
-        Contexts(contexts.collect())
-    }
-}
-
-impl DiscoverPolicy for Contexts {
-    fn watch(&self, _: &str, _: &str) -> Option<watch::Receiver<Snapshot>> {
-        None
-    }
-    fn context(&self, namespace: &str, session: &str) -> Result<EffectiveContext, NoContext> {
-        self.0
-            .get(session)
-            .filter(|_| namespace == NS)
-            .cloned()
-            .ok_or_else(|| NoContext::Gone(format!("{namespace}/{session}")))
-    }
-    fn sessions(&self, _: &str) -> Vec<String> {
-        self.0.keys().cloned().collect()
-    }
-    fn inbox_limits(&self, _: &str) -> InboxLimits {
-        InboxPolicy::default().into()
-    }
-    fn session(&self, _: &str, _: &str) -> Option<Session> {
-        None
-    }
-    fn spawn_policy(&self, _: &str) -> SpawnPolicy {
-        SpawnPolicy::default()
-    }
-    fn workload(&self, _: &str, _: &str, _: (&str, &str)) -> Result<Option<Standing>, String> {
-        Ok(None)
-    }
+fn contexts() -> KnownContexts {
+    let levels = [
+        ("alice", TrustLevel::Trusted),
+        ("bob", TrustLevel::Trusted),
+        ("carol", TrustLevel::Untrusted),
+    ];
+    KnownContexts::of(levels.into_iter().map(|(name, level)| {
+        let mut session = Session::new(name, SessionSpec::for_trust_level(level));
+        session.metadata.namespace = Some(NS.into());
+        resolve(&session, None, &[], &[], Timestamp::now()).unwrap()
+    }))
 }
 
 /// Writes nothing: no call here gets that far.
@@ -97,7 +61,7 @@ impl SessionEvents for NoEvents {
 /// A broker whose sidecar tokens are `<session>-token`, its store, and
 /// the refusals' metrics.
 struct Fixture {
-    broker: BrokerService<Contexts, StaticTokens>,
+    broker: BrokerService<KnownContexts, StaticTokens>,
     store: Store,
     metrics: RefusalMetrics,
     _dir: tempfile::TempDir,
@@ -107,7 +71,7 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/wopr.db", dir.path().display());
     let store = Store::open(&url).await.unwrap();
-    let contexts = Arc::new(Contexts::new());
+    let contexts = Arc::new(contexts());
     let mut tokens = StaticTokens::default();
     for name in ["alice", "bob", "carol"] {
         let identity = Identity {
