@@ -45,8 +45,21 @@ pub struct ClusterFlags {
     pub namespace: Option<String>,
     /// The control plane's gRPC address (host:port or http://host:port),
     /// for `security audit`, `security migrate` and `session inject`.
+    /// Without it they reach a ready controller pod through the API
+    /// server's port-forward, as `kubectl port-forward` does (which needs
+    /// list on pods, and get and create on pods/portforward, in
+    /// --operator-namespace: the Role wopr-control-plane-client there).
     #[arg(long, global = true, env = "WOPR_CONTROL_PLANE")]
     pub control_plane: Option<String>,
+    /// The namespace the operator runs in, where a port-forward without
+    /// --control-plane finds its controller pods.
+    #[arg(
+        long,
+        global = true,
+        env = "WOPR_OPERATOR_NAMESPACE",
+        default_value = super::portforward::DEFAULT_OPERATOR_NAMESPACE
+    )]
+    pub operator_namespace: String,
     /// The bearer token presented to the control plane (default: the
     /// kubeconfig user's token).
     #[arg(long, global = true, env = "WOPR_TOKEN", hide_env_values = true)]
