@@ -2021,6 +2021,29 @@ mod through_port_forward {
         );
     }
 
+    /// A Ready pod whose port refuses the connection (the kubelet says so
+    /// on the error channel and ends the stream): unreachable, at once
+    /// rather than at the timeout (the kubelet's message is not shown).
+    #[tokio::test]
+    async fn a_port_the_pod_refuses_is_unreachable() {
+        let Forwarded { mut cluster, .. } = forwarded().await;
+        cluster.api.remove(&pod_path(READY));
+        cluster.api.modify(&pod_path(STARTING), |pod| {
+            pod["status"]["conditions"][0]["status"] = json!("True");
+        });
+        cluster.context.control_plane.timeout = std::time::Duration::from_secs(3600);
+        let refused = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            cluster.run(&["security", "audit"]),
+        )
+        .await
+        .expect("an answer long before the request timeout");
+        let Err(CliError::Unreachable(message)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(message, "the control plane is unavailable: transport error");
+    }
+
     #[tokio::test]
     async fn a_forbidden_port_forward_names_the_right_it_needs() {
         let Forwarded { cluster, .. } = forwarded().await;
