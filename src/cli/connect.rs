@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::CliError;
 use super::args::ClusterFlags;
-use super::portforward::{PortForward, Target};
+use super::portforward::{PortForward, Said, Target};
 use crate::cluster::root_cause;
 use crate::proto::v1alpha1::audit_client::AuditClient;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
@@ -119,6 +119,8 @@ pub struct Caller {
     timeout: Duration,
     /// The control plane, as the errors name it.
     named: String,
+    /// What the port-forward's error channels said, for a failed call.
+    said: Option<Said>,
 }
 
 impl Caller {
@@ -136,9 +138,14 @@ impl Caller {
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, CliError> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(answer) => answer
-                .map(tonic::Response::into_inner)
-                .map_err(CliError::from_status),
+            Ok(answer) => answer.map(tonic::Response::into_inner).map_err(|status| {
+                match (CliError::from_status(status), &self.said) {
+                    (CliError::Unreachable(_), Some(said)) if let Some(why) = said.now() => {
+                        CliError::Unreachable(format!("{} failed: {why}", self.named))
+                    }
+                    (error, _) => error,
+                }
+            }),
             Err(_) => Err(no_answer(&self.named, self.timeout)),
         }
     }
@@ -276,19 +283,21 @@ impl ControlPlane {
                 ));
             }
         };
-        let (channel, named) = tokio::time::timeout(self.timeout, self.channel())
+        let (channel, named, said) = tokio::time::timeout(self.timeout, self.channel())
             .await
             .map_err(|_| no_answer(&self.named(None), self.timeout))??;
         let caller = Caller {
             token,
             timeout: self.timeout,
             named,
+            said,
         };
         Ok((channel, caller))
     }
 
-    /// The channel on this route, and the control plane as errors name it.
-    async fn channel(&self) -> Result<(Channel, String), CliError> {
+    /// The channel on this route, the control plane as errors name it, and
+    /// for a port-forward what its error channels say.
+    async fn channel(&self) -> Result<(Channel, String, Option<Said>), CliError> {
         match &self.route {
             Route::Address(address) => {
                 let uri = if address.contains("://") {
@@ -302,7 +311,7 @@ impl ControlPlane {
                     .connect()
                     .await
                     .map_err(|error| unreachable(&named, &error))?;
-                Ok((channel, named))
+                Ok((channel, named, None))
             }
             Route::PortForward(forward) => {
                 let target = forward.target().await?;
@@ -315,9 +324,11 @@ impl ControlPlane {
                 })?;
                 // Each connection tonic makes is a port-forward of its own.
                 let forward = forward.clone();
+                let said = Said::default();
+                let heard = said.clone();
                 let connector = tower::service_fn(move |_: Uri| {
-                    let (forward, target) = (forward.clone(), target.clone());
-                    async move { forward.open(&target).await.map(TokioIo::new) }
+                    let (forward, target, said) = (forward.clone(), target.clone(), said.clone());
+                    async move { forward.open(&target, &said).await.map(TokioIo::new) }
                 });
                 let channel =
                     endpoint
@@ -326,7 +337,7 @@ impl ControlPlane {
                         .map_err(|error| {
                             forward_error(&error).unwrap_or_else(|| unreachable(&named, &error))
                         })?;
-                Ok((channel, named))
+                Ok((channel, named, Some(heard)))
             }
         }
     }

@@ -7,6 +7,10 @@
 //! `create`), then, at the control plane, the rights each call needs, as on
 //! the direct path.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -49,6 +53,35 @@ impl std::fmt::Debug for PortForward {
         f.debug_struct("PortForward")
             .field("namespace", &self.namespace)
             .finish_non_exhaustive()
+    }
+}
+
+/// The error channels of a channel's port-forwards (one per connection
+/// tonic makes): the kubelet writes why a port cannot be reached there (a
+/// connection refused in the pod) before it ends the stream, so a call
+/// that fails after it can say why. Best effort: kube delivers the message
+/// only if its loop reads it before a write to the closed socket fails;
+/// without it the call's own error stands (unreachable either way).
+#[derive(Clone, Default)]
+pub struct Said(Arc<Mutex<Vec<ErrorChannel>>>);
+
+/// What one port-forward's error channel says, once it has: its message,
+/// or nothing when it closed silently.
+type ErrorChannel = Shared<BoxFuture<'static, Option<String>>>;
+
+impl std::fmt::Debug for Said {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Said").finish_non_exhaustive()
+    }
+}
+
+impl Said {
+    /// The first thing a kubelet has said by now, if anything.
+    pub fn now(&self) -> Option<String> {
+        let errors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        errors
+            .iter()
+            .find_map(|error| error.clone().now_or_never().flatten())
     }
 }
 
@@ -98,8 +131,9 @@ impl PortForward {
         select(&listed.items, &self.namespace)
     }
 
-    /// A new stream to `target`'s port, through the API server.
-    pub async fn open(&self, target: &Target) -> Result<DuplexStream, CliError> {
+    /// A new stream to `target`'s port, through the API server; what the
+    /// kubelet says on its error channel goes to `said`.
+    pub async fn open(&self, target: &Target, said: &Said) -> Result<DuplexStream, CliError> {
         let mut forwarder = self
             .pods()
             .portforward(&target.pod, &[target.port])
@@ -115,6 +149,10 @@ impl PortForward {
                     crate::cluster::describe(&error)
                 )),
             })?;
+        if let Some(error) = forwarder.take_error(target.port) {
+            let mut errors = said.0.lock().unwrap_or_else(PoisonError::into_inner);
+            errors.push(error.boxed().shared());
+        }
         forwarder.take_stream(target.port).ok_or_else(|| {
             CliError::Unreachable(format!("the {target} carries no stream for its port"))
         })

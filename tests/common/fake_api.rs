@@ -650,6 +650,13 @@ impl FakeApi {
             ).into_bytes());
             let _ = to_client.send(Message::binary(error)).await;
             let _ = to_client.send(Message::Close(None)).await;
+            // The closing handshake: until the client's Close, what it
+            // sends is read and dropped.
+            while let Some(Ok(message)) = from_client.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
             return;
         };
         let (mut from_pod, mut to_pod) = connection.into_split();
