@@ -2049,6 +2049,30 @@ mod through_port_forward {
         );
     }
 
+    /// `--request-timeout` bounds the port-forward's setup too: an API
+    /// server that never answers the upgrade is unreachable after it.
+    #[tokio::test]
+    async fn the_request_timeout_bounds_the_port_forward() {
+        let Forwarded { mut cluster, .. } = forwarded().await;
+        cluster
+            .api
+            .stall(&format!("{}/portforward", pod_path(READY)));
+        cluster.context.control_plane.timeout = std::time::Duration::from_secs(1);
+        let stalled = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            cluster.run(&["security", "audit"]),
+        )
+        .await
+        .expect("an answer once the request timeout is over");
+        let Err(CliError::Unreachable(message)) = stalled else {
+            panic!("{stalled:?}");
+        };
+        assert_eq!(
+            message,
+            "the control plane through a port-forward in namespace wopr-system did not answer within 1s (--request-timeout)"
+        );
+    }
+
     #[tokio::test]
     async fn a_forbidden_port_forward_names_the_right_it_needs() {
         let Forwarded { cluster, .. } = forwarded().await;
