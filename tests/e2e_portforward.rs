@@ -11,9 +11,9 @@
 //! query crosses the API server's port-forward to a real pod.
 //!
 //! A service account's token is the kubeconfig's user: with only
-//! `wopr-audit-reader` it is refused by the API server, naming the Role
-//! the chart ships for this path; with that Role too, it reads the trail,
-//! and `whoami` names the pod.
+//! `wopr-audit-reader` (and `wopr-view`) it is refused by the API server,
+//! naming the Role the chart ships for this path; with that Role too, it
+//! reads the trail, and `whoami` names the pod.
 //!
 //! Needs `WOPR_E2E_CONTROL_PLANE` (IP:PORT of this machine the cluster's
 //! pods can reach) and a pullable socat image (`WOPR_E2E_RELAY_IMAGE`,
@@ -134,7 +134,7 @@ async fn bind_reader(client: &Client, namespace: &str, kind: &str, role: &str) {
 }
 
 async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
-    install_admission(client, &["wopr-audit-reader"]).await;
+    install_admission(client, &["wopr-audit-reader", "wopr-view"]).await;
     // A Session's first effective policy is an event of the trail.
     trusted_sessions_with_accounts(client, namespace, &["research-agent"]).await;
     apply(client, namespace, &relay_pod(control_plane)).await;
@@ -142,7 +142,10 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     let mut account = ServiceAccount::default();
     account.metadata.name = Some(READER.into());
     apply(client, namespace, &account).await;
-    bind_reader(client, namespace, "ClusterRole", "wopr-audit-reader").await;
+    // Reading the trail, and (for whoami) the namespace's Sessions and Grants.
+    for role in ["wopr-audit-reader", "wopr-view"] {
+        bind_reader(client, namespace, "ClusterRole", role).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let reader = kubeconfig_with_token(dir.path(), &api_token_of(client, namespace, READER).await);
     let audit = [
