@@ -15,8 +15,8 @@ use crate::api::{Capability, TrustLevel};
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-wopr", bin_name = "kubectl wopr", version)]
 #[command(
-    after_help = "Exit codes: 0 done, 1 usage, 2 not found, 3 refused by the server, \
-4 cluster or control plane unreachable (or no answer within --request-timeout), 5 a check failed (security verify, security audit --verify)."
+    after_help = "Exit codes: 0 done, 1 usage, 2 not found, 3 refused by the server (a port-forward your RBAC does not allow included), \
+4 cluster or control plane unreachable (no Ready controller pod to port-forward to, or no answer within --request-timeout), 5 a check failed (security verify, security audit --verify)."
 )]
 pub struct Cli {
     #[command(flatten)]
