@@ -12,7 +12,8 @@ use wopr_operator::api::{
     ApprovalRequest, ApprovalState, Enforcement, Gateway, Grant, Session, WoprObject,
     parse_manifests,
 };
-use wopr_operator::cli::connect::ControlPlane as ControlPlaneAddress;
+use wopr_operator::cli::connect::{ControlPlane as ControlPlaneAddress, Route};
+use wopr_operator::cli::portforward::PortForward;
 use wopr_operator::cli::{self, Cli, CliError, Context, Format, NamespaceReport, SessionReport};
 
 mod common;
@@ -109,14 +110,31 @@ fn cluster() -> Cluster {
     let (client, api) = FakeApi::start();
     Cluster {
         api,
-        context: Context {
-            client,
-            namespace: NAMESPACE.into(),
-            now: now(),
-            control_plane: None,
-        },
+        context: context(client),
     }
 }
+
+/// What the commands see through `client`: [`NAMESPACE`], [`now`], and the
+/// control plane as the binary reaches it without `--control-plane`,
+/// presenting the reader's token.
+fn context(client: kube::Client) -> Context {
+    let forward = PortForward {
+        client: client.clone(),
+        namespace: OPERATOR_NAMESPACE.into(),
+    };
+    Context {
+        client,
+        namespace: NAMESPACE.into(),
+        now: now(),
+        control_plane: ControlPlaneAddress::on_route(
+            Route::PortForward(forward),
+            Some(common::sidecar::READER),
+        ),
+    }
+}
+
+/// Where the chart installs the controller.
+const OPERATOR_NAMESPACE: &str = "wopr-system";
 
 fn examples() -> Cluster {
     let cluster = cluster();
@@ -1234,10 +1252,8 @@ mod with_control_plane {
 
     async fn control_plane(cluster: &mut Cluster) -> ControlPlane {
         let plane = ControlPlane::start(&[]).await;
-        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
-            plane.address.to_string().as_str(),
-            Some(READER),
-        ));
+        cluster.context.control_plane =
+            ControlPlaneAddress::with_token(plane.address.to_string().as_str(), Some(READER));
         plane
     }
 
@@ -1386,10 +1402,10 @@ mod with_control_plane {
             "{unknown:?}"
         );
         // Mallory's RBAC allows her another namespace only: refused, and audited.
-        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
+        cluster.context.control_plane = ControlPlaneAddress::with_token(
             plane.address.to_string().as_str(),
             Some(common::sidecar::OUTSIDER),
-        ));
+        );
         let refused = cluster
             .run(&["session", "inject", "research-agent", "hi"])
             .await;
@@ -1419,10 +1435,10 @@ mod with_control_plane {
     async fn a_workload_sends_as_its_grant_says() {
         let mut cluster = examples();
         let mut plane = control_plane(&mut cluster).await;
-        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
+        cluster.context.control_plane = ControlPlaneAddress::with_token(
             plane.address.to_string().as_str(),
             Some(common::sidecar::WORKLOAD),
-        ));
+        );
         for object in
             parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
         {
@@ -1580,17 +1596,28 @@ mod with_control_plane {
         assert!(shown.failed_checks.is_empty());
     }
 
+    /// Without `--control-plane` and no controller pod to port-forward to,
+    /// the error says where it looked and what to pass instead; without a
+    /// token, what to pass for one.
     #[tokio::test]
     async fn audit_without_a_control_plane_or_a_token_says_what_to_pass() {
         let cluster = examples();
-        let missing = usage(cluster.run(&["security", "audit"]).await);
-        assert!(missing.contains("--control-plane"), "{missing}");
+        let missing = cluster.run(&["security", "audit"]).await;
+        let Err(CliError::Unreachable(missing)) = missing else {
+            panic!("{missing:?}");
+        };
+        assert!(
+            missing.contains("in namespace wopr-system")
+                && missing.contains("--operator-namespace")
+                && missing.contains("--control-plane"),
+            "{missing}"
+        );
         let mut cluster = examples();
-        cluster.context.control_plane = Some(ControlPlaneAddress::with_token("127.0.0.1:1", None));
+        cluster.context.control_plane = ControlPlaneAddress::with_token("127.0.0.1:1", None);
         let no_token = usage(cluster.run(&["security", "audit"]).await);
         assert!(no_token.contains("--token"), "{no_token}");
         cluster.context.control_plane =
-            Some(ControlPlaneAddress::with_token("127.0.0.1:1", Some(READER)));
+            ControlPlaneAddress::with_token("127.0.0.1:1", Some(READER));
         let down = cluster.run(&["security", "audit"]).await;
         assert!(matches!(down, Err(CliError::Unreachable(_))), "{down:?}");
     }
@@ -1815,6 +1842,372 @@ mod with_control_plane {
     }
 }
 
+/// Without `--control-plane`: the control plane through the API server's
+/// `pods/portforward` to a ready controller pod, the fake API serving it
+/// over WebSocket as the real one does and bridging it to a real control
+/// plane on 127.0.0.1.
+mod through_port_forward {
+    use common::sidecar::{ControlPlane, READER};
+    use common::store::event;
+    use kube::{Client, Config};
+    use wopr_operator::audit::AuditEvent;
+    use wopr_operator::policy::Outcome;
+
+    use super::*;
+
+    /// The ready controller pod the CLI must choose.
+    const READY: &str = "wopr-operator-6c9d7-ready";
+    /// A controller pod that is not Ready, first by name: a port-forward
+    /// to it gets only a refused connection.
+    const STARTING: &str = "wopr-operator-0-starting";
+
+    fn pod_path(name: &str) -> String {
+        format!("/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{name}")
+    }
+
+    /// A controller pod as the chart's Deployment makes it.
+    fn controller_pod(name: &str, ready: bool) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE, "labels": {
+                "app.kubernetes.io/name": "wopr-operator", "app.kubernetes.io/instance": "wopr-operator"}},
+            "spec": {"containers": [{
+                "name": "controller", "image": "ghcr.io/wopr-network/wopr-operator:test",
+                "args": ["controller", "--control-plane-address=http://wopr-operator.wopr-system.svc:9443",
+                         "--control-plane-listen=0.0.0.0:9443"],
+                "ports": [{"name": "grpc", "containerPort": 9443, "protocol": "TCP"},
+                          {"name": "admin", "containerPort": 8080, "protocol": "TCP"}],
+            }]},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        })
+    }
+
+    /// The examples, a controller pod that is starting and one that is
+    /// ready, the ready one's gRPC port bridged to `plane`; served over
+    /// HTTP (an upgrade needs a connection).
+    struct Forwarded {
+        cluster: Cluster,
+        plane: ControlPlane,
+        address: std::net::SocketAddr,
+    }
+
+    async fn forwarded() -> Forwarded {
+        let api = FakeApi::default();
+        load_examples(&api);
+        authenticate_as_alice(&api);
+        let plane = ControlPlane::start(&[]).await;
+        for (name, ready) in [(STARTING, false), (READY, true)] {
+            api.insert(&pod_path(name), controller_pod(name, ready));
+        }
+        api.forward(&pod_path(READY), 9443, plane.address);
+        let address = api.serve_http().await;
+        let url = format!("http://{address}").parse().unwrap();
+        let client = Client::try_from(Config::new(url)).unwrap();
+        Forwarded {
+            cluster: Cluster {
+                api,
+                context: context(client),
+            },
+            plane,
+            address,
+        }
+    }
+
+    fn lines(requests: &[common::fake_api::Recorded]) -> Vec<String> {
+        requests
+            .iter()
+            .map(|request| format!("{} {}?{}", request.method, request.path, request.query))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn audit_and_migrate_reach_the_control_plane_through_the_ready_pod() {
+        let Forwarded { cluster, plane, .. } = forwarded().await;
+        let mut events: Vec<AuditEvent> = (0..30)
+            .map(|n| event(NAMESPACE, "research-agent", Outcome::Denied, n))
+            .collect();
+        let mut would_deny = event(NAMESPACE, "research-agent", Outcome::WouldDeny, 30);
+        would_deny.capability = Some(wopr_operator::api::Capability::InjectExec);
+        events.push(would_deny);
+        plane.store.insert_events(&events).await.unwrap();
+        cluster.api.take_requests();
+
+        let read: Vec<AuditEvent> = items(
+            cluster
+                .json(&["security", "audit", "--last", "1000", "--format", "json"])
+                .await,
+        );
+        assert_eq!(read.len(), 31);
+        assert_eq!(read[0], events[30], "newest first, as stored");
+        let sent = lines(&cluster.api.take_requests());
+        assert_eq!(
+            sent,
+            [
+                "GET /api/v1/namespaces/wopr-system/pods?&labelSelector=app.kubernetes.io%2Fname%3Dwopr-operator".to_owned(),
+                format!("GET {}/portforward?&ports=9443", pod_path(READY)),
+            ],
+            "the pods listed by the chart's label, then one port-forward to the ready one"
+        );
+
+        // migrate takes the same path, and proposes the Grant the one
+        // would_deny event asks for.
+        let migrated = cluster
+            .run(&["security", "migrate", "--since", "1w"])
+            .await
+            .unwrap();
+        assert!(
+            migrated.text.contains("(1 events)") && migrated.text.contains("inject.exec ×1"),
+            "{}",
+            migrated.text
+        );
+        assert!(
+            lines(&cluster.api.take_requests())
+                .contains(&format!("GET {}/portforward?&ports=9443", pod_path(READY)))
+        );
+    }
+
+    #[tokio::test]
+    async fn inject_sends_through_the_port_forward_as_the_user() {
+        let Forwarded {
+            cluster, mut plane, ..
+        } = forwarded().await;
+        for object in
+            parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
+        {
+            if let WoprObject::Session(mut session) = object {
+                session.metadata.namespace = Some(NAMESPACE.into());
+                plane.put_session(*session);
+            }
+        }
+        let sent = cluster
+            .run(&[
+                "session",
+                "inject",
+                "research-agent",
+                "hello through the API server",
+            ])
+            .await
+            .unwrap();
+        let queued = plane
+            .store
+            .pending_messages(NAMESPACE, "research-agent", 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(sent.data["messageId"], json!(queued[0].message.id));
+        assert_eq!(queued[0].message.source.identity, "alice");
+    }
+
+    #[tokio::test]
+    async fn no_ready_pod_is_unreachable_and_says_where_it_looked() {
+        let Forwarded { cluster, .. } = forwarded().await;
+        cluster.api.modify(&pod_path(READY), |pod| {
+            pod["metadata"]["deletionTimestamp"] = json!("2026-11-29T11:59:00Z");
+        });
+        let refused = cluster.run(&["security", "audit"]).await;
+        let Err(CliError::Unreachable(message)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(
+            message.starts_with("no ready controller pod in namespace wopr-system (2 found, none Ready and not terminating)"),
+            "{message}"
+        );
+        assert!(
+            !lines(&cluster.api.take_requests())
+                .iter()
+                .any(|line| line.contains("/portforward")),
+            "no port-forward to a pod that is not ready"
+        );
+    }
+
+    /// A Ready pod whose port refuses the connection (the kubelet says so
+    /// on the error channel and ends the stream): unreachable, at once
+    /// rather than at the timeout, with the kubelet's word.
+    #[tokio::test]
+    async fn a_port_the_pod_refuses_is_unreachable() {
+        let Forwarded { mut cluster, .. } = forwarded().await;
+        cluster.api.remove(&pod_path(READY));
+        cluster.api.modify(&pod_path(STARTING), |pod| {
+            pod["status"]["conditions"][0]["status"] = json!("True");
+        });
+        cluster.context.control_plane.timeout = std::time::Duration::from_secs(3600);
+        let refused = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            cluster.run(&["security", "audit"]),
+        )
+        .await
+        .expect("an answer long before the request timeout");
+        let Err(CliError::Unreachable(message)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(
+            message.starts_with(&format!(
+                "the control plane through the port-forward to pod wopr-system/{STARTING} port 9443 failed: error forwarding port 9443 to pod"
+            )) && message.ends_with("connection refused"),
+            "the kubelet's word: {message}"
+        );
+    }
+
+    /// `--request-timeout` bounds the port-forward's setup too: an API
+    /// server that never answers the upgrade is unreachable after it.
+    #[tokio::test]
+    async fn the_request_timeout_bounds_the_port_forward() {
+        let Forwarded { mut cluster, .. } = forwarded().await;
+        cluster
+            .api
+            .stall(&format!("{}/portforward", pod_path(READY)));
+        cluster.context.control_plane.timeout = std::time::Duration::from_secs(1);
+        let stalled = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            cluster.run(&["security", "audit"]),
+        )
+        .await
+        .expect("an answer once the request timeout is over");
+        let Err(CliError::Unreachable(message)) = stalled else {
+            panic!("{stalled:?}");
+        };
+        assert_eq!(
+            message,
+            "the control plane through a port-forward in namespace wopr-system did not answer within 1s (--request-timeout)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_port_forward_names_the_right_it_needs() {
+        let Forwarded { cluster, .. } = forwarded().await;
+        cluster.api.refuse(
+            &format!("{}/portforward", pod_path(READY)),
+            StatusCode::FORBIDDEN,
+            "pods \"wopr-operator-6c9d7-ready\" is forbidden: User \"alice\" cannot get resource \"pods/portforward\" in API group \"\" in the namespace \"wopr-system\"",
+        );
+        let refused = cluster.run(&["security", "audit"]).await;
+        let Err(CliError::Refused(message)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(
+            message.starts_with(&format!(
+                "port-forward to pod wopr-system/{READY} port 9443 refused: reaching the control plane without --control-plane needs list on pods, and get and create on pods/portforward, in namespace wopr-system (bind the Role wopr-control-plane-client there), or pass --control-plane HOST:PORT"
+            )),
+            "{message}"
+        );
+        assert!(message.contains("403 Forbidden"), "{message}");
+
+        // Not even the pods may be listed: the same rights named.
+        cluster.api.refuse(
+            &format!("/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"),
+            StatusCode::FORBIDDEN,
+            "pods is forbidden: User \"alice\" cannot list resource \"pods\"",
+        );
+        let refused = cluster.run(&["security", "audit"]).await;
+        let Err(CliError::Refused(message)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(
+            message.starts_with("cannot list the controller's pods in namespace wopr-system: reaching the control plane without --control-plane needs list on pods"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn whoami_says_which_path_the_control_plane_takes() {
+        let Forwarded { mut cluster, .. } = forwarded().await;
+        let text = cluster.text(&["security", "whoami"]).await;
+        assert!(
+            text.ends_with(&format!(
+                "\nControl plane: port-forward to pod wopr-system/{READY} port 9443 (through the API server)\n"
+            )),
+            "{text}"
+        );
+        let report = cluster.json(&["security", "whoami", "-o", "json"]).await;
+        assert_eq!(
+            report["controlPlane"],
+            json!({"portForward": {"namespace": "wopr-system", "pod": READY, "port": 9443,
+                                   "uri": "http://wopr-operator.wopr-system.svc:9443"}})
+        );
+
+        cluster.api.modify(&pod_path(READY), |pod| {
+            pod["status"]["conditions"][0]["status"] = json!("False");
+        });
+        let text = cluster.text(&["security", "whoami"]).await;
+        assert!(
+            text.contains("\nControl plane: port-forward, unavailable: no ready controller pod in namespace wopr-system"),
+            "{text}"
+        );
+
+        cluster.context.control_plane = ControlPlaneAddress::with_token("10.0.0.7:9443", None);
+        let text = cluster.text(&["security", "whoami"]).await;
+        assert!(
+            text.ends_with("\nControl plane: 10.0.0.7:9443 (--control-plane, direct)\n"),
+            "{text}"
+        );
+        let report = cluster.json(&["security", "whoami", "-o", "json"]).await;
+        assert_eq!(report["controlPlane"], json!({"address": "10.0.0.7:9443"}));
+    }
+
+    /// The real binary, with only a kubeconfig: the audit trail through the
+    /// port-forward (exit 0), no ready pod (exit 4), a refused port-forward
+    /// (exit 3), each failure one line.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_binary_needs_only_a_kubeconfig() {
+        let Forwarded {
+            cluster,
+            plane,
+            address,
+        } = forwarded().await;
+        plane
+            .store
+            .insert_events(&[event(NAMESPACE, "research-agent", Outcome::Denied, 1)])
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = FakeApi::kubeconfig(dir.path(), address);
+        let audit = move || {
+            let kubeconfig = kubeconfig.clone();
+            tokio::task::spawn_blocking(move || {
+                super::binary::kubectl_wopr_with(
+                    &kubeconfig,
+                    &["-n", NAMESPACE, "security", "audit", "-o", "json"],
+                    &[("WOPR_TOKEN", READER)],
+                )
+            })
+        };
+        let read = audit().await.unwrap();
+        assert_eq!(read.code, 0, "{}", read.stderr);
+        assert_eq!(
+            items::<AuditEvent>(serde_json::from_str(&read.stdout).unwrap()).len(),
+            1
+        );
+
+        cluster.api.modify(&pod_path(READY), |pod| {
+            pod["status"]["conditions"][0]["status"] = json!("False");
+        });
+        let unready = audit().await.unwrap();
+        assert_eq!(unready.code, 4, "{}", unready.stderr);
+        assert!(
+            super::binary::one_line(&unready).starts_with("no ready controller pod"),
+            "{}",
+            unready.stderr
+        );
+
+        cluster.api.modify(&pod_path(READY), |pod| {
+            pod["status"]["conditions"][0]["status"] = json!("True");
+        });
+        cluster.api.refuse(
+            &format!("{}/portforward", pod_path(READY)),
+            StatusCode::FORBIDDEN,
+            "pods/portforward is forbidden",
+        );
+        let refused = audit().await.unwrap();
+        assert_eq!(refused.code, 3, "{}", refused.stderr);
+        assert!(
+            super::binary::one_line(&refused).contains("get and create on pods/portforward"),
+            "{}",
+            refused.stderr
+        );
+    }
+}
+
 mod binary {
     //! The real `kubectl-wopr` against the fake API over HTTP: what a
     //! script sees, exit codes and stderr.
@@ -1823,10 +2216,10 @@ mod binary {
 
     use super::*;
 
-    struct Run {
-        code: i32,
-        stdout: String,
-        stderr: String,
+    pub(super) struct Run {
+        pub(super) code: i32,
+        pub(super) stdout: String,
+        pub(super) stderr: String,
     }
 
     fn kubectl_wopr(kubeconfig: &std::path::Path, args: &[&str]) -> Run {
@@ -1835,7 +2228,11 @@ mod binary {
 
     /// [`kubectl_wopr`] with more environment variables. A run that has not
     /// ended after a minute fails the test rather than hanging it.
-    fn kubectl_wopr_with(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    pub(super) fn kubectl_wopr_with(
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"));
         command
             .args(args)
@@ -1867,7 +2264,7 @@ mod binary {
     }
 
     /// One line on stderr, starting `error: `.
-    fn one_line(run: &Run) -> &str {
+    pub(super) fn one_line(run: &Run) -> &str {
         assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
         run.stderr
             .strip_prefix("error: ")

@@ -94,6 +94,10 @@ const ROLES_FOR_PEOPLE: [&str; 11] = [
     "wopr-sandbox-overrides",
 ];
 
+/// The one Role the chart ships for people: reaching the control plane
+/// through a port-forward, in the operator's namespace only.
+const CONTROL_PLANE_CLIENT: &str = wopr_operator::cli::portforward::CLIENT_ROLE;
+
 /// The inventory above is every role the chart binds to nobody.
 #[test]
 fn the_roles_for_people_are_those_the_chart_binds_to_nobody() {
@@ -113,9 +117,58 @@ fn controller_roles<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .filter(|o| {
             !ROLES_FOR_PEOPLE
                 .iter()
+                .chain([&CONTROL_PLANE_CLIENT])
                 .any(|name| o["metadata"]["name"] == *name)
         })
         .collect()
+}
+
+/// `kubectl wopr` without `--control-plane` port-forwards to a controller
+/// pod: the Role for it, bound to nobody, lives in the operator's namespace
+/// (so it reaches no session pod) and holds exactly what the CLI sends
+/// (list the pods; the WebSocket upgrade, `get` before Kubernetes 1.35 and
+/// `create` too since). No role for people grants port-forward anywhere
+/// else.
+#[test]
+fn the_control_plane_client_role_port_forwards_in_the_operator_namespace_only() {
+    let objects = install_yaml();
+    let role = rendered("Role", CONTROL_PLANE_CLIENT);
+    assert_eq!(role["metadata"]["namespace"], INSTALL_NAMESPACE);
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]},
+        ])
+    );
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["roleRef"]["name"] == CONTROL_PLANE_CLIENT),
+        "the chart binds {CONTROL_PLANE_CLIENT} to nobody"
+    );
+    let unbound_roles: Vec<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role")
+        .filter(|o| {
+            !objects
+                .iter()
+                .any(|b| b["roleRef"]["name"] == o["metadata"]["name"])
+        })
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(unbound_roles, [CONTROL_PLANE_CLIENT]);
+    for name in ROLES_FOR_PEOPLE {
+        let role = rendered("ClusterRole", name);
+        for rule in role["rules"].as_array().unwrap() {
+            assert!(
+                !rule_rights(rule)
+                    .iter()
+                    .any(|(_, resource, _, _)| resource.starts_with("pods")),
+                "{name} grants pods: {rule}"
+            );
+        }
+    }
 }
 
 /// Every (scope, group, resource, verb) the chart's roles for the

@@ -49,10 +49,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let format = cli::format_of(&cli.command);
     let (client, config) = connect::cluster(&cli.cluster).await?;
     let context = Context {
+        control_plane: ControlPlane::from_flags(&cli.cluster, &config, &client),
         client,
         namespace: connect::namespace(&cli.cluster, &config),
         now: Timestamp::now(),
-        control_plane: ControlPlane::from_flags(&cli.cluster, &config),
     };
     let shown = cli::run(cli.command, &context).await?;
     let text = shown.render(format)?;

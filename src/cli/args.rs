@@ -15,8 +15,8 @@ use crate::api::{Capability, TrustLevel};
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-wopr", bin_name = "kubectl wopr", version)]
 #[command(
-    after_help = "Exit codes: 0 done, 1 usage, 2 not found, 3 refused by the server, \
-4 cluster or control plane unreachable (or no answer within --request-timeout), 5 a check failed (security verify, security audit --verify)."
+    after_help = "Exit codes: 0 done, 1 usage, 2 not found, 3 refused by the server (a port-forward your RBAC does not allow included), \
+4 cluster or control plane unreachable (no Ready controller pod to port-forward to, or no answer within --request-timeout), 5 a check failed (security verify, security audit --verify)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -45,8 +45,21 @@ pub struct ClusterFlags {
     pub namespace: Option<String>,
     /// The control plane's gRPC address (host:port or http://host:port),
     /// for `security audit`, `security migrate` and `session inject`.
+    /// Without it they reach a ready controller pod through the API
+    /// server's port-forward, as `kubectl port-forward` does (which needs
+    /// list on pods, and get and create on pods/portforward, in
+    /// --operator-namespace: the Role wopr-control-plane-client there).
     #[arg(long, global = true, env = "WOPR_CONTROL_PLANE")]
     pub control_plane: Option<String>,
+    /// The namespace the operator runs in, where a port-forward without
+    /// --control-plane finds its controller pods.
+    #[arg(
+        long,
+        global = true,
+        env = "WOPR_OPERATOR_NAMESPACE",
+        default_value = super::portforward::DEFAULT_OPERATOR_NAMESPACE
+    )]
+    pub operator_namespace: String,
     /// The bearer token presented to the control plane (default: the
     /// kubeconfig user's token).
     #[arg(long, global = true, env = "WOPR_TOKEN", hide_env_values = true)]

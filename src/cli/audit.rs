@@ -83,7 +83,7 @@ pub async fn audit(context: &Context, args: AuditArgs) -> Result<Shown, CliError
 /// `security audit --verify`: the control plane walks the namespace's
 /// chain; a break is a failed check (exit 5), named with where it is.
 async fn verify_chain(context: &Context) -> Result<Shown, CliError> {
-    let (mut client, caller) = context.control_plane()?.audit().await?;
+    let (mut client, caller) = context.control_plane.audit().await?;
     let request = caller.request(VerifyRequest {
         namespace: context.namespace.clone(),
     })?;
@@ -141,7 +141,7 @@ async fn query_events(
     mut query: AuditQueryRequest,
     wanted: u32,
 ) -> Result<Vec<AuditEvent>, CliError> {
-    let (mut client, caller) = context.control_plane()?.audit().await?;
+    let (mut client, caller) = context.control_plane.audit().await?;
     let mut events = Vec::new();
     loop {
         query.limit = (wanted - events.len() as u32).min(PAGE);

@@ -1,21 +1,26 @@
 //! Connecting as kubectl does: the kubeconfig (`--kubeconfig`, else
 //! `$KUBECONFIG`, else `~/.kube/config`, else in-cluster), its context,
 //! cluster, user and namespace, each overridable by flag; and the control
-//! plane, reached at `--control-plane` with the person's own bearer token,
-//! which it has the API server review. Every connection and every answer,
-//! of either, is waited for at most `--request-timeout`: a server that
-//! accepts and never answers is unreachable (exit 4), not a hang.
+//! plane, reached at `--control-plane` or, without it, through the API
+//! server's port-forward to a controller pod ([`super::portforward`]),
+//! with the person's own bearer token, which it has the API server review.
+//! Every connection (a port-forward's setup included) and every answer, of
+//! either, is waited for at most `--request-timeout`: a server that accepts
+//! and never answers is unreachable (exit 4), not a hang.
 
 use std::future::Future;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use kube::config::{ExecConfig, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use secrecy::ExposeSecret;
-use tonic::transport::{Channel, Endpoint};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::CliError;
 use super::args::ClusterFlags;
+use super::portforward::{PortForward, Said, Target};
 use crate::cluster::root_cause;
 use crate::proto::v1alpha1::audit_client::AuditClient;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
@@ -62,13 +67,45 @@ pub fn namespace(flags: &ClusterFlags, config: &Config) -> String {
 /// The control plane's gRPC API and the credential to present to it.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
-    /// `host:port` or `http://host:port`.
-    pub address: String,
+    /// How its bytes travel.
+    pub route: Route,
     /// Where the bearer token (a person's or a workload's Kubernetes
     /// credential) comes from.
     pub credential: Credential,
     /// How long to wait for a connection and for each answer.
     pub timeout: Duration,
+}
+
+/// How the CLI reaches the control plane.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// `--control-plane`: `host:port` or `http://host:port`, dialed directly.
+    Address(String),
+    /// No `--control-plane`: the API server's `pods/portforward` to a ready
+    /// controller pod.
+    PortForward(PortForward),
+}
+
+/// Which path `whoami` reports, as data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Path {
+    /// `--control-plane`, dialed directly.
+    Address(String),
+    /// Through the API server, to this pod.
+    PortForward(Target),
+    /// Through the API server, but not now: why.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Address(address) => write!(f, "{address} (--control-plane, direct)"),
+            Path::PortForward(target) => write!(f, "{target} (through the API server)"),
+            Path::Unavailable(why) => write!(f, "port-forward, unavailable: {why}"),
+        }
+    }
 }
 
 /// `--request-timeout`'s default.
@@ -80,7 +117,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Caller {
     token: String,
     timeout: Duration,
-    address: String,
+    /// The control plane, as the errors name it.
+    named: String,
+    /// What the port-forward's error channels said, for a failed call.
+    said: Option<Said>,
 }
 
 impl Caller {
@@ -98,18 +138,24 @@ impl Caller {
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, CliError> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(answer) => answer
-                .map(tonic::Response::into_inner)
-                .map_err(CliError::from_status),
-            Err(_) => Err(no_answer(&self.address, self.timeout)),
+            Ok(answer) => answer.map(tonic::Response::into_inner).map_err(|status| {
+                match (CliError::from_status(status), &self.said) {
+                    (CliError::Unreachable(_), Some(said)) if let Some(why) = said.now() => {
+                        CliError::Unreachable(format!("{} failed: {why}", self.named))
+                    }
+                    (error, _) => error,
+                }
+            }),
+            Err(_) => Err(no_answer(&self.named, self.timeout)),
         }
     }
 }
 
-/// The control plane at `address` did not answer within `timeout`.
-fn no_answer(address: &str, timeout: Duration) -> CliError {
+/// The control plane (`named` as [`ControlPlane::named`] says) did not
+/// answer within `timeout`.
+fn no_answer(named: &str, timeout: Duration) -> CliError {
     CliError::Unreachable(format!(
-        "the control plane at {address} did not answer within {} (--request-timeout)",
+        "{named} did not answer within {} (--request-timeout)",
         duration_text(timeout)
     ))
 }
@@ -136,10 +182,17 @@ pub enum Credential {
 }
 
 impl ControlPlane {
-    /// The control plane the flags name, presenting `--token` or else the
-    /// kubeconfig user's token.
-    pub fn from_flags(flags: &ClusterFlags, config: &Config) -> Option<ControlPlane> {
-        let address = flags.control_plane.clone()?;
+    /// The control plane the flags name, else the one port-forwarded to
+    /// through `client` in `--operator-namespace`, presenting `--token` or
+    /// else the kubeconfig user's token.
+    pub fn from_flags(flags: &ClusterFlags, config: &Config, client: &Client) -> ControlPlane {
+        let route = match &flags.control_plane {
+            Some(address) => Route::Address(address.clone()),
+            None => Route::PortForward(PortForward {
+                client: client.clone(),
+                namespace: flags.operator_namespace.clone(),
+            }),
+        };
         let auth = &config.auth_info;
         let token = flags.token.clone().or_else(|| kubeconfig_token(config));
         let credential = match (token, &auth.exec) {
@@ -147,18 +200,24 @@ impl ControlPlane {
             (None, Some(exec)) => Credential::Exec(Box::new(exec.clone())),
             (None, None) => Credential::Missing,
         };
-        Some(ControlPlane {
-            address,
+        ControlPlane {
+            route,
             credential,
             timeout: flags.request_timeout,
-        })
+        }
     }
 
     /// The control plane at `address`, presenting `token`, with the
     /// default timeout.
     pub fn with_token(address: &str, token: Option<&str>) -> ControlPlane {
+        ControlPlane::on_route(Route::Address(address.to_owned()), token)
+    }
+
+    /// The control plane on `route`, presenting `token`, with the default
+    /// timeout.
+    pub fn on_route(route: Route, token: Option<&str>) -> ControlPlane {
         ControlPlane {
-            address: address.to_owned(),
+            route,
             credential: token.map_or(Credential::Missing, |token| {
                 Credential::Token(token.to_owned())
             }),
@@ -178,7 +237,41 @@ impl ControlPlane {
         Ok((BrokerClient::new(channel), caller))
     }
 
-    /// A channel to the control plane, and how to call it.
+    /// The path a command would take to the control plane now: the
+    /// address, or the pod a port-forward would go to (or why none).
+    pub async fn path(&self) -> Path {
+        match &self.route {
+            Route::Address(address) => Path::Address(address.clone()),
+            Route::PortForward(forward) => {
+                match tokio::time::timeout(self.timeout, forward.target()).await {
+                    Ok(Ok(target)) => Path::PortForward(target),
+                    Ok(Err(error)) => Path::Unavailable(error.to_string()),
+                    Err(_) => {
+                        Path::Unavailable(no_answer(&self.named(None), self.timeout).to_string())
+                    }
+                }
+            }
+        }
+    }
+
+    /// The control plane as errors name it: at its address, or through the
+    /// port-forward to `target` (before one is found, in the namespace).
+    fn named(&self, target: Option<&Target>) -> String {
+        match (&self.route, target) {
+            (Route::Address(address), _) => format!("the control plane at {address}"),
+            (Route::PortForward(_), Some(target)) => {
+                format!("the control plane through the {target}")
+            }
+            (Route::PortForward(forward), None) => format!(
+                "the control plane through a port-forward in namespace {}",
+                forward.namespace
+            ),
+        }
+    }
+
+    /// A channel to the control plane, and how to call it. The whole of
+    /// it (a port-forward's pod lookup and upgrade included) is bounded by
+    /// the timeout.
     async fn connect(&self) -> Result<(Channel, Caller), CliError> {
         let token = match &self.credential {
             Credential::Token(token) => token.clone(),
@@ -190,35 +283,90 @@ impl ControlPlane {
                 ));
             }
         };
-        let uri = if self.address.contains("://") {
-            self.address.clone()
-        } else {
-            format!("http://{}", self.address)
-        };
-        let endpoint = Endpoint::from_shared(uri).map_err(|error| {
-            CliError::Usage(format!(
-                "--control-plane {:?} is not an address: {error}",
-                self.address
-            ))
-        })?;
-        let endpoint = endpoint.connect_timeout(self.timeout);
-        let channel = tokio::time::timeout(self.timeout, endpoint.connect())
+        let (channel, named, said) = tokio::time::timeout(self.timeout, self.channel())
             .await
-            .map_err(|_| no_answer(&self.address, self.timeout))?
-            .map_err(|error| {
-                CliError::Unreachable(format!(
-                    "cannot reach the control plane at {}: {}",
-                    self.address,
-                    root_cause(&error)
-                ))
-            })?;
+            .map_err(|_| no_answer(&self.named(None), self.timeout))??;
         let caller = Caller {
             token,
             timeout: self.timeout,
-            address: self.address.clone(),
+            named,
+            said,
         };
         Ok((channel, caller))
     }
+
+    /// The channel on this route, the control plane as errors name it, and
+    /// for a port-forward what its error channels say.
+    async fn channel(&self) -> Result<(Channel, String, Option<Said>), CliError> {
+        match &self.route {
+            Route::Address(address) => {
+                let uri = if address.contains("://") {
+                    address.clone()
+                } else {
+                    format!("http://{address}")
+                };
+                let endpoint = self.endpoint(&uri, || format!("--control-plane {address:?}"))?;
+                let named = self.named(None);
+                let channel = endpoint
+                    .connect()
+                    .await
+                    .map_err(|error| unreachable(&named, &error))?;
+                Ok((channel, named, None))
+            }
+            Route::PortForward(forward) => {
+                let target = forward.target().await?;
+                let named = self.named(Some(&target));
+                let endpoint = self.endpoint(&target.uri, || {
+                    format!(
+                        "the address pod {}/{} advertises",
+                        target.namespace, target.pod
+                    )
+                })?;
+                // Each connection tonic makes is a port-forward of its own.
+                let forward = forward.clone();
+                let said = Said::default();
+                let heard = said.clone();
+                let connector = tower::service_fn(move |_: Uri| {
+                    let (forward, target, said) = (forward.clone(), target.clone(), said.clone());
+                    async move { forward.open(&target, &said).await.map(TokioIo::new) }
+                });
+                let channel =
+                    endpoint
+                        .connect_with_connector(connector)
+                        .await
+                        .map_err(|error| {
+                            forward_error(&error).unwrap_or_else(|| unreachable(&named, &error))
+                        })?;
+                Ok((channel, named, Some(heard)))
+            }
+        }
+    }
+
+    /// The endpoint at `uri` (`what` names where the URI came from), with
+    /// the connect timeout.
+    fn endpoint(&self, uri: &str, what: impl Fn() -> String) -> Result<Endpoint, CliError> {
+        let endpoint = Endpoint::from_shared(uri.to_owned())
+            .map_err(|error| CliError::Usage(format!("{} is not an address: {error}", what())))?;
+        Ok(endpoint.connect_timeout(self.timeout))
+    }
+}
+
+/// `named` could not be connected to.
+fn unreachable(named: &str, error: &dyn std::error::Error) -> CliError {
+    CliError::Unreachable(format!("cannot reach {named}: {}", root_cause(error)))
+}
+
+/// The port-forward's own error (a refusal naming the right, an unready
+/// pod) under tonic's transport error, as the connector made it.
+fn forward_error(error: &(dyn std::error::Error + 'static)) -> Option<CliError> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(error) = error.downcast_ref::<CliError>() {
+            return Some(error.clone());
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// The token the exec credential plugin `exec` prints, as kubectl runs it:

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 /// Why a command failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CliError {
     /// The command line or a value in it is wrong (exit 1).
     #[error("{0}")]

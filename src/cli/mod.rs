@@ -20,6 +20,7 @@ mod grants;
 mod objects;
 pub mod output;
 mod policy_set;
+pub mod portforward;
 mod session;
 mod status;
 mod time;
@@ -51,22 +52,11 @@ pub struct Context {
     pub namespace: String,
     /// The time now (fixed in tests).
     pub now: Timestamp,
-    /// The control plane, for the audit trail and messages (`None`: not
-    /// configured).
-    pub control_plane: Option<connect::ControlPlane>,
+    /// The control plane, for the audit trail and messages.
+    pub control_plane: connect::ControlPlane,
 }
 
 impl Context {
-    /// The control plane, or what to pass to name it.
-    pub fn control_plane(&self) -> Result<&connect::ControlPlane, CliError> {
-        self.control_plane.as_ref().ok_or_else(|| {
-            CliError::Usage(
-                "this command talks to the control plane: pass --control-plane HOST:PORT or set WOPR_CONTROL_PLANE (for example after kubectl port-forward -n wopr-system svc/wopr-operator 9443)"
-                    .into(),
-            )
-        })
-    }
-
     /// Server-side apply as [`CLI_FIELD_MANAGER`]; `force` takes over fields
     /// another manager owns (`--force-conflicts`), as kubectl does.
     pub fn apply_params(&self, force: bool) -> PatchParams {

@@ -138,7 +138,7 @@ async fn set_provider(context: &Context, args: SetProviderArgs) -> Result<Shown,
 /// and, for a person, `use` on `trustlevels.wopr.dev` named the session's
 /// trust level.
 async fn inject(context: &Context, name: &str, message: &str) -> Result<Shown, CliError> {
-    let (mut broker, caller) = context.control_plane()?.broker().await?;
+    let (mut broker, caller) = context.control_plane.broker().await?;
     let request = caller.request(InjectRequest {
         namespace: context.namespace.clone(),
         session: name.to_owned(),

@@ -8,6 +8,7 @@ use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
 
+use super::connect::Path;
 use super::grants::list_grants;
 use super::objects::{get, get_opt, list};
 use super::output::{Shown, Table, fields, joined, or_none};
@@ -185,6 +186,9 @@ pub struct WhoamiReport {
     /// The trust levels you may `use` here: write Sessions and Grants at,
     /// and operate sessions at (the escalation admission policies).
     pub usable_trust_levels: Vec<TrustLevel>,
+    /// How `security audit`, `migrate` and `session inject` reach the
+    /// control plane: `--control-plane`, or the port-forward to a pod.
+    pub control_plane: Path,
 }
 
 /// One WOPR right and whether RBAC gives it to you.
@@ -316,6 +320,8 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
     }
     text.push('\n');
     text.push_str(&table.render_or(""));
+    let control_plane = context.control_plane.path().await;
+    text.push_str(&format!("\nControl plane: {control_plane}\n"));
     let report = WhoamiReport {
         user,
         session: session.map(|s| s.name_any()),
@@ -323,6 +329,7 @@ pub async fn whoami(context: &Context) -> Result<Shown, CliError> {
         grants,
         rights,
         usable_trust_levels: usable,
+        control_plane,
     };
     Ok(Shown::new(text, &report))
 }

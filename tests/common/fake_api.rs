@@ -9,6 +9,12 @@
 //! on 127.0.0.1 with a kubeconfig for real processes
 //! ([`FakeApi::serve_http`]). Every request is recorded so tests can
 //! assert on exactly what was sent.
+//!
+//! Over HTTP it also serves `pods/portforward` as the API server (and the
+//! kubelet behind it) does for WebSocket clients such as kube's
+//! ([`FakeApi::forward`]): the `v4.channel.k8s.io` subprotocol, a data and
+//! an error channel per port, the first frame on each the port as two
+//! bytes little-endian, every frame after it prefixed by its channel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -16,11 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, Method, StatusCode};
+use hyper_util::rt::TokioIo;
 use kube::Client;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
 
 /// One request a client sent.
 #[derive(Clone, Debug)]
@@ -71,6 +81,8 @@ struct State {
     /// Top-level status fields (and condition types) each field manager
     /// applied last, per object: what a new apply that omits them removes.
     status_owners: HashMap<(String, String), BTreeSet<String>>,
+    /// Where a port-forward to (pod path, port) is bridged to.
+    forwards: HashMap<(String, u16), SocketAddr>,
 }
 
 /// The fake API server's state, shared with the test.
@@ -238,6 +250,18 @@ impl FakeApi {
         ));
     }
 
+    /// Port-forwards to `port` of the pod stored at `pod_path` reach
+    /// `address` (a server the test runs on 127.0.0.1); to any other port,
+    /// the error channel says the connection was refused, as the kubelet's
+    /// does.
+    pub fn forward(&self, pod_path: &str, port: u16, address: SocketAddr) {
+        self.state
+            .lock()
+            .unwrap()
+            .forwards
+            .insert((pod_path.to_owned(), port), address);
+    }
+
     /// Never answers requests under `path_prefix` from now on (over HTTP).
     pub fn stall(&self, path_prefix: &str) {
         let prefix = path_prefix.to_owned();
@@ -299,19 +323,8 @@ impl FakeApi {
         let body: Option<Value> =
             (!bytes.is_empty()).then(|| serde_json::from_slice(bytes).expect("a JSON body"));
         let mut state = self.state.lock().unwrap();
-        state.requests.push(Recorded {
-            method: method.clone(),
-            path: path.clone(),
-            query: query.clone(),
-            body: body.clone(),
-        });
-        if state.stalled.iter().any(|matches| matches(&path)) {
-            return Reply::Stall;
-        }
-        if let Some((_, code, status)) =
-            state.refusals.iter().find(|(matches, _, _)| matches(&path))
-        {
-            return Reply::Json(*code, status.clone());
+        if let Some(reply) = screen(&mut state, method, &path, &query, body.clone()) {
+            return reply;
         }
         let params = query_params(&query);
         if let Some(collection) = Collection::parse(&path) {
@@ -517,14 +530,222 @@ impl FakeApi {
     }
 }
 
+/// Records a request; a stalled or refused path's reply.
+fn screen(
+    state: &mut State,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: Option<Value>,
+) -> Option<Reply> {
+    state.requests.push(Recorded {
+        method: method.clone(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        body,
+    });
+    if state.stalled.iter().any(|matches| matches(path)) {
+        return Some(Reply::Stall);
+    }
+    state
+        .refusals
+        .iter()
+        .find(|(matches, _, _)| matches(path))
+        .map(|(_, code, status)| Reply::Json(*code, status.clone()))
+}
+
+/// The kube client's WebSocket subprotocol for port-forwards (it also
+/// offers `v5.channel.k8s.io`, which port-forward does not speak).
+const PORT_FORWARD_PROTOCOL: &str = "v4.channel.k8s.io";
+
+/// What a `pods/portforward` request gets.
+enum Forward {
+    /// The upgrade, to the pod at this path, of these ports.
+    Upgrade(String, Vec<u16>),
+    Reply(Reply),
+}
+
+impl FakeApi {
+    /// Checks a port-forward request as the API server does: recorded,
+    /// refused (RBAC), the pod's existence, the WebSocket upgrade asked for
+    /// with the subprotocol, ports named.
+    fn port_forward(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Forward {
+        let path = uri.path();
+        let query = uri.query().unwrap_or_default();
+        let mut state = self.state.lock().unwrap();
+        if let Some(reply) = screen(&mut state, method, path, query, None) {
+            return Forward::Reply(reply);
+        }
+        let pod = path.trim_end_matches("/portforward").to_owned();
+        if !state.objects.contains_key(&pod) {
+            let (status, body) = not_found(&pod);
+            return Forward::Reply(Reply::Json(status, body));
+        }
+        let bad_request = |message: &str| {
+            Forward::Reply(Reply::Json(
+                StatusCode::BAD_REQUEST,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": message, "reason": "BadRequest", "code": 400}),
+            ))
+        };
+        let offered = headers
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if *method != Method::GET
+            || !offered
+                .split(',')
+                .any(|protocol| protocol.trim() == PORT_FORWARD_PROTOCOL)
+        {
+            return bad_request(
+                "the fake API port-forwards only over WebSocket (v4.channel.k8s.io)",
+            );
+        }
+        let ports: Option<Vec<u16>> = query_params(query)
+            .get("ports")
+            .map(|ports| ports.split(',').map(|port| port.parse().ok()).collect())
+            .unwrap_or_default();
+        match ports {
+            Some(ports) if ports.len() == 1 => Forward::Upgrade(pod, ports),
+            _ => bad_request("the fake API forwards exactly one port per request"),
+        }
+    }
+
+    /// Serves one port-forward's WebSocket: the port on channels 0 (data)
+    /// and 1 (error), each opened by the port as two bytes little-endian;
+    /// the data bridged to where [`FakeApi::forward`] says, or the error
+    /// channel's message and the end.
+    async fn bridge(
+        &self,
+        socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+        pod: String,
+        port: u16,
+    ) {
+        let target = self
+            .state
+            .lock()
+            .unwrap()
+            .forwards
+            .get(&(pod.clone(), port))
+            .copied();
+        let (mut to_client, mut from_client) = socket.split();
+        let [low, high] = port.to_le_bytes();
+        for channel in [0, 1] {
+            if to_client
+                .send(Message::binary(vec![channel, low, high]))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let connected = match target {
+            Some(address) => tokio::net::TcpStream::connect(address).await.ok(),
+            None => None,
+        };
+        let Some(connection) = connected else {
+            let mut error = vec![1];
+            error.extend(format!(
+                "error forwarding port {port} to pod {pod}, uid : failed to connect to localhost:{port} inside namespace: connection refused"
+            ).into_bytes());
+            let _ = to_client.send(Message::binary(error)).await;
+            let _ = to_client.send(Message::Close(None)).await;
+            // The closing handshake: until the client's Close, what it
+            // sends is read and dropped.
+            while let Some(Ok(message)) = from_client.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+            return;
+        };
+        let (mut from_pod, mut to_pod) = connection.into_split();
+        let upstream = async move {
+            // Data frames (channel 0) to the pod, until the client closes.
+            while let Some(Ok(message)) = from_client.next().await {
+                let more = match message {
+                    Message::Binary(frame) if frame.first() == Some(&0) => {
+                        to_pod.write_all(&frame[1..]).await.is_ok()
+                    }
+                    Message::Close(_) => false,
+                    _ => true,
+                };
+                if !more {
+                    break;
+                }
+            }
+            let _ = to_pod.shutdown().await;
+        };
+        let downstream = async move {
+            let mut buffer = vec![0; 16 * 1024];
+            while let Ok(read @ 1..) = from_pod.read(&mut buffer).await {
+                let mut frame = Vec::with_capacity(read + 1);
+                frame.push(0);
+                frame.extend_from_slice(&buffer[..read]);
+                if to_client.send(Message::binary(frame)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to_client.send(Message::Close(None)).await;
+        };
+        tokio::join!(upstream, downstream);
+    }
+}
+
+/// The answer to a port-forward: the WebSocket handshake's 101, the bridge
+/// spawned on the upgraded connection.
+fn upgrade(
+    api: FakeApi,
+    mut request: axum::extract::Request,
+    pod: String,
+    port: u16,
+) -> axum::response::Response {
+    let key = request
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .map(|key| derive_accept_key(key.as_bytes()))
+        .expect("a WebSocket key");
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgraded.await else { return };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        api.bridge(socket, pod, port).await;
+    });
+    axum::response::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, key)
+        .header(http::header::SEC_WEBSOCKET_PROTOCOL, PORT_FORWARD_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .unwrap()
+}
+
 async fn serve_http(
     axum::extract::State(api): axum::extract::State<FakeApi>,
-    method: Method,
-    uri: http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> axum::response::Response {
-    match api.handle(&method, &uri, &headers, &body) {
+    let (method, uri, headers) = (
+        request.method().clone(),
+        request.uri().clone(),
+        request.headers().clone(),
+    );
+    if uri.path().ends_with("/portforward") {
+        return match api.port_forward(&method, &uri, &headers) {
+            Forward::Upgrade(pod, ports) => upgrade(api, request, pod, ports[0]),
+            Forward::Reply(reply) => respond(&api, reply).await,
+        };
+    }
+    let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+        .await
+        .expect("a request body");
+    let reply = api.handle(&method, &uri, &headers, &body);
+    respond(&api, reply).await
+}
+
+async fn respond(api: &FakeApi, reply: Reply) -> axum::response::Response {
+    match reply {
         Reply::Json(status, body) => axum::response::Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, "application/json")
