@@ -45,6 +45,7 @@ pub fn encode(context: &EffectiveContext, provider: Option<pb::Provider>) -> pb:
 fn encode_gateway(gateway: &GatewayRules) -> pb::GatewayRules {
     pb::GatewayRules {
         gateway: gateway.gateway.clone(),
+        trust_level: name_of(&gateway.trust_level),
         forward_rules: gateway
             .forward_rules
             .iter()
@@ -108,24 +109,29 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
         gateways: message
             .gateways
             .iter()
-            .map(|gateway| GatewayRules {
-                gateway: gateway.gateway.clone(),
-                forward_rules: gateway
-                    .forward_rules
-                    .iter()
-                    .map(|rule| ForwardRule {
-                        allow_forward_to: rule.allow_forward_to.clone(),
-                        allow_actions: rule.allow_actions.clone(),
-                        require_approval: rule.require_approval,
-                        rate_limit: (rule.rate_limit_per_minute > 0).then_some(RateLimit {
-                            per_minute: rule.rate_limit_per_minute,
-                        }),
-                    })
-                    .collect(),
-                approval_timeout: std::time::Duration::from_secs(gateway.approval_timeout_seconds)
+            .map(|gateway| {
+                Ok(GatewayRules {
+                    gateway: gateway.gateway.clone(),
+                    trust_level: named("gateway trust level", &gateway.trust_level)?,
+                    forward_rules: gateway
+                        .forward_rules
+                        .iter()
+                        .map(|rule| ForwardRule {
+                            allow_forward_to: rule.allow_forward_to.clone(),
+                            allow_actions: rule.allow_actions.clone(),
+                            require_approval: rule.require_approval,
+                            rate_limit: (rule.rate_limit_per_minute > 0).then_some(RateLimit {
+                                per_minute: rule.rate_limit_per_minute,
+                            }),
+                        })
+                        .collect(),
+                    approval_timeout: std::time::Duration::from_secs(
+                        gateway.approval_timeout_seconds,
+                    )
                     .into(),
+                })
             })
-            .collect(),
+            .collect::<Result<_, _>>()?,
         policy_hash: message.policy_hash.clone(),
     })
 }
@@ -161,6 +167,34 @@ mod tests {
     }
 
     #[test]
+    fn a_gateways_rules_and_level_travel() {
+        let mut session = Session::new(
+            "gate",
+            SessionSpec::for_trust_level(TrustLevel::SemiTrusted),
+        );
+        session.metadata.namespace = Some("ns".into());
+        let mut gateway = crate::api::Gateway::new(
+            "gate",
+            crate::api::GatewaySpec {
+                session: "gate".into(),
+                trust_level: TrustLevel::Trusted,
+                forward_rules: vec![ForwardRule {
+                    allow_forward_to: vec!["executor".into()],
+                    allow_actions: vec!["execute".into()],
+                    require_approval: true,
+                    rate_limit: Some(RateLimit { per_minute: 5 }),
+                }],
+                approval_timeout: std::time::Duration::from_secs(60).into(),
+            },
+        );
+        gateway.metadata.namespace = Some("ns".into());
+        let context = resolve(&session, None, &[], [&gateway], Timestamp::UNIX_EPOCH).unwrap();
+        assert_eq!(context.gateways.len(), 1);
+        let decoded = decode(&encode(&context, None)).unwrap();
+        assert_eq!(decoded.gateways, context.gateways);
+    }
+
+    #[test]
     fn unknown_values_are_refused_not_guessed() {
         let good = encode(&context(TrustLevel::Trusted), None);
         for (field, mutate) in [
@@ -175,6 +209,12 @@ mod tests {
             ("network", |w| w.network = "wide".into()),
             ("enforcement", |w| w.enforcement = "audit".into()),
             ("access pattern", |w| w.access.push("friends".into())),
+            ("gateway trust level", |w| {
+                w.gateways.push(pb::GatewayRules {
+                    trust_level: "admin".into(),
+                    ..pb::GatewayRules::default()
+                })
+            }),
         ] {
             let mut wire = good.clone();
             mutate(&mut wire);

@@ -262,6 +262,8 @@ async fn pending_approvals_survive_kills_and_each_approved_forward_arrives_once(
         serde_json::to_value(session_grant("send", "alice", &[Capability::CrossInject])).unwrap(),
     );
     let mut gw = gateway("gw", "gate");
+    // exec is trusted: a Gateway below that refuses forwards to it.
+    gw.spec.trust_level = TrustLevel::Trusted;
     gw.spec.forward_rules = vec![ForwardRule {
         allow_forward_to: vec!["exec".into()],
         allow_actions: vec!["run".into()],

@@ -641,6 +641,11 @@ async fn gateway_list_rules_and_add() {
     let added: Gateway =
         serde_json::from_value(cluster.stored("gateways", "api-handler").unwrap()).unwrap();
     assert_eq!(added.spec.session, "api-handler");
+    assert_eq!(
+        added.spec.trust_level,
+        wopr_operator::api::TrustLevel::Untrusted,
+        "at the session's level (api-handler is untrusted), not the default"
+    );
     assert!(
         added.spec.forward_rules.is_empty(),
         "a new gateway forwards nothing"

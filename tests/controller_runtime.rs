@@ -291,7 +291,7 @@ async fn the_escalation_guard_is_read_from_the_cluster() {
     for part in [
         "403 Forbidden",
         "system:serviceaccount:wopr-system:wopr-operator",
-        "get on validatingadmissionpolicies and validatingadmissionpolicybindings (admissionregistration.k8s.io) named wopr-escalation-sessions, wopr-escalation-grants, wopr-escalation-securitypolicies",
+        "get on validatingadmissionpolicies and validatingadmissionpolicybindings (admissionregistration.k8s.io) named wopr-escalation-sessions, wopr-escalation-grants, wopr-escalation-gateways, wopr-escalation-securitypolicies",
     ] {
         assert!(
             hidden.message.contains(part),
@@ -329,7 +329,8 @@ async fn one_reading_of_the_guard_serves_every_security_policy_for_a_while() {
 fn gateway_status_says_whether_its_session_exists() {
     let now = Time(now());
     let gateway: DeserializeGuard<Gateway> = DeserializeGuard(Ok(gateway("p2p", "p2p-gateway")));
-    let serving = gateway_status(&gateway, true, None, &now);
+    let sessions = [("p2p-gateway".to_owned(), TrustLevel::SemiTrusted)];
+    let serving = gateway_status(&gateway, &sessions, None, &now);
     assert_eq!(
         (
             serving.conditions[0].status.as_str(),
@@ -337,9 +338,73 @@ fn gateway_status_says_whether_its_session_exists() {
         ),
         ("True", "Serving")
     );
-    let orphan = gateway_status(&gateway, false, None, &now);
+    let orphan = gateway_status(&gateway, &[], None, &now);
     assert_eq!(orphan.conditions[0].reason, "SessionNotFound");
     assert!(orphan.conditions[0].message.contains("p2p-gateway"));
+}
+
+#[test]
+fn gateway_status_says_what_is_above_its_trust_level() {
+    let now = Time(now());
+    let mut spec = gateway("p2p", "p2p-gateway");
+    spec.spec.forward_rules = vec![
+        serde_json::from_value(json!({"allowForwardTo": ["research"]})).unwrap(),
+        serde_json::from_value(json!({"allowForwardTo": ["*"], "allowActions": ["query"]}))
+            .unwrap(),
+    ];
+    let conditions = |gateway: &Gateway, sessions: &[(String, TrustLevel)]| {
+        let status = gateway_status(&DeserializeGuard(Ok(gateway.clone())), sessions, None, &now);
+        status
+            .conditions
+            .into_iter()
+            .map(|c| (c.type_, c.status, c.reason, c.message))
+            .collect::<Vec<_>>()
+    };
+    let levels = |gate: TrustLevel| {
+        vec![
+            ("lead".to_owned(), TrustLevel::Owner),
+            ("p2p-gateway".to_owned(), gate),
+            ("research".to_owned(), TrustLevel::SemiTrusted),
+        ]
+    };
+    // A semi-trusted Gateway: rule 1's `*` reaches the owner Session.
+    let semi = conditions(&spec, &levels(TrustLevel::SemiTrusted));
+    assert_eq!(
+        (semi[0].1.as_str(), semi[0].2.as_str()),
+        ("True", "Serving")
+    );
+    assert_eq!(
+        (semi[1].0.as_str(), semi[1].1.as_str(), semi[1].2.as_str()),
+        ("TargetsWithinLevel", "False", "TargetAboveLevel")
+    );
+    assert!(
+        semi[1]
+            .3
+            .contains("above the Gateway's trustLevel semi-trusted: rule 1 lists lead (owner);"),
+        "{}",
+        semi[1].3
+    );
+    // Its session above its level: it serves as no gateway.
+    let above = conditions(&spec, &levels(TrustLevel::Trusted));
+    assert_eq!(
+        (above[0].1.as_str(), above[0].2.as_str()),
+        ("False", "SessionAboveLevel")
+    );
+    assert!(
+        above[0].3.contains(
+            "Session p2p-gateway is trusted, above the Gateway's trustLevel semi-trusted"
+        ),
+        "{}",
+        above[0].3
+    );
+    // At owner, everything it names is within its level.
+    spec.spec.trust_level = TrustLevel::Owner;
+    let owner = conditions(&spec, &levels(TrustLevel::Trusted));
+    assert_eq!(owner[0].2, "Serving");
+    assert_eq!(
+        (owner[1].1.as_str(), owner[1].2.as_str()),
+        ("True", "WithinLevel")
+    );
 }
 
 #[test]
@@ -352,7 +417,8 @@ fn gateway_status_shows_its_forwards_and_keeps_them_when_the_store_is_away() {
         last_decision: Some(("01req".into(), ForwardState::Answered, decided)),
     };
     let object: DeserializeGuard<Gateway> = DeserializeGuard(Ok(gateway("p2p", "p2p-gateway")));
-    let status = gateway_status(&object, true, Some(&summary), &now);
+    let sessions = [("p2p-gateway".to_owned(), TrustLevel::SemiTrusted)];
+    let status = gateway_status(&object, &sessions, Some(&summary), &now);
     assert_eq!(status.pending, Some(2));
     let counts: Vec<(u32, u64)> = status
         .forwards
@@ -369,7 +435,7 @@ fn gateway_status_shows_its_forwards_and_keeps_them_when_the_store_is_away() {
     // The store is unavailable: what the status showed stays.
     let mut shown = gateway("p2p", "p2p-gateway");
     shown.status = Some(status.clone());
-    let kept = gateway_status(&DeserializeGuard(Ok(shown)), true, None, &now);
+    let kept = gateway_status(&DeserializeGuard(Ok(shown)), &sessions, None, &now);
     assert_eq!(
         (kept.pending, kept.forwards, kept.last_decision),
         (status.pending, status.forwards, status.last_decision)

@@ -588,3 +588,49 @@ async fn the_controller_writes_a_grants_state_and_keeps_its_recorded_use() {
     reconcile_grant(&api, &later, "fetch").await;
     assert_eq!(writes(&api.take_requests()), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn the_controller_writes_which_gateway_rules_reach_above_its_level() {
+    use wopr_operator::api::Gateway;
+    use wopr_operator::controller::status_context::StatusContext;
+    let (client, api) = common::fake_api::FakeApi::start();
+    let (sessions, mut writer) = kube::runtime::reflector::store::<DeserializeGuard<Session>>();
+    for (name, level) in [
+        ("gate", TrustLevel::SemiTrusted),
+        ("lead", TrustLevel::Owner),
+    ] {
+        writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(session(
+            name, level,
+        )))));
+    }
+    // A semi-trusted Gateway (as edit may write one) forwarding to `*`.
+    let mut gw = gateway("gw", "gate");
+    gw.spec.forward_rules = vec![serde_json::from_value(json!({"allowForwardTo": ["*"]})).unwrap()];
+    let path = format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/gateways/gw");
+    api.insert(&path, serde_json::to_value(&gw).unwrap());
+    let store = store::sqlite().await;
+    let ctx = std::sync::Arc::new(StatusContext {
+        client,
+        sessions,
+        leadership: Leadership::always(),
+        clock: now,
+        backoff: wopr_operator::controller::retry::Backoff::default(),
+        store: store.store.clone(),
+        escalation_guard: wopr_operator::controller::policy_status::GuardCache::default(),
+    });
+    let object: DeserializeGuard<Gateway> =
+        serde_json::from_value(api.get(&path).unwrap()).unwrap();
+    wopr_operator::controller::gateway_status::reconcile_gateway(std::sync::Arc::new(object), ctx)
+        .await
+        .expect("reconcile succeeds");
+    let status = api.get(&path).unwrap()["status"].clone();
+    assert_eq!(condition(&status, "Ready")["reason"], "Serving");
+    let guarded = condition(&status, "TargetsWithinLevel");
+    assert_eq!(
+        (&guarded["status"], &guarded["reason"]),
+        (&json!("False"), &json!("TargetAboveLevel"))
+    );
+    let message = guarded["message"].as_str().unwrap();
+    assert!(message.contains("rule 0 lists lead (owner)"), "{message}");
+    assert!(!message.contains("gate ("), "{message}");
+}

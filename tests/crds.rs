@@ -491,6 +491,40 @@ fn approval_request_kinds_need_their_fields() {
 }
 
 #[test]
+fn a_gateway_declares_the_level_it_routes_to_semi_trusted_by_default() {
+    let crd = Gateway::crd();
+    let schema = common::crd_schema(&crd);
+    let level = &schema["properties"]["spec"]["properties"]["trustLevel"];
+    assert_eq!(level["default"], "semi-trusted", "{level}");
+    assert_eq!(level["enum"], json!(api::TRUST_LEVEL_NAMES), "{level}");
+    let columns = &crd.spec.versions[0].additional_printer_columns;
+    assert!(
+        columns
+            .iter()
+            .flatten()
+            .any(|c| c.name == "Level" && c.json_path == ".spec.trustLevel"),
+        "{columns:?}"
+    );
+    let typed = |spec: Value| serde_json::from_value::<Gateway>(object("Gateway", spec));
+    assert_eq!(
+        typed(json!({"session": "gw"})).unwrap().spec.trust_level,
+        api::TrustLevel::SemiTrusted
+    );
+    assert_eq!(
+        typed(json!({"session": "gw", "trustLevel": "owner"}))
+            .unwrap()
+            .spec
+            .trust_level,
+        api::TrustLevel::Owner
+    );
+    assert!(typed(json!({"session": "gw", "trustLevel": "admin"})).is_err());
+    assert_accepted(
+        &crd,
+        object("Gateway", json!({"session": "gw", "trustLevel": "trusted"})),
+    );
+}
+
+#[test]
 fn durations_must_be_positive() {
     let crd = Gateway::crd();
     let gateway = |timeout: &str| {

@@ -9,8 +9,11 @@
 //!   refuses `enforcement: warn`) and `wopr-trust-semi-trusted` writes
 //!   untrusted and semi-trusted Sessions, and is refused, with a message
 //!   naming the right and its ClusterRole, an owner Session, raising a
-//!   Session to trusted, a trusted Grant, a loosened sandbox below trusted
-//!   and `enforcement: warn`; relabelling and annotating existing owner
+//!   Session to trusted, a trusted Grant, a loosened sandbox below trusted,
+//!   `enforcement: warn`, and every way to route untrusted input to an
+//!   owner Session through a Gateway (a Gateway serving it or forwarding to
+//!   it, raising a Gateway's trustLevel, adding a rule to an owner
+//!   Gateway); relabelling and annotating existing owner
 //!   objects is not refused (every case is valid for the CRD schema, which
 //!   `tests/escalation_admission.rs` checks offline, so only admission can
 //!   refuse it);
@@ -57,6 +60,7 @@ fn api(client: &Client, namespace: &str, kind: &str) -> Api<DynamicObject> {
     let plural = match kind {
         "Session" => "sessions",
         "Grant" => "grants",
+        "Gateway" => "gateways",
         _ => "securitypolicies",
     };
     Api::namespaced_with(client.clone(), namespace, &resource(kind, plural))
@@ -251,9 +255,12 @@ async fn scenario(client: Client, namespace: String) {
             &format!("relabelling {} {}", write.kind, write.name),
         );
     }
-    // But changing what an owner Session does is operating it.
-    let (prompt, (right, role)) = operating_an_owner_session();
-    assert_refused(by(&prompt, &semi, ns).await, right, role);
+    // But changing what an owner Session or Gateway does is operating it,
+    // which owner may.
+    for (write, (right, role)) in operating_owner_objects() {
+        assert_refused(by(&write, &semi, ns).await, right, role);
+        admitted(by(&write, &owner, ns).await, write.what);
+    }
 
     // What the schema refuses, it refuses for an owner too, with 422,
     // before any admission policy.

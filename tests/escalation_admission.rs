@@ -1,8 +1,9 @@
 //! Who may write what: the chart's escalation admission policies, as
 //! rendered into `manifests/install.yaml`, evaluated offline over a table of
 //! writes by people bound to the chart's roles (tests/common/admission.rs
-//! emulates the API server and its `authorizer`). A Session, a Grant or a
-//! SecurityPolicy needs `use` on the trust level it confers; a Session below
+//! emulates the API server and its `authorizer`). A Session, a Grant, a
+//! Gateway (the level it declares it routes to) or a SecurityPolicy needs
+//! `use` on the trust level it confers; a Session below
 //! trusted needs `use` on sandbox overrides to loosen its sandbox; relabelling
 //! is never refused. The policies fail closed, are bound with `Deny`, read
 //! only fields the CRDs have, and carry the built-in profiles of
@@ -23,6 +24,7 @@ use wopr_operator::store::{Elevation, ElevationState};
 
 const SESSIONS: &str = "wopr-escalation-sessions";
 const GRANTS: &str = "wopr-escalation-grants";
+const GATEWAYS: &str = "wopr-escalation-gateways";
 const POLICIES: &str = "wopr-escalation-securitypolicies";
 const NAMESPACE: &str = "team-a";
 const OPERATOR: &str = "system:serviceaccount:wopr-system:wopr-operator";
@@ -59,6 +61,15 @@ fn grant(spec: Value) -> Value {
     let mut spec = spec;
     spec["subject"] = json!({"session": "research"});
     object("Grant", spec)
+}
+
+/// A Gateway of session `gate` forwarding to `*`, declaring `level` (none: absent).
+fn gateway(level: Option<&str>) -> Value {
+    let mut spec = json!({"session": "gate", "forwardRules": [{"allowForwardTo": ["*"]}]});
+    if let Some(level) = level {
+        spec["trustLevel"] = json!(level);
+    }
+    object("Gateway", spec)
 }
 
 fn security_policy(spec: Value) -> Value {
@@ -118,7 +129,7 @@ fn every_policy_fails_closed_matches_its_kind_and_is_bound_to_deny() {
     for (name, resource) in
         ESCALATION_POLICIES
             .iter()
-            .zip(["sessions", "grants", "securitypolicies"])
+            .zip(["sessions", "grants", "gateways", "securitypolicies"])
     {
         let policy = rendered("ValidatingAdmissionPolicy", name);
         assert_eq!(policy["spec"]["failurePolicy"], "Fail", "{name}");
@@ -317,6 +328,64 @@ fn a_grant_needs_use_on_the_level_it_confers() {
     let mut widened = workload.clone();
     widened["spec"]["sessions"] = json!(["research", "deploy"]);
     assert_eq!(update(GRANTS, EDITOR, workload, widened).len(), 1);
+}
+
+#[test]
+fn a_gateway_needs_use_on_the_level_it_declares() {
+    // What edit may use: semi-trusted and below, and the default.
+    for level in [Some("untrusted"), Some("semi-trusted"), None] {
+        assert_eq!(
+            create(GATEWAYS, EDITOR, gateway(level)),
+            Vec::<String>::new(),
+            "{level:?}"
+        );
+    }
+    for level in ["trusted", "owner"] {
+        assert_refused(
+            create(GATEWAYS, EDITOR, gateway(Some(level))),
+            &format!(
+                "a Gateway at trust level {level} needs use on trustlevels.wopr.dev named {level} in namespace team-a"
+            ),
+            &format!("wopr-trust-{level}"),
+        );
+        assert!(create(GATEWAYS, OWNER, gateway(Some(level))).is_empty());
+    }
+    assert!(create(GATEWAYS, TRUSTED, gateway(Some("trusted"))).is_empty());
+    assert_eq!(create(GATEWAYS, TRUSTED, gateway(Some("owner"))).len(), 1);
+    // Raising the level is writing a Gateway at the new one.
+    assert_refused(
+        update(
+            GATEWAYS,
+            EDITOR,
+            gateway(Some("semi-trusted")),
+            gateway(Some("owner")),
+        ),
+        "named owner",
+        "wopr-trust-owner",
+    );
+    assert!(update(GATEWAYS, OWNER, gateway(None), gateway(Some("owner"))).is_empty());
+    // Changing the rules or the session of a trusted Gateway is routing
+    // to trusted Sessions: it needs trusted, whatever changed.
+    let trusted = gateway(Some("trusted"));
+    for change in [
+        json!({"forwardRules": [{"allowForwardTo": ["*"]}, {"allowForwardTo": ["lead"]}]}),
+        json!({"session": "lead"}),
+        json!({"approvalTimeout": "1h"}),
+    ] {
+        let mut changed = trusted.clone();
+        for (field, value) in change.as_object().unwrap() {
+            changed["spec"][field] = value.clone();
+        }
+        assert_refused(
+            update(GATEWAYS, EDITOR, trusted.clone(), changed.clone()),
+            "named trusted",
+            "wopr-trust-trusted",
+        );
+        assert!(update(GATEWAYS, TRUSTED, trusted.clone(), changed).is_empty());
+    }
+    // Relabelling is not; nobody without a trust role writes one at all.
+    assert!(update(GATEWAYS, EDITOR, trusted.clone(), relabelled(&trusted)).is_empty());
+    assert_eq!(create(GATEWAYS, &["wopr-edit"], gateway(None)).len(), 1);
 }
 
 #[test]
@@ -520,9 +589,10 @@ fn the_builtin_profiles_in_the_policies_are_the_engines() {
 #[test]
 fn the_policies_read_only_fields_their_crds_have() {
     let crds = wopr_operator::api::crds();
-    for (name, kind) in ESCALATION_POLICIES
-        .iter()
-        .zip(["Session", "Grant", "SecurityPolicy"])
+    for (name, kind) in
+        ESCALATION_POLICIES
+            .iter()
+            .zip(["Session", "Grant", "Gateway", "SecurityPolicy"])
     {
         let crd = crds.iter().find(|crd| crd.spec.names.kind == kind).unwrap();
         let schema =
@@ -570,6 +640,7 @@ fn schema_errors(object: &Value) -> Vec<String> {
     let typed = match kind {
         "Session" => serde_json::from_value::<wopr_operator::api::Session>(object.clone()).err(),
         "Grant" => serde_json::from_value::<wopr_operator::api::Grant>(object.clone()).err(),
+        "Gateway" => serde_json::from_value::<wopr_operator::api::Gateway>(object.clone()).err(),
         _ => serde_json::from_value::<wopr_operator::api::SecurityPolicy>(object.clone()).err(),
     };
     if let Some(error) = typed {
@@ -587,6 +658,7 @@ fn policy_for(kind: &str) -> &'static str {
     match kind {
         "Session" => SESSIONS,
         "Grant" => GRANTS,
+        "Gateway" => GATEWAYS,
         _ => POLICIES,
     }
 }
@@ -637,10 +709,18 @@ fn the_e2e_table_is_valid_for_the_schema_so_only_admission_refuses_it() {
         assert_eq!(schema_errors(&object), Vec::<String>::new());
         assert_eq!(refused, Vec::<String>::new(), "relabelling {}", write.name);
     }
-    let (prompt, (right, role)) = operating_an_owner_session();
-    let (object, refused) = attempt(&stored, &prompt, E2E_SEMI);
-    assert_eq!(schema_errors(&object), Vec::<String>::new());
-    assert_refused(refused, right, role);
+    for (write, (right, role)) in operating_owner_objects() {
+        let (object, refused) = attempt(&stored, &write, E2E_SEMI);
+        assert_eq!(
+            schema_errors(&object),
+            Vec::<String>::new(),
+            "{}",
+            write.what
+        );
+        assert_refused(refused, right, role);
+        let (_, refused) = attempt(&stored, &write, E2E_OWNER);
+        assert_eq!(refused, Vec::<String>::new(), "owner: {}", write.what);
+    }
 
     let (write, message) = schema_refuses();
     let errors = schema_errors(&write.created());

@@ -344,6 +344,7 @@ proptest! {
         // list and the source's capabilities say.
         context.gateways = vec![GatewayRules {
             gateway: "p2p-gateway".into(),
+            trust_level: TrustLevel::Owner,
             forward_rules: Vec::new(),
             approval_timeout: "5m".parse().unwrap(),
         }];

@@ -84,9 +84,17 @@ fn owner_gets_everything() {
         );
     }
     // Gateway tools act on a gateway's queue: an owner session that serves a
-    // Gateway has every tool.
-    let serving = resolve(&owner, None, &[], &[gateway("gw", "admin")], now()).unwrap();
+    // Gateway (declaring owner: one below it serves no owner session) has
+    // every tool.
+    let mut at_owner = gateway("gw", "admin");
+    at_owner.spec.trust_level = TrustLevel::Owner;
+    let serving = resolve(&owner, None, &[], &[at_owner], now()).unwrap();
     assert_eq!(callable_tools(&serving).iter().count(), TOOLS.len());
+    let below = resolve(&owner, None, &[], &[gateway("gw", "admin")], now()).unwrap();
+    assert_eq!(
+        decide_named(&below, "gateway_forward").reason,
+        Reason::NotAGateway
+    );
     assert_eq!(
         decide_named(&context, "gateway_forward").reason,
         Reason::NotAGateway

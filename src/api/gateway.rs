@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::RateLimit;
+use super::common::{RateLimit, TrustLevel};
 
 /// Marks a session as a gateway and says where it may forward requests.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -22,6 +22,7 @@ use super::common::RateLimit;
     derive = "PartialEq",
     doc = "A gateway session and the rules for forwarding untrusted input to privileged sessions.",
     printcolumn(name = "Session", type_ = "string", json_path = ".spec.session"),
+    printcolumn(name = "Level", type_ = "string", json_path = ".spec.trustLevel"),
     printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending"),
     printcolumn(
         name = "Last Decision",
@@ -39,6 +40,14 @@ pub struct GatewaySpec {
     /// The Session (same namespace) that acts as the gateway.
     #[schemars(length(min = 1))]
     pub session: String,
+    /// The highest trust level of Session this Gateway may route to: its
+    /// `session` and every target of its rules must be at or below it.
+    /// Writing the Gateway needs `use` on this level, as writing a Session
+    /// at it does; a Gateway whose session is above it serves nothing, and
+    /// a forward to a target above it is refused. `semi-trusted` (what
+    /// `edit` may use) when absent.
+    #[serde(default = "default_trust_level")]
+    pub trust_level: TrustLevel,
     /// What the gateway may forward. A forward must match at least one rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_rules: Vec<ForwardRule>,
@@ -47,6 +56,10 @@ pub struct GatewaySpec {
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')")
         .message("approvalTimeout must be a positive duration such as 5m"))]
     pub approval_timeout: Duration,
+}
+
+fn default_trust_level() -> TrustLevel {
+    TrustLevel::SemiTrusted
 }
 
 fn default_approval_timeout() -> Duration {
@@ -70,6 +83,23 @@ pub struct ForwardRule {
     /// Forwards allowed per minute under this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+}
+
+impl ForwardRule {
+    /// Whether `allowForwardTo` lists `session` (by name or `*`).
+    pub fn lists_target(&self, session: &str) -> bool {
+        self.allow_forward_to
+            .iter()
+            .any(|entry| entry == "*" || entry == session)
+    }
+}
+
+impl GatewaySpec {
+    /// Whether the Gateway names `session`: as its gateway session or as a
+    /// target of one of its rules.
+    pub fn names(&self, session: &str) -> bool {
+        self.session == session || self.forward_rules.iter().any(|r| r.lists_target(session))
+    }
 }
 
 /// Observed state of a Gateway.

@@ -57,9 +57,10 @@ pub fn trust_level_role(level: TrustLevel) -> String {
 pub const SANDBOX_OVERRIDES_RESOURCE: &str = "sandboxoverrides";
 /// The ValidatingAdmissionPolicies that guard trust levels, one per kind
 /// written, each bound by a ValidatingAdmissionPolicyBinding of its name.
-pub const ESCALATION_POLICIES: [&str; 3] = [
+pub const ESCALATION_POLICIES: [&str; 4] = [
     "wopr-escalation-sessions",
     "wopr-escalation-grants",
+    "wopr-escalation-gateways",
     "wopr-escalation-securitypolicies",
 ];
 

@@ -67,9 +67,10 @@ async fn gateways(context: &Context) -> Result<Shown, CliError> {
 }
 
 /// Makes `session` a gateway: a Gateway of the same name with no forward
-/// rules, so it forwards nothing until someone adds rules.
+/// rules, so it forwards nothing until someone adds rules, at the session's
+/// trust level (the least that serves it; admission asks for `use` on it).
 async fn add(context: &Context, session: &str) -> Result<Shown, CliError> {
-    get::<Session>(context, session).await?;
+    let served = get::<Session>(context, session).await?;
     let gateway = Gateway {
         metadata: ObjectMeta {
             name: Some(session.to_owned()),
@@ -78,6 +79,7 @@ async fn add(context: &Context, session: &str) -> Result<Shown, CliError> {
         },
         spec: GatewaySpec {
             session: session.to_owned(),
+            trust_level: served.spec.trust_level,
             forward_rules: Vec::new(),
             approval_timeout: std::time::Duration::from_secs(300).into(),
         },

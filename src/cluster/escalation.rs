@@ -224,7 +224,7 @@ mod tests {
         assert_eq!((guard.guarded, guard.reason), (true, "Guarded"));
         assert_eq!(
             guard.message,
-            "ValidatingAdmissionPolicies wopr-escalation-sessions, wopr-escalation-grants, wopr-escalation-securitypolicies and their bindings deny trust-level escalation"
+            "ValidatingAdmissionPolicies wopr-escalation-sessions, wopr-escalation-grants, wopr-escalation-gateways, wopr-escalation-securitypolicies and their bindings deny trust-level escalation"
         );
         let unset = judged(|installed| {
             installed[0].policy = Some(policy(installed[0].name, json!({})));
@@ -290,8 +290,8 @@ mod tests {
     #[test]
     fn a_policy_that_ignores_its_failures_fails_open() {
         let guard = judged(|installed| {
-            installed[2].policy = Some(policy(
-                installed[2].name,
+            installed[3].policy = Some(policy(
+                installed[3].name,
                 json!({"failurePolicy": "Ignore"}),
             ));
         });
@@ -308,7 +308,7 @@ mod tests {
     fn the_first_problem_gives_the_reason_and_every_problem_is_listed() {
         let guard = judged(|installed| {
             installed[0].binding = None;
-            installed[2].policy = None;
+            installed[3].policy = None;
         });
         assert_says(
             &guard,

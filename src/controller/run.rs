@@ -214,10 +214,12 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
             watcher::Config::default(),
             move |session| {
                 let (name, namespace) = (session.name_any(), session.namespace());
+                // Its level decides whether the Gateways naming it serve or
+                // reach it.
                 gateways_by_session
                     .state_filter(|gateway| {
                         gateway.meta().namespace == namespace
-                            && gateway.0.as_ref().is_ok_and(|g| g.spec.session == name)
+                            && gateway.0.as_ref().is_ok_and(|g| g.spec.names(&name))
                     })
                     .iter()
                     .map(|gateway| ObjectRef::from_obj(gateway.as_ref()))

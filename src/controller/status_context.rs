@@ -19,7 +19,7 @@ use crate::api::Session;
 use crate::cluster::lease::Leadership;
 
 /// How many session names a status message lists before "and N more".
-const LISTED_SESSIONS: usize = 10;
+pub(super) const LISTED_SESSIONS: usize = 10;
 
 /// Shared state of the SecurityPolicy and Gateway status reconcilers.
 pub struct StatusContext {

@@ -7,8 +7,9 @@ use std::fmt;
 use std::time::Duration;
 
 use super::decide::{Outcome, Reason, Request, Source, decide};
+use super::gateway_level::within_level;
 use super::resolve::EffectiveContext;
-use crate::api::{Enforcement, ForwardRule};
+use crate::api::{Enforcement, ForwardRule, TrustLevel};
 
 /// The rule a forward goes under.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -24,7 +25,7 @@ pub struct MatchedRule<'a> {
 
 /// Why a forward was decided as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForwardReason {
+pub enum ForwardReason<'a> {
     /// A rule allows it and the target admits the gateway.
     Permitted,
     /// The caller serves no Gateway.
@@ -33,11 +34,24 @@ pub enum ForwardReason {
     TargetNotAllowed,
     /// Rules list the target, but none of them the action.
     ActionNotAllowed,
+    /// The only rules listing target and action are of Gateways declaring
+    /// a trust level below the target's: whoever wrote them could not
+    /// write a Session at the target's level. Denied in every mode.
+    TargetAboveLevel {
+        /// The first such rule's Gateway.
+        gateway: &'a str,
+        /// The rule's position in its `forwardRules`.
+        rule: usize,
+        /// The level that Gateway declares.
+        declared: TrustLevel,
+        /// The target's level.
+        target: TrustLevel,
+    },
     /// The target's access list does not admit the gateway session.
     TargetRefuses(Reason),
 }
 
-impl fmt::Display for ForwardReason {
+impl fmt::Display for ForwardReason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ForwardReason::Permitted => f.write_str("permitted by a forward rule"),
@@ -48,6 +62,15 @@ impl fmt::Display for ForwardReason {
             ForwardReason::ActionNotAllowed => {
                 f.write_str("no forward rule for the target lists the action in allowActions")
             }
+            ForwardReason::TargetAboveLevel {
+                gateway,
+                rule,
+                declared,
+                target,
+            } => write!(
+                f,
+                "Gateway {gateway} rule {rule} lists the target, but the target is {target}, above the Gateway's trustLevel {declared}: only a Gateway at trustLevel {target} (which needs use on trustlevels.wopr.dev named {target}) routes to it"
+            ),
             ForwardReason::TargetRefuses(reason) => write!(f, "the target refuses: {reason}"),
         }
     }
@@ -59,19 +82,21 @@ impl fmt::Display for ForwardReason {
 pub struct ForwardDecision<'a> {
     pub outcome: Outcome,
     pub rule: Option<MatchedRule<'a>>,
-    pub reason: ForwardReason,
+    pub reason: ForwardReason<'a>,
 }
 
 /// Decides whether `gateway` (the caller's context) may forward `action`
 /// to `target` (the target's context).
 ///
 /// The first rule, in Gateway name order then rule order, that lists the
-/// target and the action is the one the forward goes under (its rate limit
-/// and approval apply). The target's access list must then admit the
-/// gateway session, as for any message it sends. Breaking a rule is
-/// `WouldDeny` in warn mode; what `decide` denies in every mode (an
-/// untrusted gateway session reaching a session that is not a gateway)
-/// stays denied.
+/// target and the action, of a Gateway whose trust level is at or above
+/// the target's, is the one the forward goes under (its rate limit and
+/// approval apply). The target's access list must then admit the gateway
+/// session, as for any message it sends. Breaking a rule is `WouldDeny` in
+/// warn mode; a target above the level of every Gateway whose rule lists
+/// it is denied in every mode (the level is who may route there, not a
+/// policy to relax), as is what `decide` denies in every mode (an
+/// untrusted gateway session reaching a session that is not a gateway).
 pub fn decide_forward<'a>(
     gateway: &'a EffectiveContext,
     target: &EffectiveContext,
@@ -89,25 +114,43 @@ pub fn decide_forward<'a>(
         return violation(ForwardReason::NotAGateway);
     }
     let mut target_listed = false;
+    let mut above_level = None;
     let mut matched = None;
     'search: for rules in &gateway.gateways {
         for (index, rule) in rules.forward_rules.iter().enumerate() {
-            if !lists(&rule.allow_forward_to, &target.session) {
+            if !rule.lists_target(&target.session) {
                 continue;
             }
             target_listed = true;
-            if rule.allow_actions.is_empty() || lists(&rule.allow_actions, action) {
-                matched = Some(MatchedRule {
-                    gateway: &rules.gateway,
-                    index,
-                    rule,
-                    approval_timeout: rules.approval_timeout.into(),
-                });
-                break 'search;
+            if !(rule.allow_actions.is_empty() || lists(&rule.allow_actions, action)) {
+                continue;
             }
+            if !within_level(rules.trust_level, target.trust_level) {
+                above_level.get_or_insert(ForwardReason::TargetAboveLevel {
+                    gateway: &rules.gateway,
+                    rule: index,
+                    declared: rules.trust_level,
+                    target: target.trust_level,
+                });
+                continue;
+            }
+            matched = Some(MatchedRule {
+                gateway: &rules.gateway,
+                index,
+                rule,
+                approval_timeout: rules.approval_timeout.into(),
+            });
+            break 'search;
         }
     }
     let Some(rule) = matched else {
+        if let Some(reason) = above_level {
+            return ForwardDecision {
+                outcome: Outcome::Denied,
+                rule: None,
+                reason,
+            };
+        }
         return violation(if target_listed {
             ForwardReason::ActionNotAllowed
         } else {
@@ -125,7 +168,7 @@ pub fn decide_forward<'a>(
     }
 }
 
-/// Whether a rule's list names `value` (or is `*`).
+/// Whether a rule's action list names `value` (or is `*`).
 fn lists(entries: &[String], value: &str) -> bool {
     entries.iter().any(|entry| entry == "*" || entry == value)
 }
@@ -152,11 +195,13 @@ mod tests {
         }
     }
 
-    fn gateway_object(rules: Vec<ForwardRule>) -> Gateway {
+    /// A Gateway of `gate` declaring `level`.
+    fn gateway_object(name: &str, level: TrustLevel, rules: Vec<ForwardRule>) -> Gateway {
         let mut gateway = Gateway::new(
-            "p2p-gateway",
+            name,
             GatewaySpec {
                 session: "gate".into(),
+                trust_level: level,
                 forward_rules: rules,
                 approval_timeout: std::time::Duration::from_secs(300).into(),
             },
@@ -181,10 +226,14 @@ mod tests {
     }
 
     fn setup(enforcement: Enforcement) -> (EffectiveContext, EffectiveContext, EffectiveContext) {
-        let gateways = [gateway_object(vec![
-            rule(&["research"], &["query", "summarize"], false),
-            rule(&["executor"], &["execute"], true),
-        ])];
+        let gateways = [gateway_object(
+            "p2p-gateway",
+            TrustLevel::Trusted,
+            vec![
+                rule(&["research"], &["query", "summarize"], false),
+                rule(&["executor"], &["execute"], true),
+            ],
+        )];
         let admits_gate = [AccessPattern::Session("gate".into())];
         (
             context(
@@ -256,7 +305,11 @@ mod tests {
 
     #[test]
     fn wildcards_and_empty_action_lists_match_everything() {
-        let gateways = [gateway_object(vec![rule(&["*"], &[], false)])];
+        let gateways = [gateway_object(
+            "p2p-gateway",
+            TrustLevel::Trusted,
+            vec![rule(&["*"], &[], false)],
+        )];
         let gate = context(
             "gate",
             TrustLevel::SemiTrusted,
@@ -287,7 +340,11 @@ mod tests {
 
     #[test]
     fn an_untrusted_gateway_reaches_no_session_that_is_not_a_gateway_even_in_warn_mode() {
-        let gateways = [gateway_object(vec![rule(&["*"], &[], false)])];
+        let gateways = [gateway_object(
+            "p2p-gateway",
+            TrustLevel::Trusted,
+            vec![rule(&["*"], &[], false)],
+        )];
         let gate = context(
             "gate",
             TrustLevel::Untrusted,
@@ -308,5 +365,129 @@ mod tests {
             decision.reason,
             ForwardReason::TargetRefuses(Reason::UntrustedNeedsGateway)
         );
+    }
+
+    /// A trusted and an owner target that admit `gate`, and a semi-trusted one.
+    fn open_targets(enforcement: Enforcement) -> [EffectiveContext; 3] {
+        let admits_gate = [AccessPattern::Session("gate".into())];
+        [
+            TrustLevel::SemiTrusted,
+            TrustLevel::Trusted,
+            TrustLevel::Owner,
+        ]
+        .map(|level| context(level.as_str(), level, &admits_gate, &[], enforcement))
+    }
+
+    #[test]
+    fn a_forward_to_a_target_above_the_gateways_level_is_denied_in_every_mode() {
+        for enforcement in [Enforcement::Enforce, Enforcement::Warn] {
+            let gateways = [gateway_object(
+                "p2p-gateway",
+                TrustLevel::SemiTrusted,
+                vec![rule(&["*"], &[], false)],
+            )];
+            let gate = context("gate", TrustLevel::SemiTrusted, &[], &gateways, enforcement);
+            let [semi, trusted, owner] = open_targets(enforcement);
+            let at_level = decide_forward(&gate, &semi, "query");
+            assert_eq!(at_level.outcome, Outcome::Allowed);
+            assert_eq!(at_level.reason, ForwardReason::Permitted);
+            for target in [&trusted, &owner] {
+                let decision = decide_forward(&gate, target, "query");
+                assert_eq!(decision.outcome, Outcome::Denied, "{enforcement:?}");
+                assert_eq!(
+                    decision.reason,
+                    ForwardReason::TargetAboveLevel {
+                        gateway: "p2p-gateway",
+                        rule: 0,
+                        declared: TrustLevel::SemiTrusted,
+                        target: target.trust_level,
+                    }
+                );
+                assert!(decision.rule.is_none());
+                assert!(
+                    decision
+                        .reason
+                        .to_string()
+                        .contains("above the Gateway's trustLevel semi-trusted"),
+                    "{}",
+                    decision.reason
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_gateway_at_the_targets_level_routes_to_it_and_owner_reaches_owner() {
+        // The same session serves a semi-trusted Gateway forwarding to `*`
+        // and an owner one naming the owner target: the forward to it goes
+        // under the owner Gateway's rule, the one to trusted under neither.
+        let gateways = [
+            gateway_object(
+                "a-semi",
+                TrustLevel::SemiTrusted,
+                vec![rule(&["*"], &[], false)],
+            ),
+            gateway_object(
+                "b-owner",
+                TrustLevel::Owner,
+                vec![rule(&["owner"], &[], true)],
+            ),
+        ];
+        let gate = context(
+            "gate",
+            TrustLevel::SemiTrusted,
+            &[],
+            &gateways,
+            Enforcement::Enforce,
+        );
+        let [_, trusted, owner] = open_targets(Enforcement::Enforce);
+        let to_owner = decide_forward(&gate, &owner, "query");
+        assert_eq!(to_owner.outcome, Outcome::Allowed);
+        let rule = to_owner.rule.unwrap();
+        assert_eq!((rule.gateway, rule.index), ("b-owner", 0));
+        let to_trusted = decide_forward(&gate, &trusted, "query");
+        assert!(matches!(
+            to_trusted.reason,
+            ForwardReason::TargetAboveLevel {
+                gateway: "a-semi",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_session_above_its_gateways_level_is_no_gateway() {
+        // Someone who may write semi-trusted Gateways names an owner
+        // Session: it neither forwards nor takes untrusted input.
+        for (level, serves) in [
+            (TrustLevel::SemiTrusted, true),
+            (TrustLevel::Trusted, true),
+            (TrustLevel::Owner, false),
+        ] {
+            let gateways = [gateway_object(
+                "p2p-gateway",
+                TrustLevel::Trusted,
+                vec![rule(&["*"], &[], false)],
+            )];
+            let gate = context(
+                "gate",
+                level,
+                &[AccessPattern::Anyone],
+                &gateways,
+                Enforcement::Enforce,
+            );
+            assert_eq!(!gate.gateways.is_empty(), serves, "{level}");
+            let [semi, ..] = open_targets(Enforcement::Enforce);
+            let forward = decide_forward(&gate, &semi, "query");
+            let untrusted = context("u", TrustLevel::Untrusted, &[], &[], Enforcement::Enforce);
+            let injected = decide(&gate, Request::Inject(&Source::session(&untrusted)));
+            if serves {
+                assert_eq!(forward.reason, ForwardReason::Permitted, "{level}");
+                assert_eq!(injected.outcome, Outcome::Allowed, "{level}");
+            } else {
+                assert_eq!(forward.reason, ForwardReason::NotAGateway);
+                assert_eq!(injected.reason, Reason::UntrustedNeedsGateway);
+            }
+        }
     }
 }

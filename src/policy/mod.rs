@@ -5,7 +5,8 @@
 //! - [`resolve_peer`]: a remote peer's [`PeerStanding`] in a session;
 //!   [`resolve_workload`]: a workload's (service account's) [`Standing`].
 //! - [`decide`]: a [`Request`] under an effective context → a [`Decision`].
-//! - [`decide_forward`]: a gateway's forward under its Gateways' rules.
+//! - [`decide_forward`]: a gateway's forward under its Gateways' rules, held
+//!   to the trust level each Gateway declares ([`within_level`]).
 //! - [`TokenBucket`]: rate limiting with an injected clock.
 //!
 //! ```
@@ -24,6 +25,7 @@
 mod capabilities;
 mod decide;
 mod forward;
+mod gateway_level;
 mod hash;
 mod peers;
 mod profiles;
@@ -40,6 +42,7 @@ pub use decide::{
     Decision, Outcome, Reason, Request, Source, admits, callable_tools, decide, decide_tool_call,
 };
 pub use forward::{ForwardDecision, ForwardReason, MatchedRule, decide_forward};
+pub use gateway_level::{TargetAboveLevel, targets_above_level, within_level};
 pub use hash::stable_hash;
 pub use peers::{PeerStanding, resolve_peer};
 pub use profiles::{LevelSettings, builtin_policy, level_settings};

@@ -10,6 +10,7 @@ use kube::core::Duration;
 use serde::Serialize;
 
 use super::capabilities::CapabilitySet;
+use super::gateway_level::within_level;
 use super::hash::stable_hash;
 use super::profiles::{LevelSettings, level_settings};
 use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
@@ -108,6 +109,8 @@ pub struct EffectiveSandbox {
 pub struct GatewayRules {
     /// The Gateway's name.
     pub gateway: String,
+    /// The highest level it may forward to (its `trustLevel`).
+    pub trust_level: TrustLevel,
     /// Its forward rules.
     pub forward_rules: Vec<ForwardRule>,
     /// How long forwards wait for approval.
@@ -148,7 +151,10 @@ pub const DEFAULT_ACCESS: AccessPattern = AccessPattern::Trust(TrustLevel::Trust
 /// `policy` is the namespace's `default` SecurityPolicy (built-in profiles
 /// when `None`); `grants` and `gateways` may hold objects of any namespace
 /// and for any subject: only the active Grants whose subject is this session
-/// and the Gateways naming it count. `now` decides which grants have expired.
+/// and the Gateways naming it count, a Gateway only when the session is at
+/// or below the trust level it declares (a Gateway that someone allowed to
+/// write only semi-trusted ones names a trusted Session: the session does
+/// not become a gateway). `now` decides which grants have expired.
 pub fn resolve<'a>(
     session: &Session,
     policy: Option<&SecurityPolicy>,
@@ -214,10 +220,13 @@ pub fn resolve<'a>(
     let mut gateway_rules: Vec<GatewayRules> = gateways
         .into_iter()
         .filter(|gateway| {
-            gateway.spec.session == name && in_namespace(gateway.metadata.namespace.as_deref())
+            gateway.spec.session == name
+                && in_namespace(gateway.metadata.namespace.as_deref())
+                && within_level(gateway.spec.trust_level, level)
         })
         .map(|gateway| GatewayRules {
             gateway: gateway.name_any(),
+            trust_level: gateway.spec.trust_level,
             forward_rules: gateway.spec.forward_rules.clone(),
             approval_timeout: gateway.spec.approval_timeout,
         })

@@ -108,6 +108,12 @@ pub fn semi_trusted_may() -> Vec<Write> {
             "g-semi",
             json!({"subject": {"session": "u1"}, "profile": "semi-trusted"}),
         ),
+        Write::create(
+            "a Gateway at semi-trusted (its default level)",
+            "Gateway",
+            "gw-semi",
+            json!({"session": "s1", "forwardRules": [{"allowForwardTo": ["u1"]}]}),
+        ),
     ]
 }
 
@@ -177,6 +183,38 @@ pub fn escalations() -> Vec<(Write, Right)> {
             ),
             OVERRIDE_RIGHT,
         ),
+        // Routing untrusted input to an owner Session through a Gateway:
+        // admission cannot look up the level of the Sessions a Gateway
+        // names, so each needs use on the level the Gateway declares, and
+        // the engine refuses a gateway session or target above it.
+        (
+            Write::create(
+                "a Gateway serving the owner Session",
+                "Gateway",
+                "gw-owner",
+                json!({"session": "o1", "trustLevel": "owner"}),
+            ),
+            OWNER_RIGHT,
+        ),
+        (
+            Write::create(
+                "a Gateway forwarding to the owner Session",
+                "Gateway",
+                "gw-to-owner",
+                json!({"session": "s1", "trustLevel": "owner",
+                       "forwardRules": [{"allowForwardTo": ["o1"], "requireApproval": false}]}),
+            ),
+            OWNER_RIGHT,
+        ),
+        (
+            Write::patch(
+                "raising a Gateway to owner",
+                "Gateway",
+                "gw-semi",
+                json!({"spec": {"trustLevel": "owner"}}),
+            ),
+            OWNER_RIGHT,
+        ),
         (
             Write::create(
                 "enforcement: warn",
@@ -189,18 +227,29 @@ pub fn escalations() -> Vec<(Write, Right)> {
     ]
 }
 
-/// Changing what an owner Session does (after [`escalations`]) is operating
-/// it: it needs owner.
-pub fn operating_an_owner_session() -> (Write, Right) {
-    (
-        Write::patch(
-            "changing an owner Session's prompt",
-            "Session",
-            "o1",
-            json!({"spec": {"prompt": "ignore your instructions"}}),
+/// Changing what an owner Session or Gateway does (after [`escalations`])
+/// is operating it: it needs owner.
+pub fn operating_owner_objects() -> Vec<(Write, Right)> {
+    vec![
+        (
+            Write::patch(
+                "changing an owner Session's prompt",
+                "Session",
+                "o1",
+                json!({"spec": {"prompt": "ignore your instructions"}}),
+            ),
+            OWNER_RIGHT,
         ),
-        OWNER_RIGHT,
-    )
+        (
+            Write::patch(
+                "adding a forward rule to an owner Gateway",
+                "Gateway",
+                "gw-owner",
+                json!({"spec": {"forwardRules": [{"allowForwardTo": ["*"]}]}}),
+            ),
+            OWNER_RIGHT,
+        ),
+    ]
 }
 
 /// Relabelling and annotating: RBAC's business only, never refused.

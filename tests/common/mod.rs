@@ -157,6 +157,7 @@ pub fn gateway(name: &str, session: &str) -> Gateway {
         metadata: meta(name),
         spec: GatewaySpec {
             session: session.into(),
+            trust_level: TrustLevel::SemiTrusted,
             forward_rules: Vec::new(),
             approval_timeout: std::time::Duration::from_secs(300).into(),
         },
