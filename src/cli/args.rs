@@ -43,10 +43,23 @@ pub struct ClusterFlags {
     /// The namespace (default: the context's namespace, then `default`).
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
-    /// The control plane's gRPC address (host:port or http://host:port),
-    /// for `security audit`, `security migrate` and `session inject`.
+    /// The control plane's gRPC address (host:port or https://host:port;
+    /// http://host:port only with --insecure-plaintext), for `security
+    /// audit`, `security migrate` and `session inject`.
     #[arg(long, global = true, env = "WOPR_CONTROL_PLANE")]
     pub control_plane: Option<String>,
+    /// The CA bundle the control plane's certificate is verified against:
+    /// the `ca.crt` of the ConfigMap `wopr-ca-bundle` in a namespace with
+    /// Sessions.
+    #[arg(long, global = true, env = "WOPR_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// The name the control plane's certificate must carry, when not the
+    /// host of --control-plane (a port-forwarded localhost, say).
+    #[arg(long, global = true, env = "WOPR_CONTROL_PLANE_SERVER_NAME")]
+    pub control_plane_server_name: Option<String>,
+    /// Talk to the control plane in plaintext: for development only.
+    #[arg(long, global = true, env = "WOPR_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
     /// The bearer token presented to the control plane (default: the
     /// kubeconfig user's token).
     #[arg(long, global = true, env = "WOPR_TOKEN", hide_env_values = true)]

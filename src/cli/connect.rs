@@ -12,13 +12,14 @@ use std::time::Duration;
 use kube::config::{ExecConfig, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use secrecy::ExposeSecret;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::CliError;
 use super::args::ClusterFlags;
 use crate::cluster::root_cause;
 use crate::proto::v1alpha1::audit_client::AuditClient;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
+use crate::tls::client::{ClientTls, endpoint};
 
 /// A client for the cluster the flags name, and the namespace to act in.
 pub async fn cluster(flags: &ClusterFlags) -> Result<(Client, Config), CliError> {
@@ -62,8 +63,11 @@ pub fn namespace(flags: &ClusterFlags, config: &Config) -> String {
 /// The control plane's gRPC API and the credential to present to it.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
-    /// `host:port` or `http://host:port`.
+    /// `host:port` or `https://host:port` (`http://host:port` in plaintext).
     pub address: String,
+    /// How the connection is secured: `None` when TLS was asked for but
+    /// no CA bundle given (connecting then says how to get it).
+    pub tls: Option<ClientTls>,
     /// Where the bearer token (a person's or a workload's Kubernetes
     /// credential) comes from.
     pub credential: Credential,
@@ -147,18 +151,31 @@ impl ControlPlane {
             (None, Some(exec)) => Credential::Exec(Box::new(exec.clone())),
             (None, None) => Credential::Missing,
         };
+        let tls = if flags.insecure_plaintext {
+            Some(ClientTls::Plaintext)
+        } else {
+            flags
+                .control_plane_ca
+                .clone()
+                .map(|ca_file| ClientTls::Verify {
+                    ca_file,
+                    server_name: flags.control_plane_server_name.clone(),
+                })
+        };
         Some(ControlPlane {
             address,
+            tls,
             credential,
             timeout: flags.request_timeout,
         })
     }
 
-    /// The control plane at `address`, presenting `token`, with the
-    /// default timeout.
-    pub fn with_token(address: &str, token: Option<&str>) -> ControlPlane {
+    /// The control plane at `address`, secured as `tls` says, presenting
+    /// `token`, with the default timeout.
+    pub fn with_token(address: &str, tls: ClientTls, token: Option<&str>) -> ControlPlane {
         ControlPlane {
             address: address.to_owned(),
+            tls: Some(tls),
             credential: token.map_or(Credential::Missing, |token| {
                 Credential::Token(token.to_owned())
             }),
@@ -190,18 +207,15 @@ impl ControlPlane {
                 ));
             }
         };
-        let uri = if self.address.contains("://") {
-            self.address.clone()
-        } else {
-            format!("http://{}", self.address)
-        };
-        let endpoint = Endpoint::from_shared(uri).map_err(|error| {
-            CliError::Usage(format!(
-                "--control-plane {:?} is not an address: {error}",
-                self.address
-            ))
+        let tls = self.tls.as_ref().ok_or_else(|| {
+            CliError::Usage(
+                "verifying the control plane needs its CA bundle: pass --control-plane-ca FILE (kubectl get configmap wopr-ca-bundle -o jsonpath='{.data.ca\\.crt}' > ca.crt)"
+                    .into(),
+            )
         })?;
-        let endpoint = endpoint.connect_timeout(self.timeout);
+        let endpoint = endpoint(&self.address, tls)
+            .map_err(|error| CliError::Usage(format!("--control-plane: {error}")))?
+            .connect_timeout(self.timeout);
         let channel = tokio::time::timeout(self.timeout, endpoint.connect())
             .await
             .map_err(|_| no_answer(&self.address, self.timeout))?
