@@ -1236,6 +1236,7 @@ mod with_control_plane {
         let plane = ControlPlane::start(&[]).await;
         cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
             plane.address.to_string().as_str(),
+            common::tls::client_tls(),
             Some(READER),
         ));
         plane
@@ -1388,6 +1389,7 @@ mod with_control_plane {
         // Mallory's RBAC allows her another namespace only: refused, and audited.
         cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
             plane.address.to_string().as_str(),
+            common::tls::client_tls(),
             Some(common::sidecar::OUTSIDER),
         ));
         let refused = cluster
@@ -1421,6 +1423,7 @@ mod with_control_plane {
         let mut plane = control_plane(&mut cluster).await;
         cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
             plane.address.to_string().as_str(),
+            common::tls::client_tls(),
             Some(common::sidecar::WORKLOAD),
         ));
         for object in
@@ -1586,11 +1589,18 @@ mod with_control_plane {
         let missing = usage(cluster.run(&["security", "audit"]).await);
         assert!(missing.contains("--control-plane"), "{missing}");
         let mut cluster = examples();
-        cluster.context.control_plane = Some(ControlPlaneAddress::with_token("127.0.0.1:1", None));
+        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
+            "127.0.0.1:1",
+            common::tls::client_tls(),
+            None,
+        ));
         let no_token = usage(cluster.run(&["security", "audit"]).await);
         assert!(no_token.contains("--token"), "{no_token}");
-        cluster.context.control_plane =
-            Some(ControlPlaneAddress::with_token("127.0.0.1:1", Some(READER)));
+        cluster.context.control_plane = Some(ControlPlaneAddress::with_token(
+            "127.0.0.1:1",
+            common::tls::client_tls(),
+            Some(READER),
+        ));
         let down = cluster.run(&["security", "audit"]).await;
         assert!(matches!(down, Err(CliError::Unreachable(_))), "{down:?}");
     }
@@ -2001,6 +2011,7 @@ mod binary {
                     "audit",
                     "--control-plane",
                     &control_plane,
+                    &common::tls::ca_flag("control-plane-ca"),
                     "--token",
                     "t",
                     "--request-timeout",

@@ -343,7 +343,38 @@ async fn api_server_address(url: &str) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        controller: ControllerArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<SandboxConfig, ConfigError> {
+        let parsed = Flags::try_parse_from(["controller"].iter().chain(flags)).unwrap();
+        SandboxConfig::from_args(&parsed.controller)
+    }
+
+    #[test]
+    fn plaintext_is_only_with_the_development_flag() {
+        let tls = config(&[]).unwrap();
+        assert!(!tls.insecure_plaintext, "TLS by default");
+        let refused = config(&["--control-plane-address=http://cp:9443"]).unwrap_err();
+        assert!(matches!(refused, ConfigError::Transport(_)), "{refused}");
+        let plaintext = config(&[
+            "--control-plane-address=http://cp:9443",
+            "--insecure-plaintext=true",
+        ])
+        .unwrap();
+        assert!(plaintext.insecure_plaintext);
+        assert!(matches!(
+            config(&["--insecure-plaintext=true"]),
+            Err(ConfigError::Transport(_))
+        ));
+    }
 
     #[test]
     fn parses_control_plane_addresses() {

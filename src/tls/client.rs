@@ -47,6 +47,14 @@ pub enum ClientTlsError {
         /// Why.
         source: std::io::Error,
     },
+    /// The CA bundle holds something that is not a certificate.
+    #[error("the control plane's CA bundle {path} cannot be used: {why}")]
+    InvalidBundle {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The CA bundle holds no certificate.
     #[error("the control plane's CA bundle {0} holds no PEM certificate")]
     EmptyBundle(String),
@@ -99,7 +107,10 @@ pub fn endpoint(address: &str, tls: &ClientTls) -> Result<Endpoint, ClientTlsErr
                         .ca_certificate(Certificate::from_pem(bundle))
                         .domain_name(name),
                 )
-                .map_err(|_| invalid())
+                .map_err(|error| ClientTlsError::InvalidBundle {
+                    path: ca_file.display().to_string(),
+                    why: crate::cluster::root_cause(&error),
+                })
         }
     }
 }
@@ -110,7 +121,12 @@ mod tests {
 
     fn verify(dir: &tempfile::TempDir) -> ClientTls {
         let ca_file = dir.path().join("ca.crt");
-        std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let ca = crate::tls::issue::issue_ca(
+            k8s_openapi::jiff::Timestamp::now(),
+            crate::tls::issue::CA_LIFETIME,
+        )
+        .unwrap();
+        std::fs::write(&ca_file, ca.cert_pem).unwrap();
         ClientTls::Verify {
             ca_file,
             server_name: None,
@@ -169,6 +185,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(error, ClientTlsError::EmptyBundle(_)), "{error}");
+        let broken = dir.path().join("broken");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+        let error = endpoint(
+            "cp:9443",
+            &ClientTls::Verify {
+                ca_file: broken,
+                server_name: None,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, ClientTlsError::InvalidBundle { .. }),
+            "{error}"
+        );
         assert!(matches!(
             endpoint("ftp://cp:9443", &verify(&dir)),
             Err(ClientTlsError::Address(_))

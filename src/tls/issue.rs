@@ -23,7 +23,7 @@ pub const LEAF_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How far back a new certificate's validity starts, for clocks a little
 /// behind the issuer's.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
-/// The CA's common name.
+/// The CA's common name, before its start time.
 pub const CA_NAME: &str = "wopr-operator CA";
 
 /// A certificate and its private key, PEM-encoded.
@@ -72,7 +72,9 @@ impl Validity {
 pub fn issue_ca(now: Timestamp, lifetime: Duration) -> Result<Issued, TlsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = name(CA_NAME);
+    // Named for its start too: a CA made later (a rotation, another
+    // installation) is another issuer, not one whose signature fails.
+    params.distinguished_name = name(&format!("{CA_NAME} {now}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     set_validity(&mut params, now, lifetime)?;
@@ -237,7 +239,10 @@ mod tests {
                 "IPAddress:10.1.2.3"
             ]
         );
-        assert_eq!(cert.issuer().to_string(), format!("CN={CA_NAME}"));
+        assert_eq!(
+            cert.issuer().to_string(),
+            format!("CN={CA_NAME} 2026-01-01T00:00:00Z")
+        );
         assert!(!cert.is_ca());
     }
 

@@ -78,7 +78,9 @@ impl Cluster {
         args.push(format!("--control-plane-listen=127.0.0.1:{port}"));
         args.push(format!("--store={}", self.store));
         // Only written into the pods it builds, which nothing runs here.
-        args.push("--control-plane-address=http://127.0.0.1:9443".to_owned());
+        args.push("--control-plane-address=127.0.0.1:9443".to_owned());
+        // TLS as cert-manager's files would give it.
+        args.extend(super::tls::controller_flags());
         args.extend(extra.iter().map(|flag| flag.to_string()));
         Process::start(
             "controller",
@@ -147,6 +149,7 @@ impl Cluster {
             format!("--workspace={}", path("workspace").display()),
             format!("--spool-dir={}", path("spool").display()),
             format!("--max-policy-age-seconds={max_policy_age}"),
+            super::tls::ca_flag("control-plane-ca"),
         ];
         args.extend(extra.iter().cloned());
         Process::start(&format!("sidecar {session}"), &args, &[])

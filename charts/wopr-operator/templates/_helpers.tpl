@@ -44,7 +44,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* The address sidecars dial: the Service of this release. */}}
 {{- define "wopr-operator.controlPlaneAddress" -}}
-{{- printf "http://%s.%s.svc:%d" (include "wopr-operator.fullname" .) .Release.Namespace (int .Values.controlPlane.port) -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "http" "https" .Values.tls.insecurePlaintext) (include "wopr-operator.fullname" .) .Release.Namespace (int .Values.controlPlane.port) -}}
 {{- end -}}
 
 {{/*
@@ -92,7 +92,20 @@ these rules are exactly what the code needs.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, patch]
+# The control plane's CA bundle, which session pods mount, in each
+# namespace with Sessions.
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [wopr-ca-bundle]
+  verbs: [patch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- end -}}
+
+{{/*
+The Secret holding the control plane's server certificate from cert-manager.
+*/}}
+{{- define "wopr-operator.tlsSecret" -}}
+{{- printf "%s-tls" (include "wopr-operator.fullname" .) -}}
 {{- end -}}
