@@ -235,8 +235,8 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "DNSName:wopr-operator.wopr-system.svc",
-                "IPAddress:10.1.2.3"
+                "DNSName(wopr-operator.wopr-system.svc)",
+                "IPAddress(0a:01:02:03)"
             ]
         );
         assert_eq!(
