@@ -1145,6 +1145,16 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
     cluster.api.remove(&format!(
         "{ADMISSION}/validatingadmissionpolicybindings/wopr-escalation-grants"
     ));
+    // And its pod built by a controller serving plaintext.
+    cluster.api.insert(
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods/wopr-research-agent"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "wopr-research-agent", "namespace": NAMESPACE},
+               "spec": {"containers": [{"name": "agent"}],
+                        "initContainers": [{"name": "a2a", "env": [
+                            {"name": "WOPR_CONTROL_PLANE_ADDRESS", "value": "http://wopr-operator.wopr-system.svc:9443"},
+                            {"name": "WOPR_INSECURE_PLAINTEXT", "value": "true"}]}]}}),
+    );
     let shown = cluster.run(&["security", "verify"]).await.unwrap();
     assert_eq!(
         shown.failed_checks,
@@ -1154,7 +1164,8 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
             "sandbox-below-trusted",
             "rate-limits-set",
             "forward-rules-not-wildcard",
-            "enforce-mode"
+            "enforce-mode",
+            "control-plane-tls"
         ]
     );
     assert_snapshot!("verify_weakened", shown.text);

@@ -1153,7 +1153,17 @@ mod sandbox_checks {
         drop(api_server);
         let second = wait_for_report(&reports, 2).await;
         assert_eq!(second.2[0].status, "True");
-        assert_eq!(overall(&health).await, Wire::Serving);
+        // The sidecar lets the agent start once the control plane has
+        // acknowledged the report, which is just after it recorded it.
+        let mut status = overall(&health).await;
+        for _ in 0..500 {
+            if status == Wire::Serving {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            status = overall(&health).await;
+        }
+        assert_eq!(status, Wire::Serving);
         verifier.abort();
     }
 

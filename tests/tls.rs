@@ -382,3 +382,89 @@ async fn the_self_issued_leaf_is_rotated_two_thirds_into_its_life() {
     );
     rotating.abort();
 }
+
+/// Two replicas starting at once against an API server with no CA: one
+/// creates it, the other (its create refused 409) reads that one; both
+/// sign with the same CA, and a third start reads it again.
+#[tokio::test]
+async fn the_operators_ca_is_made_once_and_shared_by_the_replicas() {
+    use wopr_operator::tls::ca_secret::CaSecret;
+    let (client, api) = common::fake_api::FakeApi::start();
+    let first = CaSecret::new(client.clone(), "wopr-system", "wopr-operator-ca");
+    let second = CaSecret::new(client.clone(), "wopr-system", "wopr-operator-ca");
+    let now = Timestamp::now();
+    let (a, b) = tokio::join!(first.current(now), second.current(now));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b, "one CA for both replicas");
+    let stored = api
+        .get("/api/v1/namespaces/wopr-system/secrets/wopr-operator-ca")
+        .expect("the CA Secret");
+    assert_eq!(stored["type"], "kubernetes.io/tls");
+    let third = CaSecret::new(client, "wopr-system", "wopr-operator-ca");
+    assert_eq!(third.current(now).await.unwrap(), a);
+    let creates = api
+        .take_requests()
+        .into_iter()
+        .filter(|request| request.method == http::Method::POST)
+        .count();
+    assert_eq!(creates, 2, "both tried to create; no third create");
+}
+
+/// The leader publishes the bundle where Sessions are, and again when it
+/// changes; a namespace without Sessions gets none.
+#[tokio::test]
+async fn the_bundle_is_published_where_sessions_are() {
+    use kube::core::DeserializeGuard;
+    use kube::runtime::{reflector, watcher};
+    use wopr_operator::cluster::lease::Leadership;
+    use wopr_operator::controller::ca_bundle::publish_forever;
+    let (client, api) = common::fake_api::FakeApi::start();
+    let (sessions, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok({
+        let mut agent = session("agent", TrustLevel::Trusted);
+        agent.metadata.namespace = Some(NAMESPACE.into());
+        agent
+    }))));
+    let (bundle, published) = watch::channel(pki().ca.cert_pem.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let publishing = tokio::spawn(publish_forever(
+        client,
+        sessions,
+        published,
+        Leadership::always(),
+        wopr_operator::shutdown::on(async move {
+            let _ = stopped.await;
+        }),
+    ));
+    let path = format!("/api/v1/namespaces/{NAMESPACE}/configmaps/wopr-ca-bundle");
+    let bundle_at = |expected: String| {
+        let api = api.clone();
+        let path = path.clone();
+        async move {
+            for _ in 0..500 {
+                if api
+                    .get(&path)
+                    .is_some_and(|map| map["data"]["ca.crt"] == expected)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no bundle {expected:?} at {path}: {:?}", api.get(&path));
+        }
+    };
+    bundle_at(pki().ca.cert_pem.clone()).await;
+    let rotated = format!(
+        "{}{}",
+        issue_ca(Timestamp::now(), CA_LIFETIME).unwrap().cert_pem,
+        pki().ca.cert_pem
+    );
+    bundle.send_replace(rotated.clone());
+    bundle_at(rotated).await;
+    assert!(
+        api.get("/api/v1/namespaces/elsewhere/configmaps/wopr-ca-bundle")
+            .is_none()
+    );
+    let _ = stop.send(());
+    publishing.await.unwrap();
+}
