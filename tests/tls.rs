@@ -337,12 +337,20 @@ async fn the_certificate_files_are_followed() {
     following.abort();
 }
 
-/// A CA kept in memory, as the Secret would keep it.
-struct FixedCa(CaState);
+/// A CA kept in memory, as the Secret would keep it (another replica may
+/// rotate it).
+#[derive(Clone)]
+struct FixedCa(Arc<std::sync::Mutex<CaState>>);
+
+impl FixedCa {
+    fn new(state: CaState) -> FixedCa {
+        FixedCa(Arc::new(std::sync::Mutex::new(state)))
+    }
+}
 
 impl CaStore for FixedCa {
     async fn current(&self, _now: Timestamp) -> Result<CaState, TlsError> {
-        Ok(self.0.clone())
+        Ok(self.0.lock().unwrap().clone())
     }
 }
 
@@ -361,7 +369,7 @@ async fn the_self_issued_leaf_is_rotated_two_thirds_into_its_life() {
     let cert = Arc::new(ServerCert::new(&first.cert_pem, &first.key_pem).unwrap());
     let (bundle, _published) = watch::channel(state.bundle.clone());
     let rotating = tokio::spawn(issue_forever(
-        FixedCa(state.clone()),
+        FixedCa::new(state.clone()),
         names,
         state,
         cert.clone(),
@@ -467,4 +475,52 @@ async fn the_bundle_is_published_where_sessions_are() {
     );
     let _ = stop.send(());
     publishing.await.unwrap();
+}
+
+/// Another replica rotated the CA: the next check re-issues the leaf from
+/// the new CA (long before the old leaf is due) and publishes the new
+/// bundle, which still holds the old CA.
+#[tokio::test(start_paused = true)]
+async fn a_ca_rotated_by_another_replica_re_issues_the_leaf() {
+    let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let old = issue_ca(start, CA_LIFETIME).unwrap();
+    let state = CaState {
+        bundle: old.cert_pem.clone(),
+        ca: old.clone(),
+    };
+    let first = issue_leaf(&old, &loopback_names(), start, LEAF_LIFETIME).unwrap();
+    let cert = Arc::new(ServerCert::new(&first.cert_pem, &first.key_pem).unwrap());
+    let store = FixedCa::new(state.clone());
+    let (bundle, published) = watch::channel(state.bundle.clone());
+    let rotating = tokio::spawn(issue_forever(
+        store.clone(),
+        loopback_names(),
+        state,
+        cert.clone(),
+        bundle,
+        Clock::starting_at(start),
+        Duration::from_secs(60),
+    ));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        cert.chain(),
+        vec![der_of(&first.cert_pem)],
+        "nothing due yet"
+    );
+
+    let later = start.checked_add(SignedDuration::from_secs(1)).unwrap();
+    let new = issue_ca(later, CA_LIFETIME).unwrap();
+    let rotated = CaState {
+        bundle: format!("{}{}", new.cert_pem, old.cert_pem),
+        ca: new.clone(),
+    };
+    *store.0.lock().unwrap() = rotated.clone();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let chain = cert.chain();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let new_der = der_of(&new.cert_pem);
+    let (_, new_ca) = x509_parser::parse_x509_certificate(&new_der).unwrap();
+    assert_eq!(leaf.issuer(), new_ca.subject(), "signed by the new CA");
+    assert_eq!(*published.borrow(), rotated.bundle);
+    rotating.abort();
 }
