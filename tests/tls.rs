@@ -524,3 +524,35 @@ async fn a_ca_rotated_by_another_replica_re_issues_the_leaf() {
     assert_eq!(*published.borrow(), rotated.bundle);
     rotating.abort();
 }
+
+/// The kept CA is due: two replicas checking at once both find it so; one
+/// replace wins, the other is refused 409 (it read an older version) and
+/// reads the winner's. The new CA's bundle keeps the old CA, which has
+/// years left.
+#[tokio::test]
+async fn a_due_ca_is_rotated_once_by_racing_replicas() {
+    use wopr_operator::tls::ca_secret::CaSecret;
+    let (client, api) = common::fake_api::FakeApi::start();
+    let long_ago = Timestamp::now()
+        .checked_sub(SignedDuration::from_hours(24 * 365 * 7))
+        .unwrap();
+    let first = CaSecret::new(client.clone(), "wopr-system", "wopr-operator-ca");
+    let old = first.current(long_ago).await.unwrap();
+    let second = CaSecret::new(client, "wopr-system", "wopr-operator-ca");
+    let now = Timestamp::now();
+    let (a, b) = tokio::join!(first.current(now), second.current(now));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b, "one new CA for both replicas");
+    assert_ne!(a.ca, old.ca, "seven years into ten: rotated");
+    assert!(a.bundle.starts_with(&a.ca.cert_pem));
+    assert!(
+        a.bundle.ends_with(&old.ca.cert_pem),
+        "the old CA stays trusted"
+    );
+    let updates = api
+        .take_requests()
+        .into_iter()
+        .filter(|request| request.method == http::Method::PUT)
+        .count();
+    assert_eq!(updates, 2, "both tried; one was refused");
+}
