@@ -2006,6 +2006,51 @@ mod binary {
         address
     }
 
+    /// The CLI reaches the control plane over TLS only: an http://
+    /// address needs --insecure-plaintext, and TLS needs the CA bundle;
+    /// each refusal is a usage error (exit 1) saying what to pass.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_control_plane_is_reached_over_tls_unless_told_otherwise() {
+        let (_api, _dir, kubeconfig) = served().await;
+        let run = |args: Vec<String>| {
+            let kubeconfig = kubeconfig.clone();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                kubectl_wopr(&kubeconfig, &args)
+            })
+        };
+        let audit = |extra: &[&str]| {
+            ["security", "audit", "--token", "t"]
+                .iter()
+                .chain(extra)
+                .map(|arg| arg.to_string())
+                .collect::<Vec<_>>()
+        };
+        let plaintext = run(audit(&[
+            "--control-plane",
+            "http://127.0.0.1:1",
+            &common::tls::ca_flag("control-plane-ca"),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(plaintext.code, 1, "{}", plaintext.stderr);
+        assert!(
+            one_line(&plaintext)
+                .contains("refusing plaintext to the control plane at http://127.0.0.1:1"),
+            "{}",
+            plaintext.stderr
+        );
+        let no_bundle = run(audit(&["--control-plane", "127.0.0.1:1"]))
+            .await
+            .unwrap();
+        assert_eq!(no_bundle.code, 1, "{}", no_bundle.stderr);
+        assert!(
+            one_line(&no_bundle).contains("pass --control-plane-ca FILE"),
+            "{}",
+            no_bundle.stderr
+        );
+    }
+
     /// A control plane or an API server that accepts and never answers
     /// ends in exit 4 and says who did not answer in how long, after
     /// `--request-timeout` (or `WOPR_REQUEST_TIMEOUT`).
