@@ -115,7 +115,7 @@ pub trait CaStore: Send + Sync {
     ) -> impl std::future::Future<Output = Result<CaState, TlsError>> + Send;
 }
 
-/// A leaf for `names` from `ca` at `now`, and when it is due.
+/// A leaf for `names` from `ca`, valid from `now` for [`LEAF_LIFETIME`].
 pub fn leaf_for(ca: &CaState, names: &[String], now: Timestamp) -> Result<Issued, TlsError> {
     issue_leaf(&ca.ca, names, now, LEAF_LIFETIME)
 }
