@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use common::sidecar::{ControlPlane, Sidecar, as_sidecar, token_for};
 use common::{session, session_grant};
 use serde_json::json;
-use tonic::transport::Channel;
 use wopr_operator::api::{Capability, TrustLevel};
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
 use wopr_operator::proto::v1alpha1::{AckRequest, CallToolRequest, InboxRequest, SendRequest};
@@ -34,7 +33,7 @@ const SUSTAINED: Duration = Duration::from_secs(10);
 /// until its control plane goes (so the sender never meets a full inbox);
 /// counts them.
 async fn acknowledge_forever(address: String, session: String, counted: Arc<AtomicU64>) {
-    let mut client = BrokerClient::connect(address).await.unwrap();
+    let mut client = BrokerClient::new(common::tls::channel(&address).await);
     let request = InboxRequest {
         namespace: NAMESPACE.into(),
         session: session.clone(),
@@ -73,7 +72,7 @@ async fn sessions_send_latency() {
         control_plane.put_session(session(name, TrustLevel::Trusted));
     }
     control_plane.put_grant(session_grant("send", "alice", &[Capability::CrossInject]));
-    let address = format!("http://{}", control_plane.address);
+    let address = control_plane.address.to_string();
     tokio::spawn(acknowledge_forever(address, "bob".into(), Arc::default()));
     let alice = Sidecar::start(
         &control_plane.address.to_string(),
@@ -111,7 +110,7 @@ async fn sustained_deliveries() {
     for name in &names {
         control_plane.put_session(session(name, TrustLevel::Owner));
     }
-    let address = format!("http://{}", control_plane.address);
+    let address = control_plane.address.to_string();
     let delivered = Arc::new(AtomicU64::new(0));
     for name in &names {
         tokio::spawn(acknowledge_forever(
@@ -120,11 +119,7 @@ async fn sustained_deliveries() {
             delivered.clone(),
         ));
     }
-    let channel = Channel::from_shared(address)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::tls::channel(&address).await;
     let started = Instant::now();
     let senders: Vec<_> = (0..SESSIONS)
         .map(|n| {

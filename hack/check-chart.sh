@@ -35,6 +35,17 @@ echo "up to date."
 echo "== rendered objects and examples against the schemas"
 helm template wopr-operator "$chart" -n wopr-system "${all_options[@]}" > "$work/all-options.yaml"
 helm template wopr-operator "$chart" -n wopr-system --set watchNamespace=team-a > "$work/one-namespace.yaml"
+echo "== TLS: plaintext is off by default; with cert-manager the controller reads the Certificate's Secret"
+if grep -q -- "--insecure-plaintext" manifests/install.yaml; then echo "the default install must not serve plaintext" >&2; exit 1; fi
+helm template wopr-operator "$chart" -n wopr-system --set tls.certManager.enabled=true > "$work/cert-manager.yaml"
+for expected in "--tls-cert-file=/var/run/wopr/tls/tls.crt" "--tls-ca-file=/var/run/wopr/tls/ca.crt" "secretName: wopr-operator-tls" "selfSigned: {}" "secretName: wopr-operator-cert-manager-ca"; do
+  grep -qF -- "$expected" "$work/cert-manager.yaml" || { echo "with tls.certManager.enabled the render lacks: $expected" >&2; exit 1; }
+done
+[ "$(grep -cF "secretName: wopr-operator-tls" "$work/cert-manager.yaml")" -ge 2 ] || { echo "the Certificate's Secret must be the one the controller mounts" >&2; exit 1; }
+if grep -qF -- "--tls-ca-secret" "$work/cert-manager.yaml"; then echo "with cert-manager the operator must not issue its own certificate" >&2; exit 1; fi
+helm template wopr-operator "$chart" -n wopr-system --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=corp-ca --set tls.certManager.issuerRef.kind=ClusterIssuer > "$work/cert-manager-issuer.yaml"
+grep -qF "name: corp-ca" "$work/cert-manager-issuer.yaml" || { echo "a named issuer must sign the Certificate" >&2; exit 1; }
+if grep -qF "selfSigned" "$work/cert-manager-issuer.yaml"; then echo "a named issuer needs no bootstrap CA" >&2; exit 1; fi
 echo "== the profile installer makes the shipped seccomp profile the sandboxes' default"
 grep -q -- "--sandbox-seccomp-profile=profiles/wopr-sandbox.json" "$work/all-options.yaml" || { echo "with profileInstaller.enabled the controller must get --sandbox-seccomp-profile" >&2; exit 1; }
 if grep -q -- "--sandbox-seccomp-profile" manifests/install.yaml; then echo "without the profile installer no seccomp default may be set" >&2; exit 1; fi

@@ -52,6 +52,17 @@ pub const TOKEN_AUDIENCE: &str = "wopr.dev";
 /// Lifetime of the projected token (the kubelet rotates it).
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
 
+/// The ConfigMap of each namespace with Sessions holding the CA bundle the
+/// control plane's certificate is verified against (ConfigMaps cannot be
+/// mounted across namespaces, so the controller publishes one in each).
+pub const CA_BUNDLE_CONFIGMAP: &str = "wopr-ca-bundle";
+/// The bundle's key in [`CA_BUNDLE_CONFIGMAP`] (PEM).
+pub const CA_BUNDLE_KEY: &str = "ca.crt";
+/// Where the bundle is mounted in the sidecar.
+pub const CA_DIR: &str = "/var/run/secrets/wopr.dev/ca";
+/// The bundle file in [`CA_DIR`].
+pub const CA_PATH: &str = "/var/run/secrets/wopr.dev/ca/ca.crt";
+
 /// The kubelet's port on every node, probed by isolated sandboxes.
 pub const KUBELET_PORT: u16 = 10250;
 
@@ -69,6 +80,11 @@ pub fn child_name(session: &str) -> String {
 pub mod env {
     /// Sidecar: the control plane's address.
     pub const CONTROL_PLANE_ADDRESS: &str = "WOPR_CONTROL_PLANE_ADDRESS";
+    /// Sidecar: the CA bundle the control plane is verified against.
+    pub const CONTROL_PLANE_CA: &str = "WOPR_CONTROL_PLANE_CA";
+    /// Sidecar (and controller): plaintext to the control plane, for
+    /// development only.
+    pub const INSECURE_PLAINTEXT: &str = "WOPR_INSECURE_PLAINTEXT";
     /// Sidecar: the session's namespace (from the downward API).
     pub const NAMESPACE: &str = "POD_NAMESPACE";
     /// Sidecar: the gRPC socket.
@@ -118,6 +134,7 @@ mod tests {
         assert_eq!(HEALTH_ADDRESS, format!("0.0.0.0:{HEALTH_PORT}"));
         assert_eq!(LOOPBACK_HEALTH_ADDRESS, format!("127.0.0.1:{HEALTH_PORT}"));
         assert_eq!(TOKEN_PATH, format!("{TOKEN_DIR}/token"));
+        assert_eq!(CA_PATH, format!("{CA_DIR}/{CA_BUNDLE_KEY}"));
         assert!(SOCKET_PATH.starts_with(SOCKET_DIR));
     }
 }

@@ -17,7 +17,8 @@
 //!   [`inbox`] (what a session's inbox holds), [`approval`] (the
 //!   ApprovalRequests of forwards and the step each needs), [`bounded`]
 //!   (a map an adversary cannot grow), [`clock`],
-//!   [`shutdown`], [`logging`].
+//!   [`shutdown`], [`logging`], [`tls`] (the control plane's certificates,
+//!   its reloading TLS server and the one client setup that verifies it).
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
 //!   each sidecar its policy, brokering messages, storing the audit
@@ -49,4 +50,5 @@ pub mod proto;
 pub mod shutdown;
 pub mod sidecar;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -23,7 +23,6 @@ use kube::runtime::reflector;
 use sqlx::Row;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic::transport::Endpoint;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -68,10 +67,9 @@ async fn chains(control_plane: &ControlPlane) -> Vec<String> {
 }
 
 async fn clients(control_plane: &ControlPlane) -> (AuditClient<Channel>, BrokerClient<Channel>) {
-    let address = format!("http://{}", control_plane.address);
     (
-        AuditClient::connect(address.clone()).await.unwrap(),
-        BrokerClient::connect(address).await.unwrap(),
+        AuditClient::new(control_plane.channel().await),
+        BrokerClient::new(control_plane.channel().await),
     )
 }
 
@@ -471,11 +469,12 @@ async fn serve_with<A: Authenticator>(authenticator: Arc<A>, reflection: bool) -
     ));
     let store = common::store::sqlite().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
+    let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         let _store = store.store.clone();
         wopr_operator::controlplane::serve(
             listener,
+            common::tls::transport(),
             index,
             authenticator,
             Arc::new(MemoryRecorder::default()),
@@ -524,11 +523,7 @@ fn report() -> IsolationReport {
 async fn a_flood_of_calls_on_one_connection_is_served_a_few_at_a_time() {
     let slow = Slow::new(Duration::from_millis(100));
     let address = serve_with(slow.clone(), false).await;
-    let channel = Endpoint::from_shared(address)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::tls::channel(&address).await;
     let calls = (0..64).map(|_| {
         let mut policy = PolicyClient::new(channel.clone());
         async move { policy.report_isolation(with_token("t", report())).await }
@@ -558,7 +553,7 @@ const CONCURRENCY: usize = 8;
 #[tokio::test]
 async fn a_stuck_call_is_timed_out() {
     let address = serve_with(Slow::new(Duration::from_secs(3600)), false).await;
-    let mut policy = PolicyClient::connect(address).await.unwrap();
+    let mut policy = PolicyClient::new(common::tls::channel(&address).await);
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
         policy.report_isolation(with_token("t", report())),
@@ -575,9 +570,7 @@ async fn a_stuck_call_is_timed_out() {
 async fn a_watch_stream_outlives_the_timeout() {
     let mut control_plane = ControlPlane::start_with(&["alice"], limited()).await;
     control_plane.put_session(session("alice", TrustLevel::Trusted));
-    let mut policy = PolicyClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap();
+    let mut policy = PolicyClient::new(control_plane.channel().await);
     let watch = WatchRequest {
         namespace: NAMESPACE.into(),
         session: "alice".into(),
@@ -624,11 +617,7 @@ async fn reflection_is_served_when_asked() {
 
 /// The services reflection at `address` lists.
 async fn list_services(address: String) -> Result<Vec<String>, tonic::Status> {
-    let channel = Endpoint::from_shared(address)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::tls::channel(&address).await;
     let mut reflection = ServerReflectionClient::new(channel);
     let ask = ServerReflectionRequest {
         host: String::new(),

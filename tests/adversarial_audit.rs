@@ -24,9 +24,7 @@ use wopr_operator::store::{Retention, Verification};
 on_both_backends!(a_flood_of_one_session_does_not_evict_another_sessions_recent_events);
 
 async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
-    AuditClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap()
+    AuditClient::new(control_plane.channel().await)
 }
 
 /// Ships `lines` as one batch, in one message, of `session`'s sidecar.

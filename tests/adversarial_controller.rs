@@ -20,7 +20,7 @@ use http::Uri;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::jiff::Timestamp;
 use tokio::net::TcpSocket;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tower::service_fn;
 use wopr_operator::api::{Enforcement, SourceRef, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
@@ -28,6 +28,7 @@ use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::audit_client::AuditClient;
 use wopr_operator::proto::v1alpha1::policy_client::PolicyClient;
 use wopr_operator::proto::v1alpha1::{IsolationCheck, IsolationReport};
+use wopr_operator::tls::client::endpoint;
 
 const SESSION: &str = "flood";
 /// Each made-up name: long, but its event stays under the 16 KiB limit.
@@ -81,9 +82,7 @@ async fn a_flood_of_made_up_tool_names_keeps_the_controllers_memory_flat() {
     let cluster = Cluster::start(&[(SESSION, TrustLevel::Untrusted)]).await;
     let controller = cluster.controller(0, &["--leader-election=false"]);
     let port = control_plane_port(&controller).await;
-    let mut client = AuditClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let mut client = AuditClient::new(common::tls::channel(format!("127.0.0.1:{port}")).await);
     // Warm up: the store's pool, tonic's buffers, the first Events.
     assert_eq!(flood(&mut client, 0, 2_000).await, 2_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -113,7 +112,7 @@ async fn a_flood_of_made_up_tool_names_keeps_the_controllers_memory_flat() {
 /// on loopback stands for another pod).
 async fn policy_client_from(source: &str, port: u16) -> PolicyClient<Channel> {
     let source: SocketAddr = format!("{source}:0").parse().unwrap();
-    let channel = Endpoint::try_from(format!("http://127.0.0.1:{port}"))
+    let channel = endpoint(&format!("127.0.0.1:{port}"), &common::tls::client_tls())
         .unwrap()
         .connect_with_connector(service_fn(move |uri: Uri| async move {
             let socket = TcpSocket::new_v4()?;

@@ -136,9 +136,7 @@ async fn sql_in_a_querys_filters_is_only_data() {
     .await;
     assert!(call_answer.get("error").is_none(), "{call_answer}");
     let port = control_plane_port(controller).await;
-    let mut audit = AuditClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let mut audit = AuditClient::new(common::tls::channel(format!("127.0.0.1:{port}")).await);
     let query = |tool: &str, source: &str| {
         as_sidecar(
             "agent",

@@ -19,7 +19,6 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 use wopr_operator::api::{RateLimit, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType, MemorySink};
@@ -233,13 +232,17 @@ async fn one_refused_event_takes_no_other_event_of_its_segment_with_it() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AuditServer::from_arc(control_plane.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(wopr_operator::tls::server::incoming(
+                listener,
+                common::tls::server_cert(),
+            )),
     );
     let dir = tempfile::tempdir().unwrap();
     let token_path = dir.path().join("token");
     std::fs::write(&token_path, "token").unwrap();
     let target = WatchTarget {
         address: address.to_string(),
+        tls: common::tls::client_tls(),
         namespace: NAMESPACE.into(),
         session: "agent".into(),
         token_path,

@@ -19,9 +19,7 @@ use wopr_operator::proto::v1alpha1::{AuditQueryRequest, IngestRequest, VerifyReq
 use wopr_operator::store::Verification;
 
 async fn client(control_plane: &ControlPlane) -> AuditClient<Channel> {
-    AuditClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap()
+    AuditClient::new(control_plane.channel().await)
 }
 
 /// Verify [`NAMESPACE`]'s chain.

@@ -33,6 +33,7 @@ fn setup(session: &str, address: &str) -> Setup {
         spool: Arc::new(Spool::open(&dir.path().join("spool")).unwrap()),
         target: WatchTarget {
             address: address.to_owned(),
+            tls: common::tls::client_tls(),
             namespace: NAMESPACE.into(),
             session: session.into(),
             token_path,

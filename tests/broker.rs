@@ -38,9 +38,7 @@ async fn sessions() -> (ControlPlane, BrokerClient<Channel>) {
     locked.spec.access = vec![AccessPattern::Session("carol".into())];
     control_plane.put_session(locked);
     control_plane.put_grant(session_grant("send", "alice", &[Capability::CrossInject]));
-    let client = BrokerClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap();
+    let client = BrokerClient::new(control_plane.channel().await);
     (control_plane, client)
 }
 
@@ -528,9 +526,7 @@ async fn operated() -> (ControlPlane, BrokerClient<Channel>) {
     let mut control_plane = ControlPlane::start(&[]).await;
     control_plane.put_session(session("helper", TrustLevel::SemiTrusted));
     control_plane.put_session(session("lead", TrustLevel::Owner));
-    let client = BrokerClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap();
+    let client = BrokerClient::new(control_plane.channel().await);
     (control_plane, client)
 }
 

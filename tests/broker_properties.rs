@@ -173,9 +173,7 @@ async fn run(world: World, ops: Vec<Op>) -> Result<(), TestCaseError> {
         .iter()
         .map(|name| (*name, capabilities(&control_plane, name)))
         .collect();
-    let mut client = BrokerClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap();
+    let mut client = BrokerClient::new(control_plane.channel().await);
     // Requests filed so far (forwards, then elevations, in order).
     let mut requests: Vec<String> = Vec::new();
     let mut elevations: HashMap<String, (String, Capability)> = HashMap::new();

@@ -230,7 +230,7 @@ fn the_sidecar_alone_gets_the_projected_token() {
             .unwrap()
             .iter()
             .any(|e| e.name == "WOPR_CONTROL_PLANE_ADDRESS"
-                && e.value.as_deref() == Some("http://wopr-operator.wopr-system.svc:9443"))
+                && e.value.as_deref() == Some("https://wopr-operator.wopr-system.svc:9443"))
     );
 }
 

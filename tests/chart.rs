@@ -295,3 +295,69 @@ fn the_default_install_keeps_the_audit_store_on_a_claim_with_one_writer() {
     // The controller (65532) can write it.
     assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(65532));
 }
+
+/// The default install serves TLS: the controller issues itself a
+/// certificate for the Service's names from its CA Secret (which its RBAC
+/// lets it keep), sidecars dial https:// and verify it against the bundle
+/// mounted from the namespace's ConfigMap, and nothing is plaintext.
+#[test]
+fn the_default_install_serves_tls_and_session_pods_mount_the_bundle() {
+    use wopr_operator::contract::{CA_BUNDLE_CONFIGMAP, CA_BUNDLE_KEY, CA_DIR, CA_PATH, env};
+    use wopr_operator::operator::tls::leaf_names;
+
+    let (deployment, service, _) = controller();
+    let args = parsed_args(&deployment);
+    assert!(!args.tls.insecure_plaintext);
+    assert_eq!(args.tls.tls_cert_file, None, "no cert-manager by default");
+    assert!(args.control_plane_address.starts_with("https://"));
+    let config = SandboxConfig::from_args(&args).unwrap();
+    let service_name = service.metadata.name.clone().unwrap();
+    assert_eq!(args.tls.tls_service_name, service_name);
+    let names = leaf_names(
+        &args.tls.tls_service_name,
+        &args.operator_namespace,
+        &config.control_plane.host,
+        &args.tls.tls_server_name,
+    );
+    assert!(names.contains(&config.control_plane.host), "{names:?}");
+
+    let pod: Pod = {
+        let probe = session("probe", TrustLevel::Untrusted);
+        let context = resolve(&probe, None, &[], &[], now()).unwrap();
+        wopr_operator::controller::session::build::build_pod(&probe, &context, &config)
+    };
+    let spec = pod.spec.unwrap();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|volume| volume.config_map.is_some())
+        .expect("the bundle volume");
+    let source = volume.config_map.as_ref().unwrap();
+    assert_eq!(source.name, CA_BUNDLE_CONFIGMAP);
+    assert_eq!(source.optional, Some(false));
+    assert_eq!(source.items.as_ref().unwrap()[0].key, CA_BUNDLE_KEY);
+    let sidecar = &spec.init_containers.unwrap()[0];
+    let mount = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|mount| mount.name == volume.name)
+        .expect("the sidecar mounts the bundle");
+    assert_eq!(mount.mount_path, CA_DIR);
+    assert_eq!(mount.read_only, Some(true));
+    let sidecar_env = sidecar.env.clone().unwrap();
+    let value = |name: &str| {
+        sidecar_env
+            .iter()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.clone())
+    };
+    assert_eq!(value(env::CONTROL_PLANE_CA).as_deref(), Some(CA_PATH));
+    assert_eq!(value(env::INSECURE_PLAINTEXT), None);
+    let agent_mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert!(
+        agent_mounts.iter().all(|mount| mount.name != volume.name),
+        "the agent has no use for it"
+    );
+}

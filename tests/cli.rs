@@ -128,6 +128,7 @@ fn context(client: kube::Client) -> Context {
         now: now(),
         control_plane: ControlPlaneAddress::on_route(
             Route::PortForward(forward),
+            None,
             Some(common::sidecar::READER),
         ),
     }
@@ -1168,6 +1169,16 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
     cluster.api.remove(&format!(
         "{ADMISSION}/validatingadmissionpolicybindings/wopr-escalation-grants"
     ));
+    // And its pod built by a controller serving plaintext.
+    cluster.api.insert(
+        &format!("/api/v1/namespaces/{NAMESPACE}/pods/wopr-research-agent"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "wopr-research-agent", "namespace": NAMESPACE},
+               "spec": {"containers": [{"name": "agent"}],
+                        "initContainers": [{"name": "a2a", "env": [
+                            {"name": "WOPR_CONTROL_PLANE_ADDRESS", "value": "http://wopr-operator.wopr-system.svc:9443"},
+                            {"name": "WOPR_INSECURE_PLAINTEXT", "value": "true"}]}]}}),
+    );
     let shown = cluster.run(&["security", "verify"]).await.unwrap();
     assert_eq!(
         shown.failed_checks,
@@ -1177,7 +1188,8 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
             "sandbox-below-trusted",
             "rate-limits-set",
             "forward-rules-not-wildcard",
-            "enforce-mode"
+            "enforce-mode",
+            "control-plane-tls"
         ]
     );
     assert_snapshot!("verify_weakened", shown.text);
@@ -1257,8 +1269,11 @@ mod with_control_plane {
 
     async fn control_plane(cluster: &mut Cluster) -> ControlPlane {
         let plane = ControlPlane::start(&[]).await;
-        cluster.context.control_plane =
-            ControlPlaneAddress::with_token(plane.address.to_string().as_str(), Some(READER));
+        cluster.context.control_plane = ControlPlaneAddress::with_token(
+            plane.address.to_string().as_str(),
+            common::tls::client_tls(),
+            Some(READER),
+        );
         plane
     }
 
@@ -1409,6 +1424,7 @@ mod with_control_plane {
         // Mallory's RBAC allows her another namespace only: refused, and audited.
         cluster.context.control_plane = ControlPlaneAddress::with_token(
             plane.address.to_string().as_str(),
+            common::tls::client_tls(),
             Some(common::sidecar::OUTSIDER),
         );
         let refused = cluster
@@ -1442,6 +1458,7 @@ mod with_control_plane {
         let mut plane = control_plane(&mut cluster).await;
         cluster.context.control_plane = ControlPlaneAddress::with_token(
             plane.address.to_string().as_str(),
+            common::tls::client_tls(),
             Some(common::sidecar::WORKLOAD),
         );
         for object in
@@ -1618,11 +1635,12 @@ mod with_control_plane {
             "{missing}"
         );
         let mut cluster = examples();
-        cluster.context.control_plane = ControlPlaneAddress::with_token("127.0.0.1:1", None);
+        cluster.context.control_plane =
+            ControlPlaneAddress::with_token("127.0.0.1:1", common::tls::client_tls(), None);
         let no_token = usage(cluster.run(&["security", "audit"]).await);
         assert!(no_token.contains("--token"), "{no_token}");
         cluster.context.control_plane =
-            ControlPlaneAddress::with_token("127.0.0.1:1", Some(READER));
+            ControlPlaneAddress::with_token("127.0.0.1:1", common::tls::client_tls(), Some(READER));
         let down = cluster.run(&["security", "audit"]).await;
         assert!(matches!(down, Err(CliError::Unreachable(_))), "{down:?}");
     }
@@ -1878,7 +1896,7 @@ mod through_port_forward {
                 "app.kubernetes.io/name": "wopr-operator", "app.kubernetes.io/instance": "wopr-operator"}},
             "spec": {"containers": [{
                 "name": "controller", "image": "ghcr.io/wopr-network/wopr-operator:test",
-                "args": ["controller", "--control-plane-address=http://wopr-operator.wopr-system.svc:9443",
+                "args": ["controller", "--control-plane-address=https://localhost:9443",
                          "--control-plane-listen=0.0.0.0:9443"],
                 "ports": [{"name": "grpc", "containerPort": 9443, "protocol": "TCP"},
                           {"name": "admin", "containerPort": 8080, "protocol": "TCP"}],
@@ -1888,8 +1906,20 @@ mod through_port_forward {
         })
     }
 
+    /// The operator's CA bundle ConfigMap in its namespace, holding `pem`.
+    fn publish_bundle(api: &FakeApi, pem: &str) {
+        api.insert(
+            &format!("/api/v1/namespaces/{OPERATOR_NAMESPACE}/configmaps/wopr-ca-bundle"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "wopr-ca-bundle", "namespace": OPERATOR_NAMESPACE},
+                   "data": {"ca.crt": pem}}),
+        );
+    }
+
     /// The examples, a controller pod that is starting and one that is
-    /// ready, the ready one's gRPC port bridged to `plane`; served over
+    /// ready (advertising the name the test certificate carries), the
+    /// ready one's gRPC port bridged to `plane`, and the operator's CA
+    /// bundle published; served over
     /// HTTP (an upgrade needs a connection).
     struct Forwarded {
         cluster: Cluster,
@@ -1906,6 +1936,7 @@ mod through_port_forward {
             api.insert(&pod_path(name), controller_pod(name, ready));
         }
         api.forward(&pod_path(READY), 9443, plane.address);
+        publish_bundle(&api, &common::tls::pki().ca.cert_pem);
         let address = api.serve_http().await;
         let url = format!("http://{address}").parse().unwrap();
         let client = Client::try_from(Config::new(url)).unwrap();
@@ -1950,9 +1981,10 @@ mod through_port_forward {
             sent,
             [
                 "GET /api/v1/namespaces/wopr-system/pods?&labelSelector=app.kubernetes.io%2Fname%3Dwopr-operator".to_owned(),
+                "GET /api/v1/namespaces/wopr-system/configmaps/wopr-ca-bundle?".to_owned(),
                 format!("GET {}/portforward?&ports=9443", pod_path(READY)),
             ],
-            "the pods listed by the chart's label, then one port-forward to the ready one"
+            "the pods listed by the chart's label, the CA bundle read, then one port-forward to the ready one"
         );
 
         // migrate takes the same path, and proposes the Grant the one
@@ -1970,6 +2002,49 @@ mod through_port_forward {
             lines(&cluster.api.take_requests())
                 .contains(&format!("GET {}/portforward?&ports=9443", pod_path(READY)))
         );
+    }
+
+    /// Through a port-forward the control plane is verified against the
+    /// bundle the operator publishes: without one the CLI says what to
+    /// pass; with another CA's bundle the certificate is refused, and
+    /// nothing is read.
+    #[tokio::test]
+    async fn the_port_forward_verifies_the_control_plane_against_the_published_bundle() {
+        let Forwarded {
+            cluster,
+            plane: _serving,
+            ..
+        } = forwarded().await;
+        cluster.api.remove(&format!(
+            "/api/v1/namespaces/{OPERATOR_NAMESPACE}/configmaps/wopr-ca-bundle"
+        ));
+        let missing = cluster.run(&["security", "audit"]).await;
+        let Err(CliError::Unreachable(message)) = missing else {
+            panic!("{missing:?}");
+        };
+        assert!(
+            message.contains("ConfigMap wopr-system/wopr-ca-bundle")
+                && message.contains("--control-plane-ca"),
+            "{message}"
+        );
+        assert!(
+            !lines(&cluster.api.take_requests())
+                .iter()
+                .any(|line| line.contains("/portforward")),
+            "no port-forward without a bundle to verify its far end"
+        );
+
+        let other = wopr_operator::tls::issue::issue_ca(
+            k8s_openapi::jiff::Timestamp::now(),
+            wopr_operator::tls::issue::CA_LIFETIME,
+        )
+        .unwrap();
+        publish_bundle(&cluster.api, &other.cert_pem);
+        let refused = cluster.run(&["security", "audit"]).await;
+        let Err(CliError::Unreachable(message)) = refused else {
+            panic!("another CA's bundle must refuse the control plane: {refused:?}");
+        };
+        assert!(message.contains("UnknownIssuer"), "{message}");
     }
 
     #[tokio::test]
@@ -2092,7 +2167,7 @@ mod through_port_forward {
         };
         assert!(
             message.starts_with(&format!(
-                "port-forward to pod wopr-system/{READY} port 9443 refused: reaching the control plane without --control-plane needs list on pods, and get and create on pods/portforward, in namespace wopr-system (bind the Role wopr-control-plane-client there), or pass --control-plane HOST:PORT"
+                "port-forward to pod wopr-system/{READY} port 9443 refused: reaching the control plane without --control-plane needs list on pods, get and create on pods/portforward, and get on the ConfigMap wopr-ca-bundle, in namespace wopr-system (bind the Role wopr-control-plane-client there), or pass --control-plane HOST:PORT"
             )),
             "{message}"
         );
@@ -2128,7 +2203,7 @@ mod through_port_forward {
         assert_eq!(
             report["controlPlane"],
             json!({"portForward": {"namespace": "wopr-system", "pod": READY, "port": 9443,
-                                   "uri": "http://wopr-operator.wopr-system.svc:9443"}})
+                                   "uri": "https://localhost:9443"}})
         );
 
         cluster.api.modify(&pod_path(READY), |pod| {
@@ -2140,7 +2215,8 @@ mod through_port_forward {
             "{text}"
         );
 
-        cluster.context.control_plane = ControlPlaneAddress::with_token("10.0.0.7:9443", None);
+        cluster.context.control_plane =
+            ControlPlaneAddress::with_token("10.0.0.7:9443", common::tls::client_tls(), None);
         let text = cluster.text(&["security", "whoami"]).await;
         assert!(
             text.ends_with("\nControl plane: 10.0.0.7:9443 (--control-plane, direct)\n"),
@@ -2387,6 +2463,51 @@ mod binary {
         address
     }
 
+    /// The CLI reaches the control plane over TLS only: an http://
+    /// address needs --insecure-plaintext, and TLS needs the CA bundle;
+    /// each refusal is a usage error (exit 1) saying what to pass.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_control_plane_is_reached_over_tls_unless_told_otherwise() {
+        let (_api, _dir, kubeconfig) = served().await;
+        let run = |args: Vec<String>| {
+            let kubeconfig = kubeconfig.clone();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                kubectl_wopr(&kubeconfig, &args)
+            })
+        };
+        let audit = |extra: &[&str]| {
+            ["security", "audit", "--token", "t"]
+                .iter()
+                .chain(extra)
+                .map(|arg| arg.to_string())
+                .collect::<Vec<_>>()
+        };
+        let plaintext = run(audit(&[
+            "--control-plane",
+            "http://127.0.0.1:1",
+            &common::tls::ca_flag("control-plane-ca"),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(plaintext.code, 1, "{}", plaintext.stderr);
+        assert!(
+            one_line(&plaintext)
+                .contains("refusing plaintext to the control plane at http://127.0.0.1:1"),
+            "{}",
+            plaintext.stderr
+        );
+        let no_bundle = run(audit(&["--control-plane", "127.0.0.1:1"]))
+            .await
+            .unwrap();
+        assert_eq!(no_bundle.code, 1, "{}", no_bundle.stderr);
+        assert!(
+            one_line(&no_bundle).contains("pass --control-plane-ca FILE"),
+            "{}",
+            no_bundle.stderr
+        );
+    }
+
     /// A control plane or an API server that accepts and never answers
     /// ends in exit 4 and says who did not answer in how long, after
     /// `--request-timeout` (or `WOPR_REQUEST_TIMEOUT`).
@@ -2403,6 +2524,7 @@ mod binary {
                     "audit",
                     "--control-plane",
                     &control_plane,
+                    &common::tls::ca_flag("control-plane-ca"),
                     "--token",
                     "t",
                     "--request-timeout",

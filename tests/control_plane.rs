@@ -101,6 +101,7 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
     tokio::spawn(async move {
         wopr_operator::controlplane::serve(
             listener,
+            common::tls::transport(),
             discovery,
             Arc::new(StaticTokens {
                 sidecars: tokens,
@@ -118,9 +119,7 @@ async fn serve(discovery: Arc<FakeDiscovery>) -> PolicyClient<tonic::transport::
         )
         .await
     });
-    PolicyClient::connect(format!("http://{address}"))
-        .await
-        .unwrap()
+    PolicyClient::new(common::tls::channel(address).await)
 }
 
 async fn watch_session(

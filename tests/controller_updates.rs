@@ -303,6 +303,7 @@ fn run_controller(
         default_update_policy: policy(UpdateType::Rolling, Some(1)),
         namespace: Some(NAMESPACE.into()),
         store,
+        ca_bundle: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = wopr_operator::shutdown::on(async {

@@ -31,6 +31,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         std::fs::write(&token_path, token).unwrap();
         WatchTarget {
             address: control_plane.into(),
+            tls: common::tls::client_tls(),
             namespace: namespace.into(),
             session: "e2e-agent".into(),
             token_path,
@@ -52,9 +53,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     assert_eq!(ship_sealed(&spool, &own).await.unwrap(), 25);
 
     // ... and reads them back, newest first.
-    let mut audit = AuditClient::connect(format!("http://{control_plane}"))
-        .await
-        .unwrap();
+    let mut audit = AuditClient::new(common::tls::channel(control_plane).await);
     let mut query = tonic::Request::new(AuditQueryRequest {
         namespace: namespace.into(),
         session: "e2e-agent".into(),
@@ -133,9 +132,7 @@ async fn readers_need_the_rbac_right(
     }]);
     apply(client, namespace, &binding).await;
 
-    let mut audit = AuditClient::connect(format!("http://{control_plane}"))
-        .await
-        .unwrap();
+    let mut audit = AuditClient::new(common::tls::channel(control_plane).await);
     let query = |token: &str| {
         let mut query = tonic::Request::new(AuditQueryRequest {
             namespace: namespace.into(),

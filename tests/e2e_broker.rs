@@ -77,9 +77,7 @@ async fn decide(
 
 /// The capabilities the control plane serves the session now.
 async fn served_capabilities(control_plane: &str, namespace: &str, token: &str) -> Vec<String> {
-    let mut policy = PolicyClient::connect(format!("http://{control_plane}"))
-        .await
-        .unwrap();
+    let mut policy = PolicyClient::new(common::tls::channel(control_plane).await);
     let mut request = tonic::Request::new(WatchRequest {
         namespace: namespace.into(),
         session: AGENT.into(),
@@ -109,6 +107,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     std::fs::write(&token_path, &projected).unwrap();
     let sidecar = BrokerLink::new(WatchTarget {
         address: control_plane.into(),
+        tls: common::tls::client_tls(),
         namespace: namespace.into(),
         session: AGENT.into(),
         token_path: Path::new(&token_path).to_path_buf(),

@@ -257,7 +257,8 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         account(namespace, "e2e-cli-reader"),
     )
     .await;
-    let audit_args = ["--control-plane", control_plane, "--token", &reader];
+    let ca = common::tls::ca_flag("control-plane-ca");
+    let audit_args = ["--control-plane", control_plane, &ca, "--token", &reader];
     let trail = eventually("audit events of research-agent", || async {
         let mut args = vec![
             "security",
@@ -299,6 +300,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
                 "hello from e2e",
                 "--control-plane",
                 control_plane,
+                &common::tls::ca_flag("control-plane-ca"),
                 "--token",
                 token,
             ],

@@ -39,6 +39,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         std::fs::write(&token_path, token).unwrap();
         WatchTarget {
             address: control_plane.into(),
+            tls: common::tls::client_tls(),
             namespace: namespace.into(),
             session: "e2e-agent".into(),
             token_path,

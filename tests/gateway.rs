@@ -91,9 +91,7 @@ async fn reference() -> (ControlPlane, BrokerClient<Channel>) {
         STRANGER,
         &[Capability::CrossInject],
     ));
-    let client = BrokerClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap();
+    let client = BrokerClient::new(control_plane.channel().await);
     (control_plane, client)
 }
 

@@ -43,6 +43,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("logging", 2),
     ("shutdown", 2),
     ("store", 2),
+    ("tls", 2),
     ("wire", 2),
     ("controller", ROLE),
     ("controlplane", ROLE),

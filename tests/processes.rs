@@ -486,3 +486,47 @@ async fn a_watch_that_fails_after_start_up_is_logged() {
         .unwrap();
     assert!(line.contains("cannot list resource"), "{line}");
 }
+
+/// With no certificate files, as a default install: the controller makes
+/// its CA in a Secret of its namespace and serves a certificate of it; a
+/// sidecar trusting that CA's bundle gets its policy, one trusting another
+/// CA (the test PKI's) gets none and says why.
+#[tokio::test]
+async fn a_controller_issues_itself_a_certificate_that_sidecars_verify() {
+    let cluster = Cluster::start(&[
+        ("agent", TrustLevel::SemiTrusted),
+        ("stranger", TrustLevel::SemiTrusted),
+    ])
+    .await;
+    let controller = cluster.controller_with_tls(0, Vec::new(), &["--leader-election=false"]);
+    let port = control_plane_port(&controller).await;
+    let secret = cluster
+        .api
+        .get("/api/v1/namespaces/wopr-system/secrets/wopr-operator-ca")
+        .expect("the CA Secret, made before the control plane serves");
+    let bundle = {
+        use base64::Engine;
+        let encoded = secret["data"]["ca.crt"].as_str().unwrap();
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap()
+    };
+    let ca_file = cluster.dir.path().join("operator-ca.crt");
+    std::fs::write(&ca_file, bundle).unwrap();
+
+    let trusting = cluster.sidecar_with_flags(
+        "agent",
+        port,
+        "127.0.0.1:0",
+        &[format!("--control-plane-ca={}", ca_file.display())],
+    );
+    trusting
+        .wait_for("policy received", 1, Duration::from_secs(30))
+        .await;
+    // The test PKI's CA is not the operator's.
+    let (stranger, _) = cluster.sidecar("stranger", port, 30).await;
+    stranger
+        .wait_for("invalid peer certificate", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(stranger.count("policy received"), 0);
+}

@@ -547,8 +547,11 @@ fn the_controller_runs_as_the_bound_service_account() {
     assert_eq!(deployment["metadata"]["namespace"], INSTALL_NAMESPACE);
 }
 
-/// The RBAC permission one recorded request needs, None for discovery.
-fn permission_of(request: &Recorded) -> Option<Permission> {
+/// The RBAC permissions one recorded request needs, none for discovery. A
+/// server-side apply of an object (not of a subresource) may create it, and
+/// the API server then authorizes it as `create` too (with its name), so it
+/// needs both `patch` and `create`.
+fn permissions_of(request: &Recorded) -> Vec<Permission> {
     let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
     let (group, rest) = match segments.as_slice() {
         ["api", _version, rest @ ..] => ("", rest),
@@ -556,7 +559,7 @@ fn permission_of(request: &Recorded) -> Option<Permission> {
         _ => panic!("unexpected path {}", request.path),
     };
     let (resource, name, subresource) = match rest {
-        [] => return None,
+        [] => return Vec::new(),
         ["namespaces", _, resource] => (*resource, None, None),
         ["namespaces", _, resource, name] => (*resource, Some(*name), None),
         ["namespaces", _, resource, name, sub] => (*resource, Some(*name), Some(*sub)),
@@ -574,23 +577,36 @@ fn permission_of(request: &Recorded) -> Option<Permission> {
         ("DELETE", _) => "delete",
         (method, _) => panic!("unexpected method {method}"),
     };
+    let applies = request.method == "PATCH"
+        && subresource.is_none()
+        && request.query.contains("fieldManager=")
+        && request
+            .body
+            .as_ref()
+            .is_some_and(|body| body.get("kind").is_some());
     let resource = match subresource {
         Some(sub) => format!("{resource}/{sub}"),
         None => resource.to_owned(),
     };
-    Some((
-        Scope::Cluster,
-        group.to_owned(),
-        resource,
-        verb.to_owned(),
-        name.unwrap_or(ANY).to_owned(),
-    ))
+    let verbs: &[&str] = if applies { &[verb, "create"] } else { &[verb] };
+    verbs
+        .iter()
+        .map(|verb| {
+            (
+                Scope::Cluster,
+                group.to_owned(),
+                resource.clone(),
+                (*verb).to_owned(),
+                name.unwrap_or(ANY).to_owned(),
+            )
+        })
+        .collect()
 }
 
 fn assert_granted(requests: &[Recorded], granted: &BTreeSet<Permission>) {
     assert!(!requests.is_empty());
     for request in requests {
-        if let Some(permission) = permission_of(request) {
+        for permission in permissions_of(request) {
             let (scope, group, resource, verb, _) = permission.clone();
             assert!(
                 granted.contains(&permission)

@@ -295,9 +295,7 @@ async fn wrong_missing_or_foreign_tokens_are_refused() {
     let mut control_plane = ControlPlane::start(&["a", "b"]).await;
     control_plane.put_session(session("a", TrustLevel::Trusted));
     control_plane.put_session(session("b", TrustLevel::Trusted));
-    let mut client = PolicyClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap();
+    let mut client = PolicyClient::new(control_plane.channel().await);
     let watch = |token: Option<&str>| {
         let mut request = tonic::Request::new(WatchRequest {
             namespace: NAMESPACE.into(),
@@ -889,12 +887,7 @@ async fn the_control_plane_serves_health_and_reflection() {
         ..Default::default()
     };
     let control_plane = ControlPlane::start_with(&[], settings).await;
-    let address = format!("http://{}", control_plane.address);
-    let channel = tonic::transport::Endpoint::from_shared(address)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = control_plane.channel().await;
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "wopr.v1alpha1.Policy"] {
         let status = health
@@ -938,9 +931,7 @@ async fn watch_a(
     control_plane: &ControlPlane,
     heartbeat_seconds: u32,
 ) -> tonic::Streaming<wopr_operator::proto::v1alpha1::PolicyUpdate> {
-    let mut client = PolicyClient::connect(format!("http://{}", control_plane.address))
-        .await
-        .unwrap();
+    let mut client = PolicyClient::new(control_plane.channel().await);
     let mut request = tonic::Request::new(WatchRequest {
         namespace: NAMESPACE.into(),
         session: "a".into(),
@@ -1114,6 +1105,7 @@ mod sandbox_checks {
         std::fs::write(dir.path().join("token"), token_for("s")).unwrap();
         let target = WatchTarget {
             address: control_plane.address.to_string(),
+            tls: common::tls::client_tls(),
             namespace: NAMESPACE.into(),
             session: "s".into(),
             token_path: dir.path().join("token"),
@@ -1161,7 +1153,17 @@ mod sandbox_checks {
         drop(api_server);
         let second = wait_for_report(&reports, 2).await;
         assert_eq!(second.2[0].status, "True");
-        assert_eq!(overall(&health).await, Wire::Serving);
+        // The sidecar lets the agent start once the control plane has
+        // acknowledged the report, which is just after it recorded it.
+        let mut status = overall(&health).await;
+        for _ in 0..500 {
+            if status == Wire::Serving {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            status = overall(&health).await;
+        }
+        assert_eq!(status, Wire::Serving);
         verifier.abort();
     }
 
@@ -1186,9 +1188,7 @@ mod sandbox_checks {
     async fn reports_are_authenticated_authorized_and_validated() {
         let mut control_plane = ControlPlane::start(&["a", "b"]).await;
         control_plane.put_session(session("a", TrustLevel::Trusted));
-        let mut client = PolicyClient::connect(format!("http://{}", control_plane.address))
-            .await
-            .unwrap();
+        let mut client = PolicyClient::new(control_plane.channel().await);
         let report = |token: Option<&str>, status: &str| {
             let mut request = tonic::Request::new(IsolationReport {
                 namespace: NAMESPACE.into(),

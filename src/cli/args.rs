@@ -43,16 +43,17 @@ pub struct ClusterFlags {
     /// The namespace (default: the context's namespace, then `default`).
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
-    /// The control plane's gRPC address (host:port or http://host:port),
-    /// for `security audit`, `security migrate` and `session inject`.
-    /// Without it they reach a ready controller pod through the API
-    /// server's port-forward, as `kubectl port-forward` does (which needs
-    /// list on pods, and get and create on pods/portforward, in
-    /// --operator-namespace: the Role wopr-control-plane-client there).
+    /// The control plane's gRPC address (host:port or https://host:port;
+    /// http://host:port only with --insecure-plaintext), for `security
+    /// audit`, `security migrate` and `session inject`. Without it they
+    /// reach a ready controller pod through the API server's port-forward,
+    /// as `kubectl port-forward` does (which needs list on pods, get and
+    /// create on pods/portforward, and get on the ConfigMap wopr-ca-bundle,
+    /// in --operator-namespace: the Role wopr-control-plane-client there).
     #[arg(long, global = true, env = "WOPR_CONTROL_PLANE")]
     pub control_plane: Option<String>,
     /// The namespace the operator runs in, where a port-forward without
-    /// --control-plane finds its controller pods.
+    /// --control-plane finds its controller pods and its CA bundle.
     #[arg(
         long,
         global = true,
@@ -60,6 +61,19 @@ pub struct ClusterFlags {
         default_value = super::portforward::DEFAULT_OPERATOR_NAMESPACE
     )]
     pub operator_namespace: String,
+    /// The CA bundle the control plane's certificate is verified against:
+    /// the `ca.crt` of the ConfigMap `wopr-ca-bundle` in a namespace with
+    /// Sessions. Through a port-forward it is read from that ConfigMap in
+    /// --operator-namespace when not given.
+    #[arg(long, global = true, env = "WOPR_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// The name the control plane's certificate must carry, when not the
+    /// host of --control-plane (a port-forwarded localhost, say).
+    #[arg(long, global = true, env = "WOPR_CONTROL_PLANE_SERVER_NAME")]
+    pub control_plane_server_name: Option<String>,
+    /// Talk to the control plane in plaintext: for development only.
+    #[arg(long, global = true, env = "WOPR_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
     /// The bearer token presented to the control plane (default: the
     /// kubeconfig user's token).
     #[arg(long, global = true, env = "WOPR_TOKEN", hide_env_values = true)]

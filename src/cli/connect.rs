@@ -24,6 +24,7 @@ use super::portforward::{PortForward, Said, Target};
 use crate::cluster::root_cause;
 use crate::proto::v1alpha1::audit_client::AuditClient;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
+use crate::tls::client::{Bundle, ClientTls};
 
 /// A client for the cluster the flags name, and the namespace to act in.
 pub async fn cluster(flags: &ClusterFlags) -> Result<(Client, Config), CliError> {
@@ -69,6 +70,10 @@ pub fn namespace(flags: &ClusterFlags, config: &Config) -> String {
 pub struct ControlPlane {
     /// How its bytes travel.
     pub route: Route,
+    /// How the connection is secured: `None` when TLS was asked for but
+    /// no CA bundle given (through a port-forward, the bundle the operator
+    /// publishes is read; dialed directly, connecting says how to get it).
+    pub tls: Option<ClientTls>,
     /// Where the bearer token (a person's or a workload's Kubernetes
     /// credential) comes from.
     pub credential: Credential,
@@ -138,14 +143,14 @@ impl Caller {
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, CliError> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(answer) => answer.map(tonic::Response::into_inner).map_err(|status| {
-                match (CliError::from_status(status), &self.said) {
-                    (CliError::Unreachable(_), Some(said)) if let Some(why) = said.now() => {
-                        CliError::Unreachable(format!("{} failed: {why}", self.named))
-                    }
-                    (error, _) => error,
-                }
-            }),
+            Ok(answer) => {
+                answer
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| match &self.said {
+                        Some(said) => said.instead(&self.named, CliError::from_status(status)),
+                        None => CliError::from_status(status),
+                    })
+            }
             Err(_) => Err(no_answer(&self.named, self.timeout)),
         }
     }
@@ -200,24 +205,37 @@ impl ControlPlane {
             (None, Some(exec)) => Credential::Exec(Box::new(exec.clone())),
             (None, None) => Credential::Missing,
         };
+        let tls = if flags.insecure_plaintext {
+            Some(ClientTls::Plaintext)
+        } else {
+            flags
+                .control_plane_ca
+                .clone()
+                .map(|ca_file| ClientTls::Verify {
+                    bundle: Bundle::File(ca_file),
+                    server_name: flags.control_plane_server_name.clone(),
+                })
+        };
         ControlPlane {
             route,
+            tls,
             credential,
             timeout: flags.request_timeout,
         }
     }
 
-    /// The control plane at `address`, presenting `token`, with the
-    /// default timeout.
-    pub fn with_token(address: &str, token: Option<&str>) -> ControlPlane {
-        ControlPlane::on_route(Route::Address(address.to_owned()), token)
+    /// The control plane at `address`, secured as `tls` says, presenting
+    /// `token`, with the default timeout.
+    pub fn with_token(address: &str, tls: ClientTls, token: Option<&str>) -> ControlPlane {
+        ControlPlane::on_route(Route::Address(address.to_owned()), Some(tls), token)
     }
 
-    /// The control plane on `route`, presenting `token`, with the default
-    /// timeout.
-    pub fn on_route(route: Route, token: Option<&str>) -> ControlPlane {
+    /// The control plane on `route`, secured as `tls` says, presenting
+    /// `token`, with the default timeout.
+    pub fn on_route(route: Route, tls: Option<ClientTls>, token: Option<&str>) -> ControlPlane {
         ControlPlane {
             route,
+            tls,
             credential: token.map_or(Credential::Missing, |token| {
                 Credential::Token(token.to_owned())
             }),
@@ -300,12 +318,14 @@ impl ControlPlane {
     async fn channel(&self) -> Result<(Channel, String, Option<Said>), CliError> {
         match &self.route {
             Route::Address(address) => {
-                let uri = if address.contains("://") {
-                    address.clone()
-                } else {
-                    format!("http://{address}")
-                };
-                let endpoint = self.endpoint(&uri, || format!("--control-plane {address:?}"))?;
+                let tls = self.tls.as_ref().ok_or_else(|| {
+                    CliError::Usage(
+                        "verifying the control plane needs its CA bundle: pass --control-plane-ca FILE (kubectl get configmap wopr-ca-bundle -o jsonpath='{.data.ca\\.crt}' > ca.crt)"
+                            .into(),
+                    )
+                })?;
+                let endpoint =
+                    self.endpoint(address, tls, || format!("--control-plane {address:?}"))?;
                 let named = self.named(None);
                 let channel = endpoint
                     .connect()
@@ -316,7 +336,16 @@ impl ControlPlane {
             Route::PortForward(forward) => {
                 let target = forward.target().await?;
                 let named = self.named(Some(&target));
-                let endpoint = self.endpoint(&target.uri, || {
+                // Verified against the bundle the operator publishes beside
+                // its pods, unless the flags name one (or plaintext).
+                let tls = match &self.tls {
+                    Some(tls) => tls.clone(),
+                    None => ClientTls::Verify {
+                        bundle: forward.bundle().await?,
+                        server_name: None,
+                    },
+                };
+                let endpoint = self.endpoint(&target.uri, &tls, || {
                     format!(
                         "the address pod {}/{} advertises",
                         target.namespace, target.pod
@@ -327,26 +356,33 @@ impl ControlPlane {
                 let said = Said::default();
                 let heard = said.clone();
                 let connector = tower::service_fn(move |_: Uri| {
-                    let (forward, target, said) = (forward.clone(), target.clone(), said.clone());
-                    async move { forward.open(&target, &said).await.map(TokioIo::new) }
+                    let (forward, target, heard) = (forward.clone(), target.clone(), heard.clone());
+                    async move { forward.open(&target, &heard).await.map(TokioIo::new) }
                 });
                 let channel =
                     endpoint
                         .connect_with_connector(connector)
                         .await
                         .map_err(|error| {
-                            forward_error(&error).unwrap_or_else(|| unreachable(&named, &error))
+                            forward_error(&error).unwrap_or_else(|| {
+                                said.instead(&named, unreachable(&named, &error))
+                            })
                         })?;
-                Ok((channel, named, Some(heard)))
+                Ok((channel, named, Some(said)))
             }
         }
     }
 
-    /// The endpoint at `uri` (`what` names where the URI came from), with
-    /// the connect timeout.
-    fn endpoint(&self, uri: &str, what: impl Fn() -> String) -> Result<Endpoint, CliError> {
-        let endpoint = Endpoint::from_shared(uri.to_owned())
-            .map_err(|error| CliError::Usage(format!("{} is not an address: {error}", what())))?;
+    /// The endpoint at `address`, secured as `tls` says (`what` names
+    /// where the address came from), with the connect timeout.
+    fn endpoint(
+        &self,
+        address: &str,
+        tls: &ClientTls,
+        what: impl Fn() -> String,
+    ) -> Result<Endpoint, CliError> {
+        let endpoint = crate::tls::client::endpoint(address, tls)
+            .map_err(|error| CliError::Usage(format!("{}: {error}", what())))?;
         Ok(endpoint.connect_timeout(self.timeout))
     }
 }

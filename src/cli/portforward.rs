@@ -11,13 +11,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::DuplexStream;
 
 use super::CliError;
+use crate::contract::{CA_BUNDLE_CONFIGMAP, CA_BUNDLE_KEY};
+use crate::tls::client::Bundle;
 
 /// `--operator-namespace`'s default: where the chart's manifests install
 /// the controller.
@@ -76,6 +78,17 @@ impl std::fmt::Debug for Said {
 }
 
 impl Said {
+    /// `error`, or, when it is unreachable and a kubelet has said why,
+    /// that (`named` names the control plane).
+    pub fn instead(&self, named: &str, error: CliError) -> CliError {
+        match (error, self.now()) {
+            (CliError::Unreachable(_), Some(why)) => {
+                CliError::Unreachable(format!("{named} failed: {why}"))
+            }
+            (error, _) => error,
+        }
+    }
+
     /// The first thing a kubelet has said by now, if anything.
     pub fn now(&self) -> Option<String> {
         let errors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -158,10 +171,38 @@ impl PortForward {
         })
     }
 
+    /// The control plane's CA bundle, as the operator publishes it in its
+    /// own namespace (the ConfigMap [`CA_BUNDLE_CONFIGMAP`]), to verify the
+    /// server the port-forward reaches.
+    pub async fn bundle(&self) -> Result<Bundle, CliError> {
+        let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let from = format!("ConfigMap {}/{CA_BUNDLE_CONFIGMAP}", self.namespace);
+        let found =
+            config_maps
+                .get_opt(CA_BUNDLE_CONFIGMAP)
+                .await
+                .map_err(|error| match &error {
+                    kube::Error::Api(status) if status.code == 403 => CliError::Refused(format!(
+                        "cannot read the control plane's CA bundle, {from}: {} ({})",
+                        self.needed(),
+                        crate::cluster::describe(&error)
+                    )),
+                    _ => CliError::from_kube(&from, error),
+                })?;
+        let pem = found
+            .and_then(|config_map| config_map.data?.remove(CA_BUNDLE_KEY))
+            .ok_or_else(|| {
+                CliError::Unreachable(format!(
+                    "no CA bundle to verify the control plane with: {from} has no {CA_BUNDLE_KEY} (the operator publishes it when it serves TLS); pass --control-plane-ca FILE, or --insecure-plaintext for a development control plane"
+                ))
+            })?;
+        Ok(Bundle::Published { pem, from })
+    }
+
     /// The rights this path needs, and the alternatives.
     fn needed(&self) -> String {
         format!(
-            "reaching the control plane without --control-plane needs list on pods, and get and create on pods/portforward, in namespace {} (bind the Role {CLIENT_ROLE} there), or pass --control-plane HOST:PORT",
+            "reaching the control plane without --control-plane needs list on pods, get and create on pods/portforward, and get on the ConfigMap {CA_BUNDLE_CONFIGMAP}, in namespace {} (bind the Role {CLIENT_ROLE} there), or pass --control-plane HOST:PORT",
             self.namespace
         )
     }

@@ -15,7 +15,9 @@ use crate::api::{
     TrustLevel,
 };
 use crate::cluster::escalation::{CANNOT_VERIFY, read_escalation_guard};
+use crate::contract::{SIDECAR_CONTAINER, child_name, env};
 use crate::policy::level_settings;
+use k8s_openapi::api::core::v1::Pod;
 
 /// One item of the checklist and its result.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -191,6 +193,16 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         "violations are blocked",
     ));
 
+    let mut pods = Vec::new();
+    for session in &sessions {
+        pods.extend(get_opt::<Pod>(context, &child_name(&session.name_any())).await?);
+    }
+    checks.push(check(
+        "control-plane-tls",
+        plaintext_sidecars(&pods),
+        "every session's sidecar verifies the control plane over TLS",
+    ));
+
     let mut table = Table::new(&["CHECK", "RESULT", "DETAIL"]);
     for check in &checks {
         table.row(vec![
@@ -206,6 +218,29 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         .map(|check| check.name.clone())
         .collect();
     Ok(shown)
+}
+
+/// The session pods whose sidecar reaches the control plane in plaintext
+/// (its token and every policy readable on the network): the controller
+/// runs with `--insecure-plaintext`.
+fn plaintext_sidecars(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter(|pod| {
+            let spec = pod.spec.iter();
+            spec.flat_map(|spec| spec.init_containers.iter().flatten())
+                .filter(|container| container.name == SIDECAR_CONTAINER)
+                .flat_map(|container| container.env.iter().flatten())
+                .any(|var| {
+                    var.name == env::INSECURE_PLAINTEXT && var.value.as_deref() == Some("true")
+                })
+        })
+        .map(|pod| {
+            format!(
+                "pod {}: its sidecar reaches the control plane in plaintext (the controller runs with --insecure-plaintext, for development only)",
+                pod.name_any()
+            )
+        })
+        .collect()
 }
 
 /// Whether the cluster refuses trust-level escalation at admission, as far
@@ -239,4 +274,39 @@ async fn escalation_guarded(
         failure_if(!guarded, &detail),
         &detail,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, env: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [{"name": "agent"}],
+                "initContainers": [{"name": SIDECAR_CONTAINER, "env": env}],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plaintext_sidecar_fails_the_tls_check() {
+        let tls = pod(
+            "wopr-a",
+            serde_json::json!([{"name": env::CONTROL_PLANE_CA, "value": "/ca.crt"}]),
+        );
+        let plaintext = pod(
+            "wopr-b",
+            serde_json::json!([{"name": env::INSECURE_PLAINTEXT, "value": "true"}]),
+        );
+        assert!(plaintext_sidecars(std::slice::from_ref(&tls)).is_empty());
+        let failures = plaintext_sidecars(&[tls, plaintext]);
+        assert_eq!(failures.len(), 1);
+        assert!(
+            failures[0]
+                .starts_with("pod wopr-b: its sidecar reaches the control plane in plaintext")
+        );
+    }
 }

@@ -24,7 +24,8 @@ pub enum Scope {
     Watched,
     /// Cluster-scoped resources.
     Cluster,
-    /// In the operator's own namespace (the Lease), with leader election only.
+    /// In the operator's own namespace (the Lease, the CA Secret), checked
+    /// at start-up with leader election only.
     OperatorNamespace,
 }
 
@@ -128,6 +129,15 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["get", "list", "watch", "patch"],
         names: &[],
     },
+    // controller/ca_bundle.rs: the control plane's CA bundle, applied
+    // into each namespace with Sessions for their pods to mount.
+    Rights {
+        scope: Scope::Watched,
+        group: "",
+        resources: &["configmaps"],
+        verbs: &["patch"],
+        names: &[crate::contract::CA_BUNDLE_CONFIGMAP],
+    },
     // kube's Recorder creates events and patches their series.
     Rights {
         scope: Scope::Watched,
@@ -184,6 +194,15 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         ],
         verbs: &["get"],
         names: &api::ESCALATION_POLICIES,
+    },
+    // tls/ca_secret.rs: the operator's own CA, read, created when missing
+    // and replaced when rotated.
+    Rights {
+        scope: Scope::OperatorNamespace,
+        group: "",
+        resources: &["secrets"],
+        verbs: &["get", "create", "update"],
+        names: &[],
     },
     // lease.rs through kube-lease-manager: get, create, patch.
     Rights {

@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod approvals;
+pub mod ca_bundle;
 pub mod conditions;
 pub mod error;
 pub mod gateway_status;

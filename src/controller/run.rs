@@ -59,6 +59,9 @@ pub struct Setup {
     pub namespace: Option<String>,
     /// The audit store, for the controller's own decisions.
     pub store: Store,
+    /// The control plane's CA bundle, to publish where Sessions are and in
+    /// the operator's namespace (`None` when it serves plaintext).
+    pub ca_bundle: Option<super::ca_bundle::Publish>,
 }
 
 /// The feeds of the shared caches the Session controller reconciles on.
@@ -87,7 +90,17 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         default_update_policy,
         namespace,
         store,
+        ca_bundle,
     } = setup;
+    if let Some(bundle) = ca_bundle {
+        tokio::spawn(super::ca_bundle::publish_forever(
+            client.clone(),
+            caches.sessions.clone(),
+            bundle,
+            leadership.clone(),
+            shutdown.clone(),
+        ));
+    }
     let namespace = namespace.as_deref();
     let recorder = Recorder::new(
         client.clone(),

@@ -40,6 +40,8 @@ use crate::proto::v1alpha1::audit_server::AuditServer;
 use crate::proto::v1alpha1::broker_server::BrokerServer;
 use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
+use crate::tls;
+use crate::tls::server::Transport;
 
 /// How the control plane serves, beyond what it serves.
 #[derive(Clone, Debug)]
@@ -87,7 +89,8 @@ impl Default for Settings {
 }
 
 /// Serves the Policy, Broker and Audit services and gRPC health (and
-/// server reflection when `settings` ask) on `listener` (writing
+/// server reflection when `settings` ask) on `listener`, over TLS unless
+/// `transport` asks for plaintext by name (writing
 /// ApprovalRequests, spawned Sessions and Grants' use with `writer`) until
 /// `shutdown` completes; then ends every open policy stream (their
 /// sidecars reconnect to another replica) and returns once the connections
@@ -95,6 +98,7 @@ impl Default for Settings {
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<D, A, R, E>(
     listener: TcpListener,
+    transport: Transport,
     discover: Arc<D>,
     authenticator: Arc<A>,
     recorder: Arc<R>,
@@ -131,7 +135,7 @@ where
             .build_v1()
             .expect("the embedded descriptor sets are valid")
     });
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // Per connection: a caller cannot have more calls worked on at
         // once, nor more streams open than a few times that.
         .concurrency_limit_per_connection(settings.concurrency_per_connection)
@@ -171,7 +175,20 @@ where
             uses,
             authenticator,
             refusals,
-        )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        )));
+    match transport {
+        Transport::Tls(cert) => {
+            router
+                .serve_with_incoming_shutdown(tls::server::incoming(listener, cert), shutdown)
+                .await
+        }
+        Transport::InsecurePlaintext => {
+            tracing::warn!(
+                "the control plane serves plaintext (--insecure-plaintext): credentials cross the network readable"
+            );
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    }
 }

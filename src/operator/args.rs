@@ -3,6 +3,7 @@
 //! parsed and resolved here, once, at start-up.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -36,12 +37,14 @@ pub struct ControllerArgs {
     )]
     pub default_agent_args: Vec<String>,
     /// Address sidecars dial to reach the control plane (`host:port`, an
-    /// optional `http://`/`https://` scheme). An IP address also works for a
-    /// controller running outside the cluster.
+    /// optional `https://` scheme; `http://` only with
+    /// `--insecure-plaintext`). An IP address also works for a controller
+    /// running outside the cluster. Its host is one of the names of the
+    /// certificate the operator issues itself.
     #[arg(
         long,
         env = "WOPR_CONTROL_PLANE_ADDRESS",
-        default_value = "http://wopr-operator.wopr-system.svc:9443"
+        default_value = "https://wopr-operator.wopr-system.svc:9443"
     )]
     pub control_plane_address: String,
     /// Where this replica serves the control-plane gRPC API.
@@ -135,6 +138,46 @@ pub struct ControllerArgs {
     /// naming a profile its node lacks does not start.
     #[arg(long, env = "WOPR_SANDBOX_SECCOMP_PROFILE")]
     pub sandbox_seccomp_profile: Option<String>,
+    /// How the control plane is secured.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The control plane's TLS: a certificate from files (cert-manager's
+/// Secret, reloaded when it changes), else one the operator issues itself
+/// from its CA in a Secret; plaintext only with `--insecure-plaintext`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Serve the control plane in plaintext h2c, and tell sidecars to
+    /// dial it so: for development only (tokens cross the network
+    /// readable; `kubectl wopr security verify` fails it).
+    #[arg(long, env = crate::contract::env::INSECURE_PLAINTEXT, default_value_t = false, action = ArgAction::Set)]
+    pub insecure_plaintext: bool,
+    /// The server certificate chain (PEM), e.g. cert-manager's `tls.crt`;
+    /// with `--tls-key-file` and `--tls-ca-file`, read again every 10 s.
+    #[arg(long, env = "WOPR_TLS_CERT_FILE", requires_all = ["tls_key_file", "tls_ca_file"])]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    #[arg(long, env = "WOPR_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA bundle clients verify the certificate against (PEM),
+    /// published to the namespaces with Sessions.
+    #[arg(long, env = "WOPR_TLS_CA_FILE", requires = "tls_cert_file")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Without certificate files: the Secret of the operator's namespace
+    /// holding the operator's own CA (created when missing).
+    #[arg(long, env = "WOPR_TLS_CA_SECRET", default_value = "wopr-operator-ca")]
+    pub tls_ca_secret: String,
+    /// Without certificate files: the control plane's Service, whose
+    /// names (`NAME`, `NAME.NS`, `NAME.NS.svc`, `NAME.NS.svc.cluster.local`)
+    /// the issued certificate carries.
+    #[arg(long, env = "WOPR_TLS_SERVICE_NAME", default_value = "wopr-operator")]
+    pub tls_service_name: String,
+    /// Without certificate files: more DNS names or IPs the issued
+    /// certificate carries (comma-separated), e.g. a host-run controller's
+    /// address; the host of `--control-plane-address` is always one.
+    #[arg(long, env = "WOPR_TLS_SERVER_NAMES", value_delimiter = ',')]
+    pub tls_server_name: Vec<String>,
 }
 
 impl ControllerArgs {
@@ -156,6 +199,11 @@ pub enum ConfigError {
         "--control-plane-address {0:?}: expected host:port, optionally with http:// or https://"
     )]
     ControlPlaneAddress(String),
+    /// The control-plane address's scheme contradicts `--insecure-plaintext`.
+    #[error(
+        "--control-plane-address {0:?}: http:// is plaintext, which needs --insecure-plaintext (development only); https:// or host:port is TLS, which it forbids"
+    )]
+    Transport(String),
     /// An isolation probe is not `name=ip:port`.
     #[error("--isolation-probe {0:?}: expected name=ip:port, such as metadata=169.254.169.254:80")]
     IsolationProbe(String),
@@ -221,6 +269,12 @@ impl SandboxConfig {
 
     /// The settings from the flags (without resolving the control-plane host).
     pub fn from_args(args: &ControllerArgs) -> Result<SandboxConfig, ConfigError> {
+        let plaintext_address = args.control_plane_address.starts_with("http://");
+        let https_address = args.control_plane_address.starts_with("https://");
+        let plaintext = args.tls.insecure_plaintext;
+        if (plaintext_address && !plaintext) || (https_address && plaintext) {
+            return Err(ConfigError::Transport(args.control_plane_address.clone()));
+        }
         Ok(SandboxConfig {
             sidecar_image: args.sidecar_image.clone(),
             default_agent_image: args.default_agent_image.clone(),
@@ -245,6 +299,7 @@ impl SandboxConfig {
                 .sandbox_seccomp_profile
                 .clone()
                 .filter(|profile| !profile.is_empty()),
+            insecure_plaintext: args.tls.insecure_plaintext,
         })
     }
 }
@@ -288,7 +343,38 @@ async fn api_server_address(url: &str) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        controller: ControllerArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<SandboxConfig, ConfigError> {
+        let parsed = Flags::try_parse_from(["controller"].iter().chain(flags)).unwrap();
+        SandboxConfig::from_args(&parsed.controller)
+    }
+
+    #[test]
+    fn plaintext_is_only_with_the_development_flag() {
+        let tls = config(&[]).unwrap();
+        assert!(!tls.insecure_plaintext, "TLS by default");
+        let refused = config(&["--control-plane-address=http://cp:9443"]).unwrap_err();
+        assert!(matches!(refused, ConfigError::Transport(_)), "{refused}");
+        let plaintext = config(&[
+            "--control-plane-address=http://cp:9443",
+            "--insecure-plaintext=true",
+        ])
+        .unwrap();
+        assert!(plaintext.insecure_plaintext);
+        assert!(matches!(
+            config(&["--insecure-plaintext=true"]),
+            Err(ConfigError::Transport(_))
+        ));
+    }
 
     #[test]
     fn parses_control_plane_addresses() {

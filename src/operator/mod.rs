@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,6 +24,7 @@ use crate::cache;
 use crate::clock::Clock;
 use crate::cluster::lease::{self, Leadership};
 use crate::cluster::preflight::{ApiServer, PreflightError};
+use crate::controller::ca_bundle::Publish;
 use crate::controller::metrics::Metrics;
 use crate::controller::run::{self as controller, Setup, Triggers};
 use crate::controller::session::config::SandboxConfig;
@@ -57,6 +59,9 @@ pub enum RunError {
     /// The control-plane server failed.
     #[error("control-plane API: {0}")]
     ControlPlaneServer(#[from] tonic::transport::Error),
+    /// The control plane's certificate could not be set up.
+    #[error("control-plane TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The store could not be opened.
     #[error("{0} (set --store to a writable sqlite:///PATH or a reachable postgres:// URL)")]
     Store(#[from] StoreError),
@@ -78,6 +83,7 @@ pub async fn run(
         .await?;
     let config = SandboxConfig::resolve(&args, &api_server.url).await?;
     let store = Store::open(&args.store).await?;
+    let tls = tls::start(&args, &config.control_plane.host, &client).await?;
     let identity = args
         .identity
         .clone()
@@ -147,6 +153,7 @@ pub async fn run(
     settings.refusal_metrics.register(&mut registry);
     let control_plane = controlplane::serve(
         control_plane_listener,
+        tls.transport,
         index,
         Arc::new(TokenReviewer::new(client.clone())),
         Arc::new(PodStatusConditions::new(client.clone())),
@@ -189,6 +196,10 @@ pub async fn run(
             default_update_policy: args.default_update_policy(),
             namespace,
             store: store.clone(),
+            ca_bundle: tls.bundle.map(|bundle| Publish {
+                bundle,
+                operator_namespace: args.operator_namespace.clone(),
+            }),
         },
         shutdown.clone(),
     );

@@ -1,27 +1,34 @@
-//! The sidecar's side of the Policy watch: connect with the projected
-//! token, apply every update, and reconnect with backoff when the stream
-//! breaks. Any update it cannot read removes the policy (fail closed).
+//! The sidecar's side of the Policy watch: connect over TLS (the control
+//! plane verified against the CA bundle, see [`crate::tls::client`]) with
+//! the projected token, apply every update, and reconnect with backoff
+//! when the stream breaks. Any update it cannot read removes the policy,
+//! and a control plane it cannot verify serves none (fail closed).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::backoff::Backoff;
 use super::policy_state::{NoPolicy, PolicyState, Served, Withdrawal};
+use crate::cluster::root_cause;
 use crate::proto::v1alpha1::policy_client::PolicyClient;
 use crate::proto::v1alpha1::{
     IsolationCheck, IsolationReport, WatchRequest, policy_update::Update,
 };
+use crate::tls::client::{ClientTls, ClientTlsError, endpoint};
 use crate::wire::decode;
 
 /// Where and as whom the sidecar watches its policy.
 #[derive(Clone, Debug)]
 pub struct WatchTarget {
-    /// The control plane, `http://host:port` (or `host:port`).
+    /// The control plane, `https://host:port` or `host:port` (with
+    /// [`ClientTls::Plaintext`], `http://host:port`).
     pub address: String,
+    /// How the connection is secured and the control plane verified.
+    pub tls: ClientTls,
     /// The session's namespace.
     pub namespace: String,
     /// The session.
@@ -41,29 +48,16 @@ pub enum WatchError {
         /// Why.
         source: std::io::Error,
     },
-    /// The address is not usable.
-    #[error(
-        "control-plane address {0:?} is invalid (TLS is not supported yet: use http:// or host:port)"
-    )]
-    Address(String),
-    /// Connecting failed.
-    #[error("cannot connect to the control plane: {0}")]
+    /// The address, the transport or the CA bundle is not usable.
+    #[error(transparent)]
+    Tls(#[from] ClientTlsError),
+    /// Connecting failed: unreachable, or (TLS) a certificate of another
+    /// name, expired, or of an unknown CA; the cause says which.
+    #[error("cannot connect to the control plane: {}", root_cause(.0))]
     Connect(#[from] tonic::transport::Error),
     /// The control plane refused or the stream broke.
     #[error("the control plane answered: {0}")]
     Status(#[from] tonic::Status),
-}
-
-/// The endpoint URI of `address`.
-pub fn endpoint_uri(address: &str) -> Result<String, WatchError> {
-    if address.starts_with("https://") {
-        return Err(WatchError::Address(address.to_owned()));
-    }
-    Ok(if address.starts_with("http://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    })
 }
 
 /// The heartbeat period to ask for: a third of the staleness bound (at
@@ -200,9 +194,7 @@ pub async fn connect_channel(
     target: &WatchTarget,
 ) -> Result<(Channel, MetadataValue<Ascii>), WatchError> {
     let bearer = bearer_of(target)?;
-    let uri = endpoint_uri(&target.address)?;
-    let channel = Endpoint::from_shared(uri.clone())
-        .map_err(|_| WatchError::Address(uri))?
+    let channel = endpoint(&target.address, &target.tls)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
@@ -254,7 +246,8 @@ mod tests {
         state.update(Ok(served()));
         let watcher = tokio::spawn(watch_forever(
             WatchTarget {
-                address,
+                address: format!("http://{address}"),
+                tls: ClientTls::Plaintext,
                 namespace: "ns".into(),
                 session: "s".into(),
                 token_path,

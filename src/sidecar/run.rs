@@ -40,6 +40,7 @@ use crate::contract::{self, env};
 use crate::policy::ToolId;
 use crate::proto::v1alpha1::inbox_server::InboxServer;
 use crate::proto::v1alpha1::tools_server::ToolsServer;
+use crate::tls::client::{Bundle, ClientTls};
 
 /// Flags of `wopr-operator sidecar`.
 #[derive(Args, Debug, Clone)]
@@ -50,9 +51,21 @@ pub struct SidecarArgs {
     /// The Session's namespace.
     #[arg(long, env = env::NAMESPACE)]
     pub namespace: String,
-    /// The control plane (`http://host:port` or `host:port`).
+    /// The control plane (`https://host:port` or `host:port`;
+    /// `http://host:port` only with `--insecure-plaintext`).
     #[arg(long, env = env::CONTROL_PLANE_ADDRESS)]
     pub control_plane_address: String,
+    /// The CA bundle the control plane's certificate is verified against
+    /// (read again at every connect).
+    #[arg(long, env = env::CONTROL_PLANE_CA, default_value = contract::CA_PATH)]
+    pub control_plane_ca: PathBuf,
+    /// The name the control plane's certificate must carry, when not the
+    /// host of `--control-plane-address`.
+    #[arg(long, env = "WOPR_CONTROL_PLANE_SERVER_NAME")]
+    pub control_plane_server_name: Option<String>,
+    /// Reach the control plane in plaintext h2c: for development only.
+    #[arg(long, env = env::INSECURE_PLAINTEXT, default_value_t = false, action = ArgAction::Set)]
+    pub insecure_plaintext: bool,
     /// The projected service-account token.
     #[arg(
         long,
@@ -164,6 +177,14 @@ impl SidecarArgs {
     fn watch_target(&self) -> WatchTarget {
         WatchTarget {
             address: self.control_plane_address.clone(),
+            tls: if self.insecure_plaintext {
+                ClientTls::Plaintext
+            } else {
+                ClientTls::Verify {
+                    bundle: Bundle::File(self.control_plane_ca.clone()),
+                    server_name: self.control_plane_server_name.clone(),
+                }
+            },
             namespace: self.namespace.clone(),
             session: self.session.clone(),
             token_path: self.token_path.clone(),

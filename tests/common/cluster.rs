@@ -66,6 +66,12 @@ impl Cluster {
     /// `wopr-operator controller` serving the control plane on `port` (0:
     /// any free port, see [`control_plane_port`]), with `extra` flags.
     pub fn controller(&self, port: u16, extra: &[&str]) -> Process {
+        self.controller_with_tls(port, super::tls::controller_flags(), extra)
+    }
+
+    /// [`Cluster::controller`], its TLS set by `tls` (none: it issues
+    /// itself a certificate from its CA Secret, as a default install does).
+    pub fn controller_with_tls(&self, port: u16, tls: Vec<String>, extra: &[&str]) -> Process {
         let mut args: Vec<String> = [
             "controller",
             "--log-format=plain",
@@ -78,7 +84,8 @@ impl Cluster {
         args.push(format!("--control-plane-listen=127.0.0.1:{port}"));
         args.push(format!("--store={}", self.store));
         // Only written into the pods it builds, which nothing runs here.
-        args.push("--control-plane-address=http://127.0.0.1:9443".to_owned());
+        args.push("--control-plane-address=127.0.0.1:9443".to_owned());
+        args.extend(tls);
         args.extend(extra.iter().map(|flag| flag.to_string()));
         Process::start(
             "controller",
@@ -148,6 +155,13 @@ impl Cluster {
             format!("--spool-dir={}", path("spool").display()),
             format!("--max-policy-age-seconds={max_policy_age}"),
         ];
+        // The test CA, unless `extra` names another bundle.
+        if !extra
+            .iter()
+            .any(|flag| flag.starts_with("--control-plane-ca="))
+        {
+            args.push(super::tls::ca_flag("control-plane-ca"));
+        }
         args.extend(extra.iter().cloned());
         Process::start(&format!("sidecar {session}"), &args, &[])
     }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use wopr_operator::api;
-use wopr_operator::operator::args::ControllerArgs;
+use wopr_operator::operator::args::{ControllerArgs, TlsArgs};
 
 use super::install_yaml;
 
@@ -137,6 +137,15 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         update_max_unavailable: 1,
         isolation_probe: Vec::new(),
         sandbox_seccomp_profile: None,
+        // TLS with the test PKI's leaf (it names WOPR_E2E_CONTROL_PLANE's
+        // host too), as from cert-manager's files; the bundle is published
+        // to the test namespace for the pods.
+        tls: TlsArgs {
+            tls_cert_file: Some(super::tls::pki().cert_file.clone()),
+            tls_key_file: Some(super::tls::pki().key_file.clone()),
+            tls_ca_file: Some(super::tls::pki().ca_file.clone()),
+            ..TlsArgs::default()
+        },
     }
 }
 

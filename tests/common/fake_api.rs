@@ -1,6 +1,7 @@
 //! A small in-memory Kubernetes API: GET (objects and lists), WATCH,
 //! server-side apply and merge PATCH (objects and `/status`), POST (create,
-//! or an answer computed by a responder such as TokenReview) and DELETE.
+//! or an answer computed by a responder such as TokenReview), PUT (an
+//! update, refused 409 on a stale resourceVersion) and DELETE.
 //! Enough for the controller's reconcile and for running the real
 //! `wopr-operator` binary against it.
 //!
@@ -413,6 +414,31 @@ impl FakeApi {
                     }
                 };
                 self.publish(&mut state, &key, kind, &object);
+                state.objects.insert(key, object.clone());
+                (StatusCode::OK, object)
+            }
+            // An update (PUT): refused 409 when the body's resourceVersion
+            // is not the stored one, as the API server's optimistic
+            // concurrency does.
+            Method::PUT => {
+                let mut object = body.expect("an object to update");
+                let Some(stored) = state.objects.get(&key) else {
+                    let (status, body) = not_found(&key);
+                    return Reply::Json(status, body);
+                };
+                let sent = &object["metadata"]["resourceVersion"];
+                if !sent.is_null() && *sent != stored["metadata"]["resourceVersion"] {
+                    let status = json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("{key}: the object has been modified"),
+                        "reason": "Conflict", "code": 409
+                    });
+                    return Reply::Json(StatusCode::CONFLICT, status);
+                }
+                object["metadata"]["uid"] = stored["metadata"]["uid"].clone();
+                object["metadata"]["resourceVersion"] =
+                    json!(next_version(&mut state.resource_version).to_string());
+                self.publish(&mut state, &key, "MODIFIED", &object);
                 state.objects.insert(key, object.clone());
                 (StatusCode::OK, object)
             }

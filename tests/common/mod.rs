@@ -29,6 +29,7 @@ pub mod process;
 pub mod sidecar;
 pub mod startup;
 pub mod store;
+pub mod tls;
 
 pub const NAMESPACE: &str = "team-a";
 
@@ -39,7 +40,7 @@ pub fn sandbox_config() -> SandboxConfig {
         default_agent_image: "ghcr.io/wopr-network/wopr-operator:test".into(),
         default_agent_args: vec!["demo-agent".into()],
         control_plane: ControlPlane::parse(
-            "http://wopr-operator.wopr-system.svc:9443",
+            "https://wopr-operator.wopr-system.svc:9443",
             "wopr-system",
         )
         .unwrap(),
@@ -47,6 +48,7 @@ pub fn sandbox_config() -> SandboxConfig {
         default_cpu: Quantity("500m".into()),
         isolation_probes: vec![("apiserver".into(), "10.96.0.1:443".parse().unwrap())],
         default_seccomp_profile: None,
+        insecure_plaintext: false,
     }
 }
 

@@ -40,6 +40,7 @@ use wopr_operator::sidecar::policy_state::PolicyState;
 use wopr_operator::sidecar::run::{Listeners, ServeOptions, SidecarError, serve as serve_sidecar};
 use wopr_operator::sidecar::workspace::Workspace;
 use wopr_operator::store::Store;
+use wopr_operator::tls::server::Transport;
 
 use super::fake_api::FakeApi;
 use super::{NAMESPACE, now};
@@ -186,6 +187,15 @@ impl ControlPlane {
 
     /// [`ControlPlane::start`], set up as `settings` say.
     pub async fn start_with(sessions: &[&str], settings: Settings) -> ControlPlane {
+        ControlPlane::start_serving(sessions, settings, super::tls::transport()).await
+    }
+
+    /// [`ControlPlane::start_with`], secured as `transport` says.
+    pub async fn start_serving(
+        sessions: &[&str],
+        settings: Settings,
+        transport: Transport,
+    ) -> ControlPlane {
         let (session_store, session_writer) = reflector::store();
         let (policy_store, policies) = reflector::store();
         let (grant_store, grants) = reflector::store();
@@ -229,6 +239,7 @@ impl ControlPlane {
             wopr_operator::controller::metrics::Metrics::new(&mut controller_registry);
         let server = tokio::spawn(serve(
             listener,
+            transport,
             index.clone(),
             Arc::new(StaticTokens {
                 sidecars: tokens,
@@ -270,6 +281,12 @@ impl ControlPlane {
             grants,
             gateways,
         }
+    }
+
+    /// A channel to it, verified against the test CA as sidecars and the
+    /// CLI verify the real one.
+    pub async fn channel(&self) -> Channel {
+        super::tls::channel(self.address).await
     }
 
     pub fn put_session(&mut self, session: Session) {
@@ -474,6 +491,7 @@ impl Sidecar {
         let inbox = Arc::new(Inbox::default());
         let target = WatchTarget {
             address: control_plane.to_owned(),
+            tls: super::tls::client_tls(),
             namespace: NAMESPACE.into(),
             session: session.into(),
             token_path,

@@ -44,7 +44,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* The address sidecars dial: the Service of this release. */}}
 {{- define "wopr-operator.controlPlaneAddress" -}}
-{{- printf "http://%s.%s.svc:%d" (include "wopr-operator.fullname" .) .Release.Namespace (int .Values.controlPlane.port) -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "http" "https" .Values.tls.insecurePlaintext) (include "wopr-operator.fullname" .) .Release.Namespace (int .Values.controlPlane.port) -}}
 {{- end -}}
 
 {{/*
@@ -76,23 +76,38 @@ these rules are exactly what the code needs.
   resources: [sandboxoverrides]
   verbs: [use]
 # Owner references with blockOwnerDeletion on the children of a Session.
+# The children are server-side applied: an apply that creates an object is
+# authorized as `create` as well as `patch`.
 - apiGroups: [wopr.dev]
   resources: [sessions/finalizers]
   verbs: [update]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # The control plane records each sidecar's sandbox checks as pod conditions.
 - apiGroups: [""]
   resources: [pods/status]
   verbs: [patch]
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, create, patch]
+# The control plane's CA bundle, which session pods mount, in each
+# namespace with Sessions.
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [wopr-ca-bundle]
+  verbs: [create, patch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- end -}}
+
+{{/*
+The Secret holding the control plane's server certificate from cert-manager.
+*/}}
+{{- define "wopr-operator.tlsSecret" -}}
+{{- printf "%s-tls" (include "wopr-operator.fullname" .) -}}
 {{- end -}}

@@ -53,6 +53,10 @@ pub struct SandboxConfig {
     /// The Localhost seccomp profile of sandboxed agents that name none
     /// (`--sandbox-seccomp-profile`); `None`: RuntimeDefault.
     pub default_seccomp_profile: Option<String>,
+    /// Whether sidecars reach the control plane in plaintext
+    /// (`--insecure-plaintext`, development only); else over TLS,
+    /// verifying it against the CA bundle mounted from the namespace.
+    pub insecure_plaintext: bool,
 }
 
 impl SandboxConfig {
@@ -74,6 +78,7 @@ impl SandboxConfig {
             default_cpu: Quantity("0".to_owned()),
             isolation_probes: Vec::new(),
             default_seccomp_profile: None,
+            insecure_plaintext: false,
         }
     }
 

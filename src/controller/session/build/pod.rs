@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, GRPCAction,
-    HostAlias, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
-    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ExecAction, GRPCAction, HostAlias, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    Pod, PodSecurityContext, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -15,9 +16,10 @@ use kube::ResourceExt;
 use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, child_meta};
 use crate::api::{NetworkMode, PortProtocol, SandboxSpec, Session, WorkspaceVolume};
 use crate::contract::{
-    AGENT_CONTAINER, HEALTH_ADDRESS, HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS, MCP_URL,
-    SIDECAR_BINARY, SIDECAR_CONTAINER, SOCKET_DIR, SOCKET_PATH, SPOOL_DIR, TOKEN_AUDIENCE,
-    TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_PATH, WORKSPACE_DIR, env,
+    AGENT_CONTAINER, CA_BUNDLE_CONFIGMAP, CA_BUNDLE_KEY, CA_DIR, CA_PATH, HEALTH_ADDRESS,
+    HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS, MCP_URL, SIDECAR_BINARY, SIDECAR_CONTAINER,
+    SOCKET_DIR, SOCKET_PATH, SPOOL_DIR, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS,
+    TOKEN_PATH, WORKSPACE_DIR, env,
 };
 use crate::controller::session::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
@@ -30,6 +32,7 @@ const TOKEN_VOLUME: &str = "wopr-token";
 const SOCKET_VOLUME: &str = "a2a-socket";
 const WORKSPACE_VOLUME: &str = "workspace";
 const SPOOL_VOLUME: &str = "audit-spool";
+const CA_VOLUME: &str = "wopr-ca";
 /// The size of the workspace of a Session that names no volume.
 pub const WORKSPACE_SIZE_LIMIT: &str = "256Mi";
 /// tmpfs mounts giving a read-only root somewhere to write.
@@ -70,6 +73,11 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         mount(TOKEN_VOLUME, TOKEN_DIR, true),
         mount(SPOOL_VOLUME, SPOOL_DIR, false),
     ];
+    // The CA bundle the sidecar verifies the control plane against.
+    if !config.insecure_plaintext {
+        volumes.push(ca_volume());
+        sidecar_mounts.push(mount(CA_VOLUME, CA_DIR, true));
+    }
     // The sidecar writes the workspace (memory_write), the agent reads it:
     // as in the seed, where the agent's workspace is mounted read-only and
     // the host that serves the tools writes it.
@@ -256,6 +264,11 @@ fn sidecar_env(
         field_env(env::NAMESPACE, "metadata.namespace"),
         field_env(env::NODE_IP, "status.hostIP"),
     ];
+    vars.push(if config.insecure_plaintext {
+        var(env::INSECURE_PLAINTEXT, "true")
+    } else {
+        var(env::CONTROL_PLANE_CA, CA_PATH)
+    });
     vars.extend(prompt.map(|prompt| var(env::PROMPT, prompt)));
     vars
 }
@@ -381,6 +394,26 @@ fn token_volume() -> Volume {
                 }),
                 ..VolumeProjection::default()
             }]),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The namespace's CA bundle, published there by the controller; the pod
+/// waits for it (the kubelet retries the mount) rather than start unable
+/// to verify the control plane.
+fn ca_volume() -> Volume {
+    Volume {
+        name: CA_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: CA_BUNDLE_CONFIGMAP.to_owned(),
+            items: Some(vec![KeyToPath {
+                key: CA_BUNDLE_KEY.to_owned(),
+                path: CA_BUNDLE_KEY.to_owned(),
+                mode: None,
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
         }),
         ..Volume::default()
     }

@@ -1,0 +1,139 @@
+//! Setting up the control plane's TLS from the flags: plaintext only when
+//! asked for; a certificate from files (cert-manager) followed for changes;
+//! else a leaf the operator issues itself from its CA Secret, for the
+//! Service's names, the host sidecars dial and any names given, rotated
+//! before it is due. Both publish the CA bundle for session pods.
+
+use std::sync::Arc;
+
+use kube::Client;
+use tokio::sync::watch;
+
+use super::args::{ControllerArgs, TlsArgs};
+use crate::clock::Clock;
+use crate::tls::TlsError;
+use crate::tls::ca_secret::CaSecret;
+use crate::tls::server::{ServerCert, Transport};
+use crate::tls::source::{
+    CaStore, CertFiles, FILE_POLL, ROTATION_CHECK, follow_files, issue_forever, leaf_for,
+};
+
+/// How the control plane serves, and the CA bundle to publish (`None` for
+/// plaintext).
+pub struct Tls {
+    /// Its transport.
+    pub transport: Transport,
+    /// The bundle, kept current.
+    pub bundle: Option<watch::Receiver<String>>,
+}
+
+/// The names the self-issued certificate carries: the Service `service`
+/// of `namespace` by each name a pod may dial it by, the host of the
+/// address sidecars are given, and `extra`; each once.
+pub fn leaf_names(service: &str, namespace: &str, dialled: &str, extra: &[String]) -> Vec<String> {
+    let mut names = vec![
+        service.to_owned(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        dialled.to_owned(),
+    ];
+    names.extend(extra.iter().filter(|name| !name.is_empty()).cloned());
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|name| seen.insert(name.clone()));
+    names
+}
+
+/// The control plane's TLS as `args` say, its certificate kept current by
+/// a task of its own.
+pub async fn start(args: &ControllerArgs, host: &str, client: &Client) -> Result<Tls, TlsError> {
+    let TlsArgs {
+        insecure_plaintext,
+        tls_cert_file,
+        tls_key_file,
+        tls_ca_file,
+        tls_ca_secret,
+        tls_service_name,
+        tls_server_name,
+    } = &args.tls;
+    if *insecure_plaintext {
+        return Ok(Tls {
+            transport: Transport::InsecurePlaintext,
+            bundle: None,
+        });
+    }
+    if let (Some(cert), Some(key), Some(ca)) = (tls_cert_file, tls_key_file, tls_ca_file) {
+        let files = CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
+        let loaded = files.load().await?;
+        let served = Arc::new(ServerCert::new(
+            &loaded.served.cert_pem,
+            &loaded.served.key_pem,
+        )?);
+        let (bundle, published) = watch::channel(loaded.bundle.clone());
+        tokio::spawn(follow_files(
+            files,
+            loaded,
+            served.clone(),
+            bundle,
+            FILE_POLL,
+        ));
+        return Ok(Tls {
+            transport: Transport::Tls(served),
+            bundle: Some(published),
+        });
+    }
+    let store = CaSecret::new(client.clone(), &args.operator_namespace, tls_ca_secret);
+    let clock = Clock::System;
+    let ca = store.current(clock.now()).await?;
+    let names = leaf_names(
+        tls_service_name,
+        &args.operator_namespace,
+        host,
+        tls_server_name,
+    );
+    let leaf = leaf_for(&ca, &names, clock.now())?;
+    let served = Arc::new(ServerCert::new(&leaf.cert_pem, &leaf.key_pem)?);
+    let (bundle, published) = watch::channel(ca.bundle.clone());
+    tracing::info!(?names, secret = %tls_ca_secret, "the control plane serves a certificate of the operator's CA");
+    tokio::spawn(issue_forever(
+        store,
+        names,
+        ca,
+        served.clone(),
+        bundle,
+        clock,
+        ROTATION_CHECK,
+    ));
+    Ok(Tls {
+        transport: Transport::Tls(served),
+        bundle: Some(published),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leaf_names_the_service_the_dialled_host_and_the_extras_once() {
+        assert_eq!(
+            leaf_names(
+                "wopr-operator",
+                "wopr-system",
+                "wopr-operator.wopr-system.svc",
+                &["172.18.0.1".into(), String::new()]
+            ),
+            [
+                "wopr-operator",
+                "wopr-operator.wopr-system",
+                "wopr-operator.wopr-system.svc",
+                "wopr-operator.wopr-system.svc.cluster.local",
+                "172.18.0.1",
+            ]
+        );
+    }
+}
