@@ -126,8 +126,8 @@ fn controller_roles<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
 /// `kubectl wopr` without `--control-plane` port-forwards to a controller
 /// pod: the Role for it, bound to nobody, lives in the operator's namespace
 /// (so it reaches no session pod) and holds exactly what the CLI sends
-/// (list the pods; the WebSocket upgrade, `get` before Kubernetes 1.35 and
-/// `create` too since). No role for people grants port-forward anywhere
+/// (list the pods; read the CA bundle the operator publishes there; the
+/// WebSocket upgrade, `get` before Kubernetes 1.35 and `create` too since). No role for people grants port-forward anywhere
 /// else.
 #[test]
 fn the_control_plane_client_role_port_forwards_in_the_operator_namespace_only() {
@@ -139,6 +139,7 @@ fn the_control_plane_client_role_port_forwards_in_the_operator_namespace_only() 
         json!([
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
             {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["wopr-ca-bundle"], "verbs": ["get"]},
         ])
     );
     assert!(

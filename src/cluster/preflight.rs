@@ -98,12 +98,13 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["update"],
         names: &[],
     },
-    // reconcile.rs: read, apply, watch (owns) and replace pods.
+    // reconcile.rs: read, apply, watch (owns) and replace pods. An apply
+    // that creates an object is authorized as `create` too.
     Rights {
         scope: Scope::Watched,
         group: "",
         resources: &["pods"],
-        verbs: &["get", "list", "watch", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         names: &[],
     },
     // controlplane/isolation.rs: each sidecar's sandbox checks, recorded as
@@ -119,14 +120,14 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         scope: Scope::Watched,
         group: "",
         resources: &["serviceaccounts"],
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         names: &[],
     },
     Rights {
         scope: Scope::Watched,
         group: "networking.k8s.io",
         resources: &["networkpolicies"],
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         names: &[],
     },
     // controller/ca_bundle.rs: the control plane's CA bundle, applied
@@ -135,7 +136,15 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         scope: Scope::Watched,
         group: "",
         resources: &["configmaps"],
-        verbs: &["patch"],
+        verbs: &["create", "patch"],
+        names: &[crate::contract::CA_BUNDLE_CONFIGMAP],
+    },
+    // ... and into the operator's own, where the CLI reads it.
+    Rights {
+        scope: Scope::OperatorNamespace,
+        group: "",
+        resources: &["configmaps"],
+        verbs: &["create", "patch"],
         names: &[crate::contract::CA_BUNDLE_CONFIGMAP],
     },
     // kube's Recorder creates events and patches their series.
