@@ -627,7 +627,7 @@ async fn append(
     Ok((new.len(), events.len() - new.len()))
 }
 
-fn read_event(row: &AnyRow) -> Result<AuditEvent, StoreError> {
+pub(super) fn read_event(row: &AnyRow) -> Result<AuditEvent, StoreError> {
     let id: String = row.try_get("id")?;
     let json: String = row.try_get("event")?;
     serde_json::from_str(&json).map_err(|error| StoreError::Corrupt {
