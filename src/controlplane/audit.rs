@@ -22,7 +22,7 @@ use super::denials::DenialEvents;
 use super::discover::DiscoverPolicy;
 use super::grant_use::GrantUses;
 use super::refusals::{Reason, Refusals, Trail};
-use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel, check_label, from_name};
+use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel, check_label, from_name, name_of};
 use crate::audit::{AuditEvent, EventType, truncated};
 use crate::policy::Outcome;
 use crate::proto::v1alpha1::audit_server::Audit;
@@ -57,6 +57,10 @@ pub struct AuditMetrics {
     /// What the broker decided (deliveries, denials, rate limits, approval
     /// requests), by audit event type and decision.
     pub broker_decisions: Family<DecisionLabels, Counter>,
+    /// Denied and would-deny decisions the sidecars shipped, by audit event
+    /// type and decision (a batch shipped again after a lost ack counts
+    /// again, as the shipping lag does).
+    pub denials: Family<DecisionLabels, Counter>,
 }
 
 /// A broker decision's kind and outcome.
@@ -88,6 +92,7 @@ impl Default for AuditMetrics {
             // holds events while the control plane is away.
             shipping_lag: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
             broker_decisions: Family::default(),
+            denials: Family::default(),
         }
     }
 }
@@ -131,6 +136,11 @@ impl AuditMetrics {
             "broker_decisions",
             "Broker decisions (deliveries, forwards, denials, rate limits, approval requests) by audit event type and decision",
             self.broker_decisions.clone(),
+        );
+        registry.register(
+            "denials",
+            "Denied and would-deny decisions shipped by the sidecars, by audit event type and decision",
+            self.denials.clone(),
         );
     }
 }
@@ -585,6 +595,13 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
         for event in shipped {
             let lag = committed.duration_since(event.time).as_secs_f64();
             self.metrics.shipping_lag.observe(lag.max(0.0));
+            if event.decision != Outcome::Allowed {
+                let labels = DecisionLabels {
+                    r#type: name_of(&event.event_type),
+                    decision: name_of(&event.decision),
+                };
+                self.metrics.denials.get_or_create(&labels).inc();
+            }
         }
         let labels = SessionLabels { namespace, session };
         let depth = i64::try_from(spool_depth).unwrap_or(i64::MAX);

@@ -137,6 +137,8 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         update_max_unavailable: 1,
         isolation_probe: Vec::new(),
         sandbox_seccomp_profile: None,
+        audit_export_otlp_endpoint: None,
+        audit_export_ocsf: None,
     }
 }
 
