@@ -19,6 +19,7 @@ mod gateway;
 mod grants;
 mod objects;
 pub mod output;
+pub use audit::follow;
 mod policy_set;
 mod session;
 mod status;
@@ -135,6 +136,12 @@ pub async fn run(command: Command, context: &Context) -> Result<Shown, CliError>
             SecurityCommand::Gateway(command) => gateway::run(context, command).await,
             SecurityCommand::Policy(PolicyCommand::Set(args)) => {
                 policy_set::set(context, args).await
+            }
+            SecurityCommand::Audit(args) if args.follow => {
+                let interrupted = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                audit::follow(context, &args, &mut std::io::stdout(), interrupted).await
             }
             SecurityCommand::Audit(args) => audit::audit(context, args).await,
             SecurityCommand::Verify { .. } => verify::verify(context).await,

@@ -509,6 +509,7 @@ fn query_of(request: &AuditQueryRequest) -> Result<AuditQuery, Status> {
         after: filter("cursor", &request.cursor, |cursor| {
             Cursor::decode(cursor).ok()
         })?,
+        stored_after: request.stored_after,
     })
 }
 
@@ -651,6 +652,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
                 .map(|event| serde_json::to_string(event).expect("an event always serializes"))
                 .collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()).unwrap_or_default(),
+            last_seq: page.last_seq.unwrap_or_default(),
         }))
     }
 

@@ -94,6 +94,12 @@ pub struct AuditQuery {
     pub limit: u32,
     /// Continue after this cursor (a previous page's `next`).
     pub after: Option<Cursor>,
+    /// In storage order instead of newest first: the namespace's events
+    /// stored after this position of its chain (-1: after its head now),
+    /// oldest first, including any that arrived late with an older `time`.
+    /// The page's `last_seq` is where the next one continues. What
+    /// `audit --follow` tails.
+    pub stored_after: Option<i64>,
 }
 
 /// A query the store refuses, with what to change.
@@ -105,6 +111,8 @@ pub enum QueryError {
     LimitTooLarge(u32),
     #[error("invalid cursor: pass the `next` of a previous page unchanged")]
     InvalidCursor,
+    #[error("following the trail in storage order takes a namespace, and no cursor")]
+    InvalidFollow,
 }
 
 /// One page of events, newest first.
@@ -113,6 +121,9 @@ pub struct Page {
     pub events: Vec<AuditEvent>,
     /// Where the next page starts; `None` on the last one.
     pub next: Option<Cursor>,
+    /// With [`AuditQuery::stored_after`]: the chain position this page
+    /// read up to (the next page's `stored_after`).
+    pub last_seq: Option<i64>,
 }
 
 /// What verifying a namespace's chain found.
@@ -171,6 +182,39 @@ impl Columns {
             capability: event.capability.as_ref().map(name_of),
             json: serde_json::to_string(event).expect("an event always serializes"),
         }
+    }
+}
+
+/// The WHERE conditions of `query`'s filters (after `WHERE 1 = 1`).
+fn filter(sql: &mut Sql, query: &AuditQuery) {
+    let mut equal = |column: &str, value: Option<String>| {
+        if let Some(value) = value {
+            sql.push(&format!(" AND {column} = "));
+            sql.bind(Arg::Text(value));
+        }
+    };
+    equal("namespace", query.namespace.clone());
+    equal("session", query.session.clone());
+    equal("event_type", query.event_type.as_ref().map(name_of));
+    equal("capability", query.capability.as_ref().map(name_of));
+    equal("tool", query.tool.clone());
+    equal("source_identity", query.source_identity.clone());
+    match query.decision {
+        Some(DecisionFilter::Denied) => sql.push(" AND denied = 1"),
+        Some(DecisionFilter::Allowed) => sql.push(" AND denied = 0"),
+        Some(DecisionFilter::WouldDeny) => {
+            sql.push(" AND denied = 1 AND decision = ");
+            sql.bind(Arg::Text(name_of(&Outcome::WouldDeny)));
+        }
+        None => {}
+    }
+    if let Some(since) = query.since {
+        sql.push(" AND time_us >= ");
+        sql.bind(Arg::Int(since.as_microsecond()));
+    }
+    if let Some(until) = query.until {
+        sql.push(" AND time_us < ");
+        sql.bind(Arg::Int(until.as_microsecond()));
     }
 }
 
@@ -263,37 +307,12 @@ impl Store {
             }
             .into());
         }
+        if let Some(after) = query.stored_after {
+            return self.query_stored_after(query, after, limit).await;
+        }
         let mut sql = Sql::default();
         sql.push("SELECT id, event FROM audit_events WHERE 1 = 1");
-        let mut equal = |column: &str, value: Option<String>| {
-            if let Some(value) = value {
-                sql.push(&format!(" AND {column} = "));
-                sql.bind(Arg::Text(value));
-            }
-        };
-        equal("namespace", query.namespace.clone());
-        equal("session", query.session.clone());
-        equal("event_type", query.event_type.as_ref().map(name_of));
-        equal("capability", query.capability.as_ref().map(name_of));
-        equal("tool", query.tool.clone());
-        equal("source_identity", query.source_identity.clone());
-        match query.decision {
-            Some(DecisionFilter::Denied) => sql.push(" AND denied = 1"),
-            Some(DecisionFilter::Allowed) => sql.push(" AND denied = 0"),
-            Some(DecisionFilter::WouldDeny) => {
-                sql.push(" AND denied = 1 AND decision = ");
-                sql.bind(Arg::Text(name_of(&Outcome::WouldDeny)));
-            }
-            None => {}
-        }
-        if let Some(since) = query.since {
-            sql.push(" AND time_us >= ");
-            sql.bind(Arg::Int(since.as_microsecond()));
-        }
-        if let Some(until) = query.until {
-            sql.push(" AND time_us < ");
-            sql.bind(Arg::Int(until.as_microsecond()));
-        }
+        filter(&mut sql, query);
         if let Some(after) = &query.after {
             sql.push(" AND (time_us < ");
             sql.bind(Arg::Int(after.time_us));
@@ -317,7 +336,57 @@ impl Store {
         } else {
             None
         };
-        Ok(Page { events, next })
+        Ok(Page {
+            events,
+            next,
+            last_seq: None,
+        })
+    }
+
+    /// [`AuditQuery::stored_after`]: up to `limit` of the namespace's
+    /// events after chain position `after`, up to its head as read first
+    /// (every position up to it is committed: positions are taken under
+    /// the chain's lock), oldest first.
+    async fn query_stored_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        let Some(namespace) = &query.namespace else {
+            return Err(QueryError::InvalidFollow.into());
+        };
+        if query.after.is_some() {
+            return Err(QueryError::InvalidFollow.into());
+        }
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT head_seq FROM audit_chains WHERE namespace = $1")
+                .bind(namespace)
+                .fetch_optional(&self.pool)
+                .await?;
+        let head = head.unwrap_or(0);
+        let after = if after < 0 { head } else { after };
+        let mut sql = Sql::default();
+        sql.push("SELECT seq, id, event FROM audit_events WHERE 1 = 1");
+        filter(&mut sql, query);
+        sql.push(" AND seq > ");
+        sql.bind(Arg::Int(after));
+        sql.push(" AND seq <= ");
+        sql.bind(Arg::Int(head));
+        sql.push(" ORDER BY seq LIMIT ");
+        sql.bind(Arg::Int(i64::from(limit)));
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let events = rows.iter().map(read_event).collect::<Result<Vec<_>, _>>()?;
+        // A full page ends at its last event; a short one read up to the head.
+        let last_seq = match rows.last() {
+            Some(last) if rows.len() == limit as usize => last.try_get("seq")?,
+            _ => head.max(after),
+        };
+        Ok(Page {
+            events,
+            next: None,
+            last_seq: Some(last_seq),
+        })
     }
 
     /// Walks `namespace`'s chain from the first kept event to its head and
