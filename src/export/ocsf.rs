@@ -43,7 +43,7 @@ pub fn object(chained: &Chained) -> Value {
         .clone()
         .or_else(|| event.action.clone())
         .unwrap_or_else(|| event_type.clone());
-    json!({
+    without_nulls(json!({
         "class_uid": CLASS_UID,
         "class_name": "API Activity",
         "category_uid": CATEGORY_UID,
@@ -95,7 +95,18 @@ pub fn object(chained: &Chained) -> Value {
             "policy_hash": event.policy_hash,
             "repeats": event.repeats,
         },
-    })
+    }))
+}
+
+/// `value` with the fields an event lacks left out rather than null.
+fn without_nulls(mut value: Value) -> Value {
+    if let Value::Object(fields) = &mut value {
+        fields.retain(|_, field| !field.is_null());
+        for field in fields.values_mut() {
+            *field = without_nulls(field.take());
+        }
+    }
+    value
 }
 
 /// Writes each batch as JSON lines to a file (appended) or stdout, flushed
@@ -148,5 +159,93 @@ impl Sink for OcsfSink {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::api::{Capability, Enforcement, SourceRef, TrustLevel};
+    use crate::audit::{AuditEvent, EventType};
+
+    fn chained(decision: Outcome) -> Chained {
+        let mut event = AuditEvent::new(
+            "2026-12-07T08:00:00.123Z".parse::<Timestamp>().unwrap(),
+            EventType::ToolCall,
+            "team-a",
+            "research-agent",
+            SourceRef {
+                source_type: "session".into(),
+                identity: "research-agent".into(),
+                trust_level: TrustLevel::SemiTrusted,
+            },
+            decision,
+            Enforcement::Enforce,
+            "capability inject.exec is not granted".into(),
+        );
+        event.id = "01JEXAMPLE0000000000000000".into();
+        event.tool = Some("shell_exec".into());
+        event.capability = Some(Capability::InjectExec);
+        event.received = Some("2026-12-07T08:00:00.500Z".parse().unwrap());
+        Chained { seq: 42, event }
+    }
+
+    /// The fields OCSF 1.3 requires of API Activity (base event: class,
+    /// category, activity, type, time, severity, metadata; the class: actor,
+    /// api, src_endpoint), with the types the schema gives them.
+    #[test]
+    fn an_event_is_an_api_activity_with_its_required_fields_typed() {
+        let object = object(&chained(Outcome::Denied));
+        for integer in [
+            "class_uid",
+            "category_uid",
+            "activity_id",
+            "type_uid",
+            "time",
+            "severity_id",
+            "status_id",
+            "action_id",
+            "disposition_id",
+        ] {
+            assert!(object[integer].is_i64(), "{integer}: {}", object[integer]);
+        }
+        assert_eq!(object["class_uid"], 6003);
+        assert_eq!(object["category_uid"], 6);
+        assert_eq!(object["type_uid"], 600399, "class_uid * 100 + activity_id");
+        assert_eq!(object["time"], 1_796_630_400_123_i64, "milliseconds");
+        assert!(object["metadata"]["version"].is_string());
+        assert!(object["metadata"]["product"]["name"].is_string());
+        assert_eq!(object["metadata"]["uid"], "01JEXAMPLE0000000000000000");
+        assert_eq!(object["metadata"]["sequence"], 42);
+        assert!(object["actor"]["user"]["name"].is_string());
+        assert!(object["api"]["operation"].is_string());
+        assert!(object["src_endpoint"].is_object());
+        assert_eq!(object["unmapped"]["trust_level"], "semi-trusted");
+    }
+
+    /// Allowed, denied and would_deny differ where a SIEM looks: status,
+    /// action, disposition and severity.
+    #[test]
+    fn the_decision_sets_status_action_and_disposition() {
+        let of = |decision| {
+            let object = object(&chained(decision));
+            (
+                object["status_id"].as_i64().unwrap(),
+                object["action_id"].as_i64().unwrap(),
+                object["disposition_id"].as_i64().unwrap(),
+                object["severity_id"].as_i64().unwrap(),
+            )
+        };
+        assert_eq!(of(Outcome::Allowed), (1, 1, 1, 1));
+        assert_eq!(of(Outcome::Denied), (2, 2, 2, 3));
+        assert_eq!(of(Outcome::WouldDeny), (1, 1, 17, 3));
+    }
+
+    #[test]
+    fn a_denied_tool_call_as_ocsf() {
+        let object = object(&chained(Outcome::Denied));
+        insta::assert_snapshot!(serde_json::to_string_pretty(&object).unwrap());
     }
 }

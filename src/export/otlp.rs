@@ -190,3 +190,88 @@ pub fn event_id(record: &LogRecord) -> Option<&str> {
             _ => None,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::api::{Enforcement, SourceRef, TrustLevel};
+    use crate::audit::{AuditEvent, EventType};
+
+    fn chained(decision: Outcome) -> Chained {
+        let mut event = AuditEvent::new(
+            "2026-12-07T08:00:00Z".parse::<Timestamp>().unwrap(),
+            EventType::ToolCall,
+            "team-a",
+            "research-agent",
+            SourceRef {
+                source_type: "session".into(),
+                identity: "research-agent".into(),
+                trust_level: TrustLevel::Trusted,
+            },
+            decision,
+            Enforcement::Enforce,
+            "not granted".into(),
+        );
+        event.tool = Some("shell_exec".into());
+        Chained { seq: 7, event }
+    }
+
+    fn attribute<'a>(record: &'a LogRecord, key: &str) -> Option<&'a Value> {
+        let kv = record.attributes.iter().find(|kv| kv.key == key)?;
+        kv.value.as_ref()?.value.as_ref()
+    }
+
+    /// A record carries the time, a severity by decision, the reason and
+    /// the attributes a SIEM filters and de-duplicates on.
+    #[test]
+    fn a_record_carries_what_a_siem_filters_on() {
+        let chained = chained(Outcome::Denied);
+        let record = record(&chained);
+        assert_eq!(record.time_unix_nano, 1_796_630_400_000_000_000);
+        assert_eq!(record.severity_number, SeverityNumber::Error as i32);
+        assert_eq!(record.severity_text, "ERROR");
+        assert_eq!(
+            record.body.and_then(|body| body.value),
+            Some(Value::StringValue("not granted".into()))
+        );
+        let record = super::record(&chained);
+        assert_eq!(event_id(&record), Some(chained.event.id.as_str()));
+        let text = |value: &str| Some(Value::StringValue(value.into()));
+        assert_eq!(
+            attribute(&record, "wopr.namespace").cloned(),
+            text("team-a")
+        );
+        assert_eq!(
+            attribute(&record, "wopr.session").cloned(),
+            text("research-agent")
+        );
+        assert_eq!(
+            attribute(&record, "wopr.event.type").cloned(),
+            text("tool_call")
+        );
+        assert_eq!(attribute(&record, "wopr.decision").cloned(), text("denied"));
+        assert_eq!(attribute(&record, "wopr.tool").cloned(), text("shell_exec"));
+        assert_eq!(
+            attribute(&record, "wopr.trust_level").cloned(),
+            text("trusted")
+        );
+        assert_eq!(
+            attribute(&record, "wopr.chain.seq"),
+            Some(&Value::IntValue(7))
+        );
+        assert_eq!(
+            attribute(&record, "wopr.capability"),
+            None,
+            "absent, not empty"
+        );
+    }
+
+    #[test]
+    fn severity_follows_the_decision() {
+        assert_eq!(severity(Outcome::Allowed), SeverityNumber::Info);
+        assert_eq!(severity(Outcome::WouldDeny), SeverityNumber::Warn);
+        assert_eq!(severity(Outcome::Denied), SeverityNumber::Error);
+    }
+}
