@@ -186,7 +186,7 @@ impl Columns {
 }
 
 /// The WHERE conditions of `query`'s filters (after `WHERE 1 = 1`).
-fn filter(sql: &mut Sql, query: &AuditQuery) {
+pub(super) fn filter(sql: &mut Sql, query: &AuditQuery) {
     let mut equal = |column: &str, value: Option<String>| {
         if let Some(value) = value {
             sql.push(&format!(" AND {column} = "));
@@ -227,30 +227,30 @@ fn chain_hash(prev_hash: &str, event_json: &str) -> String {
 }
 
 /// A value bound to a query.
-enum Arg {
+pub(super) enum Arg {
     Text(String),
     Int(i64),
 }
 
 /// A statement with `$n` placeholders and its arguments, built together.
 #[derive(Default)]
-struct Sql {
+pub(super) struct Sql {
     text: String,
     args: Vec<Arg>,
 }
 
 impl Sql {
-    fn push(&mut self, text: &str) {
+    pub(super) fn push(&mut self, text: &str) {
         self.text.push_str(text);
     }
 
     /// Appends a placeholder for `arg`.
-    fn bind(&mut self, arg: Arg) {
+    pub(super) fn bind(&mut self, arg: Arg) {
         self.args.push(arg);
         self.text.push_str(&format!("${}", self.args.len()));
     }
 
-    fn query(&self) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments> {
+    pub(super) fn query(&self) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments> {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(self.text.as_str()));
         for arg in &self.args {
             query = match arg {
@@ -340,52 +340,6 @@ impl Store {
             events,
             next,
             last_seq: None,
-        })
-    }
-
-    /// [`AuditQuery::stored_after`]: up to `limit` of the namespace's
-    /// events after chain position `after`, up to its head as read first
-    /// (every position up to it is committed: positions are taken under
-    /// the chain's lock), oldest first.
-    async fn query_stored_after(
-        &self,
-        query: &AuditQuery,
-        after: i64,
-        limit: u32,
-    ) -> Result<Page, StoreError> {
-        let Some(namespace) = &query.namespace else {
-            return Err(QueryError::InvalidFollow.into());
-        };
-        if query.after.is_some() {
-            return Err(QueryError::InvalidFollow.into());
-        }
-        let head: Option<i64> =
-            sqlx::query_scalar("SELECT head_seq FROM audit_chains WHERE namespace = $1")
-                .bind(namespace)
-                .fetch_optional(&self.pool)
-                .await?;
-        let head = head.unwrap_or(0);
-        let after = if after < 0 { head } else { after };
-        let mut sql = Sql::default();
-        sql.push("SELECT seq, id, event FROM audit_events WHERE 1 = 1");
-        filter(&mut sql, query);
-        sql.push(" AND seq > ");
-        sql.bind(Arg::Int(after));
-        sql.push(" AND seq <= ");
-        sql.bind(Arg::Int(head));
-        sql.push(" ORDER BY seq LIMIT ");
-        sql.bind(Arg::Int(i64::from(limit)));
-        let rows = sql.query().fetch_all(&self.pool).await?;
-        let events = rows.iter().map(read_event).collect::<Result<Vec<_>, _>>()?;
-        // A full page ends at its last event; a short one read up to the head.
-        let last_seq = match rows.last() {
-            Some(last) if rows.len() == limit as usize => last.try_get("seq")?,
-            _ => head.max(after),
-        };
-        Ok(Page {
-            events,
-            next: None,
-            last_seq: Some(last_seq),
         })
     }
 

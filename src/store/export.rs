@@ -1,14 +1,14 @@
-//! Reading the audit trail for an exporter, in chain order, from a durable
-//! cursor: per namespace, the last chain position (`seq`) the exporter's
-//! receiver accepted. A chain's positions are assigned under its lock and
+//! Reading the audit trail in storage order: for an exporter, from a
+//! durable cursor (per namespace, the last chain position, `seq`, its
+//! receiver accepted), and for `audit --follow`, from a position. A chain's positions are assigned under its lock and
 //! committed in order, so "every event after the cursor" never skips one
 //! that commits later (an event arriving late, with an older `time`, still
 //! gets the next position).
 
 use sqlx::Row;
 
-use super::audit::read_event;
-use super::{Store, StoreError};
+use super::audit::{Arg, Sql, filter, read_event};
+use super::{AuditQuery, Page, QueryError, Store, StoreError};
 use crate::audit::AuditEvent;
 
 /// A stored event and its position in its namespace's chain.
@@ -20,6 +20,52 @@ pub struct Chained {
 }
 
 impl Store {
+    /// [`AuditQuery::stored_after`]: up to `limit` of the namespace's
+    /// events after chain position `after`, up to its head as read first
+    /// (every position up to it is committed: positions are taken under
+    /// the chain's lock), oldest first.
+    pub(super) async fn query_stored_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        let Some(namespace) = &query.namespace else {
+            return Err(QueryError::InvalidFollow.into());
+        };
+        if query.after.is_some() {
+            return Err(QueryError::InvalidFollow.into());
+        }
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT head_seq FROM audit_chains WHERE namespace = $1")
+                .bind(namespace)
+                .fetch_optional(&self.pool)
+                .await?;
+        let head = head.unwrap_or(0);
+        let after = if after < 0 { head } else { after };
+        let mut sql = Sql::default();
+        sql.push("SELECT seq, id, event FROM audit_events WHERE 1 = 1");
+        filter(&mut sql, query);
+        sql.push(" AND seq > ");
+        sql.bind(Arg::Int(after));
+        sql.push(" AND seq <= ");
+        sql.bind(Arg::Int(head));
+        sql.push(" ORDER BY seq LIMIT ");
+        sql.bind(Arg::Int(i64::from(limit)));
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let events = rows.iter().map(read_event).collect::<Result<Vec<_>, _>>()?;
+        // A full page ends at its last event; a short one read up to the head.
+        let last_seq = match rows.last() {
+            Some(last) if rows.len() == limit as usize => last.try_get("seq")?,
+            _ => head.max(after),
+        };
+        Ok(Page {
+            events,
+            next: None,
+            last_seq: Some(last_seq),
+        })
+    }
+
     /// Up to `limit` events `exporter` has not had accepted yet, each
     /// namespace's in chain order, namespaces by name.
     pub async fn unexported(&self, exporter: &str, limit: u32) -> Result<Vec<Chained>, StoreError> {
