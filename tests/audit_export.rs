@@ -144,6 +144,17 @@ fn start<S: Sink + 'static>(
     sink: S,
     metrics: &ExportMetrics,
 ) -> Running {
+    start_led(store, name, sink, metrics, Leadership::always())
+}
+
+/// An exporter on a replica whose leadership the test sets.
+fn start_led<S: Sink + 'static>(
+    store: &Store,
+    name: &str,
+    sink: S,
+    metrics: &ExportMetrics,
+    leadership: Leadership,
+) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
     let exporter = Exporter {
         name: name.to_owned(),
@@ -152,7 +163,7 @@ fn start<S: Sink + 'static>(
         metrics: metrics.clone(),
     };
     let task = tokio::spawn(exporter.run(
-        Leadership::always(),
+        leadership,
         shutdown::on(async {
             let _ = stopped.await;
         }),
@@ -368,7 +379,31 @@ async fn the_ocsf_sink_writes_every_event_once(test: TestStore) {
     assert_eq!(test.store.export_lag("otlp").await.unwrap(), 1_200);
 }
 
+/// A replica that does not hold the Lease exports nothing; once it does,
+/// everything.
+async fn only_the_lease_holder_exports(test: TestStore) {
+    let received = Received::default();
+    let endpoint = serve(Receiver {
+        received: received.clone(),
+        requests: Arc::default(),
+        fails: |_| None,
+    })
+    .await;
+    let stored = write_events(&test.store, 600).await.unwrap();
+    let metrics = ExportMetrics::default();
+    let leadership = Leadership::default();
+    let sink = OtlpSink::new(&endpoint).unwrap();
+    let exporter = start_led(&test.store, "otlp", sink, &metrics, leadership.clone());
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(received.len(), 0, "a replica without the Lease exported");
+    leadership.set(true);
+    until_received(&received, 600).await;
+    exporter.stop().await;
+    assert_exactly_once_in_order(&received.all(), &stored);
+}
+
 on_both_backends!(
+    only_the_lease_holder_exports,
     every_event_exactly_once_across_a_restart,
     a_failing_receiver_loses_nothing,
     an_unreachable_receiver_moves_no_cursor,
