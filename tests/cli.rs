@@ -1595,6 +1595,12 @@ mod with_control_plane {
             printed, stored,
             "the denials stored after it started, in storage order"
         );
+        let command = parse(&["security", "audit", "--follow", "-o", "json"]).command;
+        assert_eq!(
+            cli::format_of(&command),
+            Format::Table,
+            "nothing is printed after the followed lines"
+        );
     }
 
     /// `audit --verify` names the first event that breaks the chain, as a

@@ -111,6 +111,8 @@ pub fn format_of(command: &Command) -> Format {
                 GatewayCommand::Approve(args) | GatewayCommand::Deny(args) => args.printing.format,
             },
             SecurityCommand::Policy(PolicyCommand::Set(args)) => args.printing.format,
+            // --follow has printed each event as it came: nothing after.
+            SecurityCommand::Audit(args) if args.follow => Format::Table,
             SecurityCommand::Audit(args) => args.format,
         },
         Command::Session(command) => match command {
