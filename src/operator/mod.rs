@@ -28,10 +28,11 @@ use crate::controller::run::{self as controller, Setup, Triggers};
 use crate::controller::session::config::SandboxConfig;
 use crate::controlplane::audit::{AuditMetrics, AuditSetup};
 use crate::controlplane::denials::KubeSessionEvents;
+use crate::controlplane::index::{ContextIndex, PushMetrics};
 use crate::controlplane::isolation::PodStatusConditions;
 use crate::controlplane::refusals::RefusalMetrics;
 use crate::controlplane::writes::KubeWriter;
-use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
+use crate::controlplane::{self, auth::TokenReviewer};
 use crate::export::ocsf::OcsfSink;
 use crate::export::otlp::OtlpSink;
 use crate::export::{ExportMetrics, Exporter, SinkError};
@@ -134,20 +135,24 @@ pub async fn run(
     let namespace = args.watch_namespace.clone();
     let (caches, feeds) = cache::start(&client, namespace.as_deref());
     // The control plane serves sidecars from the shared caches, on every replica.
-    let index = Arc::new(ContextIndex::new(
-        caches.sessions.clone(),
-        caches.stores.clone(),
-        Clock::System,
-    ));
-    let following = index.clone();
-    tokio::spawn(async move { following.follow(feeds.namespaces).await });
     let OperatorMetrics {
         registry,
         controller: metrics,
         audit: audit_metrics,
         refusals,
         export: export_metrics,
+        push,
     } = OperatorMetrics::new();
+    let index = Arc::new(
+        ContextIndex::new(
+            caches.sessions.clone(),
+            caches.stores.clone(),
+            Clock::System,
+        )
+        .observed_by(push),
+    );
+    let following = index.clone();
+    tokio::spawn(async move { following.follow(feeds.namespaces).await });
     let settings = controlplane::Settings {
         operator_namespace: args.operator_namespace.clone(),
         max_open_elevations: args.max_open_elevations,
@@ -241,6 +246,7 @@ pub struct OperatorMetrics {
     pub audit: AuditMetrics,
     pub refusals: RefusalMetrics,
     pub export: ExportMetrics,
+    pub push: PushMetrics,
 }
 
 impl OperatorMetrics {
@@ -253,12 +259,15 @@ impl OperatorMetrics {
         refusals.register(&mut registry);
         let export = ExportMetrics::default();
         export.register(&mut registry);
+        let push = PushMetrics::default();
+        push.register(&mut registry);
         OperatorMetrics {
             registry,
             controller,
             audit,
             refusals,
             export,
+            push,
         }
     }
 }
