@@ -12,7 +12,7 @@ export PATH="$PWD/.tools/bin:$PATH"
 chart=charts/wopr-operator
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-all_options=(--set replicaCount=3 --set audit.postgres.existingSecret=wopr-store --set profileInstaller.enabled=true --set serviceMonitor.enabled=true --set 'sandbox.isolationProbes={metadata=169.254.169.254:80}')
+all_options=(--set replicaCount=3 --set audit.postgres.existingSecret=wopr-store --set profileInstaller.enabled=true --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true --set audit.export.otlp.endpoint=http://collector.observability:4317 --set audit.export.ocsf=- --set 'sandbox.isolationProbes={metadata=169.254.169.254:80}')
 
 echo "== helm lint"
 helm lint --strict "$chart"
@@ -50,7 +50,7 @@ echo "== the profile installer makes the shipped seccomp profile the sandboxes' 
 grep -q -- "--sandbox-seccomp-profile=profiles/wopr-sandbox.json" "$work/all-options.yaml" || { echo "with profileInstaller.enabled the controller must get --sandbox-seccomp-profile" >&2; exit 1; }
 if grep -q -- "--sandbox-seccomp-profile" manifests/install.yaml; then echo "without the profile installer no seccomp default may be set" >&2; exit 1; fi
 echo "ok"
-python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml examples/quickstart/*.yaml
+python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml manifests/monitoring.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml examples/quickstart/*.yaml
 
 echo "== watchNamespace moves the namespaced rules into a Role there"
 python3 - manifests/install.yaml "$work/one-namespace.yaml" <<'PY'

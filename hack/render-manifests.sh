@@ -48,4 +48,11 @@ YAML
   "$helm" template wopr-operator "$chart" --namespace wopr-node-setup \
     --set profileInstaller.enabled=true --show-only templates/profile-installer.yaml
 } > manifests/profile-installer.yaml
+{
+  header "serviceMonitor.enabled=true grafanaDashboard.enabled=true"
+  echo "# Optional: the Prometheus Operator ServiceMonitor and the Grafana dashboard."
+  "$helm" template wopr-operator "$chart" --namespace wopr-system \
+    --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true \
+    --show-only templates/servicemonitor.yaml --show-only templates/grafana-dashboard.yaml
+} > manifests/monitoring.yaml
 echo "manifests/ rendered."

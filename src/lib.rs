@@ -42,6 +42,7 @@ pub mod controller;
 pub mod controlplane;
 pub mod demo_agent;
 pub mod egress;
+pub mod export;
 pub mod inbox;
 pub mod logging;
 pub mod operator;

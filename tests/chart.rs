@@ -361,3 +361,185 @@ fn the_default_install_serves_tls_and_session_pods_mount_the_bundle() {
         "the agent has no use for it"
     );
 }
+
+/// The optional monitoring objects (`manifests/monitoring.yaml`, rendered
+/// with `serviceMonitor.enabled` and `grafanaDashboard.enabled`).
+fn monitoring_yaml() -> Vec<Value> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/monitoring.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/monitoring.yaml");
+    serde_saphyr::from_multiple(&text).expect("monitoring.yaml parses")
+}
+
+#[test]
+fn the_service_monitor_scrapes_the_controllers_metrics_port() {
+    let (deployment, service, _) = controller();
+    let monitoring = monitoring_yaml();
+    let monitor: Value = object(&monitoring, "ServiceMonitor");
+    let service_labels = service.metadata.labels.clone().unwrap();
+    assert!(
+        matches(&monitor["spec"]["selector"], &service_labels),
+        "the ServiceMonitor selects the controller's Service: {}",
+        monitor["spec"]["selector"]
+    );
+    let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    let port_name = endpoints[0]["port"].as_str().unwrap();
+    let port = service
+        .spec
+        .unwrap()
+        .ports
+        .into_iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(port_name))
+        .unwrap_or_else(|| panic!("the Service has no port {port_name}"));
+    // The Service port leads to the container port of the admin server,
+    // which serves /metrics.
+    let target = match port.target_port.unwrap() {
+        IntOrString::String(name) => container_port(&deployment, &name),
+        IntOrString::Int(number) => number,
+    };
+    let args = parsed_args(&deployment);
+    assert_eq!(target, i32::from(args.admin_address.port()));
+}
+
+/// The dashboard as the chart ships it in its ConfigMap.
+fn dashboard() -> (Value, Value) {
+    let monitoring = monitoring_yaml();
+    let config_map: Value = object(&monitoring, "ConfigMap");
+    let json = config_map["data"]["wopr-operator.json"].as_str().unwrap();
+    let dashboard = serde_json::from_str(json).expect("the dashboard is JSON");
+    (config_map, dashboard)
+}
+
+#[test]
+fn the_grafana_dashboard_is_a_config_map_grafana_picks_up() {
+    let (config_map, dashboard) = dashboard();
+    assert_eq!(
+        config_map["metadata"]["labels"]["grafana_dashboard"], "1",
+        "Grafana's dashboard sidecar selects this label"
+    );
+    assert_eq!(config_map["metadata"]["namespace"], INSTALL_NAMESPACE);
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|panel| panel["title"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "Denials",
+        "Approvals",
+        "spool depth",
+        "Shipping lag",
+        "SIEM export",
+    ] {
+        assert!(
+            titles.iter().any(|title| title.contains(wanted)),
+            "no panel about {wanted}: {titles:?}"
+        );
+    }
+    let shipped = include_str!("../charts/wopr-operator/files/grafana-dashboard.json");
+    assert_eq!(
+        serde_json::from_str::<Value>(shipped).unwrap(),
+        dashboard,
+        "manifests/monitoring.yaml is the chart's dashboard (hack/render-manifests.sh)"
+    );
+}
+
+/// The `wopr_...` metric names in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.match_indices("wopr_")
+        .filter(|(at, _)| {
+            !text[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_metric_the_dashboard_uses_is_registered_by_the_operator() {
+    let (_, dashboard) = dashboard();
+    let mut expressions = String::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            expressions.push_str(target["expr"].as_str().unwrap());
+            expressions.push('\n');
+        }
+    }
+    let used = metric_names(&expressions);
+    assert!(used.len() >= 8, "the dashboard uses {used:?}");
+    let metrics = wopr_operator::operator::OperatorMetrics::new();
+    touch_every_family(&metrics);
+    let mut exposition = String::new();
+    prometheus_client::encoding::text::encode(&mut exposition, &metrics.registry).unwrap();
+    // The families as /metrics declares them (`# TYPE name kind`).
+    let families: std::collections::BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(!families.contains("wopr_no_such_metric"));
+    for name in &used {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|family| families.contains(family))
+            .unwrap_or(name);
+        assert!(
+            families.contains(family),
+            "the dashboard uses {name}, which the operator does not register; registered: {families:?}"
+        );
+    }
+}
+
+/// One series in each labelled family of `metrics`: /metrics leaves out a
+/// family with none. (A family missed here fails the test above, never
+/// passes it.)
+fn touch_every_family(metrics: &wopr_operator::operator::OperatorMetrics) {
+    use wopr_operator::controller::metrics::{CheckLabels, ErrorLabels, PhaseLabels};
+    use wopr_operator::controlplane::audit::{DecisionLabels, SessionLabels};
+    use wopr_operator::controlplane::refusals::ReasonLabels;
+    use wopr_operator::export::ExporterLabels;
+    let text = String::new;
+    let decision = DecisionLabels {
+        r#type: text(),
+        decision: text(),
+    };
+    let session = SessionLabels {
+        namespace: text(),
+        session: text(),
+    };
+    let _ = metrics.audit.spool_depth.get_or_create(&session);
+    let _ = metrics.audit.broker_decisions.get_or_create(&decision);
+    let _ = metrics.audit.denials.get_or_create(&decision);
+    let _ = metrics
+        .controller
+        .errors
+        .get_or_create(&ErrorLabels { reason: text() });
+    let _ = metrics
+        .controller
+        .sessions
+        .get_or_create(&PhaseLabels { phase: text() });
+    let _ = metrics
+        .controller
+        .sandbox_checks
+        .get_or_create(&CheckLabels {
+            check: text(),
+            status: text(),
+        });
+    let _ = metrics
+        .refusals
+        .refusals
+        .get_or_create(&ReasonLabels { reason: text() });
+    let exporter = ExporterLabels { exporter: text() };
+    let _ = metrics.export.exported.get_or_create(&exporter);
+    let _ = metrics.export.failed.get_or_create(&exporter);
+    let _ = metrics.export.lag.get_or_create(&exporter);
+}

@@ -1543,6 +1543,104 @@ mod with_control_plane {
         assert_eq!(refusals, 2, "each refusal is audited");
     }
 
+    /// What `audit --follow` writes, shared with the test, and how many
+    /// times it flushed (once per page it asked for).
+    #[derive(Clone, Default)]
+    struct Followed(std::sync::Arc<std::sync::Mutex<(Vec<u8>, usize)>>);
+
+    impl std::io::Write for Followed {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().0.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.lock().unwrap().1 += 1;
+            Ok(())
+        }
+    }
+
+    impl Followed {
+        fn flushes(&self) -> usize {
+            self.0.lock().unwrap().1
+        }
+
+        fn lines(&self) -> Vec<String> {
+            let text = String::from_utf8(self.0.lock().unwrap().0.clone()).unwrap();
+            text.lines().map(str::to_owned).collect()
+        }
+    }
+
+    /// `audit --follow` prints the events stored after it started, in the
+    /// order they were stored (a late one, with an older time, where it
+    /// arrived), with the filters applied, until stopped.
+    #[tokio::test]
+    async fn audit_follow_prints_events_as_they_are_stored() {
+        let mut cluster = examples();
+        let plane = control_plane(&mut cluster).await;
+        let before: Vec<AuditEvent> = (0..3)
+            .map(|n| event(NAMESPACE, "research-agent", Outcome::Denied, n))
+            .collect();
+        plane.store.insert_events(&before).await.unwrap();
+        use wopr_operator::cli::args::SecurityCommand;
+        let cli::Command::Security(SecurityCommand::Audit(args)) =
+            parse(&["security", "audit", "--follow", "--denied", "-o", "json"]).command
+        else {
+            panic!("not security audit");
+        };
+        let out = Followed::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut writer = out.clone();
+        let following = cli::follow(&cluster.context, &args, &mut writer, async {
+            let _ = stopped.await;
+        });
+        let store = plane.store.clone();
+        let watcher = out.clone();
+        let driver = async move {
+            // Its first page read the head: what is stored now is new.
+            while watcher.flushes() == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let mut stored = Vec::new();
+            for round in 0..3i64 {
+                let events = vec![
+                    event(NAMESPACE, "code-executor", Outcome::Denied, 100 + round),
+                    event(NAMESPACE, "code-executor", Outcome::Allowed, 100 + round),
+                    // Shipped late: older than everything before it.
+                    event(NAMESPACE, "research-agent", Outcome::Denied, -50 - round),
+                ];
+                store.insert_events(&events).await.unwrap();
+                stored.extend(events.into_iter().filter(|e| e.decision == Outcome::Denied));
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            for _ in 0..200 {
+                if watcher.lines().len() >= stored.len() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            stop.send(()).unwrap();
+            stored
+        };
+        let (followed, stored) = tokio::join!(following, driver);
+        followed.unwrap();
+        let printed: Vec<AuditEvent> = out
+            .lines()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            printed, stored,
+            "the denials stored after it started, in storage order"
+        );
+        let command = parse(&["security", "audit", "--follow", "-o", "json"]).command;
+        assert_eq!(
+            cli::format_of(&command),
+            Format::Table,
+            "nothing is printed after the followed lines"
+        );
+    }
+
     /// `audit --verify` names the first event that breaks the chain, as a
     /// failed check (exit 5).
     #[tokio::test]

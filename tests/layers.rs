@@ -49,6 +49,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("controlplane", ROLE),
     ("sidecar", ROLE),
     ("egress", ROLE),
+    ("export", ROLE),
     ("demo_agent", ROLE),
     ("cli", ROLE),
     ("operator", 4),

@@ -16,6 +16,7 @@ use wopr_operator::store::{
 
 on_both_backends!(
     a_batch_shipped_twice_is_stored_once,
+    following_reads_in_storage_order_from_a_chain_position,
     queries_filter_and_page_newest_first,
     invalid_queries_are_refused_precisely,
     an_untouched_chain_verifies,
@@ -519,4 +520,51 @@ async fn a_reopened_store_keeps_its_events(store: TestStore) {
         reopened.verify("team-a").await.unwrap(),
         Verification::Intact { events: 3 }
     );
+}
+
+/// `stored_after` reads a namespace's events in the order they were
+/// stored (a late one, older in time, where it arrived), filtered, page by
+/// page from the chain position the last page read up to; -1 starts at
+/// the head.
+async fn following_reads_in_storage_order_from_a_chain_position(test: TestStore) {
+    let store = &test.store;
+    let follow = |after: i64, limit: u32| AuditQuery {
+        namespace: Some("team-a".into()),
+        decision: Some(DecisionFilter::Denied),
+        stored_after: Some(after),
+        limit,
+        ..AuditQuery::default()
+    };
+    let first = vec![event("team-a", "a", Outcome::Denied, 10)];
+    store.insert_events(&first).await.unwrap();
+    let from_now = store.query_events(&follow(-1, 10)).await.unwrap();
+    assert_eq!(from_now.events, vec![]);
+    assert_eq!(from_now.last_seq, Some(1));
+    let later = vec![
+        event("team-a", "a", Outcome::Denied, 20),
+        event("team-a", "a", Outcome::Allowed, 21),
+        event("team-b", "a", Outcome::Denied, 22),
+        event("team-a", "b", Outcome::Denied, -100),
+        event("team-a", "a", Outcome::WouldDeny, 23),
+    ];
+    store.insert_events(&later).await.unwrap();
+    let page = store.query_events(&follow(1, 2)).await.unwrap();
+    assert_eq!(page.events, vec![later[0].clone(), later[3].clone()]);
+    let rest = store
+        .query_events(&follow(page.last_seq.unwrap(), 2))
+        .await
+        .unwrap();
+    assert_eq!(rest.events, vec![later[4].clone()]);
+    assert_eq!(rest.last_seq, Some(5), "read up to team-a's head");
+    let refused = store
+        .query_events(&AuditQuery {
+            namespace: None,
+            ..follow(0, 1)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused,
+        StoreError::InvalidQuery(QueryError::InvalidFollow)
+    ));
 }

@@ -167,7 +167,7 @@ pub enum SecurityCommand {
     Policy(PolicyCommand),
     /// Query the audit trail.
     #[command(
-        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --denied --since \"1 week ago\"\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants\n  kubectl wopr security audit --verify"
+        after_help = "Examples:\n  kubectl wopr security audit --denied --last 20\n  kubectl wopr security audit --denied --since \"1 week ago\"\n  kubectl wopr security audit --session research-agent --since 1w --format json --output week.json\n  kubectl wopr security audit --stale-grants\n  kubectl wopr security audit --verify\n  kubectl wopr security audit --follow --denied"
     )]
     Audit(AuditArgs),
     /// Run the WOPR verification checklist on the namespace.
@@ -368,6 +368,10 @@ pub struct AuditArgs {
     /// With --stale-grants: days without use that make a grant stale.
     #[arg(long, default_value_t = 30)]
     pub stale_days: u32,
+    /// Keep printing events as they are stored, oldest first, until
+    /// interrupted (Ctrl-C); the filters apply, --last and --since do not.
+    #[arg(long, conflicts_with_all = ["verify", "stale_grants", "output", "last", "since"])]
+    pub follow: bool,
 }
 
 #[derive(Subcommand, Debug)]

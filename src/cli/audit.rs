@@ -4,6 +4,8 @@
 //! would let them pass).
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -30,39 +32,13 @@ pub async fn audit(context: &Context, args: AuditArgs) -> Result<Shown, CliError
         verify_chain(context).await?
     } else {
         let query = AuditQueryRequest {
-            namespace: context.namespace.clone(),
-            session: args.session.clone().unwrap_or_default(),
-            decision: if args.denied {
-                "denied".into()
-            } else {
-                String::new()
-            },
-            capability: args.capability.map(|c| c.to_string()).unwrap_or_default(),
             since: since(args.since.as_deref(), context.now)?,
-            ..AuditQueryRequest::default()
+            ..filters(context, &args)
         };
         let events = query_events(context, query, args.last).await?;
-        let mut table = Table::new(&[
-            "TIME",
-            "SESSION",
-            "TYPE",
-            "TOOL",
-            "CAPABILITY",
-            "DECISION",
-            "SOURCE",
-            "REASON",
-        ]);
+        let mut table = Table::new(&COLUMNS);
         for event in &events {
-            table.row(vec![
-                event.time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                event.session.clone(),
-                name_of(&event.event_type),
-                or_none(event.tool.clone().or_else(|| event.action.clone())),
-                or_none(event.capability),
-                name_of(&event.decision),
-                format!("{}:{}", event.source.source_type, event.source.identity),
-                event.reason.clone(),
-            ]);
+            table.row(row(event));
         }
         let empty = format!("No audit events match in namespace {}.", context.namespace);
         Shown::list(table.render_or(&empty), &events)
@@ -78,6 +54,114 @@ pub async fn audit(context: &Context, args: AuditArgs) -> Result<Shown, CliError
         format!("{count} written to {}\n", path.display()),
         &serde_json::json!({"written": count, "file": path}),
     ))
+}
+
+/// The columns of the audit table, and of `--follow`'s lines.
+const COLUMNS: [&str; 8] = [
+    "TIME",
+    "SESSION",
+    "TYPE",
+    "TOOL",
+    "CAPABILITY",
+    "DECISION",
+    "SOURCE",
+    "REASON",
+];
+
+/// One event as a row of [`COLUMNS`].
+fn row(event: &AuditEvent) -> Vec<String> {
+    vec![
+        event.time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        event.session.clone(),
+        name_of(&event.event_type),
+        or_none(event.tool.clone().or_else(|| event.action.clone())),
+        or_none(event.capability),
+        name_of(&event.decision),
+        format!("{}:{}", event.source.source_type, event.source.identity),
+        event.reason.clone(),
+    ]
+}
+
+/// The Query of `args`' filters in the context's namespace.
+fn filters(context: &Context, args: &AuditArgs) -> AuditQueryRequest {
+    AuditQueryRequest {
+        namespace: context.namespace.clone(),
+        session: args.session.clone().unwrap_or_default(),
+        decision: if args.denied {
+            "denied".into()
+        } else {
+            String::new()
+        },
+        capability: args.capability.map(|c| c.to_string()).unwrap_or_default(),
+        ..AuditQueryRequest::default()
+    }
+}
+
+/// How long `--follow` waits before asking for events stored since.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// `security audit --follow`: writes to `out` each event of the namespace
+/// matching `args`' filters as it is stored after the call, in storage
+/// order (one that arrived late, with an older time, when it arrived),
+/// until `stop` completes (Ctrl-C). It pages the same Query as the table,
+/// in storage order from a chain position, so the reader's rights are
+/// exactly Query's. A table is one line per event (the header first);
+/// JSON and YAML are one JSON line per event.
+pub async fn follow(
+    context: &Context,
+    args: &AuditArgs,
+    out: &mut (impl Write + Send),
+    stop: impl Future<Output = ()>,
+) -> Result<Shown, CliError> {
+    let (mut client, caller) = context.control_plane.audit().await?;
+    let written = |error: std::io::Error| CliError::Usage(format!("cannot write: {error}"));
+    let table = args.format == Format::Table;
+    if table {
+        writeln!(out, "{}", COLUMNS.join("  ")).map_err(written)?;
+    }
+    let mut query = AuditQueryRequest {
+        limit: PAGE,
+        // From the chain's head now: only what is stored from here on.
+        stored_after: Some(-1),
+        ..filters(context, args)
+    };
+    let mut stop = std::pin::pin!(stop);
+    let mut followed = 0u64;
+    loop {
+        let request = caller.request(query.clone())?;
+        let page = caller.answer(client.query(request)).await?;
+        for line in &page.events {
+            if table {
+                writeln!(out, "{}", row(&read_event(line)?).join("  ")).map_err(written)?;
+            } else {
+                writeln!(out, "{line}").map_err(written)?;
+            }
+            followed += 1;
+        }
+        out.flush().map_err(written)?;
+        let full = page.events.len() as u32 == PAGE;
+        query.stored_after = Some(page.last_seq);
+        if full {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            () = &mut stop => break,
+        }
+    }
+    Ok(Shown::new(
+        String::new(),
+        &serde_json::json!({ "followed": followed }),
+    ))
+}
+
+/// An event line of the Audit service.
+fn read_event(line: &str) -> Result<AuditEvent, CliError> {
+    serde_json::from_str(line).map_err(|error| {
+        CliError::Refused(format!(
+            "the control plane sent an audit event this kubectl-wopr cannot read ({error}): upgrade it"
+        ))
+    })
 }
 
 /// `security audit --verify`: the control plane walks the namespace's
@@ -148,12 +232,7 @@ async fn query_events(
         let request = caller.request(query.clone())?;
         let page = caller.answer(client.query(request)).await?;
         for line in &page.events {
-            let event: AuditEvent = serde_json::from_str(line).map_err(|error| {
-                CliError::Refused(format!(
-                    "the control plane sent an audit event this kubectl-wopr cannot read ({error}): upgrade it"
-                ))
-            })?;
-            events.push(event);
+            events.push(read_event(line)?);
         }
         if page.next_cursor.is_empty() || events.len() as u32 >= wanted {
             return Ok(events);

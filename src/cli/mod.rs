@@ -19,6 +19,7 @@ mod gateway;
 mod grants;
 mod objects;
 pub mod output;
+pub use audit::follow;
 mod policy_set;
 pub mod portforward;
 mod session;
@@ -100,6 +101,8 @@ pub fn format_of(command: &Command) -> Format {
                 GatewayCommand::Approve(args) | GatewayCommand::Deny(args) => args.printing.format,
             },
             SecurityCommand::Policy(PolicyCommand::Set(args)) => args.printing.format,
+            // --follow has printed each event as it came: nothing after.
+            SecurityCommand::Audit(args) if args.follow => Format::Table,
             SecurityCommand::Audit(args) => args.format,
         },
         Command::Session(command) => match command {
@@ -125,6 +128,12 @@ pub async fn run(command: Command, context: &Context) -> Result<Shown, CliError>
             SecurityCommand::Gateway(command) => gateway::run(context, command).await,
             SecurityCommand::Policy(PolicyCommand::Set(args)) => {
                 policy_set::set(context, args).await
+            }
+            SecurityCommand::Audit(args) if args.follow => {
+                let interrupted = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                audit::follow(context, &args, &mut std::io::stdout(), interrupted).await
             }
             SecurityCommand::Audit(args) => audit::audit(context, args).await,
             SecurityCommand::Verify { .. } => verify::verify(context).await,

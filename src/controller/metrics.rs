@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Seconds from an ApprovalRequest's creation to the controller
     /// carrying out a person's decision on it, or closing it unanswered.
     pub approval_latency: Histogram,
+    /// ApprovalRequests waiting for a person, as the leader's approval
+    /// controller last saw them.
+    pub approvals_pending: Gauge,
 }
 
 impl Metrics {
@@ -59,6 +62,7 @@ impl Metrics {
             sandbox_checks: Family::default(),
             // 1 s to about 18 hours.
             approval_latency: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            approvals_pending: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("wopr");
         registry.register(
@@ -86,6 +90,11 @@ impl Metrics {
             "approval_latency_seconds",
             "Seconds from an ApprovalRequest's creation to the controller carrying out a person's decision on it, or closing it unanswered",
             metrics.approval_latency.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "ApprovalRequests waiting for a person's decision, as the leader's approval controller last saw them (0 on other replicas)",
+            metrics.approvals_pending.clone(),
         );
         metrics
     }

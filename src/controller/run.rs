@@ -186,24 +186,27 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
     let approval_controller = Controller::new(
         scoped::<DeserializeGuard<ApprovalRequest>>(&client, namespace),
         watcher::Config::default(),
-    )
-    .reconcile_all_on(leadership.gained())
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        on_the_leader(reconcile_approval),
-        retry_approval,
-        Arc::new(ApprovalContext {
-            client: client.clone(),
-            store,
-            stores: caches.stores.clone(),
-            leadership: leadership.clone(),
-            recorder: recorder.clone(),
-            clock: Timestamp::now,
-            backoff: Backoff::default(),
-            metrics: metrics.clone(),
-        }),
-    )
-    .for_each(log_watch_errors);
+    );
+    let requests = approval_controller.store();
+    let approval_controller = approval_controller
+        .reconcile_all_on(leadership.gained())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            on_the_leader(reconcile_approval),
+            retry_approval,
+            Arc::new(ApprovalContext {
+                client: client.clone(),
+                store,
+                stores: caches.stores.clone(),
+                leadership: leadership.clone(),
+                recorder: recorder.clone(),
+                clock: Timestamp::now,
+                backoff: Backoff::default(),
+                metrics: metrics.clone(),
+                requests,
+            }),
+        )
+        .for_each(log_watch_errors);
     let grant_status_controller = Controller::new(
         scoped::<DeserializeGuard<Grant>>(&client, namespace),
         watcher::Config::default(),

@@ -8,12 +8,6 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::bearer;
@@ -22,7 +16,7 @@ use super::denials::DenialEvents;
 use super::discover::DiscoverPolicy;
 use super::grant_use::GrantUses;
 use super::refusals::{Reason, Refusals, Trail};
-use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel, check_label, from_name};
+use crate::api::{Enforcement, SourceRef, SourceType, TrustLevel, check_label, from_name, name_of};
 use crate::audit::{AuditEvent, EventType, truncated};
 use crate::policy::Outcome;
 use crate::proto::v1alpha1::audit_server::Audit;
@@ -31,109 +25,12 @@ use crate::proto::v1alpha1::{
 };
 use crate::store::{AuditQuery, Cursor, DecisionFilter, Store, StoreError, Verification};
 
+pub use super::audit_metrics::{AuditMetrics, DecisionLabels, SessionLabels};
+
 /// The largest event a sidecar may ship, as JSON.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
 /// The most events one batch may hold.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
-
-/// The Audit service's metrics, on `/metrics` as `wopr_audit_*`.
-#[derive(Clone, Debug)]
-pub struct AuditMetrics {
-    /// Events stored.
-    pub stored: Counter,
-    /// Events shipped again and skipped (their first ack was lost).
-    pub duplicates: Counter,
-    /// Requests refused (bad input, another session, no right).
-    pub refused: Counter,
-    /// Requests the store failed (retried by the sidecars).
-    pub store_errors: Counter,
-    /// Lines of shipped batches that were no valid event (too large,
-    /// unreadable), each stored as a stub instead.
-    pub invalid: Counter,
-    /// Events waiting in each sidecar's spool, as it last reported.
-    pub spool_depth: Family<SessionLabels, Gauge>,
-    /// Seconds from each shipped event's decision to its commit.
-    pub shipping_lag: Histogram,
-    /// What the broker decided (deliveries, denials, rate limits, approval
-    /// requests), by audit event type and decision.
-    pub broker_decisions: Family<DecisionLabels, Counter>,
-}
-
-/// A broker decision's kind and outcome.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DecisionLabels {
-    /// The audit event type: injection, forward, approval, rate_limited, ...
-    pub r#type: String,
-    /// allowed, denied or would_deny.
-    pub decision: String,
-}
-
-/// The session a sidecar ships for.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SessionLabels {
-    pub namespace: String,
-    pub session: String,
-}
-
-impl Default for AuditMetrics {
-    fn default() -> Self {
-        AuditMetrics {
-            stored: Counter::default(),
-            duplicates: Counter::default(),
-            refused: Counter::default(),
-            store_errors: Counter::default(),
-            invalid: Counter::default(),
-            spool_depth: Family::default(),
-            // 10 ms to about 3 hours: a sidecar ships every 200 ms, and
-            // holds events while the control plane is away.
-            shipping_lag: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
-            broker_decisions: Family::default(),
-        }
-    }
-}
-
-impl AuditMetrics {
-    /// Registers the metrics in `registry`.
-    pub fn register(&self, registry: &mut Registry) {
-        let registry = registry.sub_registry_with_prefix("wopr_audit");
-        registry.register("events_stored", "Audit events stored", self.stored.clone());
-        registry.register(
-            "events_duplicate",
-            "Audit events shipped again and skipped",
-            self.duplicates.clone(),
-        );
-        registry.register(
-            "requests_refused",
-            "Audit requests refused",
-            self.refused.clone(),
-        );
-        registry.register(
-            "store_errors",
-            "Audit requests the store failed",
-            self.store_errors.clone(),
-        );
-        registry.register(
-            "events_invalid",
-            "Shipped audit events that were invalid (too large, unreadable), each stored as a stub",
-            self.invalid.clone(),
-        );
-        registry.register(
-            "spool_depth",
-            "Audit events waiting in a sidecar's spool, as it last reported",
-            self.spool_depth.clone(),
-        );
-        registry.register(
-            "shipping_lag_seconds",
-            "Seconds from an audit event's decision to its commit in the store",
-            self.shipping_lag.clone(),
-        );
-        registry.register(
-            "broker_decisions",
-            "Broker decisions (deliveries, forwards, denials, rate limits, approval requests) by audit event type and decision",
-            self.broker_decisions.clone(),
-        );
-    }
-}
 
 /// What the Audit and Broker services record with.
 pub struct AuditSetup<E> {
@@ -499,6 +396,7 @@ fn query_of(request: &AuditQueryRequest) -> Result<AuditQuery, Status> {
         after: filter("cursor", &request.cursor, |cursor| {
             Cursor::decode(cursor).ok()
         })?,
+        stored_after: request.stored_after,
     })
 }
 
@@ -585,6 +483,13 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
         for event in shipped {
             let lag = committed.duration_since(event.time).as_secs_f64();
             self.metrics.shipping_lag.observe(lag.max(0.0));
+            if event.decision != Outcome::Allowed {
+                let labels = DecisionLabels {
+                    r#type: name_of(&event.event_type),
+                    decision: name_of(&event.decision),
+                };
+                self.metrics.denials.get_or_create(&labels).inc();
+            }
         }
         let labels = SessionLabels { namespace, session };
         let depth = i64::try_from(spool_depth).unwrap_or(i64::MAX);
@@ -634,6 +539,7 @@ impl<D: DiscoverPolicy, A: Authenticator> Audit for AuditService<D, A> {
                 .map(|event| serde_json::to_string(event).expect("an event always serializes"))
                 .collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()).unwrap_or_default(),
+            last_seq: page.last_seq.unwrap_or_default(),
         }))
     }
 

@@ -11,6 +11,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 
 use super::discover::{DiscoverPolicy, NoContext, Snapshot};
@@ -29,11 +31,41 @@ struct Watched {
     valid_until: Option<Timestamp>,
 }
 
+/// How long the control plane takes to put a change into the policies it
+/// serves: from a change reaching the index to every watched Session it
+/// affects holding its new policy (each Watch stream then sends it as is).
+#[derive(Clone, Debug)]
+pub struct PushMetrics {
+    /// Seconds per refresh that changed at least one served policy.
+    pub seconds: Histogram,
+}
+
+impl Default for PushMetrics {
+    fn default() -> Self {
+        // 100 µs to about 26 s.
+        PushMetrics {
+            seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+        }
+    }
+}
+
+impl PushMetrics {
+    /// Registers `wopr_policy_push_seconds` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.sub_registry_with_prefix("wopr").register(
+            "policy_push_seconds",
+            "Seconds from a change reaching the control plane to every watched Session it affects holding its new policy",
+            self.seconds.clone(),
+        );
+    }
+}
+
 /// Watched sessions and their current snapshots.
 pub struct ContextIndex {
     sessions: Store<DeserializeGuard<Session>>,
     stores: Stores,
     clock: Clock,
+    push: PushMetrics,
     watchers: Mutex<HashMap<(String, String), Watched>>,
     /// Woken when the earliest expiry may have moved.
     expiry_moved: Notify,
@@ -46,9 +78,16 @@ impl ContextIndex {
             sessions,
             stores,
             clock,
+            push: PushMetrics::default(),
             watchers: Mutex::default(),
             expiry_moved: Notify::new(),
         }
+    }
+
+    /// The index, observing its pushes in `push`.
+    #[must_use]
+    pub fn observed_by(self, push: PushMetrics) -> Self {
+        ContextIndex { push, ..self }
     }
 
     /// Keeps the served policies current until `changes` ends: refreshes a
@@ -87,6 +126,8 @@ impl ContextIndex {
     }
 
     fn refresh_where(&self, selected: impl Fn(&str) -> bool) {
+        let started = std::time::Instant::now();
+        let mut pushed = false;
         let now = self.clock.now();
         let mut watchers = self
             .watchers
@@ -97,7 +138,7 @@ impl ContextIndex {
             if selected(namespace) {
                 let (snapshot, valid_until) = self.snapshot(namespace, session, now);
                 watched.valid_until = valid_until;
-                watched.sender.send_if_modified(|current| {
+                pushed |= watched.sender.send_if_modified(|current| {
                     let changed = *current != snapshot;
                     if changed {
                         *current = snapshot;
@@ -105,6 +146,9 @@ impl ContextIndex {
                     changed
                 });
             }
+        }
+        if pushed {
+            self.push.seconds.observe(started.elapsed().as_secs_f64());
         }
         self.expiry_moved.notify_one();
     }
@@ -350,6 +394,44 @@ mod tests {
             .apply_watcher_event(&watcher::Event::Apply(grant));
         let policy = fixture.index.watch("ns", "s").unwrap();
         (fixture, policy)
+    }
+
+    /// How many pushes `push` has observed, as /metrics says.
+    fn pushes(push: &PushMetrics) -> u64 {
+        let mut registry = Registry::default();
+        push.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("wopr_policy_push_seconds_count "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// A refresh that changes a served policy is one push observed; one
+    /// that changes nothing is none.
+    #[test]
+    fn a_refresh_that_changes_a_served_policy_is_observed() {
+        let (session_store, mut sessions) = reflector::store();
+        let (policies, _) = reflector::store();
+        let (grant_store, mut grants) = reflector::store();
+        let (gateways, _) = reflector::store();
+        let stores = Stores {
+            policies,
+            grants: grant_store,
+            gateways,
+        };
+        let push = PushMetrics::default();
+        let index = ContextIndex::new(session_store, stores, Clock::starting_at(start()))
+            .observed_by(push.clone());
+        sessions.apply_watcher_event(&watcher::Event::Apply(session("s")));
+        let _policy = index.watch("ns", "s").unwrap();
+        index.refresh("ns");
+        assert_eq!(pushes(&push), 0, "nothing changed");
+        grants.apply_watcher_event(&watcher::Event::Apply(fetch_grant(None, None)));
+        index.refresh("ns");
+        assert_eq!(pushes(&push), 1, "the Grant changed the served policy");
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,6 +4,7 @@
 //! serves the audit trail, and records when Grants are used.
 
 pub mod audit;
+mod audit_metrics;
 pub mod auth;
 pub mod broker;
 pub mod denials;

@@ -116,6 +116,15 @@ pub struct ControllerArgs {
     /// events (a namespace holds more than the cap meanwhile).
     #[arg(long, env = "WOPR_AUDIT_MIN_AGE_HOURS", default_value_t = 24)]
     pub audit_min_age_hours: u64,
+    /// Export the audit trail as OpenTelemetry logs to this OTLP/gRPC
+    /// receiver (`http://collector:4317`); off when unset. Only the Lease
+    /// holder exports, from a cursor kept in the store.
+    #[arg(long, env = "WOPR_AUDIT_EXPORT_OTLP_ENDPOINT")]
+    pub audit_export_otlp_endpoint: Option<String>,
+    /// Export the audit trail as OCSF API Activity JSON lines to this file
+    /// (appended), or to stdout with `-`; off when unset.
+    #[arg(long, env = "WOPR_AUDIT_EXPORT_OCSF")]
+    pub audit_export_ocsf: Option<String>,
     /// How session pods take operator-level changes (sidecar image, these
     /// flags) in namespaces whose SecurityPolicy sets no `updatePolicy`:
     /// Immediate, Rolling or OnRestart.

@@ -30,9 +30,14 @@ use crate::controller::run::{self as controller, Setup, Triggers};
 use crate::controller::session::config::SandboxConfig;
 use crate::controlplane::audit::{AuditMetrics, AuditSetup};
 use crate::controlplane::denials::KubeSessionEvents;
+use crate::controlplane::index::{ContextIndex, PushMetrics};
 use crate::controlplane::isolation::PodStatusConditions;
+use crate::controlplane::refusals::RefusalMetrics;
 use crate::controlplane::writes::KubeWriter;
-use crate::controlplane::{self, auth::TokenReviewer, index::ContextIndex};
+use crate::controlplane::{self, auth::TokenReviewer};
+use crate::export::ocsf::OcsfSink;
+use crate::export::otlp::OtlpSink;
+use crate::export::{ExportMetrics, Exporter, SinkError};
 use crate::shutdown::{self, Shutdown};
 use crate::store::{Retention, Store, StoreError};
 use admin::AdminState;
@@ -65,6 +70,9 @@ pub enum RunError {
     /// The store could not be opened.
     #[error("{0} (set --store to a writable sqlite:///PATH or a reachable postgres:// URL)")]
     Store(#[from] StoreError),
+    /// An audit exporter could not be set up from its flag.
+    #[error("audit export: {0} (check --audit-export-otlp-endpoint and --audit-export-ocsf)")]
+    Export(#[from] SinkError),
 }
 
 /// Runs the operator until `shutdown` completes (in the binary: SIGTERM or Ctrl-C).
@@ -133,24 +141,32 @@ pub async fn run(
     let namespace = args.watch_namespace.clone();
     let (caches, feeds) = cache::start(&client, namespace.as_deref());
     // The control plane serves sidecars from the shared caches, on every replica.
-    let index = Arc::new(ContextIndex::new(
-        caches.sessions.clone(),
-        caches.stores.clone(),
-        Clock::System,
-    ));
+    let OperatorMetrics {
+        registry,
+        controller: metrics,
+        audit: audit_metrics,
+        refusals,
+        export: export_metrics,
+        push,
+    } = OperatorMetrics::new();
+    let index = Arc::new(
+        ContextIndex::new(
+            caches.sessions.clone(),
+            caches.stores.clone(),
+            Clock::System,
+        )
+        .observed_by(push),
+    );
     let following = index.clone();
     tokio::spawn(async move { following.follow(feeds.namespaces).await });
-    let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry);
-    let audit_metrics = AuditMetrics::default();
-    audit_metrics.register(&mut registry);
     let settings = controlplane::Settings {
         operator_namespace: args.operator_namespace.clone(),
         max_open_elevations: args.max_open_elevations,
         reflection: args.control_plane_reflection,
+        refusal_metrics: refusals,
         ..controlplane::Settings::default()
     };
-    settings.refusal_metrics.register(&mut registry);
+    let exporters = start_exporters(&args, &store, &export_metrics, &leadership, &shutdown)?;
     let control_plane = controlplane::serve(
         control_plane_listener,
         tls.transport,
@@ -203,17 +219,25 @@ pub async fn run(
         },
         shutdown.clone(),
     );
+    let exporters = futures::future::join_all(exporters);
     let lease_released = async {
         if let Some(released) = lease_released {
             let _ = released.await;
         }
     };
-    let everything =
-        async { tokio::join!(admin_server, control_plane, controller, lease_released) };
+    let everything = async {
+        tokio::join!(
+            admin_server,
+            control_plane,
+            controller,
+            exporters,
+            lease_released
+        )
+    };
     let drain = Duration::from_secs(args.shutdown_drain_seconds);
     let _stop_retention = AbortOnDrop(retention);
     tokio::select! {
-        (admin, control_plane, (), ()) = everything => {
+        (admin, control_plane, (), _, ()) = everything => {
             tracing::info!("controller stopped");
             admin.map_err(RunError::Admin)?;
             Ok(control_plane?)
@@ -223,6 +247,81 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Every metric the operator serves on `/metrics`, registered in one
+/// registry: what the chart's Grafana dashboard may name (tests/chart.rs).
+pub struct OperatorMetrics {
+    pub registry: Registry,
+    pub controller: Metrics,
+    pub audit: AuditMetrics,
+    pub refusals: RefusalMetrics,
+    pub export: ExportMetrics,
+    pub push: PushMetrics,
+}
+
+impl OperatorMetrics {
+    pub fn new() -> OperatorMetrics {
+        let mut registry = Registry::default();
+        let controller = Metrics::new(&mut registry);
+        let audit = AuditMetrics::default();
+        audit.register(&mut registry);
+        let refusals = RefusalMetrics::default();
+        refusals.register(&mut registry);
+        let export = ExportMetrics::default();
+        export.register(&mut registry);
+        let push = PushMetrics::default();
+        push.register(&mut registry);
+        OperatorMetrics {
+            registry,
+            controller,
+            audit,
+            refusals,
+            export,
+            push,
+        }
+    }
+}
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        OperatorMetrics::new()
+    }
+}
+
+/// The audit exporters the flags turn on, each running on the Lease holder
+/// until shutdown (a batch in flight is finished first).
+fn start_exporters(
+    args: &ControllerArgs,
+    store: &Store,
+    metrics: &ExportMetrics,
+    leadership: &Leadership,
+    shutdown: &Shutdown,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+    let mut running = Vec::new();
+    if let Some(endpoint) = &args.audit_export_otlp_endpoint {
+        let exporter = Exporter {
+            name: "otlp".to_owned(),
+            sink: OtlpSink::new(endpoint)?,
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        running.push(tokio::spawn(
+            exporter.run(leadership.clone(), shutdown.clone()),
+        ));
+    }
+    if let Some(target) = &args.audit_export_ocsf {
+        let exporter = Exporter {
+            name: "ocsf".to_owned(),
+            sink: OcsfSink::open(target)?,
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        running.push(tokio::spawn(
+            exporter.run(leadership.clone(), shutdown.clone()),
+        ));
+    }
+    Ok(running)
 }
 
 /// Aborts a background task when the operator returns.

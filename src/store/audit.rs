@@ -94,6 +94,12 @@ pub struct AuditQuery {
     pub limit: u32,
     /// Continue after this cursor (a previous page's `next`).
     pub after: Option<Cursor>,
+    /// In storage order instead of newest first: the namespace's events
+    /// stored after this position of its chain (-1: after its head now),
+    /// oldest first, including any that arrived late with an older `time`.
+    /// The page's `last_seq` is where the next one continues. What
+    /// `audit --follow` tails.
+    pub stored_after: Option<i64>,
 }
 
 /// A query the store refuses, with what to change.
@@ -105,6 +111,8 @@ pub enum QueryError {
     LimitTooLarge(u32),
     #[error("invalid cursor: pass the `next` of a previous page unchanged")]
     InvalidCursor,
+    #[error("following the trail in storage order takes a namespace, and no cursor")]
+    InvalidFollow,
 }
 
 /// One page of events, newest first.
@@ -113,6 +121,9 @@ pub struct Page {
     pub events: Vec<AuditEvent>,
     /// Where the next page starts; `None` on the last one.
     pub next: Option<Cursor>,
+    /// With [`AuditQuery::stored_after`]: the chain position this page
+    /// read up to (the next page's `stored_after`).
+    pub last_seq: Option<i64>,
 }
 
 /// What verifying a namespace's chain found.
@@ -174,6 +185,39 @@ impl Columns {
     }
 }
 
+/// The WHERE conditions of `query`'s filters (after `WHERE 1 = 1`).
+pub(super) fn filter(sql: &mut Sql, query: &AuditQuery) {
+    let mut equal = |column: &str, value: Option<String>| {
+        if let Some(value) = value {
+            sql.push(&format!(" AND {column} = "));
+            sql.bind(Arg::Text(value));
+        }
+    };
+    equal("namespace", query.namespace.clone());
+    equal("session", query.session.clone());
+    equal("event_type", query.event_type.as_ref().map(name_of));
+    equal("capability", query.capability.as_ref().map(name_of));
+    equal("tool", query.tool.clone());
+    equal("source_identity", query.source_identity.clone());
+    match query.decision {
+        Some(DecisionFilter::Denied) => sql.push(" AND denied = 1"),
+        Some(DecisionFilter::Allowed) => sql.push(" AND denied = 0"),
+        Some(DecisionFilter::WouldDeny) => {
+            sql.push(" AND denied = 1 AND decision = ");
+            sql.bind(Arg::Text(name_of(&Outcome::WouldDeny)));
+        }
+        None => {}
+    }
+    if let Some(since) = query.since {
+        sql.push(" AND time_us >= ");
+        sql.bind(Arg::Int(since.as_microsecond()));
+    }
+    if let Some(until) = query.until {
+        sql.push(" AND time_us < ");
+        sql.bind(Arg::Int(until.as_microsecond()));
+    }
+}
+
 fn chain_hash(prev_hash: &str, event_json: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
@@ -183,30 +227,30 @@ fn chain_hash(prev_hash: &str, event_json: &str) -> String {
 }
 
 /// A value bound to a query.
-enum Arg {
+pub(super) enum Arg {
     Text(String),
     Int(i64),
 }
 
 /// A statement with `$n` placeholders and its arguments, built together.
 #[derive(Default)]
-struct Sql {
+pub(super) struct Sql {
     text: String,
     args: Vec<Arg>,
 }
 
 impl Sql {
-    fn push(&mut self, text: &str) {
+    pub(super) fn push(&mut self, text: &str) {
         self.text.push_str(text);
     }
 
     /// Appends a placeholder for `arg`.
-    fn bind(&mut self, arg: Arg) {
+    pub(super) fn bind(&mut self, arg: Arg) {
         self.args.push(arg);
         self.text.push_str(&format!("${}", self.args.len()));
     }
 
-    fn query(&self) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments> {
+    pub(super) fn query(&self) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments> {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(self.text.as_str()));
         for arg in &self.args {
             query = match arg {
@@ -263,37 +307,12 @@ impl Store {
             }
             .into());
         }
+        if let Some(after) = query.stored_after {
+            return self.query_stored_after(query, after, limit).await;
+        }
         let mut sql = Sql::default();
         sql.push("SELECT id, event FROM audit_events WHERE 1 = 1");
-        let mut equal = |column: &str, value: Option<String>| {
-            if let Some(value) = value {
-                sql.push(&format!(" AND {column} = "));
-                sql.bind(Arg::Text(value));
-            }
-        };
-        equal("namespace", query.namespace.clone());
-        equal("session", query.session.clone());
-        equal("event_type", query.event_type.as_ref().map(name_of));
-        equal("capability", query.capability.as_ref().map(name_of));
-        equal("tool", query.tool.clone());
-        equal("source_identity", query.source_identity.clone());
-        match query.decision {
-            Some(DecisionFilter::Denied) => sql.push(" AND denied = 1"),
-            Some(DecisionFilter::Allowed) => sql.push(" AND denied = 0"),
-            Some(DecisionFilter::WouldDeny) => {
-                sql.push(" AND denied = 1 AND decision = ");
-                sql.bind(Arg::Text(name_of(&Outcome::WouldDeny)));
-            }
-            None => {}
-        }
-        if let Some(since) = query.since {
-            sql.push(" AND time_us >= ");
-            sql.bind(Arg::Int(since.as_microsecond()));
-        }
-        if let Some(until) = query.until {
-            sql.push(" AND time_us < ");
-            sql.bind(Arg::Int(until.as_microsecond()));
-        }
+        filter(&mut sql, query);
         if let Some(after) = &query.after {
             sql.push(" AND (time_us < ");
             sql.bind(Arg::Int(after.time_us));
@@ -317,7 +336,11 @@ impl Store {
         } else {
             None
         };
-        Ok(Page { events, next })
+        Ok(Page {
+            events,
+            next,
+            last_seq: None,
+        })
     }
 
     /// Walks `namespace`'s chain from the first kept event to its head and
@@ -627,7 +650,7 @@ async fn append(
     Ok((new.len(), events.len() - new.len()))
 }
 
-fn read_event(row: &AnyRow) -> Result<AuditEvent, StoreError> {
+pub(super) fn read_event(row: &AnyRow) -> Result<AuditEvent, StoreError> {
     let id: String = row.try_get("id")?;
     let json: String = row.try_get("event")?;
     serde_json::from_str(&json).map_err(|error| StoreError::Corrupt {

@@ -8,6 +8,7 @@
 
 mod audit;
 mod elevations;
+mod export;
 mod forwards;
 mod inbox;
 mod spawns;
@@ -23,6 +24,7 @@ pub use audit::{
     Verification,
 };
 pub use elevations::{Elevation, ElevationState, Opened};
+pub use export::Chained;
 pub use forwards::{Forward, ForwardState, GatewaySummary, RequestError, new_request_id};
 pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
 pub use spawns::{Reservation, UNSEEN_FOR};

@@ -38,6 +38,7 @@ pub fn approvals(control_plane: &ControlPlane, clock: fn() -> Timestamp) -> Arc<
         clock,
         backoff: Backoff::default(),
         metrics: control_plane.controller_metrics.clone(),
+        requests: kube::runtime::reflector::store().0,
     })
 }
 

@@ -146,6 +146,8 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
             tls_ca_file: Some(super::tls::pki().ca_file.clone()),
             ..TlsArgs::default()
         },
+        audit_export_otlp_endpoint: None,
+        audit_export_ocsf: None,
     }
 }
 

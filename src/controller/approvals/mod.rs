@@ -36,6 +36,9 @@ use crate::controller::retry::Backoff;
 use crate::policy::Outcome;
 use crate::store::{ElevationState, ForwardState, InboxLimits, Store};
 
+/// A reflector's view of the ApprovalRequests.
+type Requests = kube::runtime::reflector::Store<DeserializeGuard<ApprovalRequest>>;
+
 /// What the ApprovalRequest controller works with.
 pub struct ApprovalContext {
     pub client: Client,
@@ -49,12 +52,33 @@ pub struct ApprovalContext {
     pub backoff: Backoff,
     /// The approval latency histogram is the controller's.
     pub metrics: Metrics,
+    /// The ApprovalRequests the controller watches, for the gauge of those
+    /// pending.
+    pub requests: Requests,
 }
 
 impl Led for ApprovalContext {
     fn leadership(&self) -> &Leadership {
         &self.leadership
     }
+}
+
+/// How many of `requests` wait for a person: Pending, or new (not yet
+/// marked).
+pub fn pending(requests: &[Arc<DeserializeGuard<ApprovalRequest>>]) -> usize {
+    requests
+        .iter()
+        .filter(|request| match &request.0 {
+            Ok(request) => matches!(
+                request
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.state.as_ref()),
+                None | Some(ApprovalState::Pending)
+            ),
+            Err(_) => false,
+        })
+        .count()
 }
 
 /// Takes an ApprovalRequest one step on.
@@ -71,6 +95,12 @@ pub async fn reconcile_approval(
             return Ok(Action::await_change());
         }
     };
+    // Each reconcile (every write to a request, the controller's own
+    // included, makes one) refreshes the gauge from the watched requests.
+    let waiting = pending(&ctx.requests.state());
+    ctx.metrics
+        .approvals_pending
+        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     let namespace = object.namespace().ok_or_else(|| Error::NoNamespace {
         kind: "ApprovalRequest",
         name: object.name_any(),
@@ -176,4 +206,38 @@ pub fn retry_approval(
 fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
     let wait = Duration::try_from(at.duration_since(now)).unwrap_or_default();
     Action::requeue(wait.max(Duration::from_millis(100)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(state: Option<ApprovalState>) -> Arc<DeserializeGuard<ApprovalRequest>> {
+        let mut request: ApprovalRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "wopr.dev/v1alpha1", "kind": "ApprovalRequest",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"type": "forward", "gateway": "g", "target": "s",
+                     "source": {"type": "p2p", "identity": "peer", "trustLevel": "untrusted"},
+                     "expiresAt": "2026-12-07T12:00:00Z"},
+        }))
+        .unwrap();
+        request.status = state.map(|state| crate::api::ApprovalRequestStatus {
+            state: Some(state),
+            ..Default::default()
+        });
+        Arc::new(DeserializeGuard(Ok(request)))
+    }
+
+    #[test]
+    fn new_and_pending_requests_wait_for_a_person_decided_ones_do_not() {
+        let requests = [
+            request(None),
+            request(Some(ApprovalState::Pending)),
+            request(Some(ApprovalState::Approved)),
+            request(Some(ApprovalState::Denied)),
+            request(Some(ApprovalState::Expired)),
+            request(Some(ApprovalState::Completed)),
+        ];
+        assert_eq!(pending(&requests), 2);
+    }
 }
