@@ -124,6 +124,20 @@ async fn serve(receiver: Receiver) -> String {
     format!("http://{address}")
 }
 
+/// Serves `receiver` over TLS with the test PKI's leaf (it names
+/// 127.0.0.1) on 127.0.0.1:0; its endpoint URL.
+async fn serve_tls(receiver: Receiver) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let incoming = wopr_operator::tls::server::incoming(listener, common::tls::server_cert());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LogsServiceServer::new(receiver))
+            .serve_with_incoming(incoming),
+    );
+    format!("https://{address}")
+}
+
 /// An exporter running until the sender is used or dropped.
 struct Running {
     stop: oneshot::Sender<()>,
@@ -244,7 +258,7 @@ async fn every_event_exactly_once_across_a_restart(test: TestStore) {
     let first = start(
         &test.store,
         "otlp",
-        OtlpSink::new(&endpoint).unwrap(),
+        OtlpSink::new(&endpoint, None).unwrap(),
         &metrics,
     );
     until_received(&received, 3_000).await;
@@ -257,7 +271,7 @@ async fn every_event_exactly_once_across_a_restart(test: TestStore) {
     let second = start(
         &test.store,
         "otlp",
-        OtlpSink::new(&endpoint).unwrap(),
+        OtlpSink::new(&endpoint, None).unwrap(),
         &metrics,
     );
     until_received(&received, 10_000).await;
@@ -288,7 +302,7 @@ async fn a_failing_receiver_loses_nothing(test: TestStore) {
     let exporter = start(
         &test.store,
         "otlp",
-        OtlpSink::new(&endpoint).unwrap(),
+        OtlpSink::new(&endpoint, None).unwrap(),
         &metrics,
     );
     until_received(&received, 3_000).await;
@@ -318,7 +332,7 @@ async fn an_unreachable_receiver_moves_no_cursor(test: TestStore) {
     let exporter = start(
         &test.store,
         "otlp",
-        OtlpSink::new(&endpoint).unwrap(),
+        OtlpSink::new(&endpoint, None).unwrap(),
         &metrics,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -334,7 +348,7 @@ async fn an_unreachable_receiver_moves_no_cursor(test: TestStore) {
     let exporter = start(
         &test.store,
         "otlp",
-        OtlpSink::new(&endpoint).unwrap(),
+        OtlpSink::new(&endpoint, None).unwrap(),
         &metrics,
     );
     until_received(&received, 1_000).await;
@@ -392,7 +406,7 @@ async fn only_the_lease_holder_exports(test: TestStore) {
     let stored = write_events(&test.store, 600).await.unwrap();
     let metrics = ExportMetrics::default();
     let leadership = Leadership::default();
-    let sink = OtlpSink::new(&endpoint).unwrap();
+    let sink = OtlpSink::new(&endpoint, None).unwrap();
     let exporter = start_led(&test.store, "otlp", sink, &metrics, leadership.clone());
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(received.len(), 0, "a replica without the Lease exported");
@@ -402,10 +416,80 @@ async fn only_the_lease_holder_exports(test: TestStore) {
     assert_exactly_once_in_order(&received.all(), &stored);
 }
 
+/// An `https://` receiver is verified against the CA given: one of
+/// another CA gets nothing and the cursor stays (the batches count as
+/// failed); against its own CA it gets every event once.
+async fn an_https_receiver_is_verified_against_its_ca(test: TestStore) {
+    let received = Received::default();
+    let endpoint = serve_tls(Receiver {
+        received: received.clone(),
+        requests: Arc::default(),
+        fails: |_| None,
+    })
+    .await;
+    let stored = write_events(&test.store, 500).await.unwrap();
+    let metrics = ExportMetrics::default();
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.crt");
+    let other = wopr_operator::tls::issue::issue_ca(
+        k8s_openapi::jiff::Timestamp::now(),
+        wopr_operator::tls::issue::CA_LIFETIME,
+    )
+    .unwrap();
+    std::fs::write(&other_ca, other.cert_pem).unwrap();
+    let untrusted = start(
+        &test.store,
+        "otlp",
+        OtlpSink::new(&endpoint, Some(&other_ca)).unwrap(),
+        &metrics,
+    );
+    let failed = || {
+        metrics
+            .failed
+            .get_or_create(&ExporterLabels {
+                exporter: "otlp".into(),
+            })
+            .get()
+    };
+    for _ in 0..1200 {
+        if failed() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    untrusted.stop().await;
+    assert!(failed() > 0, "a receiver of another CA failed no batch");
+    assert_eq!(received.len(), 0, "a receiver of another CA got events");
+    assert_eq!(test.store.export_lag("otlp").await.unwrap(), 500);
+
+    let trusted = start(
+        &test.store,
+        "otlp",
+        OtlpSink::new(&endpoint, Some(&common::tls::pki().ca_file)).unwrap(),
+        &metrics,
+    );
+    until_received(&received, 500).await;
+    trusted.stop().await;
+    assert_exactly_once_in_order(&received.all(), &stored);
+}
+
+/// A CA bundle for a plaintext endpoint is a mistake, said at start-up.
+#[test]
+fn a_ca_for_a_plaintext_receiver_is_refused() {
+    let error = OtlpSink::new(
+        "http://collector:4317",
+        Some(std::path::Path::new("ca.crt")),
+    )
+    .err()
+    .expect("refused");
+    assert!(error.to_string().contains("use https://"), "{error}");
+}
+
 on_both_backends!(
     only_the_lease_holder_exports,
     every_event_exactly_once_across_a_restart,
     a_failing_receiver_loses_nothing,
     an_unreachable_receiver_moves_no_cursor,
+    an_https_receiver_is_verified_against_its_ca,
     the_ocsf_sink_writes_every_event_once,
 );

@@ -4,6 +4,7 @@
 //! whole batch (the SDK's batching exporter does not tell its caller, so
 //! it cannot move a cursor).
 
+use std::path::Path;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -12,12 +13,13 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{Sink, SinkError};
 use crate::api::name_of;
 use crate::policy::Outcome;
 use crate::store::Chained;
+use crate::tls::client::{Bundle, ClientTls};
 
 /// The instrumentation scope of every record.
 pub const SCOPE: &str = "wopr.audit";
@@ -30,13 +32,36 @@ pub struct OtlpSink {
 }
 
 impl OtlpSink {
-    /// A sink for the receiver at `endpoint` (`http://host:4317`); it
-    /// connects on the first batch, and again after a failure.
-    pub fn new(endpoint: &str) -> Result<OtlpSink, SinkError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|error| SinkError::Unreachable(format!("{endpoint}: {error}")))?
-            .timeout(REQUEST_TIMEOUT)
-            .connect_lazy();
+    /// A sink for the receiver at `endpoint`: `https://host:port`, its
+    /// certificate verified against the CA bundle `ca` (PEM) when given,
+    /// else the system's roots; or `http://host:port` in plaintext (a
+    /// collector beside the operator). It connects on the first batch, and
+    /// again after a failure.
+    pub fn new(endpoint: &str, ca: Option<&Path>) -> Result<OtlpSink, SinkError> {
+        let invalid = |why: String| SinkError::Unreachable(format!("{endpoint}: {why}"));
+        let secured = match (endpoint.split_once("://").map(|(scheme, _)| scheme), ca) {
+            (Some("https"), Some(ca)) => crate::tls::client::endpoint(
+                endpoint,
+                &ClientTls::Verify {
+                    bundle: Bundle::File(ca.to_owned()),
+                    server_name: None,
+                },
+            )
+            .map_err(|error| invalid(error.to_string()))?,
+            (Some("https"), None) => Endpoint::from_shared(endpoint.to_owned())
+                .map_err(|error| invalid(error.to_string()))?
+                .tls_config(ClientTlsConfig::new().with_native_roots())
+                .map_err(|error| invalid(error.to_string()))?,
+            (Some("http"), None) => Endpoint::from_shared(endpoint.to_owned())
+                .map_err(|error| invalid(error.to_string()))?,
+            (Some("http"), Some(_)) => {
+                return Err(invalid(
+                    "a CA bundle for a plaintext endpoint: use https://".into(),
+                ));
+            }
+            _ => return Err(invalid("not an http:// or https:// URL".into())),
+        };
+        let channel = secured.timeout(REQUEST_TIMEOUT).connect_lazy();
         Ok(OtlpSink {
             client: LogsServiceClient::new(channel),
         })

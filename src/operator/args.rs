@@ -121,6 +121,14 @@ pub struct ControllerArgs {
     /// holder exports, from a cursor kept in the store.
     #[arg(long, env = "WOPR_AUDIT_EXPORT_OTLP_ENDPOINT")]
     pub audit_export_otlp_endpoint: Option<String>,
+    /// The CA bundle (PEM file) an `https://` OTLP receiver's certificate
+    /// is verified against; the system's roots when unset.
+    #[arg(
+        long,
+        env = "WOPR_AUDIT_EXPORT_OTLP_CA",
+        requires = "audit_export_otlp_endpoint"
+    )]
+    pub audit_export_otlp_ca: Option<PathBuf>,
     /// Export the audit trail as OCSF API Activity JSON lines to this file
     /// (appended), or to stdout with `-`; off when unset.
     #[arg(long, env = "WOPR_AUDIT_EXPORT_OCSF")]

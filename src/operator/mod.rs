@@ -302,7 +302,7 @@ fn start_exporters(
     if let Some(endpoint) = &args.audit_export_otlp_endpoint {
         let exporter = Exporter {
             name: "otlp".to_owned(),
-            sink: OtlpSink::new(endpoint)?,
+            sink: OtlpSink::new(endpoint, args.audit_export_otlp_ca.as_deref())?,
             store: store.clone(),
             metrics: metrics.clone(),
         };

@@ -147,6 +147,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
             ..TlsArgs::default()
         },
         audit_export_otlp_endpoint: None,
+        audit_export_otlp_ca: None,
         audit_export_ocsf: None,
     }
 }
