@@ -134,6 +134,29 @@ fn context(client: kube::Client) -> Context {
     }
 }
 
+/// The example Sessions, on `plane`'s API server, in the test namespace.
+fn put_example_sessions(plane: &mut common::sidecar::ControlPlane) {
+    for object in
+        parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
+    {
+        if let WoprObject::Session(mut session) = object {
+            session.metadata.namespace = Some(NAMESPACE.into());
+            plane.put_session(*session);
+        }
+    }
+}
+
+/// The messages waiting in research-agent's inbox on `plane`.
+async fn queued_for_research_agent(
+    plane: &common::sidecar::ControlPlane,
+) -> Vec<wopr_operator::store::Queued> {
+    plane
+        .store
+        .pending_messages(NAMESPACE, "research-agent", 0, 10)
+        .await
+        .unwrap()
+}
+
 /// Where the chart installs the controller.
 const OPERATOR_NAMESPACE: &str = "wopr-system";
 
@@ -1378,14 +1401,7 @@ mod with_control_plane {
     async fn inject_sends_as_the_user_whom_rbac_allows() {
         let mut cluster = examples();
         let mut plane = control_plane(&mut cluster).await;
-        for object in
-            parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
-        {
-            if let WoprObject::Session(mut session) = object {
-                session.metadata.namespace = Some(NAMESPACE.into());
-                plane.put_session(*session);
-            }
-        }
+        put_example_sessions(&mut plane);
         let sent = cluster
             .run(&[
                 "session",
@@ -1395,11 +1411,7 @@ mod with_control_plane {
             ])
             .await
             .unwrap();
-        let queued = plane
-            .store
-            .pending_messages(NAMESPACE, "research-agent", 0, 10)
-            .await
-            .unwrap();
+        let queued = queued_for_research_agent(&plane).await;
         assert_eq!(queued.len(), 1);
         let message = &queued[0].message;
         assert_eq!(message.payload, json!({"text": "Summarize today's papers"}));
@@ -1461,14 +1473,7 @@ mod with_control_plane {
             common::tls::client_tls(),
             Some(common::sidecar::WORKLOAD),
         );
-        for object in
-            parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
-        {
-            if let WoprObject::Session(mut session) = object {
-                session.metadata.namespace = Some(NAMESPACE.into());
-                plane.put_session(*session);
-            }
-        }
+        put_example_sessions(&mut plane);
         let inject = || {
             cluster.run(&[
                 "session",
@@ -1515,11 +1520,7 @@ mod with_control_plane {
         grant.spec.profile = Some(wopr_operator::api::TrustLevel::Trusted);
         plane.put_grant(grant);
         let sent = inject().await.unwrap();
-        let queued = plane
-            .store
-            .pending_messages(NAMESPACE, "research-agent", 0, 10)
-            .await
-            .unwrap();
+        let queued = queued_for_research_agent(&plane).await;
         assert_eq!(queued.len(), 1);
         let source = &queued[0].message.source;
         assert_eq!(
@@ -2150,14 +2151,7 @@ mod through_port_forward {
         let Forwarded {
             cluster, mut plane, ..
         } = forwarded().await;
-        for object in
-            parse_manifests(&std::fs::read_to_string("examples/sessions.yaml").unwrap()).unwrap()
-        {
-            if let WoprObject::Session(mut session) = object {
-                session.metadata.namespace = Some(NAMESPACE.into());
-                plane.put_session(*session);
-            }
-        }
+        put_example_sessions(&mut plane);
         let sent = cluster
             .run(&[
                 "session",
@@ -2167,11 +2161,7 @@ mod through_port_forward {
             ])
             .await
             .unwrap();
-        let queued = plane
-            .store
-            .pending_messages(NAMESPACE, "research-agent", 0, 10)
-            .await
-            .unwrap();
+        let queued = queued_for_research_agent(&plane).await;
         assert_eq!(queued.len(), 1);
         assert_eq!(sent.data["messageId"], json!(queued[0].message.id));
         assert_eq!(queued[0].message.source.identity, "alice");

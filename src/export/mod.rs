@@ -169,3 +169,29 @@ enum ExportError {
     #[error(transparent)]
     Sink(#[from] SinkError),
 }
+
+/// A tool call of research-agent (semi-trusted) in team-a, refused for a
+/// capability, at chain position 42: what the exporters' tests map.
+#[cfg(test)]
+fn sample(decision: crate::policy::Outcome) -> Chained {
+    use crate::api::{Enforcement, SourceRef, TrustLevel};
+    use crate::audit::{AuditEvent, EventType};
+    let mut event = AuditEvent::new(
+        "2026-12-07T08:00:00.123Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .unwrap(),
+        EventType::ToolCall,
+        "team-a",
+        "research-agent",
+        SourceRef {
+            source_type: "session".into(),
+            identity: "research-agent".into(),
+            trust_level: TrustLevel::SemiTrusted,
+        },
+        decision,
+        Enforcement::Enforce,
+        "capability inject.exec is not granted".into(),
+    );
+    event.tool = Some("shell_exec".into());
+    Chained { seq: 42, event }
+}

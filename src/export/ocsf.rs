@@ -164,32 +164,16 @@ impl Sink for OcsfSink {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::jiff::Timestamp;
-
     use super::*;
-    use crate::api::{Capability, Enforcement, SourceRef, TrustLevel};
-    use crate::audit::{AuditEvent, EventType};
+    use crate::api::Capability;
 
+    /// The exporters' sample, with an id, a capability and a receive time.
     fn chained(decision: Outcome) -> Chained {
-        let mut event = AuditEvent::new(
-            "2026-12-07T08:00:00.123Z".parse::<Timestamp>().unwrap(),
-            EventType::ToolCall,
-            "team-a",
-            "research-agent",
-            SourceRef {
-                source_type: "session".into(),
-                identity: "research-agent".into(),
-                trust_level: TrustLevel::SemiTrusted,
-            },
-            decision,
-            Enforcement::Enforce,
-            "capability inject.exec is not granted".into(),
-        );
-        event.id = "01JEXAMPLE0000000000000000".into();
-        event.tool = Some("shell_exec".into());
-        event.capability = Some(Capability::InjectExec);
-        event.received = Some("2026-12-07T08:00:00.500Z".parse().unwrap());
-        Chained { seq: 42, event }
+        let mut chained = super::super::sample(decision);
+        chained.event.id = "01JEXAMPLE0000000000000000".into();
+        chained.event.capability = Some(Capability::InjectExec);
+        chained.event.received = Some("2026-12-07T08:00:00.500Z".parse().unwrap());
+        chained
     }
 
     /// The fields OCSF 1.3 requires of API Activity (base event: class,

@@ -218,30 +218,8 @@ pub fn event_id(record: &LogRecord) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::jiff::Timestamp;
-
+    use super::super::sample as chained;
     use super::*;
-    use crate::api::{Enforcement, SourceRef, TrustLevel};
-    use crate::audit::{AuditEvent, EventType};
-
-    fn chained(decision: Outcome) -> Chained {
-        let mut event = AuditEvent::new(
-            "2026-12-07T08:00:00Z".parse::<Timestamp>().unwrap(),
-            EventType::ToolCall,
-            "team-a",
-            "research-agent",
-            SourceRef {
-                source_type: "session".into(),
-                identity: "research-agent".into(),
-                trust_level: TrustLevel::Trusted,
-            },
-            decision,
-            Enforcement::Enforce,
-            "not granted".into(),
-        );
-        event.tool = Some("shell_exec".into());
-        Chained { seq: 7, event }
-    }
 
     fn attribute<'a>(record: &'a LogRecord, key: &str) -> Option<&'a Value> {
         let kv = record.attributes.iter().find(|kv| kv.key == key)?;
@@ -254,12 +232,14 @@ mod tests {
     fn a_record_carries_what_a_siem_filters_on() {
         let chained = chained(Outcome::Denied);
         let record = record(&chained);
-        assert_eq!(record.time_unix_nano, 1_796_630_400_000_000_000);
+        assert_eq!(record.time_unix_nano, 1_796_630_400_123_000_000);
         assert_eq!(record.severity_number, SeverityNumber::Error as i32);
         assert_eq!(record.severity_text, "ERROR");
         assert_eq!(
             record.body.and_then(|body| body.value),
-            Some(Value::StringValue("not granted".into()))
+            Some(Value::StringValue(
+                "capability inject.exec is not granted".into()
+            ))
         );
         let record = super::record(&chained);
         assert_eq!(event_id(&record), Some(chained.event.id.as_str()));
@@ -280,11 +260,11 @@ mod tests {
         assert_eq!(attribute(&record, "wopr.tool").cloned(), text("shell_exec"));
         assert_eq!(
             attribute(&record, "wopr.trust_level").cloned(),
-            text("trusted")
+            text("semi-trusted")
         );
         assert_eq!(
             attribute(&record, "wopr.chain.seq"),
-            Some(&Value::IntValue(7))
+            Some(&Value::IntValue(42))
         );
         assert_eq!(
             attribute(&record, "wopr.capability"),
