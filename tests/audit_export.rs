@@ -54,6 +54,17 @@ struct Receiver {
     fails: fn(u64) -> Option<Failure>,
 }
 
+impl Receiver {
+    /// A receiver that accepts every batch into `received`.
+    fn accepting(received: &Received) -> Receiver {
+        Receiver {
+            received: received.clone(),
+            requests: Arc::default(),
+            fails: |_| None,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Failure {
     Unavailable,
@@ -234,6 +245,16 @@ fn assert_exactly_once_in_order(received: &[(String, i64, String)], stored: &Has
     }
 }
 
+/// The batches exporter `name` counted as failed.
+fn failed_batches(metrics: &ExportMetrics, name: &str) -> u64 {
+    metrics
+        .failed
+        .get_or_create(&ExporterLabels {
+            exporter: name.to_owned(),
+        })
+        .get()
+}
+
 fn lag(metrics: &ExportMetrics, name: &str) -> i64 {
     metrics
         .lag
@@ -247,12 +268,7 @@ fn lag(metrics: &ExportMetrics, name: &str) -> i64 {
 /// again from the stored cursor: every event exactly once.
 async fn every_event_exactly_once_across_a_restart(test: TestStore) {
     let received = Received::default();
-    let endpoint = serve(Receiver {
-        received: received.clone(),
-        requests: Arc::default(),
-        fails: |_| None,
-    })
-    .await;
+    let endpoint = serve(Receiver::accepting(&received)).await;
     let metrics = ExportMetrics::default();
     let writer = write_events(&test.store, 10_000);
     let first = start(
@@ -308,12 +324,7 @@ async fn a_failing_receiver_loses_nothing(test: TestStore) {
     until_received(&received, 3_000).await;
     exporter.stop().await;
     assert_exactly_once_in_order(&received.all(), &stored);
-    let failed = metrics
-        .failed
-        .get_or_create(&ExporterLabels {
-            exporter: "otlp".into(),
-        })
-        .get();
+    let failed = failed_batches(&metrics, "otlp");
     assert!(failed >= 2, "the receiver failed batches: {failed} counted");
 }
 
@@ -339,12 +350,7 @@ async fn an_unreachable_receiver_moves_no_cursor(test: TestStore) {
     exporter.stop().await;
     assert_eq!(test.store.export_lag("otlp").await.unwrap(), 1_000);
     let received = Received::default();
-    let endpoint = serve(Receiver {
-        received: received.clone(),
-        requests: Arc::default(),
-        fails: |_| None,
-    })
-    .await;
+    let endpoint = serve(Receiver::accepting(&received)).await;
     let exporter = start(
         &test.store,
         "otlp",
@@ -397,12 +403,7 @@ async fn the_ocsf_sink_writes_every_event_once(test: TestStore) {
 /// everything.
 async fn only_the_lease_holder_exports(test: TestStore) {
     let received = Received::default();
-    let endpoint = serve(Receiver {
-        received: received.clone(),
-        requests: Arc::default(),
-        fails: |_| None,
-    })
-    .await;
+    let endpoint = serve(Receiver::accepting(&received)).await;
     let stored = write_events(&test.store, 600).await.unwrap();
     let metrics = ExportMetrics::default();
     let leadership = Leadership::default();
@@ -421,12 +422,7 @@ async fn only_the_lease_holder_exports(test: TestStore) {
 /// failed); against its own CA it gets every event once.
 async fn an_https_receiver_is_verified_against_its_ca(test: TestStore) {
     let received = Received::default();
-    let endpoint = serve_tls(Receiver {
-        received: received.clone(),
-        requests: Arc::default(),
-        fails: |_| None,
-    })
-    .await;
+    let endpoint = serve_tls(Receiver::accepting(&received)).await;
     let stored = write_events(&test.store, 500).await.unwrap();
     let metrics = ExportMetrics::default();
     let dir = tempfile::tempdir().unwrap();
@@ -443,22 +439,17 @@ async fn an_https_receiver_is_verified_against_its_ca(test: TestStore) {
         OtlpSink::new(&endpoint, Some(&other_ca)).unwrap(),
         &metrics,
     );
-    let failed = || {
-        metrics
-            .failed
-            .get_or_create(&ExporterLabels {
-                exporter: "otlp".into(),
-            })
-            .get()
-    };
     for _ in 0..1200 {
-        if failed() > 0 {
+        if failed_batches(&metrics, "otlp") > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     untrusted.stop().await;
-    assert!(failed() > 0, "a receiver of another CA failed no batch");
+    assert!(
+        failed_batches(&metrics, "otlp") > 0,
+        "a receiver of another CA failed no batch"
+    );
     assert_eq!(received.len(), 0, "a receiver of another CA got events");
     assert_eq!(test.store.export_lag("otlp").await.unwrap(), 500);
 
