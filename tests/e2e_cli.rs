@@ -13,7 +13,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use tokio::process::Command;
 
 use common::e2e::*;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -24,47 +23,6 @@ use serde_json::{Value, json};
 use wopr_operator::api::{ApprovalRequest, WoprObject, parse_manifests};
 
 const APPROVER: &str = "e2e-cli-approver@example.com";
-
-/// What one run of the binary gave.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `kubectl-wopr` with `kubeconfig` in `namespace`, without blocking
-/// the runtime: the control plane the binary talks to is served by this
-/// test's own runtime (a blocking wait once starved it, and both hung).
-fn kubectl_wopr(
-    kubeconfig: &Path,
-    namespace: &str,
-    args: &[&str],
-) -> impl std::future::Future<Output = Run> + use<> {
-    // Built now, so that the future owns everything it needs.
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"));
-    command
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["-n", namespace])
-        .args(args)
-        .env_remove("WOPR_CONTROL_PLANE")
-        .env_remove("WOPR_TOKEN")
-        .kill_on_drop(true);
-    let shown = args.join(" ");
-    async move {
-        let output = command.output().await.unwrap();
-        let run = Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
-        eprintln!(
-            "kubectl wopr {shown}: exit {}\n{}{}",
-            run.code, run.stdout, run.stderr
-        );
-        run
-    }
-}
 
 /// This test's kubeconfig, written to `dir`; with `user`, every request
 /// impersonates that user (kubeconfig `as:`), as `kubectl --as` would.
@@ -142,7 +100,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     apply_examples(client, namespace).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = kubeconfig(dir.path(), None);
-    let run = |args: &[&str]| kubectl_wopr(&admin, namespace, args);
+    let run = |args: &[&str]| kubectl_wopr(&admin, namespace, None, args);
 
     // Grant → list-grants → revoke.
     let granted = run(&[
@@ -214,11 +172,18 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     )
     .await;
     let approver = kubeconfig(dir.path(), Some(APPROVER));
-    let queue = kubectl_wopr(&approver, namespace, &["security", "gateway", "queue"]).await;
+    let queue = kubectl_wopr(
+        &approver,
+        namespace,
+        None,
+        &["security", "gateway", "queue"],
+    )
+    .await;
     assert!(queue.stdout.contains("e2e-cli-request"), "{}", queue.stdout);
     let approved = kubectl_wopr(
         &approver,
         namespace,
+        None,
         &[
             "security",
             "gateway",
@@ -241,6 +206,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     let again = kubectl_wopr(
         &approver,
         namespace,
+        None,
         &["security", "gateway", "deny", "e2e-cli-request"],
     )
     .await;
@@ -269,7 +235,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
             "json",
         ];
         args.extend_from_slice(&audit_args);
-        let run = kubectl_wopr(&admin, namespace, &args).await;
+        let run = kubectl_wopr(&admin, namespace, None, &args).await;
         let items = serde_json::from_str::<Value>(&run.stdout).ok()?["items"]
             .as_array()?
             .clone();
@@ -293,6 +259,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
         kubectl_wopr(
             &admin,
             namespace,
+            None,
             &[
                 "session",
                 "inject",

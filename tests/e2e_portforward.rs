@@ -30,51 +30,12 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::Client;
 use kube::config::{AuthInfo, Kubeconfig};
 use serde_json::{Value, json};
-use tokio::process::Command;
 use wopr_operator::cli::portforward::CLIENT_ROLE;
 
 /// The relay pod, named as a controller pod might be.
 const RELAY: &str = "wopr-operator-relay";
 /// The service account whose token is the kubeconfig's user.
 const READER: &str = "e2e-pf-reader";
-
-/// What one run of the binary gave.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// `kubectl-wopr --kubeconfig KUBECONFIG -n NAMESPACE --operator-namespace
-/// NAMESPACE ARGS`, without `--control-plane`, awaited without blocking
-/// the runtime that serves the control plane.
-async fn kubectl_wopr(kubeconfig: &Path, namespace: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["-n", namespace, "--operator-namespace", namespace])
-        .args(args)
-        .env_remove("WOPR_CONTROL_PLANE")
-        .env_remove("WOPR_TOKEN")
-        .env_remove("WOPR_OPERATOR_NAMESPACE")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "kubectl wopr {}: exit {}\n{}{}",
-        args.join(" "),
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    run
-}
 
 /// The test's kubeconfig, its user replaced by `token` alone.
 fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
@@ -158,7 +119,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     ];
 
     // The API server refuses the reader the pods: the error names the Role.
-    let refused = kubectl_wopr(&reader, namespace, &audit).await;
+    let refused = kubectl_wopr(&reader, namespace, Some(namespace), &audit).await;
     assert_eq!(refused.code, 3, "{}", refused.stderr);
     assert!(
         refused.stderr.contains("cannot list the controller's pods")
@@ -174,7 +135,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
     bind_reader(client, namespace, "Role", CLIENT_ROLE).await;
 
     let trail = eventually("the trail through the port-forward", || async {
-        let run = kubectl_wopr(&reader, namespace, &audit).await;
+        let run = kubectl_wopr(&reader, namespace, Some(namespace), &audit).await;
         let items = serde_json::from_str::<Value>(&run.stdout).ok()?["items"]
             .as_array()?
             .clone();
@@ -187,7 +148,7 @@ async fn scenario(client: &Client, namespace: &str, control_plane: &str) {
             .all(|event| event["session"] == "research-agent"),
         "{trail:?}"
     );
-    let whoami = kubectl_wopr(&reader, namespace, &["security", "whoami"]).await;
+    let whoami = kubectl_wopr(&reader, namespace, Some(namespace), &["security", "whoami"]).await;
     assert_eq!(whoami.code, 0, "{}", whoami.stderr);
     assert!(
         whoami.stdout.contains(&format!(

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::LogParams;
 use kube::{Api, Client};
 use wopr_operator::api::{SandboxSpec, Session, SessionSpec, TrustLevel};
 use wopr_operator::operator::args::ControllerArgs;
@@ -118,26 +117,15 @@ async fn in_a_real_pod_the_sidecar_writes_the_workspace_and_the_agent_reads_it()
             "write /workspace/demo-agent-memory.md myself: refused: Read-only file system".to_owned(),
         ];
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        let params = LogParams {
-            container: Some("agent".to_owned()),
-            ..LogParams::default()
-        };
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            let logs = pods
-                .logs(&format!("wopr-{AGENT}"), &params)
-                .await
-                .unwrap_or_default();
-            if expected.iter().all(|line| logs.contains(line.as_str())) {
-                println!("{logs}");
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the demo agent has not said all of {expected:#?}:\n{logs}"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let logs = logs_until(
+            &pods,
+            (&format!("wopr-{AGENT}"), "agent"),
+            TIMEOUT,
+            &format!("the demo agent has not said all of {expected:#?}"),
+            |logs| expected.iter().all(|line| logs.contains(line.as_str())),
+        )
+        .await;
+        println!("{logs}");
         controller.stop().await;
     })
     .await;

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
-use kube::api::LogParams;
 use wopr_operator::api::{Session, SessionSpec, TrustLevel};
 use wopr_operator::operator::args::{ControllerArgs, TlsArgs};
 
@@ -78,27 +77,16 @@ async fn a_sidecar_in_a_real_pod_gets_its_policy_over_tls_from_the_operators_own
         // The sidecar, verifying the control plane against the mounted
         // bundle, receives its policy.
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        let params = LogParams {
-            container: Some("a2a".to_owned()),
-            ..LogParams::default()
-        };
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            let logs = pods
-                .logs(&format!("wopr-{AGENT}"), &params)
-                .await
-                .unwrap_or_default();
-            if logs.contains("policy received") {
-                assert!(!logs.contains("invalid peer certificate"), "{logs}");
-                println!("{logs}");
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the sidecar got no policy over TLS:\n{logs}"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let logs = logs_until(
+            &pods,
+            (&format!("wopr-{AGENT}"), "a2a"),
+            TIMEOUT,
+            "the sidecar got no policy over TLS",
+            |logs| logs.contains("policy received"),
+        )
+        .await;
+        assert!(!logs.contains("invalid peer certificate"), "{logs}");
+        println!("{logs}");
         controller.stop().await;
     })
     .await;

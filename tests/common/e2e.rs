@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -451,4 +452,81 @@ pub fn pod_reachable_control_plane() -> (String, String) {
         .1
         .to_owned();
     (control_plane, port)
+}
+
+/// What one run of `kubectl-wopr` gave.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `kubectl-wopr` with `kubeconfig` in `namespace` (and with
+/// `--operator-namespace`, where the CLI looks for the controller's pods),
+/// the environment's control plane, token and operator namespace removed
+/// so only the flags decide. The command is built now and the future owns
+/// it: awaited, it never blocks the runtime, which may be serving the
+/// control plane the binary talks to (a blocking wait once starved it, and
+/// both hung).
+pub fn kubectl_wopr(
+    kubeconfig: &Path,
+    namespace: &str,
+    operator_namespace: Option<&str>,
+    args: &[&str],
+) -> impl Future<Output = Run> + use<> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-wopr"));
+    command
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["-n", namespace])
+        .args(
+            operator_namespace
+                .map(|ns| ["--operator-namespace", ns])
+                .into_iter()
+                .flatten(),
+        )
+        .args(args)
+        .env_remove("WOPR_CONTROL_PLANE")
+        .env_remove("WOPR_TOKEN")
+        .env_remove("WOPR_OPERATOR_NAMESPACE")
+        .kill_on_drop(true);
+    let shown = args.join(" ");
+    async move {
+        let output = command.output().await.unwrap();
+        let run = Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        eprintln!(
+            "kubectl wopr {shown}: exit {}\n{}{}",
+            run.code, run.stdout, run.stderr
+        );
+        run
+    }
+}
+
+/// The logs of `container` in pod `pod` once `done` holds of them, polled
+/// every second; after `timeout`, a failure saying `what` was awaited and
+/// the logs as they were.
+pub async fn logs_until(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    (pod, container): (&str, &str),
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let params = kube::api::LogParams {
+        container: Some(container.to_owned()),
+        ..kube::api::LogParams::default()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let logs = pods.logs(pod, &params).await.unwrap_or_default();
+        if done(&logs) {
+            return logs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}:\n{logs}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
