@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/wopr/v1alpha1/tools.proto",
         "proto/wopr/v1alpha1/audit.proto",
         "proto/wopr/v1alpha1/broker.proto",
+        "proto/wopr/v1alpha1/models.proto",
     ];
     let descriptors = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -23,6 +23,20 @@ pub const MCP_ADDRESS: &str = "127.0.0.1:7780";
 pub const MCP_PATH: &str = "/mcp";
 /// The URL the agent reaches its sidecar's MCP endpoint at.
 pub const MCP_URL: &str = "http://127.0.0.1:7780/mcp";
+/// Port of the sidecar's model proxy on the pod's loopback: OpenAI- and
+/// Anthropic-compatible HTTP, relayed to the egress service.
+pub const MODELS_PORT: u16 = 7782;
+/// The model proxy's address: loopback, [`MODELS_PORT`].
+pub const MODELS_ADDRESS: &str = "127.0.0.1:7782";
+/// What the agent's OpenAI SDK is pointed at (`OPENAI_BASE_URL`: the SDK
+/// appends `/chat/completions`).
+pub const OPENAI_BASE_URL: &str = "http://127.0.0.1:7782/v1";
+/// What the agent's Anthropic SDK is pointed at (`ANTHROPIC_BASE_URL`: the
+/// SDK appends `/v1/messages`).
+pub const ANTHROPIC_BASE_URL: &str = "http://127.0.0.1:7782";
+/// The API key the agent's SDKs are given: SDKs refuse to start without
+/// one, and the real key never enters the pod, so this placeholder says so.
+pub const PLACEHOLDER_API_KEY: &str = "wopr-no-key-in-the-sandbox";
 /// Port of the sidecar's gRPC health service, for the kubelet's probes.
 pub const HEALTH_PORT: u16 = 7781;
 /// Where the sidecar serves gRPC health: every interface (the kubelet
@@ -91,6 +105,10 @@ pub mod env {
     pub const SOCKET_PATH: &str = "WOPR_SOCKET_PATH";
     /// Sidecar: the MCP address.
     pub const MCP_ADDRESS: &str = "WOPR_MCP_ADDRESS";
+    /// Sidecar: the egress service's address (`https://host:port`).
+    pub const EGRESS_ADDRESS: &str = "WOPR_EGRESS_ADDRESS";
+    /// Sidecar: the model proxy's address.
+    pub const MODELS_ADDRESS: &str = "WOPR_MODELS_ADDRESS";
     /// Sidecar: the gRPC health address.
     pub const HEALTH_ADDRESS: &str = "WOPR_HEALTH_ADDRESS";
     /// Sidecar: the projected token.
@@ -121,6 +139,14 @@ pub mod env {
     pub const AGENT_MCP_URL: &str = "WOPR_MCP_URL";
     /// Agent: the sidecar's gRPC socket.
     pub const AGENT_A2A_SOCKET: &str = "WOPR_A2A_SOCKET";
+    /// Agent: where the official OpenAI SDKs send requests.
+    pub const AGENT_OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";
+    /// Agent: the OpenAI SDKs' key (a placeholder).
+    pub const AGENT_OPENAI_API_KEY: &str = "OPENAI_API_KEY";
+    /// Agent: where the official Anthropic SDKs (and claude-code) send requests.
+    pub const AGENT_ANTHROPIC_BASE_URL: &str = "ANTHROPIC_BASE_URL";
+    /// Agent: the Anthropic SDKs' key (a placeholder).
+    pub const AGENT_ANTHROPIC_API_KEY: &str = "ANTHROPIC_API_KEY";
 }
 
 #[cfg(test)]
@@ -132,6 +158,9 @@ mod tests {
         assert_eq!(MCP_ADDRESS, format!("127.0.0.1:{MCP_PORT}"));
         assert_eq!(MCP_URL, format!("http://{MCP_ADDRESS}{MCP_PATH}"));
         assert_eq!(HEALTH_ADDRESS, format!("0.0.0.0:{HEALTH_PORT}"));
+        assert_eq!(MODELS_ADDRESS, format!("127.0.0.1:{MODELS_PORT}"));
+        assert_eq!(OPENAI_BASE_URL, format!("http://{MODELS_ADDRESS}/v1"));
+        assert_eq!(ANTHROPIC_BASE_URL, format!("http://{MODELS_ADDRESS}"));
         assert_eq!(LOOPBACK_HEALTH_ADDRESS, format!("127.0.0.1:{HEALTH_PORT}"));
         assert_eq!(TOKEN_PATH, format!("{TOKEN_DIR}/token"));
         assert_eq!(CA_PATH, format!("{CA_DIR}/{CA_BUNDLE_KEY}"));

@@ -39,6 +39,7 @@ pub fn encode(context: &EffectiveContext, provider: Option<pb::Provider>) -> pb:
         gateways: context.gateways.iter().map(encode_gateway).collect(),
         policy_hash: context.policy_hash.clone(),
         provider,
+        models: None,
     }
 }
 

@@ -115,6 +115,7 @@ fn profile_strategy() -> impl Strategy<Value = Option<TrustLevelProfile>> {
                             require_verified_isolation,
                         }),
                         tools,
+                        providers: None,
                     }
                 },
             ),
@@ -154,6 +155,7 @@ fn policy_strategy() -> impl Strategy<Value = Option<SecurityPolicy>> {
                             inbox: None,
                             spawn: None,
                             update_policy: None,
+                            providers: Vec::new(),
                         },
                         status: None,
                     }

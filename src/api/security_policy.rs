@@ -68,6 +68,78 @@ pub struct SecurityPolicySpec {
     /// (its spec, this policy) always replace its pod at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_policy: Option<UpdatePolicy>,
+    /// The model providers the namespace's sessions may reach through the
+    /// egress service, each with the Secret (in this namespace) holding its
+    /// API key. Only the egress service reads those Secrets; no session
+    /// pod ever holds a key. Read from the policy named `default`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// A model provider the egress service calls for the namespace's sessions.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderConfig {
+    /// The name Sessions use in `spec.provider.name` and `fallback[].name`.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The API the provider speaks.
+    #[serde(rename = "type")]
+    pub type_: ProviderType,
+    /// Where the API is (`https://api.openai.com/v1`, ...); the type's
+    /// public API when absent, required for `openai-compatible`.
+    #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub base_url: Option<String>,
+    /// The Secret key holding the provider's API key.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// The API a model provider speaks.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderType {
+    /// OpenAI's API (`/v1/chat/completions`, bearer key).
+    Openai,
+    /// Anthropic's API (`/v1/messages`, `x-api-key`).
+    Anthropic,
+    /// Any server speaking OpenAI's API at `baseURL`.
+    OpenaiCompatible,
+}
+
+/// A key of a Secret in the policy's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in its data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// What one trust level may ask of model providers. Fields left out keep
+/// the built-in value of the level.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPolicy {
+    /// `provider:model` patterns the level may use (`*` matches any run of
+    /// characters: `openai:gpt-4o-mini`, `anthropic:*haiku*`, `*`); empty:
+    /// no model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub allow: Option<Vec<String>>,
+    /// Most tokens one request may ask for (`max_tokens`); 0 for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_request: Option<u32>,
+    /// Tokens (in and out) one session may use per minute; 0 for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Tokens (in and out) one session may use per UTC day; 0 for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
 }
 
 /// How session pods take operator-level changes. Pods are immutable, so a
@@ -187,6 +259,9 @@ pub struct TrustLevelProfile {
     /// and of `defaults`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<ToolRules>,
+    /// What this level may ask of model providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<ModelPolicy>,
 }
 
 /// Sandbox settings in a policy.

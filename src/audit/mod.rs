@@ -31,6 +31,8 @@ pub enum EventType {
     RateLimited,
     /// The policy in force changed, or a request broke the protocol.
     Policy,
+    /// An agent called a model through the egress service.
+    ModelCall,
 }
 
 /// One audit event.
@@ -87,6 +89,30 @@ pub struct AuditEvent {
     /// are the first one's. Absent: the event is one decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<u64>,
+    /// A `model_call`'s figures: never the prompt or the completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelCall>,
+}
+
+/// What a `model_call` event records besides the decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCall {
+    /// The provider of the link that answered (or was refused).
+    pub provider: String,
+    /// Its model.
+    pub model: String,
+    /// Tokens the provider counted in the request and in its answer.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// From the request's arrival at the egress service to its last byte.
+    pub latency_ms: u64,
+    /// Links skipped or failed before the one that answered, each as
+    /// `provider:model (why)`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    /// Whether the answer was streamed.
+    pub streamed: bool,
 }
 
 /// The longest tool name a sidecar serves: a longer one is refused as
@@ -141,6 +167,7 @@ impl AuditEvent {
             received: None,
             corrections: Vec::new(),
             repeats: None,
+            model: None,
         }
     }
 

@@ -64,6 +64,7 @@ pub fn builtin_policy() -> &'static SecurityPolicySpec {
         inbox: None,
         spawn: None,
         update_policy: None,
+        providers: Vec::new(),
     });
     &BUILTIN
 }
@@ -90,6 +91,7 @@ fn profile(
             require_verified_isolation: None,
         }),
         tools: Some(tools),
+        providers: None,
     }
 }
 
