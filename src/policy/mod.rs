@@ -27,6 +27,7 @@ mod decide;
 mod forward;
 mod gateway_level;
 mod hash;
+pub mod models;
 mod peers;
 mod profiles;
 mod rate_limit;
