@@ -5,8 +5,13 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::api::{AccessPattern, Capability, ForwardRule, RateLimit, from_name, name_of};
-use crate::policy::{EffectiveContext, EffectiveSandbox, GatewayRules, ToolId};
+use crate::api::{
+    AccessPattern, Capability, ForwardRule, ProviderConfig, RateLimit, SecretKeyRef, from_name,
+    name_of,
+};
+use crate::policy::{
+    EffectiveContext, EffectiveModels, EffectiveSandbox, GatewayRules, ModelLink, ToolId,
+};
 use crate::proto::v1alpha1 as pb;
 
 /// A wire value this version cannot read.
@@ -39,8 +44,74 @@ pub fn encode(context: &EffectiveContext, provider: Option<pb::Provider>) -> pb:
         gateways: context.gateways.iter().map(encode_gateway).collect(),
         policy_hash: context.policy_hash.clone(),
         provider,
-        models: None,
+        models: Some(encode_models(&context.models)),
     }
+}
+
+fn encode_models(models: &EffectiveModels) -> pb::ModelPolicy {
+    pb::ModelPolicy {
+        allow: models.allow.clone(),
+        max_tokens_per_request: models.max_tokens_per_request,
+        tokens_per_minute: models.tokens_per_minute,
+        tokens_per_day: models.tokens_per_day,
+        chain: models
+            .chain
+            .iter()
+            .map(|link| pb::ModelLink {
+                provider: link.provider.clone(),
+                model: link.model.clone().unwrap_or_default(),
+            })
+            .collect(),
+        providers: models
+            .providers
+            .iter()
+            .map(|provider| pb::ProviderConfig {
+                name: provider.name.clone(),
+                r#type: name_of(&provider.type_),
+                base_url: provider.base_url.clone().unwrap_or_default(),
+                secret_name: provider.secret_ref.name.clone(),
+                secret_key: provider.secret_ref.key.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The model policy of a wire message; none (an older control plane):
+/// no model at all.
+fn decode_models(message: Option<&pb::ModelPolicy>) -> Result<EffectiveModels, DecodeError> {
+    let Some(message) = message else {
+        return Ok(EffectiveModels::default());
+    };
+    let non_empty = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+    Ok(EffectiveModels {
+        allow: message.allow.clone(),
+        max_tokens_per_request: message.max_tokens_per_request,
+        tokens_per_minute: message.tokens_per_minute,
+        tokens_per_day: message.tokens_per_day,
+        chain: message
+            .chain
+            .iter()
+            .map(|link| ModelLink {
+                provider: link.provider.clone(),
+                model: non_empty(&link.model),
+            })
+            .collect(),
+        providers: message
+            .providers
+            .iter()
+            .map(|provider| {
+                Ok(ProviderConfig {
+                    name: provider.name.clone(),
+                    type_: named("provider type", &provider.r#type)?,
+                    base_url: non_empty(&provider.base_url),
+                    secret_ref: SecretKeyRef {
+                        name: provider.secret_name.clone(),
+                        key: provider.secret_key.clone(),
+                    },
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn encode_gateway(gateway: &GatewayRules) -> pb::GatewayRules {
@@ -133,6 +204,7 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
                 })
             })
             .collect::<Result<_, _>>()?,
+        models: decode_models(message.models.as_ref())?,
         policy_hash: message.policy_hash.clone(),
     })
 }
@@ -196,6 +268,40 @@ mod tests {
     }
 
     #[test]
+    fn the_model_policy_travels() {
+        let mut session = Session::new("s", SessionSpec::for_trust_level(TrustLevel::SemiTrusted));
+        session.metadata.namespace = Some("ns".into());
+        session.spec.provider = Some(
+            serde_json::from_value(serde_json::json!({"name": "local", "model": "phi-mini",
+                "fallback": [{"name": "anthropic"}]}))
+            .unwrap(),
+        );
+        let policy: crate::api::SecurityPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "wopr.dev/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "default", "namespace": "ns"},
+            "spec": {"providers": [
+                {"name": "local", "type": "openai-compatible", "baseURL": "http://llm.ns.svc:8000/v1",
+                 "secretRef": {"name": "keys", "key": "local"}},
+                {"name": "anthropic", "type": "anthropic", "secretRef": {"name": "keys", "key": "a"}},
+            ]},
+        }))
+        .unwrap();
+        let context = resolve(&session, Some(&policy), &[], &[], Timestamp::UNIX_EPOCH).unwrap();
+        assert_eq!(context.models.chain.len(), 2);
+        let wire = encode(&context, None);
+        let models = wire.models.as_ref().unwrap();
+        assert_eq!(models.providers[0].r#type, "openai-compatible");
+        assert_eq!(models.chain[1].model, "", "no model: the request's");
+        assert_eq!(decode(&wire).unwrap().models, context.models);
+
+        // A control plane that sends no model policy allows no model.
+        let mut older = wire.clone();
+        older.models = None;
+        assert_eq!(decode(&older).unwrap().models, EffectiveModels::default());
+        assert!(decode(&older).unwrap().models.allow.is_empty());
+    }
+
+    #[test]
     fn unknown_values_are_refused_not_guessed() {
         let good = encode(&context(TrustLevel::Trusted), None);
         for (field, mutate) in [
@@ -214,6 +320,14 @@ mod tests {
                 w.gateways.push(pb::GatewayRules {
                     trust_level: "admin".into(),
                     ..pb::GatewayRules::default()
+                })
+            }),
+            ("provider type", |w| {
+                let models = w.models.get_or_insert_with(Default::default);
+                models.providers.push(pb::ProviderConfig {
+                    name: "x".into(),
+                    r#type: "azure".into(),
+                    ..pb::ProviderConfig::default()
                 })
             }),
         ] {

@@ -5,9 +5,10 @@ use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
+use super::models::EffectiveModels;
 use crate::api::{
-    Capability, NetworkMode, P2pPolicy, PolicyDefaults, SandboxPolicy, SecurityPolicySpec,
-    ToolRules, TrustLevel, TrustLevelProfile, TrustLevelProfiles,
+    Capability, ModelPolicy, NetworkMode, P2pPolicy, PolicyDefaults, SandboxPolicy,
+    SecurityPolicySpec, ToolRules, TrustLevel, TrustLevelProfile, TrustLevelProfiles,
 };
 
 /// The policy in force where a namespace has no `default` SecurityPolicy:
@@ -20,7 +21,14 @@ use crate::api::{
 /// | untrusted | inject | on | none | deny `*` |
 ///
 /// and, for every level, tools needing `config.write` denied unless a
-/// level's own rules allow them.
+/// level's own rules allow them. Models, after the seed's strategy table:
+///
+/// | level | models | tokens per request | per minute | per day |
+/// |---|---|---|---|---|
+/// | owner | any | no limit | no limit | no limit |
+/// | trusted | any | 16384 | 200000 | 5000000 |
+/// | semi-trusted | low-cost (`*mini*`, `*haiku*`, `*flash*`, `*nano*`, `*small*`) | 2048 | 20000 | 200000 |
+/// | untrusted | none (unless granted) | 2048 | 20000 | 200000 |
 pub fn builtin_policy() -> &'static SecurityPolicySpec {
     static BUILTIN: LazyLock<SecurityPolicySpec> = LazyLock::new(|| SecurityPolicySpec {
         enforcement: Default::default(),
@@ -34,6 +42,7 @@ pub fn builtin_policy() -> &'static SecurityPolicySpec {
                 false,
                 NetworkMode::Full,
                 rules(&["*"], &[]),
+                models(&["*"], 0, 0, 0),
             )),
             trusted: Some(profile(
                 &[
@@ -45,18 +54,24 @@ pub fn builtin_policy() -> &'static SecurityPolicySpec {
                 false,
                 NetworkMode::Full,
                 rules(&[], &[]),
+                models(&["*"], 16_384, 200_000, 5_000_000),
             )),
             semi_trusted: Some(profile(
                 &[Capability::Inject, Capability::InjectTools],
                 true,
                 NetworkMode::Restricted,
                 rules(&[], &[]),
+                models(&LOW_COST_MODELS, 2_048, 20_000, 200_000),
             )),
             untrusted: Some(profile(
                 &[Capability::Inject],
                 true,
                 NetworkMode::None,
                 rules(&[], &["*"]),
+                // No model; semi-trusted's limits, so that a Grant's
+                // profile widening the models does not lift every limit
+                // (0, no limit, would be the larger).
+                models(&[], 2_048, 20_000, 200_000),
             )),
         }),
         p2p: Some(P2pPolicy::default()),
@@ -67,6 +82,29 @@ pub fn builtin_policy() -> &'static SecurityPolicySpec {
         providers: Vec::new(),
     });
     &BUILTIN
+}
+
+/// The low-cost models a semi-trusted session may use by default.
+const LOW_COST_MODELS: [&str; 5] = [
+    "*:*mini*",
+    "*:*haiku*",
+    "*:*flash*",
+    "*:*nano*",
+    "*:*small*",
+];
+
+fn models(
+    allow: &[&str],
+    max_tokens_per_request: u32,
+    tokens_per_minute: u64,
+    tokens_per_day: u64,
+) -> ModelPolicy {
+    ModelPolicy {
+        allow: Some(allow.iter().map(|pattern| pattern.to_string()).collect()),
+        max_tokens_per_request: Some(max_tokens_per_request),
+        tokens_per_minute: Some(tokens_per_minute),
+        tokens_per_day: Some(tokens_per_day),
+    }
 }
 
 fn rules(allow: &[&str], deny: &[&str]) -> ToolRules {
@@ -81,6 +119,7 @@ fn profile(
     sandbox: bool,
     network: NetworkMode,
     tools: ToolRules,
+    models: ModelPolicy,
 ) -> TrustLevelProfile {
     TrustLevelProfile {
         capabilities: Some(capabilities.to_vec()),
@@ -91,7 +130,7 @@ fn profile(
             require_verified_isolation: None,
         }),
         tools: Some(tools),
-        providers: None,
+        providers: Some(models),
     }
 }
 
@@ -111,6 +150,10 @@ pub struct LevelSettings<'a> {
     pub require_verified_isolation: bool,
     /// The level's tool rules, then the defaults' tool rules (most specific first).
     pub tool_layers: [&'a ToolRules; 2],
+    /// What the level may ask of model providers: each field of
+    /// `trustLevels.<level>.providers` that the policy sets, else the
+    /// built-in level's (chain and providers left empty: they are the session's).
+    pub models: EffectiveModels,
 }
 
 /// The settings of `level` under `policy` (the built-in policy when `None`).
@@ -147,6 +190,10 @@ pub fn level_settings(policy: Option<&SecurityPolicySpec>, level: TrustLevel) ->
                 .or(builtin.defaults.as_ref().and_then(|d| d.tools.as_ref()))
                 .expect("the built-in policy sets default tools"),
         ],
+        models: EffectiveModels::of_level(&[
+            policy_level.and_then(|p| p.providers.as_ref()),
+            builtin_level.providers.as_ref(),
+        ]),
     }
 }
 

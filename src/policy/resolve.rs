@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::capabilities::CapabilitySet;
 use super::gateway_level::within_level;
 use super::hash::stable_hash;
+use super::models::EffectiveModels;
 use super::profiles::{LevelSettings, level_settings};
 use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
 use super::validity::grant_validity;
@@ -48,6 +49,8 @@ pub struct EffectiveContext {
     pub grants: Vec<String>,
     /// The Gateways this session serves, sorted by name; empty when it is not a gateway.
     pub gateways: Vec<GatewayRules>,
+    /// What the session may ask of model providers, and its chain.
+    pub models: EffectiveModels,
     /// Hash of everything above: changes exactly when the context does.
     pub policy_hash: String,
     /// When the first of the session's active grants expires, that is when
@@ -194,6 +197,7 @@ pub fn resolve<'a>(
     let mut grant_names = Vec::new();
     let mut granted: BTreeMap<String, CapabilitySet> = BTreeMap::new();
     let mut valid_until: Option<Timestamp> = None;
+    let mut models = settings.models.clone();
     for grant in grants {
         if grant.spec.subject.session.as_deref() != Some(name.as_str())
             || !in_namespace(grant.metadata.namespace.as_deref())
@@ -213,9 +217,16 @@ pub fn resolve<'a>(
             let beyond_level: CapabilitySet = given.iter().filter(|c| !level_set.has(*c)).collect();
             let entry = granted.entry(grant.name_any()).or_default();
             *entry = entry.union(beyond_level);
+            if let Some(profile) = granted_profile(grant) {
+                models.widen(&level_settings(policy, profile).models);
+            }
         }
     }
     grant_names.sort_unstable();
+    models.chain = EffectiveModels::chain_of(spec.provider.as_ref());
+    models.providers = policy
+        .map(|policy| policy.providers.clone())
+        .unwrap_or_default();
 
     let mut gateway_rules: Vec<GatewayRules> = gateways
         .into_iter()
@@ -262,6 +273,7 @@ pub fn resolve<'a>(
         valid_until,
         granted: granted.into_iter().collect(),
         gateways: gateway_rules,
+        models,
         policy_hash: String::new(),
     };
     context.policy_hash = stable_hash(&context);
@@ -271,13 +283,23 @@ pub fn resolve<'a>(
 /// The capabilities a grant confers: its profile's or its explicit list,
 /// never `*` and never the owner profile (whatever got past admission).
 pub fn grant_capabilities(policy: Option<&SecurityPolicySpec>, grant: &Grant) -> CapabilitySet {
-    let from_profile = match grant.spec.profile {
-        Some(TrustLevel::Owner) | None => CapabilitySet::EMPTY,
+    let from_profile = match granted_profile(grant) {
+        None => CapabilitySet::EMPTY,
         Some(level) => level_capabilities(level, &level_settings(policy, level)),
     };
     from_profile
         .union(grant.spec.capabilities.iter().collect())
         .without_wildcard()
+}
+
+/// The profile a grant confers, never owner (whatever got past admission).
+/// A profile widens the session's capabilities and its models
+/// ([`EffectiveModels::widen`]); a grant of capabilities only changes no model.
+fn granted_profile(grant: &Grant) -> Option<TrustLevel> {
+    grant
+        .spec
+        .profile
+        .filter(|level| *level != TrustLevel::Owner)
 }
 
 /// The capabilities of a trust level; `*` kept for owner only.
