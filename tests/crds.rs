@@ -607,3 +607,58 @@ fn cel_rules_fit_the_apiserver_cost_budget() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn model_providers_are_named_once_and_located_by_a_url() {
+    let crd = SecurityPolicy::crd();
+    let policy = |providers: Value| object("SecurityPolicy", json!({"providers": providers}));
+    let provider = |name: &str, type_: &str, base_url: Option<&str>| {
+        let mut provider = json!({"name": name, "type": type_,
+            "secretRef": {"name": "model-keys", "key": name}});
+        if let Some(url) = base_url {
+            provider["baseURL"] = json!(url);
+        }
+        provider
+    };
+    assert_accepted(
+        &crd,
+        policy(json!([
+            provider("openai", "openai", None),
+            provider("anthropic", "anthropic", Some("https://api.anthropic.com")),
+            provider(
+                "local",
+                "openai-compatible",
+                Some("http://llm.models.svc:8000/v1")
+            ),
+        ])),
+    );
+    assert_rejected(
+        &crd,
+        policy(json!([
+            provider("openai", "openai", None),
+            provider(
+                "openai",
+                "openai-compatible",
+                Some("https://proxy.example/v1")
+            ),
+        ])),
+        "each name may appear only once",
+    );
+    assert_rejected(
+        &crd,
+        policy(json!([provider("local", "openai-compatible", None)])),
+        "an openai-compatible provider needs a baseURL",
+    );
+    for bad in [
+        "ftp://models.example",
+        "api.openai.com/v1",
+        "file:///etc/passwd",
+        "",
+    ] {
+        assert_rejected(
+            &crd,
+            policy(json!([provider("openai", "openai", Some(bad))])),
+            "baseURL must start with https:// or http://",
+        );
+    }
+}

@@ -74,11 +74,15 @@ pub struct SecurityPolicySpec {
     /// pod ever holds a key. Read from the policy named `default`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))")
+        .message("spec.providers: each name may appear only once"))]
     pub providers: Vec<ProviderConfig>,
 }
 
 /// A model provider the egress service calls for the namespace's sessions.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.type != 'openai-compatible' || has(self.baseURL)")
+    .message("an openai-compatible provider needs a baseURL"))]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderConfig {
     /// The name Sessions use in `spec.provider.name` and `fallback[].name`.
@@ -88,9 +92,14 @@ pub struct ProviderConfig {
     #[serde(rename = "type")]
     pub type_: ProviderType,
     /// Where the API is (`https://api.openai.com/v1`, ...); the type's
-    /// public API when absent, required for `openai-compatible`.
+    /// public API when absent, required for `openai-compatible`. An
+    /// `https://` or `http://` URL: plain http is allowed for servers in
+    /// the cluster and for test servers, but it carries the API key
+    /// unencrypted, so use https for anything else.
     #[serde(default, rename = "baseURL", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')")
+        .message("baseURL must start with https:// or http://"))]
     pub base_url: Option<String>,
     /// The Secret key holding the provider's API key.
     pub secret_ref: SecretKeyRef,
