@@ -634,3 +634,130 @@ async fn the_controller_writes_which_gateway_rules_reach_above_its_level() {
     assert!(message.contains("rule 0 lists lead (owner)"), "{message}");
     assert!(!message.contains("gate ("), "{message}");
 }
+
+fn set_policy(harness: &mut Harness, spec: Value) {
+    harness
+        .policies
+        .apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(
+            security_policy(spec),
+        ))));
+}
+
+/// A ready pod for `name`, as the kubelet reports it.
+fn mark_pod_ready(harness: &Harness, name: &str) {
+    harness.api.modify(&pod_path(name), |pod| {
+        pod["status"] =
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+    });
+}
+
+#[tokio::test]
+async fn a_session_whose_provider_is_not_configured_or_not_allowed_is_not_ready() {
+    let mut harness = Harness::leader().await;
+    let mut session = semi_trusted("research");
+    session.spec.provider =
+        Some(serde_json::from_value(json!({"name": "openai", "model": "gpt-4o-mini"})).unwrap());
+    harness.create(&session);
+    let openai = json!([{"name": "openai", "type": "openai",
+        "secretRef": {"name": "model-keys", "key": "openai"}}]);
+
+    // No provider in the namespace: not configured, whatever the pod does.
+    harness.reconcile("research").await;
+    mark_pod_ready(&harness, "research");
+    harness.reconcile("research").await;
+    let status = harness.status("research");
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ProviderNotConfigured"))
+    );
+    assert!(
+        ready["message"].as_str().unwrap().contains("\"openai\""),
+        "{ready}"
+    );
+    assert_eq!(condition(&status, "SandboxReady")["status"], "True");
+    assert_eq!(condition(&status, "PolicyResolved")["status"], "True");
+
+    // Configured: Ready.
+    set_policy(&mut harness, json!({"providers": openai}));
+    harness.reconcile("research").await;
+    let ready = condition(&harness.status("research"), "Ready").clone();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("True"), Some("Ready"))
+    );
+
+    // A model outside semi-trusted's low-cost patterns: not allowed.
+    harness.edit("research", |spec| {
+        spec["provider"] = json!({"name": "openai", "model": "gpt-4o"})
+    });
+    harness.reconcile("research").await;
+    mark_pod_ready(&harness, "research");
+    harness.reconcile("research").await;
+    let ready = condition(&harness.status("research"), "Ready").clone();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ProviderNotAllowed"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("openai:gpt-4o "),
+        "{ready}"
+    );
+
+    // Warn mode: Ready, and the message says what enforce would refuse.
+    set_policy(
+        &mut harness,
+        json!({"enforcement": "warn", "providers": openai}),
+    );
+    harness.reconcile("research").await;
+    let ready = condition(&harness.status("research"), "Ready").clone();
+    assert_eq!(ready["status"], "True");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("warn mode") && message.contains("ProviderNotAllowed"),
+        "{message}"
+    );
+
+    // Warn mode cannot call a provider that is not configured.
+    set_policy(&mut harness, json!({"enforcement": "warn"}));
+    harness.reconcile("research").await;
+    assert_eq!(
+        condition(&harness.status("research"), "Ready")["reason"],
+        "ProviderNotConfigured"
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_session_may_use_a_model_once_granted_a_profile() {
+    let mut harness = Harness::leader().await;
+    let mut session = session("sandboxed", TrustLevel::Untrusted);
+    session.metadata.generation = Some(1);
+    session.spec.provider = Some(serde_json::from_value(json!({"name": "openai"})).unwrap());
+    harness.create(&session);
+    set_policy(
+        &mut harness,
+        json!({"providers": [{"name": "openai", "type": "openai",
+            "secretRef": {"name": "model-keys", "key": "openai"}}]}),
+    );
+    harness.reconcile("sandboxed").await;
+    mark_pod_ready(&harness, "sandboxed");
+    harness.reconcile("sandboxed").await;
+    let ready = condition(&harness.status("sandboxed"), "Ready").clone();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ProviderNotAllowed")),
+        "untrusted: no model unless granted"
+    );
+
+    let mut grant = session_grant("models", "sandboxed", &[]);
+    grant.spec.profile = Some(TrustLevel::SemiTrusted);
+    harness.add_grant(grant);
+    harness.reconcile("sandboxed").await;
+    assert_eq!(
+        condition(&harness.status("sandboxed"), "Ready")["status"],
+        "True"
+    );
+}

@@ -148,6 +148,13 @@ impl ProviderProblem {
             }
         }
     }
+
+    /// Whether warn mode lets the calls through (recorded `would_deny`):
+    /// a refusal by policy does, a provider that is not configured cannot
+    /// be called in any mode.
+    pub fn warn_mode_allows(&self) -> bool {
+        !matches!(self, ProviderProblem::NotConfigured { .. })
+    }
 }
 
 /// What keeps the first link of a session's chain from serving it, if

@@ -6,10 +6,10 @@ use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::rollout::PendingUpdate;
-use crate::api::{NETWORK_ISOLATED, PIDS_LIMITED, SessionPhase, SessionStatus};
+use crate::api::{Enforcement, NETWORK_ISOLATED, PIDS_LIMITED, SessionPhase, SessionStatus};
 use crate::contract::POD_CONDITION_PREFIX;
 use crate::controller::conditions::{READY, condition, condition_with_status};
-use crate::policy::EffectiveContext;
+use crate::policy::{EffectiveContext, provider_problem};
 
 /// Condition: the effective policy could be resolved.
 pub const POLICY_RESOLVED: &str = "PolicyResolved";
@@ -150,14 +150,11 @@ pub fn session_status(
                 PodState::Failed(_) => SessionPhase::Failed,
                 PodState::Starting | PodState::Replacing => SessionPhase::Pending,
             };
-            let (ready_reason, ready_message) = if sandbox_ready {
-                (
-                    "Ready",
-                    "the sandbox runs under its resolved policy".to_owned(),
-                )
-            } else {
-                (sandbox_reason, sandbox_message.clone())
-            };
+            let (ready, ready_reason, ready_message) = ready(context, sandbox_ready).unwrap_or((
+                false,
+                sandbox_reason,
+                sandbox_message.clone(),
+            ));
             SessionStatus {
                 phase: Some(phase),
                 conditions: vec![
@@ -176,7 +173,7 @@ pub fn session_status(
                         sandbox_reason,
                         sandbox_message,
                     ),
-                    condition(READY, sandbox_ready, ready_reason, ready_message),
+                    condition(READY, ready, ready_reason, ready_message),
                     up_to_date(pod, pending_update.as_ref(), pod_name, condition),
                     sandbox_check(
                         NETWORK_ISOLATED,
@@ -201,6 +198,37 @@ pub fn session_status(
                 observed_generation: generation,
             }
         }
+    }
+}
+
+/// The Ready condition of a Session whose sandbox is `sandbox_ready`, or
+/// `None` while the sandbox is not (its condition says why). Ready also
+/// needs the Session's model provider to be one the namespace configures
+/// and its level allows, which only here can be checked: admission cannot
+/// see the SecurityPolicy or the Grants. The phase still describes the
+/// sandbox, whose agent runs (the egress service refuses its model calls).
+/// In warn mode a provider the policy does not allow keeps the Session
+/// Ready and the message says what enforce mode refuses, as warn mode
+/// allows and records such calls; a provider that is not configured cannot
+/// be called in either mode.
+fn ready(context: &EffectiveContext, sandbox_ready: bool) -> Option<(bool, &'static str, String)> {
+    const READY_MESSAGE: &str = "the sandbox runs under its resolved policy";
+    match provider_problem(&context.models) {
+        Some(problem)
+            if context.enforcement == Enforcement::Enforce || !problem.warn_mode_allows() =>
+        {
+            Some((false, problem.reason(), problem.to_string()))
+        }
+        _ if !sandbox_ready => None,
+        Some(problem) => Some((
+            true,
+            "Ready",
+            format!(
+                "{READY_MESSAGE}; warn mode: {problem} ({}: its model calls are allowed and recorded as would_deny)",
+                problem.reason()
+            ),
+        )),
+        None => Some((true, "Ready", READY_MESSAGE.to_owned())),
     }
 }
 
