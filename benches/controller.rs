@@ -96,7 +96,12 @@ fn bench_build_and_resolve(c: &mut Criterion) {
             let context = resolve(black_box(&session), None, &grants, &[], now()).unwrap();
             (
                 build_pod(&session, &context, &config),
-                build_network_policy(&session, &context, &config.control_plane),
+                build_network_policy(
+                    &session,
+                    &context,
+                    &config.control_plane,
+                    config.egress.as_ref(),
+                ),
                 build_service_account(&session),
             )
         })

@@ -349,6 +349,7 @@ fn network_policies_by_mode() {
         &session("u", TrustLevel::Untrusted),
         &context(&session("u", TrustLevel::Untrusted)),
         &sandbox_config().control_plane,
+        None,
     );
     assert_eq!(policy_types(&none), ["Ingress", "Egress"]);
     assert_eq!(
@@ -396,6 +397,7 @@ sandbox:
         &restricted,
         &context(&restricted),
         &sandbox_config().control_plane,
+        None,
     );
     assert_eq!(egress_rules(&policy), 4);
     let rules = policy.spec.as_ref().unwrap().egress.clone().unwrap();
@@ -433,6 +435,7 @@ sandbox:
         &full_session,
         &context(&full_session),
         &sandbox_config().control_plane,
+        None,
     );
     assert_eq!(policy_types(&full), ["Ingress"]);
     assert_eq!(egress_rules(&full), 0);
@@ -443,7 +446,7 @@ fn a_control_plane_outside_the_cluster_is_reached_by_ip() {
     let mut config = sandbox_config();
     config.control_plane = ControlPlane::parse("192.0.2.10:9443", "wopr-system").unwrap();
     let session = session("u", TrustLevel::Untrusted);
-    let policy = build_network_policy(&session, &context(&session), &config.control_plane);
+    let policy = build_network_policy(&session, &context(&session), &config.control_plane, None);
     let peers = policy.spec.unwrap().egress.unwrap()[0].to.clone().unwrap();
     assert_eq!(peers[1].ip_block.as_ref().unwrap().cidr, "192.0.2.10/32");
     let pod = build_pod(&session, &context(&session), &config);
@@ -481,6 +484,7 @@ fn children_are_owned_and_labelled() {
         &session,
         &context(&session),
         &sandbox_config().control_plane,
+        None,
     );
     for metadata in [&account.metadata, &pod.metadata, &policy.metadata] {
         assert_eq!(metadata.name.as_deref(), Some("wopr-research"));
@@ -853,4 +857,201 @@ fn the_operators_seccomp_default_is_for_sandboxes_that_name_none() {
         ("RuntimeDefault".into(), None),
         "the Session's own choice wins"
     );
+}
+
+/// The test settings with an egress service at `address`.
+fn with_egress(address: &str) -> SandboxConfig {
+    SandboxConfig {
+        egress: Some(ControlPlane::parse(address, "wopr-system").unwrap()),
+        ..sandbox_config()
+    }
+}
+
+const EGRESS: &str = "https://wopr-operator-egress.wopr-system.svc:8443";
+
+#[test]
+fn the_agents_sdks_call_the_sidecar_with_a_placeholder_key_and_the_sidecar_the_egress_service() {
+    let session = session("research", TrustLevel::SemiTrusted);
+    let pod = build_pod(&session, &context(&session), &with_egress(EGRESS));
+    let agent_env = env_of(agent(&pod));
+    let value = |env: &BTreeMap<String, EnvVar>, name: &str| env[name].value.clone().unwrap();
+    assert_eq!(
+        value(&agent_env, "OPENAI_BASE_URL"),
+        "http://127.0.0.1:7782/v1"
+    );
+    assert_eq!(
+        value(&agent_env, "ANTHROPIC_BASE_URL"),
+        "http://127.0.0.1:7782"
+    );
+    assert_eq!(value(&agent_env, "OPENAI_API_KEY"), PLACEHOLDER_API_KEY);
+    assert_eq!(value(&agent_env, "ANTHROPIC_API_KEY"), PLACEHOLDER_API_KEY);
+    let sidecar_env = env_of(sidecar(&pod));
+    assert_eq!(value(&sidecar_env, env::MODELS_ADDRESS), MODELS_ADDRESS);
+    assert_eq!(value(&sidecar_env, env::EGRESS_ADDRESS), EGRESS);
+    assert!(
+        !agent_env.contains_key(env::EGRESS_ADDRESS),
+        "only the sidecar dials the egress service"
+    );
+
+    // Without an egress service the sidecar is told none; the agent's SDKs
+    // still call the sidecar, which answers in their format.
+    let without = pod_of(&session);
+    assert!(!env_of(sidecar(&without)).contains_key(env::EGRESS_ADDRESS));
+    assert_eq!(
+        value(&env_of(agent(&without)), "OPENAI_API_KEY"),
+        PLACEHOLDER_API_KEY
+    );
+}
+
+#[test]
+fn no_container_of_the_pod_carries_a_provider_key() {
+    // A namespace whose providers' keys are in a Secret: nothing of it
+    // reaches the pod, for any level, whether or not a provider is named.
+    let policy = security_policy(serde_json::json!({"providers": [
+        {"name": "openai", "type": "openai", "secretRef": {"name": "model-keys", "key": "openai-key"}},
+        {"name": "anthropic", "type": "anthropic", "secretRef": {"name": "model-keys", "key": "anthropic-key"}},
+    ]}));
+    for level in TrustLevel::ALL {
+        let mut session = session("s", level);
+        session.spec.provider =
+            Some(serde_json::from_value(serde_json::json!({"name": "openai"})).unwrap());
+        let context = resolve(&session, Some(&policy), &[], &[], now()).unwrap();
+        assert_eq!(context.models.providers.len(), 2, "the policy is in force");
+        let pod = build_pod(&session, &context, &with_egress(EGRESS));
+        let spec = pod.spec.as_ref().unwrap();
+        for container in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            for var in container.env.iter().flatten() {
+                assert!(
+                    var.value_from
+                        .as_ref()
+                        .is_none_or(|from| from.secret_key_ref.is_none()),
+                    "{}: {} reads a Secret",
+                    container.name,
+                    var.name
+                );
+                if var.name.ends_with("API_KEY") {
+                    assert_eq!(
+                        var.value.as_deref(),
+                        Some(PLACEHOLDER_API_KEY),
+                        "{}",
+                        var.name
+                    );
+                }
+            }
+            assert!(container.env_from.is_none(), "{}", container.name);
+        }
+        for volume in spec.volumes.iter().flatten() {
+            assert!(
+                volume.secret.is_none(),
+                "volume {} is a Secret",
+                volume.name
+            );
+            for source in volume
+                .projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+            {
+                assert!(
+                    source.secret.is_none(),
+                    "volume {} projects a Secret",
+                    volume.name
+                );
+            }
+        }
+        let text = serde_json::to_string(&pod).unwrap();
+        for needle in ["model-keys", "openai-key", "anthropic-key"] {
+            assert!(!text.contains(needle), "{level}: the pod names {needle}");
+        }
+    }
+}
+
+#[test]
+fn a_resolved_egress_name_goes_into_etc_hosts_too() {
+    let mut config = with_egress(EGRESS);
+    config.control_plane.resolved_ip = Some("10.96.0.42".parse().unwrap());
+    config.egress.as_mut().unwrap().resolved_ip = Some("10.96.0.43".parse().unwrap());
+    let session = session("u", TrustLevel::Untrusted);
+    let aliases = build_pod(&session, &context(&session), &config)
+        .spec
+        .unwrap()
+        .host_aliases
+        .unwrap();
+    let pairs: Vec<(String, Vec<String>)> = aliases
+        .into_iter()
+        .map(|alias| (alias.ip, alias.hostnames.unwrap()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (
+                "10.96.0.42".into(),
+                vec!["wopr-operator.wopr-system.svc".into()]
+            ),
+            (
+                "10.96.0.43".into(),
+                vec!["wopr-operator-egress.wopr-system.svc".into()]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn every_network_mode_reaches_the_egress_service() {
+    let config = with_egress(EGRESS);
+    let egress_rule = |session: &Session, config: &SandboxConfig| {
+        let policy = build_network_policy(
+            session,
+            &context(session),
+            &config.control_plane,
+            config.egress.as_ref(),
+        );
+        serde_json::to_value(policy).unwrap()["spec"]["egress"].clone()
+    };
+    let untrusted = session("u", TrustLevel::Untrusted);
+    let restricted = session("r", TrustLevel::SemiTrusted);
+    for session in [&untrusted, &restricted] {
+        let rules = egress_rule(session, &config);
+        let rule = &rules[1];
+        assert_eq!(
+            rule["to"],
+            serde_json::json!([{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "wopr-system"}},
+                "podSelector": {"matchLabels": {
+                    "app.kubernetes.io/name": "wopr-operator",
+                    "app.kubernetes.io/component": "egress",
+                }},
+            }]),
+            "{rules}"
+        );
+        assert_eq!(
+            rule["ports"],
+            serde_json::json!([{"port": 8443, "protocol": "TCP"}])
+        );
+        // Without an egress service, no such rule.
+        let without = egress_rule(session, &sandbox_config());
+        assert!(
+            without
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|rule| rule["ports"][0]["port"] != 8443),
+            "{without}"
+        );
+    }
+    assert_eq!(
+        egress_rule(&untrusted, &config).as_array().unwrap().len(),
+        2
+    );
+    // full: egress is not restricted at all.
+    let trusted = session("t", TrustLevel::Trusted);
+    assert_eq!(egress_rule(&trusted, &config), serde_json::Value::Null);
+
+    // An egress service outside the cluster is also reached by its IP.
+    let outside = with_egress("192.0.2.20:8443");
+    let rules = egress_rule(&untrusted, &outside);
+    assert_eq!(rules[1]["to"][1]["ipBlock"]["cidr"], "192.0.2.20/32");
 }

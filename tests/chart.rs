@@ -207,8 +207,13 @@ fn a_session_without_network_still_reaches_the_control_plane() {
         .control_plane;
     let untrusted = session("probe", TrustLevel::Untrusted);
     let context = resolve(&untrusted, None, &[], &[], now()).unwrap();
-    let policy =
-        serde_json::to_value(build_network_policy(&untrusted, &context, &control_plane)).unwrap();
+    let policy = serde_json::to_value(build_network_policy(
+        &untrusted,
+        &context,
+        &control_plane,
+        None,
+    ))
+    .unwrap();
     let egress = policy["spec"]["egress"].as_array().unwrap();
     assert_eq!(egress.len(), 1, "network: none has the control plane only");
 

@@ -9,7 +9,7 @@ use clap::{ArgAction, Args};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::{UpdatePolicy, UpdateType};
-use crate::controller::session::config::{ControlPlane, SandboxConfig};
+use crate::controller::session::config::{SandboxConfig, ServiceAddress};
 
 /// The image the controller runs from, and the default sidecar image.
 pub const DEFAULT_IMAGE: &str = concat!(
@@ -47,6 +47,13 @@ pub struct ControllerArgs {
         default_value = "https://wopr-operator.wopr-system.svc:9443"
     )]
     pub control_plane_address: String,
+    /// Address sidecars dial to reach the egress service, which makes their
+    /// agents' model calls (`https://host:port`, as
+    /// `--control-plane-address`; its pods are in the operator namespace),
+    /// such as `https://wopr-operator-egress.wopr-system.svc:8443`. Unset:
+    /// no egress service, and agents' model calls fail.
+    #[arg(long, env = "WOPR_EGRESS_ADDRESS")]
+    pub egress_address: Option<String>,
     /// Where this replica serves the control-plane gRPC API.
     #[arg(
         long,
@@ -216,11 +223,19 @@ pub enum ConfigError {
         "--control-plane-address {0:?}: expected host:port, optionally with http:// or https://"
     )]
     ControlPlaneAddress(String),
-    /// The control-plane address's scheme contradicts `--insecure-plaintext`.
+    /// The egress address is not `host:port`.
+    #[error("--egress-address {0:?}: expected host:port, optionally with http:// or https://")]
+    EgressAddress(String),
+    /// An address's scheme contradicts `--insecure-plaintext`.
     #[error(
-        "--control-plane-address {0:?}: http:// is plaintext, which needs --insecure-plaintext (development only); https:// or host:port is TLS, which it forbids"
+        "{flag} {address:?}: http:// is plaintext, which needs --insecure-plaintext (development only); https:// or host:port is TLS, which it forbids"
     )]
-    Transport(String),
+    Transport {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        address: String,
+    },
     /// An isolation probe is not `name=ip:port`.
     #[error("--isolation-probe {0:?}: expected name=ip:port, such as metadata=169.254.169.254:80")]
     IsolationProbe(String),
@@ -238,24 +253,24 @@ fn parse_probe(probe: &str) -> Result<(String, SocketAddr), ConfigError> {
     Ok((name.to_owned(), address.parse().map_err(|_| invalid())?))
 }
 
-/// Parsing the flags' addresses: the controller's [`ControlPlane`] knows
+/// Parsing the flags' addresses: the controller's [`ServiceAddress`] knows
 /// nothing of flags.
-impl ControlPlane {
-    /// Parses `address` (`[scheme://]host:port`, IPv6 hosts in brackets).
-    pub fn parse(address: &str, namespace: &str) -> Result<ControlPlane, ConfigError> {
-        let invalid = || ConfigError::ControlPlaneAddress(address.to_owned());
+impl ServiceAddress {
+    /// Parses `address` (`[scheme://]host:port`, IPv6 hosts in brackets);
+    /// `None` when it is not one.
+    pub fn parse(address: &str, namespace: &str) -> Option<ServiceAddress> {
         let without_scheme = address
             .strip_prefix("https://")
             .or_else(|| address.strip_prefix("http://"))
             .unwrap_or(address)
             .trim_end_matches('/');
-        let (host, port) = without_scheme.rsplit_once(':').ok_or_else(invalid)?;
+        let (host, port) = without_scheme.rsplit_once(':')?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().map_err(|_| invalid())?;
+        let port: u16 = port.parse().ok()?;
         if host.is_empty() || port == 0 || host.contains('/') {
-            return Err(invalid());
+            return None;
         }
-        Ok(ControlPlane {
+        Some(ServiceAddress {
             address: address.to_owned(),
             host: host.to_owned(),
             port,
@@ -263,6 +278,20 @@ impl ControlPlane {
             resolved_ip: None,
         })
     }
+}
+
+/// Refuses an address whose scheme contradicts `--insecure-plaintext`:
+/// `http://` needs it, `https://` forbids it.
+fn check_transport(flag: &'static str, address: &str, plaintext: bool) -> Result<(), ConfigError> {
+    let plaintext_address = address.starts_with("http://");
+    let https_address = address.starts_with("https://");
+    if (plaintext_address && !plaintext) || (https_address && plaintext) {
+        return Err(ConfigError::Transport {
+            flag,
+            address: address.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Making the builders' settings from the flags.
@@ -276,6 +305,9 @@ impl SandboxConfig {
     ) -> Result<SandboxConfig, ConfigError> {
         let mut config = SandboxConfig::from_args(args)?;
         config.control_plane.resolved_ip = resolve_host(&config.control_plane).await;
+        if let Some(egress) = config.egress.as_mut() {
+            egress.resolved_ip = resolve_host(egress).await;
+        }
         if let Some(address) = api_server_address(api_server_url).await {
             config
                 .isolation_probes
@@ -286,12 +318,20 @@ impl SandboxConfig {
 
     /// The settings from the flags (without resolving the control-plane host).
     pub fn from_args(args: &ControllerArgs) -> Result<SandboxConfig, ConfigError> {
-        let plaintext_address = args.control_plane_address.starts_with("http://");
-        let https_address = args.control_plane_address.starts_with("https://");
         let plaintext = args.tls.insecure_plaintext;
-        if (plaintext_address && !plaintext) || (https_address && plaintext) {
-            return Err(ConfigError::Transport(args.control_plane_address.clone()));
-        }
+        let namespace = &args.operator_namespace;
+        let control_plane = &args.control_plane_address;
+        check_transport("--control-plane-address", control_plane, plaintext)?;
+        let egress = match args.egress_address.as_deref().filter(|a| !a.is_empty()) {
+            Some(address) => {
+                check_transport("--egress-address", address, plaintext)?;
+                Some(
+                    ServiceAddress::parse(address, namespace)
+                        .ok_or_else(|| ConfigError::EgressAddress(address.to_owned()))?,
+                )
+            }
+            None => None,
+        };
         Ok(SandboxConfig {
             sidecar_image: args.sidecar_image.clone(),
             default_agent_image: args.default_agent_image.clone(),
@@ -301,10 +341,9 @@ impl SandboxConfig {
                 .filter(|arg| !arg.is_empty())
                 .cloned()
                 .collect(),
-            control_plane: ControlPlane::parse(
-                &args.control_plane_address,
-                &args.operator_namespace,
-            )?,
+            control_plane: ServiceAddress::parse(control_plane, namespace)
+                .ok_or_else(|| ConfigError::ControlPlaneAddress(control_plane.clone()))?,
+            egress,
             default_memory: Quantity(args.default_memory.clone()),
             default_cpu: Quantity(args.default_cpu.clone()),
             isolation_probes: args
@@ -321,17 +360,17 @@ impl SandboxConfig {
     }
 }
 
-/// The IP the control-plane host name resolves to, for `/etc/hosts` in
+/// The IP a service's host name resolves to, for `/etc/hosts` in
 /// sandboxes that have no DNS. `None` for an IP address or a name that does
 /// not resolve here.
-async fn resolve_host(control_plane: &ControlPlane) -> Option<IpAddr> {
-    if control_plane.host_ip().is_some() {
+async fn resolve_host(service: &ServiceAddress) -> Option<IpAddr> {
+    if service.host_ip().is_some() {
         return None;
     }
-    match tokio::net::lookup_host((control_plane.host.as_str(), control_plane.port)).await {
+    match tokio::net::lookup_host((service.host.as_str(), service.port)).await {
         Ok(mut addresses) => addresses.next().map(|address| address.ip()),
         Err(error) => {
-            tracing::warn!(host = %control_plane.host, %error, "control-plane host does not resolve; sandboxes without DNS will not reach it");
+            tracing::warn!(host = %service.host, %error, "host does not resolve; sandboxes without DNS will not reach it");
             None
         }
     }
@@ -380,7 +419,10 @@ mod tests {
         let tls = config(&[]).unwrap();
         assert!(!tls.insecure_plaintext, "TLS by default");
         let refused = config(&["--control-plane-address=http://cp:9443"]).unwrap_err();
-        assert!(matches!(refused, ConfigError::Transport(_)), "{refused}");
+        assert!(
+            matches!(refused, ConfigError::Transport { .. }),
+            "{refused}"
+        );
         let plaintext = config(&[
             "--control-plane-address=http://cp:9443",
             "--insecure-plaintext=true",
@@ -389,22 +431,51 @@ mod tests {
         assert!(plaintext.insecure_plaintext);
         assert!(matches!(
             config(&["--insecure-plaintext=true"]),
-            Err(ConfigError::Transport(_))
+            Err(ConfigError::Transport { .. })
         ));
+    }
+
+    #[test]
+    fn the_egress_address_is_optional_and_parsed_like_the_control_planes() {
+        assert_eq!(config(&[]).unwrap().egress, None);
+        let egress = config(&[
+            "--egress-address=https://wopr-operator-egress.wopr-system.svc:8443",
+            "--operator-namespace=ops",
+        ])
+        .unwrap()
+        .egress
+        .unwrap();
+        assert_eq!(
+            (egress.host.as_str(), egress.port, egress.namespace.as_str()),
+            ("wopr-operator-egress.wopr-system.svc", 8443, "ops")
+        );
+        assert_eq!(
+            egress.address,
+            "https://wopr-operator-egress.wopr-system.svc:8443"
+        );
+        assert!(matches!(
+            config(&["--egress-address=egress"]),
+            Err(ConfigError::EgressAddress(_))
+        ));
+        let plaintext = config(&["--egress-address=http://egress:8443"]).unwrap_err();
+        assert!(
+            plaintext.to_string().starts_with("--egress-address"),
+            "{plaintext}"
+        );
     }
 
     #[test]
     fn parses_control_plane_addresses() {
         let parsed =
-            ControlPlane::parse("https://wopr-operator.wopr-system.svc:9443", "wopr-system")
+            ServiceAddress::parse("https://wopr-operator.wopr-system.svc:9443", "wopr-system")
                 .unwrap();
         assert_eq!(parsed.host, "wopr-operator.wopr-system.svc");
         assert_eq!(parsed.port, 9443);
         assert_eq!(parsed.host_ip(), None);
-        let ip = ControlPlane::parse("10.1.2.3:9443", "x").unwrap();
+        let ip = ServiceAddress::parse("10.1.2.3:9443", "x").unwrap();
         assert_eq!(ip.host_ip(), Some("10.1.2.3".parse().unwrap()));
         assert_eq!(ip.resolved_ip, None, "only names are resolved");
-        let v6 = ControlPlane::parse("http://[fd00::1]:9443/", "x").unwrap();
+        let v6 = ServiceAddress::parse("http://[fd00::1]:9443/", "x").unwrap();
         assert_eq!(v6.host_ip(), Some("fd00::1".parse().unwrap()));
         for bad in [
             "wopr-operator",
@@ -414,7 +485,7 @@ mod tests {
             "https://a/b:1",
             "host:70000",
         ] {
-            assert!(ControlPlane::parse(bad, "x").is_err(), "{bad}");
+            assert!(ServiceAddress::parse(bad, "x").is_none(), "{bad}");
         }
     }
 }

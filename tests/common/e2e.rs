@@ -114,6 +114,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         default_agent_image: "registry.k8s.io/pause:3.10".into(),
         default_agent_args: Vec::new(),
         control_plane_address: "127.0.0.1:9443".into(),
+        egress_address: None,
         control_plane_listen: control_plane_listen.parse().unwrap(),
         control_plane_reflection: false,
         max_open_elevations: 3,

@@ -44,6 +44,7 @@ pub fn sandbox_config() -> SandboxConfig {
             "wopr-system",
         )
         .unwrap(),
+        egress: None,
         default_memory: Quantity("512Mi".into()),
         default_cpu: Quantity("500m".into()),
         isolation_probes: vec![("apiserver".into(), "10.96.0.1:443".parse().unwrap())],

@@ -6,25 +6,33 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-/// Where the control plane listens, as sidecars and NetworkPolicies need it.
+/// Where a service that sidecars dial listens (the control plane, the
+/// egress service), as sidecars and NetworkPolicies need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControlPlane {
+pub struct ServiceAddress {
     /// The address as given (passed to sidecars).
     pub address: String,
     /// The host part: a DNS name or an IP address.
     pub host: String,
     /// The port.
     pub port: u16,
-    /// The namespace of the control-plane pods.
+    /// The namespace of the service's pods.
     pub namespace: String,
     /// The IP the host *name* resolves to, written into each pod's
-    /// `/etc/hosts` so sandboxes without DNS still reach the control plane.
+    /// `/etc/hosts` so sandboxes without DNS still reach the service.
     /// `None` when the host is an IP address or did not resolve.
     pub resolved_ip: Option<IpAddr>,
 }
 
-impl ControlPlane {
-    /// The host as an IP address, when it is one (a controller outside the cluster).
+/// Where the control plane listens.
+pub type ControlPlane = ServiceAddress;
+
+/// Where the egress service listens: the sidecars' model proxies relay
+/// model calls to it.
+pub type Egress = ServiceAddress;
+
+impl ServiceAddress {
+    /// The host as an IP address, when it is one (a service outside the cluster).
     pub fn host_ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
     }
@@ -42,6 +50,9 @@ pub struct SandboxConfig {
     pub default_agent_args: Vec<String>,
     /// The control plane sidecars talk to.
     pub control_plane: ControlPlane,
+    /// The egress service sidecars relay model calls to
+    /// (`--egress-address`); `None`: none is installed, model calls fail.
+    pub egress: Option<Egress>,
     /// Default memory limit and request of sandboxed agents.
     pub default_memory: Quantity,
     /// Default CPU limit and request of sandboxed agents.
@@ -74,6 +85,7 @@ impl SandboxConfig {
                 namespace: "reference".to_owned(),
                 resolved_ip: None,
             },
+            egress: None,
             default_memory: Quantity("0".to_owned()),
             default_cpu: Quantity("0".to_owned()),
             isolation_probes: Vec::new(),

@@ -122,7 +122,12 @@ async fn reconcile_session(
     apply_if_changed(&accounts, live.as_ref(), &account).await?;
 
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
-    let network_policy = build_network_policy(session, &context, &ctx.config.control_plane);
+    let network_policy = build_network_policy(
+        session,
+        &context,
+        &ctx.config.control_plane,
+        ctx.config.egress.as_ref(),
+    );
     let live = policies.get_opt(&child_name(&name)).await?;
     apply_if_changed(&policies, live.as_ref(), &network_policy).await?;
 

@@ -25,6 +25,12 @@ pub const SESSION_HASH_ANNOTATION: &str = "wopr.dev/session-hash";
 pub const CONTROL_PLANE_POD_LABELS: [(&str, &str); 1] =
     [("app.kubernetes.io/name", "wopr-operator")];
 
+/// Labels selecting the egress service's pods (set by the chart).
+pub const EGRESS_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "wopr-operator"),
+    ("app.kubernetes.io/component", "egress"),
+];
+
 /// The labels of every child of `session`.
 pub fn child_labels(session: &str, trust_level: TrustLevel) -> BTreeMap<String, String> {
     [

@@ -1,9 +1,13 @@
 //! The per-session NetworkPolicy: ingress denied in every mode; egress by
 //! network mode (SPEC §3):
 //!
-//! - `none`: only the control plane (no DNS: the pod's `/etc/hosts` names it);
-//! - `restricted`: the control plane, cluster DNS and the session's `egress` list;
+//! - `none`: only the control plane and the egress service (no DNS: the
+//!   pod's `/etc/hosts` names them);
+//! - `restricted`: those, cluster DNS and the session's `egress` list;
 //! - `full`: unrestricted egress.
+//!
+//! The egress service (when `--egress-address` names one) is reachable in
+//! every mode: it is where the sidecar's model proxy sends model calls.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::meta::{CONTROL_PLANE_POD_LABELS, child_meta, session_selector};
+use super::meta::{CONTROL_PLANE_POD_LABELS, EGRESS_POD_LABELS, child_meta, session_selector};
 use crate::api::{EgressRule, NetworkMode, PortProtocol, Session};
-use crate::controller::session::config::ControlPlane;
+use crate::controller::session::config::{ControlPlane, Egress, ServiceAddress};
 use crate::policy::EffectiveContext;
 
 /// The NetworkPolicy of `session` under its effective `context`.
@@ -25,13 +29,19 @@ pub fn build_network_policy(
     session: &Session,
     context: &EffectiveContext,
     control_plane: &ControlPlane,
+    egress_service: Option<&Egress>,
 ) -> NetworkPolicy {
     let mut policy_types = vec!["Ingress".to_owned()];
+    let services = || {
+        let mut rules = vec![service_egress(control_plane, &CONTROL_PLANE_POD_LABELS)];
+        rules.extend(egress_service.map(|egress| service_egress(egress, &EGRESS_POD_LABELS)));
+        rules
+    };
     let egress = match context.network {
         NetworkMode::Full => None,
-        NetworkMode::None => Some(control_plane_egress(control_plane)),
+        NetworkMode::None => Some(services()),
         NetworkMode::Restricted => {
-            let mut rules = control_plane_egress(control_plane);
+            let mut rules = services();
             rules.push(cluster_dns_egress());
             let allowed = session
                 .spec
@@ -90,22 +100,25 @@ fn ip_block(cidr: String) -> NetworkPolicyPeer {
     }
 }
 
-/// Egress to the control-plane pods, and to its IP when the control plane
-/// runs outside the cluster.
-fn control_plane_egress(control_plane: &ControlPlane) -> Vec<NetworkPolicyEgressRule> {
+/// Egress to a service's pods (those with `pod_labels` in its namespace)
+/// on its port, and to its IP when it runs outside the cluster.
+fn service_egress(
+    service: &ServiceAddress,
+    pod_labels: &[(&str, &str)],
+) -> NetworkPolicyEgressRule {
     let mut to = vec![NetworkPolicyPeer {
-        namespace_selector: selector(&[("kubernetes.io/metadata.name", &control_plane.namespace)]),
-        pod_selector: selector(&CONTROL_PLANE_POD_LABELS),
+        namespace_selector: selector(&[("kubernetes.io/metadata.name", &service.namespace)]),
+        pod_selector: selector(pod_labels),
         ip_block: None,
     }];
-    if let Some(ip) = control_plane.host_ip() {
+    if let Some(ip) = service.host_ip() {
         let bits = if ip.is_ipv4() { 32 } else { 128 };
         to.push(ip_block(format!("{ip}/{bits}")));
     }
-    vec![NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
         to: Some(to),
-        ports: Some(vec![port(control_plane.port, "TCP")]),
-    }]
+        ports: Some(vec![port(service.port, "TCP")]),
+    }
 }
 
 /// Egress to the cluster DNS (kube-system pods labelled `k8s-app: kube-dns`).

@@ -16,10 +16,11 @@ use kube::ResourceExt;
 use super::meta::{POD_TEMPLATE_HASH_ANNOTATION, SESSION_HASH_ANNOTATION, child_meta};
 use crate::api::{NetworkMode, PortProtocol, SandboxSpec, Session, WorkspaceVolume};
 use crate::contract::{
-    AGENT_CONTAINER, CA_BUNDLE_CONFIGMAP, CA_BUNDLE_KEY, CA_DIR, CA_PATH, HEALTH_ADDRESS,
-    HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS, MCP_URL, SIDECAR_BINARY, SIDECAR_CONTAINER,
-    SOCKET_DIR, SOCKET_PATH, SPOOL_DIR, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS,
-    TOKEN_PATH, WORKSPACE_DIR, env,
+    AGENT_CONTAINER, ANTHROPIC_BASE_URL, CA_BUNDLE_CONFIGMAP, CA_BUNDLE_KEY, CA_DIR, CA_PATH,
+    HEALTH_ADDRESS, HEALTH_PORT, LOOPBACK_HEALTH_ADDRESS, MCP_ADDRESS, MCP_URL, MODELS_ADDRESS,
+    OPENAI_BASE_URL, PLACEHOLDER_API_KEY, SIDECAR_BINARY, SIDECAR_CONTAINER, SOCKET_DIR,
+    SOCKET_PATH, SPOOL_DIR, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_PATH,
+    WORKSPACE_DIR, env,
 };
 use crate::controller::session::config::SandboxConfig;
 use crate::policy::{EffectiveContext, stable_hash};
@@ -96,10 +97,17 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         app_armor_profile: sandbox.app_armor_profile.clone(),
         ..hardened_security_context()
     };
+    // The official OpenAI and Anthropic SDKs (and what is built on them)
+    // read these: they call the sidecar's model proxy, with a placeholder
+    // key, since the real one never enters the pod.
     let mut agent_env = vec![
         var(env::AGENT_SESSION, &name),
         var(env::AGENT_MCP_URL, MCP_URL),
         var(env::AGENT_A2A_SOCKET, SOCKET_PATH),
+        var(env::AGENT_OPENAI_BASE_URL, OPENAI_BASE_URL),
+        var(env::AGENT_OPENAI_API_KEY, PLACEHOLDER_API_KEY),
+        var(env::AGENT_ANTHROPIC_BASE_URL, ANTHROPIC_BASE_URL),
+        var(env::AGENT_ANTHROPIC_API_KEY, PLACEHOLDER_API_KEY),
     ];
     agent_env.extend(prompt.map(|prompt| var(env::PROMPT, prompt)));
     agent_env.extend(sandbox.env.iter().cloned());
@@ -140,12 +148,7 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
             host_ipc: Some(false),
             restart_policy: Some("Always".to_owned()),
             runtime_class_name: sandbox.runtime_class_name.clone(),
-            host_aliases: config.control_plane.resolved_ip.map(|ip| {
-                vec![HostAlias {
-                    ip: ip.to_string(),
-                    hostnames: Some(vec![config.control_plane.host.clone()]),
-                }]
-            }),
+            host_aliases: host_aliases(config),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(SANDBOX_UID),
@@ -168,6 +171,22 @@ fn pod_template(session: &Session, context: &EffectiveContext, config: &SandboxC
         }),
         status: None,
     }
+}
+
+/// The `/etc/hosts` entries of the services the sidecar dials by name
+/// (the control plane, the egress service), so that sandboxes without DNS
+/// reach them; `None` when there is none.
+fn host_aliases(config: &SandboxConfig) -> Option<Vec<HostAlias>> {
+    let aliases: Vec<HostAlias> = std::iter::once(&config.control_plane)
+        .chain(config.egress.as_ref())
+        .filter_map(|service| {
+            service.resolved_ip.map(|ip| HostAlias {
+                ip: ip.to_string(),
+                hostnames: Some(vec![service.host.clone()]),
+            })
+        })
+        .collect();
+    (!aliases.is_empty()).then_some(aliases)
 }
 
 /// The `a2a` sidecar: a native sidecar (restartPolicy Always) that runs as
@@ -238,8 +257,9 @@ fn sidecar(
     }
 }
 
-/// The sidecar's environment: where it serves and reaches the control
-/// plane, what to verify, and the agent's prompt.
+/// The sidecar's environment: where it serves (tools, the model proxy)
+/// and reaches the control plane and the egress service, what to verify,
+/// and the agent's prompt.
 fn sidecar_env(
     context: &EffectiveContext,
     sandbox: &SandboxSpec,
@@ -250,6 +270,7 @@ fn sidecar_env(
         var(env::CONTROL_PLANE_ADDRESS, &config.control_plane.address),
         var(env::SOCKET_PATH, SOCKET_PATH),
         var(env::MCP_ADDRESS, MCP_ADDRESS),
+        var(env::MODELS_ADDRESS, MODELS_ADDRESS),
         var(env::HEALTH_ADDRESS, HEALTH_ADDRESS),
         var(env::TOKEN_PATH, TOKEN_PATH),
         var(env::WORKSPACE, WORKSPACE_DIR),
@@ -264,6 +285,12 @@ fn sidecar_env(
         field_env(env::NAMESPACE, "metadata.namespace"),
         field_env(env::NODE_IP, "status.hostIP"),
     ];
+    vars.extend(
+        config
+            .egress
+            .as_ref()
+            .map(|egress| var(env::EGRESS_ADDRESS, &egress.address)),
+    );
     vars.push(if config.insecure_plaintext {
         var(env::INSECURE_PLAINTEXT, "true")
     } else {
