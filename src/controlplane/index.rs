@@ -434,6 +434,65 @@ mod tests {
         assert_eq!(pushes(&push), 1, "the Grant changed the served policy");
     }
 
+    /// The served context carries the session's models: its level's
+    /// patterns, its chain, and the providers of the namespace's default
+    /// SecurityPolicy; a change of those is pushed.
+    #[test]
+    fn the_namespaces_providers_and_the_sessions_chain_are_served() {
+        let (session_store, mut sessions) = reflector::store();
+        let (policy_store, mut policies) = reflector::store();
+        let (grant_store, _) = reflector::store();
+        let (gateways, _) = reflector::store();
+        let stores = Stores {
+            policies: policy_store,
+            grants: grant_store,
+            gateways,
+        };
+        let index = ContextIndex::new(session_store, stores, Clock::starting_at(start()));
+        let mut with_provider = session("s");
+        if let Ok(session) = with_provider.0.as_mut() {
+            session.spec.provider = Some(
+                serde_json::from_value(
+                    serde_json::json!({"name": "openai", "model": "gpt-4o-mini"}),
+                )
+                .unwrap(),
+            );
+        }
+        sessions.apply_watcher_event(&watcher::Event::Apply(with_provider));
+        let policy = |providers: serde_json::Value| {
+            DeserializeGuard(Ok(serde_json::from_value::<crate::api::SecurityPolicy>(
+                serde_json::json!({
+                    "apiVersion": "wopr.dev/v1alpha1", "kind": "SecurityPolicy",
+                    "metadata": {"name": "default", "namespace": "ns"},
+                    "spec": {"providers": providers},
+                }),
+            )
+            .unwrap()))
+        };
+        policies.apply_watcher_event(&watcher::Event::Apply(policy(serde_json::json!([
+            {"name": "openai", "type": "openai", "secretRef": {"name": "keys", "key": "openai"}},
+        ]))));
+        let mut served = index.watch("ns", "s").unwrap();
+        let models = |snapshot: &Snapshot| match snapshot {
+            Snapshot::Context(context) => context.models.clone().expect("models are served"),
+            other => panic!("no context: {other:?}"),
+        };
+        let first = models(&served.borrow_and_update());
+        assert_eq!(first.chain[0].provider, "openai");
+        assert_eq!(first.chain[0].model, "gpt-4o-mini");
+        assert_eq!(first.providers[0].secret_name, "keys");
+        assert!(first.allow.contains(&"*:*mini*".to_owned()));
+        assert_eq!(first.max_tokens_per_request, 2048);
+
+        policies.apply_watcher_event(&watcher::Event::Apply(policy(serde_json::json!([]))));
+        index.refresh("ns");
+        assert!(
+            served.has_changed().unwrap(),
+            "a provider removed is pushed"
+        );
+        assert!(models(&served.borrow_and_update()).providers.is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_grant_is_denied_from_the_moment_it_expires() {
         let (_fixture, mut policy) = watching(fetch_grant(None, Some(60)));
