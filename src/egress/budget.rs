@@ -204,9 +204,13 @@ const MAX_RETRY_AFTER: SignedDuration = SignedDuration::from_hours(1);
 pub fn retry_after(value: &str, now: Timestamp) -> Option<Timestamp> {
     let value = value.trim();
     let until = match value.parse::<u64>() {
-        Ok(seconds) => now.checked_add(SignedDuration::from_secs(
-            i64::try_from(seconds).unwrap_or(i64::MAX).min(MAX_RETRY_AFTER.as_secs()),
-        )).ok()?,
+        Ok(seconds) => now
+            .checked_add(SignedDuration::from_secs(
+                i64::try_from(seconds)
+                    .unwrap_or(i64::MAX)
+                    .min(MAX_RETRY_AFTER.as_secs()),
+            ))
+            .ok()?,
         Err(_) => k8s_openapi::jiff::fmt::rfc2822::parse(value)
             .ok()?
             .timestamp(),
@@ -254,7 +258,12 @@ mod tests {
             }
         );
         assert_eq!(refused.status(), 429);
-        assert!(refused.to_string().contains("resets at 2026-12-07T10:01:00Z"), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("resets at 2026-12-07T10:01:00Z"),
+            "{refused}"
+        );
         let later = start + SignedDuration::from_secs(60);
         ledger.check(&session(), &rules, later).unwrap();
         assert_eq!(ledger.usage(&session(), later).last_minute, 50);
@@ -279,7 +288,10 @@ mod tests {
         ledger
             .check(&session(), &rules, at("2026-12-08T00:00:00Z"))
             .unwrap();
-        assert_eq!(ledger.usage(&session(), at("2026-12-08T00:00:01Z")).today, 0);
+        assert_eq!(
+            ledger.usage(&session(), at("2026-12-08T00:00:01Z")).today,
+            0
+        );
         ledger.sweep(at("2026-12-08T00:00:01Z"));
         assert!(ledger.lock().is_empty());
     }
@@ -300,10 +312,18 @@ mod tests {
             retry_after("Mon, 07 Dec 2026 10:02:00 GMT", now),
             Some(at("2026-12-07T10:02:00Z"))
         );
-        assert_eq!(retry_after("999999", now), Some(at("2026-12-07T11:00:00Z")), "at most an hour");
+        assert_eq!(
+            retry_after("999999", now),
+            Some(at("2026-12-07T11:00:00Z")),
+            "at most an hour"
+        );
         assert_eq!(retry_after("0", now), None);
         assert_eq!(retry_after("soon", now), None);
-        assert_eq!(retry_after("Mon, 07 Dec 2026 09:00:00 GMT", now), None, "past");
+        assert_eq!(
+            retry_after("Mon, 07 Dec 2026 09:00:00 GMT", now),
+            None,
+            "past"
+        );
     }
 
     #[test]
@@ -314,6 +334,10 @@ mod tests {
         assert!(cooldowns.held("ns", "openai", now).is_some());
         assert!(cooldowns.held("other", "openai", now).is_none());
         assert!(cooldowns.held("ns", "anthropic", now).is_none());
-        assert!(cooldowns.held("ns", "openai", at("2026-12-07T10:00:30Z")).is_none());
+        assert!(
+            cooldowns
+                .held("ns", "openai", at("2026-12-07T10:00:30Z"))
+                .is_none()
+        );
     }
 }

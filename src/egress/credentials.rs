@@ -6,7 +6,7 @@
 //! `Debug` output.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -49,11 +49,13 @@ pub trait Credentials: Send + Sync + 'static {
 
 /// A Secret's keys, as read.
 type Keys = HashMap<String, SecretString>;
+/// Secrets read, by namespace and name, with when.
+type Cache = HashMap<(String, String), (Instant, Arc<Keys>)>;
 
 /// Keys from the Kubernetes API, cached per Secret.
 pub struct KubeSecrets {
     client: Client,
-    cache: Mutex<HashMap<(String, String), (Instant, std::sync::Arc<Keys>)>>,
+    cache: Mutex<Cache>,
 }
 
 impl KubeSecrets {
@@ -65,11 +67,7 @@ impl KubeSecrets {
         }
     }
 
-    async fn keys(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<std::sync::Arc<Keys>, CredentialError> {
+    async fn keys(&self, namespace: &str, name: &str) -> Result<Arc<Keys>, CredentialError> {
         let id = (namespace.to_owned(), name.to_owned());
         if let Some((read, keys)) = self.lock().get(&id)
             && read.elapsed() < CACHE_TTL
@@ -96,14 +94,14 @@ impl KubeSecrets {
                 Some((key, SecretString::from(text.trim().to_owned())))
             })
             .collect();
-        let keys = std::sync::Arc::new(keys);
+        let keys = Arc::new(keys);
         let mut cache = self.lock();
         cache.retain(|_, (read, _)| read.elapsed() < CACHE_TTL);
         cache.insert(id, (Instant::now(), keys.clone()));
         Ok(keys)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, std::sync::Arc<Keys>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -14,6 +14,8 @@ use crate::proto::v1alpha1::Dialect;
 pub enum Refusal {
     /// The body is not a JSON object of the dialect.
     Malformed(String),
+    /// The body is over the limit (bytes).
+    TooLarge(usize),
     /// No link serves the model asked for.
     UnknownModel {
         /// What was asked for.
@@ -31,6 +33,8 @@ pub enum Refusal {
         /// When enough of it is free again.
         resets: k8s_openapi::jiff::Timestamp,
     },
+    /// The policy allows no link of the chain for the model.
+    NotAllowed(String),
     /// Every link was skipped or failed.
     NoLink(Vec<String>),
 }
@@ -40,6 +44,8 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::Malformed(_) | Refusal::TooManyTokens { .. } => 400,
+            Refusal::TooLarge(_) => 413,
+            Refusal::NotAllowed(_) => 403,
             Refusal::UnknownModel { .. } => 404,
             Refusal::Budget { .. } => 429,
             Refusal::NoLink(_) => 503,
@@ -49,7 +55,10 @@ impl Refusal {
     /// Whether warn mode lets the request through (a refusal by policy or
     /// budget; never bad input).
     pub fn by_policy(&self) -> bool {
-        matches!(self, Refusal::TooManyTokens { .. } | Refusal::Budget { .. })
+        matches!(
+            self,
+            Refusal::TooManyTokens { .. } | Refusal::Budget { .. } | Refusal::NotAllowed(_)
+        )
     }
 }
 
@@ -57,6 +66,11 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
+            Refusal::TooLarge(limit) => write!(f, "the request body is over {limit} bytes"),
+            Refusal::NotAllowed(model) => write!(
+                f,
+                "model {model:?} is not allowed for this session by its policy"
+            ),
             Refusal::UnknownModel { asked, offered } if offered.is_empty() => write!(
                 f,
                 "model {asked:?} is not available to this session: the request must name a model its policy allows"
@@ -120,7 +134,10 @@ pub fn offered(rules: &ModelRules) -> Vec<Link> {
 pub fn chain(rules: &ModelRules, model: &str) -> Result<Vec<Link>, Refusal> {
     let unknown = || Refusal::UnknownModel {
         asked: model.to_owned(),
-        offered: offered(rules).iter().map(|link| link.model.clone()).collect(),
+        offered: offered(rules)
+            .iter()
+            .map(|link| link.model.clone())
+            .collect(),
     };
     let fill = |links: &[Link]| {
         links
@@ -158,13 +175,16 @@ pub fn chain(rules: &ModelRules, model: &str) -> Result<Vec<Link>, Refusal> {
     Err(unknown())
 }
 
+/// The reason a link the policy does not allow is skipped.
+pub const NOT_ALLOWED: &str = "not allowed by the policy";
+
 /// Why a link may not be used, before calling it (`None`: it may).
-pub fn forbidden(rules: &ModelRules, link: &Link) -> Option<String> {
+pub fn forbidden(rules: &ModelRules, link: &Link) -> Option<&'static str> {
     if !allows(&rules.allow, &link.provider, &link.model) {
-        return Some("not allowed by the policy".into());
+        return Some(NOT_ALLOWED);
     }
     if rules.provider(&link.provider).is_none() {
-        return Some("provider not configured in the namespace's SecurityPolicy".into());
+        return Some("provider not configured in the namespace's SecurityPolicy");
     }
     None
 }
@@ -230,7 +250,10 @@ mod tests {
     #[test]
     fn a_model_of_a_link_starts_the_chain_there() {
         let rules = rules(&[("openai", "gpt-4o"), ("anthropic", "claude")], &["*"]);
-        assert_eq!(chain(&rules, "claude").unwrap(), [link("anthropic", "claude")]);
+        assert_eq!(
+            chain(&rules, "claude").unwrap(),
+            [link("anthropic", "claude")]
+        );
         assert_eq!(
             chain(&rules, "gpt-4o").unwrap(),
             [link("openai", "gpt-4o"), link("anthropic", "claude")]
@@ -244,14 +267,20 @@ mod tests {
 
     #[test]
     fn another_model_takes_the_first_link_when_allowed() {
-        let allowed = rules(&[("openai", "gpt-4o"), ("anthropic", "claude")], &["openai:gpt-*"]);
+        let allowed = rules(
+            &[("openai", "gpt-4o"), ("anthropic", "claude")],
+            &["openai:gpt-*"],
+        );
         assert_eq!(
             chain(&allowed, "gpt-4o-mini").unwrap(),
             [link("openai", "gpt-4o-mini"), link("anthropic", "claude")]
         );
         let refused = chain(&allowed, "o3").unwrap_err();
         assert_eq!(refused.status(), 404);
-        assert!(refused.to_string().contains("available: gpt-4o, claude"), "{refused}");
+        assert!(
+            refused.to_string().contains("available: gpt-4o, claude"),
+            "{refused}"
+        );
         let open = rules(&[("openai", ""), ("anthropic", "")], &[]);
         assert_eq!(
             chain(&open, "m").unwrap(),
@@ -310,7 +339,12 @@ mod tests {
     #[test]
     fn malformed_bodies_say_why() {
         assert!(parse(b"{").unwrap_err().to_string().contains("not JSON"));
-        assert!(parse(b"[]").unwrap_err().to_string().contains("not a JSON object"));
+        assert!(
+            parse(b"[]")
+                .unwrap_err()
+                .to_string()
+                .contains("not a JSON object")
+        );
         assert!(parse(br#"{"model":1}"#).is_err());
         assert_eq!(parse(br#"{"model":"m"}"#).unwrap().1, "m");
     }

@@ -261,15 +261,30 @@ mod tests {
                 Dialect::OpenaiChat,
                 br#"{"usage":{"prompt_tokens":3,"completion_tokens":5}}"#
             ),
-            Usage { input: 3, output: 5 }
+            Usage {
+                input: 3,
+                output: 5
+            }
         );
         let mut openai = StreamUsage::new(Dialect::OpenaiChat);
         openai.feed(b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"us");
         openai.feed(b"age\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
-        assert_eq!(openai.usage(), Usage { input: 7, output: 2 });
+        assert_eq!(
+            openai.usage(),
+            Usage {
+                input: 7,
+                output: 2
+            }
+        );
         let mut anthropic = StreamUsage::new(Dialect::AnthropicMessages);
         anthropic.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n");
         anthropic.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n");
-        assert_eq!(anthropic.usage(), Usage { input: 11, output: 9 });
+        assert_eq!(
+            anthropic.usage(),
+            Usage {
+                input: 11,
+                output: 9
+            }
+        );
     }
 }

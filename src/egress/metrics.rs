@@ -78,14 +78,7 @@ impl ModelMetrics {
     }
 
     /// Counts one call.
-    pub fn observe(
-        &self,
-        provider: &str,
-        decision: &str,
-        input: u64,
-        output: u64,
-        seconds: f64,
-    ) {
+    pub fn observe(&self, provider: &str, decision: &str, input: u64, output: u64, seconds: f64) {
         self.calls
             .get_or_create(&CallLabels {
                 provider: provider.to_owned(),

@@ -49,7 +49,12 @@ pub struct EgressArgs {
     pub control_plane_server_name: Option<String>,
     /// The egress service's certificate chain (PEM), e.g. cert-manager's
     /// `tls.crt`; read again every 10 s.
-    #[arg(long, env = "WOPR_TLS_CERT_FILE", required_unless_present = "insecure_plaintext", requires = "tls_key_file")]
+    #[arg(
+        long,
+        env = "WOPR_TLS_CERT_FILE",
+        required_unless_present = "insecure_plaintext",
+        requires = "tls_key_file"
+    )]
     pub tls_cert_file: Option<PathBuf>,
     /// Its private key (PEM).
     #[arg(long, env = "WOPR_TLS_KEY_FILE", requires = "tls_cert_file")]
@@ -59,10 +64,18 @@ pub struct EgressArgs {
     #[arg(long, env = env::INSECURE_PLAINTEXT, default_value_t = false, action = ArgAction::Set)]
     pub insecure_plaintext: bool,
     /// Seconds to wait for a provider's connection.
-    #[arg(long, env = "WOPR_UPSTREAM_CONNECT_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "WOPR_UPSTREAM_CONNECT_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
     pub upstream_connect_timeout_seconds: u64,
     /// Seconds to wait for a provider's answer to start.
-    #[arg(long, env = "WOPR_UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "WOPR_UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
     pub upstream_first_byte_timeout_seconds: u64,
     /// Seconds a provider may fall silent between two chunks.
     #[arg(long, env = "WOPR_UPSTREAM_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
@@ -117,7 +130,9 @@ pub enum RunError {
     #[error("egress TLS: {0} (check --tls-cert-file and --tls-key-file)")]
     Tls(#[from] TlsError),
     /// TLS without a certificate.
-    #[error("no certificate: set --tls-cert-file and --tls-key-file (--insecure-plaintext for development only)")]
+    #[error(
+        "no certificate: set --tls-cert-file and --tls-key-file (--insecure-plaintext for development only)"
+    )]
     NoCertificate,
     /// The gRPC server failed.
     #[error("Models API: {0}")]
@@ -212,6 +227,12 @@ async fn transport(args: &EgressArgs) -> Result<Transport, RunError> {
         &loaded.served.key_pem,
     )?);
     let (bundle, _) = tokio::sync::watch::channel(loaded.bundle.clone());
-    tokio::spawn(follow_files(files, loaded, served.clone(), bundle, FILE_POLL));
+    tokio::spawn(follow_files(
+        files,
+        loaded,
+        served.clone(),
+        bundle,
+        FILE_POLL,
+    ));
     Ok(Transport::Tls(served))
 }

@@ -138,10 +138,15 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
     ) -> Result<Response<Self::CallStream>, Status> {
         let arrived = Instant::now();
         let (metadata, _, call) = request.into_parts();
-        let policy = match self.inner.authenticate(&metadata, &call.namespace, &call.session).await {
+        let policy = match self
+            .inner
+            .authenticate(&metadata, &call.namespace, &call.session)
+            .await
+        {
             Ok(policy) => policy,
             Err(status) => {
-                self.inner.refused_unattributed(&call.namespace, &call.session, &status);
+                self.inner
+                    .refused_unattributed(&call.namespace, &call.session, &status);
                 return Err(status);
             }
         };
@@ -152,7 +157,8 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
                     "unknown dialect {}: expected OPENAI_CHAT or ANTHROPIC_MESSAGES",
                     call.dialect
                 ));
-                self.inner.refused_unattributed(&call.namespace, &call.session, &status);
+                self.inner
+                    .refused_unattributed(&call.namespace, &call.session, &status);
                 return Err(status);
             }
         };
@@ -187,10 +193,15 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
         request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
         let (metadata, _, list) = request.into_parts();
-        let policy = match self.inner.authenticate(&metadata, &list.namespace, &list.session).await {
+        let policy = match self
+            .inner
+            .authenticate(&metadata, &list.namespace, &list.session)
+            .await
+        {
             Ok(policy) => policy,
             Err(status) => {
-                self.inner.refused_unattributed(&list.namespace, &list.session, &status);
+                self.inner
+                    .refused_unattributed(&list.namespace, &list.session, &status);
                 return Err(status);
             }
         };
@@ -214,7 +225,9 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
     ) -> Result<Arc<SessionPolicy>, Status> {
         let token = bearer(metadata)?;
         if namespace.is_empty() || session.is_empty() {
-            return Err(Status::invalid_argument("namespace and session are required"));
+            return Err(Status::invalid_argument(
+                "namespace and session are required",
+            ));
         }
         self.sessions.policy(token, namespace, session).await
     }
@@ -233,9 +246,32 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
             Err(refusal) => return self.refuse(dialect, &refusal, replies, progress).await,
         };
         progress.streamed = dialect::streams(&body);
+        let forbidden = link_models
+            .iter()
+            .filter(|link| decide::forbidden(&policy.models, link) == Some(decide::NOT_ALLOWED))
+            .count();
+        if forbidden == link_models.len() {
+            let model = link_models
+                .first()
+                .map(|link| link.model.clone())
+                .unwrap_or_default();
+            let refusal = Refusal::NotAllowed(model);
+            if policy.enforcement == Enforcement::Enforce {
+                return self.refuse(dialect, &refusal, replies, progress).await;
+            }
+            progress.would_deny.push(refusal.to_string());
+        }
         for link in link_models {
             match self
-                .try_link(policy, dialect, &mut body, &link, &call.headers, replies, progress)
+                .try_link(
+                    policy,
+                    dialect,
+                    &mut body,
+                    &link,
+                    &call.headers,
+                    replies,
+                    progress,
+                )
                 .await?
             {
                 Tried::Answered => return Ok(()),
@@ -260,10 +296,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         progress: &mut Progress,
     ) -> Result<(Map<String, Value>, Vec<Link>), Refusal> {
         if body.len() > self.settings.max_body {
-            return Err(Refusal::Malformed(format!(
-                "the body is over {} bytes",
-                self.settings.max_body
-            )));
+            return Err(Refusal::TooLarge(self.settings.max_body));
         }
         let (mut body, model) = decide::parse(body)?;
         let links = decide::chain(&policy.models, &model)?;
@@ -301,7 +334,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         if let Some(why) = decide::forbidden(&policy.models, link) {
             let configured = policy.models.provider(&link.provider).is_some();
             if policy.enforcement == Enforcement::Enforce || !configured {
-                return Ok(Tried::Next(why));
+                return Ok(Tried::Next(why.to_owned()));
             }
             progress.would_deny.push(format!("{link}: {why}"));
         }
@@ -314,7 +347,11 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         }
         let key = match self
             .credentials
-            .key(&policy.namespace, &provider.secret_name, &provider.secret_key)
+            .key(
+                &policy.namespace,
+                &provider.secret_name,
+                &provider.secret_key,
+            )
             .await
         {
             Ok(key) => key,
@@ -341,7 +378,8 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| retry_after(value, now))
             {
-                self.cooldowns.hold(&policy.namespace, &provider.name, until);
+                self.cooldowns
+                    .hold(&policy.namespace, &provider.name, until);
             }
             return Ok(Tried::Next(format!("HTTP {}", status.as_u16())));
         }
@@ -353,8 +391,11 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
             .to_owned();
         let redact = |bytes: &[u8]| redacted(bytes, secrecy::ExposeSecret::expose_secret(&key));
         if progress.streamed && status.is_success() {
-            self.send(replies, head(status.as_u16(), &content_type, HashMap::new()))
-                .await?;
+            self.send(
+                replies,
+                head(status.as_u16(), &content_type, HashMap::new()),
+            )
+            .await?;
             progress.head_sent = true;
             let mut usage = StreamUsage::new(dialect);
             loop {
@@ -395,8 +436,11 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
             answer = redact(&answer);
             progress.reason = format!("{link} answered HTTP {}", status.as_u16());
         }
-        self.send(replies, head(status.as_u16(), &content_type, HashMap::new()))
-            .await?;
+        self.send(
+            replies,
+            head(status.as_u16(), &content_type, HashMap::new()),
+        )
+        .await?;
         progress.head_sent = true;
         self.send(replies, Reply::Chunk(answer)).await?;
         self.allowed(policy, link, progress);
@@ -458,7 +502,12 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
     }
 
     /// The outcome of a call, recorded in the audit trail and the metrics.
-    fn finish(&self, policy: &SessionPolicy, progress: &Progress, arrived: Instant) -> ModelOutcome {
+    fn finish(
+        &self,
+        policy: &SessionPolicy,
+        progress: &Progress,
+        arrived: Instant,
+    ) -> ModelOutcome {
         let elapsed = arrived.elapsed();
         let decision = progress.decision.unwrap_or(Outcome::Allowed);
         let link = progress.link.clone().unwrap_or(Link {

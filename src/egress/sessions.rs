@@ -82,7 +82,10 @@ impl PolicySource for ControlPlane {
             .parse()
             .map_err(|_| Status::unauthenticated("the token is not a valid header value"))?;
         request.metadata_mut().insert("authorization", bearer);
-        let updates = PolicyClient::new(channel).watch(request).await?.into_inner();
+        let updates = PolicyClient::new(channel)
+            .watch(request)
+            .await?
+            .into_inner();
         Ok(updates.boxed())
     }
 }
@@ -304,10 +307,9 @@ impl<P: PolicySource> Sessions<P> {
 /// a refused token or session, unavailable for anything else.
 fn passed_on(status: &Status) -> Status {
     match status.code() {
-        Code::Unauthenticated
-        | Code::PermissionDenied
-        | Code::NotFound
-        | Code::InvalidArgument => Status::new(status.code(), status.message()),
+        Code::Unauthenticated | Code::PermissionDenied | Code::NotFound | Code::InvalidArgument => {
+            Status::new(status.code(), status.message())
+        }
         _ => Status::unavailable(format!(
             "the control plane could not be asked: {}",
             status.message()
