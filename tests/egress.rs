@@ -709,8 +709,14 @@ async fn a_stale_or_unavailable_policy_is_refused() {
         .call(Dialect::OpenaiChat, chat("gpt-4o", false), &[])
         .await
         .unwrap_err();
+    // The stale watch is dropped and a new one opened, which the hung
+    // control plane does not answer either.
     assert_eq!(stale.code(), Code::Unavailable, "{stale:?}");
-    assert!(stale.message().contains("stale"), "{stale:?}");
+    assert_eq!(
+        stale.message(),
+        "the control plane served no policy for team-a/agent within 3s"
+    );
+    assert_eq!(world.control_plane.watches(), 2, "verified anew");
     world.control_plane.fall_silent(false);
 
     world
@@ -743,4 +749,117 @@ async fn list_models_names_the_links_that_name_a_model() {
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     let models = client.list_models(list).await.unwrap().into_inner().models;
     assert_eq!(models, [link("primary", "gpt-4o")]);
+}
+
+#[tokio::test]
+async fn keys_are_read_from_secrets_by_name_only_and_never_shown() {
+    use common::fake_api::FakeApi;
+    use secrecy::ExposeSecret;
+    use wopr_operator::egress::credentials::{CredentialError, Credentials, KubeSecrets};
+
+    let (client, api) = FakeApi::start();
+    api.insert(
+        "/api/v1/namespaces/team-a/secrets/openai-key",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "openai-key", "namespace": NS},
+            "data": {"apiKey": "c2stc2VjcmV0LWtleQ=="}
+        }),
+    );
+    let secrets = KubeSecrets::new(client);
+    let key = secrets.key(NS, "openai-key", "apiKey").await.unwrap();
+    assert_eq!(key.expose_secret(), "sk-secret-key");
+    assert!(
+        !format!("{key:?}").contains("sk-secret-key"),
+        "Debug hides the key"
+    );
+    // Read again within the cache's time: no second request.
+    secrets.key(NS, "openai-key", "apiKey").await.unwrap();
+    let missing_key = secrets.key(NS, "openai-key", "other").await.unwrap_err();
+    assert!(
+        matches!(missing_key, CredentialError::Key { .. }),
+        "{missing_key}"
+    );
+    let missing = secrets.key(NS, "absent", "apiKey").await.unwrap_err();
+    assert!(
+        matches!(missing, CredentialError::Secret { .. }),
+        "{missing}"
+    );
+    let requests: Vec<String> = api.take_requests().iter().map(|r| r.line()).collect();
+    assert_eq!(
+        requests,
+        [
+            "GET /api/v1/namespaces/team-a/secrets/openai-key",
+            "GET /api/v1/namespaces/team-a/secrets/absent",
+        ],
+        "one get by name per Secret, never a list or a watch"
+    );
+}
+
+#[tokio::test]
+async fn calls_tokens_and_latency_are_counted_per_provider_and_decision() {
+    let world = World::start(Speaks::OpenAi, Speaks::OpenAi, settings()).await;
+    world.policy(vec![link("primary", "")], &["primary:gpt-*"], "enforce");
+    world
+        .call(Dialect::OpenaiChat, chat("gpt-4o", false), &[])
+        .await
+        .unwrap();
+    world
+        .call(Dialect::OpenaiChat, chat("o3", false), &[])
+        .await
+        .unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    world.egress.metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "wopr_model_calls_total{provider=\"primary\",decision=\"allowed\"} 1",
+        "wopr_model_calls_total{provider=\"primary\",decision=\"denied\"} 1",
+        "wopr_model_tokens_total{provider=\"primary\",direction=\"input\"} 7",
+        "wopr_model_tokens_total{provider=\"primary\",direction=\"output\"} 5",
+        "wopr_model_call_seconds_count{provider=\"primary\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_token_takes_over_the_sessions_watch_and_a_refused_one_changes_nothing() {
+    let world = World::start(Speaks::OpenAi, Speaks::OpenAi, settings()).await;
+    world.policy(vec![link("primary", "gpt-4o")], &["*"], "enforce");
+    world
+        .control_plane
+        .admit("rotated-token-of-agent", NS, SESSION);
+    let body = serde_json::to_vec(&chat("gpt-4o", false)).unwrap();
+    let mut client = world.egress.client().await;
+    let mut status_with = async |token: &str| {
+        call(
+            &mut client,
+            request(Some(token), NS, SESSION, Dialect::OpenaiChat, &body, &[]),
+        )
+        .await
+        .map(|answer| answer.status)
+        .map_err(|status| status.code())
+    };
+    assert_eq!(status_with(TOKEN).await, Ok(200));
+    assert_eq!(status_with(TOKEN).await, Ok(200));
+    assert_eq!(
+        world.control_plane.watches(),
+        1,
+        "one watch for the session's calls"
+    );
+    assert_eq!(status_with(OTHER_TOKEN).await, Err(Code::PermissionDenied));
+    assert_eq!(status_with(TOKEN).await, Ok(200));
+    assert_eq!(
+        world.control_plane.watches(),
+        1,
+        "a refused token evicts nothing"
+    );
+    assert_eq!(status_with("rotated-token-of-agent").await, Ok(200));
+    assert_eq!(status_with("rotated-token-of-agent").await, Ok(200));
+    assert_eq!(
+        world.control_plane.watches(),
+        2,
+        "the new token's watch serves on"
+    );
 }

@@ -59,6 +59,8 @@ impl Spent {
 #[derive(Debug, Default)]
 pub struct Ledger {
     sessions: Mutex<HashMap<SessionKey, Spent>>,
+    /// When sessions that spent nothing today were last forgotten.
+    swept: Mutex<Option<Timestamp>>,
 }
 
 /// What a session spent, as of a time.
@@ -111,10 +113,25 @@ impl Ledger {
         Ok(())
     }
 
-    /// Charges `tokens` to `session` at `now`.
+    /// Charges `tokens` to `session` at `now` (and, once a minute, forgets
+    /// the sessions that spent nothing today).
     pub fn charge(&self, session: &SessionKey, tokens: u64, now: Timestamp) {
         if tokens == 0 {
             return;
+        }
+        let due = {
+            let mut swept = self
+                .swept
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let due = swept.is_none_or(|at| now.duration_since(at) >= MINUTE);
+            if due {
+                *swept = Some(now);
+            }
+            due
+        };
+        if due {
+            self.sweep(now);
         }
         let mut sessions = self.lock();
         let spent = sessions.entry(session.clone()).or_default();
@@ -140,8 +157,8 @@ impl Ledger {
         }
     }
 
-    /// Forgets sessions that spent nothing today (call now and then).
-    pub fn sweep(&self, now: Timestamp) {
+    /// Forgets sessions that spent nothing today.
+    fn sweep(&self, now: Timestamp) {
         self.lock().retain(|_, spent| {
             spent.forget_before(now);
             spent.day.is_some()

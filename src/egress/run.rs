@@ -236,3 +236,55 @@ async fn transport(args: &EgressArgs) -> Result<Transport, RunError> {
     ));
     Ok(Transport::Tls(served))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        egress: EgressArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<EgressArgs, clap::Error> {
+        Flags::try_parse_from(["egress"].iter().chain(flags)).map(|flags| flags.egress)
+    }
+
+    #[test]
+    fn tls_is_required_unless_plaintext_is_asked_for() {
+        let refused = parse(&["--control-plane-address=cp:9443"]).err().unwrap();
+        assert!(refused.to_string().contains("--tls-cert-file"), "{refused}");
+        let args = parse(&[
+            "--control-plane-address=cp:9443",
+            "--tls-cert-file=/tls/tls.crt",
+            "--tls-key-file=/tls/tls.key",
+        ])
+        .unwrap();
+        assert_eq!(args.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(args.max_request_bytes, 4 * 1024 * 1024);
+        assert_eq!(args.timeouts(), Timeouts::default());
+        assert!(matches!(args.control_plane().tls, ClientTls::Verify { .. }));
+        let plaintext = parse(&[
+            "--control-plane-address=http://cp:9443",
+            "--insecure-plaintext=true",
+        ])
+        .unwrap();
+        assert_eq!(plaintext.control_plane().tls, ClientTls::Plaintext);
+    }
+
+    #[tokio::test]
+    async fn no_certificate_without_the_plaintext_flag_is_an_error() {
+        let args = parse(&[
+            "--control-plane-address=cp:9443",
+            "--insecure-plaintext=false",
+        ])
+        .unwrap();
+        assert!(matches!(
+            transport(&args).await,
+            Err(RunError::NoCertificate)
+        ));
+    }
+}

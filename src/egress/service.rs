@@ -171,10 +171,12 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
                 () = replies.closed() => Err(Gone),
             };
             if relayed.is_err() {
-                progress.reason = format!(
-                    "the caller went away; the provider's request was cancelled ({})",
-                    progress.reason
-                );
+                let before = match progress.reason.as_str() {
+                    "" => String::new(),
+                    reason => format!(" ({reason})"),
+                };
+                progress.reason =
+                    format!("the caller went away; the provider's request was cancelled{before}");
             }
             let outcome = inner.finish(&policy, &progress, arrived);
             if relayed.is_ok() {

@@ -190,12 +190,15 @@ impl<P: PolicySource> Sessions<P> {
     ) -> Result<Arc<SessionPolicy>, Status> {
         let key = (namespace.to_owned(), session.to_owned());
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // A stale watch is not ridden on: this call verifies anew (and is
+        // refused unless the control plane answers).
         let shared = {
             let watches = self.lock();
             watches
                 .get(&key)
                 .filter(|entry| entry.token == digest && entry.alive())
                 .map(|entry| entry.state.clone())
+                .filter(|state| !self.stale(&state.borrow()))
         };
         if let Some(state) = shared {
             return self.judge(&state.borrow());
@@ -241,21 +244,15 @@ impl<P: PolicySource> Sessions<P> {
         self.lock().values().filter(|entry| entry.alive()).count()
     }
 
+    /// A policy the control plane has been silent on for three heartbeats.
+    fn stale(&self, state: &WatchState) -> bool {
+        matches!(state, WatchState::Policy { last_message, .. }
+            if last_message.elapsed() > 3 * self.settings.heartbeat)
+    }
+
     fn judge(&self, state: &WatchState) -> Result<Arc<SessionPolicy>, Status> {
         match state {
-            WatchState::Policy {
-                policy,
-                last_message,
-            } => {
-                let bound = 3 * self.settings.heartbeat;
-                if last_message.elapsed() > bound {
-                    Err(Status::unavailable(format!(
-                        "the session's policy is stale: no word from the control plane in {bound:?}"
-                    )))
-                } else {
-                    Ok(policy.clone())
-                }
-            }
+            WatchState::Policy { policy, .. } => Ok(policy.clone()),
             WatchState::Unavailable(reason) => Err(Status::failed_precondition(format!(
                 "no policy for the session: {reason}"
             ))),

@@ -110,7 +110,8 @@ impl FakeControlPlane {
             .send_replace(Some(Update::Unavailable(reason.to_owned())));
     }
 
-    /// Stops (or resumes) heartbeats: open watches go stale.
+    /// Stops (or resumes) heartbeats, and new watches get no first update:
+    /// a hung control plane, whose open watches go stale.
     pub fn fall_silent(&self, silent: bool) {
         self.state.silent.store(silent, Ordering::SeqCst);
     }
@@ -172,7 +173,8 @@ impl Policy for Watches {
                     .clone()
                     .unwrap_or_else(|| Update::Unavailable("no such session".into()))
             };
-            let mut next = Some(current(&policy));
+            // A silent control plane answers nothing, not even a first update.
+            let mut next = (!state.silent.load(Ordering::SeqCst)).then(|| current(&policy));
             loop {
                 if let Some(update) = next.take() {
                     let sent = updates
