@@ -77,11 +77,13 @@ impl Upstream {
         }
         let (added, ignored) = roots.add_parsable_certificates(found.certs);
         tracing::debug!(added, ignored, "system roots for the model providers");
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|error| ClientError(error.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // reqwest leaves a preconfigured client's ALPN as it is given.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(timeouts.connect)
