@@ -130,6 +130,58 @@ fn read_usage(dialect: Dialect, usage: &Value) -> Usage {
     }
 }
 
+/// A link's answer on its way to the agent: in the agent's dialect, its
+/// usage read in the link's.
+// TODO(issue 25, merge with h-translate): translate answers, events and
+// errors when the dialects differ (`for_link` refuses that until then).
+#[derive(Debug)]
+pub struct AnswerReader {
+    agent: Dialect,
+    link: Dialect,
+    stream: StreamUsage,
+    usage: Usage,
+}
+
+impl AnswerReader {
+    /// For an agent speaking `agent` and a link speaking `link`.
+    pub fn new(agent: Dialect, link: Dialect) -> Self {
+        AnswerReader {
+            agent,
+            link,
+            stream: StreamUsage::new(link),
+            usage: Usage::default(),
+        }
+    }
+
+    /// The agent's dialect.
+    pub fn agent(&self) -> Dialect {
+        self.agent
+    }
+
+    /// The next bytes of a streamed answer, as the agent gets them.
+    pub fn stream_chunk(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.stream.feed(bytes);
+        self.usage = self.stream.usage();
+        bytes.to_vec()
+    }
+
+    /// A whole answer, as the agent gets it.
+    pub fn whole(&mut self, body: &[u8]) -> Vec<u8> {
+        self.usage = usage(self.link, body);
+        body.to_vec()
+    }
+
+    /// A provider's error body (HTTP `status`), as the agent gets it.
+    pub fn error(&mut self, _status: u16, body: &[u8]) -> Vec<u8> {
+        body.to_vec()
+    }
+
+    /// The tokens the provider reported so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
 /// The longest event line kept while looking for usage; a longer one is
 /// skipped (usage events are small).
 const MAX_LINE: usize = 256 * 1024;

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::budget::{Cooldowns, Ledger, SessionKey, retry_after};
 use super::credentials::Credentials;
 use super::decide::{self, Refusal};
-use super::dialect::{self, StreamUsage, Usage};
+use super::dialect::{self, AnswerReader, Usage};
 use super::metrics::ModelMetrics;
 use super::policy::{Link, Provider, SessionPolicy};
 use super::sessions::{PolicySource, SessionSettings, Sessions, bearer};
@@ -368,7 +368,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
             }
         };
         progress.link = Some(link.clone());
-        let mut response = match self.upstream.send(provider, &key, request, headers).await {
+        let response = match self.upstream.send(provider, &key, request, headers).await {
             Ok(response) => response,
             Err(failure) => return Ok(Tried::Next(failure.to_string())),
         };
@@ -391,34 +391,78 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let redact = |bytes: &[u8]| redacted(bytes, secrecy::ExposeSecret::expose_secret(&key));
-        if progress.streamed && status.is_success() {
-            self.send(
+        let reader = AnswerReader::new(dialect, dialect_of(provider));
+        let answered = if progress.streamed && status.is_success() {
+            self.stream(response, reader, &content_type, link, replies, progress)
+                .await?
+        } else {
+            let key = secrecy::ExposeSecret::expose_secret(&key);
+            self.whole(
+                response,
+                reader,
+                &content_type,
+                link,
+                key,
                 replies,
-                head(status.as_u16(), &content_type, HashMap::new()),
+                progress,
             )
+            .await?
+        };
+        if matches!(answered, Tried::Answered) {
+            self.allowed(policy, link, progress);
+        }
+        Ok(answered)
+    }
+
+    /// Relays a streamed answer as it comes; after its head went out, a
+    /// failure ends the stream with an error event.
+    async fn stream(
+        &self,
+        mut response: reqwest::Response,
+        mut reader: AnswerReader,
+        content_type: &str,
+        link: &Link,
+        replies: &Replies,
+        progress: &mut Progress,
+    ) -> Result<Tried, Gone> {
+        let status = response.status().as_u16();
+        self.send(replies, head(status, content_type, HashMap::new()))
             .await?;
-            progress.head_sent = true;
-            let mut usage = StreamUsage::new(dialect);
-            loop {
-                match self.upstream.chunk(&mut response).await {
-                    Ok(Some(chunk)) => {
-                        usage.feed(&chunk);
-                        progress.usage = usage.usage();
-                        self.send(replies, Reply::Chunk(chunk.to_vec())).await?;
-                    }
-                    Ok(None) => break,
-                    Err(failure) => {
-                        progress.reason = format!("the stream broke off: {failure}");
-                        let event = dialect::error_event(dialect, &format!("{link}: {failure}"));
-                        self.send(replies, Reply::Chunk(event)).await?;
-                        break;
-                    }
+        progress.head_sent = true;
+        loop {
+            match self.upstream.chunk(&mut response).await {
+                Ok(Some(chunk)) => {
+                    let relayed = reader.stream_chunk(&chunk);
+                    progress.usage = reader.usage();
+                    self.send(replies, Reply::Chunk(relayed)).await?;
+                }
+                Ok(None) => break,
+                Err(failure) => {
+                    progress.reason = format!("the stream broke off: {failure}");
+                    let event = dialect::error_event(reader.agent(), &format!("{link}: {failure}"));
+                    self.send(replies, Reply::Chunk(event)).await?;
+                    break;
                 }
             }
-            self.allowed(policy, link, progress);
-            return Ok(Tried::Answered);
         }
+        Ok(Tried::Answered)
+    }
+
+    /// Reads a whole answer (or the provider's refusal) and relays it;
+    /// nothing goes out before it is read, so a failure moves to the next
+    /// link.
+    #[allow(clippy::too_many_arguments)]
+    async fn whole(
+        &self,
+        mut response: reqwest::Response,
+        mut reader: AnswerReader,
+        content_type: &str,
+        link: &Link,
+        key: &str,
+        replies: &Replies,
+        progress: &mut Progress,
+    ) -> Result<Tried, Gone> {
+        let status = response.status();
         let mut answer = Vec::new();
         loop {
             match self.upstream.chunk(&mut response).await {
@@ -430,22 +474,19 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
                 Err(failure) => return Ok(Tried::Next(failure.to_string())),
             }
         }
-        if status.is_success() {
-            progress.usage = dialect::usage(dialect, &answer);
+        let answer = if status.is_success() {
+            reader.whole(&answer)
         } else {
             // The provider refused (a bad request, say): the agent sees its
             // answer, never anything of the key.
-            answer = redact(&answer);
             progress.reason = format!("{link} answered HTTP {}", status.as_u16());
-        }
-        self.send(
-            replies,
-            head(status.as_u16(), &content_type, HashMap::new()),
-        )
-        .await?;
+            reader.error(status.as_u16(), &redacted(&answer, key))
+        };
+        progress.usage = reader.usage();
+        self.send(replies, head(status.as_u16(), content_type, HashMap::new()))
+            .await?;
         progress.head_sent = true;
         self.send(replies, Reply::Chunk(answer)).await?;
-        self.allowed(policy, link, progress);
         Ok(Tried::Answered)
     }
 
