@@ -863,3 +863,44 @@ async fn a_new_token_takes_over_the_sessions_watch_and_a_refused_one_changes_not
         "the new token's watch serves on"
     );
 }
+
+#[tokio::test]
+async fn a_link_without_its_secret_is_skipped_and_a_providers_error_never_shows_the_key() {
+    let world = World::start(Speaks::OpenAi, Speaks::OpenAi, settings()).await;
+    world.policy_with(
+        vec![link("primary", "gpt-4o"), link("backup", "gpt-4o-mini")],
+        &["*"],
+        "enforce",
+        |models| models.providers[0].secret_name = "absent".into(),
+    );
+    let answer = world
+        .call(Dialect::OpenaiChat, chat("gpt-4o", false), &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.outcome().fallback,
+        ["primary:gpt-4o (Secret team-a/absent cannot be read: not found)"]
+    );
+    assert!(world.primary.seen().is_empty());
+
+    world.backup.behave(Behaviour::EchoKey);
+    let refused = world
+        .call(Dialect::OpenaiChat, chat("gpt-4o", false), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status, 400,
+        "the provider's refusal reaches the agent"
+    );
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "bad request with key [redacted]"
+    );
+    assert!(!refused.text().contains(BACKUP_KEY));
+    assert_eq!(
+        refused.outcome().reason,
+        "backup:gpt-4o-mini answered HTTP 400"
+    );
+    world.events();
+}

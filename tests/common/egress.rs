@@ -266,6 +266,9 @@ pub enum Behaviour {
         status: u16,
         retry_after: Option<String>,
     },
+    /// Refuses with 400, echoing the key it got in the error's message
+    /// (as some providers' "invalid key" errors do).
+    EchoKey,
     /// Never answers.
     Hang,
     /// Streams a first event, then nothing more, ever.
@@ -415,6 +418,11 @@ async fn answer(
             }
             response
         }
+        Behaviour::EchoKey => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": format!("bad request with key {}", state.key), "type": "invalid_request_error"}})),
+        )
+            .into_response(),
         Behaviour::Hang => {
             std::future::pending::<()>().await;
             unreachable!()
