@@ -904,3 +904,110 @@ async fn a_link_without_its_secret_is_skipped_and_a_providers_error_never_shows_
     );
     world.events();
 }
+
+/// `wopr-operator egress` as a process: its flags, its TLS from files, the
+/// key read from the Secret through the API server, the audit line on its
+/// stdout, its metrics on the admin port, and its exit on SIGTERM.
+#[tokio::test]
+async fn the_egress_process_serves_calls_with_keys_from_secrets() {
+    use common::fake_api::FakeApi;
+    use common::process::{Process, free_port};
+
+    let control_plane = FakeControlPlane::start().await;
+    control_plane.admit(TOKEN, NS, SESSION);
+    let provider_server = FakeProvider::start(Speaks::OpenAi, "sk-from-the-secret").await;
+    let mut models = pb::ModelPolicy {
+        allow: vec!["*".into()],
+        chain: vec![link("openai", "gpt-4o")],
+        providers: vec![provider("openai", "openai", &provider_server.base_url())],
+        ..pb::ModelPolicy::default()
+    };
+    models.providers[0].secret_name = "openai-credentials".into();
+    control_plane.serve(context(NS, SESSION, "enforce", models));
+    let api = FakeApi::default();
+    api.insert(
+        "/api/v1/namespaces/team-a/secrets/openai-credentials",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "openai-credentials", "namespace": NS},
+            "data": {"apiKey": "c2stZnJvbS10aGUtc2VjcmV0"}
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApi::kubeconfig(dir.path(), api.serve_http().await);
+    let (port, admin_port) = (free_port(), free_port());
+    let pki = common::tls::pki();
+    let mut egress = Process::start(
+        "egress",
+        &[
+            "egress".to_owned(),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--admin-address=127.0.0.1:{admin_port}"),
+            format!("--control-plane-address={}", control_plane.address),
+            format!("--control-plane-ca={}", pki.ca_file.display()),
+            format!("--tls-cert-file={}", pki.cert_file.display()),
+            format!("--tls-key-file={}", pki.key_file.display()),
+            "--shutdown-drain-seconds=1".to_owned(),
+        ],
+        &[("KUBECONFIG", kubeconfig.display().to_string())],
+    );
+    egress
+        .wait_for("egress service starting", 1, Duration::from_secs(30))
+        .await;
+
+    let mut client = pb::models_client::ModelsClient::new(
+        common::tls::channel(format!("127.0.0.1:{port}")).await,
+    );
+    let body = serde_json::to_vec(&chat("gpt-4o", false)).unwrap();
+    let answer = call(
+        &mut client,
+        request(Some(TOKEN), NS, SESSION, Dialect::OpenaiChat, &body, &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        provider_server.seen()[0].headers["authorization"],
+        "Bearer sk-from-the-secret"
+    );
+
+    let line = egress
+        .wait_for_stdout(|line| line.contains("model_call"))
+        .await;
+    let event: AuditEvent = serde_json::from_str(&line).unwrap();
+    assert_eq!(event.decision, Outcome::Allowed);
+    assert_eq!(event.model.unwrap().input_tokens, 7);
+    assert!(!line.contains("sk-from-the-secret"));
+    let metrics = http_get(&format!("127.0.0.1:{admin_port}"), "/metrics").await;
+    assert!(
+        metrics.contains("wopr_model_calls_total{provider=\"openai\",decision=\"allowed\"} 1"),
+        "{metrics}"
+    );
+    egress.signal(libc::SIGTERM);
+    assert!(
+        egress
+            .exited_within(Duration::from_secs(10))
+            .await
+            .is_some(),
+        "it stops on SIGTERM"
+    );
+    for line in egress.stderr() {
+        assert!(
+            !line.contains("sk-from-the-secret"),
+            "the key in a log: {line}"
+        );
+    }
+}
+
+/// The body of a plain HTTP/1.0 GET of `path` at `address`.
+async fn http_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connection = tokio::net::TcpStream::connect(address).await.unwrap();
+    connection
+        .write_all(format!("GET {path} HTTP/1.0\r\nhost: {address}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    connection.read_to_string(&mut response).await.unwrap();
+    response
+}
