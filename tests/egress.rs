@@ -1011,3 +1011,28 @@ async fn http_get(address: &str, path: &str) -> String {
     connection.read_to_string(&mut response).await.unwrap();
     response
 }
+
+#[tokio::test]
+async fn a_sessions_watch_is_verified_anew_past_its_age() {
+    let mut quick = settings();
+    quick.sessions.max_age = Duration::from_millis(500);
+    let world = World::start(Speaks::OpenAi, Speaks::OpenAi, quick).await;
+    world.policy(vec![link("primary", "gpt-4o")], &["*"], "enforce");
+    let ok = async || {
+        world
+            .call(Dialect::OpenaiChat, chat("gpt-4o", false), &[])
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(ok().await, 200);
+    assert_eq!(ok().await, 200);
+    assert_eq!(world.control_plane.watches(), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(ok().await, 200);
+    assert_eq!(
+        world.control_plane.watches(),
+        2,
+        "the token was checked again"
+    );
+}

@@ -28,7 +28,7 @@ pub fn for_link(
 ) -> Result<Vec<u8>, Unsupported> {
     if from != to {
         return Err(Unsupported(format!(
-            "translating a {} request for a {} provider",
+            "translating an {} request for an {} provider",
             name(from),
             name(to)
         )));
