@@ -117,8 +117,6 @@ struct Progress {
     usage: Usage,
     fallback: Vec<String>,
     streamed: bool,
-    /// Whether the head went to the caller (no other link may answer then).
-    head_sent: bool,
     /// Refusals warn mode let through.
     would_deny: Vec<String>,
 }
@@ -243,7 +241,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         replies: &Replies,
         progress: &mut Progress,
     ) -> Result<(), Gone> {
-        let (mut body, link_models) = match self.admit(policy, dialect, &call.body, progress) {
+        let (body, link_models) = match self.admit(policy, dialect, &call.body, progress) {
             Ok(admitted) => admitted,
             Err(refusal) => return self.refuse(dialect, &refusal, replies, progress).await,
         };
@@ -268,7 +266,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
                 .try_link(
                     policy,
                     dialect,
-                    &mut body,
+                    &body,
                     &link,
                     &call.headers,
                     replies,
@@ -327,7 +325,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         &self,
         policy: &SessionPolicy,
         dialect: Dialect,
-        body: &mut Map<String, Value>,
+        body: &Map<String, Value>,
         link: &Link,
         headers: &HashMap<String, String>,
         replies: &Replies,
@@ -428,7 +426,6 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         let status = response.status().as_u16();
         self.send(replies, head(status, content_type, HashMap::new()))
             .await?;
-        progress.head_sent = true;
         loop {
             match self.upstream.chunk(&mut response).await {
                 Ok(Some(chunk)) => {
@@ -485,7 +482,6 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         progress.usage = reader.usage();
         self.send(replies, head(status.as_u16(), content_type, HashMap::new()))
             .await?;
-        progress.head_sent = true;
         self.send(replies, Reply::Chunk(answer)).await?;
         Ok(Tried::Answered)
     }
@@ -532,7 +528,6 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         }
         self.send(replies, head(refusal.status(), "application/json", headers))
             .await?;
-        progress.head_sent = true;
         let body = dialect::error_body(dialect, refusal.status(), &progress.reason);
         self.send(replies, Reply::Chunk(body)).await
     }
