@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wopr_operator::api;
 use wopr_operator::demo_agent::{self, DemoAgentArgs};
+use wopr_operator::egress;
+use wopr_operator::egress::run::EgressArgs;
 use wopr_operator::logging::{self, LogFormat};
 use wopr_operator::operator;
 use wopr_operator::operator::args::ControllerArgs;
@@ -39,6 +41,9 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Run a session's sidecar: serve the agent the tools its policy allows.
     Sidecar(Box<SidecarArgs>),
+    /// Run the egress service: relay sessions' model calls to their
+    /// providers with the keys no session pod holds.
+    Egress(Box<EgressArgs>),
     /// Wait until the sidecar in this pod lets the agent start (the sidecar
     /// container's postStart hook).
     SidecarReady(ReadyArgs),
@@ -77,6 +82,12 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Sidecar(args) => {
             let runtime = sidecar::run::runtime().context("starting the runtime")?;
             let result = runtime.block_on(sidecar::run::run(*args, shutdown_signal()));
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            Ok(result?)
+        }
+        Command::Egress(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let result = runtime.block_on(egress::run::run(*args, shutdown_signal()));
             runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             Ok(result?)
         }

@@ -18,6 +18,7 @@ pub mod approvals;
 pub mod broker;
 pub mod cluster;
 pub mod e2e;
+pub mod egress;
 pub mod escalations;
 pub mod fake_api;
 pub mod harness;

@@ -1,0 +1,665 @@
+//! The Models gRPC service: authenticates each call by token passthrough
+//! ([`super::sessions`]), decides it ([`super::decide`], [`super::budget`]),
+//! walks the session's chain to a provider that answers ([`super::upstream`],
+//! keys from [`super::credentials`]), and streams the answer back: a head,
+//! chunks, and an outcome; every decision also an audit line.
+//!
+//! A link is tried only while nothing has gone to the caller: after the
+//! head went out a failure ends the stream with an error event. When the
+//! caller goes away, the provider's request is dropped at once (the
+//! provider sees its connection close).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::budget::{Cooldowns, Ledger, SessionKey, retry_after};
+use super::credentials::Credentials;
+use super::decide::{self, Refusal};
+use super::dialect::{self, AnswerReader, Usage};
+use super::metrics::ModelMetrics;
+use super::policy::{Link, Provider, SessionPolicy};
+use super::sessions::{PolicySource, SessionSettings, Sessions, bearer};
+use super::upstream::Upstream;
+use crate::api::{Enforcement, ProviderType, SourceRef, TrustLevel, name_of};
+use crate::audit::{AuditEvent, AuditSink, EventType, ModelCall};
+use crate::clock::Clock;
+use crate::policy::Outcome;
+use crate::proto::v1alpha1::models_server::Models;
+use crate::proto::v1alpha1::{
+    Dialect, ListModelsRequest, ListModelsResponse, ModelLink, ModelOutcome, ModelReply,
+    ModelRequest, ReplyHead, model_reply::Reply,
+};
+
+/// The largest request body taken (the agent's JSON).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The largest non-streamed answer relayed.
+const MAX_ANSWER: usize = 32 * 1024 * 1024;
+/// Replies waiting for the caller to take them, per call.
+const REPLY_BUFFER: usize = 16;
+
+/// How the service runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// The largest request body taken.
+    pub max_body: usize,
+    /// How sessions' watches are kept.
+    pub sessions: SessionSettings,
+    /// What budgets and `retry-after` are read against.
+    pub clock: Clock,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_body: MAX_BODY,
+            sessions: SessionSettings::default(),
+            clock: Clock::System,
+        }
+    }
+}
+
+/// The Models service.
+pub struct ModelsService<P, C> {
+    inner: Arc<Inner<P, C>>,
+}
+
+struct Inner<P, C> {
+    sessions: Sessions<P>,
+    credentials: C,
+    upstream: Upstream,
+    ledger: Ledger,
+    cooldowns: Cooldowns,
+    audit: Arc<dyn AuditSink>,
+    metrics: ModelMetrics,
+    settings: Settings,
+}
+
+impl<P: PolicySource, C: Credentials> ModelsService<P, C> {
+    /// A service learning sessions' policies from `source`, keys from
+    /// `credentials`, calling providers with `upstream`, recording every
+    /// decision in `audit` and `metrics`.
+    pub fn new(
+        source: Arc<P>,
+        credentials: C,
+        upstream: Upstream,
+        audit: Arc<dyn AuditSink>,
+        metrics: ModelMetrics,
+        settings: Settings,
+    ) -> Self {
+        ModelsService {
+            inner: Arc::new(Inner {
+                sessions: Sessions::new(source, settings.sessions),
+                credentials,
+                upstream,
+                ledger: Ledger::default(),
+                cooldowns: Cooldowns::default(),
+                audit,
+                metrics,
+                settings,
+            }),
+        }
+    }
+}
+
+/// What a call came to, as its outcome and audit event record it.
+#[derive(Debug, Default)]
+struct Progress {
+    decision: Option<Outcome>,
+    reason: String,
+    /// The link answering (or last tried).
+    link: Option<Link>,
+    usage: Usage,
+    fallback: Vec<String>,
+    streamed: bool,
+    /// Refusals warn mode let through.
+    would_deny: Vec<String>,
+}
+
+/// The caller went away.
+struct Gone;
+
+type Replies = mpsc::Sender<Result<ModelReply, Status>>;
+
+#[tonic::async_trait]
+impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
+    type CallStream = ReceiverStream<Result<ModelReply, Status>>;
+
+    async fn call(
+        &self,
+        request: Request<ModelRequest>,
+    ) -> Result<Response<Self::CallStream>, Status> {
+        let arrived = Instant::now();
+        let (metadata, _, call) = request.into_parts();
+        let policy = match self
+            .inner
+            .authenticate(&metadata, &call.namespace, &call.session)
+            .await
+        {
+            Ok(policy) => policy,
+            Err(status) => {
+                self.inner
+                    .refused_unattributed(&call.namespace, &call.session, &status);
+                return Err(status);
+            }
+        };
+        let dialect = match Dialect::try_from(call.dialect) {
+            Ok(dialect @ (Dialect::OpenaiChat | Dialect::AnthropicMessages)) => dialect,
+            _ => {
+                let status = Status::invalid_argument(format!(
+                    "unknown dialect {}: expected OPENAI_CHAT or ANTHROPIC_MESSAGES",
+                    call.dialect
+                ));
+                self.inner
+                    .refused_unattributed(&call.namespace, &call.session, &status);
+                return Err(status);
+            }
+        };
+        let (replies, stream) = mpsc::channel(REPLY_BUFFER);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut progress = Progress::default();
+            let relayed = tokio::select! {
+                relayed = inner.relay(&policy, dialect, call, &replies, &mut progress) => relayed,
+                () = replies.closed() => Err(Gone),
+            };
+            if relayed.is_err() {
+                let before = match progress.reason.as_str() {
+                    "" => String::new(),
+                    reason => format!(" ({reason})"),
+                };
+                progress.reason =
+                    format!("the caller went away; the provider's request was cancelled{before}");
+            }
+            let outcome = inner.finish(&policy, &progress, arrived);
+            if relayed.is_ok() {
+                let _ = replies
+                    .send(Ok(ModelReply {
+                        reply: Some(Reply::Outcome(outcome)),
+                    }))
+                    .await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        let (metadata, _, list) = request.into_parts();
+        let policy = match self
+            .inner
+            .authenticate(&metadata, &list.namespace, &list.session)
+            .await
+        {
+            Ok(policy) => policy,
+            Err(status) => {
+                self.inner
+                    .refused_unattributed(&list.namespace, &list.session, &status);
+                return Err(status);
+            }
+        };
+        let models = decide::offered(&policy.models)
+            .into_iter()
+            .map(|link| ModelLink {
+                provider: link.provider,
+                model: link.model,
+            })
+            .collect();
+        Ok(Response::new(ListModelsResponse { models }))
+    }
+}
+
+impl<P: PolicySource, C: Credentials> Inner<P, C> {
+    async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        namespace: &str,
+        session: &str,
+    ) -> Result<Arc<SessionPolicy>, Status> {
+        let token = bearer(metadata)?;
+        if namespace.is_empty() || session.is_empty() {
+            return Err(Status::invalid_argument(
+                "namespace and session are required",
+            ));
+        }
+        self.sessions.policy(token, namespace, session).await
+    }
+
+    /// Decides the call and relays it; `Err` when the caller went away.
+    async fn relay(
+        &self,
+        policy: &SessionPolicy,
+        dialect: Dialect,
+        call: ModelRequest,
+        replies: &Replies,
+        progress: &mut Progress,
+    ) -> Result<(), Gone> {
+        let (body, link_models) = match self.admit(policy, dialect, &call.body, progress) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return self.refuse(dialect, &refusal, replies, progress).await,
+        };
+        progress.streamed = dialect::streams(&body);
+        let forbidden = link_models
+            .iter()
+            .filter(|link| decide::forbidden(&policy.models, link) == Some(decide::NOT_ALLOWED))
+            .count();
+        if forbidden == link_models.len() {
+            let model = link_models
+                .first()
+                .map(|link| link.model.clone())
+                .unwrap_or_default();
+            let refusal = Refusal::NotAllowed(model);
+            if policy.enforcement == Enforcement::Enforce {
+                return self.refuse(dialect, &refusal, replies, progress).await;
+            }
+            progress.would_deny.push(refusal.to_string());
+        }
+        for link in link_models {
+            match self
+                .try_link(
+                    policy,
+                    dialect,
+                    &body,
+                    &link,
+                    &call.headers,
+                    replies,
+                    progress,
+                )
+                .await?
+            {
+                Tried::Answered => return Ok(()),
+                Tried::Next(why) => progress.fallback.push(format!("{link} ({why})")),
+                Tried::Refused(refusal) => {
+                    return self.refuse(dialect, &refusal, replies, progress).await;
+                }
+            }
+        }
+        let refusal = Refusal::NoLink(progress.fallback.clone());
+        self.refuse(dialect, &refusal, replies, progress).await
+    }
+
+    /// The checks before any provider is called: the body, the model, its
+    /// `max_tokens`, the budgets. A refusal by policy in warn mode is
+    /// noted and let through.
+    fn admit(
+        &self,
+        policy: &SessionPolicy,
+        dialect: Dialect,
+        body: &[u8],
+        progress: &mut Progress,
+    ) -> Result<(Map<String, Value>, Vec<Link>), Refusal> {
+        if body.len() > self.settings.max_body {
+            return Err(Refusal::TooLarge(self.settings.max_body));
+        }
+        let (mut body, model) = decide::parse(body)?;
+        let links = decide::chain(&policy.models, &model)?;
+        progress.link = links.first().cloned();
+        let key: SessionKey = (policy.namespace.clone(), policy.session.clone());
+        let checks = [
+            decide::bound_max_tokens(dialect, &mut body, policy.models.max_tokens_per_request),
+            self.ledger
+                .check(&key, &policy.models, self.settings.clock.now()),
+        ];
+        for checked in checks {
+            match checked {
+                Ok(()) => {}
+                Err(refusal) if refusal.by_policy() && policy.enforcement == Enforcement::Warn => {
+                    progress.would_deny.push(refusal.to_string());
+                }
+                Err(refusal) => return Err(refusal),
+            }
+        }
+        Ok((body, links))
+    }
+
+    /// Tries one link.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_link(
+        &self,
+        policy: &SessionPolicy,
+        dialect: Dialect,
+        body: &Map<String, Value>,
+        link: &Link,
+        headers: &HashMap<String, String>,
+        replies: &Replies,
+        progress: &mut Progress,
+    ) -> Result<Tried, Gone> {
+        if let Some(why) = decide::forbidden(&policy.models, link) {
+            let configured = policy.models.provider(&link.provider).is_some();
+            if policy.enforcement == Enforcement::Enforce || !configured {
+                return Ok(Tried::Next(why.to_owned()));
+            }
+            progress.would_deny.push(format!("{link}: {why}"));
+        }
+        let Some(provider) = policy.models.provider(&link.provider) else {
+            return Ok(Tried::Next("provider not configured".into()));
+        };
+        let now = self.settings.clock.now();
+        if let Some(until) = self.cooldowns.held(&policy.namespace, &provider.name, now) {
+            return Ok(Tried::Next(format!("rate limited until {until}")));
+        }
+        let key = match self
+            .credentials
+            .key(
+                &policy.namespace,
+                &provider.secret_name,
+                &provider.secret_key,
+            )
+            .await
+        {
+            Ok(key) => key,
+            Err(error) => return Ok(Tried::Next(error.to_string())),
+        };
+        let request = match dialect::for_link(dialect, dialect_of(provider), body, &link.model) {
+            Ok(request) => request,
+            Err(unsupported) => {
+                return Ok(Tried::Refused(Refusal::Malformed(format!(
+                    "{link} cannot serve this request: {unsupported}"
+                ))));
+            }
+        };
+        progress.link = Some(link.clone());
+        let response = match self.upstream.send(provider, &key, request, headers).await {
+            Ok(response) => response,
+            Err(failure) => return Ok(Tried::Next(failure.to_string())),
+        };
+        let status = response.status();
+        if status.as_u16() == 429 || status.is_server_error() {
+            if let Some(until) = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| retry_after(value, now))
+            {
+                self.cooldowns
+                    .hold(&policy.namespace, &provider.name, until);
+            }
+            return Ok(Tried::Next(format!("HTTP {}", status.as_u16())));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let reader = AnswerReader::new(dialect, dialect_of(provider));
+        let answered = if progress.streamed && status.is_success() {
+            self.stream(response, reader, &content_type, link, replies, progress)
+                .await?
+        } else {
+            let key = secrecy::ExposeSecret::expose_secret(&key);
+            self.whole(
+                response,
+                reader,
+                &content_type,
+                link,
+                key,
+                replies,
+                progress,
+            )
+            .await?
+        };
+        if matches!(answered, Tried::Answered) {
+            self.allowed(policy, link, progress);
+        }
+        Ok(answered)
+    }
+
+    /// Relays a streamed answer as it comes; after its head went out, a
+    /// failure ends the stream with an error event.
+    async fn stream(
+        &self,
+        mut response: reqwest::Response,
+        mut reader: AnswerReader,
+        content_type: &str,
+        link: &Link,
+        replies: &Replies,
+        progress: &mut Progress,
+    ) -> Result<Tried, Gone> {
+        let status = response.status().as_u16();
+        self.send(replies, head(status, content_type, HashMap::new()))
+            .await?;
+        loop {
+            match self.upstream.chunk(&mut response).await {
+                Ok(Some(chunk)) => {
+                    let relayed = reader.stream_chunk(&chunk);
+                    progress.usage = reader.usage();
+                    self.send(replies, Reply::Chunk(relayed)).await?;
+                }
+                Ok(None) => break,
+                Err(failure) => {
+                    progress.reason = format!("the stream broke off: {failure}");
+                    let event = dialect::error_event(reader.agent(), &format!("{link}: {failure}"));
+                    self.send(replies, Reply::Chunk(event)).await?;
+                    break;
+                }
+            }
+        }
+        Ok(Tried::Answered)
+    }
+
+    /// Reads a whole answer (or the provider's refusal) and relays it;
+    /// nothing goes out before it is read, so a failure moves to the next
+    /// link.
+    #[allow(clippy::too_many_arguments)]
+    async fn whole(
+        &self,
+        mut response: reqwest::Response,
+        mut reader: AnswerReader,
+        content_type: &str,
+        link: &Link,
+        key: &str,
+        replies: &Replies,
+        progress: &mut Progress,
+    ) -> Result<Tried, Gone> {
+        let status = response.status();
+        let mut answer = Vec::new();
+        loop {
+            match self.upstream.chunk(&mut response).await {
+                Ok(Some(chunk)) if answer.len() + chunk.len() <= MAX_ANSWER => {
+                    answer.extend_from_slice(&chunk);
+                }
+                Ok(Some(_)) => return Ok(Tried::Next(format!("answer over {MAX_ANSWER} bytes"))),
+                Ok(None) => break,
+                Err(failure) => return Ok(Tried::Next(failure.to_string())),
+            }
+        }
+        let answer = if status.is_success() {
+            reader.whole(&answer)
+        } else {
+            // The provider refused (a bad request, say): the agent sees its
+            // answer, never anything of the key.
+            progress.reason = format!("{link} answered HTTP {}", status.as_u16());
+            reader.error(status.as_u16(), &redacted(&answer, key))
+        };
+        progress.usage = reader.usage();
+        self.send(replies, head(status.as_u16(), content_type, HashMap::new()))
+            .await?;
+        self.send(replies, Reply::Chunk(answer)).await?;
+        Ok(Tried::Answered)
+    }
+
+    /// Marks the call allowed (or would_deny) and charges its tokens.
+    fn allowed(&self, policy: &SessionPolicy, link: &Link, progress: &mut Progress) {
+        let key: SessionKey = (policy.namespace.clone(), policy.session.clone());
+        self.ledger.charge(
+            &key,
+            progress.usage.input + progress.usage.output,
+            self.settings.clock.now(),
+        );
+        if progress.would_deny.is_empty() {
+            progress.decision = Some(Outcome::Allowed);
+            if progress.reason.is_empty() {
+                progress.reason = format!("answered by {link}");
+            }
+        } else {
+            progress.decision = Some(Outcome::WouldDeny);
+            progress.reason = format!(
+                "answered by {link}; warn mode let through: {}",
+                progress.would_deny.join("; ")
+            );
+        }
+    }
+
+    /// Sends a refusal in the agent's dialect.
+    async fn refuse(
+        &self,
+        dialect: Dialect,
+        refusal: &Refusal,
+        replies: &Replies,
+        progress: &mut Progress,
+    ) -> Result<(), Gone> {
+        progress.decision = Some(Outcome::Denied);
+        progress.reason = refusal.to_string();
+        let mut headers = HashMap::new();
+        if let Refusal::Budget { resets, .. } = refusal {
+            let seconds = resets
+                .duration_since(self.settings.clock.now())
+                .as_secs()
+                .max(1);
+            headers.insert("retry-after".to_owned(), seconds.to_string());
+        }
+        self.send(replies, head(refusal.status(), "application/json", headers))
+            .await?;
+        let body = dialect::error_body(dialect, refusal.status(), &progress.reason);
+        self.send(replies, Reply::Chunk(body)).await
+    }
+
+    async fn send(&self, replies: &Replies, reply: Reply) -> Result<(), Gone> {
+        replies
+            .send(Ok(ModelReply { reply: Some(reply) }))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    /// The outcome of a call, recorded in the audit trail and the metrics.
+    fn finish(
+        &self,
+        policy: &SessionPolicy,
+        progress: &Progress,
+        arrived: Instant,
+    ) -> ModelOutcome {
+        let elapsed = arrived.elapsed();
+        let decision = progress.decision.unwrap_or(Outcome::Allowed);
+        let link = progress.link.clone().unwrap_or(Link {
+            provider: String::new(),
+            model: String::new(),
+        });
+        let outcome = ModelOutcome {
+            decision: name_of(&decision),
+            reason: progress.reason.clone(),
+            provider: link.provider.clone(),
+            model: link.model.clone(),
+            input_tokens: progress.usage.input,
+            output_tokens: progress.usage.output,
+            latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            fallback: progress.fallback.clone(),
+            streamed: progress.streamed,
+            enforcement: name_of(&policy.enforcement),
+            policy_hash: policy.policy_hash.clone(),
+        };
+        let mut event = AuditEvent::new(
+            self.settings.clock.now(),
+            EventType::ModelCall,
+            &policy.namespace,
+            &policy.session,
+            SourceRef {
+                source_type: "session".into(),
+                identity: policy.session.clone(),
+                trust_level: policy.trust_level,
+            },
+            decision,
+            policy.enforcement,
+            outcome.reason.clone(),
+        );
+        event.policy_hash = Some(policy.policy_hash.clone());
+        event.model = Some(ModelCall {
+            provider: outcome.provider.clone(),
+            model: outcome.model.clone(),
+            input_tokens: outcome.input_tokens,
+            output_tokens: outcome.output_tokens,
+            latency_ms: outcome.latency_ms,
+            fallback: outcome.fallback.clone(),
+            streamed: outcome.streamed,
+        });
+        self.audit.record(&event.bounded());
+        self.metrics.observe(
+            &outcome.provider,
+            &outcome.decision,
+            outcome.input_tokens,
+            outcome.output_tokens,
+            elapsed.as_secs_f64(),
+        );
+        outcome
+    }
+
+    /// Records a call refused before any session could be vouched for: the
+    /// namespace and session the caller claimed, and why.
+    fn refused_unattributed(&self, namespace: &str, session: &str, status: &Status) {
+        let mut event = AuditEvent::new(
+            self.settings.clock.now(),
+            EventType::ModelCall,
+            namespace,
+            session,
+            SourceRef {
+                source_type: "session".into(),
+                identity: session.to_owned(),
+                trust_level: TrustLevel::Untrusted,
+            },
+            Outcome::Denied,
+            Enforcement::Enforce,
+            format!(
+                "model call refused ({:?}): {}",
+                status.code(),
+                status.message()
+            ),
+        );
+        event.model = Some(ModelCall::default());
+        self.audit.record(&event.bounded());
+        self.metrics.observe("", "denied", 0, 0, 0.0);
+    }
+}
+
+/// What trying a link came to.
+enum Tried {
+    /// It answered (the reply is sent).
+    Answered,
+    /// It was skipped or failed before anything was sent: why.
+    Next(String),
+    /// The request cannot go on.
+    Refused(Refusal),
+}
+
+/// The dialect a provider speaks.
+fn dialect_of(provider: &Provider) -> Dialect {
+    match provider.kind {
+        ProviderType::Anthropic => Dialect::AnthropicMessages,
+        ProviderType::Openai | ProviderType::OpenaiCompatible => Dialect::OpenaiChat,
+    }
+}
+
+fn head(status: u16, content_type: &str, headers: HashMap<String, String>) -> Reply {
+    Reply::Head(ReplyHead {
+        status: u32::from(status),
+        content_type: content_type.to_owned(),
+        headers,
+    })
+}
+
+/// `bytes` with every occurrence of `key` replaced.
+// TODO(issue 25, merge with h-translate): crate::egress::redact also takes
+// out anything else that looks like a credential.
+fn redacted(bytes: &[u8], key: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes);
+    if key.is_empty() || !text.contains(key) {
+        return bytes.to_vec();
+    }
+    text.replace(key, "[redacted]").into_bytes()
+}
