@@ -52,6 +52,13 @@ fn load_examples(api: &FakeApi) {
             put(api, &object);
         }
     }
+    // The providers' keys, as `kubectl create secret generic model-keys` makes them.
+    api.insert(
+        &format!("/api/v1/namespaces/{NAMESPACE}/secrets/model-keys"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "model-keys", "namespace": NAMESPACE},
+               "data": {"anthropic": "c2stYW50LWV4YW1wbGU=", "openai": "c2stZXhhbXBsZQ=="}}),
+    );
     install_escalation_policies(api);
 }
 
@@ -1192,6 +1199,19 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
     cluster.api.remove(&format!(
         "{ADMISSION}/validatingadmissionpolicybindings/wopr-escalation-grants"
     ));
+    // And its fallback provider's key gone, and api-handler asking for a
+    // model its level does not allow.
+    cluster.api.modify(
+        &format!("/api/v1/namespaces/{NAMESPACE}/secrets/model-keys"),
+        |secret| {
+            secret["data"].as_object_mut().unwrap().remove("openai");
+        },
+    );
+    cluster
+        .api
+        .modify(&path("sessions", "api-handler"), |session| {
+            session["spec"]["provider"]["model"] = json!("claude-opus-4");
+        });
     // And its pod built by a controller serving plaintext.
     cluster.api.insert(
         &format!("/api/v1/namespaces/{NAMESPACE}/pods/wopr-research-agent"),
@@ -1212,6 +1232,7 @@ async fn verify_passes_on_the_examples_and_names_what_fails() {
             "rate-limits-set",
             "forward-rules-not-wildcard",
             "enforce-mode",
+            "providers-resolve",
             "control-plane-tls"
         ]
     );

@@ -11,6 +11,7 @@ use wopr_operator::api::{
     Capability, Gateway, Grant, NetworkMode, SecurityPolicy, Session, TrustLevel, WoprObject,
     parse_manifests,
 };
+use wopr_operator::policy::models::provider_problem;
 use wopr_operator::policy::{
     EffectiveContext, Outcome, Request, Source, callable_tools, decide, resolve, resolve_peer,
 };
@@ -159,23 +160,37 @@ fn every_example_passes_its_crd_cel_rules() {
     }
 }
 
+/// The example policy is the built-in profiles spelled out, plus what no
+/// built-in can hold: the namespace's model providers, and the models the
+/// reference sessions use, which every one of them may then call.
 #[test]
 fn the_example_policy_spells_out_the_builtin_profiles() {
     let examples = load_examples();
     for session in &examples.sessions {
-        let with_example = resolve(
+        let name = session.metadata.name.clone();
+        let policy = examples
+            .policy()
+            .expect("the reference deployment has a policy");
+        let mut with_example = resolve(
             session,
-            Some(
-                examples
-                    .policy()
-                    .expect("the reference deployment has a policy"),
-            ),
+            Some(policy),
             &examples.grants,
             &examples.gateways,
             now(),
+        )
+        .unwrap();
+        let mut with_builtin =
+            resolve(session, None, &examples.grants, &examples.gateways, now()).unwrap();
+        assert_eq!(
+            provider_problem(&with_example.models).map(|p| p.to_string()),
+            None,
+            "{name:?}"
         );
-        let with_builtin = resolve(session, None, &examples.grants, &examples.gateways, now());
-        assert_eq!(with_example, with_builtin, "{:?}", session.metadata.name);
+        for context in [&mut with_example, &mut with_builtin] {
+            context.models = Default::default();
+            context.policy_hash = String::new();
+        }
+        assert_eq!(with_example, with_builtin, "{name:?}");
     }
 }
 

@@ -11,13 +11,16 @@ use super::output::{Shown, Table};
 use super::status::enforcement_of;
 use super::{CliError, Context};
 use crate::api::{
-    DEFAULT_POLICY_NAME, ESCALATION_GUARDED, Enforcement, Gateway, SecurityPolicy, Session,
+    DEFAULT_POLICY_NAME, ESCALATION_GUARDED, Enforcement, Gateway, Grant, SecurityPolicy, Session,
     TrustLevel,
 };
 use crate::cluster::escalation::{CANNOT_VERIFY, read_escalation_guard};
 use crate::contract::{SIDECAR_CONTAINER, child_name, env};
-use crate::policy::level_settings;
-use k8s_openapi::api::core::v1::Pod;
+use crate::policy::models::provider_problem;
+use crate::policy::{level_settings, resolve};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use std::collections::BTreeMap;
 
 /// One item of the checklist and its result.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -197,6 +200,13 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
     for session in &sessions {
         pods.extend(get_opt::<Pod>(context, &child_name(&session.name_any())).await?);
     }
+    let grants = list::<Grant>(context).await?;
+    checks.push(check(
+        "providers-resolve",
+        providers_resolve(context, &sessions, policy.as_ref(), &grants, &gateways).await?,
+        "every session's provider chain is configured, allowed and has its key",
+    ));
+
     checks.push(check(
         "control-plane-tls",
         plaintext_sidecars(&pods),
@@ -218,6 +228,87 @@ pub async fn verify(context: &Context) -> Result<Shown, CliError> {
         .map(|check| check.name.clone())
         .collect();
     Ok(shown)
+}
+
+/// What is wrong with each Session's model providers: a link of its chain
+/// that the namespace's SecurityPolicy does not configure, a first link its
+/// trust level (with its Grants) does not allow, or a provider whose
+/// Secret or key is missing. A Secret the caller may not read is a failure
+/// too: the check cannot vouch for it.
+async fn providers_resolve(
+    context: &Context,
+    sessions: &[Session],
+    policy: Option<&SecurityPolicy>,
+    grants: &[Grant],
+    gateways: &[Gateway],
+) -> Result<Vec<String>, CliError> {
+    let mut failures = Vec::new();
+    let mut secrets_checked = BTreeMap::new();
+    for session in sessions.iter().filter(|s| s.spec.provider.is_some()) {
+        let name = session.name_any();
+        let context_of = match resolve(session, policy, grants, gateways, Timestamp::now()) {
+            Ok(effective) => effective,
+            Err(error) => {
+                failures.push(format!("session {name}: {error}"));
+                continue;
+            }
+        };
+        let models = &context_of.models;
+        if let Some(problem) = provider_problem(models) {
+            failures.push(format!("session {name}: {problem}"));
+        }
+        for link in &models.chain {
+            let Some(provider) = models.providers.iter().find(|p| p.name == link.provider) else {
+                if link.provider != models.chain[0].provider {
+                    failures.push(format!(
+                        "session {name}: fallback provider {} is not in the SecurityPolicy's spec.providers",
+                        link.provider
+                    ));
+                }
+                continue;
+            };
+            let secret = &provider.secret_ref;
+            let key = (secret.name.clone(), secret.key.clone());
+            if !secrets_checked.contains_key(&key) {
+                let problem = secret_problem(context, &secret.name, &secret.key).await?;
+                secrets_checked.insert(key.clone(), problem);
+            }
+            if let Some(problem) = &secrets_checked[&key] {
+                failures.push(format!(
+                    "session {name}: provider {}: {problem}",
+                    provider.name
+                ));
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// Why the Secret key `name`/`key` cannot serve as a provider's API key,
+/// if it cannot: missing, without the key, or not readable by the caller.
+async fn secret_problem(
+    context: &Context,
+    name: &str,
+    key: &str,
+) -> Result<Option<String>, CliError> {
+    match get_opt::<Secret>(context, name).await {
+        Ok(None) => Ok(Some(format!("Secret {name} does not exist"))),
+        Ok(Some(secret)) => {
+            let has_key = secret
+                .data
+                .as_ref()
+                .is_some_and(|data| data.contains_key(key))
+                || secret
+                    .string_data
+                    .as_ref()
+                    .is_some_and(|data| data.contains_key(key));
+            Ok((!has_key).then(|| format!("Secret {name} has no key {key}")))
+        }
+        Err(CliError::Refused(why)) => Ok(Some(format!(
+            "Secret {name} cannot be checked ({why}): the check needs get on it"
+        ))),
+        Err(error) => Err(error),
+    }
 }
 
 /// The session pods whose sidecar reaches the control plane in plaintext

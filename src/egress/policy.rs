@@ -2,7 +2,8 @@
 //! of its effective policy (as the control plane's Policy watch serves it)
 //! that concern models, checked and typed once when an update arrives.
 
-use crate::api::{Enforcement, ProviderType, TrustLevel, from_name};
+use crate::api::{Enforcement, ProviderType, TrustLevel};
+use crate::policy::models::EffectiveModels;
 use crate::proto::v1alpha1 as pb;
 use crate::wire::{DecodeError, decode};
 
@@ -81,31 +82,24 @@ impl ModelRules {
 pub fn session_policy(context: &pb::SecurityContext) -> Result<SessionPolicy, DecodeError> {
     let effective = decode(context)?;
     Ok(SessionPolicy {
+        models: model_rules(&effective.models)?,
         namespace: effective.namespace,
         session: effective.session,
         trust_level: effective.trust_level,
         enforcement: effective.enforcement,
         policy_hash: effective.policy_hash,
-        models: model_rules(context)?,
     })
 }
 
-/// The model rules of `context`, read from its wire form.
-// TODO(issue 25, merge with h-policy): read `EffectiveContext.models` from
-// `crate::wire::decode` once the policy part adds it, and drop this.
-fn model_rules(context: &pb::SecurityContext) -> Result<ModelRules, DecodeError> {
-    let Some(models) = &context.models else {
-        return Ok(ModelRules::default());
-    };
+/// The session's model rules, each provider located (its type's public API
+/// when the SecurityPolicy names no `baseURL`).
+fn model_rules(models: &EffectiveModels) -> Result<ModelRules, DecodeError> {
     let providers = models
         .providers
         .iter()
         .map(|provider| {
-            let kind: ProviderType = from_name(&provider.r#type).ok_or_else(|| DecodeError {
-                field: "provider type",
-                value: provider.r#type.clone(),
-            })?;
-            let base_url = match (provider.base_url.trim_end_matches('/'), kind) {
+            let configured = provider.base_url.as_deref().unwrap_or("");
+            let base_url = match (configured.trim_end_matches('/'), provider.type_) {
                 ("", ProviderType::Anthropic) => ANTHROPIC_API.to_owned(),
                 ("", ProviderType::Openai) => OPENAI_API.to_owned(),
                 ("", ProviderType::OpenaiCompatible) => {
@@ -118,10 +112,10 @@ fn model_rules(context: &pb::SecurityContext) -> Result<ModelRules, DecodeError>
             };
             Ok(Provider {
                 name: provider.name.clone(),
-                kind,
+                kind: provider.type_,
                 base_url,
-                secret_name: provider.secret_name.clone(),
-                secret_key: provider.secret_key.clone(),
+                secret_name: provider.secret_ref.name.clone(),
+                secret_key: provider.secret_ref.key.clone(),
             })
         })
         .collect::<Result<_, _>>()?;
@@ -135,7 +129,7 @@ fn model_rules(context: &pb::SecurityContext) -> Result<ModelRules, DecodeError>
             .iter()
             .map(|link| Link {
                 provider: link.provider.clone(),
-                model: link.model.clone(),
+                model: link.model.clone().unwrap_or_default(),
             })
             .collect(),
         providers,
