@@ -302,7 +302,7 @@ fn every_command_has_help_with_an_example() {
     }
     let mut found = Vec::new();
     leaves(&Cli::command(), "kubectl wopr".into(), &mut found);
-    assert_eq!(found.len(), 20, "{found:?}");
+    assert_eq!(found.len(), 21, "{found:?}");
     for (path, help) in found {
         assert!(
             help.contains("Example"),
@@ -1319,6 +1319,92 @@ mod with_control_plane {
             Some(READER),
         );
         plane
+    }
+
+    /// A `model_call` event of `session` at `seconds` from the CLI's now.
+    fn model_call(
+        now: Timestamp,
+        session: &str,
+        decision: Outcome,
+        seconds: i64,
+        tokens: (u64, u64),
+    ) -> AuditEvent {
+        AuditEvent {
+            time: now + k8s_openapi::jiff::SignedDuration::from_secs(seconds),
+            event_type: wopr_operator::audit::EventType::ModelCall,
+            model: Some(wopr_operator::audit::ModelCall {
+                provider: "anthropic".into(),
+                model: "claude-3-5-haiku".into(),
+                input_tokens: tokens.0,
+                output_tokens: tokens.1,
+                ..Default::default()
+            }),
+            ..event(NAMESPACE, session, decision, seconds)
+        }
+    }
+
+    /// `session usage` sums the tokens of today's model calls (UTC), and of
+    /// the last minute, against the budgets of the session's level; refused
+    /// calls count as calls, not tokens. `audit --type model_call` lists
+    /// the same events.
+    #[tokio::test]
+    async fn session_usage_sums_todays_model_calls_against_the_budgets() {
+        let mut cluster = examples();
+        let plane = control_plane(&mut cluster).await;
+        // The CLI's now is 12:00 UTC.
+        let now = cluster.context.now;
+        let events = vec![
+            model_call(now, "research-agent", Outcome::Allowed, -30, (100, 50)),
+            model_call(now, "research-agent", Outcome::Allowed, -3_600, (1_000, 0)),
+            model_call(now, "research-agent", Outcome::Denied, -10, (0, 0)),
+            // Yesterday (UTC): not today's.
+            model_call(
+                now,
+                "research-agent",
+                Outcome::Allowed,
+                -13 * 3_600,
+                (7_000, 0),
+            ),
+            // Another session's.
+            model_call(now, "code-executor", Outcome::Allowed, -5, (9, 9)),
+            event(NAMESPACE, "research-agent", Outcome::Allowed, -20),
+        ];
+        plane.store.insert_events(&events).await.unwrap();
+
+        let shown = cluster
+            .run(&["session", "usage", "research-agent", "-o", "json"])
+            .await
+            .unwrap();
+        assert_eq!(
+            shown.data["items"],
+            json!([{"session": "research-agent", "calls": 3,
+                    "minuteTokens": 150, "tokensPerMinute": 20000,
+                    "dayTokens": 1150, "tokensPerDay": 200000,
+                    "dayResetsAt": "2026-11-30T00:00:00Z"}])
+        );
+        let table = cluster.text(&["session", "usage"]).await;
+        assert!(table.contains("150/20000"), "{table}");
+        assert!(table.contains("code-executor"), "{table}");
+
+        let listed = cluster
+            .run(&[
+                "security",
+                "audit",
+                "--type",
+                "model_call",
+                "--session",
+                "research-agent",
+                "-o",
+                "json",
+            ])
+            .await
+            .unwrap();
+        assert_eq!(listed.data["items"].as_array().unwrap().len(), 4);
+        let unknown = Cli::try_parse_from(["kubectl-wopr", "security", "audit", "--type", "model"])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("use tool_call"), "{unknown}");
     }
 
     #[tokio::test]

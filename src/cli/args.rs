@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::CliError;
 use crate::api::{Capability, TrustLevel};
+use crate::audit::EventType;
 
 /// The WOPR security model on Kubernetes: sessions, trust levels, grants,
 /// gateways, approvals and the audit trail.
@@ -348,6 +349,10 @@ pub struct AuditArgs {
     /// Only this session's events.
     #[arg(long)]
     pub session: Option<String>,
+    /// Only events of this type (tool_call, injection, forward, approval,
+    /// grant, rate_limited, policy, model_call).
+    #[arg(long = "type", value_parser = parse_event_type)]
+    pub event_type: Option<EventType>,
     /// Only events since: a duration back from now (1w, 24h, "1 week ago",
     /// "3 days ago") or an RFC 3339 time.
     #[arg(long)]
@@ -392,6 +397,17 @@ pub enum SessionCommand {
         after_help = "Example:\n  kubectl wopr session set-provider research-agent anthropic --model claude-sonnet --fallback openai:gpt-5,local"
     )]
     SetProvider(SetProviderArgs),
+    /// Tokens each session's model calls used, per minute and per UTC day,
+    /// against its budgets.
+    #[command(
+        after_help = "Reads the model_call events of the audit trail (as security audit --type model_call does).\n\nExample:\n  kubectl wopr session usage research-agent"
+    )]
+    Usage {
+        /// The session (default: every session with a provider).
+        name: Option<String>,
+        #[command(flatten)]
+        printing: Printing,
+    },
     /// Send a message to a session's agent, as you.
     #[command(
         after_help = "Needs create on sessions/inject (ClusterRole wopr-session-injector) and, for a person, use on trustlevels.wopr.dev named the session's trust level (ClusterRole wopr-trust-<level>); edit holds the first, and the second up to semi-trusted. A service account needs a Grant instead of the second.\n\nExample:\n  kubectl wopr session inject research-agent \"Summarize today's papers\""
@@ -459,6 +475,14 @@ pub enum ConfigCommand {
 }
 
 /// A capability a Grant may give: every one but the wildcard.
+fn parse_event_type(value: &str) -> Result<EventType, CliError> {
+    crate::api::from_name(value).ok_or_else(|| {
+        CliError::Usage(format!(
+            "unknown event type {value:?}: use tool_call, injection, forward, approval, grant, rate_limited, policy or model_call"
+        ))
+    })
+}
+
 fn parse_capability(value: &str) -> Result<Capability, CliError> {
     match value.parse::<Capability>() {
         Ok(Capability::All) => Err(CliError::Usage(

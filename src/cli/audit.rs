@@ -93,6 +93,7 @@ fn filters(context: &Context, args: &AuditArgs) -> AuditQueryRequest {
             String::new()
         },
         capability: args.capability.map(|c| c.to_string()).unwrap_or_default(),
+        r#type: args.event_type.map(|t| name_of(&t)).unwrap_or_default(),
         ..AuditQueryRequest::default()
     }
 }
@@ -220,7 +221,7 @@ fn since(value: Option<&str>, now: Timestamp) -> Result<String, CliError> {
 }
 
 /// Up to `wanted` events matching `query`, newest first, page by page.
-async fn query_events(
+pub(super) async fn query_events(
     context: &Context,
     mut query: AuditQueryRequest,
     wanted: u32,

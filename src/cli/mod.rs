@@ -25,6 +25,7 @@ pub mod portforward;
 mod session;
 mod status;
 mod time;
+mod usage;
 mod verify;
 
 use k8s_openapi::jiff::Timestamp;
@@ -107,9 +108,9 @@ pub fn format_of(command: &Command) -> Format {
         },
         Command::Session(command) => match command {
             SessionCommand::Create(args) => args.printing.format,
-            SessionCommand::List { printing } | SessionCommand::Inject { printing, .. } => {
-                printing.format
-            }
+            SessionCommand::List { printing }
+            | SessionCommand::Inject { printing, .. }
+            | SessionCommand::Usage { printing, .. } => printing.format,
             SessionCommand::SetProvider(args) => args.printing.format,
         },
         Command::Config(ConfigCommand::Set { printing, .. }) => printing.format,

@@ -18,6 +18,7 @@ pub async fn run(context: &Context, command: SessionCommand) -> Result<Shown, Cl
         SessionCommand::List { .. } => sessions(context).await,
         SessionCommand::SetProvider(args) => set_provider(context, args).await,
         SessionCommand::Inject { name, message, .. } => inject(context, &name, &message).await,
+        SessionCommand::Usage { name, .. } => super::usage::usage(context, name.as_deref()).await,
     }
 }
 
