@@ -28,8 +28,9 @@ struct Examples {
     gateways: Vec<Gateway>,
 }
 
-/// The example directories: the reference deployment and the quickstart's.
-const EXAMPLE_DIRS: [&str; 2] = ["examples", "examples/quickstart"];
+/// The example directories: the reference deployment, the quickstart's and
+/// the model provider example.
+const EXAMPLE_DIRS: [&str; 3] = ["examples", "examples/quickstart", "examples/providers"];
 
 /// The YAML files of `dir`, sorted.
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
@@ -369,4 +370,28 @@ fn the_quickstart_shows_each_trust_level_a_different_sidecar() {
         quickstart.context("demo-untrusted").trust_level,
         TrustLevel::Untrusted
     );
+}
+
+/// The provider example's Session may call the model it names, through the
+/// provider its policy configures, within the budgets the policy sets.
+#[test]
+fn the_provider_example_may_call_its_model() {
+    let examples = load("examples/providers");
+    let context = examples.context("model-agent");
+    assert_eq!(
+        provider_problem(&context.models).map(|p| p.to_string()),
+        None
+    );
+    assert_eq!(context.models.providers[0].name, "openai");
+    assert_eq!(context.models.tokens_per_day, 200_000);
+    assert!(wopr_operator::policy::models::allows(
+        &context.models.allow,
+        "openai",
+        "gpt-4o-mini"
+    ));
+    assert!(!wopr_operator::policy::models::allows(
+        &context.models.allow,
+        "openai",
+        "gpt-4o"
+    ));
 }
