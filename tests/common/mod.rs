@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod e2e;
 pub mod escalations;
 pub mod fake_api;
+pub mod fake_models;
 pub mod harness;
 pub mod kubelet;
 pub mod logs;
