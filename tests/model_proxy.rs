@@ -187,7 +187,7 @@ fn assert_relayed(fake: &FakeModels, dialect: Dialect, count: usize) {
         assert_eq!(call.request.dialect, i32::from(dialect));
         let relayed = format!("{:?}", call.request.headers);
         assert!(
-            !relayed.contains(PLACEHOLDER_API_KEY) && !relayed.contains("authorization"),
+            !relayed.contains(PLACEHOLDER_API_KEY) && !relayed.contains("placeholder"),
             "no agent credential is relayed: {relayed}"
         );
         assert!(
@@ -247,16 +247,38 @@ async fn the_official_anthropic_sdk_calls_a_model_with_tools_whole_and_streamed(
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
     }
-    assert_relayed(&setup.fake, Dialect::AnthropicMessages, 2);
+    // This SDK sends its key as `authorization`; others as `x-api-key`:
+    // neither leaves the pod, anthropic-beta does.
+    let (status, _) = http(
+        setup.sidecar.models,
+        "POST",
+        "/v1/messages",
+        &[
+            "anthropic-version: 2023-06-01",
+            "anthropic-beta: tools-2024-04-04",
+            "x-api-key: sk-ant-agent-placeholder",
+            "authorization: Bearer sk-ant-agent-placeholder",
+        ],
+        &completion(model, false),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_relayed(&setup.fake, Dialect::AnthropicMessages, 3);
+    let seen = setup.fake.seen();
     assert!(
-        setup
-            .fake
-            .seen()
-            .iter()
+        seen.iter()
             .all(|call| call.request.headers.contains_key("anthropic-version")),
         "anthropic-version is relayed"
     );
-    assert_outcomes(&setup.model_calls(2).await, model);
+    assert_eq!(
+        seen[2]
+            .request
+            .headers
+            .get("anthropic-beta")
+            .map(String::as_str),
+        Some("tools-2024-04-04")
+    );
+    assert_outcomes(&setup.model_calls(3).await, model);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -591,4 +613,34 @@ async fn a_client_that_disconnects_cancels_the_call_at_the_egress_service() {
             "unknown"
         );
     }
+}
+
+/// A sidecar shutting down ends the model calls still open (recorded as
+/// such, cancelled at the egress service): its drain waits on none.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutting_down_ends_open_calls_and_records_them() {
+    let mut setup = Setup::start().await;
+    let models = setup.sidecar.models;
+    let mut streaming = TcpStream::connect(models).await.unwrap();
+    let body = completion(DRIP, true);
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {models}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    streaming.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = [0; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), streaming.read(&mut buffer))
+        .await
+        .expect("the stream flows")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    let _ = setup.sidecar.shutdown.take().unwrap().send(());
+    let served = tokio::time::timeout(Duration::from_secs(5), &mut setup.sidecar.server)
+        .await
+        .expect("the drain does not wait on the open call");
+    served.unwrap().unwrap();
+    setup.fake.wait_for_cancelled(1).await;
+    let event = &setup.model_calls(1).await[0];
+    assert!(event.reason.contains("shut down"), "{}", event.reason);
+    drop(streaming);
 }

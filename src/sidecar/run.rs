@@ -478,7 +478,7 @@ pub async fn serve(
     let tools = ToolsServer::new(ToolsService::new(engine.clone()))
         .max_decoding_message_size(max_request_bytes);
     // Ended at shutdown, so the servers' graceful shutdowns do not wait on
-    // the open MCP and inbox streams.
+    // the open MCP and inbox streams and model calls.
     let streams_end = CancellationToken::new();
     let inbox = InboxServer::new(InboxService::new(engine.clone(), streams_end.clone()))
         .max_decoding_message_size(max_request_bytes);
@@ -499,11 +499,14 @@ pub async fn serve(
         max_request_bytes,
         streams_end.clone(),
     );
-    let models_server = axum::serve(
-        listeners.models,
-        models::router(engine.clone(), models_options),
-    )
-    .with_graceful_shutdown(shutdown.clone());
+    let models_router = models::router(engine.clone(), models_options, streams_end.clone());
+    let models_end = streams_end.clone();
+    let models_shutdown = shutdown.clone();
+    let models_server =
+        axum::serve(listeners.models, models_router).with_graceful_shutdown(async move {
+            models_shutdown.await;
+            models_end.cancel();
+        });
     let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(async move {
         shutdown.await;
         streams_end.cancel();

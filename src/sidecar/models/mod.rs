@@ -29,6 +29,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use self::dialect::{Dialect, listed_models, status_of};
@@ -120,11 +121,18 @@ struct Proxy {
     engine: Arc<ToolEngine>,
     egress: Option<Egress>,
     max_body_bytes: usize,
+    /// Cancelled at shutdown: ends the calls still open.
+    streams_end: CancellationToken,
 }
 
 /// The model proxy's routes; any other is 404 (audited as a request that
-/// broke the protocol).
-pub fn router(engine: Arc<ToolEngine>, options: ModelsOptions) -> Router {
+/// broke the protocol). Cancelling `streams_end` ends every call still
+/// open (recorded as such), so a graceful shutdown does not wait on them.
+pub fn router(
+    engine: Arc<ToolEngine>,
+    options: ModelsOptions,
+    streams_end: CancellationToken,
+) -> Router {
     let proxy = Arc::new(Proxy {
         engine,
         egress: options.egress.map(|target| Egress {
@@ -132,6 +140,7 @@ pub fn router(engine: Arc<ToolEngine>, options: ModelsOptions) -> Router {
             channel: Mutex::new(None),
         }),
         max_body_bytes: options.max_body_bytes,
+        streams_end,
     });
     Router::new()
         .route(
@@ -376,7 +385,16 @@ async fn relay(proxy: Arc<Proxy>, dialect: Dialect, request: Request) -> Respons
         Ok(replies) => replies.into_inner(),
         Err(status) => return refused_by(call, status),
     };
-    let head = match replies.message().await {
+    let first = tokio::select! {
+        first = replies.message() => first,
+        () = proxy.streams_end.cancelled() => {
+            return call.refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the sidecar is shutting down".into(),
+            );
+        }
+    };
+    let head = match first {
         Ok(Some(ModelReply {
             reply: Some(Reply::Head(head)),
         })) => head,
@@ -390,7 +408,8 @@ async fn relay(proxy: Arc<Proxy>, dialect: Dialect, request: Request) -> Respons
     };
     match head_response(head) {
         Ok(mut response) => {
-            *response.body_mut() = Body::from_stream(ReplyBody::new(replies, call));
+            *response.body_mut() =
+                Body::from_stream(ReplyBody::new(replies, call, proxy.streams_end.clone()));
             response
         }
         Err(why) => call.refuse(StatusCode::BAD_GATEWAY, why),

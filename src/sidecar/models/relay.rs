@@ -3,13 +3,17 @@
 //! and the call is recorded once, whichever way it ends: by the `outcome`,
 //! by the reply breaking off, or by the agent going away. The agent going
 //! away drops the body, which drops the gRPC stream, which cancels the
-//! call at the egress service and, through it, upstream.
+//! call at the egress service and, through it, upstream. The sidecar
+//! shutting down ends every reply still open, so its drain does not wait
+//! on them.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use futures::Stream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Streaming;
 
 use super::Call;
@@ -28,6 +32,9 @@ pub enum BrokenReply {
     /// It ended without an outcome.
     #[error("the egress service ended the reply without an outcome")]
     NoOutcome,
+    /// The sidecar is shutting down.
+    #[error("the sidecar shut down before the reply ended")]
+    ShuttingDown,
 }
 
 /// The body of a relayed reply.
@@ -36,14 +43,22 @@ pub struct ReplyBody {
     /// The call to record; `None` once recorded. Dropped unrecorded (the
     /// agent went away), it records itself as ended by the agent.
     call: Option<Call>,
+    /// Completes when the sidecar shuts down.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl ReplyBody {
-    /// The body of `replies` (the head already read), recording `call`.
-    pub fn new(replies: Streaming<ModelReply>, call: Call) -> ReplyBody {
+    /// The body of `replies` (the head already read), recording `call`,
+    /// ended when `shutdown` is cancelled.
+    pub fn new(
+        replies: Streaming<ModelReply>,
+        call: Call,
+        shutdown: CancellationToken,
+    ) -> ReplyBody {
         ReplyBody {
             replies,
             call: Some(call),
+            shutdown: Box::pin(shutdown.cancelled_owned()),
         }
     }
 
@@ -72,25 +87,29 @@ impl Stream for ReplyBody {
             return Poll::Ready(None);
         }
         let next = match Pin::new(&mut self.replies).poll_next(cx) {
+            Poll::Pending if self.shutdown.as_mut().poll(cx).is_ready() => None,
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(next) => next,
+            Poll::Ready(next) => Some(next),
         };
         let broken = match next {
-            Some(Ok(ModelReply {
-                reply: Some(Reply::Chunk(chunk)),
-            })) => return Poll::Ready(Some(Ok(chunk.into()))),
-            Some(Ok(ModelReply {
-                reply: Some(Reply::Outcome(outcome)),
-            })) => {
-                self.finish(Ended::Outcome(outcome));
-                return Poll::Ready(None);
-            }
-            Some(Ok(ModelReply {
-                reply: Some(Reply::Head(_)),
-            })) => BrokenReply::OutOfOrder("a second head"),
-            Some(Ok(ModelReply { reply: None })) => BrokenReply::OutOfOrder("an unknown reply"),
-            Some(Err(status)) => BrokenReply::Status(status),
-            None => BrokenReply::NoOutcome,
+            None => BrokenReply::ShuttingDown,
+            Some(next) => match next {
+                Some(Ok(ModelReply {
+                    reply: Some(Reply::Chunk(chunk)),
+                })) => return Poll::Ready(Some(Ok(chunk.into()))),
+                Some(Ok(ModelReply {
+                    reply: Some(Reply::Outcome(outcome)),
+                })) => {
+                    self.finish(Ended::Outcome(outcome));
+                    return Poll::Ready(None);
+                }
+                Some(Ok(ModelReply {
+                    reply: Some(Reply::Head(_)),
+                })) => BrokenReply::OutOfOrder("a second head"),
+                Some(Ok(ModelReply { reply: None })) => BrokenReply::OutOfOrder("an unknown reply"),
+                Some(Err(status)) => BrokenReply::Status(status),
+                None => BrokenReply::NoOutcome,
+            },
         };
         // Failing the body (not ending it) tells the agent its answer is
         // incomplete: the connection is closed mid-body.
