@@ -111,6 +111,7 @@ fn sidecar_under_test() -> Arc<Sidecar> {
                             audit: Arc::default(),
                             max_policy_age: Duration::from_secs(30),
                             prompt: None,
+                            egress: None,
                         };
                         let sidecar = Sidecar::start_with(
                             &control_plane,

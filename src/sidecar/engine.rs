@@ -17,7 +17,8 @@ use super::tools::{self, Messenger, Scope};
 use super::workspace::Workspace;
 use crate::api::{Capability, Enforcement, RateLimit, SourceRef, SourceType, TrustLevel};
 use crate::audit::{
-    AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES, truncated,
+    AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES, NotAccepting,
+    truncated,
 };
 use crate::policy::{
     Outcome, Request, TokenBucket, ToolCall, ToolId, decide, decide_tool_call, try_acquire_all,
@@ -254,6 +255,26 @@ impl ToolEngine {
         Answer { result, audit_id }
     }
 
+    /// Whether calls may run now: an error when the audit cannot record
+    /// them durably (no call, tool or model, runs unrecorded).
+    pub fn accepting(&self) -> Result<(), NotAccepting> {
+        self.audit.accepting()
+    }
+
+    /// Records a model call's event (see [`super::models`]): a refusal
+    /// within the denials' budget like a tool's, anything else at once; its id.
+    pub fn record_model_call(&self, event: AuditEvent) -> String {
+        self.record_due_denials();
+        if event.decision == Outcome::Denied {
+            let key = DenialKey {
+                tool: None,
+                reason: "model call refused".into(),
+            };
+            return self.record_denial(key, event);
+        }
+        self.record(event)
+    }
+
     /// Records `event`, its free text bounded; its id.
     fn record(&self, event: AuditEvent) -> String {
         let event = event.bounded();
@@ -400,7 +421,9 @@ impl ToolEngine {
         (result, event)
     }
 
-    fn event(
+    /// An event of this session, its source the agent at the level of
+    /// `served` (untrusted and enforce when no policy is in force).
+    pub fn event(
         &self,
         served: Option<&Served>,
         event_type: EventType,

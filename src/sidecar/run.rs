@@ -1,6 +1,6 @@
 //! Starting the sidecar: watch the policy, serve the tools over gRPC on a
-//! unix socket and MCP on loopback, and gRPC health on a TCP port for the
-//! kubelet's native gRPC probes.
+//! unix socket and MCP on loopback, the model proxy on loopback, and gRPC
+//! health on a TCP port for the kubelet's native gRPC probes.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +28,7 @@ use super::isolation::network::{EgressAllow, ListError, ProbeTarget};
 use super::isolation::pids::CgroupFiles;
 use super::isolation::{IsolationConfig, verify_forever};
 use super::mcp;
+use super::models::{self, ModelsOptions};
 use super::policy_state::PolicyState;
 use super::shipper::ship_forever;
 use super::spool::{Spool, SpooledSink};
@@ -79,6 +80,19 @@ pub struct SidecarArgs {
     /// The MCP endpoint's address (keep it on loopback).
     #[arg(long, env = env::MCP_ADDRESS, default_value = contract::MCP_ADDRESS)]
     pub mcp_address: SocketAddr,
+    /// The model proxy's address (OpenAI- and Anthropic-compatible HTTP):
+    /// loopback only, the agent's SDKs are pointed at it.
+    #[arg(long, env = env::MODELS_ADDRESS, default_value = contract::MODELS_ADDRESS)]
+    pub models_address: SocketAddr,
+    /// The egress service the model proxy relays to (`https://host:port`
+    /// or `host:port`; `http://` only with `--insecure-plaintext`),
+    /// verified with the control plane's CA bundle and called with the
+    /// same token. Without it every model call is refused.
+    #[arg(long, env = env::EGRESS_ADDRESS)]
+    pub egress_address: Option<String>,
+    /// Largest model request body, in bytes (refused before it is buffered whole).
+    #[arg(long, env = "WOPR_MAX_MODEL_REQUEST_BYTES", default_value_t = models::MAX_BODY_BYTES)]
+    pub max_model_request_bytes: usize,
     /// The gRPC health endpoint for the kubelet's probes.
     #[arg(long, env = env::HEALTH_ADDRESS, default_value = contract::HEALTH_ADDRESS)]
     pub health_address: SocketAddr,
@@ -177,17 +191,39 @@ impl SidecarArgs {
     fn watch_target(&self) -> WatchTarget {
         WatchTarget {
             address: self.control_plane_address.clone(),
-            tls: if self.insecure_plaintext {
-                ClientTls::Plaintext
-            } else {
-                ClientTls::Verify {
-                    bundle: Bundle::File(self.control_plane_ca.clone()),
-                    server_name: self.control_plane_server_name.clone(),
-                }
-            },
+            tls: self.tls(self.control_plane_server_name.clone()),
             namespace: self.namespace.clone(),
             session: self.session.clone(),
             token_path: self.token_path.clone(),
+        }
+    }
+
+    /// How the model proxy reaches the egress service: as the control
+    /// plane, with the same CA bundle and token (its certificate names
+    /// the host dialled).
+    pub fn models(&self) -> ModelsOptions {
+        ModelsOptions {
+            egress: self.egress_address.as_ref().map(|address| WatchTarget {
+                address: address.clone(),
+                tls: self.tls(None),
+                namespace: self.namespace.clone(),
+                session: self.session.clone(),
+                token_path: self.token_path.clone(),
+            }),
+            max_body_bytes: self.max_model_request_bytes,
+        }
+    }
+
+    /// TLS verified against the control plane's CA bundle, the server
+    /// named `server_name` or the host dialled (or the plaintext flag).
+    fn tls(&self, server_name: Option<String>) -> ClientTls {
+        if self.insecure_plaintext {
+            ClientTls::Plaintext
+        } else {
+            ClientTls::Verify {
+                bundle: Bundle::File(self.control_plane_ca.clone()),
+                server_name,
+            }
         }
     }
 }
@@ -223,6 +259,19 @@ pub enum SidecarError {
     /// The MCP server failed.
     #[error("MCP server: {0}")]
     Mcp(#[source] std::io::Error),
+    /// The model proxy failed.
+    #[error("model proxy: {0}")]
+    Models(#[source] std::io::Error),
+    /// An endpoint that must stay inside the pod asked for another address.
+    #[error(
+        "{flag} must be a loopback address (the agent's SDKs reach it inside the pod), not {address}"
+    )]
+    NotLoopback {
+        /// The flag.
+        flag: &'static str,
+        /// What it said.
+        address: SocketAddr,
+    },
     /// The audit spool cannot be written.
     #[error(
         "cannot open the audit spool {dir}: {source} (it needs a writable directory: the pod mounts an emptyDir there)"
@@ -248,6 +297,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SidecarError> {
     let isolation = args.isolation()?;
+    if !args.models_address.ip().is_loopback() {
+        return Err(SidecarError::NotLoopback {
+            flag: "--models-address",
+            address: args.models_address,
+        });
+    }
     let spool = Arc::new(
         Spool::open(&args.spool_dir).map_err(|source| SidecarError::Spool {
             dir: args.spool_dir.display().to_string(),
@@ -297,6 +352,9 @@ pub async fn run(
     let health_listener = TcpListener::bind(args.health_address)
         .await
         .map_err(listen_error(args.health_address))?;
+    let models_listener = TcpListener::bind(args.models_address)
+        .await
+        .map_err(listen_error(args.models_address))?;
     let bound = |listener: &TcpListener| {
         listener
             .local_addr()
@@ -306,6 +364,8 @@ pub async fn run(
         session = %args.session,
         socket = %args.socket_path.display(),
         mcp = %bound(&mcp_listener),
+        models = %bound(&models_listener),
+        egress = args.egress_address.as_deref().unwrap_or("none: model calls are refused"),
         health = %bound(&health_listener),
         "sidecar serving"
     );
@@ -340,10 +400,12 @@ pub async fn run(
             socket,
             mcp: mcp_listener,
             health: health_listener,
+            models: models_listener,
         },
         ServeOptions {
             max_request_bytes: args.max_request_bytes,
             health,
+            models: args.models(),
         },
         shutdown,
     )
@@ -380,6 +442,8 @@ pub struct Listeners {
     pub mcp: TcpListener,
     /// gRPC health for the kubelet's probes.
     pub health: TcpListener,
+    /// The model proxy (on loopback).
+    pub models: TcpListener,
 }
 
 /// How the sidecar serves.
@@ -390,6 +454,8 @@ pub struct ServeOptions {
     /// The gRPC health statuses: the Tools service's (liveness) and the
     /// overall one, SERVING once the agent may start (`sidecar-ready`).
     pub health: HealthReporter,
+    /// The model proxy's egress service and body limit.
+    pub models: ModelsOptions,
 }
 
 /// Serves `engine` on `listeners` until `shutdown` completes.
@@ -402,6 +468,7 @@ pub async fn serve(
     let ServeOptions {
         max_request_bytes,
         health: health_reporter,
+        models: models_options,
     } = options;
     let shutdown = shutdown.shared();
     health_reporter
@@ -411,7 +478,7 @@ pub async fn serve(
     let tools = ToolsServer::new(ToolsService::new(engine.clone()))
         .max_decoding_message_size(max_request_bytes);
     // Ended at shutdown, so the servers' graceful shutdowns do not wait on
-    // the open MCP and inbox streams.
+    // the open MCP and inbox streams and model calls.
     let streams_end = CancellationToken::new();
     let inbox = InboxServer::new(InboxService::new(engine.clone(), streams_end.clone()))
         .max_decoding_message_size(max_request_bytes);
@@ -432,16 +499,101 @@ pub async fn serve(
         max_request_bytes,
         streams_end.clone(),
     );
+    let models_router = models::router(engine.clone(), models_options, streams_end.clone());
+    let models_end = streams_end.clone();
+    let models_shutdown = shutdown.clone();
+    let models_server =
+        axum::serve(listeners.models, models_router).with_graceful_shutdown(async move {
+            models_shutdown.await;
+            models_end.cancel();
+        });
     let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(async move {
         shutdown.await;
         streams_end.cancel();
     });
-    let (grpc, health, mcp) = tokio::join!(grpc, health_server, mcp_server);
+    let (grpc, health, mcp, models) = tokio::join!(grpc, health_server, mcp_server, models_server);
     follower.abort();
     held_denials.abort();
     // Every call is answered: the repeats still held go to the audit now.
     engine.record_held_denials();
     grpc?;
     health?;
+    models.map_err(SidecarError::Models)?;
     mcp.map_err(SidecarError::Mcp)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SidecarArgs,
+    }
+
+    fn args(extra: &[&str]) -> SidecarArgs {
+        let base = [
+            "sidecar",
+            "--session=s",
+            "--namespace=ns",
+            "--control-plane-address=cp.wopr-system.svc:9443",
+            "--control-plane-ca=/ca/ca.crt",
+            "--token-path=/token/token",
+        ];
+        Cli::parse_from(base.iter().chain(extra)).args
+    }
+
+    /// The model proxy reaches the egress service as the sidecar reaches
+    /// the control plane: the same CA bundle and token, its own name.
+    #[test]
+    fn the_egress_service_is_called_with_the_control_planes_bundle_and_token() {
+        let models = args(&[
+            "--egress-address=wopr-egress.wopr-system.svc:9444",
+            "--control-plane-server-name=cp.example",
+        ])
+        .models();
+        let egress = models.egress.expect("an egress service");
+        assert_eq!(egress.address, "wopr-egress.wopr-system.svc:9444");
+        assert_eq!(
+            egress.tls,
+            ClientTls::Verify {
+                bundle: Bundle::File("/ca/ca.crt".into()),
+                server_name: None,
+            }
+        );
+        assert_eq!(egress.token_path, PathBuf::from("/token/token"));
+        assert_eq!(
+            (egress.namespace.as_str(), egress.session.as_str()),
+            ("ns", "s")
+        );
+        assert_eq!(models.max_body_bytes, models::MAX_BODY_BYTES);
+        let plaintext = args(&["--egress-address=http://e:1", "--insecure-plaintext=true"]);
+        assert_eq!(plaintext.models().egress.unwrap().tls, ClientTls::Plaintext);
+        assert!(
+            args(&[]).models().egress.is_none(),
+            "no egress service unless named"
+        );
+        assert_eq!(
+            args(&[]).models_address.to_string(),
+            contract::MODELS_ADDRESS
+        );
+    }
+
+    #[tokio::test]
+    async fn a_model_proxy_off_loopback_is_refused_at_startup() {
+        let refused = run(args(&["--models-address=0.0.0.0:7782"]), async {}).await;
+        assert!(
+            matches!(
+                refused,
+                Err(SidecarError::NotLoopback {
+                    flag: "--models-address",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
 }

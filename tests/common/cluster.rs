@@ -150,6 +150,7 @@ impl Cluster {
             format!("--token-path={}", path("token").display()),
             format!("--socket-path={}", path("a2a.sock").display()),
             "--mcp-address=127.0.0.1:0".to_owned(),
+            "--models-address=127.0.0.1:0".to_owned(),
             format!("--health-address={health_address}"),
             format!("--workspace={}", path("workspace").display()),
             format!("--spool-dir={}", path("spool").display()),

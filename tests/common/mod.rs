@@ -21,6 +21,7 @@ pub mod e2e;
 pub mod egress;
 pub mod escalations;
 pub mod fake_api;
+pub mod fake_models;
 pub mod harness;
 pub mod kubelet;
 pub mod logs;

@@ -36,6 +36,7 @@ use wopr_operator::sidecar::broker::BrokerLink;
 use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
 use wopr_operator::sidecar::engine::{Limits, ToolEngine};
 use wopr_operator::sidecar::inbox::{Inbox, follow_forever as follow_inbox};
+use wopr_operator::sidecar::models::{MAX_BODY_BYTES, ModelsOptions};
 use wopr_operator::sidecar::policy_state::PolicyState;
 use wopr_operator::sidecar::run::{Listeners, ServeOptions, SidecarError, serve as serve_sidecar};
 use wopr_operator::sidecar::workspace::Workspace;
@@ -430,6 +431,9 @@ pub struct SidecarOptions {
     pub max_policy_age: Duration,
     /// The agent's prompt, as its pod would give it.
     pub prompt: Option<String>,
+    /// The egress service its model proxy relays to (verified against
+    /// the test CA), if any.
+    pub egress: Option<String>,
 }
 
 impl SidecarOptions {
@@ -443,6 +447,7 @@ impl SidecarOptions {
             audit,
             max_policy_age: Duration::from_secs(30),
             prompt: None,
+            egress: None,
         }
     }
 }
@@ -454,6 +459,8 @@ pub struct Sidecar {
     pub engine: Arc<ToolEngine>,
     pub socket: PathBuf,
     pub mcp: SocketAddr,
+    /// Its model proxy (what the agent's SDKs are pointed at).
+    pub models: SocketAddr,
     pub workspace: PathBuf,
     /// Starts its shutdown.
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -481,6 +488,7 @@ impl Sidecar {
             audit,
             max_policy_age,
             prompt,
+            egress,
         } = options;
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("token");
@@ -495,6 +503,13 @@ impl Sidecar {
             namespace: NAMESPACE.into(),
             session: session.into(),
             token_path,
+        };
+        let models_options = ModelsOptions {
+            egress: egress.map(|address| WatchTarget {
+                address,
+                ..target.clone()
+            }),
+            max_body_bytes: MAX_BODY_BYTES,
         };
         let engine = Arc::new(
             ToolEngine::new(
@@ -516,8 +531,10 @@ impl Sidecar {
             socket: UnixListener::bind(&socket).unwrap(),
             mcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             health: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            models: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let mcp = listeners.mcp.local_addr().unwrap();
+        let models = listeners.models.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_sidecar(
             engine.clone(),
@@ -525,6 +542,7 @@ impl Sidecar {
             ServeOptions {
                 max_request_bytes: 1024 * 1024,
                 health: tonic_health::server::HealthReporter::new(),
+                models: models_options,
             },
             async move {
                 let _ = stopped.await;
@@ -536,6 +554,7 @@ impl Sidecar {
             engine,
             socket,
             mcp,
+            models,
             workspace,
             shutdown: Some(shutdown),
             server,
