@@ -10,4 +10,5 @@
 //! A role: it imports the layers below it and never another role
 //! (`tests/layers.rs` checks it).
 
+pub mod redact;
 pub mod translate;
