@@ -43,9 +43,10 @@ pub fn redact_key<'a>(text: &'a str, key: &str) -> Cow<'a, str> {
     Cow::Owned(text.replace(key, REDACTED))
 }
 
-/// Characters a key or token is made of (base64, base64url, hex, JWT dots).
+/// Characters a key or token is made of (base64, base64url, hex, JWT
+/// dots); base64's `=` padding only ends one (so `key=value` is two words).
 fn token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'=' | b'.' | b'~')
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'.' | b'~')
 }
 
 /// The byte spans to redact, in order, not overlapping.
@@ -66,6 +67,13 @@ fn secret_spans(text: &str) -> Vec<(usize, usize)> {
         let start = i;
         while i < bytes.len() && token_char(bytes[i]) {
             i += 1;
+        }
+        let mut padding = i;
+        while padding < bytes.len() && bytes[padding] == b'=' {
+            padding += 1;
+        }
+        if padding == bytes.len() || !token_char(bytes[padding]) {
+            i = padding;
         }
         // A sentence's full stop is not part of the token.
         let end = start + text[start..i].trim_end_matches('.').len();

@@ -485,3 +485,289 @@ fn anthropic_message(message: &Value, out: &mut Vec<Value>) -> Result<(), String
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::translate::inspect;
+
+    fn translate(
+        from: Dialect,
+        to: Dialect,
+        body: Value,
+        limit: Option<u32>,
+    ) -> Result<Value, Unsupported> {
+        let asked = inspect(from, body.to_string().as_bytes()).unwrap();
+        request_for(&asked, to, "link-model", limit).map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    fn refused(from: Dialect, to: Dialect, body: Value) -> String {
+        translate(from, to, body, None).unwrap_err().feature
+    }
+
+    use Dialect::{AnthropicMessages as A, OpenAiChat as O};
+
+    #[test]
+    fn same_dialect_replaces_only_the_model() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "seed": 3});
+        let out = translate(O, O, body.clone(), Some(100)).unwrap();
+        let mut expected = body.clone();
+        expected["model"] = "link-model".into();
+        assert_eq!(out, expected);
+
+        let body = json!({"model": "m", "messages": [], "max_tokens": 5, "top_k": 3, "thinking": {"type": "enabled", "budget_tokens": 9}});
+        let mut expected = body.clone();
+        expected["model"] = "link-model".into();
+        assert_eq!(translate(A, A, body, Some(100)).unwrap(), expected);
+    }
+
+    #[test]
+    fn same_dialect_openai_streams_ask_usage_and_get_the_policy_limit() {
+        let out = translate(
+            O,
+            O,
+            json!({"model": "m", "messages": [], "stream": true}),
+            Some(100),
+        )
+        .unwrap();
+        assert_eq!(out["stream_options"], json!({"include_usage": true}));
+        assert_eq!(out["max_completion_tokens"], 100);
+        let out = translate(
+            O,
+            O,
+            json!({"model": "m", "messages": [], "max_tokens": 7}),
+            Some(100),
+        )
+        .unwrap();
+        assert_eq!(out.get("max_completion_tokens"), None);
+        assert_eq!(out.get("stream_options"), None);
+    }
+
+    #[test]
+    fn openai_to_anthropic_translates_system_tools_and_results() {
+        let body = json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
+                    {"type": "image_url", "image_url": {"url": "https://x/cat.png"}},
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":\"cat\"}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "look", "arguments": "{}"}},
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
+                {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "still a cat"}]},
+            ],
+            "tools": [{"type": "function", "function": {"name": "look", "description": "Looks", "parameters": {"type": "object"}}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": false,
+            "stop": "END",
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "user": "u1",
+        });
+        let out = translate(O, A, body, Some(300)).unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "model": "link-model",
+                "max_tokens": 300,
+                "system": "Be brief.\n\nUse tools.",
+                "messages": [
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}},
+                        {"type": "image", "source": {"type": "url", "url": "https://x/cat.png"}},
+                    ]},
+                    {"role": "assistant", "content": [
+                        {"type": "tool_use", "id": "call_1", "name": "look", "input": {"q": "cat"}},
+                        {"type": "tool_use", "id": "call_2", "name": "look", "input": {}},
+                    ]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "call_1", "content": "a cat"},
+                        {"type": "tool_result", "tool_use_id": "call_2", "content": "still a cat"},
+                    ]},
+                ],
+                "tools": [{"name": "look", "description": "Looks", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+                "stop_sequences": ["END"],
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "stream": true,
+                "metadata": {"user_id": "u1"},
+            })
+        );
+    }
+
+    #[test]
+    fn openai_to_anthropic_defaults_max_tokens() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(
+            translate(O, A, body.clone(), None).unwrap()["max_tokens"],
+            DEFAULT_MAX_TOKENS
+        );
+        let body = json!({"model": "m", "messages": [], "max_completion_tokens": 12});
+        assert_eq!(translate(O, A, body, Some(99)).unwrap()["max_tokens"], 12);
+    }
+
+    #[test]
+    fn openai_features_without_an_anthropic_equivalent_are_refused_by_name() {
+        let base = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        assert_eq!(
+            refused(O, A, base(json!({"n": 2}))),
+            "n > 1 (several choices)"
+        );
+        assert_eq!(refused(O, A, base(json!({"logprobs": true}))), "`logprobs`");
+        assert_eq!(
+            refused(
+                O,
+                A,
+                base(json!({"response_format": {"type": "json_schema", "json_schema": {}}}))
+            ),
+            "response_format json_schema"
+        );
+        assert_eq!(
+            refused(
+                O,
+                A,
+                base(json!({"response_format": {"type": "json_object"}}))
+            ),
+            "response_format json_object"
+        );
+        assert_eq!(refused(O, A, base(json!({"seed": 1}))), "`seed`");
+        assert_eq!(
+            refused(O, A, base(json!({"temperature": 1.5}))),
+            "a temperature above 1"
+        );
+        let audio = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]});
+        assert_eq!(refused(O, A, audio), "content part type input_audio");
+        let late = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]});
+        assert_eq!(
+            refused(O, A, late),
+            "a system message after the conversation began"
+        );
+        // n = 1, logprobs false and a text response_format are faithful.
+        assert!(
+            translate(
+                O,
+                A,
+                base(json!({"n": 1, "logprobs": false, "response_format": {"type": "text"}})),
+                None
+            )
+            .is_ok()
+        );
+        let error = translate(O, A, base(json!({"n": 3})), None).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the fallback link speaks Anthropic messages and cannot serve n > 1 (several choices)"
+        );
+    }
+
+    #[test]
+    fn anthropic_to_openai_translates_system_tools_and_results() {
+        let body = json!({
+            "model": "claude",
+            "max_tokens": 200,
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Look"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}},
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Looking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "look", "input": {"q": "x"}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "found"}]},
+                    {"type": "text", "text": "thanks"},
+                ]},
+            ],
+            "tools": [{"name": "look", "description": "Looks", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "look", "disable_parallel_tool_use": true},
+            "stop_sequences": ["END"],
+            "temperature": 0.2,
+            "stream": true,
+            "metadata": {"user_id": "u1"},
+        });
+        let out = translate(A, O, body, None).unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "model": "link-model",
+                "max_completion_tokens": 200,
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "Look"},
+                        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}},
+                    ]},
+                    {"role": "assistant", "content": "Looking.", "tool_calls": [
+                        {"id": "toolu_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":\"x\"}"}},
+                    ]},
+                    {"role": "tool", "tool_call_id": "toolu_1", "content": "found"},
+                    {"role": "user", "content": [{"type": "text", "text": "thanks"}]},
+                ],
+                "tools": [{"type": "function", "function": {"name": "look", "description": "Looks", "parameters": {"type": "object"}}}],
+                "tool_choice": {"type": "function", "function": {"name": "look"}},
+                "parallel_tool_calls": false,
+                "stop": ["END"],
+                "temperature": 0.2,
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "user": "u1",
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_features_without_an_openai_equivalent_are_refused_by_name() {
+        let base =
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let with = |key: &str, value: Value| {
+            let mut body = base.clone();
+            body[key] = value;
+            body
+        };
+        assert_eq!(
+            refused(
+                A,
+                O,
+                with(
+                    "thinking",
+                    json!({"type": "enabled", "budget_tokens": 1024})
+                )
+            ),
+            "extended thinking (`thinking`)"
+        );
+        assert_eq!(refused(A, O, with("top_k", json!(5))), "`top_k`");
+        let document = json!([{"role": "user", "content": [{"type": "document", "source": {}}]}]);
+        assert_eq!(
+            refused(A, O, with("messages", document)),
+            "content block type document"
+        );
+        let server_tool = json!([{"type": "web_search_20250305", "name": "web_search"}]);
+        assert_eq!(
+            refused(A, O, with("tools", server_tool)),
+            "tools of type web_search_20250305"
+        );
+        let error_result = json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x", "is_error": true}]}]);
+        assert_eq!(
+            refused(A, O, with("messages", error_result)),
+            "tool results marked is_error"
+        );
+        assert!(translate(A, O, with("thinking", json!({"type": "disabled"})), None).is_ok());
+    }
+}

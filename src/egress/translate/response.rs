@@ -184,3 +184,166 @@ pub(crate) fn finish_reason(stop_reason: Option<&str>) -> &'static str {
         _ => "stop",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: Vec<u8>) -> Value {
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn openai_completion_becomes_an_anthropic_message() {
+        let body = json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Let me look.",
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":1}"}}],
+            }}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14},
+        });
+        let bytes = body.to_string().into_bytes();
+        let out = parse(
+            response_for(
+                Dialect::OpenAiChat,
+                Dialect::AnthropicMessages,
+                &bytes,
+                "claude-x",
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            out,
+            json!({
+                "id": "chatcmpl-1", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": [
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "call_1", "name": "look", "input": {"q": 1}},
+                ],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 10, "output_tokens": 4},
+            })
+        );
+        assert_eq!(
+            usage(Dialect::OpenAiChat, &bytes),
+            Some(Usage {
+                input: 10,
+                output: 4
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_message_becomes_an_openai_completion() {
+        let body = json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}],
+            "stop_reason": "max_tokens", "stop_sequence": null,
+            "usage": {"input_tokens": 7, "output_tokens": 2},
+        });
+        let bytes = body.to_string().into_bytes();
+        let out = parse(
+            response_for(
+                Dialect::AnthropicMessages,
+                Dialect::OpenAiChat,
+                &bytes,
+                "gpt-x",
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            out,
+            json!({
+                "id": "msg_1", "object": "chat.completion", "created": 0, "model": "gpt-x",
+                "choices": [{"index": 0, "finish_reason": "length", "logprobs": null,
+                    "message": {"role": "assistant", "content": "Hello there", "refusal": null}}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+            })
+        );
+        assert_eq!(
+            usage(Dialect::AnthropicMessages, &bytes),
+            Some(Usage {
+                input: 7,
+                output: 2
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_tool_use_becomes_tool_calls() {
+        let body = json!({"id": "msg_2", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": [1]}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}});
+        let out = parse(
+            response_for(
+                Dialect::AnthropicMessages,
+                Dialect::OpenAiChat,
+                body.to_string().as_bytes(),
+                "m",
+            )
+            .unwrap(),
+        );
+        let message = &out["choices"][0]["message"];
+        assert_eq!(message["content"], Value::Null);
+        assert_eq!(
+            message["tool_calls"],
+            json!([{"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":[1]}"}}])
+        );
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn same_dialect_is_unchanged_and_bad_bodies_are_errors() {
+        let body = b"{\"anything\":1}";
+        assert_eq!(
+            response_for(Dialect::OpenAiChat, Dialect::OpenAiChat, body, "m").unwrap(),
+            body
+        );
+        let error = response_for(
+            Dialect::OpenAiChat,
+            Dialect::AnthropicMessages,
+            b"nope",
+            "m",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the provider's response is not a OpenAI chat completions completion: not JSON"
+        );
+        assert!(
+            response_for(
+                Dialect::OpenAiChat,
+                Dialect::AnthropicMessages,
+                b"{\"choices\":[]}",
+                "m"
+            )
+            .is_err()
+        );
+        let thinking = json!({"content": [{"type": "thinking", "thinking": "x"}]}).to_string();
+        assert!(
+            response_for(
+                Dialect::AnthropicMessages,
+                Dialect::OpenAiChat,
+                thinking.as_bytes(),
+                "m"
+            )
+            .is_err()
+        );
+        assert_eq!(usage(Dialect::OpenAiChat, b"{}"), None);
+        assert_eq!(usage(Dialect::OpenAiChat, b"not json"), None);
+    }
+
+    #[test]
+    fn stop_and_finish_reasons_map_both_ways() {
+        for (finish, stop) in [
+            ("stop", "end_turn"),
+            ("length", "max_tokens"),
+            ("tool_calls", "tool_use"),
+            ("content_filter", "refusal"),
+        ] {
+            assert_eq!(stop_reason(Some(finish)), stop);
+            assert_eq!(finish_reason(Some(stop)), finish);
+        }
+        assert_eq!(finish_reason(Some("stop_sequence")), "stop");
+    }
+}
