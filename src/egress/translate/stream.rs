@@ -425,3 +425,302 @@ fn anthropic_event(out: &mut Vec<u8>, name: &str, data: Value) {
 fn openai_data(out: &mut Vec<u8>, data: &Value) {
     out.extend_from_slice(format!("data: {data}\n\n").as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Dialect::{AnthropicMessages as A, OpenAiChat as O};
+    use proptest::prelude::*;
+
+    const OPENAI_STREAM: &str = concat!(
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"look\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"q\\\":\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"1}\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":5,\"total_tokens\":16}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    const ANTHROPIC_STREAM: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi \"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"there\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"look\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"q\\\":\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"2}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":6}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    /// The agent's events: (event name, data as JSON or the raw `[DONE]`).
+    fn events(bytes: &[u8]) -> Vec<(Option<String>, Value)> {
+        let mut parser = SseParser::new();
+        parser
+            .push(bytes)
+            .into_iter()
+            .map(|e| {
+                (
+                    e.event,
+                    serde_json::from_str(&e.data).unwrap_or(Value::String(e.data)),
+                )
+            })
+            .collect()
+    }
+
+    fn run(translator: &mut StreamTranslator, stream: &str) -> Vec<u8> {
+        let mut out = translator.push(stream.as_bytes());
+        out.extend(translator.finish());
+        out
+    }
+
+    #[test]
+    fn openai_stream_becomes_anthropic_events() {
+        let mut translator = StreamTranslator::new(O, A, "claude-x", false);
+        let out = events(&run(&mut translator, OPENAI_STREAM));
+        let names: Vec<&str> = out
+            .iter()
+            .map(|(name, _)| name.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        for (name, data) in &out {
+            assert_eq!(data["type"], name.as_deref().unwrap());
+        }
+        assert_eq!(out[0].1["message"]["model"], "claude-x");
+        assert_eq!(out[0].1["message"]["role"], "assistant");
+        assert_eq!(
+            out[1].1,
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        );
+        assert_eq!(
+            out[2].1["delta"],
+            json!({"type": "text_delta", "text": "Hel"})
+        );
+        assert_eq!(
+            out[5].1["content_block"],
+            json!({"type": "tool_use", "id": "call_1", "name": "look", "input": {}})
+        );
+        assert_eq!(out[5].1["index"], 1);
+        let json: String = out[6..8]
+            .iter()
+            .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap())
+            .collect();
+        assert_eq!(json, "{\"q\":1}");
+        assert_eq!(
+            out[9].1,
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"input_tokens": 11, "output_tokens": 5}})
+        );
+        assert_eq!(
+            translator.usage(),
+            Some(Usage {
+                input: 11,
+                output: 5
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_becomes_openai_chunks() {
+        let mut translator = StreamTranslator::new(A, O, "gpt-x", true);
+        let out = events(&run(&mut translator, ANTHROPIC_STREAM));
+        assert_eq!(out.last().unwrap().1, "[DONE]");
+        let chunks = &out[..out.len() - 1];
+        for (name, chunk) in chunks {
+            assert_eq!(name, &None);
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            assert_eq!(chunk["id"], "msg_1");
+            assert_eq!(chunk["model"], "gpt-x");
+        }
+        assert_eq!(
+            chunks[0].1["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        let text: String = chunks
+            .iter()
+            .filter_map(|(_, c)| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Hi there");
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|(_, c)| c["choices"][0]["delta"].get("tool_calls"))
+            .collect();
+        assert_eq!(
+            calls[0],
+            &json!([{"index": 0, "id": "toolu_1", "type": "function", "function": {"name": "look", "arguments": ""}}])
+        );
+        let arguments: String = calls[1..]
+            .iter()
+            .map(|c| c[0]["function"]["arguments"].as_str().unwrap())
+            .collect();
+        assert_eq!(arguments, "{\"q\":2}");
+        let finish: Vec<&Value> = chunks
+            .iter()
+            .map(|(_, c)| &c["choices"][0]["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finish, [&json!("tool_calls")]);
+        let last = &chunks.last().unwrap().1;
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(
+            last["usage"],
+            json!({"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15})
+        );
+        assert_eq!(
+            translator.usage(),
+            Some(Usage {
+                input: 9,
+                output: 6
+            })
+        );
+
+        // Without include_usage the agent gets no usage chunk, but the egress still learns the tokens.
+        let mut translator = StreamTranslator::new(A, O, "gpt-x", false);
+        let out = events(&run(&mut translator, ANTHROPIC_STREAM));
+        assert!(out.iter().all(|(_, c)| c.get("usage").is_none()));
+        assert_eq!(
+            translator.usage(),
+            Some(Usage {
+                input: 9,
+                output: 6
+            })
+        );
+    }
+
+    #[test]
+    fn same_dialect_passes_bytes_and_hides_only_unasked_usage() {
+        let mut translator = StreamTranslator::new(A, A, "m", false);
+        assert_eq!(
+            run(&mut translator, ANTHROPIC_STREAM),
+            ANTHROPIC_STREAM.as_bytes()
+        );
+        assert_eq!(
+            translator.usage(),
+            Some(Usage {
+                input: 9,
+                output: 6
+            })
+        );
+
+        let mut translator = StreamTranslator::new(O, O, "m", true);
+        assert_eq!(
+            run(&mut translator, OPENAI_STREAM),
+            OPENAI_STREAM.as_bytes()
+        );
+        assert_eq!(
+            translator.usage(),
+            Some(Usage {
+                input: 11,
+                output: 5
+            })
+        );
+
+        let mut translator = StreamTranslator::new(O, O, "m", false);
+        let out = String::from_utf8(run(&mut translator, OPENAI_STREAM)).unwrap();
+        let usage_chunk = OPENAI_STREAM.split_inclusive("\n\n").nth(7).unwrap();
+        assert!(usage_chunk.contains("\"usage\""));
+        assert_eq!(out, OPENAI_STREAM.replace(usage_chunk, ""));
+        assert_eq!(
+            translator.usage(),
+            Some(Usage {
+                input: 11,
+                output: 5
+            })
+        );
+    }
+
+    #[test]
+    fn a_stream_that_ends_early_ends_in_an_error_event() {
+        let cut = OPENAI_STREAM
+            .split_inclusive("\n\n")
+            .take(3)
+            .collect::<String>();
+        let mut translator = StreamTranslator::new(O, A, "m", false);
+        let out = events(&run(&mut translator, &cut));
+        let (name, data) = out.last().unwrap();
+        assert_eq!(name.as_deref(), Some("error"));
+        assert_eq!(data["error"]["type"], "api_error");
+
+        let cut = ANTHROPIC_STREAM
+            .split_inclusive("\n\n")
+            .take(4)
+            .collect::<String>();
+        let mut translator = StreamTranslator::new(A, O, "m", false);
+        let out = events(&run(&mut translator, &cut));
+        assert_eq!(
+            out.last().unwrap().1["error"]["message"],
+            "the provider's stream ended before it finished"
+        );
+        assert!(out.iter().all(|(_, d)| d != "[DONE]"));
+    }
+
+    #[test]
+    fn a_provider_error_event_reaches_the_agent_redacted() {
+        let stream = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"key sk-ant-api03-abcdefghijklmnopqrstuvwxyz busy\"}}\n\n";
+        let mut translator = StreamTranslator::new(A, O, "m", false);
+        let out = events(&run(&mut translator, stream));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].1["error"],
+            json!({"message": "key [REDACTED] busy", "type": "server_error", "param": null, "code": null})
+        );
+    }
+
+    #[test]
+    fn unknown_anthropic_blocks_are_refused_not_dropped() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1,\"output_tokens\":0}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+        );
+        let mut translator = StreamTranslator::new(A, O, "m", false);
+        let out = events(&run(&mut translator, stream));
+        assert!(
+            out.last().unwrap().1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("thinking block")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_translates_the_same(
+            cuts in proptest::collection::vec(0..ANTHROPIC_STREAM.len().min(OPENAI_STREAM.len()), 0..16),
+        ) {
+            for (from, to, stream) in [(O, A, OPENAI_STREAM), (A, O, ANTHROPIC_STREAM), (O, O, OPENAI_STREAM)] {
+                let whole = run(&mut StreamTranslator::new(from, to, "m", false), stream);
+                let mut cuts = cuts.clone();
+                cuts.sort_unstable();
+                let mut translator = StreamTranslator::new(from, to, "m", false);
+                let (mut out, mut start) = (Vec::new(), 0);
+                for cut in cuts.into_iter().chain([stream.len()]) {
+                    out.extend(translator.push(&stream.as_bytes()[start..cut]));
+                    start = cut;
+                }
+                out.extend(translator.finish());
+                prop_assert_eq!(out, whole);
+            }
+        }
+    }
+}
