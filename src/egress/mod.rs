@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod policy;
 pub mod run;
 pub mod service;
+pub mod redact;
 pub mod sessions;
 pub mod translate;
 pub mod upstream;
