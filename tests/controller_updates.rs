@@ -304,6 +304,7 @@ fn run_controller(
         namespace: Some(NAMESPACE.into()),
         store,
         ca_bundle: None,
+        egress_account: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = wopr_operator::shutdown::on(async {

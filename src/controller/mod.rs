@@ -28,6 +28,7 @@ pub mod grant_status;
 pub mod leader_only;
 pub mod metrics;
 pub mod policy_status;
+pub mod provider_keys;
 pub mod retry;
 pub mod run;
 pub mod session;

@@ -216,6 +216,12 @@ pub async fn run(
                 bundle,
                 operator_namespace: args.operator_namespace.clone(),
             }),
+            egress_account: args.egress_service.clone().map(|name| {
+                crate::controller::provider_keys::EgressAccount {
+                    name,
+                    namespace: args.operator_namespace.clone(),
+                }
+            }),
         },
         shutdown.clone(),
     );
