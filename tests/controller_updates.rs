@@ -305,6 +305,7 @@ fn run_controller(
         store,
         ca_bundle: None,
         egress_account: None,
+        egress_cert: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = wopr_operator::shutdown::on(async {

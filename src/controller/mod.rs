@@ -22,6 +22,7 @@ pub mod apply;
 pub mod approvals;
 pub mod ca_bundle;
 pub mod conditions;
+pub mod egress_cert;
 pub mod error;
 pub mod gateway_status;
 pub mod grant_status;

@@ -65,6 +65,9 @@ pub struct Setup {
     /// The egress service's ServiceAccount, to bind to the provider keys
     /// of the namespaces that configure providers (`None`: no egress).
     pub egress_account: Option<super::provider_keys::EgressAccount>,
+    /// The egress service's certificate, from the operator's CA (`None`
+    /// with cert-manager, plaintext or no egress service).
+    pub egress_cert: Option<super::egress_cert::EgressCert<crate::tls::ca_secret::CaSecret>>,
 }
 
 /// The feeds of the shared caches the Session controller reconciles on.
@@ -95,7 +98,18 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         store,
         ca_bundle,
         egress_account,
+        egress_cert,
     } = setup;
+    if let Some(cert) = egress_cert {
+        tokio::spawn(super::egress_cert::issue_forever(
+            client.clone(),
+            cert,
+            leadership.clone(),
+            crate::clock::Clock::System,
+            crate::tls::source::ROTATION_CHECK,
+            shutdown.clone(),
+        ));
+    }
     if let Some(egress) = egress_account {
         tokio::spawn(super::provider_keys::bind_forever(
             client.clone(),
