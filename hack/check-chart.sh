@@ -52,6 +52,14 @@ if grep -q -- "--sandbox-seccomp-profile" manifests/install.yaml; then echo "wit
 echo "ok"
 python3 hack/validate-manifests.py manifests/install.yaml manifests/profile-installer.yaml manifests/monitoring.yaml "$work/all-options.yaml" "$work/one-namespace.yaml" examples/*.yaml examples/quickstart/*.yaml
 
+echo "== egress.enabled=false renders no egress service, no provider-keys role and no right to bind it"
+off=$(helm template wopr-operator "$chart" --namespace wopr-system --set egress.enabled=false)
+if grep -E 'name: (wopr-operator-egress|wopr-egress-provider-keys)|WOPR_EGRESS_|component: egress|resources: \[(clusterroles|rolebindings)\]' <<<"$off"; then
+  echo "egress.enabled=false still renders the above" >&2
+  exit 1
+fi
+grep -q 'name: wopr-operator-egress$' <<<"$(helm template wopr-operator "$chart" --namespace wopr-system)" || { echo "the default install lacks the egress service" >&2; exit 1; }
+
 echo "== watchNamespace moves the namespaced rules into a Role there"
 python3 - manifests/install.yaml "$work/one-namespace.yaml" <<'PY'
 import sys, yaml

@@ -66,6 +66,11 @@ pub const TOKEN_AUDIENCE: &str = "wopr.dev";
 /// Lifetime of the projected token (the kubelet rotates it).
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
 
+/// The ClusterRole of `get` on Secrets (no list, no watch) the egress
+/// service reads provider keys by, and the name of each RoleBinding of it
+/// the controller applies in a namespace whose default SecurityPolicy
+/// configures providers.
+pub const PROVIDER_KEYS_ROLE: &str = "wopr-egress-provider-keys";
 /// The ConfigMap of each namespace with Sessions holding the CA bundle the
 /// control plane's certificate is verified against (ConfigMaps cannot be
 /// mounted across namespaces, so the controller publishes one in each).

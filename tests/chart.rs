@@ -30,12 +30,35 @@ fn object<T: serde::de::DeserializeOwned>(objects: &[Value], kind: &str) -> T {
     serde_json::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
+/// The one object of `kind` named `name`.
+fn named<T: serde::de::DeserializeOwned>(objects: &[Value], kind: &str, name: &str) -> T {
+    let found: Vec<_> = objects
+        .iter()
+        .filter(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} {name}");
+    serde_json::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
+}
+
+/// The controller's objects and the egress service's, by their names.
+const CONTROLLER: &str = "wopr-operator";
+const EGRESS: &str = "wopr-operator-egress";
+
 fn controller() -> (Deployment, Service, NetworkPolicy) {
     let objects = install_yaml();
     (
-        object(&objects, "Deployment"),
-        object(&objects, "Service"),
-        object(&objects, "NetworkPolicy"),
+        named(&objects, "Deployment", CONTROLLER),
+        named(&objects, "Service", CONTROLLER),
+        named(&objects, "NetworkPolicy", CONTROLLER),
+    )
+}
+
+fn egress() -> (Deployment, Service, NetworkPolicy) {
+    let objects = install_yaml();
+    (
+        named(&objects, "Deployment", EGRESS),
+        named(&objects, "Service", EGRESS),
+        named(&objects, "NetworkPolicy", EGRESS),
     )
 }
 
@@ -117,6 +140,21 @@ fn the_binary_accepts_every_flag_the_chart_passes() {
 #[test]
 fn the_controller_pod_passes_pod_security_restricted() {
     let (deployment, _, _) = controller();
+    assert_hardened(deployment);
+}
+
+/// The egress service's pod gets every check the controller's does.
+#[test]
+fn the_egress_pod_passes_pod_security_restricted() {
+    let (deployment, _, _) = egress();
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2), "two replicas by default");
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(EGRESS));
+    assert_hardened(deployment);
+}
+
+fn assert_hardened(deployment: Deployment) {
     let template = deployment.spec.unwrap().template;
     let pod = Pod {
         metadata: template.metadata.unwrap_or_default(),
@@ -263,7 +301,7 @@ fn the_controllers_network_policy_admits_session_pods_to_grpc() {
 #[test]
 fn the_default_install_keeps_the_audit_store_on_a_claim_with_one_writer() {
     let objects = install_yaml();
-    let deployment: Deployment = object(&objects, "Deployment");
+    let deployment: Deployment = named(&objects, "Deployment", CONTROLLER);
     let spec = deployment.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(1));
     let strategy = spec.strategy.as_ref().unwrap();
@@ -547,4 +585,197 @@ fn touch_every_family(metrics: &wopr_operator::operator::OperatorMetrics) {
     let _ = metrics.export.exported.get_or_create(&exporter);
     let _ = metrics.export.failed.get_or_create(&exporter);
     let _ = metrics.export.lag.get_or_create(&exporter);
+}
+
+/// The value of the environment variable `name` of the Deployment's first
+/// container.
+fn env_value(deployment: &Deployment, name: &str) -> Option<String> {
+    controller_container(deployment)
+        .env
+        .iter()
+        .flatten()
+        .find(|var| var.name == name)
+        .and_then(|var| var.value.clone())
+}
+
+/// The egress pods carry the labels the sessions' NetworkPolicy selects
+/// them by; each Service selects its own pods and not the other's.
+#[test]
+fn each_service_selects_its_own_pods_only() {
+    let (controller, controller_service, _) = controller();
+    let (egress, egress_service, _) = egress();
+    let (controller_pods, egress_pods) = (pod_labels(&controller), pod_labels(&egress));
+    assert_eq!(
+        egress_pods
+            .get("app.kubernetes.io/name")
+            .map(String::as_str),
+        Some("wopr-operator")
+    );
+    assert_eq!(
+        egress_pods
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("egress")
+    );
+    let selects = |service: &Service, labels: &BTreeMap<String, String>| {
+        let selector = service.spec.as_ref().unwrap().selector.clone().unwrap();
+        selector
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+    };
+    assert!(selects(&controller_service, &controller_pods));
+    assert!(!selects(&controller_service, &egress_pods));
+    assert!(selects(&egress_service, &egress_pods));
+    assert!(!selects(&egress_service, &controller_pods));
+
+    let grpc = egress_service
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .unwrap();
+    assert_eq!(grpc.port, 8443);
+    assert_eq!(grpc.target_port, Some(IntOrString::String("grpc".into())));
+    assert_eq!(container_port(&egress, "grpc"), 8443);
+}
+
+/// The controller tells sidecars the egress service's address (its
+/// Service, TLS) and names its ServiceAccount; the egress service reaches
+/// the control plane where sidecars do, with the bundle they trust, and
+/// serves the certificate Secret the controller issues.
+#[test]
+fn the_controller_and_the_egress_service_are_told_each_other() {
+    let (controller, _, _) = controller();
+    let (egress, _, _) = egress();
+    assert_eq!(
+        env_value(&controller, "WOPR_EGRESS_ADDRESS").as_deref(),
+        Some(format!("https://{EGRESS}.{INSTALL_NAMESPACE}.svc:8443").as_str())
+    );
+    assert_eq!(
+        env_value(&controller, "WOPR_EGRESS_SERVICE").as_deref(),
+        Some(EGRESS)
+    );
+    assert_eq!(
+        env_value(&egress, "WOPR_CONTROL_PLANE_ADDRESS"),
+        Some(parsed_args(&controller).control_plane_address)
+    );
+    assert_eq!(
+        env_value(&egress, "WOPR_CONTROL_PLANE_CA").as_deref(),
+        Some(wopr_operator::contract::CA_PATH)
+    );
+    let pod = egress.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|volume| volume.secret.as_ref()?.secret_name.clone());
+    assert_eq!(secret.as_deref(), Some("wopr-operator-egress-tls"));
+    assert_eq!(
+        env_value(&egress, "WOPR_TLS_CERT_FILE").as_deref(),
+        Some("/var/run/wopr/tls/tls.crt")
+    );
+}
+
+/// Whether a NetworkPolicy's egress rules let its pods reach any address
+/// outside the cluster by an `ipBlock`.
+fn reaches_the_internet(policy: &Value) -> bool {
+    policy["spec"]["egress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rule| rule["to"].as_array().into_iter().flatten())
+        .any(|peer| peer.get("ipBlock").is_some())
+}
+
+/// The egress service is the only WOPR component whose NetworkPolicy
+/// reaches the internet (443 and 80 anywhere); it admits session pods to
+/// its gRPC port only.
+#[test]
+fn only_the_egress_service_reaches_the_internet() {
+    let objects = install_yaml();
+    let internet: Vec<_> = objects
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy" && reaches_the_internet(o))
+        .map(|o| o["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(internet, [json!(EGRESS)]);
+
+    let (egress, _, network_policy) = egress();
+    let policy = serde_json::to_value(network_policy).unwrap();
+    assert!(matches(
+        &policy["spec"]["podSelector"],
+        &pod_labels(&egress)
+    ));
+    let (controller, _, _) = controller();
+    assert!(!matches(
+        &policy["spec"]["podSelector"],
+        &pod_labels(&controller)
+    ));
+    let session_pod = child_labels("probe", TrustLevel::Untrusted);
+    let admitting: Vec<_> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            rule["from"].as_array().unwrap().iter().any(|peer| {
+                peer.get("podSelector")
+                    .is_some_and(|s| matches(s, &session_pod))
+            })
+        })
+        .collect();
+    assert_eq!(admitting.len(), 1);
+    assert_eq!(
+        admitting[0]["ports"],
+        json!([{"port": "grpc", "protocol": "TCP"}])
+    );
+    let internet_rule = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rule| rule["to"][0].get("ipBlock").is_some())
+        .unwrap();
+    assert_eq!(
+        internet_rule["ports"],
+        json!([{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}])
+    );
+}
+
+/// The controller's own NetworkPolicy has no rule for the internet: only
+/// the API server's ports, DNS and the control plane's ingress.
+#[test]
+fn the_controllers_network_policy_gains_no_internet_egress() {
+    let (_, _, network_policy) = controller();
+    let policy = serde_json::to_value(network_policy).unwrap();
+    assert!(!reaches_the_internet(&policy));
+    let ports: Vec<_> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().unwrap().clone())
+        .map(|port| port["port"].clone())
+        .collect();
+    assert_eq!(ports, [json!(443), json!(6443), json!(53), json!(53)]);
+}
+
+/// The egress service has a ServiceAccount of its own and a
+/// PodDisruptionBudget over its pods only.
+#[test]
+fn the_egress_service_has_its_own_account_and_disruption_budget() {
+    let objects = install_yaml();
+    let _: Value = named(&objects, "ServiceAccount", EGRESS);
+    let budget: Value = named(&objects, "PodDisruptionBudget", EGRESS);
+    let (egress, _, _) = egress();
+    let (controller, _, _) = controller();
+    assert!(matches(&budget["spec"]["selector"], &pod_labels(&egress)));
+    assert!(!matches(
+        &budget["spec"]["selector"],
+        &pod_labels(&controller)
+    ));
+    let controller_budget: Value = named(&objects, "PodDisruptionBudget", CONTROLLER);
+    assert!(!matches(
+        &controller_budget["spec"]["selector"],
+        &pod_labels(&egress)
+    ));
 }

@@ -304,6 +304,8 @@ fn run_controller(
         namespace: Some(NAMESPACE.into()),
         store,
         ca_bundle: None,
+        egress_account: None,
+        egress_cert: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = wopr_operator::shutdown::on(async {

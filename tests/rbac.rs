@@ -98,6 +98,9 @@ const ROLES_FOR_PEOPLE: [&str; 11] = [
 /// through a port-forward, in the operator's namespace only.
 const CONTROL_PLANE_CLIENT: &str = wopr_operator::cli::portforward::CLIENT_ROLE;
 
+/// The egress service's ClusterRole, bound per namespace by the controller.
+const PROVIDER_KEYS_ROLE: &str = wopr_operator::contract::PROVIDER_KEYS_ROLE;
+
 /// The inventory above is every role the chart binds to nobody.
 #[test]
 fn the_roles_for_people_are_those_the_chart_binds_to_nobody() {
@@ -117,7 +120,7 @@ fn controller_roles<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
         .filter(|o| {
             !ROLES_FOR_PEOPLE
                 .iter()
-                .chain([&CONTROL_PLANE_CLIENT])
+                .chain([&CONTROL_PLANE_CLIENT, &PROVIDER_KEYS_ROLE])
                 .any(|name| o["metadata"]["name"] == *name)
         })
         .collect()
@@ -668,4 +671,109 @@ async fn the_token_review_is_granted() {
     );
     let _refused = TokenReviewer::new(client).authenticate("t").await;
     assert_granted(&api.take_requests(), &granted(&install_yaml()));
+}
+
+/// Whether `subject` (a ServiceAccount `namespace/name`) may `verb`
+/// Secrets in `namespace`, by the chart's roles and `extra` bindings:
+/// RBAC's rules (a ClusterRoleBinding grants everywhere, a RoleBinding in
+/// its namespace only), without wildcards (no_wildcards_anywhere).
+fn may_on_secrets(objects: &[Value], subject: &str, verb: &str, namespace: &str) -> bool {
+    let role = |kind: &str, name: &str, role_namespace: Option<&str>| {
+        objects.iter().find(|o| {
+            o["kind"] == kind
+                && o["metadata"]["name"] == name
+                && role_namespace.is_none_or(|ns| o["metadata"]["namespace"] == ns)
+        })
+    };
+    objects
+        .iter()
+        .filter(|binding| {
+            binding["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    format!(
+                        "{}/{}",
+                        s["namespace"].as_str().unwrap_or(""),
+                        s["name"].as_str().unwrap_or("")
+                    ) == subject
+                })
+        })
+        .filter_map(|binding| {
+            let binding_namespace = binding["metadata"]["namespace"].as_str();
+            let reaches = match binding["kind"].as_str() {
+                Some("ClusterRoleBinding") => true,
+                Some("RoleBinding") => binding_namespace == Some(namespace),
+                _ => false,
+            };
+            let role_kind = binding["roleRef"]["kind"].as_str()?;
+            let role_name = binding["roleRef"]["name"].as_str()?;
+            let scope = (role_kind == "Role").then_some(binding_namespace?);
+            reaches.then(|| role(role_kind, role_name, scope)).flatten()
+        })
+        .flat_map(|role| role["rules"].as_array().cloned().unwrap_or_default())
+        .any(|rule| {
+            rule_rights(&rule)
+                .iter()
+                .any(|(group, resource, rule_verb, _)| {
+                    group.is_empty() && resource == "secrets" && rule_verb == verb
+                })
+        })
+}
+
+/// The egress service may `get` Secrets only in a namespace where the
+/// controller bound it (one whose default SecurityPolicy configures
+/// providers), never list or watch them; the controller reads no Secret
+/// outside its own namespace (its CA), binding or not.
+#[test]
+fn the_egress_service_gets_secrets_only_where_bound_and_the_controller_none() {
+    use kube::core::DeserializeGuard;
+    use wopr_operator::api::SecurityPolicy;
+    use wopr_operator::controller::provider_keys::{EgressAccount, binding_for};
+    let mut objects = install_yaml();
+    let mut policy: SecurityPolicy = serde_json::from_value(json!({
+        "apiVersion": "wopr.dev/v1alpha1",
+        "kind": "SecurityPolicy",
+        "metadata": {"name": "default", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"providers": [{"name": "openai", "type": "openai", "secretRef": {"name": "openai-key", "key": "apiKey"}}]}
+    }))
+    .unwrap();
+    let egress = EgressAccount {
+        name: "wopr-operator-egress".into(),
+        namespace: INSTALL_NAMESPACE.into(),
+    };
+    let binding = binding_for(&DeserializeGuard(Ok(policy.clone())), &egress).expect("a binding");
+    objects.push(serde_json::to_value(&binding).unwrap());
+    objects.last_mut().unwrap()["kind"] = json!("RoleBinding");
+
+    let egress_sa = format!("{INSTALL_NAMESPACE}/wopr-operator-egress");
+    assert!(may_on_secrets(&objects, &egress_sa, "get", "team-a"));
+    for verb in ["list", "watch", "create", "update", "patch", "delete"] {
+        assert!(
+            !may_on_secrets(&objects, &egress_sa, verb, "team-a"),
+            "{verb}"
+        );
+    }
+    assert!(!may_on_secrets(&objects, &egress_sa, "get", "team-b"));
+    assert!(!may_on_secrets(
+        &objects,
+        &egress_sa,
+        "get",
+        INSTALL_NAMESPACE
+    ));
+
+    let controller = format!("{INSTALL_NAMESPACE}/{SERVICE_ACCOUNT}");
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            !may_on_secrets(&objects, &controller, verb, "team-a"),
+            "{verb}"
+        );
+    }
+
+    policy.spec.providers.clear();
+    assert!(
+        binding_for(&DeserializeGuard(Ok(policy)), &egress).is_none(),
+        "no providers, no binding"
+    );
 }

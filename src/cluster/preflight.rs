@@ -147,6 +147,31 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["create", "patch"],
         names: &[crate::contract::CA_BUNDLE_CONFIGMAP],
     },
+    // controller/provider_keys.rs: the egress service's RoleBinding to the
+    // provider keys, applied (create, patch) and deleted by name; binding
+    // a ClusterRole needs `bind` on it. Nothing on Secrets.
+    Rights {
+        scope: Scope::Watched,
+        group: "rbac.authorization.k8s.io",
+        resources: &["rolebindings"],
+        verbs: &["patch", "delete"],
+        names: &[crate::contract::PROVIDER_KEYS_ROLE],
+    },
+    // RBAC cannot restrict `create` by name.
+    Rights {
+        scope: Scope::Watched,
+        group: "rbac.authorization.k8s.io",
+        resources: &["rolebindings"],
+        verbs: &["create"],
+        names: &[],
+    },
+    Rights {
+        scope: Scope::Watched,
+        group: "rbac.authorization.k8s.io",
+        resources: &["clusterroles"],
+        verbs: &["bind"],
+        names: &[crate::contract::PROVIDER_KEYS_ROLE],
+    },
     // kube's Recorder creates events and patches their series.
     Rights {
         scope: Scope::Watched,

@@ -62,6 +62,12 @@ pub struct Setup {
     /// The control plane's CA bundle, to publish where Sessions are and in
     /// the operator's namespace (`None` when it serves plaintext).
     pub ca_bundle: Option<super::ca_bundle::Publish>,
+    /// The egress service's ServiceAccount, to bind to the provider keys
+    /// of the namespaces that configure providers (`None`: no egress).
+    pub egress_account: Option<super::provider_keys::EgressAccount>,
+    /// The egress service's certificate, from the operator's CA (`None`
+    /// with cert-manager, plaintext or no egress service).
+    pub egress_cert: Option<super::egress_cert::EgressCert<crate::tls::ca_secret::CaSecret>>,
 }
 
 /// The feeds of the shared caches the Session controller reconciles on.
@@ -91,7 +97,28 @@ pub async fn run(setup: Setup, shutdown: Shutdown) {
         namespace,
         store,
         ca_bundle,
+        egress_account,
+        egress_cert,
     } = setup;
+    if let Some(cert) = egress_cert {
+        tokio::spawn(super::egress_cert::issue_forever(
+            client.clone(),
+            cert,
+            leadership.clone(),
+            crate::clock::Clock::System,
+            crate::tls::source::ROTATION_CHECK,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(egress) = egress_account {
+        tokio::spawn(super::provider_keys::bind_forever(
+            client.clone(),
+            caches.stores.policies.clone(),
+            egress,
+            leadership.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let Some(bundle) = ca_bundle {
         tokio::spawn(super::ca_bundle::publish_forever(
             client.clone(),

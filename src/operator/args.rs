@@ -140,6 +140,12 @@ pub struct ControllerArgs {
     /// (appended), or to stdout with `-`; off when unset.
     #[arg(long, env = "WOPR_AUDIT_EXPORT_OCSF")]
     pub audit_export_ocsf: Option<String>,
+    /// The egress service's ServiceAccount in the operator's namespace
+    /// (the chart names its Service the same): bound to read the provider
+    /// keys of each namespace whose default SecurityPolicy configures
+    /// providers. No egress service when unset.
+    #[arg(long, env = "WOPR_EGRESS_SERVICE")]
+    pub egress_service: Option<String>,
     /// How session pods take operator-level changes (sidecar image, these
     /// flags) in namespaces whose SecurityPolicy sets no `updatePolicy`:
     /// Immediate, Rolling or OnRestart.

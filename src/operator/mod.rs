@@ -195,30 +195,48 @@ pub async fn run(
         }),
         shutdown.clone(),
     );
-    let controller = controller::run(
-        Setup {
-            client,
-            config,
-            caches,
-            triggers: Triggers {
-                policies: feeds.policies,
-                grants: feeds.grants,
-                gateways: feeds.gateways,
-                sessions: feeds.sessions,
+    let controller =
+        controller::run(
+            Setup {
+                client,
+                config,
+                caches,
+                triggers: Triggers {
+                    policies: feeds.policies,
+                    grants: feeds.grants,
+                    gateways: feeds.gateways,
+                    sessions: feeds.sessions,
+                },
+                leadership,
+                identity,
+                metrics,
+                default_update_policy: args.default_update_policy(),
+                namespace,
+                store: store.clone(),
+                ca_bundle: tls.bundle.map(|bundle| Publish {
+                    bundle,
+                    operator_namespace: args.operator_namespace.clone(),
+                }),
+                egress_cert: args.egress_service.as_deref().zip(tls.ca.clone()).map(
+                    |(service, ca)| crate::controller::egress_cert::EgressCert {
+                        ca,
+                        secret: format!("{service}-tls"),
+                        namespace: args.operator_namespace.clone(),
+                        names: crate::controller::egress_cert::service_names(
+                            service,
+                            &args.operator_namespace,
+                        ),
+                    },
+                ),
+                egress_account: args.egress_service.clone().map(|name| {
+                    crate::controller::provider_keys::EgressAccount {
+                        name,
+                        namespace: args.operator_namespace.clone(),
+                    }
+                }),
             },
-            leadership,
-            identity,
-            metrics,
-            default_update_policy: args.default_update_policy(),
-            namespace,
-            store: store.clone(),
-            ca_bundle: tls.bundle.map(|bundle| Publish {
-                bundle,
-                operator_namespace: args.operator_namespace.clone(),
-            }),
-        },
-        shutdown.clone(),
-    );
+            shutdown.clone(),
+        );
     let exporters = futures::future::join_all(exporters);
     let lease_released = async {
         if let Some(released) = lease_released {

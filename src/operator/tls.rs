@@ -25,6 +25,9 @@ pub struct Tls {
     pub transport: Transport,
     /// The bundle, kept current.
     pub bundle: Option<watch::Receiver<String>>,
+    /// The operator's CA, when it keeps its own (for the egress service's
+    /// certificate).
+    pub ca: Option<CaSecret>,
 }
 
 /// The names the self-issued certificate carries: the Service `service`
@@ -60,6 +63,7 @@ pub async fn start(args: &ControllerArgs, host: &str, client: &Client) -> Result
         return Ok(Tls {
             transport: Transport::InsecurePlaintext,
             bundle: None,
+            ca: None,
         });
     }
     if let (Some(cert), Some(key), Some(ca)) = (tls_cert_file, tls_key_file, tls_ca_file) {
@@ -84,6 +88,7 @@ pub async fn start(args: &ControllerArgs, host: &str, client: &Client) -> Result
         return Ok(Tls {
             transport: Transport::Tls(served),
             bundle: Some(published),
+            ca: None,
         });
     }
     let store = CaSecret::new(client.clone(), &args.operator_namespace, tls_ca_secret);
@@ -100,7 +105,7 @@ pub async fn start(args: &ControllerArgs, host: &str, client: &Client) -> Result
     let (bundle, published) = watch::channel(ca.bundle.clone());
     tracing::info!(?names, secret = %tls_ca_secret, "the control plane serves a certificate of the operator's CA");
     tokio::spawn(issue_forever(
-        store,
+        store.clone(),
         names,
         ca,
         served.clone(),
@@ -111,6 +116,7 @@ pub async fn start(args: &ControllerArgs, host: &str, client: &Client) -> Result
     Ok(Tls {
         transport: Transport::Tls(served),
         bundle: Some(published),
+        ca: Some(store),
     })
 }
 

@@ -151,6 +151,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         audit_export_otlp_endpoint: None,
         audit_export_otlp_ca: None,
         audit_export_ocsf: None,
+        egress_service: None,
     }
 }
 

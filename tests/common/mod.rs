@@ -213,6 +213,8 @@ pub fn people_roles() -> Vec<String> {
         .iter()
         .filter(|o| o["kind"] == "ClusterRole")
         .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        // The egress service's, which the controller binds per namespace.
+        .filter(|name| name != wopr_operator::contract::PROVIDER_KEYS_ROLE)
         .filter(|name| {
             !objects
                 .iter()

@@ -21,6 +21,43 @@ app.kubernetes.io/name: wopr-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+The controller's pods: the selector labels and `component: controller`, so
+that the Service, the NetworkPolicy and the PodDisruptionBudget of the
+controller do not also select the egress service's pods (which share
+`name: wopr-operator`). The Deployment's own selector stays the selector
+labels: a Deployment's selector cannot change on upgrade.
+*/}}
+{{- define "wopr-operator.controllerSelectorLabels" -}}
+{{ include "wopr-operator.selectorLabels" . }}
+app.kubernetes.io/component: controller
+{{- end -}}
+
+{{/*
+The egress service's pods. `name: wopr-operator` and `component: egress`
+are fixed: the NetworkPolicy of every session pod lets its sidecar reach
+the egress service by them.
+*/}}
+{{- define "wopr-operator.egressSelectorLabels" -}}
+{{ include "wopr-operator.selectorLabels" . }}
+app.kubernetes.io/component: egress
+{{- end -}}
+
+{{/* The egress service's Service, ServiceAccount and certificate Secret prefix. */}}
+{{- define "wopr-operator.egressName" -}}
+{{- printf "%s-egress" (include "wopr-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The address sidecars dial the egress service at. */}}
+{{- define "wopr-operator.egressAddress" -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "http" "https" .Values.tls.insecurePlaintext) (include "wopr-operator.egressName" .) .Release.Namespace (int .Values.egress.port) -}}
+{{- end -}}
+
+{{/* The Secret holding the egress service's certificate. */}}
+{{- define "wopr-operator.egressTlsSecret" -}}
+{{- printf "%s-tls" (include "wopr-operator.egressName" .) -}}
+{{- end -}}
+
 {{- define "wopr-operator.labels" -}}
 {{ include "wopr-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -103,6 +140,26 @@ these rules are exactly what the code needs.
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.egress.enabled }}
+# The egress service reads a namespace's provider keys through a
+# RoleBinding to wopr-egress-provider-keys that the controller applies where
+# the namespace's default SecurityPolicy configures providers (and deletes
+# when it configures none): the right to bind that one ClusterRole, and to
+# write the bindings. Nothing on Secrets.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  resourceNames: [wopr-egress-provider-keys]
+  verbs: [bind]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  resourceNames: [wopr-egress-provider-keys]
+  verbs: [patch, delete]
+# An apply that creates the binding is authorized as `create`, which RBAC
+# cannot restrict by name (the name is not in the request's URL).
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [create]
+{{- end }}
 {{- end -}}
 
 {{/*
