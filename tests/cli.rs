@@ -2186,7 +2186,7 @@ mod through_port_forward {
         assert_eq!(
             sent,
             [
-                "GET /api/v1/namespaces/wopr-system/pods?&labelSelector=app.kubernetes.io%2Fname%3Dwopr-operator".to_owned(),
+                "GET /api/v1/namespaces/wopr-system/pods?&labelSelector=app.kubernetes.io%2Fname%3Dwopr-operator%2Capp.kubernetes.io%2Fcomponent%21%3Degress".to_owned(),
                 "GET /api/v1/namespaces/wopr-system/configmaps/wopr-ca-bundle?".to_owned(),
                 format!("GET {}/portforward?&ports=9443", pod_path(READY)),
             ],

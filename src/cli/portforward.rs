@@ -25,9 +25,20 @@ use crate::tls::client::Bundle;
 /// the controller.
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "wopr-system";
 
-/// The label the chart gives every controller pod, and no other pod (session
-/// pods are `wopr-session`, the profile installer `wopr-profile-installer`).
+/// The label the chart gives every controller pod (session pods are
+/// `wopr-session`, the profile installer `wopr-profile-installer`), and the
+/// egress service's pods too, told apart by [`EGRESS_COMPONENT`].
 const CONTROLLER_LABEL: (&str, &str) = ("app.kubernetes.io/name", "wopr-operator");
+/// The component label of the egress service's pods, which serve no control
+/// plane. Selecting "not egress" rather than `component=controller` also
+/// finds the controller pods of a release older than the label.
+const EGRESS_COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "egress");
+
+/// The label selector of the controller pods.
+fn controller_selector() -> String {
+    let ((label, value), (component, egress)) = (CONTROLLER_LABEL, EGRESS_COMPONENT);
+    format!("{label}={value},{component}!={egress}")
+}
 
 /// The controller container's port the chart names for the control plane's
 /// gRPC API.
@@ -127,10 +138,9 @@ impl PortForward {
 
     /// A ready controller pod of the operator's namespace, and its port.
     pub async fn target(&self) -> Result<Target, CliError> {
-        let (label, value) = CONTROLLER_LABEL;
         let listed = self
             .pods()
-            .list(&ListParams::default().labels(&format!("{label}={value}")))
+            .list(&ListParams::default().labels(&controller_selector()))
             .await
             .map_err(|error| match &error {
                 kube::Error::Api(status) if status.code == 403 => CliError::Refused(format!(
@@ -213,13 +223,16 @@ impl PortForward {
 /// replica serves the control plane). `namespace` is for the errors.
 pub fn select(pods: &[Pod], namespace: &str) -> Result<Target, CliError> {
     let (label, value) = CONTROLLER_LABEL;
+    let (component, egress) = EGRESS_COMPONENT;
     let controllers: Vec<&Pod> = pods
         .iter()
         .filter(|pod| pod.labels().get(label).map(String::as_str) == Some(value))
+        .filter(|pod| pod.labels().get(component).map(String::as_str) != Some(egress))
         .collect();
+    let selector = controller_selector();
     if controllers.is_empty() {
         return Err(CliError::Unreachable(format!(
-            "no controller pod ({label}={value}) in namespace {namespace}: is the operator installed there? Pass --operator-namespace, or --control-plane HOST:PORT"
+            "no controller pod ({selector}) in namespace {namespace}: is the operator installed there? Pass --operator-namespace, or --control-plane HOST:PORT"
         )));
     }
     let mut ready: Vec<&Pod> = controllers
@@ -230,7 +243,7 @@ pub fn select(pods: &[Pod], namespace: &str) -> Result<Target, CliError> {
     ready.sort_by_key(|pod| pod.name_any());
     let Some(pod) = ready.first() else {
         return Err(CliError::Unreachable(format!(
-            "no ready controller pod in namespace {namespace} ({} found, none Ready and not terminating): see kubectl get pods -n {namespace} -l {label}={value}",
+            "no ready controller pod in namespace {namespace} ({} found, none Ready and not terminating): see kubectl get pods -n {namespace} -l {selector}",
             controllers.len()
         )));
     };
@@ -351,6 +364,28 @@ mod tests {
         );
     }
 
+    /// The egress service's pods share the operator's name label but serve
+    /// no control plane: never chosen, also when they sort first.
+    #[test]
+    fn an_egress_pod_is_never_chosen() {
+        let egress = json!({"app.kubernetes.io/name": "wopr-operator", "app.kubernetes.io/component": "egress"});
+        let mut labelled = controller();
+        labelled["app.kubernetes.io/component"] = json!("controller");
+        assert_eq!(
+            chosen(&[
+                pod("a-egress", egress.clone(), "True", false),
+                pod("c-1", labelled, "True", false),
+            ]),
+            Ok("c-1".into())
+        );
+        let only_egress = chosen(&[pod("a-egress", egress, "True", false)]).unwrap_err();
+        assert!(only_egress.contains("component!=egress"), "{only_egress}");
+        assert_eq!(
+            controller_selector(),
+            "app.kubernetes.io/name=wopr-operator,app.kubernetes.io/component!=egress"
+        );
+    }
+
     #[test]
     fn only_pods_with_the_controller_label_count() {
         let session = json!({"app.kubernetes.io/name": "wopr-session"});
@@ -364,7 +399,7 @@ mod tests {
         let error = chosen(&others).unwrap_err();
         assert!(
             error.starts_with(
-                "no controller pod (app.kubernetes.io/name=wopr-operator) in namespace wopr-system"
+                "no controller pod (app.kubernetes.io/name=wopr-operator,app.kubernetes.io/component!=egress) in namespace wopr-system"
             ),
             "{error}"
         );

@@ -797,7 +797,7 @@ struct Collection {
     prefix: String,
     namespace: Option<String>,
     plural: String,
-    labels: Vec<(String, String)>,
+    labels: Vec<(String, String, bool)>,
 }
 
 /// `{prefix}` and the segments after it: `/api/v1` or `/apis/{group}/{version}`.
@@ -838,8 +838,11 @@ impl Collection {
             .map(|selector| {
                 selector
                     .split(',')
-                    .filter_map(|term| term.split_once('='))
-                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .filter_map(|term| match term.split_once("!=") {
+                        Some((key, value)) => Some((key, value, false)),
+                        None => term.split_once('=').map(|(key, value)| (key, value, true)),
+                    })
+                    .map(|(key, value, equal)| (key.to_owned(), value.to_owned(), equal))
                     .collect()
             })
             .unwrap_or_default();
@@ -862,10 +865,9 @@ impl Collection {
                 .namespace
                 .as_deref()
                 .is_none_or(|wanted| namespace == Some(wanted))
-            && self
-                .labels
-                .iter()
-                .all(|(label, value)| object["metadata"]["labels"][label] == json!(value))
+            && self.labels.iter().all(|(label, value, equal)| {
+                (object["metadata"]["labels"][label] == json!(value)) == *equal
+            })
     }
 }
 
