@@ -9,12 +9,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::fake_models::{
     self, DRIP, FakeModels, HANG, INPUT_TOKENS, OUTPUT_TOKENS, POLICY_HASH, PROVIDER,
 };
+use common::sdk::python;
 use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, token_for};
 use common::*;
 use serde_json::Value;
@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wopr_operator::api::TrustLevel;
 use wopr_operator::audit::{AuditEvent, EventType};
-use wopr_operator::contract::{PLACEHOLDER_API_KEY, env};
+use wopr_operator::contract::PLACEHOLDER_API_KEY;
 use wopr_operator::policy::Outcome;
 use wopr_operator::proto::v1alpha1::Dialect;
 use wopr_operator::sidecar::models::MAX_BODY_BYTES;
@@ -96,37 +96,6 @@ impl Setup {
             events.len()
         );
     }
-}
-
-/// Runs `tests/models/{script}` with `python3` (a child process, never
-/// blocking the runtime), the SDK pointed at `sidecar` by its variables
-/// only; its stdout. Fails (never skips) when the SDKs are missing.
-async fn python(script: &str, mode: &str, models: SocketAddr, model: &str) -> String {
-    let path = format!("{}/tests/models/{script}", env!("CARGO_MANIFEST_DIR"));
-    let mut command = tokio::process::Command::new("python3");
-    command
-        .args([path.as_str(), mode])
-        .env(env::AGENT_OPENAI_BASE_URL, format!("http://{models}/v1"))
-        .env(env::AGENT_ANTHROPIC_BASE_URL, format!("http://{models}"))
-        .env(env::AGENT_OPENAI_API_KEY, PLACEHOLDER_API_KEY)
-        .env(env::AGENT_ANTHROPIC_API_KEY, PLACEHOLDER_API_KEY)
-        .env("WOPR_TEST_MODEL", model)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("the SDK client finishes within a minute")
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{script} {mode} failed ({}; are the SDKs installed? run hack/test.sh, which pip-installs tests/models/requirements.txt)\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): the

@@ -427,6 +427,12 @@ async fn answer(
             std::future::pending::<()>().await;
             unreachable!()
         }
+        Behaviour::Answer if body.get("tools").is_some() && !streamed => {
+            Json(whole_tool_call(state.speaks, &model)).into_response()
+        }
+        Behaviour::Answer if body.get("tools").is_some() => {
+            sse(tool_call_events(state.speaks, &model), false, &state)
+        }
         Behaviour::Answer if !streamed => Json(whole_answer(state.speaks, &model)).into_response(),
         Behaviour::Answer => sse(events(state.speaks, &model), false, &state),
         Behaviour::Stall => sse(events(state.speaks, &model)[..1].to_vec(), true, &state),
@@ -475,6 +481,98 @@ fn whole_answer(speaks: Speaks, model: &str) -> Value {
             "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": 7, "output_tokens": 5}
         }),
+    }
+}
+
+/// The answer to a request offering tools: a call of the first one,
+/// `get_weather {"city": "Paris"}` (what tests/models/*.py ask for).
+fn whole_tool_call(speaks: Speaks, model: &str) -> Value {
+    match speaks {
+        Speaks::OpenAi => json!({
+            "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+            ]}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+        }),
+        Speaks::Anthropic => json!({
+            "id": "msg_2", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 7, "output_tokens": 5}
+        }),
+    }
+}
+
+/// [`whole_tool_call`] streamed, after the text `Let me check.`.
+fn tool_call_events(speaks: Speaks, model: &str) -> Vec<String> {
+    let data = |value: Value| format!("data: {value}\n\n");
+    let event = |name: &str, value: Value| format!("event: {name}\ndata: {value}\n\n");
+    match speaks {
+        Speaks::OpenAi => {
+            let chunk = |delta: Value, finish: Value| {
+                data(
+                    json!({"id": "c2", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+                )
+            };
+            vec![
+                chunk(
+                    json!({"role": "assistant", "content": "Let me check."}),
+                    Value::Null,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\":"}}]}),
+                    Value::Null,
+                ),
+                chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                    Value::Null,
+                ),
+                chunk(json!({}), json!("tool_calls")),
+                data(
+                    json!({"id": "c2", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}),
+                ),
+                "data: [DONE]\n\n".to_owned(),
+            ]
+        }
+        Speaks::Anthropic => vec![
+            event(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_2", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 7, "output_tokens": 1}}}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
+            ),
+            event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}),
+            ),
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Paris\"}"}}),
+            ),
+            event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 1}),
+            ),
+            event(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+            ),
+            event("message_stop", json!({"type": "message_stop"})),
+        ],
     }
 }
 
@@ -577,12 +675,18 @@ impl Egress {
         keys: StaticKeys,
         settings: Settings,
     ) -> Egress {
+        Egress::start_for(control_plane.target(), keys, settings).await
+    }
+
+    /// Serving sessions of the control plane at `target` (a real one, for
+    /// the full-stack tests) with `keys`.
+    pub async fn start_for(target: ControlPlane, keys: StaticKeys, settings: Settings) -> Egress {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let audit = Arc::new(MemorySink::default());
         let metrics = ModelMetrics::default();
         let service = ModelsService::new(
-            Arc::new(control_plane.target()),
+            Arc::new(target),
             keys,
             Upstream::new(quick_timeouts()).unwrap(),
             audit.clone(),

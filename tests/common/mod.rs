@@ -28,6 +28,7 @@ pub mod logs;
 pub mod mcp;
 pub mod pod_security;
 pub mod process;
+pub mod sdk;
 pub mod sidecar;
 pub mod startup;
 pub mod store;

@@ -1,0 +1,191 @@
+//! The whole model path, nothing faked but the providers: the official
+//! `openai` and `anthropic` Python SDKs, unmodified and pointed only by
+//! their base-URL variables (and a placeholder key), call a real sidecar's
+//! loopback proxy; the sidecar relays to a real egress service over TLS;
+//! the egress service learns the session's policy from the real control
+//! plane's Policy watch with the sidecar's own token, adds the key, and
+//! calls a fake provider, which checks that the right key arrived. Whole
+//! and streamed answers, tool calls included, and each call recorded in the
+//! session's trail as a `model_call` with the provider's token counts.
+//! (That the key is nowhere in the pod the controller builds is
+//! `builders::no_container_of_the_pod_carries_a_provider_key`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::egress::{Egress, FakeProvider, Speaks, StaticKeys};
+use common::sdk::python;
+use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, token_for};
+use common::*;
+use serde_json::json;
+use wopr_operator::api::{Provider, TrustLevel};
+use wopr_operator::audit::{AuditEvent, EventType};
+use wopr_operator::egress::service::Settings;
+use wopr_operator::egress::sessions;
+use wopr_operator::policy::Outcome;
+
+const OPENAI_KEY: &str = "sk-proj-stack-openai-key";
+const ANTHROPIC_KEY: &str = "sk-ant-stack-anthropic-key";
+
+/// A control plane serving `session` (trusted, its provider `provider`
+/// with `model`) in a namespace configuring both fake providers; the
+/// egress service; the session's sidecar relaying to it.
+struct Stack {
+    _control_plane: ControlPlane,
+    _egress: Egress,
+    openai: FakeProvider,
+    anthropic: FakeProvider,
+    sidecar: Sidecar,
+}
+
+impl Stack {
+    async fn start(session_name: &str, provider: &str, model: &str) -> Stack {
+        let openai = FakeProvider::start(Speaks::OpenAi, OPENAI_KEY).await;
+        let anthropic = FakeProvider::start(Speaks::Anthropic, ANTHROPIC_KEY).await;
+        let mut control_plane = ControlPlane::start(&[session_name]).await;
+        control_plane.put_policy(security_policy(json!({"providers": [
+            {"name": "openai", "type": "openai-compatible", "baseURL": openai.base_url(),
+             "secretRef": {"name": "openai-key", "key": "apiKey"}},
+            {"name": "anthropic", "type": "anthropic", "baseURL": anthropic.base_url(),
+             "secretRef": {"name": "anthropic-key", "key": "apiKey"}},
+        ]})));
+        let mut session = session(session_name, TrustLevel::Trusted);
+        session.spec.provider = Some(Provider {
+            name: provider.into(),
+            model: Some(model.into()),
+            fallback: Vec::new(),
+        });
+        control_plane.put_session(session);
+        let keys = StaticKeys::default()
+            .with(NAMESPACE, "openai", OPENAI_KEY)
+            .with(NAMESPACE, "anthropic", ANTHROPIC_KEY);
+        let egress = Egress::start_for(
+            sessions::ControlPlane {
+                address: control_plane.address.to_string(),
+                tls: tls::client_tls(),
+            },
+            keys,
+            Settings::default(),
+        )
+        .await;
+        let options = SidecarOptions {
+            egress: Some(egress.address.to_string()),
+            ..SidecarOptions::in_memory()
+        };
+        let sidecar = Sidecar::start_with(
+            &control_plane.address.to_string(),
+            session_name,
+            &token_for(session_name),
+            options,
+        )
+        .await;
+        sidecar.wait_for_policy(|policy| policy.is_some()).await;
+        Stack {
+            _control_plane: control_plane,
+            _egress: egress,
+            openai,
+            anthropic,
+            sidecar,
+        }
+    }
+
+    /// Waits (up to 5 s) for `count` model_call events of the sidecar.
+    async fn model_calls(&self, count: usize) -> Vec<AuditEvent> {
+        let mut events = Vec::new();
+        for _ in 0..500 {
+            events.extend(
+                self.sidecar
+                    .audit
+                    .take()
+                    .into_iter()
+                    .filter(|event| event.event_type == EventType::ModelCall),
+            );
+            if events.len() >= count {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{} model_call events, not {count}: {events:#?}",
+            events.len()
+        );
+    }
+}
+
+/// Each event: allowed, from `provider:model`, with the fake's 7 + 5 tokens.
+fn assert_recorded(events: &[AuditEvent], provider: &str, model: &str) {
+    assert_eq!(events.len(), 2, "{events:#?}");
+    for (event, streamed) in events.iter().zip([false, true]) {
+        assert_eq!(event.decision, Outcome::Allowed, "{event:#?}");
+        let figures = event.model.as_ref().expect("the call's figures");
+        assert_eq!(
+            (figures.provider.as_str(), figures.model.as_str()),
+            (provider, model)
+        );
+        assert_eq!((figures.input_tokens, figures.output_tokens), (7, 5));
+        assert_eq!(figures.streamed, streamed);
+        let line = serde_json::to_string(event).unwrap();
+        assert!(!line.contains("Paris"), "no prompt in the trail: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openai_sdk_reaches_its_provider_with_the_key_it_never_held() {
+    let model = "gpt-4o-mini";
+    let stack = Stack::start("writer", "openai", model).await;
+    let stdout = python("openai_client.py", "chat", stack.sidecar.models, model).await;
+    for expected in [
+        r#"whole: get_weather {"city": "Paris"} finish=tool_calls tokens=7+5"#,
+        r#"streamed: get_weather {"city": "Paris"} text='Let me check.'"#,
+        "openai sdk: ok",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+    let seen = stack.openai.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    for request in &seen {
+        assert_eq!(
+            request.headers.get("authorization"),
+            Some(&format!("Bearer {OPENAI_KEY}")),
+            "the egress service put the real key in"
+        );
+        assert_eq!(request.body["model"], model);
+        assert_eq!(request.body["tools"][0]["function"]["name"], "get_weather");
+    }
+    assert!(stack.anthropic.seen().is_empty());
+    assert_recorded(&stack.model_calls(2).await, "openai", model);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anthropic_sdk_reaches_its_provider_with_the_key_it_never_held() {
+    let model = "claude-3-5-haiku-latest";
+    let stack = Stack::start("poet", "anthropic", model).await;
+    let stdout = python("anthropic_client.py", "chat", stack.sidecar.models, model).await;
+    for expected in [
+        r#"whole: get_weather {"city": "Paris"} stop=tool_use tokens=7+5"#,
+        r#"streamed: get_weather {"city": "Paris"} text='Let me check.' stop=tool_use"#,
+        "anthropic sdk: ok",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+    let seen = stack.anthropic.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    for request in &seen {
+        assert_eq!(
+            request.headers.get("x-api-key"),
+            Some(&ANTHROPIC_KEY.to_owned())
+        );
+        assert!(
+            request
+                .headers
+                .get("authorization")
+                .is_none_or(|value| !value.contains("wopr-no-key")),
+            "the placeholder never reaches a provider: {:?}",
+            request.headers
+        );
+        assert_eq!(request.body["model"], model);
+    }
+    assert!(stack.openai.seen().is_empty());
+    assert_recorded(&stack.model_calls(2).await, "anthropic", model);
+}
