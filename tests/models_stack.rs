@@ -12,106 +12,10 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::egress::{Egress, FakeProvider, Speaks, StaticKeys};
 use common::sdk::python;
-use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, token_for};
-use common::*;
-use serde_json::json;
-use wopr_operator::api::{Provider, TrustLevel};
-use wopr_operator::audit::{AuditEvent, EventType};
-use wopr_operator::egress::service::Settings;
-use wopr_operator::egress::sessions;
+use common::stack::{ANTHROPIC_KEY, OPENAI_KEY, Stack};
+use wopr_operator::audit::AuditEvent;
 use wopr_operator::policy::Outcome;
-
-const OPENAI_KEY: &str = "sk-proj-stack-openai-key";
-const ANTHROPIC_KEY: &str = "sk-ant-stack-anthropic-key";
-
-/// A control plane serving `session` (trusted, its provider `provider`
-/// with `model`) in a namespace configuring both fake providers; the
-/// egress service; the session's sidecar relaying to it.
-struct Stack {
-    _control_plane: ControlPlane,
-    _egress: Egress,
-    openai: FakeProvider,
-    anthropic: FakeProvider,
-    sidecar: Sidecar,
-}
-
-impl Stack {
-    async fn start(session_name: &str, provider: &str, model: &str) -> Stack {
-        let openai = FakeProvider::start(Speaks::OpenAi, OPENAI_KEY).await;
-        let anthropic = FakeProvider::start(Speaks::Anthropic, ANTHROPIC_KEY).await;
-        let mut control_plane = ControlPlane::start(&[session_name]).await;
-        control_plane.put_policy(security_policy(json!({"providers": [
-            {"name": "openai", "type": "openai-compatible", "baseURL": openai.base_url(),
-             "secretRef": {"name": "openai-key", "key": "apiKey"}},
-            {"name": "anthropic", "type": "anthropic", "baseURL": anthropic.base_url(),
-             "secretRef": {"name": "anthropic-key", "key": "apiKey"}},
-        ]})));
-        let mut session = session(session_name, TrustLevel::Trusted);
-        session.spec.provider = Some(Provider {
-            name: provider.into(),
-            model: Some(model.into()),
-            fallback: Vec::new(),
-        });
-        control_plane.put_session(session);
-        let keys = StaticKeys::default()
-            .with(NAMESPACE, "openai", OPENAI_KEY)
-            .with(NAMESPACE, "anthropic", ANTHROPIC_KEY);
-        let egress = Egress::start_for(
-            sessions::ControlPlane {
-                address: control_plane.address.to_string(),
-                tls: tls::client_tls(),
-            },
-            keys,
-            Settings::default(),
-        )
-        .await;
-        let options = SidecarOptions {
-            egress: Some(egress.address.to_string()),
-            ..SidecarOptions::in_memory()
-        };
-        let sidecar = Sidecar::start_with(
-            &control_plane.address.to_string(),
-            session_name,
-            &token_for(session_name),
-            options,
-        )
-        .await;
-        sidecar.wait_for_policy(|policy| policy.is_some()).await;
-        Stack {
-            _control_plane: control_plane,
-            _egress: egress,
-            openai,
-            anthropic,
-            sidecar,
-        }
-    }
-
-    /// Waits (up to 5 s) for `count` model_call events of the sidecar.
-    async fn model_calls(&self, count: usize) -> Vec<AuditEvent> {
-        let mut events = Vec::new();
-        for _ in 0..500 {
-            events.extend(
-                self.sidecar
-                    .audit
-                    .take()
-                    .into_iter()
-                    .filter(|event| event.event_type == EventType::ModelCall),
-            );
-            if events.len() >= count {
-                return events;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "{} model_call events, not {count}: {events:#?}",
-            events.len()
-        );
-    }
-}
 
 /// Each event: allowed, from `provider:model`, with the fake's 7 + 5 tokens.
 fn assert_recorded(events: &[AuditEvent], provider: &str, model: &str) {

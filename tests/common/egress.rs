@@ -273,6 +273,9 @@ pub enum Behaviour {
     Hang,
     /// Streams a first event, then nothing more, ever.
     Stall,
+    /// Streams this many content chunks of one token each, then usage
+    /// (OpenAI only: for benchmarks of the per-chunk cost).
+    Chunks(usize),
 }
 
 /// One request a fake provider received.
@@ -436,6 +439,7 @@ async fn answer(
         Behaviour::Answer if !streamed => Json(whole_answer(state.speaks, &model)).into_response(),
         Behaviour::Answer => sse(events(state.speaks, &model), false, &state),
         Behaviour::Stall => sse(events(state.speaks, &model)[..1].to_vec(), true, &state),
+        Behaviour::Chunks(count) => sse(chunks(&model, count), false, &state),
     }
 }
 
@@ -574,6 +578,20 @@ fn tool_call_events(speaks: Speaks, model: &str) -> Vec<String> {
             event("message_stop", json!({"type": "message_stop"})),
         ],
     }
+}
+
+/// An OpenAI stream of `count` one-word chunks, usage and `[DONE]`.
+fn chunks(model: &str, count: usize) -> Vec<String> {
+    let chunk = json!({"id": "c3", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}]});
+    let mut events = vec![format!("data: {chunk}\n\n"); count];
+    events.push(format!(
+        "data: {}\n\n",
+        json!({"id": "c3", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": count, "total_tokens": count + 7}})
+    ));
+    events.push("data: [DONE]\n\n".to_owned());
+    events
 }
 
 fn events(speaks: Speaks, model: &str) -> Vec<String> {

@@ -30,6 +30,7 @@ pub mod pod_security;
 pub mod process;
 pub mod sdk;
 pub mod sidecar;
+pub mod stack;
 pub mod startup;
 pub mod store;
 pub mod tls;
