@@ -44,19 +44,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The HTTP status the agent gets.
-    pub fn status(&self) -> u16 {
-        match self {
-            Refusal::Malformed(_) | Refusal::TooManyTokens { .. } | Refusal::Unsupported(_) => 400,
-            Refusal::TooLarge(_) => 413,
-            Refusal::NotAllowed(_) => 403,
-            Refusal::UnknownModel { .. } => 404,
-            Refusal::Budget { .. } => 429,
-            Refusal::NoLink(_) => 503,
-        }
-    }
-
-    /// What kind of error the agent's SDK raises for it.
+    /// What kind of error the agent's SDK raises for it (and so the HTTP
+    /// status it gets, [`ErrorKind::status`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
             Refusal::Malformed(_) | Refusal::TooManyTokens { .. } | Refusal::Unsupported(_) => {
@@ -280,7 +269,7 @@ mod tests {
             [link("openai", "gpt-4o-mini"), link("anthropic", "claude")]
         );
         let refused = chain(&allowed, "o3").unwrap_err();
-        assert_eq!(refused.status(), 404);
+        assert_eq!(refused.kind(), ErrorKind::NotFound);
         assert!(
             refused.to_string().contains("available: gpt-4o, claude"),
             "{refused}"

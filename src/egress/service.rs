@@ -552,9 +552,13 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
                 .max(1);
             headers.insert("retry-after".to_owned(), seconds.to_string());
         }
-        self.send(replies, head(refusal.status(), "application/json", headers))
-            .await?;
-        let body = translate::error_body(dialect, refusal.kind(), &progress.reason);
+        let kind = refusal.kind();
+        self.send(
+            replies,
+            head(kind.status(dialect), "application/json", headers),
+        )
+        .await?;
+        let body = translate::error_body(dialect, kind, &progress.reason);
         self.send(replies, Reply::Chunk(body)).await
     }
 
