@@ -231,7 +231,7 @@ async fn an_anthropic_provider_gets_its_key_and_version_streamed_and_not() {
             answer.outcome().input_tokens,
             answer.outcome().output_tokens
         ),
-        (7, 5)
+        (11, 3)
     );
     let streamed = world
         .call(
@@ -254,7 +254,7 @@ async fn an_anthropic_provider_gets_its_key_and_version_streamed_and_not() {
             streamed.outcome().input_tokens,
             streamed.outcome().output_tokens
         ),
-        (7, 5)
+        (11, 3)
     );
 
     let seen = world.primary.seen();
@@ -321,6 +321,206 @@ async fn a_rate_limited_primary_is_not_called_during_its_retry_after() {
     let events = world.events();
     assert_eq!(events[1].model.as_ref().unwrap().provider, "backup");
     assert_eq!(events[1].model.as_ref().unwrap().fallback.len(), 1);
+}
+
+/// The `data:` payloads of an OpenAI stream, `[DONE]` last.
+fn openai_chunks(stream: &str) -> Vec<String> {
+    stream
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fallback_of_the_other_dialect_answers_in_the_agents_own() {
+    let world = World::start(Speaks::OpenAi, Speaks::Anthropic, settings()).await;
+    world.policy(
+        vec![link("primary", "gpt-4o"), link("backup", "claude-haiku")],
+        &["*"],
+        "enforce",
+    );
+    world.primary.behave(Behaviour::Fail {
+        status: 429,
+        retry_after: Some("60".into()),
+    });
+
+    let answer = world
+        .call(Dialect::OpenaiChat, chat("gpt-4o", false), &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.content_type, "application/json");
+    let completion = answer.json();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["model"], "gpt-4o", "the model the agent asked");
+    assert_eq!(completion["choices"][0]["message"]["content"], "hello");
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    assert_eq!(completion["usage"]["prompt_tokens"], 11);
+    let outcome = answer.outcome();
+    assert_eq!(
+        (outcome.provider.as_str(), outcome.model.as_str()),
+        ("backup", "claude-haiku")
+    );
+    assert_eq!(
+        (outcome.input_tokens, outcome.output_tokens),
+        (11, 3),
+        "the Anthropic usage"
+    );
+    assert_eq!(outcome.fallback, ["primary:gpt-4o (HTTP 429)"]);
+    let seen = world.backup.seen();
+    assert_eq!(seen[0].path, "/v1/messages");
+    assert_eq!(seen[0].headers["x-api-key"], BACKUP_KEY);
+    assert!(!seen[0].headers.contains_key("authorization"));
+    assert_eq!(seen[0].body["model"], "claude-haiku");
+    assert!(
+        seen[0].body["max_tokens"].as_u64().is_some(),
+        "Anthropic requires it"
+    );
+    assert_eq!(
+        seen[0].body["messages"],
+        json!([{"role": "user", "content": "hi"}])
+    );
+    assert!(seen[0].body.get("stream_options").is_none());
+
+    let streamed = world
+        .call(Dialect::OpenaiChat, chat("gpt-4o", true), &[])
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    assert_eq!(streamed.content_type, "text/event-stream");
+    let chunks = openai_chunks(&streamed.text());
+    assert_eq!(
+        chunks.last().map(String::as_str),
+        Some("[DONE]"),
+        "{chunks:?}"
+    );
+    let chunks: Vec<Value> = chunks[..chunks.len() - 1]
+        .iter()
+        .map(|chunk| serde_json::from_str(chunk).unwrap())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|chunk| chunk["object"] == "chat.completion.chunk")
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "hello");
+    let outcome = streamed.outcome();
+    assert!(outcome.streamed);
+    assert_eq!(outcome.provider, "backup");
+    assert_eq!((outcome.input_tokens, outcome.output_tokens), (11, 3));
+    assert!(
+        outcome.fallback[0].starts_with("primary:gpt-4o (rate limited until "),
+        "{:?}",
+        outcome.fallback
+    );
+    let seen = world.backup.seen();
+    assert_eq!(seen[1].headers["x-api-key"], BACKUP_KEY);
+    assert_eq!(seen[1].body["stream"], true);
+    assert_eq!(
+        world.primary.seen().len(),
+        1,
+        "not called during retry-after"
+    );
+    let events = world.events();
+    assert_eq!(events.len(), 2);
+    let model = events[0].model.as_ref().unwrap();
+    assert_eq!(
+        (model.provider.as_str(), model.input_tokens),
+        ("backup", 11)
+    );
+}
+
+#[tokio::test]
+async fn an_anthropic_agent_falls_back_to_an_openai_provider_in_its_own_dialect() {
+    let world = World::start(Speaks::Anthropic, Speaks::OpenAi, settings()).await;
+    world.policy(
+        vec![
+            link("primary", "claude-haiku"),
+            link("backup", "gpt-4o-mini"),
+        ],
+        &["*"],
+        "enforce",
+    );
+    world.primary.behave(Behaviour::Fail {
+        status: 529,
+        retry_after: None,
+    });
+    let answer = world
+        .call(
+            Dialect::AnthropicMessages,
+            message("claude-haiku", false),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let reply = answer.json();
+    assert_eq!(reply["type"], "message");
+    assert_eq!(reply["role"], "assistant");
+    assert_eq!(reply["content"][0]["text"], "hello");
+    assert_eq!(reply["stop_reason"], "end_turn");
+    assert_eq!(reply["usage"]["input_tokens"], 7);
+    let outcome = answer.outcome();
+    assert_eq!(outcome.provider, "backup");
+    assert_eq!((outcome.input_tokens, outcome.output_tokens), (7, 5));
+    assert_eq!(outcome.fallback, ["primary:claude-haiku (HTTP 529)"]);
+    let seen = world.backup.seen();
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {BACKUP_KEY}")
+    );
+    assert_eq!(seen[0].body["model"], "gpt-4o-mini");
+    assert_eq!(seen[0].body["messages"][0]["role"], "user");
+    world.events();
+}
+
+#[tokio::test]
+async fn a_feature_the_other_dialect_lacks_is_refused_naming_it() {
+    let world = World::start(Speaks::OpenAi, Speaks::Anthropic, settings()).await;
+    world.policy(
+        vec![link("primary", "gpt-4o"), link("backup", "claude-haiku")],
+        &["*"],
+        "enforce",
+    );
+    let mut two = chat("gpt-4o", false);
+    two["n"] = json!(2);
+
+    let served = world
+        .call(Dialect::OpenaiChat, two.clone(), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        served.status,
+        200,
+        "the same dialect serves it: {}",
+        served.text()
+    );
+    assert_eq!(world.primary.seen()[0].body["n"], 2);
+
+    world.primary.behave(Behaviour::Fail {
+        status: 500,
+        retry_after: None,
+    });
+    let refused = world.call(Dialect::OpenaiChat, two, &[]).await.unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let error = refused.json();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("backup:claude-haiku") && message.contains("n > 1"),
+        "names the link and the feature: {message}"
+    );
+    assert!(world.backup.seen().is_empty(), "the link is not tried");
+    let outcome = refused.outcome();
+    assert_eq!(outcome.decision, "denied");
+    assert_eq!(outcome.fallback, ["primary:gpt-4o (HTTP 500)"]);
+    world.events();
 }
 
 #[tokio::test]
@@ -591,7 +791,7 @@ async fn bad_requests_get_precise_errors_in_the_agents_dialect() {
         error["error"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("malformed request: the body is not JSON"),
+            .starts_with("malformed request: the request body is not valid JSON"),
         "{error}"
     );
 
@@ -632,7 +832,7 @@ async fn bad_requests_get_precise_errors_in_the_agents_dialect() {
     assert_eq!(no_max_tokens.status, 400);
     assert_eq!(
         no_max_tokens.json()["error"]["message"],
-        "malformed request: max_tokens is required"
+        "malformed request: `max_tokens` is required"
     );
     assert!(world.primary.seen().is_empty() && world.backup.seen().is_empty());
     let events = world.events();
@@ -895,7 +1095,7 @@ async fn a_link_without_its_secret_is_skipped_and_a_providers_error_never_shows_
     );
     assert_eq!(
         refused.json()["error"]["message"],
-        "bad request with key [redacted]"
+        "bad request with key [REDACTED]"
     );
     assert!(!refused.text().contains(BACKUP_KEY));
     assert_eq!(

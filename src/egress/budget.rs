@@ -274,7 +274,10 @@ mod tests {
                 resets: at("2026-12-07T10:01:00Z"),
             }
         );
-        assert_eq!(refused.status(), 429);
+        assert_eq!(
+            refused.kind(),
+            crate::egress::translate::ErrorKind::RateLimit
+        );
         assert!(
             refused
                 .to_string()

@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::policy::{Link, ModelRules};
+use super::translate::ErrorKind;
 use crate::policy::models::allows;
 use crate::proto::v1alpha1::Dialect;
 
@@ -37,18 +38,24 @@ pub enum Refusal {
     NotAllowed(String),
     /// Every link was skipped or failed.
     NoLink(Vec<String>),
+    /// The link reached uses a feature its dialect lacks (the translator's
+    /// words, naming the feature).
+    Unsupported(String),
 }
 
 impl Refusal {
-    /// The HTTP status the agent gets.
-    pub fn status(&self) -> u16 {
+    /// What kind of error the agent's SDK raises for it (and so the HTTP
+    /// status it gets, [`ErrorKind::status`]).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Refusal::Malformed(_) | Refusal::TooManyTokens { .. } => 400,
-            Refusal::TooLarge(_) => 413,
-            Refusal::NotAllowed(_) => 403,
-            Refusal::UnknownModel { .. } => 404,
-            Refusal::Budget { .. } => 429,
-            Refusal::NoLink(_) => 503,
+            Refusal::Malformed(_) | Refusal::TooManyTokens { .. } | Refusal::Unsupported(_) => {
+                ErrorKind::InvalidRequest
+            }
+            Refusal::TooLarge(_) => ErrorKind::TooLarge,
+            Refusal::NotAllowed(_) => ErrorKind::Permission,
+            Refusal::UnknownModel { .. } => ErrorKind::NotFound,
+            Refusal::Budget { .. } => ErrorKind::RateLimit,
+            Refusal::NoLink(_) => ErrorKind::Overloaded,
         }
     }
 
@@ -66,6 +73,7 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
+            Refusal::Unsupported(why) => write!(f, "{why}"),
             Refusal::TooLarge(limit) => write!(f, "the request body is over {limit} bytes"),
             Refusal::NotAllowed(model) => write!(
                 f,
@@ -99,21 +107,6 @@ impl std::fmt::Display for Refusal {
             ),
         }
     }
-}
-
-/// The request body as a JSON object and the model it names.
-pub fn parse(body: &[u8]) -> Result<(Map<String, Value>, String), Refusal> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| Refusal::Malformed(format!("the body is not JSON ({error})")))?;
-    let Value::Object(object) = value else {
-        return Err(Refusal::Malformed("the body is not a JSON object".into()));
-    };
-    let model = match object.get("model") {
-        Some(Value::String(model)) => model.clone(),
-        None => String::new(),
-        Some(_) => return Err(Refusal::Malformed("model is not a string".into())),
-    };
-    Ok((object, model))
 }
 
 /// The models a session may name, first link first (links naming none
@@ -276,7 +269,7 @@ mod tests {
             [link("openai", "gpt-4o-mini"), link("anthropic", "claude")]
         );
         let refused = chain(&allowed, "o3").unwrap_err();
-        assert_eq!(refused.status(), 404);
+        assert_eq!(refused.kind(), ErrorKind::NotFound);
         assert!(
             refused.to_string().contains("available: gpt-4o, claude"),
             "{refused}"
@@ -334,18 +327,5 @@ mod tests {
             bound_max_tokens(Dialect::AnthropicMessages, &mut negative, 0),
             Err(Refusal::Malformed(_))
         ));
-    }
-
-    #[test]
-    fn malformed_bodies_say_why() {
-        assert!(parse(b"{").unwrap_err().to_string().contains("not JSON"));
-        assert!(
-            parse(b"[]")
-                .unwrap_err()
-                .to_string()
-                .contains("not a JSON object")
-        );
-        assert!(parse(br#"{"model":1}"#).is_err());
-        assert_eq!(parse(br#"{"model":"m"}"#).unwrap().1, "m");
     }
 }

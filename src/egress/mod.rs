@@ -16,7 +16,6 @@ pub mod admin;
 pub mod budget;
 pub mod credentials;
 pub mod decide;
-pub mod dialect;
 pub mod metrics;
 pub mod policy;
 pub mod redact;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,10 +21,11 @@ use tonic::{Request, Response, Status};
 use super::budget::{Cooldowns, Ledger, SessionKey, retry_after};
 use super::credentials::Credentials;
 use super::decide::{self, Refusal};
-use super::dialect::{self, AnswerReader, Usage};
 use super::metrics::ModelMetrics;
 use super::policy::{Link, Provider, SessionPolicy};
+use super::redact::{redact, redact_key};
 use super::sessions::{PolicySource, SessionSettings, Sessions, bearer};
+use super::translate::{self, Asked, Dialect, ErrorKind, StreamTranslator, Usage};
 use super::upstream::Upstream;
 use crate::api::{Enforcement, ProviderType, SourceRef, TrustLevel, name_of};
 use crate::audit::{AuditEvent, AuditSink, EventType, ModelCall};
@@ -32,8 +33,8 @@ use crate::clock::Clock;
 use crate::policy::Outcome;
 use crate::proto::v1alpha1::models_server::Models;
 use crate::proto::v1alpha1::{
-    Dialect, ListModelsRequest, ListModelsResponse, ModelLink, ModelOutcome, ModelReply,
-    ModelRequest, ReplyHead, model_reply::Reply,
+    ListModelsRequest, ListModelsResponse, ModelLink, ModelOutcome, ModelReply, ModelRequest,
+    ReplyHead, model_reply::Reply,
 };
 
 /// The largest request body taken (the agent's JSON).
@@ -149,8 +150,8 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
             }
         };
         let dialect = match Dialect::try_from(call.dialect) {
-            Ok(dialect @ (Dialect::OpenaiChat | Dialect::AnthropicMessages)) => dialect,
-            _ => {
+            Ok(dialect) => dialect,
+            Err(_) => {
                 let status = Status::invalid_argument(format!(
                     "unknown dialect {}: expected OPENAI_CHAT or ANTHROPIC_MESSAGES",
                     call.dialect
@@ -241,11 +242,11 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         replies: &Replies,
         progress: &mut Progress,
     ) -> Result<(), Gone> {
-        let (body, link_models) = match self.admit(policy, dialect, &call.body, progress) {
+        let (asked, link_models) = match self.admit(policy, dialect, &call.body, progress) {
             Ok(admitted) => admitted,
             Err(refusal) => return self.refuse(dialect, &refusal, replies, progress).await,
         };
-        progress.streamed = dialect::streams(&body);
+        progress.streamed = asked.stream;
         let forbidden = link_models
             .iter()
             .filter(|link| decide::forbidden(&policy.models, link) == Some(decide::NOT_ALLOWED))
@@ -263,15 +264,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         }
         for link in link_models {
             match self
-                .try_link(
-                    policy,
-                    dialect,
-                    &body,
-                    &link,
-                    &call.headers,
-                    replies,
-                    progress,
-                )
+                .try_link(policy, &asked, &link, &call.headers, replies, progress)
                 .await?
             {
                 Tried::Answered => return Ok(()),
@@ -294,16 +287,24 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         dialect: Dialect,
         body: &[u8],
         progress: &mut Progress,
-    ) -> Result<(Map<String, Value>, Vec<Link>), Refusal> {
+    ) -> Result<(Asked, Vec<Link>), Refusal> {
         if body.len() > self.settings.max_body {
             return Err(Refusal::TooLarge(self.settings.max_body));
         }
-        let (mut body, model) = decide::parse(body)?;
-        let links = decide::chain(&policy.models, &model)?;
+        let mut asked =
+            translate::inspect(dialect, body).map_err(|bad| Refusal::Malformed(bad.to_string()))?;
+        let links = decide::chain(&policy.models, &asked.model)?;
         progress.link = links.first().cloned();
         let key: SessionKey = (policy.namespace.clone(), policy.session.clone());
+        let limit = policy.models.max_tokens_per_request;
+        let bounded = decide::bound_max_tokens(dialect.into(), &mut asked.body, limit);
+        // An OpenAI request naming no limit was given the policy's: a link
+        // of the other dialect gets it too.
+        if asked.max_tokens.is_none() && limit > 0 {
+            asked.max_tokens = Some(limit);
+        }
         let checks = [
-            decide::bound_max_tokens(dialect, &mut body, policy.models.max_tokens_per_request),
+            bounded,
             self.ledger
                 .check(&key, &policy.models, self.settings.clock.now()),
         ];
@@ -316,7 +317,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
                 Err(refusal) => return Err(refusal),
             }
         }
-        Ok((body, links))
+        Ok((asked, links))
     }
 
     /// Tries one link.
@@ -324,8 +325,7 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
     async fn try_link(
         &self,
         policy: &SessionPolicy,
-        dialect: Dialect,
-        body: &Map<String, Value>,
+        asked: &Asked,
         link: &Link,
         headers: &HashMap<String, String>,
         replies: &Replies,
@@ -357,11 +357,12 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
             Ok(key) => key,
             Err(error) => return Ok(Tried::Next(error.to_string())),
         };
-        let request = match dialect::for_link(dialect, dialect_of(provider), body, &link.model) {
+        let to = dialect_of(provider);
+        let request = match translate::request_for(asked, to, &link.model, asked.max_tokens) {
             Ok(request) => request,
             Err(unsupported) => {
-                return Ok(Tried::Refused(Refusal::Malformed(format!(
-                    "{link} cannot serve this request: {unsupported}"
+                return Ok(Tried::Refused(Refusal::Unsupported(format!(
+                    "{link}: {unsupported}"
                 ))));
             }
         };
@@ -389,22 +390,17 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let reader = AnswerReader::new(dialect, dialect_of(provider));
+        let answer = Answer {
+            from: to,
+            content_type,
+            key: secrecy::ExposeSecret::expose_secret(&key),
+        };
         let answered = if progress.streamed && status.is_success() {
-            self.stream(response, reader, &content_type, link, replies, progress)
+            self.stream(response, asked, answer, link, replies, progress)
                 .await?
         } else {
-            let key = secrecy::ExposeSecret::expose_secret(&key);
-            self.whole(
-                response,
-                reader,
-                &content_type,
-                link,
-                key,
-                replies,
-                progress,
-            )
-            .await?
+            self.whole(response, asked, answer, link, replies, progress)
+                .await?
         };
         if matches!(answered, Tried::Answered) {
             self.allowed(policy, link, progress);
@@ -412,31 +408,49 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         Ok(answered)
     }
 
-    /// Relays a streamed answer as it comes; after its head went out, a
-    /// failure ends the stream with an error event.
+    /// Relays a streamed answer as it comes, in the agent's dialect; after
+    /// its head went out, a failure ends the stream with an error event.
     async fn stream(
         &self,
         mut response: reqwest::Response,
-        mut reader: AnswerReader,
-        content_type: &str,
+        asked: &Asked,
+        answer: Answer<'_>,
         link: &Link,
         replies: &Replies,
         progress: &mut Progress,
     ) -> Result<Tried, Gone> {
+        let agent = asked.dialect;
+        let mut translator =
+            StreamTranslator::new(answer.from, agent, &asked.model, asked.include_usage);
+        let content_type = if answer.from == agent {
+            answer.content_type.as_str()
+        } else {
+            "text/event-stream"
+        };
         let status = response.status().as_u16();
         self.send(replies, head(status, content_type, HashMap::new()))
             .await?;
         loop {
             match self.upstream.chunk(&mut response).await {
                 Ok(Some(chunk)) => {
-                    let relayed = reader.stream_chunk(&chunk);
-                    progress.usage = reader.usage();
-                    self.send(replies, Reply::Chunk(relayed)).await?;
+                    let relayed = translator.push(&chunk);
+                    progress.usage = translator.usage().unwrap_or_default();
+                    if !relayed.is_empty() {
+                        self.send(replies, Reply::Chunk(relayed)).await?;
+                    }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    let last = translator.finish();
+                    progress.usage = translator.usage().unwrap_or_default();
+                    if !last.is_empty() {
+                        self.send(replies, Reply::Chunk(last)).await?;
+                    }
+                    break;
+                }
                 Err(failure) => {
                     progress.reason = format!("the stream broke off: {failure}");
-                    let event = dialect::error_event(reader.agent(), &format!("{link}: {failure}"));
+                    let message = redact(&format!("{link}: {failure}")).into_owned();
+                    let event = translate::stream_error(agent, ErrorKind::Api, &message);
                     self.send(replies, Reply::Chunk(event)).await?;
                     break;
                 }
@@ -445,44 +459,56 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
         Ok(Tried::Answered)
     }
 
-    /// Reads a whole answer (or the provider's refusal) and relays it;
-    /// nothing goes out before it is read, so a failure moves to the next
-    /// link.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads a whole answer (or the provider's refusal) and relays it in
+    /// the agent's dialect; nothing goes out before it is read, so a
+    /// failure moves to the next link.
     async fn whole(
         &self,
         mut response: reqwest::Response,
-        mut reader: AnswerReader,
-        content_type: &str,
+        asked: &Asked,
+        answer: Answer<'_>,
         link: &Link,
-        key: &str,
         replies: &Replies,
         progress: &mut Progress,
     ) -> Result<Tried, Gone> {
         let status = response.status();
-        let mut answer = Vec::new();
+        let mut body = Vec::new();
         loop {
             match self.upstream.chunk(&mut response).await {
-                Ok(Some(chunk)) if answer.len() + chunk.len() <= MAX_ANSWER => {
-                    answer.extend_from_slice(&chunk);
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ANSWER => {
+                    body.extend_from_slice(&chunk);
                 }
                 Ok(Some(_)) => return Ok(Tried::Next(format!("answer over {MAX_ANSWER} bytes"))),
                 Ok(None) => break,
                 Err(failure) => return Ok(Tried::Next(failure.to_string())),
             }
         }
-        let answer = if status.is_success() {
-            reader.whole(&answer)
+        let same = answer.from == asked.dialect;
+        let body = if status.is_success() {
+            progress.usage = translate::usage(answer.from, &body).unwrap_or_default();
+            match translate::response_for(answer.from, asked.dialect, &body, &asked.model) {
+                Ok(body) => body,
+                Err(bad) => return Ok(Tried::Next(bad.to_string())),
+            }
         } else {
             // The provider refused (a bad request, say): the agent sees its
-            // answer, never anything of the key.
+            // answer in its own dialect, never anything of a credential.
             progress.reason = format!("{link} answered HTTP {}", status.as_u16());
-            reader.error(status.as_u16(), &redacted(&answer, key))
+            let text = redacted(&body, answer.key);
+            if same {
+                text.into_bytes()
+            } else {
+                provider_error(answer.from, asked.dialect, &text)
+            }
         };
-        progress.usage = reader.usage();
+        let content_type = if same {
+            answer.content_type.as_str()
+        } else {
+            "application/json"
+        };
         self.send(replies, head(status.as_u16(), content_type, HashMap::new()))
             .await?;
-        self.send(replies, Reply::Chunk(answer)).await?;
+        self.send(replies, Reply::Chunk(body)).await?;
         Ok(Tried::Answered)
     }
 
@@ -526,9 +552,13 @@ impl<P: PolicySource, C: Credentials> Inner<P, C> {
                 .max(1);
             headers.insert("retry-after".to_owned(), seconds.to_string());
         }
-        self.send(replies, head(refusal.status(), "application/json", headers))
-            .await?;
-        let body = dialect::error_body(dialect, refusal.status(), &progress.reason);
+        let kind = refusal.kind();
+        self.send(
+            replies,
+            head(kind.status(dialect), "application/json", headers),
+        )
+        .await?;
+        let body = translate::error_body(dialect, kind, &progress.reason);
         self.send(replies, Reply::Chunk(body)).await
     }
 
@@ -637,11 +667,19 @@ enum Tried {
     Refused(Refusal),
 }
 
+/// A link's answer as it came: the link's dialect, its content type, and
+/// the key it was called with (redacted from a refusal).
+struct Answer<'a> {
+    from: Dialect,
+    content_type: String,
+    key: &'a str,
+}
+
 /// The dialect a provider speaks.
 fn dialect_of(provider: &Provider) -> Dialect {
     match provider.kind {
         ProviderType::Anthropic => Dialect::AnthropicMessages,
-        ProviderType::Openai | ProviderType::OpenaiCompatible => Dialect::OpenaiChat,
+        ProviderType::Openai | ProviderType::OpenaiCompatible => Dialect::OpenAiChat,
     }
 }
 
@@ -653,13 +691,73 @@ fn head(status: u16, content_type: &str, headers: HashMap<String, String>) -> Re
     })
 }
 
-/// `bytes` with every occurrence of `key` replaced.
-// TODO(issue 25, merge with h-translate): crate::egress::redact also takes
-// out anything else that looks like a credential.
-fn redacted(bytes: &[u8], key: &str) -> Vec<u8> {
+/// A provider's error body with the key it was called with and anything
+/// else that looks like a credential taken out.
+fn redacted(bytes: &[u8], key: &str) -> String {
     let text = String::from_utf8_lossy(bytes);
-    if key.is_empty() || !text.contains(key) {
-        return bytes.to_vec();
+    redact(&redact_key(&text, key)).into_owned()
+}
+
+/// A (redacted) error body of a link speaking `from`, as an agent speaking
+/// `to` reads it: its kind and message kept (both dialects nest them under
+/// `error`), the body itself if it is not one.
+fn provider_error(from: Dialect, to: Dialect, text: &str) -> Vec<u8> {
+    let error = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|body| body.get("error").cloned());
+    let kind = error
+        .as_ref()
+        .and_then(|error| error.get("type"))
+        .and_then(Value::as_str)
+        .map_or(ErrorKind::Api, ErrorKind::from_type_name);
+    let message = error
+        .as_ref()
+        .and_then(|error| error.get("message"))
+        .and_then(Value::as_str)
+        .map_or_else(
+            || format!("the {} provider failed: {text}", from.name()),
+            str::to_owned,
+        );
+    translate::error_body(to, kind, &message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_providers_error_loses_its_key_and_anything_like_a_credential() {
+        let body = br#"{"error":{"message":"key key-0123 rejected; try sk-ant-api03-abcdefghijklmnopqrstuvwxyz"}}"#;
+        let text = redacted(body, "key-0123");
+        assert!(
+            !text.contains("key-0123") && !text.contains("sk-ant-"),
+            "{text}"
+        );
+        assert_eq!(text.matches("[REDACTED]").count(), 2, "{text}");
     }
-    text.replace(key, "[redacted]").into_bytes()
+
+    #[test]
+    fn a_providers_error_reaches_the_agent_in_its_dialect() {
+        let anthropic = r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad [REDACTED]"}}"#;
+        let body: Value = serde_json::from_slice(&provider_error(
+            Dialect::AnthropicMessages,
+            Dialect::OpenAiChat,
+            anthropic,
+        ))
+        .unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["message"], "bad [REDACTED]");
+        let body: Value = serde_json::from_slice(&provider_error(
+            Dialect::OpenAiChat,
+            Dialect::AnthropicMessages,
+            "gateway down",
+        ))
+        .unwrap();
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "api_error");
+        assert_eq!(
+            body["error"]["message"],
+            "the OpenAI chat completions provider failed: gateway down"
+        );
+    }
 }

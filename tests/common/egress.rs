@@ -259,7 +259,9 @@ pub enum Speaks {
 /// What a fake provider does with the next requests.
 #[derive(Clone, Debug)]
 pub enum Behaviour {
-    /// Answers (streamed when asked), reporting 7 tokens in and 5 out.
+    /// Answers (streamed when asked), reporting 7 tokens in and 5 out
+    /// (OpenAI) or 11 in and 3 out (Anthropic), so a test sees whose
+    /// usage an outcome counts.
     Answer,
     /// Answers this status and error body, with `retry-after` if given.
     Fail {
@@ -483,7 +485,7 @@ fn whole_answer(speaks: Speaks, model: &str) -> Value {
             "id": "msg_1", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "hello"}],
             "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": 7, "output_tokens": 5}
+            "usage": {"input_tokens": 11, "output_tokens": 3}
         }),
     }
 }
@@ -613,7 +615,7 @@ fn events(speaks: Speaks, model: &str) -> Vec<String> {
         Speaks::Anthropic => vec![
             event(
                 "message_start",
-                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": 7, "output_tokens": 1}}}),
+                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": 11, "output_tokens": 1}}}),
             ),
             event(
                 "content_block_start",
@@ -629,7 +631,7 @@ fn events(speaks: Speaks, model: &str) -> Vec<String> {
             ),
             event(
                 "message_delta",
-                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 5}}),
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
             ),
             event("message_stop", json!({"type": "message_stop"})),
         ],

@@ -11,6 +11,8 @@ pub enum ErrorKind {
     /// The request is malformed, over a limit, or uses a feature the link
     /// lacks (400).
     InvalidRequest,
+    /// The request body is over the size taken (413).
+    TooLarge,
     /// No or a wrong credential (401).
     Authentication,
     /// Authenticated, but the policy refuses (403).
@@ -30,6 +32,7 @@ impl ErrorKind {
     pub fn status(self, dialect: Dialect) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
+            ErrorKind::TooLarge => 413,
             ErrorKind::Authentication => 401,
             ErrorKind::Permission => 403,
             ErrorKind::NotFound => 404,
@@ -47,6 +50,7 @@ impl ErrorKind {
     pub fn from_type_name(name: &str) -> ErrorKind {
         match name {
             "invalid_request_error" => ErrorKind::InvalidRequest,
+            "request_too_large" => ErrorKind::TooLarge,
             "authentication_error" => ErrorKind::Authentication,
             "permission_error" => ErrorKind::Permission,
             "not_found_error" => ErrorKind::NotFound,
@@ -60,6 +64,10 @@ impl ErrorKind {
     pub fn type_name(self, dialect: Dialect) -> &'static str {
         match self {
             ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::TooLarge => match dialect {
+                Dialect::AnthropicMessages => "request_too_large",
+                Dialect::OpenAiChat => "invalid_request_error",
+            },
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::NotFound => "not_found_error",
@@ -173,6 +181,12 @@ mod tests {
             assert_eq!(ErrorKind::from_type_name(a_type), kind);
             assert_eq!(ErrorKind::from_type_name(o_type), kind);
         }
+        // Only Anthropic has a type of its own for a body over the limit.
+        assert_eq!(TooLarge.status(OpenAiChat), 413);
+        assert_eq!(TooLarge.type_name(OpenAiChat), "invalid_request_error");
+        assert_eq!(TooLarge.status(AnthropicMessages), 413);
+        assert_eq!(TooLarge.type_name(AnthropicMessages), "request_too_large");
+        assert_eq!(ErrorKind::from_type_name("request_too_large"), TooLarge);
     }
 
     #[test]
