@@ -17,8 +17,8 @@ use common::stack::{ANTHROPIC_KEY, OPENAI_KEY, Stack};
 use wopr_operator::audit::AuditEvent;
 use wopr_operator::policy::Outcome;
 
-/// Each event: allowed, from `provider:model`, with the fake's 7 + 5 tokens.
-fn assert_recorded(events: &[AuditEvent], provider: &str, model: &str) {
+/// Each event: allowed, from `provider:model`, with the fake's `tokens`.
+fn assert_recorded(events: &[AuditEvent], provider: &str, model: &str, tokens: (u64, u64)) {
     assert_eq!(events.len(), 2, "{events:#?}");
     for (event, streamed) in events.iter().zip([false, true]) {
         assert_eq!(event.decision, Outcome::Allowed, "{event:#?}");
@@ -27,7 +27,7 @@ fn assert_recorded(events: &[AuditEvent], provider: &str, model: &str) {
             (figures.provider.as_str(), figures.model.as_str()),
             (provider, model)
         );
-        assert_eq!((figures.input_tokens, figures.output_tokens), (7, 5));
+        assert_eq!((figures.input_tokens, figures.output_tokens), tokens);
         assert_eq!(figures.streamed, streamed);
         let line = serde_json::to_string(event).unwrap();
         assert!(!line.contains("Paris"), "no prompt in the trail: {line}");
@@ -58,7 +58,7 @@ async fn the_openai_sdk_reaches_its_provider_with_the_key_it_never_held() {
         assert_eq!(request.body["tools"][0]["function"]["name"], "get_weather");
     }
     assert!(stack.anthropic.seen().is_empty());
-    assert_recorded(&stack.model_calls(2).await, "openai", model);
+    assert_recorded(&stack.model_calls(2).await, "openai", model, (7, 5));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -67,7 +67,7 @@ async fn the_anthropic_sdk_reaches_its_provider_with_the_key_it_never_held() {
     let stack = Stack::start("poet", "anthropic", model).await;
     let stdout = python("anthropic_client.py", "chat", stack.sidecar.models, model).await;
     for expected in [
-        r#"whole: get_weather {"city": "Paris"} stop=tool_use tokens=7+5"#,
+        r#"whole: get_weather {"city": "Paris"} stop=tool_use tokens=11+3"#,
         r#"streamed: get_weather {"city": "Paris"} text='Let me check.' stop=tool_use"#,
         "anthropic sdk: ok",
     ] {
@@ -91,5 +91,5 @@ async fn the_anthropic_sdk_reaches_its_provider_with_the_key_it_never_held() {
         assert_eq!(request.body["model"], model);
     }
     assert!(stack.openai.seen().is_empty());
-    assert_recorded(&stack.model_calls(2).await, "anthropic", model);
+    assert_recorded(&stack.model_calls(2).await, "anthropic", model, (11, 3));
 }

@@ -505,7 +505,7 @@ fn whole_tool_call(speaks: Speaks, model: &str) -> Value {
             "id": "msg_2", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
             "stop_reason": "tool_use", "stop_sequence": null,
-            "usage": {"input_tokens": 7, "output_tokens": 5}
+            "usage": {"input_tokens": 11, "output_tokens": 3}
         }),
     }
 }
@@ -547,7 +547,7 @@ fn tool_call_events(speaks: Speaks, model: &str) -> Vec<String> {
         Speaks::Anthropic => vec![
             event(
                 "message_start",
-                json!({"type": "message_start", "message": {"id": "msg_2", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 7, "output_tokens": 1}}}),
+                json!({"type": "message_start", "message": {"id": "msg_2", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 11, "output_tokens": 1}}}),
             ),
             event(
                 "content_block_start",
@@ -575,7 +575,7 @@ fn tool_call_events(speaks: Speaks, model: &str) -> Vec<String> {
             ),
             event(
                 "message_delta",
-                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 3}}),
             ),
             event("message_stop", json!({"type": "message_stop"})),
         ],
