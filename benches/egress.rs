@@ -58,6 +58,9 @@ async fn complete(client: &reqwest::Client, url: &str, stream: bool) {
 }
 
 fn benches(c: &mut Criterion) {
+    // The benchmark's own HTTP client takes the process's one crypto
+    // provider (the product's clients are built with it explicitly).
+    let _ = wopr_operator::tls::server::provider().install_default();
     let runtime = Runtime::new().unwrap();
     let stack = runtime.block_on(Stack::start(SESSION, "openai", MODEL));
     let client = reqwest::Client::new();

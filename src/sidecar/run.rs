@@ -2,6 +2,7 @@
 //! unix socket and MCP on loopback, the model proxy on loopback, and gRPC
 //! health on a TCP port for the kubelet's native gRPC probes.
 
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -502,12 +503,13 @@ pub async fn serve(
     let models_router = models::router(engine.clone(), models_options, streams_end.clone());
     let models_end = streams_end.clone();
     let models_shutdown = shutdown.clone();
-    let models_server =
-        axum::serve(listeners.models, models_router).with_graceful_shutdown(async move {
+    let models_server = axum::serve(listeners.models.tap_io(no_delay), models_router)
+        .with_graceful_shutdown(async move {
             models_shutdown.await;
             models_end.cancel();
         });
-    let mcp_server = axum::serve(listeners.mcp, mcp_router).with_graceful_shutdown(async move {
+    let mcp_server = axum::serve(listeners.mcp.tap_io(no_delay), mcp_router)
+        .with_graceful_shutdown(async move {
         shutdown.await;
         streams_end.cancel();
     });
@@ -520,6 +522,15 @@ pub async fn serve(
     health?;
     models.map_err(SidecarError::Models)?;
     mcp.map_err(SidecarError::Mcp)
+}
+
+/// No Nagle on the loopback HTTP servers: a streamed reply is written as a
+/// head and then chunks, and an agent delaying its ACK would hold each
+/// small write back by 40 ms.
+fn no_delay(connection: &mut tokio::net::TcpStream) {
+    if let Err(error) = connection.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
 }
 
 #[cfg(test)]

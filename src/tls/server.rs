@@ -135,6 +135,11 @@ pub fn incoming(
                     }
                 },
             };
+            // No Nagle: HTTP/2 writes a reply's HEADERS and DATA apart,
+            // and a peer delaying its ACK would hold the second for 40 ms.
+            if let Err(error) = connection.set_nodelay(true) {
+                tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+            }
             let acceptor = acceptor.clone();
             let accepted = accepted.clone();
             tokio::spawn(async move {
