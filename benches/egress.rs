@@ -20,6 +20,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use serde_json::json;
 use tokio::runtime::Runtime;
 
 #[path = "../tests/common/mod.rs"]
@@ -62,7 +63,11 @@ fn benches(c: &mut Criterion) {
     // provider (the product's clients are built with it explicitly).
     let _ = wopr_operator::tls::server::provider().install_default();
     let runtime = Runtime::new().unwrap();
-    let stack = runtime.block_on(Stack::start(SESSION, "openai", MODEL));
+    let mut stack = runtime.block_on(Stack::start(SESSION, "openai", MODEL));
+    // No token budget: thousands of calls a second would spend the
+    // trusted level's per-minute one.
+    let unlimited = policy(&stack.openai, &stack.anthropic, Some(unlimited()));
+    stack.control_plane.put_policy(unlimited);
     let client = reqwest::Client::new();
     let direct = format!("{}/chat/completions", stack.openai.base_url());
     let proxied = format!("http://{}/v1/chat/completions", stack.sidecar.models);
@@ -87,7 +92,6 @@ fn benches(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut stack = stack;
     runtime.block_on(revocation(&mut stack, &client, &proxied));
     runtime.block_on(idle_streams(&stack));
 }
@@ -107,14 +111,14 @@ async fn revocation(stack: &mut Stack, client: &reqwest::Client, proxied: &str) 
     };
     let mut took = Vec::new();
     for _ in 0..20 {
-        let none = policy(&stack.openai, &stack.anthropic, Some(&[]));
+        let none = policy(&stack.openai, &stack.anthropic, Some(json!({"allow": []})));
         let started = Instant::now();
         stack.control_plane.put_policy(none);
         while status(client).await == 200 {}
         took.push(started.elapsed());
         stack
             .control_plane
-            .put_policy(policy(&stack.openai, &stack.anthropic, None));
+            .put_policy(policy(&stack.openai, &stack.anthropic, Some(unlimited())));
         while status(client).await != 200 {}
     }
     took.sort();
@@ -123,6 +127,11 @@ async fn revocation(stack: &mut Stack, client: &reqwest::Client, proxied: &str) 
         took[took.len() / 2],
         took[took.len() - 1]
     );
+}
+
+/// The trusted level's providers without budgets: any model, no limit.
+fn unlimited() -> serde_json::Value {
+    json!({"allow": ["*"], "maxTokensPerRequest": 0, "tokensPerMinute": 0, "tokensPerDay": 0})
 }
 
 /// Resident memory of this process, in bytes.

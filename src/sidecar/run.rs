@@ -510,9 +510,9 @@ pub async fn serve(
         });
     let mcp_server = axum::serve(listeners.mcp.tap_io(no_delay), mcp_router)
         .with_graceful_shutdown(async move {
-        shutdown.await;
-        streams_end.cancel();
-    });
+            shutdown.await;
+            streams_end.cancel();
+        });
     let (grpc, health, mcp, models) = tokio::join!(grpc, health_server, mcp_server, models_server);
     follower.abort();
     held_denials.abort();

@@ -99,11 +99,11 @@ impl Stack {
 }
 
 /// The namespace's policy: both fake providers, and, when given, the
-/// models the trusted level may use (else the built-in: any).
+/// trusted level's `providers` (models and budgets; else the built-in).
 pub fn policy(
     openai: &FakeProvider,
     anthropic: &FakeProvider,
-    trusted_models: Option<&[&str]>,
+    trusted: Option<serde_json::Value>,
 ) -> wopr_operator::api::SecurityPolicy {
     let mut spec = json!({"providers": [
         {"name": "openai", "type": "openai-compatible", "baseURL": openai.base_url(),
@@ -111,8 +111,8 @@ pub fn policy(
         {"name": "anthropic", "type": "anthropic", "baseURL": anthropic.base_url(),
          "secretRef": {"name": "anthropic-key", "key": "apiKey"}},
     ]});
-    if let Some(models) = trusted_models {
-        spec["trustLevels"] = json!({"trusted": {"providers": {"allow": models}}});
+    if let Some(providers) = trusted {
+        spec["trustLevels"] = json!({"trusted": {"providers": providers}});
     }
     security_policy(spec)
 }
