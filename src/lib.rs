@@ -17,7 +17,7 @@
 //!   [`inbox`] (what a session's inbox holds), [`approval`] (the
 //!   ApprovalRequests of forwards and the step each needs), [`bounded`]
 //!   (a map an adversary cannot grow), [`clock`],
-//!   [`shutdown`], [`logging`], [`tls`] (the control plane's certificates,
+//!   [`shutdown`], [`logging`], [`openmetrics`], [`tls`] (the control plane's certificates,
 //!   its reloading TLS server and the one client setup that verifies it).
 //! - The roles, which never import each other: [`controller`] (Sessions
 //!   into hardened sandbox pods), [`controlplane`] (the gRPC API streaming
@@ -45,6 +45,7 @@ pub mod egress;
 pub mod export;
 pub mod inbox;
 pub mod logging;
+pub mod openmetrics;
 pub mod operator;
 pub mod policy;
 pub mod proto;

@@ -41,6 +41,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("contract", 2),
     ("inbox", 2),
     ("logging", 2),
+    ("openmetrics", 2),
     ("shutdown", 2),
     ("store", 2),
     ("tls", 2),

@@ -137,18 +137,10 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
     ) -> Result<Response<Self::CallStream>, Status> {
         let arrived = Instant::now();
         let (metadata, _, call) = request.into_parts();
-        let policy = match self
+        let policy = self
             .inner
             .authenticate(&metadata, &call.namespace, &call.session)
-            .await
-        {
-            Ok(policy) => policy,
-            Err(status) => {
-                self.inner
-                    .refused_unattributed(&call.namespace, &call.session, &status);
-                return Err(status);
-            }
-        };
+            .await?;
         let dialect = match Dialect::try_from(call.dialect) {
             Ok(dialect) => dialect,
             Err(_) => {
@@ -194,18 +186,10 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
         request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
         let (metadata, _, list) = request.into_parts();
-        let policy = match self
+        let policy = self
             .inner
             .authenticate(&metadata, &list.namespace, &list.session)
-            .await
-        {
-            Ok(policy) => policy,
-            Err(status) => {
-                self.inner
-                    .refused_unattributed(&list.namespace, &list.session, &status);
-                return Err(status);
-            }
-        };
+            .await?;
         let models = decide::offered(&policy.models)
             .into_iter()
             .map(|link| ModelLink {
@@ -218,19 +202,22 @@ impl<P: PolicySource, C: Credentials> Models for ModelsService<P, C> {
 }
 
 impl<P: PolicySource, C: Credentials> Inner<P, C> {
+    /// The policy of the session the call's bearer token proves; a refusal
+    /// is audited as unattributed (no sidecar records a call it was refused).
     async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         namespace: &str,
         session: &str,
     ) -> Result<Arc<SessionPolicy>, Status> {
-        let token = bearer(metadata)?;
-        if namespace.is_empty() || session.is_empty() {
-            return Err(Status::invalid_argument(
+        let verified = match bearer(metadata) {
+            Err(status) => Err(status),
+            Ok(_) if namespace.is_empty() || session.is_empty() => Err(Status::invalid_argument(
                 "namespace and session are required",
-            ));
-        }
-        self.sessions.policy(token, namespace, session).await
+            )),
+            Ok(token) => self.sessions.policy(token, namespace, session).await,
+        };
+        verified.inspect_err(|status| self.refused_unattributed(namespace, session, status))
     }
 
     /// Decides the call and relays it; `Err` when the caller went away.

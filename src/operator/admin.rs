@@ -6,12 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -77,22 +76,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     refresh_session_phases(&state);
     refresh_sandbox_checks(&state);
-    let mut body = String::new();
-    match encode(&mut body, &state.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "could not encode metrics".to_owned(),
-        ),
-    }
+    crate::openmetrics::response(&state.registry)
 }
 
 /// Sets the sessions gauge from the cache: one series per phase.
