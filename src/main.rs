@@ -61,6 +61,11 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    // The process's one crypto provider (ring, as every TLS config of ours
+    // names explicitly), for the clients that take the process default:
+    // reqwest (built with `rustls-no-provider`) inside rmcp's MCP client,
+    // which the demo agent uses, panics without one.
+    let _ = wopr_operator::tls::server::provider().install_default();
     match run_command(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
