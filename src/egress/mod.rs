@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod decide;
 pub mod metrics;
 pub mod policy;
+pub mod provider_error;
 pub mod redact;
 pub mod run;
 pub mod service;
