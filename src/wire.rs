@@ -9,6 +9,7 @@ use crate::api::{
     AccessPattern, Capability, ForwardRule, ProviderConfig, RateLimit, SecretKeyRef, from_name,
     name_of,
 };
+use crate::policy::tools::argument_rules::ArgumentRulesInForce;
 use crate::policy::{
     EffectiveContext, EffectiveModels, EffectiveSandbox, GatewayRules, ModelLink, ToolId,
 };
@@ -45,6 +46,40 @@ pub fn encode(context: &EffectiveContext, provider: Option<pb::Provider>) -> pb:
         policy_hash: context.policy_hash.clone(),
         provider,
         models: Some(encode_models(&context.models)),
+        rules: Some(encode_rules(&context.rules)),
+    }
+}
+
+fn encode_rules(rules: &ArgumentRulesInForce) -> pb::ArgumentRules {
+    let patterns = |list: &Option<Vec<String>>| {
+        list.as_ref().map(|entries| pb::Patterns {
+            entries: entries.clone(),
+        })
+    };
+    pb::ArgumentRules {
+        allow_hosts: patterns(&rules.allow_hosts),
+        deny_hosts: rules.deny_hosts.clone(),
+        allow_commands: patterns(&rules.allow_commands),
+        deny_args: rules.deny_args.clone(),
+        read_paths: patterns(&rules.read_paths),
+        write_paths: patterns(&rules.write_paths),
+    }
+}
+
+/// The argument rules a message carries; none when it carries none.
+fn decode_rules(message: Option<&pb::ArgumentRules>) -> ArgumentRulesInForce {
+    let Some(message) = message else {
+        return ArgumentRulesInForce::default();
+    };
+    let patterns =
+        |list: &Option<pb::Patterns>| list.as_ref().map(|patterns| patterns.entries.clone());
+    ArgumentRulesInForce {
+        allow_hosts: patterns(&message.allow_hosts),
+        deny_hosts: message.deny_hosts.clone(),
+        allow_commands: patterns(&message.allow_commands),
+        deny_args: message.deny_args.clone(),
+        read_paths: patterns(&message.read_paths),
+        write_paths: patterns(&message.write_paths),
     }
 }
 
@@ -205,6 +240,7 @@ pub fn decode(message: &pb::SecurityContext) -> Result<EffectiveContext, DecodeE
             })
             .collect::<Result<_, _>>()?,
         models: decode_models(message.models.as_ref())?,
+        rules: decode_rules(message.rules.as_ref()),
         policy_hash: message.policy_hash.clone(),
     })
 }

@@ -52,7 +52,11 @@ fn tool_rules() -> impl Strategy<Value = ToolRules> {
         prop::collection::vec(entry.clone(), 0..3),
         prop::collection::vec(entry, 0..3),
     )
-        .prop_map(|(allow, deny)| ToolRules { allow, deny })
+        .prop_map(|(allow, deny)| ToolRules {
+            allow,
+            deny,
+            rules: None,
+        })
 }
 
 fn session_strategy() -> impl Strategy<Value = Session> {

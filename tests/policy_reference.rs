@@ -271,6 +271,7 @@ fn policy_tool_rules_layer_level_over_defaults_and_sessions_only_narrow() {
     trusted.spec.tools = Some(ToolRules {
         allow: vec!["*".into()],
         deny: vec!["memory_write".into()],
+        rules: None,
     });
     let narrowed = context_of(&trusted, Some(&policy));
     assert_eq!(

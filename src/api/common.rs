@@ -196,6 +196,77 @@ pub struct ToolRules {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), inner(length(min = 1, max = 128)))]
     pub deny: Vec<String>,
+    /// Rules on the arguments of calls, checked before every call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<ArgumentRules>,
+}
+
+/// Rules on the arguments of tool calls (`tools.rules`), per tool. Layers
+/// combine per field: an allow-list (`allowHosts`, `allowCommands`,
+/// `paths`) is the most specific layer's that sets one (the Session's,
+/// then its trust level's, then the policy's `defaults`), so a Session may
+/// set its own (below trusted only with `use` on sandboxoverrides.wopr.dev);
+/// a deny-list (`denyHosts`, `denyArgs`) is every layer's together.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+pub struct ArgumentRules {
+    /// Where `http_fetch` may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_fetch: Option<HostRules>,
+    /// What `exec_command` may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_command: Option<CommandRules>,
+    /// Which workspace files `memory_read` may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_read: Option<PathRules>,
+    /// Which workspace files `memory_write` may write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_write: Option<PathRules>,
+}
+
+/// Hosts `http_fetch` may and may not reach. An entry is a host
+/// (`api.github.com`), `*.suffix` (any host below `suffix`, not `suffix`
+/// itself), `*` (any host), an IP address or a CIDR. Only an address or a
+/// CIDR entry lets a URL reach a private, loopback, link-local or metadata
+/// address: the SSRF guard refuses those otherwise, whatever the host.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRules {
+    /// The hosts allowed; absent: any host the guard admits; empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    pub allow_hosts: Option<Vec<String>>,
+    /// The hosts refused, whatever `allowHosts` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    pub deny_hosts: Vec<String>,
+}
+
+/// Commands `exec_command` may run. Patterns are globs where `*` matches
+/// any run of characters (`python3`, `/usr/bin/*`, `git`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRules {
+    /// Patterns `command` (argv\[0\], as given) must match; absent: any
+    /// command; empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
+    pub allow_commands: Option<Vec<String>>,
+    /// Patterns no argument may match (`--upload-pack*`, `*://*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
+    pub deny_args: Vec<String>,
+}
+
+/// Workspace files a memory tool may touch: globs over the path relative
+/// to the workspace, where `*` matches any run of characters, `/` included
+/// (`notes/*`, `*.md`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathRules {
+    /// The paths allowed; absent: the whole workspace; empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 1024)))]
+    pub paths: Option<Vec<String>>,
 }
 
 /// A rate limit in events per minute.

@@ -26,6 +26,7 @@ mod capabilities;
 mod decide;
 mod forward;
 mod gateway_level;
+mod glob;
 mod hash;
 pub mod models;
 mod peers;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::glob::glob;
 use crate::api::{ModelPolicy, Provider, ProviderConfig};
 
 /// What a session may ask of model providers: its level's patterns and
@@ -194,30 +195,6 @@ pub fn allows(patterns: &[String], provider: &str, model: &str) -> bool {
         let (provider_glob, model_glob) = pattern.split_once(':').unwrap_or((pattern, "*"));
         glob(provider_glob, provider) && glob(model_glob, model)
     })
-}
-
-/// `text` matches `pattern`, where `*` matches any run of characters
-/// (greedy with backtracking to the last star: linear in practice).
-fn glob(pattern: &str, text: &str) -> bool {
-    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]

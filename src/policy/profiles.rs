@@ -111,6 +111,7 @@ fn rules(allow: &[&str], deny: &[&str]) -> ToolRules {
     ToolRules {
         allow: allow.iter().map(|entry| entry.to_string()).collect(),
         deny: deny.iter().map(|entry| entry.to_string()).collect(),
+        rules: None,
     }
 }
 

@@ -14,6 +14,7 @@ use super::gateway_level::within_level;
 use super::hash::stable_hash;
 use super::models::EffectiveModels;
 use super::profiles::{LevelSettings, level_settings};
+use super::tools::argument_rules::ArgumentRulesInForce;
 use super::tools::{ToolId, ToolSet, policy_layer_verdict, session_keeps};
 use super::validity::grant_validity;
 use crate::api::{
@@ -37,6 +38,8 @@ pub struct EffectiveContext {
     pub capabilities: CapabilitySet,
     /// The tools the tool rules permit (each still needs its capability).
     pub tools: ToolSet,
+    /// The rules its calls' arguments are held to (`tools.rules`).
+    pub rules: ArgumentRulesInForce,
     /// Sandbox settings.
     pub sandbox: EffectiveSandbox,
     /// The network mode.
@@ -245,6 +248,11 @@ pub fn resolve<'a>(
     gateway_rules.sort_unstable_by(|a, b| a.gateway.cmp(&b.gateway));
 
     let tools = permitted_tools(&settings, spec.tools.as_ref());
+    let rules = ArgumentRulesInForce::of(&[
+        spec.tools.as_ref().and_then(|tools| tools.rules.as_ref()),
+        settings.tool_layers[0].rules.as_ref(),
+        settings.tool_layers[1].rules.as_ref(),
+    ]);
     let access = if spec.access.is_empty() {
         vec![DEFAULT_ACCESS]
     } else {
@@ -257,6 +265,7 @@ pub fn resolve<'a>(
         trust_level: level,
         capabilities,
         tools,
+        rules,
         sandbox: EffectiveSandbox {
             enabled: sandbox_required || sandbox_requested == Some(true),
             resources: requested

@@ -168,6 +168,7 @@ mod tests {
         parent.spec.tools = Some(ToolRules {
             allow: Vec::new(),
             deny: vec!["exec_command".into()],
+            rules: None,
         });
         parent.spec.sandbox = Some(SandboxSpec {
             enabled: Some(true),

@@ -20,6 +20,7 @@ use crate::audit::{
     AuditEvent, AuditSink, EventType, MAX_REASON_BYTES, MAX_TOOL_NAME_BYTES, NotAccepting,
     truncated,
 };
+use crate::policy::tools::argument_rules;
 use crate::policy::{
     Outcome, Request, TokenBucket, ToolCall, ToolId, decide, decide_tool_call, try_acquire_all,
 };
@@ -37,6 +38,9 @@ pub enum ToolError {
     /// The arguments do not fit the tool's schema.
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
+    /// The arguments break one of the session's `tools.rules`.
+    #[error("{0}")]
+    Refused(String),
     /// The tool ran and failed.
     #[error("{0}")]
     Failed(String),
@@ -58,6 +62,7 @@ impl ToolError {
             ToolError::InvalidArguments(message) => {
                 ToolError::InvalidArguments(cut(message, MAX_REASON_BYTES))
             }
+            ToolError::Refused(message) => ToolError::Refused(cut(message, MAX_REASON_BYTES)),
             ToolError::Failed(message) => ToolError::Failed(cut(message, MAX_REASON_BYTES)),
             limited @ ToolError::RateLimited(_) => limited,
         }
@@ -242,6 +247,7 @@ impl ToolEngine {
         let denial = match &result {
             Err(ToolError::NotAvailable(_)) => Some(event.reason.clone()),
             Err(ToolError::InvalidArguments(_)) => Some("invalid arguments".to_owned()),
+            Err(ToolError::Refused(_)) => Some("refused by tools.rules".to_owned()),
             Err(ToolError::RateLimited(_)) => Some("rate limit exceeded".to_owned()),
             Ok(_) | Err(ToolError::Failed(_)) => None,
         };
@@ -385,9 +391,23 @@ impl ToolEngine {
                 refused("not implemented by this sidecar".into()),
             );
         };
+        let mut warned = None;
         let result = match ToolCall::parse(id, arguments.clone()) {
-            Err(error) => Err(ToolError::InvalidArguments(error.to_string())),
+            Err(error) => Err(ToolError::InvalidArguments(error)),
             Ok(call) => {
+                if let Err(breach) = argument_rules::check(&call, &served.context.rules) {
+                    if served.context.enforcement == Enforcement::Enforce {
+                        let reason = breach.to_string();
+                        let event = self.tool_event(
+                            Some(&served),
+                            decision.capability,
+                            Outcome::Denied,
+                            reason.clone(),
+                        );
+                        return (Err(ToolError::Refused(reason)), event);
+                    }
+                    warned = Some(breach);
+                }
                 let limited = self
                     .limits
                     .lock()
@@ -412,12 +432,18 @@ impl ToolEngine {
                 tools::run(call, &scope).await
             }
         };
-        let reason = match &result {
+        let mut reason = match &result {
             Ok(_) => decision.reason.to_string(),
             Err(error @ ToolError::InvalidArguments(_)) => format!("{}; {error}", decision.reason),
             Err(error) => format!("{}; the tool failed: {error}", decision.reason),
         };
-        let event = self.tool_event(Some(&served), decision.capability, decision.outcome, reason);
+        let mut outcome = decision.outcome;
+        if let Some(breach) = warned {
+            // Warn mode: the call ran, and the record says it would not have.
+            outcome = Outcome::WouldDeny;
+            reason = format!("{reason}; would be {breach}");
+        }
+        let event = self.tool_event(Some(&served), decision.capability, outcome, reason);
         (result, event)
     }
 

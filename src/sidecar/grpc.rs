@@ -38,7 +38,7 @@ impl ToolsService {
 pub fn status_of(error: &ToolError) -> Status {
     let message = error.to_string();
     match error {
-        ToolError::NotAvailable(_) => Status::permission_denied(message),
+        ToolError::NotAvailable(_) | ToolError::Refused(_) => Status::permission_denied(message),
         ToolError::RateLimited(_) => Status::resource_exhausted(message),
         ToolError::InvalidArguments(_) => Status::invalid_argument(message),
         ToolError::Failed(_) => Status::failed_precondition(message),

@@ -207,7 +207,9 @@ impl ServerHandler for McpServer {
         let meta = json!({ contract::AUDIT_ID_MCP_META: answer.audit_id });
         let mut result = match answer.result {
             Ok(result) => CallToolResult::structured(result),
-            Err(failure @ ToolError::Failed(_)) => {
+            // The tool exists for this caller: the model sees why it failed
+            // or which rule refused it, and can change its call.
+            Err(failure @ (ToolError::Failed(_) | ToolError::Refused(_))) => {
                 CallToolResult::error(vec![ContentBlock::text(failure.to_string())])
             }
             Err(failure @ ToolError::RateLimited(_)) => {

@@ -8,6 +8,7 @@
 //!
 //! A tool with no entry is unknown and always denied (fail closed).
 
+pub mod argument_rules;
 pub mod arguments;
 
 use std::fmt;
@@ -77,10 +78,16 @@ macro_rules! declare_tools {
         pub enum ToolCall { $( #[doc = $description] $id($arguments) ),* }
 
         impl ToolCall {
-            /// Parses `arguments` for the tool `id`; the error says what is wrong.
-            pub fn parse(id: ToolId, arguments: Value) -> Result<ToolCall, serde_json::Error> {
+            /// Parses and validates `arguments` for the tool `id`; the error
+            /// says what is wrong.
+            pub fn parse(id: ToolId, arguments: Value) -> Result<ToolCall, String> {
                 match id {
-                    $( ToolId::$id => serde_json::from_value(arguments).map(ToolCall::$id), )*
+                    $( ToolId::$id => {
+                        let arguments: $arguments =
+                            serde_json::from_value(arguments).map_err(|error| error.to_string())?;
+                        arguments.validate()?;
+                        Ok(ToolCall::$id(arguments))
+                    } )*
                 }
             }
         }
@@ -102,10 +109,10 @@ declare_tools! {
         "Send a message to another session.";
     SessionsSpawn = "sessions_spawn", needs(Capability::SessionSpawn), SpawnChild,
         "Start a child session at your trust level or lower.";
-    HttpFetch = "http_fetch", needs(Capability::InjectNetwork), Unimplemented,
-        "Fetch a URL through the egress proxy.";
-    ExecCommand = "exec_command", needs(Capability::InjectExec), Unimplemented,
-        "Run an allowed command.";
+    HttpFetch = "http_fetch", needs(Capability::InjectNetwork), FetchRequest,
+        "Fetch an http or https URL through the egress service (private and internal addresses are refused).";
+    ExecCommand = "exec_command", needs(Capability::InjectExec), CommandRun,
+        "Run a command (no shell) in your own sandbox; its exit code and output come back.";
     MemoryRead = "memory_read", needs(Capability::InjectTools), WorkspacePath,
         "Read a UTF-8 file of your workspace.";
     MemoryWrite = "memory_write", needs(Capability::InjectTools), WorkspaceWrite,
@@ -249,6 +256,7 @@ mod tests {
         ToolRules {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),
+            rules: None,
         }
     }
 

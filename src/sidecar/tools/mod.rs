@@ -114,8 +114,8 @@ pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Result<Value, ToolError> 
         ToolCall::GatewayRespond(answer) => gateway::respond(scope, answer).await,
         ToolCall::GatewayQueue(_) => gateway::queue(scope).await,
         // Not run by this version: never listed, refused like unknown tools.
-        ToolCall::HttpFetch(Unimplemented {})
-        | ToolCall::ExecCommand(Unimplemented {})
+        ToolCall::HttpFetch(_)
+        | ToolCall::ExecCommand(_)
         | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
             "not implemented by this sidecar".into(),
         )),
