@@ -284,6 +284,98 @@ fn loosening_the_sandbox_below_trusted_needs_sandbox_overrides() {
 }
 
 #[test]
+fn a_sessions_own_argument_allow_lists_below_trusted_need_sandbox_overrides() {
+    let with_rules = |level: &str, rules: Value| {
+        object(
+            "Session",
+            json!({"trustLevel": level, "tools": {"rules": rules}}),
+        )
+    };
+    // An allow-list of its own replaces the policy's: it may widen it.
+    for rules in [
+        json!({"http_fetch": {"allowHosts": ["*"]}}),
+        json!({"exec_command": {"allowCommands": ["sh"]}}),
+        json!({"memory_read": {"paths": ["*"]}}),
+        json!({"memory_write": {"paths": ["notes/*"]}}),
+    ] {
+        for level in ["untrusted", "semi-trusted"] {
+            let session = with_rules(level, rules.clone());
+            assert_refused(
+                create(SESSIONS, EDITOR, session.clone()),
+                "its own tools.rules allow-list",
+                "wopr-sandbox-overrides",
+            );
+            assert!(create(SESSIONS, OVERRIDER, session).is_empty(), "{rules}");
+        }
+        // From trusted up, the level's own choice.
+        assert!(create(SESSIONS, TRUSTED, with_rules("trusted", rules.clone())).is_empty());
+    }
+    // Deny-lists add to the policy's: they only narrow.
+    let narrowing = json!({"http_fetch": {"denyHosts": ["*.internal"]},
+                           "exec_command": {"denyArgs": ["-c"]}});
+    assert!(create(SESSIONS, EDITOR, with_rules("semi-trusted", narrowing)).is_empty());
+}
+
+#[test]
+fn widening_a_levels_argument_rules_needs_owner() {
+    let admin = &["wopr-edit", "wopr-admin", "wopr-trust-semi-trusted"][..];
+    let policy = |rules: Value| {
+        security_policy(json!({"trustLevels": {"semi-trusted": {"tools": {"rules": rules}}}}))
+    };
+    let hosts = policy(json!({"http_fetch": {"allowHosts": ["a.example"], "denyHosts": ["x.example"]}}));
+    // No rule admits anything: setting one, or adding to a deny-list, narrows.
+    assert!(create(POLICIES, admin, hosts.clone()).is_empty());
+    let mut denied = hosts.clone();
+    denied["spec"]["trustLevels"]["semi-trusted"]["tools"]["rules"]["http_fetch"]["denyHosts"] =
+        json!(["x.example", "y.example"]);
+    assert!(update(POLICIES, admin, hosts.clone(), denied).is_empty());
+    for (wider, what) in [
+        (
+            policy(json!({"http_fetch": {"allowHosts": ["a.example", "b.example"], "denyHosts": ["x.example"]}})),
+            "an allow-list entry added",
+        ),
+        (
+            policy(json!({"http_fetch": {"denyHosts": ["x.example"]}})),
+            "a list removed",
+        ),
+        (
+            policy(json!({"http_fetch": {"allowHosts": ["a.example"]}})),
+            "a deny-list entry removed",
+        ),
+        (
+            security_policy(json!({"defaults": {"tools": {"deny": ["config.write"],
+                                                         "rules": {"http_fetch": {"allowHosts": ["b.example"]}}}},
+                                   "trustLevels": {"semi-trusted": {"tools": {"rules": {"http_fetch": {"denyHosts": ["x.example"]}}}}}})),
+            "the defaults' list is the level's when it sets none",
+        ),
+    ] {
+        let refused = update(POLICIES, admin, hosts.clone(), wider.clone());
+        assert_refused(
+            refused.clone(),
+            "needs use on trustlevels.wopr.dev named owner",
+            "wopr-trust-owner",
+        );
+        assert!(
+            refused[0].contains("argument rules (tools.rules) of semi-trusted"),
+            "{what}: {}",
+            refused[0]
+        );
+        assert!(update(POLICIES, OWNER, hosts.clone(), wider).is_empty(), "{what}");
+    }
+    // A level's commands and paths are held the same way.
+    let commands = policy(json!({"exec_command": {"allowCommands": ["python3"]},
+                                 "memory_write": {"paths": ["notes/*"]}}));
+    for wider in [
+        policy(json!({"exec_command": {"allowCommands": ["python3", "sh"]},
+                      "memory_write": {"paths": ["notes/*"]}})),
+        policy(json!({"exec_command": {"allowCommands": ["python3"]},
+                      "memory_write": {"paths": ["*"]}})),
+    ] {
+        assert_eq!(update(POLICIES, admin, commands.clone(), wider).len(), 1);
+    }
+}
+
+#[test]
 fn a_grant_needs_use_on_the_level_it_confers() {
     for profile in ["untrusted", "semi-trusted"] {
         assert!(create(GRANTS, EDITOR, grant(json!({"profile": profile}))).is_empty());

@@ -183,6 +183,17 @@ pub fn escalations() -> Vec<(Write, Right)> {
             ),
             OVERRIDE_RIGHT,
         ),
+        // A Session's own allow-list of argument rules replaces the policy's.
+        (
+            Write::create(
+                "its own tools.rules allow-list below trusted",
+                "Session",
+                "fetcher",
+                json!({"trustLevel": "semi-trusted",
+                       "tools": {"rules": {"http_fetch": {"allowHosts": ["*"]}}}}),
+            ),
+            OVERRIDE_RIGHT,
+        ),
         // Routing untrusted input to an owner Session through a Gateway:
         // admission cannot look up the level of the Sessions a Gateway
         // names, so each needs use on the level the Gateway declares, and

@@ -168,3 +168,15 @@ The Secret holding the control plane's server certificate from cert-manager.
 {{- define "wopr-operator.tlsSecret" -}}
 {{- printf "%s-tls" (include "wopr-operator.fullname" .) -}}
 {{- end -}}
+
+{{/*
+The [old, new] pairs at level i of argument-rule lists (each [tool, field,
+variable name]), for the escalation policy's widerRules.
+*/}}
+{{- define "wopr-operator.rulePairs" -}}
+{{- $pairs := list -}}
+{{- range $list := . -}}
+{{- $pairs = append $pairs (printf "[variables.old%s[i], variables.new%s[i]]" (index $list 2) (index $list 2)) -}}
+{{- end -}}
+{{- join ", " $pairs -}}
+{{- end -}}
