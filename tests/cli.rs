@@ -334,7 +334,10 @@ async fn status_of_the_namespace_and_of_a_session() {
         session["status"] = json!({
             "phase": "Ready", "podName": "wopr-research-agent",
             "effective": {"trustLevel": "semi-trusted", "capabilities": ["inject", "inject.tools"],
-                          "tools": ["memory_read", "security_whoami"], "sandbox": true, "network": "restricted"},
+                          "tools": ["memory_read", "security_whoami"], "sandbox": true, "network": "restricted",
+                          "rules": {"http_fetch": {"allowHosts": ["api.github.com", "*.arxiv.org"],
+                                                   "denyHosts": ["169.254.169.254"]},
+                                    "memory_write": {"paths": []}}},
         });
     });
     assert_snapshot!(
@@ -805,6 +808,45 @@ async fn policy_set_applies_only_the_fields_given() {
     assert!(
         unknown_tool.contains("\"rm_rf\" names no tool"),
         "{unknown_tool}"
+    );
+    cluster
+        .text(&[
+            "security",
+            "policy",
+            "set",
+            "research-agent",
+            "--tools.rules.http_fetch.allowHosts",
+            "api.github.com,*.arxiv.org",
+            "--tools.rules.exec_command.denyArgs",
+            "-c",
+            "--tools.rules.memory_write.paths",
+            "",
+        ])
+        .await;
+    let (_, body) = cluster.last_apply(&path("sessions", "research-agent"));
+    assert_eq!(
+        body["spec"],
+        json!({"tools": {"rules": {
+            "http_fetch": {"allowHosts": ["api.github.com", "*.arxiv.org"]},
+            "exec_command": {"denyArgs": ["-c"]},
+            "memory_write": {"paths": []},
+        }}})
+    );
+    let url_as_host = usage(
+        cluster
+            .run(&[
+                "security",
+                "policy",
+                "set",
+                "research-agent",
+                "--tools.rules.http_fetch.denyHosts",
+                "https://evil.example/",
+            ])
+            .await,
+    );
+    assert!(
+        url_as_host.contains("host entry \"https://evil.example/\""),
+        "{url_as_host}"
     );
     let nothing = usage(
         cluster

@@ -322,7 +322,8 @@ fn widening_a_levels_argument_rules_needs_owner() {
     let policy = |rules: Value| {
         security_policy(json!({"trustLevels": {"semi-trusted": {"tools": {"rules": rules}}}}))
     };
-    let hosts = policy(json!({"http_fetch": {"allowHosts": ["a.example"], "denyHosts": ["x.example"]}}));
+    let hosts =
+        policy(json!({"http_fetch": {"allowHosts": ["a.example"], "denyHosts": ["x.example"]}}));
     // No rule admits anything: setting one, or adding to a deny-list, narrows.
     assert!(create(POLICIES, admin, hosts.clone()).is_empty());
     let mut denied = hosts.clone();
@@ -331,7 +332,9 @@ fn widening_a_levels_argument_rules_needs_owner() {
     assert!(update(POLICIES, admin, hosts.clone(), denied).is_empty());
     for (wider, what) in [
         (
-            policy(json!({"http_fetch": {"allowHosts": ["a.example", "b.example"], "denyHosts": ["x.example"]}})),
+            policy(
+                json!({"http_fetch": {"allowHosts": ["a.example", "b.example"], "denyHosts": ["x.example"]}}),
+            ),
             "an allow-list entry added",
         ),
         (
@@ -360,7 +363,10 @@ fn widening_a_levels_argument_rules_needs_owner() {
             "{what}: {}",
             refused[0]
         );
-        assert!(update(POLICIES, OWNER, hosts.clone(), wider).is_empty(), "{what}");
+        assert!(
+            update(POLICIES, OWNER, hosts.clone(), wider).is_empty(),
+            "{what}"
+        );
     }
     // A level's commands and paths are held the same way.
     let commands = policy(json!({"exec_command": {"allowCommands": ["python3"]},

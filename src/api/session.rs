@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{AccessPattern, Capability, NetworkMode, ToolRules, TrustLevel};
+use super::common::{AccessPattern, ArgumentRules, Capability, NetworkMode, ToolRules, TrustLevel};
 
 /// The longest prompt, in bytes of UTF-8: one environment variable holds
 /// it, and Linux refuses to start a program with one over 128 KiB. The
@@ -292,4 +292,8 @@ pub struct EffectiveSummary {
     pub sandbox: bool,
     /// The network mode.
     pub network: NetworkMode,
+    /// The argument rules its calls are held to (`tools.rules` of the
+    /// Session, its trust level and the policy's defaults, combined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<ArgumentRules>,
 }

@@ -296,9 +296,53 @@ pub enum PolicyCommand {
     /// level in the namespace's SecurityPolicy (server-side apply as
     /// kubectl-wopr).
     #[command(
-        after_help = "Examples:\n  kubectl wopr security policy set research-agent --sandbox enabled --tools.deny exec_command\n  kubectl wopr security policy set --trust-level semi-trusted --sandbox enabled --tools.allow memory_read,memory_write"
+        after_help = "Examples:\n  kubectl wopr security policy set research-agent --sandbox enabled --tools.deny exec_command\n  kubectl wopr security policy set --trust-level semi-trusted --sandbox enabled --tools.allow memory_read,memory_write\n  kubectl wopr security policy set research-agent --tools.rules.http_fetch.allowHosts api.github.com,*.arxiv.org --tools.rules.http_fetch.denyHosts 169.254.169.254"
     )]
     Set(PolicySetArgs),
+}
+
+/// The `tools.rules` flags of `security policy set`.
+#[derive(Args, Debug, Default)]
+pub struct RuleFlags {
+    /// Hosts http_fetch may reach: names, *.suffix, *, addresses, CIDRs.
+    #[arg(long = "tools.rules.http_fetch.allowHosts", value_delimiter = ',')]
+    pub allow_hosts: Option<Vec<String>>,
+    /// Hosts http_fetch may never reach.
+    #[arg(long = "tools.rules.http_fetch.denyHosts", value_delimiter = ',')]
+    pub deny_hosts: Option<Vec<String>>,
+    /// Commands (argv[0] globs) exec_command may run.
+    #[arg(long = "tools.rules.exec_command.allowCommands", value_delimiter = ',')]
+    pub allow_commands: Option<Vec<String>>,
+    /// Argument globs exec_command refuses.
+    #[arg(
+        long = "tools.rules.exec_command.denyArgs",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub deny_args: Option<Vec<String>>,
+    /// Workspace path globs memory_read may read.
+    #[arg(long = "tools.rules.memory_read.paths", value_delimiter = ',')]
+    pub read_paths: Option<Vec<String>>,
+    /// Workspace path globs memory_write may write.
+    #[arg(long = "tools.rules.memory_write.paths", value_delimiter = ',')]
+    pub write_paths: Option<Vec<String>>,
+}
+
+impl RuleFlags {
+    /// Each flag given, as (tool, field, entries).
+    pub fn given(&self) -> Vec<(&'static str, &'static str, &[String])> {
+        [
+            ("http_fetch", "allowHosts", &self.allow_hosts),
+            ("http_fetch", "denyHosts", &self.deny_hosts),
+            ("exec_command", "allowCommands", &self.allow_commands),
+            ("exec_command", "denyArgs", &self.deny_args),
+            ("memory_read", "paths", &self.read_paths),
+            ("memory_write", "paths", &self.write_paths),
+        ]
+        .into_iter()
+        .filter_map(|(tool, field, entries)| Some((tool, field, entries.as_deref()?)))
+        .collect()
+    }
 }
 
 #[derive(Args, Debug)]
@@ -321,6 +365,10 @@ pub struct PolicySetArgs {
     /// Tools to deny (comma-separated; replaces the list).
     #[arg(long = "tools.deny", value_delimiter = ',')]
     pub tools_deny: Option<Vec<String>>,
+    /// Argument rules (`tools.rules`), each comma-separated and replacing
+    /// its list; an empty value sets an empty list.
+    #[command(flatten)]
+    pub rules: RuleFlags,
     /// Take over fields another manager (a GitOps tool) owns.
     #[arg(long)]
     pub force_conflicts: bool,

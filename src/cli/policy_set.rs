@@ -10,6 +10,7 @@ use super::objects::{apply_spec, update_spec};
 use super::output::Shown;
 use super::{CliError, Context};
 use crate::api::{DEFAULT_POLICY_NAME, SecurityPolicy, Session};
+use crate::policy::tools::argument_rules::host_entry_problem;
 use crate::policy::tools::{ToolId, entry_matches};
 
 /// `security policy set`.
@@ -39,7 +40,8 @@ pub async fn set(context: &Context, args: PolicySetArgs) -> Result<Shown, CliErr
     }
 }
 
-/// The `sandbox` and `tools` fields the flags set.
+/// The `sandbox` and `tools` fields the flags set (`tools.rules` fields
+/// one by one: server-side apply owns each list the person gave, no other).
 fn settings(args: &PolicySetArgs) -> Result<Value, CliError> {
     let mut spec = Map::new();
     if let Some(toggle) = args.sandbox {
@@ -55,12 +57,27 @@ fn settings(args: &PolicySetArgs) -> Result<Value, CliError> {
             tools.insert(field.into(), json!(entries));
         }
     }
+    let mut rules = Map::new();
+    for (tool, field, entries) in args.rules.given() {
+        if field.ends_with("Hosts") {
+            check_host_entries(entries)?;
+        }
+        let entries: Vec<&String> = entries.iter().filter(|entry| !entry.is_empty()).collect();
+        let per_tool = rules
+            .entry(tool)
+            .or_insert_with(|| Value::Object(Map::new()));
+        per_tool[field] = json!(entries);
+    }
+    if !rules.is_empty() {
+        tools.insert("rules".into(), Value::Object(rules));
+    }
     if !tools.is_empty() {
         spec.insert("tools".into(), Value::Object(tools));
     }
     if spec.is_empty() {
         return Err(CliError::Usage(
-            "nothing to set: give --sandbox, --tools.allow or --tools.deny".into(),
+            "nothing to set: give --sandbox, --tools.allow, --tools.deny or a --tools.rules flag"
+                .into(),
         ));
     }
     Ok(Value::Object(spec))
@@ -79,4 +96,12 @@ fn check_tool_entries(entries: &[String]) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Every host entry must be one `http_fetch` can match.
+fn check_host_entries(entries: &[String]) -> Result<(), CliError> {
+    match entries.iter().find_map(|entry| host_entry_problem(entry)) {
+        Some(problem) => Err(CliError::Usage(problem)),
+        None => Ok(()),
+    }
 }

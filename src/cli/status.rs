@@ -15,11 +15,12 @@ use super::output::{Shown, Table, fields, joined, or_none};
 use super::session::provider_text;
 use super::{CliError, Context};
 use crate::api::{
-    ApprovalRequest, ApprovalState, DEFAULT_POLICY_NAME, Enforcement, Gateway, Grant,
-    SecurityPolicy, SecurityPolicySpec, Session, TrustLevel, name_of,
+    ApprovalRequest, ApprovalState, ArgumentRules, DEFAULT_POLICY_NAME, Enforcement, Gateway,
+    Grant, SecurityPolicy, SecurityPolicySpec, Session, TrustLevel, name_of,
 };
 use crate::cluster::access::{Access, service_account_of};
 use crate::contract::child_name;
+use crate::policy::tools::argument_rules::ArgumentRulesInForce;
 
 /// `security status SESSION` as data.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -73,6 +74,7 @@ async fn session_status(context: &Context, name: &str) -> Result<Shown, CliError
         Some(effective) => lines.extend([
             ("Capabilities", joined(&effective.capabilities)),
             ("Tools", joined(&effective.tools)),
+            ("Argument rules", rules_text(effective.rules.as_ref())),
             ("Sandbox", on_off(effective.sandbox)),
             ("Network", effective.network.to_string()),
         ]),
@@ -154,6 +156,21 @@ fn bracketed(names: &[String]) -> String {
         String::new()
     } else {
         format!("({})", names.join(", "))
+    }
+}
+
+/// The argument rules in force, `tool.field=entries` each; `<none>`.
+fn rules_text(rules: Option<&ArgumentRules>) -> String {
+    let in_force = ArgumentRulesInForce::of(&[rules]);
+    let listed: Vec<String> = in_force
+        .listed()
+        .into_iter()
+        .map(|(rule, entries)| format!("{rule}={}", joined(entries)))
+        .collect();
+    if listed.is_empty() {
+        "<none>".into()
+    } else {
+        listed.join(" ")
     }
 }
 

@@ -92,6 +92,7 @@ impl EffectiveContext {
                 .collect(),
             sandbox: self.sandbox.enabled,
             network: self.network,
+            rules: self.rules.as_api(),
         }
     }
 }

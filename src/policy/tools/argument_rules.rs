@@ -15,7 +15,7 @@ use url::Host;
 
 use super::ToolCall;
 use super::arguments::{CommandRun, FetchRequest, WorkspacePath, WorkspaceWrite};
-use crate::api::ArgumentRules;
+use crate::api::{ArgumentRules, CommandRules, HostRules, PathRules};
 use crate::policy::glob::glob;
 
 /// The argument rules a session's calls are held to: each allow-list from
@@ -84,6 +84,52 @@ impl ArgumentRulesInForce {
     /// Whether no rule is set.
     pub fn is_empty(&self) -> bool {
         *self == ArgumentRulesInForce::default()
+    }
+
+    /// The rules in the API's form (what a Session's status shows); `None`
+    /// when no rule is set.
+    pub fn as_api(&self) -> Option<ArgumentRules> {
+        if self.is_empty() {
+            return None;
+        }
+        let hosts = self.allow_hosts.is_some() || !self.deny_hosts.is_empty();
+        let commands = self.allow_commands.is_some() || !self.deny_args.is_empty();
+        let paths = |paths: &Option<Vec<String>>| {
+            paths.clone().map(|paths| PathRules { paths: Some(paths) })
+        };
+        Some(ArgumentRules {
+            http_fetch: hosts.then(|| HostRules {
+                allow_hosts: self.allow_hosts.clone(),
+                deny_hosts: self.deny_hosts.clone(),
+            }),
+            exec_command: commands.then(|| CommandRules {
+                allow_commands: self.allow_commands.clone(),
+                deny_args: self.deny_args.clone(),
+            }),
+            memory_read: paths(&self.read_paths),
+            memory_write: paths(&self.write_paths),
+        })
+    }
+
+    /// Each rule set, as `tool.field` and its entries, in a fixed order.
+    pub fn listed(&self) -> Vec<(&'static str, &[String])> {
+        [
+            (ALLOW_HOSTS, self.allow_hosts.as_deref()),
+            (
+                DENY_HOSTS,
+                Some(&self.deny_hosts[..]).filter(|d| !d.is_empty()),
+            ),
+            (ALLOW_COMMANDS, self.allow_commands.as_deref()),
+            (
+                DENY_ARGS,
+                Some(&self.deny_args[..]).filter(|d| !d.is_empty()),
+            ),
+            (READ_PATHS, self.read_paths.as_deref()),
+            (WRITE_PATHS, self.write_paths.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(rule, entries)| Some((rule.trim_start_matches("tools.rules."), entries?)))
+        .collect()
     }
 
     /// Whether an `allowHosts` entry names `address` (the address itself,
@@ -229,6 +275,30 @@ fn normalized(path: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
+/// What is wrong with a host entry of `allowHosts` or `denyHosts`, if
+/// anything: it must be `*`, `*.suffix`, a host name, an address or a CIDR
+/// (not a URL, not a port, not a pattern with `*` elsewhere).
+pub fn host_entry_problem(entry: &str) -> Option<String> {
+    let bare = entry.trim_start_matches('[').trim_end_matches(']');
+    if entry == "*" || bare.parse::<IpAddr>().is_ok() || entry.parse::<IpNet>().is_ok() {
+        return None;
+    }
+    let name = entry.strip_prefix("*.").unwrap_or(entry);
+    let label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    };
+    if name.len() <= 253 && name.trim_end_matches('.').split('.').all(label) {
+        return None;
+    }
+    Some(format!(
+        "host entry {entry:?}: use a host name, *.suffix, *, an address or a CIDR (no scheme, port or path)"
+    ))
+}
+
 /// Whether the host entry `entry` matches `host`: `*`; `*.suffix` for the
 /// hosts below `suffix`; an address or a CIDR for a URL naming an address
 /// in it; a name for that name (case and a final dot aside).
@@ -271,7 +341,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::{CommandRules, HostRules, PathRules};
     use crate::policy::ToolId;
 
     fn call(id: ToolId, arguments: serde_json::Value) -> ToolCall {
@@ -321,6 +390,9 @@ mod tests {
         assert_eq!(rules.write_paths, Some(vec!["notes/*".to_owned()]));
         assert_eq!(rules.read_paths, None);
         assert!(ArgumentRulesInForce::of(&[None, None, None]).is_empty());
+        assert_eq!(ArgumentRulesInForce::of(&[None, None, None]).as_api(), None);
+        let shown = rules.as_api().unwrap();
+        assert_eq!(ArgumentRulesInForce::of(&[Some(&shown)]), rules);
     }
 
     #[test]
@@ -370,6 +442,31 @@ mod tests {
                 .check_address("::ffff:169.254.169.254".parse().unwrap())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn host_entries_are_names_suffixes_addresses_or_cidrs() {
+        for good in [
+            "*",
+            "*.example.org",
+            "api.github.com",
+            "10.0.0.0/8",
+            "::1",
+            "[::1]",
+            "127.0.0.2",
+        ] {
+            assert_eq!(host_entry_problem(good), None, "{good}");
+        }
+        for bad in [
+            "https://x.org",
+            "x.org:443",
+            "x.org/path",
+            "a*.org",
+            "",
+            "a..b",
+        ] {
+            assert!(host_entry_problem(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]
