@@ -28,9 +28,14 @@ struct Examples {
     gateways: Vec<Gateway>,
 }
 
-/// The example directories: the reference deployment, the quickstart's and
-/// the model provider example.
-const EXAMPLE_DIRS: [&str; 3] = ["examples", "examples/quickstart", "examples/providers"];
+/// The example directories: the reference deployment, the quickstart's,
+/// the model provider example and the tools example.
+const EXAMPLE_DIRS: [&str; 4] = [
+    "examples",
+    "examples/quickstart",
+    "examples/providers",
+    "examples/tools",
+];
 
 /// The YAML files of `dir`, sorted.
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
@@ -394,4 +399,47 @@ fn the_provider_example_may_call_its_model() {
         "openai",
         "gpt-4o"
     ));
+}
+
+#[test]
+fn the_tools_example_holds_its_agents_to_their_rules() {
+    use wopr_operator::policy::ToolCall;
+    use wopr_operator::policy::ToolId;
+    use wopr_operator::policy::tools::argument_rules::check;
+
+    let examples = load("examples/tools");
+    let researcher = examples.context("researcher");
+    let runner = examples.context("runner");
+    assert!(callable_tools(&researcher).contains(ToolId::HttpFetch));
+    assert!(!callable_tools(&researcher).contains(ToolId::ExecCommand));
+    assert!(callable_tools(&runner).contains(ToolId::ExecCommand));
+    let call = |id, arguments: serde_json::Value| ToolCall::parse(id, arguments).unwrap();
+    let fetch = |url: &str| call(ToolId::HttpFetch, serde_json::json!({ "url": url }));
+    assert!(
+        check(
+            &fetch("https://export.arxiv.org/api/query?q=x"),
+            &researcher.rules
+        )
+        .is_ok()
+    );
+    // The Session's own deny-list adds to its level's, and the defaults' to both.
+    for refused in [
+        "https://en.wikipedia.org/wiki/X",
+        "http://db.internal/",
+        "http://169.254.169.254/",
+    ] {
+        assert!(
+            check(&fetch(refused), &researcher.rules).is_err(),
+            "{refused}"
+        );
+    }
+    let run = |command: &str, args: &[&str]| {
+        call(
+            ToolId::ExecCommand,
+            serde_json::json!({ "command": command, "args": args }),
+        )
+    };
+    assert!(check(&run("python3", &["report.py"]), &runner.rules).is_ok());
+    assert!(check(&run("python3", &["-c", "import os"]), &runner.rules).is_err());
+    assert!(check(&run("sh", &[]), &runner.rules).is_err());
 }
