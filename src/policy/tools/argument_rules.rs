@@ -6,7 +6,8 @@
 //! caller (its capability and the tool lists let it through), so naming
 //! the rule leaks nothing, and the agent learns what to change.
 
-use std::net::IpAddr;
+// Addresses as data (`core::net`): the policy resolves and connects to nothing.
+use core::net::IpAddr;
 use std::path::{Component, Path};
 
 use ipnet::IpNet;
