@@ -1001,3 +1001,119 @@ mod property {
         }
     }
 }
+
+/// The whole path: the agent's call on the sidecar's socket, the sidecar's
+/// own checks, the egress service's, a local server, and the sidecar's
+/// audit event with the fetch's figures.
+mod through_the_sidecar {
+    use serde_json::json;
+    use wopr_operator::api::{ArgumentRules, HostRules, ToolRules, TrustLevel};
+    use wopr_operator::egress::sessions;
+    use wopr_operator::proto::v1alpha1::CallToolRequest;
+
+    use super::*;
+    use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, token_for};
+
+    async fn call(sidecar: &Sidecar, arguments: Value) -> Result<Value, tonic::Status> {
+        let request = CallToolRequest {
+            name: "http_fetch".into(),
+            arguments_json: arguments.to_string(),
+        };
+        let response = sidecar.tools().await.call_tool(request).await?;
+        Ok(serde_json::from_str(&response.into_inner().result_json).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_agents_fetch_is_made_by_the_egress_service_and_audited_with_its_figures() {
+        let (web, trap) = servers().await;
+        let mut control_plane = ControlPlane::start(&[SESSION]).await;
+        let mut session = common::session(SESSION, TrustLevel::Owner);
+        session.spec.tools = Some(ToolRules {
+            rules: Some(ArgumentRules {
+                http_fetch: Some(HostRules {
+                    allow_hosts: Some(vec![ALLOWED.into(), "localhost".into()]),
+                    deny_hosts: Vec::new(),
+                }),
+                ..ArgumentRules::default()
+            }),
+            ..ToolRules::default()
+        });
+        control_plane.put_session(session);
+        let egress = Egress::start_for(
+            sessions::ControlPlane {
+                address: control_plane.address.to_string(),
+                tls: common::tls::client_tls(),
+            },
+            StaticKeys::default(),
+            Settings::default(),
+        )
+        .await;
+        let options = SidecarOptions {
+            egress: Some(egress.address.to_string()),
+            ..SidecarOptions::in_memory()
+        };
+        let address = control_plane.address.to_string();
+        let sidecar = Sidecar::start_with(&address, SESSION, &token_for(SESSION), options).await;
+        sidecar.wait_for_policy(|policy| policy.is_some()).await;
+
+        let hello = call(&sidecar, json!({"url": web.url("/hello")})).await.unwrap();
+        assert_eq!(hello["status"], 200);
+        assert_eq!(hello["body"], "hello");
+        assert_eq!(hello["bytes"], 5);
+        assert_eq!(hello["url"], web.url("/hello"));
+        assert_eq!(hello["address"], web.address.to_string());
+        let binary = call(&sidecar, json!({"url": web.url("/binary")})).await.unwrap();
+        assert_eq!(binary["bodyBase64"], "//4A");
+        assert!(binary.get("body").is_none());
+        // The sidecar's rules pass `localhost`; the egress service's guard
+        // resolves it and refuses.
+        let port = trap.address.port();
+        let refused = call(&sidecar, json!({"url": format!("http://localhost:{port}/")}))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().starts_with("SSRF guard: localhost resolves to ")
+                && refused.message().contains("is loopback"),
+            "{}",
+            refused.message()
+        );
+        // The sidecar's own rules refuse before the egress service is asked.
+        let elsewhere = call(&sidecar, json!({"url": format!("http://{}/", trap.address)}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            elsewhere.message(),
+            "refused by tools.rules.http_fetch.allowHosts: host 127.0.0.1 matches none of [\"127.0.0.2\", \"localhost\"]"
+        );
+        assert_eq!(trap.connections(), 0);
+        assert_eq!(web.hits(), 2);
+
+        let events: Vec<_> = sidecar
+            .audit
+            .take()
+            .into_iter()
+            .filter(|event| event.tool.as_deref() == Some("http_fetch"))
+            .collect();
+        assert_eq!(events.len(), 4, "{events:#?}");
+        assert_eq!(events[0].decision, Outcome::Allowed);
+        assert_eq!(
+            events[0].fetch,
+            Some(FetchRecord {
+                method: "GET".into(),
+                host: ALLOWED.into(),
+                address: Some(web.address.to_string()),
+                status: Some(200),
+                bytes: 5,
+                redirects: 0,
+            })
+        );
+        assert_eq!(events[1].fetch.as_ref().unwrap().bytes, 3);
+        assert_eq!(events[2].decision, Outcome::Denied);
+        assert_eq!(events[2].reason, refused.message());
+        let record = events[2].fetch.as_ref().unwrap();
+        assert_eq!((record.host.as_str(), record.status), ("localhost", None));
+        assert_eq!(events[3].decision, Outcome::Denied);
+        assert!(events[3].fetch.is_none(), "never sent: nothing fetched");
+    }
+}
