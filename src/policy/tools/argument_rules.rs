@@ -6,7 +6,7 @@
 //! caller (its capability and the tool lists let it through), so naming
 //! the rule leaks nothing, and the agent learns what to change.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::path::{Component, Path};
 
 use ipnet::IpNet;
