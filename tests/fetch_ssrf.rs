@@ -1056,32 +1056,44 @@ mod through_the_sidecar {
         let sidecar = Sidecar::start_with(&address, SESSION, &token_for(SESSION), options).await;
         sidecar.wait_for_policy(|policy| policy.is_some()).await;
 
-        let hello = call(&sidecar, json!({"url": web.url("/hello")})).await.unwrap();
+        let hello = call(&sidecar, json!({"url": web.url("/hello")}))
+            .await
+            .unwrap();
         assert_eq!(hello["status"], 200);
         assert_eq!(hello["body"], "hello");
         assert_eq!(hello["bytes"], 5);
         assert_eq!(hello["url"], web.url("/hello"));
         assert_eq!(hello["address"], web.address.to_string());
-        let binary = call(&sidecar, json!({"url": web.url("/binary")})).await.unwrap();
+        let binary = call(&sidecar, json!({"url": web.url("/binary")}))
+            .await
+            .unwrap();
         assert_eq!(binary["bodyBase64"], "//4A");
         assert!(binary.get("body").is_none());
         // The sidecar's rules pass `localhost`; the egress service's guard
         // resolves it and refuses.
         let port = trap.address.port();
-        let refused = call(&sidecar, json!({"url": format!("http://localhost:{port}/")}))
-            .await
-            .unwrap_err();
+        let refused = call(
+            &sidecar,
+            json!({"url": format!("http://localhost:{port}/")}),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(refused.code(), Code::PermissionDenied);
         assert!(
-            refused.message().starts_with("SSRF guard: localhost resolves to ")
+            refused
+                .message()
+                .starts_with("SSRF guard: localhost resolves to ")
                 && refused.message().contains("is loopback"),
             "{}",
             refused.message()
         );
         // The sidecar's own rules refuse before the egress service is asked.
-        let elsewhere = call(&sidecar, json!({"url": format!("http://{}/", trap.address)}))
-            .await
-            .unwrap_err();
+        let elsewhere = call(
+            &sidecar,
+            json!({"url": format!("http://{}/", trap.address)}),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             elsewhere.message(),
             "refused by tools.rules.http_fetch.allowHosts: host 127.0.0.1 matches none of [\"127.0.0.2\", \"localhost\"]"
