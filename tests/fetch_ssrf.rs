@@ -1007,7 +1007,7 @@ mod property {
 /// audit event with the fetch's figures.
 mod through_the_sidecar {
     use serde_json::json;
-    use wopr_operator::api::{ArgumentRules, HostRules, ToolRules, TrustLevel};
+    use wopr_operator::api::{ArgumentRules, Enforcement, HostRules, ToolRules, TrustLevel};
     use wopr_operator::egress::sessions;
     use wopr_operator::proto::v1alpha1::CallToolRequest;
 
@@ -1127,5 +1127,38 @@ mod through_the_sidecar {
         assert_eq!((record.host.as_str(), record.status), ("localhost", None));
         assert_eq!(events[3].decision, Outcome::Denied);
         assert!(events[3].fetch.is_none(), "never sent: nothing fetched");
+
+        // Warn mode lets the rule's refusal through to the egress service,
+        // whose guard still refuses: the event is a denial, not would_deny.
+        control_plane.put_policy(common::security_policy(json!({"enforcement": "warn"})));
+        sidecar
+            .wait_for_policy(|policy| {
+                policy.is_some_and(|p| p.context.enforcement == Enforcement::Warn)
+            })
+            .await;
+        let warned = call(
+            &sidecar,
+            json!({"url": format!("http://{}/", trap.address)}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(warned.code(), Code::PermissionDenied);
+        assert_eq!(
+            warned.message(),
+            "SSRF guard: 127.0.0.1 is loopback (127.0.0.0/8)"
+        );
+        let event = sidecar
+            .audit
+            .take()
+            .into_iter()
+            .rfind(|event| event.tool.as_deref() == Some("http_fetch"))
+            .unwrap();
+        assert_eq!(event.decision, Outcome::Denied);
+        assert!(
+            event.reason.starts_with("SSRF guard: 127.0.0.1 is loopback (127.0.0.0/8); would be refused by tools.rules.http_fetch.allowHosts"),
+            "{}",
+            event.reason
+        );
+        assert_eq!(trap.connections(), 0);
     }
 }

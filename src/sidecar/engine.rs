@@ -459,8 +459,11 @@ impl ToolEngine {
             Err(error) => format!("{}; the tool failed: {error}", decision.reason),
         };
         if let Some(breach) = warned {
-            // Warn mode: the call ran, and the record says it would not have.
-            outcome = Outcome::WouldDeny;
+            // Warn mode: the call ran, and the record says it would not
+            // have (unless the server that acts refused it anyway).
+            if outcome != Outcome::Denied {
+                outcome = Outcome::WouldDeny;
+            }
             reason = format!("{reason}; would be {breach}");
         }
         let mut event = self.tool_event(Some(&served), decision.capability, outcome, reason);
