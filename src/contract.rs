@@ -37,6 +37,10 @@ pub const ANTHROPIC_BASE_URL: &str = "http://127.0.0.1:7782";
 /// The API key the agent's SDKs are given: SDKs refuse to start without
 /// one, and the real key never enters the pod, so this placeholder says so.
 pub const PLACEHOLDER_API_KEY: &str = "wopr-no-key-in-the-sandbox";
+/// The largest `http_fetch` answer body the egress service relays to a
+/// sidecar (its `--fetch-max-response-bytes` is at most this), and so the
+/// largest the sidecar's Fetch client takes, in one gRPC message.
+pub const MAX_FETCH_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Port of the sidecar's gRPC health service, for the kubelet's probes.
 pub const HEALTH_PORT: u16 = 7781;
 /// Where the sidecar serves gRPC health: every interface (the kubelet

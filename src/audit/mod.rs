@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Capability, Enforcement, SourceRef};
 use crate::policy::Outcome;
+use crate::proto::v1alpha1 as pb;
 
 /// What an audit event records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,9 @@ pub struct AuditEvent {
     /// A `model_call`'s figures: never the prompt or the completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelCall>,
+    /// An `http_fetch` call's figures: never its headers or body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchRecord>,
 }
 
 /// What a `model_call` event records besides the decision.
@@ -113,6 +117,60 @@ pub struct ModelCall {
     pub fallback: Vec<String>,
     /// Whether the answer was streamed.
     pub streamed: bool,
+}
+
+/// What an `http_fetch` call's `tool_call` event records besides the
+/// decision (a refusal's reason is the event's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchRecord {
+    /// The method, and the host of the URL the agent gave.
+    pub method: String,
+    pub host: String,
+    /// The socket address of the last connection made, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The last hop's HTTP status, if an answer came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The bytes of the answer's body.
+    pub bytes: u64,
+    /// The redirects followed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redirects: u32,
+}
+
+impl FetchRecord {
+    /// The figures of an `http_fetch` call and the egress service's reply
+    /// (the sidecar's event and the egress service's own record the same).
+    pub fn of(call: &pb::FetchCall, reply: &pb::FetchReply) -> FetchRecord {
+        let method = match call.method.as_str() {
+            "" => "GET".to_owned(),
+            method => method.to_ascii_uppercase(),
+        };
+        FetchRecord {
+            method,
+            host: FetchRecord::host_of(&call.url),
+            address: (!reply.address.is_empty()).then(|| reply.address.clone()),
+            status: u16::try_from(reply.status)
+                .ok()
+                .filter(|status| *status != 0),
+            bytes: reply.body.len() as u64,
+            redirects: u32::try_from(reply.redirects.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The host of `url` as the URL parser normalizes it, or empty.
+    pub fn host_of(url: &str) -> String {
+        url::Url::parse(url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 /// The longest tool name a sidecar serves: a longer one is refused as
@@ -168,6 +226,7 @@ impl AuditEvent {
             corrections: Vec::new(),
             repeats: None,
             model: None,
+            fetch: None,
         }
     }
 
@@ -184,6 +243,10 @@ impl AuditEvent {
             cut(field, MAX_TOOL_NAME_BYTES);
         }
         cut(&mut self.reason, MAX_REASON_BYTES);
+        if let Some(fetch) = &mut self.fetch {
+            // A URL's host may be as long as the URL (8 KiB).
+            cut(&mut fetch.host, MAX_TOOL_NAME_BYTES);
+        }
         self
     }
 

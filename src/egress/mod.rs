@@ -6,7 +6,9 @@
 //! session pod. A call is authenticated by passing its token on to the
 //! control plane's Policy watch ([`sessions`]), decided and budgeted
 //! against the Session's effective policy ([`decide`], [`budget`]), and
-//! walked down the session's chain of providers ([`upstream`]). Stateless
+//! walked down the session's chain of providers ([`upstream`]). It also
+//! makes sessions' `http_fetch` calls behind its SSRF guard ([`fetch`],
+//! issue 26), deciding them again itself. Stateless
 //! but for its caches and ledger: any number of replicas.
 //!
 //! A role: it imports the layers below it and never another role
@@ -16,6 +18,7 @@ pub mod admin;
 pub mod budget;
 pub mod credentials;
 pub mod decide;
+pub mod fetch;
 pub mod metrics;
 pub mod policy;
 pub mod provider_error;
@@ -31,10 +34,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::proto::v1alpha1::fetch_server::FetchServer;
 use crate::proto::v1alpha1::models_server::ModelsServer;
 use crate::shutdown::Shutdown;
 use crate::tls::server::{Transport, incoming};
 use credentials::Credentials;
+use fetch::service::FetchService;
 use service::ModelsService;
 use sessions::PolicySource;
 
@@ -45,12 +50,14 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a request message may carry beyond its body (names, headers).
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
-/// Serves `service` (and gRPC health) on `listener`, over TLS unless
-/// `transport` asks for plaintext by name, until `shutdown` completes.
+/// Serves `service` and `fetch` (and gRPC health) on `listener`, over TLS
+/// unless `transport` asks for plaintext by name, until `shutdown`
+/// completes.
 pub async fn serve<P: PolicySource, C: Credentials>(
     listener: TcpListener,
     transport: Transport,
     service: ModelsService<P, C>,
+    fetch: FetchService<P>,
     max_body: usize,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
@@ -58,12 +65,20 @@ pub async fn serve<P: PolicySource, C: Credentials>(
     health_reporter
         .set_serving::<ModelsServer<ModelsService<P, C>>>()
         .await;
+    health_reporter
+        .set_serving::<FetchServer<FetchService<P>>>()
+        .await;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health)
         .add_service(
             ModelsServer::new(service).max_decoding_message_size(max_body + MESSAGE_OVERHEAD),
+        )
+        .add_service(
+            FetchServer::new(fetch)
+                .max_decoding_message_size(fetch::MAX_CALL_BYTES + MESSAGE_OVERHEAD)
+                .max_encoding_message_size(fetch::MAX_RESPONSE_LIMIT + MESSAGE_OVERHEAD),
         );
     match transport {
         Transport::Tls(cert) => {

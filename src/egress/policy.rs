@@ -3,6 +3,7 @@
 //! that concern models, checked and typed once when an update arrives.
 
 use crate::api::{Enforcement, ProviderType, TrustLevel};
+use crate::policy::EffectiveContext;
 use crate::policy::models::EffectiveModels;
 use crate::proto::v1alpha1 as pb;
 use crate::wire::{DecodeError, decode};
@@ -27,6 +28,10 @@ pub struct SessionPolicy {
     pub policy_hash: String,
     /// What it may ask of which providers.
     pub models: ModelRules,
+    /// The whole effective policy, for the decisions the egress service
+    /// makes again itself (`http_fetch`: the capability, the tool lists,
+    /// `tools.rules`).
+    pub context: EffectiveContext,
 }
 
 /// A session's model rules (`SecurityContext.models`).
@@ -83,11 +88,12 @@ pub fn session_policy(context: &pb::SecurityContext) -> Result<SessionPolicy, De
     let effective = decode(context)?;
     Ok(SessionPolicy {
         models: model_rules(&effective.models)?,
-        namespace: effective.namespace,
-        session: effective.session,
+        namespace: effective.namespace.clone(),
+        session: effective.session.clone(),
         trust_level: effective.trust_level,
         enforcement: effective.enforcement,
-        policy_hash: effective.policy_hash,
+        policy_hash: effective.policy_hash.clone(),
+        context: effective,
     })
 }
 

@@ -11,11 +11,17 @@ use clap::{ArgAction, Args};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use ipnet::IpNet;
+
 use super::credentials::KubeSecrets;
+use super::fetch::client::ClientError as FetchClientError;
+use super::fetch::resolver::SystemResolver;
+use super::fetch::service::FetchService;
+use super::fetch::{Fetcher, MAX_RESPONSE_BYTES, MAX_RESPONSE_LIMIT, Settings as FetchSettings};
 use super::metrics::ModelMetrics;
 use super::service::{MAX_BODY, ModelsService, Settings};
 use super::sessions::{ControlPlane, SessionSettings};
-use super::upstream::{ClientError, Timeouts, Upstream};
+use super::upstream::{ClientError, Timeouts, Upstream, system_roots};
 use crate::audit::QueuedLineSink;
 use crate::clock::Clock;
 use crate::contract::env;
@@ -83,12 +89,48 @@ pub struct EgressArgs {
     /// The largest request body taken, in bytes.
     #[arg(long, env = "WOPR_MAX_REQUEST_BYTES", default_value_t = MAX_BODY)]
     pub max_request_bytes: usize,
+    /// A network `http_fetch` never reaches (the cluster's pod and service
+    /// CIDRs), refused like private addresses unless an `allowHosts` entry
+    /// names the address; repeatable, or comma-separated in the variable.
+    #[arg(
+        long = "fetch-deny-cidr",
+        env = "WOPR_FETCH_DENY_CIDRS",
+        value_delimiter = ','
+    )]
+    pub fetch_deny_cidrs: Vec<IpNet>,
+    /// The largest `http_fetch` answer body, in bytes (at most 16 MiB): a
+    /// larger one is cut with an error.
+    #[arg(long, env = "WOPR_FETCH_MAX_RESPONSE_BYTES", default_value_t = MAX_RESPONSE_BYTES,
+        value_parser = response_limit)]
+    pub fetch_max_response_bytes: usize,
+    /// Seconds a whole `http_fetch` may take, redirects included.
+    #[arg(long, env = "WOPR_FETCH_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub fetch_timeout_seconds: u64,
     /// Seconds to drain after SIGTERM before the process exits anyway.
     #[arg(long, env = "WOPR_SHUTDOWN_DRAIN_SECONDS", default_value_t = 5)]
     pub shutdown_drain_seconds: u64,
 }
 
+/// A response limit from 1 byte to [`MAX_RESPONSE_LIMIT`].
+fn response_limit(value: &str) -> Result<usize, String> {
+    let bytes: usize = value.parse().map_err(|error| format!("{error}"))?;
+    if (1..=MAX_RESPONSE_LIMIT).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!("from 1 to {MAX_RESPONSE_LIMIT} bytes"))
+    }
+}
+
 impl EgressArgs {
+    /// How `http_fetch` is limited.
+    pub fn fetch(&self) -> FetchSettings {
+        FetchSettings {
+            max_response_bytes: self.fetch_max_response_bytes,
+            timeout: Duration::from_secs(self.fetch_timeout_seconds),
+            deny_cidrs: self.fetch_deny_cidrs.clone(),
+        }
+    }
+
     /// How the control plane is reached.
     pub fn control_plane(&self) -> ControlPlane {
         ControlPlane {
@@ -143,6 +185,9 @@ pub enum RunError {
     /// No HTTP client.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// No http_fetch client.
+    #[error(transparent)]
+    FetchClient(#[from] FetchClientError),
 }
 
 /// Runs the egress service until `shutdown` completes.
@@ -175,12 +220,19 @@ pub async fn run(
             clock: Clock::System,
         },
     );
+    let fetch = FetchService::new(
+        service.sessions(),
+        Fetcher::new(args.fetch(), Arc::new(SystemResolver), system_roots())?,
+        audit.clone(),
+        Clock::System,
+    );
     tracing::info!(listen = %args.listen, admin = %args.admin_address, control_plane = %args.control_plane_address, "egress service starting");
     let shutdown = shutdown::on(shutdown);
     let served = super::serve(
         listener,
         transport,
         service,
+        fetch,
         args.max_request_bytes,
         shutdown.clone(),
     );
@@ -266,6 +318,10 @@ mod tests {
         assert_eq!(args.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(args.max_request_bytes, 4 * 1024 * 1024);
         assert_eq!(args.timeouts(), Timeouts::default());
+        let fetch = args.fetch();
+        assert_eq!(fetch.max_response_bytes, 1024 * 1024);
+        assert_eq!(fetch.timeout, Duration::from_secs(30));
+        assert!(fetch.deny_cidrs.is_empty());
         assert!(matches!(args.control_plane().tls, ClientTls::Verify { .. }));
         let plaintext = parse(&[
             "--control-plane-address=http://cp:9443",
@@ -273,6 +329,35 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(plaintext.control_plane().tls, ClientTls::Plaintext);
+    }
+
+    #[test]
+    fn fetch_limits_and_cluster_networks_are_flags() {
+        let args = parse(&[
+            "--control-plane-address=http://cp:9443",
+            "--insecure-plaintext=true",
+            "--fetch-deny-cidr=10.244.0.0/16",
+            "--fetch-deny-cidr=10.96.0.0/12,fd00:10::/48",
+            "--fetch-max-response-bytes=4096",
+            "--fetch-timeout-seconds=5",
+        ])
+        .unwrap();
+        let fetch = args.fetch();
+        let cidrs: Vec<String> = fetch.deny_cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(cidrs, ["10.244.0.0/16", "10.96.0.0/12", "fd00:10::/48"]);
+        assert_eq!(fetch.max_response_bytes, 4096);
+        assert_eq!(fetch.timeout, Duration::from_secs(5));
+        for bad in [
+            "--fetch-deny-cidr=10.0.0.300/8",
+            "--fetch-max-response-bytes=0",
+        ] {
+            let refused = parse(&[
+                "--control-plane-address=cp:1",
+                "--insecure-plaintext=true",
+                bad,
+            ]);
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

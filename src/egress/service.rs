@@ -71,7 +71,7 @@ pub struct ModelsService<P, C> {
 }
 
 struct Inner<P, C> {
-    sessions: Sessions<P>,
+    sessions: Arc<Sessions<P>>,
     credentials: C,
     upstream: Upstream,
     ledger: Ledger,
@@ -95,7 +95,7 @@ impl<P: PolicySource, C: Credentials> ModelsService<P, C> {
     ) -> Self {
         ModelsService {
             inner: Arc::new(Inner {
-                sessions: Sessions::new(source, settings.sessions),
+                sessions: Arc::new(Sessions::new(source, settings.sessions)),
                 credentials,
                 upstream,
                 ledger: Ledger::default(),
@@ -105,6 +105,14 @@ impl<P: PolicySource, C: Credentials> ModelsService<P, C> {
                 settings,
             }),
         }
+    }
+}
+
+impl<P, C> ModelsService<P, C> {
+    /// The sessions it knows, and their watches: shared with the Fetch
+    /// service, so a session's calls of either ride on one watch.
+    pub fn sessions(&self) -> Arc<Sessions<P>> {
+        self.inner.sessions.clone()
     }
 }
 

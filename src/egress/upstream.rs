@@ -70,13 +70,7 @@ pub struct ClientError(String);
 impl Upstream {
     /// A client verifying providers against the system's roots.
     pub fn new(timeouts: Timeouts) -> Result<Upstream, ClientError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            tracing::warn!(%error, "a system root certificate cannot be read");
-        }
-        let (added, ignored) = roots.add_parsable_certificates(found.certs);
-        tracing::debug!(added, ignored, "system roots for the model providers");
+        let roots = system_roots();
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|error| ClientError(error.to_string()))?
@@ -148,6 +142,23 @@ impl Upstream {
             Ok(Ok(chunk)) => Ok(chunk),
         }
     }
+}
+
+/// The system's root certificates: what model providers and `http_fetch`
+/// servers are verified against.
+pub fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "a system root certificate cannot be read");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(
+        added,
+        ignored,
+        "system roots for the egress service's clients"
+    );
+    roots
 }
 
 /// A reqwest error's innermost cause (which names no URL).

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::denials::{Admission, DenialKey, Denials};
 use super::inbox::Inbox;
+use super::models::Egress;
 use super::policy_state::{PolicyState, Served};
 use super::tools::{self, Messenger, Scope};
 use super::workspace::Workspace;
@@ -145,6 +146,8 @@ pub struct ToolEngine {
     denials: Mutex<Denials>,
     /// The way to the broker; without one, every message tool fails.
     messenger: Option<Arc<dyn Messenger>>,
+    /// The egress service, which makes `http_fetch` calls.
+    egress: Option<Arc<Egress>>,
     inbox: Arc<Inbox>,
     /// The wall clock of audit events (a parameter so tests fix it). Rate
     /// limits and the policy's staleness run on tokio's clock, which tests
@@ -173,6 +176,7 @@ impl ToolEngine {
             limits: Mutex::new(limits),
             denials: Mutex::default(),
             messenger: None,
+            egress: None,
             inbox: Arc::default(),
             clock,
         }
@@ -189,6 +193,12 @@ impl ToolEngine {
     pub fn with_broker(mut self, messenger: Arc<dyn Messenger>, inbox: Arc<Inbox>) -> ToolEngine {
         self.messenger = Some(messenger);
         self.inbox = inbox;
+        self
+    }
+
+    /// The engine, making `http_fetch` calls through `egress`.
+    pub fn with_egress(mut self, egress: Arc<Egress>) -> ToolEngine {
+        self.egress = Some(egress);
         self
     }
 
@@ -392,6 +402,7 @@ impl ToolEngine {
             );
         };
         let mut warned = None;
+        let mut fetch = None;
         let result = match ToolCall::parse(id, arguments.clone()) {
             Err(error) => Err(ToolError::InvalidArguments(error)),
             Ok(call) => {
@@ -428,22 +439,35 @@ impl ToolEngine {
                     workspace: &self.workspace,
                     inbox: &self.inbox,
                     messenger: self.messenger.as_deref(),
+                    egress: self.egress.as_deref(),
                 };
-                tools::run(call, &scope).await
+                let ran = tools::run(call, &scope).await;
+                fetch = ran.fetch;
+                ran.result
             }
         };
+        let mut outcome = decision.outcome;
         let mut reason = match &result {
             Ok(_) => decision.reason.to_string(),
+            // The server that acts refused it (http_fetch's SSRF guard):
+            // denied, whatever the mode, for its reason.
+            Err(ToolError::Refused(why)) => {
+                outcome = Outcome::Denied;
+                why.clone()
+            }
             Err(error @ ToolError::InvalidArguments(_)) => format!("{}; {error}", decision.reason),
             Err(error) => format!("{}; the tool failed: {error}", decision.reason),
         };
-        let mut outcome = decision.outcome;
         if let Some(breach) = warned {
-            // Warn mode: the call ran, and the record says it would not have.
-            outcome = Outcome::WouldDeny;
+            // Warn mode: the call ran, and the record says it would not
+            // have (unless the server that acts refused it anyway).
+            if outcome != Outcome::Denied {
+                outcome = Outcome::WouldDeny;
+            }
             reason = format!("{reason}; would be {breach}");
         }
-        let event = self.tool_event(Some(&served), decision.capability, outcome, reason);
+        let mut event = self.tool_event(Some(&served), decision.capability, outcome, reason);
+        event.fetch = fetch;
         (result, event)
     }
 

@@ -29,7 +29,7 @@ use super::isolation::network::{EgressAllow, ListError, ProbeTarget};
 use super::isolation::pids::CgroupFiles;
 use super::isolation::{IsolationConfig, verify_forever};
 use super::mcp;
-use super::models::{self, ModelsOptions};
+use super::models::{self, Egress, ModelsOptions};
 use super::policy_state::PolicyState;
 use super::shipper::ship_forever;
 use super::spool::{Spool, SpooledSink};
@@ -315,35 +315,39 @@ pub async fn run(
         args.max_policy_age_seconds,
     )));
     let inbox = Arc::new(Inbox::default());
-    let engine = Arc::new(
-        ToolEngine::new(
-            &args.namespace,
-            &args.session,
-            state.clone(),
-            audit.clone(),
-            Workspace::new(&args.workspace),
-            Limits::new(
-                RateLimit {
-                    per_minute: args.session_calls_per_minute,
-                },
-                RateLimit {
-                    per_minute: args.tool_calls_per_minute,
-                },
-            )
-            .with_tool_limit(
-                ToolId::SecurityRequest,
-                RateLimit {
-                    per_minute: args.elevation_requests_per_minute,
-                },
-            ),
-            Timestamp::now,
+    let engine = ToolEngine::new(
+        &args.namespace,
+        &args.session,
+        state.clone(),
+        audit.clone(),
+        Workspace::new(&args.workspace),
+        Limits::new(
+            RateLimit {
+                per_minute: args.session_calls_per_minute,
+            },
+            RateLimit {
+                per_minute: args.tool_calls_per_minute,
+            },
         )
-        .with_prompt(args.prompt.clone())
-        .with_broker(
-            Arc::new(BrokerLink::new(args.watch_target())),
-            inbox.clone(),
+        .with_tool_limit(
+            ToolId::SecurityRequest,
+            RateLimit {
+                per_minute: args.elevation_requests_per_minute,
+            },
         ),
+        Timestamp::now,
+    )
+    .with_prompt(args.prompt.clone())
+    .with_broker(
+        Arc::new(BrokerLink::new(args.watch_target())),
+        inbox.clone(),
     );
+    // http_fetch reaches the egress service as the model proxy does.
+    let engine = match args.models().egress {
+        Some(target) => engine.with_egress(Arc::new(Egress::new(target))),
+        None => engine,
+    };
+    let engine = Arc::new(engine);
     let _ = std::fs::remove_file(&args.socket_path);
     let socket =
         UnixListener::bind(&args.socket_path).map_err(listen_error(args.socket_path.display()))?;

@@ -23,12 +23,17 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use wopr_operator::audit::MemorySink;
+use wopr_operator::clock::Clock;
 use wopr_operator::egress::credentials::{CredentialError, Credentials};
+use wopr_operator::egress::fetch::resolver::SystemResolver;
+use wopr_operator::egress::fetch::service::FetchService;
+use wopr_operator::egress::fetch::{Fetcher, Settings as FetchSettings};
 use wopr_operator::egress::metrics::ModelMetrics;
 use wopr_operator::egress::service::{ModelsService, Settings};
 use wopr_operator::egress::sessions::ControlPlane;
-use wopr_operator::egress::upstream::{Timeouts, Upstream};
+use wopr_operator::egress::upstream::{Timeouts, Upstream, system_roots};
 use wopr_operator::proto::v1alpha1 as pb;
+use wopr_operator::proto::v1alpha1::fetch_client::FetchClient;
 use wopr_operator::proto::v1alpha1::models_client::ModelsClient;
 use wopr_operator::proto::v1alpha1::policy_server::{Policy, PolicyServer};
 use wopr_operator::proto::v1alpha1::{model_reply::Reply, policy_update::Update};
@@ -699,8 +704,26 @@ impl Egress {
     }
 
     /// Serving sessions of the control plane at `target` (a real one, for
-    /// the full-stack tests) with `keys`.
+    /// the full-stack tests) with `keys`; `http_fetch` with the default
+    /// limits, the system's resolver and roots.
     pub async fn start_for(target: ControlPlane, keys: StaticKeys, settings: Settings) -> Egress {
+        let fetcher = Fetcher::new(
+            FetchSettings::default(),
+            Arc::new(SystemResolver),
+            system_roots(),
+        )
+        .unwrap();
+        Egress::start_fetching(target, keys, settings, fetcher).await
+    }
+
+    /// Serving sessions of the control plane at `target` with `keys`,
+    /// making `http_fetch` calls with `fetcher`.
+    pub async fn start_fetching(
+        target: ControlPlane,
+        keys: StaticKeys,
+        settings: Settings,
+        fetcher: Fetcher,
+    ) -> Egress {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let audit = Arc::new(MemorySink::default());
@@ -713,6 +736,7 @@ impl Egress {
             metrics.clone(),
             settings,
         );
+        let fetch = FetchService::new(service.sessions(), fetcher, audit.clone(), Clock::System);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = shutdown::on(async move {
             let _ = stopped.await;
@@ -721,6 +745,7 @@ impl Egress {
             listener,
             tls::transport(),
             service,
+            fetch,
             settings.max_body,
             shutdown,
         ));
@@ -735,6 +760,11 @@ impl Egress {
     /// A client, verifying the service as sidecars do.
     pub async fn client(&self) -> ModelsClient<Channel> {
         ModelsClient::new(tls::channel(self.address).await)
+    }
+
+    /// A Fetch client, verifying the service as sidecars do.
+    pub async fn fetch_client(&self) -> FetchClient<Channel> {
+        FetchClient::new(tls::channel(self.address).await)
     }
 }
 

@@ -36,7 +36,7 @@ use wopr_operator::sidecar::broker::BrokerLink;
 use wopr_operator::sidecar::client::{WatchTarget, watch_forever};
 use wopr_operator::sidecar::engine::{Limits, ToolEngine};
 use wopr_operator::sidecar::inbox::{Inbox, follow_forever as follow_inbox};
-use wopr_operator::sidecar::models::{MAX_BODY_BYTES, ModelsOptions};
+use wopr_operator::sidecar::models::{Egress, MAX_BODY_BYTES, ModelsOptions};
 use wopr_operator::sidecar::policy_state::PolicyState;
 use wopr_operator::sidecar::run::{Listeners, ServeOptions, SidecarError, serve as serve_sidecar};
 use wopr_operator::sidecar::workspace::Workspace;
@@ -511,19 +511,22 @@ impl Sidecar {
             }),
             max_body_bytes: MAX_BODY_BYTES,
         };
-        let engine = Arc::new(
-            ToolEngine::new(
-                NAMESPACE,
-                session,
-                state.clone(),
-                sink,
-                Workspace::new(&workspace),
-                limits,
-                now,
-            )
-            .with_prompt(prompt)
-            .with_broker(Arc::new(BrokerLink::new(target.clone())), inbox.clone()),
-        );
+        let engine = ToolEngine::new(
+            NAMESPACE,
+            session,
+            state.clone(),
+            sink,
+            Workspace::new(&workspace),
+            limits,
+            now,
+        )
+        .with_prompt(prompt)
+        .with_broker(Arc::new(BrokerLink::new(target.clone())), inbox.clone());
+        // http_fetch goes to the egress service the model proxy relays to.
+        let engine = Arc::new(match models_options.egress.clone() {
+            Some(egress) => engine.with_egress(Arc::new(Egress::new(egress))),
+            None => engine,
+        });
         tokio::spawn(follow_inbox(target.clone(), inbox));
         tokio::spawn(watch_forever(target, state.clone()));
         let socket = dir.path().join("a2a.sock");

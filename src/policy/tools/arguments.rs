@@ -229,8 +229,6 @@ impl FetchRequest {
 }
 
 impl Arguments for FetchRequest {
-    const IMPLEMENTED: bool = false;
-
     fn validate(&self) -> Result<(), String> {
         fetchable_url(&self.url)?;
         let method = self.method();
@@ -473,6 +471,7 @@ mod tests {
                 "sessions_history",
                 "sessions_send",
                 "sessions_spawn",
+                "http_fetch",
                 "memory_read",
                 "memory_write",
                 "config_get",

@@ -73,17 +73,34 @@ pub struct ModelsOptions {
 
 /// The egress service's address and a channel to it, made at the first
 /// call and made again after one fails to reach it (so a moved service or
-/// a rotated CA bundle is picked up).
-struct Egress {
+/// a rotated CA bundle is picked up). The model proxy's, and `http_fetch`'s
+/// ([`super::tools`]).
+pub struct Egress {
     target: WatchTarget,
     channel: Mutex<Option<Channel>>,
 }
 
 impl Egress {
-    /// A client and the bearer of the token as it is now.
+    /// The egress service at `target`, reached at the first call.
+    pub fn new(target: WatchTarget) -> Egress {
+        Egress {
+            target,
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// A Models client and the bearer of the token as it is now.
     async fn client(
         &self,
     ) -> Result<(ModelsClient<Channel>, tonic::metadata::AsciiMetadataValue), WatchError> {
+        let (channel, bearer) = self.channel().await?;
+        Ok((ModelsClient::new(channel), bearer))
+    }
+
+    /// The channel and the bearer of the token as it is now.
+    pub async fn channel(
+        &self,
+    ) -> Result<(Channel, tonic::metadata::AsciiMetadataValue), WatchError> {
         let cached = self
             .channel
             .lock()
@@ -100,11 +117,11 @@ impl Egress {
                 (channel, bearer)
             }
         };
-        Ok((ModelsClient::new(channel), bearer))
+        Ok((channel, bearer))
     }
 
     /// Forgets the channel after `status` if it says the service was not reached.
-    fn forget_after(&self, status: &tonic::Status) {
+    pub fn forget_after(&self, status: &tonic::Status) {
         if matches!(
             status.code(),
             tonic::Code::Unavailable | tonic::Code::Unknown
@@ -135,10 +152,7 @@ pub fn router(
 ) -> Router {
     let proxy = Arc::new(Proxy {
         engine,
-        egress: options.egress.map(|target| Egress {
-            target,
-            channel: Mutex::new(None),
-        }),
+        egress: options.egress.map(Egress::new),
         max_body_bytes: options.max_body_bytes,
         streams_end,
     });

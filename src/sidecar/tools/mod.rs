@@ -1,6 +1,7 @@
 //! The tools' handlers, one file per family of the registry
 //! ([`crate::policy::tools`]): `security_*`, `memory_*`, `config_*`,
-//! `sessions_*`, `inbox_*` and `gateway_*`. A call reaches [`run`] decided,
+//! `sessions_*`, `inbox_*`, `gateway_*` and `http_fetch` (made by the
+//! egress service). A call reaches [`run`] decided,
 //! parsed and rate-limited, and the engine audits what it answers: a
 //! handler only does its tool's work.
 //!
@@ -11,6 +12,7 @@
 
 mod config;
 mod gateway;
+mod http;
 mod inbox;
 mod memory;
 mod security;
@@ -24,9 +26,11 @@ pub use security::whoami_without_policy;
 
 use super::engine::ToolError;
 use super::inbox::Inbox;
+use super::models::Egress;
 use super::policy_state::Served;
 use super::workspace::Workspace;
 use crate::api::Capability;
+use crate::audit::FetchRecord;
 use crate::policy::ToolCall;
 use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer, SpawnChild, Unimplemented};
 
@@ -83,6 +87,16 @@ pub struct Scope<'a> {
     pub inbox: &'a Inbox,
     /// The way to the broker; without one, every message tool fails.
     pub messenger: Option<&'a dyn Messenger>,
+    /// The egress service, which makes `http_fetch` calls; without one,
+    /// they fail.
+    pub egress: Option<&'a Egress>,
+}
+
+/// What a call came to: its result, and the figures its audit event
+/// records besides the decision (`http_fetch`'s).
+pub struct Ran {
+    pub result: Result<Value, ToolError>,
+    pub fetch: Option<FetchRecord>,
 }
 
 impl Scope<'_> {
@@ -95,8 +109,9 @@ impl Scope<'_> {
 
 /// Runs a parsed call: one arm per tool of the registry, each its
 /// family's handler.
-pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Result<Value, ToolError> {
-    match call {
+pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Ran {
+    let result = match call {
+        ToolCall::HttpFetch(request) => return http::fetch(scope, request).await,
         ToolCall::SecurityWhoami(_) => Ok(security::whoami(scope)),
         ToolCall::SecurityCheck(query) => Ok(security::check(scope, query)),
         ToolCall::SecurityRequest(ask) => security::request(scope, ask).await,
@@ -114,10 +129,12 @@ pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Result<Value, ToolError> 
         ToolCall::GatewayRespond(answer) => gateway::respond(scope, answer).await,
         ToolCall::GatewayQueue(_) => gateway::queue(scope).await,
         // Not run by this version: never listed, refused like unknown tools.
-        ToolCall::HttpFetch(_)
-        | ToolCall::ExecCommand(_)
-        | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
-            "not implemented by this sidecar".into(),
-        )),
+        ToolCall::ExecCommand(_) | ToolCall::ConfigSet(Unimplemented {}) => Err(
+            ToolError::NotAvailable("not implemented by this sidecar".into()),
+        ),
+    };
+    Ran {
+        result,
+        fetch: None,
     }
 }
