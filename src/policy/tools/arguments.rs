@@ -340,8 +340,6 @@ impl CommandRun {
 }
 
 impl Arguments for CommandRun {
-    const IMPLEMENTED: bool = false;
-
     fn validate(&self) -> Result<(), String> {
         if self.command.is_empty() {
             return Err("command is empty".into());
@@ -473,6 +471,7 @@ mod tests {
                 "sessions_history",
                 "sessions_send",
                 "sessions_spawn",
+                "exec_command",
                 "memory_read",
                 "memory_write",
                 "config_get",

@@ -1,6 +1,6 @@
 //! The tools' handlers, one file per family of the registry
 //! ([`crate::policy::tools`]): `security_*`, `memory_*`, `config_*`,
-//! `sessions_*`, `inbox_*` and `gateway_*`. A call reaches [`run`] decided,
+//! `sessions_*`, `inbox_*`, `gateway_*` and `exec_command`. A call reaches [`run`] decided,
 //! parsed and rate-limited, and the engine audits what it answers: a
 //! handler only does its tool's work.
 //!
@@ -10,6 +10,7 @@
 //! its arm in [`run`], which the exhaustive match asks for.
 
 mod config;
+mod exec;
 mod gateway;
 mod inbox;
 mod memory;
@@ -28,7 +29,10 @@ use super::policy_state::Served;
 use super::workspace::Workspace;
 use crate::api::Capability;
 use crate::policy::ToolCall;
-use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer, SpawnChild, Unimplemented};
+use crate::policy::tools::arguments::{
+    CommandRun, ForwardMessage, RequestAnswer, SpawnChild, Unimplemented,
+};
+use crate::proto::v1alpha1::ExecResponse;
 
 /// Sends messages to other sessions, and acknowledges this session's,
 /// through the control plane's broker.
@@ -62,6 +66,11 @@ pub trait Messenger: Send + Sync {
 
     /// Creates a child session (`sessions_spawn`).
     async fn spawn(&self, child: SpawnChild) -> Result<Value, ToolError>;
+
+    /// Runs `run` in this session's own agent container, by the control
+    /// plane (`exec_command`): the command's end as the control plane
+    /// answered it.
+    async fn exec(&self, run: CommandRun) -> Result<ExecResponse, ToolError>;
 
     /// Asks a person for more capabilities for `duration` (`security_request`).
     async fn elevate(
@@ -113,11 +122,10 @@ pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Result<Value, ToolError> 
         ToolCall::GatewayForward(forward) => gateway::forward(scope, forward).await,
         ToolCall::GatewayRespond(answer) => gateway::respond(scope, answer).await,
         ToolCall::GatewayQueue(_) => gateway::queue(scope).await,
+        ToolCall::ExecCommand(run) => exec::run(scope, run).await,
         // Not run by this version: never listed, refused like unknown tools.
-        ToolCall::HttpFetch(_)
-        | ToolCall::ExecCommand(_)
-        | ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
-            "not implemented by this sidecar".into(),
-        )),
+        ToolCall::HttpFetch(_) | ToolCall::ConfigSet(Unimplemented {}) => Err(
+            ToolError::NotAvailable("not implemented by this sidecar".into()),
+        ),
     }
 }
