@@ -118,6 +118,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         control_plane_listen: control_plane_listen.parse().unwrap(),
         control_plane_reflection: false,
         max_open_elevations: 3,
+        exec_max_output_bytes: wopr_operator::controlplane::exec::DEFAULT_MAX_OUTPUT_BYTES,
         operator_namespace: "wopr-system".into(),
         watch_namespace: Some(namespace.into()),
         admin_address: "127.0.0.1:0".parse().unwrap(),
