@@ -219,7 +219,7 @@ pub fn exit_code(status: &Status) -> Result<i32, ExecError> {
         return Ok(0);
     }
     let code = (status.reason.as_deref() == Some("NonZeroExitCode"))
-        .then(|| status.details.as_ref())
+        .then_some(status.details.as_ref())
         .flatten()
         .and_then(|details| details.causes.as_ref())
         .and_then(|causes| {

@@ -201,15 +201,19 @@ async fn run(
     script: Option<ExecScript>,
 ) {
     let (mut to_client, mut from_client) = socket.split();
-    while stdin {
-        match from_client.next().await {
-            Some(Ok(Message::Binary(frame))) if frame.first() == Some(&0) => {
-                call.stdin.extend_from_slice(&frame[1..]);
+    if stdin {
+        loop {
+            match from_client.next().await {
+                Some(Ok(Message::Binary(frame))) if frame.first() == Some(&0) => {
+                    call.stdin.extend_from_slice(&frame[1..]);
+                }
+                // v5: the client closed stdin.
+                Some(Ok(Message::Binary(frame))) if closes_channels && frame[..] == [255, 0] => {
+                    break;
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
             }
-            // v5: the client closed stdin.
-            Some(Ok(Message::Binary(frame))) if closes_channels && frame[..] == [255, 0] => break,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-            Some(Ok(_)) => {}
         }
     }
     let reply = script.map_or_else(|| ExecReply::exited(0, b"", b""), |script| script(&call));
