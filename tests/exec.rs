@@ -561,9 +561,21 @@ async fn an_agent_runs_a_command_with_its_sidecars_exec_command_tool() {
         "{query:?}"
     );
     let audited = coder.audit.take();
+    let call = (audited.iter())
+        .find(|event| event.tool.as_deref() == Some("exec_command"))
+        .expect("the sidecar's event of the call");
+    assert!(call.reason.contains("; exit 2 in "), "{}", call.reason);
+
+    // Bad arguments stop at the sidecar, precisely.
+    let outside = CallToolRequest {
+        name: "exec_command".into(),
+        arguments_json: json!({"command": "ls", "cwd": "/etc"}).to_string(),
+    };
+    let refused = coder.tools().await.call_tool(outside).await.unwrap_err();
     assert!(
-        audited
-            .iter()
-            .any(|event| event.tool.as_deref() == Some("exec_command"))
+        refused.message().contains("cwd \"/etc\" refused"),
+        "{}",
+        refused.message()
     );
+    assert_eq!(execs(&control_plane.api.take_requests()).len(), 0);
 }

@@ -433,7 +433,10 @@ impl ToolEngine {
             }
         };
         let mut reason = match &result {
-            Ok(_) => decision.reason.to_string(),
+            Ok(answer) => match tools::summary(id, answer) {
+                Some(summary) => format!("{}; {summary}", decision.reason),
+                None => decision.reason.to_string(),
+            },
             Err(error @ ToolError::InvalidArguments(_)) => format!("{}; {error}", decision.reason),
             Err(error) => format!("{}; the tool failed: {error}", decision.reason),
         };

@@ -44,6 +44,22 @@ pub fn answer(ended: ExecResponse) -> Value {
     answer
 }
 
+/// The words of an answer for the sidecar's audit event: exit code,
+/// timeout, truncation, duration (never the output).
+pub fn summary(answer: &Value) -> String {
+    let mut words = format!("exit {} in {} ms", answer["exitCode"], answer["durationMs"]);
+    for (flag, said) in [
+        ("timedOut", "killed at its timeout"),
+        ("stdoutTruncated", "stdout truncated"),
+        ("stderrTruncated", "stderr truncated"),
+    ] {
+        if answer[flag] == true {
+            words.push_str(&format!(", {said}"));
+        }
+    }
+    words
+}
+
 /// `bytes` as text, and whether that text is exactly them: UTF-8 as it
 /// is, or lossy. A cut at the cap may split a character: a truncated
 /// stream that is UTF-8 up to its last incomplete character is exact
@@ -77,6 +93,7 @@ mod tests {
         assert!(answer.get("stdoutBase64").is_none());
         assert_eq!(answer["stderr"], "\u{fffd}a\u{fffd}");
         assert_eq!(answer["stderrBase64"], "/2H+");
+        assert_eq!(summary(&answer), "exit 3 in 0 ms");
     }
 
     #[test]

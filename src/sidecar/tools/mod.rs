@@ -28,10 +28,10 @@ use super::inbox::Inbox;
 use super::policy_state::Served;
 use super::workspace::Workspace;
 use crate::api::Capability;
-use crate::policy::ToolCall;
 use crate::policy::tools::arguments::{
     CommandRun, ForwardMessage, RequestAnswer, SpawnChild, Unimplemented,
 };
+use crate::policy::{ToolCall, ToolId};
 use crate::proto::v1alpha1::ExecResponse;
 
 /// Sends messages to other sessions, and acknowledges this session's,
@@ -99,6 +99,15 @@ impl Scope<'_> {
     fn messenger(&self) -> Result<&dyn Messenger, ToolError> {
         self.messenger
             .ok_or_else(|| ToolError::Failed("no connection to the control plane's broker".into()))
+    }
+}
+
+/// What the audit event of a call of `tool` that answered `answer` adds
+/// to its reason (`exec_command`: the exit code, truncation, duration).
+pub fn summary(tool: ToolId, answer: &Value) -> Option<String> {
+    match tool {
+        ToolId::ExecCommand => Some(exec::summary(answer)),
+        _ => None,
     }
 }
 
