@@ -6,6 +6,8 @@
 
 /// Name of the agent container.
 pub const AGENT_CONTAINER: &str = "agent";
+/// Label naming the Session a child (its pod, ...) belongs to.
+pub const SESSION_LABEL: &str = "wopr.dev/session";
 /// Name of the sidecar container.
 pub const SIDECAR_CONTAINER: &str = "a2a";
 /// The operator binary in the sidecar image (its entrypoint).

@@ -343,7 +343,6 @@ proptest! {
     /// never refused by a rule.
     #[test]
     fn no_call_breaking_a_rule_is_ever_executed(rules in rules_strategy(), (id, arguments) in call_strategy()) {
-        if !id.implemented() { return Ok(()); } // MERGE: remove once http_fetch and exec_command run
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (engine, audit, workspace) = engine(rules.clone(), Enforcement::Enforce);
         let before = files(workspace.path());

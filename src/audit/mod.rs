@@ -96,6 +96,26 @@ pub struct AuditEvent {
     /// An `http_fetch` call's figures: never its headers or body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch: Option<FetchRecord>,
+    /// An `exec_command`'s end, as the control plane ran it: never the
+    /// arguments, stdin or output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecRun>,
+}
+
+/// What an `exec_command` event records besides the decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecRun {
+    /// The pod and container it ran in.
+    pub pod: String,
+    pub container: String,
+    /// The exit status (124 and `timedOut` when the timeout killed it).
+    pub exit_code: i32,
+    pub timed_out: bool,
+    /// Whether stdout or stderr went past the cap.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
 }
 
 /// What a `model_call` event records besides the decision.
@@ -227,6 +247,7 @@ impl AuditEvent {
             repeats: None,
             model: None,
             fetch: None,
+            exec: None,
         }
     }
 

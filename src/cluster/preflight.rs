@@ -116,6 +116,16 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["patch"],
         names: &[],
     },
+    // The control plane runs exec_command in the caller's own agent
+    // container: `create` on pods/exec, and `get`, which the WebSocket
+    // upgrade (a GET) is authorized as on API servers before 1.31.
+    Rights {
+        scope: Scope::Watched,
+        group: "",
+        resources: &["pods/exec"],
+        verbs: &["create", "get"],
+        names: &[],
+    },
     Rights {
         scope: Scope::Watched,
         group: "",

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod denials;
 pub mod discover;
+pub mod exec;
 pub mod grant_use;
 pub mod index;
 pub mod isolation;
@@ -29,6 +30,7 @@ use auth::Authenticator;
 use broker::{BrokerService, Recording};
 use denials::{DenialEvents, SessionEvents};
 use discover::DiscoverPolicy;
+use exec::Executor;
 use grant_use::GrantUses;
 use isolation::IsolationRecorder;
 use policy_service::PolicyService;
@@ -62,6 +64,8 @@ pub struct Settings {
     pub reflection: bool,
     /// Where refusals are counted.
     pub refusal_metrics: RefusalMetrics,
+    /// What runs `exec_command` in session pods; none: the tool fails.
+    pub exec: Option<Executor>,
 }
 
 /// The open elevation requests a session may have by default.
@@ -85,6 +89,7 @@ impl Default for Settings {
             timeout: DEFAULT_TIMEOUT,
             reflection: false,
             refusal_metrics: RefusalMetrics::default(),
+            exec: None,
         }
     }
 }
@@ -154,20 +159,23 @@ where
             refusals.clone(),
             shutdown.clone(),
         )))
-        .add_service(BrokerServer::new(BrokerService::new(
-            discover.clone(),
-            authenticator.clone(),
-            Recording {
-                store: audit.store.clone(),
-                metrics: audit.metrics.clone(),
-                denials: denials.clone(),
-                uses: uses.clone(),
-                refusals: refusals.clone(),
-            },
-            writer,
-            settings.max_open_elevations,
-            shutdown.clone(),
-        )))
+        .add_service(BrokerServer::new(
+            BrokerService::new(
+                discover.clone(),
+                authenticator.clone(),
+                Recording {
+                    store: audit.store.clone(),
+                    metrics: audit.metrics.clone(),
+                    denials: denials.clone(),
+                    uses: uses.clone(),
+                    refusals: refusals.clone(),
+                },
+                writer,
+                settings.max_open_elevations,
+                shutdown.clone(),
+            )
+            .running_commands_with(settings.exec),
+        ))
         .add_service(AuditServer::new(AuditService::new(
             audit.store,
             discover,

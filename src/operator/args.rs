@@ -69,6 +69,10 @@ pub struct ControllerArgs {
     /// open at once; an identical request is answered with the open one.
     #[arg(long, env = "WOPR_MAX_OPEN_ELEVATIONS", default_value_t = 3)]
     pub max_open_elevations: u32,
+    /// The most bytes of each of stdout and stderr an `exec_command`
+    /// returns; the rest is read and dropped, and the answer says so.
+    #[arg(long, env = "WOPR_EXEC_MAX_OUTPUT_BYTES", default_value_t = crate::controlplane::exec::DEFAULT_MAX_OUTPUT_BYTES, value_parser = clap::value_parser!(usize))]
+    pub exec_max_output_bytes: usize,
     /// Namespace the controller runs in (its control-plane pods are there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "wopr-system")]
     pub operator_namespace: String,

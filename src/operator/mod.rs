@@ -164,6 +164,10 @@ pub async fn run(
         max_open_elevations: args.max_open_elevations,
         reflection: args.control_plane_reflection,
         refusal_metrics: refusals,
+        exec: Some(controlplane::exec::Executor::new(
+            client.clone(),
+            args.exec_max_output_bytes,
+        )),
         ..controlplane::Settings::default()
     };
     let exporters = start_exporters(&args, &store, &export_metrics, &leadership, &shutdown)?;

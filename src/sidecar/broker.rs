@@ -1,7 +1,7 @@
 //! The sidecar's side of the Broker: the message tools (`sessions_send`,
 //! `sessions_list`, `sessions_history`, `inbox_ack`, `inbox_reply`) and
 //! the gateway tools (`gateway_forward`, `gateway_respond`,
-//! `gateway_queue`) as calls of the control plane's `Broker` for this
+//! `gateway_queue`) and `exec_command` as calls of the control plane's `Broker` for this
 //! session, over one channel that is opened on first use and again after a
 //! transport failure.
 
@@ -18,11 +18,11 @@ use super::engine::ToolError;
 use super::tools::Messenger;
 use crate::api::Capability;
 use crate::api::name_of;
-use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer, SpawnChild};
+use crate::policy::tools::arguments::{CommandRun, ForwardMessage, RequestAnswer, SpawnChild};
 use crate::proto::v1alpha1::broker_client::BrokerClient;
 use crate::proto::v1alpha1::{
-    AckRequest, ElevateRequest, ForwardRequest, HistoryRequest, ListRequest, QueueRequest,
-    ReplyRequest, RespondRequest, SendRequest, SpawnRequest,
+    AckRequest, ElevateRequest, ExecRequest, ExecResponse, ForwardRequest, HistoryRequest,
+    ListRequest, QueueRequest, ReplyRequest, RespondRequest, SendRequest, SpawnRequest,
 };
 
 /// This session's way to the broker.
@@ -46,6 +46,7 @@ fn tool_error(status: &tonic::Status) -> ToolError {
     match status.code() {
         Code::PermissionDenied
         | Code::NotFound
+        | Code::DeadlineExceeded
         | Code::InvalidArgument
         | Code::ResourceExhausted
         | Code::FailedPrecondition
@@ -302,6 +303,30 @@ impl Messenger for BrokerLink {
             "auditId": asked.audit_id,
             "next": "a person decides; the outcome arrives in your inbox",
         }))
+    }
+
+    async fn exec(&self, run: CommandRun) -> Result<ExecResponse, ToolError> {
+        let request = ExecRequest {
+            namespace: self.namespace(),
+            session: self.session(),
+            cwd: run.cwd().to_owned(),
+            timeout_seconds: run.timeout_seconds(),
+            command: run.command,
+            args: run.args,
+            stdin: run.stdin,
+        };
+        let mut ended = self
+            .call(request, |mut client, request| async move {
+                client.exec(request).await
+            })
+            .await?;
+        match ended.message().await {
+            Ok(Some(ended)) => Ok(ended),
+            Ok(None) => Err(ToolError::Failed(
+                "the control plane ended the command's stream without its end".into(),
+            )),
+            Err(status) => Err(tool_error(&status)),
+        }
     }
 
     async fn spawn(&self, child: SpawnChild) -> Result<Value, ToolError> {

@@ -448,7 +448,10 @@ impl ToolEngine {
         };
         let mut outcome = decision.outcome;
         let mut reason = match &result {
-            Ok(_) => decision.reason.to_string(),
+            Ok(answer) => match tools::summary(id, answer) {
+                Some(summary) => format!("{}; {summary}", decision.reason),
+                None => decision.reason.to_string(),
+            },
             // The server that acts refused it (http_fetch's SSRF guard):
             // denied, whatever the mode, for its reason.
             Err(ToolError::Refused(why)) => {

@@ -118,6 +118,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         control_plane_listen: control_plane_listen.parse().unwrap(),
         control_plane_reflection: false,
         max_open_elevations: 3,
+        exec_max_output_bytes: wopr_operator::controlplane::exec::DEFAULT_MAX_OUTPUT_BYTES,
         operator_namespace: "wopr-system".into(),
         watch_namespace: Some(namespace.into()),
         admin_address: "127.0.0.1:0".parse().unwrap(),
@@ -226,13 +227,31 @@ where
 /// A token for `account` from the TokenRequest API, audience wopr.dev: what
 /// the kubelet projects into a session pod.
 pub async fn token_of(client: &Client, namespace: &str, account: &str) -> String {
-    token_for_audiences(client, namespace, account, &["wopr.dev"]).await
+    token_for_audiences(client, namespace, account, &["wopr.dev"], None).await
+}
+
+/// [`token_of`], bound to the pod `name` (uid `uid`) as the kubelet's
+/// projected token is: its TokenReview names the pod.
+pub async fn pod_token_of(
+    client: &Client,
+    namespace: &str,
+    account: &str,
+    (name, uid): (&str, &str),
+) -> String {
+    use k8s_openapi::api::authentication::v1::BoundObjectReference;
+    let pod = BoundObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name.into()),
+        uid: Some(uid.into()),
+    };
+    token_for_audiences(client, namespace, account, &["wopr.dev"], Some(pod)).await
 }
 
 /// A token for `account` for the API server's own audience: the credential
 /// a person or a workload uses with kubectl.
 pub async fn api_token_of(client: &Client, namespace: &str, account: &str) -> String {
-    token_for_audiences(client, namespace, account, &[]).await
+    token_for_audiences(client, namespace, account, &[], None).await
 }
 
 async fn token_for_audiences(
@@ -240,6 +259,7 @@ async fn token_for_audiences(
     namespace: &str,
     account: &str,
     audiences: &[&str],
+    bound_object_ref: Option<k8s_openapi::api::authentication::v1::BoundObjectReference>,
 ) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
@@ -248,7 +268,7 @@ async fn token_for_audiences(
         spec: TokenRequestSpec {
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
             expiration_seconds: Some(600),
-            bound_object_ref: None,
+            bound_object_ref,
         },
         ..TokenRequest::default()
     };

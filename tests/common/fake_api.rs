@@ -16,6 +16,9 @@
 //! ([`FakeApi::forward`]): the `v4.channel.k8s.io` subprotocol, a data and
 //! an error channel per port, the first frame on each the port as two
 //! bytes little-endian, every frame after it prefixed by its channel.
+//! And `pods/exec` ([`FakeApi::script_exec`], in `exec`).
+
+mod exec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -32,6 +35,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use exec::{ExecCall, ExecReply};
 
 /// One request a client sent.
 #[derive(Clone, Debug)]
@@ -84,6 +90,8 @@ struct State {
     status_owners: HashMap<(String, String), BTreeSet<String>>,
     /// Where a port-forward to (pod path, port) is bridged to.
     forwards: HashMap<(String, u16), SocketAddr>,
+    /// What execs in pods answer.
+    exec: Option<exec::ExecScript>,
 }
 
 /// The fake API server's state, shared with the test.
@@ -757,6 +765,9 @@ async fn serve_http(
         request.uri().clone(),
         request.headers().clone(),
     );
+    if uri.path().ends_with("/exec") {
+        return api.exec(request).await;
+    }
     if uri.path().ends_with("/portforward") {
         return match api.port_forward(&method, &uri, &headers) {
             Forward::Upgrade(pod, ports) => upgrade(api, request, pod, ports[0]),

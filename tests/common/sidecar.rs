@@ -197,6 +197,16 @@ impl ControlPlane {
         settings: Settings,
         transport: Transport,
     ) -> ControlPlane {
+        ControlPlane::start_on(FakeApi::default(), sessions, settings, transport).await
+    }
+
+    /// [`ControlPlane::start_serving`], its API server `api`.
+    pub async fn start_on(
+        api: FakeApi,
+        sessions: &[&str],
+        settings: Settings,
+        transport: Transport,
+    ) -> ControlPlane {
         let (session_store, session_writer) = reflector::store();
         let (policy_store, policies) = reflector::store();
         let (grant_store, grants) = reflector::store();
@@ -234,7 +244,7 @@ impl ControlPlane {
         let store = Store::open(&store_url).await.unwrap();
         let events = Arc::new(MemoryEvents::default());
         let audit_metrics = AuditMetrics::default();
-        let (client, api) = FakeApi::start();
+        let client = api.client();
         let mut controller_registry = prometheus_client::registry::Registry::default();
         let controller_metrics =
             wopr_operator::controller::metrics::Metrics::new(&mut controller_registry);

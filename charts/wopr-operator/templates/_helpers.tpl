@@ -125,6 +125,12 @@ these rules are exactly what the code needs.
 - apiGroups: [""]
   resources: [pods/status]
   verbs: [patch]
+# The control plane runs exec_command in the caller's own agent container:
+# create on pods/exec, and get, which the WebSocket upgrade (a GET) is
+# authorized as on some API server versions. Not attach, not portforward.
+- apiGroups: [""]
+  resources: [pods/exec]
+  verbs: [create, get]
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, list, watch, create, patch]

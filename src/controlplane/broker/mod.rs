@@ -13,10 +13,11 @@
 //! (`BrokerService::sidecar`: names, caller, context, tool), the
 //! refusals and records of a `Call`, and a one-line delegation per RPC.
 //! The handlers live by job: `messages` (send, inbox, ack, list, history),
-//! `forwards` (forward, reply, respond, queue), `elevate`, `spawn` and
-//! `inject`.
+//! `forwards` (forward, reply, respond, queue), `elevate`, `spawn`, `exec`
+//! and `inject`.
 
 mod elevate;
+mod exec;
 mod forwards;
 mod inject;
 mod messages;
@@ -36,6 +37,7 @@ use super::audit::{AuditMetrics, DecisionLabels};
 use super::auth::{Authenticator, Identity, authorize};
 use super::denials::DenialEvents;
 use super::discover::{DiscoverPolicy, NoContext};
+use super::exec::Executor;
 use super::grant_use::GrantUses;
 use super::refusals::{Refusals, Trail};
 use super::writes::ClusterWriter;
@@ -48,10 +50,10 @@ use crate::policy::{
 use crate::proto::v1alpha1::broker_server::Broker;
 use crate::proto::v1alpha1::{
     AckRequest, AckResponse, AnswerRequest, AnswerResponse, ElevateRequest, ElevateResponse,
-    ForwardRequest, ForwardResponse, HistoryRequest, HistoryResponse, InboxRequest, InjectRequest,
-    InjectResponse, ListRequest, ListResponse, QueueRequest, QueueResponse, ReplyRequest,
-    ReplyResponse, RespondRequest, RespondResponse, SendRequest, SendResponse, SpawnRequest,
-    SpawnResponse,
+    ExecRequest, ForwardRequest, ForwardResponse, HistoryRequest, HistoryResponse, InboxRequest,
+    InjectRequest, InjectResponse, ListRequest, ListResponse, QueueRequest, QueueResponse,
+    ReplyRequest, ReplyResponse, RespondRequest, RespondResponse, SendRequest, SendResponse,
+    SpawnRequest, SpawnResponse,
 };
 use crate::shutdown::Shutdown;
 use crate::store::{InboxError, RequestError, Store, StoreError};
@@ -104,6 +106,8 @@ pub struct BrokerService<D, A> {
     /// The most elevation requests a session may have open.
     max_open_elevations: u32,
     arrivals: Arc<Arrivals>,
+    /// What runs `exec_command`; without it, the tool fails.
+    executor: Option<Executor>,
     shutdown: Shutdown,
 }
 
@@ -127,8 +131,16 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
             writer,
             max_open_elevations,
             arrivals: Arc::default(),
+            executor: None,
             shutdown,
         }
+    }
+
+    /// The service, running `exec_command` with `executor` (none: the
+    /// tool fails, naming why).
+    #[must_use]
+    pub fn running_commands_with(self, executor: Option<Executor>) -> Self {
+        BrokerService { executor, ..self }
     }
 
     /// The caller, if it is the sidecar of `namespace/session` (its token
@@ -184,13 +196,14 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
                 (target, tool.0)
             }
         };
-        self.caller(metadata, namespace, session).await?;
+        let identity = self.caller(metadata, namespace, session).await?;
         let caller = self
             .discover
             .context(namespace, session)
             .map_err(|why| Status::permission_denied(format!("no policy for the caller: {why}")))?;
         Ok(Call {
             broker: self,
+            identity,
             caller,
             tool,
             recipient: recipient.to_owned(),
@@ -246,16 +259,16 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
     /// Stores `event`, counts it and publishes the Event a denial calls
     /// for; its id.
     async fn audit(&self, event: AuditEvent) -> Result<String, StoreError> {
-        let labels = DecisionLabels {
-            r#type: name_of(&event.event_type),
-            decision: name_of(&event.decision),
-        };
-        let id = event.id.clone();
-        let events = [event];
-        self.store.insert_events(&events).await?;
-        self.metrics.broker_decisions.get_or_create(&labels).inc();
-        self.denials.observe(&events);
-        Ok(id)
+        self.trail().audit(event).await
+    }
+
+    /// Where its events go, for a task that outlives the call's borrow.
+    fn trail(&self) -> Recorder {
+        Recorder {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            denials: self.denials.clone(),
+        }
     }
 
     /// Records a refusal (best effort: the refusal has been answered).
@@ -271,6 +284,30 @@ impl<D: DiscoverPolicy, A: Authenticator> BrokerService<D, A> {
         self.audit(event)
             .await
             .map_err(|error| Status::unavailable(format!("cannot record the {what}: {error}")))
+    }
+}
+
+/// The store, the metrics and the Events of the broker's decisions.
+struct Recorder {
+    store: Store,
+    metrics: AuditMetrics,
+    denials: DenialEvents,
+}
+
+impl Recorder {
+    /// Stores `event`, counts it and publishes the Event a denial calls
+    /// for; its id.
+    async fn audit(&self, event: AuditEvent) -> Result<String, StoreError> {
+        let labels = DecisionLabels {
+            r#type: name_of(&event.event_type),
+            decision: name_of(&event.decision),
+        };
+        let id = event.id.clone();
+        let events = [event];
+        self.store.insert_events(&events).await?;
+        self.metrics.broker_decisions.get_or_create(&labels).inc();
+        self.denials.observe(&events);
+        Ok(id)
     }
 }
 
@@ -291,6 +328,8 @@ enum Target<'r> {
 /// where its refusals are audited.
 struct Call<'b, D, A> {
     broker: &'b BrokerService<D, A>,
+    /// Who calls, as its token says (its pod, for `exec_command`).
+    identity: Identity,
     /// The caller's effective context, fresh.
     caller: EffectiveContext,
     /// The event type and tool the call's events name.
@@ -513,6 +552,15 @@ impl<D: DiscoverPolicy, A: Authenticator> Broker for BrokerService<D, A> {
         request: Request<SpawnRequest>,
     ) -> Result<Response<SpawnResponse>, Status> {
         self.spawn_child(request).await
+    }
+
+    type ExecStream = exec::Ended;
+
+    async fn exec(
+        &self,
+        request: Request<ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        self.run_command(request).await
     }
 
     async fn inject(

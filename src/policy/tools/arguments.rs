@@ -338,8 +338,6 @@ impl CommandRun {
 }
 
 impl Arguments for CommandRun {
-    const IMPLEMENTED: bool = false;
-
     fn validate(&self) -> Result<(), String> {
         if self.command.is_empty() {
             return Err("command is empty".into());
@@ -472,6 +470,7 @@ mod tests {
                 "sessions_send",
                 "sessions_spawn",
                 "http_fetch",
+                "exec_command",
                 "memory_read",
                 "memory_write",
                 "config_get",

@@ -1,7 +1,7 @@
 //! The tools' handlers, one file per family of the registry
 //! ([`crate::policy::tools`]): `security_*`, `memory_*`, `config_*`,
-//! `sessions_*`, `inbox_*`, `gateway_*` and `http_fetch` (made by the
-//! egress service). A call reaches [`run`] decided,
+//! `sessions_*`, `inbox_*`, `gateway_*`, `http_fetch` (made by the
+//! egress service) and `exec_command` (run by the control plane). A call reaches [`run`] decided,
 //! parsed and rate-limited, and the engine audits what it answers: a
 //! handler only does its tool's work.
 //!
@@ -11,6 +11,7 @@
 //! its arm in [`run`], which the exhaustive match asks for.
 
 mod config;
+mod exec;
 mod gateway;
 mod http;
 mod inbox;
@@ -31,8 +32,11 @@ use super::policy_state::Served;
 use super::workspace::Workspace;
 use crate::api::Capability;
 use crate::audit::FetchRecord;
-use crate::policy::ToolCall;
-use crate::policy::tools::arguments::{ForwardMessage, RequestAnswer, SpawnChild, Unimplemented};
+use crate::policy::tools::arguments::{
+    CommandRun, ForwardMessage, RequestAnswer, SpawnChild, Unimplemented,
+};
+use crate::policy::{ToolCall, ToolId};
+use crate::proto::v1alpha1::ExecResponse;
 
 /// Sends messages to other sessions, and acknowledges this session's,
 /// through the control plane's broker.
@@ -66,6 +70,11 @@ pub trait Messenger: Send + Sync {
 
     /// Creates a child session (`sessions_spawn`).
     async fn spawn(&self, child: SpawnChild) -> Result<Value, ToolError>;
+
+    /// Runs `run` in this session's own agent container, by the control
+    /// plane (`exec_command`): the command's end as the control plane
+    /// answered it.
+    async fn exec(&self, run: CommandRun) -> Result<ExecResponse, ToolError>;
 
     /// Asks a person for more capabilities for `duration` (`security_request`).
     async fn elevate(
@@ -107,6 +116,15 @@ impl Scope<'_> {
     }
 }
 
+/// What the audit event of a call of `tool` that answered `answer` adds
+/// to its reason (`exec_command`: the exit code, truncation, duration).
+pub fn summary(tool: ToolId, answer: &Value) -> Option<String> {
+    match tool {
+        ToolId::ExecCommand => Some(exec::summary(answer)),
+        _ => None,
+    }
+}
+
 /// Runs a parsed call: one arm per tool of the registry, each its
 /// family's handler.
 pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Ran {
@@ -128,10 +146,11 @@ pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Ran {
         ToolCall::GatewayForward(forward) => gateway::forward(scope, forward).await,
         ToolCall::GatewayRespond(answer) => gateway::respond(scope, answer).await,
         ToolCall::GatewayQueue(_) => gateway::queue(scope).await,
+        ToolCall::ExecCommand(run) => exec::run(scope, run).await,
         // Not run by this version: never listed, refused like unknown tools.
-        ToolCall::ExecCommand(_) | ToolCall::ConfigSet(Unimplemented {}) => Err(
-            ToolError::NotAvailable("not implemented by this sidecar".into()),
-        ),
+        ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
+            "not implemented by this sidecar".into(),
+        )),
     };
     Ran {
         result,

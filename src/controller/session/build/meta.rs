@@ -9,8 +9,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::{Session, TrustLevel};
 use crate::contract::child_name;
 
-/// Label naming the Session a child belongs to.
-pub const SESSION_LABEL: &str = "wopr.dev/session";
+pub use crate::contract::SESSION_LABEL;
 /// Label carrying the Session's trust level.
 pub const TRUST_LEVEL_LABEL: &str = "wopr.dev/trust-level";
 /// Annotation with the hash of the pod as built; a different hash means the
