@@ -673,6 +673,65 @@ async fn the_token_review_is_granted() {
     assert_granted(&api.take_requests(), &granted(&install_yaml()));
 }
 
+/// `exec_command`'s requests: the read of the caller's pod and the exec
+/// (a WebSocket GET, which newer API servers authorize as `create`).
+#[tokio::test]
+async fn the_exec_requests_are_granted() {
+    use wopr_operator::controlplane::exec::Executor;
+    let api = FakeApi::default();
+    let address = api.serve_http().await;
+    let mut session = session("coder", TrustLevel::Trusted);
+    session.status = Some(wopr_operator::api::SessionStatus {
+        pod_name: Some("wopr-coder".into()),
+        ..Default::default()
+    });
+    api.insert(
+        &pod_path("coder"),
+        serde_json::to_value(pod_of(&session)).unwrap(),
+    );
+    api.script_exec(|_| common::fake_api::ExecReply::exited(0, b"", b""));
+    let config = kube::Config::new(format!("http://{address}").parse().unwrap());
+    let executor = Executor::new(kube::Client::try_from(config).unwrap(), 1024);
+    executor
+        .session_pod(NAMESPACE, "wopr-coder", &session)
+        .await
+        .unwrap();
+    let run = wopr_operator::policy::tools::arguments::CommandRun {
+        command: "true".into(),
+        args: Vec::new(),
+        cwd: None,
+        timeout: None,
+        stdin: None,
+    };
+    executor.run(NAMESPACE, "wopr-coder", &run).await.unwrap();
+    let granted = granted(&install_yaml());
+    let requests = api.take_requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_granted(&requests, &granted);
+    let create = (
+        Scope::Cluster,
+        String::new(),
+        "pods/exec".into(),
+        "create".into(),
+        ANY.into(),
+    );
+    assert!(granted.contains(&create));
+    for (resource, verb) in [
+        ("pods/attach", "create"),
+        ("pods/attach", "get"),
+        ("pods/portforward", "create"),
+    ] {
+        let right = (
+            Scope::Cluster,
+            String::new(),
+            resource.into(),
+            verb.into(),
+            ANY.into(),
+        );
+        assert!(!granted.contains(&right), "the controller holds {right:?}");
+    }
+}
+
 /// Whether `subject` (a ServiceAccount `namespace/name`) may `verb`
 /// Secrets in `namespace`, by the chart's roles and `extra` bindings:
 /// RBAC's rules (a ClusterRoleBinding grants everywhere, a RoleBinding in
