@@ -101,6 +101,7 @@ async fn the_tool_list_matches_the_policy_of_each_trust_level() {
                 "sessions_history",
                 "sessions_send",
                 "sessions_spawn",
+                "http_fetch",
                 "exec_command",
                 "memory_read",
                 "memory_write",
