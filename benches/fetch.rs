@@ -21,20 +21,14 @@ use tokio::runtime::Runtime;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::egress::{Egress, StaticKeys};
-use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, token_for};
-use wopr_operator::api::{ArgumentRules, HostRules, ToolRules, TrustLevel};
-use wopr_operator::egress::service::Settings;
-use wopr_operator::egress::sessions;
+use common::stack::FetchingAgent;
 use wopr_operator::proto::v1alpha1::CallToolRequest;
 
 const SESSION: &str = "bench";
 
 /// The session's sidecar, the egress service, and the page's URL.
 struct Setup {
-    _control_plane: ControlPlane,
-    _egress: Egress,
-    sidecar: Sidecar,
+    agent: FetchingAgent,
     url: String,
 }
 
@@ -43,41 +37,8 @@ async fn setup() -> Setup {
     let url = format!("http://{}/hello", listener.local_addr().unwrap());
     let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let mut control_plane = ControlPlane::start(&[SESSION]).await;
-    let mut session = common::session(SESSION, TrustLevel::Owner);
-    session.spec.tools = Some(ToolRules {
-        rules: Some(ArgumentRules {
-            http_fetch: Some(HostRules {
-                allow_hosts: Some(vec!["127.0.0.2".into()]),
-                deny_hosts: Vec::new(),
-            }),
-            ..ArgumentRules::default()
-        }),
-        ..ToolRules::default()
-    });
-    control_plane.put_session(session);
-    let egress = Egress::start_for(
-        sessions::ControlPlane {
-            address: control_plane.address.to_string(),
-            tls: common::tls::client_tls(),
-        },
-        StaticKeys::default(),
-        Settings::default(),
-    )
-    .await;
-    let options = SidecarOptions {
-        egress: Some(egress.address.to_string()),
-        ..SidecarOptions::in_memory()
-    };
-    let address = control_plane.address.to_string();
-    let sidecar = Sidecar::start_with(&address, SESSION, &token_for(SESSION), options).await;
-    sidecar.wait_for_policy(|policy| policy.is_some()).await;
-    Setup {
-        _control_plane: control_plane,
-        _egress: egress,
-        sidecar,
-        url,
-    }
+    let agent = FetchingAgent::start(SESSION, &["127.0.0.2"]).await;
+    Setup { agent, url }
 }
 
 fn benches(c: &mut Criterion) {
@@ -85,7 +46,7 @@ fn benches(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let setup = runtime.block_on(setup());
     let client = reqwest::Client::new();
-    let mut tools = runtime.block_on(setup.sidecar.tools());
+    let mut tools = runtime.block_on(setup.agent.sidecar.tools());
     let request = CallToolRequest {
         name: "http_fetch".into(),
         arguments_json: json!({ "url": setup.url }).to_string(),
@@ -108,7 +69,7 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
     // The sidecar audits every call in memory: drop what piled up.
-    setup.sidecar.audit.take();
+    setup.agent.sidecar.audit.take();
 }
 
 criterion_group! {

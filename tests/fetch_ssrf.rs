@@ -1007,12 +1007,12 @@ mod property {
 /// audit event with the fetch's figures.
 mod through_the_sidecar {
     use serde_json::json;
-    use wopr_operator::api::{ArgumentRules, Enforcement, HostRules, ToolRules, TrustLevel};
-    use wopr_operator::egress::sessions;
+    use wopr_operator::api::Enforcement;
     use wopr_operator::proto::v1alpha1::CallToolRequest;
 
     use super::*;
-    use common::sidecar::{ControlPlane, Sidecar, SidecarOptions, token_for};
+    use common::sidecar::Sidecar;
+    use common::stack::FetchingAgent;
 
     async fn call(sidecar: &Sidecar, arguments: Value) -> Result<Value, tonic::Status> {
         let request = CallToolRequest {
@@ -1026,35 +1026,11 @@ mod through_the_sidecar {
     #[tokio::test]
     async fn an_agents_fetch_is_made_by_the_egress_service_and_audited_with_its_figures() {
         let (web, trap) = servers().await;
-        let mut control_plane = ControlPlane::start(&[SESSION]).await;
-        let mut session = common::session(SESSION, TrustLevel::Owner);
-        session.spec.tools = Some(ToolRules {
-            rules: Some(ArgumentRules {
-                http_fetch: Some(HostRules {
-                    allow_hosts: Some(vec![ALLOWED.into(), "localhost".into()]),
-                    deny_hosts: Vec::new(),
-                }),
-                ..ArgumentRules::default()
-            }),
-            ..ToolRules::default()
-        });
-        control_plane.put_session(session);
-        let egress = Egress::start_for(
-            sessions::ControlPlane {
-                address: control_plane.address.to_string(),
-                tls: common::tls::client_tls(),
-            },
-            StaticKeys::default(),
-            Settings::default(),
-        )
-        .await;
-        let options = SidecarOptions {
-            egress: Some(egress.address.to_string()),
-            ..SidecarOptions::in_memory()
-        };
-        let address = control_plane.address.to_string();
-        let sidecar = Sidecar::start_with(&address, SESSION, &token_for(SESSION), options).await;
-        sidecar.wait_for_policy(|policy| policy.is_some()).await;
+        let FetchingAgent {
+            mut control_plane,
+            egress: _egress,
+            sidecar,
+        } = FetchingAgent::start(SESSION, &[ALLOWED, "localhost"]).await;
 
         let hello = call(&sidecar, json!({"url": web.url("/hello")}))
             .await

@@ -1,12 +1,13 @@
 //! The whole model path with fake providers only: the real control plane,
 //! a real egress service over TLS learning each session's policy from it,
 //! and the session's real sidecar relaying to it (tests/models_stack.rs,
-//! benches/egress.rs).
+//! benches/egress.rs); and the same for `http_fetch` ([`FetchingAgent`]:
+//! tests/fetch_ssrf.rs, benches/fetch.rs).
 
 use std::time::Duration;
 
 use serde_json::json;
-use wopr_operator::api::{Provider, TrustLevel};
+use wopr_operator::api::{ArgumentRules, HostRules, Provider, ToolRules, TrustLevel};
 use wopr_operator::audit::{AuditEvent, EventType};
 use wopr_operator::egress::service::Settings;
 use wopr_operator::egress::sessions;
@@ -115,4 +116,53 @@ pub fn policy(
         spec["trustLevels"] = json!({"trusted": {"providers": providers}});
     }
     security_policy(spec)
+}
+
+/// An owner session allowed to fetch from `allow_hosts`, served by the real
+/// control plane; the egress service learning its policy from it; and the
+/// session's sidecar relaying `http_fetch` to it.
+pub struct FetchingAgent {
+    pub control_plane: ControlPlane,
+    pub egress: Egress,
+    pub sidecar: Sidecar,
+}
+
+impl FetchingAgent {
+    pub async fn start(session_name: &str, allow_hosts: &[&str]) -> FetchingAgent {
+        let mut control_plane = ControlPlane::start(&[session_name]).await;
+        let mut session = session(session_name, TrustLevel::Owner);
+        session.spec.tools = Some(ToolRules {
+            rules: Some(ArgumentRules {
+                http_fetch: Some(HostRules {
+                    allow_hosts: Some(allow_hosts.iter().map(|host| host.to_string()).collect()),
+                    deny_hosts: Vec::new(),
+                }),
+                ..ArgumentRules::default()
+            }),
+            ..ToolRules::default()
+        });
+        control_plane.put_session(session);
+        let egress = Egress::start_for(
+            sessions::ControlPlane {
+                address: control_plane.address.to_string(),
+                tls: tls::client_tls(),
+            },
+            StaticKeys::default(),
+            Settings::default(),
+        )
+        .await;
+        let options = SidecarOptions {
+            egress: Some(egress.address.to_string()),
+            ..SidecarOptions::in_memory()
+        };
+        let address = control_plane.address.to_string();
+        let sidecar =
+            Sidecar::start_with(&address, session_name, &token_for(session_name), options).await;
+        sidecar.wait_for_policy(|policy| policy.is_some()).await;
+        FetchingAgent {
+            control_plane,
+            egress,
+            sidecar,
+        }
+    }
 }
