@@ -257,7 +257,8 @@ impl ToolEngine {
         let denial = match &result {
             Err(ToolError::NotAvailable(_)) => Some(event.reason.clone()),
             Err(ToolError::InvalidArguments(_)) => Some("invalid arguments".to_owned()),
-            Err(ToolError::Refused(_)) => Some("refused by tools.rules".to_owned()),
+            // A rule or the server that acts (the SSRF guard) refused its arguments.
+            Err(ToolError::Refused(_)) => Some("refused for its arguments".to_owned()),
             Err(ToolError::RateLimited(_)) => Some("rate limit exceeded".to_owned()),
             Ok(_) | Err(ToolError::Failed(_)) => None,
         };
