@@ -404,6 +404,7 @@ impl ToolEngine {
         };
         let mut warned = None;
         let mut fetch = None;
+        let mut summary = None;
         let result = match ToolCall::parse(id, arguments.clone()) {
             Err(error) => Err(ToolError::InvalidArguments(error)),
             Ok(call) => {
@@ -444,12 +445,13 @@ impl ToolEngine {
                 };
                 let ran = tools::run(call, &scope).await;
                 fetch = ran.fetch;
+                summary = ran.summary;
                 ran.result
             }
         };
         let mut outcome = decision.outcome;
         let mut reason = match &result {
-            Ok(answer) => match tools::summary(id, answer) {
+            Ok(_) => match summary {
                 Some(summary) => format!("{}; {summary}", decision.reason),
                 None => decision.reason.to_string(),
             },

@@ -7,15 +7,27 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::Scope;
+use super::{Ran, Scope};
 use crate::policy::tools::arguments::CommandRun;
 use crate::proto::v1alpha1::ExecResponse;
-use crate::sidecar::engine::ToolError;
 
 /// `exec_command`.
-pub async fn run(scope: &Scope<'_>, run: CommandRun) -> Result<Value, ToolError> {
-    let ended = scope.messenger()?.exec(run).await?;
-    Ok(answer(ended))
+pub async fn run(scope: &Scope<'_>, run: CommandRun) -> Ran {
+    let messenger = match scope.messenger() {
+        Ok(messenger) => messenger,
+        Err(error) => return Ran::from(Err(error)),
+    };
+    match messenger.exec(run).await {
+        Ok(ended) => {
+            let answer = answer(ended);
+            Ran {
+                summary: Some(summary(&answer)),
+                result: Ok(answer),
+                fetch: None,
+            }
+        }
+        Err(error) => Ran::from(Err(error)),
+    }
 }
 
 /// The agent's answer for a command's end.
@@ -46,7 +58,7 @@ pub fn answer(ended: ExecResponse) -> Value {
 
 /// The words of an answer for the sidecar's audit event: exit code,
 /// timeout, truncation, duration (never the output).
-pub fn summary(answer: &Value) -> String {
+fn summary(answer: &Value) -> String {
     let mut words = format!("exit {} in {} ms", answer["exitCode"], answer["durationMs"]);
     for (flag, said) in [
         ("timedOut", "killed at its timeout"),

@@ -39,6 +39,7 @@ pub async fn fetch(scope: &Scope<'_>, request: FetchRequest) -> Ran {
     Ran {
         result,
         fetch: Some(FetchRecord::of(&call, &reply)),
+        summary: None,
     }
 }
 

@@ -32,10 +32,10 @@ use super::policy_state::Served;
 use super::workspace::Workspace;
 use crate::api::Capability;
 use crate::audit::FetchRecord;
+use crate::policy::ToolCall;
 use crate::policy::tools::arguments::{
     CommandRun, ForwardMessage, RequestAnswer, SpawnChild, Unimplemented,
 };
-use crate::policy::{ToolCall, ToolId};
 use crate::proto::v1alpha1::ExecResponse;
 
 /// Sends messages to other sessions, and acknowledges this session's,
@@ -101,11 +101,24 @@ pub struct Scope<'a> {
     pub egress: Option<&'a Egress>,
 }
 
-/// What a call came to: its result, and the figures its audit event
-/// records besides the decision (`http_fetch`'s).
+/// What a call came to: its result, and what its audit event records
+/// besides the decision: `http_fetch`'s figures, or words its reason adds
+/// (`exec_command`: the exit code, truncation, duration).
 pub struct Ran {
     pub result: Result<Value, ToolError>,
     pub fetch: Option<FetchRecord>,
+    pub summary: Option<String>,
+}
+
+impl From<Result<Value, ToolError>> for Ran {
+    /// A call whose event records nothing besides the decision.
+    fn from(result: Result<Value, ToolError>) -> Ran {
+        Ran {
+            result,
+            fetch: None,
+            summary: None,
+        }
+    }
 }
 
 impl Scope<'_> {
@@ -113,15 +126,6 @@ impl Scope<'_> {
     fn messenger(&self) -> Result<&dyn Messenger, ToolError> {
         self.messenger
             .ok_or_else(|| ToolError::Failed("no connection to the control plane's broker".into()))
-    }
-}
-
-/// What the audit event of a call of `tool` that answered `answer` adds
-/// to its reason (`exec_command`: the exit code, truncation, duration).
-pub fn summary(tool: ToolId, answer: &Value) -> Option<String> {
-    match tool {
-        ToolId::ExecCommand => Some(exec::summary(answer)),
-        _ => None,
     }
 }
 
@@ -146,14 +150,11 @@ pub async fn run(call: ToolCall, scope: &Scope<'_>) -> Ran {
         ToolCall::GatewayForward(forward) => gateway::forward(scope, forward).await,
         ToolCall::GatewayRespond(answer) => gateway::respond(scope, answer).await,
         ToolCall::GatewayQueue(_) => gateway::queue(scope).await,
-        ToolCall::ExecCommand(run) => exec::run(scope, run).await,
+        ToolCall::ExecCommand(run) => return exec::run(scope, run).await,
         // Not run by this version: never listed, refused like unknown tools.
         ToolCall::ConfigSet(Unimplemented {}) => Err(ToolError::NotAvailable(
             "not implemented by this sidecar".into(),
         )),
     };
-    Ran {
-        result,
-        fetch: None,
-    }
+    Ran::from(result)
 }
