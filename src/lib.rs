@@ -47,6 +47,7 @@ pub mod inbox;
 pub mod logging;
 pub mod openmetrics;
 pub mod operator;
+pub mod p2p;
 pub mod policy;
 pub mod proto;
 pub mod shutdown;
