@@ -339,7 +339,7 @@ fn read_queued(row: &AnyRow, namespace: &str, session: &str) -> Result<Queued, S
 
 /// Locks the head of `namespace/session`'s inbox (creating it) and returns
 /// its last position.
-async fn lock_head(
+pub(super) async fn lock_head(
     transaction: &mut Transaction<'_, Any>,
     namespace: &str,
     session: &str,

@@ -11,6 +11,7 @@ mod elevations;
 mod export;
 mod forwards;
 mod inbox;
+mod peers;
 mod spawns;
 
 use std::str::FromStr;
@@ -27,6 +28,7 @@ pub use elevations::{Elevation, ElevationState, Opened};
 pub use export::Chained;
 pub use forwards::{Forward, ForwardState, GatewaySummary, RequestError, new_request_id};
 pub use inbox::{Enqueued, InboxError, InboxLimits, MAX_READ, Queued};
+pub use peers::{Attempt, Claim, MAX_NONCES_PER_PEER, NONCE_KEPT, PeerLimit, PeerRefusal};
 pub use spawns::{Reservation, UNSEEN_FOR};
 
 /// Which database a URL names.
@@ -79,6 +81,8 @@ pub enum StoreError {
     Inbox(#[from] InboxError),
     #[error(transparent)]
     Request(#[from] RequestError),
+    #[error(transparent)]
+    Peer(#[from] PeerRefusal),
 }
 
 /// The operator's database.
@@ -239,6 +243,15 @@ impl Store {
                 Ok(deleted) => tracing::info!(deleted, "retention deleted acknowledged messages"),
                 Err(error) => {
                     tracing::error!(%error, "inbox retention failed; retrying in an hour")
+                }
+            }
+            match self.prune_peers(Timestamp::now()).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(deleted, "retention deleted the peer ingress's old counts")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "peer retention failed; retrying in an hour")
                 }
             }
             match self.prune_requests(cut_off).await {
