@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/wopr/v1alpha1/broker.proto",
         "proto/wopr/v1alpha1/models.proto",
         "proto/wopr/v1alpha1/fetch.proto",
+        "proto/wopr/v1alpha1/peers.proto",
     ];
     let descriptors = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -452,6 +452,10 @@ impl Authenticator for Slow {
     ) -> Result<String, AuthError> {
         Err(AuthError::Refused("no".into()))
     }
+
+    async fn may_grant(&self, _: &str, _: &str, _: TrustLevel) -> Result<String, AuthError> {
+        Err(AuthError::Refused("no".into()))
+    }
 }
 
 /// A control plane checking tokens with `authenticator`, with no

@@ -42,6 +42,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("inbox", 2),
     ("logging", 2),
     ("openmetrics", 2),
+    ("p2p", 2),
     ("shutdown", 2),
     ("store", 2),
     ("tls", 2),

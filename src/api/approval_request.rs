@@ -44,6 +44,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
         .message("a forward request needs gateway and target"),
     validation = Rule::new("self.type != 'elevation' || (has(self.requestedCapabilities) && size(self.requestedCapabilities) > 0 && has(self.duration))")
         .message("an elevation request needs requestedCapabilities and duration"),
+    validation = Rule::new("self.type != 'peer' || has(self.target)")
+        .message("a peer request needs target"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalRequestSpec {
@@ -88,6 +90,10 @@ pub enum ApprovalType {
     Forward,
     /// More capabilities for a session.
     Elevation,
+    /// A peer without a Grant that asked to reach a session
+    /// (`p2p.autoAccept: false`): approving it grants the peer `inject`
+    /// towards that session.
+    Peer,
 }
 
 /// Observed state of an ApprovalRequest.

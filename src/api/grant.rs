@@ -168,6 +168,22 @@ pub struct PreviousKey {
     pub public_key: String,
     /// When the peer rotated away from it (RFC 3339).
     pub rotated_at: Time,
+    /// Why: `scheduled` and `upgrade` keep the old key working for the
+    /// grace period; after `compromise` it works no more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RotationReason>,
+}
+
+/// Why a peer rotated its key (WOPR's reasons).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationReason {
+    /// A routine rotation.
+    Scheduled,
+    /// The old key may be known to someone else: refused at once.
+    Compromise,
+    /// A change of key type or strength.
+    Upgrade,
 }
 
 /// Observed state of a Grant. The controller writes `state` and

@@ -132,6 +132,68 @@ pub fn elevation_grant(elevation: &Elevation) -> Grant {
     }
 }
 
+/// How long a peer's request to be accepted waits for a person.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The ApprovalRequest of a peer without a Grant that sent `session` a
+/// message while `p2p.autoAccept` is off: one per peer and session (named
+/// by a digest of both, so the peer's next messages file it again as the
+/// same request), expiring after [`PEER_TIMEOUT`].
+pub fn peer_approval(
+    namespace: &str,
+    session: &str,
+    source: SourceRef,
+    reason: String,
+    now: Timestamp,
+) -> ApprovalRequest {
+    let digest = crate::policy::stable_hash(&[namespace, session, &source.identity]);
+    let name = format!("peer-{digest}");
+    let labels = [(TARGET_LABEL, session)];
+    let expires =
+        now + k8s_openapi::jiff::SignedDuration::try_from(PEER_TIMEOUT).expect("a day fits");
+    ApprovalRequest {
+        metadata: managed_meta(&name, namespace, &labels),
+        spec: ApprovalRequestSpec {
+            request_type: ApprovalType::Peer,
+            gateway: None,
+            source,
+            target: Some(session.to_owned()),
+            action: None,
+            payload: None,
+            requested_capabilities: vec![Capability::Inject],
+            reason: Some(reason),
+            duration: None,
+            expires_at: Time(expires),
+        },
+        status: None,
+    }
+}
+
+/// The Grant an approved peer request makes: `inject` towards its one
+/// session, for the peer's key, named after the request. Never more than
+/// that, whatever the object says: a person who could write such a
+/// request could write this Grant too (untrusted, one capability), and
+/// anything more is a Grant a person writes, through the escalation guard.
+pub fn peer_grant(request: &ApprovalRequest) -> Option<Grant> {
+    let namespace = request.metadata.namespace.as_deref()?;
+    let name = request.metadata.name.as_deref()?;
+    let session = request.spec.target.as_deref()?;
+    let labels = [(APPROVAL_LABEL, name)];
+    Some(Grant {
+        metadata: managed_meta(name, namespace, &labels),
+        spec: GrantSpec {
+            subject: GrantSubject::peer(&request.spec.source.identity),
+            profile: None,
+            capabilities: vec![Capability::Inject],
+            sessions: vec![session.to_owned()],
+            not_before: None,
+            expires_at: None,
+            previous_keys: Vec::new(),
+        },
+        status: None,
+    })
+}
+
 /// The metadata of an object the operator creates for a request: its
 /// name, namespace, `labels`, and the operator as its manager.
 fn managed_meta(name: &str, namespace: &str, labels: &[(&str, &str)]) -> ObjectMeta {

@@ -20,10 +20,12 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::api::{
-    DEFAULT_POLICY_NAME, Gateway, Grant, SecurityPolicy, SecurityPolicySpec, Session, SpawnPolicy,
-    UpdatePolicy,
+    DEFAULT_POLICY_NAME, Gateway, Grant, P2pPolicy, SecurityPolicy, SecurityPolicySpec, Session,
+    SpawnPolicy, UpdatePolicy,
 };
-use crate::policy::{EffectiveContext, ResolveError, Standing, resolve, resolve_workload};
+use crate::policy::{
+    EffectiveContext, PeerStanding, ResolveError, Standing, resolve, resolve_peer, resolve_workload,
+};
 use crate::store::InboxLimits;
 
 /// The caches.
@@ -267,6 +269,52 @@ impl Stores {
             grants.iter().filter_map(|grant| grant.0.as_ref().ok()),
             now,
         ))
+    }
+
+    /// The `p2p` settings of `namespace`: its SecurityPolicy's, or the
+    /// built-in ones; `Err` when its policy cannot be read (fail closed).
+    pub fn peer_policy(&self, namespace: &str) -> Result<P2pPolicy, String> {
+        let policy = self.governing_policy(namespace)?;
+        let spec = policy.as_ref().and_then(|policy| policy.0.as_ref().ok());
+        Ok(spec
+            .and_then(|policy| policy.spec.p2p.clone())
+            .unwrap_or_default())
+    }
+
+    /// The standing of the peer presenting `public_key` towards
+    /// `namespace/session` now: `None` when it has none, `Err` when the
+    /// namespace's policy cannot be read (fail closed).
+    pub fn peer_standing(
+        &self,
+        namespace: &str,
+        session: &str,
+        public_key: &str,
+        now: Timestamp,
+    ) -> Result<Option<PeerStanding>, String> {
+        let policy = self.governing_policy(namespace)?;
+        let grants = self.grants_in(namespace);
+        Ok(resolve_peer(
+            public_key,
+            session,
+            namespace,
+            policy.as_ref().and_then(|policy| policy.0.as_ref().ok()),
+            grants.iter().filter_map(|grant| grant.0.as_ref().ok()),
+            now,
+        ))
+    }
+
+    /// The readable Grants of every namespace naming `public_key` as a
+    /// peer's current key.
+    pub fn peer_grants(&self, public_key: &str) -> Vec<Grant> {
+        self.grants
+            .state()
+            .iter()
+            .filter_map(|grant| grant.0.as_ref().ok())
+            .filter(|grant| {
+                (grant.spec.subject.peer.as_ref()).is_some_and(|peer| peer.public_key == public_key)
+            })
+            .cloned()
+            .collect()
     }
 
     /// How the session pods of `namespace` take operator-level changes:

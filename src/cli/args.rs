@@ -160,6 +160,9 @@ pub enum SecurityCommand {
         #[command(flatten)]
         printing: Printing,
     },
+    /// Invites for WOPR peers (`wop1://` tokens a peer claims for a Grant).
+    #[command(subcommand)]
+    Invite(InviteCommand),
     /// Gateways, their forward rules and the approval queue.
     #[command(subcommand)]
     Gateway(GatewayCommand),
@@ -226,6 +229,35 @@ pub struct GrantArgs {
     /// RFC 3339 time.
     #[arg(long)]
     pub expires: Option<String>,
+    #[command(flatten)]
+    pub printing: Printing,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InviteCommand {
+    /// Sign an invite for one peer with the namespace's ingress key. The
+    /// peer claims it through the peer ingress once, and gets a Grant; you
+    /// need what writing that Grant needs.
+    #[command(
+        after_help = "Example:\n  kubectl wopr security invite create --peer MCowBQYDK2VwAyEAq1Jm4kTXJ6lf9bSVVuH0bWv0Fh3fAfZFNrgR0hA1HOU= --session p2p-gateway --cap inject --expires 168h"
+    )]
+    Create(InviteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InviteArgs {
+    /// The invited peer's public key (SPKI DER, base64).
+    #[arg(long)]
+    pub peer: String,
+    /// A session the Grant reaches (repeat, or comma-separate; `*`: all).
+    #[arg(long = "session", value_delimiter = ',', required = true)]
+    pub sessions: Vec<String>,
+    /// A capability, by WOPR's names (`inject` is inject and inject.tools).
+    #[arg(long = "cap", value_delimiter = ',', required = true)]
+    pub capabilities: Vec<String>,
+    /// How long the invite may be claimed (Go duration: 168h, 30m).
+    #[arg(long, default_value = "168h")]
+    pub expires: String,
     #[command(flatten)]
     pub printing: Printing,
 }

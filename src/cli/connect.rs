@@ -24,6 +24,7 @@ use super::portforward::{PortForward, Said, Target};
 use crate::cluster::root_cause;
 use crate::proto::v1alpha1::audit_client::AuditClient;
 use crate::proto::v1alpha1::broker_client::BrokerClient;
+use crate::proto::v1alpha1::peer_admin_client::PeerAdminClient;
 use crate::tls::client::{Bundle, ClientTls};
 
 /// A client for the cluster the flags name, and the namespace to act in.
@@ -253,6 +254,12 @@ impl ControlPlane {
     pub async fn broker(&self) -> Result<(BrokerClient<Channel>, Caller), CliError> {
         let (channel, caller) = self.connect().await?;
         Ok((BrokerClient::new(channel), caller))
+    }
+
+    /// A PeerAdmin client, and how to call it.
+    pub async fn peer_admin(&self) -> Result<(PeerAdminClient<Channel>, Caller), CliError> {
+        let (channel, caller) = self.connect().await?;
+        Ok((PeerAdminClient::new(channel), caller))
     }
 
     /// The path a command would take to the control plane now: the

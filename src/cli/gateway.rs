@@ -173,6 +173,9 @@ async fn queue(context: &Context) -> Result<Shown, CliError> {
                 spec.target.as_deref().unwrap_or("<none>")
             ),
             ApprovalType::Elevation => joined(&spec.requested_capabilities),
+            ApprovalType::Peer => {
+                format!("inject to {}", spec.target.as_deref().unwrap_or("<none>"))
+            }
         };
         table.row(vec![
             request.name_any(),

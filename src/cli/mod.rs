@@ -17,6 +17,7 @@ pub mod connect;
 mod error;
 mod gateway;
 mod grants;
+mod invites;
 mod objects;
 pub mod output;
 pub use audit::follow;
@@ -37,7 +38,9 @@ pub use error::CliError;
 pub use output::Shown;
 pub use status::{NamespaceReport, SessionReport};
 
-use args::{ConfigCommand, GatewayCommand, PolicyCommand, SecurityCommand, SessionCommand};
+use args::{
+    ConfigCommand, GatewayCommand, InviteCommand, PolicyCommand, SecurityCommand, SessionCommand,
+};
 
 /// The field manager of the CLI's server-side applies and creates, so
 /// `managedFields` (and GitOps tools reading them) show what a person
@@ -94,6 +97,7 @@ pub fn format_of(command: &Command) -> Format {
             | SecurityCommand::Verify { printing }
             | SecurityCommand::Migrate { printing, .. } => printing.format,
             SecurityCommand::Grant(args) => args.printing.format,
+            SecurityCommand::Invite(InviteCommand::Create(args)) => args.printing.format,
             SecurityCommand::Gateway(command) => match command {
                 GatewayCommand::List { printing }
                 | GatewayCommand::Add { printing, .. }
@@ -124,6 +128,9 @@ pub async fn run(command: Command, context: &Context) -> Result<Shown, CliError>
             SecurityCommand::Status { session, .. } => status::status(context, session).await,
             SecurityCommand::Whoami { .. } => status::whoami(context).await,
             SecurityCommand::Grant(args) => grants::grant(context, args).await,
+            SecurityCommand::Invite(InviteCommand::Create(args)) => {
+                invites::create(context, args).await
+            }
             SecurityCommand::Revoke { subject, .. } => grants::revoke(context, &subject).await,
             SecurityCommand::ListGrants { .. } => grants::list(context).await,
             SecurityCommand::Gateway(command) => gateway::run(context, command).await,

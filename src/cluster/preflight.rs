@@ -73,6 +73,15 @@ pub const REQUIRED_RIGHTS: &[Rights] = &[
         verbs: &["create"],
         names: &[],
     },
+    // controlplane/peers/claims.rs: a peer's key rotation moves its
+    // Grants to the new key.
+    Rights {
+        scope: Scope::Watched,
+        group: api::GROUP,
+        resources: &["grants"],
+        verbs: &["patch"],
+        names: &[],
+    },
     // apply.rs: status by server-side apply; controlplane/grant_use.rs:
     // a Grant's `lastUsedAt`.
     Rights {

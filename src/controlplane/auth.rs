@@ -121,6 +121,33 @@ pub trait Authenticator: Send + Sync + 'static {
         session: &str,
         level: Option<TrustLevel>,
     ) -> impl Future<Output = Result<String, AuthError>> + Send;
+
+    /// Whether the holder of `token`, a Kubernetes credential, may make a
+    /// Grant conferring `level` in `namespace` (what inviting a peer
+    /// commits the operator to): `create` on grants there, and `use` on
+    /// `trustlevels.wopr.dev` named `level`, as the escalation guard asks
+    /// of anyone writing that Grant. The username, if so.
+    fn may_grant(
+        &self,
+        token: &str,
+        namespace: &str,
+        level: TrustLevel,
+    ) -> impl Future<Output = Result<String, AuthError>> + Send;
+}
+
+/// The refusal of `username`'s Grant at `level` in `namespace`, naming
+/// the missing right and the role that holds it.
+pub fn may_not_grant(username: &str, namespace: &str, what: &str, why: &str) -> AuthError {
+    let remedy = format!(
+        "bind edit (for grants) and the ClusterRole {} (for the level) in namespace {namespace}",
+        what
+    );
+    forbidden(
+        username,
+        &format!("make this Grant in namespace {namespace}"),
+        why,
+        &remedy,
+    )
 }
 
 /// Where a reader is refused: the namespace, or every namespace.
@@ -373,6 +400,37 @@ impl Authenticator for TokenReviewer {
             Some(why) => Err(may_not_operate(&username, namespace, session, level, &why)),
         }
     }
+
+    async fn may_grant(
+        &self,
+        token: &str,
+        namespace: &str,
+        level: TrustLevel,
+    ) -> Result<String, AuthError> {
+        let (user, username) = self.person_or_workload(token).await?;
+        let role = crate::api::trust_level_role(level);
+        let create = ResourceAttributes {
+            group: Some(crate::api::GROUP.to_owned()),
+            resource: Some("grants".to_owned()),
+            verb: Some("create".to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..ResourceAttributes::default()
+        };
+        let confer = ResourceAttributes {
+            group: Some(crate::api::GROUP.to_owned()),
+            resource: Some(crate::api::TRUST_LEVELS_RESOURCE.to_owned()),
+            verb: Some("use".to_owned()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(level.as_str().to_owned()),
+            ..ResourceAttributes::default()
+        };
+        for attributes in [create, confer] {
+            if let Some(why) = self.refusal(&user, attributes).await? {
+                return Err(may_not_grant(&username, namespace, &role, &why));
+            }
+        }
+        Ok(username)
+    }
 }
 
 impl TokenReviewer {
@@ -448,6 +506,9 @@ pub struct StaticTokens {
     /// ClusterRoles `wopr-trust-*` hold them) where it may send messages;
     /// none when absent. Only people's messages need it.
     pub trust_levels: HashMap<String, TrustLevel>,
+    /// Tokens that may create Grants: their username and the namespace
+    /// (the level they may confer is their `trust_levels` entry).
+    pub granters: HashMap<String, (String, String)>,
 }
 
 impl Authenticator for StaticTokens {
@@ -499,6 +560,27 @@ impl Authenticator for StaticTokens {
             }
             _ => Ok(username.clone()),
         }
+    }
+
+    async fn may_grant(
+        &self,
+        token: &str,
+        namespace: &str,
+        level: TrustLevel,
+    ) -> Result<String, AuthError> {
+        let (username, allowed) = self
+            .granters
+            .get(token)
+            .ok_or_else(|| AuthError::Refused("unknown token".into()))?;
+        let role = crate::api::trust_level_role(level);
+        let confers = self
+            .trust_levels
+            .get(token)
+            .is_some_and(|held| *held >= level);
+        if allowed != namespace || !confers {
+            return Err(may_not_grant(username, namespace, &role, ""));
+        }
+        Ok(username.clone())
     }
 }
 

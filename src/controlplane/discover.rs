@@ -5,8 +5,8 @@
 
 use tokio::sync::watch;
 
-use crate::api::{Session, SpawnPolicy};
-use crate::policy::{EffectiveContext, Standing};
+use crate::api::{Grant, P2pPolicy, Session, SpawnPolicy};
+use crate::policy::{EffectiveContext, PeerStanding, Standing};
 use crate::proto::v1alpha1 as pb;
 use crate::store::InboxLimits;
 
@@ -66,6 +66,37 @@ pub trait DiscoverPolicy: Send + Sync + 'static {
         session: &str,
         account: (&str, &str),
     ) -> Result<Option<Standing>, String>;
+
+    /// The `p2p` settings of `namespace` (its SecurityPolicy's, or the
+    /// built-in ones); `Err` when they cannot be known (fail closed, as a
+    /// discovery that knows no peers does).
+    fn peer_policy(&self, namespace: &str) -> Result<P2pPolicy, String> {
+        Err(format!(
+            "no peer settings are known for namespace {namespace}"
+        ))
+    }
+
+    /// The standing of the peer presenting `public_key` towards
+    /// `namespace/session` now: `None` when it has none, `Err` when it
+    /// cannot be known (fail closed).
+    fn peer(
+        &self,
+        namespace: &str,
+        session: &str,
+        public_key: &str,
+    ) -> Result<Option<PeerStanding>, String> {
+        let _ = (session, public_key);
+        Err(format!(
+            "no peer grants are known for namespace {namespace}"
+        ))
+    }
+
+    /// The Grants, in every namespace, naming `public_key` as a peer's
+    /// current key (what its rotation moves).
+    fn peer_grants(&self, public_key: &str) -> Vec<Grant> {
+        let _ = public_key;
+        Vec::new()
+    }
 }
 
 /// A [`DiscoverPolicy`] for the control plane's unit tests: it knows the

@@ -16,10 +16,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 
 use super::discover::{DiscoverPolicy, NoContext, Snapshot};
-use crate::api::{Session, SpawnPolicy};
+use crate::api::{Grant, P2pPolicy, Session, SpawnPolicy};
 use crate::cache::{NamespaceChange, Stores};
 use crate::clock::Clock;
-use crate::policy::{EffectiveContext, Standing};
+use crate::policy::{EffectiveContext, PeerStanding, Standing};
 use crate::proto::v1alpha1 as pb;
 use crate::store::InboxLimits;
 use crate::wire::encode;
@@ -284,6 +284,24 @@ impl DiscoverPolicy for ContextIndex {
     ) -> Result<Option<Standing>, String> {
         self.stores
             .workload_standing(namespace, session, account, self.clock.now())
+    }
+
+    fn peer_policy(&self, namespace: &str) -> Result<P2pPolicy, String> {
+        self.stores.peer_policy(namespace)
+    }
+
+    fn peer(
+        &self,
+        namespace: &str,
+        session: &str,
+        public_key: &str,
+    ) -> Result<Option<PeerStanding>, String> {
+        self.stores
+            .peer_standing(namespace, session, public_key, self.clock.now())
+    }
+
+    fn peer_grants(&self, public_key: &str) -> Vec<Grant> {
+        self.stores.peer_grants(public_key)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The control plane (served by every operator replica): a gRPC API that
 //! streams each sidecar the effective policy of its session, takes its
 //! reports on its sandbox, brokers messages between sessions, stores and
-//! serves the audit trail, and records when Grants are used.
+//! serves the audit trail, and records when Grants are used; and, on a
+//! listener of its own, the peer ingress ([`peers`]).
 
 pub mod audit;
 mod audit_metrics;
@@ -33,6 +34,7 @@ use discover::DiscoverPolicy;
 use exec::Executor;
 use grant_use::GrantUses;
 use isolation::IsolationRecorder;
+use peers::PeerAdminService;
 use policy_service::PolicyService;
 use refusals::{RefusalMetrics, Refusals};
 use writes::ClusterWriter;
@@ -41,6 +43,7 @@ use crate::clock::Clock;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1alpha1::audit_server::AuditServer;
 use crate::proto::v1alpha1::broker_server::BrokerServer;
+use crate::proto::v1alpha1::peer_admin_server::PeerAdminServer;
 use crate::proto::v1alpha1::policy_server::PolicyServer;
 use crate::shutdown::Shutdown;
 use crate::tls;
@@ -66,6 +69,19 @@ pub struct Settings {
     pub refusal_metrics: RefusalMetrics,
     /// What runs `exec_command` in session pods; none: the tool fails.
     pub exec: Option<Executor>,
+    /// The namespaces' ingress keys, with which `PeerAdmin` signs invites
+    /// for people; none: the peer ingress is off, and so is `PeerAdmin`.
+    pub peer_keys: Option<PeerKeys>,
+}
+
+/// The namespaces' ingress keys ([`peers::IngressKeys`]), shared.
+#[derive(Clone)]
+pub struct PeerKeys(pub Arc<dyn peers::IngressKeys>);
+
+impl std::fmt::Debug for PeerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerKeys")
+    }
 }
 
 /// The open elevation requests a session may have by default.
@@ -90,6 +106,7 @@ impl Default for Settings {
             reflection: false,
             refusal_metrics: RefusalMetrics::default(),
             exec: None,
+            peer_keys: None,
         }
     }
 }
@@ -176,6 +193,14 @@ where
             )
             .running_commands_with(settings.exec),
         ))
+        .add_optional_service(settings.peer_keys.map(|PeerKeys(keys)| {
+            PeerAdminServer::new(PeerAdminService::new(
+                authenticator.clone(),
+                keys,
+                audit.store.clone(),
+                Clock::System,
+            ))
+        }))
         .add_service(AuditServer::new(AuditService::new(
             audit.store,
             discover,

@@ -1,6 +1,7 @@
 //! What the control plane writes to the Kubernetes API: the
-//! ApprovalRequests of forwards and elevations that wait for a person, the
-//! Sessions agents spawn, and when Grants were last used. Behind a trait so
+//! ApprovalRequests of forwards, elevations and peers that wait for a
+//! person, the Sessions agents spawn, the Grants of claimed invites, peer
+//! Grants' key rotations, and when Grants were last used. Behind a trait so
 //! tests can watch what it writes.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -9,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::api::{ApprovalRequest, Grant, Session};
+use crate::api::{ApprovalRequest, Grant, PreviousKey, Session};
 use crate::cluster::{FIELD_MANAGER, create_once, describe};
 
 /// Why an object was not written.
@@ -31,6 +32,33 @@ pub trait ClusterWriter: Send + Sync + 'static {
 
     /// Creates `session` (a child an agent spawned).
     async fn create_session(&self, session: &Session) -> Result<(), WriteError>;
+
+    /// Creates `grant` (a claimed invite's); whether this call created it
+    /// (one of that name existing is not an error).
+    /// (Writers for tests of other writes make none.)
+    async fn create_grant(&self, grant: &Grant) -> Result<bool, WriteError> {
+        let name = grant.metadata.name.as_deref().unwrap_or_default();
+        Err(WriteError::Failed(format!(
+            "this writer makes no Grants ({name})"
+        )))
+    }
+
+    /// Moves the peer Grant `namespace/grant` to `public_key`, with
+    /// `previous_keys` (the old key last) as its `previousKeys`, if the
+    /// Grant is still at `resource_version` (a change meanwhile fails:
+    /// the caller decides again).
+    async fn rotate_peer_key(
+        &self,
+        (namespace, grant): (&str, &str),
+        resource_version: &str,
+        public_key: &str,
+        previous_keys: &[PreviousKey],
+    ) -> Result<(), WriteError> {
+        let _ = (resource_version, public_key, previous_keys);
+        Err(WriteError::Failed(format!(
+            "this writer changes no Grants ({namespace}/{grant})"
+        )))
+    }
 
     /// Sets the Grant `namespace/grant`'s `status.lastUsedAt` to `at`; a
     /// Grant deleted meanwhile is not an error.
@@ -63,6 +91,37 @@ impl ClusterWriter for KubeWriter {
             ))),
             Err(error) => Err(WriteError::Failed(describe(&error))),
         }
+    }
+
+    async fn create_grant(&self, grant: &Grant) -> Result<bool, WriteError> {
+        create_once(&self.0, grant)
+            .await
+            .map_err(|error| WriteError::Failed(describe(&error)))
+    }
+
+    /// A merge patch of the key fields, with the resource version read
+    /// (a conflict when someone changed the Grant since).
+    async fn rotate_peer_key(
+        &self,
+        (namespace, grant): (&str, &str),
+        resource_version: &str,
+        public_key: &str,
+        previous_keys: &[PreviousKey],
+    ) -> Result<(), WriteError> {
+        let grants: Api<Grant> = Api::namespaced(self.0.clone(), namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patch = json!({
+            "metadata": {"resourceVersion": resource_version},
+            "spec": {"subject": {"peer": {"publicKey": public_key}}, "previousKeys": previous_keys},
+        });
+        grants
+            .patch(grant, &params, &Patch::Merge(&patch))
+            .await
+            .map(drop)
+            .map_err(|error| WriteError::Failed(describe(&error)))
     }
 
     /// A merge patch of that one field, not a server-side apply: the

@@ -61,6 +61,15 @@ pub struct ControllerArgs {
         default_value = "0.0.0.0:9443"
     )]
     pub control_plane_listen: SocketAddr,
+    /// Where this replica serves the peer ingress (WOPR peers' signed
+    /// messages, HTTPS and gRPC, on the control plane's certificate);
+    /// unset: no peer ingress. docs/p2p.md says how to expose it.
+    #[arg(long, env = "WOPR_P2P_LISTEN")]
+    pub p2p_listen: Option<SocketAddr>,
+    /// How long a peer's message waits for the gateway's answer before
+    /// the peer is told to fetch it from its outbox.
+    #[arg(long, env = "WOPR_P2P_ANSWER_WAIT_SECONDS", default_value_t = 5)]
+    pub p2p_answer_wait_seconds: u64,
     /// Serve gRPC server reflection on the control-plane API (it lists
     /// every method to anyone who connects; for debugging with grpcurl).
     #[arg(long, env = "WOPR_CONTROL_PLANE_REFLECTION", default_value_t = false, action = ArgAction::Set)]

@@ -28,12 +28,18 @@ use crate::controller::ca_bundle::Publish;
 use crate::controller::metrics::Metrics;
 use crate::controller::run::{self as controller, Setup, Triggers};
 use crate::controller::session::config::SandboxConfig;
+use crate::controlplane::PeerKeys;
 use crate::controlplane::audit::{AuditMetrics, AuditSetup};
 use crate::controlplane::denials::KubeSessionEvents;
+use crate::controlplane::grant_use::GrantUses;
 use crate::controlplane::index::{ContextIndex, PushMetrics};
 use crate::controlplane::isolation::PodStatusConditions;
+use crate::controlplane::peers::{
+    self, Ingress, IngressKeys, IngressSettings, KubeIngressKeys, PeerMetrics,
+};
 use crate::controlplane::refusals::RefusalMetrics;
-use crate::controlplane::writes::KubeWriter;
+use crate::controlplane::refusals::Refusals;
+use crate::controlplane::writes::{ClusterWriter, KubeWriter};
 use crate::controlplane::{self, auth::TokenReviewer};
 use crate::export::ocsf::OcsfSink;
 use crate::export::otlp::OtlpSink;
@@ -64,6 +70,9 @@ pub enum RunError {
     /// The control-plane server failed.
     #[error("control-plane API: {0}")]
     ControlPlaneServer(#[from] tonic::transport::Error),
+    /// The peer ingress's port could not be opened, or its server failed.
+    #[error("peer ingress: {0}")]
+    PeerIngress(#[source] std::io::Error),
     /// The control plane's certificate could not be set up.
     #[error("control-plane TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -131,9 +140,18 @@ pub async fn run(
     let control_plane_listener = TcpListener::bind(args.control_plane_listen)
         .await
         .map_err(RunError::ControlPlane)?;
+    let peer_listener = match args.p2p_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(RunError::PeerIngress)?,
+        ),
+        None => None,
+    };
     tracing::info!(
         admin = %local_address(&admin_listener),
         control_plane = %local_address(&control_plane_listener),
+        peer_ingress = %peer_listener.as_ref().map(local_address).unwrap_or_else(|| "off".into()),
         %identity,
         "controller starting"
     );
@@ -148,6 +166,7 @@ pub async fn run(
         refusals,
         export: export_metrics,
         push,
+        peers: peer_metrics,
     } = OperatorMetrics::new();
     let index = Arc::new(
         ContextIndex::new(
@@ -159,6 +178,46 @@ pub async fn run(
     );
     let following = index.clone();
     tokio::spawn(async move { following.follow(feeds.namespaces).await });
+    let peer_keys: Option<Arc<dyn IngressKeys>> = peer_listener.as_ref().map(|_| {
+        Arc::new(KubeIngressKeys::new(
+            client.clone(),
+            &args.operator_namespace,
+        )) as Arc<dyn IngressKeys>
+    });
+    let writer: Arc<dyn ClusterWriter> = Arc::new(KubeWriter(client.clone()));
+    let peer_ingress = peer_listener
+        .zip(peer_keys.clone())
+        .map(|(listener, keys)| {
+            let ingress = Ingress::new(
+                index.clone(),
+                store.clone(),
+                writer.clone(),
+                keys,
+                Arc::new(GrantUses::new(index.clone(), writer.clone(), Clock::System)),
+                Arc::new(Refusals::new(
+                    store.clone(),
+                    args.operator_namespace.clone(),
+                    refusals.clone(),
+                )),
+                Clock::System,
+                IngressSettings {
+                    answer_wait: Duration::from_secs(args.p2p_answer_wait_seconds),
+                    metrics: peer_metrics,
+                },
+            );
+            peers::serve(
+                listener,
+                tls.transport.clone(),
+                Arc::new(ingress),
+                shutdown.clone(),
+            )
+        });
+    let peer_ingress = async {
+        match peer_ingress {
+            Some(serving) => serving.await,
+            None => Ok(()),
+        }
+    };
     let settings = controlplane::Settings {
         operator_namespace: args.operator_namespace.clone(),
         max_open_elevations: args.max_open_elevations,
@@ -168,6 +227,7 @@ pub async fn run(
             client.clone(),
             args.exec_max_output_bytes,
         )),
+        peer_keys: peer_keys.clone().map(PeerKeys),
         ..controlplane::Settings::default()
     };
     let exporters = start_exporters(&args, &store, &export_metrics, &leadership, &shutdown)?;
@@ -182,7 +242,7 @@ pub async fn run(
             events: Arc::new(KubeSessionEvents::new(client.clone(), identity.clone())),
             metrics: audit_metrics,
         },
-        Arc::new(KubeWriter(client.clone())),
+        writer,
         settings,
         shutdown.clone(),
     );
@@ -251,6 +311,7 @@ pub async fn run(
         tokio::join!(
             admin_server,
             control_plane,
+            peer_ingress,
             controller,
             exporters,
             lease_released
@@ -259,9 +320,10 @@ pub async fn run(
     let drain = Duration::from_secs(args.shutdown_drain_seconds);
     let _stop_retention = AbortOnDrop(retention);
     tokio::select! {
-        (admin, control_plane, (), _, ()) = everything => {
+        (admin, control_plane, peer_ingress, (), _, ()) = everything => {
             tracing::info!("controller stopped");
             admin.map_err(RunError::Admin)?;
+            peer_ingress.map_err(RunError::PeerIngress)?;
             Ok(control_plane?)
         }
         () = drained(shutdown, drain) => {
@@ -280,6 +342,7 @@ pub struct OperatorMetrics {
     pub refusals: RefusalMetrics,
     pub export: ExportMetrics,
     pub push: PushMetrics,
+    pub peers: PeerMetrics,
 }
 
 impl OperatorMetrics {
@@ -294,6 +357,8 @@ impl OperatorMetrics {
         export.register(&mut registry);
         let push = PushMetrics::default();
         push.register(&mut registry);
+        let peers = PeerMetrics::default();
+        peers.register(&mut registry);
         OperatorMetrics {
             registry,
             controller,
@@ -301,6 +366,7 @@ impl OperatorMetrics {
             refusals,
             export,
             push,
+            peers,
         }
     }
 }

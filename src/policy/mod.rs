@@ -47,7 +47,7 @@ pub use forward::{ForwardDecision, ForwardReason, MatchedRule, decide_forward};
 pub use gateway_level::{TargetAboveLevel, targets_above_level, within_level};
 pub use hash::stable_hash;
 pub use models::{EffectiveModels, ModelLink, ProviderProblem, provider_problem};
-pub use peers::{PeerStanding, resolve_peer};
+pub use peers::{PeerStanding, level_conferred, resolve_peer};
 pub use profiles::{LevelSettings, builtin_policy, level_settings};
 pub use rate_limit::{TokenBucket, try_acquire_all};
 pub use resolve::{

@@ -113,12 +113,22 @@ pub fn incoming(
     listener: TcpListener,
     cert: Arc<ServerCert>,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    incoming_speaking(listener, cert, &[b"h2"])
+}
+
+/// [`incoming`], offering `protocols` by ALPN (the peer ingress speaks
+/// HTTP/1.1 to peers whose HTTP clients do not speak HTTP/2).
+pub fn incoming_speaking(
+    listener: TcpListener,
+    cert: Arc<ServerCert>,
+    protocols: &[&[u8]],
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = protocols.iter().map(|protocol| protocol.to_vec()).collect();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (accepted, stream) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
     tokio::spawn(async move {

@@ -117,6 +117,8 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         egress_address: None,
         control_plane_listen: control_plane_listen.parse().unwrap(),
         control_plane_reflection: false,
+        p2p_listen: None,
+        p2p_answer_wait_seconds: 5,
         max_open_elevations: 3,
         exec_max_output_bytes: wopr_operator::controlplane::exec::DEFAULT_MAX_OUTPUT_BYTES,
         operator_namespace: "wopr-system".into(),

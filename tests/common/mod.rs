@@ -26,6 +26,7 @@ pub mod harness;
 pub mod kubelet;
 pub mod logs;
 pub mod mcp;
+pub mod peers;
 pub mod pod_security;
 pub mod process;
 pub mod sdk;
@@ -155,6 +156,7 @@ pub fn rotated_from(mut grant: Grant, old_key: &str, rotated_at: Time) -> Grant 
     grant.spec.previous_keys.push(PreviousKey {
         public_key: old_key.into(),
         rotated_at,
+        reason: None,
     });
     grant
 }

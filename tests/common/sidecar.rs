@@ -257,6 +257,7 @@ impl ControlPlane {
                 readers: readers(),
                 injectors: injectors(),
                 trust_levels: trust_levels(),
+                granters: HashMap::new(),
             }),
             reports.clone(),
             AuditSetup {

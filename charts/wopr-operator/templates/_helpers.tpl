@@ -98,6 +98,12 @@ these rules are exactly what the code needs.
 - apiGroups: [wopr.dev]
   resources: [approvalrequests, grants, sessions]
   verbs: [create]
+# The peer ingress moves a peer's Grants to its new key when it rotates
+# (subject.peer.publicKey and previousKeys, under the Grant's resource
+# version).
+- apiGroups: [wopr.dev]
+  resources: [grants]
+  verbs: [patch]
 - apiGroups: [wopr.dev]
   resources: [securitypolicies/status, sessions/status, gateways/status, approvalrequests/status, grants/status]
   verbs: [patch]

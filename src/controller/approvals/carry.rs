@@ -6,7 +6,7 @@ use kube::ResourceExt;
 
 use super::Approval;
 use crate::api::ApprovalType;
-use crate::approval::elevation_grant;
+use crate::approval::{elevation_grant, peer_grant};
 use crate::audit::EventType;
 use crate::cluster::create_once;
 use crate::controller::error::Error;
@@ -23,6 +23,9 @@ pub enum NotCarried {
     /// The approved elevation could not be granted.
     #[error("no Grant made: {0}")]
     Grant(#[source] RequestError),
+    /// The approved peer request names no session.
+    #[error("no Grant made: the request names no session")]
+    Peer,
 }
 
 impl Approval<'_> {
@@ -49,6 +52,8 @@ impl Approval<'_> {
                     .await,
             )?
             .map(|(_, settled)| settled),
+            // Nothing waits in the store: the request is the whole of it.
+            ApprovalType::Peer => Some(true),
         };
         Ok(closed == Some(true))
     }
@@ -103,6 +108,23 @@ impl Approval<'_> {
                         grant.name_any(),
                         capabilities.join(", "),
                         until.unwrap_or_default()
+                    );
+                    self.record(decided_by, Outcome::Allowed, EventType::Grant, &reason)
+                        .await?;
+                }
+                Ok(Ok(first))
+            }
+            ApprovalType::Peer => {
+                let Some(grant) = peer_grant(self.request) else {
+                    return Ok(Err(NotCarried::Peer));
+                };
+                let first = create_once(&self.ctx.client, &grant).await?;
+                if first {
+                    let reason = format!(
+                        "{approved}: Grant {} gives peer {} inject towards {}",
+                        grant.name_any(),
+                        crate::p2p::key::short_id(&self.request.spec.source.identity),
+                        self.request.spec.target.as_deref().unwrap_or_default()
                     );
                     self.record(decided_by, Outcome::Allowed, EventType::Grant, &reason)
                         .await?;

@@ -1,0 +1,145 @@
+//! Peers for tests of the peer ingress: a key that signs messages as WOPR
+//! does (the JSON text as written, `sig` appended last), and an ingress
+//! served next to a test control plane.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use wopr_operator::clock::Clock;
+use wopr_operator::controlplane::grant_use::GrantUses;
+use wopr_operator::controlplane::index::ContextIndex;
+use wopr_operator::controlplane::peers::{self, Ingress, IngressSettings, MemoryIngressKeys};
+use wopr_operator::controlplane::refusals::{RefusalMetrics, Refusals};
+use wopr_operator::controlplane::writes::{ClusterWriter, KubeWriter};
+use wopr_operator::p2p::IngressKey;
+
+use super::sidecar::ControlPlane;
+
+/// A peer: an Ed25519 key signing as WOPR's `signMessage` does.
+pub struct TestPeer {
+    pub key: IngressKey,
+}
+
+impl TestPeer {
+    pub fn new() -> TestPeer {
+        TestPeer {
+            key: IngressKey::generate(),
+        }
+    }
+
+    /// Its public key (SPKI DER, base64).
+    pub fn public_key(&self) -> String {
+        self.key.public_key().as_str().to_owned()
+    }
+
+    /// The text of a message of `kind` sent at `ts_ms` with `nonce`, the
+    /// `fields` after WOPR's own, signed: `{v,type,from,ts,nonce,...,sig}`.
+    pub fn sign_at(
+        &self,
+        kind: &str,
+        fields: &[(&str, Value)],
+        ts_ms: i64,
+        nonce: &str,
+    ) -> Vec<u8> {
+        let mut text = format!(
+            "{{\"v\":2,\"type\":{},\"from\":{},\"ts\":{ts_ms},\"nonce\":{}",
+            json!(kind),
+            json!(self.public_key()),
+            json!(nonce)
+        );
+        for (name, value) in fields {
+            text.push_str(&format!(",{}:{}", json!(name), value));
+        }
+        text.push('}');
+        self.key.sign_json(&text).into_bytes()
+    }
+
+    /// [`TestPeer::sign_at`] now, with a fresh nonce.
+    pub fn sign(&self, kind: &str, fields: &[(&str, Value)]) -> Vec<u8> {
+        let nonce = ulid::Ulid::new().to_string().to_lowercase();
+        self.sign_at(kind, fields, Timestamp::now().as_millisecond(), &nonce)
+    }
+
+    /// An `inject` of `payload` into `namespace/session`.
+    pub fn inject(&self, namespace: &str, session: &str, payload: Value) -> Vec<u8> {
+        self.sign(
+            "inject",
+            &[
+                ("session", json!(format!("{namespace}/{session}"))),
+                ("payload", payload),
+            ],
+        )
+    }
+}
+
+impl Default for TestPeer {
+    fn default() -> Self {
+        TestPeer::new()
+    }
+}
+
+/// An ingress over `control_plane`'s index, store and API server.
+pub struct TestIngress {
+    pub ingress: Arc<Ingress<ContextIndex>>,
+    pub keys: Arc<MemoryIngressKeys>,
+    pub settings: IngressSettings,
+    /// Where it serves HTTPS and gRPC (the test CA's leaf).
+    pub address: SocketAddr,
+}
+
+impl TestIngress {
+    /// Starts one that waits `answer_wait` for a gateway's answer.
+    pub async fn start(control_plane: &ControlPlane, answer_wait: Duration) -> TestIngress {
+        let writer: Arc<dyn ClusterWriter> = Arc::new(KubeWriter(control_plane.client.clone()));
+        let keys = Arc::new(MemoryIngressKeys::default());
+        let settings = IngressSettings {
+            answer_wait,
+            ..IngressSettings::default()
+        };
+        let ingress = Arc::new(Ingress::new(
+            control_plane.index.clone(),
+            control_plane.store.clone(),
+            writer.clone(),
+            keys.clone(),
+            Arc::new(GrantUses::new(
+                control_plane.index.clone(),
+                writer,
+                Clock::System,
+            )),
+            Arc::new(Refusals::new(
+                control_plane.store.clone(),
+                "wopr-system".into(),
+                RefusalMetrics::default(),
+            )),
+            Clock::System,
+            settings.clone(),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let serving = peers::serve(
+            listener,
+            super::tls::transport(),
+            ingress.clone(),
+            wopr_operator::shutdown::on(std::future::pending()),
+        );
+        tokio::spawn(serving);
+        TestIngress {
+            ingress,
+            keys,
+            settings,
+            address,
+        }
+    }
+
+    /// The URL of its messages endpoint.
+    pub fn messages_url(&self) -> String {
+        format!(
+            "https://127.0.0.1:{}/v1alpha1/messages",
+            self.address.port()
+        )
+    }
+}
