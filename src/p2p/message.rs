@@ -292,7 +292,7 @@ mod tests {
                     namespace: "team-a".into(),
                     session: "researcher".into(),
                     payload: "hi \"there\"".into(),
-                    payload_bytes: 13,
+                    payload_bytes: 14, // the raw text: quotes and escapes counted
                     request_id: Some("r1".into()),
                 },
             })
@@ -430,7 +430,12 @@ mod tests {
             ),
             ("claim", "", "token is missing"),
             ("key-rotation", "", "keyRotation is missing"),
-            ("outbox", r#","namespace":"a/b""#, "is not a DNS-1123 label"),
+            (
+                "outbox",
+                r#","session":"a/B","messageId":"m""#,
+                "session \"B\"",
+            ),
+            ("outbox", r#","session":"a/b""#, "messageId is missing"),
         ] {
             let error = fields_of(&signed(&key, kind, members)).unwrap_err();
             assert!(error.contains(expected), "{kind} {members}: {error}");
@@ -452,7 +457,7 @@ mod tests {
         let from = key.public_key();
         let message = |v: &str, ts: &str, nonce: &str| {
             key.sign_json(&format!(
-                r#"{{"v":{v},"type":"outbox","from":"{}","ts":{ts},"nonce":{nonce},"namespace":"a"}}"#,
+                r#"{{"v":{v},"type":"outbox","from":"{}","ts":{ts},"nonce":{nonce},"session":"a/b","messageId":"m"}}"#,
                 from.as_str()
             ))
         };
