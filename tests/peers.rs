@@ -243,3 +243,235 @@ async fn an_invite_is_claimed_once_and_an_expired_one_never() {
     assert_eq!(refusal.kind, RefusalKind::Forbidden);
     assert!(refusal.reason.contains("expired"), "{}", refusal.reason);
 }
+
+/// `grant` as the API server holds it, and as the control plane's caches
+/// see it (the watch, done by hand).
+fn grant_in_both(control_plane: &mut ControlPlane, grant: Grant) {
+    let name = grant.metadata.name.clone().unwrap();
+    control_plane
+        .api
+        .insert(&grant_path(&name), serde_json::to_value(&grant).unwrap());
+    control_plane.put_grant(grant);
+}
+
+fn grant_path(name: &str) -> String {
+    format!("/apis/wopr.dev/v1alpha1/namespaces/{NAMESPACE}/grants/{name}")
+}
+
+/// The Grant `name` as the API server holds it, seen by the caches too.
+fn reread(control_plane: &mut ControlPlane, name: &str) -> Grant {
+    let grant: Grant =
+        serde_json::from_value(control_plane.api.get(&grant_path(name)).unwrap()).unwrap();
+    control_plane.put_grant(grant.clone());
+    grant
+}
+
+#[tokio::test]
+async fn a_rotation_keeps_the_old_key_for_its_grace_and_a_compromise_ends_it_at_once() {
+    let (old, new, newest) = (TestPeer::new(), TestPeer::new(), TestPeer::new());
+    let (mut control_plane, _client) = reference(&[]).await;
+    grant_in_both(
+        &mut control_plane,
+        scoped("friend", &old.public_key(), &[GATEWAY]),
+    );
+    let ingress = TestIngress::start(&control_plane, Duration::ZERO).await;
+
+    let reply = ingress
+        .ingress
+        .receive(&old.rotate_to(&new, "scheduled"))
+        .await
+        .unwrap();
+    assert_eq!(reply.body["grants"], json!([format!("{NAMESPACE}/friend")]));
+    let grant = reread(&mut control_plane, "friend");
+    assert_eq!(grant.spec.subject, GrantSubject::peer(&new.public_key()));
+    let previous = &grant.spec.previous_keys[0];
+    assert_eq!(previous.public_key, old.public_key());
+    assert_eq!(
+        previous.reason,
+        Some(wopr_operator::api::RotationReason::Scheduled)
+    );
+    // Both keys work: the old one for the grace period.
+    for peer in [&old, &new] {
+        let reply = ingress
+            .ingress
+            .receive(&peer.inject(NAMESPACE, GATEWAY, json!("hi")))
+            .await;
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    // The old key no longer rotates anything: it names no Grant now.
+    let refusal = refused(&ingress, &old.rotate_to(&newest, "scheduled")).await;
+    assert_eq!(refusal.kind, RefusalKind::Forbidden, "{}", refusal.reason);
+
+    // A rotation for compromise ends the key it leaves at once.
+    ingress
+        .ingress
+        .receive(&new.rotate_to(&newest, "compromise"))
+        .await
+        .unwrap();
+    reread(&mut control_plane, "friend");
+    let refusal = refused(&ingress, &new.inject(NAMESPACE, GATEWAY, json!("hi"))).await;
+    assert_eq!(refusal.kind, RefusalKind::Forbidden, "{}", refusal.reason);
+    assert!(
+        ingress
+            .ingress
+            .receive(&newest.inject(NAMESPACE, GATEWAY, json!("hi")))
+            .await
+            .is_ok()
+    );
+    // Refused at once, though the grace period of the first rotation runs.
+    assert!(
+        ingress
+            .ingress
+            .receive(&old.inject(NAMESPACE, GATEWAY, json!("hi")))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_and_a_person_can_accept_it_for_one_session() {
+    use common::approvals::{approval_path, decide, reconcile};
+    use wopr_operator::api::{ApprovalRequest, ApprovalState, ApprovalType, Capability};
+    let stranger = TestPeer::new();
+    let (mut control_plane, _client) = reference(&[]).await;
+    let ingress = TestIngress::start(&control_plane, Duration::ZERO).await;
+    let refusal = refused(
+        &ingress,
+        &stranger.inject(NAMESPACE, GATEWAY, json!("let me in")),
+    )
+    .await;
+    assert_eq!(refusal.kind, RefusalKind::Forbidden);
+    let name = refusal
+        .reason
+        .split_whitespace()
+        .find(|word| word.starts_with("peer-"))
+        .expect("the refusal names the request")
+        .to_owned();
+    let request: ApprovalRequest =
+        serde_json::from_value(control_plane.api.get(&approval_path(&name)).unwrap()).unwrap();
+    assert_eq!(request.spec.request_type, ApprovalType::Peer);
+    assert_eq!(request.spec.target.as_deref(), Some(GATEWAY));
+    assert_eq!(request.spec.source.identity, stranger.public_key());
+    // Sending again files the same request, not another.
+    refused(
+        &ingress,
+        &stranger.inject(NAMESPACE, GATEWAY, json!("again")),
+    )
+    .await;
+
+    decide(
+        &control_plane,
+        &name,
+        ApprovalState::Approved,
+        "a known peer",
+    );
+    reconcile(&control_plane, &name, Timestamp::now).await;
+    let grant = reread(&mut control_plane, &name);
+    assert_eq!(
+        grant.spec.subject,
+        GrantSubject::peer(&stranger.public_key())
+    );
+    assert_eq!(grant.spec.capabilities, vec![Capability::Inject]);
+    assert_eq!(grant.spec.sessions, vec![GATEWAY.to_owned()]);
+    let reply = ingress
+        .ingress
+        .receive(&stranger.inject(NAMESPACE, GATEWAY, json!("hi")))
+        .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    // Only there.
+    let refusal = refused(&ingress, &stranger.inject(NAMESPACE, RESEARCH, json!("hi"))).await;
+    assert_eq!(refusal.kind, RefusalKind::Forbidden);
+}
+
+/// An HTTPS client trusting the test CA.
+fn https() -> reqwest::Client {
+    // The binary installs ring at start; a test process does it here.
+    let _ = wopr_operator::tls::server::provider().install_default();
+    let ca = std::fs::read(&common::tls::pki().ca_file).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_https_and_grpc_fronts_answer_as_the_ingress_decides() {
+    use base64::Engine;
+    use wopr_operator::proto::v1alpha1::PeerMessage;
+    use wopr_operator::proto::v1alpha1::peers_client::PeersClient;
+    let peer = TestPeer::new();
+    let (control_plane, _client) = reference(&[&peer.public_key()]).await;
+    let ingress = TestIngress::start(&control_plane, Duration::ZERO).await;
+    let client = https();
+
+    // Accepted over HTTPS: 202 (no answer yet), the message's id.
+    let sent = client
+        .post(ingress.messages_url())
+        .body(peer.inject(NAMESPACE, GATEWAY, json!("hi")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let body: Value = sent.json().await.unwrap();
+    let message_id = body["messageId"].as_str().unwrap().to_owned();
+
+    // Its outbox: nothing forwarded yet (404), with a signed GET.
+    let outbox = peer.sign(
+        "outbox",
+        &[
+            ("session", json!(format!("{NAMESPACE}/{GATEWAY}"))),
+            ("messageId", json!(message_id)),
+        ],
+    );
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&outbox);
+    let fetched = client
+        .get(format!(
+            "https://127.0.0.1:{}/v1alpha1/outbox",
+            ingress.address.port()
+        ))
+        .header("wopr-message", encoded)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 404);
+    let body: Value = fetched.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+
+    // Declared too large: refused before the body is read.
+    let refused = client
+        .post(ingress.messages_url())
+        .header(
+            "content-length",
+            (wopr_operator::p2p::MAX_MESSAGE_BYTES + 1).to_string(),
+        )
+        .body(vec![b' '; wopr_operator::p2p::MAX_MESSAGE_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+
+    // The same over gRPC: a refusal is its code and reason.
+    let channel = common::tls::channel(ingress.address).await;
+    let mut grpc = PeersClient::new(channel);
+    let reply = grpc
+        .deliver(PeerMessage {
+            message: peer.inject(NAMESPACE, GATEWAY, json!("over grpc")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reply: Value = serde_json::from_str(&reply.reply_json).unwrap();
+    assert_eq!(reply["state"], "accepted");
+    let status = grpc
+        .deliver(PeerMessage {
+            message: b"{}".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    // Counted per action and outcome.
+    let metrics = &ingress.settings.metrics;
+    assert_eq!(metrics.count("inject", "accepted"), 2);
+    assert_eq!(metrics.count("outbox", "not_found"), 1);
+}

@@ -58,6 +58,33 @@ impl TestPeer {
         self.key.sign_json(&text).into_bytes()
     }
 
+    /// A message of `kind` now with a fresh nonce, `raw` (member text,
+    /// each starting with a comma) after WOPR's own fields, as written.
+    pub fn sign_raw(&self, kind: &str, raw: &str) -> Vec<u8> {
+        let text = format!(
+            "{{\"v\":2,\"type\":{},\"from\":{},\"ts\":{},\"nonce\":{}{raw}}}",
+            json!(kind),
+            json!(self.public_key()),
+            Timestamp::now().as_millisecond(),
+            json!(ulid::Ulid::new().to_string().to_lowercase()),
+        );
+        self.key.sign_json(&text).into_bytes()
+    }
+
+    /// Its `key-rotation` to `new` for `reason`, signed as WOPR's
+    /// `rotateIdentity` signs (the inner object by this, the old key).
+    pub fn rotate_to(&self, new: &TestPeer, reason: &str) -> Vec<u8> {
+        let inner = format!(
+            "{{\"v\":1,\"type\":\"key-rotation\",\"oldSignPub\":{},\"newSignPub\":{},\"newEncryptPub\":\"\",\"reason\":{},\"effectiveAt\":{},\"gracePeriodMs\":86400000}}",
+            json!(self.public_key()),
+            json!(new.public_key()),
+            json!(reason),
+            Timestamp::now().as_millisecond()
+        );
+        let inner = self.key.sign_json(&inner);
+        self.sign_raw("key-rotation", &format!(",\"keyRotation\":{inner}"))
+    }
+
     /// [`TestPeer::sign_at`] now, with a fresh nonce.
     pub fn sign(&self, kind: &str, fields: &[(&str, Value)]) -> Vec<u8> {
         let nonce = ulid::Ulid::new().to_string().to_lowercase();
