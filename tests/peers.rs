@@ -1,20 +1,27 @@
-//! The peer ingress beside a real control plane (tests/common/sidecar's):
-//! every way a message can be wrong is refused with a precise error, an
-//! expired Grant confers nothing, and an invite is claimed once.
+//! The peer ingress through its real HTTPS and gRPC front, beside a real
+//! control plane (tests/common/sidecar's), with peers whose signing code
+//! nobody here wrote: a Node.js peer signing with Node's built-in crypto
+//! exactly as WOPR's P2P plugin does, and a Python peer with the
+//! `cryptography` package (tests/peers/). Each injects into a gateway
+//! session and gets the gateway's answer; every way a message can be
+//! wrong is refused with a precise error; an expired Grant confers
+//! nothing; an invite is claimed once; keys rotate with grace; a person
+//! can accept a stranger.
 
 mod common;
 
 use std::time::Duration;
 
 use common::NAMESPACE;
-use common::peers::{TestIngress, TestPeer};
-use common::sidecar::ControlPlane;
+use common::peers::{TestIngress, TestPeer, script};
+use common::sidecar::{ControlPlane, as_sidecar};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use wopr_operator::api::{Grant, GrantSubject, TrustLevel, WoprObject, parse_manifests};
 use wopr_operator::controlplane::peers::{RefusalKind, Refused};
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
+use wopr_operator::proto::v1alpha1::{ForwardRequest, ReplyRequest, RespondRequest};
 
 const GATEWAY: &str = "p2p-gateway";
 const RESEARCH: &str = "research-agent";
@@ -52,6 +59,111 @@ fn scoped(name: &str, key: &str, sessions: &[&str]) -> Grant {
     let mut grant = common::peer_grant(name, key, TrustLevel::Untrusted);
     grant.spec.sessions = sessions.iter().map(|s| (*s).to_owned()).collect();
     grant
+}
+
+/// Plays the gateway and the research agent for the next message in the
+/// gateway's inbox: forwards it as a query, answers it, responds with
+/// `{"summary": ...}` naming what the peer sent.
+async fn play_gateway(control_plane: &ControlPlane, mut client: BrokerClient<Channel>) -> String {
+    let message = loop {
+        let pending = control_plane
+            .store
+            .pending_messages(NAMESPACE, GATEWAY, 0, 10)
+            .await
+            .unwrap();
+        if let Some(queued) = pending.into_iter().next() {
+            break queued.message;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let forward = ForwardRequest {
+        namespace: NAMESPACE.into(),
+        session: GATEWAY.into(),
+        message_id: message.id.clone(),
+        target: RESEARCH.into(),
+        action: "query".into(),
+        payload_json: json!({"question": message.payload}).to_string(),
+    };
+    let forwarded = client
+        .forward(as_sidecar(GATEWAY, forward))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = ReplyRequest {
+        namespace: NAMESPACE.into(),
+        session: RESEARCH.into(),
+        request_id: forwarded.request_id.clone(),
+        result_json: json!({"summary": "editions"}).to_string(),
+    };
+    client.reply(as_sidecar(RESEARCH, reply)).await.unwrap();
+    let respond = RespondRequest {
+        namespace: NAMESPACE.into(),
+        session: GATEWAY.into(),
+        request_id: forwarded.request_id.clone(),
+        result_json: json!({"summary": "editions", "asked": message.payload}).to_string(),
+    };
+    client.respond(as_sidecar(GATEWAY, respond)).await.unwrap();
+    // The gateway's own inbox: take the message off it.
+    control_plane
+        .store
+        .ack_messages(NAMESPACE, GATEWAY, &[message.id.clone()], Timestamp::now())
+        .await
+        .ok();
+    message.id
+}
+
+#[tokio::test]
+async fn node_and_python_peers_inject_into_a_gateway_and_get_its_answer() {
+    for language in ["node", "python"] {
+        let keys = script(language, "keygen", json!({})).await;
+        let public_key = keys["publicKey"].as_str().unwrap().to_owned();
+        let (control_plane, client) = reference(&[&public_key]).await;
+        let ingress = TestIngress::start(&control_plane, Duration::from_secs(10)).await;
+        let message = json!({
+            "v": 2,
+            "type": "inject",
+            "from": public_key,
+            "ts": Timestamp::now().as_millisecond(),
+            "nonce": format!("{:032x}", rand_u128()),
+            "session": format!("{NAMESPACE}/{GATEWAY}"),
+            "payload": format!("which editions exist? ({language}, ünïcode)"),
+        });
+        let post = script(
+            language,
+            "post",
+            json!({
+                "privateKey": keys["privateKey"],
+                "message": message,
+                "url": ingress.messages_url(),
+                "caFile": common::tls::pki().ca_file,
+            }),
+        );
+        let (answer, message_id) = tokio::join!(post, play_gateway(&control_plane, client));
+        assert_eq!(answer["status"], 200, "{language}: {answer}");
+        let body = &answer["body"];
+        assert_eq!(body["state"], "answered", "{language}: {body}");
+        assert_eq!(body["messageId"], message_id);
+        let result = &body["answers"][0]["result"];
+        assert_eq!(result["summary"], "editions");
+        assert_eq!(
+            result["asked"],
+            format!("which editions exist? ({language}, ünïcode)")
+        );
+        // Audited in the gateway's trail, naming the peer by its short id.
+        let events = common::store::all_events(&control_plane.store).await;
+        let delivered = events
+            .iter()
+            .find(|event| event.action.as_deref() == Some("p2p_inject"))
+            .expect("the delivery is audited");
+        assert_eq!(delivered.session, GATEWAY);
+        assert_eq!(delivered.source.source_type, "p2p");
+        let short = wopr_operator::p2p::key::short_id(&public_key);
+        assert!(delivered.reason.contains(&short), "{}", delivered.reason);
+    }
+}
+
+fn rand_u128() -> u128 {
+    ulid::Ulid::new().0
 }
 
 /// The refusal of `raw`, which must be refused.

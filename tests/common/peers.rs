@@ -1,6 +1,7 @@
 //! Peers for tests of the peer ingress: a key that signs messages as WOPR
-//! does (the JSON text as written, `sig` appended last), and an ingress
-//! served next to a test control plane.
+//! does (the JSON text as written, `sig` appended last), the scripts of
+//! peers in other languages (`tests/peers/`), and an ingress served next
+//! to a test control plane.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,4 +170,41 @@ impl TestIngress {
             self.address.port()
         )
     }
+}
+
+/// Runs `tests/peers/wopr_peer.{mjs,py}` (`language`: node or python)
+/// with `command`, `input` on stdin; its JSON answer. Without blocking the
+/// runtime: the ingress it talks to is served by the same test process.
+pub async fn script(language: &str, command: &str, input: Value) -> Value {
+    use tokio::io::AsyncWriteExt;
+    let (program, path) = match language {
+        "node" => ("node", "tests/peers/wopr_peer.mjs"),
+        "python" => ("python3", "tests/peers/wopr_peer.py"),
+        other => panic!("no peer in {other}"),
+    };
+    let mut child = tokio::process::Command::new(program)
+        .arg(path)
+        .arg(command)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run {program} (install it: nodejs 20, python3 with `cryptography`): {error}"
+            )
+        });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the peer script answers within a minute")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {path} {command} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
