@@ -122,6 +122,15 @@ pub struct TestIngress {
 impl TestIngress {
     /// Starts one that waits `answer_wait` for a gateway's answer.
     pub async fn start(control_plane: &ControlPlane, answer_wait: Duration) -> TestIngress {
+        TestIngress::start_on(control_plane, control_plane.store.clone(), answer_wait).await
+    }
+
+    /// [`TestIngress::start`], its counts and inboxes in `store`.
+    pub async fn start_on(
+        control_plane: &ControlPlane,
+        store: wopr_operator::store::Store,
+        answer_wait: Duration,
+    ) -> TestIngress {
         let writer: Arc<dyn ClusterWriter> = Arc::new(KubeWriter(control_plane.client.clone()));
         let keys = Arc::new(MemoryIngressKeys::default());
         let settings = IngressSettings {
@@ -130,7 +139,7 @@ impl TestIngress {
         };
         let ingress = Arc::new(Ingress::new(
             control_plane.index.clone(),
-            control_plane.store.clone(),
+            store.clone(),
             writer.clone(),
             keys.clone(),
             Arc::new(GrantUses::new(
@@ -139,7 +148,7 @@ impl TestIngress {
                 Clock::System,
             )),
             Arc::new(Refusals::new(
-                control_plane.store.clone(),
+                store,
                 "wopr-system".into(),
                 RefusalMetrics::default(),
             )),
