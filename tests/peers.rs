@@ -106,7 +106,12 @@ async fn play_gateway(control_plane: &ControlPlane, mut client: BrokerClient<Cha
     // The gateway's own inbox: take the message off it.
     control_plane
         .store
-        .ack_messages(NAMESPACE, GATEWAY, &[message.id.clone()], Timestamp::now())
+        .ack_messages(
+            NAMESPACE,
+            GATEWAY,
+            std::slice::from_ref(&message.id),
+            Timestamp::now(),
+        )
         .await
         .ok();
     message.id
