@@ -62,28 +62,14 @@ fn reference_policy(enforcement: Enforcement) -> SecurityPolicy {
 async fn reference() -> (ControlPlane, BrokerClient<Channel>) {
     let mut control_plane =
         ControlPlane::start(&[GATEWAY, RESEARCH, EXECUTOR, "api-handler", STRANGER]).await;
-    for path in ["examples/sessions.yaml", "examples/gateway.yaml"] {
-        let text = std::fs::read_to_string(path).unwrap();
-        for object in parse_manifests(&text).unwrap() {
-            match object {
-                WoprObject::Session(mut session) => {
-                    session.metadata.namespace = Some(NAMESPACE.into());
-                    if session.metadata.name.as_deref() == Some(GATEWAY) {
-                        session
-                            .spec
-                            .access
-                            .push(AccessPattern::Session(STRANGER.into()));
-                    }
-                    control_plane.put_session(*session);
-                }
-                WoprObject::Gateway(mut gateway) => {
-                    gateway.metadata.namespace = Some(NAMESPACE.into());
-                    control_plane.put_gateway(gateway);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
+    control_plane.put_reference(|session| {
+        if session.metadata.name.as_deref() == Some(GATEWAY) {
+            session
+                .spec
+                .access
+                .push(AccessPattern::Session(STRANGER.into()));
         }
-    }
+    });
     control_plane.put_policy(reference_policy(Enforcement::Enforce));
     control_plane.put_session(session(STRANGER, TrustLevel::Untrusted));
     control_plane.put_grant(session_grant(

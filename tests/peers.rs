@@ -18,7 +18,7 @@ use common::sidecar::{ControlPlane, as_sidecar};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
-use wopr_operator::api::{Grant, GrantSubject, TrustLevel, WoprObject, parse_manifests};
+use wopr_operator::api::{Grant, GrantSubject, TrustLevel};
 use wopr_operator::controlplane::peers::{RefusalKind, Refused};
 use wopr_operator::proto::v1alpha1::broker_client::BrokerClient;
 use wopr_operator::proto::v1alpha1::{ForwardRequest, ReplyRequest, RespondRequest};
@@ -31,22 +31,7 @@ const RESEARCH: &str = "research-agent";
 async fn reference(peers: &[&str]) -> (ControlPlane, BrokerClient<Channel>) {
     let mut control_plane =
         ControlPlane::start(&[GATEWAY, RESEARCH, "code-executor", "api-handler"]).await;
-    for path in ["examples/sessions.yaml", "examples/gateway.yaml"] {
-        let text = std::fs::read_to_string(path).unwrap();
-        for object in parse_manifests(&text).unwrap() {
-            match object {
-                WoprObject::Session(mut session) => {
-                    session.metadata.namespace = Some(NAMESPACE.into());
-                    control_plane.put_session(*session);
-                }
-                WoprObject::Gateway(mut gateway) => {
-                    gateway.metadata.namespace = Some(NAMESPACE.into());
-                    control_plane.put_gateway(gateway);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
+    control_plane.put_reference(|_| {});
     for (index, key) in peers.iter().enumerate() {
         control_plane.put_grant(scoped(&format!("peer-{index}"), key, &[GATEWAY]));
     }

@@ -13,18 +13,16 @@
 //! store, never from the object, whose spec people with the right to
 //! create ApprovalRequests could write.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ObjectMeta;
 
 use crate::api::{
     ApprovalRequest, ApprovalRequestSpec, ApprovalState, ApprovalType, Capability, Grant,
     GrantSpec, GrantSubject, MAX_PAYLOAD_BYTES, SourceRef,
 };
-use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
+use crate::cluster::managed_meta;
 use crate::store::{Elevation, Forward};
 
 /// The label naming the Gateway of a forward's ApprovalRequest.
@@ -192,22 +190,6 @@ pub fn peer_grant(request: &ApprovalRequest) -> Option<Grant> {
         },
         status: None,
     })
-}
-
-/// The metadata of an object the operator creates for a request: its
-/// name, namespace, `labels`, and the operator as its manager.
-fn managed_meta(name: &str, namespace: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-    let mut all: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-        .collect();
-    all.insert(MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned());
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: Some(namespace.to_owned()),
-        labels: Some(all),
-        ..ObjectMeta::default()
-    }
 }
 
 /// The ApprovalRequest of a forward that waits for approval: named by the

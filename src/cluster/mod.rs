@@ -10,7 +10,9 @@ pub mod escalation;
 pub mod lease;
 pub mod preflight;
 
-use kube::api::{PatchParams, PostParams};
+use std::collections::BTreeMap;
+
+use kube::api::{ObjectMeta, PatchParams, PostParams};
 use kube::core::NamespaceResourceScope;
 use kube::{Api, Client, Resource};
 use serde::Serialize;
@@ -22,6 +24,23 @@ pub const FIELD_MANAGER: &str = "wopr-operator";
 /// The label naming who manages an object: [`FIELD_MANAGER`] on every
 /// object the operator creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// The metadata of an object the operator creates on its own (a request's
+/// ApprovalRequest or Grant, a claimed invite's Grant, an ingress key's
+/// Secret): its name, namespace, `labels`, and the operator as its manager.
+pub fn managed_meta(name: &str, namespace: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    let mut all: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    all.insert(MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned());
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(all),
+        ..ObjectMeta::default()
+    }
+}
 
 /// Parameters of every server-side apply: one field manager, forced.
 pub fn apply_params() -> PatchParams {

@@ -387,15 +387,7 @@ impl Authenticator for TokenReviewer {
         let Some(level) = level_to_check(&username, level) else {
             return Ok(username);
         };
-        let operate = ResourceAttributes {
-            group: Some(crate::api::GROUP.to_owned()),
-            resource: Some(crate::api::TRUST_LEVELS_RESOURCE.to_owned()),
-            verb: Some("use".to_owned()),
-            namespace: Some(namespace.to_owned()),
-            name: Some(level.as_str().to_owned()),
-            ..ResourceAttributes::default()
-        };
-        match self.refusal(&user, operate).await? {
+        match self.refusal(&user, use_level(namespace, level)).await? {
             None => Ok(username),
             Some(why) => Err(may_not_operate(&username, namespace, session, level, &why)),
         }
@@ -416,20 +408,25 @@ impl Authenticator for TokenReviewer {
             namespace: Some(namespace.to_owned()),
             ..ResourceAttributes::default()
         };
-        let confer = ResourceAttributes {
-            group: Some(crate::api::GROUP.to_owned()),
-            resource: Some(crate::api::TRUST_LEVELS_RESOURCE.to_owned()),
-            verb: Some("use".to_owned()),
-            namespace: Some(namespace.to_owned()),
-            name: Some(level.as_str().to_owned()),
-            ..ResourceAttributes::default()
-        };
-        for attributes in [create, confer] {
+        for attributes in [create, use_level(namespace, level)] {
             if let Some(why) = self.refusal(&user, attributes).await? {
                 return Err(may_not_grant(&username, namespace, &role, &why));
             }
         }
         Ok(username)
+    }
+}
+
+/// `use` on `trustlevels.wopr.dev` named `level` in `namespace`: what
+/// writing (and so operating) a Session, or a Grant, at that level needs.
+fn use_level(namespace: &str, level: TrustLevel) -> ResourceAttributes {
+    ResourceAttributes {
+        group: Some(crate::api::GROUP.to_owned()),
+        resource: Some(crate::api::TRUST_LEVELS_RESOURCE.to_owned()),
+        verb: Some("use".to_owned()),
+        namespace: Some(namespace.to_owned()),
+        name: Some(level.as_str().to_owned()),
+        ..ResourceAttributes::default()
     }
 }
 

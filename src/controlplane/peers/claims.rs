@@ -14,7 +14,6 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::receive::peer_source;
@@ -23,7 +22,7 @@ use crate::api::{
     Grant, GrantSpec, GrantSubject, PreviousKey, RotationReason as KeyRotationReason, TrustLevel,
 };
 use crate::audit::EventType;
-use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL};
+use crate::cluster::managed_meta;
 use crate::controlplane::discover::DiscoverPolicy;
 use crate::p2p::PeerKey;
 use crate::p2p::invite::{self, Invite};
@@ -68,16 +67,9 @@ pub fn invited_grant(
     sessions: Vec<String>,
 ) -> Result<Grant, String> {
     let digest = stable_hash(&invite.nonce);
-    let mut labels = std::collections::BTreeMap::new();
-    labels.insert(INVITE_LABEL.to_owned(), digest.clone());
-    labels.insert(MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned());
+    let labels = [(INVITE_LABEL, digest.as_str())];
     Ok(Grant {
-        metadata: ObjectMeta {
-            name: Some(format!("invite-{digest}")),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
+        metadata: managed_meta(&format!("invite-{digest}"), namespace, &labels),
         spec: GrantSpec {
             subject: GrantSubject::peer(invite.subject.as_str()),
             profile: None,

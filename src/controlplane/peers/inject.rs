@@ -251,18 +251,10 @@ impl<D: DiscoverPolicy> Ingress<D> {
         source: crate::api::SourceRef,
         refused: Refused,
     ) -> Refused {
-        let reason = format!("peer {}: {}", peer.short_id(), refused.reason);
-        let mut event = self.event(
-            EventType::Injection,
-            target,
-            source,
-            Outcome::Denied,
-            &reason,
-        );
+        let mut event = self.event(EventType::Injection, target, source, Outcome::Denied, "");
         event.action = Some(PEER_INJECT_ACTION.to_owned());
-        let caller = format!("p2p:{}", peer.short_id());
-        self.refusals.record(&caller, Trail::Namespace, event).await;
-        refused
+        self.record_refused(peer, Trail::Namespace, event, refused)
+            .await
     }
 
     /// The forwards `session` (a gateway session) made of `message_id` and

@@ -10,10 +10,9 @@ use std::sync::Mutex;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use crate::cluster::{FIELD_MANAGER, MANAGED_BY_LABEL, describe};
+use crate::cluster::{create_once, describe, managed_meta};
 use crate::p2p::IngressKey;
 
 /// The key of the Secret's data holding the key (PKCS#8 DER).
@@ -35,13 +34,17 @@ pub trait IngressKeys: Send + Sync + 'static {
 
 /// Keys in Secrets of the operator's namespace.
 pub struct KubeIngressKeys {
+    client: Client,
     secrets: Api<Secret>,
+    operator_namespace: String,
 }
 
 impl KubeIngressKeys {
     pub fn new(client: Client, operator_namespace: &str) -> Self {
         KubeIngressKeys {
-            secrets: Api::namespaced(client, operator_namespace),
+            secrets: Api::namespaced(client.clone(), operator_namespace),
+            client,
+            operator_namespace: operator_namespace.to_owned(),
         }
     }
 }
@@ -75,35 +78,24 @@ impl IngressKeys for KubeIngressKeys {
             return Ok(key);
         }
         let key = IngressKey::generate();
+        let name = secret_name(namespace);
+        let labels = [("wopr.dev/p2p-namespace", namespace)];
         let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(secret_name(namespace)),
-                labels: Some(
-                    [
-                        (MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned()),
-                        ("wopr.dev/p2p-namespace".to_owned(), namespace.to_owned()),
-                    ]
-                    .into(),
-                ),
-                ..ObjectMeta::default()
-            },
+            metadata: managed_meta(&name, &self.operator_namespace, &labels),
             data: Some([(KEY_DATA.to_owned(), ByteString(key.to_pkcs8_der()))].into()),
             type_: Some("Opaque".to_owned()),
             ..Secret::default()
         };
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PostParams::default()
-        };
-        match self.secrets.create(&params, &secret).await {
-            Ok(_) => Ok(key),
-            // Another replica made one first: that one is the key.
-            Err(kube::Error::Api(status)) if status.is_already_exists() => self
-                .existing(namespace)
-                .await?
-                .ok_or_else(|| format!("Secret {} vanished", secret_name(namespace))),
-            Err(error) => Err(describe(&error)),
+        if create_once(&self.client, &secret)
+            .await
+            .map_err(|error| describe(&error))?
+        {
+            return Ok(key);
         }
+        // Another replica made one first: that one is the key.
+        self.existing(namespace)
+            .await?
+            .ok_or_else(|| format!("Secret {name} vanished"))
     }
 }
 

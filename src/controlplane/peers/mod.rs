@@ -210,6 +210,13 @@ pub struct MessageLabels {
     pub outcome: String,
 }
 
+fn labels(action: &str, outcome: &str) -> MessageLabels {
+    MessageLabels {
+        action: action.to_owned(),
+        outcome: outcome.to_owned(),
+    }
+}
+
 impl PeerMetrics {
     /// Registers the metrics in `registry`.
     pub fn register(&self, registry: &mut Registry) {
@@ -223,19 +230,11 @@ impl PeerMetrics {
 
     /// How many messages of `action` ended in `outcome`.
     pub fn count(&self, action: &str, outcome: &str) -> u64 {
-        let labels = MessageLabels {
-            action: action.to_owned(),
-            outcome: outcome.to_owned(),
-        };
-        self.messages.get_or_create(&labels).get()
+        self.messages.get_or_create(&labels(action, outcome)).get()
     }
 
     fn observe(&self, action: &str, outcome: &str) {
-        let labels = MessageLabels {
-            action: action.to_owned(),
-            outcome: outcome.to_owned(),
-        };
-        self.messages.get_or_create(&labels).inc();
+        self.messages.get_or_create(&labels(action, outcome)).inc();
     }
 }
 

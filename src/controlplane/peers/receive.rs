@@ -209,11 +209,24 @@ impl<D: DiscoverPolicy> Ingress<D> {
         target: (&str, &str),
         refused: Refused,
     ) -> Refused {
-        let reason = format!("peer {}: {}", peer.short_id(), refused.reason);
         let source = peer_source(peer, TrustLevel::Untrusted);
-        let event = self.event(EventType::Policy, target, source, Outcome::Denied, &reason);
+        let event = self.event(EventType::Policy, target, source, Outcome::Denied, "");
+        self.record_refused(peer, Trail::Operator, event, refused)
+            .await
+    }
+
+    /// Records `event` as the refusal `refused` of `peer` in `trail`, its
+    /// reason `refused`'s naming the peer, budgeted per peer; returns it.
+    pub(super) async fn record_refused(
+        &self,
+        peer: &PeerKey,
+        trail: Trail,
+        mut event: AuditEvent,
+        refused: Refused,
+    ) -> Refused {
+        event.reason = format!("peer {}: {}", peer.short_id(), refused.reason);
         let caller = format!("p2p:{}", peer.short_id());
-        self.refusals.record(&caller, Trail::Operator, event).await;
+        self.refusals.record(&caller, trail, event).await;
         refused
     }
 
