@@ -302,7 +302,7 @@ fn every_command_has_help_with_an_example() {
     }
     let mut found = Vec::new();
     leaves(&Cli::command(), "kubectl wopr".into(), &mut found);
-    assert_eq!(found.len(), 21, "{found:?}");
+    assert_eq!(found.len(), 22, "{found:?}");
     for (path, help) in found {
         assert!(
             help.contains("Example"),
