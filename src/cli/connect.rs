@@ -381,16 +381,18 @@ impl ControlPlane {
     }
 
     /// The endpoint at `address`, secured as `tls` says (`what` names
-    /// where the address came from), with the connect timeout.
+    /// where the address came from). It has no connect timeout of its
+    /// own: [`ControlPlane::connect`] bounds the whole connection by the
+    /// request timeout, and a second deadline at the same instant would
+    /// race it and name the failure differently from run to run.
     fn endpoint(
         &self,
         address: &str,
         tls: &ClientTls,
         what: impl Fn() -> String,
     ) -> Result<Endpoint, CliError> {
-        let endpoint = crate::tls::client::endpoint(address, tls)
-            .map_err(|error| CliError::Usage(format!("{}: {error}", what())))?;
-        Ok(endpoint.connect_timeout(self.timeout))
+        crate::tls::client::endpoint(address, tls)
+            .map_err(|error| CliError::Usage(format!("{}: {error}", what())))
     }
 }
 
