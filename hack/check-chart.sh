@@ -12,7 +12,7 @@ export PATH="$PWD/.tools/bin:$PATH"
 chart=charts/wopr-operator
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-all_options=(--set replicaCount=3 --set audit.postgres.existingSecret=wopr-store --set profileInstaller.enabled=true --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true --set audit.export.otlp.endpoint=http://collector.observability:4317 --set audit.export.ocsf=- --set 'sandbox.isolationProbes={metadata=169.254.169.254:80}')
+all_options=(--set replicaCount=3 --set audit.postgres.existingSecret=wopr-store --set profileInstaller.enabled=true --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true --set p2p.enabled=true --set audit.export.otlp.endpoint=http://collector.observability:4317 --set audit.export.ocsf=- --set 'sandbox.isolationProbes={metadata=169.254.169.254:80}')
 
 echo "== helm lint"
 helm lint --strict "$chart"
@@ -44,6 +44,9 @@ done
 [ "$(grep -cF "secretName: wopr-operator-tls" "$work/cert-manager.yaml")" -ge 2 ] || { echo "the Certificate's Secret must be the one the controller mounts" >&2; exit 1; }
 if grep -qF -- "--tls-ca-secret" "$work/cert-manager.yaml"; then echo "with cert-manager the operator must not issue its own certificate" >&2; exit 1; fi
 helm template wopr-operator "$chart" -n wopr-system --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=corp-ca --set tls.certManager.issuerRef.kind=ClusterIssuer > "$work/cert-manager-issuer.yaml"
+if grep -qF -- "-p2p.wopr-system.svc" "$work/cert-manager.yaml"; then echo "without p2p.enabled the Certificate names no peer ingress" >&2; exit 1; fi
+helm template wopr-operator "$chart" -n wopr-system --set tls.certManager.enabled=true --set p2p.enabled=true > "$work/cert-manager-p2p.yaml"
+grep -qF -- "- wopr-operator-p2p.wopr-system.svc" "$work/cert-manager-p2p.yaml" || { echo "with p2p.enabled the Certificate must name the peer ingress's Service" >&2; exit 1; }
 grep -qF "name: corp-ca" "$work/cert-manager-issuer.yaml" || { echo "a named issuer must sign the Certificate" >&2; exit 1; }
 if grep -qF "selfSigned" "$work/cert-manager-issuer.yaml"; then echo "a named issuer needs no bootstrap CA" >&2; exit 1; fi
 echo "== the profile installer makes the shipped seccomp profile the sandboxes' default"

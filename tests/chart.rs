@@ -346,7 +346,7 @@ fn the_default_install_keeps_the_audit_store_on_a_claim_with_one_writer() {
 #[test]
 fn the_default_install_serves_tls_and_session_pods_mount_the_bundle() {
     use wopr_operator::contract::{CA_BUNDLE_CONFIGMAP, CA_BUNDLE_KEY, CA_DIR, CA_PATH, env};
-    use wopr_operator::operator::tls::leaf_names;
+    use wopr_operator::operator::tls::{leaf_names, served_services};
 
     let (deployment, service, _) = controller();
     let args = parsed_args(&deployment);
@@ -356,8 +356,9 @@ fn the_default_install_serves_tls_and_session_pods_mount_the_bundle() {
     let config = SandboxConfig::from_args(&args).unwrap();
     let service_name = service.metadata.name.clone().unwrap();
     assert_eq!(args.tls.tls_service_name, service_name);
+    assert_eq!(served_services(&args), std::slice::from_ref(&service_name));
     let names = leaf_names(
-        &args.tls.tls_service_name,
+        &served_services(&args),
         &args.operator_namespace,
         &config.control_plane.host,
         &args.tls.tls_server_name,

@@ -30,17 +30,38 @@ pub struct Tls {
     pub ca: Option<CaSecret>,
 }
 
-/// The names the self-issued certificate carries: the Service `service`
-/// of `namespace` by each name a pod may dial it by, the host of the
-/// address sidecars are given, and `extra`; each once.
-pub fn leaf_names(service: &str, namespace: &str, dialled: &str, extra: &[String]) -> Vec<String> {
-    let mut names = vec![
-        service.to_owned(),
-        format!("{service}.{namespace}"),
-        format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
-        dialled.to_owned(),
-    ];
+/// The Services the certificate is dialled behind: the control plane's
+/// (`--tls-service-name`) and, with the peer ingress on, the peer
+/// ingress's (the chart's `<release>-p2p`), which serves the same
+/// certificate and which peers in the cluster dial.
+pub fn served_services(args: &ControllerArgs) -> Vec<String> {
+    let service = &args.tls.tls_service_name;
+    let mut services = vec![service.clone()];
+    if args.p2p_listen.is_some() {
+        services.push(format!("{service}-p2p"));
+    }
+    services
+}
+
+/// The names the self-issued certificate carries: each of the Services
+/// `services` of `namespace` by each name a pod may dial it by, the host
+/// of the address sidecars are given, and `extra`; each once.
+pub fn leaf_names(
+    services: &[String],
+    namespace: &str,
+    dialled: &str,
+    extra: &[String],
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for service in services {
+        names.extend([
+            service.to_owned(),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+        ]);
+    }
+    names.push(dialled.to_owned());
     names.extend(extra.iter().filter(|name| !name.is_empty()).cloned());
     let mut seen = std::collections::BTreeSet::new();
     names.retain(|name| seen.insert(name.clone()));
@@ -56,7 +77,7 @@ pub async fn start(args: &ControllerArgs, host: &str, client: &Client) -> Result
         tls_key_file,
         tls_ca_file,
         tls_ca_secret,
-        tls_service_name,
+        tls_service_name: _,
         tls_server_name,
     } = &args.tls;
     if *insecure_plaintext {
@@ -95,7 +116,7 @@ pub async fn start(args: &ControllerArgs, host: &str, client: &Client) -> Result
     let clock = Clock::System;
     let ca = store.current(clock.now()).await?;
     let names = leaf_names(
-        tls_service_name,
+        &served_services(args),
         &args.operator_namespace,
         host,
         tls_server_name,
@@ -128,7 +149,7 @@ mod tests {
     fn the_leaf_names_the_service_the_dialled_host_and_the_extras_once() {
         assert_eq!(
             leaf_names(
-                "wopr-operator",
+                &["wopr-operator".into()],
                 "wopr-system",
                 "wopr-operator.wopr-system.svc",
                 &["172.18.0.1".into(), String::new()]
@@ -141,5 +162,18 @@ mod tests {
                 "172.18.0.1",
             ]
         );
+    }
+
+    #[test]
+    fn with_the_peer_ingress_the_leaf_names_its_service_too() {
+        let names = leaf_names(
+            &["wopr-operator".into(), "wopr-operator-p2p".into()],
+            "wopr-system",
+            "wopr-operator.wopr-system.svc",
+            &[],
+        );
+        assert!(names.contains(&"wopr-operator-p2p.wopr-system.svc".to_owned()));
+        assert!(names.contains(&"wopr-operator-p2p.wopr-system.svc.cluster.local".to_owned()));
+        assert_eq!(names.len(), 8, "{names:?}");
     }
 }
