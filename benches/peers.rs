@@ -32,6 +32,7 @@ use common::NAMESPACE;
 use common::peers::{TestIngress, TestPeer};
 use common::sidecar::ControlPlane;
 use common::store::postgres_url;
+use wopr_operator::controlplane::peers::IngressSettings;
 
 const GATEWAY: &str = "p2p-gateway";
 
@@ -112,8 +113,14 @@ fn bench_peers(c: &mut Criterion) {
         b.iter(|| wopr_operator::p2p::message::open(&sample).unwrap())
     });
     for (name, store) in stores {
-        let ingress =
-            runtime.block_on(TestIngress::start_on(&control_plane, store, Duration::ZERO));
+        let ingress = runtime.block_on(TestIngress::start_on(
+            &control_plane,
+            store,
+            IngressSettings {
+                answer_wait: Duration::ZERO,
+                ..IngressSettings::default()
+            },
+        ));
         group.bench_function(format!("receive_{name}"), |b| {
             b.iter_batched(
                 || messages.next(),

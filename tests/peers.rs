@@ -269,6 +269,57 @@ async fn every_wrong_message_is_refused_precisely() {
     assert_eq!(refusal.kind, RefusalKind::Forbidden, "{}", refusal.reason);
 }
 
+/// A discovered peer (no Grant) accepted by `p2p.autoAccept` at the
+/// discovery trust (untrusted): it reaches the gateway session and gets its
+/// answer, and no session that serves no Gateway.
+#[tokio::test]
+async fn a_discovered_peer_reaches_gateways_only() {
+    use wopr_operator::api::{P2pPolicy, SecurityPolicy, SecurityPolicySpec};
+    let (mut control_plane, client) = reference(&[]).await;
+    let mut policy = SecurityPolicy::new(
+        "default",
+        SecurityPolicySpec {
+            p2p: Some(P2pPolicy {
+                auto_accept: true,
+                ..P2pPolicy::default()
+            }),
+            ..SecurityPolicySpec::default()
+        },
+    );
+    policy.metadata.namespace = Some(NAMESPACE.into());
+    control_plane.put_policy(policy);
+    let ingress = TestIngress::start(&control_plane, Duration::from_secs(10)).await;
+    let keys = script("node", "keygen", json!({})).await;
+    // As tests/e2e_p2p.rs's pod posts: the message stamped by the peer.
+    let post = |session: &str| {
+        script(
+            "node",
+            "post",
+            json!({
+                "privateKey": keys["privateKey"],
+                "type": "inject",
+                "fields": {"session": format!("{NAMESPACE}/{session}"), "payload": "which editions exist?"},
+                "url": ingress.messages_url(),
+                "caFile": common::tls::pki().ca_file,
+            }),
+        )
+    };
+
+    let (answer, message_id) = tokio::join!(post(GATEWAY), play_gateway(&control_plane, client));
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body"]["state"], "answered", "{answer}");
+    assert_eq!(answer["body"]["messageId"], message_id);
+
+    let refusal = post(RESEARCH).await;
+    assert_eq!(refusal["status"], 403, "{refusal}");
+    assert_eq!(refusal["body"]["error"], "forbidden", "{refusal}");
+    let reason = refusal["body"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("reaches gateway sessions only"),
+        "{refusal}"
+    );
+}
+
 #[tokio::test]
 async fn an_expired_grant_refuses() {
     let peer = TestPeer::new();
@@ -576,4 +627,122 @@ async fn the_https_and_grpc_fronts_answer_as_the_ingress_decides() {
     let metrics = &ingress.settings.metrics;
     assert_eq!(metrics.count("inject", "accepted"), 2);
     assert_eq!(metrics.count("outbox", "not_found"), 1);
+}
+
+/// Each namespace's ingress key, in a Secret of the operator's namespace:
+/// made once when first asked for, by either of two replicas asking at
+/// once (the other reads the one made); read back unchanged; a fresh one
+/// once the Secret is deleted (rotation); an unreadable Secret refused with
+/// what to do, never replaced behind the operator's back.
+#[tokio::test]
+async fn ingress_keys_live_in_secrets_of_the_operators_namespace() {
+    use wopr_operator::controlplane::peers::{IngressKeys, KubeIngressKeys};
+    let (client, api) = common::fake_api::FakeApi::start();
+    let first = KubeIngressKeys::new(client.clone(), "wopr-system");
+    let second = KubeIngressKeys::new(client.clone(), "wopr-system");
+    assert!(first.existing(NAMESPACE).await.unwrap().is_none());
+    let (a, b) = tokio::join!(first.key(NAMESPACE), second.key(NAMESPACE));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.public_key(), b.public_key(), "one key for both replicas");
+    let path = format!("/api/v1/namespaces/wopr-system/secrets/wopr-p2p-{NAMESPACE}");
+    let stored = api.get(&path).expect("the key's Secret");
+    assert_eq!(
+        stored["metadata"]["labels"]["wopr.dev/p2p-namespace"],
+        NAMESPACE
+    );
+    let again = KubeIngressKeys::new(client.clone(), "wopr-system");
+    assert_eq!(
+        again.key(NAMESPACE).await.unwrap().public_key(),
+        a.public_key()
+    );
+    assert!(
+        again.existing("elsewhere").await.unwrap().is_none(),
+        "another namespace has its own"
+    );
+
+    // Rotation: the Secret deleted, the next key is new.
+    api.remove(&path);
+    let rotated = again.key(NAMESPACE).await.unwrap();
+    assert_ne!(rotated.public_key(), a.public_key());
+
+    // An unreadable key: refused, naming the Secret and the remedy.
+    api.modify(&path, |secret| {
+        secret["data"]["ed25519.pkcs8"] = json!("bm90IGEga2V5");
+    });
+    let refused = again.key(NAMESPACE).await.unwrap_err();
+    assert!(
+        refused.contains(&format!("wopr-p2p-{NAMESPACE}")) && refused.contains("delete it"),
+        "{refused}"
+    );
+}
+
+/// At most `max_in_flight` messages are taken at once: with one waiting for
+/// the gateway's answer, the next is refused at once (503, before its body
+/// is read), counted and audited as no peer's; once the first is answered
+/// (told to fetch its outbox), the next is taken.
+#[tokio::test]
+async fn past_its_limit_in_flight_the_front_refuses_at_once() {
+    use wopr_operator::controlplane::peers::IngressSettings;
+    let peer = TestPeer::new();
+    let (control_plane, _client) = reference(&[&peer.public_key()]).await;
+    let settings = IngressSettings {
+        answer_wait: Duration::from_secs(3),
+        max_in_flight: 1,
+        ..IngressSettings::default()
+    };
+    let ingress =
+        TestIngress::start_on(&control_plane, control_plane.store.clone(), settings).await;
+    let client = https();
+    let post = |raw: Vec<u8>| {
+        client
+            .post(ingress.messages_url())
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+    };
+    // The first waits for an answer nobody gives.
+    let waiting = tokio::spawn(post(peer.inject(NAMESPACE, GATEWAY, json!("first"))));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = post(peer.inject(NAMESPACE, GATEWAY, json!("second")))
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+    let body: Value = busy.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 1 messages at once"),
+        "{body}"
+    );
+    assert_eq!(
+        ingress.settings.metrics.count("unverified", "unavailable"),
+        1
+    );
+    let first = waiting.await.unwrap().unwrap();
+    assert_eq!(first.status(), 202, "told to fetch its outbox");
+    let third = post(peer.inject(NAMESPACE, GATEWAY, json!("third")))
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 202);
+    // The busy refusal is in the operator's trail; the second message was
+    // never read, so it is not in the gateway's inbox.
+    let events = common::store::all_events(&control_plane.store).await;
+    assert!(
+        events
+            .iter()
+            .any(|event| event.reason.contains("limit of 1 messages at once")),
+        "{events:?}"
+    );
+    let queued = control_plane
+        .store
+        .pending_messages(NAMESPACE, GATEWAY, 0, 10)
+        .await
+        .unwrap();
+    let payloads: Vec<&Value> = queued
+        .iter()
+        .map(|queued| &queued.message.payload)
+        .collect();
+    assert_eq!(payloads, [&json!("first"), &json!("third")]);
 }

@@ -119,6 +119,7 @@ pub fn controller_args(namespace: &str, control_plane_listen: &str) -> Controlle
         control_plane_reflection: false,
         p2p_listen: None,
         p2p_answer_wait_seconds: 5,
+        p2p_max_in_flight: 64,
         max_open_elevations: 3,
         exec_max_output_bytes: wopr_operator::controlplane::exec::DEFAULT_MAX_OUTPUT_BYTES,
         operator_namespace: "wopr-system".into(),

@@ -122,21 +122,21 @@ pub struct TestIngress {
 impl TestIngress {
     /// Starts one that waits `answer_wait` for a gateway's answer.
     pub async fn start(control_plane: &ControlPlane, answer_wait: Duration) -> TestIngress {
-        TestIngress::start_on(control_plane, control_plane.store.clone(), answer_wait).await
-    }
-
-    /// [`TestIngress::start`], its counts and inboxes in `store`.
-    pub async fn start_on(
-        control_plane: &ControlPlane,
-        store: wopr_operator::store::Store,
-        answer_wait: Duration,
-    ) -> TestIngress {
-        let writer: Arc<dyn ClusterWriter> = Arc::new(KubeWriter(control_plane.client.clone()));
-        let keys = Arc::new(MemoryIngressKeys::default());
         let settings = IngressSettings {
             answer_wait,
             ..IngressSettings::default()
         };
+        TestIngress::start_on(control_plane, control_plane.store.clone(), settings).await
+    }
+
+    /// One set up with `settings`, its counts and inboxes in `store`.
+    pub async fn start_on(
+        control_plane: &ControlPlane,
+        store: wopr_operator::store::Store,
+        settings: IngressSettings,
+    ) -> TestIngress {
+        let writer: Arc<dyn ClusterWriter> = Arc::new(KubeWriter(control_plane.client.clone()));
+        let keys = Arc::new(MemoryIngressKeys::default());
         let ingress = Arc::new(Ingress::new(
             control_plane.index.clone(),
             store.clone(),

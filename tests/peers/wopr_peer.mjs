@@ -9,6 +9,7 @@ import {
   createPrivateKey,
   createPublicKey,
   generateKeyPairSync,
+  randomBytes,
   sign,
   verify,
 } from "node:crypto";
@@ -45,8 +46,23 @@ function verifies(msg, key) {
   }
 }
 
+/** A message as WOPR makes one, stamped when it is sent: `{v, type, from,
+ * ts, nonce, ...fields}` (tests/e2e_p2p.rs, whose pod may start minutes
+ * after the test wrote its input). */
+function stamped(input) {
+  return {
+    v: 2,
+    type: input.type,
+    from: publicOf(input.privateKey),
+    ts: Date.now(),
+    nonce: randomBytes(16).toString("hex"),
+    ...input.fields,
+  };
+}
+
+/** POSTs `message` (or a message `stamped` now), signed, to `url`. */
 function post(input) {
-  const text = JSON.stringify(signed(input.privateKey, input.message));
+  const text = JSON.stringify(signed(input.privateKey, input.message ?? stamped(input)));
   const url = new URL(input.url);
   return new Promise((resolve, reject) => {
     const request = https.request(

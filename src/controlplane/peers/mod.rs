@@ -243,13 +243,19 @@ impl PeerMetrics {
 pub struct IngressSettings {
     /// How long an injection waits for the gateway's answer.
     pub answer_wait: Duration,
+    /// How many messages the front takes at once (`--p2p-max-in-flight`).
+    pub max_in_flight: usize,
     pub metrics: PeerMetrics,
 }
+
+/// How many messages the front takes at once unless told otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 impl Default for IngressSettings {
     fn default() -> Self {
         IngressSettings {
             answer_wait: DEFAULT_ANSWER_WAIT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             metrics: PeerMetrics::default(),
         }
     }

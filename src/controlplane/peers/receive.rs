@@ -66,16 +66,25 @@ impl<D: DiscoverPolicy> Ingress<D> {
         }
     }
 
-    /// A message nobody can be held to: refused, audited in the
-    /// operator's trail under one shared budget.
+    /// A message whose signature does not verify (or that has none).
     async fn unverified(&self, unverified: Unverified) -> Refused {
         let kind = match unverified {
             Unverified::TooLarge { .. } => RefusalKind::TooLarge,
             Unverified::Format(_) | Unverified::NoSender(_) => RefusalKind::Malformed,
             Unverified::BadSignature(_) => RefusalKind::Unauthenticated,
         };
-        let refused = Refused::new(kind, unverified.to_string());
-        self.settings.metrics.observe("unverified", kind.as_str());
+        self.refuse_unattributed(Refused::new(kind, unverified.to_string()))
+            .await
+    }
+
+    /// A refusal nobody can be held to (a message whose signature is not
+    /// verified, or one refused before it is read: too large, too slow,
+    /// the front busy): counted, audited in the operator's trail under one
+    /// shared budget; returns it.
+    pub async fn refuse_unattributed(&self, refused: Refused) -> Refused {
+        self.settings
+            .metrics
+            .observe("unverified", refused.kind.as_str());
         let source = SourceRef {
             source_type: SourceType::Peer.into(),
             identity: String::new(),

@@ -2,21 +2,25 @@
 //! listener of its own, HTTP/1.1 and HTTP/2 (by ALPN over TLS). A body is
 //! refused by its declared length before it is read, and read no further
 //! than the largest message plus one byte otherwise, so an oversized
-//! message costs at most that much memory.
+//! message costs at most that much memory; and at most
+//! `max_in_flight` messages are taken at once (the rest refused at once,
+//! 503), so a flood of connections costs at most that many bodies.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
@@ -50,11 +54,16 @@ pub async fn serve<D: DiscoverPolicy>(
             .max_decoding_message_size(MAX_MESSAGE_BYTES + 64),
     )
     .into_axum_router();
+    let in_flight = Arc::new(Semaphore::new(ingress.settings.max_in_flight));
     let app = Router::new()
         .route("/v1alpha1/messages", post(http_message::<D>))
         .route("/v1alpha1/outbox", get(http_outbox::<D>))
-        .with_state(ingress)
-        .merge(grpc);
+        .with_state(ingress.clone())
+        .merge(grpc)
+        .layer(middleware::from_fn_with_state(
+            (ingress, in_flight),
+            admit::<D>,
+        ));
     match transport {
         Transport::Tls(cert) => {
             let connections = tls::server::incoming_speaking(listener, cert, &[b"h2", b"http/1.1"]);
@@ -100,6 +109,26 @@ impl axum::serve::Listener for TlsConnections {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Err(std::io::Error::other("the TLS acceptor owns the listener"))
     }
+}
+
+/// Takes a request (HTTPS or gRPC) while fewer than `max_in_flight` are
+/// being served, before its body is read; refuses it at once otherwise.
+async fn admit<D: DiscoverPolicy>(
+    State((ingress, in_flight)): State<(Arc<Ingress<D>>, Arc<Semaphore>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_serving) = in_flight.try_acquire_owned() else {
+        let busy = Refused::new(
+            RefusalKind::Unavailable,
+            format!(
+                "the ingress is taking its limit of {} messages at once: try again shortly",
+                ingress.settings.max_in_flight
+            ),
+        );
+        return respond(Err(ingress.refuse_unattributed(busy).await));
+    };
+    next.run(request).await
 }
 
 /// The HTTP answer to `outcome`.
@@ -157,7 +186,7 @@ async fn http_message<D: DiscoverPolicy>(
 ) -> Response {
     match read_body(&headers, body).await {
         Ok(raw) => respond(ingress.receive(&raw).await),
-        Err(refused) => respond(Err(refused)),
+        Err(refused) => respond(Err(ingress.refuse_unattributed(refused).await)),
     }
 }
 
@@ -170,15 +199,22 @@ async fn http_outbox<D: DiscoverPolicy>(
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
     if encoded.len() > MAX_MESSAGE_BYTES {
-        return respond(Err(too_large(encoded.len())));
+        return respond(Err(ingress
+            .refuse_unattributed(too_large(encoded.len()))
+            .await));
     }
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     match engine.decode(encoded.trim_end_matches('=')) {
         Ok(raw) if !raw.is_empty() => respond(ingress.receive(&raw).await),
-        _ => respond(Err(Refused::new(
-            RefusalKind::Malformed,
-            format!("send the signed outbox message, base64url, in the {MESSAGE_HEADER} header"),
-        ))),
+        _ => {
+            let unreadable = Refused::new(
+                RefusalKind::Malformed,
+                format!(
+                    "send the signed outbox message, base64url, in the {MESSAGE_HEADER} header"
+                ),
+            );
+            respond(Err(ingress.refuse_unattributed(unreadable).await))
+        }
     }
 }
 
