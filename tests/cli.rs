@@ -1611,6 +1611,126 @@ mod with_control_plane {
         );
     }
 
+    /// `security invite create` prints an invite signed by the namespace's
+    /// ingress key for whoever RBAC lets write the Grant its claim makes,
+    /// and records who invited whom; anyone else is refused, naming the
+    /// roles to bind, and nothing is signed.
+    #[tokio::test]
+    async fn invite_create_signs_for_whoever_may_write_its_grant() {
+        use std::sync::Arc;
+        use wopr_operator::controlplane::peers::{IngressKeys, MemoryIngressKeys};
+        use wopr_operator::controlplane::{PeerKeys, Settings};
+        use wopr_operator::p2p::{IngressKey, invite};
+
+        let keys = Arc::new(MemoryIngressKeys::default());
+        let settings = Settings {
+            peer_keys: Some(PeerKeys(keys.clone())),
+            ..Settings::default()
+        };
+        let plane = ControlPlane::start_with(&[], settings).await;
+        let mut cluster = examples();
+        let as_token = |cluster: &mut Cluster, token: &str| {
+            cluster.context.control_plane = ControlPlaneAddress::with_token(
+                plane.address.to_string().as_str(),
+                common::tls::client_tls(),
+                Some(token),
+            );
+        };
+        as_token(&mut cluster, READER);
+        let peer = IngressKey::generate().public_key();
+        let invite_args = |capability: &'static str| {
+            vec![
+                "security",
+                "invite",
+                "create",
+                "--peer",
+                peer.as_str(),
+                "--session",
+                "p2p-gateway",
+                "--cap",
+                capability,
+                "--expires",
+                "48h",
+            ]
+        };
+
+        let shown = cluster.run(&invite_args("inject")).await.unwrap();
+        let token = shown.data["token"].as_str().unwrap();
+        assert!(
+            shown.text.starts_with(&format!("{token}\n")),
+            "{}",
+            shown.text
+        );
+        let parsed = invite::parse(token).unwrap();
+        let ingress = keys.key(NAMESPACE).await.unwrap().public_key();
+        assert_eq!(parsed.issuer, ingress);
+        assert_eq!(shown.data["ingressKeyId"], json!(ingress.short_id()));
+        assert_eq!(parsed.subject, peer);
+        assert_eq!(parsed.sessions, [format!("{NAMESPACE}/p2p-gateway")]);
+        assert_eq!(parsed.capabilities, ["inject"]);
+        let lifetime = parsed.expires_ms - Timestamp::now().as_millisecond();
+        assert!(
+            (47 * 3_600_000..=48 * 3_600_000).contains(&lifetime),
+            "{lifetime} ms"
+        );
+        let recorded = &common::store::all_events(&plane.store).await[0];
+        assert_eq!(recorded.source.identity, "alice");
+        assert!(
+            recorded
+                .reason
+                .contains(&format!("alice invited peer {}", peer.short_id())),
+            "{}",
+            recorded.reason
+        );
+
+        // Alice may confer semi-trusted, not trusted: a2a.call is refused.
+        let above = cluster.run(&invite_args("a2a.call")).await;
+        assert!(
+            matches!(above, Err(CliError::Refused(ref m)) if m.contains("wopr-trust-trusted")),
+            "{above:?}"
+        );
+        // Mallory may write Grants in another namespace only.
+        as_token(&mut cluster, common::sidecar::OUTSIDER);
+        let elsewhere = cluster.run(&invite_args("inject")).await;
+        assert!(
+            matches!(elsewhere, Err(CliError::Refused(ref m))
+                if m.contains("mallory") && m.contains(&format!("namespace {NAMESPACE}"))),
+            "{elsewhere:?}"
+        );
+        // A sidecar's token is no person's: refused.
+        as_token(&mut cluster, "not-a-token");
+        let unknown = cluster.run(&invite_args("inject")).await;
+        assert!(matches!(unknown, Err(CliError::Refused(_))), "{unknown:?}");
+        // Bad input, precisely, before anything is asked of RBAC.
+        as_token(&mut cluster, READER);
+        let mut bad_key = invite_args("inject");
+        bad_key[4] = "not-a-key";
+        let refused = cluster.run(&bad_key).await;
+        assert!(
+            matches!(refused, Err(CliError::Usage(ref m)) if m.contains("peer_key")),
+            "{refused:?}"
+        );
+        let mut too_long = invite_args("inject");
+        too_long[10] = "1000h";
+        let refused = cluster.run(&too_long).await;
+        assert!(
+            matches!(refused, Err(CliError::Usage(ref m)) if m.contains("720 h at most")),
+            "{refused:?}"
+        );
+        let everything = cluster.run(&invite_args("*")).await;
+        assert!(
+            matches!(everything, Err(CliError::Usage(ref m)) if m.contains("never *")),
+            "{everything:?}"
+        );
+        // Only Alice's one invite was recorded.
+        let invited = common::store::all_events(&plane.store)
+            .await
+            .into_iter()
+            .filter(|event| event.reason.contains("invited peer"))
+            .count();
+        assert_eq!(invited, 1);
+    }
+
     /// A workload's message arrives as its Grant says, through the
     /// session's access list; without a Grant in scope, not at all.
     #[tokio::test]

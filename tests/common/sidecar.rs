@@ -91,6 +91,21 @@ fn trust_levels() -> HashMap<String, TrustLevel> {
     .collect()
 }
 
+/// Tokens that may create Grants (RBAC's `create grants.wopr.dev`), and so
+/// invite peers, conferring up to their [`trust_levels`] entry: [`READER`]
+/// (semi-trusted) and [`OPERATOR`] (owner) in [`NAMESPACE`], [`OUTSIDER`]
+/// only in another namespace.
+fn granters() -> HashMap<String, (String, String)> {
+    [
+        (READER, "alice", NAMESPACE),
+        (OPERATOR, "olivia", NAMESPACE),
+        (OUTSIDER, "mallory", "elsewhere"),
+    ]
+    .into_iter()
+    .map(|(token, user, namespace)| (token.into(), (user.into(), namespace.into())))
+    .collect()
+}
+
 /// The token of the workload `ci/task-bot` (a service account), which RBAC
 /// lets send [`NAMESPACE`]'s sessions messages.
 pub const WORKLOAD: &str = "token-of-the-task-bot";
@@ -257,7 +272,7 @@ impl ControlPlane {
                 readers: readers(),
                 injectors: injectors(),
                 trust_levels: trust_levels(),
-                granters: HashMap::new(),
+                granters: granters(),
             }),
             reports.clone(),
             AuditSetup {
