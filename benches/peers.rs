@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use wopr_operator::api::{
-    AccessPattern, InboxPolicy, P2pPolicy, SecurityPolicy, SecurityPolicySpec, TrustLevel,
-};
+use wopr_operator::api::{AccessPattern, InboxPolicy, TrustLevel};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,22 +42,12 @@ async fn setup() -> ControlPlane {
     session.spec.access = vec![AccessPattern::SourceType("p2p".into())];
     control_plane.put_session(session);
     control_plane.put_gateway(common::gateway("peers", GATEWAY));
-    let mut policy = SecurityPolicy::new(
-        "default",
-        SecurityPolicySpec {
-            p2p: Some(P2pPolicy {
-                auto_accept: true,
-                ..P2pPolicy::default()
-            }),
-            inbox: Some(InboxPolicy {
-                max_message_bytes: 65_536,
-                max_messages: 1_000_000,
-                max_bytes: 1 << 34,
-            }),
-            ..SecurityPolicySpec::default()
-        },
-    );
-    policy.metadata.namespace = Some(NAMESPACE.into());
+    let mut policy = common::peers::auto_accepting_policy(NAMESPACE);
+    policy.spec.inbox = Some(InboxPolicy {
+        max_message_bytes: 65_536,
+        max_messages: 1_000_000,
+        max_bytes: 1 << 34,
+    });
     control_plane.put_policy(policy);
     control_plane
 }

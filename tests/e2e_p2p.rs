@@ -36,7 +36,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use wopr_operator::api::{P2pPolicy, SecurityPolicy, SecurityPolicySpec, WoprObject};
+use wopr_operator::api::WoprObject;
 use wopr_operator::operator::args::{ControllerArgs, TlsArgs};
 use wopr_operator::p2p::IngressKey;
 use wopr_operator::policy::tools::arguments::{ForwardMessage, RequestAnswer};
@@ -87,17 +87,7 @@ async fn apply_reference(client: &Client, namespace: &str) {
             other => unreachable!("{other:?}"),
         }
     }
-    let mut policy = SecurityPolicy::new(
-        "default",
-        SecurityPolicySpec {
-            p2p: Some(P2pPolicy {
-                auto_accept: true,
-                ..P2pPolicy::default()
-            }),
-            ..SecurityPolicySpec::default()
-        },
-    );
-    policy.metadata.namespace = Some(namespace.into());
+    let policy = common::peers::auto_accepting_policy(namespace);
     apply(client, namespace, &policy).await;
 }
 

@@ -274,20 +274,8 @@ async fn every_wrong_message_is_refused_precisely() {
 /// answer, and no session that serves no Gateway.
 #[tokio::test]
 async fn a_discovered_peer_reaches_gateways_only() {
-    use wopr_operator::api::{P2pPolicy, SecurityPolicy, SecurityPolicySpec};
     let (mut control_plane, client) = reference(&[]).await;
-    let mut policy = SecurityPolicy::new(
-        "default",
-        SecurityPolicySpec {
-            p2p: Some(P2pPolicy {
-                auto_accept: true,
-                ..P2pPolicy::default()
-            }),
-            ..SecurityPolicySpec::default()
-        },
-    );
-    policy.metadata.namespace = Some(NAMESPACE.into());
-    control_plane.put_policy(policy);
+    control_plane.put_policy(common::peers::auto_accepting_policy(NAMESPACE));
     let ingress = TestIngress::start(&control_plane, Duration::from_secs(10)).await;
     let keys = script("node", "keygen", json!({})).await;
     // As tests/e2e_p2p.rs's pod posts: the message stamped by the peer.

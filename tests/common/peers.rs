@@ -10,6 +10,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use wopr_operator::api::{P2pPolicy, SecurityPolicy, SecurityPolicySpec};
 use wopr_operator::clock::Clock;
 use wopr_operator::controlplane::grant_use::GrantUses;
 use wopr_operator::controlplane::index::ContextIndex;
@@ -108,6 +109,24 @@ impl Default for TestPeer {
     fn default() -> Self {
         TestPeer::new()
     }
+}
+
+/// The SecurityPolicy `default` of `namespace` accepting peers without a
+/// Grant (`p2p.autoAccept`) at the discovery trust, untrusted: they reach
+/// its gateway sessions only.
+pub fn auto_accepting_policy(namespace: &str) -> SecurityPolicy {
+    let mut policy = SecurityPolicy::new(
+        "default",
+        SecurityPolicySpec {
+            p2p: Some(P2pPolicy {
+                auto_accept: true,
+                ..P2pPolicy::default()
+            }),
+            ..SecurityPolicySpec::default()
+        },
+    );
+    policy.metadata.namespace = Some(namespace.into());
+    policy
 }
 
 /// An ingress over `control_plane`'s index, store and API server.
