@@ -19,6 +19,8 @@ on_both_backends!(
     concurrent_senders_fill_an_inbox_exactly_to_its_limit,
     a_message_id_belongs_to_one_inbox,
     retention_deletes_only_old_acknowledged_messages,
+    an_acknowledgement_frees_room_once,
+    the_pending_totals_of_older_inboxes_are_backfilled,
 );
 
 const NS: &str = "team-a";
@@ -315,4 +317,104 @@ async fn retention_deletes_only_old_acknowledged_messages(store: TestStore) {
     // The position of the pruned message is not reused.
     let next = message("agent", "a", "3");
     assert_eq!(store.enqueue(&next, ROOMY).await.unwrap(), Enqueued::New(4));
+}
+
+/// The limits of `max_messages` messages (of any size) for "agent".
+fn at_most(max_messages: u64) -> InboxLimits {
+    InboxLimits {
+        max_messages,
+        ..ROOMY
+    }
+}
+
+/// How many messages wait in "agent", as its full inbox's refusal says.
+async fn pending_by_refusal(store: &Store, limit: u64) -> u64 {
+    match store
+        .enqueue(&message("agent", "a", "probe"), at_most(limit))
+        .await
+    {
+        Err(StoreError::Inbox(InboxError::TooManyMessages { pending, .. })) => pending,
+        other => panic!("expected a full inbox, got {other:?}"),
+    }
+}
+
+/// The inbox's pending totals are kept on its head: a message acknowledged
+/// twice, or an id of another inbox, frees nothing more.
+async fn an_acknowledgement_frees_room_once(store: TestStore) {
+    let store = &store.store;
+    let sent: Vec<InboxMessage> = (0..3)
+        .map(|n| message("agent", "a", &n.to_string()))
+        .collect();
+    for one in &sent {
+        store.enqueue(one, ROOMY).await.unwrap();
+    }
+    let other = message("other", "a", "elsewhere");
+    store.enqueue(&other, ROOMY).await.unwrap();
+    let first = std::slice::from_ref(&sent[0].id);
+    assert_eq!(
+        store
+            .ack_messages(NS, "agent", first, common::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .ack_messages(NS, "agent", first, common::now())
+            .await
+            .unwrap(),
+        0
+    );
+    let elsewhere = std::slice::from_ref(&other.id);
+    assert_eq!(
+        store
+            .ack_messages(NS, "agent", elsewhere, common::now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(pending_by_refusal(store, 2).await, 2);
+    assert_eq!(pending(store, "other").await.len(), 1);
+}
+
+/// Inboxes from before their heads kept totals: the migration that added
+/// them counts what is pending in each.
+async fn the_pending_totals_of_older_inboxes_are_backfilled(test: TestStore) {
+    let store = &test.store;
+    let sent: Vec<InboxMessage> = (0..3)
+        .map(|n| message("agent", "a", &n.to_string()))
+        .collect();
+    for one in &sent {
+        store.enqueue(one, ROOMY).await.unwrap();
+    }
+    store
+        .ack_messages(
+            NS,
+            "agent",
+            std::slice::from_ref(&sent[1].id),
+            common::now(),
+        )
+        .await
+        .unwrap();
+    // As before the migration: no totals.
+    test.tamper("UPDATE inbox_heads SET pending_messages = 0, pending_bytes = 0")
+        .await;
+    let migration = include_str!("../migrations/20261208000002_inbox_pending_totals.sql");
+    let backfill = &migration[migration.find("UPDATE").expect("the backfill")..];
+    test.tamper(backfill).await;
+    assert_eq!(pending_by_refusal(store, 2).await, 2);
+    let bytes: u64 = [&sent[0], &sent[2]]
+        .iter()
+        .map(|one| one.payload.to_string().len() as u64)
+        .sum();
+    let by_bytes = InboxLimits {
+        max_bytes: bytes,
+        ..ROOMY
+    };
+    match store.enqueue(&message("agent", "a", "z"), by_bytes).await {
+        Err(StoreError::Inbox(InboxError::TooManyBytes { pending, .. })) => {
+            assert_eq!(pending, bytes)
+        }
+        other => panic!("expected TooManyBytes, got {other:?}"),
+    }
 }

@@ -144,7 +144,8 @@ impl Store {
 
     /// Marks the pending messages `ids` of `namespace/session` acknowledged
     /// at `now`; returns how many were pending. Ids of other inboxes, and
-    /// ids acknowledged before, are left alone.
+    /// ids acknowledged before, are left alone. Under the head's lock, which
+    /// keeps the inbox's pending totals.
     pub async fn ack_messages(
         &self,
         namespace: &str,
@@ -158,9 +159,12 @@ impl Store {
         let placeholders: Vec<String> = (0..ids.len()).map(|n| format!("${}", n + 4)).collect();
         let sql = format!(
             "UPDATE inbox_messages SET acked_us = $3 \
-             WHERE namespace = $1 AND session = $2 AND acked_us IS NULL AND id IN ({})",
+             WHERE namespace = $1 AND session = $2 AND acked_us IS NULL AND id IN ({}) \
+             RETURNING bytes",
             placeholders.join(", ")
         );
+        let mut transaction = self.pool.begin().await?;
+        lock_head(&mut transaction, namespace, session).await?;
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(namespace)
             .bind(session)
@@ -168,7 +172,23 @@ impl Store {
         for id in ids {
             query = query.bind(id);
         }
-        Ok(query.execute(&self.pool).await?.rows_affected())
+        let acked = query.fetch_all(&mut *transaction).await?;
+        let mut bytes = 0i64;
+        for row in &acked {
+            bytes += row.try_get::<i64, _>(0)?;
+        }
+        sqlx::query(
+            "UPDATE inbox_heads SET pending_messages = pending_messages - $3, \
+             pending_bytes = pending_bytes - $4 WHERE namespace = $1 AND session = $2",
+        )
+        .bind(namespace)
+        .bind(session)
+        .bind(acked.len() as i64)
+        .bind(bytes)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(acked.len() as u64)
     }
 
     /// The newest `limit` messages of `namespace/session`, acknowledged or
@@ -237,7 +257,7 @@ pub(super) async fn append(
     let bytes = within_size(&message.payload, limits)?;
     let (namespace, session) = (message.namespace.as_str(), message.session.as_str());
     let inbox = format!("{namespace}/{session}");
-    let last_seq = lock_head(transaction, namespace, session).await?;
+    let head = lock_head(transaction, namespace, session).await?;
     let existing =
         sqlx::query("SELECT namespace, session, seq, message FROM inbox_messages WHERE id = $1")
             .bind(&message.id)
@@ -273,16 +293,7 @@ pub(super) async fn append(
         }
         return Ok(Enqueued::AlreadyQueued(row.try_get(2)?));
     }
-    let pending = sqlx::query(
-        "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM inbox_messages \
-         WHERE namespace = $1 AND session = $2 AND acked_us IS NULL",
-    )
-    .bind(namespace)
-    .bind(session)
-    .fetch_one(&mut **transaction)
-    .await?;
-    let (messages, pending_bytes): (i64, i64) = (pending.try_get(0)?, pending.try_get(1)?);
-    let (messages, pending_bytes) = (messages as u64, pending_bytes as u64);
+    let (messages, pending_bytes) = (head.pending_messages, head.pending_bytes);
     if messages >= limits.max_messages {
         let limit = limits.max_messages;
         return Err(InboxError::TooManyMessages {
@@ -303,7 +314,7 @@ pub(super) async fn append(
         }
         .into());
     }
-    let seq = last_seq + 1;
+    let seq = head.last_seq + 1;
     sqlx::query(
         "INSERT INTO inbox_messages (namespace, session, seq, id, time_us, bytes, message) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -317,12 +328,16 @@ pub(super) async fn append(
     .bind(&json)
     .execute(&mut **transaction)
     .await?;
-    sqlx::query("UPDATE inbox_heads SET last_seq = $3 WHERE namespace = $1 AND session = $2")
-        .bind(namespace)
-        .bind(session)
-        .bind(seq)
-        .execute(&mut **transaction)
-        .await?;
+    sqlx::query(
+        "UPDATE inbox_heads SET last_seq = $3, pending_messages = pending_messages + 1, \
+         pending_bytes = pending_bytes + $4 WHERE namespace = $1 AND session = $2",
+    )
+    .bind(namespace)
+    .bind(session)
+    .bind(seq)
+    .bind(bytes as i64)
+    .execute(&mut **transaction)
+    .await?;
     Ok(Enqueued::New(seq))
 }
 
@@ -337,13 +352,20 @@ fn read_queued(row: &AnyRow, namespace: &str, session: &str) -> Result<Queued, S
     Ok(Queued { seq, message })
 }
 
+/// An inbox's head: its last position and what is pending in it.
+pub(super) struct Head {
+    pub last_seq: i64,
+    pub pending_messages: u64,
+    pub pending_bytes: u64,
+}
+
 /// Locks the head of `namespace/session`'s inbox (creating it) and returns
-/// its last position.
+/// it.
 pub(super) async fn lock_head(
     transaction: &mut Transaction<'_, Any>,
     namespace: &str,
     session: &str,
-) -> Result<i64, StoreError> {
+) -> Result<Head, StoreError> {
     sqlx::query(
         "INSERT INTO inbox_heads (namespace, session, last_seq) VALUES ($1, $2, 0) \
          ON CONFLICT (namespace, session) DO NOTHING",
@@ -354,11 +376,18 @@ pub(super) async fn lock_head(
     .await?;
     let row = sqlx::query(
         "UPDATE inbox_heads SET last_seq = last_seq WHERE namespace = $1 AND session = $2 \
-         RETURNING last_seq",
+         RETURNING last_seq, pending_messages, pending_bytes",
     )
     .bind(namespace)
     .bind(session)
     .fetch_one(&mut **transaction)
     .await?;
-    Ok(row.try_get(0)?)
+    let count = |index: usize| -> Result<u64, StoreError> {
+        Ok(row.try_get::<i64, _>(index)?.max(0) as u64)
+    };
+    Ok(Head {
+        last_seq: row.try_get(0)?,
+        pending_messages: count(1)?,
+        pending_bytes: count(2)?,
+    })
 }
