@@ -59,24 +59,16 @@ const POD_TIMEOUT: Duration = Duration::from_secs(180);
 /// The reference gateway and research-agent Sessions and the Gateway, as
 /// examples/ ship them.
 fn reference_objects() -> Vec<WoprObject> {
-    let mut objects = Vec::new();
-    for path in ["examples/sessions.yaml", "examples/gateway.yaml"] {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        for object in wopr_operator::api::parse_manifests(&text).unwrap() {
-            let keep = match &object {
-                WoprObject::Session(session) => {
-                    [GATEWAY, RESEARCH].contains(&session.metadata.name.as_deref().unwrap())
-                }
-                WoprObject::Gateway(_) => true,
-                _ => false,
-            };
-            if keep {
-                objects.push(object);
+    common::reference_objects()
+        .into_iter()
+        .filter(|object| match object {
+            WoprObject::Session(session) => {
+                [GATEWAY, RESEARCH].contains(&session.metadata.name.as_deref().unwrap())
             }
-        }
-    }
-    objects
+            WoprObject::Gateway(_) => true,
+            _ => false,
+        })
+        .collect()
 }
 
 async fn apply_reference(client: &Client, namespace: &str) {

@@ -229,6 +229,21 @@ pub fn people_roles() -> Vec<String> {
     roles
 }
 
+/// The reference Sessions and Gateway as examples/ ship them
+/// (`examples/sessions.yaml`, then `examples/gateway.yaml`).
+pub fn reference_objects() -> Vec<wopr_operator::api::WoprObject> {
+    let mut objects = Vec::new();
+    for path in ["examples/sessions.yaml", "examples/gateway.yaml"] {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let parsed =
+            wopr_operator::api::parse_manifests(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        objects.extend(parsed);
+    }
+    objects
+}
+
 /// Every object of `manifests/install.yaml` (the chart rendered with default values).
 pub fn install_yaml() -> Vec<serde_json::Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/install.yaml");

@@ -427,21 +427,18 @@ impl ControlPlane {
     /// `examples/gateway.yaml`) in the test namespace, each Session as
     /// `change` leaves it.
     pub fn put_reference(&mut self, change: impl Fn(&mut Session)) {
-        for path in ["examples/sessions.yaml", "examples/gateway.yaml"] {
-            let text = std::fs::read_to_string(path).unwrap();
-            for object in wopr_operator::api::parse_manifests(&text).unwrap() {
-                match object {
-                    wopr_operator::api::WoprObject::Session(mut session) => {
-                        session.metadata.namespace = Some(NAMESPACE.into());
-                        change(&mut session);
-                        self.put_session(*session);
-                    }
-                    wopr_operator::api::WoprObject::Gateway(mut gateway) => {
-                        gateway.metadata.namespace = Some(NAMESPACE.into());
-                        self.put_gateway(gateway);
-                    }
-                    other => panic!("unexpected {other:?} in {path}"),
+        for object in super::reference_objects() {
+            match object {
+                wopr_operator::api::WoprObject::Session(mut session) => {
+                    session.metadata.namespace = Some(NAMESPACE.into());
+                    change(&mut session);
+                    self.put_session(*session);
                 }
+                wopr_operator::api::WoprObject::Gateway(mut gateway) => {
+                    gateway.metadata.namespace = Some(NAMESPACE.into());
+                    self.put_gateway(gateway);
+                }
+                other => panic!("unexpected {other:?} in the reference examples"),
             }
         }
     }
