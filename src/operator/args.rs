@@ -68,12 +68,12 @@ pub struct ControllerArgs {
     pub p2p_listen: Option<SocketAddr>,
     /// How long a peer's message waits for the gateway's answer before
     /// the peer is told to fetch it from its outbox.
-    #[arg(long, env = "WOPR_P2P_ANSWER_WAIT_SECONDS", default_value_t = 5)]
+    #[arg(long, env = "WOPR_P2P_ANSWER_WAIT_SECONDS", default_value_t = crate::controlplane::peers::DEFAULT_ANSWER_WAIT.as_secs())]
     pub p2p_answer_wait_seconds: u64,
     /// How many peer messages this replica takes at once (each may hold a
     /// body of up to 1 MiB and wait for an answer); past it, a message is
     /// refused at once (503), so memory stays bounded under a flood.
-    #[arg(long, env = "WOPR_P2P_MAX_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "WOPR_P2P_MAX_IN_FLIGHT", default_value_t = crate::controlplane::peers::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub p2p_max_in_flight: u32,
     /// Serve gRPC server reflection on the control-plane API (it lists
     /// every method to anyone who connects; for debugging with grpcurl).

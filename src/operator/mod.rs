@@ -202,7 +202,7 @@ pub async fn run(
                 Clock::System,
                 IngressSettings {
                     answer_wait: Duration::from_secs(args.p2p_answer_wait_seconds),
-                    max_in_flight: args.p2p_max_in_flight as usize,
+                    max_in_flight: args.p2p_max_in_flight,
                     metrics: peer_metrics,
                 },
             );

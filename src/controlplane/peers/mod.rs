@@ -244,12 +244,12 @@ pub struct IngressSettings {
     /// How long an injection waits for the gateway's answer.
     pub answer_wait: Duration,
     /// How many messages the front takes at once (`--p2p-max-in-flight`).
-    pub max_in_flight: usize,
+    pub max_in_flight: u32,
     pub metrics: PeerMetrics,
 }
 
 /// How many messages the front takes at once unless told otherwise.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
 
 impl Default for IngressSettings {
     fn default() -> Self {

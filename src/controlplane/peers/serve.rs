@@ -54,7 +54,7 @@ pub async fn serve<D: DiscoverPolicy>(
             .max_decoding_message_size(MAX_MESSAGE_BYTES + 64),
     )
     .into_axum_router();
-    let in_flight = Arc::new(Semaphore::new(ingress.settings.max_in_flight));
+    let in_flight = Arc::new(Semaphore::new(ingress.settings.max_in_flight as usize));
     let app = Router::new()
         .route("/v1alpha1/messages", post(http_message::<D>))
         .route("/v1alpha1/outbox", get(http_outbox::<D>))
